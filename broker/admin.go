@@ -1,0 +1,150 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/credbroker/credbroker/broker/audit"
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+)
+
+// AuditReader is what the admin API reads from the audit log.
+type AuditReader interface {
+	List(q audit.Query) ([]audit.Record, error)
+	ByIssuance(issuanceID string) ([]audit.Record, error)
+	Verify() (audit.VerifyResult, error)
+	Export(afterSeq uint64, fn func(audit.Record) error) error
+}
+
+// Admin implements AdminService. Who may call it is decided before it runs
+// (Gate on the mTLS listener, uid check on the admin socket).
+type Admin struct {
+	credbrokerv1.UnimplementedAdminServiceServer
+	audit AuditReader
+}
+
+// NewAdmin returns the admin API over the audit log.
+func NewAdmin(a AuditReader) *Admin { return &Admin{audit: a} }
+
+const (
+	defaultListLimit = 100
+	maxListLimit     = 10000
+)
+
+// ListIssuances lists issued credentials, newest first.
+func (a *Admin) ListIssuances(_ context.Context, req *credbrokerv1.ListIssuancesRequest) (*credbrokerv1.ListIssuancesResponse, error) {
+	limit := int(req.GetLimit())
+	switch {
+	case limit < 0 || limit > maxListLimit:
+		return nil, toStatus(errorf(codes.InvalidArgument, "limit must be between 0 and %d", maxListLimit))
+	case limit == 0:
+		limit = defaultListLimit
+	}
+	q := audit.Query{Caller: req.GetCaller(), Cluster: req.GetCluster(), Decision: audit.DecisionIssued, Limit: limit}
+	if req.GetSince() != nil {
+		q.Since = req.GetSince().AsTime()
+	}
+	recs, err := a.audit.List(q)
+	if err != nil {
+		return nil, toStatus(wrapf(codes.Unavailable, err, "audit store unavailable"))
+	}
+	out := &credbrokerv1.ListIssuancesResponse{}
+	for _, r := range recs {
+		out.Issuances = append(out.Issuances, issuanceProto(r))
+	}
+	return out, nil
+}
+
+// GetIssuance returns an issuance and all its audit records.
+func (a *Admin) GetIssuance(_ context.Context, req *credbrokerv1.GetIssuanceRequest) (*credbrokerv1.GetIssuanceResponse, error) {
+	if req.GetId() == "" {
+		return nil, toStatus(errorf(codes.InvalidArgument, "id is required"))
+	}
+	recs, err := a.audit.ByIssuance(req.GetId())
+	if err != nil {
+		return nil, toStatus(wrapf(codes.Unavailable, err, "audit store unavailable"))
+	}
+	if len(recs) == 0 {
+		return nil, toStatus(errorf(codes.NotFound, "no issuance %q", req.GetId()))
+	}
+	out := &credbrokerv1.GetIssuanceResponse{}
+	for _, r := range recs {
+		out.Records = append(out.Records, RecordProto(r))
+		if r.Decision == audit.DecisionIssued {
+			out.Issuance = issuanceProto(r)
+		}
+	}
+	return out, nil
+}
+
+// VerifyAudit checks the hash chain.
+func (a *Admin) VerifyAudit(context.Context, *credbrokerv1.VerifyAuditRequest) (*credbrokerv1.VerifyAuditResponse, error) {
+	v, err := a.audit.Verify()
+	if err != nil {
+		return nil, toStatus(wrapf(codes.Unavailable, err, "audit store unavailable"))
+	}
+	return &credbrokerv1.VerifyAuditResponse{
+		Ok: v.OK, Records: v.Records, HeadHash: v.HeadHash,
+		FirstBadSeq: v.FirstBadSeq, FirstBadId: v.FirstBadID, Problem: v.Problem,
+	}, nil
+}
+
+// ExportAudit streams records in chain order.
+func (a *Admin) ExportAudit(req *credbrokerv1.ExportAuditRequest, stream grpc.ServerStreamingServer[credbrokerv1.ExportAuditResponse]) error {
+	err := a.audit.Export(req.GetAfterSeq(), func(r audit.Record) error {
+		return stream.Send(&credbrokerv1.ExportAuditResponse{Record: RecordProto(r)})
+	})
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return toStatus(wrapf(codes.Unavailable, err, "audit export failed"))
+	}
+	return toStatus(err)
+}
+
+func issuanceProto(r audit.Record) *credbrokerv1.Issuance {
+	return &credbrokerv1.Issuance{
+		Id:          r.IssuanceID,
+		IssuedAt:    timestamppb.New(r.Time),
+		ExpiresAt:   optTime(r.ExpiresAt),
+		Caller:      r.Caller,
+		Attestation: r.Attestation,
+		Profile:     r.Profile,
+		Cluster:     r.Cluster,
+		Issuer:      r.Issuer,
+		UpstreamRef: r.UpstreamRef,
+	}
+}
+
+var decisions = map[audit.Decision]credbrokerv1.Decision{
+	audit.DecisionIntent:    credbrokerv1.Decision_DECISION_INTENT,
+	audit.DecisionIssued:    credbrokerv1.Decision_DECISION_ISSUED,
+	audit.DecisionDenied:    credbrokerv1.Decision_DECISION_DENIED,
+	audit.DecisionThrottled: credbrokerv1.Decision_DECISION_THROTTLED,
+	audit.DecisionFailed:    credbrokerv1.Decision_DECISION_FAILED,
+}
+
+// RecordProto converts an audit record to its API form.
+func RecordProto(r audit.Record) *credbrokerv1.AuditRecord {
+	out := &credbrokerv1.AuditRecord{
+		Id: r.ID, Seq: r.Seq, Time: timestamppb.New(r.Time), IssuanceId: r.IssuanceID,
+		Caller: r.Caller, Attestation: r.Attestation, Profile: r.Profile, Cluster: r.Cluster,
+		Issuer: r.Issuer, Decision: decisions[r.Decision], Reason: r.Reason,
+		ExpiresAt: optTime(r.ExpiresAt), UpstreamRef: r.UpstreamRef, PrevHash: r.PrevHash, Hash: r.Hash,
+	}
+	if r.TTL > 0 {
+		out.Ttl = durationpb.New(r.TTL)
+	}
+	return out
+}
+
+func optTime(t time.Time) *timestamppb.Timestamp {
+	if t.IsZero() {
+		return nil
+	}
+	return timestamppb.New(t)
+}

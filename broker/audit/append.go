@@ -1,0 +1,248 @@
+package audit
+
+import (
+	"errors"
+	"fmt"
+
+	"go.etcd.io/bbolt"
+)
+
+// maxBatch bounds how many appends share one transaction.
+const maxBatch = 512
+
+// call is one Append waiting for the committer.
+type call struct {
+	rec  Record
+	ops  []func(*bbolt.Tx) error
+	done chan result // buffered, receives exactly once
+}
+
+type result struct {
+	rec Record
+	err error
+}
+
+// callError is a failure caused by one call of a batch (its op, its ID or its
+// data), as opposed to a failure of the transaction as a whole.
+type callError struct {
+	index int
+	err   error
+}
+
+func (e *callError) Error() string { return e.err.Error() }
+func (e *callError) Unwrap() error { return e.err }
+
+// Append assigns r's ID, Seq, Time, PrevHash and Hash, commits it durably
+// and returns the stored record. It returns an error, and the record is not
+// stored, if r is invalid, if the commit (including its fsync) fails, or if
+// the Log is closed (ErrClosed).
+//
+// ops run, in order and before the record is written, inside the same bbolt
+// write transaction, so state such as quota counters commits atomically with
+// the record. If an op returns an error (or panics) nothing of this call is
+// written and Append returns that error, wrapped; concurrent appends are not
+// affected. An op may run more than once (when a shared transaction is
+// retried), so it must have no effect outside tx.
+func (l *Log) Append(r Record, ops ...func(tx *bbolt.Tx) error) (Record, error) {
+	if err := r.check(); err != nil {
+		return Record{}, err
+	}
+	c := &call{rec: r, ops: ops, done: make(chan result, 1)}
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return Record{}, ErrClosed
+	}
+	l.queue = append(l.queue, c)
+	l.mu.Unlock()
+	l.signal()
+	res := <-c.done
+	return res.rec, res.err
+}
+
+func (l *Log) signal() {
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
+}
+
+// run is the committer: it takes everything queued and commits it in one
+// transaction, then repeats. While a commit is in flight new appends queue
+// up, so under load each fsync covers many records; when idle an append is
+// committed as soon as it arrives.
+func (l *Log) run() {
+	defer close(l.stopped)
+	for {
+		l.mu.Lock()
+		batch := l.queue
+		if len(batch) > maxBatch {
+			batch, l.queue = batch[:maxBatch:maxBatch], batch[maxBatch:]
+		} else {
+			l.queue = nil
+		}
+		closed := l.closed
+		l.mu.Unlock()
+		if len(batch) == 0 {
+			if closed {
+				return
+			}
+			<-l.wake
+			continue
+		}
+		l.commit(batch)
+	}
+}
+
+// commit writes batch and reports to every call. A call whose own op or data
+// fails is taken out and retried alone after the others, which are retried
+// together; if the transaction itself fails, every call is retried alone, so
+// each gets its own outcome (the DB.Batch semantic).
+func (l *Log) commit(batch []*call) {
+	var solo []*call
+	for len(batch) > 1 {
+		recs, err := l.write(batch)
+		if err == nil {
+			for i, c := range batch {
+				c.done <- result{rec: recs[i]}
+			}
+			batch = nil
+			break
+		}
+		var ce *callError
+		if !errors.As(err, &ce) {
+			break // transaction-level failure: all of batch goes solo
+		}
+		solo = append(solo, batch[ce.index])
+		batch = append(batch[:ce.index:ce.index], batch[ce.index+1:]...)
+	}
+	for _, c := range append(batch, solo...) {
+		recs, err := l.write([]*call{c})
+		if err != nil {
+			c.done <- result{err: err}
+			continue
+		}
+		c.done <- result{rec: recs[0]}
+	}
+}
+
+// write commits batch in one transaction, assigning seqs from the head stored
+// in the DB, and returns the stored records.
+func (l *Log) write(batch []*call) ([]Record, error) {
+	recs := make([]Record, len(batch))
+	var seq uint64
+	var hash string
+	err := l.db.Update(func(tx *bbolt.Tx) error {
+		b, err := openBuckets(tx)
+		if err != nil {
+			return err
+		}
+		var ok bool
+		seq, hash, ok = decodeHead(b.meta.Get(metaHead))
+		if !ok {
+			return errors.New("audit: corrupt head in meta bucket")
+		}
+		for i, c := range batch {
+			r, err := l.add(tx, b, c, seq+1, hash)
+			if err != nil {
+				return &callError{index: i, err: err}
+			}
+			recs[i], seq, hash = r, r.Seq, r.Hash
+		}
+		return b.meta.Put(metaHead, encodeHead(seq, hash))
+	})
+	if err != nil {
+		var ce *callError
+		if errors.As(err, &ce) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("audit: commit: %w", err)
+	}
+	l.commits.Add(1)
+	l.setHead(seq, hash)
+	return recs, nil
+}
+
+// add runs c's ops and writes its record and index entries as seq.
+func (l *Log) add(tx *bbolt.Tx, b buckets, c *call, seq uint64, prevHash string) (Record, error) {
+	for _, op := range c.ops {
+		if err := runOp(op, tx); err != nil {
+			return Record{}, fmt.Errorf("audit: append op: %w", err)
+		}
+	}
+	id, err := l.newID()
+	if err != nil {
+		return Record{}, fmt.Errorf("audit: new id: %w", err)
+	}
+	if id == "" || len(id) > MaxFieldLen {
+		return Record{}, fmt.Errorf("audit: invalid record id %q", id)
+	}
+	if b.id.Get([]byte(id)) != nil {
+		return Record{}, fmt.Errorf("audit: duplicate record id %q", id)
+	}
+	r := c.rec
+	data, err := r.seal(id, seq, l.now(), prevHash)
+	if err != nil {
+		return Record{}, err
+	}
+	key := seqKey(seq)
+	dec := []byte(r.Decision)
+	puts := []put{
+		{b.records, key, data},
+		{b.id, []byte(id), key},
+		{b.time, timeKey(nil, r.Time, seq), dec},
+	}
+	if r.IssuanceID != "" {
+		puts = append(puts, put{b.issuance, append(appendPrefix(nil, r.IssuanceID), key...), []byte{}})
+	}
+	if r.Caller != "" {
+		puts = append(puts, put{b.caller, timeKey(appendPrefix(nil, r.Caller), r.Time, seq), dec})
+	}
+	if r.Cluster != "" {
+		puts = append(puts, put{b.cluster, timeKey(appendPrefix(nil, r.Cluster), r.Time, seq), dec})
+	}
+	for _, p := range puts {
+		if err := p.b.Put(p.k, p.v); err != nil {
+			return Record{}, fmt.Errorf("audit: write record %d: %w", seq, err)
+		}
+	}
+	return r, nil
+}
+
+// put is one key/value written by add.
+type put struct {
+	b    *bbolt.Bucket
+	k, v []byte
+}
+
+func runOp(op func(*bbolt.Tx) error, tx *bbolt.Tx) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("op panicked: %v", p)
+		}
+	}()
+	return op(tx)
+}
+
+// buckets holds a transaction's audit buckets.
+type buckets struct {
+	records, meta, id, issuance, caller, cluster, time *bbolt.Bucket
+}
+
+func openBuckets(tx *bbolt.Tx) (buckets, error) {
+	b := buckets{
+		records:  tx.Bucket(bucketRecords),
+		meta:     tx.Bucket(bucketMeta),
+		id:       tx.Bucket(bucketID),
+		issuance: tx.Bucket(bucketIssuance),
+		caller:   tx.Bucket(bucketCaller),
+		cluster:  tx.Bucket(bucketCluster),
+		time:     tx.Bucket(bucketTime),
+	}
+	for _, x := range []*bbolt.Bucket{b.records, b.meta, b.id, b.issuance, b.caller, b.cluster, b.time} {
+		if x == nil {
+			return buckets{}, errors.New("audit: bucket missing")
+		}
+	}
+	return b, nil
+}

@@ -1,0 +1,128 @@
+package audit
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"go.etcd.io/bbolt"
+)
+
+// ErrNotFound is returned by Get when no record has the given ID.
+var ErrNotFound = errors.New("audit: record not found")
+
+// ErrClosed is returned by Append after Close.
+var ErrClosed = errors.New("audit: log is closed")
+
+// Log is the audit log. It is safe for concurrent use. Its methods other than
+// Append keep working after Close, as long as the bbolt DB is open.
+type Log struct {
+	db    *bbolt.DB
+	now   func() time.Time
+	newID func() (string, error)
+
+	mu      sync.Mutex
+	queue   []*call // appends waiting for the committer
+	closed  bool
+	wake    chan struct{} // capacity 1: "the queue may be non-empty"
+	stopped chan struct{} // closed when the committer has drained and exited
+
+	headMu   sync.RWMutex
+	headSeq  uint64
+	headHash string
+
+	commits     atomic.Uint64 // committed write transactions (tests)
+	recordReads atomic.Uint64 // records fetched by List (tests)
+}
+
+// Option configures Open.
+type Option func(*Log)
+
+// WithClock sets the clock that stamps Record.Time. The default is time.Now.
+func WithClock(now func() time.Time) Option {
+	return func(l *Log) { l.now = now }
+}
+
+// WithNewID sets the generator of record IDs. The default is a UUIDv7.
+// Generated IDs must be unique; Append fails a record whose ID is taken.
+func WithNewID(newID func() (string, error)) Option {
+	return func(l *Log) { l.newID = newID }
+}
+
+func newUUIDv7() (string, error) {
+	id, err := uuid.NewV7()
+	if err != nil {
+		return "", fmt.Errorf("audit: new id: %w", err)
+	}
+	return id.String(), nil
+}
+
+// Open creates the audit buckets in db if needed, loads the chain head and
+// starts the committer goroutine; call Close to stop it. The Log does not own
+// db: close db after the Log. Open fails if db has NoSync set, because Append
+// would then return before records are durable.
+func Open(db *bbolt.DB, opts ...Option) (*Log, error) {
+	if db == nil {
+		return nil, errors.New("audit: nil db")
+	}
+	if db.NoSync {
+		return nil, errors.New("audit: db has NoSync set; records would not be durable")
+	}
+	l := &Log{
+		db:      db,
+		now:     time.Now,
+		newID:   newUUIDv7,
+		wake:    make(chan struct{}, 1),
+		stopped: make(chan struct{}),
+	}
+	for _, o := range opts {
+		o(l)
+	}
+	err := db.Update(func(tx *bbolt.Tx) error {
+		for _, name := range allBuckets {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return fmt.Errorf("create bucket %s: %w", name, err)
+			}
+		}
+		seq, hash, ok := decodeHead(tx.Bucket(bucketMeta).Get(metaHead))
+		if !ok {
+			return errors.New("corrupt head in meta bucket")
+		}
+		l.headSeq, l.headHash = seq, hash
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("audit: open: %w", err)
+	}
+	go l.run()
+	return l, nil
+}
+
+// Close makes further Appends fail with ErrClosed, waits for queued appends
+// to be committed and stops the committer goroutine. It does not close the
+// bbolt DB. Close is idempotent and always returns nil.
+func (l *Log) Close() error {
+	l.mu.Lock()
+	l.closed = true
+	l.mu.Unlock()
+	l.signal()
+	<-l.stopped
+	return nil
+}
+
+// Head returns the seq and hash of the last record committed through this
+// Log (0 and "" for an empty log).
+func (l *Log) Head() (seq uint64, hash string) {
+	l.headMu.RLock()
+	defer l.headMu.RUnlock()
+	return l.headSeq, l.headHash
+}
+
+func (l *Log) setHead(seq uint64, hash string) {
+	l.headMu.Lock()
+	l.headSeq, l.headHash = seq, hash
+	l.headMu.Unlock()
+}

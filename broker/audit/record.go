@@ -1,0 +1,138 @@
+package audit
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"time"
+	"unicode/utf8"
+)
+
+// Decision is what the broker decided for one request.
+type Decision string
+
+// Decisions recorded in the log.
+const (
+	// DecisionIntent is written durably before an upstream issuer is called.
+	DecisionIntent Decision = "intent"
+	// DecisionIssued records a credential that was minted.
+	DecisionIssued Decision = "issued"
+	// DecisionDenied records a request refused by attestation or policy.
+	DecisionDenied Decision = "denied"
+	// DecisionThrottled records a request refused by a rate limit or quota.
+	DecisionThrottled Decision = "throttled"
+	// DecisionFailed records an issuance that failed after its intent.
+	DecisionFailed Decision = "failed"
+)
+
+// Valid reports whether d is one of the Decision constants.
+func (d Decision) Valid() bool {
+	switch d {
+	case DecisionIntent, DecisionIssued, DecisionDenied, DecisionThrottled, DecisionFailed:
+		return true
+	}
+	return false
+}
+
+// MaxFieldLen bounds every string field of a Record, in bytes, so that index
+// keys stay well inside bbolt's key size limit.
+const MaxFieldLen = 1024
+
+// Record is one audit entry. ID, Seq, Time, PrevHash and Hash are assigned by
+// Append; whatever the caller puts in them is replaced. No field may hold a
+// secret: UpstreamRef is a reference an operator can match upstream, never
+// the credential.
+type Record struct {
+	// ID is a UUIDv7 (by default) naming this record.
+	ID string `json:"id"`
+	// Seq is the record's position in the chain, starting at 1.
+	Seq uint64 `json:"seq"`
+	// Time is when the record was committed, from the log's clock, in UTC.
+	Time time.Time `json:"time"`
+	// IssuanceID links the intent and result records of one issuance.
+	IssuanceID string `json:"issuance_id"`
+	// Caller is the caller's SPIFFE ID, or "" when it was not established.
+	Caller string `json:"caller"`
+	// Attestation is how the caller proved its identity.
+	Attestation string `json:"attestation"`
+	// Profile is the requested profile.
+	Profile string `json:"profile"`
+	// Cluster is the workload cluster ("namespace/name"), or "".
+	Cluster string `json:"cluster"`
+	// Issuer names the issuer that was (or would have been) used.
+	Issuer string `json:"issuer"`
+	// Decision is what was decided.
+	Decision Decision `json:"decision"`
+	// Reason explains a denial, throttle or failure.
+	Reason string `json:"reason,omitempty"`
+	// TTL is the granted lifetime, encoded as integer nanoseconds.
+	TTL time.Duration `json:"ttl_ns,omitempty"`
+	// ExpiresAt is when the issued credential expires.
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
+	// UpstreamRef is a non-secret upstream reference: a token jti, an AWS
+	// AccessKeyId, a Vault lease id.
+	UpstreamRef string `json:"upstream_ref,omitempty"`
+	// PrevHash is the Hash of the record with Seq-1, or "" for Seq 1.
+	PrevHash string `json:"prev_hash"`
+	// Hash chains this record; see the package documentation.
+	Hash string `json:"hash"`
+}
+
+// ComputeHash returns the hash r should carry given its PrevHash and other
+// fields (r.Hash itself is ignored). See the package documentation.
+func (r Record) ComputeHash() (string, error) {
+	r.Hash = ""
+	canonical, err := json.Marshal(r)
+	if err != nil {
+		return "", fmt.Errorf("audit: encode record: %w", err)
+	}
+	h := sha256.New()
+	h.Write([]byte(r.PrevHash))
+	h.Write(canonical)
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// check validates the caller-supplied fields of r.
+func (r Record) check() error {
+	if !r.Decision.Valid() {
+		return fmt.Errorf("audit: unknown decision %q", r.Decision)
+	}
+	fields := []struct{ name, v string }{
+		{"issuance_id", r.IssuanceID}, {"caller", r.Caller}, {"attestation", r.Attestation},
+		{"profile", r.Profile}, {"cluster", r.Cluster}, {"issuer", r.Issuer},
+		{"reason", r.Reason}, {"upstream_ref", r.UpstreamRef},
+	}
+	for _, f := range fields {
+		if len(f.v) > MaxFieldLen {
+			return fmt.Errorf("audit: %s is longer than %d bytes", f.name, MaxFieldLen)
+		}
+		// encoding/json would silently replace invalid UTF-8, so the stored
+		// value would differ from the indexed one.
+		if !utf8.ValidString(f.v) {
+			return fmt.Errorf("audit: %s is not valid UTF-8", f.name)
+		}
+	}
+	return nil
+}
+
+// seal assigns the chain fields of r and returns its stored encoding.
+func (r *Record) seal(id string, seq uint64, now time.Time, prevHash string) ([]byte, error) {
+	r.ID = id
+	r.Seq = seq
+	r.Time = now.UTC().Round(0)
+	if !r.ExpiresAt.IsZero() {
+		r.ExpiresAt = r.ExpiresAt.UTC().Round(0)
+	}
+	r.PrevHash = prevHash
+	hash, err := r.ComputeHash()
+	if err != nil {
+		return nil, err
+	}
+	r.Hash = hash
+	b, err := json.Marshal(r)
+	if err != nil {
+		return nil, fmt.Errorf("audit: encode record: %w", err)
+	}
+	return b, nil
+}

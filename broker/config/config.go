@@ -1,0 +1,346 @@
+// Package config is the broker's configuration file: its schema, strict
+// loading (an unknown key is an error naming the key and line), defaults and
+// validation. The embedded dev configuration is what `credbroker serve --dev`
+// runs on.
+package config
+
+import (
+	"bytes"
+	_ "embed"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/credbroker/credbroker/broker/policy"
+)
+
+// Issuer types.
+const (
+	IssuerJWT = "jwt"
+)
+
+// Cluster modes of a profile.
+const (
+	// ClusterOptional lets a request name a cluster or not.
+	ClusterOptional = "optional"
+	// ClusterRequired makes every request name a cluster.
+	ClusterRequired = "required"
+	// ClusterNone refuses requests that name a cluster.
+	ClusterNone = "none"
+)
+
+// Config is the whole configuration file.
+type Config struct {
+	// TrustDomain is the broker's own SPIFFE trust domain.
+	TrustDomain string `yaml:"trust_domain"`
+	// Listen is the gRPC listener (mTLS) address.
+	Listen string `yaml:"listen"`
+	// HTTPListen serves /healthz, /metrics and the OIDC discovery documents.
+	HTTPListen string `yaml:"http_listen"`
+	// DataDir holds the bbolt database, signing keys and the admin socket.
+	DataDir string `yaml:"data_dir"`
+	// LogLevel is debug, info, warn or error.
+	LogLevel string `yaml:"log_level"`
+	// TLS is the broker's own SVID and the trust bundles it accepts callers from.
+	TLS TLS `yaml:"tls"`
+	// JWTSVIDAudiences are the audiences a caller's JWT-SVID must carry.
+	JWTSVIDAudiences []string `yaml:"jwt_svid_audiences"`
+	// Admin controls the admin API.
+	Admin Admin `yaml:"admin"`
+	// Issuers by name.
+	Issuers map[string]Issuer `yaml:"issuers"`
+	// Profiles by name.
+	Profiles map[string]Profile `yaml:"profiles"`
+	// Policy rules; they only grant.
+	Policy []policy.Rule `yaml:"policy"`
+	// Limits on issuance.
+	Limits Limits `yaml:"limits"`
+	// ShutdownGrace is how long in-flight RPCs may finish after SIGTERM.
+	ShutdownGrace time.Duration `yaml:"shutdown_grace"`
+}
+
+// TLS names the broker's SVID files and the trust bundles of its callers.
+type TLS struct {
+	// SVIDFile is the broker's X.509-SVID chain (PEM), served on Listen.
+	SVIDFile string `yaml:"svid_file"`
+	// SVIDKeyFile is its private key (PEM, PKCS#8).
+	SVIDKeyFile string `yaml:"svid_key_file"`
+	// Bundles maps trust domain to a PEM file of its X.509 authorities.
+	Bundles map[string]string `yaml:"bundles"`
+	// JWTBundles maps trust domain to a JWKS file of its JWT authorities.
+	JWTBundles map[string]string `yaml:"jwt_bundles"`
+}
+
+// Admin controls who may use the admin API.
+type Admin struct {
+	// Socket is the admin unix socket path; default DATA_DIR/admin.sock.
+	Socket string `yaml:"socket"`
+	// UnixUIDs may use the admin socket; default: the broker's own uid.
+	UnixUIDs []int `yaml:"unix_uids"`
+	// SPIFFEIDs may use the admin API over mTLS on Listen.
+	SPIFFEIDs []string `yaml:"spiffe_ids"`
+}
+
+// Issuer configures one credential issuer.
+type Issuer struct {
+	// Type selects the implementation: "jwt".
+	Type string `yaml:"type"`
+	// JWT configures a local OIDC/JWT issuer (type jwt).
+	JWT *JWTIssuer `yaml:"jwt"`
+}
+
+// JWTIssuer configures the broker's own OIDC issuer.
+type JWTIssuer struct {
+	// IssuerURL is the `iss` claim and where discovery is served; default
+	// http://HTTP_LISTEN.
+	IssuerURL string `yaml:"issuer_url"`
+	// KeyFile is the ES256 signing key; default DATA_DIR/jwt_signing_key.pem,
+	// created on first start.
+	KeyFile string `yaml:"key_file"`
+}
+
+// Profile is one kind of credential callers may ask for.
+type Profile struct {
+	// Issuer names the issuer that mints it.
+	Issuer string `yaml:"issuer"`
+	// DefaultTTL is granted when the request names none.
+	DefaultTTL time.Duration `yaml:"default_ttl"`
+	// MaxTTL is the most a request may ask for.
+	MaxTTL time.Duration `yaml:"max_ttl"`
+	// Audiences a request may ask for; the first is the default. Default: the
+	// profile name.
+	Audiences []string `yaml:"audiences"`
+	// Cluster is optional, required or none.
+	Cluster string `yaml:"cluster"`
+}
+
+// Limits bounds issuance.
+type Limits struct {
+	// Rate is requests per second per identity (0: unlimited).
+	Rate float64 `yaml:"rate"`
+	// Burst is the token bucket size.
+	Burst int `yaml:"burst"`
+	// IdentityQuota bounds issuances per identity per window.
+	IdentityQuota Quota `yaml:"identity_quota"`
+	// ClusterQuota bounds issuances per workload cluster per window.
+	ClusterQuota Quota `yaml:"cluster_quota"`
+}
+
+// Quota is at most Max issuances per Window (Max 0: unlimited).
+type Quota struct {
+	Max    int           `yaml:"max"`
+	Window time.Duration `yaml:"window"`
+}
+
+//go:embed dev.yaml
+var devYAML []byte
+
+// DevYAML returns the embedded development configuration.
+func DevYAML() []byte { return bytes.Clone(devYAML) }
+
+// LoadFile reads, defaults and validates a configuration file.
+func LoadFile(path string) (*Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	c, err := Parse(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Parse decodes YAML strictly: unknown keys are errors.
+func Parse(r io.Reader) (*Config, error) {
+	dec := yaml.NewDecoder(r)
+	dec.KnownFields(true)
+	var c Config
+	if err := dec.Decode(&c); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errors.New("config: file is empty")
+		}
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return nil, errors.New("config: more than one YAML document")
+	}
+	c.applyDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+func (c *Config) applyDefaults() {
+	def := func(s *string, v string) {
+		if *s == "" {
+			*s = v
+		}
+	}
+	def(&c.Listen, "127.0.0.1:8443")
+	def(&c.HTTPListen, "127.0.0.1:8444")
+	def(&c.DataDir, "./data")
+	def(&c.LogLevel, "info")
+	if c.ShutdownGrace == 0 {
+		c.ShutdownGrace = 10 * time.Second
+	}
+	if len(c.JWTSVIDAudiences) == 0 {
+		c.JWTSVIDAudiences = []string{"credbroker"}
+	}
+	for name, p := range c.Profiles {
+		def(&p.Cluster, ClusterOptional)
+		if len(p.Audiences) == 0 {
+			p.Audiences = []string{name}
+		}
+		if p.DefaultTTL == 0 {
+			p.DefaultTTL = min(p.MaxTTL, 15*time.Minute)
+		}
+		c.Profiles[name] = p
+	}
+}
+
+// ResolvePaths makes the data-dir relative defaults concrete. Call after
+// overriding DataDir or HTTPListen (e.g. from flags).
+func (c *Config) ResolvePaths() {
+	if c.Admin.Socket == "" {
+		c.Admin.Socket = filepath.Join(c.DataDir, "admin.sock")
+	}
+	for name, is := range c.Issuers {
+		if is.Type == IssuerJWT {
+			j := JWTIssuer{}
+			if is.JWT != nil {
+				j = *is.JWT
+			}
+			if j.KeyFile == "" {
+				j.KeyFile = filepath.Join(c.DataDir, "jwt_signing_key_"+name+".pem")
+			}
+			if j.IssuerURL == "" {
+				j.IssuerURL = "http://" + c.HTTPListen
+			}
+			is.JWT = &j
+			c.Issuers[name] = is
+		}
+	}
+}
+
+var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$`)
+
+// Validate checks the configuration and reports every problem it finds.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf("config: "+format, a...)) }
+
+	if _, err := spiffeid.TrustDomainFromString(c.TrustDomain); err != nil {
+		bad("trust_domain %q: %v", c.TrustDomain, err)
+	}
+	for key, addr := range map[string]string{"listen": c.Listen, "http_listen": c.HTTPListen} {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			bad("%s %q: %v", key, addr, err)
+		}
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log_level %q: want debug, info, warn or error", c.LogLevel)
+	}
+	if (c.TLS.SVIDFile == "") != (c.TLS.SVIDKeyFile == "") {
+		bad("tls.svid_file and tls.svid_key_file go together")
+	}
+	for td := range c.TLS.Bundles {
+		if _, err := spiffeid.TrustDomainFromString(td); err != nil {
+			bad("tls.bundles %q: %v", td, err)
+		}
+	}
+	for td := range c.TLS.JWTBundles {
+		if _, err := spiffeid.TrustDomainFromString(td); err != nil {
+			bad("tls.jwt_bundles %q: %v", td, err)
+		}
+	}
+	for _, id := range c.Admin.SPIFFEIDs {
+		if _, err := spiffeid.FromString(id); err != nil {
+			bad("admin.spiffe_ids %q: %v", id, err)
+		}
+	}
+	for _, name := range sortedKeys(c.Issuers) {
+		is := c.Issuers[name]
+		if !nameRE.MatchString(name) {
+			bad("issuer name %q: use lowercase letters, digits, '.', '_' and '-'", name)
+		}
+		switch is.Type {
+		case IssuerJWT:
+		case "":
+			bad("issuers.%s.type is missing (want %q)", name, IssuerJWT)
+		default:
+			bad("issuers.%s.type %q is not known (want %q)", name, is.Type, IssuerJWT)
+		}
+		if is.JWT != nil && is.Type != IssuerJWT {
+			bad("issuers.%s.jwt is only for type %q", name, IssuerJWT)
+		}
+	}
+	if len(c.Profiles) == 0 {
+		bad("no profiles: nothing could be issued")
+	}
+	for _, name := range sortedKeys(c.Profiles) {
+		p := c.Profiles[name]
+		if !nameRE.MatchString(name) {
+			bad("profile name %q: use lowercase letters, digits, '.', '_' and '-'", name)
+		}
+		if _, ok := c.Issuers[p.Issuer]; !ok {
+			bad("profiles.%s.issuer %q is not a configured issuer", name, p.Issuer)
+		}
+		if p.MaxTTL <= 0 {
+			bad("profiles.%s.max_ttl must be positive", name)
+		}
+		if p.DefaultTTL <= 0 || p.DefaultTTL > p.MaxTTL {
+			bad("profiles.%s.default_ttl %s must be positive and at most max_ttl %s", name, p.DefaultTTL, p.MaxTTL)
+		}
+		if !slices.Contains([]string{ClusterOptional, ClusterRequired, ClusterNone}, p.Cluster) {
+			bad("profiles.%s.cluster %q: want optional, required or none", name, p.Cluster)
+		}
+	}
+	if _, err := policy.New(c.Policy); err != nil {
+		errs = append(errs, fmt.Errorf("config: %w", err))
+	}
+	for i, r := range c.Policy {
+		for _, p := range r.Profiles {
+			if _, ok := c.Profiles[p]; !ok && p != "*" {
+				bad("policy rule %d grants unknown profile %q", i, p)
+			}
+		}
+	}
+	l := c.Limits
+	if l.Rate < 0 || l.Burst < 0 || (l.Rate > 0 && l.Burst == 0) {
+		bad("limits: rate and burst must be non-negative, and burst positive when rate is set")
+	}
+	for key, q := range map[string]Quota{"identity_quota": l.IdentityQuota, "cluster_quota": l.ClusterQuota} {
+		if q.Max < 0 || (q.Max > 0 && q.Window <= 0) {
+			bad("limits.%s: max must be non-negative and window positive when max is set", key)
+		}
+	}
+	if c.ShutdownGrace < 0 {
+		bad("shutdown_grace must not be negative")
+	}
+	return errors.Join(errs...)
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

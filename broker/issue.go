@@ -1,0 +1,308 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"regexp"
+	"slices"
+	"time"
+
+	"go.etcd.io/bbolt"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/credbroker/credbroker/attest"
+	"github.com/credbroker/credbroker/broker/audit"
+	"github.com/credbroker/credbroker/broker/config"
+	"github.com/credbroker/credbroker/broker/limits"
+	"github.com/credbroker/credbroker/broker/policy"
+	"github.com/credbroker/credbroker/issuers"
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+)
+
+// Profile is a configured profile bound to its issuer.
+type Profile struct {
+	Name       string
+	IssuerName string
+	Issuer     issuers.Issuer
+	DefaultTTL time.Duration
+	MaxTTL     time.Duration
+	// Audiences a request may ask for; the first is the default.
+	Audiences []string
+	// ClusterMode is config.ClusterOptional, ClusterRequired or ClusterNone.
+	ClusterMode string
+}
+
+// AuditLog is the durable, append-only decision record the broker needs.
+type AuditLog interface {
+	Append(r audit.Record, ops ...func(*bbolt.Tx) error) (audit.Record, error)
+}
+
+// Limiter reserves one issuance against rate limits and quotas.
+type Limiter interface {
+	Reserve(identity, cluster string) (*limits.Reservation, error)
+}
+
+// Service implements BrokerService: the straight line from a verified caller
+// to an audited credential.
+type Service struct {
+	credbrokerv1.UnimplementedBrokerServiceServer
+
+	profiles map[string]Profile
+	policy   *policy.Policy
+	limiter  Limiter
+	audit    AuditLog
+	newID    func() (string, error)
+	log      *slog.Logger
+	metrics  *Metrics
+}
+
+// ServiceDeps are what a Service is built from.
+type ServiceDeps struct {
+	Profiles map[string]Profile
+	Policy   *policy.Policy
+	Limiter  Limiter
+	Audit    AuditLog
+	// NewID returns a fresh issuance id (UUIDv7 in production).
+	NewID   func() (string, error)
+	Log     *slog.Logger
+	Metrics *Metrics
+}
+
+// NewService returns a Service. Every dependency is required.
+func NewService(d ServiceDeps) (*Service, error) {
+	if d.Profiles == nil || d.Policy == nil || d.Limiter == nil || d.Audit == nil || d.NewID == nil || d.Log == nil || d.Metrics == nil {
+		return nil, errors.New("broker: NewService: missing dependency")
+	}
+	return &Service{profiles: d.Profiles, policy: d.Policy, limiter: d.Limiter, audit: d.Audit, newID: d.NewID, log: d.Log, metrics: d.Metrics}, nil
+}
+
+// Request field bounds. Kubernetes names are at most 253 characters.
+const (
+	maxProfileLen  = 64
+	maxAudienceLen = 256
+)
+
+var clusterRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?$`)
+
+// IssueCredential runs attest (done by the interceptor) → validate → policy →
+// limits → audit intent → issuer → audit result.
+func (s *Service) IssueCredential(ctx context.Context, req *credbrokerv1.IssueCredentialRequest) (*credbrokerv1.IssueCredentialResponse, error) {
+	caller, ok := attest.CallerFrom(ctx)
+	if !ok {
+		// The interceptor chain guarantees a caller; refuse rather than run unauthenticated.
+		return nil, toStatus(errorf(codes.Unauthenticated, "caller identity not established"))
+	}
+	id, err := s.newID()
+	if err != nil {
+		return nil, toStatus(wrapf(codes.Unavailable, err, "cannot allocate an issuance id"))
+	}
+	rec := audit.Record{
+		IssuanceID:  id,
+		Caller:      caller.ID.String(),
+		Attestation: caller.Method,
+		Profile:     req.GetProfile(),
+		Cluster:     req.GetCluster(),
+	}
+	start := time.Now()
+	cred, err := s.issue(ctx, caller, req, &rec)
+	profileLabel := "unknown"
+	if _, ok := s.profiles[rec.Profile]; ok {
+		profileLabel = rec.Profile
+	}
+	s.metrics.observe(rec.Decision, profileLabel, time.Since(start))
+	if err != nil {
+		s.log.LogAttrs(ctx, slog.LevelInfo, "credential refused", logAttrs(rec, err)...)
+		return nil, toStatus(err)
+	}
+	s.log.LogAttrs(ctx, slog.LevelInfo, "credential issued", logAttrs(rec, nil)...)
+	return &credbrokerv1.IssueCredentialResponse{Credential: cred}, nil
+}
+
+// issue does the work of IssueCredential and keeps rec describing the last
+// decision taken, for logs and metrics.
+func (s *Service) issue(ctx context.Context, caller attest.Caller, req *credbrokerv1.IssueCredentialRequest, rec *audit.Record) (*credbrokerv1.Credential, error) {
+	prof, grant, err := s.validate(caller, req)
+	if err != nil {
+		return nil, s.refuse(rec, audit.DecisionDenied, err)
+	}
+	rec.Cluster = grant.cluster
+	rec.Issuer = prof.IssuerName
+	rec.TTL = grant.ttl
+
+	if d := s.policy.Allow(caller.ID, prof.Name, grant.cluster); !d.Allowed {
+		return nil, s.refuse(rec, audit.DecisionDenied, errorf(codes.PermissionDenied, "%s", d.Reason))
+	}
+
+	res, err := s.limiter.Reserve(rec.Caller, grant.cluster)
+	if err != nil {
+		var ex *limits.ExceededError
+		if !errors.As(err, &ex) {
+			return nil, s.refuse(rec, audit.DecisionFailed, wrapf(codes.Unavailable, err, "limits unavailable; nothing was issued"))
+		}
+		ae := errorf(codes.ResourceExhausted, "%s", ex.Error())
+		ae.retryAfter = ex.RetryAfter
+		return nil, s.refuse(rec, audit.DecisionThrottled, ae)
+	}
+
+	// The intent is durable, with the quota it consumes, before any upstream call.
+	rec.Decision, rec.Reason = audit.DecisionIntent, ""
+	if _, err := s.audit.Append(*rec, res.Persist); err != nil {
+		res.Cancel()
+		return nil, wrapf(codes.Unavailable, err, "audit store unavailable; nothing was issued (issuance %s)", rec.IssuanceID)
+	}
+
+	cred, err := prof.Issuer.Issue(ctx, issuers.Request{
+		IssuanceID: rec.IssuanceID,
+		Subject:    rec.Caller,
+		Profile:    prof.Name,
+		Cluster:    grant.cluster,
+		Audience:   grant.audience,
+		TTL:        grant.ttl,
+	})
+	if err != nil {
+		return nil, s.refuse(rec, audit.DecisionFailed, issuerError(err, rec.IssuanceID))
+	}
+
+	rec.Decision = audit.DecisionIssued
+	rec.ExpiresAt = cred.ExpiresAt
+	rec.UpstreamRef = cred.UpstreamRef
+	if _, err := s.audit.Append(*rec); err != nil {
+		// Fail closed: a credential whose issuance is not on record is not handed out.
+		return nil, wrapf(codes.Unavailable, err, "audit store unavailable; credential withheld (issuance %s)", rec.IssuanceID)
+	}
+	return toProto(rec, cred), nil
+}
+
+// grant is what a validated request asks for, with defaults applied.
+type grant struct {
+	cluster  string
+	audience string
+	ttl      time.Duration
+}
+
+func (s *Service) validate(caller attest.Caller, req *credbrokerv1.IssueCredentialRequest) (Profile, grant, error) {
+	var g grant
+	name := req.GetProfile()
+	if name == "" || len(name) > maxProfileLen {
+		return Profile{}, g, errorf(codes.InvalidArgument, "profile is required (at most %d characters)", maxProfileLen)
+	}
+	prof, ok := s.profiles[name]
+	if !ok {
+		return Profile{}, g, errorf(codes.InvalidArgument, "unknown profile %q", name)
+	}
+
+	g.cluster = req.GetCluster()
+	if g.cluster != "" && !clusterRE.MatchString(g.cluster) {
+		return prof, g, errorf(codes.InvalidArgument, "cluster must be \"namespace/name\" with Kubernetes names")
+	}
+	if bound := caller.Constraints.Cluster; bound != "" {
+		// Attestation bound this caller to one cluster (e.g. a node).
+		if g.cluster == "" {
+			g.cluster = bound
+		}
+		if g.cluster != bound {
+			return prof, g, errorf(codes.PermissionDenied, "caller is bound to cluster %q", bound)
+		}
+	}
+	switch {
+	case prof.ClusterMode == config.ClusterRequired && g.cluster == "":
+		return prof, g, errorf(codes.InvalidArgument, "profile %q requires a cluster", name)
+	case prof.ClusterMode == config.ClusterNone && g.cluster != "":
+		return prof, g, errorf(codes.InvalidArgument, "profile %q is not cluster-scoped; omit the cluster", name)
+	}
+
+	g.ttl = prof.DefaultTTL
+	if d := req.GetTtl(); d != nil {
+		if err := d.CheckValid(); err != nil {
+			return prof, g, errorf(codes.InvalidArgument, "ttl is not a valid duration")
+		}
+		if t := d.AsDuration(); t != 0 {
+			if t < 0 || t > prof.MaxTTL {
+				return prof, g, errorf(codes.InvalidArgument, "ttl %s is outside (0, %s] for profile %q", t, prof.MaxTTL, name)
+			}
+			g.ttl = t
+		}
+	}
+
+	g.audience = prof.Audiences[0]
+	if a := req.GetAudience(); a != "" {
+		if len(a) > maxAudienceLen || !slices.Contains(prof.Audiences, a) {
+			return prof, g, errorf(codes.InvalidArgument, "audience is not allowed for profile %q", name)
+		}
+		g.audience = a
+	}
+	return prof, g, nil
+}
+
+// refuse records a refusal and returns err for the caller. If the refusal
+// cannot be recorded the caller is told the audit store is unavailable: a
+// decision that is not on record did not happen cleanly.
+func (s *Service) refuse(rec *audit.Record, d audit.Decision, err error) error {
+	rec.Decision = d
+	rec.Reason = reasonOf(err)
+	if _, aerr := s.audit.Append(*rec); aerr != nil {
+		return wrapf(codes.Unavailable, errors.Join(err, aerr), "audit store unavailable (issuance %s)", rec.IssuanceID)
+	}
+	return err
+}
+
+func reasonOf(err error) string {
+	var ae *apiError
+	if errors.As(err, &ae) {
+		return ae.msg
+	}
+	return "internal error"
+}
+
+// issuerError maps an issuer failure to a caller-safe error.
+func issuerError(err error, id string) error {
+	switch {
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return wrapf(codes.Unavailable, err, "issuance %s interrupted before the issuer answered", id)
+	case errors.Is(err, issuers.ErrUnavailable):
+		return wrapf(codes.Unavailable, err, "upstream issuer unavailable (issuance %s)", id)
+	default:
+		return wrapf(codes.Internal, err, "issuer failed (issuance %s)", id)
+	}
+}
+
+func toProto(rec *audit.Record, c issuers.Credential) *credbrokerv1.Credential {
+	out := &credbrokerv1.Credential{
+		IssuanceId: rec.IssuanceID,
+		Profile:    rec.Profile,
+		Cluster:    rec.Cluster,
+		Issuer:     rec.Issuer,
+		ExpiresAt:  timestamppb.New(c.ExpiresAt),
+	}
+	switch c.Kind {
+	case issuers.KindAWS:
+		out.Kind = &credbrokerv1.Credential_Aws{Aws: &credbrokerv1.AWSCredentials{
+			AccessKeyId:     c.AWS.AccessKeyID,
+			SecretAccessKey: c.AWS.SecretAccessKey,
+			SessionToken:    c.AWS.SessionToken,
+		}}
+	default:
+		out.Kind = &credbrokerv1.Credential_Token{Token: &credbrokerv1.Token{Token: c.Token, TokenType: c.TokenType}}
+	}
+	return out
+}
+
+// logAttrs describes a decision for the log. It never includes a credential.
+func logAttrs(rec audit.Record, err error) []slog.Attr {
+	attrs := []slog.Attr{
+		slog.String("issuance_id", rec.IssuanceID),
+		slog.String("caller", rec.Caller),
+		slog.String("profile", rec.Profile),
+		slog.String("cluster", rec.Cluster),
+		slog.String("decision", string(rec.Decision)),
+	}
+	if rec.UpstreamRef != "" {
+		attrs = append(attrs, slog.String("upstream_ref", rec.UpstreamRef))
+	}
+	if err != nil {
+		attrs = append(attrs, slog.String("error", err.Error()))
+	}
+	return attrs
+}

@@ -1,0 +1,50 @@
+package broker
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/credbroker/credbroker/broker/audit"
+)
+
+// Metrics are the broker's Prometheus metrics. Names are stable: dashboards
+// and alerts depend on them.
+type Metrics struct {
+	decisions *prometheus.CounterVec
+	latency   *prometheus.HistogramVec
+	authFails *prometheus.CounterVec
+}
+
+// NewMetrics registers the broker's metrics with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "credbroker_decisions_total",
+			Help: "Issuance decisions by outcome (issued, denied, throttled, failed) and profile.",
+		}, []string{"decision", "profile"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "credbroker_issue_duration_seconds",
+			Help:    "Time to decide an IssueCredential request, by outcome.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}, []string{"decision"}),
+		authFails: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "credbroker_authentication_failures_total",
+			Help: "Requests refused because the caller could not be authenticated, by API.",
+		}, []string{"api"}),
+	}
+	reg.MustRegister(m.decisions, m.latency, m.authFails)
+	return m
+}
+
+// observe counts one decision. profile must be a configured profile name or
+// "unknown", never caller-chosen text, to keep label cardinality bounded.
+func (m *Metrics) observe(d audit.Decision, profile string, took time.Duration) {
+	dec := string(d)
+	if d == audit.DecisionIntent {
+		// The intent was written but nothing after it: the result failed to record.
+		dec = string(audit.DecisionFailed)
+	}
+	m.decisions.WithLabelValues(dec, profile).Inc()
+	m.latency.WithLabelValues(dec).Observe(took.Seconds())
+}

@@ -1,0 +1,102 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+)
+
+// PeerCred is the AuthInfo of a connection on the admin unix socket: the
+// kernel's account of the connecting process (SO_PEERCRED), which the peer
+// cannot forge.
+type PeerCred struct {
+	credentials.CommonAuthInfo
+	UID, GID uint32
+	PID      int32
+}
+
+// AuthType implements credentials.AuthInfo.
+func (PeerCred) AuthType() string { return "peercred" }
+
+// peerCredCreds are server transport credentials for a unix socket. The
+// socket's 0600 mode keeps other users out; the uid check in the admin
+// interceptor is the second lock.
+type peerCredCreds struct{}
+
+func (peerCredCreds) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	uc, ok := conn.(*net.UnixConn)
+	if !ok {
+		return nil, nil, errors.New("broker: admin socket: not a unix connection")
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return nil, nil, fmt.Errorf("broker: admin socket: %w", err)
+	}
+	var cred *unix.Ucred
+	var credErr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return nil, nil, fmt.Errorf("broker: admin socket: %w", err)
+	}
+	if credErr != nil {
+		return nil, nil, fmt.Errorf("broker: admin socket: SO_PEERCRED: %w", credErr)
+	}
+	return conn, PeerCred{
+		CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity},
+		UID:            cred.Uid, GID: cred.Gid, PID: cred.Pid,
+	}, nil
+}
+
+func (peerCredCreds) ClientHandshake(context.Context, string, net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	return nil, nil, errors.New("broker: peercred credentials are server-side only")
+}
+func (peerCredCreds) Info() credentials.ProtocolInfo {
+	return credentials.ProtocolInfo{SecurityProtocol: "peercred"}
+}
+func (c peerCredCreds) Clone() credentials.TransportCredentials { return c }
+func (peerCredCreds) OverrideServerName(string) error           { return nil }
+
+// uidGate admits admin calls from allowed local uids.
+type uidGate struct{ uids []uint32 }
+
+func (g uidGate) check(ctx context.Context, method string) error {
+	if err := onlyAdminMethods(method); err != nil {
+		return err
+	}
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return status.Error(codes.Unauthenticated, "admin socket: no peer information")
+	}
+	pc, ok := p.AuthInfo.(PeerCred)
+	if !ok {
+		return status.Error(codes.Unauthenticated, "admin socket: peer credentials unavailable")
+	}
+	if !slices.Contains(g.uids, pc.UID) {
+		return status.Errorf(codes.PermissionDenied, "admin socket: uid %d is not an admin", pc.UID)
+	}
+	return nil
+}
+
+func (g uidGate) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if err := g.check(ctx, info.FullMethod); err != nil {
+		return nil, err
+	}
+	return handler(ctx, req)
+}
+
+func (g uidGate) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if err := g.check(ss.Context(), info.FullMethod); err != nil {
+		return err
+	}
+	return handler(srv, ss)
+}

@@ -1,0 +1,69 @@
+// Command credbroker is the credential broker server.
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/credbroker/credbroker/internal/daemon"
+)
+
+func main() {
+	if err := newRootCommand().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "credbroker:", err)
+		os.Exit(1)
+	}
+}
+
+func newRootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "credbroker",
+		Short:         "Short-lived, scoped credentials for Cluster API controllers and nodes",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(newServeCommand())
+	return root
+}
+
+func newServeCommand() *cobra.Command {
+	var opts daemon.Options
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the broker",
+		Long: `Run the broker: the mTLS gRPC API for workloads and admins, the HTTP listener
+(/healthz, /metrics, OIDC discovery and JWKS) and the admin unix socket.
+
+With --dev it runs offline on the embedded development configuration: it
+creates a dev trust domain and CA in the data directory, writes ready-to-use
+SVID directories for a demo controller (DATA_DIR/dev/controller) and a demo
+admin (DATA_DIR/dev/admin), and prints a line that requests a credential.
+
+SIGTERM or SIGINT drains in-flight requests, then closes the database.`,
+		Example: `  credbroker serve --dev
+  credbroker serve --dev --data-dir /tmp/cb --listen 127.0.0.1:0 --http-listen 127.0.0.1:0
+  credbroker serve --config /etc/credbroker/config.yaml`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			opts.Stdout, opts.Stderr = cmd.OutOrStdout(), cmd.ErrOrStderr()
+			if exe, err := os.Executable(); err == nil {
+				opts.BinDir = filepath.Dir(exe)
+			}
+			return daemon.Run(ctx, opts)
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVar(&opts.Dev, "dev", false, "run offline on the embedded development configuration")
+	f.StringVar(&opts.ConfigFile, "config", "", "configuration file (YAML; unknown keys are errors)")
+	f.StringVar(&opts.DataDir, "data-dir", "", "data directory (database, keys, admin socket); default ./data or the config's data_dir")
+	f.StringVar(&opts.Listen, "listen", "", "gRPC mTLS listen address; default 127.0.0.1:8443 or the config's listen")
+	f.StringVar(&opts.HTTPListen, "http-listen", "", "HTTP listen address for /healthz, /metrics and OIDC discovery; default 127.0.0.1:8444")
+	return cmd
+}

@@ -1,0 +1,90 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+)
+
+// dial connects to the admin socket. Transport security is not needed: the
+// socket is 0600 and the broker checks the peer's uid (SO_PEERCRED).
+func (a *app) dial() (credbrokerv1.AdminServiceClient, func(), error) {
+	path, err := filepath.Abs(a.socket)
+	if err != nil {
+		return nil, nil, fmt.Errorf("admin socket %s: %w", a.socket, err)
+	}
+	fi, err := os.Stat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, nil, a.unreachable()
+	case errors.Is(err, fs.ErrPermission):
+		return nil, nil, a.socketPermission()
+	case err != nil:
+		return nil, nil, fmt.Errorf("admin socket %s: %w", a.socket, err)
+	case fi.Mode().Type() != fs.ModeSocket:
+		return nil, nil, fmt.Errorf("admin socket %s is not a unix socket", a.socket)
+	}
+	conn, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, nil, fmt.Errorf("admin socket %s: %w", a.socket, err)
+	}
+	return credbrokerv1.NewAdminServiceClient(conn), func() { _ = conn.Close() }, nil
+}
+
+// callContext bounds one RPC by --timeout.
+func (a *app) callContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, a.timeout)
+}
+
+func (a *app) unreachable() error {
+	return fmt.Errorf("cannot reach broker admin socket %s: is `credbroker serve` running?", a.socket)
+}
+
+func (a *app) socketPermission() error {
+	return fmt.Errorf("cannot open broker admin socket %s: permission denied; run credbrokerctl as the user the broker runs as (or root)", a.socket)
+}
+
+// rpcError turns an RPC failure into one line an operator can act on.
+func (a *app) rpcError(err error) error {
+	st, ok := status.FromError(err)
+	if !ok {
+		return err
+	}
+	msg := st.Message()
+	switch st.Code() {
+	case codes.Unavailable:
+		switch {
+		case strings.Contains(msg, "connection refused"), strings.Contains(msg, "no such file"):
+			return a.unreachable()
+		case strings.Contains(msg, "permission denied"):
+			return a.socketPermission()
+		}
+		return fmt.Errorf("broker unavailable: %s", msg)
+	case codes.PermissionDenied:
+		return fmt.Errorf("permission denied by broker: %s (the admin socket accepts only the broker's own uid and root)", msg)
+	case codes.Unauthenticated:
+		return fmt.Errorf("not authenticated by broker: %s", msg)
+	case codes.DeadlineExceeded:
+		return fmt.Errorf("broker did not answer within %v (see --timeout)", a.timeout)
+	case codes.Canceled:
+		return errors.New("interrupted")
+	case codes.NotFound:
+		return fmt.Errorf("not found: %s", msg)
+	case codes.InvalidArgument:
+		return fmt.Errorf("invalid request: %s", msg)
+	case codes.Unimplemented:
+		return fmt.Errorf("the broker does not support this command (is it older than credbrokerctl?): %s", msg)
+	}
+	return fmt.Errorf("broker error (%s): %s", st.Code(), msg)
+}

@@ -1,0 +1,202 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+)
+
+// maxListLimit mirrors the AdminService's own cap on ListIssuances.
+const maxListLimit = 10000
+
+func newIssuancesCmd(a *app) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     "issuances",
+		Aliases: []string{"issuance"},
+		Short:   "Inspect issued credentials",
+		Long: `Inspect the credentials the broker has issued. Secrets are never shown
+(the broker does not keep them); the REF column is the upstream reference an
+operator can match: a token's jti, an AWS AccessKeyId or a Vault lease id.`,
+		Example: `  credbrokerctl issuances list --cluster team-a/prod --since 24h
+  credbrokerctl issuances show 0190a6e2-7c1d-7abc-8def-0123456789ab`,
+	}
+	groupCommand(cmd)
+	cmd.AddCommand(newIssuancesListCmd(a), newIssuancesShowCmd(a))
+	return cmd
+}
+
+func newIssuancesListCmd(a *app) *cobra.Command {
+	var caller, cluster, since string
+	var limit int
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List issued credentials, newest first",
+		Long: `List issued credentials, newest first. Filters combine with AND.
+
+--since takes an RFC 3339 time or a duration back from now (90m, 1h, 7d).
+--limit 0 lets the broker choose (100); at most 10000.`,
+		Example: `  credbrokerctl issuances list
+  credbrokerctl issuances list --caller spiffe://example.org/ns/capi-system/sa/capa-controller-manager
+  credbrokerctl issuances list --cluster team-a/prod --since 2026-01-02T15:04:05Z --limit 500 -o json`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			req := &credbrokerv1.ListIssuancesRequest{Caller: caller, Cluster: cluster}
+			if cluster != "" && !validCluster(cluster) {
+				return usagef("--cluster %q: want NAMESPACE/NAME", cluster)
+			}
+			if limit < 0 || limit > maxListLimit {
+				return usagef("--limit %d: want 0..%d", limit, maxListLimit)
+			}
+			req.Limit = int32(limit)
+			if since != "" {
+				t, err := parseSince(since, a.now())
+				if err != nil {
+					return usageError{err}
+				}
+				req.Since = timestamppb.New(t)
+			}
+			return a.listIssuances(cmd, req)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&caller, "caller", "", "only this caller SPIFFE ID")
+	f.StringVar(&cluster, "cluster", "", "only this workload cluster, NAMESPACE/NAME")
+	f.StringVar(&since, "since", "", "only issuances at or after this RFC 3339 time or duration ago (e.g. 1h, 7d)")
+	f.IntVar(&limit, "limit", 0, "maximum number of issuances (0 = broker default of 100)")
+	return cmd
+}
+
+func validCluster(s string) bool {
+	ns, name, ok := strings.Cut(s, "/")
+	return ok && ns != "" && name != "" && !strings.Contains(name, "/")
+}
+
+// parseSince accepts an RFC 3339 time, or a positive duration before now in
+// Go syntax or whole days ("7d").
+func parseSince(s string, now time.Time) (time.Time, error) {
+	if t, err := time.Parse(time.RFC3339, s); err == nil {
+		return t, nil
+	}
+	var d time.Duration
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.Atoi(days)
+		if err != nil || n > 365*100 {
+			return time.Time{}, fmt.Errorf("--since %q: want an RFC 3339 time or a duration like 1h or 7d", s)
+		}
+		d = time.Duration(n) * 24 * time.Hour
+	} else {
+		var err error
+		if d, err = time.ParseDuration(s); err != nil {
+			return time.Time{}, fmt.Errorf("--since %q: want an RFC 3339 time or a duration like 1h or 7d", s)
+		}
+	}
+	if d <= 0 {
+		return time.Time{}, fmt.Errorf("--since %q: the duration must be positive", s)
+	}
+	return now.Add(-d), nil
+}
+
+func (a *app) listIssuances(cmd *cobra.Command, req *credbrokerv1.ListIssuancesRequest) error {
+	client, closeConn, err := a.dial()
+	if err != nil {
+		return err
+	}
+	defer closeConn()
+	ctx, cancel := a.callContext(cmd.Context())
+	defer cancel()
+	resp, err := client.ListIssuances(ctx, req)
+	if err != nil {
+		return a.rpcError(err)
+	}
+	if a.jsonOutput() {
+		list, err := protoJSONList(resp.GetIssuances())
+		if err != nil {
+			return err
+		}
+		return writeJSON(a.stdout, list)
+	}
+	t := newTable(a.stdout, "ID", "ISSUED", "EXPIRES", "CALLER", "PROFILE", "CLUSTER", "ISSUER", "REF")
+	for _, is := range resp.GetIssuances() {
+		t.row(is.GetId(), formatTime(is.GetIssuedAt()), formatTime(is.GetExpiresAt()), is.GetCaller(),
+			is.GetProfile(), is.GetCluster(), is.GetIssuer(), is.GetUpstreamRef())
+	}
+	return t.flush()
+}
+
+func newIssuancesShowCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "show ID",
+		Short: "Show one issuance and its audit records",
+		Long: `Show one issuance and every audit record that names it (the intent recorded
+before the issuer was called, and the result).`,
+		Example: `  credbrokerctl issuances show 0190a6e2-7c1d-7abc-8def-0123456789ab
+  credbrokerctl issuances show 0190a6e2-7c1d-7abc-8def-0123456789ab -o json`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if args[0] == "" {
+				return usagef("issuance ID is empty")
+			}
+			return a.showIssuance(cmd, args[0])
+		},
+	}
+}
+
+func (a *app) showIssuance(cmd *cobra.Command, id string) error {
+	client, closeConn, err := a.dial()
+	if err != nil {
+		return err
+	}
+	defer closeConn()
+	ctx, cancel := a.callContext(cmd.Context())
+	defer cancel()
+	resp, err := client.GetIssuance(ctx, &credbrokerv1.GetIssuanceRequest{Id: id})
+	if err != nil {
+		return a.rpcError(err)
+	}
+	if resp.GetIssuance() == nil {
+		return errors.New("broker returned no issuance")
+	}
+	if a.jsonOutput() {
+		b, err := protoJSON(resp)
+		if err != nil {
+			return err
+		}
+		return writeJSON(a.stdout, b)
+	}
+	is := resp.GetIssuance()
+	kv := newTable(a.stdout, "FIELD", "VALUE")
+	for _, f := range [][2]string{
+		{"ID", is.GetId()},
+		{"ISSUED", formatTime(is.GetIssuedAt())},
+		{"EXPIRES", formatTime(is.GetExpiresAt())},
+		{"CALLER", is.GetCaller()},
+		{"ATTESTATION", is.GetAttestation()},
+		{"PROFILE", is.GetProfile()},
+		{"CLUSTER", is.GetCluster()},
+		{"ISSUER", is.GetIssuer()},
+		{"REF", is.GetUpstreamRef()},
+	} {
+		kv.row(f[0], f[1])
+	}
+	if err := kv.flush(); err != nil {
+		return err
+	}
+	a.printf("\nAUDIT RECORDS (%d)\n", len(resp.GetRecords()))
+	t := newTable(a.stdout, "SEQ", "TIME", "DECISION", "REASON", "TTL", "REF", "ID", "HASH")
+	for _, r := range resp.GetRecords() {
+		ttl := ""
+		if r.GetTtl() != nil {
+			ttl = r.GetTtl().AsDuration().String()
+		}
+		t.row(strconv.FormatUint(r.GetSeq(), 10), formatTime(r.GetTime()), decisionName(r.GetDecision()),
+			r.GetReason(), ttl, r.GetUpstreamRef(), r.GetId(), shortHash(r.GetHash()))
+	}
+	return t.flush()
+}

@@ -1,0 +1,110 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+// socketEnv overrides the default --socket.
+const socketEnv = "CREDBROKER_ADMIN_SOCKET"
+
+const defaultSocket = "./data/admin.sock"
+
+// Output formats for -o.
+const (
+	outputTable = "table"
+	outputJSON  = "json"
+)
+
+// app holds the global flags and the process environment the commands use.
+type app struct {
+	socket  string
+	output  string
+	timeout time.Duration
+
+	now    func() time.Time
+	getenv func(string) string
+	stdout io.Writer
+}
+
+func newRootCmd(a *app) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "credbrokerctl",
+		Short: "Administer a credbroker server",
+		Long: `credbrokerctl inspects and administers a running credbroker through its
+admin API on the local unix socket. It never opens the broker's database.
+
+The socket is only accepted from the broker's own uid (or root), so run
+credbrokerctl as that user.`,
+		Example: `  credbrokerctl --socket /var/lib/credbroker/admin.sock issuances list --since 1h
+  CREDBROKER_ADMIN_SOCKET=./data/admin.sock credbrokerctl audit verify -o json`,
+		SilenceErrors: true,
+		SilenceUsage:  true,
+		PersistentPreRunE: func(*cobra.Command, []string) error {
+			if a.output != outputTable && a.output != outputJSON {
+				return usagef("unknown output format %q: use table or json", a.output)
+			}
+			if a.timeout <= 0 {
+				return usagef("--timeout must be positive")
+			}
+			return nil
+		},
+	}
+	root.CompletionOptions.DisableDefaultCmd = true
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	groupCommand(root)
+
+	socket := defaultSocket
+	if env := a.getenv(socketEnv); env != "" {
+		socket = env
+	}
+	f := root.PersistentFlags()
+	f.StringVar(&a.socket, "socket", socket, "path of the broker's admin unix socket (env "+socketEnv+")")
+	f.StringVarP(&a.output, "output", "o", outputTable, "output format: table or json")
+	f.DurationVar(&a.timeout, "timeout", 10*time.Second, "how long to wait for the broker to answer")
+
+	root.AddCommand(newIssuancesCmd(a), newAuditCmd(a))
+	return root
+}
+
+// groupCommand makes cmd, which only holds subcommands, reject unknown
+// subcommands as usage errors and print its help when run bare.
+func groupCommand(cmd *cobra.Command) {
+	cmd.Args = cobra.ArbitraryArgs
+	cmd.RunE = func(c *cobra.Command, args []string) error {
+		if len(args) > 0 {
+			return usagef("unknown command %q for %q", args[0], c.CommandPath())
+		}
+		c.SetOut(c.ErrOrStderr())
+		_ = c.Help()
+		return usagef("%s needs a subcommand", c.CommandPath())
+	}
+}
+
+// exactArgs is cobra.ExactArgs reporting a usage error.
+func exactArgs(n int) cobra.PositionalArgs {
+	return func(c *cobra.Command, args []string) error {
+		if err := cobra.ExactArgs(n)(c, args); err != nil {
+			return usageError{err}
+		}
+		return nil
+	}
+}
+
+// noArgs rejects positional arguments as a usage error.
+func noArgs(c *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return usagef("%s takes no arguments, got %q", c.CommandPath(), args[0])
+	}
+	return nil
+}
+
+// jsonOutput reports whether -o json was asked for.
+func (a *app) jsonOutput() bool { return a.output == outputJSON }
+
+func (a *app) printf(format string, args ...any) {
+	fmt.Fprintf(a.stdout, format, args...)
+}

@@ -1,0 +1,309 @@
+// Package daemon wires and runs the broker: it is the explicit catalog that
+// turns a configuration into listeners, verifiers, issuers, limits and the
+// audit log, and the lifecycle that starts them and drains them on shutdown.
+// Reading Run tells you the whole server.
+package daemon
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"go.etcd.io/bbolt"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/time/rate"
+	"google.golang.org/grpc"
+
+	"github.com/credbroker/credbroker/broker"
+	"github.com/credbroker/credbroker/broker/audit"
+	"github.com/credbroker/credbroker/broker/config"
+	"github.com/credbroker/credbroker/broker/limits"
+	"github.com/credbroker/credbroker/broker/policy"
+)
+
+// Options are what `credbroker serve` passes in from its flags.
+type Options struct {
+	// Dev runs on the embedded dev configuration with a generated trust domain.
+	Dev bool
+	// ConfigFile is the configuration file (required unless Dev).
+	ConfigFile string
+	// DataDir, Listen and HTTPListen override the configuration when set.
+	DataDir, Listen, HTTPListen string
+	// Stdout receives the human-readable start banner; Stderr the logs.
+	Stdout, Stderr io.Writer
+	// BinDir is where the sibling binaries live, for the copy-paste hints.
+	BinDir string
+}
+
+// DBFile is the bbolt file name inside the data directory.
+const DBFile = "credbroker.db"
+
+// Run starts the broker and blocks until ctx is done, then shuts down
+// gracefully: in-flight RPCs drain (up to the configured grace), listeners
+// close, and the database is closed last.
+func Run(ctx context.Context, opts Options) error {
+	cfg, err := loadConfig(opts)
+	if err != nil {
+		return err
+	}
+	log := newLogger(opts.Stderr, cfg.LogLevel)
+
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	trust, err := loadTrust(cfg, opts.Dev)
+	if err != nil {
+		return err
+	}
+
+	// Bind every listener before anything else so that port conflicts fail
+	// fast and ":0" resolves to real addresses for the issuer URL.
+	grpcLis, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
+	}
+	defer grpcLis.Close()
+	httpLis, err := net.Listen("tcp", cfg.HTTPListen)
+	if err != nil {
+		return fmt.Errorf("http listen %s: %w", cfg.HTTPListen, err)
+	}
+	defer httpLis.Close()
+	cfg.Listen, cfg.HTTPListen = grpcLis.Addr().String(), httpLis.Addr().String()
+	cfg.ResolvePaths()
+	adminLis, err := listenUnix(cfg.Admin.Socket)
+	if err != nil {
+		return err
+	}
+	defer adminLis.Close()
+
+	db, err := bbolt.Open(filepath.Join(cfg.DataDir, DBFile), 0o600, &bbolt.Options{Timeout: time.Second})
+	if err != nil {
+		return fmt.Errorf("open database %s: %w (is another credbroker running on this data dir?)", filepath.Join(cfg.DataDir, DBFile), err)
+	}
+	defer db.Close()
+	auditLog, err := audit.Open(db)
+	if err != nil {
+		return err
+	}
+	defer auditLog.Close()
+	limiter, err := limits.New(db, limits.Config{
+		Rate:          rate.Limit(cfg.Limits.Rate),
+		Burst:         cfg.Limits.Burst,
+		IdentityQuota: limits.Quota(cfg.Limits.IdentityQuota),
+		ClusterQuota:  limits.Quota(cfg.Limits.ClusterQuota),
+	})
+	if err != nil {
+		return err
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := broker.NewMetrics(reg)
+
+	issuerSet, err := buildIssuers(cfg)
+	if err != nil {
+		return err
+	}
+	profiles, err := buildProfiles(cfg, issuerSet)
+	if err != nil {
+		return err
+	}
+	pol, err := policy.New(cfg.Policy)
+	if err != nil {
+		return err
+	}
+	svc, err := broker.NewService(broker.ServiceDeps{
+		Profiles: profiles,
+		Policy:   pol,
+		Limiter:  limiter,
+		Audit:    auditLog,
+		NewID:    newIssuanceID,
+		Log:      log,
+		Metrics:  metrics,
+	})
+	if err != nil {
+		return err
+	}
+	admin := broker.NewAdmin(auditLog)
+	gate := broker.NewGate(trust.authenticators(cfg), cfg.Admin.SPIFFEIDs, auditLog, metrics, log)
+	grpcServer := broker.NewGRPCServer(trust.serverTLS(), gate, svc, admin)
+	adminServer := broker.NewAdminSocketServer(adminUIDs(cfg), admin)
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	for _, h := range issuerSet.handlers {
+		mux.Handle("/.well-known/", h)
+	}
+	httpServer := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+
+	log.Info("serving",
+		slog.String("grpc", cfg.Listen), slog.String("http", cfg.HTTPListen),
+		slog.String("admin_socket", cfg.Admin.Socket), slog.String("trust_domain", cfg.TrustDomain),
+		slog.Bool("dev", opts.Dev))
+	if opts.Dev {
+		printDevBanner(opts, cfg, trust)
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return serveGRPC(grpcServer, grpcLis) })
+	g.Go(func() error { return serveGRPC(adminServer, adminLis) })
+	g.Go(func() error {
+		if err := httpServer.Serve(httpLis); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("http: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		log.Info("shutting down", slog.Duration("grace", cfg.ShutdownGrace))
+		shutdown(grpcServer, cfg.ShutdownGrace)
+		shutdown(adminServer, cfg.ShutdownGrace)
+		sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
+		defer cancel()
+		return httpServer.Shutdown(sctx)
+	})
+	err = g.Wait()
+	log.Info("stopped")
+	return err
+}
+
+func loadConfig(opts Options) (*config.Config, error) {
+	var cfg *config.Config
+	var err error
+	switch {
+	case opts.Dev && opts.ConfigFile != "":
+		return nil, errors.New("--dev and --config are exclusive: --dev runs on the embedded dev configuration")
+	case opts.Dev:
+		cfg, err = config.Parse(bytesReader(config.DevYAML()))
+	case opts.ConfigFile == "":
+		return nil, errors.New("no configuration: pass --config FILE, or --dev to try the broker locally")
+	default:
+		cfg, err = config.LoadFile(opts.ConfigFile)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if opts.DataDir != "" {
+		cfg.DataDir = opts.DataDir
+	}
+	if opts.Listen != "" {
+		cfg.Listen = opts.Listen
+	}
+	if opts.HTTPListen != "" {
+		cfg.HTTPListen = opts.HTTPListen
+	}
+	if !opts.Dev && cfg.TLS.SVIDFile == "" {
+		return nil, errors.New("config: tls.svid_file and tls.svid_key_file are required outside --dev")
+	}
+	return cfg, nil
+}
+
+func newLogger(w io.Writer, level string) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(level)) // validated by config
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l}))
+}
+
+// listenUnix opens the admin socket with mode 0600, replacing a stale socket
+// file left by a previous run.
+func listenUnix(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("admin socket: %s exists and is not a socket", path)
+		}
+		if c, err := net.Dial("unix", path); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("admin socket: %s is in use by another process", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("admin socket: %w", err)
+		}
+	}
+	lis, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		lis.Close()
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	return lis, nil
+}
+
+func adminUIDs(cfg *config.Config) []uint32 {
+	if len(cfg.Admin.UnixUIDs) == 0 {
+		return []uint32{uint32(os.Getuid())}
+	}
+	uids := make([]uint32, 0, len(cfg.Admin.UnixUIDs))
+	for _, u := range cfg.Admin.UnixUIDs {
+		uids = append(uids, uint32(u))
+	}
+	return uids
+}
+
+func serveGRPC(s *grpc.Server, lis net.Listener) error {
+	if err := s.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		return err
+	}
+	return nil
+}
+
+// shutdown drains in-flight RPCs, then cuts off whatever is still running
+// after grace.
+func shutdown(s *grpc.Server, grace time.Duration) {
+	done := make(chan struct{})
+	go func() {
+		s.GracefulStop()
+		close(done)
+	}()
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		s.Stop()
+		<-done
+	}
+}
+
+func newIssuanceID() (string, error) {
+	id, err := uuid.NewV7()
+	if err != nil {
+		return "", err
+	}
+	return id.String(), nil
+}
+
+// serverTLS is the broker's TLS configuration: its own SVID, TLS 1.3, and
+// client certificates requested but verified by the Gate, per request.
+func serverTLSConfig(getCert func() *x509svid.SVID) *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		ClientAuth: tls.RequestClientCert,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			svid := getCert()
+			certs := make([][]byte, 0, len(svid.Certificates))
+			for _, c := range svid.Certificates {
+				certs = append(certs, c.Raw)
+			}
+			return &tls.Certificate{Certificate: certs, PrivateKey: svid.PrivateKey, Leaf: svid.Certificates[0]}, nil
+		},
+	}
+}

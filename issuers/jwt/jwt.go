@@ -1,0 +1,199 @@
+// Package jwt is the broker's own OIDC issuer. It signs short-lived ES256
+// JWTs with a key kept in a local file, and publishes the discovery document
+// and JWKS that relying parties (AWS AssumeRoleWithWebIdentity, MinIO, Vault's
+// JWT auth) fetch to verify them.
+package jwt
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"strings"
+	"time"
+
+	jwtlib "github.com/golang-jwt/jwt/v5"
+
+	"github.com/credbroker/credbroker/issuers"
+)
+
+// TokenType is the Credential.TokenType of tokens this issuer mints.
+const TokenType = "JWT"
+
+// Config configures an Issuer.
+type Config struct {
+	// IssuerURL is the `iss` claim, e.g. "https://broker.example.com". The
+	// discovery document and JWKS are served under it
+	// (IssuerURL + "/.well-known/..."). It must be an absolute http(s) URL
+	// without query or fragment; a trailing slash is dropped.
+	IssuerURL string
+	// KeyFile holds the ES256 signing key, PEM-encoded PKCS#8. It is generated
+	// (mode 0600) when absent. An existing file readable or writable by group
+	// or others is refused.
+	KeyFile string
+	// Clock returns the current time; nil means time.Now.
+	Clock func() time.Time
+	// Rand is the randomness used to generate a missing key; nil means
+	// crypto/rand. Signing always uses crypto/rand.
+	Rand io.Reader
+}
+
+// Issuer mints JWTs signed with one ES256 key. It is safe for concurrent use.
+type Issuer struct {
+	issuerURL string
+	key       *ecdsa.PrivateKey
+	kid       string
+	jwks      []byte
+	discovery []byte
+	clock     func() time.Time
+}
+
+// New loads the signing key from cfg.KeyFile, generating it first if the file
+// does not exist.
+func New(cfg Config) (*Issuer, error) {
+	issuerURL, err := parseIssuerURL(cfg.IssuerURL)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.KeyFile == "" {
+		return nil, errors.New("jwt: no key file configured")
+	}
+	key, err := loadOrCreateKey(cfg.KeyFile, cfg.Rand)
+	if err != nil {
+		return nil, err
+	}
+	jwk, err := publicJWK(&key.PublicKey)
+	if err != nil {
+		return nil, err
+	}
+	clock := cfg.Clock
+	if clock == nil {
+		clock = time.Now
+	}
+	i := &Issuer{
+		issuerURL: issuerURL,
+		key:       key,
+		kid:       jwk.thumbprint(),
+		clock:     clock,
+	}
+	if i.jwks, err = marshalJWKS(jwk, i.kid); err != nil {
+		return nil, err
+	}
+	if i.discovery, err = marshalDiscovery(issuerURL); err != nil {
+		return nil, err
+	}
+	return i, nil
+}
+
+func parseIssuerURL(raw string) (string, error) {
+	if raw == "" {
+		return "", errors.New("jwt: no issuer URL configured")
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", fmt.Errorf("jwt: issuer URL %q: %w", raw, err)
+	}
+	if (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return "", fmt.Errorf("jwt: issuer URL %q must be an absolute http(s) URL", raw)
+	}
+	if u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return "", fmt.Errorf("jwt: issuer URL %q must not have user info, query or fragment", raw)
+	}
+	return strings.TrimSuffix(raw, "/"), nil
+}
+
+// Issue mints a token for req: iss, sub (req.Subject), aud (req.Audience),
+// iat, nbf, exp (now + req.TTL), jti (req.IssuanceID), profile, and cluster
+// when req.Cluster is set. The token is only returned, never stored or logged.
+func (i *Issuer) Issue(ctx context.Context, req issuers.Request) (issuers.Credential, error) {
+	if err := ctx.Err(); err != nil {
+		return issuers.Credential{}, fmt.Errorf("jwt: %w", err)
+	}
+	if err := checkRequest(req); err != nil {
+		return issuers.Credential{}, err
+	}
+	// JWT times have one-second resolution; truncate first so that the
+	// credential's ExpiresAt is exactly the token's exp.
+	now := i.clock().Truncate(time.Second)
+	exp := now.Add(req.TTL)
+	claims := jwtlib.MapClaims{
+		"iss":     i.issuerURL,
+		"sub":     req.Subject,
+		"aud":     req.Audience,
+		"iat":     now.Unix(),
+		"nbf":     now.Unix(),
+		"exp":     exp.Unix(),
+		"jti":     req.IssuanceID,
+		"profile": req.Profile,
+	}
+	if req.Cluster != "" {
+		claims["cluster"] = req.Cluster
+	}
+	token, err := i.sign(claims)
+	if err != nil {
+		return issuers.Credential{}, err
+	}
+	return issuers.Credential{
+		Kind:        issuers.KindToken,
+		Token:       token,
+		TokenType:   TokenType,
+		ExpiresAt:   time.Unix(exp.Unix(), 0).UTC(),
+		UpstreamRef: req.IssuanceID,
+	}, nil
+}
+
+func checkRequest(req issuers.Request) error {
+	switch {
+	case req.Subject == "":
+		return errors.New("jwt: request has no subject")
+	case req.Audience == "":
+		// A token without an audience would be accepted by every relying
+		// party that trusts this issuer.
+		return errors.New("jwt: request has no audience")
+	case req.IssuanceID == "":
+		return errors.New("jwt: request has no issuance id")
+	case req.TTL < time.Second:
+		return fmt.Errorf("jwt: TTL %v is shorter than one second", req.TTL)
+	}
+	return nil
+}
+
+// Sign signs arbitrary claims with the issuer's key (header kid, alg ES256,
+// typ JWT). iss is set to the issuer URL when absent and must equal it when
+// present; exp is required, so that nothing signed here lives forever. The
+// caller's map is not modified.
+func (i *Issuer) Sign(claims map[string]any) (string, error) {
+	if _, ok := claims["exp"]; !ok {
+		return "", errors.New("jwt: claims have no exp; refusing to sign a token that never expires")
+	}
+	mc := make(jwtlib.MapClaims, len(claims)+1)
+	for k, v := range claims {
+		mc[k] = v
+	}
+	if iss, ok := mc["iss"]; !ok {
+		mc["iss"] = i.issuerURL
+	} else if iss != i.issuerURL {
+		return "", fmt.Errorf("jwt: claim iss %v is not this issuer (%s)", iss, i.issuerURL)
+	}
+	return i.sign(mc)
+}
+
+func (i *Issuer) sign(claims jwtlib.MapClaims) (string, error) {
+	t := jwtlib.NewWithClaims(jwtlib.SigningMethodES256, claims)
+	t.Header["kid"] = i.kid
+	s, err := t.SignedString(i.key)
+	if err != nil {
+		return "", fmt.Errorf("jwt: signing token: %w", err)
+	}
+	return s, nil
+}
+
+// KeyID is the key's RFC 7638 JWK SHA-256 thumbprint, base64url without
+// padding; it is the kid of every token and of the JWKS entry.
+func (i *Issuer) KeyID() string { return i.kid }
+
+// JWKS returns the JSON Web Key Set holding the public key. The caller must
+// not modify the returned slice.
+func (i *Issuer) JWKS() []byte { return i.jwks }
