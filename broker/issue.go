@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"slices"
 	"time"
+	"unicode/utf8"
 
 	"go.etcd.io/bbolt"
 	"google.golang.org/grpc/codes"
@@ -102,8 +103,8 @@ func (s *Service) IssueCredential(ctx context.Context, req *credbrokerv1.IssueCr
 		IssuanceID:  id,
 		Caller:      caller.ID.String(),
 		Attestation: caller.Method,
-		Profile:     req.GetProfile(),
-		Cluster:     req.GetCluster(),
+		Profile:     clip(req.GetProfile()),
+		Cluster:     clip(req.GetCluster()),
 	}
 	start := time.Now()
 	cred, err := s.issue(ctx, caller, req, &rec)
@@ -241,7 +242,7 @@ func (s *Service) validate(caller attest.Caller, req *credbrokerv1.IssueCredenti
 // decision that is not on record did not happen cleanly.
 func (s *Service) refuse(rec *audit.Record, d audit.Decision, err error) error {
 	rec.Decision = d
-	rec.Reason = reasonOf(err)
+	rec.Reason = clip(reasonOf(err))
 	if _, aerr := s.audit.Append(*rec); aerr != nil {
 		return wrapf(codes.Unavailable, errors.Join(err, aerr), "audit store unavailable (issuance %s)", rec.IssuanceID)
 	}
@@ -254,6 +255,22 @@ func reasonOf(err error) string {
 		return ae.msg
 	}
 	return "internal error"
+}
+
+// maxRecordedLen bounds caller-chosen text copied into audit records and logs.
+const maxRecordedLen = 256
+
+// clip shortens s to at most maxRecordedLen bytes on a rune boundary, so an
+// oversized field is still recorded (marked as cut) rather than refused.
+func clip(s string) string {
+	if len(s) <= maxRecordedLen {
+		return s
+	}
+	cut := maxRecordedLen - len("...")
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "..."
 }
 
 // issuerError maps an issuer failure to a caller-safe error.

@@ -418,7 +418,7 @@ func TestSweepDropsOnlyIdleState(t *testing.T) {
 		t.Fatal("alice got a refilled bucket from the sweep")
 	}
 
-	// Ended windows go too, but their use is gone only once the window ends.
+	// Quota windows that have ended are swept as well.
 	clk.Advance(10 * time.Second)
 	for _, id := range []string{"e", "f", "g", "h", "i", "j", "k", "l"} {
 		mustReserve(t, l, "spiffe://td/"+id, "")

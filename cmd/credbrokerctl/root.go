@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -71,16 +72,20 @@ credbrokerctl as that user.`,
 }
 
 // groupCommand makes cmd, which only holds subcommands, reject unknown
-// subcommands as usage errors and print its help when run bare.
+// subcommands, and being run bare, as usage errors.
 func groupCommand(cmd *cobra.Command) {
 	cmd.Args = cobra.ArbitraryArgs
 	cmd.RunE = func(c *cobra.Command, args []string) error {
 		if len(args) > 0 {
 			return usagef("unknown command %q for %q", args[0], c.CommandPath())
 		}
-		c.SetOut(c.ErrOrStderr())
-		_ = c.Help()
-		return usagef("%s needs a subcommand", c.CommandPath())
+		var subs []string
+		for _, sub := range c.Commands() {
+			if sub.IsAvailableCommand() {
+				subs = append(subs, sub.Name())
+			}
+		}
+		return usagef("missing subcommand (one of: %s)", strings.Join(subs, ", "))
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"io/fs"
 	"net"
 	"net/url"
 	"os"
@@ -364,8 +365,9 @@ func TestLoadRejectsBadDirectories(t *testing.T) {
 		if err := os.Remove(filepath.Join(dir, name)); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := ca.Load(dir); err == nil || !strings.Contains(err.Error(), name) {
-			t.Errorf("missing %s: %v", name, err)
+		// Callers (dev mode) rely on fs.ErrNotExist to decide to create a CA.
+		if _, err := ca.Load(dir); !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), name) {
+			t.Errorf("missing %s: %v, want fs.ErrNotExist naming the file", name, err)
 		}
 	}
 }
@@ -458,7 +460,9 @@ func TestMintJWTSVID(t *testing.T) {
 		"no audience":    func() (string, error) { return c.MintJWTSVID(workload, nil, time.Minute) },
 		"empty audience": func() (string, error) { return c.MintJWTSVID(workload, []string{""}, time.Minute) },
 		"zero ttl":       func() (string, error) { return c.MintJWTSVID(workload, []string{"a"}, 0) },
-		"foreign":        func() (string, error) { return c.MintJWTSVID(spiffeid.RequireFromString("spiffe://evil.org/x"), []string{"a"}, time.Minute) },
+		"foreign": func() (string, error) {
+			return c.MintJWTSVID(spiffeid.RequireFromString("spiffe://evil.org/x"), []string{"a"}, time.Minute)
+		},
 	} {
 		if _, err := f(); err == nil {
 			t.Errorf("%s: minted, want error", name)

@@ -1,0 +1,451 @@
+package broker_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	jwtlib "github.com/golang-jwt/jwt/v5"
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.etcd.io/bbolt"
+	"go.uber.org/goleak"
+	"golang.org/x/time/rate"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/credbroker/credbroker/broker/audit"
+	"github.com/credbroker/credbroker/broker/limits"
+	"github.com/credbroker/credbroker/internal/ca"
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func wantCode(t *testing.T, err error, code codes.Code) *status.Status {
+	t.Helper()
+	st, _ := status.FromError(err)
+	if st.Code() != code {
+		t.Fatalf("got %v (%q), want %v", st.Code(), st.Message(), code)
+	}
+	return st
+}
+
+// verifyToken checks a token against the JWKS the issuer publishes.
+func verifyToken(t *testing.T, h *harness, token string) jwtlib.MapClaims {
+	t.Helper()
+	jwks, err := jwtbundle.Parse(td, h.jwtIssuer.JWKS())
+	if err != nil {
+		t.Fatal(err)
+	}
+	claims := jwtlib.MapClaims{}
+	_, err = jwtlib.ParseWithClaims(token, claims, func(tok *jwtlib.Token) (any, error) {
+		kid, _ := tok.Header["kid"].(string)
+		key, ok := jwks.FindJWTAuthority(kid)
+		if !ok {
+			t.Fatalf("kid %q not in JWKS", kid)
+		}
+		return key.(*ecdsa.PublicKey), nil
+	}, jwtlib.WithValidMethods([]string{"ES256"}), jwtlib.WithTimeFunc(h.clock.Now), jwtlib.WithIssuer("https://broker.example.test"))
+	if err != nil {
+		t.Fatalf("token does not verify against the JWKS: %v", err)
+	}
+	return claims
+}
+
+func TestIssueScopedTokenEndToEnd(t *testing.T) {
+	h := newHarness(t)
+	conn := h.dial(h.mint(controllerID, time.Hour))
+	cred, err := issue(ctxT(t), conn, &credbrokerv1.IssueCredentialRequest{
+		Profile: "capa-token", Cluster: "capi-prod/workload-1", Ttl: durationpb.New(10 * time.Minute), Audience: "sts.amazonaws.com",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	claims := verifyToken(t, h, cred.GetToken().GetToken())
+	if claims["sub"] != controllerID.String() || claims["cluster"] != "capi-prod/workload-1" || claims["jti"] != cred.GetIssuanceId() {
+		t.Errorf("claims = %v", claims)
+	}
+	if aud, _ := claims.GetAudience(); len(aud) != 1 || aud[0] != "sts.amazonaws.com" {
+		t.Errorf("aud = %v", aud)
+	}
+	if got, want := cred.GetExpiresAt().AsTime(), h.clock.Now().Add(10*time.Minute); got.Sub(want).Abs() > time.Second {
+		t.Errorf("expires %v, want %v", got, want)
+	}
+
+	recs := h.records()
+	if len(recs) != 2 || recs[0].Decision != audit.DecisionIntent || recs[1].Decision != audit.DecisionIssued {
+		t.Fatalf("audit records = %+v", recs)
+	}
+	r := recs[1]
+	if r.IssuanceID != cred.GetIssuanceId() || r.Caller != controllerID.String() || r.Attestation != "x509-svid" ||
+		r.Cluster != "capi-prod/workload-1" || r.UpstreamRef != cred.GetIssuanceId() || r.TTL != 10*time.Minute {
+		t.Errorf("issued record = %+v", r)
+	}
+
+	// The admin API sees it, over the unix socket.
+	adm := credbrokerv1.NewAdminServiceClient(h.dialAdminSocket())
+	list, err := adm.ListIssuances(ctxT(t), &credbrokerv1.ListIssuancesRequest{Cluster: "capi-prod/workload-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.GetIssuances()) != 1 || list.GetIssuances()[0].GetId() != cred.GetIssuanceId() {
+		t.Fatalf("ListIssuances = %v", list)
+	}
+	got, err := adm.GetIssuance(ctxT(t), &credbrokerv1.GetIssuanceRequest{Id: cred.GetIssuanceId()})
+	if err != nil || len(got.GetRecords()) != 2 {
+		t.Fatalf("GetIssuance = %v, %v", got, err)
+	}
+	v, err := adm.VerifyAudit(ctxT(t), &credbrokerv1.VerifyAuditRequest{})
+	if err != nil || !v.GetOk() || v.GetRecords() != 2 {
+		t.Fatalf("VerifyAudit = %v, %v", v, err)
+	}
+}
+
+func TestUnauthenticatedCallersAreRefusedAndAudited(t *testing.T) {
+	h := newHarness(t)
+	req := &credbrokerv1.IssueCredentialRequest{Profile: "plain-token"}
+
+	foreign, err := ca.New(spiffeid.RequireTrustDomainFromString("evil.test"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreignSVID, err := foreign.MintX509SVID(spiffeid.RequireFromPath(foreign.TrustDomain(), controllerID.Path()), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An SVID for the right path signed by a CA that claims our trust domain.
+	impostor, err := ca.New(td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	impostorSVID, err := impostor.MintX509SVID(controllerID, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	expired := h.mint(controllerID, time.Hour)
+	jwtWrongAud, err := h.ca.MintJWTSVID(controllerID, []string{"someone-else"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwtForeign, err := foreign.MintJWTSVID(spiffeid.RequireFromPath(foreign.TrustDomain(), "/x"), []string{"credbroker"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	tests := []struct {
+		name    string
+		call    func() error
+		message string
+	}{
+		{"foreign trust domain", func() error {
+			_, err := issue(ctxT(t), h.dial(foreignSVID), req)
+			return err
+		}, "evil.test"},
+		{"unknown signer", func() error { _, err := issue(ctxT(t), h.dial(impostorSVID), req); return err }, "x509svid"},
+		{"expired SVID", func() error {
+			conn := h.dial(expired)
+			h.clock.Advance(2 * time.Hour)
+			defer h.clock.Advance(-2 * time.Hour)
+			_, err := issue(ctxT(t), conn, req)
+			return err
+		}, "expired"},
+		{"JWT-SVID wrong audience", func() error { return h.issueWithJWT(jwtWrongAud, req) }, "audience"},
+		{"JWT-SVID foreign trust domain", func() error { return h.issueWithJWT(jwtForeign, req) }, "evil.test"},
+		{"malformed JWT", func() error { return h.issueWithJWT("not.a.jwt", req) }, "jwtsvid"},
+		{"no identity at all", func() error { _, err := issue(ctxT(t), h.dialNoCert(), req); return err }, "no X.509-SVID or JWT-SVID"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := len(h.records())
+			st := wantCode(t, tt.call(), codes.Unauthenticated)
+			if !strings.Contains(st.Message(), tt.message) {
+				t.Errorf("message %q does not mention %q", st.Message(), tt.message)
+			}
+			recs := h.records()
+			if len(recs) != before+1 {
+				t.Fatalf("want one new audit record, got %d", len(recs)-before)
+			}
+			if r := recs[len(recs)-1]; r.Decision != audit.DecisionDenied || !strings.HasPrefix(r.Reason, "unauthenticated:") || r.Caller != "" {
+				t.Errorf("record = %+v", r)
+			}
+		})
+	}
+	if h.issuer.calls.Load() != 0 {
+		t.Fatal("issuer was called for an unauthenticated request")
+	}
+}
+
+func (h *harness) issueWithJWT(token string, req *credbrokerv1.IssueCredentialRequest) error {
+	ctx := metadata.AppendToOutgoingContext(ctxT(h.t), "authorization", "Bearer "+token)
+	_, err := issue(ctx, h.dialNoCert(), req)
+	return err
+}
+
+func TestJWTSVIDCaller(t *testing.T) {
+	h := newHarness(t)
+	tok, err := h.ca.MintJWTSVID(controllerID, []string{"credbroker"}, 5*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := metadata.AppendToOutgoingContext(ctxT(t), "authorization", "Bearer "+tok)
+	cred, err := issue(ctx, h.dialNoCert(), &credbrokerv1.IssueCredentialRequest{Profile: "plain-token"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := h.lastRecord(); r.Attestation != "jwt-svid" || r.Caller != controllerID.String() || r.IssuanceID != cred.GetIssuanceId() {
+		t.Errorf("record = %+v", r)
+	}
+}
+
+func TestPolicyDenial(t *testing.T) {
+	h := newHarness(t)
+	conn := h.dial(h.mint(controllerID, time.Hour))
+	for _, tc := range []struct {
+		req    *credbrokerv1.IssueCredentialRequest
+		reason string
+	}{
+		{&credbrokerv1.IssueCredentialRequest{Profile: "capa-token", Cluster: "kube-system/other"}, `for cluster "kube-system/other"`},
+	} {
+		_, err := issue(ctxT(t), conn, tc.req)
+		st := wantCode(t, err, codes.PermissionDenied)
+		r := h.lastRecord()
+		if r.Decision != audit.DecisionDenied || !strings.Contains(r.Reason, tc.reason) || r.Caller != controllerID.String() || r.Profile != tc.req.Profile {
+			t.Errorf("record = %+v", r)
+		}
+		if !strings.Contains(st.Message(), tc.reason) {
+			t.Errorf("message = %q", st.Message())
+		}
+	}
+	// Another identity in the trust domain that no rule names.
+	other := h.dial(h.mint(spiffeid.RequireFromPath(td, "/ns/default/sa/random"), time.Hour))
+	_, err := issue(ctxT(t), other, &credbrokerv1.IssueCredentialRequest{Profile: "plain-token"})
+	wantCode(t, err, codes.PermissionDenied)
+	if h.issuer.calls.Load() != 0 {
+		t.Fatal("issuer called for a denied request")
+	}
+}
+
+func TestInvalidRequests(t *testing.T) {
+	h := newHarness(t)
+	conn := h.dial(h.mint(controllerID, time.Hour))
+	long := strings.Repeat("p", 5000)
+	for name, tc := range map[string]struct {
+		req  *credbrokerv1.IssueCredentialRequest
+		code codes.Code
+		msg  string
+	}{
+		"no profile":          {&credbrokerv1.IssueCredentialRequest{}, codes.InvalidArgument, "profile is required"},
+		"long profile":        {&credbrokerv1.IssueCredentialRequest{Profile: long}, codes.InvalidArgument, "profile is required"},
+		"unknown profile":     {&credbrokerv1.IssueCredentialRequest{Profile: "nope"}, codes.InvalidArgument, `unknown profile "nope"`},
+		"bad cluster":         {&credbrokerv1.IssueCredentialRequest{Profile: "capa-token", Cluster: "Not/A_Name"}, codes.InvalidArgument, "namespace/name"},
+		"cluster required":    {&credbrokerv1.IssueCredentialRequest{Profile: "capa-token"}, codes.InvalidArgument, "requires a cluster"},
+		"cluster refused":     {&credbrokerv1.IssueCredentialRequest{Profile: "plain-token", Cluster: "a/b"}, codes.InvalidArgument, "not cluster-scoped"},
+		"ttl over max":        {&credbrokerv1.IssueCredentialRequest{Profile: "plain-token", Ttl: durationpb.New(time.Hour)}, codes.InvalidArgument, "outside (0, 15m0s]"},
+		"negative ttl":        {&credbrokerv1.IssueCredentialRequest{Profile: "plain-token", Ttl: durationpb.New(-time.Second)}, codes.InvalidArgument, "outside"},
+		"audience not listed": {&credbrokerv1.IssueCredentialRequest{Profile: "plain-token", Audience: "evil"}, codes.InvalidArgument, "audience"},
+		"oversized request":   {&credbrokerv1.IssueCredentialRequest{Profile: strings.Repeat("x", 100<<10)}, codes.ResourceExhausted, "larger than max"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			before := len(h.records())
+			_, err := issue(ctxT(t), conn, tc.req)
+			st := wantCode(t, err, tc.code)
+			if !strings.Contains(st.Message(), tc.msg) {
+				t.Errorf("message %q does not contain %q", st.Message(), tc.msg)
+			}
+			if tc.code == codes.InvalidArgument {
+				recs := h.records()
+				if len(recs) != before+1 || recs[len(recs)-1].Decision != audit.DecisionDenied || len(recs[len(recs)-1].Profile) > 256 {
+					t.Errorf("want one bounded denied record, got %+v", recs[before:])
+				}
+			}
+		})
+	}
+	if h.issuer.calls.Load() != 0 {
+		t.Fatal("issuer called for an invalid request")
+	}
+}
+
+func TestBurstIsThrottledWithRetryInfo(t *testing.T) {
+	h := newHarness(t, func(c *harnessConfig) { c.limits = limits.Config{Rate: rate.Limit(1), Burst: 3} })
+	conn := h.dial(h.mint(controllerID, time.Hour))
+	req := &credbrokerv1.IssueCredentialRequest{Profile: "plain-token"}
+	for i := 0; i < 3; i++ {
+		if _, err := issue(ctxT(t), conn, req); err != nil {
+			t.Fatalf("request %d within burst: %v", i, err)
+		}
+	}
+	_, err := issue(ctxT(t), conn, req)
+	st := wantCode(t, err, codes.ResourceExhausted)
+	var retry *errdetails.RetryInfo
+	for _, d := range st.Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok {
+			retry = ri
+		}
+	}
+	if retry == nil || retry.GetRetryDelay().AsDuration() <= 0 || retry.GetRetryDelay().AsDuration() > time.Second {
+		t.Fatalf("RetryInfo = %v, want a delay in (0, 1s]", retry)
+	}
+	if r := h.lastRecord(); r.Decision != audit.DecisionThrottled || !strings.Contains(r.Reason, "rate") {
+		t.Errorf("record = %+v", r)
+	}
+	h.clock.Advance(retry.GetRetryDelay().AsDuration())
+	if _, err := issue(ctxT(t), conn, req); err != nil {
+		t.Fatalf("after the retry delay: %v", err)
+	}
+	if got := h.issuer.calls.Load(); got != 4 {
+		t.Fatalf("issuer calls = %d, want 4", got)
+	}
+}
+
+func TestClusterQuotaIsSharedAndSurvivesRestart(t *testing.T) {
+	quota := func(c *harnessConfig) {
+		c.limits = limits.Config{ClusterQuota: limits.Quota{Max: 2, Window: time.Hour}}
+	}
+	h := newHarness(t, quota)
+	nodeA := spiffeid.RequireFromPath(td, "/capi/cluster/capi-prod/w1/node/a")
+	nodeB := spiffeid.RequireFromPath(td, "/capi/cluster/capi-prod/w1/node/b")
+	for _, id := range []spiffeid.ID{nodeA, nodeB} {
+		cred, err := issue(ctxT(t), h.dial(h.mint(id, time.Hour)), &credbrokerv1.IssueCredentialRequest{Profile: "capa-token"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A node's credentials are bound to its own cluster without asking.
+		if cred.GetCluster() != "capi-prod/w1" {
+			t.Fatalf("node credential cluster = %q", cred.GetCluster())
+		}
+	}
+	_, err := issue(ctxT(t), h.dial(h.mint(nodeA, time.Hour)), &credbrokerv1.IssueCredentialRequest{Profile: "capa-token"})
+	wantCode(t, err, codes.ResourceExhausted)
+	// A node cannot ask for another cluster.
+	_, err = issue(ctxT(t), h.dial(h.mint(nodeA, time.Hour)), &credbrokerv1.IssueCredentialRequest{Profile: "capa-token", Cluster: "capi-prod/w2"})
+	wantCode(t, err, codes.PermissionDenied)
+
+	// Restart on the same database: the quota is still spent.
+	h.grpcServer.Stop()
+	h.audit.Close()
+	h.db.Close()
+	db, err := bbolt.Open(h.dbPath, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	l, err := limits.New(db, limits.Config{ClusterQuota: limits.Quota{Max: 2, Window: time.Hour}}, limits.WithClock(h.clock.Now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Reserve(nodeA.String(), "capi-prod/w1"); err == nil {
+		t.Fatal("quota reset by a restart")
+	}
+}
+
+func TestAuditUnwritableIssuesNothing(t *testing.T) {
+	h := newHarness(t)
+	conn := h.dial(h.mint(controllerID, time.Hour))
+	if _, err := issue(ctxT(t), conn, &credbrokerv1.IssueCredentialRequest{Profile: "plain-token"}); err != nil {
+		t.Fatal(err)
+	}
+	h.audit.Close()
+	cred, err := issue(ctxT(t), conn, &credbrokerv1.IssueCredentialRequest{Profile: "plain-token"})
+	st := wantCode(t, err, codes.Unavailable)
+	if cred != nil || !strings.Contains(st.Message(), "nothing was issued") {
+		t.Fatalf("credential %v, message %q", cred, st.Message())
+	}
+	if got := h.issuer.calls.Load(); got != 1 {
+		t.Fatalf("issuer calls = %d, want 1 (none after the audit store failed)", got)
+	}
+}
+
+func TestAdminAPIRefusesWorkloads(t *testing.T) {
+	h := newHarness(t)
+	_, err := credbrokerv1.NewAdminServiceClient(h.dial(h.mint(controllerID, time.Hour))).VerifyAudit(ctxT(t), &credbrokerv1.VerifyAuditRequest{})
+	wantCode(t, err, codes.PermissionDenied)
+	_, err = credbrokerv1.NewAdminServiceClient(h.dialNoCert()).VerifyAudit(ctxT(t), &credbrokerv1.VerifyAuditRequest{})
+	wantCode(t, err, codes.Unauthenticated)
+	if _, err := credbrokerv1.NewAdminServiceClient(h.dial(h.mint(adminID, time.Hour))).VerifyAudit(ctxT(t), &credbrokerv1.VerifyAuditRequest{}); err != nil {
+		t.Fatalf("admin SVID refused: %v", err)
+	}
+	// Admin stream over mTLS.
+	stream, err := credbrokerv1.NewAdminServiceClient(h.dial(h.mint(controllerID, time.Hour))).ExportAudit(ctxT(t), &credbrokerv1.ExportAuditRequest{})
+	if err == nil {
+		_, err = stream.Recv()
+	}
+	wantCode(t, err, codes.PermissionDenied)
+}
+
+func TestAdminSocketChecksPeerUID(t *testing.T) {
+	h := newHarness(t, func(c *harnessConfig) { c.uids = []uint32{uint32(os.Getuid()) + 4242} })
+	_, err := credbrokerv1.NewAdminServiceClient(h.dialAdminSocket()).VerifyAudit(ctxT(t), &credbrokerv1.VerifyAuditRequest{})
+	st := wantCode(t, err, codes.PermissionDenied)
+	if !strings.Contains(st.Message(), "uid") {
+		t.Errorf("message = %q", st.Message())
+	}
+}
+
+func TestSecretsNeverReachDiskOrLogs(t *testing.T) {
+	h := newHarness(t)
+	conn := h.dial(h.mint(controllerID, time.Hour))
+	var tokens []string
+	for i := 0; i < 5; i++ {
+		cred, err := issue(ctxT(t), conn, &credbrokerv1.IssueCredentialRequest{Profile: "plain-token"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tokens = append(tokens, cred.GetToken().GetToken())
+	}
+	h.audit.Close()
+	h.db.Close()
+	db, err := os.ReadFile(h.dbPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := h.logs.String()
+	if !strings.Contains(logs, "credential issued") {
+		t.Fatal("captured no logs")
+	}
+	for _, tok := range tokens {
+		sig := tok[strings.LastIndexByte(tok, '.')+1:]
+		for what, hay := range map[string]string{"database": string(db), "logs": logs} {
+			if strings.Contains(hay, tok) || strings.Contains(hay, sig) {
+				t.Fatalf("issued token found in %s", what)
+			}
+		}
+	}
+}
+
+func TestAuditChainVerifiesAfterManyDecisions(t *testing.T) {
+	h := newHarness(t)
+	conn := h.dial(h.mint(controllerID, time.Hour))
+	errs := make(chan error, 40)
+	for i := 0; i < 40; i++ {
+		go func(i int) {
+			profile := "plain-token"
+			if i%4 == 0 {
+				profile = "capa-token" // denied: needs a cluster
+			}
+			_, err := issue(ctxT(t), conn, &credbrokerv1.IssueCredentialRequest{Profile: profile})
+			errs <- err
+		}(i)
+	}
+	for i := 0; i < 40; i++ {
+		<-errs
+	}
+	v, err := h.audit.Verify()
+	if err != nil || !v.OK || v.Records != 30*2+10 {
+		t.Fatalf("Verify = %+v, %v (want 70 records)", v, err)
+	}
+}

@@ -1,0 +1,268 @@
+package broker_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffegrpc/grpccredentials"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"go.etcd.io/bbolt"
+	"golang.org/x/time/rate"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/credbroker/credbroker/attest"
+	"github.com/credbroker/credbroker/attest/jwtsvid"
+	attestx509 "github.com/credbroker/credbroker/attest/x509svid"
+	"github.com/credbroker/credbroker/broker"
+	"github.com/credbroker/credbroker/broker/audit"
+	"github.com/credbroker/credbroker/broker/config"
+	"github.com/credbroker/credbroker/broker/limits"
+	"github.com/credbroker/credbroker/broker/policy"
+	"github.com/credbroker/credbroker/internal/ca"
+	"github.com/credbroker/credbroker/issuers"
+	"github.com/credbroker/credbroker/issuers/jwt"
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+)
+
+var (
+	td           = spiffeid.RequireTrustDomainFromString("example.test")
+	controllerID = spiffeid.RequireFromPath(td, "/ns/capi-system/sa/capa-controller-manager")
+	adminID      = spiffeid.RequireFromPath(td, "/credbroker/admin")
+	serverID     = spiffeid.RequireFromPath(td, "/credbroker/server")
+)
+
+// clock is a settable clock shared by the components under test.
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+// countingIssuer wraps the real JWT issuer and counts upstream calls.
+type countingIssuer struct {
+	issuers.Issuer
+	calls atomic.Int64
+}
+
+func (c *countingIssuer) Issue(ctx context.Context, r issuers.Request) (issuers.Credential, error) {
+	c.calls.Add(1)
+	return c.Issuer.Issue(ctx, r)
+}
+
+// syncBuffer is a log sink safe for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type harnessConfig struct {
+	limits limits.Config
+	rules  []policy.Rule
+	uids   []uint32
+}
+
+// harness is a real broker: real TLS on loopback, real bbolt on a temp file,
+// the real JWT issuer, real go-spiffe verification.
+type harness struct {
+	t          *testing.T
+	ca         *ca.CA
+	clock      *clock
+	addr       string
+	adminSock  string
+	dbPath     string
+	db         *bbolt.DB
+	audit      *audit.Log
+	issuer     *countingIssuer
+	jwtIssuer  *jwt.Issuer
+	logs       *syncBuffer
+	grpcServer *grpc.Server
+}
+
+func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
+	t.Helper()
+	hc := harnessConfig{
+		limits: limits.Config{Rate: rate.Limit(100), Burst: 100},
+		rules: []policy.Rule{
+			{ID: "spiffe://example.test/ns/*/sa/capa-controller-manager", Profiles: []string{"capa-token"}, Clusters: []string{"capi-*/*"}},
+			{ID: "spiffe://example.test/capi/cluster/*/*/node/*", Profiles: []string{"capa-token"}, Clusters: []string{"*"}},
+			{ID: controllerID.String(), Profiles: []string{"plain-token"}},
+		},
+		uids: []uint32{uint32(os.Getuid())},
+	}
+	for _, m := range mutate {
+		m(&hc)
+	}
+	dir := t.TempDir()
+	h := &harness{t: t, clock: &clock{now: time.Now()}, logs: &syncBuffer{}, dbPath: filepath.Join(dir, "credbroker.db"), adminSock: filepath.Join(dir, "admin.sock")}
+
+	var err error
+	if h.ca, err = ca.New(td); err != nil {
+		t.Fatal(err)
+	}
+	if h.db, err = bbolt.Open(h.dbPath, 0o600, nil); err != nil {
+		t.Fatal(err)
+	}
+	if h.audit, err = audit.Open(h.db, audit.WithClock(h.clock.Now)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.audit.Close(); h.db.Close() })
+	limiter, err := limits.New(h.db, hc.limits, limits.WithClock(h.clock.Now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.jwtIssuer, err = jwt.New(jwt.Config{IssuerURL: "https://broker.example.test", KeyFile: filepath.Join(dir, "jwt.pem"), Clock: h.clock.Now}); err != nil {
+		t.Fatal(err)
+	}
+	h.issuer = &countingIssuer{Issuer: h.jwtIssuer}
+	pol, err := policy.New(hc.rules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	metrics := broker.NewMetrics(prometheus.NewRegistry())
+	profile := func(name, mode string) broker.Profile {
+		return broker.Profile{Name: name, IssuerName: "local", Issuer: h.issuer, DefaultTTL: 5 * time.Minute, MaxTTL: 15 * time.Minute, Audiences: []string{name, "sts.amazonaws.com"}, ClusterMode: mode}
+	}
+	svc, err := broker.NewService(broker.ServiceDeps{
+		Profiles: map[string]broker.Profile{
+			"capa-token":  profile("capa-token", config.ClusterRequired),
+			"plain-token": profile("plain-token", config.ClusterNone),
+		},
+		Policy: pol, Limiter: limiter, Audit: h.audit, NewID: newID, Log: log, Metrics: metrics,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := broker.NewAdmin(h.audit)
+	bundles := x509bundle.NewSet(h.ca.X509Bundle())
+	gate := broker.NewGate([]attest.Authenticator{
+		jwtsvid.New(jwtbundle.NewSet(h.ca.JWTBundle()), []string{"credbroker"}),
+		attestx509.New(bundles, attestx509.WithClock(h.clock.Now)),
+	}, []string{adminID.String()}, h.audit, metrics, log)
+
+	serverSVID := h.mint(serverID, time.Hour)
+	tlsConf := tlsconfig.TLSServerConfig(serverSVID)
+	tlsConf.ClientAuth = tls.RequestClientCert
+	h.grpcServer = broker.NewGRPCServer(tlsConf, gate, svc, admin)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.addr = lis.Addr().String()
+	go h.grpcServer.Serve(lis)
+	t.Cleanup(h.grpcServer.Stop)
+
+	adminServer := broker.NewAdminSocketServer(hc.uids, admin)
+	ulis, err := net.Listen("unix", h.adminSock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go adminServer.Serve(ulis)
+	t.Cleanup(adminServer.Stop)
+	return h
+}
+
+func newID() (string, error) {
+	id, err := uuid.NewV7()
+	return id.String(), err
+}
+
+func (h *harness) mint(id spiffeid.ID, ttl time.Duration) *x509svid.SVID {
+	h.t.Helper()
+	svid, err := h.ca.MintX509SVID(id, ttl)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return svid
+}
+
+// dial connects with an X.509-SVID, verifying the broker's SVID.
+func (h *harness) dial(svid *x509svid.SVID) *grpc.ClientConn {
+	h.t.Helper()
+	creds := grpccredentials.MTLSClientCredentials(svid, x509bundle.NewSet(h.ca.X509Bundle()), tlsconfig.AuthorizeID(serverID))
+	return h.connect(h.addr, grpc.WithTransportCredentials(creds))
+}
+
+// dialNoCert connects over TLS without a client certificate.
+func (h *harness) dialNoCert() *grpc.ClientConn {
+	h.t.Helper()
+	creds := grpccredentials.TLSClientCredentials(x509bundle.NewSet(h.ca.X509Bundle()), tlsconfig.AuthorizeID(serverID))
+	return h.connect(h.addr, grpc.WithTransportCredentials(creds))
+}
+
+func (h *harness) dialAdminSocket() *grpc.ClientConn {
+	h.t.Helper()
+	return h.connect("unix://"+h.adminSock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+}
+
+func (h *harness) connect(target string, opts ...grpc.DialOption) *grpc.ClientConn {
+	h.t.Helper()
+	conn, err := grpc.NewClient(target, opts...)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+func (h *harness) records() []audit.Record {
+	h.t.Helper()
+	var out []audit.Record
+	if err := h.audit.Export(0, func(r audit.Record) error { out = append(out, r); return nil }); err != nil {
+		h.t.Fatal(err)
+	}
+	return out
+}
+
+func (h *harness) lastRecord() audit.Record {
+	h.t.Helper()
+	recs := h.records()
+	if len(recs) == 0 {
+		h.t.Fatal("no audit records")
+	}
+	return recs[len(recs)-1]
+}
+
+func issue(ctx context.Context, conn *grpc.ClientConn, req *credbrokerv1.IssueCredentialRequest) (*credbrokerv1.Credential, error) {
+	resp, err := credbrokerv1.NewBrokerServiceClient(conn).IssueCredential(ctx, req)
+	return resp.GetCredential(), err
+}
