@@ -85,7 +85,7 @@ type TLS struct {
 type Admin struct {
 	// Socket is the admin unix socket path; default DATA_DIR/admin.sock.
 	Socket string `yaml:"socket"`
-	// UnixUIDs may use the admin socket; default: the broker's own uid.
+	// UnixUIDs may use the admin socket; default: the broker's own uid and root.
 	UnixUIDs []int `yaml:"unix_uids"`
 	// SPIFFEIDs may use the admin API over mTLS on Listen.
 	SPIFFEIDs []string `yaml:"spiffe_ids"`

@@ -249,7 +249,11 @@ func listenUnix(path string) (net.Listener, error) {
 
 func adminUIDs(cfg *config.Config) []uint32 {
 	if len(cfg.Admin.UnixUIDs) == 0 {
-		return []uint32{uint32(os.Getuid())}
+		// The broker's own user, and root (who can read the database anyway).
+		if uid := uint32(os.Getuid()); uid != 0 {
+			return []uint32{uid, 0}
+		}
+		return []uint32{0}
 	}
 	uids := make([]uint32, 0, len(cfg.Admin.UnixUIDs))
 	for _, u := range cfg.Admin.UnixUIDs {

@@ -1,0 +1,114 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+)
+
+// load is how hard and how long a round drives a server.
+type load struct {
+	concurrency int           // closed-loop client goroutines
+	round       time.Duration // length of one round
+	rounds      int           // measured rounds per variant
+	warmup      time.Duration // one unmeasured round per variant first
+}
+
+// loadFromEnv reads BENCH_CONCURRENCY, BENCH_ROUND and BENCH_ROUNDS.
+func loadFromEnv() (load, error) {
+	l := load{concurrency: 32, round: 2 * time.Second, rounds: 3, warmup: 500 * time.Millisecond}
+	var err error
+	if l.concurrency, err = envInt("BENCH_CONCURRENCY", l.concurrency); err != nil {
+		return l, err
+	}
+	if l.rounds, err = envInt("BENCH_ROUNDS", l.rounds); err != nil {
+		return l, err
+	}
+	if s := os.Getenv("BENCH_ROUND"); s != "" {
+		if l.round, err = time.ParseDuration(s); err != nil || l.round <= 0 {
+			return l, fmt.Errorf("bench: BENCH_ROUND=%q is not a positive duration", s)
+		}
+	}
+	return l, nil
+}
+
+func envInt(name string, def int) (int, error) {
+	s := os.Getenv(name)
+	if s == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 {
+		return 0, fmt.Errorf("bench: %s=%q is not a positive integer", name, s)
+	}
+	return n, nil
+}
+
+// result is what one round measured.
+type result struct {
+	requests int
+	elapsed  time.Duration
+	latency  []time.Duration // sorted
+}
+
+func (r result) qps() float64 { return float64(r.requests) / r.elapsed.Seconds() }
+
+// percentile returns the p-th percentile latency (0 < p <= 100), nearest rank.
+func (r result) percentile(p float64) time.Duration {
+	if len(r.latency) == 0 {
+		return 0
+	}
+	rank := int(p/100*float64(len(r.latency))+0.5) - 1
+	return r.latency[min(max(rank, 0), len(r.latency)-1)]
+}
+
+// round runs concurrency closed-loop clients against t for d: each sends a
+// request, waits for the answer and sends the next. Requests in flight when d
+// ends are waited for and counted. Any failed request fails the round: a
+// benchmark of errors measures nothing.
+func round(t *target, concurrency int, d time.Duration) (result, error) {
+	var stop atomic.Bool
+	g, ctx := errgroup.WithContext(context.Background())
+	lat := make([][]time.Duration, concurrency)
+	start := time.Now()
+	timer := time.AfterFunc(d, func() { stop.Store(true) })
+	defer timer.Stop()
+	for w := range concurrency {
+		client := t.client()
+		g.Go(func() error {
+			for !stop.Load() {
+				t0 := time.Now()
+				if _, err := client.IssueCredential(ctx, request()); err != nil {
+					stop.Store(true)
+					return fmt.Errorf("bench: request failed: %w", err)
+				}
+				lat[w] = append(lat[w], time.Since(t0))
+			}
+			return nil
+		})
+	}
+	err := g.Wait()
+	r := result{elapsed: time.Since(start), latency: slices.Concat(lat...)}
+	r.requests = len(r.latency)
+	slices.Sort(r.latency)
+	return r, err
+}
+
+// median returns the median of xs (the mean of the middle two for an even
+// count); xs is not modified.
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Sorted(slices.Values(xs))
+	if n := len(s); n%2 == 0 {
+		return (s[n/2-1] + s[n/2]) / 2
+	}
+	return s[len(s)/2]
+}
