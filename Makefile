@@ -57,8 +57,10 @@ proto-check:
 	  [ -f $$tmp/$$f ] || { echo "generated file has no .proto source: $$f"; exit 1; }; \
 	done; echo "generated code matches the .proto files"
 
+## bench: BenchmarkRatios (P1, P2 side by side; runs its rounds once) and the
+## per-variant BenchmarkIssue. Tune with BENCH_CONCURRENCY, BENCH_ROUND, BENCH_ROUNDS, BENCH_DIR.
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime 3s ./test/bench/
+	$(GO) test -run '^$$' -bench . -timeout 10m ./test/bench/
 
 clean:
 	rm -rf $(BIN)

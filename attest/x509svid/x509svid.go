@@ -34,6 +34,7 @@ const maxChain = 8
 type Authenticator struct {
 	bundles x509bundle.Source
 	now     func() time.Time
+	cache   verifyCache
 }
 
 // Option configures an Authenticator.
@@ -76,6 +77,11 @@ func (a *Authenticator) verify(certs []*x509.Certificate) (attest.Caller, error)
 	if len(certs) > maxChain {
 		return attest.Caller{}, fmt.Errorf("x509svid: certificate chain longer than %d", maxChain)
 	}
+	now := a.now()
+	key := keyOf(certs)
+	if c, ok := a.cache.get(key, now); ok {
+		return c, nil
+	}
 	leaf := certs[0]
 	// Checked here, before go-spiffe, to give each failure its own message.
 	id, err := spiffex509svid.IDFromCert(leaf)
@@ -93,17 +99,18 @@ func (a *Authenticator) verify(certs []*x509.Certificate) (attest.Caller, error)
 		return attest.Caller{}, &authError{msg: fmt.Sprintf("x509svid: no trust bundle for trust domain %q", td.Name()), cause: err}
 	}
 
-	now := a.now()
 	_, chains, err := spiffex509svid.Verify(certs, a.bundles, spiffex509svid.WithTime(now))
 	if err != nil {
 		return attest.Caller{}, verifyError(td, err)
 	}
-	return attest.Caller{
+	caller := attest.Caller{
 		ID:          id,
 		Method:      attest.MethodX509SVID,
 		ExpiresAt:   expiry(chains),
 		Constraints: attest.ConstraintsFor(id),
-	}, nil
+	}
+	a.cache.put(key, cached{caller: caller, notBefore: latestNotBefore(chains), verifiedAt: now})
+	return caller, nil
 }
 
 // expiry is when the first certificate of the verified chains expires. For

@@ -22,7 +22,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"go.etcd.io/bbolt"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
@@ -32,6 +31,7 @@ import (
 	"github.com/credbroker/credbroker/broker/config"
 	"github.com/credbroker/credbroker/broker/limits"
 	"github.com/credbroker/credbroker/broker/policy"
+	"github.com/credbroker/credbroker/broker/store"
 )
 
 // Options are what `credbroker serve` passes in from its flags.
@@ -89,9 +89,9 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	defer adminLis.Close()
 
-	db, err := bbolt.Open(filepath.Join(cfg.DataDir, DBFile), 0o600, &bbolt.Options{Timeout: time.Second})
+	db, err := store.Open(filepath.Join(cfg.DataDir, DBFile))
 	if err != nil {
-		return fmt.Errorf("open database %s: %w (is another credbroker running on this data dir?)", filepath.Join(cfg.DataDir, DBFile), err)
+		return err
 	}
 	defer db.Close()
 	auditLog, err := audit.Open(db)

@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -55,6 +57,10 @@ type result struct {
 	requests int
 	elapsed  time.Duration
 	latency  []time.Duration // sorted
+	// cpu is the process's CPU time over the round (servers and clients) as
+	// a fraction of GOMAXPROCS cores: near 1 the round was CPU-bound, well
+	// below it the variant was waiting (on the disk, for the audit log).
+	cpu float64
 }
 
 func (r result) qps() float64 { return float64(r.requests) / r.elapsed.Seconds() }
@@ -76,6 +82,7 @@ func round(t *target, concurrency int, d time.Duration) (result, error) {
 	var stop atomic.Bool
 	g, ctx := errgroup.WithContext(context.Background())
 	lat := make([][]time.Duration, concurrency)
+	cpu0 := cpuTime()
 	start := time.Now()
 	timer := time.AfterFunc(d, func() { stop.Store(true) })
 	defer timer.Stop()
@@ -95,9 +102,19 @@ func round(t *target, concurrency int, d time.Duration) (result, error) {
 	}
 	err := g.Wait()
 	r := result{elapsed: time.Since(start), latency: slices.Concat(lat...)}
+	r.cpu = (cpuTime() - cpu0).Seconds() / r.elapsed.Seconds() / float64(runtime.GOMAXPROCS(0))
 	r.requests = len(r.latency)
 	slices.Sort(r.latency)
 	return r, err
+}
+
+// cpuTime is the user and system CPU time the process has used so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // median returns the median of xs (the mean of the middle two for an even

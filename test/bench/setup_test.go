@@ -36,6 +36,7 @@ import (
 	"github.com/credbroker/credbroker/broker/config"
 	"github.com/credbroker/credbroker/broker/limits"
 	"github.com/credbroker/credbroker/broker/policy"
+	"github.com/credbroker/credbroker/broker/store"
 	"github.com/credbroker/credbroker/internal/ca"
 	"github.com/credbroker/credbroker/issuers"
 	"github.com/credbroker/credbroker/issuers/jwt"
@@ -115,7 +116,7 @@ func newFixture(tb testing.TB) *fixture {
 	tlsConf := tlsconfig.TLSServerConfig(serverSVID)
 	tlsConf.ClientAuth = tls.RequestClientCert
 
-	db, err := bbolt.Open(filepath.Join(dir, "credbroker.db"), 0o600, nil)
+	db, err := bbolt.Open(filepath.Join(dir, "credbroker.db"), 0o600, store.Options())
 	if err != nil {
 		tb.Fatal(err)
 	}

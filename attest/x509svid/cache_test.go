@@ -1,0 +1,107 @@
+package x509svid
+
+import (
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/credbroker/credbroker/internal/ca"
+)
+
+type swapClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *swapClock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *swapClock) set(t time.Time) { c.mu.Lock(); defer c.mu.Unlock(); c.t = t }
+
+// swapBundles is a bundle source whose contents a test can replace.
+type swapBundles struct {
+	mu  sync.Mutex
+	set *x509bundle.Set
+}
+
+func (s *swapBundles) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.set.GetX509BundleForTrustDomain(td)
+}
+
+func (s *swapBundles) replace(b *x509bundle.Bundle) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.set = x509bundle.NewSet(b)
+}
+
+func TestVerificationCache(t *testing.T) {
+	td := spiffeid.RequireTrustDomainFromString("cache.test")
+	t0 := time.Now().Truncate(time.Second)
+	clk := &swapClock{t: t0}
+	authority, err := ca.New(td, ca.WithClock(clk.now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := ca.New(td, ca.WithClock(clk.now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	svid, err := authority.MintX509SVID(spiffeid.RequireFromPath(td, "/w"), 50*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundles := &swapBundles{set: x509bundle.NewSet(authority.X509Bundle())}
+	a := New(bundles, WithClock(clk.now))
+
+	if _, err := a.verify(svid.Certificates); err != nil {
+		t.Fatal(err)
+	}
+	// The trust bundle rotates away from the signer: a cached chain is still
+	// accepted for at most cacheTTL, and its validity period still counts.
+	bundles.replace(other.X509Bundle())
+	clk.set(t0.Add(10 * time.Second))
+	if _, err := a.verify(svid.Certificates); err != nil {
+		t.Fatalf("cached chain refused within cacheTTL: %v", err)
+	}
+	clk.set(t0.Add(55 * time.Second)) // past NotAfter, still inside cacheTTL
+	if _, err := a.verify(svid.Certificates); err == nil || !strings.Contains(err.Error(), "expired") {
+		t.Fatalf("expired chain accepted from cache: %v", err)
+	}
+
+	// After cacheTTL the bundle change takes effect.
+	bundles.replace(authority.X509Bundle())
+	fresh, err := authority.MintX509SVID(spiffeid.RequireFromPath(td, "/w"), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.verify(fresh.Certificates); err != nil {
+		t.Fatal(err)
+	}
+	bundles.replace(other.X509Bundle())
+	clk.set(t0.Add(55*time.Second + cacheTTL))
+	if _, err := a.verify(fresh.Certificates); err == nil || !strings.Contains(err.Error(), "not signed by the trust bundle") {
+		t.Fatalf("chain accepted after cacheTTL with a bundle that does not sign it: %v", err)
+	}
+	// Failures are not cached: restoring the bundle admits it again at once.
+	bundles.replace(authority.X509Bundle())
+	if _, err := a.verify(fresh.Certificates); err != nil {
+		t.Fatalf("failure was cached: %v", err)
+	}
+}
+
+func TestVerificationCacheIsBounded(t *testing.T) {
+	var c verifyCache
+	now := time.Now()
+	for i := 0; i < cacheEntries*3; i++ {
+		var k chainKey
+		k[0], k[1], k[2] = byte(i), byte(i>>8), byte(i>>16)
+		c.put(k, cached{verifiedAt: now})
+		if len(c.entries) > cacheEntries {
+			t.Fatalf("cache grew to %d entries", len(c.entries))
+		}
+	}
+}

@@ -1,0 +1,276 @@
+package bench
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"testing"
+	"text/tabwriter"
+	"time"
+
+	jwtlib "github.com/golang-jwt/jwt/v5"
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
+	"go.etcd.io/bbolt"
+	"go.uber.org/goleak"
+
+	"github.com/credbroker/credbroker/broker/audit"
+	"github.com/credbroker/credbroker/broker/limits"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// Targets from the issue. They are printed next to the measurements, never
+// asserted: a ratio depends on the machine, not only on the code.
+const (
+	targetP1 = 0.70
+	targetP2 = 0.85
+)
+
+// TestHarnessWiring starts the three servers and issues one credential from
+// each, so that `go test` (and `make test`) covers the harness without
+// benchmarking: all three answer with a token signed by the same issuer with
+// the same claim names, and only the audit-on broker writes records.
+func TestHarnessWiring(t *testing.T) {
+	f := newFixture(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var claimNames [][]string
+	for _, v := range variants {
+		resp, err := f.targets[v].client().IssueCredential(ctx, request())
+		if err != nil {
+			t.Fatalf("%s: %v", v, err)
+		}
+		claims := f.verify(t, resp.GetCredential().GetToken().GetToken())
+		if claims["sub"] != controllerID.String() || claims["cluster"] != "capi-prod/workload-1" || claims["jti"] != resp.GetCredential().GetIssuanceId() {
+			t.Errorf("%s: claims = %v", v, claims)
+		}
+		claimNames = append(claimNames, slices.Sorted(maps.Keys(claims)))
+	}
+	for i, names := range claimNames[1:] {
+		if !slices.Equal(names, claimNames[0]) {
+			t.Errorf("%s signs claims %v, echo signs %v: the crypto cost differs", variants[i+1], names, claimNames[0])
+		}
+	}
+	// Audit on: intent and issued, for its one request; audit off: nothing.
+	if seq, _ := f.audit.Head(); seq != 2 {
+		t.Errorf("audit-on log holds %d records, want 2", seq)
+	}
+}
+
+func (f *fixture) verify(t *testing.T, token string) jwtlib.MapClaims {
+	t.Helper()
+	jwks, err := jwtbundle.Parse(td, f.issuer.JWKS())
+	if err != nil {
+		t.Fatal(err)
+	}
+	claims := jwtlib.MapClaims{}
+	_, err = jwtlib.ParseWithClaims(token, claims, func(tok *jwtlib.Token) (any, error) {
+		kid, _ := tok.Header["kid"].(string)
+		key, ok := jwks.FindJWTAuthority(kid)
+		if !ok {
+			return nil, fmt.Errorf("kid %q not in JWKS", kid)
+		}
+		return key.(*ecdsa.PublicKey), nil
+	}, jwtlib.WithValidMethods([]string{"ES256"}))
+	if err != nil {
+		t.Fatalf("token does not verify: %v", err)
+	}
+	return claims
+}
+
+// TestDiscardAuditRefusesOpsNeedingTx checks that the audit-off variant fails
+// loudly, instead of skipping work, if limits ever need the transaction.
+func TestDiscardAuditRefusesOpsNeedingTx(t *testing.T) {
+	lim, err := limits.New(nil, limits.Config{IdentityQuota: limits.Quota{Max: 10, Window: time.Hour}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := lim.Reserve(controllerID.String(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (discardAudit{}).Append(audit.Record{Decision: audit.DecisionIntent}, res.Persist); err == nil {
+		t.Fatal("Append with a quota-holding Persist succeeded without a transaction")
+	}
+
+	unlimited, err := limits.New(nil, limits.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res, err = unlimited.Reserve(controllerID.String(), "a/b"); err != nil {
+		t.Fatal(err)
+	}
+	rec := audit.Record{Decision: audit.DecisionIntent, IssuanceID: "x"}
+	if got, err := (discardAudit{}).Append(rec, res.Persist); err != nil || got != rec {
+		t.Fatalf("Append = %+v, %v; want the record back", got, err)
+	}
+}
+
+func TestStatistics(t *testing.T) {
+	r := result{latency: []time.Duration{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}}
+	if got := r.percentile(50); got != 5 {
+		t.Errorf("p50 = %v, want 5", got)
+	}
+	if got := r.percentile(99); got != 10 {
+		t.Errorf("p99 = %v, want 10", got)
+	}
+	if got := (result{}).percentile(50); got != 0 {
+		t.Errorf("p50 of nothing = %v", got)
+	}
+	if got := median([]float64{3, 1, 2}); got != 2 {
+		t.Errorf("median odd = %v", got)
+	}
+	if got := median([]float64{4, 1, 3, 2}); got != 2.5 {
+		t.Errorf("median even = %v", got)
+	}
+}
+
+// summary is one variant's medians over its rounds.
+type summary struct {
+	qps, p50ms, p99ms, cpu float64
+	requests               int
+}
+
+func summarize(rs []result) summary {
+	var qps, p50, p99, cpu []float64
+	s := summary{}
+	for _, r := range rs {
+		qps = append(qps, r.qps())
+		cpu = append(cpu, r.cpu)
+		p50 = append(p50, ms(r.percentile(50)))
+		p99 = append(p99, ms(r.percentile(99)))
+		s.requests += r.requests
+	}
+	s.qps, s.p50ms, s.p99ms, s.cpu = median(qps), median(p50), median(p99), median(cpu)
+	return s
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// BenchmarkRatios measures P1 and P2 side by side. It does its rounds once per
+// call whatever b.N is (one call takes longer than the default -benchtime, so
+// `go test -bench Ratios` calls it once): after a warm-up round per variant,
+// rounds run interleaved (echo, on, off, echo, ...) so that machine noise hits
+// all variants alike, and each metric is the median over rounds.
+func BenchmarkRatios(b *testing.B) {
+	l, err := loadFromEnv()
+	if err != nil {
+		b.Fatal(err)
+	}
+	f := newFixture(b)
+	results := make(map[variant][]result)
+	for i := -1; i < l.rounds; i++ {
+		for _, v := range variants {
+			d := l.round
+			if i < 0 {
+				d = l.warmup
+			}
+			runtime.GC() // start every round from the same heap state
+			r, err := round(f.targets[v], l.concurrency, d)
+			if err != nil {
+				b.Fatalf("%s: %v", v, err)
+			}
+			if i >= 0 {
+				results[v] = append(results[v], r)
+			}
+		}
+	}
+	// Audit really was on: every issued credential has its intent and result.
+	sum := make(map[variant]summary)
+	for _, v := range variants {
+		sum[v] = summarize(results[v])
+	}
+	if seq, _ := f.audit.Head(); seq < 2*uint64(sum[auditOn].requests) {
+		b.Fatalf("audit-on log holds %d records for %d measured issuances", seq, sum[auditOn].requests)
+	}
+
+	p1 := sum[auditOn].qps / sum[echo].qps
+	p2 := sum[auditOn].qps / sum[auditOff].qps
+	b.ReportMetric(0, "ns/op") // b.N is meaningless here
+	for _, v := range variants {
+		b.ReportMetric(sum[v].qps, "qps_"+string(v))
+		b.ReportMetric(sum[v].p50ms, "p50ms_"+string(v))
+		b.ReportMetric(sum[v].p99ms, "p99ms_"+string(v))
+		b.ReportMetric(sum[v].cpu, "cpu_"+string(v))
+	}
+	b.ReportMetric(p1, "ratio_P1")
+	b.ReportMetric(p2, "ratio_P2")
+
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(w, "\nconcurrency %d over %d conns/variant, %d rounds x %v interleaved, GOMAXPROCS %d; medians over rounds\n",
+		l.concurrency, connsPerVariant, l.rounds, l.round, runtime.GOMAXPROCS(0))
+	fmt.Fprintln(w, "variant\tqps\tp50ms\tp99ms\tcpu\t")
+	labels := map[variant]string{echo: "echo (mTLS+ES256)", auditOn: "broker audit on", auditOff: "broker audit off"}
+	for _, v := range variants {
+		fmt.Fprintf(w, "%s\t%.0f\t%.2f\t%.2f\t%.0f%%\t\n", labels[v], sum[v].qps, sum[v].p50ms, sum[v].p99ms, 100*sum[v].cpu)
+	}
+	w.Flush()
+	fmt.Printf("P1 = broker/echo = %.2f (target >= %.2f)%s\n", p1, targetP1, verdict(p1, targetP1))
+	fmt.Printf("P2 = on/off      = %.2f (target >= %.2f)%s\n\n", p2, targetP2, verdict(p2, targetP2))
+}
+
+func verdict(ratio, target float64) string {
+	if ratio >= target {
+		return ""
+	}
+	return "  MISSED"
+}
+
+// BenchmarkIssue is the per-variant benchmark for benchstat: each runs about
+// BENCH_CONCURRENCY client goroutines over the same persistent connections
+// and reports ns/op (inverse throughput) and req/s.
+func BenchmarkIssue(b *testing.B) {
+	l, err := loadFromEnv()
+	if err != nil {
+		b.Fatal(err)
+	}
+	f := newFixture(b)
+	procs := runtime.GOMAXPROCS(0)
+	for _, v := range variants {
+		t := f.targets[v]
+		b.Run(string(v), func(b *testing.B) {
+			b.SetParallelism(max(1, (l.concurrency+procs-1)/procs))
+			b.RunParallel(func(pb *testing.PB) {
+				client := t.client()
+				for pb.Next() {
+					if _, err := client.IssueCredential(context.Background(), request()); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "req/s")
+		})
+	}
+}
+
+// BenchmarkAuditAppend is one audit append at a time on the real log (one
+// bbolt commit with fsync each): the floor under each of the two appends on
+// the broker's issuance path, which are sequential and so add to its latency.
+func BenchmarkAuditAppend(b *testing.B) {
+	db, err := bbolt.Open(filepath.Join(dataDir(b), "audit.db"), 0o600, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	l, err := audit.Open(db)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { l.Close(); db.Close() })
+	rec := audit.Record{
+		IssuanceID: "0194f3c2-0000-7000-8000-000000000000", Caller: controllerID.String(), Attestation: "x509-svid",
+		Profile: "capa-token", Cluster: "capi-prod/workload-1", Issuer: "local", Decision: audit.DecisionIntent,
+	}
+	for b.Loop() {
+		if _, err := l.Append(rec); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
