@@ -17,7 +17,7 @@ type swapClock struct {
 	t  time.Time
 }
 
-func (c *swapClock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *swapClock) now() time.Time  { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
 func (c *swapClock) set(t time.Time) { c.mu.Lock(); defer c.mu.Unlock(); c.t = t }
 
 // swapBundles is a bundle source whose contents a test can replace.
