@@ -97,7 +97,8 @@ func (l *Log) run() {
 // commit writes batch and reports to every call. A call whose own op or data
 // fails is taken out and retried alone after the others, which are retried
 // together; if the transaction itself fails, every call is retried alone, so
-// each gets its own outcome (the DB.Batch semantic).
+// each gets its own outcome (the DB.Batch semantic). A failing op rolls its
+// transaction back without an fsync, so the retries cost CPU, not I/O.
 func (l *Log) commit(batch []*call) {
 	var solo []*call
 	for len(batch) > 1 {

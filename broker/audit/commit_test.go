@@ -176,12 +176,11 @@ func TestCloseDrainsQueue(t *testing.T) {
 	waitQueued(l, n)
 	closed := make(chan struct{})
 	go func() { _ = l.Close(); close(closed) }()
-	// Close has marked the log closed once a new Append is refused.
-	for {
-		if _, err := l.Append(Record{Decision: DecisionIntent}); errors.Is(err, ErrClosed) {
-			break
-		}
+	for !l.isClosed() {
 		runtime.Gosched()
+	}
+	if _, err := l.Append(Record{Decision: DecisionIntent}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Append during Close = %v, want ErrClosed", err)
 	}
 	release()
 	<-closed

@@ -240,15 +240,17 @@ func TestOpsShareTheTransaction(t *testing.T) {
 		}
 	}
 	errQuota := errors.New("quota exceeded")
-	mustAppendOps := func(ops ...func(*bbolt.Tx) error) (Record, error) { return l.Append(Record{Decision: DecisionIntent}, ops...) }
-	if _, err := mustAppendOps(put("a")); err != nil {
+	appendWith := func(ops ...func(*bbolt.Tx) error) (Record, error) {
+		return l.Append(Record{Decision: DecisionIntent}, ops...)
+	}
+	if _, err := appendWith(put("a")); err != nil {
 		t.Fatal(err)
 	}
-	_, err := mustAppendOps(put("b"), func(*bbolt.Tx) error { return errQuota })
+	_, err := appendWith(put("b"), func(*bbolt.Tx) error { return errQuota })
 	if !errors.Is(err, errQuota) {
 		t.Fatalf("err = %v, want errQuota", err)
 	}
-	_, err = mustAppendOps(func(*bbolt.Tx) error { panic("boom") })
+	_, err = appendWith(func(*bbolt.Tx) error { panic("boom") })
 	if err == nil || !strings.Contains(err.Error(), "panicked") {
 		t.Fatalf("panicking op: err = %v", err)
 	}

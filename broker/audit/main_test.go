@@ -93,6 +93,12 @@ func (l *Log) queueLen() int {
 	return len(l.queue)
 }
 
+func (l *Log) isClosed() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.closed
+}
+
 func mustAppend(tb testing.TB, l *Log, r Record) Record {
 	tb.Helper()
 	got, err := l.Append(r)
