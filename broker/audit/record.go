@@ -1,9 +1,11 @@
 package audit
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 	"unicode/utf8"
@@ -125,14 +127,28 @@ func (r *Record) seal(id string, seq uint64, now time.Time, prevHash string) ([]
 		r.ExpiresAt = r.ExpiresAt.UTC().Round(0)
 	}
 	r.PrevHash = prevHash
-	hash, err := r.ComputeHash()
-	if err != nil {
-		return nil, err
-	}
-	r.Hash = hash
-	b, err := json.Marshal(r)
+	r.Hash = ""
+	canonical, err := json.Marshal(r)
 	if err != nil {
 		return nil, fmt.Errorf("audit: encode record: %w", err)
 	}
-	return b, nil
+	// Encode once: the stored form is the canonical form with the hash filled
+	// into its last member, "hash":"" (see the package documentation).
+	if !bytes.HasSuffix(canonical, emptyHashSuffix) {
+		return nil, errors.New("audit: encode record: hash is not the last member")
+	}
+	h := sha256.New()
+	h.Write([]byte(prevHash))
+	h.Write(canonical)
+	var sum [sha256.Size]byte
+	r.Hash = hex.EncodeToString(h.Sum(sum[:0]))
+	stored := make([]byte, 0, len(canonical)+len(r.Hash))
+	stored = append(stored, canonical[:len(canonical)-len(emptyHashSuffix)]...)
+	stored = append(stored, `"hash":"`...)
+	stored = append(stored, r.Hash...)
+	stored = append(stored, `"}`...)
+	return stored, nil
 }
+
+// emptyHashSuffix ends the canonical encoding of every record.
+var emptyHashSuffix = []byte(`"hash":""}`)
