@@ -1,0 +1,228 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffegrpc/grpccredentials"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/credbroker/credbroker/internal/ca"
+	"github.com/credbroker/credbroker/internal/svidfile"
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// logSink collects the daemon's logs and signals when it is serving.
+type logSink struct {
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	serving chan string
+}
+
+var servingRE = regexp.MustCompile(`msg=serving grpc=(\S+) http=(\S+)`)
+
+func (s *logSink) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.buf.Write(p)
+	if m := servingRE.FindSubmatch(p); m != nil {
+		s.serving <- string(m[1]) + " " + string(m[2])
+	}
+	return len(p), nil
+}
+
+func (s *logSink) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.String()
+}
+
+// TestProductionConfig runs the daemon on a configuration file with SVID and
+// bundle files, as a deployment next to SPIRE would, serves an X.509-SVID
+// caller and a JWT-SVID caller, then shuts down on context cancel.
+func TestProductionConfig(t *testing.T) {
+	dir := t.TempDir()
+	td := spiffeid.RequireTrustDomainFromString("prod.test")
+	authority, err := ca.New(td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverSVID, err := authority.MintX509SVID(spiffeid.RequireFromPath(td, "/credbroker"), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := svidfile.Write(filepath.Join(dir, "tls"), serverSVID, authority.X509Bundle()); err != nil {
+		t.Fatal(err)
+	}
+	jwks, err := authority.JWTBundle().Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "tls", "jwt_bundle.json"), jwks, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfgFile := filepath.Join(dir, "config.yaml")
+	cfg := `
+trust_domain: prod.test
+listen: 127.0.0.1:0
+http_listen: 127.0.0.1:0
+data_dir: ` + filepath.Join(dir, "data") + `
+tls:
+  svid_file: ` + filepath.Join(dir, "tls", "svid.pem") + `
+  svid_key_file: ` + filepath.Join(dir, "tls", "svid_key.pem") + `
+  bundles: {prod.test: ` + filepath.Join(dir, "tls", "bundle.pem") + `}
+  jwt_bundles: {prod.test: ` + filepath.Join(dir, "tls", "jwt_bundle.json") + `}
+jwt_svid_audiences: [credbroker-prod]
+issuers:
+  oidc: {type: jwt, jwt: {issuer_url: "https://credbroker.prod.test"}}
+profiles:
+  web-identity: {issuer: oidc, max_ttl: 1h, audiences: [sts.amazonaws.com], cluster: required}
+policy:
+  - id: spiffe://prod.test/ns/*/sa/capa-controller-manager
+    profiles: [web-identity]
+    clusters: ["capi-*/*"]
+limits: {rate: 10, burst: 10, cluster_quota: {max: 100, window: 1h}}
+`
+	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	logs := &logSink{serving: make(chan string, 1)}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, Options{ConfigFile: cfgFile, Stdout: io.Discard, Stderr: logs}) }()
+	var grpcAddr, httpAddr string
+	select {
+	case addrs := <-logs.serving:
+		grpcAddr, httpAddr, _ = strings.Cut(addrs, " ")
+	case err := <-done:
+		t.Fatalf("Run: %v\n%s", err, logs.String())
+	}
+
+	controller := spiffeid.RequireFromPath(td, "/ns/capa-system/sa/capa-controller-manager")
+	clientSVID, err := authority.MintX509SVID(controller, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundles := x509bundle.NewSet(authority.X509Bundle())
+	mtls, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(
+		grpccredentials.MTLSClientCredentials(clientSVID, bundles, tlsconfig.AuthorizeMemberOf(td))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mtls.Close()
+	req := &credbrokerv1.IssueCredentialRequest{Profile: "web-identity", Cluster: "capi-a/c1"}
+	resp, err := credbrokerv1.NewBrokerServiceClient(mtls).IssueCredential(ctx, req)
+	if err != nil {
+		t.Fatalf("X.509-SVID caller: %v", err)
+	}
+	if resp.GetCredential().GetToken().GetToken() == "" || resp.GetCredential().GetCluster() != "capi-a/c1" {
+		t.Fatalf("credential = %v", resp.GetCredential())
+	}
+
+	jwtSVID, err := authority.MintJWTSVID(controller, []string{"credbroker-prod"}, 5*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsOnly, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(
+		grpccredentials.TLSClientCredentials(bundles, tlsconfig.AuthorizeMemberOf(td))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tlsOnly.Close()
+	jctx := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+jwtSVID)
+	if _, err := credbrokerv1.NewBrokerServiceClient(tlsOnly).IssueCredential(jctx, req); err != nil {
+		t.Fatalf("JWT-SVID caller: %v", err)
+	}
+
+	// Discovery is served under the configured issuer URL, and metrics count decisions.
+	body := httpGet(t, "http://"+httpAddr+"/.well-known/openid-configuration")
+	if !strings.Contains(body, `"issuer":"https://credbroker.prod.test"`) {
+		t.Errorf("discovery = %s", body)
+	}
+	if m := httpGet(t, "http://"+httpAddr+"/metrics"); !strings.Contains(m, `credbroker_decisions_total{decision="issued",profile="web-identity"} 2`) {
+		t.Errorf("metrics do not count the issuances:\n%s", grepLines(m, "credbroker_"))
+	}
+	if h := httpGet(t, "http://"+httpAddr+"/healthz"); h != "ok\n" {
+		t.Errorf("healthz = %q", h)
+	}
+
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run after cancel: %v", err)
+	}
+	if !strings.Contains(logs.String(), "msg=stopped") {
+		t.Errorf("no clean stop:\n%s", logs.String())
+	}
+	if _, err := os.Stat(filepath.Join(dir, "data", "admin.sock")); !os.IsNotExist(err) {
+		t.Errorf("admin socket left behind: %v", err)
+	}
+}
+
+func httpGet(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func grepLines(s, substr string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, substr) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+func TestConfigErrors(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	base := "trust_domain: prod.test\nissuers: {oidc: {type: jwt}}\nprofiles: {p: {issuer: oidc, max_ttl: 1h}}\n"
+	for name, tc := range map[string]struct {
+		cfg  string
+		want string
+	}{
+		"no svid files": {base, "tls.svid_file and tls.svid_key_file are required"},
+		"missing svid file": {base + "tls: {svid_file: /nonexistent/svid.pem, svid_key_file: /nonexistent/key.pem, bundles: {prod.test: /nonexistent/b.pem}}\n",
+			"broker SVID"},
+		"unknown key": {base + "tls: {svid_fil: x}\n", "svid_fil"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			err := Run(context.Background(), Options{ConfigFile: write(strings.ReplaceAll(name, " ", "_")+".yaml", tc.cfg), DataDir: filepath.Join(dir, "data"), Stdout: io.Discard, Stderr: io.Discard})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Run = %v, want an error mentioning %q", err, tc.want)
+			}
+		})
+	}
+}
