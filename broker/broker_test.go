@@ -3,6 +3,7 @@ package broker_test
 import (
 	"context"
 	"crypto/ecdsa"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -447,5 +448,29 @@ func TestAuditChainVerifiesAfterManyDecisions(t *testing.T) {
 	v, err := h.audit.Verify()
 	if err != nil || !v.OK || v.Records != 30*2+10 {
 		t.Fatalf("Verify = %+v, %v (want 70 records)", v, err)
+	}
+}
+
+func TestUnauthenticatedFloodIsRecordedAtABoundedRate(t *testing.T) {
+	h := newHarness(t)
+	conn := h.dialNoCert()
+	req := &credbrokerv1.IssueCredentialRequest{Profile: "plain-token"}
+	const attempts = 80
+	for i := 0; i < attempts; i++ {
+		_, err := issue(ctxT(t), conn, req)
+		wantCode(t, err, codes.Unauthenticated)
+	}
+	recorded := len(h.records())
+	if recorded == 0 || recorded >= attempts {
+		t.Fatalf("%d of %d unauthenticated attempts recorded; want a bounded number", recorded, attempts)
+	}
+	// Once the source is back under the rate, the next record says what was left out.
+	h.clock.Advance(time.Second)
+	_, err := issue(ctxT(t), conn, req)
+	wantCode(t, err, codes.Unauthenticated)
+	r := h.lastRecord()
+	want := fmt.Sprintf("(%d earlier attempts from this address were not recorded)", attempts-recorded)
+	if !strings.Contains(r.Reason, want) || !strings.Contains(r.Reason, "from 127.0.0.1") {
+		t.Fatalf("reason = %q, want it to contain %q", r.Reason, want)
 	}
 }

@@ -177,7 +177,7 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 	gate := broker.NewGate([]attest.Authenticator{
 		jwtsvid.New(jwtbundle.NewSet(h.ca.JWTBundle()), []string{"credbroker"}),
 		attestx509.New(bundles, attestx509.WithClock(h.clock.Now)),
-	}, []string{adminID.String()}, h.audit, metrics, log)
+	}, []string{adminID.String()}, h.audit, metrics, log, broker.WithGateClock(h.clock.Now))
 
 	serverSVID := h.mint(serverID, time.Hour)
 	tlsConf := tlsconfig.TLSServerConfig(serverSVID)

@@ -14,6 +14,9 @@ type Metrics struct {
 	decisions *prometheus.CounterVec
 	latency   *prometheus.HistogramVec
 	authFails *prometheus.CounterVec
+	// unauthUnrecorded counts unauthenticated attempts refused without an
+	// audit record because their source exceeded the recording rate.
+	unauthUnrecorded prometheus.Counter
 }
 
 // NewMetrics registers the broker's metrics with reg.
@@ -32,8 +35,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "credbroker_authentication_failures_total",
 			Help: "Requests refused because the caller could not be authenticated, by API.",
 		}, []string{"api"}),
+		unauthUnrecorded: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "credbroker_unauthenticated_unrecorded_total",
+			Help: "Unauthenticated requests refused without an audit record because their source address exceeded the recording rate.",
+		}),
 	}
-	reg.MustRegister(m.decisions, m.latency, m.authFails)
+	reg.MustRegister(m.decisions, m.latency, m.authFails, m.unauthUnrecorded)
 	return m
 }
 

@@ -3,8 +3,10 @@ package broker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -43,16 +45,32 @@ type Gate struct {
 	audit          AuditLog
 	metrics        *Metrics
 	log            *slog.Logger
+	unauth         *unauthRecorder
+}
+
+// GateOption configures a Gate.
+type GateOption func(*gateOptions)
+
+type gateOptions struct{ now func() time.Time }
+
+// WithGateClock sets the clock that paces the recording of unauthenticated
+// attempts (default time.Now).
+func WithGateClock(now func() time.Time) GateOption {
+	return func(o *gateOptions) { o.now = now }
 }
 
 // NewGate returns a Gate that tries authenticators in order; admins are the
 // SPIFFE IDs allowed on the admin API.
-func NewGate(authenticators []attest.Authenticator, admins []string, audit AuditLog, m *Metrics, log *slog.Logger) *Gate {
+func NewGate(authenticators []attest.Authenticator, admins []string, audit AuditLog, m *Metrics, log *slog.Logger, opts ...GateOption) *Gate {
+	o := gateOptions{now: time.Now}
+	for _, opt := range opts {
+		opt(&o)
+	}
 	set := make(map[string]bool, len(admins))
 	for _, a := range admins {
 		set[a] = true
 	}
-	return &Gate{authenticators: authenticators, admins: set, audit: audit, metrics: m, log: log}
+	return &Gate{authenticators: authenticators, admins: set, audit: audit, metrics: m, log: log, unauth: newUnauthRecorder(o.now)}
 }
 
 // Unary is the unary server interceptor.
@@ -104,13 +122,23 @@ func (g *Gate) authenticate(ctx context.Context) (attest.Caller, error) {
 // error. Verifier messages are written to be caller-safe.
 func (g *Gate) unauthenticated(ctx context.Context, kind api, err error) error {
 	msg := "unauthenticated: " + err.Error()
+	src := sourceOf(ctx)
 	if kind == apiWorkload {
-		if _, aerr := g.audit.Append(audit.Record{Decision: audit.DecisionDenied, Reason: msg}); aerr != nil {
+		g.metrics.observe(audit.DecisionDenied, "unknown", 0)
+		record, suppressed := g.unauth.admit(src)
+		if !record {
+			g.metrics.unauthUnrecorded.Inc()
+			return status.Error(codes.Unauthenticated, msg)
+		}
+		reason := msg + " (from " + src + ")"
+		if suppressed > 0 {
+			reason += fmt.Sprintf(" (%d earlier attempts from this address were not recorded)", suppressed)
+		}
+		if _, aerr := g.audit.Append(audit.Record{Decision: audit.DecisionDenied, Reason: clip(reason)}); aerr != nil {
 			g.log.LogAttrs(ctx, slog.LevelError, "cannot record unauthenticated request", slog.String("error", aerr.Error()))
 		}
-		g.metrics.observe(audit.DecisionDenied, "unknown", 0)
 	}
-	g.log.LogAttrs(ctx, slog.LevelInfo, "request refused", slog.String("api", kind.String()), slog.String("error", msg))
+	g.log.LogAttrs(ctx, slog.LevelInfo, "request refused", slog.String("api", kind.String()), slog.String("source", src), slog.String("error", msg))
 	return status.Error(codes.Unauthenticated, msg)
 }
 
