@@ -273,6 +273,15 @@ func TestDevModeEndToEnd(t *testing.T) {
 		t.Errorf("no clean stop in the log:\n%s", b.stderr.String())
 	}
 	assertNotOnDiskOrInLogs(t, dataDir, cred.Token, b.stdout.String()+b.stderr.String())
+
+	// With the broker gone, both clients fail with a message that says what to check.
+	r = runTool(t, "credbroker-credential-process", "--broker", b.grpcAddr, "--svid-dir", filepath.Join(dataDir, "dev", "controller"), "--profile", "dev-token")
+	if r.code != 1 || !strings.Contains(r.stderr, "is the broker running") {
+		t.Errorf("broker down: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if r := b.ctl(t, "audit", "verify"); r.code != 1 || !strings.Contains(r.stderr, "cannot reach broker admin socket") {
+		t.Errorf("credbrokerctl with the broker down: exit %d, stderr %q", r.code, r.stderr)
+	}
 }
 
 func assertNotOnDiskOrInLogs(t *testing.T, dataDir, token, logs string) {
