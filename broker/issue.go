@@ -83,6 +83,9 @@ func NewService(d ServiceDeps) (*Service, error) {
 const (
 	maxProfileLen  = 64
 	maxAudienceLen = 256
+	// minTTL is the shortest lifetime any credential is minted for; an issuer
+	// may impose a longer one.
+	minTTL = time.Second
 )
 
 var clusterRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?$`)
@@ -220,8 +223,8 @@ func (s *Service) validate(caller attest.Caller, req *credbrokerv1.IssueCredenti
 			return prof, g, errorf(codes.InvalidArgument, "ttl is not a valid duration")
 		}
 		if t := d.AsDuration(); t != 0 {
-			if t < 0 || t > prof.MaxTTL {
-				return prof, g, errorf(codes.InvalidArgument, "ttl %s is outside (0, %s] for profile %q", t, prof.MaxTTL, name)
+			if t < minTTL || t > prof.MaxTTL {
+				return prof, g, errorf(codes.InvalidArgument, "ttl %s is outside [%s, %s] for profile %q", t, minTTL, prof.MaxTTL, name)
 			}
 			g.ttl = t
 		}
