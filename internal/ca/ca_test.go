@@ -318,7 +318,7 @@ func TestLoadRefusesLooseKeyPermissions(t *testing.T) {
 				t.Errorf("%s mode %04o: loaded, want refusal", name, mode)
 				continue
 			}
-			if !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "too open") {
+			if !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "must not be accessible by group or others") {
 				t.Errorf("%s mode %04o: error %q should name the file and the problem", name, mode, err)
 			}
 		}

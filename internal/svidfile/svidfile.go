@@ -18,6 +18,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/credbroker/credbroker/internal/keyfile"
 )
 
 // File names inside an SVID directory.
@@ -62,7 +64,7 @@ func Write(dir string, svid *x509svid.SVID, bundle *x509bundle.Bundle) error {
 		{CertFile, certPEM, 0o644},
 	}
 	for _, f := range files {
-		if err := WriteFile(filepath.Join(dir, f.name), f.data, f.perm); err != nil {
+		if err := keyfile.Write(filepath.Join(dir, f.name), f.data, f.perm); err != nil {
 			return err
 		}
 	}
@@ -101,55 +103,4 @@ func Load(dir string) (*x509svid.SVID, *x509bundle.Bundle, error) {
 		return nil, nil, fmt.Errorf("svidfile: %s: no CA certificates", bundlePath)
 	}
 	return svid, bundle, nil
-}
-
-// WriteFile replaces path with data atomically: it writes a temporary file in
-// the same directory with mode perm, syncs it, renames it over path and syncs
-// the directory. A reader sees the old content or the new, never a mix, and
-// a key file never exists with a looser mode than perm.
-func WriteFile(path string, data []byte, perm os.FileMode) (err error) {
-	dir, base := filepath.Split(path)
-	if dir == "" {
-		dir = "."
-	}
-	f, err := os.CreateTemp(dir, "."+base+".tmp-*") // created 0600
-	if err != nil {
-		return fmt.Errorf("svidfile: %w", err)
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			_ = f.Close()
-			_ = os.Remove(tmp)
-		}
-	}()
-	if err := f.Chmod(perm); err != nil {
-		return fmt.Errorf("svidfile: %w", err)
-	}
-	if _, err := f.Write(data); err != nil {
-		return fmt.Errorf("svidfile: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("svidfile: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("svidfile: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("svidfile: %w", err)
-	}
-	return syncDir(dir)
-}
-
-// syncDir makes a rename in dir durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("svidfile: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("svidfile: sync %s: %w", dir, err)
-	}
-	return nil
 }

@@ -183,30 +183,3 @@ func mustMarshal(t *testing.T, b *x509bundle.Bundle) []byte {
 	return out
 }
 
-func TestWriteFileReplacesModeAtomically(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "secret")
-	if err := os.WriteFile(path, []byte("old"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := svidfile.WriteFile(path, []byte("new"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if fi.Mode().Perm() != 0o600 {
-		t.Errorf("mode %04o, want 0600", fi.Mode().Perm())
-	}
-	if b, _ := os.ReadFile(path); string(b) != "new" {
-		t.Errorf("content %q", b)
-	}
-	if err := svidfile.WriteFile(filepath.Join(dir, "missing", "x"), nil, 0o600); err == nil {
-		t.Error("wrote into a missing directory")
-	}
-	ents, _ := os.ReadDir(dir)
-	if len(ents) != 1 {
-		t.Errorf("dir holds %d entries, want 1 (no temp files)", len(ents))
-	}
-}
