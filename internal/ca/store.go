@@ -20,7 +20,6 @@ const (
 	JWTKeyFile = "jwt_key.pem"
 )
 
-
 // Save writes the CA to dir (created 0700 if missing): the root certificate
 // to ca.pem, the root key to ca_key.pem and the JWT key to jwt_key.pem, keys
 // PKCS#8 with mode 0600. Each file is replaced atomically.

@@ -182,4 +182,3 @@ func mustMarshal(t *testing.T, b *x509bundle.Bundle) []byte {
 	}
 	return out
 }
-
