@@ -42,7 +42,6 @@ func TestMissingSVIDDirFailsClearly(t *testing.T) {
 	}
 }
 
-
 func TestRenderAWS(t *testing.T) {
 	exp := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
 	c := &credbrokerv1.Credential{Profile: "capa", ExpiresAt: timestamppb.New(exp), Kind: &credbrokerv1.Credential_Aws{Aws: &credbrokerv1.AWSCredentials{

@@ -146,7 +146,8 @@ func Run(ctx context.Context, opts Options) error {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	for _, h := range issuerSet.handlers {
-		mux.Handle("/.well-known/", h)
+		// The issuer serves discovery under its issuer URL's path, whatever it is.
+		mux.Handle("/", h)
 	}
 	httpServer := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 

@@ -90,7 +90,7 @@ tls:
   jwt_bundles: {prod.test: ` + filepath.Join(dir, "tls", "jwt_bundle.json") + `}
 jwt_svid_audiences: [credbroker-prod]
 issuers:
-  oidc: {type: jwt, jwt: {issuer_url: "https://credbroker.prod.test"}}
+  oidc: {type: jwt, jwt: {issuer_url: "https://credbroker.prod.test/oidc"}}
 profiles:
   web-identity: {issuer: oidc, max_ttl: 1h, audiences: [sts.amazonaws.com], cluster: required}
 policy:
@@ -152,12 +152,15 @@ limits: {rate: 10, burst: 10, cluster_quota: {max: 100, window: 1h}}
 	}
 
 	// Discovery is served under the configured issuer URL, and metrics count decisions.
-	body := httpGet(t, "http://"+httpAddr+"/.well-known/openid-configuration")
-	if !strings.Contains(body, `"issuer":"https://credbroker.prod.test"`) {
+	body := httpGet(t, "http://"+httpAddr+"/oidc/.well-known/openid-configuration")
+	if !strings.Contains(body, `"issuer":"https://credbroker.prod.test/oidc"`) || !strings.Contains(body, `"jwks_uri":"https://credbroker.prod.test/oidc/.well-known/jwks.json"`) {
 		t.Errorf("discovery = %s", body)
 	}
 	if m := httpGet(t, "http://"+httpAddr+"/metrics"); !strings.Contains(m, `credbroker_decisions_total{decision="issued",profile="web-identity"} 2`) {
 		t.Errorf("metrics do not count the issuances:\n%s", grepLines(m, "credbroker_"))
+	}
+	if jwks := httpGet(t, "http://"+httpAddr+"/oidc/.well-known/jwks.json"); !strings.Contains(jwks, `"alg":"ES256"`) {
+		t.Errorf("jwks = %s", jwks)
 	}
 	if h := httpGet(t, "http://"+httpAddr+"/healthz"); h != "ok\n" {
 		t.Errorf("healthz = %q", h)
