@@ -35,6 +35,7 @@ import (
 	"github.com/credbroker/credbroker/broker/limits"
 	"github.com/credbroker/credbroker/broker/policy"
 	"github.com/credbroker/credbroker/internal/ca"
+	"github.com/credbroker/credbroker/internal/fakeclock"
 	"github.com/credbroker/credbroker/issuers"
 	"github.com/credbroker/credbroker/issuers/jwt"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
@@ -46,24 +47,6 @@ var (
 	adminID      = spiffeid.RequireFromPath(td, "/credbroker/admin")
 	serverID     = spiffeid.RequireFromPath(td, "/credbroker/server")
 )
-
-// clock is a settable clock shared by the components under test.
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
 
 // countingIssuer wraps the real JWT issuer and counts upstream calls.
 type countingIssuer struct {
@@ -105,7 +88,7 @@ type harnessConfig struct {
 type harness struct {
 	t          *testing.T
 	ca         *ca.CA
-	clock      *clock
+	clock      *fakeclock.Clock
 	addr       string
 	adminSock  string
 	dbPath     string
@@ -132,7 +115,7 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 		m(&hc)
 	}
 	dir := t.TempDir()
-	h := &harness{t: t, clock: &clock{now: time.Now()}, logs: &syncBuffer{}, dbPath: filepath.Join(dir, "credbroker.db"), adminSock: filepath.Join(dir, "admin.sock")}
+	h := &harness{t: t, clock: fakeclock.New(time.Now()), logs: &syncBuffer{}, dbPath: filepath.Join(dir, "credbroker.db"), adminSock: filepath.Join(dir, "admin.sock")}
 
 	var err error
 	if h.ca, err = ca.New(td); err != nil {

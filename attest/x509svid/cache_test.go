@@ -10,15 +10,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/credbroker/credbroker/internal/ca"
+	"github.com/credbroker/credbroker/internal/fakeclock"
 )
-
-type swapClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *swapClock) now() time.Time  { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *swapClock) set(t time.Time) { c.mu.Lock(); defer c.mu.Unlock(); c.t = t }
 
 // swapBundles is a bundle source whose contents a test can replace.
 type swapBundles struct {
@@ -41,12 +34,12 @@ func (s *swapBundles) replace(b *x509bundle.Bundle) {
 func TestVerificationCache(t *testing.T) {
 	td := spiffeid.RequireTrustDomainFromString("cache.test")
 	t0 := time.Now().Truncate(time.Second)
-	clk := &swapClock{t: t0}
-	authority, err := ca.New(td, ca.WithClock(clk.now))
+	clk := fakeclock.New(t0)
+	authority, err := ca.New(td, ca.WithClock(clk.Now))
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, err := ca.New(td, ca.WithClock(clk.now))
+	other, err := ca.New(td, ca.WithClock(clk.Now))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +48,7 @@ func TestVerificationCache(t *testing.T) {
 		t.Fatal(err)
 	}
 	bundles := &swapBundles{set: x509bundle.NewSet(authority.X509Bundle())}
-	a := New(bundles, WithClock(clk.now))
+	a := New(bundles, WithClock(clk.Now))
 
 	if _, err := a.verify(svid.Certificates); err != nil {
 		t.Fatal(err)
@@ -63,11 +56,11 @@ func TestVerificationCache(t *testing.T) {
 	// The trust bundle rotates away from the signer: a cached chain is still
 	// accepted for at most cacheTTL, and its validity period still counts.
 	bundles.replace(other.X509Bundle())
-	clk.set(t0.Add(10 * time.Second))
+	clk.Set(t0.Add(10 * time.Second))
 	if _, err := a.verify(svid.Certificates); err != nil {
 		t.Fatalf("cached chain refused within cacheTTL: %v", err)
 	}
-	clk.set(t0.Add(55 * time.Second)) // past NotAfter, still inside cacheTTL
+	clk.Set(t0.Add(55 * time.Second)) // past NotAfter, still inside cacheTTL
 	if _, err := a.verify(svid.Certificates); err == nil || !strings.Contains(err.Error(), "expired") {
 		t.Fatalf("expired chain accepted from cache: %v", err)
 	}
@@ -82,7 +75,7 @@ func TestVerificationCache(t *testing.T) {
 		t.Fatal(err)
 	}
 	bundles.replace(other.X509Bundle())
-	clk.set(t0.Add(55*time.Second + cacheTTL))
+	clk.Set(t0.Add(55*time.Second + cacheTTL))
 	if _, err := a.verify(fresh.Certificates); err == nil || !strings.Contains(err.Error(), "not signed by the trust bundle") {
 		t.Fatalf("chain accepted after cacheTTL with a bundle that does not sign it: %v", err)
 	}

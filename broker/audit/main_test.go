@@ -3,13 +3,14 @@ package audit
 import (
 	"fmt"
 	"path/filepath"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"go.etcd.io/bbolt"
 	"go.uber.org/goleak"
+
+	"github.com/credbroker/credbroker/internal/fakeclock"
 )
 
 func TestMain(m *testing.M) {
@@ -18,22 +19,8 @@ func TestMain(m *testing.M) {
 
 var epoch = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 
-// fakeClock advances by step on every reading.
-type fakeClock struct {
-	mu   sync.Mutex
-	t    time.Time
-	step time.Duration
-}
-
-func newFakeClock() *fakeClock { return &fakeClock{t: epoch, step: time.Second} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	t := c.t
-	c.t = c.t.Add(c.step)
-	return t
-}
+// newFakeClock returns a clock that advances a second on every reading.
+func newFakeClock() *fakeclock.Clock { return fakeclock.NewStepping(epoch, time.Second) }
 
 // seqIDs returns a generator of "id-000001", "id-000002", ...
 func seqIDs() func() (string, error) {

@@ -12,6 +12,8 @@ import (
 
 	"go.etcd.io/bbolt"
 	"golang.org/x/time/rate"
+
+	"github.com/credbroker/credbroker/internal/fakeclock"
 )
 
 const (
@@ -20,29 +22,11 @@ const (
 	carol = "spiffe://td/ns/other/sa/controller"
 )
 
-// fakeClock is a clock tests move by hand.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
+func newFakeClock() *fakeclock.Clock {
+	return fakeclock.New(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
 }
 
-func newFakeClock() *fakeClock {
-	return &fakeClock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
-func newLimiter(t testing.TB, db *bbolt.DB, cfg Config, clk *fakeClock, opts ...Option) *Limiter {
+func newLimiter(t testing.TB, db *bbolt.DB, cfg Config, clk *fakeclock.Clock, opts ...Option) *Limiter {
 	t.Helper()
 	l, err := New(db, cfg, append([]Option{WithClock(clk.Now)}, opts...)...)
 	if err != nil {
