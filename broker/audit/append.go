@@ -12,9 +12,10 @@ const maxBatch = 512
 
 // call is one Append waiting for the committer.
 type call struct {
-	rec  Record
-	ops  []func(*bbolt.Tx) error
-	done chan result // buffered, receives exactly once
+	rec     Record
+	members []byte // rec's encoded body, see Record.encodeBody
+	ops     []func(*bbolt.Tx) error
+	done    chan result // buffered, receives exactly once
 }
 
 type result struct {
@@ -44,10 +45,10 @@ func (e *callError) Unwrap() error { return e.err }
 // affected. An op may run more than once (when a shared transaction is
 // retried), so it must have no effect outside tx.
 func (l *Log) Append(r Record, ops ...func(tx *bbolt.Tx) error) (Record, error) {
-	if err := r.check(); err != nil {
+	c, err := newCall(r, ops)
+	if err != nil {
 		return Record{}, err
 	}
-	c := &call{rec: r, ops: ops, done: make(chan result, 1)}
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
@@ -58,6 +59,18 @@ func (l *Log) Append(r Record, ops ...func(tx *bbolt.Tx) error) (Record, error) 
 	l.signal()
 	res := <-c.done
 	return res.rec, res.err
+}
+
+// newCall validates r and encodes its body in the appender's goroutine.
+func newCall(r Record, ops []func(*bbolt.Tx) error) (*call, error) {
+	if err := r.check(); err != nil {
+		return nil, err
+	}
+	members, err := r.encodeBody()
+	if err != nil {
+		return nil, err
+	}
+	return &call{rec: r, members: members, ops: ops, done: make(chan result, 1)}, nil
 }
 
 func (l *Log) signal() {
@@ -182,7 +195,7 @@ func (l *Log) add(tx *bbolt.Tx, b buckets, c *call, seq uint64, prevHash string)
 		return Record{}, fmt.Errorf("audit: duplicate record id %q", id)
 	}
 	r := c.rec
-	data, err := r.seal(id, seq, l.now(), prevHash)
+	data, err := r.seal(c.members, id, seq, l.now(), prevHash)
 	if err != nil {
 		return Record{}, err
 	}
@@ -245,5 +258,9 @@ func openBuckets(tx *bbolt.Tx) (buckets, error) {
 			return buckets{}, errors.New("audit: bucket missing")
 		}
 	}
+	// Records and the time index only ever grow at their end: fill pages
+	// completely instead of splitting them half full.
+	b.records.FillPercent = 1.0
+	b.time.FillPercent = 1.0
 	return b, nil
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -265,4 +266,34 @@ func TestOpsShareTheTransaction(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustVerifyOK(t, l, 1)
+}
+
+func TestBodySplicingMatchesRecordEncoding(t *testing.T) {
+	base := time.Date(2026, 5, 6, 7, 8, 9, 123456789, time.FixedZone("X", 3600))
+	for i, r := range []Record{
+		{Decision: DecisionDenied},
+		{IssuanceID: "i", Caller: "spiffe://td/<a>&\"b\"", Attestation: "x509-svid", Profile: "p\u2028", Cluster: "ns/c",
+			Issuer: "local", Decision: DecisionIssued, Reason: "why\n\t", TTL: time.Minute, ExpiresAt: base, UpstreamRef: "ref"},
+		{Caller: "ünïcode ☃", Decision: DecisionThrottled, TTL: 1},
+		{Decision: DecisionFailed, ExpiresAt: base.Add(time.Hour)},
+	} {
+		members, err := r.encodeBody()
+		if err != nil {
+			t.Fatal(err)
+		}
+		stored, err := r.seal(members, fmt.Sprintf("id-<%d>", i), uint64(i+1), base, strings.Repeat("ab", 32))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := json.Marshal(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(stored) != string(want) {
+			t.Fatalf("record %d:\nspliced %s\nmarshal %s", i, stored, want)
+		}
+		if h, _ := r.ComputeHash(); h != r.Hash {
+			t.Fatalf("record %d: hash %s, ComputeHash %s", i, r.Hash, h)
+		}
+	}
 }

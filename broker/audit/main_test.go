@@ -66,7 +66,11 @@ func bulkAppend(tb testing.TB, l *Log, n int, gen func(i int) Record) {
 	for i := 0; i < n; i += 1000 {
 		var batch []*call
 		for j := i; j < min(n, i+1000); j++ {
-			batch = append(batch, &call{rec: gen(j)})
+			c, err := newCall(gen(j), nil)
+			if err != nil {
+				tb.Fatal(err)
+			}
+			batch = append(batch, c)
 		}
 		if _, err := l.write(batch); err != nil {
 			tb.Fatal(err)

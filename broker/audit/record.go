@@ -1,12 +1,11 @@
 package audit
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
+	"strconv"
 	"time"
 	"unicode/utf8"
 )
@@ -118,36 +117,86 @@ func (r Record) check() error {
 	return nil
 }
 
-// seal assigns the chain fields of r and returns its stored encoding.
-func (r *Record) seal(id string, seq uint64, now time.Time, prevHash string) ([]byte, error) {
-	r.ID = id
-	r.Seq = seq
-	r.Time = now.UTC().Round(0)
+// body is the part of a record's canonical encoding that does not depend on
+// its place in the chain: every member between "time" and "prev_hash", with
+// the same names and omit rules as Record. Appenders encode it in their own
+// goroutine, so the committer, which every append waits on, only splices the
+// chain fields around it. TestBodySplicingMatchesRecordEncoding keeps the two
+// encodings identical.
+type body struct {
+	IssuanceID  string        `json:"issuance_id"`
+	Caller      string        `json:"caller"`
+	Attestation string        `json:"attestation"`
+	Profile     string        `json:"profile"`
+	Cluster     string        `json:"cluster"`
+	Issuer      string        `json:"issuer"`
+	Decision    Decision      `json:"decision"`
+	Reason      string        `json:"reason,omitempty"`
+	TTL         time.Duration `json:"ttl_ns,omitempty"`
+	ExpiresAt   time.Time     `json:"expires_at,omitzero"`
+	UpstreamRef string        `json:"upstream_ref,omitempty"`
+}
+
+// encodeBody normalises r's caller-supplied times and returns its body's
+// JSON members without the enclosing braces.
+func (r *Record) encodeBody() ([]byte, error) {
 	if !r.ExpiresAt.IsZero() {
 		r.ExpiresAt = r.ExpiresAt.UTC().Round(0)
 	}
-	r.PrevHash = prevHash
-	r.Hash = ""
-	canonical, err := json.Marshal(r)
+	b, err := json.Marshal(body{
+		IssuanceID: r.IssuanceID, Caller: r.Caller, Attestation: r.Attestation, Profile: r.Profile,
+		Cluster: r.Cluster, Issuer: r.Issuer, Decision: r.Decision, Reason: r.Reason, TTL: r.TTL,
+		ExpiresAt: r.ExpiresAt, UpstreamRef: r.UpstreamRef,
+	})
 	if err != nil {
 		return nil, fmt.Errorf("audit: encode record: %w", err)
 	}
-	// Encode once: the stored form is the canonical form with the hash filled
-	// into its last member, "hash":"" (see the package documentation).
-	if !bytes.HasSuffix(canonical, emptyHashSuffix) {
-		return nil, errors.New("audit: encode record: hash is not the last member")
+	return b[1 : len(b)-1], nil
+}
+
+// seal assigns the chain fields of r and returns its stored encoding, built
+// around members, the output of encodeBody. The stored form is the canonical
+// form with the hash filled into its last member (see the package
+// documentation), so a record is encoded once.
+func (r *Record) seal(members []byte, id string, seq uint64, now time.Time, prevHash string) ([]byte, error) {
+	r.ID = id
+	r.Seq = seq
+	r.Time = now.UTC().Round(0)
+	r.PrevHash = prevHash
+	r.Hash = ""
+	idJSON, err := json.Marshal(id)
+	if err != nil {
+		return nil, fmt.Errorf("audit: encode record: %w", err)
 	}
+	timeJSON, err := r.Time.MarshalJSON()
+	if err != nil {
+		return nil, fmt.Errorf("audit: encode record: %w", err)
+	}
+	prevJSON, err := json.Marshal(prevHash)
+	if err != nil {
+		return nil, fmt.Errorf("audit: encode record: %w", err)
+	}
+	b := make([]byte, 0, len(members)+len(idJSON)+len(timeJSON)+2*sha256.Size+96)
+	b = append(b, `{"id":`...)
+	b = append(b, idJSON...)
+	b = append(b, `,"seq":`...)
+	b = strconv.AppendUint(b, seq, 10)
+	b = append(b, `,"time":`...)
+	b = append(b, timeJSON...)
+	b = append(b, ',')
+	b = append(b, members...)
+	b = append(b, `,"prev_hash":`...)
+	b = append(b, prevJSON...)
+	b = append(b, `,"hash":""}`...)
+
 	h := sha256.New()
 	h.Write([]byte(prevHash))
-	h.Write(canonical)
+	h.Write(b)
 	var sum [sha256.Size]byte
 	r.Hash = hex.EncodeToString(h.Sum(sum[:0]))
-	stored := make([]byte, 0, len(canonical)+len(r.Hash))
-	stored = append(stored, canonical[:len(canonical)-len(emptyHashSuffix)]...)
-	stored = append(stored, `"hash":"`...)
+	stored := append(b[:len(b)-len(emptyHashSuffix)], `"hash":"`...)
 	stored = append(stored, r.Hash...)
-	stored = append(stored, `"}`...)
-	return stored, nil
+	return append(stored, `"}`...), nil
 }
 
 // emptyHashSuffix ends the canonical encoding of every record.

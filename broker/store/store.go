@@ -17,14 +17,21 @@ import (
 // a hash map: with an append-only audit log the freelist grows with the file,
 // and syncing it made every commit rewrite it. bbolt rebuilds it by scanning
 // the file on open instead; that is the trade etcd makes too. Every commit
-// still fsyncs its data and meta pages, so durability is unchanged.
+// still fsyncs its data and meta pages, so durability is unchanged. The file
+// is mapped with room to grow (see initialMmapSize).
 func Options() *bbolt.Options {
 	return &bbolt.Options{
-		Timeout:        time.Second,
-		NoFreelistSync: true,
-		FreelistType:   bbolt.FreelistMapType,
+		Timeout:         time.Second,
+		NoFreelistSync:  true,
+		FreelistType:    bbolt.FreelistMapType,
+		InitialMmapSize: initialMmapSize,
 	}
 }
+
+// initialMmapSize reserves address space (not memory) up front, so that a
+// growing audit log does not remap the file, which blocks every reader and
+// writer, each time it doubles.
+const initialMmapSize = 1 << 30
 
 // Open opens (creating, mode 0600) the database at path. If another process
 // holds it, Open fails after a second with an error that says so.
