@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"time"
 
@@ -98,7 +99,11 @@ func (a *Admin) VerifyAudit(context.Context, *credbrokerv1.VerifyAuditRequest) (
 // ExportAudit streams records in chain order.
 func (a *Admin) ExportAudit(req *credbrokerv1.ExportAuditRequest, stream grpc.ServerStreamingServer[credbrokerv1.ExportAuditResponse]) error {
 	err := a.audit.Export(req.GetAfterSeq(), func(r audit.Record) error {
-		return stream.Send(&credbrokerv1.ExportAuditResponse{Record: RecordProto(r)})
+		canonical, err := json.Marshal(r) // byte for byte the stored form
+		if err != nil {
+			return err
+		}
+		return stream.Send(&credbrokerv1.ExportAuditResponse{Record: RecordProto(r), CanonicalJson: string(canonical)})
 	})
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return toStatus(wrapf(codes.Unavailable, err, "audit export failed"))

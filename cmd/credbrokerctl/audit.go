@@ -86,10 +86,15 @@ func newAuditExportCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "export",
 		Short: "Write audit records as JSON lines, in chain order",
-		Long: `Write audit records to stdout as JSON lines (one record per line, field names
-as in the AdminService proto: seq, issuance_id, prev_hash, ...), in chain
-order. The output is JSON lines whatever -o says. --timeout bounds the wait
-for each record, not the whole export.`,
+		Long: `Write audit records to stdout as JSON lines, in chain order: each line is the
+record exactly as the broker stored and hashed it, so an export can be
+re-verified without the broker:
+
+  hash = hex(SHA-256(prev_hash || line with its trailing "hash":"<hex>" set to "hash":""))
+
+and each line's prev_hash is the previous line's hash. The output is JSON
+lines whatever -o says. --timeout bounds the wait for each record, not the
+whole export.`,
 		Example: `  credbrokerctl audit export > audit.jsonl
   credbrokerctl audit export --after-seq "$(tail -n1 audit.jsonl | jq -r .seq)" >> audit.jsonl`,
 		Args: noArgs,
@@ -132,11 +137,11 @@ func (a *app) exportAudit(ctx context.Context, afterSeq uint64) error {
 			return fmt.Errorf("export stopped after %d records: %w", n, a.streamError(ctx, err))
 		}
 		idle.Reset(a.timeout)
-		line, err := protoJSON(resp.GetRecord())
-		if err != nil {
-			return err
+		line := resp.GetCanonicalJson()
+		if line == "" {
+			return fmt.Errorf("export stopped after %d records: the broker sent a record without its canonical form", n)
 		}
-		if _, err := out.Write(append(line, '\n')); err != nil {
+		if _, err := out.WriteString(line + "\n"); err != nil {
 			return fmt.Errorf("writing export: %w", err)
 		}
 		n++

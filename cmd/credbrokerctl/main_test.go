@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -110,7 +111,7 @@ func (f *fakeAdmin) ExportAudit(req *credbrokerv1.ExportAuditRequest, stream grp
 		if r.Seq <= req.AfterSeq {
 			continue
 		}
-		if err := stream.Send(&credbrokerv1.ExportAuditResponse{Record: r}); err != nil {
+		if err := stream.Send(&credbrokerv1.ExportAuditResponse{Record: r, CanonicalJson: canonicalOf(r)}); err != nil {
 			return err
 		}
 	}
@@ -373,6 +374,12 @@ func TestAuditVerify(t *testing.T) {
 	}
 }
 
+// canonicalOf stands in for the broker's stored form of a record: the CLI
+// must print it unchanged, whatever it is.
+func canonicalOf(r *credbrokerv1.AuditRecord) string {
+	return fmt.Sprintf(`{"id":%q,"seq":%d,"hash":%q}`, r.GetId(), r.GetSeq(), r.GetHash())
+}
+
 func TestAuditExport(t *testing.T) {
 	f := sampleAdmin()
 	sock := serve(t, f)
@@ -383,15 +390,8 @@ func TestAuditExport(t *testing.T) {
 		t.Fatalf("%d lines, want %d:\n%s", len(lines), len(f.records), r.stdout)
 	}
 	for i, l := range lines {
-		var rec credbrokerv1.AuditRecord
-		if err := protojson.Unmarshal([]byte(l), &rec); err != nil {
-			t.Fatalf("line %d: %v", i, err)
-		}
-		if !proto.Equal(&rec, f.records[i]) {
-			t.Errorf("line %d = %v, want %v", i, &rec, f.records[i])
-		}
-		if !strings.HasPrefix(l, `{"id":`) || !strings.Contains(l, `"issuance_id":`) {
-			t.Errorf("line %d is not compact snake_case JSON: %s", i, l)
+		if want := canonicalOf(f.records[i]); l != want {
+			t.Errorf("line %d = %s, want the canonical form %s", i, l, want)
 		}
 	}
 

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffegrpc/grpccredentials"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -55,8 +56,8 @@ func Describe(err error) string {
 		hint = " (is the broker running and reachable?)"
 	case codes.ResourceExhausted:
 		for _, d := range st.Details() {
-			if ri, ok := d.(*errdetails.RetryInfo); ok {
-				hint = fmt.Sprintf(" (retry after %s)", ri.GetRetryDelay().AsDuration())
+			if ri, ok := d.(*errdetails.RetryInfo); ok && !strings.Contains(st.Message(), "retry") {
+				hint = fmt.Sprintf(" (retry after %s)", ri.GetRetryDelay().AsDuration().Round(time.Millisecond))
 			}
 		}
 	}

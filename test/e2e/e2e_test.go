@@ -8,7 +8,9 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/ecdsa"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -263,6 +265,7 @@ func TestDevModeEndToEnd(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.stdout, "audit chain OK: 3 records") {
 		t.Fatalf("audit verify: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
+	verifyExportIndependently(t, b.ctl(t, "audit", "export"), 3)
 
 	// Graceful stop, then no issued token anywhere on disk or in the logs.
 	b.stop(t)
@@ -388,5 +391,38 @@ func TestSecondBrokerOnSameDataDirFailsClearly(t *testing.T) {
 	r := runTool(t, "credbroker", "serve", "--dev", "--data-dir", dataDir, "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0")
 	if r.code == 0 || !strings.Contains(r.stderr, "in use") {
 		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+}
+
+// verifyExportIndependently re-checks an `audit export` the way an outside
+// tool would, from the documented formula alone:
+// hash = hex(SHA-256(prev_hash || line with its hash member emptied)).
+func verifyExportIndependently(t *testing.T, r result, want int) {
+	t.Helper()
+	if r.code != 0 {
+		t.Fatalf("audit export: exit %d: %s", r.code, r.stderr)
+	}
+	lines := strings.Split(strings.TrimSuffix(r.stdout, "\n"), "\n")
+	if len(lines) != want {
+		t.Fatalf("audit export: %d lines, want %d", len(lines), want)
+	}
+	prev := ""
+	for i, line := range lines {
+		var rec struct {
+			PrevHash string `json:"prev_hash"`
+			Hash     string `json:"hash"`
+		}
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("line %d: %v", i, err)
+		}
+		suffix := `"hash":"` + rec.Hash + `"}`
+		if !strings.HasSuffix(line, suffix) {
+			t.Fatalf("line %d does not end with its hash member: %s", i, line)
+		}
+		sum := sha256.Sum256([]byte(rec.PrevHash + strings.TrimSuffix(line, suffix) + `"hash":""}`))
+		if hex.EncodeToString(sum[:]) != rec.Hash || rec.PrevHash != prev {
+			t.Fatalf("line %d does not verify against the documented formula: %s", i, line)
+		}
+		prev = rec.Hash
 	}
 }

@@ -756,8 +756,12 @@ func (x *ExportAuditRequest) GetAfterSeq() uint64 {
 
 // ExportAuditResponse carries one record.
 type ExportAuditResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Record        *AuditRecord           `protobuf:"bytes,1,opt,name=record,proto3" json:"record,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Record *AuditRecord           `protobuf:"bytes,1,opt,name=record,proto3" json:"record,omitempty"`
+	// The record exactly as stored and hashed: hash = hex(SHA-256(prev_hash ||
+	// this JSON with its trailing "hash" member set to "")). Exports of these
+	// lines can be re-verified by any tool without the broker.
+	CanonicalJson string `protobuf:"bytes,2,opt,name=canonical_json,json=canonicalJson,proto3" json:"canonical_json,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -797,6 +801,13 @@ func (x *ExportAuditResponse) GetRecord() *AuditRecord {
 		return x.Record
 	}
 	return nil
+}
+
+func (x *ExportAuditResponse) GetCanonicalJson() string {
+	if x != nil {
+		return x.CanonicalJson
+	}
+	return ""
 }
 
 var File_credbroker_v1_admin_proto protoreflect.FileDescriptor
@@ -857,9 +868,10 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"firstBadId\x12\x18\n" +
 	"\aproblem\x18\x06 \x01(\tR\aproblem\"1\n" +
 	"\x12ExportAuditRequest\x12\x1b\n" +
-	"\tafter_seq\x18\x01 \x01(\x04R\bafterSeq\"I\n" +
+	"\tafter_seq\x18\x01 \x01(\x04R\bafterSeq\"p\n" +
 	"\x13ExportAuditResponse\x122\n" +
-	"\x06record\x18\x01 \x01(\v2\x1a.credbroker.v1.AuditRecordR\x06record*\x90\x01\n" +
+	"\x06record\x18\x01 \x01(\v2\x1a.credbroker.v1.AuditRecordR\x06record\x12%\n" +
+	"\x0ecanonical_json\x18\x02 \x01(\tR\rcanonicalJson*\x90\x01\n" +
 	"\bDecision\x12\x18\n" +
 	"\x14DECISION_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fDECISION_INTENT\x10\x01\x12\x13\n" +
