@@ -14,12 +14,21 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/credbroker/credbroker/internal/brokerclient"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
-// dial connects to the admin socket. Transport security is not needed: the
-// socket is 0600 and the broker checks the peer's uid (SO_PEERCRED).
+// dial connects to the admin API: over mTLS with an admin SVID when --broker
+// is set, otherwise to the admin socket. The socket needs no transport
+// security: it is 0600 and the broker checks the peer's uid (SO_PEERCRED).
 func (a *app) dial() (credbrokerv1.AdminServiceClient, func(), error) {
+	if a.broker != "" {
+		conn, err := brokerclient.Dial(a.broker, a.svidDir, a.brokerID)
+		if err != nil {
+			return nil, nil, err
+		}
+		return credbrokerv1.NewAdminServiceClient(conn), func() { _ = conn.Close() }, nil
+	}
 	path, err := filepath.Abs(a.socket)
 	if err != nil {
 		return nil, nil, fmt.Errorf("admin socket %s: %w", a.socket, err)
@@ -48,6 +57,9 @@ func (a *app) callContext(ctx context.Context) (context.Context, context.CancelF
 }
 
 func (a *app) unreachable() error {
+	if a.broker != "" {
+		return fmt.Errorf("cannot reach broker at %s: is `credbroker serve` running there?", a.broker)
+	}
 	return fmt.Errorf("cannot reach broker admin socket %s: is `credbroker serve` running?", a.socket)
 }
 
@@ -72,6 +84,9 @@ func (a *app) rpcError(err error) error {
 		}
 		return fmt.Errorf("broker unavailable: %s", msg)
 	case codes.PermissionDenied:
+		if a.broker != "" {
+			return fmt.Errorf("permission denied by broker: %s (the admin API over mTLS accepts only the SPIFFE IDs in admin.spiffe_ids)", msg)
+		}
 		return fmt.Errorf("permission denied by broker: %s (the admin socket accepts only the broker's own uid and root)", msg)
 	case codes.Unauthenticated:
 		return fmt.Errorf("not authenticated by broker: %s", msg)

@@ -26,6 +26,10 @@ type app struct {
 	output  string
 	timeout time.Duration
 
+	// broker, svidDir and brokerID select the admin API over mTLS instead
+	// of the socket.
+	broker, svidDir, brokerID string
+
 	now    func() time.Time
 	getenv func(string) string
 	stdout io.Writer
@@ -36,12 +40,15 @@ func newRootCmd(a *app) *cobra.Command {
 		Use:   "credbrokerctl",
 		Short: "Administer a credbroker server",
 		Long: `credbrokerctl inspects and administers a running credbroker through its
-admin API on the local unix socket. It never opens the broker's database.
+admin API. It never opens the broker's database.
 
-The socket is only accepted from the broker's own uid (or root), so run
-credbrokerctl as that user.`,
+By default it uses the local admin unix socket, which the broker accepts
+only from its own uid (or root), so run credbrokerctl as that user. With
+--broker and --svid-dir it uses the admin API on the broker's gRPC listener
+instead, authenticated by an admin X.509-SVID (one of admin.spiffe_ids).`,
 		Example: `  credbrokerctl --socket /var/lib/credbroker/admin.sock issuances list --since 1h
-  CREDBROKER_ADMIN_SOCKET=./data/admin.sock credbrokerctl audit verify -o json`,
+  CREDBROKER_ADMIN_SOCKET=./data/admin.sock credbrokerctl audit verify -o json
+  credbrokerctl --broker 127.0.0.1:8443 --svid-dir ./data/dev/admin audit verify`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
 		PersistentPreRunE: func(*cobra.Command, []string) error {
@@ -50,6 +57,9 @@ credbrokerctl as that user.`,
 			}
 			if a.timeout <= 0 {
 				return usagef("--timeout must be positive")
+			}
+			if (a.broker == "") != (a.svidDir == "") {
+				return usagef("--broker and --svid-dir go together")
 			}
 			return nil
 		},
@@ -66,6 +76,9 @@ credbrokerctl as that user.`,
 	f.StringVar(&a.socket, "socket", socket, "path of the broker's admin unix socket (env "+socketEnv+")")
 	f.StringVarP(&a.output, "output", "o", outputTable, "output format: table or json")
 	f.DurationVar(&a.timeout, "timeout", 10*time.Second, "how long to wait for the broker to answer")
+	f.StringVar(&a.broker, "broker", "", "use the admin API over mTLS at this gRPC address instead of the socket")
+	f.StringVar(&a.svidDir, "svid-dir", "", "with --broker: directory with the admin's svid.pem, svid_key.pem, bundle.pem")
+	f.StringVar(&a.brokerID, "broker-id", "", "with --broker: exact SPIFFE ID the broker must present (default: any in the SVID's trust domain)")
 
 	root.AddCommand(newIssuancesCmd(a), newAuditCmd(a))
 	return root

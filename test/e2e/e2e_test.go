@@ -267,6 +267,16 @@ func TestDevModeEndToEnd(t *testing.T) {
 	}
 	verifyExportIndependently(t, b.ctl(t, "audit", "export"), 3)
 
+	// The same admin API over mTLS: the demo admin SVID is admitted, a workload SVID is not.
+	r = runTool(t, "credbrokerctl", "--broker", b.grpcAddr, "--svid-dir", filepath.Join(dataDir, "dev", "admin"), "audit", "verify")
+	if r.code != 0 || !strings.Contains(r.stdout, "audit chain OK: 3 records") {
+		t.Fatalf("audit verify over mTLS: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	r = runTool(t, "credbrokerctl", "--broker", b.grpcAddr, "--svid-dir", filepath.Join(dataDir, "dev", "controller"), "issuances", "list")
+	if r.code != 1 || !strings.Contains(r.stderr, "is not an admin identity") {
+		t.Fatalf("workload SVID on the admin API: exit %d, stderr %q", r.code, r.stderr)
+	}
+
 	// Graceful stop, then no issued token anywhere on disk or in the logs.
 	b.stop(t)
 	if !strings.Contains(b.stdout.String(), "credbroker-credential-process --broker "+b.grpcAddr) {
