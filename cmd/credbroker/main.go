@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/credbroker/credbroker/broker/config"
 	"github.com/credbroker/credbroker/internal/daemon"
 )
 
@@ -27,8 +28,28 @@ func newRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServeCommand())
+	root.AddCommand(newServeCommand(), newCheckConfigCommand())
 	return root
+}
+
+func newCheckConfigCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "check-config FILE",
+		Short: "Validate a configuration file without starting the broker",
+		Long: `Parse and validate a configuration file the way 'serve --config' does: unknown
+keys, bad values, profiles naming missing issuers, policy rules granting
+unknown profiles. Every problem is reported; the exit status is 1 if there
+is any. Files the configuration names (SVIDs, bundles, keys) are not read.`,
+		Example: `  credbroker check-config /etc/credbroker/config.yaml`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if _, err := config.LoadFile(args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: configuration OK\n", args[0])
+			return nil
+		},
+	}
 }
 
 func newServeCommand() *cobra.Command {

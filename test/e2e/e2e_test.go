@@ -395,6 +395,21 @@ func TestServeRefusesBadStarts(t *testing.T) {
 	}
 }
 
+func TestCheckConfig(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.yaml")
+	os.WriteFile(good, []byte("trust_domain: example.org\nissuers: {oidc: {type: jwt}}\nprofiles: {p: {issuer: oidc, max_ttl: 1h}}\n"), 0o600)
+	if r := runTool(t, "credbroker", "check-config", good); r.code != 0 || !strings.Contains(r.stdout, "configuration OK") {
+		t.Fatalf("good config: exit %d, %s%s", r.code, r.stdout, r.stderr)
+	}
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("trust_domain: example.org\nissuers: {oidc: {type: jwt}}\nprofiles: {p: {issuer: nope, max_ttl: 1h}}\npolicy: [{id: \"spiffe://example.org/x\", profiles: [q]}]\n"), 0o600)
+	r := runTool(t, "credbroker", "check-config", bad)
+	if r.code == 0 || !strings.Contains(r.stderr, `issuer "nope"`) || !strings.Contains(r.stderr, `unknown profile "q"`) {
+		t.Fatalf("bad config: exit %d, stderr %q", r.code, r.stderr)
+	}
+}
+
 func TestSecondBrokerOnSameDataDirFailsClearly(t *testing.T) {
 	dataDir := t.TempDir()
 	startBroker(t, dataDir)
