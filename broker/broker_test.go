@@ -370,6 +370,9 @@ func TestAuditUnwritableIssuesNothing(t *testing.T) {
 	if got := h.issuer.calls.Load(); got != 1 {
 		t.Fatalf("issuer calls = %d, want 1 (none after the audit store failed)", got)
 	}
+	if !strings.Contains(h.logs.String(), "level=ERROR msg=\"credential refused\"") {
+		t.Errorf("an audit store failure is not logged as an error:\n%s", h.logs.String())
+	}
 }
 
 func TestAdminAPIRefusesWorkloads(t *testing.T) {

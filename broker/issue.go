@@ -11,6 +11,7 @@ import (
 
 	"go.etcd.io/bbolt"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/credbroker/credbroker/attest"
@@ -117,7 +118,12 @@ func (s *Service) IssueCredential(ctx context.Context, req *credbrokerv1.IssueCr
 	}
 	s.metrics.observe(rec.Decision, profileLabel, time.Since(start))
 	if err != nil {
-		s.log.LogAttrs(ctx, slog.LevelInfo, "credential refused", logAttrs(rec, err)...)
+		// A refusal is routine; a failure of the broker or its upstream is not.
+		level := slog.LevelInfo
+		if c := status.Code(toStatus(err)); c == codes.Unavailable || c == codes.Internal {
+			level = slog.LevelError
+		}
+		s.log.LogAttrs(ctx, level, "credential refused", logAttrs(rec, err)...)
 		return nil, toStatus(err)
 	}
 	s.log.LogAttrs(ctx, slog.LevelInfo, "credential issued", logAttrs(rec, nil)...)
