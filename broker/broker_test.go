@@ -2,7 +2,6 @@ package broker_test
 
 import (
 	"context"
-	"crypto/ecdsa"
 	"fmt"
 	"os"
 	"strings"
@@ -10,7 +9,6 @@ import (
 	"time"
 
 	jwtlib "github.com/golang-jwt/jwt/v5"
-	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.etcd.io/bbolt"
 	"go.uber.org/goleak"
@@ -24,6 +22,7 @@ import (
 	"github.com/credbroker/credbroker/broker/audit"
 	"github.com/credbroker/credbroker/broker/limits"
 	"github.com/credbroker/credbroker/internal/ca"
+	"github.com/credbroker/credbroker/issuers/jwt"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -49,21 +48,9 @@ func wantCode(t *testing.T, err error, code codes.Code) *status.Status {
 // verifyToken checks a token against the JWKS the issuer publishes.
 func verifyToken(t *testing.T, h *harness, token string) jwtlib.MapClaims {
 	t.Helper()
-	jwks, err := jwtbundle.Parse(td, h.jwtIssuer.JWKS())
+	claims, err := jwt.Verify(h.jwtIssuer.JWKS(), token, jwtlib.WithTimeFunc(h.clock.Now), jwtlib.WithIssuer("https://broker.example.test"))
 	if err != nil {
 		t.Fatal(err)
-	}
-	claims := jwtlib.MapClaims{}
-	_, err = jwtlib.ParseWithClaims(token, claims, func(tok *jwtlib.Token) (any, error) {
-		kid, _ := tok.Header["kid"].(string)
-		key, ok := jwks.FindJWTAuthority(kid)
-		if !ok {
-			t.Fatalf("kid %q not in JWKS", kid)
-		}
-		return key.(*ecdsa.PublicKey), nil
-	}, jwtlib.WithValidMethods([]string{"ES256"}), jwtlib.WithTimeFunc(h.clock.Now), jwtlib.WithIssuer("https://broker.example.test"))
-	if err != nil {
-		t.Fatalf("token does not verify against the JWKS: %v", err)
 	}
 	return claims
 }

@@ -571,3 +571,26 @@ func BenchmarkIssue(b *testing.B) {
 		}
 	}
 }
+
+func TestVerifyAgainstJWKS(t *testing.T) {
+	iss := newTestIssuer(t, filepath.Join(t.TempDir(), "k.pem"))
+	cred, err := iss.Issue(context.Background(), testRequest())
+	if err != nil {
+		t.Fatal(err)
+	}
+	claims, err := Verify(iss.JWKS(), cred.Token, jwtlib.WithTimeFunc(iss.clock), jwtlib.WithAudience(testRequest().Audience))
+	if err != nil || claims["jti"] != testRequest().IssuanceID {
+		t.Fatalf("Verify = %v, %v", claims, err)
+	}
+	other := newTestIssuer(t, filepath.Join(t.TempDir(), "other.pem"))
+	if _, err := Verify(other.JWKS(), cred.Token, jwtlib.WithTimeFunc(iss.clock)); err == nil || !strings.Contains(err.Error(), "not in the JWKS") {
+		t.Fatalf("token verified against another issuer's JWKS: %v", err)
+	}
+	tampered := cred.Token[:len(cred.Token)-4] + "AAAA"
+	if _, err := Verify(iss.JWKS(), tampered, jwtlib.WithTimeFunc(iss.clock)); err == nil {
+		t.Fatal("tampered token verified")
+	}
+	if _, err := ParseJWKS([]byte(`{"keys":[{"kty":"EC","crv":"P-256","kid":"k","x":"AA","y":"AA"}]}`)); err == nil {
+		t.Fatal("JWKS with short coordinates accepted")
+	}
+}
