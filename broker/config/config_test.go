@@ -77,3 +77,16 @@ func TestEmptyAndMultiDocument(t *testing.T) {
 		t.Error("second YAML document accepted")
 	}
 }
+
+// FuzzParse: any input is either a valid configuration or an error, never a panic.
+func FuzzParse(f *testing.F) {
+	f.Add(DevYAML())
+	f.Add([]byte("trust_domain: a.b\nprofiles: {p: {issuer: i, max_ttl: 1h}}\n"))
+	f.Add([]byte("limits: {rate: -1}\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := Parse(bytes.NewReader(b))
+		if err == nil && c.Validate() != nil {
+			t.Fatal("Parse accepted a configuration that does not validate")
+		}
+	})
+}
