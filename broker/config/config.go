@@ -79,6 +79,9 @@ type TLS struct {
 	Bundles map[string]string `yaml:"bundles"`
 	// JWTBundles maps trust domain to a JWKS file of its JWT authorities.
 	JWTBundles map[string]string `yaml:"jwt_bundles"`
+	// ReloadInterval is how often the files above are re-read, so that
+	// rotations take effect without a restart (SIGHUP reloads at once).
+	ReloadInterval time.Duration `yaml:"reload_interval"`
 }
 
 // Admin controls who may use the admin API.
@@ -196,6 +199,9 @@ func (c *Config) applyDefaults() {
 	def(&c.LogLevel, "info")
 	if c.ShutdownGrace == 0 {
 		c.ShutdownGrace = 10 * time.Second
+	}
+	if c.TLS.ReloadInterval == 0 {
+		c.TLS.ReloadInterval = 30 * time.Second
 	}
 	if len(c.JWTSVIDAudiences) == 0 {
 		c.JWTSVIDAudiences = []string{"credbroker"}
@@ -332,6 +338,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ShutdownGrace < 0 {
 		bad("shutdown_grace must not be negative")
+	}
+	if c.TLS.ReloadInterval < time.Second {
+		bad("tls.reload_interval must be at least 1s")
 	}
 	return errors.Join(errs...)
 }

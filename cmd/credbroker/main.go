@@ -65,7 +65,9 @@ creates a dev trust domain and CA in the data directory, writes ready-to-use
 SVID directories for a demo controller (DATA_DIR/dev/controller) and a demo
 admin (DATA_DIR/dev/admin), and prints a line that requests a credential.
 
-SIGTERM or SIGINT drains in-flight requests, then closes the database.`,
+SIGTERM or SIGINT drains in-flight requests, then closes the database.
+SIGHUP re-reads the SVID and trust bundle files at once (they are also
+re-read every tls.reload_interval).`,
 		Example: `  credbroker serve --dev
   credbroker serve --dev --data-dir /tmp/cb --listen 127.0.0.1:0 --http-listen 127.0.0.1:0
   credbroker serve --config /etc/credbroker/config.yaml`,
@@ -73,6 +75,10 @@ SIGTERM or SIGINT drains in-flight requests, then closes the database.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+			opts.Reload = hup
 			opts.Stdout, opts.Stderr = cmd.OutOrStdout(), cmd.ErrOrStderr()
 			if exe, err := os.Executable(); err == nil {
 				opts.BinDir = filepath.Dir(exe)

@@ -46,6 +46,9 @@ type Options struct {
 	Stdout, Stderr io.Writer
 	// BinDir is where the sibling binaries live, for the copy-paste hints.
 	BinDir string
+	// Reload, when it delivers, re-reads the SVID and bundle files at once
+	// (the server's main wires it to SIGHUP).
+	Reload <-chan os.Signal
 }
 
 // DBFile is the bbolt file name inside the data directory.
@@ -160,6 +163,12 @@ func Run(ctx context.Context, opts Options) error {
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
+	if !opts.Dev {
+		g.Go(func() error {
+			trust.watch(gctx, cfg, cfg.TLS.ReloadInterval, opts.Reload, log)
+			return nil
+		})
+	}
 	g.Go(func() error { return serveGRPC(grpcServer, grpcLis) })
 	g.Go(func() error { return serveGRPC(adminServer, adminLis) })
 	g.Go(func() error {

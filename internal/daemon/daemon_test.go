@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -20,9 +21,11 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 
 	"github.com/credbroker/credbroker/internal/ca"
 	"github.com/credbroker/credbroker/internal/svidfile"
@@ -33,9 +36,10 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // logSink collects the daemon's logs and signals when it is serving.
 type logSink struct {
-	mu      sync.Mutex
-	buf     bytes.Buffer
-	serving chan string
+	mu       sync.Mutex
+	buf      bytes.Buffer
+	serving  chan string
+	reloaded chan string // the log line of each completed reload or failure
 }
 
 var servingRE = regexp.MustCompile(`msg=serving grpc=(\S+) http=(\S+)`)
@@ -46,6 +50,9 @@ func (s *logSink) Write(p []byte) (int, error) {
 	s.buf.Write(p)
 	if m := servingRE.FindSubmatch(p); m != nil {
 		s.serving <- string(m[1]) + " " + string(m[2])
+	}
+	if s.reloaded != nil && (bytes.Contains(p, []byte("reloaded SVID")) || bytes.Contains(p, []byte("cannot reload"))) {
+		s.reloaded <- string(p)
 	}
 	return len(p), nil
 }
@@ -106,10 +113,13 @@ limits: {rate: 10, burst: 10, cluster_quota: {max: 100, window: 1h}}
 		t.Fatal(err)
 	}
 
-	logs := &logSink{serving: make(chan string, 1)}
+	logs := &logSink{serving: make(chan string, 1), reloaded: make(chan string, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- Run(ctx, Options{ConfigFile: cfgFile, Stdout: io.Discard, Stderr: logs}) }()
+	hup := make(chan os.Signal, 1)
+	go func() {
+		done <- Run(ctx, Options{ConfigFile: cfgFile, Stdout: io.Discard, Stderr: logs, Reload: hup})
+	}()
 	var grpcAddr, httpAddr string
 	select {
 	case addrs := <-logs.serving:
@@ -167,6 +177,60 @@ limits: {rate: 10, burst: 10, cluster_quota: {max: 100, window: 1h}}
 	}
 	if h := httpGet(t, "http://"+httpAddr+"/healthz"); h != "ok\n" {
 		t.Errorf("healthz = %q", h)
+	}
+
+	// Rotation, as a SPIRE agent writing files does it: a new broker SVID and
+	// a bundle that now also holds a second authority. A broken write first:
+	// the broker keeps serving with what it had.
+	tlsDir := filepath.Join(dir, "tls")
+	if err := os.WriteFile(filepath.Join(tlsDir, "bundle.pem"), []byte("garbage"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	hup <- syscall.SIGHUP
+	if line := <-logs.reloaded; !strings.Contains(line, "cannot reload") {
+		t.Fatalf("a broken bundle file was accepted: %s", line)
+	}
+	if _, err := credbrokerv1.NewBrokerServiceClient(mtls).IssueCredential(ctx, req); err != nil {
+		t.Fatalf("broker stopped serving after a failed reload: %v", err)
+	}
+	authority2, err := ca.New(td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rotated, err := authority.MintX509SVID(spiffeid.RequireFromPath(td, "/credbroker"), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	both := authority.X509Bundle()
+	for _, c := range authority2.X509Bundle().X509Authorities() {
+		both.AddX509Authority(c)
+	}
+	if err := svidfile.Write(tlsDir, rotated, both); err != nil {
+		t.Fatal(err)
+	}
+	hup <- syscall.SIGHUP
+	if line := <-logs.reloaded; !strings.Contains(line, "reloaded SVID") {
+		t.Fatalf("reload failed: %s", line)
+	}
+	// A caller whose SVID comes from the new authority is now trusted, and new
+	// connections see the rotated server certificate.
+	svid2, err := authority2.MintX509SVID(controller, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn2, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(credentials.NewTLS(
+		tlsconfig.MTLSClientConfig(svid2, x509bundle.NewSet(both), tlsconfig.AuthorizeMemberOf(td)))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn2.Close()
+	var p peer.Peer
+	if _, err := credbrokerv1.NewBrokerServiceClient(conn2).IssueCredential(ctx, req, grpc.Peer(&p)); err != nil {
+		t.Fatalf("caller from the rotated-in authority: %v", err)
+	}
+	state := p.AuthInfo.(credentials.TLSInfo).State
+	if state.PeerCertificates[0].SerialNumber.Cmp(rotated.Certificates[0].SerialNumber) != 0 {
+		t.Errorf("new connections still get the old server certificate")
 	}
 
 	cancel()

@@ -1,15 +1,19 @@
 package daemon
 
 import (
+	"context"
+	"crypto/tls"
 	"fmt"
+	"log/slog"
+	"os"
+	"slices"
 	"sync/atomic"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-
-	"crypto/tls"
 
 	"github.com/credbroker/credbroker/attest"
 	"github.com/credbroker/credbroker/attest/jwtsvid"
@@ -44,32 +48,78 @@ func loadTrust(cfg *config.Config, dev bool) (*trust, error) {
 		return t, nil
 	}
 
+	if err := t.loadFiles(cfg, td); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// loadFiles reads the broker's SVID and the configured bundles, and installs
+// them only if every file is good: a half-written rotation keeps the
+// previous, working state.
+func (t *trust) loadFiles(cfg *config.Config, td spiffeid.TrustDomain) error {
 	svid, err := x509svid.Load(cfg.TLS.SVIDFile, cfg.TLS.SVIDKeyFile)
 	if err != nil {
-		return nil, fmt.Errorf("tls: broker SVID: %w", err)
+		return fmt.Errorf("tls: broker SVID: %w", err)
 	}
 	if svid.ID.TrustDomain() != td {
-		return nil, fmt.Errorf("tls: broker SVID %s is not in trust domain %q", svid.ID, td)
+		return fmt.Errorf("tls: broker SVID %s is not in trust domain %q", svid.ID, td)
 	}
-	t.svid.Store(svid)
+	var x509s []*x509bundle.Bundle
 	for name, path := range cfg.TLS.Bundles {
 		b, err := x509bundle.Load(spiffeid.RequireTrustDomainFromString(name), path)
 		if err != nil {
-			return nil, fmt.Errorf("tls.bundles[%s]: %w", name, err)
+			return fmt.Errorf("tls.bundles[%s]: %w", name, err)
 		}
-		t.x509.Add(b)
+		x509s = append(x509s, b)
 	}
+	var jwts []*jwtbundle.Bundle
 	for name, path := range cfg.TLS.JWTBundles {
 		b, err := jwtbundle.Load(spiffeid.RequireTrustDomainFromString(name), path)
 		if err != nil {
-			return nil, fmt.Errorf("tls.jwt_bundles[%s]: %w", name, err)
+			return fmt.Errorf("tls.jwt_bundles[%s]: %w", name, err)
 		}
+		jwts = append(jwts, b)
+	}
+	if !slices.ContainsFunc(x509s, func(b *x509bundle.Bundle) bool { return b.TrustDomain() == td }) {
+		return fmt.Errorf("tls.bundles has no bundle for the broker's own trust domain %q", td)
+	}
+	t.svid.Store(svid)
+	for _, b := range x509s {
+		t.x509.Add(b)
+	}
+	for _, b := range jwts {
 		t.jwt.Add(b)
 	}
-	if !t.x509.Has(td) {
-		return nil, fmt.Errorf("tls.bundles has no bundle for the broker's own trust domain %q", td)
+	return nil
+}
+
+// watch reloads the SVID and bundle files every interval and on SIGHUP, so
+// that rotations by the SPIFFE issuer (e.g. a SPIRE agent writing files) take
+// effect without a restart. A failed reload keeps the previous state and is
+// logged; so is a broker SVID close to expiry.
+func (t *trust) watch(ctx context.Context, cfg *config.Config, interval time.Duration, hup <-chan os.Signal, log *slog.Logger) {
+	td := spiffeid.RequireTrustDomainFromString(cfg.TrustDomain)
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		level := slog.LevelDebug
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		case <-hup:
+			level = slog.LevelInfo // an operator asked: confirm
+		}
+		if err := t.loadFiles(cfg, td); err != nil {
+			log.Error("cannot reload SVID and trust bundles; keeping the previous ones", slog.String("error", err.Error()))
+		} else {
+			log.Log(ctx, level, "reloaded SVID and trust bundles", slog.Time("svid_expires", t.svid.Load().Certificates[0].NotAfter))
+		}
+		if left := time.Until(t.svid.Load().Certificates[0].NotAfter); left < 2*interval {
+			log.Warn("the broker's SVID expires soon and has not been rotated", slog.Duration("expires_in", left), slog.String("file", cfg.TLS.SVIDFile))
+		}
 	}
-	return t, nil
 }
 
 // authenticators returns the caller verifiers in the order they are tried: a
