@@ -3,7 +3,7 @@ package broker
 import (
 	"context"
 	"encoding/json"
-	"errors"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -21,17 +21,26 @@ type AuditReader interface {
 	ByIssuance(issuanceID string) ([]audit.Record, error)
 	Verify() (audit.VerifyResult, error)
 	Export(afterSeq uint64, fn func(audit.Record) error) error
+	Head() (seq uint64, hash string)
+	// Advanced returns a channel closed once the chain grows past seq.
+	Advanced(seq uint64) <-chan struct{}
 }
 
 // Admin implements AdminService. Who may call it is decided before it runs
 // (Gate on the mTLS listener, uid check on the admin socket).
 type Admin struct {
 	credbrokerv1.UnimplementedAdminServiceServer
-	audit AuditReader
+	audit    AuditReader
+	stop     chan struct{}
+	stopOnce sync.Once
 }
 
 // NewAdmin returns the admin API over the audit log.
-func NewAdmin(a AuditReader) *Admin { return &Admin{audit: a} }
+func NewAdmin(a AuditReader) *Admin { return &Admin{audit: a, stop: make(chan struct{})} }
+
+// Stop ends following exports, so that a graceful shutdown is not held open
+// by clients tailing the audit log. Call it before stopping the servers.
+func (a *Admin) Stop() { a.stopOnce.Do(func() { close(a.stop) }) }
 
 const (
 	defaultListLimit = 100
@@ -96,19 +105,43 @@ func (a *Admin) VerifyAudit(context.Context, *credbrokerv1.VerifyAuditRequest) (
 	}, nil
 }
 
-// ExportAudit streams records in chain order.
+// ExportAudit streams records in chain order and, with follow, keeps
+// streaming new ones as they are committed until the client goes away.
 func (a *Admin) ExportAudit(req *credbrokerv1.ExportAuditRequest, stream grpc.ServerStreamingServer[credbrokerv1.ExportAuditResponse]) error {
-	err := a.audit.Export(req.GetAfterSeq(), func(r audit.Record) error {
-		canonical, err := json.Marshal(r) // byte for byte the stored form
-		if err != nil {
-			return err
-		}
-		return stream.Send(&credbrokerv1.ExportAuditResponse{Record: RecordProto(r), CanonicalJson: string(canonical)})
-	})
-	if err != nil && !errors.Is(err, context.Canceled) {
-		return toStatus(wrapf(codes.Unavailable, err, "audit export failed"))
+	ctx := stream.Context()
+	head, _ := a.audit.Head()
+	after := min(req.GetAfterSeq(), head) // past the head: follow from the head
+	if n := req.GetLast(); n > 0 {
+		after = head - min(n, head)
 	}
-	return toStatus(err)
+	for {
+		// Take the wake-up channel before reading, so a commit between the
+		// export and the wait is not missed.
+		advanced := a.audit.Advanced(after)
+		err := a.audit.Export(after, func(r audit.Record) error {
+			canonical, err := json.Marshal(r) // byte for byte the stored form
+			if err != nil {
+				return err
+			}
+			after = r.Seq
+			return stream.Send(&credbrokerv1.ExportAuditResponse{Record: RecordProto(r), CanonicalJson: string(canonical)})
+		})
+		switch {
+		case err != nil && ctx.Err() != nil:
+			return toStatus(ctx.Err())
+		case err != nil:
+			return toStatus(wrapf(codes.Unavailable, err, "audit export failed"))
+		case !req.GetFollow():
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return toStatus(ctx.Err())
+		case <-a.stop:
+			return toStatus(errorf(codes.Unavailable, "broker is shutting down"))
+		case <-advanced:
+		}
+	}
 }
 
 func issuanceProto(r audit.Record) *credbrokerv1.Issuance {

@@ -2,6 +2,7 @@ package broker_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"strings"
@@ -463,5 +464,64 @@ func TestUnauthenticatedFloodIsRecordedAtABoundedRate(t *testing.T) {
 	want := fmt.Sprintf("(%d earlier attempts from this address were not recorded)", attempts-recorded)
 	if !strings.Contains(r.Reason, want) || !strings.Contains(r.Reason, "from 127.0.0.1") {
 		t.Fatalf("reason = %q, want it to contain %q", r.Reason, want)
+	}
+}
+
+func TestExportFollowsTheChain(t *testing.T) {
+	h := newHarness(t)
+	conn := h.dial(h.mint(controllerID, time.Hour))
+	req := &credbrokerv1.IssueCredentialRequest{Profile: "plain-token"}
+	if _, err := issue(ctxT(t), conn, req); err != nil {
+		t.Fatal(err)
+	}
+	admin := h.dialAdminSocket()
+	ctx, cancel := context.WithCancel(ctxT(t))
+	stream, err := credbrokerv1.NewAdminServiceClient(admin).ExportAudit(ctx, &credbrokerv1.ExportAuditRequest{Last: 1, Follow: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := func() *credbrokerv1.ExportAuditResponse {
+		t.Helper()
+		resp, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	if r := next(); r.GetRecord().GetSeq() != 2 || r.GetRecord().GetDecision() != credbrokerv1.Decision_DECISION_ISSUED {
+		t.Fatalf("first record = %v, want the last existing one (seq 2, issued)", r.GetRecord())
+	}
+	// Records committed later arrive on the open stream, in order.
+	cred, err := issue(ctxT(t), conn, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []uint64{3, 4} {
+		r := next()
+		if r.GetRecord().GetSeq() != want || r.GetRecord().GetIssuanceId() != cred.GetIssuanceId() {
+			t.Fatalf("record = %v, want seq %d of issuance %s", r.GetRecord(), want, cred.GetIssuanceId())
+		}
+		var stored audit.Record
+		if err := json.Unmarshal([]byte(r.GetCanonicalJson()), &stored); err != nil || stored.Hash != r.GetRecord().GetHash() {
+			t.Fatalf("canonical JSON %q does not match the record (%v)", r.GetCanonicalJson(), err)
+		}
+	}
+	cancel()
+	if _, err := stream.Recv(); status.Code(err) != codes.Canceled {
+		t.Fatalf("after cancel: %v", err)
+	}
+}
+
+func TestAdminStopEndsFollowers(t *testing.T) {
+	h := newHarness(t)
+	stream, err := credbrokerv1.NewAdminServiceClient(h.dialAdminSocket()).ExportAudit(ctxT(t), &credbrokerv1.ExportAuditRequest{Follow: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The log is empty: the stream is waiting for the first record. Stop must
+	// end it so that a graceful shutdown is not held open.
+	h.admin.Stop()
+	if _, err := stream.Recv(); status.Code(err) != codes.Unavailable {
+		t.Fatalf("follower after Stop: %v, want UNAVAILABLE", err)
 	}
 }

@@ -98,6 +98,7 @@ type harness struct {
 	jwtIssuer  *jwt.Issuer
 	logs       *syncBuffer
 	grpcServer *grpc.Server
+	admin      *broker.Admin
 }
 
 func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
@@ -156,6 +157,7 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 		t.Fatal(err)
 	}
 	admin := broker.NewAdmin(h.audit)
+	h.admin = admin
 	bundles := x509bundle.NewSet(h.ca.X509Bundle())
 	gate := broker.NewGate([]attest.Authenticator{
 		jwtsvid.New(jwtbundle.NewSet(h.ca.JWTBundle()), []string{"credbroker"}),

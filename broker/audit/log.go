@@ -33,6 +33,7 @@ type Log struct {
 	headMu   sync.RWMutex
 	headSeq  uint64
 	headHash string
+	advanced chan struct{} // closed, and replaced, whenever the head moves
 
 	commits     atomic.Uint64 // committed write transactions (tests)
 	recordReads atomic.Uint64 // records fetched by List (tests)
@@ -124,5 +125,26 @@ func (l *Log) Head() (seq uint64, hash string) {
 func (l *Log) setHead(seq uint64, hash string) {
 	l.headMu.Lock()
 	l.headSeq, l.headHash = seq, hash
+	if l.advanced != nil {
+		close(l.advanced)
+		l.advanced = nil
+	}
 	l.headMu.Unlock()
+}
+
+// Advanced returns a channel that is closed once the chain grows past seq
+// (at once if it already has). Followers of the log, such as a streaming
+// export, wait on it instead of polling.
+func (l *Log) Advanced(seq uint64) <-chan struct{} {
+	l.headMu.Lock()
+	defer l.headMu.Unlock()
+	if l.headSeq > seq {
+		done := make(chan struct{})
+		close(done)
+		return done
+	}
+	if l.advanced == nil {
+		l.advanced = make(chan struct{})
+	}
+	return l.advanced
 }

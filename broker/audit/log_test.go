@@ -326,3 +326,27 @@ func FuzzBodySplicing(f *testing.F) {
 		}
 	})
 }
+
+func TestAdvancedWakesFollowers(t *testing.T) {
+	l, _, _ := tempLog(t)
+	ch := l.Advanced(0)
+	select {
+	case <-ch:
+		t.Fatal("Advanced(0) fired on an empty log")
+	default:
+	}
+	if _, err := l.Append(Record{Decision: DecisionDenied}); err != nil {
+		t.Fatal(err)
+	}
+	<-ch // closed by the commit; blocks forever (test timeout) if not
+	select {
+	case <-l.Advanced(0):
+	default:
+		t.Fatal("Advanced(0) not ready although the head is 1")
+	}
+	select {
+	case <-l.Advanced(1):
+		t.Fatal("Advanced(1) fired before record 2")
+	default:
+	}
+}

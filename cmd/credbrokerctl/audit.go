@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -24,7 +25,7 @@ breaks the chain from that point on.`,
   credbrokerctl audit export --after-seq 1000 > audit.jsonl`,
 	}
 	groupCommand(cmd)
-	cmd.AddCommand(newAuditVerifyCmd(a), newAuditExportCmd(a))
+	cmd.AddCommand(newAuditVerifyCmd(a), newAuditExportCmd(a), newAuditTailCmd(a))
 	return cmd
 }
 
@@ -107,6 +108,19 @@ whole export.`,
 }
 
 func (a *app) exportAudit(ctx context.Context, afterSeq uint64) error {
+	req := &credbrokerv1.ExportAuditRequest{AfterSeq: afterSeq}
+	return a.streamAudit(ctx, req, func(resp *credbrokerv1.ExportAuditResponse) (string, error) {
+		if resp.GetCanonicalJson() == "" {
+			return "", errors.New("the broker sent a record without its canonical form")
+		}
+		return resp.GetCanonicalJson(), nil
+	})
+}
+
+// streamAudit runs an ExportAudit stream and writes one line per record as
+// render makes it. Without req.Follow, --timeout bounds the wait for each
+// record; a follower waits for new records as long as it runs.
+func (a *app) streamAudit(ctx context.Context, req *credbrokerv1.ExportAuditRequest, render func(*credbrokerv1.ExportAuditResponse) (string, error)) error {
 	client, closeConn, err := a.dial()
 	if err != nil {
 		return err
@@ -116,10 +130,13 @@ func (a *app) exportAudit(ctx context.Context, afterSeq uint64) error {
 	// broker that stops sending. The deadline moves with every record.
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	idle := time.AfterFunc(a.timeout, func() { cancel(errIdle) })
-	defer idle.Stop()
+	if !req.GetFollow() {
+		idle := time.AfterFunc(a.timeout, func() { cancel(errIdle) })
+		defer idle.Stop()
+		render = resetting(idle, a.timeout, render)
+	}
 
-	stream, err := client.ExportAudit(ctx, &credbrokerv1.ExportAuditRequest{AfterSeq: afterSeq})
+	stream, err := client.ExportAudit(ctx, req)
 	if err != nil {
 		return a.streamError(ctx, err)
 	}
@@ -134,22 +151,92 @@ func (a *app) exportAudit(ctx context.Context, afterSeq uint64) error {
 			if ferr := out.Flush(); ferr != nil {
 				return ferr
 			}
+			if req.GetFollow() && ctx.Err() != nil {
+				return nil // interrupted by the user: a follower's normal end
+			}
 			return fmt.Errorf("export stopped after %d records: %w", n, a.streamError(ctx, err))
 		}
-		idle.Reset(a.timeout)
-		line := resp.GetCanonicalJson()
-		if line == "" {
-			return fmt.Errorf("export stopped after %d records: the broker sent a record without its canonical form", n)
+		line, err := render(resp)
+		if err != nil {
+			return fmt.Errorf("export stopped after %d records: %w", n, err)
 		}
 		if _, err := out.WriteString(line + "\n"); err != nil {
 			return fmt.Errorf("writing export: %w", err)
 		}
 		n++
+		if req.GetFollow() {
+			// A follower's reader wants each record as it happens.
+			if err := out.Flush(); err != nil {
+				return fmt.Errorf("writing export: %w", err)
+			}
+		}
 	}
 	if err := out.Flush(); err != nil {
 		return fmt.Errorf("writing export: %w", err)
 	}
 	return nil
+}
+
+// resetting restarts idle each time a record arrives.
+func resetting(idle *time.Timer, d time.Duration, render func(*credbrokerv1.ExportAuditResponse) (string, error)) func(*credbrokerv1.ExportAuditResponse) (string, error) {
+	return func(r *credbrokerv1.ExportAuditResponse) (string, error) {
+		idle.Reset(d)
+		return render(r)
+	}
+}
+
+func newAuditTailCmd(a *app) *cobra.Command {
+	var last uint64
+	var follow bool
+	cmd := &cobra.Command{
+		Use:   "tail",
+		Short: "Show the latest audit records, and follow new ones with -f",
+		Long: `Show the last -n audit records, one line each, and with -f keep printing new
+records as the broker commits them until interrupted. With -o json each line
+is the record exactly as stored and hashed (as audit export writes it), which
+makes 'audit tail -f -o json' a feed for a SIEM.`,
+		Example: `  credbrokerctl audit tail
+  credbrokerctl audit tail -n 100 -f
+  credbrokerctl audit tail -f -o json | your-siem-forwarder`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			req := &credbrokerv1.ExportAuditRequest{Last: last, Follow: follow}
+			if last == 0 {
+				// -n 0 -f: only what happens from now on.
+				req.Last, req.AfterSeq = 0, ^uint64(0)>>1
+			}
+			render := tailLine
+			if a.jsonOutput() {
+				render = func(r *credbrokerv1.ExportAuditResponse) (string, error) { return r.GetCanonicalJson(), nil }
+			}
+			return a.streamAudit(cmd.Context(), req, render)
+		},
+	}
+	cmd.Flags().Uint64VarP(&last, "lines", "n", 10, "how many of the latest records to show first")
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new records as they are committed")
+	return cmd
+}
+
+// tailLine renders a record on one line for people.
+func tailLine(resp *credbrokerv1.ExportAuditResponse) (string, error) {
+	r := resp.GetRecord()
+	line := fmt.Sprintf("%d %s %-9s caller=%s profile=%s cluster=%s issuance=%s",
+		r.GetSeq(), formatTime(r.GetTime()), decisionName(r.GetDecision()),
+		clean(orDash(r.GetCaller())), clean(orDash(r.GetProfile())), clean(orDash(r.GetCluster())), clean(orDash(r.GetIssuanceId())))
+	if ref := r.GetUpstreamRef(); ref != "" {
+		line += " ref=" + clean(ref)
+	}
+	if reason := r.GetReason(); reason != "" {
+		line += " reason=" + strconv.Quote(reason)
+	}
+	return line, nil
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 var errIdle = errors.New("broker stopped sending")

@@ -577,3 +577,28 @@ func TestParseSince(t *testing.T) {
 		}
 	}
 }
+
+func TestAuditTail(t *testing.T) {
+	f := sampleAdmin()
+	sock := serve(t, f)
+	r := ctl(t, sock, "audit", "tail", "-n", "2")
+	wantCode(t, r, 0)
+	if f.lastExport.GetLast() != 2 || f.lastExport.GetFollow() {
+		t.Errorf("request = %v, want last 2 without follow", f.lastExport)
+	}
+	lines := strings.Split(strings.TrimSuffix(r.stdout, "\n"), "\n")
+	if len(lines) != len(f.records) {
+		t.Fatalf("%d lines:\n%s", len(lines), r.stdout)
+	}
+	for i, l := range lines {
+		rec := f.records[i]
+		if !strings.HasPrefix(l, fmt.Sprintf("%d ", rec.GetSeq())) || !strings.Contains(l, "caller=") || strings.ContainsAny(l, "\x1b\r") {
+			t.Errorf("line %d = %q", i, l)
+		}
+	}
+	r = ctl(t, sock, "-o", "json", "audit", "tail", "-f")
+	wantCode(t, r, 0) // the fake ends the stream; a real broker keeps it open
+	if !f.lastExport.GetFollow() || !strings.HasPrefix(r.stdout, canonicalOf(f.records[0])) {
+		t.Errorf("request %v, output %s", f.lastExport, r.stdout)
+	}
+}

@@ -180,6 +180,7 @@ func Run(ctx context.Context, opts Options) error {
 	g.Go(func() error {
 		<-gctx.Done()
 		log.Info("shutting down", slog.Duration("grace", cfg.ShutdownGrace))
+		admin.Stop() // audit followers would hold a graceful stop open
 		shutdown(grpcServer, cfg.ShutdownGrace)
 		shutdown(adminServer, cfg.ShutdownGrace)
 		sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)

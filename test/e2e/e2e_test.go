@@ -305,6 +305,42 @@ func assertNotOnDiskOrInLogs(t *testing.T, dataDir, token, logs string) {
 	})
 }
 
+func TestAuditTailFollowsNewDecisions(t *testing.T) {
+	b := startBroker(t, t.TempDir())
+	first := b.requestToken(t, "controller")
+
+	r := b.ctl(t, "audit", "tail", "-n", "1")
+	if r.code != 0 || strings.Count(r.stdout, "\n") != 1 || !strings.Contains(r.stdout, "issued") || !strings.Contains(r.stdout, first.IssuanceID) {
+		t.Fatalf("audit tail -n 1: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+
+	// A SIEM-style follower: canonical JSON lines, as they are committed.
+	tail := exec.Command(filepath.Join(binDir, "credbrokerctl"), "--socket", filepath.Join(b.dataDir, "admin.sock"), "-o", "json", "audit", "tail", "-n", "0", "-f")
+	out, err := tail.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	tail.Stderr = &stderr
+	if err := tail.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := bufio.NewScanner(out)
+	second := b.requestToken(t, "controller")
+	for _, want := range []string{`"decision":"intent"`, `"decision":"issued"`} {
+		if !lines.Scan() {
+			t.Fatalf("follower ended early: %v %s", lines.Err(), stderr.String())
+		}
+		if l := lines.Text(); !strings.Contains(l, want) || !strings.Contains(l, second.IssuanceID) {
+			t.Fatalf("followed line %s, want %s of issuance %s", l, want, second.IssuanceID)
+		}
+	}
+	tail.Process.Signal(syscall.SIGINT)
+	if err := tail.Wait(); err != nil {
+		t.Fatalf("tail -f did not exit cleanly on SIGINT: %v %s", err, stderr.String())
+	}
+}
+
 func TestTamperedAuditRecordIsNamed(t *testing.T) {
 	dataDir := t.TempDir()
 	b := startBroker(t, dataDir)

@@ -712,7 +712,13 @@ func (x *VerifyAuditResponse) GetProblem() string {
 type ExportAuditRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Start after this sequence number (0 = from the beginning).
-	AfterSeq      uint64 `protobuf:"varint,1,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`
+	AfterSeq uint64 `protobuf:"varint,1,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`
+	// After the records that exist, keep the stream open and send each new
+	// record as it is committed, until the client cancels (tail -f; SIEM feed).
+	Follow bool `protobuf:"varint,2,opt,name=follow,proto3" json:"follow,omitempty"`
+	// When set, start with only the last `last` records (after_seq is then
+	// ignored).
+	Last          uint64 `protobuf:"varint,3,opt,name=last,proto3" json:"last,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -750,6 +756,20 @@ func (*ExportAuditRequest) Descriptor() ([]byte, []int) {
 func (x *ExportAuditRequest) GetAfterSeq() uint64 {
 	if x != nil {
 		return x.AfterSeq
+	}
+	return 0
+}
+
+func (x *ExportAuditRequest) GetFollow() bool {
+	if x != nil {
+		return x.Follow
+	}
+	return false
+}
+
+func (x *ExportAuditRequest) GetLast() uint64 {
+	if x != nil {
+		return x.Last
 	}
 	return 0
 }
@@ -866,9 +886,11 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\rfirst_bad_seq\x18\x04 \x01(\x04R\vfirstBadSeq\x12 \n" +
 	"\ffirst_bad_id\x18\x05 \x01(\tR\n" +
 	"firstBadId\x12\x18\n" +
-	"\aproblem\x18\x06 \x01(\tR\aproblem\"1\n" +
+	"\aproblem\x18\x06 \x01(\tR\aproblem\"]\n" +
 	"\x12ExportAuditRequest\x12\x1b\n" +
-	"\tafter_seq\x18\x01 \x01(\x04R\bafterSeq\"p\n" +
+	"\tafter_seq\x18\x01 \x01(\x04R\bafterSeq\x12\x16\n" +
+	"\x06follow\x18\x02 \x01(\bR\x06follow\x12\x12\n" +
+	"\x04last\x18\x03 \x01(\x04R\x04last\"p\n" +
 	"\x13ExportAuditResponse\x122\n" +
 	"\x06record\x18\x01 \x01(\v2\x1a.credbroker.v1.AuditRecordR\x06record\x12%\n" +
 	"\x0ecanonical_json\x18\x02 \x01(\tR\rcanonicalJson*\x90\x01\n" +

@@ -39,7 +39,8 @@ type AdminServiceClient interface {
 	GetIssuance(ctx context.Context, in *GetIssuanceRequest, opts ...grpc.CallOption) (*GetIssuanceResponse, error)
 	// VerifyAudit walks the audit hash chain and reports the first bad record.
 	VerifyAudit(ctx context.Context, in *VerifyAuditRequest, opts ...grpc.CallOption) (*VerifyAuditResponse, error)
-	// ExportAudit streams audit records in chain order.
+	// ExportAudit streams audit records in chain order, optionally following
+	// the chain as it grows.
 	ExportAudit(ctx context.Context, in *ExportAuditRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ExportAuditResponse], error)
 }
 
@@ -114,7 +115,8 @@ type AdminServiceServer interface {
 	GetIssuance(context.Context, *GetIssuanceRequest) (*GetIssuanceResponse, error)
 	// VerifyAudit walks the audit hash chain and reports the first bad record.
 	VerifyAudit(context.Context, *VerifyAuditRequest) (*VerifyAuditResponse, error)
-	// ExportAudit streams audit records in chain order.
+	// ExportAudit streams audit records in chain order, optionally following
+	// the chain as it grows.
 	ExportAudit(*ExportAuditRequest, grpc.ServerStreamingServer[ExportAuditResponse]) error
 	mustEmbedUnimplementedAdminServiceServer()
 }
