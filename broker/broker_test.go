@@ -525,3 +525,23 @@ func TestAdminStopEndsFollowers(t *testing.T) {
 		t.Fatalf("follower after Stop: %v, want UNAVAILABLE", err)
 	}
 }
+
+func TestPanicInIssuerIsContained(t *testing.T) {
+	h := newHarness(t)
+	conn := h.dial(h.mint(controllerID, time.Hour))
+	_, err := issue(ctxT(t), conn, &credbrokerv1.IssueCredentialRequest{Profile: "boom"})
+	st := wantCode(t, err, codes.Internal)
+	if st.Message() != "internal error" {
+		t.Errorf("message = %q: a panic's text must not reach the caller", st.Message())
+	}
+	if !strings.Contains(h.logs.String(), "panic in request handler") {
+		t.Error("the panic was not logged")
+	}
+	// The broker keeps serving, and the interrupted issuance left its intent on record.
+	if _, err := issue(ctxT(t), conn, &credbrokerv1.IssueCredentialRequest{Profile: "plain-token"}); err != nil {
+		t.Fatalf("broker after a panic: %v", err)
+	}
+	if r := h.records()[0]; r.Profile != "boom" || r.Decision != audit.DecisionIntent {
+		t.Errorf("first record = %+v, want the intent of the interrupted issuance", r)
+	}
+}

@@ -59,6 +59,13 @@ func (c *countingIssuer) Issue(ctx context.Context, r issuers.Request) (issuers.
 	return c.Issuer.Issue(ctx, r)
 }
 
+// panicIssuer stands for an issuer with a bug.
+type panicIssuer struct{}
+
+func (panicIssuer) Issue(context.Context, issuers.Request) (issuers.Credential, error) {
+	panic("issuer bug")
+}
+
 // syncBuffer is a log sink safe for concurrent writers.
 type syncBuffer struct {
 	mu sync.Mutex
@@ -108,7 +115,7 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 		rules: []policy.Rule{
 			{ID: "spiffe://example.test/ns/*/sa/capa-controller-manager", Profiles: []string{"capa-token"}, Clusters: []string{"capi-*/*"}},
 			{ID: "spiffe://example.test/capi/cluster/*/*/node/*", Profiles: []string{"capa-token"}, Clusters: []string{"*"}},
-			{ID: controllerID.String(), Profiles: []string{"plain-token"}},
+			{ID: controllerID.String(), Profiles: []string{"plain-token", "boom"}},
 		},
 		uids: []uint32{uint32(os.Getuid())},
 	}
@@ -150,6 +157,7 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 		Profiles: map[string]broker.Profile{
 			"capa-token":  profile("capa-token", config.ClusterRequired),
 			"plain-token": profile("plain-token", config.ClusterNone),
+			"boom":        {Name: "boom", IssuerName: "broken", Issuer: panicIssuer{}, DefaultTTL: time.Minute, MaxTTL: time.Minute, Audiences: []string{"boom"}, ClusterMode: config.ClusterNone},
 		},
 		Policy: pol, Limiter: limiter, Audit: h.audit, NewID: newID, Log: log, Metrics: metrics,
 	})
@@ -176,7 +184,7 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 	go h.grpcServer.Serve(lis)
 	t.Cleanup(h.grpcServer.Stop)
 
-	adminServer := broker.NewAdminSocketServer(hc.uids, admin)
+	adminServer := broker.NewAdminSocketServer(hc.uids, admin, log)
 	ulis, err := net.Listen("unix", h.adminSock)
 	if err != nil {
 		t.Fatal(err)

@@ -1,11 +1,17 @@
 package broker
 
 import (
+	"context"
 	"crypto/tls"
+	"log/slog"
+	"runtime/debug"
 	"time"
 
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
@@ -14,8 +20,22 @@ import (
 // RESOURCE_EXHAUSTED before they are decoded.
 const MaxRequestBytes = 64 << 10
 
-func commonOptions() []grpc.ServerOption {
+// recoverer turns a panic in a handler into INTERNAL for that request, with
+// the panic and its stack in the log, instead of taking the broker down.
+func recoverer(log *slog.Logger) (grpc.UnaryServerInterceptor, grpc.StreamServerInterceptor) {
+	handler := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
+		log.LogAttrs(ctx, slog.LevelError, "panic in request handler", slog.Any("panic", p), slog.String("stack", string(debug.Stack())))
+		return status.Error(codes.Internal, "internal error")
+	})
+	return recovery.UnaryServerInterceptor(handler), recovery.StreamServerInterceptor(handler)
+}
+
+func commonOptions(log *slog.Logger) []grpc.ServerOption {
+	unary, stream := recoverer(log)
 	return []grpc.ServerOption{
+		// First in every chain, so that no interceptor's panic escapes it.
+		grpc.ChainUnaryInterceptor(unary),
+		grpc.ChainStreamInterceptor(stream),
 		grpc.MaxRecvMsgSize(MaxRequestBytes),
 		grpc.MaxConcurrentStreams(1024),
 		grpc.ConnectionTimeout(10 * time.Second),
@@ -28,7 +48,7 @@ func commonOptions() []grpc.ServerOption {
 // the Gate's job, so that a bad identity is UNAUTHENTICATED rather than a
 // failed handshake, and JWT-SVID callers need no certificate at all.
 func NewGRPCServer(tlsConfig *tls.Config, gate *Gate, svc *Service, adm *Admin) *grpc.Server {
-	opts := append(commonOptions(),
+	opts := append(commonOptions(gate.log),
 		grpc.Creds(newTLSCreds(tlsConfig)),
 		grpc.ChainUnaryInterceptor(gate.Unary),
 		grpc.ChainStreamInterceptor(gate.Stream),
@@ -41,9 +61,9 @@ func NewGRPCServer(tlsConfig *tls.Config, gate *Gate, svc *Service, adm *Admin) 
 
 // NewAdminSocketServer returns the admin API server for the unix socket,
 // admitting only peers whose uid is in uids.
-func NewAdminSocketServer(uids []uint32, adm *Admin) *grpc.Server {
+func NewAdminSocketServer(uids []uint32, adm *Admin, log *slog.Logger) *grpc.Server {
 	g := uidGate{uids: uids}
-	opts := append(commonOptions(),
+	opts := append(commonOptions(log),
 		grpc.Creds(peerCredCreds{}),
 		grpc.ChainUnaryInterceptor(g.unary),
 		grpc.ChainStreamInterceptor(g.stream),
