@@ -184,7 +184,7 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 	go h.grpcServer.Serve(lis)
 	t.Cleanup(h.grpcServer.Stop)
 
-	adminServer := broker.NewAdminSocketServer(hc.uids, admin, log)
+	adminServer := broker.NewAdminSocketServer(hc.uids, admin, log, metrics)
 	ulis, err := net.Listen("unix", h.adminSock)
 	if err != nil {
 		t.Fatal(err)

@@ -3,6 +3,7 @@ package broker
 import (
 	"time"
 
+	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/credbroker/credbroker/broker/audit"
@@ -11,6 +12,9 @@ import (
 // Metrics are the broker's Prometheus metrics. Names are stable: dashboards
 // and alerts depend on them.
 type Metrics struct {
+	// grpc are the standard per-method server metrics
+	// (grpc_server_handled_total, grpc_server_handling_seconds, ...).
+	grpc      *grpcprom.ServerMetrics
 	decisions *prometheus.CounterVec
 	latency   *prometheus.HistogramVec
 	authFails *prometheus.CounterVec
@@ -22,6 +26,8 @@ type Metrics struct {
 // NewMetrics registers the broker's metrics with reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
+		grpc: grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(
+			grpcprom.WithHistogramBuckets(prometheus.ExponentialBuckets(0.0005, 2, 14)))),
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "credbroker_decisions_total",
 			Help: "Issuance decisions by outcome (issued, denied, throttled, failed) and profile.",
@@ -40,7 +46,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Unauthenticated requests refused without an audit record because their source address exceeded the recording rate.",
 		}),
 	}
-	reg.MustRegister(m.decisions, m.latency, m.authFails, m.unauthUnrecorded)
+	reg.MustRegister(m.grpc, m.decisions, m.latency, m.authFails, m.unauthUnrecorded)
 	return m
 }
 

@@ -30,12 +30,13 @@ func recoverer(log *slog.Logger) (grpc.UnaryServerInterceptor, grpc.StreamServer
 	return recovery.UnaryServerInterceptor(handler), recovery.StreamServerInterceptor(handler)
 }
 
-func commonOptions(log *slog.Logger) []grpc.ServerOption {
+func commonOptions(log *slog.Logger, m *Metrics) []grpc.ServerOption {
 	unary, stream := recoverer(log)
 	return []grpc.ServerOption{
-		// First in every chain, so that no interceptor's panic escapes it.
-		grpc.ChainUnaryInterceptor(unary),
-		grpc.ChainStreamInterceptor(stream),
+		// Recovery first in every chain, so that no interceptor's panic
+		// escapes it; then per-method metrics, which see every outcome.
+		grpc.ChainUnaryInterceptor(unary, m.grpc.UnaryServerInterceptor()),
+		grpc.ChainStreamInterceptor(stream, m.grpc.StreamServerInterceptor()),
 		grpc.MaxRecvMsgSize(MaxRequestBytes),
 		grpc.MaxConcurrentStreams(1024),
 		grpc.ConnectionTimeout(10 * time.Second),
@@ -48,7 +49,7 @@ func commonOptions(log *slog.Logger) []grpc.ServerOption {
 // the Gate's job, so that a bad identity is UNAUTHENTICATED rather than a
 // failed handshake, and JWT-SVID callers need no certificate at all.
 func NewGRPCServer(tlsConfig *tls.Config, gate *Gate, svc *Service, adm *Admin) *grpc.Server {
-	opts := append(commonOptions(gate.log),
+	opts := append(commonOptions(gate.log, gate.metrics),
 		grpc.Creds(newTLSCreds(tlsConfig)),
 		grpc.ChainUnaryInterceptor(gate.Unary),
 		grpc.ChainStreamInterceptor(gate.Stream),
@@ -56,14 +57,15 @@ func NewGRPCServer(tlsConfig *tls.Config, gate *Gate, svc *Service, adm *Admin) 
 	s := grpc.NewServer(opts...)
 	credbrokerv1.RegisterBrokerServiceServer(s, svc)
 	credbrokerv1.RegisterAdminServiceServer(s, adm)
+	gate.metrics.grpc.InitializeMetrics(s)
 	return s
 }
 
 // NewAdminSocketServer returns the admin API server for the unix socket,
 // admitting only peers whose uid is in uids.
-func NewAdminSocketServer(uids []uint32, adm *Admin, log *slog.Logger) *grpc.Server {
+func NewAdminSocketServer(uids []uint32, adm *Admin, log *slog.Logger, m *Metrics) *grpc.Server {
 	g := uidGate{uids: uids}
-	opts := append(commonOptions(log),
+	opts := append(commonOptions(log, m),
 		grpc.Creds(peerCredCreds{}),
 		grpc.ChainUnaryInterceptor(g.unary),
 		grpc.ChainStreamInterceptor(g.stream),

@@ -143,7 +143,7 @@ func Run(ctx context.Context, opts Options) error {
 	admin := broker.NewAdmin(auditLog)
 	gate := broker.NewGate(trust.authenticators(cfg), cfg.Admin.SPIFFEIDs, auditLog, metrics, log)
 	grpcServer := broker.NewGRPCServer(trust.serverTLS(), gate, svc, admin)
-	adminServer := broker.NewAdminSocketServer(adminUIDs(cfg), admin, log)
+	adminServer := broker.NewAdminSocketServer(adminUIDs(cfg), admin, log, metrics)
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })

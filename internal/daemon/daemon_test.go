@@ -169,7 +169,8 @@ limits: {rate: 10, burst: 10, cluster_quota: {max: 100, window: 1h}}
 	if !strings.Contains(body, `"issuer":"https://credbroker.prod.test/oidc"`) || !strings.Contains(body, `"jwks_uri":"https://credbroker.prod.test/oidc/.well-known/jwks.json"`) {
 		t.Errorf("discovery = %s", body)
 	}
-	if m := httpGet(t, "http://"+httpAddr+"/metrics"); !strings.Contains(m, `credbroker_decisions_total{decision="issued",profile="web-identity"} 2`) {
+	if m := httpGet(t, "http://"+httpAddr+"/metrics"); !strings.Contains(m, `credbroker_decisions_total{decision="issued",profile="web-identity"} 2`) ||
+		!strings.Contains(m, `grpc_server_handled_total{grpc_code="OK",grpc_method="IssueCredential",grpc_service="credbroker.v1.BrokerService",grpc_type="unary"} 2`) {
 		t.Errorf("metrics do not count the issuances:\n%s", grepLines(m, "credbroker_"))
 	}
 	if jwks := httpGet(t, "http://"+httpAddr+"/oidc/.well-known/jwks.json"); !strings.Contains(jwks, `"alg":"ES256"`) {
