@@ -315,7 +315,7 @@ func TestAuditTailFollowsNewDecisions(t *testing.T) {
 	}
 
 	// A SIEM-style follower: canonical JSON lines, as they are committed.
-	tail := exec.Command(filepath.Join(binDir, "credbrokerctl"), "--socket", filepath.Join(b.dataDir, "admin.sock"), "-o", "json", "audit", "tail", "-n", "0", "-f")
+	tail := exec.Command(filepath.Join(binDir, "credbrokerctl"), "--socket", filepath.Join(b.dataDir, "admin.sock"), "-o", "json", "audit", "tail", "-n", "1", "-f")
 	out, err := tail.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -326,6 +326,11 @@ func TestAuditTailFollowsNewDecisions(t *testing.T) {
 		t.Fatal(err)
 	}
 	lines := bufio.NewScanner(out)
+	// The last existing record arrives first: from then on the follower is
+	// attached, and everything committed later must reach it.
+	if !lines.Scan() || !strings.Contains(lines.Text(), first.IssuanceID) {
+		t.Fatalf("follower's first line = %q (%v) %s", lines.Text(), lines.Err(), stderr.String())
+	}
 	second := b.requestToken(t, "controller")
 	for _, want := range []string{`"decision":"intent"`, `"decision":"issued"`} {
 		if !lines.Scan() {
