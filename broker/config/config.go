@@ -16,6 +16,7 @@ import (
 	"regexp"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -82,6 +83,10 @@ type TLS struct {
 	// ReloadInterval is how often the files above are re-read, so that
 	// rotations take effect without a restart (SIGHUP reloads at once).
 	ReloadInterval time.Duration `yaml:"reload_interval"`
+	// WorkloadAPISocket, e.g. "unix:///run/spire/agent.sock", takes the
+	// broker's SVID and all bundles from the SPIFFE Workload API instead of
+	// files (exclusive with the file keys).
+	WorkloadAPISocket string `yaml:"workload_api_socket"`
 }
 
 // Admin controls who may use the admin API.
@@ -264,6 +269,14 @@ func (c *Config) Validate() error {
 	}
 	if (c.TLS.SVIDFile == "") != (c.TLS.SVIDKeyFile == "") {
 		bad("tls.svid_file and tls.svid_key_file go together")
+	}
+	if c.TLS.WorkloadAPISocket != "" {
+		if c.TLS.SVIDFile != "" || len(c.TLS.Bundles) > 0 || len(c.TLS.JWTBundles) > 0 {
+			bad("tls.workload_api_socket excludes tls.svid_file, tls.bundles and tls.jwt_bundles: the agent provides them")
+		}
+		if !strings.HasPrefix(c.TLS.WorkloadAPISocket, "unix://") && !strings.HasPrefix(c.TLS.WorkloadAPISocket, "tcp://") {
+			bad("tls.workload_api_socket %q: want unix:///path/to/agent.sock (or tcp://host:port)", c.TLS.WorkloadAPISocket)
+		}
 	}
 	for td := range c.TLS.Bundles {
 		if _, err := spiffeid.TrustDomainFromString(td); err != nil {

@@ -67,10 +67,11 @@ func Run(ctx context.Context, opts Options) error {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
-	trust, err := loadTrust(cfg, opts.Dev)
+	trust, err := loadTrust(ctx, cfg, opts.Dev)
 	if err != nil {
 		return err
 	}
+	defer trust.close()
 
 	// Bind every listener before anything else so that port conflicts fail
 	// fast and ":0" resolves to real addresses for the issuer URL.
@@ -163,7 +164,10 @@ func Run(ctx context.Context, opts Options) error {
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
-	if !opts.Dev {
+	switch {
+	case trust.workload != nil:
+		g.Go(func() error { trust.watchWorkloadAPI(gctx, log); return nil })
+	case !opts.Dev:
 		g.Go(func() error {
 			trust.watch(gctx, cfg, cfg.TLS.ReloadInterval, opts.Reload, log)
 			return nil
@@ -217,8 +221,8 @@ func loadConfig(opts Options) (*config.Config, error) {
 	if opts.HTTPListen != "" {
 		cfg.HTTPListen = opts.HTTPListen
 	}
-	if !opts.Dev && cfg.TLS.SVIDFile == "" {
-		return nil, errors.New("config: tls.svid_file and tls.svid_key_file are required outside --dev")
+	if !opts.Dev && cfg.TLS.SVIDFile == "" && cfg.TLS.WorkloadAPISocket == "" {
+		return nil, errors.New("config: the broker needs an identity outside --dev: set tls.workload_api_socket, or tls.svid_file and tls.svid_key_file")
 	}
 	return cfg, nil
 }
@@ -308,12 +312,15 @@ func newIssuanceID() (string, error) {
 
 // serverTLS is the broker's TLS configuration: its own SVID, TLS 1.3, and
 // client certificates requested but verified by the Gate, per request.
-func serverTLSConfig(getCert func() *x509svid.SVID) *tls.Config {
+func serverTLSConfig(source x509svid.Source) *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		ClientAuth: tls.RequestClientCert,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-			svid := getCert()
+			svid, err := source.GetX509SVID()
+			if err != nil {
+				return nil, err
+			}
 			certs := make([][]byte, 0, len(svid.Certificates))
 			for _, c := range svid.Certificates {
 				certs = append(certs, c.Raw)

@@ -284,7 +284,7 @@ func TestConfigErrors(t *testing.T) {
 		cfg  string
 		want string
 	}{
-		"no svid files": {base, "tls.svid_file and tls.svid_key_file are required"},
+		"no identity source": {base, "set tls.workload_api_socket, or tls.svid_file and tls.svid_key_file"},
 		"missing svid file": {base + "tls: {svid_file: /nonexistent/svid.pem, svid_key_file: /nonexistent/key.pem, bundles: {prod.test: /nonexistent/b.pem}}\n",
 			"broker SVID"},
 		"unknown key": {base + "tls: {svid_fil: x}\n", "svid_fil"},

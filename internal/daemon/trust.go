@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"slices"
@@ -14,6 +15,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
 	"github.com/credbroker/credbroker/attest"
 	"github.com/credbroker/credbroker/attest/jwtsvid"
@@ -23,19 +25,38 @@ import (
 )
 
 // trust is the broker's own SVID and the bundles it verifies callers with.
+// They come from one of three places: the dev CA (--dev), files (re-read on
+// rotation), or the SPIFFE Workload API (pushed by the agent).
 type trust struct {
+	// Sources the broker reads on every handshake and request.
+	x509Source x509bundle.Source
+	jwtSource  jwtbundle.Source
+	svidSource x509svid.Source
+
+	// Files and dev mode keep the current state here.
 	x509 *x509bundle.Set
 	jwt  *jwtbundle.Set
 	svid atomic.Pointer[x509svid.SVID]
 	dev  *devenv.Env
+
+	// Workload API mode.
+	workload *workloadapi.X509Source
+	closers  []io.Closer
 }
 
-func loadTrust(cfg *config.Config, dev bool) (*trust, error) {
+// GetX509SVID implements x509svid.Source over the file or dev state.
+func (t *trust) GetX509SVID() (*x509svid.SVID, error) { return t.svid.Load(), nil }
+
+func loadTrust(ctx context.Context, cfg *config.Config, dev bool) (*trust, error) {
 	td, err := spiffeid.TrustDomainFromString(cfg.TrustDomain)
 	if err != nil {
 		return nil, fmt.Errorf("trust_domain: %w", err)
 	}
 	t := &trust{x509: x509bundle.NewSet(), jwt: jwtbundle.NewSet()}
+	t.x509Source, t.jwtSource, t.svidSource = t.x509, t.jwt, t
+	if cfg.TLS.WorkloadAPISocket != "" && !dev {
+		return t, t.connectWorkloadAPI(ctx, cfg, td)
+	}
 	if dev {
 		env, err := devenv.Prepare(cfg.DataDir, td)
 		if err != nil {
@@ -94,6 +115,70 @@ func (t *trust) loadFiles(cfg *config.Config, td spiffeid.TrustDomain) error {
 	return nil
 }
 
+// workloadAPITimeout bounds the wait for the agent's first answer at start.
+const workloadAPITimeout = 30 * time.Second
+
+// connectWorkloadAPI takes the broker's SVID and the X.509 bundles from an
+// X509Source and the JWT bundles from a BundleSource on the agent's socket.
+// Both follow rotations pushed by the agent.
+func (t *trust) connectWorkloadAPI(ctx context.Context, cfg *config.Config, td spiffeid.TrustDomain) error {
+	ctx, cancel := context.WithTimeout(ctx, workloadAPITimeout)
+	defer cancel()
+	addr := workloadapi.WithClientOptions(workloadapi.WithAddr(cfg.TLS.WorkloadAPISocket))
+	x509Source, err := workloadapi.NewX509Source(ctx, addr)
+	if err != nil {
+		return fmt.Errorf("tls.workload_api_socket %s: %w", cfg.TLS.WorkloadAPISocket, err)
+	}
+	t.closers = append(t.closers, x509Source)
+	bundles, err := workloadapi.NewBundleSource(ctx, addr)
+	if err != nil {
+		t.close()
+		return fmt.Errorf("tls.workload_api_socket %s: %w", cfg.TLS.WorkloadAPISocket, err)
+	}
+	t.closers = append(t.closers, bundles)
+	svid, err := x509Source.GetX509SVID()
+	if err != nil {
+		t.close()
+		return fmt.Errorf("tls.workload_api_socket: %w", err)
+	}
+	if svid.ID.TrustDomain() != td {
+		t.close()
+		return fmt.Errorf("tls.workload_api_socket: the agent gives the broker %s, not an identity in trust domain %q", svid.ID, td)
+	}
+	t.workload = x509Source
+	t.x509Source, t.jwtSource, t.svidSource = x509Source, bundles, x509Source
+	return nil
+}
+
+// close releases Workload API connections.
+func (t *trust) close() {
+	for _, c := range t.closers {
+		c.Close()
+	}
+	t.closers = nil
+}
+
+// watchWorkloadAPI logs every identity update the agent pushes, and warns
+// when the SVID in use is about to expire without one.
+func (t *trust) watchWorkloadAPI(ctx context.Context, log *slog.Logger) {
+	warn := time.NewTicker(time.Minute)
+	defer warn.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.workload.Updated():
+			if svid, err := t.workload.GetX509SVID(); err == nil {
+				log.Info("identity updated from the Workload API", slog.String("spiffe_id", svid.ID.String()), slog.Time("svid_expires", svid.Certificates[0].NotAfter))
+			}
+		case <-warn.C:
+			if svid, err := t.workload.GetX509SVID(); err == nil && time.Until(svid.Certificates[0].NotAfter) < 5*time.Minute {
+				log.Warn("the broker's SVID expires soon and the Workload API has not rotated it", slog.Time("svid_expires", svid.Certificates[0].NotAfter))
+			}
+		}
+	}
+}
+
 // watch reloads the SVID and bundle files every interval and on SIGHUP, so
 // that rotations by the SPIFFE issuer (e.g. a SPIRE agent writing files) take
 // effect without a restart. A failed reload keeps the previous state and is
@@ -127,11 +212,11 @@ func (t *trust) watch(ctx context.Context, cfg *config.Config, interval time.Dur
 // the mTLS peer certificate.
 func (t *trust) authenticators(cfg *config.Config) []attest.Authenticator {
 	return []attest.Authenticator{
-		jwtsvid.New(t.jwt, cfg.JWTSVIDAudiences),
-		attestx509.New(t.x509),
+		jwtsvid.New(t.jwtSource, cfg.JWTSVIDAudiences),
+		attestx509.New(t.x509Source),
 	}
 }
 
 func (t *trust) serverTLS() *tls.Config {
-	return serverTLSConfig(t.svid.Load)
+	return serverTLSConfig(t.svidSource)
 }
