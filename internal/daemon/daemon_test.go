@@ -3,6 +3,7 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"io"
 	"net"
 	"net/http"
@@ -15,10 +16,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffegrpc/grpccredentials"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -28,6 +31,7 @@ import (
 	"google.golang.org/grpc/peer"
 
 	"github.com/credbroker/credbroker/internal/ca"
+	"github.com/credbroker/credbroker/internal/spiffetest"
 	"github.com/credbroker/credbroker/internal/svidfile"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
@@ -51,7 +55,8 @@ func (s *logSink) Write(p []byte) (int, error) {
 	if m := servingRE.FindSubmatch(p); m != nil {
 		s.serving <- string(m[1]) + " " + string(m[2])
 	}
-	if s.reloaded != nil && (bytes.Contains(p, []byte("reloaded SVID")) || bytes.Contains(p, []byte("cannot reload"))) {
+	if s.reloaded != nil && (bytes.Contains(p, []byte("reloaded SVID")) || bytes.Contains(p, []byte("cannot reload")) ||
+		bytes.Contains(p, []byte("identity updated from the Workload API"))) {
 		s.reloaded <- string(p)
 	}
 	return len(p), nil
@@ -368,4 +373,99 @@ func TestShutdownCutsOffAfterGrace(t *testing.T) {
 		t.Fatal("request outlived a forced stop")
 	}
 	close(h.release)
+}
+
+// TestWorkloadAPIIdentity runs the broker with its identity from a SPIFFE
+// Workload API on a real unix socket, as beside a SPIRE agent, and follows a
+// rotation the agent pushes.
+func TestWorkloadAPIIdentity(t *testing.T) {
+	dir := t.TempDir()
+	td := spiffeid.RequireTrustDomainFromString("spire.test")
+	authority, err := ca.New(td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent, err := spiffetest.StartWorkloadAPI(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer agent.Close()
+	brokerID := spiffeid.RequireFromPath(td, "/credbroker")
+	first, err := authority.MintX509SVID(brokerID, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundles := x509bundle.NewSet(authority.X509Bundle())
+	if err := agent.SetX509([]*x509svid.SVID{first}, bundles); err != nil {
+		t.Fatal(err)
+	}
+	if err := agent.SetJWTBundles(jwtbundle.NewSet(authority.JWTBundle())); err != nil {
+		t.Fatal(err)
+	}
+	cfgFile := filepath.Join(dir, "config.yaml")
+	cfg := `
+trust_domain: spire.test
+listen: 127.0.0.1:0
+http_listen: 127.0.0.1:0
+data_dir: ` + filepath.Join(dir, "data") + `
+tls: {workload_api_socket: "` + agent.Addr() + `"}
+issuers: {oidc: {type: jwt}}
+profiles: {tok: {issuer: oidc, max_ttl: 1h}}
+policy: [{id: "spiffe://spire.test/ns/*/sa/capa-controller-manager", profiles: [tok]}]
+`
+	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logs := &logSink{serving: make(chan string, 1), reloaded: make(chan string, 4)}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, Options{ConfigFile: cfgFile, Stdout: io.Discard, Stderr: logs}) }()
+	var grpcAddr string
+	select {
+	case addrs := <-logs.serving:
+		grpcAddr, _, _ = strings.Cut(addrs, " ")
+	case err := <-done:
+		t.Fatalf("Run: %v\n%s", err, logs.String())
+	}
+
+	caller, err := authority.MintX509SVID(spiffeid.RequireFromPath(td, "/ns/capa-system/sa/capa-controller-manager"), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	issueOnce := func() *x509.Certificate {
+		t.Helper()
+		conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(credentials.NewTLS(
+			tlsconfig.MTLSClientConfig(caller, bundles, tlsconfig.AuthorizeID(brokerID)))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		var p peer.Peer
+		if _, err := credbrokerv1.NewBrokerServiceClient(conn).IssueCredential(ctx, &credbrokerv1.IssueCredentialRequest{Profile: "tok"}, grpc.Peer(&p)); err != nil {
+			t.Fatalf("issue: %v", err)
+		}
+		return p.AuthInfo.(credentials.TLSInfo).State.PeerCertificates[0]
+	}
+	if got := issueOnce(); got.SerialNumber.Cmp(first.Certificates[0].SerialNumber) != 0 {
+		t.Fatal("the broker does not serve the SVID the agent gave it")
+	}
+
+	// The agent rotates the broker's SVID: new connections get the new one.
+	second, err := authority.MintX509SVID(brokerID, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := agent.SetX509([]*x509svid.SVID{second}, bundles); err != nil {
+		t.Fatal(err)
+	}
+	if line := <-logs.reloaded; !strings.Contains(line, "identity updated from the Workload API") {
+		t.Fatalf("unexpected log line %s", line)
+	}
+	if got := issueOnce(); got.SerialNumber.Cmp(second.Certificates[0].SerialNumber) != 0 {
+		t.Fatal("the broker still serves the old SVID after the agent rotated it")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run after cancel: %v", err)
+	}
 }
