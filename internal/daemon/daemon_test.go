@@ -68,6 +68,54 @@ func (s *logSink) String() string {
 	return s.buf.String()
 }
 
+// running is a daemon started by startDaemon.
+type running struct {
+	grpcAddr, httpAddr string
+	logs               *logSink
+	reload             chan os.Signal
+	ctx                context.Context
+	cancel             context.CancelFunc
+	done               chan error
+}
+
+// startDaemon writes cfg to dir/config.yaml, runs the daemon on it and
+// returns once the daemon logs that it is serving.
+func startDaemon(t *testing.T, dir, cfg string) *running {
+	t.Helper()
+	cfgFile := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := &running{
+		logs:   &logSink{serving: make(chan string, 1), reloaded: make(chan string, 4)},
+		reload: make(chan os.Signal, 1),
+		done:   make(chan error, 1),
+	}
+	r.ctx, r.cancel = context.WithCancel(context.Background())
+	go func() {
+		r.done <- Run(r.ctx, Options{ConfigFile: cfgFile, Stdout: io.Discard, Stderr: r.logs, Reload: r.reload})
+	}()
+	select {
+	case addrs := <-r.logs.serving:
+		r.grpcAddr, r.httpAddr, _ = strings.Cut(addrs, " ")
+	case err := <-r.done:
+		t.Fatalf("Run: %v\n%s", err, r.logs.String())
+	}
+	return r
+}
+
+// stop cancels the daemon and checks that it stopped cleanly.
+func (r *running) stop(t *testing.T) {
+	t.Helper()
+	r.cancel()
+	if err := <-r.done; err != nil {
+		t.Fatalf("Run after cancel: %v", err)
+	}
+	if !strings.Contains(r.logs.String(), "msg=stopped") {
+		t.Errorf("no clean stop:\n%s", r.logs.String())
+	}
+}
+
 // TestProductionConfig runs the daemon on a configuration file with SVID and
 // bundle files, as a deployment next to SPIRE would, serves an X.509-SVID
 // caller and a JWT-SVID caller, then shuts down on context cancel.
@@ -92,7 +140,6 @@ func TestProductionConfig(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "tls", "jwt_bundle.json"), jwks, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfgFile := filepath.Join(dir, "config.yaml")
 	cfg := `
 trust_domain: prod.test
 listen: 127.0.0.1:0
@@ -114,24 +161,8 @@ policy:
     clusters: ["capi-*/*"]
 limits: {rate: 10, burst: 10, cluster_quota: {max: 100, window: 1h}}
 `
-	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-
-	logs := &logSink{serving: make(chan string, 1), reloaded: make(chan string, 1)}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	hup := make(chan os.Signal, 1)
-	go func() {
-		done <- Run(ctx, Options{ConfigFile: cfgFile, Stdout: io.Discard, Stderr: logs, Reload: hup})
-	}()
-	var grpcAddr, httpAddr string
-	select {
-	case addrs := <-logs.serving:
-		grpcAddr, httpAddr, _ = strings.Cut(addrs, " ")
-	case err := <-done:
-		t.Fatalf("Run: %v\n%s", err, logs.String())
-	}
+	d := startDaemon(t, dir, cfg)
+	ctx, logs, hup, grpcAddr, httpAddr := d.ctx, d.logs, d.reload, d.grpcAddr, d.httpAddr
 
 	controller := spiffeid.RequireFromPath(td, "/ns/capa-system/sa/capa-controller-manager")
 	clientSVID, err := authority.MintX509SVID(controller, time.Hour)
@@ -239,13 +270,7 @@ limits: {rate: 10, burst: 10, cluster_quota: {max: 100, window: 1h}}
 		t.Errorf("new connections still get the old server certificate")
 	}
 
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("Run after cancel: %v", err)
-	}
-	if !strings.Contains(logs.String(), "msg=stopped") {
-		t.Errorf("no clean stop:\n%s", logs.String())
-	}
+	d.stop(t)
 	if _, err := os.Stat(filepath.Join(dir, "data", "admin.sock")); !os.IsNotExist(err) {
 		t.Errorf("admin socket left behind: %v", err)
 	}
@@ -402,7 +427,6 @@ func TestWorkloadAPIIdentity(t *testing.T) {
 	if err := agent.SetJWTBundles(jwtbundle.NewSet(authority.JWTBundle())); err != nil {
 		t.Fatal(err)
 	}
-	cfgFile := filepath.Join(dir, "config.yaml")
 	cfg := `
 trust_domain: spire.test
 listen: 127.0.0.1:0
@@ -413,20 +437,8 @@ issuers: {oidc: {type: jwt}}
 profiles: {tok: {issuer: oidc, max_ttl: 1h}}
 policy: [{id: "spiffe://spire.test/ns/*/sa/capa-controller-manager", profiles: [tok]}]
 `
-	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	logs := &logSink{serving: make(chan string, 1), reloaded: make(chan string, 4)}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- Run(ctx, Options{ConfigFile: cfgFile, Stdout: io.Discard, Stderr: logs}) }()
-	var grpcAddr string
-	select {
-	case addrs := <-logs.serving:
-		grpcAddr, _, _ = strings.Cut(addrs, " ")
-	case err := <-done:
-		t.Fatalf("Run: %v\n%s", err, logs.String())
-	}
+	d := startDaemon(t, dir, cfg)
+	ctx, logs, grpcAddr := d.ctx, d.logs, d.grpcAddr
 
 	caller, err := authority.MintX509SVID(spiffeid.RequireFromPath(td, "/ns/capa-system/sa/capa-controller-manager"), time.Hour)
 	if err != nil {
@@ -464,8 +476,5 @@ policy: [{id: "spiffe://spire.test/ns/*/sa/capa-controller-manager", profiles: [
 	if got := issueOnce(); got.SerialNumber.Cmp(second.Certificates[0].SerialNumber) != 0 {
 		t.Fatal("the broker still serves the old SVID after the agent rotated it")
 	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("Run after cancel: %v", err)
-	}
+	d.stop(t)
 }
