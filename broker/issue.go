@@ -3,9 +3,11 @@ package broker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"regexp"
 	"slices"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -254,6 +256,12 @@ func (s *Service) refuse(rec *audit.Record, d audit.Decision, err error) error {
 	rec.Reason = clip(reasonOf(err))
 	if _, aerr := s.audit.Append(*rec); aerr != nil {
 		return wrapf(codes.Unavailable, errors.Join(err, aerr), "audit store unavailable (issuance %s)", rec.IssuanceID)
+	}
+	// Name the request so that an operator can find its record
+	// (credbrokerctl issuances show ID).
+	var ae *apiError
+	if errors.As(err, &ae) && !strings.Contains(ae.msg, rec.IssuanceID) {
+		ae.msg += fmt.Sprintf(" (request %s)", rec.IssuanceID)
 	}
 	return err
 }

@@ -47,16 +47,11 @@ and exits the same way.`,
 }
 
 func (a *app) verifyAudit(ctx context.Context) error {
-	client, closeConn, err := a.dial()
+	resp, err := call(ctx, a, func(ctx context.Context, c credbrokerv1.AdminServiceClient) (*credbrokerv1.VerifyAuditResponse, error) {
+		return c.VerifyAudit(ctx, &credbrokerv1.VerifyAuditRequest{})
+	})
 	if err != nil {
 		return err
-	}
-	defer closeConn()
-	ctx, cancel := a.callContext(ctx)
-	defer cancel()
-	resp, err := client.VerifyAudit(ctx, &credbrokerv1.VerifyAuditRequest{})
-	if err != nil {
-		return a.rpcError(err)
 	}
 	if a.jsonOutput() {
 		b, err := protoJSON(resp)

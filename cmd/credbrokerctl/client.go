@@ -51,6 +51,24 @@ func (a *app) dial() (credbrokerv1.AdminServiceClient, func(), error) {
 	return credbrokerv1.NewAdminServiceClient(conn), func() { _ = conn.Close() }, nil
 }
 
+// call dials the admin API, makes one RPC bounded by --timeout, and turns
+// its failure into one line an operator can act on.
+func call[T any](ctx context.Context, a *app, rpc func(context.Context, credbrokerv1.AdminServiceClient) (T, error)) (T, error) {
+	var zero T
+	client, closeConn, err := a.dial()
+	if err != nil {
+		return zero, err
+	}
+	defer closeConn()
+	ctx, cancel := a.callContext(ctx)
+	defer cancel()
+	resp, err := rpc(ctx, client)
+	if err != nil {
+		return zero, a.rpcError(err)
+	}
+	return resp, nil
+}
+
 // callContext bounds one RPC by --timeout.
 func (a *app) callContext(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, a.timeout)

@@ -1,7 +1,7 @@
 package main
 
 import (
-	"errors"
+	"context"
 	"fmt"
 	"strconv"
 	"strings"
@@ -104,16 +104,11 @@ func parseSince(s string, now time.Time) (time.Time, error) {
 }
 
 func (a *app) listIssuances(cmd *cobra.Command, req *credbrokerv1.ListIssuancesRequest) error {
-	client, closeConn, err := a.dial()
+	resp, err := call(cmd.Context(), a, func(ctx context.Context, c credbrokerv1.AdminServiceClient) (*credbrokerv1.ListIssuancesResponse, error) {
+		return c.ListIssuances(ctx, req)
+	})
 	if err != nil {
 		return err
-	}
-	defer closeConn()
-	ctx, cancel := a.callContext(cmd.Context())
-	defer cancel()
-	resp, err := client.ListIssuances(ctx, req)
-	if err != nil {
-		return a.rpcError(err)
 	}
 	if a.jsonOutput() {
 		list, err := protoJSONList(resp.GetIssuances())
@@ -149,19 +144,11 @@ before the issuer was called, and the result).`,
 }
 
 func (a *app) showIssuance(cmd *cobra.Command, id string) error {
-	client, closeConn, err := a.dial()
+	resp, err := call(cmd.Context(), a, func(ctx context.Context, c credbrokerv1.AdminServiceClient) (*credbrokerv1.GetIssuanceResponse, error) {
+		return c.GetIssuance(ctx, &credbrokerv1.GetIssuanceRequest{Id: id})
+	})
 	if err != nil {
 		return err
-	}
-	defer closeConn()
-	ctx, cancel := a.callContext(cmd.Context())
-	defer cancel()
-	resp, err := client.GetIssuance(ctx, &credbrokerv1.GetIssuanceRequest{Id: id})
-	if err != nil {
-		return a.rpcError(err)
-	}
-	if resp.GetIssuance() == nil {
-		return errors.New("broker returned no issuance")
 	}
 	if a.jsonOutput() {
 		b, err := protoJSON(resp)
@@ -171,6 +158,11 @@ func (a *app) showIssuance(cmd *cobra.Command, id string) error {
 		return writeJSON(a.stdout, b)
 	}
 	is := resp.GetIssuance()
+	if is == nil {
+		// A refused or failed request: its records say what happened.
+		a.printf("No credential was issued for request %s.\n", id)
+		return a.printRecords(resp.GetRecords())
+	}
 	kv := newTable(a.stdout, "FIELD", "VALUE")
 	for _, f := range [][2]string{
 		{"ID", is.GetId()},
@@ -188,9 +180,13 @@ func (a *app) showIssuance(cmd *cobra.Command, id string) error {
 	if err := kv.flush(); err != nil {
 		return err
 	}
-	a.printf("\nAUDIT RECORDS (%d)\n", len(resp.GetRecords()))
+	return a.printRecords(resp.GetRecords())
+}
+
+func (a *app) printRecords(records []*credbrokerv1.AuditRecord) error {
+	a.printf("\nAUDIT RECORDS (%d)\n", len(records))
 	t := newTable(a.stdout, "SEQ", "TIME", "DECISION", "REASON", "TTL", "REF", "ID", "HASH")
-	for _, r := range resp.GetRecords() {
+	for _, r := range records {
 		ttl := ""
 		if r.GetTtl() != nil {
 			ttl = r.GetTtl().AsDuration().String()

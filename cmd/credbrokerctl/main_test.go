@@ -90,6 +90,16 @@ func (f *fakeAdmin) GetIssuance(ctx context.Context, req *credbrokerv1.GetIssuan
 			return resp, nil
 		}
 	}
+	// A refused request has records but no issuance, as the broker reports it.
+	resp := &credbrokerv1.GetIssuanceResponse{}
+	for _, r := range f.records {
+		if r.IssuanceId == req.Id {
+			resp.Records = append(resp.Records, r)
+		}
+	}
+	if len(resp.Records) > 0 {
+		return resp, nil
+	}
 	return nil, status.Errorf(codes.NotFound, "issuance %s not found", req.Id)
 }
 
@@ -600,5 +610,18 @@ func TestAuditTail(t *testing.T) {
 	wantCode(t, r, 0) // the fake ends the stream; a real broker keeps it open
 	if !f.lastExport.GetFollow() || !strings.HasPrefix(r.stdout, canonicalOf(f.records[0])) {
 		t.Errorf("request %v, output %s", f.lastExport, r.stdout)
+	}
+}
+
+func TestIssuancesShowRefusedRequest(t *testing.T) {
+	f := sampleAdmin()
+	f.records = append(f.records, &credbrokerv1.AuditRecord{Id: "rec-9", Seq: 9, IssuanceId: "req-9",
+		Decision: credbrokerv1.Decision_DECISION_DENIED, Reason: "no policy rule matches the caller"})
+	r := ctl(t, serve(t, f), "issuances", "show", "req-9")
+	wantCode(t, r, 0)
+	for _, want := range []string{"No credential was issued for request req-9", "AUDIT RECORDS (1)", "denied", "no policy rule matches"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("output lacks %q:\n%s", want, r.stdout)
+		}
 	}
 }

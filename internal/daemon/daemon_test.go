@@ -345,7 +345,9 @@ func (b *blockingHealth) Check(ctx context.Context, _ *healthpb.HealthCheckReque
 	}
 }
 
-func startBlocking(t *testing.T) (*grpc.Server, *blockingHealth, healthpb.HealthClient) {
+// startBlocking serves blockingHealth and returns once one request is in
+// its handler; res receives that request's outcome.
+func startBlocking(t *testing.T) (*grpc.Server, *blockingHealth, <-chan error) {
 	t.Helper()
 	s := grpc.NewServer()
 	h := &blockingHealth{entered: make(chan struct{}, 1), release: make(chan struct{})}
@@ -360,17 +362,17 @@ func startBlocking(t *testing.T) (*grpc.Server, *blockingHealth, healthpb.Health
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return s, h, healthpb.NewHealthClient(conn)
+	out := make(chan error, 1)
+	go func() {
+		_, err := healthpb.NewHealthClient(conn).Check(context.Background(), &healthpb.HealthCheckRequest{})
+		out <- err
+	}()
+	<-h.entered
+	return s, h, out
 }
 
 func TestShutdownDrainsInFlightRequests(t *testing.T) {
-	s, h, client := startBlocking(t)
-	res := make(chan error, 1)
-	go func() {
-		_, err := client.Check(context.Background(), &healthpb.HealthCheckRequest{})
-		res <- err
-	}()
-	<-h.entered
+	s, h, res := startBlocking(t)
 	stopped := make(chan struct{})
 	go func() { shutdown(s, time.Hour); close(stopped) }()
 	select {
@@ -386,13 +388,7 @@ func TestShutdownDrainsInFlightRequests(t *testing.T) {
 }
 
 func TestShutdownCutsOffAfterGrace(t *testing.T) {
-	s, h, client := startBlocking(t)
-	res := make(chan error, 1)
-	go func() {
-		_, err := client.Check(context.Background(), &healthpb.HealthCheckRequest{})
-		res <- err
-	}()
-	<-h.entered
+	s, h, res := startBlocking(t)
 	shutdown(s, 10*time.Millisecond) // returns although the handler never finishes by itself
 	if err := <-res; err == nil {
 		t.Fatal("request outlived a forced stop")

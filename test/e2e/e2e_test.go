@@ -244,6 +244,14 @@ func TestDevModeEndToEnd(t *testing.T) {
 	if r.code != 1 || !strings.Contains(r.stderr, "permission denied") {
 		t.Fatalf("admin as workload: exit %d, stderr %q", r.code, r.stderr)
 	}
+	// The refusal names its request, and the operator finds it in the audit trail.
+	m := regexp.MustCompile(`\(request ([0-9a-f-]{36})\)`).FindStringSubmatch(r.stderr)
+	if m == nil {
+		t.Fatalf("refusal does not name its request: %q", r.stderr)
+	}
+	if r := b.ctl(t, "issuances", "show", m[1]); r.code != 0 || !strings.Contains(r.stdout, "No credential was issued") || !strings.Contains(r.stdout, "denied") {
+		t.Fatalf("issuances show %s: exit %d\n%s%s", m[1], r.code, r.stdout, r.stderr)
+	}
 	if r := runTool(t, "credbroker-credential-process", "--broker", b.grpcAddr); r.code != 2 || !strings.Contains(r.stderr, "--svid-dir is required") {
 		t.Fatalf("usage error: exit %d, stderr %q", r.code, r.stderr)
 	}
