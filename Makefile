@@ -8,7 +8,7 @@ BIN       := bin
 DATA_DIR  ?= ./data
 BUF       := $(GO) tool -modfile=tools/go.mod buf
 PKGS      := ./...
-TEST_FLAGS ?= -race -count=1 -timeout 20m
+TEST_FLAGS ?= -race -count=1 -timeout 30m
 
 .PHONY: all build run test unit lint fmt-check vet buf-lint proto-check generate bench clean tools
 
@@ -61,6 +61,28 @@ proto-check:
 ## per-variant BenchmarkIssue. Tune with BENCH_CONCURRENCY, BENCH_ROUND, BENCH_ROUNDS, BENCH_DIR.
 bench:
 	$(GO) test -run '^$$' -bench . -timeout 10m ./test/bench/
+
+## minio: install the pinned MinIO server (the tests' real STS and S3) into $(CACHE_DIR), once per version;
+## `test` and `unit` pass its path to the tests as CREDBROKER_MINIO.
+MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
+CACHE_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/credbroker
+MINIO_BIN := $(CACHE_DIR)/minio-$(MINIO_VERSION)/minio
+
+.PHONY: minio
+minio: $(MINIO_BIN)
+
+# Built in a temporary directory beside the target and renamed into place, so an
+# interrupted build never leaves a half-written binary that later runs would trust.
+# GOFLAGS is cleared so that a developer's flags cannot change the pinned build.
+$(MINIO_BIN):
+	@mkdir -p "$(@D)"
+	@tmp=$$(mktemp -d "$(@D).build.XXXXXX") && trap 'rm -rf "$$tmp"' EXIT && \
+	echo "building MinIO $(MINIO_VERSION) (a few minutes, once)" && \
+	GOBIN="$$tmp" GOFLAGS= $(GO) install github.com/minio/minio@$(MINIO_VERSION) && \
+	mv -f "$$tmp/minio" "$@"
+
+test unit: minio
+test unit: export CREDBROKER_MINIO := $(MINIO_BIN)
 
 clean:
 	rm -rf $(BIN)

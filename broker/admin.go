@@ -146,15 +146,17 @@ func (a *Admin) ExportAudit(req *credbrokerv1.ExportAuditRequest, stream grpc.Se
 
 func issuanceProto(r audit.Record) *credbrokerv1.Issuance {
 	return &credbrokerv1.Issuance{
-		Id:          r.IssuanceID,
-		IssuedAt:    timestamppb.New(r.Time),
-		ExpiresAt:   optTime(r.ExpiresAt),
-		Caller:      r.Caller,
-		Attestation: r.Attestation,
-		Profile:     r.Profile,
-		Cluster:     r.Cluster,
-		Issuer:      r.Issuer,
-		UpstreamRef: r.UpstreamRef,
+		Id:             r.IssuanceID,
+		IssuedAt:       timestamppb.New(r.Time),
+		ExpiresAt:      optTime(r.ExpiresAt),
+		Caller:         r.Caller,
+		Attestation:    r.Attestation,
+		Profile:        r.Profile,
+		Cluster:        r.Cluster,
+		Issuer:         r.Issuer,
+		UpstreamRef:    r.UpstreamRef,
+		SourceIdentity: r.SourceIdentity,
+		Reused:         r.Reused,
 	}
 }
 
@@ -173,6 +175,7 @@ func RecordProto(r audit.Record) *credbrokerv1.AuditRecord {
 		Caller: r.Caller, Attestation: r.Attestation, Profile: r.Profile, Cluster: r.Cluster,
 		Issuer: r.Issuer, Decision: decisions[r.Decision], Reason: r.Reason,
 		ExpiresAt: optTime(r.ExpiresAt), UpstreamRef: r.UpstreamRef, PrevHash: r.PrevHash, Hash: r.Hash,
+		SourceIdentity: r.SourceIdentity, Reused: r.Reused,
 	}
 	if r.TTL > 0 {
 		out.Ttl = durationpb.New(r.TTL)

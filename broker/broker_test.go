@@ -3,6 +3,7 @@ package broker_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -23,6 +24,7 @@ import (
 	"github.com/credbroker/credbroker/broker/audit"
 	"github.com/credbroker/credbroker/broker/limits"
 	"github.com/credbroker/credbroker/internal/ca"
+	"github.com/credbroker/credbroker/issuers"
 	"github.com/credbroker/credbroker/issuers/jwt"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
@@ -543,5 +545,60 @@ func TestPanicInIssuerIsContained(t *testing.T) {
 	}
 	if r := h.records()[0]; r.Profile != "boom" || r.Decision != audit.DecisionIntent {
 		t.Errorf("first record = %+v, want the intent of the interrupted issuance", r)
+	}
+}
+
+func TestUpstreamIssuerErrorsAreExplainedSafely(t *testing.T) {
+	h := newHarness(t)
+	conn := h.dial(h.mint(controllerID, time.Hour))
+	upstreamText := errors.New("secret-ish upstream text arn:aws:iam::123456789012:role/x")
+	for name, tc := range map[string]struct {
+		err       *issuers.Error
+		code      codes.Code
+		retryInfo bool
+	}{
+		"throttled":     {&issuers.Error{Kind: issuers.ErrUnavailable, Code: "Throttling", RetryAfter: 2 * time.Second, Err: upstreamText}, codes.Unavailable, true},
+		"access denied": {&issuers.Error{Kind: issuers.ErrRejected, Code: "AccessDenied", Err: upstreamText}, codes.PermissionDenied, false},
+		"bad config":    {&issuers.Error{Kind: issuers.ErrMisconfigured, Code: "MalformedPolicyDocument", Err: upstreamText}, codes.Internal, false},
+	} {
+		t.Run(name, func(t *testing.T) {
+			h.upstream.set(issuers.Credential{}, tc.err)
+			_, err := issue(ctxT(t), conn, &credbrokerv1.IssueCredentialRequest{Profile: "upstream"})
+			st := wantCode(t, err, tc.code)
+			if !strings.Contains(st.Message(), tc.err.Code) || strings.Contains(st.Message(), "arn:aws") {
+				t.Errorf("message %q: want the upstream code and none of the upstream text", st.Message())
+			}
+			var retry *errdetails.RetryInfo
+			for _, d := range st.Details() {
+				if ri, ok := d.(*errdetails.RetryInfo); ok {
+					retry = ri
+				}
+			}
+			if tc.retryInfo != (retry != nil) || (retry != nil && retry.GetRetryDelay().AsDuration() != tc.err.RetryAfter) {
+				t.Errorf("RetryInfo = %v, want one: %v", retry, tc.retryInfo)
+			}
+			if r := h.lastRecord(); r.Decision != audit.DecisionFailed || !strings.Contains(r.Reason, tc.err.Code) {
+				t.Errorf("last record %+v: want a failed decision naming %s", r, tc.err.Code)
+			}
+		})
+	}
+}
+
+func TestIssuerMinimumTTLIsEnforcedAndNamed(t *testing.T) {
+	h := newHarness(t)
+	conn := h.dial(h.mint(controllerID, time.Hour))
+	h.upstream.set(issuers.Credential{Kind: issuers.KindAWS, AWS: &issuers.AWSCredentials{AccessKeyID: "ASIAEXAMPLE", SecretAccessKey: "s", SessionToken: "t"},
+		ExpiresAt: h.clock.Now().Add(15 * time.Minute), UpstreamRef: "ASIAEXAMPLE", SourceIdentity: "ns.x.sa.y@example.test", Reused: true}, nil)
+	_, err := issue(ctxT(t), conn, &credbrokerv1.IssueCredentialRequest{Profile: "upstream", Ttl: durationpb.New(5 * time.Minute)})
+	if st := wantCode(t, err, codes.InvalidArgument); !strings.Contains(st.Message(), "[15m0s, 1h0m0s]") {
+		t.Errorf("message %q does not name the allowed range", st.Message())
+	}
+	cred, err := issue(ctxT(t), conn, &credbrokerv1.IssueCredentialRequest{Profile: "upstream", Ttl: durationpb.New(20 * time.Minute)})
+	if err != nil || cred.GetAws().GetAccessKeyId() != "ASIAEXAMPLE" {
+		t.Fatalf("issue = %v, %v", cred, err)
+	}
+	// CloudTrail shows the AccessKeyId and SourceIdentity: the audit record names both.
+	if r := h.lastRecord(); r.UpstreamRef != "ASIAEXAMPLE" || r.SourceIdentity != "ns.x.sa.y@example.test" || !r.Reused {
+		t.Errorf("issued record = %+v", r)
 	}
 }

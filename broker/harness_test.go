@@ -59,6 +59,25 @@ func (c *countingIssuer) Issue(ctx context.Context, r issuers.Request) (issuers.
 	return c.Issuer.Issue(ctx, r)
 }
 
+// scriptedIssuer stands for an upstream issuer whose answers a test sets.
+type scriptedIssuer struct {
+	mu   sync.Mutex
+	cred issuers.Credential
+	err  error
+}
+
+func (s *scriptedIssuer) set(cred issuers.Credential, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cred, s.err = cred, err
+}
+
+func (s *scriptedIssuer) Issue(context.Context, issuers.Request) (issuers.Credential, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cred, s.err
+}
+
 // panicIssuer stands for an issuer with a bug.
 type panicIssuer struct{}
 
@@ -103,6 +122,7 @@ type harness struct {
 	audit      *audit.Log
 	issuer     *countingIssuer
 	jwtIssuer  *jwt.Issuer
+	upstream   *scriptedIssuer
 	logs       *syncBuffer
 	grpcServer *grpc.Server
 	admin      *broker.Admin
@@ -115,7 +135,7 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 		rules: []policy.Rule{
 			{ID: "spiffe://example.test/ns/*/sa/capa-controller-manager", Profiles: []string{"capa-token"}, Clusters: []string{"capi-*/*"}},
 			{ID: "spiffe://example.test/capi/cluster/*/*/node/*", Profiles: []string{"capa-token"}, Clusters: []string{"*"}},
-			{ID: controllerID.String(), Profiles: []string{"plain-token", "boom"}},
+			{ID: controllerID.String(), Profiles: []string{"plain-token", "boom", "upstream"}},
 		},
 		uids: []uint32{uint32(os.Getuid())},
 	}
@@ -123,7 +143,7 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 		m(&hc)
 	}
 	dir := t.TempDir()
-	h := &harness{t: t, clock: fakeclock.New(time.Now()), logs: &syncBuffer{}, dbPath: filepath.Join(dir, "credbroker.db"), adminSock: filepath.Join(dir, "admin.sock")}
+	h := &harness{t: t, clock: fakeclock.New(time.Now()), logs: &syncBuffer{}, upstream: &scriptedIssuer{}, dbPath: filepath.Join(dir, "credbroker.db"), adminSock: filepath.Join(dir, "admin.sock")}
 
 	var err error
 	if h.ca, err = ca.New(td); err != nil {
@@ -158,6 +178,8 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 			"capa-token":  profile("capa-token", config.ClusterRequired),
 			"plain-token": profile("plain-token", config.ClusterNone),
 			"boom":        {Name: "boom", IssuerName: "broken", Issuer: panicIssuer{}, DefaultTTL: time.Minute, MaxTTL: time.Minute, Audiences: []string{"boom"}, ClusterMode: config.ClusterNone},
+			"upstream": {Name: "upstream", IssuerName: "aws", Issuer: h.upstream, DefaultTTL: 15 * time.Minute, MinTTL: 15 * time.Minute,
+				MaxTTL: time.Hour, Audiences: []string{"upstream"}, ClusterMode: config.ClusterNone},
 		},
 		Policy: pol, Limiter: limiter, Audit: h.audit, NewID: newID, Log: log, Metrics: metrics,
 	})

@@ -36,6 +36,9 @@ type Profile struct {
 	Audiences []string
 	// ClusterMode is config.ClusterOptional, ClusterRequired or ClusterNone.
 	ClusterMode string
+	// MinTTL is the shortest lifetime the issuer can mint (e.g. 15 minutes
+	// for AWS STS); zero means the broker's own minimum of one second.
+	MinTTL time.Duration
 }
 
 // AuditLog is the durable, append-only decision record the broker needs.
@@ -180,6 +183,8 @@ func (s *Service) issue(ctx context.Context, caller attest.Caller, req *credbrok
 	rec.Decision = audit.DecisionIssued
 	rec.ExpiresAt = cred.ExpiresAt
 	rec.UpstreamRef = cred.UpstreamRef
+	rec.SourceIdentity = cred.SourceIdentity
+	rec.Reused = cred.Reused
 	if _, err := s.audit.Append(*rec); err != nil {
 		// Fail closed: a credential whose issuance is not on record is not handed out.
 		return nil, wrapf(codes.Unavailable, err, "audit store unavailable; credential withheld (issuance %s)", rec.IssuanceID)
@@ -231,8 +236,8 @@ func (s *Service) validate(caller attest.Caller, req *credbrokerv1.IssueCredenti
 			return prof, g, errorf(codes.InvalidArgument, "ttl is not a valid duration")
 		}
 		if t := d.AsDuration(); t != 0 {
-			if t < minTTL || t > prof.MaxTTL {
-				return prof, g, errorf(codes.InvalidArgument, "ttl %s is outside [%s, %s] for profile %q", t, minTTL, prof.MaxTTL, name)
+			if lo := max(minTTL, prof.MinTTL); t < lo || t > prof.MaxTTL {
+				return prof, g, errorf(codes.InvalidArgument, "ttl %s is outside [%s, %s] for profile %q", t, lo, prof.MaxTTL, name)
 			}
 			g.ttl = t
 		}
@@ -290,8 +295,24 @@ func clip(s string) string {
 	return s[:cut] + "..."
 }
 
-// issuerError maps an issuer failure to a caller-safe error.
+// issuerError maps an issuer failure to a caller-safe error. Upstream text
+// is kept for the log (the cause) and never reaches the caller; an
+// issuers.Error contributes only its code.
 func issuerError(err error, id string) error {
+	var ie *issuers.Error
+	if errors.As(err, &ie) {
+		var ae *apiError
+		switch {
+		case errors.Is(ie.Kind, issuers.ErrUnavailable):
+			ae = wrapf(codes.Unavailable, err, "upstream issuer unavailable: %s (issuance %s)", ie.Code, id)
+		case errors.Is(ie.Kind, issuers.ErrRejected):
+			ae = wrapf(codes.PermissionDenied, err, "upstream issuer refused the request: %s (issuance %s)", ie.Code, id)
+		default:
+			ae = wrapf(codes.Internal, err, "upstream issuer rejected the request as invalid: %s; the broker's configuration needs fixing (issuance %s)", ie.Code, id)
+		}
+		ae.retryAfter = ie.RetryAfter
+		return ae
+	}
 	switch {
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return wrapf(codes.Unavailable, err, "issuance %s interrupted before the issuer answered", id)
@@ -334,6 +355,12 @@ func logAttrs(rec audit.Record, err error) []slog.Attr {
 	}
 	if rec.UpstreamRef != "" {
 		attrs = append(attrs, slog.String("upstream_ref", rec.UpstreamRef))
+	}
+	if rec.SourceIdentity != "" {
+		attrs = append(attrs, slog.String("source_identity", rec.SourceIdentity))
+	}
+	if rec.Reused {
+		attrs = append(attrs, slog.Bool("reused", true))
 	}
 	if err != nil {
 		attrs = append(attrs, slog.String("error", err.Error()))

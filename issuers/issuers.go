@@ -6,6 +6,7 @@ package issuers
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -18,6 +19,36 @@ const (
 // ErrUnavailable marks an upstream failure the caller may retry. Issuers wrap
 // it; the broker maps it to codes.Unavailable without the upstream text.
 var ErrUnavailable = errors.New("issuers: upstream unavailable")
+
+// Kinds of issuer failure, for Error.Kind. ErrUnavailable is one too.
+var (
+	// ErrRejected: the upstream refused this request (e.g. AWS AccessDenied).
+	ErrRejected = errors.New("issuers: upstream refused the request")
+	// ErrMisconfigured: the upstream found the request invalid, which means
+	// the broker's configuration is wrong (e.g. a malformed role ARN).
+	ErrMisconfigured = errors.New("issuers: upstream rejected the request as invalid")
+)
+
+// Error is an issuer failure the broker can explain to its caller without
+// repeating upstream text: Kind says what happened, Code is the upstream's
+// error code (e.g. "Throttling"), safe to show. Err keeps the full upstream
+// error for the broker's log.
+type Error struct {
+	Kind       error
+	Code       string
+	RetryAfter time.Duration
+	Err        error
+}
+
+func (e *Error) Error() string {
+	if e.Err == nil {
+		return fmt.Sprintf("%v (%s)", e.Kind, e.Code)
+	}
+	return fmt.Sprintf("%v (%s): %v", e.Kind, e.Code, e.Err)
+}
+
+// Unwrap lets errors.Is match both the kind and the upstream cause.
+func (e *Error) Unwrap() []error { return []error{e.Kind, e.Err} }
 
 // Request is one authorised issuance. Everything in it has already passed
 // attestation, policy and limits.
@@ -59,6 +90,13 @@ type Credential struct {
 	// UpstreamRef is a non-secret reference an operator can match upstream:
 	// a token's jti, an AccessKeyId, a Vault lease id.
 	UpstreamRef string
+	// SourceIdentity is the identity the upstream records for the session
+	// (AWS SourceIdentity), when there is one.
+	SourceIdentity string
+	// Reused is set when the credential was minted for an earlier request
+	// and handed out again (a cache hit, or a request that joined one
+	// upstream call in flight).
+	Reused bool
 }
 
 // Issuer mints credentials.

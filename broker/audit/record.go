@@ -74,6 +74,12 @@ type Record struct {
 	// UpstreamRef is a non-secret upstream reference: a token jti, an AWS
 	// AccessKeyId, a Vault lease id.
 	UpstreamRef string `json:"upstream_ref,omitempty"`
+	// SourceIdentity is the identity the upstream records for the session
+	// (AWS SourceIdentity, as seen in CloudTrail).
+	SourceIdentity string `json:"source_identity,omitempty"`
+	// Reused marks a credential minted for an earlier issuance and handed
+	// out again; UpstreamRef names it.
+	Reused bool `json:"reused,omitempty"`
 	// PrevHash is the Hash of the record with Seq-1, or "" for Seq 1.
 	PrevHash string `json:"prev_hash"`
 	// Hash chains this record; see the package documentation.
@@ -102,7 +108,7 @@ func (r Record) check() error {
 	fields := []struct{ name, v string }{
 		{"issuance_id", r.IssuanceID}, {"caller", r.Caller}, {"attestation", r.Attestation},
 		{"profile", r.Profile}, {"cluster", r.Cluster}, {"issuer", r.Issuer},
-		{"reason", r.Reason}, {"upstream_ref", r.UpstreamRef},
+		{"reason", r.Reason}, {"upstream_ref", r.UpstreamRef}, {"source_identity", r.SourceIdentity},
 	}
 	for _, f := range fields {
 		if len(f.v) > MaxFieldLen {
@@ -124,17 +130,19 @@ func (r Record) check() error {
 // chain fields around it. TestBodySplicingMatchesRecordEncoding keeps the two
 // encodings identical.
 type body struct {
-	IssuanceID  string        `json:"issuance_id"`
-	Caller      string        `json:"caller"`
-	Attestation string        `json:"attestation"`
-	Profile     string        `json:"profile"`
-	Cluster     string        `json:"cluster"`
-	Issuer      string        `json:"issuer"`
-	Decision    Decision      `json:"decision"`
-	Reason      string        `json:"reason,omitempty"`
-	TTL         time.Duration `json:"ttl_ns,omitempty"`
-	ExpiresAt   time.Time     `json:"expires_at,omitzero"`
-	UpstreamRef string        `json:"upstream_ref,omitempty"`
+	IssuanceID     string        `json:"issuance_id"`
+	Caller         string        `json:"caller"`
+	Attestation    string        `json:"attestation"`
+	Profile        string        `json:"profile"`
+	Cluster        string        `json:"cluster"`
+	Issuer         string        `json:"issuer"`
+	Decision       Decision      `json:"decision"`
+	Reason         string        `json:"reason,omitempty"`
+	TTL            time.Duration `json:"ttl_ns,omitempty"`
+	ExpiresAt      time.Time     `json:"expires_at,omitzero"`
+	UpstreamRef    string        `json:"upstream_ref,omitempty"`
+	SourceIdentity string        `json:"source_identity,omitempty"`
+	Reused         bool          `json:"reused,omitempty"`
 }
 
 // encodeBody normalises r's caller-supplied times and returns its body's
@@ -146,7 +154,7 @@ func (r *Record) encodeBody() ([]byte, error) {
 	b, err := json.Marshal(body{
 		IssuanceID: r.IssuanceID, Caller: r.Caller, Attestation: r.Attestation, Profile: r.Profile,
 		Cluster: r.Cluster, Issuer: r.Issuer, Decision: r.Decision, Reason: r.Reason, TTL: r.TTL,
-		ExpiresAt: r.ExpiresAt, UpstreamRef: r.UpstreamRef,
+		ExpiresAt: r.ExpiresAt, UpstreamRef: r.UpstreamRef, SourceIdentity: r.SourceIdentity, Reused: r.Reused,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("audit: encode record: %w", err)

@@ -27,8 +27,11 @@ import (
 
 // Issuer types.
 const (
-	IssuerJWT = "jwt"
+	IssuerJWT    = "jwt"
+	IssuerAWSSTS = "aws_sts"
 )
+
+var issuerTypes = []string{IssuerJWT, IssuerAWSSTS}
 
 // Cluster modes of a profile.
 const (
@@ -101,10 +104,54 @@ type Admin struct {
 
 // Issuer configures one credential issuer.
 type Issuer struct {
-	// Type selects the implementation: "jwt".
+	// Type selects the implementation: "jwt" or "aws_sts".
 	Type string `yaml:"type"`
 	// JWT configures a local OIDC/JWT issuer (type jwt).
 	JWT *JWTIssuer `yaml:"jwt"`
+	// AWSSTS configures an AWS STS issuer (type aws_sts).
+	AWSSTS *AWSSTSIssuer `yaml:"aws_sts"`
+}
+
+// AWSSTSIssuer configures minting through AWS STS.
+type AWSSTSIssuer struct {
+	// Region is the STS region (required).
+	Region string `yaml:"region"`
+	// Endpoint overrides the STS endpoint (GovCloud, FIPS, VPC endpoints,
+	// MinIO); default: the SDK's regional endpoint.
+	Endpoint string `yaml:"endpoint"`
+	// Credentials is "default" (AssumeRole with the broker's credentials from
+	// the SDK's default chain) or "web_identity" (AssumeRoleWithWebIdentity
+	// with tokens from the broker's own OIDC issuer; no AWS keys).
+	Credentials string `yaml:"credentials"`
+	// WebIdentity configures credentials: web_identity.
+	WebIdentity *AWSWebIdentity `yaml:"web_identity"`
+	// Timeout bounds one STS call including retries; default 10s.
+	Timeout time.Duration `yaml:"timeout"`
+	// MaxAttempts bounds the SDK's attempts per STS call; default 3.
+	MaxAttempts int `yaml:"max_attempts"`
+}
+
+// AWSWebIdentity names the broker's OIDC issuer whose tokens STS trusts.
+type AWSWebIdentity struct {
+	// Issuer names an issuer of type jwt in this file.
+	Issuer string `yaml:"issuer"`
+	// Audience is the tokens' aud, the IAM OIDC provider's client id;
+	// default sts.amazonaws.com.
+	Audience string `yaml:"audience"`
+	// TokenTTL is how long a token may be exchanged; default 5m.
+	TokenTTL time.Duration `yaml:"token_ttl"`
+}
+
+// AWSProfile is what a profile on an aws_sts issuer assumes.
+type AWSProfile struct {
+	// RoleARN is the IAM role to assume (required).
+	RoleARN string `yaml:"role_arn"`
+	// ExternalID is sent with AssumeRole when set.
+	ExternalID string `yaml:"external_id"`
+	// SessionPolicy is the inline session policy template (an IAM policy
+	// document in YAML, with ${cluster.namespace}, ${cluster.name} and
+	// ${profile}); required for cluster-scoped profiles.
+	SessionPolicy any `yaml:"session_policy"`
 }
 
 // JWTIssuer configures the broker's own OIDC issuer.
@@ -130,6 +177,8 @@ type Profile struct {
 	Audiences []string `yaml:"audiences"`
 	// Cluster is optional, required or none.
 	Cluster string `yaml:"cluster"`
+	// AWS configures profiles of aws_sts issuers.
+	AWS *AWSProfile `yaml:"aws"`
 }
 
 // Limits bounds issuance.
@@ -298,15 +347,20 @@ func (c *Config) Validate() error {
 		if !nameRE.MatchString(name) {
 			bad("issuer name %q: use lowercase letters, digits, '.', '_' and '-'", name)
 		}
-		switch is.Type {
-		case IssuerJWT:
-		case "":
-			bad("issuers.%s.type is missing (want %q)", name, IssuerJWT)
-		default:
-			bad("issuers.%s.type %q is not known (want %q)", name, is.Type, IssuerJWT)
+		switch {
+		case is.Type == "":
+			bad("issuers.%s.type is missing (want one of %s)", name, strings.Join(issuerTypes, ", "))
+		case !slices.Contains(issuerTypes, is.Type):
+			bad("issuers.%s.type %q is not known (want one of %s)", name, is.Type, strings.Join(issuerTypes, ", "))
 		}
 		if is.JWT != nil && is.Type != IssuerJWT {
 			bad("issuers.%s.jwt is only for type %q", name, IssuerJWT)
+		}
+		if is.AWSSTS != nil && is.Type != IssuerAWSSTS {
+			bad("issuers.%s.aws_sts is only for type %q", name, IssuerAWSSTS)
+		}
+		if is.Type == IssuerAWSSTS {
+			errs = append(errs, c.validateAWSSTS(name, is.AWSSTS)...)
 		}
 	}
 	if len(c.Profiles) == 0 {
@@ -328,6 +382,11 @@ func (c *Config) Validate() error {
 		}
 		if !slices.Contains([]string{ClusterOptional, ClusterRequired, ClusterNone}, p.Cluster) {
 			bad("profiles.%s.cluster %q: want optional, required or none", name, p.Cluster)
+		}
+		if c.Issuers[p.Issuer].Type == IssuerAWSSTS {
+			errs = append(errs, validateAWSProfile(name, p)...)
+		} else if p.AWS != nil {
+			bad("profiles.%s.aws is only for profiles of %q issuers", name, IssuerAWSSTS)
 		}
 	}
 	if _, err := policy.New(c.Policy); err != nil {

@@ -64,12 +64,16 @@ With --dev it runs offline on the embedded development configuration: it
 creates a dev trust domain and CA in the data directory, writes ready-to-use
 SVID directories for a demo controller (DATA_DIR/dev/controller) and a demo
 admin (DATA_DIR/dev/admin), and prints a line that requests a credential.
+With --dev --config FILE it uses that dev identity and trust with the file's
+issuers, profiles, policy and limits (the file must not set tls.*): a way to
+try real issuers, such as AWS STS, from a laptop.
 
 SIGTERM or SIGINT drains in-flight requests, then closes the database.
 SIGHUP re-reads the SVID and trust bundle files at once (they are also
 re-read every tls.reload_interval).`,
 		Example: `  credbroker serve --dev
   credbroker serve --dev --data-dir /tmp/cb --listen 127.0.0.1:0 --http-listen 127.0.0.1:0
+  credbroker serve --dev --config ./aws-try.yaml
   credbroker serve --config /etc/credbroker/config.yaml`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -87,7 +91,7 @@ re-read every tls.reload_interval).`,
 		},
 	}
 	f := cmd.Flags()
-	f.BoolVar(&opts.Dev, "dev", false, "run offline on the embedded development configuration")
+	f.BoolVar(&opts.Dev, "dev", false, "run with a generated dev CA and demo SVIDs (on the embedded dev configuration unless --config is given)")
 	f.StringVar(&opts.ConfigFile, "config", "", "configuration file (YAML; unknown keys are errors)")
 	f.StringVar(&opts.DataDir, "data-dir", "", "data directory (database, keys, admin socket); default ./data or the config's data_dir")
 	f.StringVar(&opts.Listen, "listen", "", "gRPC mTLS listen address; default 127.0.0.1:8443 or the config's listen")

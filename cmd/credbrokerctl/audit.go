@@ -221,6 +221,12 @@ func tailLine(resp *credbrokerv1.ExportAuditResponse) (string, error) {
 	if ref := r.GetUpstreamRef(); ref != "" {
 		line += " ref=" + clean(ref)
 	}
+	if si := r.GetSourceIdentity(); si != "" {
+		line += " source_identity=" + clean(si)
+	}
+	if r.GetReused() {
+		line += " reused=true"
+	}
 	if reason := r.GetReason(); reason != "" {
 		line += " reason=" + strconv.Quote(reason)
 	}

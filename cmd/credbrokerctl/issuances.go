@@ -174,6 +174,8 @@ func (a *app) showIssuance(cmd *cobra.Command, id string) error {
 		{"CLUSTER", is.GetCluster()},
 		{"ISSUER", is.GetIssuer()},
 		{"REF", is.GetUpstreamRef()},
+		{"SOURCE IDENTITY", is.GetSourceIdentity()},
+		{"REUSED", reusedText(is.GetReused())},
 	} {
 		kv.row(f[0], f[1])
 	}
@@ -195,4 +197,13 @@ func (a *app) printRecords(records []*credbrokerv1.AuditRecord) error {
 			r.GetReason(), ttl, r.GetUpstreamRef(), r.GetId(), shortHash(r.GetHash()))
 	}
 	return t.flush()
+}
+
+// reusedText says whether a credential was handed out again from an earlier
+// issuance (its REF names the upstream credential they share).
+func reusedText(reused bool) string {
+	if reused {
+		return "yes (minted for an earlier issuance with the same REF)"
+	}
+	return "no"
 }

@@ -250,7 +250,7 @@ func TestIssuancesListJSON(t *testing.T) {
 	want := map[string]any{
 		"id": "iss-1", "issued_at": "2026-05-06T10:00:00Z", "expires_at": "2026-05-06T10:15:00Z",
 		"caller": controller, "attestation": "jwt-svid", "profile": "dev-token", "cluster": "",
-		"issuer": "jwt", "upstream_ref": "iss-1",
+		"issuer": "jwt", "upstream_ref": "iss-1", "source_identity": "", "reused": false,
 	}
 	if len(got[1]) != len(want) {
 		t.Errorf("object keys = %v, want %v", got[1], want)

@@ -1,12 +1,17 @@
 package daemon
 
 import (
+	"context"
 	"fmt"
 	"net/http"
+	"sort"
+	"strings"
+	"time"
 
 	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/broker/config"
 	"github.com/credbroker/credbroker/issuers"
+	"github.com/credbroker/credbroker/issuers/awssts"
 	"github.com/credbroker/credbroker/issuers/jwt"
 )
 
@@ -17,18 +22,46 @@ type issuerSet struct {
 	handlers []http.Handler
 }
 
-// buildIssuers is the issuer catalog: one plain constructor per type.
-func buildIssuers(cfg *config.Config) (*issuerSet, error) {
+// ttlBounded is implemented by issuers whose upstream limits lifetimes.
+type ttlBounded interface {
+	TTLBounds() (lo, hi time.Duration)
+}
+
+// buildIssuers is the issuer catalog: one plain constructor per type. Local
+// JWT issuers come first, since an aws_sts issuer in web identity mode signs
+// with one of them.
+func buildIssuers(ctx context.Context, cfg *config.Config) (*issuerSet, error) {
 	set := &issuerSet{byName: map[string]issuers.Issuer{}}
-	for name, ic := range cfg.Issuers {
+	jwts := map[string]*jwt.Issuer{}
+	names := make([]string, 0, len(cfg.Issuers))
+	for name := range cfg.Issuers {
+		names = append(names, name)
+	}
+	// jwt < aws_sts in this order, then by name.
+	sort.Slice(names, func(a, b int) bool {
+		ta, tb := cfg.Issuers[names[a]].Type == config.IssuerJWT, cfg.Issuers[names[b]].Type == config.IssuerJWT
+		if ta != tb {
+			return ta
+		}
+		return names[a] < names[b]
+	})
+	for _, name := range names {
+		ic := cfg.Issuers[name]
 		switch ic.Type {
 		case config.IssuerJWT:
 			iss, err := jwt.New(jwt.Config{IssuerURL: ic.JWT.IssuerURL, KeyFile: ic.JWT.KeyFile})
 			if err != nil {
 				return nil, fmt.Errorf("issuers.%s: %w", name, err)
 			}
+			jwts[name] = iss
 			set.byName[name] = iss
 			set.handlers = append(set.handlers, iss.Handler())
+		case config.IssuerAWSSTS:
+			iss, err := newAWSSTS(ctx, cfg, name, jwts)
+			if err != nil {
+				return nil, fmt.Errorf("issuers.%s: %w", name, err)
+			}
+			set.byName[name] = iss
 		default:
 			return nil, fmt.Errorf("issuers.%s: unknown type %q", name, ic.Type)
 		}
@@ -39,6 +72,40 @@ func buildIssuers(cfg *config.Config) (*issuerSet, error) {
 	return set, nil
 }
 
+func newAWSSTS(ctx context.Context, cfg *config.Config, name string, jwts map[string]*jwt.Issuer) (*awssts.Issuer, error) {
+	ac := cfg.Issuers[name].AWSSTS
+	c := awssts.Config{
+		Region:      ac.Region,
+		Endpoint:    ac.Endpoint,
+		Credentials: ac.Credentials,
+		Profiles:    map[string]awssts.Profile{},
+		Timeout:     ac.Timeout,
+		MaxAttempts: ac.MaxAttempts,
+	}
+	if wi := ac.WebIdentity; wi != nil {
+		signer, ok := jwts[wi.Issuer]
+		if !ok {
+			return nil, fmt.Errorf("web_identity.issuer %q is not a configured jwt issuer", wi.Issuer)
+		}
+		c.WebIdentity = awssts.WebIdentity{Signer: signer, Audience: wi.Audience, TokenTTL: wi.TokenTTL}
+	}
+	for pname, p := range cfg.Profiles {
+		if p.Issuer != name {
+			continue
+		}
+		prof := awssts.Profile{RoleARN: p.AWS.RoleARN, ExternalID: p.AWS.ExternalID}
+		if p.AWS.SessionPolicy != nil {
+			tmpl, err := awssts.CompilePolicy(p.AWS.SessionPolicy)
+			if err != nil {
+				return nil, fmt.Errorf("profiles.%s.aws.session_policy: %w", pname, err)
+			}
+			prof.Policy = tmpl
+		}
+		c.Profiles[pname] = prof
+	}
+	return awssts.New(ctx, c)
+}
+
 func buildProfiles(cfg *config.Config, set *issuerSet) (map[string]broker.Profile, error) {
 	out := make(map[string]broker.Profile, len(cfg.Profiles))
 	for name, p := range cfg.Profiles {
@@ -46,7 +113,7 @@ func buildProfiles(cfg *config.Config, set *issuerSet) (map[string]broker.Profil
 		if !ok {
 			return nil, fmt.Errorf("profiles.%s: issuer %q is not configured", name, p.Issuer)
 		}
-		out[name] = broker.Profile{
+		prof := broker.Profile{
 			Name:        name,
 			IssuerName:  p.Issuer,
 			Issuer:      iss,
@@ -55,6 +122,15 @@ func buildProfiles(cfg *config.Config, set *issuerSet) (map[string]broker.Profil
 			Audiences:   p.Audiences,
 			ClusterMode: p.Cluster,
 		}
+		if b, ok := iss.(ttlBounded); ok {
+			lo, hi := b.TTLBounds()
+			if p.DefaultTTL < lo || p.MaxTTL > hi {
+				return nil, fmt.Errorf("profiles.%s: default_ttl %s and max_ttl %s must lie within [%s, %s] for issuer %s",
+					name, p.DefaultTTL, p.MaxTTL, lo, hi, strings.TrimSpace(p.Issuer))
+			}
+			prof.MinTTL = lo
+		}
+		out[name] = prof
 	}
 	return out, nil
 }

@@ -117,7 +117,7 @@ func Run(ctx context.Context, opts Options) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := broker.NewMetrics(reg)
 
-	issuerSet, err := buildIssuers(cfg)
+	issuerSet, err := buildIssuers(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -201,7 +201,11 @@ func loadConfig(opts Options) (*config.Config, error) {
 	var err error
 	switch {
 	case opts.Dev && opts.ConfigFile != "":
-		return nil, errors.New("--dev and --config are exclusive: --dev runs on the embedded dev configuration")
+		// Dev identity (own CA, demo SVIDs) with the file's issuers, profiles
+		// and policy: for trying real issuers locally.
+		if cfg, err = config.LoadFile(opts.ConfigFile); err == nil && (cfg.TLS.SVIDFile != "" || cfg.TLS.WorkloadAPISocket != "" || len(cfg.TLS.Bundles) > 0 || len(cfg.TLS.JWTBundles) > 0) {
+			return nil, errors.New("--dev provides the broker's identity and trust: remove tls.* from the file, or drop --dev")
+		}
 	case opts.Dev:
 		cfg, err = config.Parse(bytesReader(config.DevYAML()))
 	case opts.ConfigFile == "":

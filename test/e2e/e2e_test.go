@@ -81,9 +81,17 @@ var servingRE = regexp.MustCompile(`msg=serving grpc=(\S+) http=(\S+)`)
 
 func startBroker(t *testing.T, dataDir string) *broker {
 	t.Helper()
+	return startBrokerWith(t, dataDir, nil)
+}
+
+// startBrokerWith starts `credbroker serve --dev` with extra arguments and,
+// when env is not nil, exactly that environment.
+func startBrokerWith(t *testing.T, dataDir string, env []string, extra ...string) *broker {
+	t.Helper()
 	b := &broker{dataDir: dataDir, stdout: &lockedBuffer{}, stderr: &lockedBuffer{}, done: make(chan error, 1)}
-	b.cmd = exec.Command(filepath.Join(binDir, "credbroker"), "serve", "--dev", "--data-dir", dataDir,
-		"--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0")
+	b.cmd = exec.Command(filepath.Join(binDir, "credbroker"), append([]string{"serve", "--dev", "--data-dir", dataDir,
+		"--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"}, extra...)...)
+	b.cmd.Env = env
 	b.cmd.Stdout = b.stdout
 	pr, pw := io.Pipe()
 	b.cmd.Stderr = io.MultiWriter(b.stderr, pw)
@@ -413,13 +421,18 @@ func TestServeRefusesBadStarts(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte("trust_domain: example.org\nlisten_adress: 1.2.3.4:1\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	withTLS := filepath.Join(t.TempDir(), "tls.yaml")
+	if err := os.WriteFile(withTLS, []byte("trust_domain: example.org\ntls: {svid_file: /x/svid.pem, svid_key_file: /x/key.pem}\n"+
+		"issuers: {oidc: {type: jwt}}\nprofiles: {p: {issuer: oidc, max_ttl: 1h}}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for name, tc := range map[string]struct {
 		args []string
 		want string
 	}{
 		"unknown config key":  {[]string{"serve", "--config", cfg}, "listen_adress"},
 		"no config":           {[]string{"serve"}, "--config FILE"},
-		"dev and config":      {[]string{"serve", "--dev", "--config", cfg}, "exclusive"},
+		"dev with tls config": {[]string{"serve", "--dev", "--config", withTLS}, "--dev provides the broker's identity"},
 		"missing config file": {[]string{"serve", "--config", "/nonexistent/x.yaml"}, "no such file"},
 	} {
 		t.Run(name, func(t *testing.T) {

@@ -111,7 +111,13 @@ type AuditRecord struct {
 	// Hex SHA-256 of the previous record; empty for the first.
 	PrevHash string `protobuf:"bytes,15,opt,name=prev_hash,json=prevHash,proto3" json:"prev_hash,omitempty"`
 	// Hex SHA-256 over prev_hash and this record's canonical form.
-	Hash          string `protobuf:"bytes,16,opt,name=hash,proto3" json:"hash,omitempty"`
+	Hash string `protobuf:"bytes,16,opt,name=hash,proto3" json:"hash,omitempty"`
+	// Identity the upstream records for the session (AWS SourceIdentity, as
+	// CloudTrail shows it).
+	SourceIdentity string `protobuf:"bytes,17,opt,name=source_identity,json=sourceIdentity,proto3" json:"source_identity,omitempty"`
+	// The credential was minted for an earlier issuance and handed out again;
+	// upstream_ref names it.
+	Reused        bool `protobuf:"varint,18,opt,name=reused,proto3" json:"reused,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -258,20 +264,36 @@ func (x *AuditRecord) GetHash() string {
 	return ""
 }
 
+func (x *AuditRecord) GetSourceIdentity() string {
+	if x != nil {
+		return x.SourceIdentity
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetReused() bool {
+	if x != nil {
+		return x.Reused
+	}
+	return false
+}
+
 // Issuance summarises one issued credential.
 type Issuance struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	IssuedAt      *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=issued_at,json=issuedAt,proto3" json:"issued_at,omitempty"`
-	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
-	Caller        string                 `protobuf:"bytes,4,opt,name=caller,proto3" json:"caller,omitempty"`
-	Attestation   string                 `protobuf:"bytes,5,opt,name=attestation,proto3" json:"attestation,omitempty"`
-	Profile       string                 `protobuf:"bytes,6,opt,name=profile,proto3" json:"profile,omitempty"`
-	Cluster       string                 `protobuf:"bytes,7,opt,name=cluster,proto3" json:"cluster,omitempty"`
-	Issuer        string                 `protobuf:"bytes,8,opt,name=issuer,proto3" json:"issuer,omitempty"`
-	UpstreamRef   string                 `protobuf:"bytes,9,opt,name=upstream_ref,json=upstreamRef,proto3" json:"upstream_ref,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Id             string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	IssuedAt       *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=issued_at,json=issuedAt,proto3" json:"issued_at,omitempty"`
+	ExpiresAt      *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	Caller         string                 `protobuf:"bytes,4,opt,name=caller,proto3" json:"caller,omitempty"`
+	Attestation    string                 `protobuf:"bytes,5,opt,name=attestation,proto3" json:"attestation,omitempty"`
+	Profile        string                 `protobuf:"bytes,6,opt,name=profile,proto3" json:"profile,omitempty"`
+	Cluster        string                 `protobuf:"bytes,7,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	Issuer         string                 `protobuf:"bytes,8,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	UpstreamRef    string                 `protobuf:"bytes,9,opt,name=upstream_ref,json=upstreamRef,proto3" json:"upstream_ref,omitempty"`
+	SourceIdentity string                 `protobuf:"bytes,10,opt,name=source_identity,json=sourceIdentity,proto3" json:"source_identity,omitempty"`
+	Reused         bool                   `protobuf:"varint,11,opt,name=reused,proto3" json:"reused,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Issuance) Reset() {
@@ -365,6 +387,20 @@ func (x *Issuance) GetUpstreamRef() string {
 		return x.UpstreamRef
 	}
 	return ""
+}
+
+func (x *Issuance) GetSourceIdentity() string {
+	if x != nil {
+		return x.SourceIdentity
+	}
+	return ""
+}
+
+func (x *Issuance) GetReused() bool {
+	if x != nil {
+		return x.Reused
+	}
+	return false
 }
 
 // ListIssuancesRequest filters issuances. Filters combine with AND.
@@ -834,7 +870,7 @@ var File_credbroker_v1_admin_proto protoreflect.FileDescriptor
 
 const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x19credbroker/v1/admin.proto\x12\rcredbroker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8f\x04\n" +
+	"\x19credbroker/v1/admin.proto\x12\rcredbroker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd0\x04\n" +
 	"\vAuditRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12.\n" +
@@ -854,7 +890,9 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"expires_at\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12!\n" +
 	"\fupstream_ref\x18\x0e \x01(\tR\vupstreamRef\x12\x1b\n" +
 	"\tprev_hash\x18\x0f \x01(\tR\bprevHash\x12\x12\n" +
-	"\x04hash\x18\x10 \x01(\tR\x04hash\"\xb7\x02\n" +
+	"\x04hash\x18\x10 \x01(\tR\x04hash\x12'\n" +
+	"\x0fsource_identity\x18\x11 \x01(\tR\x0esourceIdentity\x12\x16\n" +
+	"\x06reused\x18\x12 \x01(\bR\x06reused\"\xf8\x02\n" +
 	"\bIssuance\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x127\n" +
 	"\tissued_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bissuedAt\x129\n" +
@@ -865,7 +903,10 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\aprofile\x18\x06 \x01(\tR\aprofile\x12\x18\n" +
 	"\acluster\x18\a \x01(\tR\acluster\x12\x16\n" +
 	"\x06issuer\x18\b \x01(\tR\x06issuer\x12!\n" +
-	"\fupstream_ref\x18\t \x01(\tR\vupstreamRef\"\x90\x01\n" +
+	"\fupstream_ref\x18\t \x01(\tR\vupstreamRef\x12'\n" +
+	"\x0fsource_identity\x18\n" +
+	" \x01(\tR\x0esourceIdentity\x12\x16\n" +
+	"\x06reused\x18\v \x01(\bR\x06reused\"\x90\x01\n" +
 	"\x14ListIssuancesRequest\x12\x16\n" +
 	"\x06caller\x18\x01 \x01(\tR\x06caller\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x120\n" +

@@ -1,0 +1,218 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awsconfig "github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/smithy-go"
+
+	"github.com/credbroker/credbroker/internal/miniotest"
+)
+
+// awsBroker is a broker whose "capa" profile mints credentials at a real
+// MinIO STS, with one prefix per workload cluster in one bucket.
+type awsBroker struct {
+	*broker
+	minio *miniotest.Server
+}
+
+const (
+	clusterA = "team-a/alpha"
+	bucket   = "capi"
+	prefixA  = "team-a/alpha/"
+	prefixB  = "team-b/beta/"
+)
+
+func startAWSBroker(t *testing.T) *awsBroker {
+	t.Helper()
+	m := miniotest.Start(t)
+	m.CreateBucket(t, bucket)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "aws.yaml")
+	yaml := fmt.Sprintf(`trust_domain: dev.credbroker.test
+admin:
+  spiffe_ids: [spiffe://dev.credbroker.test/credbroker/admin]
+issuers:
+  aws:
+    type: aws_sts
+    aws_sts:
+      region: %s
+      endpoint: %s
+      credentials: default
+profiles:
+  capa:
+    issuer: aws
+    default_ttl: 15m
+    max_ttl: 1h
+    cluster: required
+    aws:
+      role_arn: arn:aws:iam::123456789012:role/capa-controller
+      session_policy:
+        Version: "2012-10-17"
+        Statement:
+          - Effect: Allow
+            Action: ["s3:GetObject", "s3:PutObject"]
+            Resource: ["arn:aws:s3:::capi/${cluster.namespace}/${cluster.name}/*"]
+policy:
+  - id: spiffe://dev.credbroker.test/ns/capi-system/sa/demo-controller
+    profiles: [capa]
+    clusters: ["*"]
+`, m.Region, m.Endpoint)
+	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := runTool(t, "credbroker", "check-config", cfg); r.code != 0 {
+		t.Fatalf("check-config: %s%s", r.stdout, r.stderr)
+	}
+	// The broker's own AWS credentials come from the SDK's default chain:
+	// here, the environment. Nothing else from this process leaks in.
+	env := []string{
+		"PATH=" + os.Getenv("PATH"), "HOME=" + dir,
+		"AWS_ACCESS_KEY_ID=" + m.RootUser, "AWS_SECRET_ACCESS_KEY=" + m.RootPassword,
+		"AWS_EC2_METADATA_DISABLED=true",
+	}
+	return &awsBroker{broker: startBrokerWith(t, filepath.Join(dir, "data"), env, "--config", cfg), minio: m}
+}
+
+// sdkConfig is what an unmodified AWS SDK program gets from its standard
+// credential chain with only an AWS config file that runs
+// credbroker-credential-process.
+func (b *awsBroker) sdkConfig(t *testing.T, cluster string) aws.Config {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "config")
+	line := fmt.Sprintf("%s --broker %s --svid-dir %s --profile capa --cluster %s --format aws",
+		filepath.Join(binDir, "credbroker-credential-process"), b.grpcAddr, filepath.Join(b.dataDir, "dev", "controller"), cluster)
+	if err := os.WriteFile(file, []byte("[profile capa]\ncredential_process = "+line+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := awsconfig.LoadDefaultConfig(context.Background(),
+		awsconfig.WithSharedConfigFiles([]string{file}),
+		awsconfig.WithSharedCredentialsFiles([]string{filepath.Join(t.TempDir(), "none")}),
+		awsconfig.WithSharedConfigProfile("capa"),
+		awsconfig.WithRegion(b.minio.Region))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+func (b *awsBroker) put(t *testing.T, creds aws.CredentialsProvider, prefix string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err := b.minio.S3(t, creds).PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String(bucket), Key: aws.String(prefix + "kubeconfig"), Body: strings.NewReader("x")})
+	if err == nil {
+		return ""
+	}
+	var api smithy.APIError
+	if !errors.As(err, &api) {
+		t.Fatalf("put to %s: %v", prefix, err)
+	}
+	return api.ErrorCode()
+}
+
+func TestAWSCredentialsThroughTheBrokerAreClusterScoped(t *testing.T) {
+	b := startAWSBroker(t)
+	cfg := b.sdkConfig(t, clusterA)
+	creds, err := cfg.Credentials.Retrieve(context.Background())
+	if err != nil {
+		t.Fatalf("the SDK's credential chain: %v", err)
+	}
+	if !creds.CanExpire || time.Until(creds.Expires) > 15*time.Minute || time.Until(creds.Expires) < 14*time.Minute {
+		t.Errorf("credential expires %v, want the profile's 15m", creds.Expires)
+	}
+	if code := b.put(t, cfg.Credentials, prefixA); code != "" {
+		t.Errorf("cluster A's credential on cluster A's bucket: %s", code)
+	}
+	if code := b.put(t, cfg.Credentials, prefixB); code != "AccessDenied" {
+		t.Errorf("cluster A's credential on cluster B's bucket: %q, want AccessDenied", code)
+	}
+
+	// An operator goes from the AccessKeyId (as CloudTrail shows it) to the issuance.
+	r := b.ctl(t, "-o", "json", "issuances", "list")
+	var list []map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &list); err != nil || len(list) != 1 {
+		t.Fatalf("issuances list = %q (%v)", r.stdout, err)
+	}
+	if list[0]["upstream_ref"] != creds.AccessKeyID || list[0]["source_identity"] != "ns.capi-system.sa.demo-controller@dev.credbroker.test" {
+		t.Errorf("issuance = %v, want the AccessKeyId %s and the SourceIdentity", list[0], creds.AccessKeyID)
+	}
+
+	// A second request within the first half of the lifetime is the same
+	// credential, handed out again and audited as such.
+	again := b.sdkConfig(t, clusterA)
+	creds2, err := again.Credentials.Retrieve(context.Background())
+	if err != nil || creds2.AccessKeyID != creds.AccessKeyID {
+		t.Fatalf("second request: %v, %v", creds2.AccessKeyID, err)
+	}
+	if r := b.ctl(t, "audit", "tail", "-n", "1"); !strings.Contains(r.stdout, "reused=true") || !strings.Contains(r.stdout, "ref="+creds.AccessKeyID) {
+		t.Errorf("last audit record: %s", r.stdout)
+	}
+
+	// Without a cluster the profile refuses, saying why.
+	r = runTool(t, "credbroker-credential-process", "--broker", b.grpcAddr, "--svid-dir", filepath.Join(b.dataDir, "dev", "controller"), "--profile", "capa", "--format", "aws")
+	if r.code != 1 || !strings.Contains(r.stderr, "requires a cluster") {
+		t.Errorf("no cluster: exit %d, %q", r.code, r.stderr)
+	}
+	r = runTool(t, "credbroker-credential-process", "--broker", b.grpcAddr, "--svid-dir", filepath.Join(b.dataDir, "dev", "controller"), "--profile", "capa", "--cluster", clusterA, "--ttl", "5m")
+	if r.code != 1 || !strings.Contains(r.stderr, "[15m0s, 1h0m0s]") {
+		t.Errorf("ttl below STS's minimum: exit %d, %q", r.code, r.stderr)
+	}
+
+	if r := b.ctl(t, "audit", "verify"); r.code != 0 {
+		t.Errorf("audit verify: %s%s", r.stdout, r.stderr)
+	}
+	b.stop(t)
+	logs := b.stdout.String() + b.stderr.String()
+	assertNotOnDiskOrInLogs(t, b.dataDir, creds.SecretAccessKey, logs)
+	assertNotOnDiskOrInLogs(t, b.dataDir, creds.SessionToken, logs)
+}
+
+// TestAWSCredentialExpiresWhenTheBrokerSaid waits out the shortest
+// credential STS issues (15 minutes): MinIO's clock cannot be injected, and
+// expiry is the one property that must be seen at the server that enforces
+// it. It runs beside the rest of the suite; -short skips it.
+func TestAWSCredentialExpiresWhenTheBrokerSaid(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits out a 15-minute STS credential; make test runs it")
+	}
+	t.Parallel()
+	b := startAWSBroker(t)
+	r := runTool(t, "credbroker-credential-process", "--broker", b.grpcAddr, "--svid-dir", filepath.Join(b.dataDir, "dev", "controller"),
+		"--profile", "capa", "--cluster", clusterA, "--format", "aws")
+	if r.code != 0 {
+		t.Fatalf("credential-process: %s", r.stderr)
+	}
+	var out struct {
+		Version                                   int
+		AccessKeyID                               string `json:"AccessKeyId"`
+		SecretAccessKey, SessionToken, Expiration string
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &out); err != nil || out.Version != 1 {
+		t.Fatalf("credential_process output %q: %v", r.stdout, err)
+	}
+	exp, err := time.Parse(time.RFC3339, out.Expiration)
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds := credentials.NewStaticCredentialsProvider(out.AccessKeyID, out.SecretAccessKey, out.SessionToken)
+	if code := b.put(t, creds, prefixA); code != "" {
+		t.Fatalf("before expiry: %s", code)
+	}
+	// Expiration has one-second resolution; allow one more for clock reads.
+	time.Sleep(time.Until(exp) + 2*time.Second)
+	if code := b.put(t, creds, prefixA); code != "InvalidAccessKeyId" && code != "ExpiredToken" {
+		t.Fatalf("after the expiry the broker announced (%s): %q, want the credential refused", out.Expiration, code)
+	}
+}
