@@ -31,12 +31,16 @@ type AuditReader interface {
 type Admin struct {
 	credbrokerv1.UnimplementedAdminServiceServer
 	audit    AuditReader
+	nodes    *NodeAuthority
 	stop     chan struct{}
 	stopOnce sync.Once
 }
 
-// NewAdmin returns the admin API over the audit log.
-func NewAdmin(a AuditReader) *Admin { return &Admin{audit: a, stop: make(chan struct{})} }
+// NewAdmin returns the admin API over the audit log. nodes, when not nil,
+// serves join tokens and the node registry.
+func NewAdmin(a AuditReader, nodes *NodeAuthority) *Admin {
+	return &Admin{audit: a, nodes: nodes, stop: make(chan struct{})}
+}
 
 // Stop ends following exports, so that a graceful shutdown is not held open
 // by clients tailing the audit log. Call it before stopping the servers.
@@ -166,6 +170,7 @@ var decisions = map[audit.Decision]credbrokerv1.Decision{
 	audit.DecisionDenied:    credbrokerv1.Decision_DECISION_DENIED,
 	audit.DecisionThrottled: credbrokerv1.Decision_DECISION_THROTTLED,
 	audit.DecisionFailed:    credbrokerv1.Decision_DECISION_FAILED,
+	audit.DecisionRevoked:   credbrokerv1.Decision_DECISION_REVOKED,
 }
 
 // RecordProto converts an audit record to its API form.

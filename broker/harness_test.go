@@ -186,7 +186,7 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	admin := broker.NewAdmin(h.audit)
+	admin := broker.NewAdmin(h.audit, nil)
 	h.admin = admin
 	bundles := x509bundle.NewSet(h.ca.X509Bundle())
 	gate := broker.NewGate([]attest.Authenticator{

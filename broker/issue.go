@@ -63,6 +63,7 @@ type Service struct {
 	newID    func() (string, error)
 	log      *slog.Logger
 	metrics  *Metrics
+	nodes    *NodeAuthority
 }
 
 // ServiceDeps are what a Service is built from.
@@ -75,6 +76,8 @@ type ServiceDeps struct {
 	NewID   func() (string, error)
 	Log     *slog.Logger
 	Metrics *Metrics
+	// Nodes admits and renews nodes; nil disables node attestation.
+	Nodes *NodeAuthority
 }
 
 // NewService returns a Service. Every dependency is required.
@@ -82,7 +85,7 @@ func NewService(d ServiceDeps) (*Service, error) {
 	if d.Profiles == nil || d.Policy == nil || d.Limiter == nil || d.Audit == nil || d.NewID == nil || d.Log == nil || d.Metrics == nil {
 		return nil, errors.New("broker: NewService: missing dependency")
 	}
-	return &Service{profiles: d.Profiles, policy: d.Policy, limiter: d.Limiter, audit: d.Audit, newID: d.NewID, log: d.Log, metrics: d.Metrics}, nil
+	return &Service{profiles: d.Profiles, policy: d.Policy, limiter: d.Limiter, audit: d.Audit, newID: d.NewID, log: d.Log, metrics: d.Metrics, nodes: d.Nodes}, nil
 }
 
 // Request field bounds. Kubernetes names are at most 253 characters.

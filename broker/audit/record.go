@@ -25,12 +25,15 @@ const (
 	DecisionThrottled Decision = "throttled"
 	// DecisionFailed records an issuance that failed after its intent.
 	DecisionFailed Decision = "failed"
+	// DecisionRevoked records an identity or credential revoked by an admin
+	// (e.g. an evicted node).
+	DecisionRevoked Decision = "revoked"
 )
 
 // Valid reports whether d is one of the Decision constants.
 func (d Decision) Valid() bool {
 	switch d {
-	case DecisionIntent, DecisionIssued, DecisionDenied, DecisionThrottled, DecisionFailed:
+	case DecisionIntent, DecisionIssued, DecisionDenied, DecisionThrottled, DecisionFailed, DecisionRevoked:
 		return true
 	}
 	return false

@@ -71,6 +71,9 @@ type Config struct {
 	Limits Limits `yaml:"limits"`
 	// ShutdownGrace is how long in-flight RPCs may finish after SIGTERM.
 	ShutdownGrace time.Duration `yaml:"shutdown_grace"`
+	// NodeAttestation, when present, lets nodes of workload clusters attest
+	// and receive node SVIDs.
+	NodeAttestation *NodeAttestation `yaml:"node_attestation"`
 }
 
 // TLS names the broker's SVID files and the trust bundles of its callers.
@@ -257,6 +260,9 @@ func (c *Config) applyDefaults() {
 	if c.TLS.ReloadInterval == 0 {
 		c.TLS.ReloadInterval = 30 * time.Second
 	}
+	if na := c.NodeAttestation; na != nil && na.SVIDTTL == 0 {
+		na.SVIDTTL = time.Hour
+	}
 	if len(c.JWTSVIDAudiences) == 0 {
 		c.JWTSVIDAudiences = []string{"credbroker"}
 	}
@@ -277,6 +283,9 @@ func (c *Config) applyDefaults() {
 func (c *Config) ResolvePaths() {
 	if c.Admin.Socket == "" {
 		c.Admin.Socket = filepath.Join(c.DataDir, "admin.sock")
+	}
+	if na := c.NodeAttestation; na != nil && na.CADir == "" {
+		na.CADir = filepath.Join(c.DataDir, "node-ca")
 	}
 	for name, is := range c.Issuers {
 		if is.Type == IssuerJWT {
@@ -410,6 +419,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ShutdownGrace < 0 {
 		bad("shutdown_grace must not be negative")
+	}
+	if c.NodeAttestation != nil {
+		errs = append(errs, c.NodeAttestation.validate()...)
 	}
 	if c.TLS.ReloadInterval < time.Second {
 		bad("tls.reload_interval must be at least 1s")

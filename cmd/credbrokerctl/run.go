@@ -40,7 +40,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 }
 
 func runApp(ctx context.Context, a *app, args []string, stdout, stderr io.Writer) int {
-	a.stdout = stdout
+	a.stdout, a.stderr = stdout, stderr
 	root := newRootCmd(a)
 	root.SetArgs(args)
 	root.SetOut(stdout)

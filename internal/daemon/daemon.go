@@ -54,6 +54,9 @@ type Options struct {
 // DBFile is the bbolt file name inside the data directory.
 const DBFile = "credbroker.db"
 
+// housekeepingInterval is how often expired join tokens are purged.
+const housekeepingInterval = time.Minute
+
 // Run starts the broker and blocks until ctx is done, then shuts down
 // gracefully: in-flight RPCs drain (up to the configured grace), listeners
 // close, and the database is closed last.
@@ -129,6 +132,11 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
+	// Before the authenticators are built: it adds the node CA to the trust.
+	nodeAuth, joinTokens, err := buildNodeAuthority(cfg, trust, db, auditLog, log)
+	if err != nil {
+		return err
+	}
 	svc, err := broker.NewService(broker.ServiceDeps{
 		Profiles: profiles,
 		Policy:   pol,
@@ -137,12 +145,17 @@ func Run(ctx context.Context, opts Options) error {
 		NewID:    newIssuanceID,
 		Log:      log,
 		Metrics:  metrics,
+		Nodes:    nodeAuth,
 	})
 	if err != nil {
 		return err
 	}
-	admin := broker.NewAdmin(auditLog)
-	gate := broker.NewGate(trust.authenticators(cfg), cfg.Admin.SPIFFEIDs, auditLog, metrics, log)
+	admin := broker.NewAdmin(auditLog, nodeAuth)
+	var gateOpts []broker.GateOption
+	if nodeAuth != nil {
+		gateOpts = append(gateOpts, broker.WithEvictionCheck(nodeAuth.Evicted))
+	}
+	gate := broker.NewGate(trust.authenticators(cfg), cfg.Admin.SPIFFEIDs, auditLog, metrics, log, gateOpts...)
 	grpcServer := broker.NewGRPCServer(trust.serverTLS(), gate, svc, admin)
 	adminServer := broker.NewAdminSocketServer(adminUIDs(cfg), admin, log, metrics)
 
@@ -172,6 +185,9 @@ func Run(ctx context.Context, opts Options) error {
 			trust.watch(gctx, cfg, cfg.TLS.ReloadInterval, opts.Reload, log)
 			return nil
 		})
+	}
+	if joinTokens != nil {
+		g.Go(func() error { housekeeping(gctx.Done(), joinTokens, housekeepingInterval, log); return nil })
 	}
 	g.Go(func() error { return serveGRPC(grpcServer, grpcLis) })
 	g.Go(func() error { return serveGRPC(adminServer, adminLis) })

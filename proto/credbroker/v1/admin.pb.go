@@ -35,6 +35,8 @@ const (
 	Decision_DECISION_THROTTLED Decision = 4
 	// The issuer or another dependency failed after the intent was recorded.
 	Decision_DECISION_FAILED Decision = 5
+	// An identity or credential was revoked (e.g. a node evicted).
+	Decision_DECISION_REVOKED Decision = 6
 )
 
 // Enum value maps for Decision.
@@ -46,6 +48,7 @@ var (
 		3: "DECISION_DENIED",
 		4: "DECISION_THROTTLED",
 		5: "DECISION_FAILED",
+		6: "DECISION_REVOKED",
 	}
 	Decision_value = map[string]int32{
 		"DECISION_UNSPECIFIED": 0,
@@ -54,6 +57,7 @@ var (
 		"DECISION_DENIED":      3,
 		"DECISION_THROTTLED":   4,
 		"DECISION_FAILED":      5,
+		"DECISION_REVOKED":     6,
 	}
 )
 
@@ -866,6 +870,442 @@ func (x *ExportAuditResponse) GetCanonicalJson() string {
 	return ""
 }
 
+// CreateJoinTokenRequest says what the token admits.
+type CreateJoinTokenRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Workload cluster "namespace/name" (required).
+	Cluster string `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	// Node name the token is for; empty lets the node name itself.
+	Node string `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	// Lifetime; 0 means 10 minutes. At most 24 hours.
+	Ttl           *durationpb.Duration `protobuf:"bytes,3,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateJoinTokenRequest) Reset() {
+	*x = CreateJoinTokenRequest{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateJoinTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateJoinTokenRequest) ProtoMessage() {}
+
+func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateJoinTokenRequest.ProtoReflect.Descriptor instead.
+func (*CreateJoinTokenRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *CreateJoinTokenRequest) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *CreateJoinTokenRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *CreateJoinTokenRequest) GetTtl() *durationpb.Duration {
+	if x != nil {
+		return x.Ttl
+	}
+	return nil
+}
+
+// CreateJoinTokenResponse carries the token, shown once.
+type CreateJoinTokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Token string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// Non-secret id of the token (a prefix of its hash), as audit records name it.
+	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateJoinTokenResponse) Reset() {
+	*x = CreateJoinTokenResponse{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateJoinTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateJoinTokenResponse) ProtoMessage() {}
+
+func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateJoinTokenResponse.ProtoReflect.Descriptor instead.
+func (*CreateJoinTokenResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *CreateJoinTokenResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *CreateJoinTokenResponse) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *CreateJoinTokenResponse) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+// Node is an attested node.
+type Node struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	Cluster  string                 `protobuf:"bytes,2,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	Node     string                 `protobuf:"bytes,3,opt,name=node,proto3" json:"node,omitempty"`
+	// How it attested, e.g. "join-token".
+	Attestation string `protobuf:"bytes,4,opt,name=attestation,proto3" json:"attestation,omitempty"`
+	// Non-secret attestation facts, e.g. the instance and account.
+	Detail     string                 `protobuf:"bytes,5,opt,name=detail,proto3" json:"detail,omitempty"`
+	AttestedAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=attested_at,json=attestedAt,proto3" json:"attested_at,omitempty"`
+	RenewedAt  *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=renewed_at,json=renewedAt,proto3" json:"renewed_at,omitempty"`
+	// Expiry of its current SVID.
+	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	Evicted       bool                   `protobuf:"varint,9,opt,name=evicted,proto3" json:"evicted,omitempty"`
+	EvictedAt     *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=evicted_at,json=evictedAt,proto3" json:"evicted_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Node) Reset() {
+	*x = Node{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Node) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Node) ProtoMessage() {}
+
+func (x *Node) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Node.ProtoReflect.Descriptor instead.
+func (*Node) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *Node) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *Node) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *Node) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *Node) GetAttestation() string {
+	if x != nil {
+		return x.Attestation
+	}
+	return ""
+}
+
+func (x *Node) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+func (x *Node) GetAttestedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.AttestedAt
+	}
+	return nil
+}
+
+func (x *Node) GetRenewedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RenewedAt
+	}
+	return nil
+}
+
+func (x *Node) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+func (x *Node) GetEvicted() bool {
+	if x != nil {
+		return x.Evicted
+	}
+	return false
+}
+
+func (x *Node) GetEvictedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EvictedAt
+	}
+	return nil
+}
+
+// ListNodesRequest filters nodes.
+type ListNodesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Exact cluster "namespace/name"; empty means all.
+	Cluster       string `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListNodesRequest) Reset() {
+	*x = ListNodesRequest{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListNodesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListNodesRequest) ProtoMessage() {}
+
+func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
+func (*ListNodesRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ListNodesRequest) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+// ListNodesResponse holds nodes, by SPIFFE ID.
+type ListNodesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Nodes         []*Node                `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListNodesResponse) Reset() {
+	*x = ListNodesResponse{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListNodesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListNodesResponse) ProtoMessage() {}
+
+func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
+func (*ListNodesResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ListNodesResponse) GetNodes() []*Node {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+// EvictNodeRequest names the node.
+type EvictNodeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EvictNodeRequest) Reset() {
+	*x = EvictNodeRequest{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EvictNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EvictNodeRequest) ProtoMessage() {}
+
+func (x *EvictNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EvictNodeRequest.ProtoReflect.Descriptor instead.
+func (*EvictNodeRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *EvictNodeRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+// EvictNodeResponse is the evicted node and its issuances that have not
+// expired yet, to revoke upstream.
+type EvictNodeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          *Node                  `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Issuances     []*Issuance            `protobuf:"bytes,2,rep,name=issuances,proto3" json:"issuances,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EvictNodeResponse) Reset() {
+	*x = EvictNodeResponse{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EvictNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EvictNodeResponse) ProtoMessage() {}
+
+func (x *EvictNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EvictNodeResponse.ProtoReflect.Descriptor instead.
+func (*EvictNodeResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *EvictNodeResponse) GetNode() *Node {
+	if x != nil {
+		return x.Node
+	}
+	return nil
+}
+
+func (x *EvictNodeResponse) GetIssuances() []*Issuance {
+	if x != nil {
+		return x.Issuances
+	}
+	return nil
+}
+
 var File_credbroker_v1_admin_proto protoreflect.FileDescriptor
 
 const file_credbroker_v1_admin_proto_rawDesc = "" +
@@ -934,19 +1374,57 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x04last\x18\x03 \x01(\x04R\x04last\"p\n" +
 	"\x13ExportAuditResponse\x122\n" +
 	"\x06record\x18\x01 \x01(\v2\x1a.credbroker.v1.AuditRecordR\x06record\x12%\n" +
-	"\x0ecanonical_json\x18\x02 \x01(\tR\rcanonicalJson*\x90\x01\n" +
+	"\x0ecanonical_json\x18\x02 \x01(\tR\rcanonicalJson\"s\n" +
+	"\x16CreateJoinTokenRequest\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\x12+\n" +
+	"\x03ttl\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\"z\n" +
+	"\x17CreateJoinTokenResponse\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x129\n" +
+	"\n" +
+	"expires_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"\x93\x03\n" +
+	"\x04Node\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x18\n" +
+	"\acluster\x18\x02 \x01(\tR\acluster\x12\x12\n" +
+	"\x04node\x18\x03 \x01(\tR\x04node\x12 \n" +
+	"\vattestation\x18\x04 \x01(\tR\vattestation\x12\x16\n" +
+	"\x06detail\x18\x05 \x01(\tR\x06detail\x12;\n" +
+	"\vattested_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"attestedAt\x129\n" +
+	"\n" +
+	"renewed_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\trenewedAt\x129\n" +
+	"\n" +
+	"expires_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x18\n" +
+	"\aevicted\x18\t \x01(\bR\aevicted\x129\n" +
+	"\n" +
+	"evicted_at\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\tevictedAt\",\n" +
+	"\x10ListNodesRequest\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\">\n" +
+	"\x11ListNodesResponse\x12)\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x13.credbroker.v1.NodeR\x05nodes\"/\n" +
+	"\x10EvictNodeRequest\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\"s\n" +
+	"\x11EvictNodeResponse\x12'\n" +
+	"\x04node\x18\x01 \x01(\v2\x13.credbroker.v1.NodeR\x04node\x125\n" +
+	"\tissuances\x18\x02 \x03(\v2\x17.credbroker.v1.IssuanceR\tissuances*\xa6\x01\n" +
 	"\bDecision\x12\x18\n" +
 	"\x14DECISION_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fDECISION_INTENT\x10\x01\x12\x13\n" +
 	"\x0fDECISION_ISSUED\x10\x02\x12\x13\n" +
 	"\x0fDECISION_DENIED\x10\x03\x12\x16\n" +
 	"\x12DECISION_THROTTLED\x10\x04\x12\x13\n" +
-	"\x0fDECISION_FAILED\x10\x052\xee\x02\n" +
+	"\x0fDECISION_FAILED\x10\x05\x12\x14\n" +
+	"\x10DECISION_REVOKED\x10\x062\xf0\x04\n" +
 	"\fAdminService\x12Z\n" +
 	"\rListIssuances\x12#.credbroker.v1.ListIssuancesRequest\x1a$.credbroker.v1.ListIssuancesResponse\x12T\n" +
 	"\vGetIssuance\x12!.credbroker.v1.GetIssuanceRequest\x1a\".credbroker.v1.GetIssuanceResponse\x12T\n" +
 	"\vVerifyAudit\x12!.credbroker.v1.VerifyAuditRequest\x1a\".credbroker.v1.VerifyAuditResponse\x12V\n" +
-	"\vExportAudit\x12!.credbroker.v1.ExportAuditRequest\x1a\".credbroker.v1.ExportAuditResponse0\x01BCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
+	"\vExportAudit\x12!.credbroker.v1.ExportAuditRequest\x1a\".credbroker.v1.ExportAuditResponse0\x01\x12`\n" +
+	"\x0fCreateJoinToken\x12%.credbroker.v1.CreateJoinTokenRequest\x1a&.credbroker.v1.CreateJoinTokenResponse\x12N\n" +
+	"\tListNodes\x12\x1f.credbroker.v1.ListNodesRequest\x1a .credbroker.v1.ListNodesResponse\x12N\n" +
+	"\tEvictNode\x12\x1f.credbroker.v1.EvictNodeRequest\x1a .credbroker.v1.EvictNodeResponseBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
 
 var (
 	file_credbroker_v1_admin_proto_rawDescOnce sync.Once
@@ -961,47 +1439,69 @@ func file_credbroker_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_credbroker_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_credbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_credbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_credbroker_v1_admin_proto_goTypes = []any{
-	(Decision)(0),                 // 0: credbroker.v1.Decision
-	(*AuditRecord)(nil),           // 1: credbroker.v1.AuditRecord
-	(*Issuance)(nil),              // 2: credbroker.v1.Issuance
-	(*ListIssuancesRequest)(nil),  // 3: credbroker.v1.ListIssuancesRequest
-	(*ListIssuancesResponse)(nil), // 4: credbroker.v1.ListIssuancesResponse
-	(*GetIssuanceRequest)(nil),    // 5: credbroker.v1.GetIssuanceRequest
-	(*GetIssuanceResponse)(nil),   // 6: credbroker.v1.GetIssuanceResponse
-	(*VerifyAuditRequest)(nil),    // 7: credbroker.v1.VerifyAuditRequest
-	(*VerifyAuditResponse)(nil),   // 8: credbroker.v1.VerifyAuditResponse
-	(*ExportAuditRequest)(nil),    // 9: credbroker.v1.ExportAuditRequest
-	(*ExportAuditResponse)(nil),   // 10: credbroker.v1.ExportAuditResponse
-	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 12: google.protobuf.Duration
+	(Decision)(0),                   // 0: credbroker.v1.Decision
+	(*AuditRecord)(nil),             // 1: credbroker.v1.AuditRecord
+	(*Issuance)(nil),                // 2: credbroker.v1.Issuance
+	(*ListIssuancesRequest)(nil),    // 3: credbroker.v1.ListIssuancesRequest
+	(*ListIssuancesResponse)(nil),   // 4: credbroker.v1.ListIssuancesResponse
+	(*GetIssuanceRequest)(nil),      // 5: credbroker.v1.GetIssuanceRequest
+	(*GetIssuanceResponse)(nil),     // 6: credbroker.v1.GetIssuanceResponse
+	(*VerifyAuditRequest)(nil),      // 7: credbroker.v1.VerifyAuditRequest
+	(*VerifyAuditResponse)(nil),     // 8: credbroker.v1.VerifyAuditResponse
+	(*ExportAuditRequest)(nil),      // 9: credbroker.v1.ExportAuditRequest
+	(*ExportAuditResponse)(nil),     // 10: credbroker.v1.ExportAuditResponse
+	(*CreateJoinTokenRequest)(nil),  // 11: credbroker.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil), // 12: credbroker.v1.CreateJoinTokenResponse
+	(*Node)(nil),                    // 13: credbroker.v1.Node
+	(*ListNodesRequest)(nil),        // 14: credbroker.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),       // 15: credbroker.v1.ListNodesResponse
+	(*EvictNodeRequest)(nil),        // 16: credbroker.v1.EvictNodeRequest
+	(*EvictNodeResponse)(nil),       // 17: credbroker.v1.EvictNodeResponse
+	(*timestamppb.Timestamp)(nil),   // 18: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 19: google.protobuf.Duration
 }
 var file_credbroker_v1_admin_proto_depIdxs = []int32{
-	11, // 0: credbroker.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	18, // 0: credbroker.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
 	0,  // 1: credbroker.v1.AuditRecord.decision:type_name -> credbroker.v1.Decision
-	12, // 2: credbroker.v1.AuditRecord.ttl:type_name -> google.protobuf.Duration
-	11, // 3: credbroker.v1.AuditRecord.expires_at:type_name -> google.protobuf.Timestamp
-	11, // 4: credbroker.v1.Issuance.issued_at:type_name -> google.protobuf.Timestamp
-	11, // 5: credbroker.v1.Issuance.expires_at:type_name -> google.protobuf.Timestamp
-	11, // 6: credbroker.v1.ListIssuancesRequest.since:type_name -> google.protobuf.Timestamp
+	19, // 2: credbroker.v1.AuditRecord.ttl:type_name -> google.protobuf.Duration
+	18, // 3: credbroker.v1.AuditRecord.expires_at:type_name -> google.protobuf.Timestamp
+	18, // 4: credbroker.v1.Issuance.issued_at:type_name -> google.protobuf.Timestamp
+	18, // 5: credbroker.v1.Issuance.expires_at:type_name -> google.protobuf.Timestamp
+	18, // 6: credbroker.v1.ListIssuancesRequest.since:type_name -> google.protobuf.Timestamp
 	2,  // 7: credbroker.v1.ListIssuancesResponse.issuances:type_name -> credbroker.v1.Issuance
 	2,  // 8: credbroker.v1.GetIssuanceResponse.issuance:type_name -> credbroker.v1.Issuance
 	1,  // 9: credbroker.v1.GetIssuanceResponse.records:type_name -> credbroker.v1.AuditRecord
 	1,  // 10: credbroker.v1.ExportAuditResponse.record:type_name -> credbroker.v1.AuditRecord
-	3,  // 11: credbroker.v1.AdminService.ListIssuances:input_type -> credbroker.v1.ListIssuancesRequest
-	5,  // 12: credbroker.v1.AdminService.GetIssuance:input_type -> credbroker.v1.GetIssuanceRequest
-	7,  // 13: credbroker.v1.AdminService.VerifyAudit:input_type -> credbroker.v1.VerifyAuditRequest
-	9,  // 14: credbroker.v1.AdminService.ExportAudit:input_type -> credbroker.v1.ExportAuditRequest
-	4,  // 15: credbroker.v1.AdminService.ListIssuances:output_type -> credbroker.v1.ListIssuancesResponse
-	6,  // 16: credbroker.v1.AdminService.GetIssuance:output_type -> credbroker.v1.GetIssuanceResponse
-	8,  // 17: credbroker.v1.AdminService.VerifyAudit:output_type -> credbroker.v1.VerifyAuditResponse
-	10, // 18: credbroker.v1.AdminService.ExportAudit:output_type -> credbroker.v1.ExportAuditResponse
-	15, // [15:19] is the sub-list for method output_type
-	11, // [11:15] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	19, // 11: credbroker.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
+	18, // 12: credbroker.v1.CreateJoinTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	18, // 13: credbroker.v1.Node.attested_at:type_name -> google.protobuf.Timestamp
+	18, // 14: credbroker.v1.Node.renewed_at:type_name -> google.protobuf.Timestamp
+	18, // 15: credbroker.v1.Node.expires_at:type_name -> google.protobuf.Timestamp
+	18, // 16: credbroker.v1.Node.evicted_at:type_name -> google.protobuf.Timestamp
+	13, // 17: credbroker.v1.ListNodesResponse.nodes:type_name -> credbroker.v1.Node
+	13, // 18: credbroker.v1.EvictNodeResponse.node:type_name -> credbroker.v1.Node
+	2,  // 19: credbroker.v1.EvictNodeResponse.issuances:type_name -> credbroker.v1.Issuance
+	3,  // 20: credbroker.v1.AdminService.ListIssuances:input_type -> credbroker.v1.ListIssuancesRequest
+	5,  // 21: credbroker.v1.AdminService.GetIssuance:input_type -> credbroker.v1.GetIssuanceRequest
+	7,  // 22: credbroker.v1.AdminService.VerifyAudit:input_type -> credbroker.v1.VerifyAuditRequest
+	9,  // 23: credbroker.v1.AdminService.ExportAudit:input_type -> credbroker.v1.ExportAuditRequest
+	11, // 24: credbroker.v1.AdminService.CreateJoinToken:input_type -> credbroker.v1.CreateJoinTokenRequest
+	14, // 25: credbroker.v1.AdminService.ListNodes:input_type -> credbroker.v1.ListNodesRequest
+	16, // 26: credbroker.v1.AdminService.EvictNode:input_type -> credbroker.v1.EvictNodeRequest
+	4,  // 27: credbroker.v1.AdminService.ListIssuances:output_type -> credbroker.v1.ListIssuancesResponse
+	6,  // 28: credbroker.v1.AdminService.GetIssuance:output_type -> credbroker.v1.GetIssuanceResponse
+	8,  // 29: credbroker.v1.AdminService.VerifyAudit:output_type -> credbroker.v1.VerifyAuditResponse
+	10, // 30: credbroker.v1.AdminService.ExportAudit:output_type -> credbroker.v1.ExportAuditResponse
+	12, // 31: credbroker.v1.AdminService.CreateJoinToken:output_type -> credbroker.v1.CreateJoinTokenResponse
+	15, // 32: credbroker.v1.AdminService.ListNodes:output_type -> credbroker.v1.ListNodesResponse
+	17, // 33: credbroker.v1.AdminService.EvictNode:output_type -> credbroker.v1.EvictNodeResponse
+	27, // [27:34] is the sub-list for method output_type
+	20, // [20:27] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_credbroker_v1_admin_proto_init() }
@@ -1015,7 +1515,7 @@ func file_credbroker_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_credbroker_v1_admin_proto_rawDesc), len(file_credbroker_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   10,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

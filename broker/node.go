@@ -1,0 +1,450 @@
+package broker
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/credbroker/credbroker/attest"
+	"github.com/credbroker/credbroker/attest/jointoken"
+	"github.com/credbroker/credbroker/broker/audit"
+	"github.com/credbroker/credbroker/broker/nodes"
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+)
+
+// Audit records of node SVIDs and join tokens name these pseudo-profiles and
+// issuers, so that `credbrokerctl issuances list` shows them beside
+// credentials.
+const (
+	NodeSVIDProfile  = "node-svid"
+	NodeCAIssuer     = "node-ca"
+	JoinTokenProfile = "join-token"
+	JoinTokenIssuer  = "jointoken"
+)
+
+// PSATVerifier verifies a projected service account token of a workload
+// cluster (attest/psat).
+type PSATVerifier interface {
+	Verify(ctx context.Context, cluster, token string) (attest.NodeClaims, error)
+}
+
+// IIDVerifier verifies an AWS instance identity document (attest/awsiid).
+type IIDVerifier interface {
+	Verify(ctx context.Context, cluster string, document, signature []byte) (attest.NodeClaims, error)
+}
+
+// NodeCA signs node SVIDs for CSRs (internal/ca).
+type NodeCA interface {
+	SignCSR(csrDER []byte, id spiffeid.ID, ttl time.Duration) ([]*x509.Certificate, error)
+}
+
+// NodeDeps are what a NodeAuthority is built from. PSAT and IID are
+// optional: a nil verifier refuses that kind of evidence.
+type NodeDeps struct {
+	TrustDomain spiffeid.TrustDomain
+	JoinTokens  *jointoken.Store
+	PSAT        PSATVerifier
+	IID         IIDVerifier
+	CA          NodeCA
+	// Bundle returns the X.509 authorities of the trust domain, handed to
+	// nodes so that they can verify the broker and each other.
+	Bundle   func() ([]*x509.Certificate, error)
+	Registry *nodes.Registry
+	Audit    AuditLog
+	// SVIDTTL is the lifetime of node SVIDs.
+	SVIDTTL time.Duration
+	NewID   func() (string, error)
+	Log     *slog.Logger
+	Clock   func() time.Time
+}
+
+// NodeAuthority admits nodes (attestation → node SVID), renews their SVIDs,
+// and serves the node and join-token parts of the admin API.
+type NodeAuthority struct {
+	d      NodeDeps
+	unauth *unauthRecorder
+}
+
+// NewNodeAuthority checks d and returns a NodeAuthority.
+func NewNodeAuthority(d NodeDeps) (*NodeAuthority, error) {
+	if d.JoinTokens == nil || d.CA == nil || d.Bundle == nil || d.Registry == nil || d.Audit == nil || d.NewID == nil || d.Log == nil || d.SVIDTTL <= 0 {
+		return nil, errors.New("broker: NewNodeAuthority: missing dependency")
+	}
+	if d.Clock == nil {
+		d.Clock = time.Now
+	}
+	return &NodeAuthority{d: d, unauth: newUnauthRecorder(d.Clock)}, nil
+}
+
+// Evicted reports whether id is an evicted node; the Gate refuses such
+// callers everywhere.
+func (n *NodeAuthority) Evicted(id string) (bool, error) { return n.d.Registry.Evicted(id) }
+
+// AttestNode implements BrokerService.AttestNode.
+func (s *Service) AttestNode(ctx context.Context, req *credbrokerv1.AttestNodeRequest) (*credbrokerv1.AttestNodeResponse, error) {
+	if s.nodes == nil {
+		return nil, toStatus(errorf(codes.FailedPrecondition, "node attestation is not enabled on this broker (node_attestation in its configuration)"))
+	}
+	svid, err := s.nodes.attest(ctx, req)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &credbrokerv1.AttestNodeResponse{Svid: svid}, nil
+}
+
+// RenewNodeSVID implements BrokerService.RenewNodeSVID.
+func (s *Service) RenewNodeSVID(ctx context.Context, req *credbrokerv1.RenewNodeSVIDRequest) (*credbrokerv1.RenewNodeSVIDResponse, error) {
+	if s.nodes == nil {
+		return nil, toStatus(errorf(codes.FailedPrecondition, "node attestation is not enabled on this broker (node_attestation in its configuration)"))
+	}
+	svid, err := s.nodes.renew(ctx, req)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &credbrokerv1.RenewNodeSVIDResponse{Svid: svid}, nil
+}
+
+func (n *NodeAuthority) attest(ctx context.Context, req *credbrokerv1.AttestNodeRequest) (*credbrokerv1.NodeSVID, error) {
+	id, err := n.d.NewID()
+	if err != nil {
+		return nil, wrapf(codes.Unavailable, err, "cannot allocate an issuance id")
+	}
+	rec := audit.Record{IssuanceID: id, Profile: NodeSVIDProfile, Issuer: NodeCAIssuer, TTL: n.d.SVIDTTL}
+	claims, err := n.verify(ctx, req, &rec)
+	if err != nil {
+		return nil, n.refuseEvidence(ctx, &rec, err)
+	}
+	ns, cluster, _ := strings.Cut(claims.Cluster, "/")
+	nodeID, err := attest.NodeID(n.d.TrustDomain, ns, cluster, claims.Node)
+	if err != nil {
+		return nil, n.refuse(&rec, audit.DecisionDenied, errorf(codes.InvalidArgument, "node name %q cannot form a SPIFFE ID", claims.Node))
+	}
+	rec.Caller, rec.Cluster = nodeID.String(), claims.Cluster
+	if evicted, err := n.d.Registry.Evicted(nodeID.String()); err != nil {
+		return nil, n.refuse(&rec, audit.DecisionFailed, wrapf(codes.Unavailable, err, "node registry unavailable"))
+	} else if evicted {
+		return nil, n.refuse(&rec, audit.DecisionDenied, errorf(codes.PermissionDenied, "node %s was evicted", nodeID))
+	}
+	svid, err := n.sign(req.GetCsr(), nodeID, &rec)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := n.d.Registry.Attested(nodes.Node{
+		SPIFFEID: nodeID.String(), Cluster: claims.Cluster, Name: claims.Node, Attestation: claims.Method,
+		Detail: claims.Detail, ExpiresAt: svid.GetExpiresAt().AsTime(), Serial: rec.UpstreamRef,
+	}); err != nil {
+		if errors.Is(err, nodes.ErrEvicted) {
+			return nil, n.refuse(&rec, audit.DecisionDenied, errorf(codes.PermissionDenied, "node %s was evicted", nodeID))
+		}
+		return nil, n.refuse(&rec, audit.DecisionFailed, wrapf(codes.Unavailable, err, "node registry unavailable"))
+	}
+	if err := n.issued(ctx, &rec, claims.Detail); err != nil {
+		return nil, err
+	}
+	return svid, nil
+}
+
+// verify checks the evidence in req and records in rec how it was presented.
+func (n *NodeAuthority) verify(ctx context.Context, req *credbrokerv1.AttestNodeRequest, rec *audit.Record) (attest.NodeClaims, error) {
+	switch ev := req.GetEvidence().(type) {
+	case *credbrokerv1.AttestNodeRequest_JoinToken:
+		rec.Attestation = attest.MethodJoinToken
+		// A malformed name is refused before the token is spent.
+		if want := ev.JoinToken.GetNode(); want != "" && !attest.ValidNodeName(want) {
+			return attest.NodeClaims{}, fmt.Errorf("node name %q is not a valid node name (lowercase DNS subdomain): %w", clip(want), attest.ErrNodeRejected)
+		}
+		tok, err := n.d.JoinTokens.Consume(ev.JoinToken.GetToken())
+		if tok.ID != "" {
+			rec.UpstreamRef, rec.Cluster = "jointoken:"+tok.ID, tok.Cluster
+		}
+		if err != nil {
+			return attest.NodeClaims{}, err
+		}
+		node := tok.Node
+		if want := ev.JoinToken.GetNode(); node == "" {
+			node = want
+		} else if want != "" && want != node {
+			return attest.NodeClaims{}, fmt.Errorf("join token %s is for node %q, not %q: %w", tok.ID, node, want, attest.ErrNodeRejected)
+		}
+		if !attest.ValidNodeName(node) {
+			return attest.NodeClaims{}, fmt.Errorf("join token %s names no node and the request's node name %q is not a valid node name: %w", tok.ID, node, attest.ErrNodeRejected)
+		}
+		return attest.NodeClaims{Cluster: tok.Cluster, Node: node, Method: attest.MethodJoinToken, Detail: "join token " + tok.ID}, nil
+	case *credbrokerv1.AttestNodeRequest_K8SPsat:
+		rec.Attestation, rec.Cluster = attest.MethodK8sPSAT, clip(ev.K8SPsat.GetCluster())
+		if n.d.PSAT == nil {
+			return attest.NodeClaims{}, fmt.Errorf("this broker does not accept Kubernetes service account tokens: %w", attest.ErrNodeRejected)
+		}
+		return n.d.PSAT.Verify(ctx, ev.K8SPsat.GetCluster(), ev.K8SPsat.GetToken())
+	case *credbrokerv1.AttestNodeRequest_AwsIid:
+		rec.Attestation, rec.Cluster = attest.MethodAWSIID, clip(ev.AwsIid.GetCluster())
+		if n.d.IID == nil {
+			return attest.NodeClaims{}, fmt.Errorf("this broker does not accept AWS instance identity documents: %w", attest.ErrNodeRejected)
+		}
+		return n.d.IID.Verify(ctx, ev.AwsIid.GetCluster(), ev.AwsIid.GetDocument(), ev.AwsIid.GetSignature())
+	default:
+		return attest.NodeClaims{}, fmt.Errorf("no attestation evidence in the request: %w", attest.ErrNodeRejected)
+	}
+}
+
+func (n *NodeAuthority) renew(ctx context.Context, req *credbrokerv1.RenewNodeSVIDRequest) (*credbrokerv1.NodeSVID, error) {
+	caller, ok := attest.CallerFrom(ctx)
+	if !ok {
+		return nil, errorf(codes.Unauthenticated, "caller identity not established")
+	}
+	id, err := n.d.NewID()
+	if err != nil {
+		return nil, wrapf(codes.Unavailable, err, "cannot allocate an issuance id")
+	}
+	c := attest.ConstraintsFor(caller.ID)
+	rec := audit.Record{IssuanceID: id, Caller: caller.ID.String(), Attestation: caller.Method, Profile: NodeSVIDProfile,
+		Issuer: NodeCAIssuer, Cluster: c.Cluster, TTL: n.d.SVIDTTL}
+	switch {
+	case c.Node == "" || caller.ID.TrustDomain() != n.d.TrustDomain:
+		return nil, n.refuse(&rec, audit.DecisionDenied, errorf(codes.PermissionDenied, "%s is not a node identity of this broker", caller.ID))
+	case caller.Method != attest.MethodX509SVID:
+		return nil, n.refuse(&rec, audit.DecisionDenied, errorf(codes.PermissionDenied, "renewal needs the node's current X.509-SVID over mTLS"))
+	}
+	node, err := n.d.Registry.Get(caller.ID.String())
+	switch {
+	case errors.Is(err, nodes.ErrNotFound):
+		return nil, n.refuse(&rec, audit.DecisionDenied, errorf(codes.PermissionDenied, "node %s never attested to this broker", caller.ID))
+	case err != nil:
+		return nil, n.refuse(&rec, audit.DecisionFailed, wrapf(codes.Unavailable, err, "node registry unavailable"))
+	case node.Evicted():
+		return nil, n.refuse(&rec, audit.DecisionDenied, errorf(codes.PermissionDenied, "node %s was evicted", caller.ID))
+	}
+	svid, err := n.sign(req.GetCsr(), caller.ID, &rec)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := n.d.Registry.Renewed(caller.ID.String(), rec.UpstreamRef, svid.GetExpiresAt().AsTime()); err != nil {
+		if errors.Is(err, nodes.ErrEvicted) {
+			return nil, n.refuse(&rec, audit.DecisionDenied, errorf(codes.PermissionDenied, "node %s was evicted", caller.ID))
+		}
+		return nil, n.refuse(&rec, audit.DecisionFailed, wrapf(codes.Unavailable, err, "node registry unavailable"))
+	}
+	if err := n.issued(ctx, &rec, "renewal"); err != nil {
+		return nil, err
+	}
+	return svid, nil
+}
+
+// sign certifies the CSR's key as id and fills in rec's expiry and serial.
+func (n *NodeAuthority) sign(csr []byte, id spiffeid.ID, rec *audit.Record) (*credbrokerv1.NodeSVID, error) {
+	if len(csr) == 0 {
+		return nil, n.refuse(rec, audit.DecisionDenied, errorf(codes.InvalidArgument, "csr is required (PKCS#10, DER)"))
+	}
+	chain, err := n.d.CA.SignCSR(csr, id, n.d.SVIDTTL)
+	if err != nil {
+		return nil, n.refuse(rec, audit.DecisionDenied, errorf(codes.InvalidArgument, "csr: %v", err))
+	}
+	bundle, err := n.d.Bundle()
+	if err != nil {
+		return nil, n.refuse(rec, audit.DecisionFailed, wrapf(codes.Unavailable, err, "trust bundle unavailable"))
+	}
+	leaf := chain[0]
+	rec.ExpiresAt = leaf.NotAfter
+	rec.UpstreamRef = "x509:" + leaf.SerialNumber.Text(16)
+	out := &credbrokerv1.NodeSVID{SpiffeId: id.String(), ExpiresAt: timestamppb.New(leaf.NotAfter)}
+	for _, c := range chain {
+		out.CertChain = append(out.CertChain, c.Raw)
+	}
+	for _, c := range bundle {
+		out.Bundle = append(out.Bundle, c.Raw)
+	}
+	return out, nil
+}
+
+// issued records the issued SVID; nothing is returned unless it is on record.
+func (n *NodeAuthority) issued(ctx context.Context, rec *audit.Record, detail string) error {
+	rec.Decision, rec.Reason = audit.DecisionIssued, ""
+	if _, err := n.d.Audit.Append(*rec); err != nil {
+		return wrapf(codes.Unavailable, err, "audit store unavailable; SVID withheld (issuance %s)", rec.IssuanceID)
+	}
+	n.d.Log.LogAttrs(ctx, slog.LevelInfo, "node SVID issued", slog.String("issuance_id", rec.IssuanceID),
+		slog.String("node", rec.Caller), slog.String("attestation", rec.Attestation), slog.String("detail", detail),
+		slog.String("serial", rec.UpstreamRef), slog.Time("expires_at", rec.ExpiresAt))
+	return nil
+}
+
+// refuse records a refusal of an identified node and returns err.
+func (n *NodeAuthority) refuse(rec *audit.Record, d audit.Decision, err error) error {
+	rec.Decision, rec.Reason = d, clip(reasonOf(err))
+	if _, aerr := n.d.Audit.Append(*rec); aerr != nil {
+		return wrapf(codes.Unavailable, errors.Join(err, aerr), "audit store unavailable (issuance %s)", rec.IssuanceID)
+	}
+	var ae *apiError
+	if errors.As(err, &ae) {
+		ae.msg += fmt.Sprintf(" (request %s)", rec.IssuanceID)
+	}
+	return err
+}
+
+// refuseEvidence answers rejected attestation evidence with Unauthenticated.
+// Anyone who can reach the port can send evidence, so rejections are
+// recorded at the same bounded rate per source as unauthenticated calls.
+func (n *NodeAuthority) refuseEvidence(ctx context.Context, rec *audit.Record, err error) error {
+	msg := "node attestation failed: " + err.Error()
+	if !errors.Is(err, attest.ErrNodeRejected) {
+		// Not the evidence's fault: a verifier's dependency failed.
+		return n.refuse(rec, audit.DecisionFailed, wrapf(codes.Unavailable, err, "node attestation unavailable"))
+	}
+	src := sourceOf(ctx)
+	ae := errorf(codes.Unauthenticated, "%s", msg)
+	record, suppressed := n.unauth.admit(src)
+	if !record {
+		return ae
+	}
+	reason := msg + " (from " + src + ")"
+	if suppressed > 0 {
+		reason += fmt.Sprintf(" (%d earlier attempts from this address were not recorded)", suppressed)
+	}
+	rec.Decision, rec.Reason = audit.DecisionDenied, clip(reason)
+	if _, aerr := n.d.Audit.Append(*rec); aerr != nil {
+		return wrapf(codes.Unavailable, errors.Join(ae, aerr), "audit store unavailable (issuance %s)", rec.IssuanceID)
+	}
+	n.d.Log.LogAttrs(ctx, slog.LevelInfo, "node attestation refused", slog.String("issuance_id", rec.IssuanceID),
+		slog.String("attestation", rec.Attestation), slog.String("source", src), slog.String("error", err.Error()))
+	ae.msg += fmt.Sprintf(" (request %s)", rec.IssuanceID)
+	return ae
+}
+
+// adminActor names who is calling the admin API, for audit records: the
+// admin SPIFFE ID over mTLS, or the local uid on the admin socket.
+func adminActor(ctx context.Context) string {
+	if c, ok := attest.CallerFrom(ctx); ok {
+		return c.ID.String()
+	}
+	if p, ok := peer.FromContext(ctx); ok {
+		if pc, ok := p.AuthInfo.(PeerCred); ok {
+			return fmt.Sprintf("unix:uid=%d", pc.UID)
+		}
+	}
+	return "unknown"
+}
+
+// createJoinToken makes a one-time token and records who made it, for what.
+func (n *NodeAuthority) createJoinToken(ctx context.Context, req *credbrokerv1.CreateJoinTokenRequest) (*credbrokerv1.CreateJoinTokenResponse, error) {
+	id, err := n.d.NewID()
+	if err != nil {
+		return nil, wrapf(codes.Unavailable, err, "cannot allocate an issuance id")
+	}
+	var ttl time.Duration
+	if d := req.GetTtl(); d != nil {
+		if err := d.CheckValid(); err != nil {
+			return nil, errorf(codes.InvalidArgument, "ttl is not a valid duration")
+		}
+		ttl = d.AsDuration()
+	}
+	switch {
+	case !attest.ValidCluster(req.GetCluster()):
+		return nil, errorf(codes.InvalidArgument, "cluster must be \"namespace/name\" with Kubernetes names")
+	case req.GetNode() != "" && !attest.ValidNodeName(req.GetNode()):
+		return nil, errorf(codes.InvalidArgument, "node must be a Kubernetes node name (lowercase DNS subdomain)")
+	case ttl < 0 || ttl > jointoken.MaxTTL:
+		return nil, errorf(codes.InvalidArgument, "ttl must be between 0 (default %s) and %s", jointoken.DefaultTTL, jointoken.MaxTTL)
+	}
+	secret, tok, err := n.d.JoinTokens.Create(req.GetCluster(), req.GetNode(), ttl)
+	if err != nil {
+		return nil, wrapf(codes.Unavailable, err, "join token store unavailable")
+	}
+	rec := audit.Record{IssuanceID: id, Caller: adminActor(ctx), Attestation: "admin", Profile: JoinTokenProfile, Issuer: JoinTokenIssuer,
+		Cluster: tok.Cluster, Decision: audit.DecisionIssued, TTL: tok.ExpiresAt.Sub(tok.CreatedAt), ExpiresAt: tok.ExpiresAt,
+		UpstreamRef: "jointoken:" + tok.ID}
+	if tok.Node != "" {
+		rec.Reason = "for node " + tok.Node
+	}
+	if _, err := n.d.Audit.Append(rec); err != nil {
+		// The token exists but was never shown to anyone; it expires unused.
+		return nil, wrapf(codes.Unavailable, err, "audit store unavailable; token withheld")
+	}
+	return &credbrokerv1.CreateJoinTokenResponse{Token: secret, Id: tok.ID, ExpiresAt: timestamppb.New(tok.ExpiresAt)}, nil
+}
+
+// evict marks a node evicted, records it, and returns its issuances that
+// have not expired.
+func (n *NodeAuthority) evict(ctx context.Context, id string, issuances AuditReader) (*credbrokerv1.EvictNodeResponse, error) {
+	node, err := n.d.Registry.Evict(id)
+	switch {
+	case errors.Is(err, nodes.ErrNotFound):
+		return nil, errorf(codes.NotFound, "no attested node %q", id)
+	case err != nil:
+		return nil, wrapf(codes.Unavailable, err, "node registry unavailable")
+	}
+	rid, err := n.d.NewID()
+	if err != nil {
+		return nil, wrapf(codes.Unavailable, err, "cannot allocate an issuance id")
+	}
+	rec := audit.Record{IssuanceID: rid, Caller: node.SPIFFEID, Attestation: node.Attestation, Profile: NodeSVIDProfile,
+		Issuer: NodeCAIssuer, Cluster: node.Cluster, Decision: audit.DecisionRevoked, Reason: clip("node evicted by " + adminActor(ctx)),
+		UpstreamRef: node.Serial}
+	if _, err := n.d.Audit.Append(rec); err != nil {
+		return nil, wrapf(codes.Unavailable, err, "audit store unavailable; the node is evicted but the eviction is not on record")
+	}
+	recs, err := issuances.List(audit.Query{Caller: node.SPIFFEID, Decision: audit.DecisionIssued})
+	if err != nil {
+		return nil, wrapf(codes.Unavailable, err, "audit store unavailable")
+	}
+	out := &credbrokerv1.EvictNodeResponse{Node: nodeProto(node)}
+	now := n.d.Clock()
+	for _, r := range recs {
+		if r.Profile != NodeSVIDProfile && r.ExpiresAt.After(now) {
+			out.Issuances = append(out.Issuances, issuanceProto(r))
+		}
+	}
+	return out, nil
+}
+
+func nodeProto(n nodes.Node) *credbrokerv1.Node {
+	return &credbrokerv1.Node{
+		SpiffeId: n.SPIFFEID, Cluster: n.Cluster, Node: n.Name, Attestation: n.Attestation, Detail: n.Detail,
+		AttestedAt: optTime(n.AttestedAt), RenewedAt: optTime(n.RenewedAt), ExpiresAt: optTime(n.ExpiresAt),
+		Evicted: n.Evicted(), EvictedAt: optTime(n.EvictedAt),
+	}
+}
+
+// CreateJoinToken implements AdminService.CreateJoinToken.
+func (a *Admin) CreateJoinToken(ctx context.Context, req *credbrokerv1.CreateJoinTokenRequest) (*credbrokerv1.CreateJoinTokenResponse, error) {
+	if a.nodes == nil {
+		return nil, toStatus(errNodesDisabled)
+	}
+	resp, err := a.nodes.createJoinToken(ctx, req)
+	return resp, toStatus(err)
+}
+
+// ListNodes implements AdminService.ListNodes.
+func (a *Admin) ListNodes(_ context.Context, req *credbrokerv1.ListNodesRequest) (*credbrokerv1.ListNodesResponse, error) {
+	if a.nodes == nil {
+		return nil, toStatus(errNodesDisabled)
+	}
+	list, err := a.nodes.d.Registry.List(req.GetCluster())
+	if err != nil {
+		return nil, toStatus(wrapf(codes.Unavailable, err, "node registry unavailable"))
+	}
+	out := &credbrokerv1.ListNodesResponse{}
+	for _, n := range list {
+		out.Nodes = append(out.Nodes, nodeProto(n))
+	}
+	return out, nil
+}
+
+// EvictNode implements AdminService.EvictNode.
+func (a *Admin) EvictNode(ctx context.Context, req *credbrokerv1.EvictNodeRequest) (*credbrokerv1.EvictNodeResponse, error) {
+	if a.nodes == nil {
+		return nil, toStatus(errNodesDisabled)
+	}
+	resp, err := a.nodes.evict(ctx, req.GetSpiffeId(), a.audit)
+	return resp, toStatus(err)
+}
+
+var errNodesDisabled = errorf(codes.FailedPrecondition, "node attestation is not enabled on this broker (node_attestation in its configuration)")
