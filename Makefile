@@ -86,3 +86,24 @@ test unit: export CREDBROKER_MINIO := $(MINIO_BIN)
 
 clean:
 	rm -rf $(BIN)
+
+## awscli: install Debian's AWS CLI (the tests' real `aws` client) when /usr/bin/aws is missing; with
+## sudo unless root, and `apt-get update` only when the package lists lack it. `test` and `unit` pass its
+## path to the tests as CREDBROKER_AWSCLI: they never run whatever `aws` comes first on PATH (a pyenv
+## shim may).
+AWSCLI := /usr/bin/aws
+
+.PHONY: awscli
+awscli:
+	@[ -x "$(AWSCLI)" ] && exit 0; \
+	sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	install() { $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends awscli; }; \
+	echo "installing Debian's awscli (the AWS CLI tests need $(AWSCLI))"; \
+	out=$$(install 2>&1); rc=$$?; echo "$$out"; \
+	if [ $$rc != 0 ] && echo "$$out" | grep -q 'Unable to locate package'; then \
+	  $$sudo apt-get update && install; rc=$$?; \
+	fi; \
+	[ $$rc = 0 ] && [ -x "$(AWSCLI)" ] || { echo "awscli: $(AWSCLI) is still missing"; exit 1; }
+
+test unit: awscli
+test unit: export CREDBROKER_AWSCLI := $(AWSCLI)

@@ -34,25 +34,81 @@ DIR (svid.pem, svid_key.pem, bundle.pem), and prints it on stdout.
   --format json  an object with the credential and "expiration" (RFC 3339);
                  token credentials have "token"
 
+With --cache-file PATH, the last AWS credential is kept in PATH (JSON, mode
+0600, replaced atomically; its directory is created 0700 if missing) and
+handed out again without asking the broker while it has more than
+--cache-min-remaining left and was issued for the same broker, broker ID,
+SVID directory, profile, cluster, audience and TTL. The default of 10m keeps
+every credential handed out outside the AWS CLI's mandatory refresh window.
+The file holds secrets: one that group or others may access is not read, and
+is replaced. An unusable cache is reported on stderr and replaced; a cache
+that cannot be written is reported and the credential still printed. Token
+credentials are never cached.
+
 In ~/.aws/config:
   [profile capa]
-  credential_process = credbroker-credential-process --broker broker:8443 --svid-dir /var/run/svid --profile capa --format aws
+  credential_process = credbroker-credential-process --broker broker:8443 --svid-dir /var/run/svid --profile capa --cluster team-a/prod --format aws --cache-file /var/cache/credbroker/capa.json
 
 Exit status: 0 on success, 1 on any failure (one line on stderr), 2 on bad usage.
+Warnings (cache problems) are lines on stderr too, and do not change the status.
 
 Flags:
 `
 
+const prefix = "credbroker-credential-process: "
+
 type options struct {
-	broker, brokerID, svidDir, profile, cluster, audience, format string
-	ttl, timeout                                                  time.Duration
+	broker, brokerID, svidDir, profile, cluster, audience, format, cacheFile string
+	ttl, timeout, cacheMinRemaining                                          time.Duration
+}
+
+// command is one invocation. The clock and the way to the broker are fields
+// so that tests can drive the cache without a broker or a wait.
+type command struct {
+	stdout, stderr io.Writer
+	now            func() time.Time
+	issue          func(context.Context, options) (*credbrokerv1.Credential, error)
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	return command{stdout: stdout, stderr: stderr, now: time.Now, issue: issue}.run(ctx, args)
+}
+
+func (c command) run(ctx context.Context, args []string) int {
+	o, fs, err := parseArgs(args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		fmt.Fprint(c.stderr, usage)
+		fs.SetOutput(c.stderr)
+		fs.PrintDefaults()
+		return 0
+	case err != nil:
+		fmt.Fprintf(c.stderr, prefix+"%v (see --help)\n", err)
+		return 2
+	}
+	// Warnings are shown only with a credential: a failure is one line.
+	out, warnings, err := c.credential(ctx, o)
+	if err != nil {
+		fmt.Fprintf(c.stderr, prefix+"%v\n", err)
+		return 1
+	}
+	for _, w := range warnings {
+		fmt.Fprintf(c.stderr, prefix+"warning: %s\n", w)
+	}
+	if _, err := c.stdout.Write(out); err != nil {
+		fmt.Fprintf(c.stderr, prefix+"writing the credential: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// parseArgs returns the options args ask for, and the flag set for --help.
+// Errors are one line, without the usage.
+func parseArgs(args []string) (options, *flag.FlagSet, error) {
 	var o options
 	fs := flag.NewFlagSet("credbroker-credential-process", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
 	fs.StringVar(&o.broker, "broker", os.Getenv("CREDBROKER_ADDR"), "broker gRPC address HOST:PORT (env CREDBROKER_ADDR)")
 	fs.StringVar(&o.brokerID, "broker-id", "", "exact SPIFFE ID the broker must present (default: any ID in the SVID's trust domain)")
 	fs.StringVar(&o.svidDir, "svid-dir", os.Getenv("CREDBROKER_SVID_DIR"), "directory with svid.pem, svid_key.pem, bundle.pem (env CREDBROKER_SVID_DIR)")
@@ -62,23 +118,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.format, "format", "json", "output format: aws or json")
 	fs.DurationVar(&o.ttl, "ttl", 0, "requested lifetime (default: the profile's)")
 	fs.DurationVar(&o.timeout, "timeout", 15*time.Second, "give up after this long")
+	fs.StringVar(&o.cacheFile, "cache-file", "", "keep the last AWS credential in this owner-only file and reuse it (default: no cache)")
+	fs.DurationVar(&o.cacheMinRemaining, "cache-min-remaining", defaultCacheMinRemaining, "reuse a cached credential only while it has more than this left")
 	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
+		return o, fs, err
 	}
-	if err := o.check(fs.Args()); err != nil {
-		fmt.Fprintf(stderr, "credbroker-credential-process: %v (see --help)\n", err)
-		return 2
-	}
-	out, err := request(ctx, o)
-	if err != nil {
-		fmt.Fprintf(stderr, "credbroker-credential-process: %v\n", err)
-		return 1
-	}
-	stdout.Write(out)
-	return 0
+	return o, fs, o.check(fs.Args())
 }
 
 func (o options) check(rest []string) error {
@@ -95,11 +140,50 @@ func (o options) check(rest []string) error {
 		return fmt.Errorf("--format %q: want aws or json", o.format)
 	case o.ttl < 0:
 		return errors.New("--ttl must not be negative")
+	case o.cacheMinRemaining < 0:
+		return errors.New("--cache-min-remaining must not be negative")
 	}
 	return nil
 }
 
-func request(ctx context.Context, o options) ([]byte, error) {
+// credential returns the rendered credential: from the cache when it holds a
+// usable one, else from the broker (and then into the cache), with what went
+// wrong with the cache on the way.
+func (c command) credential(ctx context.Context, o options) (out []byte, warnings []string, err error) {
+	if o.cacheFile == "" {
+		cred, err := c.issue(ctx, o)
+		if err != nil {
+			return nil, nil, err
+		}
+		out, err := render(cred, o.format)
+		return out, nil, err
+	}
+	cache := credCache{path: o.cacheFile, key: keyOf(o), minRemaining: o.cacheMinRemaining, now: c.now}
+	cached, note := cache.load()
+	if note != "" {
+		warnings = append(warnings, note)
+	}
+	if cached != nil {
+		out, err := render(cached, o.format)
+		return out, warnings, err
+	}
+	cred, err := c.issue(ctx, o)
+	if err != nil {
+		return nil, nil, err
+	}
+	if out, err = render(cred, o.format); err != nil {
+		return nil, nil, err
+	}
+	if cred.GetAws() == nil {
+		warnings = append(warnings, fmt.Sprintf("profile %q returns a %s; only AWS credentials are cached, --cache-file is not used", o.profile, kindName(cred)))
+	} else if err := cache.store(cred); err != nil {
+		warnings = append(warnings, fmt.Sprintf("credential not cached: %v", err))
+	}
+	return out, warnings, nil
+}
+
+// issue asks the broker for one credential.
+func issue(ctx context.Context, o options) (*credbrokerv1.Credential, error) {
 	conn, err := brokerclient.Dial(o.broker, o.svidDir, o.brokerID)
 	if err != nil {
 		return nil, err
@@ -115,7 +199,7 @@ func request(ctx context.Context, o options) ([]byte, error) {
 	if err != nil {
 		return nil, errors.New(brokerclient.Describe(err))
 	}
-	return render(resp.GetCredential(), o.format)
+	return resp.GetCredential(), nil
 }
 
 // awsOutput is the credential_process contract.

@@ -64,6 +64,12 @@ profiles:
           - Effect: Allow
             Action: ["s3:GetObject", "s3:PutObject"]
             Resource: ["arn:aws:s3:::capi/${cluster.namespace}/${cluster.name}/*"]
+          - Effect: Allow
+            Action: ["s3:ListBucket"]
+            Resource: ["arn:aws:s3:::capi"]
+            Condition:
+              StringLike:
+                "s3:prefix": ["${cluster.namespace}/${cluster.name}/*"]
 policy:
   - id: spiffe://dev.credbroker.test/ns/capi-system/sa/demo-controller
     profiles: [capa]

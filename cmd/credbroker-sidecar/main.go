@@ -1,0 +1,223 @@
+// Command credbroker-sidecar runs beside an AWS SDK program (a CAPA
+// controller) and serves it broker-issued AWS credentials through the SDKs'
+// standard container-credentials provider, on loopback only.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/credbroker/credbroker/internal/sidecar"
+	"github.com/credbroker/credbroker/internal/svidsource"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	if len(os.Args) > 1 && os.Args[1] == "node" {
+		os.Exit(runNode(ctx, os.Args[2:], os.Stderr))
+	}
+	os.Exit(run(ctx, os.Args[1:], os.Stderr))
+}
+
+const usage = `Usage: credbroker-sidecar node ...   (on a node: attest and keep the node SVID; see "node --help")
+       credbroker-sidecar --broker ADDR (--svid-dir DIR | --workload-api-socket ADDR)
+         --token-file PATH (--credential NAME=PROFILE[@NS/CLUSTER][,ttl=DURATION]... | --profile P [--cluster NS/NAME])
+         [flags]
+
+Fetches AWS credentials from the credbroker and serves them to an unmodified
+AWS SDK program in the same pod through the container-credentials endpoint:
+
+  GET http://LISTEN/v1/credentials/NAME   with header "Authorization: <token>"
+  GET http://LISTEN/healthz               200 when every credential is valid, else 503
+  GET http://LISTEN/metrics               Prometheus metrics
+
+Give the controller container these environment variables (the AWS SDKs and
+CLI then need no code or config change):
+
+  AWS_CONTAINER_CREDENTIALS_FULL_URI=http://127.0.0.1:9911/v1/credentials/default
+  AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=/var/run/credbroker/token
+  # (SDKs too old for the _FILE variable: AWS_CONTAINER_AUTHORIZATION_TOKEN=<contents of the file>)
+
+with the token file on a volume both containers mount (an emptyDir; use
+--token-file-mode 0640 and a pod fsGroup when they run as different users).
+
+Identity: the sidecar authenticates to the broker with its own X.509-SVID,
+either from a SPIFFE Workload API (--workload-api-socket, default
+$SPIFFE_ENDPOINT_SOCKET) or from an SVID directory (--svid-dir; svid.pem,
+svid_key.pem, bundle.pem, re-read when they change). Give exactly one.
+
+Credentials: --credential NAME=PROFILE[@NAMESPACE/CLUSTER][,ttl=DURATION],
+repeatable, e.g.
+  --credential default=capa-controller
+  --credential prod=capa-controller@clusters/prod-1,ttl=30m
+NAME is the last path segment of the URL. --profile P [--cluster NS/NAME] is
+shorthand for one credential named "default".
+
+Refresh: each credential is renewed in the background at --refresh-at of its
+lifetime (up to 10% earlier, jittered). When the broker is unreachable the
+last credential is served until 10s before it expires, then 503 until the
+broker answers again (retries back off from 1s to 30s). The AWS SDKs treat a
+container credential as stale 5 minutes before it expires, so use TTLs well
+above 5 minutes.
+
+Startup: every credential is fetched once. If the broker refuses (permission
+denied, unauthenticated, invalid argument, not found, or a profile that does
+not issue AWS credentials) the sidecar exits 1. If it is merely unavailable
+the sidecar serves anyway (503, /healthz 503) and keeps retrying. When the
+endpoint is up it logs "msg=serving addr=HOST:PORT".
+
+Exit status: 0 after SIGTERM/SIGINT, 1 on failure, 2 on bad usage.
+
+Flags:
+`
+
+type options struct {
+	broker, brokerID, svidDir, socket, listen, tokenFile, tokenMode string
+	profile, cluster, credFile                                      string
+	credentials                                                     []string
+	refreshAt                                                       float64
+	startTimeout                                                    time.Duration
+	socketSet                                                       bool // --workload-api-socket given explicitly
+}
+
+func run(ctx context.Context, args []string, stderr io.Writer) int {
+	var o options
+	fs := flag.NewFlagSet("credbroker-sidecar", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
+	fs.StringVar(&o.broker, "broker", os.Getenv("CREDBROKER_ADDR"), "broker gRPC address HOST:PORT (env CREDBROKER_ADDR)")
+	fs.StringVar(&o.brokerID, "broker-id", "", "exact SPIFFE ID the broker must present (default: any ID in the sidecar's trust domain)")
+	fs.StringVar(&o.svidDir, "svid-dir", "", "SVID directory (svid.pem, svid_key.pem, bundle.pem); excludes --workload-api-socket")
+	fs.StringVar(&o.socket, "workload-api-socket", os.Getenv("SPIFFE_ENDPOINT_SOCKET"), "SPIFFE Workload API address, e.g. unix:///run/spire/agent.sock (env SPIFFE_ENDPOINT_SOCKET)")
+	fs.StringVar(&o.listen, "listen", "127.0.0.1:9911", "loopback IP:PORT to serve on (127.0.0.0/8 or [::1]; port 0 picks one)")
+	fs.StringVar(&o.tokenFile, "token-file", "", "authorization token file; created with a fresh random token if missing (required)")
+	fs.StringVar(&o.tokenMode, "token-file-mode", "0600", "mode of a token file the sidecar creates, e.g. 0640 for a shared fsGroup")
+	fs.Func("credential", "credential to serve, NAME=PROFILE[@NS/CLUSTER][,ttl=DURATION] (repeatable)", func(s string) error {
+		o.credentials = append(o.credentials, s)
+		return nil
+	})
+	fs.StringVar(&o.profile, "profile", "", `shorthand: serve one credential named "default" for this profile`)
+	fs.StringVar(&o.cluster, "cluster", "", "with --profile: workload cluster NAMESPACE/NAME")
+	fs.StringVar(&o.credFile, "credentials-file", "", "also keep an AWS shared-credentials file here, one [NAME] section per credential (mode 0600)")
+	fs.Float64Var(&o.refreshAt, "refresh-at", sidecar.DefaultRefreshAt, "refresh at this fraction of a credential's lifetime (0 < f < 1)")
+	fs.DurationVar(&o.startTimeout, "identity-timeout", 30*time.Second, "how long to wait for the first SVID from the Workload API")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	fs.Visit(func(f *flag.Flag) { o.socketSet = o.socketSet || f.Name == "workload-api-socket" })
+	if o.svidDir != "" && !o.socketSet {
+		o.socket = "" // an --svid-dir wins over SPIFFE_ENDPOINT_SOCKET from the environment
+	}
+	specs, mode, err := o.check(fs.Args())
+	if err != nil {
+		fmt.Fprintf(stderr, "credbroker-sidecar: %v (see --help)\n", err)
+		return 2
+	}
+
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	token, created, err := sidecar.LoadOrCreateToken(o.tokenFile, mode, rand.Reader)
+	if err != nil {
+		fmt.Fprintf(stderr, "credbroker-sidecar: %v\n", err)
+		return 1
+	}
+	if created {
+		log.Info("created token file", "path", o.tokenFile)
+	}
+	src, err := o.identity(ctx, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "credbroker-sidecar: %v\n", err)
+		return 1
+	}
+	defer src.Close()
+
+	err = sidecar.Run(ctx, sidecar.Options{
+		Broker: o.broker, BrokerID: o.brokerID, SVIDs: src, Bundles: src,
+		Credentials: specs, Listen: o.listen, Token: token,
+		CredentialsFile: o.credFile, RefreshAt: o.refreshAt, Logger: log,
+	})
+	if err != nil {
+		fmt.Fprintf(stderr, "credbroker-sidecar: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func (o options) check(rest []string) ([]sidecar.Spec, os.FileMode, error) {
+	switch {
+	case len(rest) > 0:
+		return nil, 0, fmt.Errorf("unexpected arguments %q", rest)
+	case o.broker == "":
+		return nil, 0, errors.New("--broker is required")
+	case o.svidDir != "" && o.socketSet:
+		return nil, 0, errors.New("give either --svid-dir or --workload-api-socket, not both")
+	case o.svidDir == "" && o.socket == "":
+		return nil, 0, errors.New("an identity is required: --svid-dir or --workload-api-socket (or SPIFFE_ENDPOINT_SOCKET)")
+	case o.tokenFile == "":
+		return nil, 0, errors.New("--token-file is required")
+	case !(o.refreshAt > 0 && o.refreshAt < 1):
+		return nil, 0, fmt.Errorf("--refresh-at %v: want a fraction between 0 and 1", o.refreshAt)
+	case o.cluster != "" && o.profile == "":
+		return nil, 0, errors.New("--cluster goes with --profile")
+	case o.profile == "" && len(o.credentials) == 0:
+		return nil, 0, errors.New("no credential to serve: give --credential or --profile")
+	}
+	if err := sidecar.CheckListen(o.listen); err != nil {
+		return nil, 0, err
+	}
+	mode, err := strconv.ParseUint(o.tokenMode, 8, 32)
+	if err != nil || mode > 0o777 {
+		return nil, 0, fmt.Errorf("--token-file-mode %q: want an octal mode such as 0600", o.tokenMode)
+	}
+	var specs []sidecar.Spec
+	if o.profile != "" {
+		if err := sidecar.CheckCluster(o.cluster); err != nil {
+			return nil, 0, fmt.Errorf("--cluster: %w", err)
+		}
+		specs = append(specs, sidecar.Spec{Name: "default", Profile: o.profile, Cluster: o.cluster})
+	}
+	seen := map[string]bool{}
+	for _, s := range o.credentials {
+		spec, err := sidecar.ParseSpec(s)
+		if err != nil {
+			return nil, 0, err
+		}
+		specs = append(specs, spec)
+	}
+	for _, s := range specs {
+		if seen[s.Name] {
+			return nil, 0, fmt.Errorf("credential %q is defined twice", s.Name)
+		}
+		seen[s.Name] = true
+	}
+	return specs, os.FileMode(mode), nil
+}
+
+func (o options) identity(ctx context.Context, log *slog.Logger) (svidsource.Source, error) {
+	if o.svidDir != "" {
+		return svidsource.FromDir(o.svidDir, svidsource.WithErrorHandler(func(err error) {
+			log.Warn("SVID directory", "error", err)
+		}))
+	}
+	ctx, cancel := context.WithTimeout(ctx, o.startTimeout)
+	defer cancel()
+	src, err := svidsource.FromWorkloadAPI(ctx, o.socket)
+	if err != nil {
+		return nil, fmt.Errorf("workload API %s: %w", strings.TrimSpace(o.socket), err)
+	}
+	return src, nil
+}

@@ -1,0 +1,126 @@
+package sidecar
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+)
+
+// CredentialsPath is the URL path prefix of the credentials endpoint; the
+// credential's name follows it.
+const CredentialsPath = "/v1/credentials/"
+
+// Handler serves, on loopback:
+//
+//	GET /v1/credentials/NAME  the AWS container-credentials endpoint
+//	GET /healthz              200 when every credential is valid, else 503 naming those that are not
+//	GET /metrics              Prometheus metrics (when a metrics handler is given)
+//
+// The credentials endpoint wants the header "Authorization: TOKEN" (the raw
+// token, as the AWS SDKs send it): missing → 401, wrong → 403, then unknown
+// NAME → 404, no valid credential → 503, each with a JSON body
+// {"code","message"} that the SDKs show; 200 is
+// {"AccessKeyId","SecretAccessKey","Token","Expiration"} with
+// Cache-Control: no-store. Nothing is logged per request.
+type Handler struct {
+	token []byte
+	creds map[string]*Refresher
+	names []string
+	mux   *http.ServeMux
+}
+
+// NewHandler returns a Handler for the given refreshers (names must be
+// unique), checking requests against token. metrics may be nil.
+func NewHandler(token string, refreshers []*Refresher, metrics http.Handler) (*Handler, error) {
+	if token == "" {
+		return nil, errors.New("sidecar: authorization token is required")
+	}
+	h := &Handler{token: []byte(token), creds: map[string]*Refresher{}, mux: http.NewServeMux()}
+	for _, r := range refreshers {
+		name := r.Spec().Name
+		if _, dup := h.creds[name]; dup {
+			return nil, fmt.Errorf("sidecar: credential %q is defined twice", name)
+		}
+		h.creds[name] = r
+		h.names = append(h.names, name)
+	}
+	slices.Sort(h.names)
+	h.mux.HandleFunc("GET "+CredentialsPath+"{name}", h.serveCredential)
+	h.mux.HandleFunc("GET /healthz", h.serveHealth)
+	if metrics != nil {
+		h.mux.Handle("GET /metrics", metrics)
+	}
+	return h, nil
+}
+
+// ServeHTTP implements http.Handler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
+
+// credentialResponse is the container-credentials contract.
+type credentialResponse struct {
+	AccessKeyID     string `json:"AccessKeyId"`
+	SecretAccessKey string `json:"SecretAccessKey"`
+	Token           string `json:"Token"`
+	Expiration      string `json:"Expiration"`
+}
+
+type errorResponse struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func (h *Handler) serveCredential(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Cache-Control", "no-store")
+	got, ok := r.Header["Authorization"]
+	switch {
+	case !ok || len(got) == 0 || got[0] == "":
+		writeJSON(w, http.StatusUnauthorized, errorResponse{"MissingAuthorization", "the Authorization header with the sidecar's token is required"})
+		return
+	case len(got) != 1 || subtle.ConstantTimeCompare([]byte(got[0]), h.token) != 1:
+		writeJSON(w, http.StatusForbidden, errorResponse{"InvalidAuthorization", "the Authorization header does not hold the sidecar's token"})
+		return
+	}
+	name := r.PathValue("name")
+	ref, ok := h.creds[name]
+	if !ok {
+		writeJSON(w, http.StatusNotFound, errorResponse{"NotFound", fmt.Sprintf("no credential named %q; this sidecar serves %s", name, strings.Join(h.names, ", "))})
+		return
+	}
+	c, err := ref.Get(r.Context())
+	if err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, errorResponse{"CredentialUnavailable", err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, credentialResponse{
+		AccessKeyID: c.AccessKeyID, SecretAccessKey: c.SecretAccessKey, Token: c.SessionToken,
+		Expiration: c.Expiration.UTC().Format(time.RFC3339),
+	})
+}
+
+func (h *Handler) serveHealth(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Cache-Control", "no-store")
+	var bad []string
+	for _, name := range h.names {
+		if _, ok := h.creds[name].Current(); !ok {
+			bad = append(bad, fmt.Sprintf("%s: %s", name, describe(h.creds[name].LastError())))
+		}
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if len(bad) > 0 {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintf(w, "no valid credential for %s\n", strings.Join(bad, "; "))
+		return
+	}
+	fmt.Fprintln(w, "ok")
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v) // the client went away if this fails
+}

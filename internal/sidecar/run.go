@@ -1,0 +1,225 @@
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/credbroker/credbroker/internal/brokerclient"
+)
+
+// ShutdownTimeout bounds how long Run waits for requests in progress after
+// ctx ends.
+const ShutdownTimeout = 5 * time.Second
+
+// Options configure Run.
+type Options struct {
+	// Broker is the broker's gRPC address; BrokerID, when set, the exact
+	// SPIFFE ID it must present. SVIDs and Bundles are the sidecar's own
+	// identity (see internal/svidsource). Run dials with
+	// brokerclient.DialSource through a Redialer. Ignored when Upstream is set.
+	Broker   string
+	BrokerID string
+	SVIDs    x509svid.Source
+	Bundles  x509bundle.Source
+	// Upstream, when set, is used instead of dialing Broker (tests).
+	Upstream Upstream
+
+	// Credentials to serve; at least one, names unique.
+	Credentials []Spec
+	// Listen is a loopback HOST:PORT (see CheckListen); port 0 picks one.
+	Listen string
+	// Token is what the Authorization header must hold.
+	Token string
+	// CredentialsFile, when set, is kept as an AWS shared-credentials file.
+	CredentialsFile string
+	// RefreshAt is the lifetime fraction at which to refresh (0: default).
+	RefreshAt float64
+
+	// Clock and Rand default to the real ones; Logger to slog.Default().
+	Clock  Clock
+	Rand   func() float64
+	Logger *slog.Logger
+	// Listening, when set, is called with the bound address once the
+	// endpoint accepts connections (also logged as msg=serving addr=...).
+	Listening func(net.Addr)
+}
+
+// Run fetches every credential once, serves them on Listen, and keeps them
+// fresh until ctx ends, then shuts down gracefully and returns nil.
+//
+// Startup: a broker answer that will not change by retrying —
+// PermissionDenied, Unauthenticated, InvalidArgument, NotFound,
+// Unimplemented, or a profile that does not issue AWS credentials — makes
+// Run return an error before serving. Anything else (Unavailable, deadline,
+// ResourceExhausted, FailedPrecondition such as a pending approval) is
+// logged, and Run serves anyway and keeps retrying in the background;
+// /healthz answers 503 until every credential is held.
+func Run(ctx context.Context, o Options) error {
+	if err := o.check(); err != nil {
+		return err
+	}
+	log := o.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	clock := o.Clock
+	if clock == nil {
+		clock = RealClock()
+	}
+
+	up := o.Upstream
+	if up == nil {
+		rd := NewRedialer(o.SVIDs, func() (*grpc.ClientConn, error) {
+			return brokerclient.DialSource(o.Broker, o.SVIDs, o.Bundles, o.BrokerID)
+		})
+		defer rd.Close()
+		up = rd
+	}
+
+	metrics := NewMetrics(clock)
+	var file *CredentialsFile
+	if o.CredentialsFile != "" {
+		file = NewCredentialsFile(o.CredentialsFile)
+	}
+	observe := func(spec Spec, c Credential, err error) {
+		metrics.Observe(spec, c, err)
+		if err != nil {
+			log.Warn("refresh failed", "credential", spec.Name, "error", describe(err))
+			return
+		}
+		log.Info("refreshed", "credential", spec.Name, "access_key_id", c.AccessKeyID, "issuance_id", c.IssuanceID, "expires", c.Expiration.UTC())
+		if file != nil {
+			if err := file.Update(spec.Name, c); err != nil {
+				log.Error("writing credentials file", "error", err)
+			}
+		}
+	}
+	opts := []Option{WithClock(clock), WithObserver(observe)}
+	if o.Rand != nil {
+		opts = append(opts, WithRand(o.Rand))
+	}
+	if o.RefreshAt != 0 {
+		opts = append(opts, WithRefreshAt(o.RefreshAt))
+	}
+	refreshers := make([]*Refresher, 0, len(o.Credentials))
+	for _, spec := range o.Credentials {
+		r, err := NewRefresher(spec, up, opts...)
+		if err != nil {
+			return err
+		}
+		refreshers = append(refreshers, r)
+	}
+	metrics.Watch(refreshers...)
+	handler, err := NewHandler(o.Token, refreshers, metrics.Handler())
+	if err != nil {
+		return err
+	}
+
+	if err := fetchAll(ctx, refreshers, log); err != nil {
+		return err
+	}
+
+	lis, err := net.Listen("tcp", o.Listen)
+	if err != nil {
+		return fmt.Errorf("sidecar: %w", err)
+	}
+	// Belt and braces: what was bound, not only what was asked for.
+	if err := CheckListen(lis.Addr().String()); err != nil {
+		lis.Close()
+		return err
+	}
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+
+	loopCtx, stopLoops := context.WithCancel(ctx)
+	defer stopLoops()
+	var loops sync.WaitGroup
+	for _, r := range refreshers {
+		loops.Go(func() { r.Run(loopCtx) })
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(lis) }()
+	log.Info("serving", "addr", lis.Addr().String(), "credentials", len(refreshers))
+	if o.Listening != nil {
+		o.Listening(lis.Addr())
+	}
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-served:
+	}
+	stopLoops()
+	shutCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ShutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(shutCtx); err != nil && serveErr == nil {
+		serveErr = err
+	}
+	loops.Wait()
+	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
+		return fmt.Errorf("sidecar: serving: %w", serveErr)
+	}
+	log.Info("stopped")
+	return nil
+}
+
+func (o Options) check() error {
+	switch {
+	case o.Upstream == nil && (o.Broker == "" || o.SVIDs == nil || o.Bundles == nil):
+		return errors.New("sidecar: a broker address and an identity (SVID and bundle sources) are required")
+	case len(o.Credentials) == 0:
+		return errors.New("sidecar: at least one credential is required")
+	case o.Token == "":
+		return errors.New("sidecar: authorization token is required")
+	}
+	return CheckListen(o.Listen)
+}
+
+// fetchAll makes the first request for every credential at once.
+func fetchAll(ctx context.Context, rs []*Refresher, log *slog.Logger) error {
+	var g errgroup.Group
+	for _, r := range rs {
+		g.Go(func() error {
+			_, err := r.Refresh(ctx)
+			switch {
+			case err == nil:
+				return nil
+			case ctx.Err() != nil:
+				return ctx.Err()
+			case Permanent(err):
+				return fmt.Errorf("sidecar: credential %q (profile %q): %s", r.Spec().Name, r.Spec().Profile, describe(err))
+			default:
+				log.Warn("first request failed; serving anyway and retrying", "credential", r.Spec().Name, "error", describe(err))
+				return nil
+			}
+		})
+	}
+	return g.Wait()
+}
+
+// Permanent reports whether a broker error will not go away by retrying the
+// same request: the sidecar's configuration or the broker's policy must
+// change first.
+func Permanent(err error) bool {
+	st, ok := status.FromError(err)
+	if !ok {
+		return true // e.g. the profile does not issue AWS credentials
+	}
+	switch st.Code() {
+	case codes.PermissionDenied, codes.Unauthenticated, codes.InvalidArgument, codes.NotFound, codes.Unimplemented:
+		return true
+	}
+	return false
+}
