@@ -54,11 +54,7 @@ func (a *app) verifyAudit(ctx context.Context) error {
 		return err
 	}
 	if a.jsonOutput() {
-		b, err := protoJSON(resp)
-		if err != nil {
-			return err
-		}
-		if err := writeJSON(a.stdout, b); err != nil {
+		if err := a.writeProto(resp); err != nil {
 			return err
 		}
 	} else if resp.GetOk() {

@@ -151,11 +151,7 @@ func (a *app) showIssuance(cmd *cobra.Command, id string) error {
 		return err
 	}
 	if a.jsonOutput() {
-		b, err := protoJSON(resp)
-		if err != nil {
-			return err
-		}
-		return writeJSON(a.stdout, b)
+		return a.writeProto(resp)
 	}
 	is := resp.GetIssuance()
 	if is == nil {

@@ -58,11 +58,7 @@ names itself when it attests.`,
 				return err
 			}
 			if a.jsonOutput() {
-				b, err := protoJSON(resp)
-				if err != nil {
-					return err
-				}
-				return writeJSON(a.stdout, b)
+				return a.writeProto(resp)
 			}
 			a.printf("%s\n", resp.GetToken())
 			fmt.Fprintf(a.stderr, "join token %s for %s expires %s; it is shown only once\n", resp.GetId(), cluster, formatTime(resp.GetExpiresAt()))
@@ -151,11 +147,7 @@ listed so that they can be revoked upstream.`,
 				return err
 			}
 			if a.jsonOutput() {
-				b, err := protoJSON(resp)
-				if err != nil {
-					return err
-				}
-				return writeJSON(a.stdout, b)
+				return a.writeProto(resp)
 			}
 			a.printf("evicted %s\n", resp.GetNode().GetSpiffeId())
 			if len(resp.GetIssuances()) == 0 {

@@ -48,6 +48,16 @@ func protoJSONList[M proto.Message](msgs []M) (json.RawMessage, error) {
 	return json.Marshal(items)
 }
 
+// writeProto writes m as indented JSON on stdout (the -o json form of one
+// response).
+func (a *app) writeProto(m proto.Message) error {
+	b, err := protoJSON(m)
+	if err != nil {
+		return err
+	}
+	return writeJSON(a.stdout, b)
+}
+
 // writeJSON writes v indented, followed by a newline.
 func writeJSON(w io.Writer, v any) error {
 	b, err := json.MarshalIndent(v, "", "  ")
