@@ -308,6 +308,8 @@ func issuerError(err error, id string) error {
 		switch {
 		case errors.Is(ie.Kind, issuers.ErrUnavailable):
 			ae = wrapf(codes.Unavailable, err, "upstream issuer unavailable: %s (issuance %s)", ie.Code, id)
+		case errors.Is(ie.Kind, issuers.ErrThrottled):
+			ae = wrapf(codes.ResourceExhausted, err, "upstream issuer rate limit: %s (issuance %s)", ie.Code, id)
 		case errors.Is(ie.Kind, issuers.ErrRejected):
 			ae = wrapf(codes.PermissionDenied, err, "upstream issuer refused the request: %s (issuance %s)", ie.Code, id)
 		default:
@@ -341,6 +343,8 @@ func toProto(rec *audit.Record, c issuers.Credential) *credbrokerv1.Credential {
 			SecretAccessKey: c.AWS.SecretAccessKey,
 			SessionToken:    c.AWS.SessionToken,
 		}}
+	case issuers.KindSecret:
+		out.Kind = &credbrokerv1.Credential_Secret{Secret: &credbrokerv1.Secret{Json: string(c.Secret)}}
 	default:
 		out.Kind = &credbrokerv1.Credential_Token{Token: &credbrokerv1.Token{Token: c.Token, TokenType: c.TokenType}}
 	}

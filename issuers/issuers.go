@@ -12,8 +12,9 @@ import (
 
 // Kinds of credential.
 const (
-	KindToken = "token"
-	KindAWS   = "aws"
+	KindToken  = "token"
+	KindAWS    = "aws"
+	KindSecret = "secret"
 )
 
 // ErrUnavailable marks an upstream failure the caller may retry. Issuers wrap
@@ -27,6 +28,9 @@ var (
 	// ErrMisconfigured: the upstream found the request invalid, which means
 	// the broker's configuration is wrong (e.g. a malformed role ARN).
 	ErrMisconfigured = errors.New("issuers: upstream rejected the request as invalid")
+	// ErrThrottled: the upstream rate-limits the broker (e.g. Vault 429);
+	// the caller may retry after Error.RetryAfter.
+	ErrThrottled = errors.New("issuers: upstream rate limit")
 )
 
 // Error is an issuer failure the broker can explain to its caller without
@@ -85,6 +89,8 @@ type Credential struct {
 	TokenType string
 	// AWS is set for KindAWS.
 	AWS *AWSCredentials
+	// Secret is the JSON object of a KindSecret credential.
+	Secret []byte
 	// ExpiresAt is when the credential stops working.
 	ExpiresAt time.Time
 	// UpstreamRef is a non-secret reference an operator can match upstream:

@@ -29,9 +29,10 @@ import (
 const (
 	IssuerJWT    = "jwt"
 	IssuerAWSSTS = "aws_sts"
+	IssuerVault  = "vault"
 )
 
-var issuerTypes = []string{IssuerJWT, IssuerAWSSTS}
+var issuerTypes = []string{IssuerJWT, IssuerAWSSTS, IssuerVault}
 
 // Cluster modes of a profile.
 const (
@@ -113,6 +114,8 @@ type Issuer struct {
 	JWT *JWTIssuer `yaml:"jwt"`
 	// AWSSTS configures an AWS STS issuer (type aws_sts).
 	AWSSTS *AWSSTSIssuer `yaml:"aws_sts"`
+	// Vault configures a HashiCorp Vault issuer (type vault).
+	Vault *VaultIssuer `yaml:"vault"`
 }
 
 // AWSSTSIssuer configures minting through AWS STS.
@@ -182,6 +185,8 @@ type Profile struct {
 	Cluster string `yaml:"cluster"`
 	// AWS configures profiles of aws_sts issuers.
 	AWS *AWSProfile `yaml:"aws"`
+	// Vault configures profiles of vault issuers.
+	Vault *VaultProfile `yaml:"vault"`
 }
 
 // Limits bounds issuance.
@@ -368,8 +373,14 @@ func (c *Config) Validate() error {
 		if is.AWSSTS != nil && is.Type != IssuerAWSSTS {
 			bad("issuers.%s.aws_sts is only for type %q", name, IssuerAWSSTS)
 		}
-		if is.Type == IssuerAWSSTS {
+		if is.Vault != nil && is.Type != IssuerVault {
+			bad("issuers.%s.vault is only for type %q", name, IssuerVault)
+		}
+		switch is.Type {
+		case IssuerAWSSTS:
 			errs = append(errs, c.validateAWSSTS(name, is.AWSSTS)...)
+		case IssuerVault:
+			errs = append(errs, c.validateVault(name, is.Vault)...)
 		}
 	}
 	if len(c.Profiles) == 0 {
@@ -396,6 +407,11 @@ func (c *Config) Validate() error {
 			errs = append(errs, validateAWSProfile(name, p)...)
 		} else if p.AWS != nil {
 			bad("profiles.%s.aws is only for profiles of %q issuers", name, IssuerAWSSTS)
+		}
+		if c.Issuers[p.Issuer].Type == IssuerVault {
+			errs = append(errs, validateVaultProfile(name, p)...)
+		} else if p.Vault != nil {
+			bad("profiles.%s.vault is only for profiles of %q issuers", name, IssuerVault)
 		}
 	}
 	if _, err := policy.New(c.Policy); err != nil {

@@ -222,6 +222,8 @@ type jsonOutput struct {
 	AccessKeyID     string `json:"access_key_id,omitempty"`
 	SecretAccessKey string `json:"secret_access_key,omitempty"`
 	SessionToken    string `json:"session_token,omitempty"`
+	// Secret is a dynamic secret's fields (e.g. database credentials).
+	Secret json.RawMessage `json:"secret,omitempty"`
 }
 
 func render(c *credbrokerv1.Credential, format string) ([]byte, error) {
@@ -241,12 +243,21 @@ func render(c *credbrokerv1.Credential, format string) ([]byte, error) {
 	if aws != nil {
 		out.AccessKeyID, out.SecretAccessKey, out.SessionToken = aws.GetAccessKeyId(), aws.GetSecretAccessKey(), aws.GetSessionToken()
 	}
+	if sec := c.GetSecret(); sec != nil {
+		if !json.Valid([]byte(sec.GetJson())) {
+			return nil, fmt.Errorf("the broker sent a secret that is not JSON")
+		}
+		out.Secret = json.RawMessage(sec.GetJson())
+	}
 	return marshal(out)
 }
 
 func kindName(c *credbrokerv1.Credential) string {
-	if c.GetToken() != nil {
+	switch {
+	case c.GetToken() != nil:
 		return "token"
+	case c.GetSecret() != nil:
+		return "secret"
 	}
 	return "credential"
 }

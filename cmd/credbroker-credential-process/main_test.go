@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strings"
 	"testing"
@@ -186,7 +187,7 @@ func TestCacheReusesCredentialUntilMinRemaining(t *testing.T) {
 	if err := json.Unmarshal([]byte(js.stdout), &got); err != nil || f.calls != 1 {
 		t.Fatalf("json from cache: %+v (%v), %d broker calls", js, err, f.calls)
 	}
-	if got != (jsonOutput{IssuanceID: "id1", Profile: "capa", Cluster: "team-a/alpha", Issuer: "aws", Expiration: "2026-11-23T12:15:00Z",
+	if !reflect.DeepEqual(got, jsonOutput{IssuanceID: "id1", Profile: "capa", Cluster: "team-a/alpha", Issuer: "aws", Expiration: "2026-11-23T12:15:00Z",
 		AccessKeyID: "ASIA1", SecretAccessKey: "S3CR3T1", SessionToken: "S3SS10N1"}) {
 		t.Errorf("json from cache = %+v", got)
 	}

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"sort"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"github.com/credbroker/credbroker/issuers"
 	"github.com/credbroker/credbroker/issuers/awssts"
 	"github.com/credbroker/credbroker/issuers/jwt"
+	"github.com/credbroker/credbroker/issuers/vault"
 )
 
 // issuerSet is every configured issuer, by name, and the HTTP handlers they
@@ -20,6 +22,9 @@ import (
 type issuerSet struct {
 	byName   map[string]issuers.Issuer
 	handlers []http.Handler
+	// runners keep issuers' upstream sessions alive (Vault logins) while
+	// the broker serves.
+	runners []func(context.Context)
 }
 
 // ttlBounded is implemented by issuers whose upstream limits lifetimes.
@@ -30,7 +35,7 @@ type ttlBounded interface {
 // buildIssuers is the issuer catalog: one plain constructor per type. Local
 // JWT issuers come first, since an aws_sts issuer in web identity mode signs
 // with one of them.
-func buildIssuers(ctx context.Context, cfg *config.Config) (*issuerSet, error) {
+func buildIssuers(ctx context.Context, cfg *config.Config, self string, log *slog.Logger) (*issuerSet, error) {
 	set := &issuerSet{byName: map[string]issuers.Issuer{}}
 	jwts := map[string]*jwt.Issuer{}
 	names := make([]string, 0, len(cfg.Issuers))
@@ -62,6 +67,13 @@ func buildIssuers(ctx context.Context, cfg *config.Config) (*issuerSet, error) {
 				return nil, fmt.Errorf("issuers.%s: %w", name, err)
 			}
 			set.byName[name] = iss
+		case config.IssuerVault:
+			iss, err := newVault(cfg, name, jwts, self, log.With(slog.String("issuer", name)))
+			if err != nil {
+				return nil, fmt.Errorf("issuers.%s: %w", name, err)
+			}
+			set.byName[name] = iss
+			set.runners = append(set.runners, iss.Run)
 		default:
 			return nil, fmt.Errorf("issuers.%s: unknown type %q", name, ic.Type)
 		}
@@ -104,6 +116,43 @@ func newAWSSTS(ctx context.Context, cfg *config.Config, name string, jwts map[st
 		c.Profiles[pname] = prof
 	}
 	return awssts.New(ctx, c)
+}
+
+func newVault(cfg *config.Config, name string, jwts map[string]*jwt.Issuer, self string, log *slog.Logger) (*vault.Issuer, error) {
+	vc := cfg.Issuers[name].Vault
+	c := vault.Config{
+		Address: vc.Address, Namespace: vc.Namespace, CAFile: vc.CAFile, ServerName: vc.ServerName,
+		Timeout: vc.Timeout, MaxRetries: vc.MaxRetries, Profiles: map[string]vault.Profile{}, Log: log,
+	}
+	a := vc.Auth
+	mount := a.Mount
+	if mount == "" {
+		mount = a.Method
+	}
+	switch a.Method {
+	case config.VaultAuthJWT:
+		signer, ok := jwts[a.Issuer]
+		if !ok {
+			return nil, fmt.Errorf("auth.issuer %q is not a configured jwt issuer", a.Issuer)
+		}
+		aud := a.Audience
+		if aud == "" {
+			aud = vault.DefaultJWTAudience
+		}
+		c.Auth = vault.JWTAuth{Mount: mount, Role: a.Role, Signer: signer, Subject: self, Audience: aud}
+	case config.VaultAuthAppRole:
+		c.Auth = vault.AppRoleAuth{Mount: mount, RoleIDFile: a.RoleIDFile, SecretIDFile: a.SecretIDFile}
+	case config.VaultAuthTokenFile:
+		c.Auth = vault.TokenFileAuth{Path: a.TokenFile}
+	}
+	for pname, p := range cfg.Profiles {
+		if p.Issuer != name {
+			continue
+		}
+		v := p.Vault
+		c.Profiles[pname] = vault.Profile{Kind: v.Kind, Path: v.Path, TokenRole: v.TokenRole, Policies: v.Policies, NumUses: v.NumUses}
+	}
+	return vault.New(c)
 }
 
 func buildProfiles(cfg *config.Config, set *issuerSet) (map[string]broker.Profile, error) {

@@ -120,7 +120,11 @@ func Run(ctx context.Context, opts Options) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := broker.NewMetrics(reg)
 
-	issuerSet, err := buildIssuers(ctx, cfg)
+	self, err := trust.svidSource.GetX509SVID()
+	if err != nil {
+		return fmt.Errorf("the broker's own SVID: %w", err)
+	}
+	issuerSet, err := buildIssuers(ctx, cfg, self.ID.String(), log)
 	if err != nil {
 		return err
 	}
@@ -188,6 +192,9 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	if joinTokens != nil {
 		g.Go(func() error { housekeeping(gctx.Done(), joinTokens, housekeepingInterval, log); return nil })
+	}
+	for _, run := range issuerSet.runners {
+		g.Go(func() error { run(gctx); return nil })
 	}
 	g.Go(func() error { return serveGRPC(grpcServer, grpcLis) })
 	g.Go(func() error { return serveGRPC(adminServer, adminLis) })

@@ -79,6 +79,21 @@ func (r result) percentile(p float64) time.Duration {
 // ends are waited for and counted. Any failed request fails the round: a
 // benchmark of errors measures nothing.
 func round(t *target, concurrency int, d time.Duration) (result, error) {
+	return roundFunc(concurrency, d, func(w int) func(context.Context) error {
+		client := t.client()
+		req := t.request
+		if req == nil {
+			req = request
+		}
+		return func(ctx context.Context) error {
+			_, err := client.IssueCredential(ctx, req())
+			return err
+		}
+	})
+}
+
+// roundFunc is round for any call: worker(w) returns worker w's call.
+func roundFunc(concurrency int, d time.Duration, worker func(w int) func(context.Context) error) (result, error) {
 	var stop atomic.Bool
 	g, ctx := errgroup.WithContext(context.Background())
 	lat := make([][]time.Duration, concurrency)
@@ -87,11 +102,11 @@ func round(t *target, concurrency int, d time.Duration) (result, error) {
 	timer := time.AfterFunc(d, func() { stop.Store(true) })
 	defer timer.Stop()
 	for w := range concurrency {
-		client := t.client()
+		call := worker(w)
 		g.Go(func() error {
 			for !stop.Load() {
 				t0 := time.Now()
-				if _, err := client.IssueCredential(ctx, request()); err != nil {
+				if err := call(ctx); err != nil {
 					stop.Store(true)
 					return fmt.Errorf("bench: request failed: %w", err)
 				}

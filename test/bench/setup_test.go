@@ -78,6 +78,8 @@ var variants = []variant{echo, auditOn, auditOff}
 type target struct {
 	conns []*grpc.ClientConn
 	next  atomic.Uint64
+	// request is what its clients send; nil means request().
+	request func() *credbrokerv1.IssueCredentialRequest
 }
 
 // client returns a client on the next connection, round robin.
@@ -93,6 +95,11 @@ type fixture struct {
 	issuer  *jwt.Issuer
 	audit   *audit.Log // the audit-on variant's log
 	targets map[variant]*target
+	// What more brokers are built with: the servers' TLS, the audit-on
+	// variant's limits, and the clients' credentials.
+	tlsConf     *tls.Config
+	limits      broker.Limiter
+	clientCreds credentials.TransportCredentials
 }
 
 func newFixture(tb testing.TB) *fixture {
@@ -146,6 +153,7 @@ func newFixture(tb testing.TB) *fixture {
 	for _, v := range variants {
 		f.targets[v] = serve(tb, servers[v], creds)
 	}
+	f.tlsConf, f.limits, f.clientCreds = tlsConf, onLimits, creds
 	return f
 }
 
@@ -191,22 +199,26 @@ func serve(tb testing.TB, s *grpc.Server, creds credentials.TransportCredentials
 // info-level JSON logs (formatted, then discarded, so their cost counts but
 // the terminal's does not). reader backs the admin API; nil when there is none
 // (the Gate admits no admin identity, so it is never reached).
-func (f *fixture) newBroker(tb testing.TB, tlsConf *tls.Config, lim broker.Limiter, log broker.AuditLog, reader broker.AuditReader) *grpc.Server {
+func (f *fixture) newBroker(tb testing.TB, tlsConf *tls.Config, lim broker.Limiter, log broker.AuditLog, reader broker.AuditReader, extra ...broker.Profile) *grpc.Server {
 	tb.Helper()
 	pol, err := policy.New([]policy.Rule{
-		{ID: "spiffe://bench.test/ns/*/sa/capa-controller-manager", Profiles: []string{"capa-token"}, Clusters: []string{"capi-*/*"}},
+		{ID: "spiffe://bench.test/ns/*/sa/capa-controller-manager", Profiles: []string{"*"}, Clusters: []string{"capi-*/*"}},
 	})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	logger := slog.New(slog.NewJSONHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	metrics := broker.NewMetrics(prometheus.NewRegistry())
+	profiles := map[string]broker.Profile{"capa-token": {
+		Name: "capa-token", IssuerName: "local", Issuer: f.issuer, DefaultTTL: 5 * time.Minute, MaxTTL: 15 * time.Minute,
+		Audiences: []string{"capa-token", "sts.amazonaws.com"}, ClusterMode: config.ClusterRequired,
+	}}
+	for _, p := range extra {
+		profiles[p.Name] = p
+	}
 	svc, err := broker.NewService(broker.ServiceDeps{
-		Profiles: map[string]broker.Profile{"capa-token": {
-			Name: "capa-token", IssuerName: "local", Issuer: f.issuer, DefaultTTL: 5 * time.Minute, MaxTTL: 15 * time.Minute,
-			Audiences: []string{"capa-token", "sts.amazonaws.com"}, ClusterMode: config.ClusterRequired,
-		}},
-		Policy: pol, Limiter: lim, Audit: log, NewID: newID, Log: logger, Metrics: metrics,
+		Profiles: profiles,
+		Policy:   pol, Limiter: lim, Audit: log, NewID: newID, Log: logger, Metrics: metrics,
 	})
 	if err != nil {
 		tb.Fatal(err)

@@ -647,6 +647,7 @@ type Credential struct {
 	//
 	//	*Credential_Aws
 	//	*Credential_Token
+	//	*Credential_Secret
 	Kind          isCredential_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -742,6 +743,15 @@ func (x *Credential) GetToken() *Token {
 	return nil
 }
 
+func (x *Credential) GetSecret() *Secret {
+	if x != nil {
+		if x, ok := x.Kind.(*Credential_Secret); ok {
+			return x.Secret
+		}
+	}
+	return nil
+}
+
 type isCredential_Kind interface {
 	isCredential_Kind()
 }
@@ -754,9 +764,62 @@ type Credential_Token struct {
 	Token *Token `protobuf:"bytes,11,opt,name=token,proto3,oneof"`
 }
 
+type Credential_Secret struct {
+	Secret *Secret `protobuf:"bytes,12,opt,name=secret,proto3,oneof"`
+}
+
 func (*Credential_Aws) isCredential_Kind() {}
 
 func (*Credential_Token) isCredential_Kind() {}
+
+func (*Credential_Secret) isCredential_Kind() {}
+
+// Secret is a dynamic secret read from an upstream such as a Vault secrets
+// engine (e.g. database credentials), as the upstream returned it.
+type Secret struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// JSON object of the secret's fields.
+	Json          string `protobuf:"bytes,1,opt,name=json,proto3" json:"json,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Secret) Reset() {
+	*x = Secret{}
+	mi := &file_credbroker_v1_broker_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Secret) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Secret) ProtoMessage() {}
+
+func (x *Secret) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_broker_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Secret.ProtoReflect.Descriptor instead.
+func (*Secret) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_broker_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *Secret) GetJson() string {
+	if x != nil {
+		return x.Json
+	}
+	return ""
+}
 
 // AWSCredentials are temporary AWS credentials.
 type AWSCredentials struct {
@@ -770,7 +833,7 @@ type AWSCredentials struct {
 
 func (x *AWSCredentials) Reset() {
 	*x = AWSCredentials{}
-	mi := &file_credbroker_v1_broker_proto_msgTypes[11]
+	mi := &file_credbroker_v1_broker_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -782,7 +845,7 @@ func (x *AWSCredentials) String() string {
 func (*AWSCredentials) ProtoMessage() {}
 
 func (x *AWSCredentials) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_broker_proto_msgTypes[11]
+	mi := &file_credbroker_v1_broker_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -795,7 +858,7 @@ func (x *AWSCredentials) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AWSCredentials.ProtoReflect.Descriptor instead.
 func (*AWSCredentials) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_broker_proto_rawDescGZIP(), []int{11}
+	return file_credbroker_v1_broker_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *AWSCredentials) GetAccessKeyId() string {
@@ -831,7 +894,7 @@ type Token struct {
 
 func (x *Token) Reset() {
 	*x = Token{}
-	mi := &file_credbroker_v1_broker_proto_msgTypes[12]
+	mi := &file_credbroker_v1_broker_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -843,7 +906,7 @@ func (x *Token) String() string {
 func (*Token) ProtoMessage() {}
 
 func (x *Token) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_broker_proto_msgTypes[12]
+	mi := &file_credbroker_v1_broker_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -856,7 +919,7 @@ func (x *Token) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Token.ProtoReflect.Descriptor instead.
 func (*Token) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_broker_proto_rawDescGZIP(), []int{12}
+	return file_credbroker_v1_broker_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Token) GetToken() string {
@@ -918,7 +981,7 @@ const file_credbroker_v1_broker_proto_rawDesc = "" +
 	"\x17IssueCredentialResponse\x129\n" +
 	"\n" +
 	"credential\x18\x01 \x01(\v2\x19.credbroker.v1.CredentialR\n" +
-	"credential\"\x9d\x02\n" +
+	"credential\"\xce\x02\n" +
 	"\n" +
 	"Credential\x12\x1f\n" +
 	"\vissuance_id\x18\x01 \x01(\tR\n" +
@@ -930,8 +993,11 @@ const file_credbroker_v1_broker_proto_rawDesc = "" +
 	"expires_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x121\n" +
 	"\x03aws\x18\n" +
 	" \x01(\v2\x1d.credbroker.v1.AWSCredentialsH\x00R\x03aws\x12,\n" +
-	"\x05token\x18\v \x01(\v2\x14.credbroker.v1.TokenH\x00R\x05tokenB\x06\n" +
-	"\x04kind\"\x85\x01\n" +
+	"\x05token\x18\v \x01(\v2\x14.credbroker.v1.TokenH\x00R\x05token\x12/\n" +
+	"\x06secret\x18\f \x01(\v2\x15.credbroker.v1.SecretH\x00R\x06secretB\x06\n" +
+	"\x04kind\"\x1c\n" +
+	"\x06Secret\x12\x12\n" +
+	"\x04json\x18\x01 \x01(\tR\x04json\"\x85\x01\n" +
 	"\x0eAWSCredentials\x12\"\n" +
 	"\raccess_key_id\x18\x01 \x01(\tR\vaccessKeyId\x12*\n" +
 	"\x11secret_access_key\x18\x02 \x01(\tR\x0fsecretAccessKey\x12#\n" +
@@ -958,7 +1024,7 @@ func file_credbroker_v1_broker_proto_rawDescGZIP() []byte {
 	return file_credbroker_v1_broker_proto_rawDescData
 }
 
-var file_credbroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_credbroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_credbroker_v1_broker_proto_goTypes = []any{
 	(*AttestNodeRequest)(nil),       // 0: credbroker.v1.AttestNodeRequest
 	(*JoinTokenEvidence)(nil),       // 1: credbroker.v1.JoinTokenEvidence
@@ -971,10 +1037,11 @@ var file_credbroker_v1_broker_proto_goTypes = []any{
 	(*IssueCredentialRequest)(nil),  // 8: credbroker.v1.IssueCredentialRequest
 	(*IssueCredentialResponse)(nil), // 9: credbroker.v1.IssueCredentialResponse
 	(*Credential)(nil),              // 10: credbroker.v1.Credential
-	(*AWSCredentials)(nil),          // 11: credbroker.v1.AWSCredentials
-	(*Token)(nil),                   // 12: credbroker.v1.Token
-	(*timestamppb.Timestamp)(nil),   // 13: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 14: google.protobuf.Duration
+	(*Secret)(nil),                  // 11: credbroker.v1.Secret
+	(*AWSCredentials)(nil),          // 12: credbroker.v1.AWSCredentials
+	(*Token)(nil),                   // 13: credbroker.v1.Token
+	(*timestamppb.Timestamp)(nil),   // 14: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 15: google.protobuf.Duration
 }
 var file_credbroker_v1_broker_proto_depIdxs = []int32{
 	1,  // 0: credbroker.v1.AttestNodeRequest.join_token:type_name -> credbroker.v1.JoinTokenEvidence
@@ -982,23 +1049,24 @@ var file_credbroker_v1_broker_proto_depIdxs = []int32{
 	3,  // 2: credbroker.v1.AttestNodeRequest.aws_iid:type_name -> credbroker.v1.AWSIIDEvidence
 	7,  // 3: credbroker.v1.AttestNodeResponse.svid:type_name -> credbroker.v1.NodeSVID
 	7,  // 4: credbroker.v1.RenewNodeSVIDResponse.svid:type_name -> credbroker.v1.NodeSVID
-	13, // 5: credbroker.v1.NodeSVID.expires_at:type_name -> google.protobuf.Timestamp
-	14, // 6: credbroker.v1.IssueCredentialRequest.ttl:type_name -> google.protobuf.Duration
+	14, // 5: credbroker.v1.NodeSVID.expires_at:type_name -> google.protobuf.Timestamp
+	15, // 6: credbroker.v1.IssueCredentialRequest.ttl:type_name -> google.protobuf.Duration
 	10, // 7: credbroker.v1.IssueCredentialResponse.credential:type_name -> credbroker.v1.Credential
-	13, // 8: credbroker.v1.Credential.expires_at:type_name -> google.protobuf.Timestamp
-	11, // 9: credbroker.v1.Credential.aws:type_name -> credbroker.v1.AWSCredentials
-	12, // 10: credbroker.v1.Credential.token:type_name -> credbroker.v1.Token
-	8,  // 11: credbroker.v1.BrokerService.IssueCredential:input_type -> credbroker.v1.IssueCredentialRequest
-	0,  // 12: credbroker.v1.BrokerService.AttestNode:input_type -> credbroker.v1.AttestNodeRequest
-	5,  // 13: credbroker.v1.BrokerService.RenewNodeSVID:input_type -> credbroker.v1.RenewNodeSVIDRequest
-	9,  // 14: credbroker.v1.BrokerService.IssueCredential:output_type -> credbroker.v1.IssueCredentialResponse
-	4,  // 15: credbroker.v1.BrokerService.AttestNode:output_type -> credbroker.v1.AttestNodeResponse
-	6,  // 16: credbroker.v1.BrokerService.RenewNodeSVID:output_type -> credbroker.v1.RenewNodeSVIDResponse
-	14, // [14:17] is the sub-list for method output_type
-	11, // [11:14] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	14, // 8: credbroker.v1.Credential.expires_at:type_name -> google.protobuf.Timestamp
+	12, // 9: credbroker.v1.Credential.aws:type_name -> credbroker.v1.AWSCredentials
+	13, // 10: credbroker.v1.Credential.token:type_name -> credbroker.v1.Token
+	11, // 11: credbroker.v1.Credential.secret:type_name -> credbroker.v1.Secret
+	8,  // 12: credbroker.v1.BrokerService.IssueCredential:input_type -> credbroker.v1.IssueCredentialRequest
+	0,  // 13: credbroker.v1.BrokerService.AttestNode:input_type -> credbroker.v1.AttestNodeRequest
+	5,  // 14: credbroker.v1.BrokerService.RenewNodeSVID:input_type -> credbroker.v1.RenewNodeSVIDRequest
+	9,  // 15: credbroker.v1.BrokerService.IssueCredential:output_type -> credbroker.v1.IssueCredentialResponse
+	4,  // 16: credbroker.v1.BrokerService.AttestNode:output_type -> credbroker.v1.AttestNodeResponse
+	6,  // 17: credbroker.v1.BrokerService.RenewNodeSVID:output_type -> credbroker.v1.RenewNodeSVIDResponse
+	15, // [15:18] is the sub-list for method output_type
+	12, // [12:15] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_credbroker_v1_broker_proto_init() }
@@ -1014,6 +1082,7 @@ func file_credbroker_v1_broker_proto_init() {
 	file_credbroker_v1_broker_proto_msgTypes[10].OneofWrappers = []any{
 		(*Credential_Aws)(nil),
 		(*Credential_Token)(nil),
+		(*Credential_Secret)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1021,7 +1090,7 @@ func file_credbroker_v1_broker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_credbroker_v1_broker_proto_rawDesc), len(file_credbroker_v1_broker_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
