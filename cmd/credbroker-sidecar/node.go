@@ -129,9 +129,10 @@ func (o nodeOptions) check(rest []string) (nodeagent.Evidence, error) {
 }
 
 // fetchIID reads the instance identity document and its RSA-SHA256
-// signature from the instance metadata service (IMDSv2).
+// signature from the instance metadata service (IMDSv2), at the SDK's
+// standard AWS_EC2_METADATA_SERVICE_ENDPOINT when that is set.
 func fetchIID(ctx context.Context) (document, signature []byte, err error) {
-	client := imds.New(imds.Options{})
+	client := imds.New(imds.Options{Endpoint: os.Getenv("AWS_EC2_METADATA_SERVICE_ENDPOINT")})
 	get := func(path string) ([]byte, error) {
 		out, err := client.GetDynamicData(ctx, &imds.GetDynamicDataInput{Path: path})
 		if err != nil {

@@ -220,6 +220,9 @@ type Issuer struct {
 	loggedIn bool
 	loginErr error
 	ready    chan struct{}
+	logins   uint64        // successful logins so far
+	loginCh  chan struct{} // closed and replaced at each login
+	relogin  chan struct{} // asks Run to log in again now
 }
 
 // New checks cfg and builds an Issuer. It does not contact Vault: Run logs
@@ -272,7 +275,8 @@ func New(cfg Config) (*Issuer, error) {
 	// Nothing from the environment (VAULT_TOKEN, VAULT_NAMESPACE) applies.
 	client.ClearToken()
 	client.SetNamespace(cfg.Namespace)
-	return &Issuer{client: client, auth: cfg.Auth, profiles: cfg.Profiles, clock: cfg.Clock, log: cfg.Log, ready: make(chan struct{})}, nil
+	return &Issuer{client: client, auth: cfg.Auth, profiles: cfg.Profiles, clock: cfg.Clock, log: cfg.Log,
+		ready: make(chan struct{}), loginCh: make(chan struct{}), relogin: make(chan struct{}, 1)}, nil
 }
 
 func (p Profile) check() error {
@@ -333,12 +337,17 @@ func (i *Issuer) keep(ctx context.Context, secret *vaultapi.Secret) {
 		// Not renewable: log in again at two thirds of its lifetime.
 		wait := time.Duration(secret.Auth.LeaseDuration) * time.Second * 2 / 3
 		if secret.Auth.LeaseDuration == 0 {
-			<-ctx.Done() // a non-expiring token (token file with a root-like token)
+			// A non-expiring token (a token file): keep it until it stops working.
+			select {
+			case <-ctx.Done():
+			case <-i.relogin:
+			}
 			return
 		}
 		select {
 		case <-ctx.Done():
 		case <-time.After(wait):
+		case <-i.relogin:
 		}
 		return
 	}
@@ -358,6 +367,9 @@ func (i *Issuer) keep(ctx context.Context, secret *vaultapi.Secret) {
 				i.log.Warn("vault token renewal failed; logging in again", slog.String("error", err.Error()))
 			}
 			return
+		case <-i.relogin:
+			i.log.Warn("the broker's vault token is no longer valid; logging in again")
+			return
 		case r := <-w.RenewCh():
 			if r != nil && r.Secret != nil && r.Secret.Auth != nil {
 				i.log.Debug("vault token renewed", slog.Int("ttl_seconds", r.Secret.Auth.LeaseDuration))
@@ -376,7 +388,37 @@ func (i *Issuer) setLogin(ok bool, err error) {
 		default:
 			close(i.ready)
 		}
+		i.logins++
+		close(i.loginCh)
+		i.loginCh = make(chan struct{})
 	}
+}
+
+// loginState returns the number of logins so far and a channel closed at
+// the next one.
+func (i *Issuer) loginState() (uint64, <-chan struct{}) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.logins, i.loginCh
+}
+
+// checkOwnToken is called after Vault refused a request: if the broker's own
+// token is what Vault no longer accepts (revoked, expired), it asks Run to
+// log in again and reports Unavailable rather than blaming the caller.
+func (i *Issuer) checkOwnToken(ctx context.Context, refusal error) error {
+	var ie *issuers.Error
+	if !errors.As(refusal, &ie) || !errors.Is(ie.Kind, issuers.ErrRejected) {
+		return refusal
+	}
+	if _, err := i.client.Auth().Token().LookupSelfWithContext(ctx); err == nil {
+		return refusal
+	}
+	i.setLogin(false, errors.New("vault: the broker's token is no longer accepted"))
+	select {
+	case i.relogin <- struct{}{}:
+	default:
+	}
+	return &issuers.Error{Kind: issuers.ErrUnavailable, Code: "re-authenticating to Vault", RetryAfter: unavailableRetryAfter, Err: refusal}
 }
 
 func (i *Issuer) checkLogin() error {
@@ -405,7 +447,7 @@ func (i *Issuer) Issue(ctx context.Context, req issuers.Request) (issuers.Creden
 	default:
 		secret, err := i.client.Logical().ReadWithDataWithContext(ctx, p.Path, map[string][]string{"ttl": {ttl}})
 		if err != nil {
-			return issuers.Credential{}, classify(err)
+			return issuers.Credential{}, i.checkOwnToken(ctx, classify(err))
 		}
 		if secret == nil || secret.Data == nil {
 			return issuers.Credential{}, &issuers.Error{Kind: issuers.ErrMisconfigured, Code: "no secret at path", Err: fmt.Errorf("vault: nothing at %s", p.Path)}
@@ -451,7 +493,7 @@ func (i *Issuer) token(ctx context.Context, p Profile, req issuers.Request, ttl 
 		DisplayName:    "credbroker-" + req.Profile,
 	}, p.TokenRole)
 	if err != nil {
-		return issuers.Credential{}, classify(err)
+		return issuers.Credential{}, i.checkOwnToken(ctx, classify(err))
 	}
 	if secret == nil || secret.Auth == nil || secret.Auth.ClientToken == "" {
 		return issuers.Credential{}, &issuers.Error{Kind: issuers.ErrUnavailable, Code: "no token in response", Err: errors.New("vault: token create returned no token")}
@@ -482,7 +524,7 @@ func (i *Issuer) Revoke(ctx context.Context, ref string) error {
 		err = i.client.Sys().RevokeWithContext(ctx, ref)
 	}
 	if err != nil {
-		return classify(err)
+		return i.checkOwnToken(ctx, classify(err))
 	}
 	return nil
 }

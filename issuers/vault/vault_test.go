@@ -287,3 +287,33 @@ func isStatus(err error, code int) bool {
 	var re *vaultapi.ResponseError
 	return errors.As(err, &re) && re.StatusCode == code
 }
+
+// TestRevokedBrokerTokenIsReplaced: when Vault stops accepting the broker's
+// own token, callers get UNAVAILABLE (not a denial they caused) and the
+// broker logs in again by itself.
+func TestRevokedBrokerTokenIsReplaced(t *testing.T) {
+	e := newEnv(t)
+	iss := e.issuer(t, tokenProfiles())
+	vault.AwaitLogins(t, iss, 1)
+	root := e.vault.Client(t)
+	list, err := root.Logical().List("auth/token/accessors")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, acc := range list.Data["keys"].([]any) {
+		info, err := root.Logical().Write("auth/token/lookup-accessor", map[string]any{"accessor": acc})
+		if err == nil && info.Data["display_name"] != "root" {
+			if _, err := root.Logical().Write("auth/token/revoke-accessor", map[string]any{"accessor": acc}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	_, err = iss.Issue(ctxT(t), request("workload-token", time.Hour))
+	if !errors.Is(err, issuers.ErrUnavailable) {
+		t.Fatalf("with the broker's token revoked: %v, want Unavailable", err)
+	}
+	vault.AwaitLogins(t, iss, 2)
+	if _, err := iss.Issue(ctxT(t), request("workload-token", time.Hour)); err != nil {
+		t.Fatalf("after logging in again: %v", err)
+	}
+}

@@ -170,7 +170,14 @@ type result struct {
 
 func runTool(t *testing.T, name string, args ...string) result {
 	t.Helper()
+	return runToolEnv(t, nil, name, args...)
+}
+
+// runToolEnv runs a binary with exactly env (nil: this process's).
+func runToolEnv(t *testing.T, env []string, name string, args ...string) result {
+	t.Helper()
 	cmd := exec.Command(filepath.Join(binDir, name), args...)
+	cmd.Env = env
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
