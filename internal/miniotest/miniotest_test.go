@@ -2,10 +2,9 @@ package miniotest
 
 import (
 	"errors"
-	"fmt"
 	"io"
 	"net"
-	"runtime"
+
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +15,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sts"
 	ststypes "github.com/aws/aws-sdk-go-v2/service/sts/types"
 	"github.com/aws/smithy-go"
+
+	"github.com/credbroker/credbroker/internal/testproc"
 )
 
 // bucketAOnly is a session policy that allows putting and getting objects in
@@ -142,61 +143,7 @@ func apiErrorCode(err error) string {
 }
 
 func TestStartWithoutBinaryFailsAndSaysHowToGetIt(t *testing.T) {
-	for name, env := range map[string]string{
-		"unset, not on PATH":    "",
-		"set to a missing file": t.TempDir() + "/no-such-minio",
-	} {
-		t.Run(name, func(t *testing.T) {
-			t.Setenv(EnvBinary, env)
-			t.Setenv("PATH", t.TempDir())
-			r := runFatal(t, func(tb testing.TB) { Start(tb) })
-			if r.skipped {
-				t.Fatal("Start skipped the test; a missing MinIO must fail it")
-			}
-			for _, want := range []string{"make minio", EnvBinary} {
-				if !strings.Contains(r.fatal, want) {
-					t.Errorf("Start failed with %q, want a message mentioning %q", r.fatal, want)
-				}
-			}
-		})
-	}
-}
-
-// runFatal runs f on its own goroutine with a fatalRecorder wrapping t, and
-// returns the recorder once f has returned or ended the goroutine.
-func runFatal(t *testing.T, f func(testing.TB)) *fatalRecorder {
-	r := &fatalRecorder{TB: t}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		f(r)
-	}()
-	<-done
-	return r
-}
-
-// fatalRecorder records the message of Fatalf and any attempt to skip,
-// ending the calling goroutine like the real ones do.
-type fatalRecorder struct {
-	testing.TB
-	fatal   string
-	skipped bool
-}
-
-func (r *fatalRecorder) Helper() {}
-
-func (r *fatalRecorder) Fatalf(format string, args ...any) {
-	r.fatal = fmt.Sprintf(format, args...)
-	runtime.Goexit()
-}
-
-func (r *fatalRecorder) Fatal(args ...any) { r.Fatalf("%s", fmt.Sprint(args...)) }
-
-func (r *fatalRecorder) Skip(...any)          { r.SkipNow() }
-func (r *fatalRecorder) Skipf(string, ...any) { r.SkipNow() }
-func (r *fatalRecorder) SkipNow() {
-	r.skipped = true
-	runtime.Goexit()
+	testproc.CheckFailsWithoutBinary(t, EnvBinary, func(tb testing.TB) { Start(tb) }, "make minio")
 }
 
 func TestStartRetriesWhenAPortWasTaken(t *testing.T) {
@@ -208,7 +155,7 @@ func TestStartRetriesWhenAPortWasTaken(t *testing.T) {
 	picks := 0
 	pick := func(n int) ([]string, error) {
 		picks++
-		ports, err := freePorts(n)
+		ports, err := testproc.FreePorts(n)
 		if picks == 1 {
 			ports[0] = taken.Addr().String() // as if another process bound it after the pick
 		}
@@ -228,10 +175,10 @@ func TestStartRetriesWhenAPortWasTaken(t *testing.T) {
 func TestStartWithOpenIDFailsFastWhenTheIssuerIsNotServing(t *testing.T) {
 	down := newIssuer(t, "ES256")
 	down.Close()
-	r := runFatal(t, func(tb testing.TB) {
+	r := testproc.RunFatal(t, func(tb testing.TB) {
 		Start(tb, WithOpenID(down.URL+"/.well-known/openid-configuration", testClientID, "readwrite"))
 	})
-	if !strings.Contains(r.fatal, "issuer must be serving") {
-		t.Errorf("Start failed with %q, want it to say the issuer must be serving", r.fatal)
+	if !strings.Contains(r.FatalMessage(), "issuer must be serving") {
+		t.Errorf("Start failed with %q, want it to say the issuer must be serving", r.FatalMessage())
 	}
 }

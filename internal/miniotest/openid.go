@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+
+	"github.com/credbroker/credbroker/internal/testproc"
 )
 
 // WithOpenID configures MinIO's OpenID identity provider, so that
@@ -47,7 +49,7 @@ func openIDRoleARN(clientID, region string) string {
 // checkDiscovery fetches the discovery document at configURL as MinIO will,
 // and checks that it names a JWKS, which MinIO requires.
 func checkDiscovery(ctx context.Context, configURL string) error {
-	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	ctx, cancel := context.WithTimeout(ctx, testproc.DefaultProbeTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, configURL, nil)
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/aws/smithy-go"
 
 	"github.com/credbroker/credbroker/internal/miniotest"
+	"github.com/credbroker/credbroker/internal/testproc"
 )
 
 // putOnlyBucketA allows putting objects in bucket-a and nothing else.
@@ -56,9 +57,9 @@ func TestAWSEngineAssumesRoleAtMinIOWithTheSessionPolicy(t *testing.T) {
 func TestAWSRoleRejectsAnUnknownCredentialType(t *testing.T) {
 	s := Start(t)
 	s.EnableAWSEngine(t, "aws", "AKIAEXAMPLE", "secret", "http://127.0.0.1:1", "http://127.0.0.1:1", "us-east-1")
-	r := runFatal(t, func(tb testing.TB) { s.AWSRole(tb, "aws", "r", "iam_user", nil, "") })
-	if !strings.Contains(r.fatal, "credential type") {
-		t.Errorf("AWSRole with iam_user failed with %q, want it refused", r.fatal)
+	r := testproc.RunFatal(t, func(tb testing.TB) { s.AWSRole(tb, "aws", "r", "iam_user", nil, "") })
+	if !strings.Contains(r.FatalMessage(), "credential type") {
+		t.Errorf("AWSRole with iam_user failed with %q, want it refused", r.FatalMessage())
 	}
 	s.AWSRole(t, "aws", "fed", AWSFederationToken, nil, putOnlyBucketA)
 	got, err := s.Client(t).Logical().ReadWithContext(t.Context(), "aws/roles/fed")

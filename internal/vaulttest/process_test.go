@@ -2,16 +2,16 @@ package vaulttest
 
 import (
 	"errors"
-	"fmt"
 	"net"
 	"net/http"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
 	"go.uber.org/goleak"
+
+	"github.com/credbroker/credbroker/internal/testproc"
 )
 
 // TestMain fails the package when a test leaves goroutines behind: a
@@ -89,7 +89,7 @@ func TestWithTLSServesHTTPSVerifiedByItsCA(t *testing.T) {
 func TestOutputIsRedacted(t *testing.T) {
 	s := Start(t)
 	s.Stop(t) // the banner with the unseal key comes at shutdown
-	out := s.proc.out.String()
+	out := s.proc.Output()
 	m := unsealKeyLine.FindStringSubmatch(out)
 	if m == nil || !strings.Contains(out, s.RootToken) {
 		t.Fatalf("vault's banner has no unseal key or root token; the redaction below proves nothing:\n%s", s.redact(out))
@@ -116,24 +116,7 @@ func TestClientIgnoresVaultEnvironment(t *testing.T) {
 }
 
 func TestStartWithoutBinaryFailsAndSaysHowToGetIt(t *testing.T) {
-	for name, env := range map[string]string{
-		"unset, not on PATH":    "",
-		"set to a missing file": t.TempDir() + "/no-such-vault",
-	} {
-		t.Run(name, func(t *testing.T) {
-			t.Setenv(EnvBinary, env)
-			t.Setenv("PATH", t.TempDir())
-			r := runFatal(t, func(tb testing.TB) { Start(tb) })
-			if r.skipped {
-				t.Fatal("Start skipped the test; a missing Vault must fail it")
-			}
-			for _, want := range []string{"make vault", EnvBinary} {
-				if !strings.Contains(r.fatal, want) {
-					t.Errorf("Start failed with %q, want a message mentioning %q", r.fatal, want)
-				}
-			}
-		})
-	}
+	testproc.CheckFailsWithoutBinary(t, EnvBinary, func(tb testing.TB) { Start(tb) }, "make vault")
 }
 
 func TestStartRetriesWhenAPortWasTaken(t *testing.T) {
@@ -169,14 +152,14 @@ func TestStartFailsWithRedactedOutputWhenVaultCannotStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer taken.Close()
-	r := runFatal(t, func(tb testing.TB) {
+	r := testproc.RunFatal(t, func(tb testing.TB) {
 		start(tb, func() (string, error) { return taken.Addr().String(), nil })
 	})
-	if !strings.Contains(r.fatal, "address already in use") {
-		t.Errorf("Start failed with %q, want vault's output saying the address is in use", r.fatal)
+	if !strings.Contains(r.FatalMessage(), "address already in use") {
+		t.Errorf("Start failed with %q, want vault's output saying the address is in use", r.FatalMessage())
 	}
-	if strings.Contains(r.fatal, "Root Token: root-") {
-		t.Errorf("failure message holds a root token: %q", r.fatal)
+	if strings.Contains(r.FatalMessage(), "Root Token: root-") {
+		t.Errorf("failure message holds a root token: %q", r.FatalMessage())
 	}
 }
 
@@ -184,41 +167,4 @@ func TestStartFailsWithRedactedOutputWhenVaultCannotStart(t *testing.T) {
 func isStatus(err error, code int) bool {
 	var re *vaultapi.ResponseError
 	return errors.As(err, &re) && re.StatusCode == code
-}
-
-// runFatal runs f on its own goroutine with a fatalRecorder wrapping t, and
-// returns the recorder once f has returned or ended the goroutine.
-func runFatal(t *testing.T, f func(testing.TB)) *fatalRecorder {
-	r := &fatalRecorder{TB: t}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		f(r)
-	}()
-	<-done
-	return r
-}
-
-// fatalRecorder records the message of Fatalf and any attempt to skip,
-// ending the calling goroutine like the real ones do.
-type fatalRecorder struct {
-	testing.TB
-	fatal   string
-	skipped bool
-}
-
-func (r *fatalRecorder) Helper() {}
-
-func (r *fatalRecorder) Fatalf(format string, args ...any) {
-	r.fatal = fmt.Sprintf(format, args...)
-	runtime.Goexit()
-}
-
-func (r *fatalRecorder) Fatal(args ...any) { r.Fatalf("%s", fmt.Sprint(args...)) }
-
-func (r *fatalRecorder) Skip(...any)          { r.SkipNow() }
-func (r *fatalRecorder) Skipf(string, ...any) { r.SkipNow() }
-func (r *fatalRecorder) SkipNow() {
-	r.skipped = true
-	runtime.Goexit()
 }

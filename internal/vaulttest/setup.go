@@ -195,10 +195,7 @@ func (s *Server) Seal(t testing.TB) {
 // data is gone; it cannot be started again.
 func (s *Server) Stop(t testing.TB) {
 	t.Helper()
-	s.proc.mu.Lock()
-	s.proc.stopped = true
-	s.proc.mu.Unlock()
-	s.proc.stop()
+	s.proc.Stop()
 }
 
 // seconds formats d as Vault's duration strings, in whole seconds.

@@ -22,6 +22,8 @@ import (
 	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
+
+	"github.com/credbroker/credbroker/internal/testproc"
 )
 
 // EnvBinary names the environment variable holding the path of the Vault
@@ -42,7 +44,7 @@ type Server struct {
 	// and empty without it.
 	CACertPEM []byte
 
-	proc *process
+	proc *testproc.Process
 	http *http.Client // shared by HTTPClient and every Client
 }
 
