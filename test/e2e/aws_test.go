@@ -36,8 +36,19 @@ const (
 
 func startAWSBroker(t *testing.T) *awsBroker {
 	t.Helper()
+	return startAWSBrokerVia(t, nil)
+}
+
+// startAWSBrokerVia is startAWSBroker with the broker's STS endpoint in front
+// of MinIO's chosen by front (nil: MinIO itself).
+func startAWSBrokerVia(t *testing.T, front func(minioURL string) string) *awsBroker {
+	t.Helper()
 	m := miniotest.Start(t)
 	m.CreateBucket(t, bucket)
+	stsEndpoint := m.Endpoint
+	if front != nil {
+		stsEndpoint = front(m.Endpoint)
+	}
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "aws.yaml")
 	yaml := fmt.Sprintf(`trust_domain: dev.credbroker.test
@@ -74,7 +85,7 @@ policy:
   - id: spiffe://dev.credbroker.test/ns/capi-system/sa/demo-controller
     profiles: [capa]
     clusters: ["*"]
-`, m.Region, m.Endpoint)
+`, m.Region, stsEndpoint)
 	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
