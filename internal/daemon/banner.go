@@ -39,4 +39,14 @@ Inspect and verify:
 		t.dev.ControllerDir, t.dev.AdminDir,
 		bin("credbroker-credential-process"), cfg.Listen, t.dev.ControllerDir,
 		bin("credbrokerctl"), cfg.Admin.Socket, bin("credbrokerctl"), cfg.Admin.Socket)
+	if cfg.NodeAttestation != nil {
+		tokenFile := filepath.Join(cfg.DataDir, "dev", "join-token")
+		fmt.Fprintf(opts.Stdout, `Admit a node of workload cluster team-a/alpha with a one-time join token:
+  %s --socket %s join-token create --cluster team-a/alpha --node worker-1 > %s
+  %s node --once --broker %s --trust-domain %s --bundle %s --svid-dir %s --join-token-file %s
+
+`, bin("credbrokerctl"), cfg.Admin.Socket, tokenFile,
+			bin("credbroker-sidecar"), cfg.Listen, cfg.TrustDomain, filepath.Join(t.dev.ControllerDir, "bundle.pem"),
+			filepath.Join(cfg.DataDir, "dev", "node"), tokenFile)
+	}
 }
