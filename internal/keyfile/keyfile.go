@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 )
 
 // MaxSize bounds what Read reads; real key files are well under 1 KiB.
@@ -20,9 +21,11 @@ const MaxSize = 64 << 10
 const pemType = "PRIVATE KEY"
 
 // Read returns the contents of a regular file that grants no access to group
-// or others. The mode is checked on the open file, so a swap between check
-// and read cannot slip through. Errors wrap fs.ErrNotExist when the file is
-// missing and never contain file contents.
+// or others and is owned by the user the process runs as (so a root process
+// does not trust a file another user planted). Mode and owner are checked on
+// the open file, so a swap between check and read cannot slip through.
+// Errors wrap fs.ErrNotExist when the file is missing and never contain file
+// contents.
 func Read(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -38,6 +41,9 @@ func Read(path string) ([]byte, error) {
 	}
 	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
 		return nil, fmt.Errorf("keyfile: %s has mode %#o: it must not be accessible by group or others (chmod 600 %s)", path, perm, path)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() {
+		return nil, fmt.Errorf("keyfile: %s is owned by uid %d, not by this process's uid %d", path, st.Uid, os.Geteuid())
 	}
 	b, err := io.ReadAll(io.LimitReader(f, MaxSize+1))
 	if err != nil {

@@ -126,3 +126,26 @@ func TestECRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// TestReadRefusesAnotherUsersFile: a process running as root must not trust
+// an owner-only file that another user planted (creating one needs root).
+func TestReadRefusesAnotherUsersFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "planted")
+	if err := os.WriteFile(path, []byte("k"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if os.Geteuid() != 0 {
+		t.Log("not root: cannot give a file to another user; only the own-file case is checked")
+		if _, err := keyfile.Read(path); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	if err := os.Chown(path, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	_, err := keyfile.Read(path)
+	if err == nil || !strings.Contains(err.Error(), "owned by uid 65534") {
+		t.Fatalf("another user's file: %v", err)
+	}
+}
