@@ -180,6 +180,7 @@ func (s *Service) issue(ctx context.Context, caller attest.Caller, req *credbrok
 		TTL:        grant.ttl,
 	})
 	if err != nil {
+		s.metrics.upstreamFailure(prof.IssuerName, err)
 		return nil, s.refuse(rec, audit.DecisionFailed, issuerError(err, rec.IssuanceID))
 	}
 
@@ -191,6 +192,9 @@ func (s *Service) issue(ctx context.Context, caller attest.Caller, req *credbrok
 	if _, err := s.audit.Append(*rec); err != nil {
 		// Fail closed: a credential whose issuance is not on record is not handed out.
 		return nil, wrapf(codes.Unavailable, err, "audit store unavailable; credential withheld (issuance %s)", rec.IssuanceID)
+	}
+	if cred.Reused {
+		s.metrics.reused.WithLabelValues(prof.Name).Inc()
 	}
 	return toProto(rec, cred), nil
 }

@@ -1,12 +1,14 @@
 package broker
 
 import (
+	"errors"
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/credbroker/credbroker/broker/audit"
+	"github.com/credbroker/credbroker/issuers"
 )
 
 // Metrics are the broker's Prometheus metrics. Names are stable: dashboards
@@ -21,6 +23,8 @@ type Metrics struct {
 	// unauthUnrecorded counts unauthenticated attempts refused without an
 	// audit record because their source exceeded the recording rate.
 	unauthUnrecorded prometheus.Counter
+	reused           *prometheus.CounterVec
+	upstreamFailures *prometheus.CounterVec
 }
 
 // NewMetrics registers the broker's metrics with reg.
@@ -46,8 +50,34 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Unauthenticated requests refused without an audit record because their source address exceeded the recording rate.",
 		}),
 	}
-	reg.MustRegister(m.grpc, m.decisions, m.latency, m.authFails, m.unauthUnrecorded)
+	m.reused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "credbroker_credentials_reused_total",
+		Help: "Issued credentials that were minted for an earlier issuance and handed out again (shared upstream calls), by profile.",
+	}, []string{"profile"})
+	m.upstreamFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "credbroker_upstream_failures_total",
+		Help: "Issuer failures by issuer and kind (unavailable, throttled, rejected, misconfigured, other).",
+	}, []string{"issuer", "kind"})
+	reg.MustRegister(m.grpc, m.decisions, m.latency, m.authFails, m.unauthUnrecorded, m.reused, m.upstreamFailures)
 	return m
+}
+
+// upstreamFailure counts an issuer failure by its kind.
+func (m *Metrics) upstreamFailure(issuer string, err error) {
+	kind := "other"
+	for _, k := range []struct {
+		err  error
+		name string
+	}{
+		{issuers.ErrUnavailable, "unavailable"}, {issuers.ErrThrottled, "throttled"},
+		{issuers.ErrRejected, "rejected"}, {issuers.ErrMisconfigured, "misconfigured"},
+	} {
+		if errors.Is(err, k.err) {
+			kind = k.name
+			break
+		}
+	}
+	m.upstreamFailures.WithLabelValues(issuer, kind).Inc()
 }
 
 // observe counts one decision. profile must be a configured profile name or

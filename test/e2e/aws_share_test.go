@@ -10,6 +10,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -95,4 +96,32 @@ func TestConcurrentIdenticalRequestsShareOneAssumeRole(t *testing.T) {
 	if r := b.ctl(t, "audit", "verify"); r.code != 0 {
 		t.Errorf("audit verify: %s%s", r.stdout, r.stderr)
 	}
+	if m := metrics(t, b.broker); !strings.Contains(m, `credbroker_credentials_reused_total{profile="capa"} 199`) {
+		t.Errorf("metrics do not count the 199 reused hand-outs:\n%s", grepLines(m, "credbroker_"))
+	}
+}
+
+// metrics returns the broker's /metrics page.
+func metrics(t *testing.T, b *broker) string {
+	t.Helper()
+	resp, err := http.Get("http://" + b.http + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(body)
+}
+
+func grepLines(s, substr string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, substr) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

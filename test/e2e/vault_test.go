@@ -100,6 +100,9 @@ policy:
 	if r := b.ctl(t, "audit", "tail", "-n", "1"); !strings.Contains(r.stdout, "failed") || !strings.Contains(r.stdout, "503") {
 		t.Errorf("last audit record: %s", r.stdout)
 	}
+	if m := metrics(t, b); !strings.Contains(m, `credbroker_upstream_failures_total{issuer="vault",kind="unavailable"} 1`) {
+		t.Errorf("metrics do not count the upstream failure:\n%s", grepLines(m, "credbroker_upstream"))
+	}
 	b.stop(t)
 	assertNotOnDiskOrInLogs(t, b.dataDir, cred.Token, b.stdout.String()+b.stderr.String())
 }
