@@ -1,0 +1,134 @@
+package daemon
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffegrpc/grpccredentials"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/credbroker/credbroker/internal/ca"
+	"github.com/credbroker/credbroker/internal/nodeagent"
+	"github.com/credbroker/credbroker/internal/svidfile"
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+)
+
+// TestNodeAttestationWithAProductionIdentity: outside --dev the broker's own
+// SVID comes from another CA (SPIRE's), node SVIDs from the broker's node CA
+// in the data dir. Nodes must still verify the broker, and the broker must
+// accept node SVIDs for renewal and issuance: the node CA joins the bundle of
+// the trust domain on both sides.
+func TestNodeAttestationWithAProductionIdentity(t *testing.T) {
+	dir := t.TempDir()
+	td := spiffeid.RequireTrustDomainFromString("prod.test")
+	spire, err := ca.New(td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverSVID, err := spire.MintX509SVID(spiffeid.RequireFromPath(td, "/credbroker"), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := svidfile.Write(filepath.Join(dir, "tls"), serverSVID, spire.X509Bundle()); err != nil {
+		t.Fatal(err)
+	}
+	cfg := `
+trust_domain: prod.test
+listen: 127.0.0.1:0
+http_listen: 127.0.0.1:0
+data_dir: ` + filepath.Join(dir, "data") + `
+tls:
+  svid_file: ` + filepath.Join(dir, "tls", "svid.pem") + `
+  svid_key_file: ` + filepath.Join(dir, "tls", "svid_key.pem") + `
+  bundles: {prod.test: ` + filepath.Join(dir, "tls", "bundle.pem") + `}
+issuers:
+  oidc: {type: jwt, jwt: {issuer_url: "https://credbroker.prod.test"}}
+profiles:
+  node-token: {issuer: oidc, max_ttl: 1h, cluster: required}
+node_attestation: {svid_ttl: 10m}
+policy:
+  - id: spiffe://prod.test/capi/cluster/*/*/node/*
+    profiles: [node-token]
+    clusters: ["*"]
+`
+	d := startDaemon(t, dir, cfg)
+	defer d.stop(t)
+
+	// The node CA exists, owner-only.
+	nodeCA, err := ca.Load(filepath.Join(dir, "data", "node-ca"))
+	if err != nil {
+		t.Fatalf("node CA: %v", err)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "data", "node-ca", ca.KeyFile)); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("node CA key: %v, %v", fi, err)
+	}
+
+	admin, err := grpc.NewClient("unix://"+filepath.Join(dir, "data", "admin.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	tok, err := credbrokerv1.NewAdminServiceClient(admin).CreateJoinToken(d.ctx, &credbrokerv1.CreateJoinTokenRequest{Cluster: "capi-a/c1", Node: "worker-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The node knows only the trust domain's bundle as SPIRE publishes it.
+	nodeDir := filepath.Join(dir, "node")
+	agent, err := nodeagent.New(nodeagent.Config{Broker: d.grpcAddr, Bootstrap: spire.X509Bundle(), Dir: nodeDir, Evidence: nodeagent.JoinToken(tok.GetToken(), "")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svid, err := agent.Ensure(d.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, bundle, err := svidfile.Load(nodeDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bundle.HasX509Authority(nodeCA.Certificate()) || !bundle.HasX509Authority(spire.Certificate()) {
+		t.Error("the bundle handed to the node lacks the node CA or the trust domain's own CA")
+	}
+	if _, _, err := x509svid.Verify(svid.Certificates, bundle); err != nil {
+		t.Fatalf("node SVID does not verify against the bundle: %v", err)
+	}
+
+	// Renewal over mTLS with the node SVID, then a credential for its own cluster.
+	if _, err := agent.Renew(d.ctx); err != nil {
+		t.Fatalf("renewal: %v", err)
+	}
+	node, bundleAfter, err := svidfile.Load(nodeDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpcWithSVID(d.grpcAddr, node, bundleAfter, td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	resp, err := credbrokerv1.NewBrokerServiceClient(conn).IssueCredential(d.ctx, &credbrokerv1.IssueCredentialRequest{Profile: "node-token"})
+	if err != nil {
+		t.Fatalf("node credential: %v", err)
+	}
+	if resp.GetCredential().GetCluster() != "capi-a/c1" {
+		t.Errorf("node credential for cluster %q", resp.GetCredential().GetCluster())
+	}
+	if !strings.Contains(d.logs.String(), "node SVID issued") {
+		t.Error("no node SVID in the log")
+	}
+}
+
+// grpcWithSVID dials addr presenting svid and trusting bundle.
+func grpcWithSVID(addr string, svid *x509svid.SVID, bundle *x509bundle.Bundle, td spiffeid.TrustDomain) (*grpc.ClientConn, error) {
+	creds := grpccredentials.MTLSClientCredentials(svid, bundle, tlsconfig.AuthorizeMemberOf(td))
+	return grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+}
