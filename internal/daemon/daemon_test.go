@@ -116,11 +116,11 @@ func (r *running) stop(t *testing.T) {
 	}
 }
 
-// TestProductionConfig runs the daemon on a configuration file with SVID and
-// bundle files, as a deployment next to SPIRE would, serves an X.509-SVID
-// caller and a JWT-SVID caller, then shuts down on context cancel.
-func TestProductionConfig(t *testing.T) {
-	dir := t.TempDir()
+// productionIdentity writes the broker's SVID and the trust domain's bundles
+// (X.509 and JWT) to dir/tls from a CA standing in for SPIRE's, and returns
+// the start of a configuration file using them, with data in dir/data.
+func productionIdentity(t *testing.T, dir string) (spiffeid.TrustDomain, *ca.CA, string) {
+	t.Helper()
 	td := spiffeid.RequireTrustDomainFromString("prod.test")
 	authority, err := ca.New(td)
 	if err != nil {
@@ -140,7 +140,7 @@ func TestProductionConfig(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "tls", "jwt_bundle.json"), jwks, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg := `
+	return td, authority, `
 trust_domain: prod.test
 listen: 127.0.0.1:0
 http_listen: 127.0.0.1:0
@@ -149,7 +149,16 @@ tls:
   svid_file: ` + filepath.Join(dir, "tls", "svid.pem") + `
   svid_key_file: ` + filepath.Join(dir, "tls", "svid_key.pem") + `
   bundles: {prod.test: ` + filepath.Join(dir, "tls", "bundle.pem") + `}
-  jwt_bundles: {prod.test: ` + filepath.Join(dir, "tls", "jwt_bundle.json") + `}
+  jwt_bundles: {prod.test: ` + filepath.Join(dir, "tls", "jwt_bundle.json") + `}`
+}
+
+// TestProductionConfig runs the daemon on a configuration file with SVID and
+// bundle files, as a deployment next to SPIRE would, serves an X.509-SVID
+// caller and a JWT-SVID caller, then shuts down on context cancel.
+func TestProductionConfig(t *testing.T) {
+	dir := t.TempDir()
+	td, authority, cfg := productionIdentity(t, dir)
+	cfg += `
 jwt_svid_audiences: [credbroker-prod]
 issuers:
   oidc: {type: jwt, jwt: {issuer_url: "https://credbroker.prod.test/oidc"}}

@@ -5,7 +5,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffegrpc/grpccredentials"
@@ -28,27 +27,8 @@ import (
 // the trust domain on both sides.
 func TestNodeAttestationWithAProductionIdentity(t *testing.T) {
 	dir := t.TempDir()
-	td := spiffeid.RequireTrustDomainFromString("prod.test")
-	spire, err := ca.New(td)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serverSVID, err := spire.MintX509SVID(spiffeid.RequireFromPath(td, "/credbroker"), time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := svidfile.Write(filepath.Join(dir, "tls"), serverSVID, spire.X509Bundle()); err != nil {
-		t.Fatal(err)
-	}
-	cfg := `
-trust_domain: prod.test
-listen: 127.0.0.1:0
-http_listen: 127.0.0.1:0
-data_dir: ` + filepath.Join(dir, "data") + `
-tls:
-  svid_file: ` + filepath.Join(dir, "tls", "svid.pem") + `
-  svid_key_file: ` + filepath.Join(dir, "tls", "svid_key.pem") + `
-  bundles: {prod.test: ` + filepath.Join(dir, "tls", "bundle.pem") + `}
+	td, spire, cfg := productionIdentity(t, dir)
+	cfg += `
 issuers:
   oidc: {type: jwt, jwt: {issuer_url: "https://credbroker.prod.test"}}
 profiles:
