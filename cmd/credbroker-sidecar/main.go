@@ -92,13 +92,20 @@ type options struct {
 	socketSet                                                       bool // --workload-api-socket given explicitly
 }
 
-func run(ctx context.Context, args []string, stderr io.Writer) int {
-	var o options
-	fs := flag.NewFlagSet("credbroker-sidecar", flag.ContinueOnError)
+// newFlagSet returns a flag set for a (sub)command that prints usage on
+// --help and errors on stderr, with the flags naming the broker.
+func newFlagSet(name, usage string, stderr io.Writer, broker, brokerID *string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
-	fs.StringVar(&o.broker, "broker", os.Getenv("CREDBROKER_ADDR"), "broker gRPC address HOST:PORT (env CREDBROKER_ADDR)")
-	fs.StringVar(&o.brokerID, "broker-id", "", "exact SPIFFE ID the broker must present (default: any ID in the sidecar's trust domain)")
+	fs.StringVar(broker, "broker", os.Getenv("CREDBROKER_ADDR"), "broker gRPC address HOST:PORT (env CREDBROKER_ADDR)")
+	fs.StringVar(brokerID, "broker-id", "", "exact SPIFFE ID the broker must present (default: any ID in the trust domain)")
+	return fs
+}
+
+func run(ctx context.Context, args []string, stderr io.Writer) int {
+	var o options
+	fs := newFlagSet("credbroker-sidecar", usage, stderr, &o.broker, &o.brokerID)
 	fs.StringVar(&o.svidDir, "svid-dir", "", "SVID directory (svid.pem, svid_key.pem, bundle.pem); excludes --workload-api-socket")
 	fs.StringVar(&o.socket, "workload-api-socket", os.Getenv("SPIFFE_ENDPOINT_SOCKET"), "SPIFFE Workload API address, e.g. unix:///run/spire/agent.sock (env SPIFFE_ENDPOINT_SOCKET)")
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:9911", "loopback IP:PORT to serve on (127.0.0.0/8 or [::1]; port 0 picks one)")

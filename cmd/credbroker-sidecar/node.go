@@ -56,11 +56,7 @@ type nodeOptions struct {
 
 func runNode(ctx context.Context, args []string, stderr io.Writer) int {
 	var o nodeOptions
-	fs := flag.NewFlagSet("credbroker-sidecar node", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, nodeUsage); fs.PrintDefaults() }
-	fs.StringVar(&o.broker, "broker", os.Getenv("CREDBROKER_ADDR"), "broker gRPC address HOST:PORT (env CREDBROKER_ADDR)")
-	fs.StringVar(&o.brokerID, "broker-id", "", "exact SPIFFE ID the broker must present (default: any ID in the trust domain)")
+	fs := newFlagSet("credbroker-sidecar node", nodeUsage, stderr, &o.broker, &o.brokerID)
 	fs.StringVar(&o.trustDomain, "trust-domain", "", "the broker's trust domain, e.g. example.org (required)")
 	fs.StringVar(&o.bundle, "bundle", "", "PEM file of the trust domain's CA certificates, to verify the broker (required)")
 	fs.StringVar(&o.dir, "svid-dir", "", "directory to keep the node SVID in (required)")
