@@ -276,6 +276,8 @@ func TestBodySplicingMatchesRecordEncoding(t *testing.T) {
 			Issuer: "local", Decision: DecisionIssued, Reason: "why\n\t", TTL: time.Minute, ExpiresAt: base, UpstreamRef: "ref"},
 		{Caller: "ünïcode ☃", Decision: DecisionThrottled, TTL: 1},
 		{Decision: DecisionFailed, ExpiresAt: base.Add(time.Hour)},
+		{Decision: DecisionIssued, UpstreamRef: "ASIAEXAMPLE", SourceIdentity: "ns.capi.sa.x@td", Reused: true},
+		{Decision: DecisionRevoked, Reason: "node evicted by unix:uid=0"},
 	} {
 		members, err := r.encodeBody()
 		if err != nil {
