@@ -10,7 +10,7 @@ import (
 	"go.etcd.io/bbolt"
 	"go.uber.org/goleak"
 
-	"github.com/credbroker/credbroker/internal/fakeclock"
+	"github.com/credbroker/credbroker/test/fakeclock"
 )
 
 func TestMain(m *testing.M) {

@@ -13,7 +13,7 @@ import (
 	"go.etcd.io/bbolt"
 	"golang.org/x/time/rate"
 
-	"github.com/credbroker/credbroker/internal/fakeclock"
+	"github.com/credbroker/credbroker/test/fakeclock"
 )
 
 const (

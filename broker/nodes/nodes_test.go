@@ -14,7 +14,7 @@ import (
 	"go.etcd.io/bbolt"
 
 	"github.com/credbroker/credbroker/attest"
-	"github.com/credbroker/credbroker/internal/fakeclock"
+	"github.com/credbroker/credbroker/test/fakeclock"
 )
 
 var (

@@ -16,7 +16,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/credbroker/credbroker/internal/fakeclock"
+	"github.com/credbroker/credbroker/test/fakeclock"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 

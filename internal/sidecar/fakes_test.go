@@ -13,7 +13,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/credbroker/credbroker/internal/fakeclock"
+	"github.com/credbroker/credbroker/test/fakeclock"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 

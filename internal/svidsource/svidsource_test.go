@@ -13,8 +13,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/credbroker/credbroker/internal/ca"
-	"github.com/credbroker/credbroker/internal/fakeclock"
-	"github.com/credbroker/credbroker/internal/spiffetest"
+	"github.com/credbroker/credbroker/test/fakeclock"
+	"github.com/credbroker/credbroker/test/spiffetest"
 	"github.com/credbroker/credbroker/internal/svidfile"
 	"github.com/credbroker/credbroker/internal/svidsource"
 )

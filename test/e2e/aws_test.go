@@ -17,7 +17,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/smithy-go"
 
-	"github.com/credbroker/credbroker/internal/miniotest"
+	"github.com/credbroker/credbroker/test/miniotest"
 )
 
 // awsBroker is a broker whose "capa" profile mints credentials at a real

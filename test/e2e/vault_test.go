@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/credbroker/credbroker/internal/vaulttest"
+	"github.com/credbroker/credbroker/test/vaulttest"
 	"github.com/credbroker/credbroker/issuers/jwt"
 )
 

@@ -11,7 +11,7 @@ import (
 	vaultapi "github.com/hashicorp/vault/api"
 	"go.uber.org/goleak"
 
-	"github.com/credbroker/credbroker/internal/testproc"
+	"github.com/credbroker/credbroker/test/testproc"
 )
 
 // TestMain fails the package when a test leaves goroutines behind: a

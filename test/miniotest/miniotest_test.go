@@ -16,7 +16,7 @@ import (
 	ststypes "github.com/aws/aws-sdk-go-v2/service/sts/types"
 	"github.com/aws/smithy-go"
 
-	"github.com/credbroker/credbroker/internal/testproc"
+	"github.com/credbroker/credbroker/test/testproc"
 )
 
 // bucketAOnly is a session policy that allows putting and getting objects in

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/credbroker/credbroker/internal/testproc"
+	"github.com/credbroker/credbroker/test/testproc"
 )
 
 // Start runs a MinIO server for the rest of the test and returns once its STS

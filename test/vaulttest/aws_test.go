@@ -11,8 +11,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/smithy-go"
 
-	"github.com/credbroker/credbroker/internal/miniotest"
-	"github.com/credbroker/credbroker/internal/testproc"
+	"github.com/credbroker/credbroker/test/miniotest"
+	"github.com/credbroker/credbroker/test/testproc"
 )
 
 // putOnlyBucketA allows putting objects in bucket-a and nothing else.

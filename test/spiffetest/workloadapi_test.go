@@ -26,7 +26,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/credbroker/credbroker/internal/ca"
-	"github.com/credbroker/credbroker/internal/spiffetest"
+	"github.com/credbroker/credbroker/test/spiffetest"
 )
 
 func TestMain(m *testing.M) {

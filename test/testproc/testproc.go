@@ -1,5 +1,5 @@
 // Package testproc is the process machinery shared by the test harnesses
-// that run a real server binary (internal/miniotest, internal/vaulttest):
+// that run a real server binary (test/miniotest, test/vaulttest):
 // finding the binary, picking loopback ports, starting the server with a
 // clean environment and captured output, waiting until it is ready, trying
 // again when a picked port was taken, stopping it with SIGTERM then SIGKILL,

@@ -23,7 +23,7 @@ import (
 
 	vaultapi "github.com/hashicorp/vault/api"
 
-	"github.com/credbroker/credbroker/internal/testproc"
+	"github.com/credbroker/credbroker/test/testproc"
 )
 
 // EnvBinary names the environment variable holding the path of the Vault

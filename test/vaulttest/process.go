@@ -11,7 +11,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/credbroker/credbroker/internal/testproc"
+	"github.com/credbroker/credbroker/test/testproc"
 )
 
 // unsealKeyLine finds the unseal key in the dev server's banner, which it

@@ -8,7 +8,7 @@ import (
 	"fmt"
 	"net/http"
 
-	"github.com/credbroker/credbroker/internal/testproc"
+	"github.com/credbroker/credbroker/test/testproc"
 )
 
 // WithOpenID configures MinIO's OpenID identity provider, so that
