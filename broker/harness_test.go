@@ -35,10 +35,10 @@ import (
 	"github.com/credbroker/credbroker/broker/limits"
 	"github.com/credbroker/credbroker/broker/policy"
 	"github.com/credbroker/credbroker/internal/ca"
-	"github.com/credbroker/credbroker/test/fakeclock"
 	"github.com/credbroker/credbroker/issuers"
 	"github.com/credbroker/credbroker/issuers/jwt"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/test/fakeclock"
 )
 
 var (

@@ -16,8 +16,8 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/credbroker/credbroker/test/fakeclock"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/test/fakeclock"
 )
 
 func TestUsageErrors(t *testing.T) {

@@ -31,9 +31,9 @@ import (
 	"google.golang.org/grpc/peer"
 
 	"github.com/credbroker/credbroker/internal/ca"
-	"github.com/credbroker/credbroker/test/spiffetest"
 	"github.com/credbroker/credbroker/internal/svidfile"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/test/spiffetest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

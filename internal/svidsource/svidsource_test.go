@@ -13,10 +13,10 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/credbroker/credbroker/internal/ca"
-	"github.com/credbroker/credbroker/test/fakeclock"
-	"github.com/credbroker/credbroker/test/spiffetest"
 	"github.com/credbroker/credbroker/internal/svidfile"
 	"github.com/credbroker/credbroker/internal/svidsource"
+	"github.com/credbroker/credbroker/test/fakeclock"
+	"github.com/credbroker/credbroker/test/spiffetest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

@@ -25,11 +25,11 @@ import (
 	"github.com/aws/smithy-go"
 	"go.yaml.in/yaml/v3"
 
-	"github.com/credbroker/credbroker/test/fakeclock"
-	"github.com/credbroker/credbroker/test/miniotest"
 	"github.com/credbroker/credbroker/issuers"
 	"github.com/credbroker/credbroker/issuers/awssts"
 	"github.com/credbroker/credbroker/issuers/jwt"
+	"github.com/credbroker/credbroker/test/fakeclock"
+	"github.com/credbroker/credbroker/test/miniotest"
 )
 
 const (

@@ -19,11 +19,11 @@ import (
 	"github.com/aws/smithy-go"
 	vaultapi "github.com/hashicorp/vault/api"
 
-	"github.com/credbroker/credbroker/test/miniotest"
-	"github.com/credbroker/credbroker/test/vaulttest"
 	"github.com/credbroker/credbroker/issuers"
 	"github.com/credbroker/credbroker/issuers/jwt"
 	"github.com/credbroker/credbroker/issuers/vault"
+	"github.com/credbroker/credbroker/test/miniotest"
+	"github.com/credbroker/credbroker/test/vaulttest"
 )
 
 const (

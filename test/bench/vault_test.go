@@ -15,9 +15,9 @@ import (
 
 	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/broker/config"
-	"github.com/credbroker/credbroker/test/vaulttest"
 	"github.com/credbroker/credbroker/issuers/vault"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/test/vaulttest"
 )
 
 // vaultRequest asks the broker for a Vault token.

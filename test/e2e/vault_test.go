@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/credbroker/credbroker/test/vaulttest"
 	"github.com/credbroker/credbroker/issuers/jwt"
+	"github.com/credbroker/credbroker/test/vaulttest"
 )
 
 // TestVaultTokensThroughTheBroker runs the real broker against a real Vault
