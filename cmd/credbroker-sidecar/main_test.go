@@ -58,3 +58,28 @@ func TestMissingSVIDDirFailsClearly(t *testing.T) {
 		t.Errorf("exit %d, %q", code, stderr.String())
 	}
 }
+
+// TestNodeUsageErrors: flags that do not fit the evidence are refused with a
+// reason, never silently ignored.
+func TestNodeUsageErrors(t *testing.T) {
+	dir := t.TempDir()
+	base := []string{"--broker", "b:1", "--trust-domain", "td", "--bundle", filepath.Join(dir, "b.pem"), "--svid-dir", dir}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{append(base, "--join-token-file", "tok", "--cluster", "ns/c"), "--cluster does not apply to --join-token-file"},
+		{append(base, "--cluster", "ns/c"), "--cluster goes with --psat-token-file or --aws-iid"},
+		{append(base, "--psat-token-file", "t", "--cluster", "ns/c", "--node", "n"), "--node goes with --join-token-file"},
+		{append(base, "--aws-iid", "--node", "n", "--cluster", "ns/c"), "--node goes with --join-token-file"},
+		{append(base, "--aws-iid"), "--cluster NAMESPACE/NAME is required"},
+		{append(base, "--aws-iid", "--join-token-file", "tok"), "one kind of evidence"},
+		{[]string{"--broker", "b:1"}, "are required"},
+		{append(base, "extra"), "unexpected arguments"},
+	} {
+		var stderr bytes.Buffer
+		if code := runNode(context.Background(), tc.args, &stderr); code != 2 || !strings.Contains(stderr.String(), tc.want) {
+			t.Errorf("%v: exit %d, %q; want 2 and %q", tc.args, code, stderr.String(), tc.want)
+		}
+	}
+}

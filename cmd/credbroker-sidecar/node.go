@@ -64,7 +64,7 @@ func runNode(ctx context.Context, args []string, stderr io.Writer) int {
 	fs.StringVar(&o.node, "node", "", "with --join-token-file: this node's name, when the token does not fix one")
 	fs.StringVar(&o.psatFile, "psat-token-file", "", "projected service account token file")
 	fs.BoolVar(&o.iid, "aws-iid", false, "attest with the EC2 instance identity document")
-	fs.StringVar(&o.cluster, "cluster", "", "with --psat-token-file or --aws-iid: workload cluster NAMESPACE/NAME")
+	fs.StringVar(&o.cluster, "cluster", "", "with --psat-token-file or --aws-iid: workload cluster NAMESPACE/NAME (a join token names its own)")
 	fs.BoolVar(&o.once, "once", false, "make sure DIR holds a valid SVID (attest or renew once), then exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -101,8 +101,14 @@ func (o nodeOptions) check(rest []string) (nodeagent.Evidence, error) {
 		return nil, errors.New("give one kind of evidence: --join-token-file, --psat-token-file or --aws-iid")
 	case (o.psatFile != "" || o.iid) && o.cluster == "":
 		return nil, errors.New("--cluster NAMESPACE/NAME is required with --psat-token-file and --aws-iid")
+	case o.cluster != "" && o.joinTokenFile != "":
+		// Refused rather than ignored: an operator who passes it believes it
+		// chooses the cluster, and it does not.
+		return nil, errors.New("--cluster does not apply to --join-token-file: the join token names its cluster (credbrokerctl join-token create --cluster)")
+	case o.cluster != "" && kinds == 0:
+		return nil, errors.New("--cluster goes with --psat-token-file or --aws-iid")
 	case o.node != "" && o.joinTokenFile == "":
-		return nil, errors.New("--node goes with --join-token-file")
+		return nil, errors.New("--node goes with --join-token-file: with other evidence the node name comes from the evidence")
 	}
 	switch {
 	case o.joinTokenFile != "":
