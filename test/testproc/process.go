@@ -178,6 +178,25 @@ func (p *Process) Stop() {
 	p.stop()
 }
 
+// Kill ends the server now with SIGKILL, as a crash would, and returns once
+// it has exited. Like Stop, the end of the test then does not count the exit
+// as a failure. Crash tests use it; everything else should Stop.
+func (p *Process) Kill() {
+	p.mu.Lock()
+	p.stopped = true
+	p.mu.Unlock()
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Kill()
+	<-p.done
+}
+
+// Exited is closed when the server's process has exited, for whatever reason.
+func (p *Process) Exited() <-chan struct{} { return p.done }
+
 // stop ends the process: SIGTERM, then SIGKILL after the grace period. It
 // returns once the process has exited.
 func (p *Process) stop() {

@@ -283,6 +283,31 @@ func TestStopSendsSIGTERMThenKills(t *testing.T) {
 	}
 }
 
+func TestKillEndsTheServerWithoutSIGTERMAndWithoutFailingTheTest(t *testing.T) {
+	addr := freePort(t)
+	r := RunFatal(t, func(tb testing.TB) {
+		// The stubborn helper survives SIGTERM: only a real SIGKILL ends it
+		// at once, and Kill returns only once it has.
+		p := helperHarness().Start(tb, "helper-bin", func() (Attempt, error) { return helperAttempt("stubborn", addr), nil })
+		p.Kill()
+		select {
+		case <-p.Exited():
+		default:
+			tb.Errorf("Kill returned before the server exited")
+		}
+		if strings.Contains(p.Output(), "got SIGTERM") {
+			tb.Errorf("output %q: Kill sent SIGTERM", p.Output())
+		}
+		if err := get(t.Context(), addr, "/ready"); !isConnRefused(err) {
+			tb.Errorf("GET /ready after Kill: %v, want connection refused", err)
+		}
+		p.Kill() // a second Kill of an exited server returns at once
+	})
+	if r.Failed() {
+		t.Fatalf("failed: %q %q; a deliberate Kill must not fail the test", r.FatalMessage(), r.Errors())
+	}
+}
+
 func TestCleanupFailsTheTestWhenTheServerExitedOnItsOwn(t *testing.T) {
 	addr := freePort(t)
 	r := RunFatal(t, func(tb testing.TB) {

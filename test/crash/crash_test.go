@@ -1,0 +1,333 @@
+package crash
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	jwtlib "github.com/golang-jwt/jwt/v5"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/credbroker/credbroker/internal/devenv"
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/test/testproc"
+)
+
+// The shape of one run. Demand is made to exceed both quotas, so that the
+// quota bound is reached in every run and then held across the later kills;
+// the per-life targets keep issuance and refusals going through every kill.
+const (
+	// kills is how many times the broker is SIGKILLed.
+	kills = 24
+	// maxDecisionsPerLife bounds the random number of decisions a life sees
+	// before it is killed (uniform in [0, maxDecisionsPerLife]).
+	maxDecisionsPerLife = 48
+	// finalDecisions are made by the last life, which is not killed.
+	finalDecisions = 48
+	// workers is the number of concurrent clients.
+	workers = 8
+	// identities is the number of workload SPIFFE IDs the clients act as.
+	identities = 12
+	// identityQuota and clusterQuota are the Max of the configured quotas;
+	// their window (quotaWindow) outlasts the test.
+	identityQuota = 24
+	clusterQuota  = 30
+	quotaWindow   = "24h"
+	// clusterShare is the share of requests that name one of the clusters.
+	clusterShare = 0.4
+
+	profileToken = "crash-token"
+	trustDomain  = "dev.credbroker.test"
+	// seedEnv replays a run's random choices.
+	seedEnv = "CREDBROKER_CRASH_SEED"
+)
+
+var clusters = []string{"crash/alpha", "crash/beta", "crash/gamma"}
+
+// received is one credential as a client got it: the ledger entry that the
+// audit trail must account for.
+type received struct {
+	life       int
+	issuanceID string
+	caller     string
+	profile    string
+	cluster    string
+	expiresAt  time.Time
+	// upstreamRef is what the audit record must name: the token's jti.
+	upstreamRef string
+	token       string
+}
+
+// ledger is every credential any client received, and every refusal by a
+// quota, across all lives.
+type ledger struct {
+	mu         sync.Mutex
+	received   []received
+	throttled  int
+	interrupts int
+	// unexpected holds errors a live, unkilled broker returned.
+	unexpected []string
+}
+
+func (g *ledger) add(r received) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.received = append(g.received, r)
+}
+
+func (g *ledger) note(f func(*ledger)) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	f(g)
+}
+
+// run is the state the workers and the killer share.
+type run struct {
+	ids    []identity
+	ledger ledger
+
+	mu   sync.Mutex
+	life *life // the life now serving (or being killed)
+}
+
+// current returns the life serving now, waiting across a kill for the next
+// one; it returns nil when ctx ends.
+func (r *run) current(ctx context.Context) *life {
+	for {
+		r.mu.Lock()
+		l := r.life
+		r.mu.Unlock()
+		if !l.killing.Load() {
+			return l
+		}
+		select {
+		case <-l.next:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// publish makes l the serving life and wakes the workers waiting on the
+// previous one.
+func (r *run) publish(l *life) {
+	r.mu.Lock()
+	prev := r.life
+	r.life = l
+	r.mu.Unlock()
+	if prev != nil {
+		close(prev.next)
+	}
+}
+
+// work issues credentials until ctx ends, choosing identity and cluster
+// with rng.
+func (r *run) work(ctx context.Context, rng *rand.Rand) {
+	for {
+		l := r.current(ctx)
+		if l == nil {
+			return
+		}
+		who := rng.IntN(len(r.ids))
+		req := &credbrokerv1.IssueCredentialRequest{Profile: profileToken}
+		if rng.Float64() < clusterShare {
+			req.Cluster = clusters[rng.IntN(len(clusters))]
+		}
+		callCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		resp, err := l.clients[who].IssueCredential(callCtx, req)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		switch {
+		case err == nil:
+			rec, perr := fromToken(l.n, r.ids[who].id, resp.GetCredential())
+			if perr != nil {
+				r.ledger.note(func(g *ledger) { g.unexpected = append(g.unexpected, perr.Error()) })
+			} else {
+				r.ledger.add(rec)
+			}
+			l.decided()
+		case status.Code(err) == codes.ResourceExhausted && !l.killing.Load():
+			r.ledger.note(func(g *ledger) { g.throttled++ })
+			l.decided()
+		case l.killing.Load():
+			// Cut off by the kill (connection reset, closed client): the
+			// broker may or may not have issued; nothing was received.
+			r.ledger.note(func(g *ledger) { g.interrupts++ })
+		default:
+			msg := fmt.Sprintf("life %d, %s: %v", l.n, r.ids[who].id, err)
+			r.ledger.note(func(g *ledger) { g.unexpected = append(g.unexpected, msg) })
+			l.decided() // keep the run moving; the test fails at the end
+		}
+	}
+}
+
+// fromToken checks a received token credential and makes its ledger entry.
+func fromToken(lifeN int, caller string, c *credbrokerv1.Credential) (received, error) {
+	tok := c.GetToken().GetToken()
+	if tok == "" {
+		return received{}, fmt.Errorf("life %d: issuance %s: no token in the credential", lifeN, c.GetIssuanceId())
+	}
+	claims := jwtlib.MapClaims{}
+	if _, _, err := jwtlib.NewParser().ParseUnverified(tok, claims); err != nil {
+		return received{}, fmt.Errorf("life %d: issuance %s: token does not parse: %v", lifeN, c.GetIssuanceId(), err)
+	}
+	jti, _ := claims["jti"].(string)
+	if sub, _ := claims["sub"].(string); sub != caller {
+		return received{}, fmt.Errorf("life %d: issuance %s: token for %q handed to %q", lifeN, c.GetIssuanceId(), sub, caller)
+	}
+	return received{
+		life:        lifeN,
+		issuanceID:  c.GetIssuanceId(),
+		caller:      caller,
+		profile:     c.GetProfile(),
+		cluster:     c.GetCluster(),
+		expiresAt:   c.GetExpiresAt().AsTime(),
+		upstreamRef: jti,
+		token:       tok,
+	}, nil
+}
+
+// seed returns the run's seed: CREDBROKER_CRASH_SEED, else a fresh one.
+func seed(t *testing.T) uint64 {
+	t.Helper()
+	if s := os.Getenv(seedEnv); s != "" {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			t.Fatalf("%s=%q: %v", seedEnv, s, err)
+		}
+		return v
+	}
+	return rand.Uint64()
+}
+
+// TestKilledBrokerKeepsItsPromises is the crash harness: see the package
+// documentation.
+func TestKilledBrokerKeepsItsPromises(t *testing.T) {
+	s := seed(t)
+	t.Logf("seed %d (replay the run's choices with %s=%d)", s, seedEnv, s)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("failed with seed %d; replay with %s=%d", s, seedEnv, s)
+		}
+	})
+	rng := rand.New(rand.NewPCG(s, 0))
+
+	dataDir := filepath.Join(t.TempDir(), "data")
+	env, err := devenv.Prepare(dataDir, spiffeid.RequireTrustDomainFromString(trustDomain))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &run{}
+	for i := range identities {
+		id := spiffeid.RequireFromPath(env.CA.TrustDomain(), fmt.Sprintf("/ns/crash/sa/worker-%02d", i))
+		svid, err := env.CA.MintX509SVID(id, devenv.SVIDTTL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.ids = append(r.ids, identity{id: id.String(), svid: svid})
+	}
+	cfg := writeConfig(t)
+	procEnv := testproc.Environ([]string{"CREDBROKER_", "AWS_", "GODEBUG="})
+
+	ctx, stop := context.WithCancel(t.Context())
+	defer stop()
+	var wg sync.WaitGroup
+	start := func(n int, target int64) *life {
+		return startBroker(t, n, dataDir, cfg, procEnv, r.ids, env.CA.X509Bundle(), target)
+	}
+	r.publish(start(0, rng.Int64N(maxDecisionsPerLife+1)))
+	for w := range workers {
+		wrng := rand.New(rand.NewPCG(s, uint64(w)+1))
+		wg.Go(func() { r.work(ctx, wrng) })
+	}
+	// A life that makes no decisions within this bound means the broker
+	// stopped answering; it bounds the test, it measures nothing.
+	const stuck = 2 * time.Minute
+	for k := 1; k <= kills; k++ {
+		l := r.life
+		waitReached(t, l, stuck)
+		l.kill()
+		target := rng.Int64N(maxDecisionsPerLife + 1)
+		if k == kills {
+			target = finalDecisions
+		}
+		r.publish(start(k, target))
+	}
+	last := r.life
+	waitReached(t, last, stuck)
+	stop()
+	wg.Wait()
+	last.closeConns()
+	close(last.next)
+
+	g := &r.ledger
+	if len(g.unexpected) > 0 {
+		t.Errorf("%d errors from a broker that was not being killed; the first: %s", len(g.unexpected), g.unexpected[0])
+	}
+	t.Logf("%d kills; %d credentials received, %d quota refusals, %d requests cut off by a kill",
+		kills, len(g.received), g.throttled, g.interrupts)
+
+	if len(g.received) == 0 || g.throttled == 0 {
+		t.Errorf("the run proved little: %d credentials received, %d quota refusals (both must be > 0)", len(g.received), g.throttled)
+	}
+
+	checkAudit(t, dataDir, last, g.received)
+}
+
+// waitReached waits until l has made its target number of decisions.
+func waitReached(t *testing.T, l *life, bound time.Duration) {
+	t.Helper()
+	timer := time.NewTimer(bound)
+	defer timer.Stop()
+	select {
+	case <-l.reached:
+	case <-l.proc.Exited():
+		t.Fatalf("life %d: the broker exited on its own after %d decisions", l.n, l.decisions.Load())
+	case <-timer.C:
+		t.Fatalf("life %d: %d of %d decisions within %s; the broker stopped answering", l.n, l.decisions.Load(), l.target, bound)
+	}
+}
+
+// writeConfig writes the broker configuration the run uses: the dev
+// identity with its own profile, policy and small, long-windowed quotas. The
+// rate limit is generous: the run is about quotas and records, not rates.
+func writeConfig(t *testing.T) string {
+	t.Helper()
+	yaml := fmt.Sprintf(`trust_domain: %[1]s
+log_level: info
+admin:
+  spiffe_ids: [spiffe://%[1]s/credbroker/admin]
+issuers:
+  local:
+    type: jwt
+profiles:
+  %[2]s:
+    issuer: local
+    default_ttl: 5m
+    max_ttl: 15m
+    cluster: optional
+policy:
+  - id: spiffe://%[1]s/ns/crash/sa/*
+    profiles: [%[2]s]
+limits:
+  rate: 100000
+  burst: 100000
+  identity_quota: {max: %[3]d, window: %[4]s}
+  cluster_quota: {max: %[5]d, window: %[4]s}
+`, trustDomain, profileToken, identityQuota, quotaWindow, clusterQuota)
+	path := filepath.Join(t.TempDir(), "crash.yaml")
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
