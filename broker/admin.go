@@ -31,14 +31,23 @@ type AuditReader interface {
 type Admin struct {
 	credbrokerv1.UnimplementedAdminServiceServer
 	audit    AuditReader
-	nodes    *NodeAuthority
+	nodes    NodeAdmin
 	stop     chan struct{}
 	stopOnce sync.Once
 }
 
+// NodeAdmin serves the node and join-token part of the admin API
+// (broker/nodeauth).
+type NodeAdmin interface {
+	CreateJoinToken(context.Context, *credbrokerv1.CreateJoinTokenRequest) (*credbrokerv1.CreateJoinTokenResponse, error)
+	ListNodes(context.Context, *credbrokerv1.ListNodesRequest) (*credbrokerv1.ListNodesResponse, error)
+	EvictNode(context.Context, *credbrokerv1.EvictNodeRequest) (*credbrokerv1.EvictNodeResponse, error)
+}
+
 // NewAdmin returns the admin API over the audit log. nodes, when not nil,
-// serves join tokens and the node registry.
-func NewAdmin(a AuditReader, nodes *NodeAuthority) *Admin {
+// serves join tokens and the node registry; when nil, those methods answer
+// FAILED_PRECONDITION.
+func NewAdmin(a AuditReader, nodes NodeAdmin) *Admin {
 	return &Admin{audit: a, nodes: nodes, stop: make(chan struct{})}
 }
 
@@ -70,7 +79,7 @@ func (a *Admin) ListIssuances(_ context.Context, req *credbrokerv1.ListIssuances
 	}
 	out := &credbrokerv1.ListIssuancesResponse{}
 	for _, r := range recs {
-		out.Issuances = append(out.Issuances, issuanceProto(r))
+		out.Issuances = append(out.Issuances, IssuanceProto(r))
 	}
 	return out, nil
 }
@@ -91,7 +100,7 @@ func (a *Admin) GetIssuance(_ context.Context, req *credbrokerv1.GetIssuanceRequ
 	for _, r := range recs {
 		out.Records = append(out.Records, RecordProto(r))
 		if r.Decision == audit.DecisionIssued {
-			out.Issuance = issuanceProto(r)
+			out.Issuance = IssuanceProto(r)
 		}
 	}
 	return out, nil
@@ -148,11 +157,12 @@ func (a *Admin) ExportAudit(req *credbrokerv1.ExportAuditRequest, stream grpc.Se
 	}
 }
 
-func issuanceProto(r audit.Record) *credbrokerv1.Issuance {
+// IssuanceProto converts the issued record of an issuance to its API form.
+func IssuanceProto(r audit.Record) *credbrokerv1.Issuance {
 	return &credbrokerv1.Issuance{
 		Id:             r.IssuanceID,
 		IssuedAt:       timestamppb.New(r.Time),
-		ExpiresAt:      optTime(r.ExpiresAt),
+		ExpiresAt:      ProtoTime(r.ExpiresAt),
 		Caller:         r.Caller,
 		Attestation:    r.Attestation,
 		Profile:        r.Profile,
@@ -179,7 +189,7 @@ func RecordProto(r audit.Record) *credbrokerv1.AuditRecord {
 		Id: r.ID, Seq: r.Seq, Time: timestamppb.New(r.Time), IssuanceId: r.IssuanceID,
 		Caller: r.Caller, Attestation: r.Attestation, Profile: r.Profile, Cluster: r.Cluster,
 		Issuer: r.Issuer, Decision: decisions[r.Decision], Reason: r.Reason,
-		ExpiresAt: optTime(r.ExpiresAt), UpstreamRef: r.UpstreamRef, PrevHash: r.PrevHash, Hash: r.Hash,
+		ExpiresAt: ProtoTime(r.ExpiresAt), UpstreamRef: r.UpstreamRef, PrevHash: r.PrevHash, Hash: r.Hash,
 		SourceIdentity: r.SourceIdentity, Reused: r.Reused,
 	}
 	if r.TTL > 0 {
@@ -188,9 +198,49 @@ func RecordProto(r audit.Record) *credbrokerv1.AuditRecord {
 	return out
 }
 
-func optTime(t time.Time) *timestamppb.Timestamp {
+// ProtoTime converts t to its API form; the zero time is absent (nil).
+func ProtoTime(t time.Time) *timestamppb.Timestamp {
 	if t.IsZero() {
 		return nil
 	}
 	return timestamppb.New(t)
+}
+
+// CreateJoinToken implements AdminService.CreateJoinToken.
+func (a *Admin) CreateJoinToken(ctx context.Context, req *credbrokerv1.CreateJoinTokenRequest) (*credbrokerv1.CreateJoinTokenResponse, error) {
+	if a.nodes == nil {
+		return nil, toStatus(errNodesDisabled)
+	}
+	return a.nodes.CreateJoinToken(ctx, req)
+}
+
+// ListNodes implements AdminService.ListNodes.
+func (a *Admin) ListNodes(ctx context.Context, req *credbrokerv1.ListNodesRequest) (*credbrokerv1.ListNodesResponse, error) {
+	if a.nodes == nil {
+		return nil, toStatus(errNodesDisabled)
+	}
+	return a.nodes.ListNodes(ctx, req)
+}
+
+// EvictNode implements AdminService.EvictNode.
+func (a *Admin) EvictNode(ctx context.Context, req *credbrokerv1.EvictNodeRequest) (*credbrokerv1.EvictNodeResponse, error) {
+	if a.nodes == nil {
+		return nil, toStatus(errNodesDisabled)
+	}
+	return a.nodes.EvictNode(ctx, req)
+}
+
+var errNodesDisabled = errorf(codes.FailedPrecondition, "node attestation is not enabled on this broker (node_attestation in its configuration)")
+
+// disabledNodes serves NodeService on a broker without node attestation.
+type disabledNodes struct {
+	credbrokerv1.UnimplementedNodeServiceServer
+}
+
+func (disabledNodes) AttestNode(context.Context, *credbrokerv1.AttestNodeRequest) (*credbrokerv1.AttestNodeResponse, error) {
+	return nil, toStatus(errNodesDisabled)
+}
+
+func (disabledNodes) RenewNodeSVID(context.Context, *credbrokerv1.RenewNodeSVIDRequest) (*credbrokerv1.RenewNodeSVIDResponse, error) {
+	return nil, toStatus(errNodesDisabled)
 }

@@ -382,6 +382,25 @@ func TestAdminAPIRefusesWorkloads(t *testing.T) {
 	wantCode(t, err, codes.PermissionDenied)
 }
 
+// TestNodeServiceWithoutNodeAttestation: a broker without node attestation
+// still serves NodeService, answering FAILED_PRECONDITION (not UNIMPLEMENTED);
+// the admin socket does not serve it at all.
+func TestNodeServiceWithoutNodeAttestation(t *testing.T) {
+	h := newHarness(t)
+	_, err := credbrokerv1.NewNodeServiceClient(h.dialNoCert()).AttestNode(ctxT(t), &credbrokerv1.AttestNodeRequest{})
+	wantCode(t, err, codes.FailedPrecondition)
+	_, err = credbrokerv1.NewNodeServiceClient(h.dial(h.mint(controllerID, time.Hour))).RenewNodeSVID(ctxT(t), &credbrokerv1.RenewNodeSVIDRequest{})
+	wantCode(t, err, codes.FailedPrecondition)
+	_, err = credbrokerv1.NewNodeServiceClient(h.dialNoCert()).RenewNodeSVID(ctxT(t), &credbrokerv1.RenewNodeSVIDRequest{})
+	wantCode(t, err, codes.Unauthenticated)
+	_, err = credbrokerv1.NewAdminServiceClient(h.dial(h.mint(controllerID, time.Hour))).ListNodes(ctxT(t), &credbrokerv1.ListNodesRequest{})
+	wantCode(t, err, codes.PermissionDenied)
+	_, err = credbrokerv1.NewAdminServiceClient(h.dialAdminSocket()).ListNodes(ctxT(t), &credbrokerv1.ListNodesRequest{})
+	wantCode(t, err, codes.FailedPrecondition)
+	_, err = credbrokerv1.NewNodeServiceClient(h.dialAdminSocket()).AttestNode(ctxT(t), &credbrokerv1.AttestNodeRequest{})
+	wantCode(t, err, codes.Unimplemented)
+}
+
 func TestAdminSocketChecksPeerUID(t *testing.T) {
 	h := newHarness(t, func(c *harnessConfig) { c.uids = []uint32{uint32(os.Getuid()) + 4242} })
 	_, err := credbrokerv1.NewAdminServiceClient(h.dialAdminSocket()).VerifyAudit(ctxT(t), &credbrokerv1.VerifyAuditRequest{})

@@ -197,7 +197,7 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 	serverSVID := h.mint(serverID, time.Hour)
 	tlsConf := tlsconfig.TLSServerConfig(serverSVID)
 	tlsConf.ClientAuth = tls.RequestClientCert
-	h.grpcServer = broker.NewGRPCServer(tlsConf, gate, svc, admin)
+	h.grpcServer = broker.NewGRPCServer(tlsConf, gate, svc, nil, admin)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

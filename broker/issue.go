@@ -63,7 +63,6 @@ type Service struct {
 	newID    func() (string, error)
 	log      *slog.Logger
 	metrics  *Metrics
-	nodes    *NodeAuthority
 }
 
 // ServiceDeps are what a Service is built from.
@@ -76,8 +75,6 @@ type ServiceDeps struct {
 	NewID   func() (string, error)
 	Log     *slog.Logger
 	Metrics *Metrics
-	// Nodes admits and renews nodes; nil disables node attestation.
-	Nodes *NodeAuthority
 }
 
 // NewService returns a Service. Every dependency is required.
@@ -85,7 +82,7 @@ func NewService(d ServiceDeps) (*Service, error) {
 	if d.Profiles == nil || d.Policy == nil || d.Limiter == nil || d.Audit == nil || d.NewID == nil || d.Log == nil || d.Metrics == nil {
 		return nil, errors.New("broker: NewService: missing dependency")
 	}
-	return &Service{profiles: d.Profiles, policy: d.Policy, limiter: d.Limiter, audit: d.Audit, newID: d.NewID, log: d.Log, metrics: d.Metrics, nodes: d.Nodes}, nil
+	return &Service{profiles: d.Profiles, policy: d.Policy, limiter: d.Limiter, audit: d.Audit, newID: d.NewID, log: d.Log, metrics: d.Metrics}, nil
 }
 
 // Request field bounds. Kubernetes names are at most 253 characters.
@@ -260,13 +257,19 @@ func (s *Service) validate(caller attest.Caller, req *credbrokerv1.IssueCredenti
 	return prof, g, nil
 }
 
-// refuse records a refusal and returns err for the caller. If the refusal
-// cannot be recorded the caller is told the audit store is unavailable: a
-// decision that is not on record did not happen cleanly.
+// refuse records a refusal and returns err for the caller (see Refuse).
 func (s *Service) refuse(rec *audit.Record, d audit.Decision, err error) error {
+	return Refuse(s.audit, rec, d, err)
+}
+
+// Refuse records a refusal in rec with decision d and returns err for the
+// caller. If the refusal cannot be recorded the caller is told the audit
+// store is unavailable: a decision that is not on record did not happen
+// cleanly. broker/nodeauth records its refusals with it too.
+func Refuse(log AuditLog, rec *audit.Record, d audit.Decision, err error) error {
 	rec.Decision = d
 	rec.Reason = clip(reasonOf(err))
-	if _, aerr := s.audit.Append(*rec); aerr != nil {
+	if _, aerr := log.Append(*rec); aerr != nil {
 		return wrapf(codes.Unavailable, errors.Join(err, aerr), "audit store unavailable (issuance %s)", rec.IssuanceID)
 	}
 	// Name the request so that an operator can find its record

@@ -24,6 +24,7 @@ const (
 	apiWorkload api = iota + 1 // any authenticated caller; policy decides the rest
 	apiAdmin                   // admin identities only
 	apiAttest                  // no identity yet: the request carries attestation evidence
+	apiNode                    // an authenticated node identity; the handler checks it is one, and records why not
 )
 
 // methods declares every RPC the broker serves. A method missing here fails
@@ -31,8 +32,8 @@ const (
 // construction.
 var methods = map[string]api{
 	credbrokerv1.BrokerService_IssueCredential_FullMethodName: apiWorkload,
-	credbrokerv1.BrokerService_AttestNode_FullMethodName:      apiAttest,
-	credbrokerv1.BrokerService_RenewNodeSVID_FullMethodName:   apiWorkload,
+	credbrokerv1.NodeService_AttestNode_FullMethodName:        apiAttest,
+	credbrokerv1.NodeService_RenewNodeSVID_FullMethodName:     apiNode,
 	credbrokerv1.AdminService_ListIssuances_FullMethodName:    apiAdmin,
 	credbrokerv1.AdminService_GetIssuance_FullMethodName:      apiAdmin,
 	credbrokerv1.AdminService_VerifyAudit_FullMethodName:      apiAdmin,
@@ -151,7 +152,7 @@ func (g *Gate) authenticate(ctx context.Context) (attest.Caller, error) {
 func (g *Gate) unauthenticated(ctx context.Context, kind api, err error) error {
 	msg := "unauthenticated: " + err.Error()
 	src := sourceOf(ctx)
-	if kind == apiWorkload {
+	if kind == apiWorkload || kind == apiNode {
 		g.metrics.observe(audit.DecisionDenied, "unknown", 0)
 		record, suppressed := g.unauth.admit(src)
 		if !record {
@@ -176,6 +177,8 @@ func (k api) String() string {
 		return "admin"
 	case apiAttest:
 		return "attest"
+	case apiNode:
+		return "node"
 	}
 	return "workload"
 }

@@ -44,11 +44,13 @@ func commonOptions(log *slog.Logger, m *Metrics) []grpc.ServerOption {
 	}
 }
 
-// NewGRPCServer returns the mTLS server for workloads and admin SPIFFE IDs.
-// tlsConfig must request (not require) client certificates: verification is
-// the Gate's job, so that a bad identity is UNAUTHENTICATED rather than a
-// failed handshake, and JWT-SVID callers need no certificate at all.
-func NewGRPCServer(tlsConfig *tls.Config, gate *Gate, svc *Service, adm *Admin) *grpc.Server {
+// NewGRPCServer returns the mTLS server for workloads, nodes and admin SPIFFE
+// IDs. tlsConfig must request (not require) client certificates: verification
+// is the Gate's job, so that a bad identity is UNAUTHENTICATED rather than a
+// failed handshake, and JWT-SVID callers need no certificate at all. nodes
+// serves NodeService (broker/nodeauth); nil answers its calls with
+// FAILED_PRECONDITION.
+func NewGRPCServer(tlsConfig *tls.Config, gate *Gate, svc *Service, nodes credbrokerv1.NodeServiceServer, adm *Admin) *grpc.Server {
 	opts := append(commonOptions(gate.log, gate.metrics),
 		grpc.Creds(newTLSCreds(tlsConfig)),
 		grpc.ChainUnaryInterceptor(gate.Unary),
@@ -56,6 +58,10 @@ func NewGRPCServer(tlsConfig *tls.Config, gate *Gate, svc *Service, adm *Admin) 
 	)
 	s := grpc.NewServer(opts...)
 	credbrokerv1.RegisterBrokerServiceServer(s, svc)
+	if nodes == nil {
+		nodes = disabledNodes{}
+	}
+	credbrokerv1.RegisterNodeServiceServer(s, nodes)
 	credbrokerv1.RegisterAdminServiceServer(s, adm)
 	gate.metrics.grpc.InitializeMetrics(s)
 	return s

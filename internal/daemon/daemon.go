@@ -32,6 +32,7 @@ import (
 	"github.com/credbroker/credbroker/broker/limits"
 	"github.com/credbroker/credbroker/broker/policy"
 	"github.com/credbroker/credbroker/broker/store"
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
 // Options are what `credbroker serve` passes in from its flags.
@@ -149,18 +150,21 @@ func Run(ctx context.Context, opts Options) error {
 		NewID:    newIssuanceID,
 		Log:      log,
 		Metrics:  metrics,
-		Nodes:    nodeAuth,
 	})
 	if err != nil {
 		return err
 	}
-	admin := broker.NewAdmin(auditLog, nodeAuth)
+	// A nil interface, not a nil *NodeAuthority, when node attestation is off.
+	var nodeService credbrokerv1.NodeServiceServer
+	var nodeAdmin broker.NodeAdmin
 	var gateOpts []broker.GateOption
 	if nodeAuth != nil {
+		nodeService, nodeAdmin = nodeAuth, nodeAuth
 		gateOpts = append(gateOpts, broker.WithEvictionCheck(nodeAuth.Evicted))
 	}
+	admin := broker.NewAdmin(auditLog, nodeAdmin)
 	gate := broker.NewGate(trust.authenticators(cfg), cfg.Admin.SPIFFEIDs, auditLog, metrics, log, gateOpts...)
-	grpcServer := broker.NewGRPCServer(trust.serverTLS(), gate, svc, admin)
+	grpcServer := broker.NewGRPCServer(trust.serverTLS(), gate, svc, nodeService, admin)
 	adminServer := broker.NewAdminSocketServer(adminUIDs(cfg), admin, log, metrics)
 
 	mux := http.NewServeMux()

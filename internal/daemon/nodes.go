@@ -17,9 +17,9 @@ import (
 	"github.com/credbroker/credbroker/attest/awsiid"
 	"github.com/credbroker/credbroker/attest/jointoken"
 	"github.com/credbroker/credbroker/attest/psat"
-	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/broker/audit"
 	"github.com/credbroker/credbroker/broker/config"
+	"github.com/credbroker/credbroker/broker/nodeauth"
 	"github.com/credbroker/credbroker/broker/nodes"
 	"github.com/credbroker/credbroker/internal/ca"
 )
@@ -31,7 +31,7 @@ const defaultPSATAudience = "credbroker"
 // buildNodeAuthority wires node attestation when the configuration asks for
 // it: join tokens, the configured verifiers, the node CA and the registry.
 // It also makes the broker trust the node CA for its own trust domain.
-func buildNodeAuthority(cfg *config.Config, t *trust, db *bbolt.DB, auditLog *audit.Log, log *slog.Logger) (*broker.NodeAuthority, *jointoken.Store, error) {
+func buildNodeAuthority(cfg *config.Config, t *trust, db *bbolt.DB, auditLog *audit.Log, log *slog.Logger) (*nodeauth.NodeAuthority, *jointoken.Store, error) {
 	na := cfg.NodeAttestation
 	if na == nil {
 		return nil, nil, nil
@@ -54,7 +54,7 @@ func buildNodeAuthority(cfg *config.Config, t *trust, db *bbolt.DB, auditLog *au
 	if err != nil {
 		return nil, nil, err
 	}
-	deps := broker.NodeDeps{
+	deps := nodeauth.NodeDeps{
 		TrustDomain: td,
 		JoinTokens:  tokens,
 		CA:          nodeCA,
@@ -108,7 +108,7 @@ func buildNodeAuthority(cfg *config.Config, t *trust, db *bbolt.DB, auditLog *au
 		}
 		deps.IID = v
 	}
-	auth, err := broker.NewNodeAuthority(deps)
+	auth, err := nodeauth.New(deps)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -168,7 +168,7 @@ func (a *Agent) Attest(ctx context.Context) (*x509svid.SVID, error) {
 		return nil, err
 	}
 	creds := grpccredentials.TLSClientCredentials(a.cfg.Bootstrap, authorizer)
-	resp, err := a.call(ctx, creds, func(ctx context.Context, c credbrokerv1.BrokerServiceClient) (*credbrokerv1.NodeSVID, error) {
+	resp, err := a.call(ctx, creds, func(ctx context.Context, c credbrokerv1.NodeServiceClient) (*credbrokerv1.NodeSVID, error) {
 		r, err := c.AttestNode(ctx, req)
 		return r.GetSvid(), err
 	})
@@ -194,7 +194,7 @@ func (a *Agent) Renew(ctx context.Context) (*x509svid.SVID, error) {
 		return nil, err
 	}
 	creds := grpccredentials.MTLSClientCredentials(current, bundle, authorizer)
-	resp, err := a.call(ctx, creds, func(ctx context.Context, c credbrokerv1.BrokerServiceClient) (*credbrokerv1.NodeSVID, error) {
+	resp, err := a.call(ctx, creds, func(ctx context.Context, c credbrokerv1.NodeServiceClient) (*credbrokerv1.NodeSVID, error) {
 		r, err := c.RenewNodeSVID(ctx, &credbrokerv1.RenewNodeSVIDRequest{Csr: csr})
 		return r.GetSvid(), err
 	})
@@ -274,7 +274,7 @@ func (a *Agent) authorizer(td spiffeid.TrustDomain) (tlsconfig.Authorizer, error
 // callTimeout bounds one call to the broker.
 const callTimeout = 30 * time.Second
 
-func (a *Agent) call(ctx context.Context, creds credentials.TransportCredentials, fn func(context.Context, credbrokerv1.BrokerServiceClient) (*credbrokerv1.NodeSVID, error)) (*credbrokerv1.NodeSVID, error) {
+func (a *Agent) call(ctx context.Context, creds credentials.TransportCredentials, fn func(context.Context, credbrokerv1.NodeServiceClient) (*credbrokerv1.NodeSVID, error)) (*credbrokerv1.NodeSVID, error) {
 	conn, err := grpc.NewClient("passthrough:///"+a.cfg.Broker, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return nil, fmt.Errorf("nodeagent: %w", err)
@@ -282,7 +282,7 @@ func (a *Agent) call(ctx context.Context, creds credentials.TransportCredentials
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
-	s, err := fn(ctx, credbrokerv1.NewBrokerServiceClient(conn))
+	s, err := fn(ctx, credbrokerv1.NewNodeServiceClient(conn))
 	if err != nil {
 		return nil, brokerError{err}
 	}

@@ -227,7 +227,7 @@ func (f *fixture) newBroker(tb testing.TB, tlsConf *tls.Config, lim broker.Limit
 		jwtsvid.New(jwtbundle.NewSet(f.ca.JWTBundle()), []string{"credbroker"}),
 		attestx509.New(x509bundle.NewSet(f.ca.X509Bundle())),
 	}, nil, log, metrics, logger)
-	return broker.NewGRPCServer(tlsConf, gate, svc, broker.NewAdmin(reader, nil))
+	return broker.NewGRPCServer(tlsConf, gate, svc, nil, broker.NewAdmin(reader, nil))
 }
 
 func newID() (string, error) {

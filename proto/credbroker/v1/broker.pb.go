@@ -23,496 +23,6 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
-// AttestNodeRequest carries one kind of evidence and the node's CSR.
-type AttestNodeRequest struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// Types that are valid to be assigned to Evidence:
-	//
-	//	*AttestNodeRequest_JoinToken
-	//	*AttestNodeRequest_K8SPsat
-	//	*AttestNodeRequest_AwsIid
-	Evidence isAttestNodeRequest_Evidence `protobuf_oneof:"evidence"`
-	// PKCS#10 certificate signing request (DER) made with the node's own key;
-	// only its public key is used.
-	Csr           []byte `protobuf:"bytes,10,opt,name=csr,proto3" json:"csr,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *AttestNodeRequest) Reset() {
-	*x = AttestNodeRequest{}
-	mi := &file_credbroker_v1_broker_proto_msgTypes[0]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *AttestNodeRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*AttestNodeRequest) ProtoMessage() {}
-
-func (x *AttestNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_broker_proto_msgTypes[0]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use AttestNodeRequest.ProtoReflect.Descriptor instead.
-func (*AttestNodeRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_broker_proto_rawDescGZIP(), []int{0}
-}
-
-func (x *AttestNodeRequest) GetEvidence() isAttestNodeRequest_Evidence {
-	if x != nil {
-		return x.Evidence
-	}
-	return nil
-}
-
-func (x *AttestNodeRequest) GetJoinToken() *JoinTokenEvidence {
-	if x != nil {
-		if x, ok := x.Evidence.(*AttestNodeRequest_JoinToken); ok {
-			return x.JoinToken
-		}
-	}
-	return nil
-}
-
-func (x *AttestNodeRequest) GetK8SPsat() *K8SPSATEvidence {
-	if x != nil {
-		if x, ok := x.Evidence.(*AttestNodeRequest_K8SPsat); ok {
-			return x.K8SPsat
-		}
-	}
-	return nil
-}
-
-func (x *AttestNodeRequest) GetAwsIid() *AWSIIDEvidence {
-	if x != nil {
-		if x, ok := x.Evidence.(*AttestNodeRequest_AwsIid); ok {
-			return x.AwsIid
-		}
-	}
-	return nil
-}
-
-func (x *AttestNodeRequest) GetCsr() []byte {
-	if x != nil {
-		return x.Csr
-	}
-	return nil
-}
-
-type isAttestNodeRequest_Evidence interface {
-	isAttestNodeRequest_Evidence()
-}
-
-type AttestNodeRequest_JoinToken struct {
-	JoinToken *JoinTokenEvidence `protobuf:"bytes,1,opt,name=join_token,json=joinToken,proto3,oneof"`
-}
-
-type AttestNodeRequest_K8SPsat struct {
-	K8SPsat *K8SPSATEvidence `protobuf:"bytes,2,opt,name=k8s_psat,json=k8sPsat,proto3,oneof"`
-}
-
-type AttestNodeRequest_AwsIid struct {
-	AwsIid *AWSIIDEvidence `protobuf:"bytes,3,opt,name=aws_iid,json=awsIid,proto3,oneof"`
-}
-
-func (*AttestNodeRequest_JoinToken) isAttestNodeRequest_Evidence() {}
-
-func (*AttestNodeRequest_K8SPsat) isAttestNodeRequest_Evidence() {}
-
-func (*AttestNodeRequest_AwsIid) isAttestNodeRequest_Evidence() {}
-
-// JoinTokenEvidence is a one-time token from `credbrokerctl join-token create`.
-type JoinTokenEvidence struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	Token string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
-	// Node name to use when the token does not fix one (a DNS subdomain).
-	Node          string `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *JoinTokenEvidence) Reset() {
-	*x = JoinTokenEvidence{}
-	mi := &file_credbroker_v1_broker_proto_msgTypes[1]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *JoinTokenEvidence) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*JoinTokenEvidence) ProtoMessage() {}
-
-func (x *JoinTokenEvidence) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_broker_proto_msgTypes[1]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use JoinTokenEvidence.ProtoReflect.Descriptor instead.
-func (*JoinTokenEvidence) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_broker_proto_rawDescGZIP(), []int{1}
-}
-
-func (x *JoinTokenEvidence) GetToken() string {
-	if x != nil {
-		return x.Token
-	}
-	return ""
-}
-
-func (x *JoinTokenEvidence) GetNode() string {
-	if x != nil {
-		return x.Node
-	}
-	return ""
-}
-
-// K8sPSATEvidence is a projected service account token of the node agent's
-// pod, issued by the workload cluster's API server.
-type K8SPSATEvidence struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// Workload cluster "namespace/name" whose issuer signed the token.
-	Cluster       string `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
-	Token         string `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *K8SPSATEvidence) Reset() {
-	*x = K8SPSATEvidence{}
-	mi := &file_credbroker_v1_broker_proto_msgTypes[2]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *K8SPSATEvidence) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*K8SPSATEvidence) ProtoMessage() {}
-
-func (x *K8SPSATEvidence) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_broker_proto_msgTypes[2]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use K8SPSATEvidence.ProtoReflect.Descriptor instead.
-func (*K8SPSATEvidence) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_broker_proto_rawDescGZIP(), []int{2}
-}
-
-func (x *K8SPSATEvidence) GetCluster() string {
-	if x != nil {
-		return x.Cluster
-	}
-	return ""
-}
-
-func (x *K8SPSATEvidence) GetToken() string {
-	if x != nil {
-		return x.Token
-	}
-	return ""
-}
-
-// AWSIIDEvidence is an EC2 instance identity document and its signature.
-type AWSIIDEvidence struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// Workload cluster "namespace/name" the instance joins.
-	Cluster string `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
-	// The document exactly as served by the instance metadata service.
-	Document []byte `protobuf:"bytes,2,opt,name=document,proto3" json:"document,omitempty"`
-	// Base64 RSA-SHA256 signature (/instance-identity/signature), or the
-	// PKCS#7 form (/instance-identity/rsa2048).
-	Signature     []byte `protobuf:"bytes,3,opt,name=signature,proto3" json:"signature,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *AWSIIDEvidence) Reset() {
-	*x = AWSIIDEvidence{}
-	mi := &file_credbroker_v1_broker_proto_msgTypes[3]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *AWSIIDEvidence) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*AWSIIDEvidence) ProtoMessage() {}
-
-func (x *AWSIIDEvidence) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_broker_proto_msgTypes[3]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use AWSIIDEvidence.ProtoReflect.Descriptor instead.
-func (*AWSIIDEvidence) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_broker_proto_rawDescGZIP(), []int{3}
-}
-
-func (x *AWSIIDEvidence) GetCluster() string {
-	if x != nil {
-		return x.Cluster
-	}
-	return ""
-}
-
-func (x *AWSIIDEvidence) GetDocument() []byte {
-	if x != nil {
-		return x.Document
-	}
-	return nil
-}
-
-func (x *AWSIIDEvidence) GetSignature() []byte {
-	if x != nil {
-		return x.Signature
-	}
-	return nil
-}
-
-// AttestNodeResponse carries the node's first SVID.
-type AttestNodeResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Svid          *NodeSVID              `protobuf:"bytes,1,opt,name=svid,proto3" json:"svid,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *AttestNodeResponse) Reset() {
-	*x = AttestNodeResponse{}
-	mi := &file_credbroker_v1_broker_proto_msgTypes[4]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *AttestNodeResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*AttestNodeResponse) ProtoMessage() {}
-
-func (x *AttestNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_broker_proto_msgTypes[4]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use AttestNodeResponse.ProtoReflect.Descriptor instead.
-func (*AttestNodeResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_broker_proto_rawDescGZIP(), []int{4}
-}
-
-func (x *AttestNodeResponse) GetSvid() *NodeSVID {
-	if x != nil {
-		return x.Svid
-	}
-	return nil
-}
-
-// RenewNodeSVIDRequest carries a new CSR.
-type RenewNodeSVIDRequest struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// PKCS#10 certificate signing request (DER); may use a new key.
-	Csr           []byte `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *RenewNodeSVIDRequest) Reset() {
-	*x = RenewNodeSVIDRequest{}
-	mi := &file_credbroker_v1_broker_proto_msgTypes[5]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *RenewNodeSVIDRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*RenewNodeSVIDRequest) ProtoMessage() {}
-
-func (x *RenewNodeSVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_broker_proto_msgTypes[5]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use RenewNodeSVIDRequest.ProtoReflect.Descriptor instead.
-func (*RenewNodeSVIDRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_broker_proto_rawDescGZIP(), []int{5}
-}
-
-func (x *RenewNodeSVIDRequest) GetCsr() []byte {
-	if x != nil {
-		return x.Csr
-	}
-	return nil
-}
-
-// RenewNodeSVIDResponse carries the renewed SVID.
-type RenewNodeSVIDResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Svid          *NodeSVID              `protobuf:"bytes,1,opt,name=svid,proto3" json:"svid,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *RenewNodeSVIDResponse) Reset() {
-	*x = RenewNodeSVIDResponse{}
-	mi := &file_credbroker_v1_broker_proto_msgTypes[6]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *RenewNodeSVIDResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*RenewNodeSVIDResponse) ProtoMessage() {}
-
-func (x *RenewNodeSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_broker_proto_msgTypes[6]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use RenewNodeSVIDResponse.ProtoReflect.Descriptor instead.
-func (*RenewNodeSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_broker_proto_rawDescGZIP(), []int{6}
-}
-
-func (x *RenewNodeSVIDResponse) GetSvid() *NodeSVID {
-	if x != nil {
-		return x.Svid
-	}
-	return nil
-}
-
-// NodeSVID is an X.509-SVID for a node and the bundle to verify the broker.
-type NodeSVID struct {
-	state    protoimpl.MessageState `protogen:"open.v1"`
-	SpiffeId string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
-	// Certificate chain, leaf first, DER.
-	CertChain [][]byte `protobuf:"bytes,2,rep,name=cert_chain,json=certChain,proto3" json:"cert_chain,omitempty"`
-	// X.509 authorities of the broker's trust domain, DER.
-	Bundle        [][]byte               `protobuf:"bytes,3,rep,name=bundle,proto3" json:"bundle,omitempty"`
-	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *NodeSVID) Reset() {
-	*x = NodeSVID{}
-	mi := &file_credbroker_v1_broker_proto_msgTypes[7]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *NodeSVID) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*NodeSVID) ProtoMessage() {}
-
-func (x *NodeSVID) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_broker_proto_msgTypes[7]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use NodeSVID.ProtoReflect.Descriptor instead.
-func (*NodeSVID) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_broker_proto_rawDescGZIP(), []int{7}
-}
-
-func (x *NodeSVID) GetSpiffeId() string {
-	if x != nil {
-		return x.SpiffeId
-	}
-	return ""
-}
-
-func (x *NodeSVID) GetCertChain() [][]byte {
-	if x != nil {
-		return x.CertChain
-	}
-	return nil
-}
-
-func (x *NodeSVID) GetBundle() [][]byte {
-	if x != nil {
-		return x.Bundle
-	}
-	return nil
-}
-
-func (x *NodeSVID) GetExpiresAt() *timestamppb.Timestamp {
-	if x != nil {
-		return x.ExpiresAt
-	}
-	return nil
-}
-
 // IssueCredentialRequest names what the caller wants.
 type IssueCredentialRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -532,7 +42,7 @@ type IssueCredentialRequest struct {
 
 func (x *IssueCredentialRequest) Reset() {
 	*x = IssueCredentialRequest{}
-	mi := &file_credbroker_v1_broker_proto_msgTypes[8]
+	mi := &file_credbroker_v1_broker_proto_msgTypes[0]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -544,7 +54,7 @@ func (x *IssueCredentialRequest) String() string {
 func (*IssueCredentialRequest) ProtoMessage() {}
 
 func (x *IssueCredentialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_broker_proto_msgTypes[8]
+	mi := &file_credbroker_v1_broker_proto_msgTypes[0]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -557,7 +67,7 @@ func (x *IssueCredentialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueCredentialRequest.ProtoReflect.Descriptor instead.
 func (*IssueCredentialRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_broker_proto_rawDescGZIP(), []int{8}
+	return file_credbroker_v1_broker_proto_rawDescGZIP(), []int{0}
 }
 
 func (x *IssueCredentialRequest) GetProfile() string {
@@ -598,7 +108,7 @@ type IssueCredentialResponse struct {
 
 func (x *IssueCredentialResponse) Reset() {
 	*x = IssueCredentialResponse{}
-	mi := &file_credbroker_v1_broker_proto_msgTypes[9]
+	mi := &file_credbroker_v1_broker_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -610,7 +120,7 @@ func (x *IssueCredentialResponse) String() string {
 func (*IssueCredentialResponse) ProtoMessage() {}
 
 func (x *IssueCredentialResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_broker_proto_msgTypes[9]
+	mi := &file_credbroker_v1_broker_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -623,7 +133,7 @@ func (x *IssueCredentialResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueCredentialResponse.ProtoReflect.Descriptor instead.
 func (*IssueCredentialResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_broker_proto_rawDescGZIP(), []int{9}
+	return file_credbroker_v1_broker_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *IssueCredentialResponse) GetCredential() *Credential {
@@ -655,7 +165,7 @@ type Credential struct {
 
 func (x *Credential) Reset() {
 	*x = Credential{}
-	mi := &file_credbroker_v1_broker_proto_msgTypes[10]
+	mi := &file_credbroker_v1_broker_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -667,7 +177,7 @@ func (x *Credential) String() string {
 func (*Credential) ProtoMessage() {}
 
 func (x *Credential) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_broker_proto_msgTypes[10]
+	mi := &file_credbroker_v1_broker_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -680,7 +190,7 @@ func (x *Credential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Credential.ProtoReflect.Descriptor instead.
 func (*Credential) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_broker_proto_rawDescGZIP(), []int{10}
+	return file_credbroker_v1_broker_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Credential) GetIssuanceId() string {
@@ -786,7 +296,7 @@ type Secret struct {
 
 func (x *Secret) Reset() {
 	*x = Secret{}
-	mi := &file_credbroker_v1_broker_proto_msgTypes[11]
+	mi := &file_credbroker_v1_broker_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -798,7 +308,7 @@ func (x *Secret) String() string {
 func (*Secret) ProtoMessage() {}
 
 func (x *Secret) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_broker_proto_msgTypes[11]
+	mi := &file_credbroker_v1_broker_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -811,7 +321,7 @@ func (x *Secret) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Secret.ProtoReflect.Descriptor instead.
 func (*Secret) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_broker_proto_rawDescGZIP(), []int{11}
+	return file_credbroker_v1_broker_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Secret) GetJson() string {
@@ -833,7 +343,7 @@ type AWSCredentials struct {
 
 func (x *AWSCredentials) Reset() {
 	*x = AWSCredentials{}
-	mi := &file_credbroker_v1_broker_proto_msgTypes[12]
+	mi := &file_credbroker_v1_broker_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -845,7 +355,7 @@ func (x *AWSCredentials) String() string {
 func (*AWSCredentials) ProtoMessage() {}
 
 func (x *AWSCredentials) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_broker_proto_msgTypes[12]
+	mi := &file_credbroker_v1_broker_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -858,7 +368,7 @@ func (x *AWSCredentials) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AWSCredentials.ProtoReflect.Descriptor instead.
 func (*AWSCredentials) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_broker_proto_rawDescGZIP(), []int{12}
+	return file_credbroker_v1_broker_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *AWSCredentials) GetAccessKeyId() string {
@@ -894,7 +404,7 @@ type Token struct {
 
 func (x *Token) Reset() {
 	*x = Token{}
-	mi := &file_credbroker_v1_broker_proto_msgTypes[13]
+	mi := &file_credbroker_v1_broker_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -906,7 +416,7 @@ func (x *Token) String() string {
 func (*Token) ProtoMessage() {}
 
 func (x *Token) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_broker_proto_msgTypes[13]
+	mi := &file_credbroker_v1_broker_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -919,7 +429,7 @@ func (x *Token) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Token.ProtoReflect.Descriptor instead.
 func (*Token) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_broker_proto_rawDescGZIP(), []int{13}
+	return file_credbroker_v1_broker_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Token) GetToken() string {
@@ -940,39 +450,7 @@ var File_credbroker_v1_broker_proto protoreflect.FileDescriptor
 
 const file_credbroker_v1_broker_proto_rawDesc = "" +
 	"\n" +
-	"\x1acredbroker/v1/broker.proto\x12\rcredbroker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xeb\x01\n" +
-	"\x11AttestNodeRequest\x12A\n" +
-	"\n" +
-	"join_token\x18\x01 \x01(\v2 .credbroker.v1.JoinTokenEvidenceH\x00R\tjoinToken\x12;\n" +
-	"\bk8s_psat\x18\x02 \x01(\v2\x1e.credbroker.v1.K8sPSATEvidenceH\x00R\ak8sPsat\x128\n" +
-	"\aaws_iid\x18\x03 \x01(\v2\x1d.credbroker.v1.AWSIIDEvidenceH\x00R\x06awsIid\x12\x10\n" +
-	"\x03csr\x18\n" +
-	" \x01(\fR\x03csrB\n" +
-	"\n" +
-	"\bevidence\"=\n" +
-	"\x11JoinTokenEvidence\x12\x14\n" +
-	"\x05token\x18\x01 \x01(\tR\x05token\x12\x12\n" +
-	"\x04node\x18\x02 \x01(\tR\x04node\"A\n" +
-	"\x0fK8sPSATEvidence\x12\x18\n" +
-	"\acluster\x18\x01 \x01(\tR\acluster\x12\x14\n" +
-	"\x05token\x18\x02 \x01(\tR\x05token\"d\n" +
-	"\x0eAWSIIDEvidence\x12\x18\n" +
-	"\acluster\x18\x01 \x01(\tR\acluster\x12\x1a\n" +
-	"\bdocument\x18\x02 \x01(\fR\bdocument\x12\x1c\n" +
-	"\tsignature\x18\x03 \x01(\fR\tsignature\"A\n" +
-	"\x12AttestNodeResponse\x12+\n" +
-	"\x04svid\x18\x01 \x01(\v2\x17.credbroker.v1.NodeSVIDR\x04svid\"(\n" +
-	"\x14RenewNodeSVIDRequest\x12\x10\n" +
-	"\x03csr\x18\x01 \x01(\fR\x03csr\"D\n" +
-	"\x15RenewNodeSVIDResponse\x12+\n" +
-	"\x04svid\x18\x01 \x01(\v2\x17.credbroker.v1.NodeSVIDR\x04svid\"\x99\x01\n" +
-	"\bNodeSVID\x12\x1b\n" +
-	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x1d\n" +
-	"\n" +
-	"cert_chain\x18\x02 \x03(\fR\tcertChain\x12\x16\n" +
-	"\x06bundle\x18\x03 \x03(\fR\x06bundle\x129\n" +
-	"\n" +
-	"expires_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"\x95\x01\n" +
+	"\x1acredbroker/v1/broker.proto\x12\rcredbroker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x95\x01\n" +
 	"\x16IssueCredentialRequest\x12\x18\n" +
 	"\aprofile\x18\x01 \x01(\tR\aprofile\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12+\n" +
@@ -1005,12 +483,9 @@ const file_credbroker_v1_broker_proto_rawDesc = "" +
 	"\x05Token\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1d\n" +
 	"\n" +
-	"token_type\x18\x02 \x01(\tR\ttokenType2\xa0\x02\n" +
+	"token_type\x18\x02 \x01(\tR\ttokenType2q\n" +
 	"\rBrokerService\x12`\n" +
-	"\x0fIssueCredential\x12%.credbroker.v1.IssueCredentialRequest\x1a&.credbroker.v1.IssueCredentialResponse\x12Q\n" +
-	"\n" +
-	"AttestNode\x12 .credbroker.v1.AttestNodeRequest\x1a!.credbroker.v1.AttestNodeResponse\x12Z\n" +
-	"\rRenewNodeSVID\x12#.credbroker.v1.RenewNodeSVIDRequest\x1a$.credbroker.v1.RenewNodeSVIDResponseBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
+	"\x0fIssueCredential\x12%.credbroker.v1.IssueCredentialRequest\x1a&.credbroker.v1.IssueCredentialResponseBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
 
 var (
 	file_credbroker_v1_broker_proto_rawDescOnce sync.Once
@@ -1024,49 +499,31 @@ func file_credbroker_v1_broker_proto_rawDescGZIP() []byte {
 	return file_credbroker_v1_broker_proto_rawDescData
 }
 
-var file_credbroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_credbroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_credbroker_v1_broker_proto_goTypes = []any{
-	(*AttestNodeRequest)(nil),       // 0: credbroker.v1.AttestNodeRequest
-	(*JoinTokenEvidence)(nil),       // 1: credbroker.v1.JoinTokenEvidence
-	(*K8SPSATEvidence)(nil),         // 2: credbroker.v1.K8sPSATEvidence
-	(*AWSIIDEvidence)(nil),          // 3: credbroker.v1.AWSIIDEvidence
-	(*AttestNodeResponse)(nil),      // 4: credbroker.v1.AttestNodeResponse
-	(*RenewNodeSVIDRequest)(nil),    // 5: credbroker.v1.RenewNodeSVIDRequest
-	(*RenewNodeSVIDResponse)(nil),   // 6: credbroker.v1.RenewNodeSVIDResponse
-	(*NodeSVID)(nil),                // 7: credbroker.v1.NodeSVID
-	(*IssueCredentialRequest)(nil),  // 8: credbroker.v1.IssueCredentialRequest
-	(*IssueCredentialResponse)(nil), // 9: credbroker.v1.IssueCredentialResponse
-	(*Credential)(nil),              // 10: credbroker.v1.Credential
-	(*Secret)(nil),                  // 11: credbroker.v1.Secret
-	(*AWSCredentials)(nil),          // 12: credbroker.v1.AWSCredentials
-	(*Token)(nil),                   // 13: credbroker.v1.Token
-	(*timestamppb.Timestamp)(nil),   // 14: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 15: google.protobuf.Duration
+	(*IssueCredentialRequest)(nil),  // 0: credbroker.v1.IssueCredentialRequest
+	(*IssueCredentialResponse)(nil), // 1: credbroker.v1.IssueCredentialResponse
+	(*Credential)(nil),              // 2: credbroker.v1.Credential
+	(*Secret)(nil),                  // 3: credbroker.v1.Secret
+	(*AWSCredentials)(nil),          // 4: credbroker.v1.AWSCredentials
+	(*Token)(nil),                   // 5: credbroker.v1.Token
+	(*durationpb.Duration)(nil),     // 6: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),   // 7: google.protobuf.Timestamp
 }
 var file_credbroker_v1_broker_proto_depIdxs = []int32{
-	1,  // 0: credbroker.v1.AttestNodeRequest.join_token:type_name -> credbroker.v1.JoinTokenEvidence
-	2,  // 1: credbroker.v1.AttestNodeRequest.k8s_psat:type_name -> credbroker.v1.K8sPSATEvidence
-	3,  // 2: credbroker.v1.AttestNodeRequest.aws_iid:type_name -> credbroker.v1.AWSIIDEvidence
-	7,  // 3: credbroker.v1.AttestNodeResponse.svid:type_name -> credbroker.v1.NodeSVID
-	7,  // 4: credbroker.v1.RenewNodeSVIDResponse.svid:type_name -> credbroker.v1.NodeSVID
-	14, // 5: credbroker.v1.NodeSVID.expires_at:type_name -> google.protobuf.Timestamp
-	15, // 6: credbroker.v1.IssueCredentialRequest.ttl:type_name -> google.protobuf.Duration
-	10, // 7: credbroker.v1.IssueCredentialResponse.credential:type_name -> credbroker.v1.Credential
-	14, // 8: credbroker.v1.Credential.expires_at:type_name -> google.protobuf.Timestamp
-	12, // 9: credbroker.v1.Credential.aws:type_name -> credbroker.v1.AWSCredentials
-	13, // 10: credbroker.v1.Credential.token:type_name -> credbroker.v1.Token
-	11, // 11: credbroker.v1.Credential.secret:type_name -> credbroker.v1.Secret
-	8,  // 12: credbroker.v1.BrokerService.IssueCredential:input_type -> credbroker.v1.IssueCredentialRequest
-	0,  // 13: credbroker.v1.BrokerService.AttestNode:input_type -> credbroker.v1.AttestNodeRequest
-	5,  // 14: credbroker.v1.BrokerService.RenewNodeSVID:input_type -> credbroker.v1.RenewNodeSVIDRequest
-	9,  // 15: credbroker.v1.BrokerService.IssueCredential:output_type -> credbroker.v1.IssueCredentialResponse
-	4,  // 16: credbroker.v1.BrokerService.AttestNode:output_type -> credbroker.v1.AttestNodeResponse
-	6,  // 17: credbroker.v1.BrokerService.RenewNodeSVID:output_type -> credbroker.v1.RenewNodeSVIDResponse
-	15, // [15:18] is the sub-list for method output_type
-	12, // [12:15] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	6, // 0: credbroker.v1.IssueCredentialRequest.ttl:type_name -> google.protobuf.Duration
+	2, // 1: credbroker.v1.IssueCredentialResponse.credential:type_name -> credbroker.v1.Credential
+	7, // 2: credbroker.v1.Credential.expires_at:type_name -> google.protobuf.Timestamp
+	4, // 3: credbroker.v1.Credential.aws:type_name -> credbroker.v1.AWSCredentials
+	5, // 4: credbroker.v1.Credential.token:type_name -> credbroker.v1.Token
+	3, // 5: credbroker.v1.Credential.secret:type_name -> credbroker.v1.Secret
+	0, // 6: credbroker.v1.BrokerService.IssueCredential:input_type -> credbroker.v1.IssueCredentialRequest
+	1, // 7: credbroker.v1.BrokerService.IssueCredential:output_type -> credbroker.v1.IssueCredentialResponse
+	7, // [7:8] is the sub-list for method output_type
+	6, // [6:7] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_credbroker_v1_broker_proto_init() }
@@ -1074,12 +531,7 @@ func file_credbroker_v1_broker_proto_init() {
 	if File_credbroker_v1_broker_proto != nil {
 		return
 	}
-	file_credbroker_v1_broker_proto_msgTypes[0].OneofWrappers = []any{
-		(*AttestNodeRequest_JoinToken)(nil),
-		(*AttestNodeRequest_K8SPsat)(nil),
-		(*AttestNodeRequest_AwsIid)(nil),
-	}
-	file_credbroker_v1_broker_proto_msgTypes[10].OneofWrappers = []any{
+	file_credbroker_v1_broker_proto_msgTypes[2].OneofWrappers = []any{
 		(*Credential_Aws)(nil),
 		(*Credential_Token)(nil),
 		(*Credential_Secret)(nil),
@@ -1090,7 +542,7 @@ func file_credbroker_v1_broker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_credbroker_v1_broker_proto_rawDesc), len(file_credbroker_v1_broker_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

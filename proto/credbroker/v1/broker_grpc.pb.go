@@ -20,8 +20,6 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	BrokerService_IssueCredential_FullMethodName = "/credbroker.v1.BrokerService/IssueCredential"
-	BrokerService_AttestNode_FullMethodName      = "/credbroker.v1.BrokerService/AttestNode"
-	BrokerService_RenewNodeSVID_FullMethodName   = "/credbroker.v1.BrokerService/RenewNodeSVID"
 )
 
 // BrokerServiceClient is the client API for BrokerService service.
@@ -40,23 +38,6 @@ type BrokerServiceClient interface {
 	// quota), INVALID_ARGUMENT (bad request), UNAVAILABLE (upstream issuer or
 	// audit store down), FAILED_PRECONDITION (pending approval or revoked).
 	IssueCredential(ctx context.Context, in *IssueCredentialRequest, opts ...grpc.CallOption) (*IssueCredentialResponse, error)
-	// AttestNode admits a node of a workload cluster that has no SVID yet: it
-	// presents attestation evidence (a one-time join token, a projected service
-	// account token of its cluster, or an AWS instance identity document) and a
-	// CSR made with its own key, and receives a short-lived X.509-SVID
-	// spiffe://TD/capi/cluster/<namespace>/<cluster>/node/<node> signed by the
-	// broker's node CA, with the trust bundle. No client certificate is needed.
-	//
-	// Errors: UNAUTHENTICATED (evidence invalid, expired or already used),
-	// INVALID_ARGUMENT (malformed CSR or evidence), PERMISSION_DENIED (the node
-	// was evicted), UNAVAILABLE (audit store down).
-	AttestNode(ctx context.Context, in *AttestNodeRequest, opts ...grpc.CallOption) (*AttestNodeResponse, error)
-	// RenewNodeSVID re-issues a node's SVID, with the same identity, for a new
-	// CSR. The caller authenticates with its current node SVID (mTLS).
-	//
-	// Errors: UNAUTHENTICATED, PERMISSION_DENIED (not a node identity, or the
-	// node was evicted), INVALID_ARGUMENT (malformed CSR).
-	RenewNodeSVID(ctx context.Context, in *RenewNodeSVIDRequest, opts ...grpc.CallOption) (*RenewNodeSVIDResponse, error)
 }
 
 type brokerServiceClient struct {
@@ -71,26 +52,6 @@ func (c *brokerServiceClient) IssueCredential(ctx context.Context, in *IssueCred
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(IssueCredentialResponse)
 	err := c.cc.Invoke(ctx, BrokerService_IssueCredential_FullMethodName, in, out, cOpts...)
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
-}
-
-func (c *brokerServiceClient) AttestNode(ctx context.Context, in *AttestNodeRequest, opts ...grpc.CallOption) (*AttestNodeResponse, error) {
-	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(AttestNodeResponse)
-	err := c.cc.Invoke(ctx, BrokerService_AttestNode_FullMethodName, in, out, cOpts...)
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
-}
-
-func (c *brokerServiceClient) RenewNodeSVID(ctx context.Context, in *RenewNodeSVIDRequest, opts ...grpc.CallOption) (*RenewNodeSVIDResponse, error) {
-	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(RenewNodeSVIDResponse)
-	err := c.cc.Invoke(ctx, BrokerService_RenewNodeSVID_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -113,23 +74,6 @@ type BrokerServiceServer interface {
 	// quota), INVALID_ARGUMENT (bad request), UNAVAILABLE (upstream issuer or
 	// audit store down), FAILED_PRECONDITION (pending approval or revoked).
 	IssueCredential(context.Context, *IssueCredentialRequest) (*IssueCredentialResponse, error)
-	// AttestNode admits a node of a workload cluster that has no SVID yet: it
-	// presents attestation evidence (a one-time join token, a projected service
-	// account token of its cluster, or an AWS instance identity document) and a
-	// CSR made with its own key, and receives a short-lived X.509-SVID
-	// spiffe://TD/capi/cluster/<namespace>/<cluster>/node/<node> signed by the
-	// broker's node CA, with the trust bundle. No client certificate is needed.
-	//
-	// Errors: UNAUTHENTICATED (evidence invalid, expired or already used),
-	// INVALID_ARGUMENT (malformed CSR or evidence), PERMISSION_DENIED (the node
-	// was evicted), UNAVAILABLE (audit store down).
-	AttestNode(context.Context, *AttestNodeRequest) (*AttestNodeResponse, error)
-	// RenewNodeSVID re-issues a node's SVID, with the same identity, for a new
-	// CSR. The caller authenticates with its current node SVID (mTLS).
-	//
-	// Errors: UNAUTHENTICATED, PERMISSION_DENIED (not a node identity, or the
-	// node was evicted), INVALID_ARGUMENT (malformed CSR).
-	RenewNodeSVID(context.Context, *RenewNodeSVIDRequest) (*RenewNodeSVIDResponse, error)
 	mustEmbedUnimplementedBrokerServiceServer()
 }
 
@@ -142,12 +86,6 @@ type UnimplementedBrokerServiceServer struct{}
 
 func (UnimplementedBrokerServiceServer) IssueCredential(context.Context, *IssueCredentialRequest) (*IssueCredentialResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method IssueCredential not implemented")
-}
-func (UnimplementedBrokerServiceServer) AttestNode(context.Context, *AttestNodeRequest) (*AttestNodeResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "method AttestNode not implemented")
-}
-func (UnimplementedBrokerServiceServer) RenewNodeSVID(context.Context, *RenewNodeSVIDRequest) (*RenewNodeSVIDResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "method RenewNodeSVID not implemented")
 }
 func (UnimplementedBrokerServiceServer) mustEmbedUnimplementedBrokerServiceServer() {}
 func (UnimplementedBrokerServiceServer) testEmbeddedByValue()                       {}
@@ -188,42 +126,6 @@ func _BrokerService_IssueCredential_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
-func _BrokerService_AttestNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(AttestNodeRequest)
-	if err := dec(in); err != nil {
-		return nil, err
-	}
-	if interceptor == nil {
-		return srv.(BrokerServiceServer).AttestNode(ctx, in)
-	}
-	info := &grpc.UnaryServerInfo{
-		Server:     srv,
-		FullMethod: BrokerService_AttestNode_FullMethodName,
-	}
-	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(BrokerServiceServer).AttestNode(ctx, req.(*AttestNodeRequest))
-	}
-	return interceptor(ctx, in, info, handler)
-}
-
-func _BrokerService_RenewNodeSVID_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(RenewNodeSVIDRequest)
-	if err := dec(in); err != nil {
-		return nil, err
-	}
-	if interceptor == nil {
-		return srv.(BrokerServiceServer).RenewNodeSVID(ctx, in)
-	}
-	info := &grpc.UnaryServerInfo{
-		Server:     srv,
-		FullMethod: BrokerService_RenewNodeSVID_FullMethodName,
-	}
-	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(BrokerServiceServer).RenewNodeSVID(ctx, req.(*RenewNodeSVIDRequest))
-	}
-	return interceptor(ctx, in, info, handler)
-}
-
 // BrokerService_ServiceDesc is the grpc.ServiceDesc for BrokerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -234,14 +136,6 @@ var BrokerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "IssueCredential",
 			Handler:    _BrokerService_IssueCredential_Handler,
-		},
-		{
-			MethodName: "AttestNode",
-			Handler:    _BrokerService_AttestNode_Handler,
-		},
-		{
-			MethodName: "RenewNodeSVID",
-			Handler:    _BrokerService_RenewNodeSVID_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

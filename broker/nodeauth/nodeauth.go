@@ -1,4 +1,8 @@
-package broker
+// Package nodeauth is the broker's node authority: it admits the nodes of
+// workload clusters by attestation evidence, signs and renews their
+// X.509-SVIDs, and serves NodeService and the node and join-token part of the
+// admin API.
+package nodeauth
 
 import (
 	"context"
@@ -11,11 +15,11 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/credbroker/credbroker/attest"
 	"github.com/credbroker/credbroker/attest/jointoken"
+	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/broker/audit"
 	"github.com/credbroker/credbroker/broker/nodes"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
@@ -47,6 +51,13 @@ type NodeCA interface {
 	SignCSR(csrDER []byte, id spiffeid.ID, ttl time.Duration) ([]*x509.Certificate, error)
 }
 
+// AuditLog is what the node authority records decisions in and reads a
+// node's issuances from.
+type AuditLog interface {
+	broker.AuditLog
+	List(q audit.Query) ([]audit.Record, error)
+}
+
 // NodeDeps are what a NodeAuthority is built from. PSAT and IID are
 // optional: a nil verifier refuses that kind of evidence.
 type NodeDeps struct {
@@ -68,47 +79,43 @@ type NodeDeps struct {
 }
 
 // NodeAuthority admits nodes (attestation → node SVID), renews their SVIDs,
-// and serves the node and join-token parts of the admin API.
+// and serves NodeService and the node and join-token parts of the admin API
+// (broker.NodeAdmin).
 type NodeAuthority struct {
+	credbrokerv1.UnimplementedNodeServiceServer
 	d      NodeDeps
-	unauth *unauthRecorder
+	unauth *broker.UnauthRecorder
 }
 
-// NewNodeAuthority checks d and returns a NodeAuthority.
-func NewNodeAuthority(d NodeDeps) (*NodeAuthority, error) {
+// New checks d and returns a NodeAuthority.
+func New(d NodeDeps) (*NodeAuthority, error) {
 	if d.JoinTokens == nil || d.CA == nil || d.Bundle == nil || d.Registry == nil || d.Audit == nil || d.NewID == nil || d.Log == nil || d.SVIDTTL <= 0 {
-		return nil, errors.New("broker: NewNodeAuthority: missing dependency")
+		return nil, errors.New("nodeauth: New: missing dependency")
 	}
 	if d.Clock == nil {
 		d.Clock = time.Now
 	}
-	return &NodeAuthority{d: d, unauth: newUnauthRecorder(d.Clock)}, nil
+	return &NodeAuthority{d: d, unauth: broker.NewUnauthRecorder(d.Clock)}, nil
 }
 
 // Evicted reports whether id is an evicted node; the Gate refuses such
 // callers everywhere.
 func (n *NodeAuthority) Evicted(id string) (bool, error) { return n.d.Registry.Evicted(id) }
 
-// AttestNode implements BrokerService.AttestNode.
-func (s *Service) AttestNode(ctx context.Context, req *credbrokerv1.AttestNodeRequest) (*credbrokerv1.AttestNodeResponse, error) {
-	if s.nodes == nil {
-		return nil, toStatus(errorf(codes.FailedPrecondition, "node attestation is not enabled on this broker (node_attestation in its configuration)"))
-	}
-	svid, err := s.nodes.attest(ctx, req)
+// AttestNode implements NodeService.AttestNode.
+func (n *NodeAuthority) AttestNode(ctx context.Context, req *credbrokerv1.AttestNodeRequest) (*credbrokerv1.AttestNodeResponse, error) {
+	svid, err := n.attest(ctx, req)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, broker.ToStatus(err)
 	}
 	return &credbrokerv1.AttestNodeResponse{Svid: svid}, nil
 }
 
-// RenewNodeSVID implements BrokerService.RenewNodeSVID.
-func (s *Service) RenewNodeSVID(ctx context.Context, req *credbrokerv1.RenewNodeSVIDRequest) (*credbrokerv1.RenewNodeSVIDResponse, error) {
-	if s.nodes == nil {
-		return nil, toStatus(errorf(codes.FailedPrecondition, "node attestation is not enabled on this broker (node_attestation in its configuration)"))
-	}
-	svid, err := s.nodes.renew(ctx, req)
+// RenewNodeSVID implements NodeService.RenewNodeSVID.
+func (n *NodeAuthority) RenewNodeSVID(ctx context.Context, req *credbrokerv1.RenewNodeSVIDRequest) (*credbrokerv1.RenewNodeSVIDResponse, error) {
+	svid, err := n.renew(ctx, req)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, broker.ToStatus(err)
 	}
 	return &credbrokerv1.RenewNodeSVIDResponse{Svid: svid}, nil
 }
@@ -116,7 +123,7 @@ func (s *Service) RenewNodeSVID(ctx context.Context, req *credbrokerv1.RenewNode
 func (n *NodeAuthority) attest(ctx context.Context, req *credbrokerv1.AttestNodeRequest) (*credbrokerv1.NodeSVID, error) {
 	id, err := n.d.NewID()
 	if err != nil {
-		return nil, wrapf(codes.Unavailable, err, "cannot allocate an issuance id")
+		return nil, broker.Wrapf(codes.Unavailable, err, "cannot allocate an issuance id")
 	}
 	rec := audit.Record{IssuanceID: id, Profile: NodeSVIDProfile, Issuer: NodeCAIssuer, TTL: n.d.SVIDTTL}
 	claims, err := n.verify(ctx, req, &rec)
@@ -126,13 +133,13 @@ func (n *NodeAuthority) attest(ctx context.Context, req *credbrokerv1.AttestNode
 	ns, cluster, _ := strings.Cut(claims.Cluster, "/")
 	nodeID, err := attest.NodeID(n.d.TrustDomain, ns, cluster, claims.Node)
 	if err != nil {
-		return nil, n.refuse(&rec, audit.DecisionDenied, errorf(codes.InvalidArgument, "node name %q cannot form a SPIFFE ID", claims.Node))
+		return nil, n.refuse(&rec, audit.DecisionDenied, broker.Errorf(codes.InvalidArgument, "node name %q cannot form a SPIFFE ID", claims.Node))
 	}
 	rec.Caller, rec.Cluster = nodeID.String(), claims.Cluster
 	if evicted, err := n.d.Registry.Evicted(nodeID.String()); err != nil {
-		return nil, n.refuse(&rec, audit.DecisionFailed, wrapf(codes.Unavailable, err, "node registry unavailable"))
+		return nil, n.refuse(&rec, audit.DecisionFailed, broker.Wrapf(codes.Unavailable, err, "node registry unavailable"))
 	} else if evicted {
-		return nil, n.refuse(&rec, audit.DecisionDenied, errorf(codes.PermissionDenied, "node %s was evicted", nodeID))
+		return nil, n.refuse(&rec, audit.DecisionDenied, broker.Errorf(codes.PermissionDenied, "node %s was evicted", nodeID))
 	}
 	svid, err := n.sign(req.GetCsr(), nodeID, &rec)
 	if err != nil {
@@ -143,9 +150,9 @@ func (n *NodeAuthority) attest(ctx context.Context, req *credbrokerv1.AttestNode
 		Detail: claims.Detail, ExpiresAt: svid.GetExpiresAt().AsTime(), Serial: rec.UpstreamRef,
 	}); err != nil {
 		if errors.Is(err, nodes.ErrEvicted) {
-			return nil, n.refuse(&rec, audit.DecisionDenied, errorf(codes.PermissionDenied, "node %s was evicted", nodeID))
+			return nil, n.refuse(&rec, audit.DecisionDenied, broker.Errorf(codes.PermissionDenied, "node %s was evicted", nodeID))
 		}
-		return nil, n.refuse(&rec, audit.DecisionFailed, wrapf(codes.Unavailable, err, "node registry unavailable"))
+		return nil, n.refuse(&rec, audit.DecisionFailed, broker.Wrapf(codes.Unavailable, err, "node registry unavailable"))
 	}
 	if err := n.issued(ctx, &rec, claims.Detail); err != nil {
 		return nil, err
@@ -160,7 +167,7 @@ func (n *NodeAuthority) verify(ctx context.Context, req *credbrokerv1.AttestNode
 		rec.Attestation = attest.MethodJoinToken
 		// A malformed name is refused before the token is spent.
 		if want := ev.JoinToken.GetNode(); want != "" && !attest.ValidNodeName(want) {
-			return attest.NodeClaims{}, fmt.Errorf("node name %q is not a valid node name (lowercase DNS subdomain): %w", clip(want), attest.ErrNodeRejected)
+			return attest.NodeClaims{}, fmt.Errorf("node name %q is not a valid node name (lowercase DNS subdomain): %w", broker.Clip(want), attest.ErrNodeRejected)
 		}
 		tok, err := n.d.JoinTokens.Consume(ev.JoinToken.GetToken())
 		if tok.ID != "" {
@@ -180,13 +187,13 @@ func (n *NodeAuthority) verify(ctx context.Context, req *credbrokerv1.AttestNode
 		}
 		return attest.NodeClaims{Cluster: tok.Cluster, Node: node, Method: attest.MethodJoinToken, Detail: "join token " + tok.ID}, nil
 	case *credbrokerv1.AttestNodeRequest_K8SPsat:
-		rec.Attestation, rec.Cluster = attest.MethodK8sPSAT, clip(ev.K8SPsat.GetCluster())
+		rec.Attestation, rec.Cluster = attest.MethodK8sPSAT, broker.Clip(ev.K8SPsat.GetCluster())
 		if n.d.PSAT == nil {
 			return attest.NodeClaims{}, fmt.Errorf("this broker does not accept Kubernetes service account tokens: %w", attest.ErrNodeRejected)
 		}
 		return n.d.PSAT.Verify(ctx, ev.K8SPsat.GetCluster(), ev.K8SPsat.GetToken())
 	case *credbrokerv1.AttestNodeRequest_AwsIid:
-		rec.Attestation, rec.Cluster = attest.MethodAWSIID, clip(ev.AwsIid.GetCluster())
+		rec.Attestation, rec.Cluster = attest.MethodAWSIID, broker.Clip(ev.AwsIid.GetCluster())
 		if n.d.IID == nil {
 			return attest.NodeClaims{}, fmt.Errorf("this broker does not accept AWS instance identity documents: %w", attest.ErrNodeRejected)
 		}
@@ -199,29 +206,29 @@ func (n *NodeAuthority) verify(ctx context.Context, req *credbrokerv1.AttestNode
 func (n *NodeAuthority) renew(ctx context.Context, req *credbrokerv1.RenewNodeSVIDRequest) (*credbrokerv1.NodeSVID, error) {
 	caller, ok := attest.CallerFrom(ctx)
 	if !ok {
-		return nil, errorf(codes.Unauthenticated, "caller identity not established")
+		return nil, broker.Errorf(codes.Unauthenticated, "caller identity not established")
 	}
 	id, err := n.d.NewID()
 	if err != nil {
-		return nil, wrapf(codes.Unavailable, err, "cannot allocate an issuance id")
+		return nil, broker.Wrapf(codes.Unavailable, err, "cannot allocate an issuance id")
 	}
 	c := attest.ConstraintsFor(caller.ID)
 	rec := audit.Record{IssuanceID: id, Caller: caller.ID.String(), Attestation: caller.Method, Profile: NodeSVIDProfile,
 		Issuer: NodeCAIssuer, Cluster: c.Cluster, TTL: n.d.SVIDTTL}
 	switch {
 	case c.Node == "" || caller.ID.TrustDomain() != n.d.TrustDomain:
-		return nil, n.refuse(&rec, audit.DecisionDenied, errorf(codes.PermissionDenied, "%s is not a node identity of this broker", caller.ID))
+		return nil, n.refuse(&rec, audit.DecisionDenied, broker.Errorf(codes.PermissionDenied, "%s is not a node identity of this broker", caller.ID))
 	case caller.Method != attest.MethodX509SVID:
-		return nil, n.refuse(&rec, audit.DecisionDenied, errorf(codes.PermissionDenied, "renewal needs the node's current X.509-SVID over mTLS"))
+		return nil, n.refuse(&rec, audit.DecisionDenied, broker.Errorf(codes.PermissionDenied, "renewal needs the node's current X.509-SVID over mTLS"))
 	}
 	node, err := n.d.Registry.Get(caller.ID.String())
 	switch {
 	case errors.Is(err, nodes.ErrNotFound):
-		return nil, n.refuse(&rec, audit.DecisionDenied, errorf(codes.PermissionDenied, "node %s never attested to this broker", caller.ID))
+		return nil, n.refuse(&rec, audit.DecisionDenied, broker.Errorf(codes.PermissionDenied, "node %s never attested to this broker", caller.ID))
 	case err != nil:
-		return nil, n.refuse(&rec, audit.DecisionFailed, wrapf(codes.Unavailable, err, "node registry unavailable"))
+		return nil, n.refuse(&rec, audit.DecisionFailed, broker.Wrapf(codes.Unavailable, err, "node registry unavailable"))
 	case node.Evicted():
-		return nil, n.refuse(&rec, audit.DecisionDenied, errorf(codes.PermissionDenied, "node %s was evicted", caller.ID))
+		return nil, n.refuse(&rec, audit.DecisionDenied, broker.Errorf(codes.PermissionDenied, "node %s was evicted", caller.ID))
 	}
 	svid, err := n.sign(req.GetCsr(), caller.ID, &rec)
 	if err != nil {
@@ -229,9 +236,9 @@ func (n *NodeAuthority) renew(ctx context.Context, req *credbrokerv1.RenewNodeSV
 	}
 	if _, err := n.d.Registry.Renewed(caller.ID.String(), rec.UpstreamRef, svid.GetExpiresAt().AsTime()); err != nil {
 		if errors.Is(err, nodes.ErrEvicted) {
-			return nil, n.refuse(&rec, audit.DecisionDenied, errorf(codes.PermissionDenied, "node %s was evicted", caller.ID))
+			return nil, n.refuse(&rec, audit.DecisionDenied, broker.Errorf(codes.PermissionDenied, "node %s was evicted", caller.ID))
 		}
-		return nil, n.refuse(&rec, audit.DecisionFailed, wrapf(codes.Unavailable, err, "node registry unavailable"))
+		return nil, n.refuse(&rec, audit.DecisionFailed, broker.Wrapf(codes.Unavailable, err, "node registry unavailable"))
 	}
 	if err := n.issued(ctx, &rec, "renewal"); err != nil {
 		return nil, err
@@ -242,15 +249,15 @@ func (n *NodeAuthority) renew(ctx context.Context, req *credbrokerv1.RenewNodeSV
 // sign certifies the CSR's key as id and fills in rec's expiry and serial.
 func (n *NodeAuthority) sign(csr []byte, id spiffeid.ID, rec *audit.Record) (*credbrokerv1.NodeSVID, error) {
 	if len(csr) == 0 {
-		return nil, n.refuse(rec, audit.DecisionDenied, errorf(codes.InvalidArgument, "csr is required (PKCS#10, DER)"))
+		return nil, n.refuse(rec, audit.DecisionDenied, broker.Errorf(codes.InvalidArgument, "csr is required (PKCS#10, DER)"))
 	}
 	chain, err := n.d.CA.SignCSR(csr, id, n.d.SVIDTTL)
 	if err != nil {
-		return nil, n.refuse(rec, audit.DecisionDenied, errorf(codes.InvalidArgument, "csr: %v", err))
+		return nil, n.refuse(rec, audit.DecisionDenied, broker.Errorf(codes.InvalidArgument, "csr: %v", err))
 	}
 	bundle, err := n.d.Bundle()
 	if err != nil {
-		return nil, n.refuse(rec, audit.DecisionFailed, wrapf(codes.Unavailable, err, "trust bundle unavailable"))
+		return nil, n.refuse(rec, audit.DecisionFailed, broker.Wrapf(codes.Unavailable, err, "trust bundle unavailable"))
 	}
 	leaf := chain[0]
 	rec.ExpiresAt = leaf.NotAfter
@@ -269,7 +276,7 @@ func (n *NodeAuthority) sign(csr []byte, id spiffeid.ID, rec *audit.Record) (*cr
 func (n *NodeAuthority) issued(ctx context.Context, rec *audit.Record, detail string) error {
 	rec.Decision, rec.Reason = audit.DecisionIssued, ""
 	if _, err := n.d.Audit.Append(*rec); err != nil {
-		return wrapf(codes.Unavailable, err, "audit store unavailable; SVID withheld (issuance %s)", rec.IssuanceID)
+		return broker.Wrapf(codes.Unavailable, err, "audit store unavailable; SVID withheld (issuance %s)", rec.IssuanceID)
 	}
 	n.d.Log.LogAttrs(ctx, slog.LevelInfo, "node SVID issued", slog.String("issuance_id", rec.IssuanceID),
 		slog.String("node", rec.Caller), slog.String("attestation", rec.Attestation), slog.String("detail", detail),
@@ -279,15 +286,7 @@ func (n *NodeAuthority) issued(ctx context.Context, rec *audit.Record, detail st
 
 // refuse records a refusal of an identified node and returns err.
 func (n *NodeAuthority) refuse(rec *audit.Record, d audit.Decision, err error) error {
-	rec.Decision, rec.Reason = d, clip(reasonOf(err))
-	if _, aerr := n.d.Audit.Append(*rec); aerr != nil {
-		return wrapf(codes.Unavailable, errors.Join(err, aerr), "audit store unavailable (issuance %s)", rec.IssuanceID)
-	}
-	var ae *apiError
-	if errors.As(err, &ae) {
-		ae.msg += fmt.Sprintf(" (request %s)", rec.IssuanceID)
-	}
-	return err
+	return broker.Refuse(n.d.Audit, rec, d, err)
 }
 
 // refuseEvidence answers rejected attestation evidence with Unauthenticated.
@@ -297,68 +296,54 @@ func (n *NodeAuthority) refuseEvidence(ctx context.Context, rec *audit.Record, e
 	msg := "node attestation failed: " + err.Error()
 	if !errors.Is(err, attest.ErrNodeRejected) {
 		// Not the evidence's fault: a verifier's dependency failed.
-		return n.refuse(rec, audit.DecisionFailed, wrapf(codes.Unavailable, err, "node attestation unavailable"))
+		return n.refuse(rec, audit.DecisionFailed, broker.Wrapf(codes.Unavailable, err, "node attestation unavailable"))
 	}
-	src := sourceOf(ctx)
-	ae := errorf(codes.Unauthenticated, "%s", msg)
-	record, suppressed := n.unauth.admit(src)
+	ae := broker.Errorf(codes.Unauthenticated, "%s", msg)
+	src, reason, record := n.unauth.Admit(ctx, msg)
 	if !record {
 		return ae
 	}
-	reason := msg + " (from " + src + ")"
-	if suppressed > 0 {
-		reason += fmt.Sprintf(" (%d earlier attempts from this address were not recorded)", suppressed)
-	}
-	rec.Decision, rec.Reason = audit.DecisionDenied, clip(reason)
+	rec.Decision, rec.Reason = audit.DecisionDenied, broker.Clip(reason)
 	if _, aerr := n.d.Audit.Append(*rec); aerr != nil {
-		return wrapf(codes.Unavailable, errors.Join(ae, aerr), "audit store unavailable (issuance %s)", rec.IssuanceID)
+		return broker.Wrapf(codes.Unavailable, errors.Join(ae, aerr), "audit store unavailable (issuance %s)", rec.IssuanceID)
 	}
 	n.d.Log.LogAttrs(ctx, slog.LevelInfo, "node attestation refused", slog.String("issuance_id", rec.IssuanceID),
 		slog.String("attestation", rec.Attestation), slog.String("source", src), slog.String("error", err.Error()))
-	ae.msg += fmt.Sprintf(" (request %s)", rec.IssuanceID)
-	return ae
+	return broker.Errorf(codes.Unauthenticated, "%s (request %s)", msg, rec.IssuanceID)
 }
 
-// adminActor names who is calling the admin API, for audit records: the
-// admin SPIFFE ID over mTLS, or the local uid on the admin socket.
-func adminActor(ctx context.Context) string {
-	if c, ok := attest.CallerFrom(ctx); ok {
-		return c.ID.String()
-	}
-	if p, ok := peer.FromContext(ctx); ok {
-		if pc, ok := p.AuthInfo.(PeerCred); ok {
-			return fmt.Sprintf("unix:uid=%d", pc.UID)
-		}
-	}
-	return "unknown"
+// CreateJoinToken implements AdminService.CreateJoinToken.
+func (n *NodeAuthority) CreateJoinToken(ctx context.Context, req *credbrokerv1.CreateJoinTokenRequest) (*credbrokerv1.CreateJoinTokenResponse, error) {
+	resp, err := n.createJoinToken(ctx, req)
+	return resp, broker.ToStatus(err)
 }
 
 // createJoinToken makes a one-time token and records who made it, for what.
 func (n *NodeAuthority) createJoinToken(ctx context.Context, req *credbrokerv1.CreateJoinTokenRequest) (*credbrokerv1.CreateJoinTokenResponse, error) {
 	id, err := n.d.NewID()
 	if err != nil {
-		return nil, wrapf(codes.Unavailable, err, "cannot allocate an issuance id")
+		return nil, broker.Wrapf(codes.Unavailable, err, "cannot allocate an issuance id")
 	}
 	var ttl time.Duration
 	if d := req.GetTtl(); d != nil {
 		if err := d.CheckValid(); err != nil {
-			return nil, errorf(codes.InvalidArgument, "ttl is not a valid duration")
+			return nil, broker.Errorf(codes.InvalidArgument, "ttl is not a valid duration")
 		}
 		ttl = d.AsDuration()
 	}
 	switch {
 	case !attest.ValidCluster(req.GetCluster()):
-		return nil, errorf(codes.InvalidArgument, "cluster must be \"namespace/name\" with Kubernetes names")
+		return nil, broker.Errorf(codes.InvalidArgument, "cluster must be \"namespace/name\" with Kubernetes names")
 	case req.GetNode() != "" && !attest.ValidNodeName(req.GetNode()):
-		return nil, errorf(codes.InvalidArgument, "node must be a Kubernetes node name (lowercase DNS subdomain)")
+		return nil, broker.Errorf(codes.InvalidArgument, "node must be a Kubernetes node name (lowercase DNS subdomain)")
 	case ttl < 0 || ttl > jointoken.MaxTTL:
-		return nil, errorf(codes.InvalidArgument, "ttl must be between 0 (default %s) and %s", jointoken.DefaultTTL, jointoken.MaxTTL)
+		return nil, broker.Errorf(codes.InvalidArgument, "ttl must be between 0 (default %s) and %s", jointoken.DefaultTTL, jointoken.MaxTTL)
 	}
 	secret, tok, err := n.d.JoinTokens.Create(req.GetCluster(), req.GetNode(), ttl)
 	if err != nil {
-		return nil, wrapf(codes.Unavailable, err, "join token store unavailable")
+		return nil, broker.Wrapf(codes.Unavailable, err, "join token store unavailable")
 	}
-	rec := audit.Record{IssuanceID: id, Caller: adminActor(ctx), Attestation: "admin", Profile: JoinTokenProfile, Issuer: JoinTokenIssuer,
+	rec := audit.Record{IssuanceID: id, Caller: broker.AdminPrincipal(ctx), Attestation: "admin", Profile: JoinTokenProfile, Issuer: JoinTokenIssuer,
 		Cluster: tok.Cluster, Decision: audit.DecisionIssued, TTL: tok.ExpiresAt.Sub(tok.CreatedAt), ExpiresAt: tok.ExpiresAt,
 		UpstreamRef: "jointoken:" + tok.ID}
 	if tok.Node != "" {
@@ -366,40 +351,45 @@ func (n *NodeAuthority) createJoinToken(ctx context.Context, req *credbrokerv1.C
 	}
 	if _, err := n.d.Audit.Append(rec); err != nil {
 		// The token exists but was never shown to anyone; it expires unused.
-		return nil, wrapf(codes.Unavailable, err, "audit store unavailable; token withheld")
+		return nil, broker.Wrapf(codes.Unavailable, err, "audit store unavailable; token withheld")
 	}
 	return &credbrokerv1.CreateJoinTokenResponse{Token: secret, Id: tok.ID, ExpiresAt: timestamppb.New(tok.ExpiresAt)}, nil
 }
 
-// evict marks a node evicted, records it, and returns its issuances that
-// have not expired.
-func (n *NodeAuthority) evict(ctx context.Context, id string, issuances AuditReader) (*credbrokerv1.EvictNodeResponse, error) {
+// EvictNode implements AdminService.EvictNode: it marks a node evicted,
+// records it, and returns its issuances that have not expired.
+func (n *NodeAuthority) EvictNode(ctx context.Context, req *credbrokerv1.EvictNodeRequest) (*credbrokerv1.EvictNodeResponse, error) {
+	resp, err := n.evict(ctx, req.GetSpiffeId())
+	return resp, broker.ToStatus(err)
+}
+
+func (n *NodeAuthority) evict(ctx context.Context, id string) (*credbrokerv1.EvictNodeResponse, error) {
 	node, err := n.d.Registry.Evict(id)
 	switch {
 	case errors.Is(err, nodes.ErrNotFound):
-		return nil, errorf(codes.NotFound, "no attested node %q", id)
+		return nil, broker.Errorf(codes.NotFound, "no attested node %q", id)
 	case err != nil:
-		return nil, wrapf(codes.Unavailable, err, "node registry unavailable")
+		return nil, broker.Wrapf(codes.Unavailable, err, "node registry unavailable")
 	}
 	rid, err := n.d.NewID()
 	if err != nil {
-		return nil, wrapf(codes.Unavailable, err, "cannot allocate an issuance id")
+		return nil, broker.Wrapf(codes.Unavailable, err, "cannot allocate an issuance id")
 	}
 	rec := audit.Record{IssuanceID: rid, Caller: node.SPIFFEID, Attestation: node.Attestation, Profile: NodeSVIDProfile,
-		Issuer: NodeCAIssuer, Cluster: node.Cluster, Decision: audit.DecisionRevoked, Reason: clip("node evicted by " + adminActor(ctx)),
+		Issuer: NodeCAIssuer, Cluster: node.Cluster, Decision: audit.DecisionRevoked, Reason: broker.Clip("node evicted by " + broker.AdminPrincipal(ctx)),
 		UpstreamRef: node.Serial}
 	if _, err := n.d.Audit.Append(rec); err != nil {
-		return nil, wrapf(codes.Unavailable, err, "audit store unavailable; the node is evicted but the eviction is not on record")
+		return nil, broker.Wrapf(codes.Unavailable, err, "audit store unavailable; the node is evicted but the eviction is not on record")
 	}
-	recs, err := issuances.List(audit.Query{Caller: node.SPIFFEID, Decision: audit.DecisionIssued})
+	recs, err := n.d.Audit.List(audit.Query{Caller: node.SPIFFEID, Decision: audit.DecisionIssued})
 	if err != nil {
-		return nil, wrapf(codes.Unavailable, err, "audit store unavailable")
+		return nil, broker.Wrapf(codes.Unavailable, err, "audit store unavailable")
 	}
 	out := &credbrokerv1.EvictNodeResponse{Node: nodeProto(node)}
 	now := n.d.Clock()
 	for _, r := range recs {
 		if r.Profile != NodeSVIDProfile && r.ExpiresAt.After(now) {
-			out.Issuances = append(out.Issuances, issuanceProto(r))
+			out.Issuances = append(out.Issuances, broker.IssuanceProto(r))
 		}
 	}
 	return out, nil
@@ -408,43 +398,20 @@ func (n *NodeAuthority) evict(ctx context.Context, id string, issuances AuditRea
 func nodeProto(n nodes.Node) *credbrokerv1.Node {
 	return &credbrokerv1.Node{
 		SpiffeId: n.SPIFFEID, Cluster: n.Cluster, Node: n.Name, Attestation: n.Attestation, Detail: n.Detail,
-		AttestedAt: optTime(n.AttestedAt), RenewedAt: optTime(n.RenewedAt), ExpiresAt: optTime(n.ExpiresAt),
-		Evicted: n.Evicted(), EvictedAt: optTime(n.EvictedAt),
+		AttestedAt: broker.ProtoTime(n.AttestedAt), RenewedAt: broker.ProtoTime(n.RenewedAt), ExpiresAt: broker.ProtoTime(n.ExpiresAt),
+		Evicted: n.Evicted(), EvictedAt: broker.ProtoTime(n.EvictedAt),
 	}
-}
-
-// CreateJoinToken implements AdminService.CreateJoinToken.
-func (a *Admin) CreateJoinToken(ctx context.Context, req *credbrokerv1.CreateJoinTokenRequest) (*credbrokerv1.CreateJoinTokenResponse, error) {
-	if a.nodes == nil {
-		return nil, toStatus(errNodesDisabled)
-	}
-	resp, err := a.nodes.createJoinToken(ctx, req)
-	return resp, toStatus(err)
 }
 
 // ListNodes implements AdminService.ListNodes.
-func (a *Admin) ListNodes(_ context.Context, req *credbrokerv1.ListNodesRequest) (*credbrokerv1.ListNodesResponse, error) {
-	if a.nodes == nil {
-		return nil, toStatus(errNodesDisabled)
-	}
-	list, err := a.nodes.d.Registry.List(req.GetCluster())
+func (n *NodeAuthority) ListNodes(_ context.Context, req *credbrokerv1.ListNodesRequest) (*credbrokerv1.ListNodesResponse, error) {
+	list, err := n.d.Registry.List(req.GetCluster())
 	if err != nil {
-		return nil, toStatus(wrapf(codes.Unavailable, err, "node registry unavailable"))
+		return nil, broker.ToStatus(broker.Wrapf(codes.Unavailable, err, "node registry unavailable"))
 	}
 	out := &credbrokerv1.ListNodesResponse{}
-	for _, n := range list {
-		out.Nodes = append(out.Nodes, nodeProto(n))
+	for _, node := range list {
+		out.Nodes = append(out.Nodes, nodeProto(node))
 	}
 	return out, nil
 }
-
-// EvictNode implements AdminService.EvictNode.
-func (a *Admin) EvictNode(ctx context.Context, req *credbrokerv1.EvictNodeRequest) (*credbrokerv1.EvictNodeResponse, error) {
-	if a.nodes == nil {
-		return nil, toStatus(errNodesDisabled)
-	}
-	resp, err := a.nodes.evict(ctx, req.GetSpiffeId(), a.audit)
-	return resp, toStatus(err)
-}
-
-var errNodesDisabled = errorf(codes.FailedPrecondition, "node attestation is not enabled on this broker (node_attestation in its configuration)")
