@@ -107,6 +107,8 @@ type harnessConfig struct {
 	limits limits.Config
 	rules  []policy.Rule
 	uids   []uint32
+	// adminJWT lets admins use JWT-SVIDs on the admin API.
+	adminJWT bool
 }
 
 // harness is a real broker: real TLS on loopback, real bbolt on a temp file,
@@ -192,7 +194,7 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 	gate := broker.NewGate([]attest.Authenticator{
 		jwtsvid.New(jwtbundle.NewSet(h.ca.JWTBundle()), []string{"credbroker"}),
 		attestx509.New(bundles, attestx509.WithClock(h.clock.Now)),
-	}, []string{adminID.String()}, h.audit, metrics, log, broker.WithGateClock(h.clock.Now))
+	}, []string{adminID.String()}, h.audit, metrics, log, broker.WithGateClock(h.clock.Now), broker.WithAdminJWTSVID(hc.adminJWT))
 
 	serverSVID := h.mint(serverID, time.Hour)
 	tlsConf := tlsconfig.TLSServerConfig(serverSVID)

@@ -294,11 +294,15 @@ const maxRecordedLen = 256
 
 // clip shortens s to at most maxRecordedLen bytes on a rune boundary, so an
 // oversized field is still recorded (marked as cut) rather than refused.
-func clip(s string) string {
-	if len(s) <= maxRecordedLen {
+func clip(s string) string { return clipTo(s, maxRecordedLen) }
+
+// clipTo shortens s to at most n bytes on a rune boundary, ending in "..."
+// when it was cut.
+func clipTo(s string, n int) string {
+	if len(s) <= n {
 		return s
 	}
-	cut := maxRecordedLen - len("...")
+	cut := n - len("...")
 	for cut > 0 && !utf8.RuneStart(s[cut]) {
 		cut--
 	}

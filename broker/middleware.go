@@ -54,14 +54,26 @@ type Gate struct {
 	log            *slog.Logger
 	unauth         *unauthRecorder
 	evicted        func(id string) (bool, error)
+	adminJWT       bool
 }
 
 // GateOption configures a Gate.
 type GateOption func(*gateOptions)
 
 type gateOptions struct {
-	now     func() time.Time
-	evicted func(id string) (bool, error)
+	now      func() time.Time
+	evicted  func(id string) (bool, error)
+	adminJWT bool
+}
+
+// WithAdminJWTSVID lets admin identities use the admin API with a JWT-SVID
+// (config admin.allow_jwt_svid). By default the admin API requires an
+// X.509-SVID: a bearer token works for whoever holds a copy of it, and a
+// token sent to any service with the broker's audience can be replayed to
+// the broker, whereas a certificate proves possession of its key in the
+// handshake.
+func WithAdminJWTSVID(allow bool) GateOption {
+	return func(o *gateOptions) { o.adminJWT = allow }
 }
 
 // WithEvictionCheck makes the Gate refuse node identities that evicted
@@ -87,7 +99,7 @@ func NewGate(authenticators []attest.Authenticator, admins []string, audit Audit
 	for _, a := range admins {
 		set[a] = true
 	}
-	return &Gate{authenticators: authenticators, admins: set, audit: audit, metrics: m, log: log, unauth: newUnauthRecorder(o.now), evicted: o.evicted}
+	return &Gate{authenticators: authenticators, admins: set, audit: audit, metrics: m, log: log, unauth: newUnauthRecorder(o.now), evicted: o.evicted, adminJWT: o.adminJWT}
 }
 
 // Unary is the unary server interceptor.
@@ -122,6 +134,9 @@ func (g *Gate) admit(ctx context.Context, method string) (context.Context, error
 		g.metrics.authFails.WithLabelValues(kind.String()).Inc()
 		return nil, g.unauthenticated(ctx, kind, err)
 	}
+	if kind == apiAdmin && caller.Method != attest.MethodX509SVID && !g.adminJWT {
+		return nil, status.Errorf(codes.Unauthenticated, "admin API: an X.509-SVID (mTLS client certificate) is required; a bearer %s is not accepted here", caller.Method)
+	}
 	if kind == apiAdmin && !g.admins[caller.ID.String()] {
 		return nil, status.Errorf(codes.PermissionDenied, "admin API: %s is not an admin identity", caller.ID)
 	}
@@ -136,15 +151,48 @@ func (g *Gate) admit(ctx context.Context, method string) (context.Context, error
 	return attest.WithCaller(ctx, caller), nil
 }
 
+// maxCallerIDLen is the longest caller SPIFFE ID the broker serves: what an
+// audit record's caller field holds. SPIFFE allows 2048 bytes; a longer ID
+// could be verified but not recorded, and a request the broker cannot record
+// is not served.
+const maxCallerIDLen = audit.MaxFieldLen
+
+// authenticate runs every authenticator. Any evidence that is present must
+// verify: invalid evidence is never skipped in favour of other evidence.
+// When a request carries both an X.509-SVID and a JWT-SVID they must name
+// the same SPIFFE ID, and the caller is then the X.509-SVID's (proved by the
+// handshake, bound to the connection); two different identities are
+// refused, since honouring either would let a bearer token act for a
+// verified certificate or the reverse.
 func (g *Gate) authenticate(ctx context.Context) (attest.Caller, error) {
+	var callers []attest.Caller
 	for _, a := range g.authenticators {
 		c, err := a.Authenticate(ctx)
-		if errors.Is(err, attest.ErrNoEvidence) {
+		switch {
+		case errors.Is(err, attest.ErrNoEvidence):
 			continue
+		case err != nil:
+			return attest.Caller{}, err
 		}
-		return c, err
+		callers = append(callers, c)
 	}
-	return attest.Caller{}, errors.New("no X.509-SVID or JWT-SVID presented")
+	if len(callers) == 0 {
+		return attest.Caller{}, errors.New("no X.509-SVID or JWT-SVID presented")
+	}
+	caller := callers[0]
+	for _, c := range callers[1:] {
+		if c.ID != caller.ID {
+			return attest.Caller{}, fmt.Errorf("the request carries two identities (%s by %s, %s by %s); send one",
+				clipTo(caller.ID.String(), 96), caller.Method, clipTo(c.ID.String(), 96), c.Method)
+		}
+		if c.Method == attest.MethodX509SVID {
+			caller = c
+		}
+	}
+	if n := len(caller.ID.String()); n > maxCallerIDLen {
+		return attest.Caller{}, fmt.Errorf("SPIFFE ID is %d bytes, longer than the %d the broker accepts: %s", n, maxCallerIDLen, clipTo(caller.ID.String(), 128))
+	}
+	return caller, nil
 }
 
 // unauthenticated records a refused workload call and returns the caller's

@@ -1,7 +1,9 @@
 // Package jwtsvid authenticates callers by a JWT-SVID sent in gRPC metadata
 // as "authorization: Bearer <token>". Tokens are validated with go-spiffe
 // (signature against the JWT bundle of the subject's trust domain, exp,
-// audience).
+// audience), and their lifetime is bounded: a bearer token works for anyone
+// who holds a copy, so one that lives for years is a standing credential,
+// which is what the broker exists to avoid.
 package jwtsvid
 
 import (
@@ -25,11 +27,16 @@ const MetadataKey = "authorization"
 // under 2 KiB.
 const maxTokenLen = 8 << 10
 
+// DefaultMaxLifetime is the longest JWT-SVID lifetime accepted unless
+// configured otherwise. SPIRE issues JWT-SVIDs for 5 minutes by default.
+const DefaultMaxLifetime = time.Hour
+
 // Authenticator verifies JWT-SVIDs. It implements attest.Authenticator.
 type Authenticator struct {
-	bundles   jwtbundle.Source
-	audiences []string
-	now       func() time.Time
+	bundles     jwtbundle.Source
+	audiences   []string
+	now         func() time.Time
+	maxLifetime time.Duration
 }
 
 // Option configures an Authenticator.
@@ -43,12 +50,23 @@ func WithClock(now func() time.Time) Option {
 	return func(a *Authenticator) { a.now = now }
 }
 
+// WithMaxLifetime sets the longest lifetime a token may have (default
+// DefaultMaxLifetime): both from its start (the later of iat and nbf, when
+// present) to exp, and from now to exp. A non-positive d keeps the default.
+func WithMaxLifetime(d time.Duration) Option {
+	return func(a *Authenticator) {
+		if d > 0 {
+			a.maxLifetime = d
+		}
+	}
+}
+
 // New returns an Authenticator that trusts the JWT bundles in bundles and
 // accepts tokens whose aud claim contains at least one of audiences. With no
 // (non-empty) audiences every token is refused: an empty audience list would
 // make go-spiffe skip the audience check.
 func New(bundles jwtbundle.Source, audiences []string, opts ...Option) *Authenticator {
-	a := &Authenticator{bundles: bundles, now: time.Now}
+	a := &Authenticator{bundles: bundles, now: time.Now, maxLifetime: DefaultMaxLifetime}
 	for _, aud := range audiences {
 		if aud != "" {
 			a.audiences = append(a.audiences, aud)
@@ -87,8 +105,12 @@ func (a *Authenticator) Authenticate(ctx context.Context) (attest.Caller, error)
 	if err != nil {
 		return attest.Caller{}, redact(err, token)
 	}
-	if !a.now().Before(svid.Expiry) {
+	now := a.now()
+	if !now.Before(svid.Expiry) {
 		return attest.Caller{}, errors.New("jwtsvid: token has expired")
+	}
+	if err := a.checkLifetime(svid.Claims, svid.Expiry, now); err != nil {
+		return attest.Caller{}, err
 	}
 	return attest.Caller{
 		ID:          svid.ID,
@@ -96,6 +118,33 @@ func (a *Authenticator) Authenticate(ctx context.Context) (attest.Caller, error)
 		ExpiresAt:   svid.Expiry,
 		Constraints: attest.ConstraintsFor(svid.ID),
 	}, nil
+}
+
+// checkLifetime refuses a token that lives longer than maxLifetime, from its
+// start (iat or nbf, whichever is later) or from now. go-spiffe has already
+// required exp; iat and nbf are optional in a JWT-SVID, and when absent the
+// bound from now still applies.
+func (a *Authenticator) checkLifetime(claims map[string]any, exp, now time.Time) error {
+	if left := exp.Sub(now); left > a.maxLifetime {
+		return fmt.Errorf("jwtsvid: token expires in %s, more than the %s the broker accepts", left.Round(time.Second), a.maxLifetime)
+	}
+	for _, name := range []string{"iat", "nbf"} {
+		v, ok := claims[name]
+		if !ok {
+			continue
+		}
+		secs, ok := v.(float64)
+		if !ok {
+			return fmt.Errorf("jwtsvid: %s claim is not a number", name)
+		}
+		// go-spiffe has parsed iat and nbf as NumericDates, so they fit in
+		// int64 seconds; fractions do not matter against a bound in minutes.
+		start := time.Unix(int64(secs), 0)
+		if life := exp.Sub(start); life > a.maxLifetime {
+			return fmt.Errorf("jwtsvid: token lifetime (%s to exp) is %s, more than the %s the broker accepts", name, life.Round(time.Second), a.maxLifetime)
+		}
+	}
+	return nil
 }
 
 // bearer extracts the token from an "authorization" value of the form

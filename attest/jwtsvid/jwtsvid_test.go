@@ -2,6 +2,9 @@ package jwtsvid_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"encoding/base64"
 	"errors"
 	"net"
@@ -286,5 +289,71 @@ func TestOverGRPC(t *testing.T) {
 	_, err = client.Check(ctx, &healthpb.HealthCheckRequest{})
 	if got := <-results; !errors.Is(got, attest.ErrNoEvidence) || status.Code(err) != codes.Unauthenticated {
 		t.Fatalf("no token: Authenticate %v, client %v", got, err)
+	}
+}
+
+// selfSigned returns a token with exactly the given claims, signed by a key
+// the returned bundle trusts: for claim shapes the CA does not mint.
+func selfSigned(t *testing.T, claims jwt.MapClaims) (string, *jwtbundle.Bundle) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := jwtbundle.New(td)
+	if err := b.AddJWTAuthority("k1", key.Public()); err != nil {
+		t.Fatal(err)
+	}
+	tok := jwt.NewWithClaims(jwt.SigningMethodES256, claims)
+	tok.Header["kid"] = "k1"
+	s, err := tok.SignedString(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, b
+}
+
+// TestLifetimeIsBounded: a bearer token that lives longer than the
+// configured maximum (from iat or nbf, or from now) is refused, whatever its
+// signature; one without exp is refused too.
+func TestLifetimeIsBounded(t *testing.T) {
+	now := time.Now()
+	c := newCA(t, td)
+	bundles := jwtbundle.NewSet(c.JWTBundle())
+	earlier := c.With(ca.WithClock(fixed(now.Add(-2 * time.Hour))))
+	type tcase struct {
+		token   string
+		bundles jwtbundle.Source
+		opts    []jwtsvid.Option
+		want    string // substring of the error; "" accepts
+	}
+	minted := func(c *ca.CA, ttl time.Duration, want string, opts ...jwtsvid.Option) tcase {
+		return tcase{mint(t, c, workload, aud, ttl), bundles, opts, want}
+	}
+	custom := func(claims jwt.MapClaims, want string) tcase {
+		claims["sub"], claims["aud"] = workload.String(), aud
+		tok, b := selfSigned(t, claims)
+		return tcase{tok, b, nil, want}
+	}
+	for name, tc := range map[string]tcase{
+		"five minutes":                  minted(c, 5*time.Minute, ""),
+		"one hour":                      minted(c, time.Hour, ""),
+		"ten years":                     minted(c, 10*365*24*time.Hour, "more than the 1h0m0s the broker accepts"),
+		"over a configured bound":       minted(c, 20*time.Minute, "more than the 10m0s", jwtsvid.WithMaxLifetime(10*time.Minute)),
+		"long from iat, short from now": minted(earlier, 2*time.Hour+30*time.Minute, "(iat to exp) is 2h30m0s"),
+		"long from nbf":                 custom(jwt.MapClaims{"nbf": now.Add(-3 * time.Hour).Unix(), "exp": now.Add(30 * time.Minute).Unix()}, "(nbf to exp)"),
+		"no iat, far exp":               custom(jwt.MapClaims{"exp": now.Add(10 * 365 * 24 * time.Hour).Unix()}, "token expires in"),
+		"no exp":                        custom(jwt.MapClaims{"iat": now.Unix()}, "missing exp"),
+		"short, self-signed":            custom(jwt.MapClaims{"iat": now.Unix(), "exp": now.Add(5 * time.Minute).Unix()}, ""),
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := jwtsvid.New(tc.bundles, aud, tc.opts...).Authenticate(withAuth("Bearer " + tc.token))
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("error %v, want it to contain %q", err, tc.want)
+			}
+		})
 	}
 }

@@ -60,6 +60,9 @@ type Config struct {
 	TLS TLS `yaml:"tls"`
 	// JWTSVIDAudiences are the audiences a caller's JWT-SVID must carry.
 	JWTSVIDAudiences []string `yaml:"jwt_svid_audiences"`
+	// JWTSVIDMaxLifetime is the longest lifetime (from iat or nbf, and from
+	// now, to exp) of a JWT-SVID the broker accepts; default 1h.
+	JWTSVIDMaxLifetime time.Duration `yaml:"jwt_svid_max_lifetime"`
 	// Admin controls the admin API.
 	Admin Admin `yaml:"admin"`
 	// Issuers by name.
@@ -104,6 +107,10 @@ type Admin struct {
 	UnixUIDs []int `yaml:"unix_uids"`
 	// SPIFFEIDs may use the admin API over mTLS on Listen.
 	SPIFFEIDs []string `yaml:"spiffe_ids"`
+	// AllowJWTSVID lets SPIFFEIDs use the admin API with a JWT-SVID. Off by
+	// default: a bearer token can be replayed by whoever obtains a copy, an
+	// X.509-SVID cannot.
+	AllowJWTSVID bool `yaml:"allow_jwt_svid"`
 }
 
 // Issuer configures one credential issuer.
@@ -268,6 +275,9 @@ func (c *Config) applyDefaults() {
 	if na := c.NodeAttestation; na != nil && na.SVIDTTL == 0 {
 		na.SVIDTTL = time.Hour
 	}
+	if c.JWTSVIDMaxLifetime == 0 {
+		c.JWTSVIDMaxLifetime = time.Hour
+	}
 	if len(c.JWTSVIDAudiences) == 0 {
 		c.JWTSVIDAudiences = []string{"credbroker"}
 	}
@@ -350,6 +360,9 @@ func (c *Config) Validate() error {
 		if _, err := spiffeid.TrustDomainFromString(td); err != nil {
 			bad("tls.jwt_bundles %q: %v", td, err)
 		}
+	}
+	if c.JWTSVIDMaxLifetime < 0 {
+		bad("jwt_svid_max_lifetime must be positive")
 	}
 	for _, id := range c.Admin.SPIFFEIDs {
 		if _, err := spiffeid.FromString(id); err != nil {

@@ -24,6 +24,11 @@ func TestDevConfigIsValid(t *testing.T) {
 	if c.Issuers["local"].JWT.IssuerURL != "http://127.0.0.1:8444" {
 		t.Errorf("issuer url = %q", c.Issuers["local"].JWT.IssuerURL)
 	}
+	// Safe defaults: bearer JWT-SVIDs live at most an hour and never reach
+	// the admin API.
+	if c.JWTSVIDMaxLifetime != time.Hour || c.Admin.AllowJWTSVID {
+		t.Errorf("jwt_svid_max_lifetime = %v, admin.allow_jwt_svid = %v", c.JWTSVIDMaxLifetime, c.Admin.AllowJWTSVID)
+	}
 }
 
 func TestUnknownKeysAreRejectedByName(t *testing.T) {
@@ -32,6 +37,7 @@ func TestUnknownKeysAreRejectedByName(t *testing.T) {
 		{"trust_domain: a.b\nprofiles:\n  p:\n    issuer: i\n    max_tll: 5m\n", "max_tll"},
 		{"trust_domain: a.b\nlimits:\n  rate: 1\n  brust: 2\n", "brust"},
 		{"trust_domain: a.b\npolicy:\n  - id: spiffe://a.b/x\n    profile: [p]\n", "profile"},
+		{"trust_domain: a.b\nadmin:\n  allow_jwt_svids: true\n", "allow_jwt_svids"},
 	} {
 		_, err := Parse(strings.NewReader(tc.yaml))
 		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "line") {
@@ -57,12 +63,13 @@ policy:
     profiles: [unknown]
 limits:
   rate: 3
+jwt_svid_max_lifetime: -5m
 `
 	_, err := Parse(strings.NewReader(y))
 	if err == nil {
 		t.Fatal("invalid config accepted")
 	}
-	for _, want := range []string{"trust_domain", "log_level", `type "vaultish"`, `issuer "nope"`, "default_ttl", "cluster \"sometimes\"", `unknown profile "unknown"`, "burst"} {
+	for _, want := range []string{"trust_domain", "log_level", `type "vaultish"`, `issuer "nope"`, "default_ttl", "cluster \"sometimes\"", `unknown profile "unknown"`, "burst", "jwt_svid_max_lifetime"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not mention %q:\n%v", want, err)
 		}

@@ -157,7 +157,7 @@ func Run(ctx context.Context, opts Options) error {
 	// A nil interface, not a nil *NodeAuthority, when node attestation is off.
 	var nodeService credbrokerv1.NodeServiceServer
 	var nodeAdmin broker.NodeAdmin
-	var gateOpts []broker.GateOption
+	gateOpts := []broker.GateOption{broker.WithAdminJWTSVID(cfg.Admin.AllowJWTSVID)}
 	if nodeAuth != nil {
 		nodeService, nodeAdmin = nodeAuth, nodeAuth
 		gateOpts = append(gateOpts, broker.WithEvictionCheck(nodeAuth.Evicted))

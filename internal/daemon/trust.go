@@ -207,12 +207,11 @@ func (t *trust) watch(ctx context.Context, cfg *config.Config, interval time.Dur
 	}
 }
 
-// authenticators returns the caller verifiers in the order they are tried: a
-// JWT-SVID in metadata first (it is an explicit choice by the caller), then
-// the mTLS peer certificate.
+// authenticators returns the caller verifiers. The Gate runs all of them:
+// evidence of both kinds must name the same identity (see broker.Gate).
 func (t *trust) authenticators(cfg *config.Config) []attest.Authenticator {
 	return []attest.Authenticator{
-		jwtsvid.New(t.jwtSource, cfg.JWTSVIDAudiences),
+		jwtsvid.New(t.jwtSource, cfg.JWTSVIDAudiences, jwtsvid.WithMaxLifetime(cfg.JWTSVIDMaxLifetime)),
 		attestx509.New(t.x509Source),
 	}
 }
