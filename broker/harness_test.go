@@ -128,6 +128,8 @@ type harness struct {
 	logs       *syncBuffer
 	grpcServer *grpc.Server
 	admin      *broker.Admin
+	// reg holds the broker's metrics.
+	reg *prometheus.Registry
 }
 
 func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
@@ -171,7 +173,8 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	metrics := broker.NewMetrics(prometheus.NewRegistry())
+	h.reg = prometheus.NewRegistry()
+	metrics := broker.NewMetrics(h.reg)
 	profile := func(name, mode string) broker.Profile {
 		return broker.Profile{Name: name, IssuerName: "local", Issuer: h.issuer, DefaultTTL: 5 * time.Minute, MaxTTL: 15 * time.Minute, Audiences: []string{name, "sts.amazonaws.com"}, ClusterMode: mode}
 	}

@@ -25,6 +25,8 @@ type Metrics struct {
 	unauthUnrecorded prometheus.Counter
 	reused           *prometheus.CounterVec
 	upstreamFailures *prometheus.CounterVec
+	// malformed counts request bodies that did not decode, by method.
+	malformed *prometheus.CounterVec
 }
 
 // NewMetrics registers the broker's metrics with reg.
@@ -58,7 +60,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Name: "credbroker_upstream_failures_total",
 		Help: "Issuer failures by issuer and kind (unavailable, throttled, rejected, misconfigured, other).",
 	}, []string{"issuer", "kind"})
-	reg.MustRegister(m.grpc, m.decisions, m.latency, m.authFails, m.unauthUnrecorded, m.reused, m.upstreamFailures)
+	m.malformed = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "credbroker_malformed_requests_total",
+		Help: "Requests refused with INVALID_ARGUMENT because their body did not decode (broken protobuf wire format, invalid UTF-8 in a string field), by method.",
+	}, []string{"method"})
+	reg.MustRegister(m.grpc, m.decisions, m.latency, m.authFails, m.unauthUnrecorded, m.reused, m.upstreamFailures, m.malformed)
 	return m
 }
 

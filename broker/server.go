@@ -20,6 +20,13 @@ import (
 // RESOURCE_EXHAUSTED before they are decoded.
 const MaxRequestBytes = 64 << 10
 
+// MaxHeaderBytes bounds a request's header list (HTTP/2
+// SETTINGS_MAX_HEADER_LIST_SIZE: names, values and 32 bytes per field),
+// which grpc-go would otherwise let grow to 16 MiB. The largest legitimate
+// header is a JWT-SVID in authorization (at most 8 KiB); a longer list gets
+// its stream reset before any of it is parsed into metadata.
+const MaxHeaderBytes = 16 << 10
+
 // recoverer turns a panic in a handler into INTERNAL for that request, with
 // the panic and its stack in the log, instead of taking the broker down.
 func recoverer(log *slog.Logger) (grpc.UnaryServerInterceptor, grpc.StreamServerInterceptor) {
@@ -32,12 +39,16 @@ func recoverer(log *slog.Logger) (grpc.UnaryServerInterceptor, grpc.StreamServer
 
 func commonOptions(log *slog.Logger, m *Metrics) []grpc.ServerOption {
 	unary, stream := recoverer(log)
+	malformed := newMalformedGuard(log, m)
 	return []grpc.ServerOption{
 		// Recovery first in every chain, so that no interceptor's panic
-		// escapes it; then per-method metrics, which see every outcome.
-		grpc.ChainUnaryInterceptor(unary, m.grpc.UnaryServerInterceptor()),
-		grpc.ChainStreamInterceptor(stream, m.grpc.StreamServerInterceptor()),
+		// escapes it; then per-method metrics, which see every outcome; then
+		// the refusal of bodies that did not decode, before any other work.
+		grpc.ChainUnaryInterceptor(unary, m.grpc.UnaryServerInterceptor(), malformed.unary),
+		grpc.ChainStreamInterceptor(stream, m.grpc.StreamServerInterceptor(), malformed.stream),
+		grpc.ForceServerCodecV2(malformed.codec()),
 		grpc.MaxRecvMsgSize(MaxRequestBytes),
+		grpc.MaxHeaderListSize(MaxHeaderBytes),
 		grpc.MaxConcurrentStreams(1024),
 		grpc.ConnectionTimeout(10 * time.Second),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
