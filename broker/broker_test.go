@@ -12,7 +12,6 @@ import (
 
 	jwtlib "github.com/golang-jwt/jwt/v5"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"go.etcd.io/bbolt"
 	"go.uber.org/goleak"
 	"golang.org/x/time/rate"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -23,6 +22,8 @@ import (
 
 	"github.com/credbroker/credbroker/broker/audit"
 	"github.com/credbroker/credbroker/broker/limits"
+	"github.com/credbroker/credbroker/broker/state"
+	"github.com/credbroker/credbroker/broker/state/boltstate"
 	"github.com/credbroker/credbroker/internal/ca"
 	"github.com/credbroker/credbroker/issuers"
 	"github.com/credbroker/credbroker/issuers/jwt"
@@ -327,21 +328,32 @@ func TestClusterQuotaIsSharedAndSurvivesRestart(t *testing.T) {
 	_, err = issue(ctxT(t), h.dial(h.mint(nodeA, time.Hour)), &credbrokerv1.IssueCredentialRequest{Profile: "capa-token", Cluster: "capi-prod/w2"})
 	wantCode(t, err, codes.PermissionDenied)
 
-	// Restart on the same database: the quota is still spent.
+	// Restart on the same database: the quota is still spent, and the two
+	// issuances that spent it are on record.
 	h.grpcServer.Stop()
 	h.audit.Close()
 	h.db.Close()
-	db, err := bbolt.Open(h.dbPath, 0o600, nil)
+	db, err := boltstate.OpenDB(h.dbPath)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	l, err := limits.New(db, limits.Config{ClusterQuota: limits.Quota{Max: 2, Window: time.Hour}}, limits.WithClock(h.clock.Now))
+	st, err := boltstate.New(db)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := l.Reserve(nodeA.String(), "capi-prod/w1"); err == nil {
-		t.Fatal("quota reset by a restart")
+	u, err := st.Usage(ctxT(t), h.clock.Now(), state.QuotaKey{Kind: state.QuotaCluster, Name: "capi-prod/w1"})
+	if err != nil || u.Used != 2 {
+		t.Fatalf("after a restart the cluster quota shows %+v, %v; want 2 used", u, err)
+	}
+	l, err := audit.Open(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	intents, err := l.List(audit.Query{Cluster: "capi-prod/w1", Decision: audit.DecisionIntent})
+	if err != nil || len(intents) != 2 {
+		t.Fatalf("%d intent records (%v), want one per unit spent", len(intents), err)
 	}
 }
 

@@ -34,6 +34,7 @@ import (
 	"github.com/credbroker/credbroker/broker/config"
 	"github.com/credbroker/credbroker/broker/limits"
 	"github.com/credbroker/credbroker/broker/policy"
+	"github.com/credbroker/credbroker/broker/state/boltstate"
 	"github.com/credbroker/credbroker/internal/ca"
 	"github.com/credbroker/credbroker/issuers"
 	"github.com/credbroker/credbroker/issuers/jwt"
@@ -122,6 +123,7 @@ type harness struct {
 	dbPath     string
 	db         *bbolt.DB
 	audit      *audit.Log
+	state      *boltstate.Store
 	issuer     *countingIssuer
 	jwtIssuer  *jwt.Issuer
 	upstream   *scriptedIssuer
@@ -160,7 +162,14 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { h.audit.Close(); h.db.Close() })
-	limiter, err := limits.New(h.db, hc.limits, limits.WithClock(h.clock.Now))
+	limiter, err := limits.New(hc.limits, limits.WithClock(h.clock.Now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.state, err = boltstate.New(h.db); err != nil {
+		t.Fatal(err)
+	}
+	ledger, err := h.state.Ledger(h.audit)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,7 +195,7 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 			"upstream": {Name: "upstream", IssuerName: "aws", Issuer: h.upstream, DefaultTTL: 15 * time.Minute, MinTTL: 15 * time.Minute,
 				MaxTTL: time.Hour, Audiences: []string{"upstream"}, ClusterMode: config.ClusterNone},
 		},
-		Policy: pol, Limiter: limiter, Audit: h.audit, NewID: newID, Log: log, Metrics: metrics,
+		Policy: pol, Limiter: limiter, Ledger: ledger, Audit: h.audit, Clock: h.clock.Now, NewID: newID, Log: log, Metrics: metrics,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -11,7 +11,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"go.etcd.io/bbolt"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -21,6 +20,7 @@ import (
 	"github.com/credbroker/credbroker/broker/config"
 	"github.com/credbroker/credbroker/broker/limits"
 	"github.com/credbroker/credbroker/broker/policy"
+	"github.com/credbroker/credbroker/broker/state"
 	"github.com/credbroker/credbroker/issuers"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
@@ -43,13 +43,18 @@ type Profile struct {
 
 // AuditLog is the durable, append-only decision record the broker needs.
 type AuditLog interface {
-	Append(r audit.Record, ops ...func(*bbolt.Tx) error) (audit.Record, error)
+	Append(r audit.Record) (audit.Record, error)
 }
 
-// Limiter reserves one issuance against rate limits and quotas.
+// Limiter admits one issuance against the rate limit and names the quota
+// it charges.
 type Limiter interface {
 	Reserve(identity, cluster string) (*limits.Reservation, error)
 }
+
+// Ledger spends an issuance's quota together with its intent record
+// (boltstate.Store.Ledger on one node, state.SpendFirst with a shared store).
+type Ledger = state.Ledger[audit.Record]
 
 // Service implements BrokerService: the straight line from a verified caller
 // to an audited credential.
@@ -59,7 +64,9 @@ type Service struct {
 	profiles map[string]Profile
 	policy   *policy.Policy
 	limiter  Limiter
+	ledger   Ledger
 	audit    AuditLog
+	now      func() time.Time
 	newID    func() (string, error)
 	log      *slog.Logger
 	metrics  *Metrics
@@ -70,19 +77,28 @@ type ServiceDeps struct {
 	Profiles map[string]Profile
 	Policy   *policy.Policy
 	Limiter  Limiter
-	Audit    AuditLog
+	// Ledger spends quota with the intent record; it must append to Audit.
+	Ledger Ledger
+	Audit  AuditLog
+	// Clock is the time quota windows are reckoned by; nil means time.Now.
+	Clock func() time.Time
 	// NewID returns a fresh issuance id (UUIDv7 in production).
 	NewID   func() (string, error)
 	Log     *slog.Logger
 	Metrics *Metrics
 }
 
-// NewService returns a Service. Every dependency is required.
+// NewService returns a Service. Every dependency but Clock is
+// required.
 func NewService(d ServiceDeps) (*Service, error) {
-	if d.Profiles == nil || d.Policy == nil || d.Limiter == nil || d.Audit == nil || d.NewID == nil || d.Log == nil || d.Metrics == nil {
+	if d.Profiles == nil || d.Policy == nil || d.Limiter == nil || d.Ledger == nil || d.Audit == nil || d.NewID == nil || d.Log == nil || d.Metrics == nil {
 		return nil, errors.New("broker: NewService: missing dependency")
 	}
-	return &Service{profiles: d.Profiles, policy: d.Policy, limiter: d.Limiter, audit: d.Audit, newID: d.NewID, log: d.Log, metrics: d.Metrics}, nil
+	if d.Clock == nil {
+		d.Clock = time.Now
+	}
+	return &Service{profiles: d.Profiles, policy: d.Policy, limiter: d.Limiter, ledger: d.Ledger, audit: d.Audit, now: d.Clock,
+		newID: d.NewID, log: d.Log, metrics: d.Metrics}, nil
 }
 
 // Request field bounds. Kubernetes names are at most 253 characters.
@@ -156,15 +172,17 @@ func (s *Service) issue(ctx context.Context, caller attest.Caller, req *credbrok
 		if !errors.As(err, &ex) {
 			return nil, s.refuse(rec, audit.DecisionFailed, wrapf(codes.Unavailable, err, "limits unavailable; nothing was issued"))
 		}
-		ae := errorf(codes.ResourceExhausted, "%s", ex.Error())
-		ae.retryAfter = ex.RetryAfter
-		return nil, s.refuse(rec, audit.DecisionThrottled, ae)
+		return nil, s.refuse(rec, audit.DecisionThrottled, exhausted(ex.Error(), ex.RetryAfter))
 	}
 
-	// The intent is durable, with the quota it consumes, before any upstream call.
+	// The intent is durable, with the quota it consumes, before any upstream
+	// call; a quota with no unit left refuses here, spending nothing.
 	rec.Decision, rec.Reason = audit.DecisionIntent, ""
-	if _, err := s.audit.Append(*rec, res.Persist); err != nil {
-		res.Cancel()
+	if _, err := s.ledger.SpendAndAppend(ctx, s.now(), res.Charges(), *rec); err != nil {
+		var ex *state.ExhaustedError
+		if errors.As(err, &ex) {
+			return nil, s.refuse(rec, audit.DecisionThrottled, exhausted(ex.Error(), ex.RetryAfter))
+		}
 		return nil, wrapf(codes.Unavailable, err, "audit store unavailable; nothing was issued (issuance %s)", rec.IssuanceID)
 	}
 
@@ -194,6 +212,14 @@ func (s *Service) issue(ctx context.Context, caller attest.Caller, req *credbrok
 		s.metrics.reused.WithLabelValues(prof.Name).Inc()
 	}
 	return toProto(rec, cred), nil
+}
+
+// exhausted is the refusal of a request over a rate limit or quota, with
+// the delay after which a retry can succeed.
+func exhausted(msg string, retryAfter time.Duration) *apiError {
+	ae := errorf(codes.ResourceExhausted, "%s", msg)
+	ae.retryAfter = retryAfter
+	return ae
 }
 
 // grant is what a validated request asks for, with defaults applied.

@@ -78,7 +78,47 @@ var (
 	ErrUsed error = &rejectedError{"jointoken: join token already used"}
 	// ErrExpired means the token's lifetime has passed.
 	ErrExpired error = &rejectedError{"jointoken: join token expired"}
+	// ErrWrongNode means the token is bound to another node name than the
+	// one asked for. The token is not spent: the rightful node can still
+	// use it.
+	ErrWrongNode error = &rejectedError{"jointoken: join token is bound to another node"}
+	// ErrNoNode means neither the token nor the attempt names the node. The
+	// token is not spent.
+	ErrNoNode error = &rejectedError{"jointoken: join token names no node and the request names none"}
 )
+
+// Usable returns why t cannot be consumed at now by an attempt naming node
+// ("" for the node the token is bound to), or nil. Stores run it in the same
+// atomic step as the consume, so that a refused attempt leaves the token for
+// the rightful node.
+func Usable(t Token, node string, now time.Time) error {
+	switch {
+	case !t.UsedAt.IsZero():
+		return fmt.Errorf("%w (token %s, used at %s)", ErrUsed, t.ID, t.UsedAt.Format(time.RFC3339))
+	case !now.Before(t.ExpiresAt):
+		return fmt.Errorf("%w (token %s, expired at %s)", ErrExpired, t.ID, t.ExpiresAt.Format(time.RFC3339))
+	case t.Node != "" && node != "" && node != t.Node:
+		return fmt.Errorf("%w (token %s is for node %q, not %q)", ErrWrongNode, t.ID, t.Node, node)
+	case t.Node == "" && node == "":
+		return fmt.Errorf("%w (token %s)", ErrNoNode, t.ID)
+	}
+	return nil
+}
+
+// NodeFor returns the node an attempt naming node joins as with t: the node
+// t is bound to, else node.
+func NodeFor(t Token, node string) string {
+	if t.Node != "" {
+		return t.Node
+	}
+	return node
+}
+
+// Key is the SHA-256 of a secret: what a token is stored and found under.
+type Key [sha256.Size]byte
+
+// KeyOf returns the key of secret.
+func KeyOf(secret string) Key { return sha256.Sum256([]byte(secret)) }
 
 // Token is what the broker knows about a join token: never the secret.
 type Token struct {
@@ -96,6 +136,9 @@ type Token struct {
 	ExpiresAt time.Time
 	// UsedAt is when the token was consumed; zero until then.
 	UsedAt time.Time
+	// UsedBy is the name of the node that consumed the token; "" until
+	// then.
+	UsedBy string
 }
 
 // Option configures a Store.
@@ -351,6 +394,7 @@ type record struct {
 	CreatedAt time.Time `json:"created_at"`
 	ExpiresAt time.Time `json:"expires_at"`
 	UsedAt    time.Time `json:"used_at,omitzero"`
+	UsedBy    string    `json:"used_by,omitempty"`
 }
 
 func put(b *bbolt.Bucket, key []byte, t Token) error {

@@ -37,14 +37,16 @@ func (e *callError) Unwrap() error { return e.err }
 // and returns the stored record. It returns an error, and the record is not
 // stored, if r is invalid, if the commit (including its fsync) fails, or if
 // the Log is closed (ErrClosed).
-//
-// ops run, in order and before the record is written, inside the same bbolt
-// write transaction, so state such as quota counters commits atomically with
-// the record. If an op returns an error (or panics) nothing of this call is
-// written and Append returns that error, wrapped; concurrent appends are not
-// affected. An op may run more than once (when a shared transaction is
+func (l *Log) Append(r Record) (Record, error) { return l.AppendWith(r) }
+
+// AppendWith is Append with ops that run, in order and before the record is
+// written, inside the same bbolt write transaction, so that state kept in
+// the same file (boltstate's quota windows) commits atomically with the
+// record. If an op returns an error (or panics) nothing of this call is
+// written and AppendWith returns that error, wrapped; concurrent appends are
+// not affected. An op may run more than once (when a shared transaction is
 // retried), so it must have no effect outside tx.
-func (l *Log) Append(r Record, ops ...func(tx *bbolt.Tx) error) (Record, error) {
+func (l *Log) AppendWith(r Record, ops ...func(tx *bbolt.Tx) error) (Record, error) {
 	c, err := newCall(r, ops)
 	if err != nil {
 		return Record{}, err

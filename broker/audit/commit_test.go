@@ -62,7 +62,7 @@ func blockCommitter(t *testing.T, l *Log) (release func() Record) {
 	entered, unblock := make(chan struct{}), make(chan struct{})
 	done := make(chan Record, 1)
 	go func() {
-		r, err := l.Append(Record{Decision: DecisionIntent, Reason: "blocker"}, func(*bbolt.Tx) error {
+		r, err := l.AppendWith(Record{Decision: DecisionIntent, Reason: "blocker"}, func(*bbolt.Tx) error {
 			close(entered)
 			<-unblock
 			return nil
@@ -114,7 +114,7 @@ func TestGroupCommit(t *testing.T) {
 				}
 				return nil
 			}
-			r, err := l.Append(Record{Caller: fmt.Sprintf("c%d", i), Decision: DecisionIntent}, op)
+			r, err := l.AppendWith(Record{Caller: fmt.Sprintf("c%d", i), Decision: DecisionIntent}, op)
 			out <- outcome{i, r, err}
 		}()
 	}

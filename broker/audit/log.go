@@ -114,6 +114,14 @@ func (l *Log) Close() error {
 	return nil
 }
 
+// DB returns the database the Log writes to, so that state committed with
+// its records (AppendWith) can be checked to live in the same file.
+func (l *Log) DB() *bbolt.DB { return l.db }
+
+// Commits returns how many write transactions the Log has committed: with
+// the number of records appended, it shows how well group commit batches.
+func (l *Log) Commits() uint64 { return l.commits.Load() }
+
 // Head returns the seq and hash of the last record committed through this
 // Log (0 and "" for an empty log).
 func (l *Log) Head() (seq uint64, hash string) {

@@ -242,7 +242,7 @@ func TestOpsShareTheTransaction(t *testing.T) {
 	}
 	errQuota := errors.New("quota exceeded")
 	appendWith := func(ops ...func(*bbolt.Tx) error) (Record, error) {
-		return l.Append(Record{Decision: DecisionIntent}, ops...)
+		return l.AppendWith(Record{Decision: DecisionIntent}, ops...)
 	}
 	if _, err := appendWith(put("a")); err != nil {
 		t.Fatal(err)

@@ -31,7 +31,7 @@ import (
 	"github.com/credbroker/credbroker/broker/config"
 	"github.com/credbroker/credbroker/broker/limits"
 	"github.com/credbroker/credbroker/broker/policy"
-	"github.com/credbroker/credbroker/broker/store"
+	"github.com/credbroker/credbroker/broker/state/boltstate"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -55,7 +55,8 @@ type Options struct {
 // DBFile is the bbolt file name inside the data directory.
 const DBFile = "credbroker.db"
 
-// housekeepingInterval is how often expired join tokens are purged.
+// housekeepingInterval is how often expired state (ended quota windows,
+// expired join tokens) is purged.
 const housekeepingInterval = time.Minute
 
 // Run starts the broker and blocks until ctx is done, then shuts down
@@ -97,7 +98,9 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	defer adminLis.Close()
 
-	db, err := store.Open(filepath.Join(cfg.DataDir, DBFile))
+	// One bbolt file holds the audit chain and, beside it, the broker's
+	// state; quota spends commit in the audit transaction (state.Ledger).
+	db, err := boltstate.OpenDB(filepath.Join(cfg.DataDir, DBFile))
 	if err != nil {
 		return err
 	}
@@ -107,7 +110,15 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	defer auditLog.Close()
-	limiter, err := limits.New(db, limits.Config{
+	st, err := boltstate.New(db)
+	if err != nil {
+		return err
+	}
+	ledger, err := st.Ledger(auditLog)
+	if err != nil {
+		return err
+	}
+	limiter, err := limits.New(limits.Config{
 		Rate:          rate.Limit(cfg.Limits.Rate),
 		Burst:         cfg.Limits.Burst,
 		IdentityQuota: limits.Quota(cfg.Limits.IdentityQuota),
@@ -146,6 +157,7 @@ func Run(ctx context.Context, opts Options) error {
 		Profiles: profiles,
 		Policy:   pol,
 		Limiter:  limiter,
+		Ledger:   ledger,
 		Audit:    auditLog,
 		NewID:    newIssuanceID,
 		Log:      log,
@@ -194,9 +206,11 @@ func Run(ctx context.Context, opts Options) error {
 			return nil
 		})
 	}
+	purges := []purge{{"ended quota windows", func() (int, error) { return st.PurgeQuotas(gctx, time.Now()) }}}
 	if joinTokens != nil {
-		g.Go(func() error { housekeeping(gctx.Done(), joinTokens, housekeepingInterval, log); return nil })
+		purges = append(purges, purge{"expired join tokens", joinTokens.Purge})
 	}
+	g.Go(func() error { housekeeping(gctx.Done(), purges, housekeepingInterval, log); return nil })
 	for _, run := range issuerSet.runners {
 		g.Go(func() error { run(gctx); return nil })
 	}
@@ -358,5 +372,31 @@ func serverTLSConfig(source x509svid.Source) *tls.Config {
 			}
 			return &tls.Certificate{Certificate: certs, PrivateKey: svid.PrivateKey, Leaf: svid.Certificates[0]}, nil
 		},
+	}
+}
+
+// purge deletes one kind of expired state and says how much.
+type purge struct {
+	what string
+	run  func() (int, error)
+}
+
+// housekeeping runs every purge each interval until done closes.
+func housekeeping(done <-chan struct{}, purges []purge, interval time.Duration, log *slog.Logger) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+			for _, p := range purges {
+				if n, err := p.run(); err != nil {
+					log.Error("purging "+p.what, slog.String("error", err.Error()))
+				} else if n > 0 {
+					log.Info("purged "+p.what, slog.Int("count", n))
+				}
+			}
+		}
 	}
 }

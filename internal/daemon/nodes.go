@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"strings"
-	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -183,22 +182,4 @@ func (w withAuthority) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x5
 	c := b.Clone()
 	c.AddX509Authority(w.cert)
 	return c, nil
-}
-
-// housekeeping purges expired join tokens every interval until done closes.
-func housekeeping(done <-chan struct{}, tokens *jointoken.Store, interval time.Duration, log *slog.Logger) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-done:
-			return
-		case <-t.C:
-			if n, err := tokens.Purge(); err != nil {
-				log.Error("purging expired join tokens", slog.String("error", err.Error()))
-			} else if n > 0 {
-				log.Info("purged expired join tokens", slog.Int("count", n))
-			}
-		}
-	}
 }

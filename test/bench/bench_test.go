@@ -73,10 +73,10 @@ func (f *fixture) verify(t *testing.T, token string) jwtlib.MapClaims {
 	return claims
 }
 
-// TestDiscardAuditRefusesOpsNeedingTx checks that the audit-off variant fails
-// loudly, instead of skipping work, if limits ever need the transaction.
-func TestDiscardAuditRefusesOpsNeedingTx(t *testing.T) {
-	lim, err := limits.New(nil, limits.Config{IdentityQuota: limits.Quota{Max: 10, Window: time.Hour}})
+// TestDiscardAuditRefusesSpends checks that the audit-off variant fails
+// loudly, instead of skipping work, if the bench ever charges quota.
+func TestDiscardAuditRefusesSpends(t *testing.T) {
+	lim, err := limits.New(limits.Config{IdentityQuota: limits.Quota{Max: 10, Window: time.Hour}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,11 +84,11 @@ func TestDiscardAuditRefusesOpsNeedingTx(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := (discardAudit{}).Append(audit.Record{Decision: audit.DecisionIntent}, res.Persist); err == nil {
-		t.Fatal("Append with a quota-holding Persist succeeded without a transaction")
+	if _, err := (discardAudit{}).SpendAndAppend(context.Background(), time.Now(), res.Charges(), audit.Record{Decision: audit.DecisionIntent}); err == nil {
+		t.Fatal("a quota spend succeeded without a store")
 	}
 
-	unlimited, err := limits.New(nil, limits.Config{})
+	unlimited, err := limits.New(limits.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,8 +96,8 @@ func TestDiscardAuditRefusesOpsNeedingTx(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec := audit.Record{Decision: audit.DecisionIntent, IssuanceID: "x"}
-	if got, err := (discardAudit{}).Append(rec, res.Persist); err != nil || got != rec {
-		t.Fatalf("Append = %+v, %v; want the record back", got, err)
+	if got, err := (discardAudit{}).SpendAndAppend(context.Background(), time.Now(), res.Charges(), rec); err != nil || got != rec {
+		t.Fatalf("SpendAndAppend = %+v, %v; want the record back", got, err)
 	}
 }
 

@@ -20,7 +20,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffegrpc/grpccredentials"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
-	"go.etcd.io/bbolt"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -36,7 +35,8 @@ import (
 	"github.com/credbroker/credbroker/broker/config"
 	"github.com/credbroker/credbroker/broker/limits"
 	"github.com/credbroker/credbroker/broker/policy"
-	"github.com/credbroker/credbroker/broker/store"
+	"github.com/credbroker/credbroker/broker/state"
+	"github.com/credbroker/credbroker/broker/state/boltstate"
 	"github.com/credbroker/credbroker/internal/ca"
 	"github.com/credbroker/credbroker/issuers"
 	"github.com/credbroker/credbroker/issuers/jwt"
@@ -99,6 +99,7 @@ type fixture struct {
 	// variant's limits, and the clients' credentials.
 	tlsConf     *tls.Config
 	limits      broker.Limiter
+	ledger      broker.Ledger
 	clientCreds credentials.TransportCredentials
 }
 
@@ -123,7 +124,7 @@ func newFixture(tb testing.TB) *fixture {
 	tlsConf := tlsconfig.TLSServerConfig(serverSVID)
 	tlsConf.ClientAuth = tls.RequestClientCert
 
-	db, err := bbolt.Open(filepath.Join(dir, "credbroker.db"), 0o600, store.Options())
+	db, err := boltstate.OpenDB(filepath.Join(dir, "credbroker.db"))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -131,19 +132,26 @@ func newFixture(tb testing.TB) *fixture {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { f.audit.Close(); db.Close() })
-
-	onLimits, err := limits.New(db, limits.Config{})
+	st, err := boltstate.New(db)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	offLimits, err := limits.New(nil, limits.Config{})
+	if f.ledger, err = st.Ledger(f.audit); err != nil {
+		tb.Fatal(err)
+	}
+
+	onLimits, err := limits.New(limits.Config{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	offLimits, err := limits.New(limits.Config{})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	servers := map[variant]*grpc.Server{
 		echo:     newEchoServer(tlsConf, f.issuer),
-		auditOn:  f.newBroker(tb, tlsConf, onLimits, f.audit, f.audit),
-		auditOff: f.newBroker(tb, tlsConf, offLimits, discardAudit{}, nil),
+		auditOn:  f.newBroker(tb, tlsConf, onLimits, f.ledger, f.audit, f.audit),
+		auditOff: f.newBroker(tb, tlsConf, offLimits, discardAudit{}, discardAudit{}, nil),
 	}
 	clientSVID, err := f.ca.MintX509SVID(controllerID, time.Hour)
 	if err != nil {
@@ -199,7 +207,7 @@ func serve(tb testing.TB, s *grpc.Server, creds credentials.TransportCredentials
 // info-level JSON logs (formatted, then discarded, so their cost counts but
 // the terminal's does not). reader backs the admin API; nil when there is none
 // (the Gate admits no admin identity, so it is never reached).
-func (f *fixture) newBroker(tb testing.TB, tlsConf *tls.Config, lim broker.Limiter, log broker.AuditLog, reader broker.AuditReader, extra ...broker.Profile) *grpc.Server {
+func (f *fixture) newBroker(tb testing.TB, tlsConf *tls.Config, lim broker.Limiter, ledger broker.Ledger, log broker.AuditLog, reader broker.AuditReader, extra ...broker.Profile) *grpc.Server {
 	tb.Helper()
 	pol, err := policy.New([]policy.Rule{
 		{ID: "spiffe://bench.test/ns/*/sa/capa-controller-manager", Profiles: []string{"*"}, Clusters: []string{"capi-*/*"}},
@@ -218,7 +226,7 @@ func (f *fixture) newBroker(tb testing.TB, tlsConf *tls.Config, lim broker.Limit
 	}
 	svc, err := broker.NewService(broker.ServiceDeps{
 		Profiles: profiles,
-		Policy:   pol, Limiter: lim, Audit: log, NewID: newID, Log: logger, Metrics: metrics,
+		Policy:   pol, Limiter: lim, Ledger: ledger, Audit: log, NewID: newID, Log: logger, Metrics: metrics,
 	})
 	if err != nil {
 		tb.Fatal(err)
@@ -235,26 +243,19 @@ func newID() (string, error) {
 	return id.String(), err
 }
 
-// discardAudit is the "audit off" AuditLog: it stores nothing and returns
-// the record as given. It runs ops with a nil transaction. That is enough for
-// the bench, whose limits have no quotas: the only op the broker passes,
-// limits.Reservation.Persist, then holds no quota units and returns before
-// touching tx. An op that does need tx would dereference nil; that is
-// recovered into an error, so a misconfigured run fails loudly rather than
-// silently skipping work the broker would really do.
+// discardAudit is the "audit off" AuditLog and Ledger: it stores nothing and
+// returns the record as given. That is enough for the bench, whose limits
+// have no quotas. A spend it cannot make fails loudly, so that a
+// misconfigured run does not silently skip work the broker would really do.
 type discardAudit struct{}
 
 // Append implements broker.AuditLog.
-func (discardAudit) Append(r audit.Record, ops ...func(*bbolt.Tx) error) (rec audit.Record, err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			rec, err = audit.Record{}, fmt.Errorf("bench: discard audit: op needs a real transaction (are quotas set?): %v", p)
-		}
-	}()
-	for _, op := range ops {
-		if err := op(nil); err != nil {
-			return audit.Record{}, err
-		}
+func (discardAudit) Append(r audit.Record) (audit.Record, error) { return r, nil }
+
+// SpendAndAppend implements broker.Ledger.
+func (discardAudit) SpendAndAppend(_ context.Context, _ time.Time, charges []state.Charge, r audit.Record) (audit.Record, error) {
+	if len(charges) > 0 {
+		return audit.Record{}, fmt.Errorf("bench: discard audit cannot spend quota (are quotas set?): %v", charges)
 	}
 	return r, nil
 }

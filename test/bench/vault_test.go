@@ -65,7 +65,7 @@ func BenchmarkVaultRatios(b *testing.B) {
 	<-iss.Ready()
 
 	f := newFixture(b)
-	withVault := f.newBroker(b, f.tlsConf, f.limits, f.audit, f.audit, broker.Profile{
+	withVault := f.newBroker(b, f.tlsConf, f.limits, f.ledger, f.audit, f.audit, broker.Profile{
 		Name: "vault-token", IssuerName: "vault", Issuer: iss, DefaultTTL: 10 * time.Minute, MaxTTL: time.Hour,
 		Audiences: []string{"vault-token"}, ClusterMode: config.ClusterRequired,
 	})

@@ -1,6 +1,4 @@
-// Package store opens the broker's bbolt database with the options every
-// user of it (the server, tools, benchmarks) must share.
-package store
+package boltstate
 
 import (
 	"errors"
@@ -33,15 +31,16 @@ func Options() *bbolt.Options {
 // writer, each time it doubles.
 const initialMmapSize = 1 << 30
 
-// Open opens (creating, mode 0600) the database at path. If another process
-// holds it, Open fails after a second with an error that says so.
-func Open(path string) (*bbolt.DB, error) {
+// OpenDB opens (creating, mode 0600) the database at path with Options. If
+// another process holds it, OpenDB fails after a second with an error that
+// says so.
+func OpenDB(path string) (*bbolt.DB, error) {
 	db, err := bbolt.Open(path, 0o600, Options())
 	if errors.Is(err, bolterrors.ErrTimeout) {
-		return nil, fmt.Errorf("store: %s is locked: is another credbroker running on this data dir?", path)
+		return nil, fmt.Errorf("boltstate: %s is locked: is another credbroker running on this data dir?", path)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("store: open %s: %w", path, err)
+		return nil, fmt.Errorf("boltstate: open %s: %w", path, err)
 	}
 	return db, nil
 }

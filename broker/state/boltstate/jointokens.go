@@ -1,0 +1,159 @@
+package boltstate
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"go.etcd.io/bbolt"
+
+	"github.com/credbroker/credbroker/attest"
+	"github.com/credbroker/credbroker/attest/jointoken"
+	"github.com/credbroker/credbroker/broker/state"
+)
+
+// tokenRecord is the stored form of a jointoken.Token, separate so that the
+// encoding does not change when Token does.
+type tokenRecord struct {
+	ID        string    `json:"id"`
+	Cluster   string    `json:"cluster"`
+	Node      string    `json:"node,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	ExpiresAt time.Time `json:"expires_at"`
+	UsedAt    time.Time `json:"used_at,omitzero"`
+	UsedBy    string    `json:"used_by,omitempty"`
+}
+
+func putToken(b *bbolt.Bucket, key []byte, t jointoken.Token) error {
+	v, err := json.Marshal(tokenRecord(t))
+	if err != nil {
+		return fmt.Errorf("boltstate: encode join token %s: %w", t.ID, err)
+	}
+	if err := b.Put(key, v); err != nil {
+		return fmt.Errorf("boltstate: store join token %s: %w", t.ID, err)
+	}
+	return nil
+}
+
+func decodeToken(v []byte) (jointoken.Token, error) {
+	var r tokenRecord
+	if err := json.Unmarshal(v, &r); err != nil {
+		return jointoken.Token{}, fmt.Errorf("boltstate: malformed join token record: %w", err)
+	}
+	return jointoken.Token(r), nil
+}
+
+// CreateJoinToken implements state.JoinTokens.
+func (s *Store) CreateJoinToken(_ context.Context, key jointoken.Key, t jointoken.Token) error {
+	return s.db.Update(func(tx *bbolt.Tx) error {
+		b, err := bucket(tx, bucketTokens)
+		if err != nil {
+			return err
+		}
+		if b.Get(key[:]) != nil {
+			return fmt.Errorf("%w: join token %s", state.ErrExists, t.ID)
+		}
+		return putToken(b, key[:], t)
+	})
+}
+
+// ConsumeJoinToken implements state.JoinTokens.
+func (s *Store) ConsumeJoinToken(_ context.Context, key jointoken.Key, node string, now time.Time) (jointoken.Token, error) {
+	var t jointoken.Token
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		b, err := bucket(tx, bucketTokens)
+		if err != nil {
+			return err
+		}
+		v := b.Get(key[:])
+		if v == nil {
+			return jointoken.ErrUnknown
+		}
+		if t, err = decodeToken(v); err != nil {
+			return err
+		}
+		if err := jointoken.Usable(t, node, now); err != nil {
+			return err
+		}
+		t.UsedAt, t.UsedBy = normTime(now), jointoken.NodeFor(t, node)
+		return putToken(b, key[:], t)
+	})
+	switch {
+	case err == nil:
+		return t, nil
+	case t.ID != "" && errors.Is(err, attest.ErrNodeRejected):
+		return t, err
+	default:
+		return jointoken.Token{}, err
+	}
+}
+
+// ListJoinTokens implements state.JoinTokens.
+func (s *Store) ListJoinTokens(context.Context) ([]jointoken.Token, error) {
+	var ts []jointoken.Token
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		b, err := bucket(tx, bucketTokens)
+		if err != nil {
+			return err
+		}
+		return b.ForEach(func(_, v []byte) error {
+			t, err := decodeToken(v)
+			if err != nil {
+				return err
+			}
+			ts = append(ts, t)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	slices.SortFunc(ts, func(a, b jointoken.Token) int {
+		if c := a.CreatedAt.Compare(b.CreatedAt); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+	return ts, nil
+}
+
+// PurgeJoinTokens implements state.JoinTokens.
+func (s *Store) PurgeJoinTokens(_ context.Context, now time.Time) (int, error) {
+	n := 0
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		b, err := bucket(tx, bucketTokens)
+		if err != nil {
+			return err
+		}
+		var stale [][]byte
+		err = b.ForEach(func(k, v []byte) error {
+			t, err := decodeToken(v)
+			if err != nil {
+				return err
+			}
+			if !now.Before(t.ExpiresAt) {
+				stale = append(stale, bytes.Clone(k))
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, k := range stale {
+			if err := b.Delete(k); err != nil {
+				return fmt.Errorf("boltstate: purge join tokens: %w", err)
+			}
+		}
+		n = len(stale)
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	return n, nil
+}

@@ -1,0 +1,196 @@
+package boltstate
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.etcd.io/bbolt"
+
+	"github.com/credbroker/credbroker/broker/state"
+)
+
+// nodeRecord is the stored form of a state.Node, separate so that the
+// encoding does not change when Node does.
+type nodeRecord struct {
+	SPIFFEID    string    `json:"spiffe_id"`
+	Cluster     string    `json:"cluster"`
+	Name        string    `json:"name"`
+	Attestation string    `json:"attestation"`
+	Detail      string    `json:"detail,omitempty"`
+	AttestedAt  time.Time `json:"attested_at"`
+	RenewedAt   time.Time `json:"renewed_at"`
+	ExpiresAt   time.Time `json:"expires_at,omitzero"`
+	Serial      string    `json:"serial,omitempty"`
+	EvictedAt   time.Time `json:"evicted_at,omitzero"`
+}
+
+func decodeNode(v []byte) (state.Node, error) {
+	var rec nodeRecord
+	if err := json.Unmarshal(v, &rec); err != nil {
+		return state.Node{}, fmt.Errorf("boltstate: malformed node record: %w", err)
+	}
+	return state.Node(rec), nil
+}
+
+func evicted(n state.Node) error {
+	return fmt.Errorf("%w: %s (at %s)", state.ErrEvicted, n.SPIFFEID, n.EvictedAt.Format(time.RFC3339))
+}
+
+// RegisterNode implements state.Nodes.
+func (s *Store) RegisterNode(_ context.Context, now time.Time, n state.Node) (state.Node, error) {
+	if err := state.ValidateNode(n); err != nil {
+		return state.Node{}, err
+	}
+	var stored state.Node
+	err := s.updateNode(n.SPIFFEID, func(old state.Node, found bool) (state.Node, error) {
+		if found && old.Evicted() {
+			stored = old
+			return state.Node{}, evicted(old)
+		}
+		now := normTime(now)
+		stored = n
+		stored.AttestedAt = now
+		if found {
+			stored.AttestedAt = old.AttestedAt
+		}
+		stored.RenewedAt = now
+		stored.ExpiresAt = normTime(n.ExpiresAt)
+		stored.EvictedAt = time.Time{}
+		return stored, nil
+	})
+	if err != nil && !errors.Is(err, state.ErrEvicted) {
+		return state.Node{}, err
+	}
+	return stored, err
+}
+
+// RenewNode implements state.Nodes.
+func (s *Store) RenewNode(_ context.Context, now time.Time, id, serial string, expiresAt time.Time) (state.Node, error) {
+	var stored state.Node
+	err := s.updateNode(id, func(old state.Node, found bool) (state.Node, error) {
+		if !found {
+			return state.Node{}, fmt.Errorf("%w: node %s", state.ErrNotFound, id)
+		}
+		stored = old
+		if old.Evicted() {
+			return state.Node{}, evicted(old)
+		}
+		stored.RenewedAt = normTime(now)
+		stored.ExpiresAt = normTime(expiresAt)
+		stored.Serial = serial
+		return stored, nil
+	})
+	if err != nil && !errors.Is(err, state.ErrEvicted) {
+		return state.Node{}, err
+	}
+	return stored, err
+}
+
+// EvictNode implements state.Nodes.
+func (s *Store) EvictNode(_ context.Context, now time.Time, id string) (state.Node, error) {
+	var stored state.Node
+	err := s.updateNode(id, func(old state.Node, found bool) (state.Node, error) {
+		if !found {
+			return state.Node{}, fmt.Errorf("%w: node %s", state.ErrNotFound, id)
+		}
+		stored = old
+		if !old.Evicted() {
+			stored.EvictedAt = normTime(now)
+		}
+		return stored, nil
+	})
+	if err != nil {
+		return state.Node{}, err
+	}
+	return stored, nil
+}
+
+// GetNode implements state.Nodes.
+func (s *Store) GetNode(_ context.Context, id string) (state.Node, error) {
+	var n state.Node
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		b, err := bucket(tx, bucketNodes)
+		if err != nil {
+			return err
+		}
+		v := b.Get([]byte(id))
+		if v == nil {
+			return fmt.Errorf("%w: node %s", state.ErrNotFound, id)
+		}
+		n, err = decodeNode(v)
+		return err
+	})
+	if err != nil {
+		return state.Node{}, err
+	}
+	return n, nil
+}
+
+// ListNodes implements state.Nodes. Keys sort by SPIFFE ID, so a page is
+// one cursor walk from After.
+func (s *Store) ListNodes(_ context.Context, f state.NodeFilter) ([]state.Node, error) {
+	var ns []state.Node
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		b, err := bucket(tx, bucketNodes)
+		if err != nil {
+			return err
+		}
+		c := b.Cursor()
+		k, v := c.First()
+		if f.After != "" {
+			k, v = c.Seek([]byte(f.After))
+			if k != nil && bytes.Equal(k, []byte(f.After)) {
+				k, v = c.Next()
+			}
+		}
+		for ; k != nil && (f.Limit <= 0 || len(ns) < f.Limit); k, v = c.Next() {
+			n, err := decodeNode(v)
+			if err != nil {
+				return err
+			}
+			if f.Cluster == "" || n.Cluster == f.Cluster {
+				ns = append(ns, n)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return ns, nil
+}
+
+// updateNode runs change on the stored node id (found false when there is
+// none) in one write transaction and stores what it returns. An error from
+// change aborts the transaction.
+func (s *Store) updateNode(id string, change func(old state.Node, found bool) (state.Node, error)) error {
+	return s.db.Update(func(tx *bbolt.Tx) error {
+		b, err := bucket(tx, bucketNodes)
+		if err != nil {
+			return err
+		}
+		var old state.Node
+		v := b.Get([]byte(id))
+		if v != nil {
+			if old, err = decodeNode(v); err != nil {
+				return err
+			}
+		}
+		n, err := change(old, v != nil)
+		if err != nil {
+			return err
+		}
+		enc, err := json.Marshal(nodeRecord(n))
+		if err != nil {
+			return fmt.Errorf("boltstate: encode node %s: %w", id, err)
+		}
+		if err := b.Put([]byte(id), enc); err != nil {
+			return fmt.Errorf("boltstate: store node %s: %w", id, err)
+		}
+		return nil
+	})
+}

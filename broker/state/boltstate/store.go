@@ -1,0 +1,69 @@
+package boltstate
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"go.etcd.io/bbolt"
+
+	"github.com/credbroker/credbroker/broker/state"
+)
+
+// Bucket names; see the package documentation.
+var (
+	bucketQuota  = []byte("quota")
+	bucketTokens = []byte("jointoken.tokens")
+	bucketNodes  = []byte("nodes.byid")
+)
+
+// Store is the bbolt implementation of state.Store. It is safe for
+// concurrent use.
+type Store struct {
+	db *bbolt.DB
+}
+
+var _ state.Store = (*Store)(nil)
+
+// New returns a Store keeping its state in db, creating its buckets if
+// needed. The caller keeps ownership of db (close it after the last use of
+// the Store). New fails if db has NoSync set: commits would return before
+// they are durable.
+func New(db *bbolt.DB) (*Store, error) {
+	if db == nil {
+		return nil, errors.New("boltstate: nil database")
+	}
+	if db.NoSync {
+		return nil, errors.New("boltstate: database has NoSync set; state would not be durable")
+	}
+	err := db.Update(func(tx *bbolt.Tx) error {
+		for _, name := range [][]byte{bucketQuota, bucketTokens, bucketNodes} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return fmt.Errorf("create bucket %s: %w", name, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("boltstate: %w", err)
+	}
+	return &Store{db: db}, nil
+}
+
+// bucket returns a bucket New created.
+func bucket(tx *bbolt.Tx, name []byte) (*bbolt.Bucket, error) {
+	b := tx.Bucket(name)
+	if b == nil {
+		return nil, fmt.Errorf("boltstate: bucket %s missing", name)
+	}
+	return b, nil
+}
+
+// normTime drops the monotonic reading and location of t, so that a value
+// returned by a change equals the one read back later.
+func normTime(t time.Time) time.Time {
+	if t.IsZero() {
+		return time.Time{}
+	}
+	return t.Round(0).UTC()
+}

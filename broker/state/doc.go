@@ -1,0 +1,65 @@
+// Package state names everything the broker remembers besides its audit
+// chain, and the atomic operations it needs on it. The broker core depends
+// on these interfaces only; implementations live in sub-packages:
+// boltstate keeps state in the broker's local bbolt file (one node, the
+// embedded default), and an etcd implementation will keep it for replicas.
+// Every implementation must pass the conformance suite in statetest.
+//
+// # What is kept
+//
+//   - Quotas: fixed windows of issuance counts per caller identity and per
+//     workload cluster. Spend takes one unit from every charged key or from
+//     none, and never hands out more than a charge's Max in a window, however
+//     many callers (or replicas) spend at once. The limit travels with each
+//     Charge rather than living in the store, so that per-rule or
+//     per-profile quotas need no change here; a window keeps the end it was
+//     opened with.
+//   - Join tokens, by the SHA-256 of their secret (attest/jointoken keeps
+//     the secret format and the Token type): created once, consumed at most
+//     once, checked against the node name in the same atomic step so that a
+//     wrong attempt does not burn the rightful node's token.
+//   - Nodes: the registry of attested nodes, their latest SVID and whether
+//     an admin evicted them (permanently, for that SPIFFE ID).
+//
+// Still to come behind this seam, each as its own small interface embedded
+// in Store when it lands, passing the same suite: Revocations (revoked
+// issuances and identities, checked on every request and watched by
+// replicas), Approvals (pending privileged issuances and the admins who
+// approved them, two distinct, never the requester; decided with
+// compare-and-swap), Clusters (workload cluster lifecycle, so a deleted
+// cluster's credentials are revoked) and SigningKeys (each replica's
+// published JWT public keys with their overlap windows, for the JWKS).
+//
+// # Time
+//
+// Operations that depend on time take it as an argument (now). Stores read
+// no clock, so every replica decides with its own clock the same way, and
+// the conformance suite drives expiry without sleeping.
+//
+// # Quota and the decision record
+//
+// A quota spend must never be separated from the audit record of the
+// decision that spends it: no credential may be issued whose spend and
+// record are not both durable, and a record must not be lost while its
+// spend stands (or the other way round, where it would let quota be spent
+// twice). Ledger is that pairing. Two implementations exist:
+//
+//   - boltstate.Ledger: the spend runs inside the audit log's own bbolt
+//     write transaction (group commit), so spend and record commit together
+//     or not at all, with one fsync shared by every append in the batch.
+//   - SpendFirst: for a quota store that commits on its own (etcd) paired
+//     with the replica's local bbolt audit chain. The spend is made durable
+//     first, then the record is appended; if the append fails the spend is
+//     refunded. A crash between the two leaves quota spent with no record:
+//     that errs on the safe side (the caller got nothing, and the window
+//     just has one unit less), and can never double-spend or issue
+//     unrecorded.
+//
+// # Errors
+//
+// Implementations return the sentinel errors of this package (ErrNotFound,
+// ErrEvicted, ErrExists), of attest/jointoken (ErrUnknown, ErrUsed,
+// ErrExpired, ErrWrongNode, ErrNoNode) and *ExhaustedError, possibly
+// wrapped; anything else is a storage failure, after which nothing was
+// changed, and callers fail closed on it.
+package state

@@ -1,0 +1,66 @@
+// Package statetest is the conformance suite of the state seam: every
+// implementation of state.Store runs Run from a test of its own and passes
+// it unchanged. The suite checks the contracts the broker relies on:
+// all-or-nothing quota spends that are never over-spent however many
+// goroutines race, expiry of windows and tokens by the time passed in (no
+// sleeping), join tokens consumed exactly once and never burnt by a wrong
+// attempt, the node registry, and that committed state survives reopening,
+// including after the process holding the store is killed with SIGKILL.
+package statetest
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/credbroker/credbroker/broker/state"
+)
+
+// Harness tells the suite how to reach the implementation under test.
+type Harness struct {
+	// Open returns the store kept in dir (empty when dir is new). The suite
+	// calls it again with the same dir to see what survived: after the
+	// previous store was released by the cleanups of the subtest that
+	// opened it, and in a child process that is then killed with SIGKILL
+	// (the crash test). Open registers whatever must be closed with
+	// t.Cleanup. A harness whose state lives elsewhere than dir (a server)
+	// keeps in dir what it needs to find it again, also from a child
+	// process.
+	Open func(t testing.TB, dir string) state.Store
+}
+
+// epoch is the suite's clock origin; the suite passes every time in.
+var epoch = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+
+// Run runs the conformance suite against h, as subtests of t. A test that
+// calls it must do nothing else: the crash test re-runs the test binary
+// with the current test's name to start its child process.
+func Run(t *testing.T, h Harness) {
+	if dir, ok := crashChildDir(); ok {
+		// In the crash test's child: only the crash subtest runs.
+		t.Run("crash", func(t *testing.T) { crashChild(t, h, dir) })
+		return
+	}
+	t.Run("quota", func(t *testing.T) { testQuota(t, h) })
+	t.Run("quota-all-or-nothing", func(t *testing.T) { testQuotaAtomic(t, h) })
+	t.Run("quota-concurrent", func(t *testing.T) { testQuotaConcurrent(t, h) })
+	t.Run("quota-refund", func(t *testing.T) { testQuotaRefund(t, h) })
+	t.Run("quota-reset-purge", func(t *testing.T) { testQuotaResetPurge(t, h) })
+	t.Run("quota-invalid", func(t *testing.T) { testQuotaInvalid(t, h) })
+	t.Run("jointoken", func(t *testing.T) { testJoinToken(t, h) })
+	t.Run("jointoken-binding", func(t *testing.T) { testJoinTokenBinding(t, h) })
+	t.Run("jointoken-concurrent", func(t *testing.T) { testJoinTokenConcurrent(t, h) })
+	t.Run("jointoken-purge", func(t *testing.T) { testJoinTokenPurge(t, h) })
+	t.Run("nodes", func(t *testing.T) { testNodes(t, h) })
+	t.Run("nodes-list", func(t *testing.T) { testNodesList(t, h) })
+	t.Run("reopen", func(t *testing.T) { testReopen(t, h) })
+	t.Run("crash", func(t *testing.T) { testCrash(t, h) })
+}
+
+// open opens a fresh store in a new directory.
+func open(t *testing.T, h Harness) state.Store {
+	t.Helper()
+	return h.Open(t, t.TempDir())
+}
+
+var ctx = context.Background()
