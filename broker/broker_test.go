@@ -494,7 +494,7 @@ func TestUnauthenticatedFloodIsRecordedAtABoundedRate(t *testing.T) {
 	_, err := issue(ctxT(t), conn, req)
 	wantCode(t, err, codes.Unauthenticated)
 	r := h.lastRecord()
-	want := fmt.Sprintf("(%d earlier attempts from this address were not recorded)", attempts-recorded)
+	want := fmt.Sprintf("(%d earlier refusals from this address were not recorded)", attempts-recorded)
 	if !strings.Contains(r.Reason, want) || !strings.Contains(r.Reason, "from 127.0.0.1") {
 		t.Fatalf("reason = %q, want it to contain %q", r.Reason, want)
 	}

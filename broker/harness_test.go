@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"log/slog"
 	"net"
 	"os"
@@ -27,12 +28,15 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/credbroker/credbroker/attest"
+	"github.com/credbroker/credbroker/attest/jointoken"
 	"github.com/credbroker/credbroker/attest/jwtsvid"
 	attestx509 "github.com/credbroker/credbroker/attest/x509svid"
 	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/broker/audit"
 	"github.com/credbroker/credbroker/broker/config"
 	"github.com/credbroker/credbroker/broker/limits"
+	"github.com/credbroker/credbroker/broker/nodeauth"
+	"github.com/credbroker/credbroker/broker/nodes"
 	"github.com/credbroker/credbroker/broker/policy"
 	"github.com/credbroker/credbroker/broker/state/boltstate"
 	"github.com/credbroker/credbroker/internal/ca"
@@ -110,6 +114,10 @@ type harnessConfig struct {
 	uids   []uint32
 	// adminJWT lets admins use JWT-SVIDs on the admin API.
 	adminJWT bool
+	requests broker.RequestLimits
+	refusals broker.RefusalLimits
+	// nodes turns on node attestation (join tokens, node SVIDs from h.ca).
+	nodes bool
 }
 
 // harness is a real broker: real TLS on loopback, real bbolt on a temp file,
@@ -131,7 +139,9 @@ type harness struct {
 	grpcServer *grpc.Server
 	admin      *broker.Admin
 	// reg holds the broker's metrics.
-	reg *prometheus.Registry
+	reg        *prometheus.Registry
+	refusals   *broker.Refusals
+	joinTokens *jointoken.Store
 }
 
 func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
@@ -143,7 +153,9 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 			{ID: "spiffe://example.test/capi/cluster/*/*/node/*", Profiles: []string{"capa-token"}, Clusters: []string{"*"}},
 			{ID: controllerID.String(), Profiles: []string{"plain-token", "boom", "upstream"}},
 		},
-		uids: []uint32{uint32(os.Getuid())},
+		uids:     []uint32{uint32(os.Getuid())},
+		requests: broker.DefaultRequestLimits(),
+		refusals: broker.DefaultRefusalLimits(),
 	}
 	for _, m := range mutate {
 		m(&hc)
@@ -184,6 +196,14 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 	log := slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	h.reg = prometheus.NewRegistry()
 	metrics := broker.NewMetrics(h.reg)
+	rateLimits, err := broker.NewRateLimits(hc.requests, h.clock.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.refusals, err = broker.NewRefusals(h.audit, metrics, hc.refusals, h.clock.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
 	profile := func(name, mode string) broker.Profile {
 		return broker.Profile{Name: name, IssuerName: "local", Issuer: h.issuer, DefaultTTL: 5 * time.Minute, MaxTTL: 15 * time.Minute, Audiences: []string{name, "sts.amazonaws.com"}, ClusterMode: mode}
 	}
@@ -195,23 +215,47 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 			"upstream": {Name: "upstream", IssuerName: "aws", Issuer: h.upstream, DefaultTTL: 15 * time.Minute, MinTTL: 15 * time.Minute,
 				MaxTTL: time.Hour, Audiences: []string{"upstream"}, ClusterMode: config.ClusterNone},
 		},
-		Policy: pol, Limiter: limiter, Ledger: ledger, Audit: h.audit, Clock: h.clock.Now, NewID: newID, Log: log, Metrics: metrics,
+		Policy: pol, Limiter: limiter, Ledger: ledger, Audit: h.audit, Clock: h.clock.Now, NewID: newID, Log: log, Metrics: metrics, Refusals: h.refusals,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	admin := broker.NewAdmin(h.audit, nil)
+	var nodeAuth *nodeauth.NodeAuthority
+	if hc.nodes {
+		if h.joinTokens, err = jointoken.Open(h.db, jointoken.WithClock(h.clock.Now)); err != nil {
+			t.Fatal(err)
+		}
+		registry, err := nodes.Open(h.db, nodes.WithClock(h.clock.Now))
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodeAuth, err = nodeauth.New(nodeauth.NodeDeps{
+			TrustDomain: td, JoinTokens: h.joinTokens, CA: h.ca, Registry: registry, Audit: h.audit,
+			Bundle:  func() ([]*x509.Certificate, error) { return []*x509.Certificate{h.ca.Certificate()}, nil },
+			SVIDTTL: time.Hour, NewID: newID, Log: log, Clock: h.clock.Now, Refusals: h.refusals,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	var admin *broker.Admin
+	if nodeAuth != nil {
+		admin = broker.NewAdmin(h.audit, nodeAuth)
+	} else {
+		admin = broker.NewAdmin(h.audit, nil)
+	}
 	h.admin = admin
 	bundles := x509bundle.NewSet(h.ca.X509Bundle())
 	gate := broker.NewGate([]attest.Authenticator{
 		jwtsvid.New(jwtbundle.NewSet(h.ca.JWTBundle()), []string{"credbroker"}),
 		attestx509.New(bundles, attestx509.WithClock(h.clock.Now)),
-	}, []string{adminID.String()}, h.audit, metrics, log, broker.WithGateClock(h.clock.Now), broker.WithAdminJWTSVID(hc.adminJWT))
+	}, []string{adminID.String()}, h.audit, metrics, log, broker.WithGateClock(h.clock.Now), broker.WithAdminJWTSVID(hc.adminJWT),
+		broker.WithRateLimits(rateLimits), broker.WithRefusals(h.refusals))
 
 	serverSVID := h.mint(serverID, time.Hour)
 	tlsConf := tlsconfig.TLSServerConfig(serverSVID)
 	tlsConf.ClientAuth = tls.RequestClientCert
-	h.grpcServer = broker.NewGRPCServer(tlsConf, gate, svc, nil, admin)
+	h.grpcServer = broker.NewGRPCServer(tlsConf, gate, svc, nodeService(nodeAuth), admin)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -220,7 +264,7 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 	go h.grpcServer.Serve(lis)
 	t.Cleanup(h.grpcServer.Stop)
 
-	adminServer := broker.NewAdminSocketServer(hc.uids, admin, log, metrics)
+	adminServer := broker.NewAdminSocketServer(hc.uids, admin, log, metrics, rateLimits)
 	ulis, err := net.Listen("unix", h.adminSock)
 	if err != nil {
 		t.Fatal(err)
@@ -228,6 +272,14 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 	go adminServer.Serve(ulis)
 	t.Cleanup(adminServer.Stop)
 	return h
+}
+
+// nodeService is n as a NodeService, or nil (node attestation off) when n is.
+func nodeService(n *nodeauth.NodeAuthority) credbrokerv1.NodeServiceServer {
+	if n == nil {
+		return nil
+	}
+	return n
 }
 
 func newID() (string, error) {
@@ -256,6 +308,18 @@ func (h *harness) dialNoCert() *grpc.ClientConn {
 	h.t.Helper()
 	creds := grpccredentials.TLSClientCredentials(x509bundle.NewSet(h.ca.X509Bundle()), tlsconfig.AuthorizeID(serverID))
 	return h.connect(h.addr, grpc.WithTransportCredentials(creds))
+}
+
+// dialNoCertFrom connects over TLS without a client certificate from the
+// loopback address ip (any of 127.0.0.0/8), so that the broker sees a
+// distinct source address.
+func (h *harness) dialNoCertFrom(ip string) *grpc.ClientConn {
+	h.t.Helper()
+	creds := grpccredentials.TLSClientCredentials(x509bundle.NewSet(h.ca.X509Bundle()), tlsconfig.AuthorizeID(serverID))
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+	return h.connect(h.addr, grpc.WithTransportCredentials(creds), grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+		return d.DialContext(ctx, "tcp", addr)
+	}))
 }
 
 func (h *harness) dialAdminSocket() *grpc.ClientConn {

@@ -3,11 +3,9 @@ package broker
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"regexp"
 	"slices"
-	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -70,6 +68,7 @@ type Service struct {
 	newID    func() (string, error)
 	log      *slog.Logger
 	metrics  *Metrics
+	refusals *Refusals
 }
 
 // ServiceDeps are what a Service is built from.
@@ -86,6 +85,9 @@ type ServiceDeps struct {
 	NewID   func() (string, error)
 	Log     *slog.Logger
 	Metrics *Metrics
+	// Refusals records denials and throttles at a bounded rate; share the
+	// Gate's. Nil: a private one with DefaultRefusalLimits.
+	Refusals *Refusals
 }
 
 // NewService returns a Service. Every dependency but Clock is
@@ -97,8 +99,11 @@ func NewService(d ServiceDeps) (*Service, error) {
 	if d.Clock == nil {
 		d.Clock = time.Now
 	}
+	if d.Refusals == nil {
+		d.Refusals = mustDefaultRefusals(d.Audit, d.Metrics, d.Clock)
+	}
 	return &Service{profiles: d.Profiles, policy: d.Policy, limiter: d.Limiter, ledger: d.Ledger, audit: d.Audit, now: d.Clock,
-		newID: d.NewID, log: d.Log, metrics: d.Metrics}, nil
+		newID: d.NewID, log: d.Log, metrics: d.Metrics, refusals: d.Refusals}, nil
 }
 
 // Request field bounds. Kubernetes names are at most 253 characters.
@@ -156,23 +161,23 @@ func (s *Service) IssueCredential(ctx context.Context, req *credbrokerv1.IssueCr
 func (s *Service) issue(ctx context.Context, caller attest.Caller, req *credbrokerv1.IssueCredentialRequest, rec *audit.Record) (*credbrokerv1.Credential, error) {
 	prof, grant, err := s.validate(caller, req)
 	if err != nil {
-		return nil, s.refuse(rec, audit.DecisionDenied, err)
+		return nil, s.refuse(ctx, rec, audit.DecisionDenied, err)
 	}
 	rec.Cluster = grant.cluster
 	rec.Issuer = prof.IssuerName
 	rec.TTL = grant.ttl
 
 	if d := s.policy.Allow(caller.ID, prof.Name, grant.cluster); !d.Allowed {
-		return nil, s.refuse(rec, audit.DecisionDenied, errorf(codes.PermissionDenied, "%s", d.Reason))
+		return nil, s.refuse(ctx, rec, audit.DecisionDenied, errorf(codes.PermissionDenied, "%s", d.Reason))
 	}
 
 	res, err := s.limiter.Reserve(rec.Caller, grant.cluster)
 	if err != nil {
 		var ex *limits.ExceededError
 		if !errors.As(err, &ex) {
-			return nil, s.refuse(rec, audit.DecisionFailed, wrapf(codes.Unavailable, err, "limits unavailable; nothing was issued"))
+			return nil, s.refuse(ctx, rec, audit.DecisionFailed, wrapf(codes.Unavailable, err, "limits unavailable; nothing was issued"))
 		}
-		return nil, s.refuse(rec, audit.DecisionThrottled, exhausted(ex.Error(), ex.RetryAfter))
+		return nil, s.refuse(ctx, rec, audit.DecisionThrottled, exhausted(ex.Error(), ex.RetryAfter))
 	}
 
 	// The intent is durable, with the quota it consumes, before any upstream
@@ -181,7 +186,7 @@ func (s *Service) issue(ctx context.Context, caller attest.Caller, req *credbrok
 	if _, err := s.ledger.SpendAndAppend(ctx, s.now(), res.Charges(), *rec); err != nil {
 		var ex *state.ExhaustedError
 		if errors.As(err, &ex) {
-			return nil, s.refuse(rec, audit.DecisionThrottled, exhausted(ex.Error(), ex.RetryAfter))
+			return nil, s.refuse(ctx, rec, audit.DecisionThrottled, exhausted(ex.Error(), ex.RetryAfter))
 		}
 		return nil, wrapf(codes.Unavailable, err, "audit store unavailable; nothing was issued (issuance %s)", rec.IssuanceID)
 	}
@@ -196,7 +201,7 @@ func (s *Service) issue(ctx context.Context, caller attest.Caller, req *credbrok
 	})
 	if err != nil {
 		s.metrics.upstreamFailure(prof.IssuerName, err)
-		return nil, s.refuse(rec, audit.DecisionFailed, issuerError(err, rec.IssuanceID))
+		return nil, s.refuse(ctx, rec, audit.DecisionFailed, issuerError(err, rec.IssuanceID))
 	}
 
 	rec.Decision = audit.DecisionIssued
@@ -283,28 +288,10 @@ func (s *Service) validate(caller attest.Caller, req *credbrokerv1.IssueCredenti
 	return prof, g, nil
 }
 
-// refuse records a refusal and returns err for the caller (see Refuse).
-func (s *Service) refuse(rec *audit.Record, d audit.Decision, err error) error {
-	return Refuse(s.audit, rec, d, err)
-}
-
-// Refuse records a refusal in rec with decision d and returns err for the
-// caller. If the refusal cannot be recorded the caller is told the audit
-// store is unavailable: a decision that is not on record did not happen
-// cleanly. broker/nodeauth records its refusals with it too.
-func Refuse(log AuditLog, rec *audit.Record, d audit.Decision, err error) error {
-	rec.Decision = d
-	rec.Reason = clip(reasonOf(err))
-	if _, aerr := log.Append(*rec); aerr != nil {
-		return wrapf(codes.Unavailable, errors.Join(err, aerr), "audit store unavailable (issuance %s)", rec.IssuanceID)
-	}
-	// Name the request so that an operator can find its record
-	// (credbrokerctl issuances show ID).
-	var ae *apiError
-	if errors.As(err, &ae) && !strings.Contains(ae.msg, rec.IssuanceID) {
-		ae.msg += fmt.Sprintf(" (request %s)", rec.IssuanceID)
-	}
-	return err
+// refuse records a refusal and returns err for the caller (see
+// Refusals.Refuse).
+func (s *Service) refuse(ctx context.Context, rec *audit.Record, d audit.Decision, err error) error {
+	return s.refusals.Refuse(ctx, rec, d, err)
 }
 
 func reasonOf(err error) string {
@@ -328,7 +315,7 @@ func clipTo(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
-	cut := n - len("...")
+	cut := max(n-len("..."), 0)
 	for cut > 0 && !utf8.RuneStart(s[cut]) {
 		cut--
 	}

@@ -39,7 +39,7 @@ func TestEveryMethodHasAnAccessRule(t *testing.T) {
 				if !ok {
 					t.Errorf("%s has no access rule", name)
 				}
-				if kind != 0 && got != kind {
+				if kind != 0 && got.api != kind {
 					t.Errorf("%s is %v, want %v", name, got, kind)
 				}
 				seen++
@@ -49,7 +49,7 @@ func TestEveryMethodHasAnAccessRule(t *testing.T) {
 	if seen != len(methods) {
 		t.Errorf("the method table has %d rules for %d methods", len(methods), seen)
 	}
-	if methods[credbrokerv1.NodeService_AttestNode_FullMethodName] != apiAttest || methods[credbrokerv1.NodeService_RenewNodeSVID_FullMethodName] != apiNode {
+	if methods[credbrokerv1.NodeService_AttestNode_FullMethodName].api != apiAttest || methods[credbrokerv1.NodeService_RenewNodeSVID_FullMethodName].api != apiNode {
 		t.Error("NodeService: AttestNode must take evidence without an identity, RenewNodeSVID a node identity")
 	}
 }

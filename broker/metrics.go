@@ -23,6 +23,12 @@ type Metrics struct {
 	// unauthUnrecorded counts unauthenticated attempts refused without an
 	// audit record because their source exceeded the recording rate.
 	unauthUnrecorded prometheus.Counter
+	// refusalsUnrecorded counts refusals left out of the audit log by the
+	// recording bounds, by class (identity or address).
+	refusalsUnrecorded *prometheus.CounterVec
+	// rateLimited counts calls refused by a method's rate limit, by method
+	// and by which bucket refused (key or total).
+	rateLimited      *prometheus.CounterVec
 	reused           *prometheus.CounterVec
 	upstreamFailures *prometheus.CounterVec
 	// malformed counts request bodies that did not decode, by method.
@@ -52,6 +58,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Unauthenticated requests refused without an audit record because their source address exceeded the recording rate.",
 		}),
 	}
+	m.refusalsUnrecorded = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "credbroker_refusals_unrecorded_total",
+		Help: "Refusals not written individually to the audit log because their identity or address (class), or the class as a whole, exceeded the recording rate; each is counted in a later record.",
+	}, []string{"class"})
+	m.rateLimited = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "credbroker_rate_limited_total",
+		Help: "Calls refused with RESOURCE_EXHAUSTED by a method's rate limit, by method and by the bucket that refused (key: the caller's own; total: the one shared by all callers).",
+	}, []string{"method", "bucket"})
 	m.reused = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "credbroker_credentials_reused_total",
 		Help: "Issued credentials that were minted for an earlier issuance and handed out again (shared upstream calls), by profile.",
@@ -64,7 +78,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Name: "credbroker_malformed_requests_total",
 		Help: "Requests refused with INVALID_ARGUMENT because their body did not decode (broken protobuf wire format, invalid UTF-8 in a string field), by method.",
 	}, []string{"method"})
-	reg.MustRegister(m.grpc, m.decisions, m.latency, m.authFails, m.unauthUnrecorded, m.reused, m.upstreamFailures, m.malformed)
+	reg.MustRegister(m.grpc, m.decisions, m.latency, m.authFails, m.unauthUnrecorded, m.refusalsUnrecorded, m.rateLimited, m.reused, m.upstreamFailures, m.malformed)
 	return m
 }
 

@@ -27,32 +27,54 @@ const (
 	apiNode                    // an authenticated node identity; the handler checks it is one, and records why not
 )
 
-// methods declares every RPC the broker serves. A method missing here fails
-// with INTERNAL instead of running unauthenticated: fail closed by
-// construction.
-var methods = map[string]api{
-	credbrokerv1.BrokerService_IssueCredential_FullMethodName: apiWorkload,
-	credbrokerv1.NodeService_AttestNode_FullMethodName:        apiAttest,
-	credbrokerv1.NodeService_RenewNodeSVID_FullMethodName:     apiNode,
-	credbrokerv1.AdminService_ListIssuances_FullMethodName:    apiAdmin,
-	credbrokerv1.AdminService_GetIssuance_FullMethodName:      apiAdmin,
-	credbrokerv1.AdminService_VerifyAudit_FullMethodName:      apiAdmin,
-	credbrokerv1.AdminService_ExportAudit_FullMethodName:      apiAdmin,
-	credbrokerv1.AdminService_CreateJoinToken_FullMethodName:  apiAdmin,
-	credbrokerv1.AdminService_ListNodes_FullMethodName:        apiAdmin,
-	credbrokerv1.AdminService_EvictNode_FullMethodName:        apiAdmin,
+// method is a method's access rule: who may call it, and the rate limit that
+// applies before anything durable happens.
+type method struct {
+	api   api
+	limit limiter
+}
+
+// methods declares every RPC the broker serves. A method missing here, or
+// declared without a rate limit, fails with INTERNAL instead of running
+// unauthenticated or unlimited: fail closed by construction.
+var methods = map[string]method{
+	credbrokerv1.BrokerService_IssueCredential_FullMethodName: {apiWorkload, limitIssue},
+	credbrokerv1.NodeService_AttestNode_FullMethodName:        {apiAttest, limitAttest},
+	credbrokerv1.NodeService_RenewNodeSVID_FullMethodName:     {apiNode, limitRenew},
+	credbrokerv1.AdminService_ListIssuances_FullMethodName:    {apiAdmin, limitAdmin},
+	credbrokerv1.AdminService_GetIssuance_FullMethodName:      {apiAdmin, limitAdmin},
+	credbrokerv1.AdminService_VerifyAudit_FullMethodName:      {apiAdmin, limitAdmin},
+	credbrokerv1.AdminService_ExportAudit_FullMethodName:      {apiAdmin, limitAdmin},
+	credbrokerv1.AdminService_CreateJoinToken_FullMethodName:  {apiAdmin, limitAdmin},
+	credbrokerv1.AdminService_ListNodes_FullMethodName:        {apiAdmin, limitAdmin},
+	credbrokerv1.AdminService_EvictNode_FullMethodName:        {apiAdmin, limitAdmin},
+}
+
+// lookup returns m's access rule, or the INTERNAL error for a method that is
+// not declared or whose rate limit is not configured.
+func lookup(rl *RateLimits, fullMethod string) (method, error) {
+	m, ok := methods[fullMethod]
+	switch {
+	case !ok:
+		return method{}, status.Errorf(codes.Internal, "method %s has no access rule", fullMethod)
+	case !rl.declared(m.limit):
+		return method{}, status.Errorf(codes.Internal, "method %s has no rate limit", fullMethod)
+	}
+	return m, nil
 }
 
 // Gate authenticates every call on the mTLS listener, puts the caller in the
-// context once, refuses non-admins on the admin API, and records
-// unauthenticated attempts on the workload API.
+// context once, refuses non-admins on the admin API, applies each method's
+// rate limit before the handler runs, and records refusals (unauthenticated
+// attempts on the workload and node APIs, rate-limited calls) at a bounded
+// rate.
 type Gate struct {
 	authenticators []attest.Authenticator
 	admins         map[string]bool
-	audit          AuditLog
 	metrics        *Metrics
 	log            *slog.Logger
-	unauth         *unauthRecorder
+	limits         *RateLimits
+	refusals       *Refusals
 	evicted        func(id string) (bool, error)
 	adminJWT       bool
 }
@@ -64,6 +86,8 @@ type gateOptions struct {
 	now      func() time.Time
 	evicted  func(id string) (bool, error)
 	adminJWT bool
+	limits   *RateLimits
+	refusals *Refusals
 }
 
 // WithAdminJWTSVID lets admin identities use the admin API with a JWT-SVID
@@ -82,29 +106,48 @@ func WithEvictionCheck(evicted func(id string) (bool, error)) GateOption {
 	return func(o *gateOptions) { o.evicted = evicted }
 }
 
-// WithGateClock sets the clock that paces the recording of unauthenticated
-// attempts (default time.Now).
+// WithGateClock sets the clock of the default rate limits and refusal
+// recording (default time.Now).
 func WithGateClock(now func() time.Time) GateOption {
 	return func(o *gateOptions) { o.now = now }
 }
 
+// WithRateLimits sets the per-method rate limits (default:
+// DefaultRequestLimits). Share them with NewAdminSocketServer.
+func WithRateLimits(rl *RateLimits) GateOption {
+	return func(o *gateOptions) { o.limits = rl }
+}
+
+// WithRefusals sets where refusals are recorded (default: a private
+// Refusals with DefaultRefusalLimits). Share it with the Service and the
+// node authority, so that its totals bound the broker as a whole.
+func WithRefusals(r *Refusals) GateOption {
+	return func(o *gateOptions) { o.refusals = r }
+}
+
 // NewGate returns a Gate that tries authenticators in order; admins are the
 // SPIFFE IDs allowed on the admin API.
-func NewGate(authenticators []attest.Authenticator, admins []string, audit AuditLog, m *Metrics, log *slog.Logger, opts ...GateOption) *Gate {
+func NewGate(authenticators []attest.Authenticator, admins []string, log AuditLog, m *Metrics, logger *slog.Logger, opts ...GateOption) *Gate {
 	o := gateOptions{now: time.Now}
 	for _, opt := range opts {
 		opt(&o)
+	}
+	if o.limits == nil {
+		o.limits = mustDefaultRateLimits(o.now)
+	}
+	if o.refusals == nil {
+		o.refusals = mustDefaultRefusals(log, m, o.now)
 	}
 	set := make(map[string]bool, len(admins))
 	for _, a := range admins {
 		set[a] = true
 	}
-	return &Gate{authenticators: authenticators, admins: set, audit: audit, metrics: m, log: log, unauth: newUnauthRecorder(o.now), evicted: o.evicted, adminJWT: o.adminJWT}
+	return &Gate{authenticators: authenticators, admins: set, metrics: m, log: logger, limits: o.limits, refusals: o.refusals, evicted: o.evicted, adminJWT: o.adminJWT}
 }
 
 // Unary is the unary server interceptor.
 func (g *Gate) Unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	ctx, err := g.admit(ctx, info.FullMethod)
+	ctx, err := g.admit(ctx, info.FullMethod, req)
 	if err != nil {
 		return nil, err
 	}
@@ -113,32 +156,48 @@ func (g *Gate) Unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h
 
 // Stream is the stream server interceptor.
 func (g *Gate) Stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	ctx, err := g.admit(ss.Context(), info.FullMethod)
+	ctx, err := g.admit(ss.Context(), info.FullMethod, nil)
 	if err != nil {
 		return err
 	}
 	return handler(srv, &contextStream{ServerStream: ss, ctx: ctx})
 }
 
-func (g *Gate) admit(ctx context.Context, method string) (context.Context, error) {
-	kind, ok := methods[method]
-	if !ok {
-		return nil, status.Errorf(codes.Internal, "method %s has no access rule", method)
+// admit runs a call's access rule: authentication, the admin checks, the
+// method's rate limit, the eviction check, in that order, so that a caller
+// over its limit costs no more than verifying its identity.
+func (g *Gate) admit(ctx context.Context, fullMethod string, req any) (context.Context, error) {
+	m, err := lookup(g.limits, fullMethod)
+	if err != nil {
+		return nil, err
 	}
-	if kind == apiAttest {
-		// The handler verifies the evidence in the request and records the outcome.
+	if m.api == apiAttest {
+		// The handler verifies the evidence in the request and records the
+		// outcome; the limit comes first, since verifying can spend a join
+		// token or fetch a cluster's keys.
+		src := sourceKey(ctx)
+		if lerr := g.limits.take(g.metrics, fullMethod, m.limit, src); lerr != nil {
+			g.throttled(ctx, fullMethod, byAddress, src, describe(req, audit.Record{Reason: "node attestation from " + sourceOf(ctx)}), lerr)
+			return nil, toStatus(lerr)
+		}
 		return ctx, nil
 	}
 	caller, err := g.authenticate(ctx)
 	if err != nil {
-		g.metrics.authFails.WithLabelValues(kind.String()).Inc()
-		return nil, g.unauthenticated(ctx, kind, err)
+		g.metrics.authFails.WithLabelValues(m.api.String()).Inc()
+		return nil, g.unauthenticated(ctx, fullMethod, m.api, err)
 	}
-	if kind == apiAdmin && caller.Method != attest.MethodX509SVID && !g.adminJWT {
+	if m.api == apiAdmin && caller.Method != attest.MethodX509SVID && !g.adminJWT {
 		return nil, status.Errorf(codes.Unauthenticated, "admin API: an X.509-SVID (mTLS client certificate) is required; a bearer %s is not accepted here", caller.Method)
 	}
-	if kind == apiAdmin && !g.admins[caller.ID.String()] {
+	if m.api == apiAdmin && !g.admins[caller.ID.String()] {
 		return nil, status.Errorf(codes.PermissionDenied, "admin API: %s is not an admin identity", caller.ID)
+	}
+	if lerr := g.limits.take(g.metrics, fullMethod, m.limit, caller.ID.String()); lerr != nil {
+		if m.api != apiAdmin {
+			g.throttled(ctx, fullMethod, byIdentity, caller.ID.String(), describe(req, audit.Record{Caller: caller.ID.String(), Attestation: caller.Method}), lerr)
+		}
+		return nil, toStatus(lerr)
 	}
 	if g.evicted != nil && caller.Constraints.Node != "" {
 		switch evicted, err := g.evicted(caller.ID.String()); {
@@ -149,6 +208,35 @@ func (g *Gate) admit(ctx context.Context, method string) (context.Context, error
 		}
 	}
 	return attest.WithCaller(ctx, caller), nil
+}
+
+// describe fills in what a refused call asked for, as far as the Gate can
+// tell without the handler: the profile and cluster of a credential request.
+func describe(req any, rec audit.Record) audit.Record {
+	if r, ok := req.(interface {
+		GetProfile() string
+		GetCluster() string
+	}); ok {
+		rec.Profile, rec.Cluster = clip(r.GetProfile()), clip(r.GetCluster())
+	}
+	return rec
+}
+
+// throttled records a call refused by its rate limit, at the bounded rate of
+// refusal records, and logs it.
+func (g *Gate) throttled(ctx context.Context, fullMethod string, class refusalClass, key string, rec audit.Record, lerr *apiError) {
+	rec.Decision = audit.DecisionThrottled
+	if rec.Reason != "" {
+		rec.Reason += ": "
+	}
+	rec.Reason = clip(rec.Reason + lerr.msg)
+	if fullMethod == credbrokerv1.BrokerService_IssueCredential_FullMethodName {
+		g.metrics.observe(audit.DecisionThrottled, "unknown", 0)
+	}
+	if _, aerr := g.refusals.record(class, key, rec); aerr != nil {
+		g.log.LogAttrs(ctx, slog.LevelError, "cannot record a rate-limited request", slog.String("error", aerr.Error()))
+	}
+	g.log.LogAttrs(ctx, slog.LevelDebug, "request rate-limited", slog.String("key", key), slog.String("error", lerr.msg))
 }
 
 // maxCallerIDLen is the longest caller SPIFFE ID the broker serves: what an
@@ -195,28 +283,29 @@ func (g *Gate) authenticate(ctx context.Context) (attest.Caller, error) {
 	return caller, nil
 }
 
-// unauthenticated records a refused workload call and returns the caller's
-// error. Verifier messages are written to be caller-safe.
-func (g *Gate) unauthenticated(ctx context.Context, kind api, err error) error {
+// unauthenticated answers a call whose identity did not verify: the
+// unauthenticated rate limit (per source address and in total) decides
+// between UNAUTHENTICATED and RESOURCE_EXHAUSTED, and refusals on the
+// workload and node APIs are recorded at the bounded rate per address.
+// Verifier messages are written to be caller-safe.
+func (g *Gate) unauthenticated(ctx context.Context, fullMethod string, kind api, err error) error {
 	msg := "unauthenticated: " + err.Error()
-	src := sourceOf(ctx)
+	key := sourceKey(ctx)
+	out := errorf(codes.Unauthenticated, "%s", msg)
+	decision := audit.DecisionDenied
+	if lerr := g.limits.take(g.metrics, fullMethod, limitUnauthenticated, key); lerr != nil {
+		out, decision = lerr, audit.DecisionThrottled
+		msg += "; " + lerr.msg
+	}
 	if kind == apiWorkload || kind == apiNode {
-		g.metrics.observe(audit.DecisionDenied, "unknown", 0)
-		record, suppressed := g.unauth.admit(src)
-		if !record {
-			g.metrics.unauthUnrecorded.Inc()
-			return status.Error(codes.Unauthenticated, msg)
-		}
-		reason := msg + " (from " + src + ")"
-		if suppressed > 0 {
-			reason += fmt.Sprintf(" (%d earlier attempts from this address were not recorded)", suppressed)
-		}
-		if _, aerr := g.audit.Append(audit.Record{Decision: audit.DecisionDenied, Reason: clip(reason)}); aerr != nil {
+		g.metrics.observe(decision, "unknown", 0)
+		rec := audit.Record{Decision: decision, Reason: clipWith(msg, " (from "+sourceOf(ctx)+")")}
+		if _, aerr := g.refusals.record(byAddress, key, rec); aerr != nil {
 			g.log.LogAttrs(ctx, slog.LevelError, "cannot record unauthenticated request", slog.String("error", aerr.Error()))
 		}
 	}
-	g.log.LogAttrs(ctx, slog.LevelInfo, "request refused", slog.String("api", kind.String()), slog.String("source", src), slog.String("error", msg))
-	return status.Error(codes.Unauthenticated, msg)
+	g.log.LogAttrs(ctx, slog.LevelInfo, "request refused", slog.String("api", kind.String()), slog.String("source", sourceOf(ctx)), slog.String("error", msg))
+	return toStatus(out)
 }
 
 func (k api) String() string {
@@ -242,7 +331,7 @@ func (s *contextStream) Context() context.Context { return s.ctx }
 // onlyAdminMethods refuses anything but the admin API; it guards the admin
 // unix socket, whose peers are checked by uid in the transport.
 func onlyAdminMethods(method string) error {
-	if methods[method] != apiAdmin || !strings.HasPrefix(method, "/credbroker.v1.AdminService/") {
+	if methods[method].api != apiAdmin || !strings.HasPrefix(method, "/credbroker.v1.AdminService/") {
 		return status.Errorf(codes.PermissionDenied, "method %s is not served on the admin socket", method)
 	}
 	return nil

@@ -66,10 +66,19 @@ func (peerCredCreds) Info() credentials.ProtocolInfo {
 func (c peerCredCreds) Clone() credentials.TransportCredentials { return c }
 func (peerCredCreds) OverrideServerName(string) error           { return nil }
 
-// uidGate admits admin calls from allowed local uids.
-type uidGate struct{ uids []uint32 }
+// uidGate admits admin calls from allowed local uids, each uid within the
+// admin rate limit.
+type uidGate struct {
+	uids    []uint32
+	limits  *RateLimits
+	metrics *Metrics
+}
 
 func (g uidGate) check(ctx context.Context, method string) error {
+	m, err := lookup(g.limits, method)
+	if err != nil {
+		return err
+	}
 	if err := onlyAdminMethods(method); err != nil {
 		return err
 	}
@@ -83,6 +92,9 @@ func (g uidGate) check(ctx context.Context, method string) error {
 	}
 	if !slices.Contains(g.uids, pc.UID) {
 		return status.Errorf(codes.PermissionDenied, "admin socket: uid %d is not an admin", pc.UID)
+	}
+	if lerr := g.limits.take(g.metrics, method, m.limit, AdminPrincipal(ctx)); lerr != nil {
+		return toStatus(lerr)
 	}
 	return nil
 }

@@ -79,9 +79,13 @@ func NewGRPCServer(tlsConfig *tls.Config, gate *Gate, svc *Service, nodes credbr
 }
 
 // NewAdminSocketServer returns the admin API server for the unix socket,
-// admitting only peers whose uid is in uids.
-func NewAdminSocketServer(uids []uint32, adm *Admin, log *slog.Logger, m *Metrics) *grpc.Server {
-	g := uidGate{uids: uids}
+// admitting only peers whose uid is in uids, each within the admin rate
+// limit of rl (share the Gate's; nil: DefaultRequestLimits).
+func NewAdminSocketServer(uids []uint32, adm *Admin, log *slog.Logger, m *Metrics, rl *RateLimits) *grpc.Server {
+	if rl == nil {
+		rl = mustDefaultRateLimits(nil)
+	}
+	g := uidGate{uids: uids, limits: rl, metrics: m}
 	opts := append(commonOptions(log, m),
 		grpc.Creds(peerCredCreds{}),
 		grpc.ChainUnaryInterceptor(g.unary),

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -21,7 +22,9 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.yaml.in/yaml/v3"
+	"golang.org/x/time/rate"
 
+	"github.com/credbroker/credbroker/broker/limits"
 	"github.com/credbroker/credbroker/broker/policy"
 )
 
@@ -206,6 +209,128 @@ type Limits struct {
 	IdentityQuota Quota `yaml:"identity_quota"`
 	// ClusterQuota bounds issuances per workload cluster per window.
 	ClusterQuota Quota `yaml:"cluster_quota"`
+	// Requests bound every call per method, before anything is read or
+	// written; unlike the issuance limits above they are never unlimited.
+	Requests Requests `yaml:"requests"`
+	// RefusalRecords bound how many refusals are written to the audit log.
+	RefusalRecords RefusalRecords `yaml:"refusal_records"`
+}
+
+// Bucket is a token bucket per key: Rate per second, Burst saved up. Zero
+// fields take the default.
+type Bucket struct {
+	Rate  float64 `yaml:"rate"`
+	Burst int     `yaml:"burst"`
+}
+
+// SharedBucket is a token bucket per key behind one bucket shared by all
+// keys (TotalRate, TotalBurst). Zero fields take the default.
+type SharedBucket struct {
+	Rate       float64 `yaml:"rate"`
+	Burst      int     `yaml:"burst"`
+	TotalRate  float64 `yaml:"total_rate"`
+	TotalBurst int     `yaml:"total_burst"`
+}
+
+// Requests are the rate limits of each kind of call.
+type Requests struct {
+	// Issue bounds IssueCredential per caller identity.
+	Issue Bucket `yaml:"issue"`
+	// Renew bounds RenewNodeSVID per node.
+	Renew Bucket `yaml:"renew"`
+	// Admin bounds the admin API per admin principal.
+	Admin Bucket `yaml:"admin"`
+	// Attest bounds AttestNode per source address and in total.
+	Attest SharedBucket `yaml:"attest"`
+	// Unauthenticated bounds calls whose identity does not verify, per
+	// source address and in total.
+	Unauthenticated SharedBucket `yaml:"unauthenticated"`
+}
+
+// RefusalRecords bound the audit records of refusals; what is left out is
+// counted and summarised in the next record of the same key.
+type RefusalRecords struct {
+	// Identity: per caller identity and in total over identities.
+	Identity SharedBucket `yaml:"identity"`
+	// Address: per source address (callers without an identity) and in total.
+	Address SharedBucket `yaml:"address"`
+}
+
+// Default limits; README's configuration reference lists them.
+var (
+	DefaultIssueRequests           = Bucket{Rate: 100, Burst: 500}
+	DefaultRenewRequests           = Bucket{Rate: 0.1, Burst: 5}
+	DefaultAdminRequests           = Bucket{Rate: 20, Burst: 100}
+	DefaultAttestRequests          = SharedBucket{Rate: 5, Burst: 20, TotalRate: 50, TotalBurst: 200}
+	DefaultUnauthenticatedRequests = SharedBucket{Rate: 10, Burst: 100, TotalRate: 100, TotalBurst: 500}
+	DefaultIdentityRefusalRecords  = SharedBucket{Rate: 1, Burst: 20, TotalRate: 20, TotalBurst: 100}
+	DefaultAddressRefusalRecords   = SharedBucket{Rate: 1, Burst: 20, TotalRate: 10, TotalBurst: 100}
+)
+
+func (b *Bucket) applyDefaults(d Bucket) {
+	if b.Rate == 0 {
+		b.Rate = d.Rate
+	}
+	if b.Burst == 0 {
+		b.Burst = d.Burst
+	}
+}
+
+func (b *SharedBucket) applyDefaults(d SharedBucket) {
+	pk := Bucket{b.Rate, b.Burst}
+	pk.applyDefaults(Bucket{d.Rate, d.Burst})
+	total := Bucket{b.TotalRate, b.TotalBurst}
+	total.applyDefaults(Bucket{d.TotalRate, d.TotalBurst})
+	*b = SharedBucket{pk.Rate, pk.Burst, total.Rate, total.Burst}
+}
+
+func (b Bucket) validate(key string) error {
+	if !(b.Rate > 0) || math.IsInf(b.Rate, 0) || b.Burst < 1 {
+		return fmt.Errorf("config: %s: rate must be positive and burst at least 1 (got rate %g, burst %d); these limits cannot be switched off", key, b.Rate, b.Burst)
+	}
+	return nil
+}
+
+func (b SharedBucket) validate(key string) error {
+	return errors.Join(Bucket{b.Rate, b.Burst}.validate(key), Bucket{b.TotalRate, b.TotalBurst}.validate(key+" (total_rate, total_burst)"))
+}
+
+// PerKey is the per-key bucket.
+func (b SharedBucket) PerKey() limits.Spec {
+	return limits.Spec{Rate: rate.Limit(b.Rate), Burst: b.Burst}
+}
+
+// Total is the bucket shared by all keys.
+func (b SharedBucket) Total() limits.Spec {
+	return limits.Spec{Rate: rate.Limit(b.TotalRate), Burst: b.TotalBurst}
+}
+
+// ApplyDefaults fills in the default of every zero field.
+func (r *Requests) ApplyDefaults() {
+	r.Issue.applyDefaults(DefaultIssueRequests)
+	r.Renew.applyDefaults(DefaultRenewRequests)
+	r.Admin.applyDefaults(DefaultAdminRequests)
+	r.Attest.applyDefaults(DefaultAttestRequests)
+	r.Unauthenticated.applyDefaults(DefaultUnauthenticatedRequests)
+}
+
+// ApplyDefaults fills in the default of every zero field.
+func (r *RefusalRecords) ApplyDefaults() {
+	r.Identity.applyDefaults(DefaultIdentityRefusalRecords)
+	r.Address.applyDefaults(DefaultAddressRefusalRecords)
+}
+
+func (l Limits) validateBuckets() []error {
+	r, rr := l.Requests, l.RefusalRecords
+	return []error{
+		r.Issue.validate("limits.requests.issue"),
+		r.Renew.validate("limits.requests.renew"),
+		r.Admin.validate("limits.requests.admin"),
+		r.Attest.validate("limits.requests.attest"),
+		r.Unauthenticated.validate("limits.requests.unauthenticated"),
+		rr.Identity.validate("limits.refusal_records.identity"),
+		rr.Address.validate("limits.refusal_records.address"),
+	}
 }
 
 // Quota is at most Max issuances per Window (Max 0: unlimited).
@@ -269,6 +394,8 @@ func (c *Config) applyDefaults() {
 	if c.ShutdownGrace == 0 {
 		c.ShutdownGrace = 10 * time.Second
 	}
+	c.Limits.Requests.ApplyDefaults()
+	c.Limits.RefusalRecords.ApplyDefaults()
 	if c.TLS.ReloadInterval == 0 {
 		c.TLS.ReloadInterval = 30 * time.Second
 	}
@@ -444,6 +571,11 @@ func (c *Config) Validate() error {
 	for key, q := range map[string]Quota{"identity_quota": l.IdentityQuota, "cluster_quota": l.ClusterQuota} {
 		if q.Max < 0 || (q.Max > 0 && q.Window <= 0) {
 			bad("limits.%s: max must be non-negative and window positive when max is set", key)
+		}
+	}
+	for _, err := range l.validateBuckets() {
+		if err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if c.ShutdownGrace < 0 {

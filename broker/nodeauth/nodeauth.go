@@ -76,6 +76,9 @@ type NodeDeps struct {
 	NewID   func() (string, error)
 	Log     *slog.Logger
 	Clock   func() time.Time
+	// Refusals records refusals at a bounded rate (share the Gate's): per
+	// node identity once one is known, per source address before.
+	Refusals *broker.Refusals
 }
 
 // NodeAuthority admits nodes (attestation → node SVID), renews their SVIDs,
@@ -83,19 +86,18 @@ type NodeDeps struct {
 // (broker.NodeAdmin).
 type NodeAuthority struct {
 	credbrokerv1.UnimplementedNodeServiceServer
-	d      NodeDeps
-	unauth *broker.UnauthRecorder
+	d NodeDeps
 }
 
 // New checks d and returns a NodeAuthority.
 func New(d NodeDeps) (*NodeAuthority, error) {
-	if d.JoinTokens == nil || d.CA == nil || d.Bundle == nil || d.Registry == nil || d.Audit == nil || d.NewID == nil || d.Log == nil || d.SVIDTTL <= 0 {
+	if d.JoinTokens == nil || d.CA == nil || d.Bundle == nil || d.Registry == nil || d.Audit == nil || d.NewID == nil || d.Log == nil || d.Refusals == nil || d.SVIDTTL <= 0 {
 		return nil, errors.New("nodeauth: New: missing dependency")
 	}
 	if d.Clock == nil {
 		d.Clock = time.Now
 	}
-	return &NodeAuthority{d: d, unauth: broker.NewUnauthRecorder(d.Clock)}, nil
+	return &NodeAuthority{d: d}, nil
 }
 
 // Evicted reports whether id is an evicted node; the Gate refuses such
@@ -133,15 +135,15 @@ func (n *NodeAuthority) attest(ctx context.Context, req *credbrokerv1.AttestNode
 	ns, cluster, _ := strings.Cut(claims.Cluster, "/")
 	nodeID, err := attest.NodeID(n.d.TrustDomain, ns, cluster, claims.Node)
 	if err != nil {
-		return nil, n.refuse(&rec, audit.DecisionDenied, broker.Errorf(codes.InvalidArgument, "node name %q cannot form a SPIFFE ID", claims.Node))
+		return nil, n.refuse(ctx, &rec, audit.DecisionDenied, broker.Errorf(codes.InvalidArgument, "node name %q cannot form a SPIFFE ID", claims.Node))
 	}
 	rec.Caller, rec.Cluster = nodeID.String(), claims.Cluster
 	if evicted, err := n.d.Registry.Evicted(nodeID.String()); err != nil {
-		return nil, n.refuse(&rec, audit.DecisionFailed, broker.Wrapf(codes.Unavailable, err, "node registry unavailable"))
+		return nil, n.refuse(ctx, &rec, audit.DecisionFailed, broker.Wrapf(codes.Unavailable, err, "node registry unavailable"))
 	} else if evicted {
-		return nil, n.refuse(&rec, audit.DecisionDenied, broker.Errorf(codes.PermissionDenied, "node %s was evicted", nodeID))
+		return nil, n.refuse(ctx, &rec, audit.DecisionDenied, broker.Errorf(codes.PermissionDenied, "node %s was evicted", nodeID))
 	}
-	svid, err := n.sign(req.GetCsr(), nodeID, &rec)
+	svid, err := n.sign(ctx, req.GetCsr(), nodeID, &rec)
 	if err != nil {
 		return nil, err
 	}
@@ -150,9 +152,9 @@ func (n *NodeAuthority) attest(ctx context.Context, req *credbrokerv1.AttestNode
 		Detail: claims.Detail, ExpiresAt: svid.GetExpiresAt().AsTime(), Serial: rec.UpstreamRef,
 	}); err != nil {
 		if errors.Is(err, nodes.ErrEvicted) {
-			return nil, n.refuse(&rec, audit.DecisionDenied, broker.Errorf(codes.PermissionDenied, "node %s was evicted", nodeID))
+			return nil, n.refuse(ctx, &rec, audit.DecisionDenied, broker.Errorf(codes.PermissionDenied, "node %s was evicted", nodeID))
 		}
-		return nil, n.refuse(&rec, audit.DecisionFailed, broker.Wrapf(codes.Unavailable, err, "node registry unavailable"))
+		return nil, n.refuse(ctx, &rec, audit.DecisionFailed, broker.Wrapf(codes.Unavailable, err, "node registry unavailable"))
 	}
 	if err := n.issued(ctx, &rec, claims.Detail); err != nil {
 		return nil, err
@@ -217,28 +219,28 @@ func (n *NodeAuthority) renew(ctx context.Context, req *credbrokerv1.RenewNodeSV
 		Issuer: NodeCAIssuer, Cluster: c.Cluster, TTL: n.d.SVIDTTL}
 	switch {
 	case c.Node == "" || caller.ID.TrustDomain() != n.d.TrustDomain:
-		return nil, n.refuse(&rec, audit.DecisionDenied, broker.Errorf(codes.PermissionDenied, "%s is not a node identity of this broker", caller.ID))
+		return nil, n.refuse(ctx, &rec, audit.DecisionDenied, broker.Errorf(codes.PermissionDenied, "%s is not a node identity of this broker", caller.ID))
 	case caller.Method != attest.MethodX509SVID:
-		return nil, n.refuse(&rec, audit.DecisionDenied, broker.Errorf(codes.PermissionDenied, "renewal needs the node's current X.509-SVID over mTLS"))
+		return nil, n.refuse(ctx, &rec, audit.DecisionDenied, broker.Errorf(codes.PermissionDenied, "renewal needs the node's current X.509-SVID over mTLS"))
 	}
 	node, err := n.d.Registry.Get(caller.ID.String())
 	switch {
 	case errors.Is(err, nodes.ErrNotFound):
-		return nil, n.refuse(&rec, audit.DecisionDenied, broker.Errorf(codes.PermissionDenied, "node %s never attested to this broker", caller.ID))
+		return nil, n.refuse(ctx, &rec, audit.DecisionDenied, broker.Errorf(codes.PermissionDenied, "node %s never attested to this broker", caller.ID))
 	case err != nil:
-		return nil, n.refuse(&rec, audit.DecisionFailed, broker.Wrapf(codes.Unavailable, err, "node registry unavailable"))
+		return nil, n.refuse(ctx, &rec, audit.DecisionFailed, broker.Wrapf(codes.Unavailable, err, "node registry unavailable"))
 	case node.Evicted():
-		return nil, n.refuse(&rec, audit.DecisionDenied, broker.Errorf(codes.PermissionDenied, "node %s was evicted", caller.ID))
+		return nil, n.refuse(ctx, &rec, audit.DecisionDenied, broker.Errorf(codes.PermissionDenied, "node %s was evicted", caller.ID))
 	}
-	svid, err := n.sign(req.GetCsr(), caller.ID, &rec)
+	svid, err := n.sign(ctx, req.GetCsr(), caller.ID, &rec)
 	if err != nil {
 		return nil, err
 	}
 	if _, err := n.d.Registry.Renewed(caller.ID.String(), rec.UpstreamRef, svid.GetExpiresAt().AsTime()); err != nil {
 		if errors.Is(err, nodes.ErrEvicted) {
-			return nil, n.refuse(&rec, audit.DecisionDenied, broker.Errorf(codes.PermissionDenied, "node %s was evicted", caller.ID))
+			return nil, n.refuse(ctx, &rec, audit.DecisionDenied, broker.Errorf(codes.PermissionDenied, "node %s was evicted", caller.ID))
 		}
-		return nil, n.refuse(&rec, audit.DecisionFailed, broker.Wrapf(codes.Unavailable, err, "node registry unavailable"))
+		return nil, n.refuse(ctx, &rec, audit.DecisionFailed, broker.Wrapf(codes.Unavailable, err, "node registry unavailable"))
 	}
 	if err := n.issued(ctx, &rec, "renewal"); err != nil {
 		return nil, err
@@ -247,17 +249,17 @@ func (n *NodeAuthority) renew(ctx context.Context, req *credbrokerv1.RenewNodeSV
 }
 
 // sign certifies the CSR's key as id and fills in rec's expiry and serial.
-func (n *NodeAuthority) sign(csr []byte, id spiffeid.ID, rec *audit.Record) (*credbrokerv1.NodeSVID, error) {
+func (n *NodeAuthority) sign(ctx context.Context, csr []byte, id spiffeid.ID, rec *audit.Record) (*credbrokerv1.NodeSVID, error) {
 	if len(csr) == 0 {
-		return nil, n.refuse(rec, audit.DecisionDenied, broker.Errorf(codes.InvalidArgument, "csr is required (PKCS#10, DER)"))
+		return nil, n.refuse(ctx, rec, audit.DecisionDenied, broker.Errorf(codes.InvalidArgument, "csr is required (PKCS#10, DER)"))
 	}
 	chain, err := n.d.CA.SignCSR(csr, id, n.d.SVIDTTL)
 	if err != nil {
-		return nil, n.refuse(rec, audit.DecisionDenied, broker.Errorf(codes.InvalidArgument, "csr: %v", err))
+		return nil, n.refuse(ctx, rec, audit.DecisionDenied, broker.Errorf(codes.InvalidArgument, "csr: %v", err))
 	}
 	bundle, err := n.d.Bundle()
 	if err != nil {
-		return nil, n.refuse(rec, audit.DecisionFailed, broker.Wrapf(codes.Unavailable, err, "trust bundle unavailable"))
+		return nil, n.refuse(ctx, rec, audit.DecisionFailed, broker.Wrapf(codes.Unavailable, err, "trust bundle unavailable"))
 	}
 	leaf := chain[0]
 	rec.ExpiresAt = leaf.NotAfter
@@ -284,32 +286,23 @@ func (n *NodeAuthority) issued(ctx context.Context, rec *audit.Record, detail st
 	return nil
 }
 
-// refuse records a refusal of an identified node and returns err.
-func (n *NodeAuthority) refuse(rec *audit.Record, d audit.Decision, err error) error {
-	return broker.Refuse(n.d.Audit, rec, d, err)
+// refuse records a refusal and returns err (see broker.Refusals.Refuse).
+func (n *NodeAuthority) refuse(ctx context.Context, rec *audit.Record, d audit.Decision, err error) error {
+	return n.d.Refusals.Refuse(ctx, rec, d, err)
 }
 
 // refuseEvidence answers rejected attestation evidence with Unauthenticated.
 // Anyone who can reach the port can send evidence, so rejections are
-// recorded at the same bounded rate per source as unauthenticated calls.
+// recorded at the bounded rate per source address, like unauthenticated
+// calls (the record names no caller yet).
 func (n *NodeAuthority) refuseEvidence(ctx context.Context, rec *audit.Record, err error) error {
-	msg := "node attestation failed: " + err.Error()
 	if !errors.Is(err, attest.ErrNodeRejected) {
 		// Not the evidence's fault: a verifier's dependency failed.
-		return n.refuse(rec, audit.DecisionFailed, broker.Wrapf(codes.Unavailable, err, "node attestation unavailable"))
-	}
-	ae := broker.Errorf(codes.Unauthenticated, "%s", msg)
-	src, reason, record := n.unauth.Admit(ctx, msg)
-	if !record {
-		return ae
-	}
-	rec.Decision, rec.Reason = audit.DecisionDenied, broker.Clip(reason)
-	if _, aerr := n.d.Audit.Append(*rec); aerr != nil {
-		return broker.Wrapf(codes.Unavailable, errors.Join(ae, aerr), "audit store unavailable (issuance %s)", rec.IssuanceID)
+		return n.refuse(ctx, rec, audit.DecisionFailed, broker.Wrapf(codes.Unavailable, err, "node attestation unavailable"))
 	}
 	n.d.Log.LogAttrs(ctx, slog.LevelInfo, "node attestation refused", slog.String("issuance_id", rec.IssuanceID),
-		slog.String("attestation", rec.Attestation), slog.String("source", src), slog.String("error", err.Error()))
-	return broker.Errorf(codes.Unauthenticated, "%s (request %s)", msg, rec.IssuanceID)
+		slog.String("attestation", rec.Attestation), slog.String("error", err.Error()))
+	return n.refuse(ctx, rec, audit.DecisionDenied, broker.Errorf(codes.Unauthenticated, "node attestation failed: %s", err.Error()))
 }
 
 // CreateJoinToken implements AdminService.CreateJoinToken.

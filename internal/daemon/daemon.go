@@ -59,6 +59,10 @@ const DBFile = "credbroker.db"
 // expired join tokens) is purged.
 const housekeepingInterval = time.Minute
 
+// refusalFlushInterval is how often the summaries of refusals left out of the
+// audit log are written for callers that went quiet.
+const refusalFlushInterval = 10 * time.Second
+
 // Run starts the broker and blocks until ctx is done, then shuts down
 // gracefully: in-flight RPCs drain (up to the configured grace), listeners
 // close, and the database is closed last.
@@ -131,6 +135,14 @@ func Run(ctx context.Context, opts Options) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := broker.NewMetrics(reg)
+	rateLimits, err := broker.NewRateLimits(broker.RequestLimitsFrom(cfg.Limits.Requests), nil)
+	if err != nil {
+		return err
+	}
+	refusals, err := broker.NewRefusals(auditLog, metrics, broker.RefusalLimitsFrom(cfg.Limits.RefusalRecords), nil)
+	if err != nil {
+		return err
+	}
 
 	self, err := trust.svidSource.GetX509SVID()
 	if err != nil {
@@ -149,7 +161,7 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	// Before the authenticators are built: it adds the node CA to the trust.
-	nodeAuth, joinTokens, err := buildNodeAuthority(cfg, trust, db, auditLog, log)
+	nodeAuth, joinTokens, err := buildNodeAuthority(cfg, trust, db, auditLog, refusals, log)
 	if err != nil {
 		return err
 	}
@@ -162,6 +174,7 @@ func Run(ctx context.Context, opts Options) error {
 		NewID:    newIssuanceID,
 		Log:      log,
 		Metrics:  metrics,
+		Refusals: refusals,
 	})
 	if err != nil {
 		return err
@@ -169,7 +182,7 @@ func Run(ctx context.Context, opts Options) error {
 	// A nil interface, not a nil *NodeAuthority, when node attestation is off.
 	var nodeService credbrokerv1.NodeServiceServer
 	var nodeAdmin broker.NodeAdmin
-	gateOpts := []broker.GateOption{broker.WithAdminJWTSVID(cfg.Admin.AllowJWTSVID)}
+	gateOpts := []broker.GateOption{broker.WithAdminJWTSVID(cfg.Admin.AllowJWTSVID), broker.WithRateLimits(rateLimits), broker.WithRefusals(refusals)}
 	if nodeAuth != nil {
 		nodeService, nodeAdmin = nodeAuth, nodeAuth
 		gateOpts = append(gateOpts, broker.WithEvictionCheck(nodeAuth.Evicted))
@@ -177,7 +190,7 @@ func Run(ctx context.Context, opts Options) error {
 	admin := broker.NewAdmin(auditLog, nodeAdmin)
 	gate := broker.NewGate(trust.authenticators(cfg), cfg.Admin.SPIFFEIDs, auditLog, metrics, log, gateOpts...)
 	grpcServer := broker.NewGRPCServer(trust.serverTLS(), gate, svc, nodeService, admin)
-	adminServer := broker.NewAdminSocketServer(adminUIDs(cfg), admin, log, metrics)
+	adminServer := broker.NewAdminSocketServer(adminUIDs(cfg), admin, log, metrics, rateLimits)
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
@@ -211,6 +224,7 @@ func Run(ctx context.Context, opts Options) error {
 		purges = append(purges, purge{"expired join tokens", joinTokens.Purge})
 	}
 	g.Go(func() error { housekeeping(gctx.Done(), purges, housekeepingInterval, log); return nil })
+	g.Go(func() error { flushRefusals(gctx.Done(), refusals, refusalFlushInterval, log); return nil })
 	for _, run := range issuerSet.runners {
 		g.Go(func() error { run(gctx); return nil })
 	}
@@ -233,8 +247,29 @@ func Run(ctx context.Context, opts Options) error {
 		return httpServer.Shutdown(sctx)
 	})
 	err = g.Wait()
+	// The servers have stopped: write the summaries of refusals left out, so
+	// that the audit log accounts for every one.
+	if ferr := refusals.Flush(); ferr != nil {
+		log.Error("recording the summary of refusals left out", slog.String("error", ferr.Error()))
+	}
 	log.Info("stopped")
 	return err
+}
+
+// flushRefusals writes the pending summaries of refusals every interval.
+func flushRefusals(done <-chan struct{}, r *broker.Refusals, interval time.Duration, log *slog.Logger) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+			if err := r.Flush(); err != nil {
+				log.Error("recording the summary of refusals left out", slog.String("error", err.Error()))
+			}
+		}
+	}
 }
 
 func loadConfig(opts Options) (*config.Config, error) {

@@ -16,6 +16,7 @@ import (
 	"github.com/credbroker/credbroker/attest/awsiid"
 	"github.com/credbroker/credbroker/attest/jointoken"
 	"github.com/credbroker/credbroker/attest/psat"
+	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/broker/audit"
 	"github.com/credbroker/credbroker/broker/config"
 	"github.com/credbroker/credbroker/broker/nodeauth"
@@ -30,7 +31,7 @@ const defaultPSATAudience = "credbroker"
 // buildNodeAuthority wires node attestation when the configuration asks for
 // it: join tokens, the configured verifiers, the node CA and the registry.
 // It also makes the broker trust the node CA for its own trust domain.
-func buildNodeAuthority(cfg *config.Config, t *trust, db *bbolt.DB, auditLog *audit.Log, log *slog.Logger) (*nodeauth.NodeAuthority, *jointoken.Store, error) {
+func buildNodeAuthority(cfg *config.Config, t *trust, db *bbolt.DB, auditLog *audit.Log, refusals *broker.Refusals, log *slog.Logger) (*nodeauth.NodeAuthority, *jointoken.Store, error) {
 	na := cfg.NodeAttestation
 	if na == nil {
 		return nil, nil, nil
@@ -69,6 +70,7 @@ func buildNodeAuthority(cfg *config.Config, t *trust, db *bbolt.DB, auditLog *au
 		SVIDTTL:  na.SVIDTTL,
 		NewID:    newIssuanceID,
 		Log:      log,
+		Refusals: refusals,
 	}
 	if p := na.K8sPSAT; p != nil {
 		clusters := map[string]psat.ClusterConfig{}
