@@ -118,6 +118,10 @@ type harnessConfig struct {
 	refusals broker.RefusalLimits
 	// nodes turns on node attestation (join tokens, node SVIDs from h.ca).
 	nodes bool
+	// profileLimits and ruleLimits are the profiles' and the rules' own
+	// issuance limits over limits.
+	profileLimits map[string]limits.Override
+	ruleLimits    []limits.Override
 }
 
 // harness is a real broker: real TLS on loopback, real bbolt on a temp file,
@@ -174,7 +178,7 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { h.audit.Close(); h.db.Close() })
-	limiter, err := limits.New(hc.limits, limits.WithClock(h.clock.Now))
+	limiter, err := limits.New(hc.limits, limits.WithClock(h.clock.Now), limits.WithOverrides(hc.profileLimits, hc.ruleLimits))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -45,9 +45,12 @@ type AuditLog interface {
 }
 
 // Limiter admits one issuance against the rate limit and names the quota
-// it charges.
+// it charges, under the limits that govern the request: Resolve is a pure
+// function of the configuration (policy rule and profile → limits), and
+// ReserveFor applies its result.
 type Limiter interface {
-	Reserve(identity, cluster string) (*limits.Reservation, error)
+	Resolve(rule int, profile string) limits.Config
+	ReserveFor(identity, cluster string, cfg limits.Config) (*limits.Reservation, error)
 }
 
 // Ledger spends an issuance's quota together with its intent record
@@ -167,11 +170,13 @@ func (s *Service) issue(ctx context.Context, caller attest.Caller, req *credbrok
 	rec.Issuer = prof.IssuerName
 	rec.TTL = grant.ttl
 
-	if d := s.policy.Allow(caller.ID, prof.Name, grant.cluster); !d.Allowed {
+	d := s.policy.Allow(caller.ID, prof.Name, grant.cluster)
+	if !d.Allowed {
 		return nil, s.refuse(ctx, rec, audit.DecisionDenied, errorf(codes.PermissionDenied, "%s", d.Reason))
 	}
 
-	res, err := s.limiter.Reserve(rec.Caller, grant.cluster)
+	// The granting rule and the profile may set their own limits.
+	res, err := s.limiter.ReserveFor(rec.Caller, grant.cluster, s.limiter.Resolve(d.Rule, prof.Name))
 	if err != nil {
 		var ex *limits.ExceededError
 		if !errors.As(err, &ex) {

@@ -73,7 +73,7 @@ type Config struct {
 	// Profiles by name.
 	Profiles map[string]Profile `yaml:"profiles"`
 	// Policy rules; they only grant.
-	Policy []policy.Rule `yaml:"policy"`
+	Policy []PolicyRule `yaml:"policy"`
 	// Limits on issuance.
 	Limits Limits `yaml:"limits"`
 	// ShutdownGrace is how long in-flight RPCs may finish after SIGTERM.
@@ -197,6 +197,81 @@ type Profile struct {
 	AWS *AWSProfile `yaml:"aws"`
 	// Vault configures profiles of vault issuers.
 	Vault *VaultProfile `yaml:"vault"`
+	// Limits are this profile's own issuance limits over the limits block
+	// (a policy rule's own limits win over them).
+	Limits *LimitsOverride `yaml:"limits"`
+}
+
+// PolicyRule is a policy rule (see policy.Rule) with, optionally, its own
+// issuance limits for the requests it grants.
+type PolicyRule struct {
+	policy.Rule `yaml:",inline"`
+	// Limits override the profile's and the limits block's.
+	Limits *LimitsOverride `yaml:"limits"`
+}
+
+// LimitsOverride is a profile's or a policy rule's own issuance limits; an
+// absent key inherits. Precedence: rule over profile over the limits block,
+// key by key.
+type LimitsOverride struct {
+	Rate          *float64 `yaml:"rate"`
+	Burst         *int     `yaml:"burst"`
+	IdentityQuota *Quota   `yaml:"identity_quota"`
+	ClusterQuota  *Quota   `yaml:"cluster_quota"`
+}
+
+func (o *LimitsOverride) limits() limits.Override {
+	var out limits.Override
+	if o == nil {
+		return out
+	}
+	if o.Rate != nil {
+		r := rate.Limit(*o.Rate)
+		out.Rate = &r
+	}
+	out.Burst = o.Burst
+	if o.IdentityQuota != nil {
+		q := limits.Quota(*o.IdentityQuota)
+		out.IdentityQuota = &q
+	}
+	if o.ClusterQuota != nil {
+		q := limits.Quota(*o.ClusterQuota)
+		out.ClusterQuota = &q
+	}
+	return out
+}
+
+// PolicyRules returns the policy rules without their limits.
+func (c *Config) PolicyRules() []policy.Rule {
+	out := make([]policy.Rule, len(c.Policy))
+	for i, r := range c.Policy {
+		out[i] = r.Rule
+	}
+	return out
+}
+
+// LimitTable returns the issuance limits: the limits block as the defaults,
+// with the profiles' and the policy rules' own limits over them.
+func (c *Config) LimitTable() limits.Table {
+	t := limits.Table{
+		Default: limits.Config{
+			Rate:          rate.Limit(c.Limits.Rate),
+			Burst:         c.Limits.Burst,
+			IdentityQuota: limits.Quota(c.Limits.IdentityQuota),
+			ClusterQuota:  limits.Quota(c.Limits.ClusterQuota),
+		},
+		Profiles: map[string]limits.Override{},
+		Rules:    make([]limits.Override, len(c.Policy)),
+	}
+	for name, p := range c.Profiles {
+		if p.Limits != nil {
+			t.Profiles[name] = p.Limits.limits()
+		}
+	}
+	for i, r := range c.Policy {
+		t.Rules[i] = r.Limits.limits()
+	}
+	return t
 }
 
 // Limits bounds issuance.
@@ -554,7 +629,7 @@ func (c *Config) Validate() error {
 			bad("profiles.%s.vault is only for profiles of %q issuers", name, IssuerVault)
 		}
 	}
-	if _, err := policy.New(c.Policy); err != nil {
+	if _, err := policy.New(c.PolicyRules()); err != nil {
 		errs = append(errs, fmt.Errorf("config: %w", err))
 	}
 	for i, r := range c.Policy {
@@ -565,6 +640,9 @@ func (c *Config) Validate() error {
 		}
 	}
 	l := c.Limits
+	if err := c.LimitTable().Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("config: %w", err))
+	}
 	if l.Rate < 0 || l.Burst < 0 || (l.Rate > 0 && l.Burst == 0) {
 		bad("limits: rate and burst must be non-negative, and burst positive when rate is set")
 	}

@@ -38,6 +38,10 @@ func TestUnknownKeysAreRejectedByName(t *testing.T) {
 		{"trust_domain: a.b\nlimits:\n  rate: 1\n  brust: 2\n", "brust"},
 		{"trust_domain: a.b\npolicy:\n  - id: spiffe://a.b/x\n    profile: [p]\n", "profile"},
 		{"trust_domain: a.b\nadmin:\n  allow_jwt_svids: true\n", "allow_jwt_svids"},
+		{"trust_domain: a.b\npolicy:\n  - id: spiffe://a.b/x\n    profiles: [p]\n    limits: {rat: 5}\n", "rat"},
+		{"trust_domain: a.b\nprofiles:\n  p:\n    limits: {identity_quota: {maximum: 5}}\n", "maximum"},
+		{"trust_domain: a.b\nlimits:\n  requests:\n    issues: {rate: 5}\n", "issues"},
+		{"trust_domain: a.b\nlimits:\n  refusal_records:\n    address: {total: 5}\n", "total"},
 	} {
 		_, err := Parse(strings.NewReader(tc.yaml))
 		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "line") {
@@ -72,6 +76,61 @@ jwt_svid_max_lifetime: -5m
 	for _, want := range []string{"trust_domain", "log_level", `type "vaultish"`, `issuer "nope"`, "default_ttl", "cluster \"sometimes\"", `unknown profile "unknown"`, "burst", "jwt_svid_max_lifetime"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not mention %q:\n%v", want, err)
+		}
+	}
+}
+
+// TestPerRuleAndProfileLimits: a rule's and a profile's own limits parse,
+// resolve rule over profile over the limits block, and are validated as the
+// combinations a request can get; request and recording limits take their
+// defaults and cannot be switched off.
+func TestPerRuleAndProfileLimits(t *testing.T) {
+	base := `
+trust_domain: a.b
+issuers: {i: {type: jwt}}
+profiles:
+  p: {issuer: i, max_ttl: 1h, limits: {identity_quota: {max: 5, window: 1h}}}
+policy:
+  - id: spiffe://a.b/capa
+    profiles: [p]
+    limits: {rate: 50, burst: 100}
+  - id: spiffe://a.b/node
+    profiles: [p]
+limits: {rate: 1, burst: 2, identity_quota: {max: 3, window: 1h}}
+`
+	c, err := Parse(strings.NewReader(base))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tab := c.LimitTable()
+	if got := tab.Resolve(0, "p"); got.Rate != 50 || got.Burst != 100 || got.IdentityQuota.Max != 5 || got.Scope != "rule 0" {
+		t.Errorf("rule 0 × p = %+v", got)
+	}
+	if got := tab.Resolve(1, "p"); got.Rate != 1 || got.Burst != 2 || got.IdentityQuota.Max != 5 || got.Scope != "" {
+		t.Errorf("rule 1 × p = %+v", got)
+	}
+	if r := c.Limits.Requests; r.Issue != DefaultIssueRequests || r.Attest != DefaultAttestRequests {
+		t.Errorf("request limits = %+v, want the defaults", r)
+	}
+	var out bytes.Buffer
+	if err := c.WriteLimits(&out); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"rule 0 (spiffe://a.b/capa) × p", "50/s", "5 per 1h0m0s", "issue", "100/s burst 500 per identity"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("check-config output lacks %q:\n%s", want, out.String())
+		}
+	}
+
+	for _, bad := range []struct{ from, to, want string }{
+		{"limits: {rate: 50, burst: 100}", "limits: {burst: -1}", "rule 0"},
+		{"limits: {rate: 50, burst: 100}", "limits: {rate: 50, burst: 0}", "rule 0"},
+		{"limits: {identity_quota: {max: 5, window: 1h}}", "limits: {identity_quota: {max: 5}}", "window"},
+		{"limits: {rate: 1, burst: 2,", "limits: {requests: {renew: {rate: -1}}, rate: 1, burst: 2,", "limits.requests.renew"},
+	} {
+		y := strings.Replace(base, bad.from, bad.to, 1)
+		if _, err := Parse(strings.NewReader(y)); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("with %q: error %v, want one naming %q", bad.to, err, bad.want)
 		}
 	}
 }

@@ -47,6 +47,10 @@ type Config struct {
 	// ClusterQuota bounds issuances per workload cluster ("namespace/name"),
 	// shared by every identity that asks for that cluster.
 	ClusterQuota Quota
+	// Scope names where Rate and Burst come from ("" for the defaults,
+	// "profile P", "rule N"; see Table.Resolve). Each identity has one
+	// bucket per scope.
+	Scope string
 }
 
 func (c Config) rateUnlimited() bool { return c.Rate == 0 || c.Rate == rate.Inf }
@@ -75,6 +79,12 @@ func (c Config) validate() error {
 // Option configures a Limiter.
 type Option func(*Limiter)
 
+// WithOverrides adds the limits that profiles and policy rules set over the
+// defaults (see Table).
+func WithOverrides(profiles map[string]Override, rules []Override) Option {
+	return func(l *Limiter) { l.table.Profiles, l.table.Rules = profiles, rules }
+}
+
 // WithClock makes the Limiter read time from now instead of time.Now.
 func WithClock(now func() time.Time) Option {
 	return func(l *Limiter) { l.now = now }
@@ -97,8 +107,8 @@ const (
 
 // Limiter enforces a Config. It is safe for concurrent use.
 type Limiter struct {
-	cfg Config
-	now func() time.Time
+	table Table
+	now   func() time.Time
 
 	mu        sync.Mutex
 	buckets   map[string]*rate.Limiter // per identity; absent = full bucket
@@ -107,19 +117,19 @@ type Limiter struct {
 	lastSweep time.Time
 }
 
-// New returns a Limiter for cfg.
+// New returns a Limiter with the default limits cfg.
 func New(cfg Config, opts ...Option) (*Limiter, error) {
-	if err := cfg.validate(); err != nil {
-		return nil, err
-	}
 	l := &Limiter{
-		cfg:      cfg,
+		table:    Table{Default: cfg},
 		now:      time.Now,
 		buckets:  make(map[string]*rate.Limiter),
 		sweepMin: defaultSweepMin,
 	}
 	for _, o := range opts {
 		o(l)
+	}
+	if err := l.table.Validate(); err != nil {
+		return nil, err
 	}
 	l.nextSweep = l.sweepMin
 	l.lastSweep = l.now()
@@ -136,13 +146,23 @@ func New(cfg Config, opts ...Option) (*Limiter, error) {
 //
 // On refusal the error is an *ExceededError carrying the retry delay.
 func (l *Limiter) Reserve(identity, cluster string) (*Reservation, error) {
+	return l.ReserveFor(identity, cluster, l.table.Default)
+}
+
+// Resolve returns the limits of a request that policy rule (index; -1 for
+// none) granted for profile: Table.Resolve over the Limiter's table.
+func (l *Limiter) Resolve(rule int, profile string) Config { return l.table.Resolve(rule, profile) }
+
+// ReserveFor is Reserve under the limits cfg (from Resolve) instead of the
+// defaults.
+func (l *Limiter) ReserveFor(identity, cluster string, cfg Config) (*Reservation, error) {
 	if identity == "" {
 		return nil, ErrNoIdentity
 	}
 	now := l.now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if err := l.takeRate(identity, now); err != nil {
+	if err := l.takeRate(identity, cfg, now); err != nil {
 		return nil, err
 	}
 	l.maybeSweep(now)
@@ -152,7 +172,7 @@ func (l *Limiter) Reserve(identity, cluster string) (*Reservation, error) {
 		kind state.QuotaKind
 		name string
 		q    Quota
-	}{{state.QuotaIdentity, identity, l.cfg.IdentityQuota}, {state.QuotaCluster, cluster, l.cfg.ClusterQuota}} {
+	}{{state.QuotaIdentity, identity, cfg.IdentityQuota}, {state.QuotaCluster, cluster, cfg.ClusterQuota}} {
 		if c.name == "" || c.q.unlimited() {
 			continue
 		}
@@ -164,16 +184,20 @@ func (l *Limiter) Reserve(identity, cluster string) (*Reservation, error) {
 	return r, nil
 }
 
-// takeRate takes one token from identity's bucket, or returns why not. A
-// refused request leaves the bucket as it was.
-func (l *Limiter) takeRate(identity string, now time.Time) *ExceededError {
-	if l.cfg.rateUnlimited() {
+// takeRate takes one token from identity's bucket for cfg's scope, or
+// returns why not. A refused request leaves the bucket as it was.
+func (l *Limiter) takeRate(identity string, cfg Config, now time.Time) *ExceededError {
+	if cfg.rateUnlimited() {
 		return nil
 	}
-	b, ok := l.buckets[identity]
+	key := identity
+	if cfg.Scope != "" {
+		key = cfg.Scope + "\x00" + identity
+	}
+	b, ok := l.buckets[key]
 	if !ok {
-		b = rate.NewLimiter(l.cfg.Rate, l.cfg.Burst)
-		l.buckets[identity] = b
+		b = rate.NewLimiter(cfg.Rate, cfg.Burst)
+		l.buckets[key] = b
 	}
 	res := b.ReserveN(now, 1)
 	if d := res.DelayFrom(now); d > 0 {
@@ -182,8 +206,8 @@ func (l *Limiter) takeRate(identity string, now time.Time) *ExceededError {
 			Limit:      LimitRate,
 			Key:        identity,
 			RetryAfter: d,
-			Max:        l.cfg.Burst,
-			Rate:       l.cfg.Rate,
+			Max:        cfg.Burst,
+			Rate:       cfg.Rate,
 		}
 	}
 	return nil
@@ -200,7 +224,7 @@ func (l *Limiter) maybeSweep(now time.Time) {
 		return
 	}
 	for id, b := range l.buckets {
-		if b.TokensAt(now) >= float64(l.cfg.Burst) {
+		if b.TokensAt(now) >= float64(b.Burst()) {
 			delete(l.buckets, id)
 		}
 	}

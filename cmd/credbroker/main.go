@@ -39,15 +39,18 @@ func newCheckConfigCommand() *cobra.Command {
 		Long: `Parse and validate a configuration file the way 'serve --config' does: unknown
 keys, bad values, profiles naming missing issuers, policy rules granting
 unknown profiles. Every problem is reported; the exit status is 1 if there
-is any. Files the configuration names (SVIDs, bundles, keys) are not read.`,
+is any. A valid file's limits are printed as they apply: the issuance limits
+of each profile and of each policy rule with each profile it grants, the
+request limits and the bounds on refusal records. Files the configuration names (SVIDs, bundles, keys) are not read.`,
 		Example: `  credbroker check-config /etc/credbroker/config.yaml`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if _, err := config.LoadFile(args[0]); err != nil {
+			cfg, err := config.LoadFile(args[0])
+			if err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s: configuration OK\n", args[0])
-			return nil
+			return cfg.WriteLimits(cmd.OutOrStdout())
 		},
 	}
 }

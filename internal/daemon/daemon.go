@@ -23,7 +23,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 
 	"github.com/credbroker/credbroker/broker"
@@ -122,12 +121,8 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
-	limiter, err := limits.New(limits.Config{
-		Rate:          rate.Limit(cfg.Limits.Rate),
-		Burst:         cfg.Limits.Burst,
-		IdentityQuota: limits.Quota(cfg.Limits.IdentityQuota),
-		ClusterQuota:  limits.Quota(cfg.Limits.ClusterQuota),
-	})
+	table := cfg.LimitTable()
+	limiter, err := limits.New(table.Default, limits.WithOverrides(table.Profiles, table.Rules))
 	if err != nil {
 		return err
 	}
@@ -156,7 +151,7 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
-	pol, err := policy.New(cfg.Policy)
+	pol, err := policy.New(cfg.PolicyRules())
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,83 @@
+package config
+
+import (
+	"fmt"
+	"io"
+	"slices"
+	"text/tabwriter"
+
+	"github.com/credbroker/credbroker/broker/limits"
+)
+
+// WriteLimits prints the limits in effect: the issuance limits of every
+// profile and of every policy rule with each profile it grants (rule over
+// profile over the limits block), then the request limits and the recording
+// bounds. `credbroker check-config` shows it.
+func (c *Config) WriteLimits(w io.Writer) error {
+	t := c.LimitTable()
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "issuance limits (per identity; rule over profile over the limits block):")
+	fmt.Fprintln(tw, "  applies to\trate\tburst\tidentity quota\tcluster quota\trate bucket")
+	row := func(what string, l limits.Config) {
+		r, b := "unlimited", "-"
+		if l.Rate > 0 {
+			r, b = fmt.Sprintf("%g/s", float64(l.Rate)), fmt.Sprint(l.Burst)
+		}
+		scope := l.Scope
+		if scope == "" {
+			scope = "default"
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\n", what, r, b, quota(l.IdentityQuota), quota(l.ClusterQuota), scope)
+	}
+	row("default", t.Default)
+	profiles := sortedKeys(c.Profiles)
+	for _, p := range profiles {
+		row("profile "+p, t.Resolve(-1, p))
+	}
+	for i, r := range c.Policy {
+		for _, p := range profiles {
+			if slices.Contains(r.Profiles, p) || slices.Contains(r.Profiles, "*") {
+				row(fmt.Sprintf("rule %d (%s) × %s", i, r.ID, p), t.Resolve(i, p))
+			}
+		}
+	}
+	q := c.Limits.Requests
+	fmt.Fprintln(tw, "request limits (every call, before anything is read or written):")
+	fmt.Fprintf(tw, "  issue\t%s per identity\n", bucket(q.Issue.Rate, q.Issue.Burst))
+	fmt.Fprintf(tw, "  renew\t%s per node\n", bucket(q.Renew.Rate, q.Renew.Burst))
+	fmt.Fprintf(tw, "  admin\t%s per admin principal\n", bucket(q.Admin.Rate, q.Admin.Burst))
+	fmt.Fprintf(tw, "  attest\t%s\n", shared(q.Attest, "address"))
+	fmt.Fprintf(tw, "  unauthenticated\t%s\n", shared(q.Unauthenticated, "address"))
+	rr := c.Limits.RefusalRecords
+	fmt.Fprintln(tw, "refusal records (the rest counted in the next record):")
+	fmt.Fprintf(tw, "  identity\t%s\n", shared(rr.Identity, "identity"))
+	fmt.Fprintf(tw, "  address\t%s\n", shared(rr.Address, "address"))
+	if lim := q.Issue.Rate; slices.ContainsFunc(c.allResolved(t), func(l limits.Config) bool { return float64(l.Rate) > lim }) {
+		fmt.Fprintf(tw, "note: an issuance rate above limits.requests.issue (%g/s) is bounded by it\n", lim)
+	}
+	return tw.Flush()
+}
+
+func (c *Config) allResolved(t limits.Table) []limits.Config {
+	out := []limits.Config{t.Default}
+	for _, p := range sortedKeys(c.Profiles) {
+		out = append(out, t.Resolve(-1, p))
+		for i := range c.Policy {
+			out = append(out, t.Resolve(i, p))
+		}
+	}
+	return out
+}
+
+func quota(q limits.Quota) string {
+	if q.Max == 0 {
+		return "unlimited"
+	}
+	return fmt.Sprintf("%d per %s", q.Max, q.Window)
+}
+
+func bucket(rate float64, burst int) string { return fmt.Sprintf("%g/s burst %d", rate, burst) }
+
+func shared(b SharedBucket, per string) string {
+	return fmt.Sprintf("%s per %s, %s in total", bucket(b.Rate, b.Burst), per, bucket(b.TotalRate, b.TotalBurst))
+}
