@@ -28,7 +28,6 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/credbroker/credbroker/attest"
-	"github.com/credbroker/credbroker/attest/jointoken"
 	"github.com/credbroker/credbroker/attest/jwtsvid"
 	attestx509 "github.com/credbroker/credbroker/attest/x509svid"
 	"github.com/credbroker/credbroker/broker"
@@ -36,7 +35,6 @@ import (
 	"github.com/credbroker/credbroker/broker/config"
 	"github.com/credbroker/credbroker/broker/limits"
 	"github.com/credbroker/credbroker/broker/nodeauth"
-	"github.com/credbroker/credbroker/broker/nodes"
 	"github.com/credbroker/credbroker/broker/policy"
 	"github.com/credbroker/credbroker/broker/state/boltstate"
 	"github.com/credbroker/credbroker/internal/ca"
@@ -143,9 +141,8 @@ type harness struct {
 	grpcServer *grpc.Server
 	admin      *broker.Admin
 	// reg holds the broker's metrics.
-	reg        *prometheus.Registry
-	refusals   *broker.Refusals
-	joinTokens *jointoken.Store
+	reg      *prometheus.Registry
+	refusals *broker.Refusals
 }
 
 func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
@@ -226,15 +223,8 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 	}
 	var nodeAuth *nodeauth.NodeAuthority
 	if hc.nodes {
-		if h.joinTokens, err = jointoken.Open(h.db, jointoken.WithClock(h.clock.Now)); err != nil {
-			t.Fatal(err)
-		}
-		registry, err := nodes.Open(h.db, nodes.WithClock(h.clock.Now))
-		if err != nil {
-			t.Fatal(err)
-		}
 		nodeAuth, err = nodeauth.New(nodeauth.NodeDeps{
-			TrustDomain: td, JoinTokens: h.joinTokens, CA: h.ca, Registry: registry, Audit: h.audit,
+			TrustDomain: td, State: h.state, CA: h.ca, Audit: h.audit,
 			Bundle:  func() ([]*x509.Certificate, error) { return []*x509.Certificate{h.ca.Certificate()}, nil },
 			SVIDTTL: time.Hour, NewID: newID, Log: log, Clock: h.clock.Now, Refusals: h.refusals,
 		})

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/credbroker/credbroker/attest/jointoken"
 	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/broker/audit"
 	"github.com/credbroker/credbroker/broker/limits"
@@ -338,8 +339,11 @@ func TestRenewNodeSVIDIsThrottledPerNode(t *testing.T) {
 // returns its SVID.
 func (h *harness) attestNode(name string) *x509svid.SVID {
 	h.t.Helper()
-	secret, _, err := h.joinTokens.Create("capi-prod/"+name, name, time.Hour)
+	secret, tokKey, tok, err := jointoken.New(rand.Reader, h.clock.Now(), "capi-prod/"+name, name, time.Hour)
 	if err != nil {
+		h.t.Fatal(err)
+	}
+	if err := h.state.CreateJoinToken(ctxT(h.t), tokKey, tok); err != nil {
 		h.t.Fatal(err)
 	}
 	key, csr := newCSR(h.t)

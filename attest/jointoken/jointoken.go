@@ -1,38 +1,25 @@
-// Package jointoken keeps the broker's one-time join tokens: short-lived
+// Package jointoken defines the broker's one-time join tokens: short-lived
 // secrets an operator hands to a new node of a workload cluster so that it
 // can attest once and receive its first SVID.
 //
-// Only SHA-256(secret) is stored, never the secret, so a copy of the database
-// cannot be used to join. A token dies on first use: Consume marks it used in
-// the same bbolt transaction that checks it, so two nodes presenting the same
-// secret cannot both succeed. A used token is kept until it expires, so that
-// a replay is reported as ErrUsed rather than ErrUnknown; Purge then drops it.
-//
-// # Storage layout
-//
-// One top-level bucket, prefixed so that it can share the broker's bbolt
-// file with other state:
-//
-//	jointoken.tokens   SHA-256(secret) (32 raw bytes) -> JSON of the token
-//
-// The JSON holds the token's non-secret fields (see Token).
+// This package owns the secret format, its hashing and the rules of use;
+// the tokens are kept by the broker's state (broker/state), under Key, the
+// SHA-256 of the secret, never the secret itself, so a copy of the state
+// cannot be used to join. A store consumes a token in one atomic step that
+// applies Usable, so two nodes presenting the same secret cannot both
+// succeed and an attempt that Usable refuses (a wrong node name) leaves the
+// token for the rightful node. A used token is kept until it expires, so
+// that a replay is reported as ErrUsed rather than ErrUnknown.
 package jointoken
 
 import (
-	"bytes"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"strings"
 	"time"
-
-	"go.etcd.io/bbolt"
 
 	"github.com/credbroker/credbroker/attest"
 )
@@ -40,7 +27,7 @@ import (
 const (
 	// DefaultTTL is the lifetime of a token created with a zero TTL.
 	DefaultTTL = 10 * time.Minute
-	// MaxTTL is the longest lifetime Create accepts: a join token is a
+	// MaxTTL is the longest lifetime New accepts: a join token is a
 	// bootstrap secret, not a credential to keep around.
 	MaxTTL = 24 * time.Hour
 
@@ -54,9 +41,6 @@ const (
 // secretLen is the length of a well-formed secret.
 var secretLen = len(secretPrefix) + base64.RawURLEncoding.EncodedLen(secretBytes)
 
-// bucketTokens holds the tokens; see the package documentation.
-var bucketTokens = []byte("jointoken.tokens")
-
 // rejectedError is the type of the sentinel errors that refuse a secret.
 // Each also matches attest.ErrNodeRejected, so that the broker maps all of
 // them to Unauthenticated without knowing this package's errors.
@@ -67,8 +51,9 @@ func (e *rejectedError) Error() string { return e.msg }
 // Is reports whether target is attest.ErrNodeRejected.
 func (e *rejectedError) Is(target error) bool { return target == attest.ErrNodeRejected }
 
-// Sentinel errors returned by Consume, possibly wrapped; match them with
-// errors.Is. Each one also matches attest.ErrNodeRejected.
+// Sentinel errors of Parse, Usable and the stores' consume, possibly
+// wrapped; match them with errors.Is. Each one also matches
+// attest.ErrNodeRejected.
 var (
 	// ErrUnknown means no such token: never issued, already purged, or a
 	// malformed secret.
@@ -141,49 +126,6 @@ type Token struct {
 	UsedBy string
 }
 
-// Option configures a Store.
-type Option func(*Store)
-
-// WithClock makes the Store read time from now instead of time.Now.
-func WithClock(now func() time.Time) Option {
-	return func(s *Store) { s.now = now }
-}
-
-// WithRand makes the Store read secrets' randomness from r instead of
-// crypto/rand. Tests only: r must be a cryptographically secure source in
-// production.
-func WithRand(r io.Reader) Option {
-	return func(s *Store) { s.rand = r }
-}
-
-// Store keeps join tokens in a bbolt database. It is safe for concurrent
-// use; bbolt serializes its writes.
-type Store struct {
-	db   *bbolt.DB
-	now  func() time.Time
-	rand io.Reader
-}
-
-// Open returns a Store keeping its tokens in db, creating the
-// jointoken.tokens bucket if needed. The caller keeps ownership of db.
-func Open(db *bbolt.DB, opts ...Option) (*Store, error) {
-	if db == nil {
-		return nil, errors.New("jointoken: nil database")
-	}
-	s := &Store{db: db, now: time.Now, rand: rand.Reader}
-	for _, o := range opts {
-		o(s)
-	}
-	err := db.Update(func(tx *bbolt.Tx) error {
-		_, err := tx.CreateBucketIfNotExists(bucketTokens)
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("jointoken: create bucket: %w", err)
-	}
-	return s, nil
-}
-
 // ID returns the non-secret id of secret: the first 16 hex characters of its
 // SHA-256. It is safe to log, audit and show to admins.
 func ID(secret string) string {
@@ -191,180 +133,43 @@ func ID(secret string) string {
 	return hex.EncodeToString(h[:8])
 }
 
-// Create makes a token for a node of cluster ("namespace/name"), bound to
-// node unless node is "", valid for ttl (0 means DefaultTTL, at most MaxTTL).
-// It returns the secret, which is not stored and cannot be recovered: the
-// caller hands it to the node and forgets it.
+// New makes a token for a node of cluster ("namespace/name"), bound to node
+// unless node is "", valid for ttl from now (0 means DefaultTTL, at most
+// MaxTTL), with randomness from random (crypto/rand.Reader in production).
+// It returns the secret, which the caller hands to the node and forgets,
+// and the key and token to store.
 //
 // The secret is "cbjt_" followed by 32 random bytes, base64url without
 // padding.
-func (s *Store) Create(cluster, node string, ttl time.Duration) (string, Token, error) {
+func New(random io.Reader, now time.Time, cluster, node string, ttl time.Duration) (string, Key, Token, error) {
 	switch {
 	case !attest.ValidCluster(cluster):
-		return "", Token{}, fmt.Errorf("jointoken: invalid cluster %q: want namespace/name", cluster)
+		return "", Key{}, Token{}, fmt.Errorf("jointoken: invalid cluster %q: want namespace/name", cluster)
 	case node != "" && !attest.ValidNodeName(node):
-		return "", Token{}, fmt.Errorf("jointoken: invalid node name %q", node)
+		return "", Key{}, Token{}, fmt.Errorf("jointoken: invalid node name %q", node)
 	case ttl < 0:
-		return "", Token{}, fmt.Errorf("jointoken: negative ttl %s", ttl)
+		return "", Key{}, Token{}, fmt.Errorf("jointoken: negative ttl %s", ttl)
 	case ttl > MaxTTL:
-		return "", Token{}, fmt.Errorf("jointoken: ttl %s exceeds the maximum of %s", ttl, MaxTTL)
+		return "", Key{}, Token{}, fmt.Errorf("jointoken: ttl %s exceeds the maximum of %s", ttl, MaxTTL)
 	case ttl == 0:
 		ttl = DefaultTTL
 	}
 	raw := make([]byte, secretBytes)
-	if _, err := io.ReadFull(s.rand, raw); err != nil {
-		return "", Token{}, fmt.Errorf("jointoken: generate secret: %w", err)
+	if _, err := io.ReadFull(random, raw); err != nil {
+		return "", Key{}, Token{}, fmt.Errorf("jointoken: generate secret: %w", err)
 	}
 	secret := secretPrefix + base64.RawURLEncoding.EncodeToString(raw)
-	key := sha256.Sum256([]byte(secret))
-
-	var t Token
-	err := s.db.Update(func(tx *bbolt.Tx) error {
-		b, err := bucket(tx)
-		if err != nil {
-			return err
-		}
-		// 256 random bits do not collide; finding one means the random
-		// source is broken, and overwriting would revive a token.
-		if b.Get(key[:]) != nil {
-			return errors.New("jointoken: generated secret already exists: broken random source")
-		}
-		now := normTime(s.now())
-		t = Token{
-			ID:        ID(secret),
-			Cluster:   cluster,
-			Node:      node,
-			CreatedAt: now,
-			ExpiresAt: now.Add(ttl),
-		}
-		return put(b, key[:], t)
-	})
-	if err != nil {
-		return "", Token{}, err
-	}
-	return secret, t, nil
+	now = normTime(now)
+	return secret, KeyOf(secret), Token{ID: ID(secret), Cluster: cluster, Node: node, CreatedAt: now, ExpiresAt: now.Add(ttl)}, nil
 }
 
-// Consume spends the token whose secret is given, in one bbolt transaction:
-// the first call for a valid, unexpired secret marks it used and returns it;
-// every other call fails. Errors:
-//
-//   - ErrUnknown: no such token, or secret is malformed (rejected without a
-//     lookup);
-//   - ErrUsed: already consumed; the Token is returned too, so that the
-//     replay can be audited with its id and cluster;
-//   - ErrExpired: past ExpiresAt (and not used); the Token is returned too.
-//
-// Any other error is a storage failure, and nothing was consumed.
-func (s *Store) Consume(secret string) (Token, error) {
+// Parse returns the key of secret, or ErrUnknown, without a lookup, when
+// secret does not have the shape New gives secrets.
+func Parse(secret string) (Key, error) {
 	if !wellFormed(secret) {
-		return Token{}, ErrUnknown
+		return Key{}, ErrUnknown
 	}
-	key := sha256.Sum256([]byte(secret))
-	var t Token
-	err := s.db.Update(func(tx *bbolt.Tx) error {
-		b, err := bucket(tx)
-		if err != nil {
-			return err
-		}
-		v := b.Get(key[:])
-		if v == nil {
-			return ErrUnknown
-		}
-		if t, err = decode(v); err != nil {
-			return err
-		}
-		// Read the clock inside the transaction, which bbolt serializes,
-		// so that UsedAt orders like the commits.
-		now := normTime(s.now())
-		switch {
-		case !t.UsedAt.IsZero():
-			return fmt.Errorf("%w (token %s, used at %s)", ErrUsed, t.ID, t.UsedAt.Format(time.RFC3339))
-		case !now.Before(t.ExpiresAt):
-			return fmt.Errorf("%w (token %s, expired at %s)", ErrExpired, t.ID, t.ExpiresAt.Format(time.RFC3339))
-		}
-		t.UsedAt = now
-		return put(b, key[:], t)
-	})
-	switch {
-	case err == nil, errors.Is(err, ErrUsed), errors.Is(err, ErrExpired):
-		return t, err
-	default:
-		return Token{}, err
-	}
-}
-
-// Purge deletes the tokens whose ExpiresAt has passed, used or not, and
-// returns how many it deleted. After that a replay of one of them is
-// ErrUnknown. Housekeeping calls it periodically.
-func (s *Store) Purge() (int, error) {
-	n := 0
-	err := s.db.Update(func(tx *bbolt.Tx) error {
-		n = 0 // in case bbolt ever reruns the closure
-		b, err := bucket(tx)
-		if err != nil {
-			return err
-		}
-		now := s.now()
-		var stale [][]byte
-		err = b.ForEach(func(k, v []byte) error {
-			t, err := decode(v)
-			if err != nil {
-				return err
-			}
-			if !now.Before(t.ExpiresAt) {
-				// Copy: k is only valid for the life of the transaction,
-				// and deleting while iterating would skip entries.
-				stale = append(stale, bytes.Clone(k))
-			}
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		for _, k := range stale {
-			if err := b.Delete(k); err != nil {
-				return fmt.Errorf("jointoken: purge: %w", err)
-			}
-		}
-		n = len(stale)
-		return nil
-	})
-	if err != nil {
-		return 0, err
-	}
-	return n, nil
-}
-
-// List returns every stored token, expired and used ones included, sorted by
-// CreatedAt (then ID). It is for admins; secrets are not stored, so none are
-// returned.
-func (s *Store) List() ([]Token, error) {
-	var ts []Token
-	err := s.db.View(func(tx *bbolt.Tx) error {
-		b, err := bucket(tx)
-		if err != nil {
-			return err
-		}
-		return b.ForEach(func(_, v []byte) error {
-			t, err := decode(v)
-			if err != nil {
-				return err
-			}
-			ts = append(ts, t)
-			return nil
-		})
-	})
-	if err != nil {
-		return nil, err
-	}
-	slices.SortFunc(ts, func(a, b Token) int {
-		if c := a.CreatedAt.Compare(b.CreatedAt); c != 0 {
-			return c
-		}
-		return strings.Compare(a.ID, b.ID)
-	})
-	return ts, nil
+	return KeyOf(secret), nil
 }
 
 // wellFormed reports whether secret has the shape Create gives secrets.
@@ -376,46 +181,6 @@ func wellFormed(secret string) bool {
 	return err == nil
 }
 
-// bucket returns the tokens bucket, which Open created.
-func bucket(tx *bbolt.Tx) (*bbolt.Bucket, error) {
-	b := tx.Bucket(bucketTokens)
-	if b == nil {
-		return nil, fmt.Errorf("jointoken: bucket %s missing", bucketTokens)
-	}
-	return b, nil
-}
-
-// record is the stored form of a Token. It is separate from Token so that
-// the on-disk encoding does not change when Token does.
-type record struct {
-	ID        string    `json:"id"`
-	Cluster   string    `json:"cluster"`
-	Node      string    `json:"node,omitempty"`
-	CreatedAt time.Time `json:"created_at"`
-	ExpiresAt time.Time `json:"expires_at"`
-	UsedAt    time.Time `json:"used_at,omitzero"`
-	UsedBy    string    `json:"used_by,omitempty"`
-}
-
-func put(b *bbolt.Bucket, key []byte, t Token) error {
-	v, err := json.Marshal(record(t))
-	if err != nil {
-		return fmt.Errorf("jointoken: encode token %s: %w", t.ID, err)
-	}
-	if err := b.Put(key, v); err != nil {
-		return fmt.Errorf("jointoken: store token %s: %w", t.ID, err)
-	}
-	return nil
-}
-
-func decode(v []byte) (Token, error) {
-	var r record
-	if err := json.Unmarshal(v, &r); err != nil {
-		return Token{}, fmt.Errorf("jointoken: malformed token record: %w", err)
-	}
-	return Token(r), nil
-}
-
 // normTime drops the monotonic reading and location of t, so that a Token
-// returned by Create or Consume equals the one List reads back.
+// returned by New equals the one a store reads back.
 func normTime(t time.Time) time.Time { return t.Round(0).UTC() }

@@ -6,9 +6,11 @@ package nodeauth
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"strings"
 	"time"
@@ -21,7 +23,7 @@ import (
 	"github.com/credbroker/credbroker/attest/jointoken"
 	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/broker/audit"
-	"github.com/credbroker/credbroker/broker/nodes"
+	"github.com/credbroker/credbroker/broker/state"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -46,9 +48,20 @@ type IIDVerifier interface {
 	Verify(ctx context.Context, cluster string, document, signature []byte) (attest.NodeClaims, error)
 }
 
-// NodeCA signs node SVIDs for CSRs (internal/ca).
+// NodeCA signs node SVIDs for CSRs (internal/ca). CheckCSR refuses what
+// SignCSR would refuse, without signing, so that a request is checked
+// whole before its evidence is spent.
 type NodeCA interface {
+	CheckCSR(csrDER []byte) error
 	SignCSR(csrDER []byte, id spiffeid.ID, ttl time.Duration) ([]*x509.Certificate, error)
+}
+
+// State is the part of the broker's state (broker/state) the node
+// authority keeps: the node registry and the join tokens.
+type State interface {
+	state.Nodes
+	CreateJoinToken(ctx context.Context, key jointoken.Key, t jointoken.Token) error
+	ConsumeJoinToken(ctx context.Context, key jointoken.Key, node string, now time.Time) (jointoken.Token, error)
 }
 
 // AuditLog is what the node authority records decisions in and reads a
@@ -62,15 +75,15 @@ type AuditLog interface {
 // optional: a nil verifier refuses that kind of evidence.
 type NodeDeps struct {
 	TrustDomain spiffeid.TrustDomain
-	JoinTokens  *jointoken.Store
-	PSAT        PSATVerifier
-	IID         IIDVerifier
-	CA          NodeCA
+	// State keeps the join tokens and the node registry.
+	State State
+	PSAT  PSATVerifier
+	IID   IIDVerifier
+	CA    NodeCA
 	// Bundle returns the X.509 authorities of the trust domain, handed to
 	// nodes so that they can verify the broker and each other.
-	Bundle   func() ([]*x509.Certificate, error)
-	Registry *nodes.Registry
-	Audit    AuditLog
+	Bundle func() ([]*x509.Certificate, error)
+	Audit  AuditLog
 	// SVIDTTL is the lifetime of node SVIDs.
 	SVIDTTL time.Duration
 	NewID   func() (string, error)
@@ -79,6 +92,8 @@ type NodeDeps struct {
 	// Refusals records refusals at a bounded rate (share the Gate's): per
 	// node identity once one is known, per source address before.
 	Refusals *broker.Refusals
+	// Rand is the source of join token secrets; nil means crypto/rand.
+	Rand io.Reader
 }
 
 // NodeAuthority admits nodes (attestation → node SVID), renews their SVIDs,
@@ -91,18 +106,32 @@ type NodeAuthority struct {
 
 // New checks d and returns a NodeAuthority.
 func New(d NodeDeps) (*NodeAuthority, error) {
-	if d.JoinTokens == nil || d.CA == nil || d.Bundle == nil || d.Registry == nil || d.Audit == nil || d.NewID == nil || d.Log == nil || d.Refusals == nil || d.SVIDTTL <= 0 {
+	if d.State == nil || d.CA == nil || d.Bundle == nil || d.Audit == nil || d.NewID == nil || d.Log == nil || d.Refusals == nil || d.SVIDTTL <= 0 {
 		return nil, errors.New("nodeauth: New: missing dependency")
 	}
 	if d.Clock == nil {
 		d.Clock = time.Now
 	}
+	if d.Rand == nil {
+		d.Rand = rand.Reader
+	}
 	return &NodeAuthority{d: d}, nil
 }
 
 // Evicted reports whether id is an evicted node; the Gate refuses such
-// callers everywhere.
-func (n *NodeAuthority) Evicted(id string) (bool, error) { return n.d.Registry.Evicted(id) }
+// callers everywhere. An unknown ID is not a node this broker admitted, so
+// not evicted; on a storage error it reports true as well, so a caller that
+// forgets the error still fails closed.
+func (n *NodeAuthority) Evicted(id string) (bool, error) {
+	node, err := n.d.State.GetNode(context.Background(), id)
+	switch {
+	case errors.Is(err, state.ErrNotFound):
+		return false, nil
+	case err != nil:
+		return true, err
+	}
+	return node.Evicted(), nil
+}
 
 // AttestNode implements NodeService.AttestNode.
 func (n *NodeAuthority) AttestNode(ctx context.Context, req *credbrokerv1.AttestNodeRequest) (*credbrokerv1.AttestNodeResponse, error) {
@@ -128,6 +157,13 @@ func (n *NodeAuthority) attest(ctx context.Context, req *credbrokerv1.AttestNode
 		return nil, broker.Wrapf(codes.Unavailable, err, "cannot allocate an issuance id")
 	}
 	rec := audit.Record{IssuanceID: id, Profile: NodeSVIDProfile, Issuer: NodeCAIssuer, TTL: n.d.SVIDTTL}
+	// Everything that can be checked is checked before the evidence, which
+	// a join token is spent by: a bad request must not lock the rightful
+	// node out.
+	if err := n.checkCSR(req.GetCsr()); err != nil {
+		rec.Attestation = evidenceMethod(req)
+		return nil, n.refuseEvidence(ctx, &rec, err)
+	}
 	claims, err := n.verify(ctx, req, &rec)
 	if err != nil {
 		return nil, n.refuseEvidence(ctx, &rec, err)
@@ -138,7 +174,7 @@ func (n *NodeAuthority) attest(ctx context.Context, req *credbrokerv1.AttestNode
 		return nil, n.refuse(ctx, &rec, audit.DecisionDenied, broker.Errorf(codes.InvalidArgument, "node name %q cannot form a SPIFFE ID", claims.Node))
 	}
 	rec.Caller, rec.Cluster = nodeID.String(), claims.Cluster
-	if evicted, err := n.d.Registry.Evicted(nodeID.String()); err != nil {
+	if evicted, err := n.Evicted(nodeID.String()); err != nil {
 		return nil, n.refuse(ctx, &rec, audit.DecisionFailed, broker.Wrapf(codes.Unavailable, err, "node registry unavailable"))
 	} else if evicted {
 		return nil, n.refuse(ctx, &rec, audit.DecisionDenied, broker.Errorf(codes.PermissionDenied, "node %s was evicted", nodeID))
@@ -147,11 +183,11 @@ func (n *NodeAuthority) attest(ctx context.Context, req *credbrokerv1.AttestNode
 	if err != nil {
 		return nil, err
 	}
-	if _, err := n.d.Registry.Attested(nodes.Node{
+	if _, err := n.d.State.RegisterNode(ctx, n.d.Clock(), state.Node{
 		SPIFFEID: nodeID.String(), Cluster: claims.Cluster, Name: claims.Node, Attestation: claims.Method,
 		Detail: claims.Detail, ExpiresAt: svid.GetExpiresAt().AsTime(), Serial: rec.UpstreamRef,
 	}); err != nil {
-		if errors.Is(err, nodes.ErrEvicted) {
+		if errors.Is(err, state.ErrEvicted) {
 			return nil, n.refuse(ctx, &rec, audit.DecisionDenied, broker.Errorf(codes.PermissionDenied, "node %s was evicted", nodeID))
 		}
 		return nil, n.refuse(ctx, &rec, audit.DecisionFailed, broker.Wrapf(codes.Unavailable, err, "node registry unavailable"))
@@ -171,23 +207,20 @@ func (n *NodeAuthority) verify(ctx context.Context, req *credbrokerv1.AttestNode
 		if want := ev.JoinToken.GetNode(); want != "" && !attest.ValidNodeName(want) {
 			return attest.NodeClaims{}, fmt.Errorf("node name %q is not a valid node name (lowercase DNS subdomain): %w", broker.Clip(want), attest.ErrNodeRejected)
 		}
-		tok, err := n.d.JoinTokens.Consume(ev.JoinToken.GetToken())
+		key, err := jointoken.Parse(ev.JoinToken.GetToken())
+		if err != nil {
+			return attest.NodeClaims{}, err
+		}
+		// The store checks the node name against the token's binding in
+		// the step that consumes it: a wrong name leaves the token unspent.
+		tok, err := n.d.State.ConsumeJoinToken(ctx, key, ev.JoinToken.GetNode(), n.d.Clock())
 		if tok.ID != "" {
 			rec.UpstreamRef, rec.Cluster = "jointoken:"+tok.ID, tok.Cluster
 		}
 		if err != nil {
 			return attest.NodeClaims{}, err
 		}
-		node := tok.Node
-		if want := ev.JoinToken.GetNode(); node == "" {
-			node = want
-		} else if want != "" && want != node {
-			return attest.NodeClaims{}, fmt.Errorf("join token %s is for node %q, not %q: %w", tok.ID, node, want, attest.ErrNodeRejected)
-		}
-		if !attest.ValidNodeName(node) {
-			return attest.NodeClaims{}, fmt.Errorf("join token %s names no node and the request's node name %q is not a valid node name: %w", tok.ID, node, attest.ErrNodeRejected)
-		}
-		return attest.NodeClaims{Cluster: tok.Cluster, Node: node, Method: attest.MethodJoinToken, Detail: "join token " + tok.ID}, nil
+		return attest.NodeClaims{Cluster: tok.Cluster, Node: tok.UsedBy, Method: attest.MethodJoinToken, Detail: "join token " + tok.ID}, nil
 	case *credbrokerv1.AttestNodeRequest_K8SPsat:
 		rec.Attestation, rec.Cluster = attest.MethodK8sPSAT, broker.Clip(ev.K8SPsat.GetCluster())
 		if n.d.PSAT == nil {
@@ -223,9 +256,9 @@ func (n *NodeAuthority) renew(ctx context.Context, req *credbrokerv1.RenewNodeSV
 	case caller.Method != attest.MethodX509SVID:
 		return nil, n.refuse(ctx, &rec, audit.DecisionDenied, broker.Errorf(codes.PermissionDenied, "renewal needs the node's current X.509-SVID over mTLS"))
 	}
-	node, err := n.d.Registry.Get(caller.ID.String())
+	node, err := n.d.State.GetNode(ctx, caller.ID.String())
 	switch {
-	case errors.Is(err, nodes.ErrNotFound):
+	case errors.Is(err, state.ErrNotFound):
 		return nil, n.refuse(ctx, &rec, audit.DecisionDenied, broker.Errorf(codes.PermissionDenied, "node %s never attested to this broker", caller.ID))
 	case err != nil:
 		return nil, n.refuse(ctx, &rec, audit.DecisionFailed, broker.Wrapf(codes.Unavailable, err, "node registry unavailable"))
@@ -236,8 +269,8 @@ func (n *NodeAuthority) renew(ctx context.Context, req *credbrokerv1.RenewNodeSV
 	if err != nil {
 		return nil, err
 	}
-	if _, err := n.d.Registry.Renewed(caller.ID.String(), rec.UpstreamRef, svid.GetExpiresAt().AsTime()); err != nil {
-		if errors.Is(err, nodes.ErrEvicted) {
+	if _, err := n.d.State.RenewNode(ctx, n.d.Clock(), caller.ID.String(), rec.UpstreamRef, svid.GetExpiresAt().AsTime()); err != nil {
+		if errors.Is(err, state.ErrEvicted) {
 			return nil, n.refuse(ctx, &rec, audit.DecisionDenied, broker.Errorf(codes.PermissionDenied, "node %s was evicted", caller.ID))
 		}
 		return nil, n.refuse(ctx, &rec, audit.DecisionFailed, broker.Wrapf(codes.Unavailable, err, "node registry unavailable"))
@@ -291,18 +324,51 @@ func (n *NodeAuthority) refuse(ctx context.Context, rec *audit.Record, d audit.D
 	return n.d.Refusals.Refuse(ctx, rec, d, err)
 }
 
-// refuseEvidence answers rejected attestation evidence with Unauthenticated.
-// Anyone who can reach the port can send evidence, so rejections are
-// recorded at the bounded rate per source address, like unauthenticated
-// calls (the record names no caller yet).
+// errBadRequest marks a malformed attestation request (its CSR), refused
+// before any evidence is looked at.
+var errBadRequest = errors.New("invalid node attestation request")
+
+// checkCSR refuses a CSR the node CA would not sign.
+func (n *NodeAuthority) checkCSR(csr []byte) error {
+	if len(csr) == 0 {
+		return fmt.Errorf("%w: csr is required (PKCS#10, DER)", errBadRequest)
+	}
+	if err := n.d.CA.CheckCSR(csr); err != nil {
+		return fmt.Errorf("%w: csr: %v", errBadRequest, err)
+	}
+	return nil
+}
+
+// evidenceMethod names the attestation method req presents evidence for.
+func evidenceMethod(req *credbrokerv1.AttestNodeRequest) string {
+	switch req.GetEvidence().(type) {
+	case *credbrokerv1.AttestNodeRequest_JoinToken:
+		return attest.MethodJoinToken
+	case *credbrokerv1.AttestNodeRequest_K8SPsat:
+		return attest.MethodK8sPSAT
+	case *credbrokerv1.AttestNodeRequest_AwsIid:
+		return attest.MethodAWSIID
+	}
+	return ""
+}
+
+// refuseEvidence answers rejected attestation evidence with Unauthenticated,
+// and a malformed request with InvalidArgument. Anyone who can reach the
+// port can send either, so refusals are recorded at the bounded rate per
+// source address, like unauthenticated calls (the record names no caller
+// yet).
 func (n *NodeAuthority) refuseEvidence(ctx context.Context, rec *audit.Record, err error) error {
-	if !errors.Is(err, attest.ErrNodeRejected) {
+	code, msg := codes.Unauthenticated, "node attestation failed: "+err.Error()
+	switch {
+	case errors.Is(err, errBadRequest):
+		code, msg = codes.InvalidArgument, err.Error()
+	case !errors.Is(err, attest.ErrNodeRejected):
 		// Not the evidence's fault: a verifier's dependency failed.
 		return n.refuse(ctx, rec, audit.DecisionFailed, broker.Wrapf(codes.Unavailable, err, "node attestation unavailable"))
 	}
 	n.d.Log.LogAttrs(ctx, slog.LevelInfo, "node attestation refused", slog.String("issuance_id", rec.IssuanceID),
 		slog.String("attestation", rec.Attestation), slog.String("error", err.Error()))
-	return n.refuse(ctx, rec, audit.DecisionDenied, broker.Errorf(codes.Unauthenticated, "node attestation failed: %s", err.Error()))
+	return n.refuse(ctx, rec, audit.DecisionDenied, broker.Errorf(code, "%s", msg))
 }
 
 // CreateJoinToken implements AdminService.CreateJoinToken.
@@ -332,8 +398,13 @@ func (n *NodeAuthority) createJoinToken(ctx context.Context, req *credbrokerv1.C
 	case ttl < 0 || ttl > jointoken.MaxTTL:
 		return nil, broker.Errorf(codes.InvalidArgument, "ttl must be between 0 (default %s) and %s", jointoken.DefaultTTL, jointoken.MaxTTL)
 	}
-	secret, tok, err := n.d.JoinTokens.Create(req.GetCluster(), req.GetNode(), ttl)
+	secret, key, tok, err := jointoken.New(n.d.Rand, n.d.Clock(), req.GetCluster(), req.GetNode(), ttl)
 	if err != nil {
+		return nil, broker.Wrapf(codes.Unavailable, err, "cannot generate a join token")
+	}
+	if err := n.d.State.CreateJoinToken(ctx, key, tok); err != nil {
+		// ErrExists too: 256 random bits do not collide, so the random
+		// source is broken, and overwriting would revive a token.
 		return nil, broker.Wrapf(codes.Unavailable, err, "join token store unavailable")
 	}
 	rec := audit.Record{IssuanceID: id, Caller: broker.AdminPrincipal(ctx), Attestation: "admin", Profile: JoinTokenProfile, Issuer: JoinTokenIssuer,
@@ -357,9 +428,9 @@ func (n *NodeAuthority) EvictNode(ctx context.Context, req *credbrokerv1.EvictNo
 }
 
 func (n *NodeAuthority) evict(ctx context.Context, id string) (*credbrokerv1.EvictNodeResponse, error) {
-	node, err := n.d.Registry.Evict(id)
+	node, err := n.d.State.EvictNode(ctx, n.d.Clock(), id)
 	switch {
-	case errors.Is(err, nodes.ErrNotFound):
+	case errors.Is(err, state.ErrNotFound):
 		return nil, broker.Errorf(codes.NotFound, "no attested node %q", id)
 	case err != nil:
 		return nil, broker.Wrapf(codes.Unavailable, err, "node registry unavailable")
@@ -388,7 +459,7 @@ func (n *NodeAuthority) evict(ctx context.Context, id string) (*credbrokerv1.Evi
 	return out, nil
 }
 
-func nodeProto(n nodes.Node) *credbrokerv1.Node {
+func nodeProto(n state.Node) *credbrokerv1.Node {
 	return &credbrokerv1.Node{
 		SpiffeId: n.SPIFFEID, Cluster: n.Cluster, Node: n.Name, Attestation: n.Attestation, Detail: n.Detail,
 		AttestedAt: broker.ProtoTime(n.AttestedAt), RenewedAt: broker.ProtoTime(n.RenewedAt), ExpiresAt: broker.ProtoTime(n.ExpiresAt),
@@ -397,8 +468,8 @@ func nodeProto(n nodes.Node) *credbrokerv1.Node {
 }
 
 // ListNodes implements AdminService.ListNodes.
-func (n *NodeAuthority) ListNodes(_ context.Context, req *credbrokerv1.ListNodesRequest) (*credbrokerv1.ListNodesResponse, error) {
-	list, err := n.d.Registry.List(req.GetCluster())
+func (n *NodeAuthority) ListNodes(ctx context.Context, req *credbrokerv1.ListNodesRequest) (*credbrokerv1.ListNodesResponse, error) {
+	list, err := n.d.State.ListNodes(ctx, state.NodeFilter{Cluster: req.GetCluster()})
 	if err != nil {
 		return nil, broker.ToStatus(broker.Wrapf(codes.Unavailable, err, "node registry unavailable"))
 	}

@@ -215,6 +215,27 @@ func (c *CA) MintX509SVID(id spiffeid.ID, ttl time.Duration, opts ...SVIDOption)
 // extensions are ignored. It returns the chain to present, leaf first (the
 // root is not included).
 func (c *CA) SignCSR(csrDER []byte, id spiffeid.ID, ttl time.Duration) ([]*x509.Certificate, error) {
+	csr, err := parseCSR(csrDER)
+	if err != nil {
+		return nil, err
+	}
+	leaf, err := c.sign(csr.PublicKey, id, ttl, nil)
+	if err != nil {
+		return nil, err
+	}
+	return []*x509.Certificate{leaf}, nil
+}
+
+// CheckCSR returns the error SignCSR would refuse csrDER with, without
+// signing anything.
+func (c *CA) CheckCSR(csrDER []byte) error {
+	_, err := parseCSR(csrDER)
+	return err
+}
+
+// parseCSR parses a PKCS#10 CSR and checks its signature (proof that the
+// requester holds the key) and its key type.
+func parseCSR(csrDER []byte) (*x509.CertificateRequest, error) {
 	csr, err := x509.ParseCertificateRequest(csrDER)
 	if err != nil {
 		return nil, fmt.Errorf("ca: parse CSR: %w", err)
@@ -225,11 +246,7 @@ func (c *CA) SignCSR(csrDER []byte, id spiffeid.ID, ttl time.Duration) ([]*x509.
 	if err := checkPublicKey(csr.PublicKey); err != nil {
 		return nil, err
 	}
-	leaf, err := c.sign(csr.PublicKey, id, ttl, nil)
-	if err != nil {
-		return nil, err
-	}
-	return []*x509.Certificate{leaf}, nil
+	return csr, nil
 }
 
 // checkPublicKey accepts the key types and sizes we are willing to certify.

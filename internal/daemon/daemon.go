@@ -156,7 +156,7 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	// Before the authenticators are built: it adds the node CA to the trust.
-	nodeAuth, joinTokens, err := buildNodeAuthority(cfg, trust, db, auditLog, refusals, log)
+	nodeAuth, err := buildNodeAuthority(cfg, trust, st, auditLog, refusals, log)
 	if err != nil {
 		return err
 	}
@@ -214,9 +214,9 @@ func Run(ctx context.Context, opts Options) error {
 			return nil
 		})
 	}
-	purges := []purge{{"ended quota windows", func() (int, error) { return st.PurgeQuotas(gctx, time.Now()) }}}
-	if joinTokens != nil {
-		purges = append(purges, purge{"expired join tokens", joinTokens.Purge})
+	purges := []purge{
+		{"ended quota windows", func() (int, error) { return st.PurgeQuotas(gctx, time.Now()) }},
+		{"expired join tokens", func() (int, error) { return st.PurgeJoinTokens(gctx, time.Now()) }},
 	}
 	g.Go(func() error { housekeeping(gctx.Done(), purges, housekeepingInterval, log); return nil })
 	g.Go(func() error { flushRefusals(gctx.Done(), refusals, refusalFlushInterval, log); return nil })

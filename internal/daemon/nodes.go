@@ -11,16 +11,13 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"go.etcd.io/bbolt"
 
 	"github.com/credbroker/credbroker/attest/awsiid"
-	"github.com/credbroker/credbroker/attest/jointoken"
 	"github.com/credbroker/credbroker/attest/psat"
 	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/broker/audit"
 	"github.com/credbroker/credbroker/broker/config"
 	"github.com/credbroker/credbroker/broker/nodeauth"
-	"github.com/credbroker/credbroker/broker/nodes"
 	"github.com/credbroker/credbroker/internal/ca"
 )
 
@@ -29,34 +26,27 @@ import (
 const defaultPSATAudience = "credbroker"
 
 // buildNodeAuthority wires node attestation when the configuration asks for
-// it: join tokens, the configured verifiers, the node CA and the registry.
-// It also makes the broker trust the node CA for its own trust domain.
-func buildNodeAuthority(cfg *config.Config, t *trust, db *bbolt.DB, auditLog *audit.Log, refusals *broker.Refusals, log *slog.Logger) (*nodeauth.NodeAuthority, *jointoken.Store, error) {
+// it: the configured verifiers and the node CA, with join tokens and the
+// node registry kept in st. It also makes the broker trust the node CA for
+// its own trust domain.
+func buildNodeAuthority(cfg *config.Config, t *trust, st nodeauth.State, auditLog *audit.Log, refusals *broker.Refusals, log *slog.Logger) (*nodeauth.NodeAuthority, error) {
 	na := cfg.NodeAttestation
 	if na == nil {
-		return nil, nil, nil
+		return nil, nil
 	}
 	td, err := spiffeid.TrustDomainFromString(cfg.TrustDomain)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	nodeCA, err := loadNodeCA(na.CADir, td, t)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	t.x509Source = withAuthority{src: t.x509Source, td: td, cert: nodeCA.Certificate()}
 
-	tokens, err := jointoken.Open(db)
-	if err != nil {
-		return nil, nil, err
-	}
-	registry, err := nodes.Open(db)
-	if err != nil {
-		return nil, nil, err
-	}
 	deps := nodeauth.NodeDeps{
 		TrustDomain: td,
-		JoinTokens:  tokens,
+		State:       st,
 		CA:          nodeCA,
 		Bundle: func() ([]*x509.Certificate, error) {
 			b, err := t.x509Source.GetX509BundleForTrustDomain(td)
@@ -65,7 +55,6 @@ func buildNodeAuthority(cfg *config.Config, t *trust, db *bbolt.DB, auditLog *au
 			}
 			return b.X509Authorities(), nil
 		},
-		Registry: registry,
 		Audit:    auditLog,
 		SVIDTTL:  na.SVIDTTL,
 		NewID:    newIssuanceID,
@@ -81,7 +70,7 @@ func buildNodeAuthority(cfg *config.Config, t *trust, db *bbolt.DB, auditLog *au
 			}
 			if c.JWKSFile != "" {
 				if cc.JWKS, err = os.ReadFile(c.JWKSFile); err != nil {
-					return nil, nil, fmt.Errorf("node_attestation.k8s_psat.clusters[%s].jwks_file: %w", name, err)
+					return nil, fmt.Errorf("node_attestation.k8s_psat.clusters[%s].jwks_file: %w", name, err)
 				}
 			} else {
 				cc.DiscoveryURL = strings.TrimSuffix(c.Issuer, "/") + "/.well-known/openid-configuration"
@@ -90,14 +79,14 @@ func buildNodeAuthority(cfg *config.Config, t *trust, db *bbolt.DB, auditLog *au
 		}
 		v, err := psat.New(clusters)
 		if err != nil {
-			return nil, nil, fmt.Errorf("node_attestation.k8s_psat: %w", err)
+			return nil, fmt.Errorf("node_attestation.k8s_psat: %w", err)
 		}
 		deps.PSAT = v
 	}
 	if a := na.AWSIID; a != nil {
 		certs, err := loadCertificates(a.Certificates)
 		if err != nil {
-			return nil, nil, fmt.Errorf("node_attestation.aws_iid.certificates: %w", err)
+			return nil, fmt.Errorf("node_attestation.aws_iid.certificates: %w", err)
 		}
 		accounts := map[string]awsiid.AccountConfig{}
 		for id, acct := range a.Accounts {
@@ -105,15 +94,11 @@ func buildNodeAuthority(cfg *config.Config, t *trust, db *bbolt.DB, auditLog *au
 		}
 		v, err := awsiid.New(awsiid.Config{Certificates: certs, Accounts: accounts, MaxAge: a.MaxAge})
 		if err != nil {
-			return nil, nil, fmt.Errorf("node_attestation.aws_iid: %w", err)
+			return nil, fmt.Errorf("node_attestation.aws_iid: %w", err)
 		}
 		deps.IID = v
 	}
-	auth, err := nodeauth.New(deps)
-	if err != nil {
-		return nil, nil, err
-	}
-	return auth, tokens, nil
+	return nodeauth.New(deps)
 }
 
 // loadNodeCA returns the CA that signs node SVIDs: the dev CA in --dev, else

@@ -1,6 +1,11 @@
 package daemon
 
 import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,7 +17,9 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/credbroker/credbroker/internal/ca"
 	"github.com/credbroker/credbroker/internal/nodeagent"
@@ -111,4 +118,85 @@ policy:
 func grpcWithSVID(addr string, svid *x509svid.SVID, bundle *x509bundle.Bundle, td spiffeid.TrustDomain) (*grpc.ClientConn, error) {
 	creds := grpccredentials.MTLSClientCredentials(svid, bundle, tlsconfig.AuthorizeMemberOf(td))
 	return grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+}
+
+// TestJoinTokenSurvivesBadAttempts: an attempt with a token that cannot
+// succeed (another node's name, no name for an unbound token, a missing or
+// malformed CSR) is refused without spending the token, so the rightful
+// node can still join with it.
+func TestJoinTokenSurvivesBadAttempts(t *testing.T) {
+	dir := t.TempDir()
+	td, spire, cfg := productionIdentity(t, dir)
+	d := startDaemon(t, dir, cfg+`
+issuers:
+  oidc: {type: jwt, jwt: {issuer_url: "https://credbroker.prod.test"}}
+profiles:
+  node-token: {issuer: oidc, max_ttl: 1h, cluster: required}
+node_attestation: {svid_ttl: 10m}
+`)
+	defer d.stop(t)
+	admin, err := grpc.NewClient("unix://"+filepath.Join(dir, "data", "admin.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	newToken := func(node string) string {
+		t.Helper()
+		tok, err := credbrokerv1.NewAdminServiceClient(admin).CreateJoinToken(d.ctx, &credbrokerv1.CreateJoinTokenRequest{Cluster: "capi-a/c1", Node: node})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok.GetToken()
+	}
+	conn, err := grpc.NewClient(d.grpcAddr, grpc.WithTransportCredentials(grpccredentials.TLSClientCredentials(spire.X509Bundle(), tlsconfig.AuthorizeMemberOf(td))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	nodes := credbrokerv1.NewNodeServiceClient(conn)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tampered := bytes.Clone(csr)
+	tampered[len(tampered)-1] ^= 1 // breaks the signature: no proof of the key
+	attestWith := func(token, node string, csr []byte) error {
+		_, err := nodes.AttestNode(d.ctx, &credbrokerv1.AttestNodeRequest{Csr: csr,
+			Evidence: &credbrokerv1.AttestNodeRequest_JoinToken{JoinToken: &credbrokerv1.JoinTokenEvidence{Token: token, Node: node}}})
+		return err
+	}
+
+	bound := newToken("worker-1")
+	for _, c := range []struct {
+		name, node string
+		csr        []byte
+		code       codes.Code
+	}{
+		{"another node's name", "intruder", csr, codes.Unauthenticated},
+		{"no CSR", "worker-1", nil, codes.InvalidArgument},
+		{"a malformed CSR", "worker-1", []byte("not a CSR"), codes.InvalidArgument},
+		{"a CSR whose signature does not verify", "worker-1", tampered, codes.InvalidArgument},
+	} {
+		if err := attestWith(bound, c.node, c.csr); status.Code(err) != c.code {
+			t.Fatalf("%s: %v, want %s", c.name, err, c.code)
+		}
+	}
+	if err := attestWith(bound, "", csr); err != nil {
+		t.Fatalf("the rightful node after the bad attempts: %v", err)
+	}
+	if err := attestWith(bound, "", csr); status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "already used") {
+		t.Fatalf("replay: %v, want the token used", err)
+	}
+
+	open := newToken("")
+	if err := attestWith(open, "", csr); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("an unbound token without a node name: %v", err)
+	}
+	if err := attestWith(open, "worker-2", csr); err != nil {
+		t.Fatalf("the unbound token with a name after a nameless attempt: %v", err)
+	}
 }
