@@ -157,13 +157,6 @@ func (n *NodeAuthority) attest(ctx context.Context, req *credbrokerv1.AttestNode
 		return nil, broker.Wrapf(codes.Unavailable, err, "cannot allocate an issuance id")
 	}
 	rec := audit.Record{IssuanceID: id, Profile: NodeSVIDProfile, Issuer: NodeCAIssuer, TTL: n.d.SVIDTTL}
-	// Everything that can be checked is checked before the evidence, which
-	// a join token is spent by: a bad request must not lock the rightful
-	// node out.
-	if err := n.checkCSR(req.GetCsr()); err != nil {
-		rec.Attestation = evidenceMethod(req)
-		return nil, n.refuseEvidence(ctx, &rec, err)
-	}
 	claims, err := n.verify(ctx, req, &rec)
 	if err != nil {
 		return nil, n.refuseEvidence(ctx, &rec, err)
@@ -209,6 +202,11 @@ func (n *NodeAuthority) verify(ctx context.Context, req *credbrokerv1.AttestNode
 		}
 		key, err := jointoken.Parse(ev.JoinToken.GetToken())
 		if err != nil {
+			return attest.NodeClaims{}, err
+		}
+		// Everything that can be checked is checked before the token is
+		// spent: a bad request must not lock the rightful node out.
+		if err := n.checkCSR(req.GetCsr()); err != nil {
 			return attest.NodeClaims{}, err
 		}
 		// The store checks the node name against the token's binding in
@@ -325,7 +323,7 @@ func (n *NodeAuthority) refuse(ctx context.Context, rec *audit.Record, d audit.D
 }
 
 // errBadRequest marks a malformed attestation request (its CSR), refused
-// before any evidence is looked at.
+// before a join token is spent.
 var errBadRequest = errors.New("invalid node attestation request")
 
 // checkCSR refuses a CSR the node CA would not sign.
@@ -337,19 +335,6 @@ func (n *NodeAuthority) checkCSR(csr []byte) error {
 		return fmt.Errorf("%w: csr: %v", errBadRequest, err)
 	}
 	return nil
-}
-
-// evidenceMethod names the attestation method req presents evidence for.
-func evidenceMethod(req *credbrokerv1.AttestNodeRequest) string {
-	switch req.GetEvidence().(type) {
-	case *credbrokerv1.AttestNodeRequest_JoinToken:
-		return attest.MethodJoinToken
-	case *credbrokerv1.AttestNodeRequest_K8SPsat:
-		return attest.MethodK8sPSAT
-	case *credbrokerv1.AttestNodeRequest_AwsIid:
-		return attest.MethodAWSIID
-	}
-	return ""
 }
 
 // refuseEvidence answers rejected attestation evidence with Unauthenticated,
