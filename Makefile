@@ -57,10 +57,15 @@ proto-check:
 	  [ -f $$tmp/$$f ] || { echo "generated file has no .proto source: $$f"; exit 1; }; \
 	done; echo "generated code matches the .proto files"
 
-## bench: BenchmarkRatios (P1, P2 side by side; runs its rounds once) and the
-## per-variant BenchmarkIssue. Tune with BENCH_CONCURRENCY, BENCH_ROUND, BENCH_ROUNDS, BENCH_DIR.
+## bench: the benchmark table (BenchmarkTable): P1-P7 and the audit's growth under a refusal flood, on the
+## credbroker binary and in-process, measured side by side in one run; printed, and written to BENCH_JSON.
+## Tuning (BENCH_CLIENTS, BENCH_ROUND, BENCH_ROUNDS, BENCH_DIR, ...): test/bench/doc.go.
+## BENCH_DIR holds the daemons' data directories while they run, and P6's record databases between runs.
+BENCH_JSON ?= $(CURDIR)/bench-results.json
+BENCH_DIR ?= $(CACHE_DIR)/bench
 bench:
-	$(GO) test -run '^$$' -bench . -timeout 10m ./test/bench/
+	@mkdir -p "$(BENCH_DIR)"
+	BENCH_JSON="$(BENCH_JSON)" BENCH_DIR="$(BENCH_DIR)" $(GO) test -run '^$$' -bench '^BenchmarkTable$$' -benchtime 1x -timeout 30m ./test/bench/
 
 ## minio: install the pinned MinIO server (the tests' real STS and S3) into $(CACHE_DIR), once per version;
 ## `test` and `unit` pass its path to the tests as CREDBROKER_MINIO.

@@ -1,23 +1,69 @@
-// Package bench measures what the broker costs. It runs three servers in one
-// process on loopback, all with the same TLS 1.3 mTLS setup and the same
-// ES256 JWT issuer:
+// Package bench measures what the broker costs, as ratios measured side by
+// side in one run, so that a figure says something about the code and not
+// only about the machine. BenchmarkTable (`make bench`) measures them all,
+// prints a table with each figure's goal, and writes the run to JSON
+// (BENCH_JSON, default $TMPDIR/credbroker-bench-results.json) together with
+// the machine it ran on and its load average.
 //
-//   - echo: a bare gRPC server whose IssueCredential only signs the token;
-//   - audit on: the real broker (Gate, policy, limits, bbolt audit log with
-//     fsync, metrics, logging);
-//   - audit off: the same broker with an audit log that records nothing.
+// # The daemon, as operators run it
 //
-// BenchmarkRatios drives them with closed-loop clients in interleaved rounds
-// and reports the issue's two ratios side by side:
+// The real `credbroker` binary, built from this module, runs `serve` with a
+// configuration file on its own data directory: info-level logs written to a
+// file, /metrics scraped every BENCH_SCRAPE (default 5s), the audit log
+// durable in bbolt. Clients talk to it over loopback TCP through four
+// connections, from other processes: the benchmark itself, and for P7 a
+// flooding identity run as a process of this test binary. Its figures:
 //
-//	P1 = broker (audit on) QPS / echo QPS    target >= 0.70
-//	P2 = audit on QPS / audit off QPS        target >= 0.85
+//	P1  issuance ÷ a bare gRPC echo server doing the same ES256 signing,
+//	    with the same TLS 1.3 settings, in its own process (this test
+//	    binary again); one identity, its request limit raised     >= 0.70
+//	P3  issuance ÷ a real Vault dev server's auth/token/create/ROLE
+//	    (CREDBROKER_VAULT; each Vault client has its own keep-alive
+//	    HTTP/1.1 connection, as Vault's clients do)                >= 3.5
+//	P5  refusals of an invalid JWT-SVID (right subject and audience,
+//	    signed by a key the bundle lacks) ÷ issuance; the default
+//	    limits for unauthenticated calls apply                     >= 5
+//	P6  p99 of `issuances list` by identity (the admin API on the admin
+//	    socket, as credbrokerctl calls it) with BENCH_P6_RECORDS
+//	    (1,000,000) records ÷ with BENCH_P6_SMALL (1,000); each listing
+//	    returns one full page (100 records) of an identity whose records
+//	    are spread over the whole chain                            <= 3
+//	P7  p99 of identity B, sending BENCH_STEADY_RATE (50) requests a
+//	    second, open loop, while identity A floods past its own limit
+//	    from BENCH_FLOOD_CLIENTS (32) callers ÷ B alone; default limits <= 1.5
+//	growth: records and bytes the audit log gains while A floods
+//	    refusals (an unknown profile) for BENCH_FLOOD (10s) as a third
+//	    identity; bounded by
+//	    the per-identity refusal-record limit, burst + rate × time
 //
-// It prints them; it never fails on them: speed is measured, behaviour is
-// tested. BenchmarkIssue runs each variant under b.RunParallel for benchstat.
+// The databases of P6 are written through the audit package in a setup step
+// (fsync off while writing, one sync at the end), then each gets a daemon.
 //
-// Tuning (environment): BENCH_CONCURRENCY (client goroutines, default 32),
-// BENCH_ROUND (duration of one round, default 2s), BENCH_ROUNDS (rounds per
-// variant, default 3), BENCH_DIR (where the audit bbolt file lives; default a
-// temporary directory, which must be on a real disk for fsync to count).
+// # In-process
+//
+// The older fixture runs three servers in the test process (clients too),
+// with the same TLS and issuer: echo, the broker with its audit log, and the
+// broker with an audit log that records nothing, which the daemon cannot be.
+// It gives P1 in-process and the only measure of P2 (audit on ÷ off; goal
+// >= 0.85 at 256 clients, >= 0.60 at 32). BenchmarkRatios, BenchmarkIssue,
+// BenchmarkVaultRatios and BenchmarkAuditAppend measure parts of it alone.
+//
+// Figures are printed, never asserted: speed is measured, behaviour is
+// tested. A run fails only when the harness breaks (a server does not start,
+// a request that must succeed fails, the audit chain does not verify).
+//
+// # Tuning (environment)
+//
+//	BENCH_CLIENTS     closed-loop client counts of P1/P2/P3/P5 ("256,32")
+//	BENCH_ROUND       length of one round (2s); BENCH_ROUNDS rounds per
+//	                  variant (3), interleaved after a 500ms warm-up each
+//	BENCH_P6_RECORDS, BENCH_P6_SMALL, BENCH_P6_QUERIES (300 timed per side)
+//	BENCH_FLOOD, BENCH_FLOOD_CLIENTS, BENCH_STEADY_RATE
+//	BENCH_DIR         where data directories live (default a temp dir; must
+//	                  be on the disk whose fsync is to be measured); P6's
+//	                  databases are kept in BENCH_DIR/cache, named for the
+//	                  audit package's source, and copied from there
+//	BENCH_CONCURRENCY client count of BenchmarkRatios and BenchmarkIssue
+//
+// With the defaults a run takes about five minutes on two cores.
 package bench

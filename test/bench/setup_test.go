@@ -149,7 +149,7 @@ func newFixture(tb testing.TB) *fixture {
 		tb.Fatal(err)
 	}
 	servers := map[variant]*grpc.Server{
-		echo:     newEchoServer(tlsConf, f.issuer),
+		echo:     newEchoServer(tlsConf, f.issuer, controllerID.String()),
 		auditOn:  f.newBroker(tb, tlsConf, onLimits, f.ledger, f.audit, f.audit),
 		auditOff: f.newBroker(tb, tlsConf, offLimits, discardAudit{}, discardAudit{}, nil),
 	}
@@ -275,12 +275,15 @@ func (discardAudit) SpendAndAppend(_ context.Context, _ time.Time, charges []sta
 type echoService struct {
 	credbrokerv1.UnimplementedBrokerServiceServer
 	issuer issuers.Issuer
+	// subject is the token's sub: the SPIFFE ID of the clients, which the
+	// echo server takes on trust.
+	subject string
 }
 
-func newEchoServer(tlsConf *tls.Config, issuer issuers.Issuer) *grpc.Server {
+func newEchoServer(tlsConf *tls.Config, issuer issuers.Issuer, subject string) *grpc.Server {
 	s := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsConf)),
 		grpc.MaxRecvMsgSize(broker.MaxRequestBytes), grpc.MaxConcurrentStreams(1024))
-	credbrokerv1.RegisterBrokerServiceServer(s, &echoService{issuer: issuer})
+	credbrokerv1.RegisterBrokerServiceServer(s, &echoService{issuer: issuer, subject: subject})
 	return s
 }
 
@@ -291,7 +294,7 @@ func (e *echoService) IssueCredential(ctx context.Context, req *credbrokerv1.Iss
 		return nil, status.Error(codes.Unavailable, "bench: echo: cannot allocate an id")
 	}
 	cred, err := e.issuer.Issue(ctx, issuers.Request{
-		IssuanceID: id, Subject: controllerID.String(), Profile: req.GetProfile(),
+		IssuanceID: id, Subject: e.subject, Profile: req.GetProfile(),
 		Cluster: req.GetCluster(), Audience: req.GetAudience(), TTL: req.GetTtl().AsDuration(),
 	})
 	if err != nil {
