@@ -103,7 +103,8 @@ func (l *Log) List(q Query) ([]Record, error) {
 			upper = timeKey(prefix, q.Until, 0)
 		}
 		c := idx.Cursor()
-		k, v := c.Seek(upper)
+		var v []byte
+		k, _ := c.Seek(upper)
 		if k == nil {
 			k, v = c.Last()
 		} else {
