@@ -7,7 +7,6 @@ import (
 	"net"
 	"slices"
 
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -16,8 +15,9 @@ import (
 )
 
 // PeerCred is the AuthInfo of a connection on the admin unix socket: the
-// kernel's account of the connecting process (SO_PEERCRED), which the peer
-// cannot forge.
+// kernel's account of the connecting process, which the peer cannot forge
+// (SO_PEERCRED on Linux, LOCAL_PEERCRED and LOCAL_PEERPID on macOS; see
+// peerCredOf in peercred_GOOS.go).
 type PeerCred struct {
 	credentials.CommonAuthInfo
 	UID, GID uint32
@@ -41,20 +41,16 @@ func (peerCredCreds) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthI
 	if err != nil {
 		return nil, nil, fmt.Errorf("broker: admin socket: %w", err)
 	}
-	var cred *unix.Ucred
+	var pc PeerCred
 	var credErr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
+	if err := raw.Control(func(fd uintptr) { pc, credErr = peerCredOf(int(fd)) }); err != nil {
 		return nil, nil, fmt.Errorf("broker: admin socket: %w", err)
 	}
 	if credErr != nil {
-		return nil, nil, fmt.Errorf("broker: admin socket: SO_PEERCRED: %w", credErr)
+		return nil, nil, fmt.Errorf("broker: admin socket: %w", credErr)
 	}
-	return conn, PeerCred{
-		CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity},
-		UID:            cred.Uid, GID: cred.Gid, PID: cred.Pid,
-	}, nil
+	pc.CommonAuthInfo = credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity}
+	return conn, pc, nil
 }
 
 func (peerCredCreds) ClientHandshake(context.Context, string, net.Conn) (net.Conn, credentials.AuthInfo, error) {
