@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/credbroker/credbroker/internal/backoff"
 	"github.com/credbroker/credbroker/internal/brokerclient"
 	"github.com/credbroker/credbroker/internal/svidfile"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
@@ -226,7 +227,7 @@ func (a *Agent) NextRenewal(svid *x509svid.SVID) time.Time {
 }
 
 // Run keeps the SVID: it ensures one exists, then renews it at NextRenewal,
-// retrying failures with backoff while the SVID is valid and re-attesting
+// retrying failures with jittered backoff while the SVID is valid and re-attesting
 // with the bootstrap evidence once it has expired. wait blocks until the
 // given time (or ctx ends); tests pass one that returns at once.
 func (a *Agent) Run(ctx context.Context, wait func(ctx context.Context, until time.Time) error) error {
@@ -234,7 +235,8 @@ func (a *Agent) Run(ctx context.Context, wait func(ctx context.Context, until ti
 	if err != nil {
 		return err
 	}
-	backoff := time.Second
+	retry := backoff.Policy{Min: MinRetry, Max: MaxRetry, Rand: a.uniform}
+	failures := 0
 	next := a.NextRenewal(svid)
 	for {
 		if err := wait(ctx, next); err != nil {
@@ -242,7 +244,7 @@ func (a *Agent) Run(ctx context.Context, wait func(ctx context.Context, until ti
 		}
 		renewed, err := a.Renew(ctx)
 		if err == nil {
-			svid, backoff = renewed, time.Second
+			svid, failures = renewed, 0
 			next = a.NextRenewal(svid)
 			a.cfg.Log.Info("node SVID renewed", slog.String("spiffe_id", svid.ID.String()), slog.Time("expires", svid.Certificates[0].NotAfter))
 			continue
@@ -255,9 +257,30 @@ func (a *Agent) Run(ctx context.Context, wait func(ctx context.Context, until ti
 			next = a.NextRenewal(svid)
 			continue
 		}
-		next = a.cfg.Clock().Add(backoff)
-		backoff = min(2*backoff, time.Minute)
+		failures++
+		next = a.cfg.Clock().Add(retry.Delay(failures))
 	}
+}
+
+// MinRetry and MaxRetry bound the wait between failed renewals: it doubles
+// from MinRetry up to MaxRetry, and its upper half is random (package
+// backoff), so the nodes of a fleet that lost the broker together do not
+// retry together.
+const (
+	MinRetry = time.Second
+	MaxRetry = time.Minute
+)
+
+// uniform draws a number in [0, 1) from cfg.Rand for the retry jitter; if
+// the source fails it returns the midpoint (the wait is then unjittered, as
+// NextRenewal's is).
+func (a *Agent) uniform() float64 {
+	const scale = 1 << 53
+	n, err := rand.Int(a.cfg.Rand, big.NewInt(scale))
+	if err != nil {
+		return 0.5
+	}
+	return float64(n.Int64()) / scale
 }
 
 func (a *Agent) authorizer(td spiffeid.TrustDomain) (tlsconfig.Authorizer, error) {

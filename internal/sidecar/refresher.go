@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/credbroker/credbroker/internal/backoff"
 	"github.com/credbroker/credbroker/internal/brokerclient"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
@@ -303,14 +304,10 @@ func (r *Refresher) refreshDelay(now, exp time.Time) time.Duration {
 
 // backoff is the wait after the r.failures-th consecutive failure: doubling
 // from MinBackoff up to MaxBackoff, with equal jitter (half fixed, half
-// random), or longer when the broker's RetryInfo asks for it.
+// random; see package backoff), or longer when the broker's RetryInfo asks
+// for it.
 func (r *Refresher) backoff(err error) time.Duration {
-	b := MinBackoff
-	for i := 1; i < r.failures && b < MaxBackoff; i++ {
-		b *= 2
-	}
-	b = min(b, MaxBackoff)
-	d := b/2 + time.Duration(r.rand()*float64(b/2))
+	d := backoff.Policy{Min: MinBackoff, Max: MaxBackoff, Rand: r.rand}.Delay(r.failures)
 	if st, ok := status.FromError(err); ok {
 		for _, det := range st.Details() {
 			if ri, ok := det.(*errdetails.RetryInfo); ok {

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/credbroker/credbroker/internal/backoff"
 )
 
 // Attempt is one try at starting the server: its command, not yet started,
@@ -101,13 +103,13 @@ func (h Harness) waitReady(ctx context.Context, p *Process, ready func(context.C
 	}()
 	exited := func() error { return fmt.Errorf("%s exited before it was ready: %v", h.Command, p.err) }
 	probeTimeout := orDefault(h.ProbeTimeout, DefaultProbeTimeout)
-	backoff := 10 * time.Millisecond
-	for {
+	retry := backoff.Policy{Min: 10 * time.Millisecond, Max: 250 * time.Millisecond}
+	for attempt := 1; ; attempt++ {
 		last := probe(ctx, probeTimeout, ready)
 		if last == nil {
 			return nil
 		}
-		timer := time.NewTimer(backoff)
+		timer := time.NewTimer(retry.Delay(attempt))
 		select {
 		case <-p.done:
 			timer.Stop()
@@ -122,7 +124,6 @@ func (h Harness) waitReady(ctx context.Context, p *Process, ready func(context.C
 			return fmt.Errorf("%s not ready after %s: %w", h.Command, orDefault(h.ReadyTimeout, DefaultReadyTimeout), last)
 		case <-timer.C:
 		}
-		backoff = min(2*backoff, 250*time.Millisecond)
 	}
 }
 
