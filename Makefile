@@ -7,10 +7,11 @@ GO        ?= go
 BIN       := bin
 DATA_DIR  ?= ./data
 BUF       := $(GO) tool -modfile=tools/go.mod buf
+STATICCHECK := $(GO) tool -modfile=tools/go.mod staticcheck
 PKGS      := ./...
 TEST_FLAGS ?= -race -count=1 -timeout 30m
 
-.PHONY: all build run test unit lint fmt-check vet buf-lint proto-check generate bench clean tools
+.PHONY: all build run test unit lint fmt-check vet staticcheck darwin buf-lint proto-check generate bench clean tools
 
 all: build
 
@@ -20,9 +21,9 @@ build:
 run: build
 	$(BIN)/credbroker serve --dev --data-dir $(DATA_DIR)
 
-## tools: download and build the pinned code generators (buf, protoc-gen-go, protoc-gen-go-grpc)
+## tools: download and build the pinned tools (buf, protoc-gen-go, protoc-gen-go-grpc, staticcheck)
 tools:
-	$(GO) build -modfile=tools/go.mod -o /dev/null github.com/bufbuild/buf/cmd/buf google.golang.org/protobuf/cmd/protoc-gen-go google.golang.org/grpc/cmd/protoc-gen-go-grpc
+	$(GO) build -modfile=tools/go.mod -o /dev/null github.com/bufbuild/buf/cmd/buf google.golang.org/protobuf/cmd/protoc-gen-go google.golang.org/grpc/cmd/protoc-gen-go-grpc honnef.co/go/tools/cmd/staticcheck
 
 generate:
 	$(BUF) generate
@@ -34,7 +35,7 @@ test: lint
 unit:
 	$(GO) test $(TEST_FLAGS) $(PKGS)
 
-lint: fmt-check vet buf-lint proto-check
+lint: fmt-check vet staticcheck darwin buf-lint proto-check
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \
@@ -42,6 +43,13 @@ fmt-check:
 
 vet:
 	$(GO) vet $(PKGS)
+
+staticcheck:
+	$(STATICCHECK) $(PKGS)
+
+## darwin: the binaries build for macOS too, so `make run` works on an operator's laptop
+darwin:
+	GOOS=darwin $(GO) build $(PKGS)
 
 buf-lint:
 	$(BUF) lint
