@@ -46,8 +46,10 @@ func (l limiter) String() string {
 		return "attest"
 	case limitUnauthenticated:
 		return "unauthenticated"
+	case limitUndeclared:
+		return "undeclared"
 	}
-	return "undeclared"
+	return fmt.Sprintf("limiter(%d)", int(l))
 }
 
 // RequestLimits are the token buckets of each limiter. Total buckets are
