@@ -152,7 +152,7 @@ func (s *Service) IssueCredential(ctx context.Context, req *credbrokerv1.IssueCr
 		if c := status.Code(toStatus(err)); c == codes.Unavailable || c == codes.Internal {
 			level = slog.LevelError
 		}
-		s.log.LogAttrs(ctx, level, "credential refused", logAttrs(rec, err)...)
+		s.log.LogAttrs(ctx, RefusalLogLevel(err, level), "credential refused", logAttrs(rec, err)...)
 		return nil, toStatus(err)
 	}
 	s.log.LogAttrs(ctx, slog.LevelInfo, "credential issued", logAttrs(rec, nil)...)

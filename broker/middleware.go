@@ -297,14 +297,21 @@ func (g *Gate) unauthenticated(ctx context.Context, fullMethod string, kind api,
 		out, decision = lerr, audit.DecisionThrottled
 		msg += "; " + lerr.msg
 	}
+	level := slog.LevelDebug // the log says no more than the audit
 	if kind == apiWorkload || kind == apiNode {
 		g.metrics.observe(decision, "unknown", 0)
 		rec := audit.Record{Decision: decision, Reason: clipWith(msg, " (from "+sourceOf(ctx)+")")}
-		if _, aerr := g.refusals.record(byAddress, key, rec); aerr != nil {
+		recorded, aerr := g.refusals.record(byAddress, key, rec)
+		if aerr != nil {
 			g.log.LogAttrs(ctx, slog.LevelError, "cannot record unauthenticated request", slog.String("error", aerr.Error()))
 		}
+		if recorded {
+			level = slog.LevelInfo
+		}
+	} else if decision == audit.DecisionDenied {
+		level = slog.LevelInfo // admin API attempts are not audited; within the limit, log them
 	}
-	g.log.LogAttrs(ctx, slog.LevelInfo, "request refused", slog.String("api", kind.String()), slog.String("source", sourceOf(ctx)), slog.String("error", msg))
+	g.log.LogAttrs(ctx, level, "request refused", slog.String("api", kind.String()), slog.String("source", sourceOf(ctx)), slog.String("error", msg))
 	return toStatus(out)
 }
 

@@ -127,6 +127,10 @@ func TestPolicyDeniedFloodIsRecordedAtABoundedRate(t *testing.T) {
 	if len(recs) != recordBurst {
 		t.Fatalf("%d records for a flood of %d refusals; want the recording burst, %d", len(recs), attempts, recordBurst)
 	}
+	// The log says no more than the audit: refusals left out are debug lines.
+	if got := strings.Count(h.logs.String(), `level=INFO msg="credential refused"`); got != recordBurst {
+		t.Errorf("%d refusals logged at info, want the %d recorded", got, recordBurst)
+	}
 	if got := metricValue(t, h, "credbroker_refusals_unrecorded_total", "identity"); got != attempts-recordBurst {
 		t.Errorf("credbroker_refusals_unrecorded_total{class=identity} = %v, want %d", got, attempts-recordBurst)
 	}

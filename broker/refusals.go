@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"sort"
 	"strings"
@@ -171,11 +172,37 @@ func (r *Refusals) Refuse(ctx context.Context, rec *audit.Record, d audit.Decisi
 	if aerr != nil {
 		return wrapf(codes.Unavailable, errors.Join(err, aerr), "audit store unavailable (issuance %s)", rec.IssuanceID)
 	}
+	if !recorded {
+		return unrecordedError{err}
+	}
 	var ae *apiError
-	if recorded && rec.IssuanceID != "" && errors.As(err, &ae) && !strings.Contains(ae.msg, rec.IssuanceID) {
+	if rec.IssuanceID != "" && errors.As(err, &ae) && !strings.Contains(ae.msg, rec.IssuanceID) {
 		ae.msg += fmt.Sprintf(" (request %s)", rec.IssuanceID)
 	}
 	return err
+}
+
+// unrecordedError marks a refusal that was only counted, not recorded: its
+// log line drops to debug level too, so that a flood costs no more log than
+// audit.
+type unrecordedError struct{ error }
+
+func (e unrecordedError) Unwrap() error { return e.error }
+
+// Recorded reports whether the refusal err (from Refusals.Refuse) was
+// written to the audit log, for choosing the level of its log line.
+func Recorded(err error) bool {
+	var u unrecordedError
+	return !errors.As(err, &u)
+}
+
+// RefusalLogLevel is the level at which to log a refusal: level when it was
+// recorded, debug when it was only counted.
+func RefusalLogLevel(err error, level slog.Level) slog.Level {
+	if Recorded(err) {
+		return level
+	}
+	return slog.LevelDebug
 }
 
 // record writes rec, a refusal under key, unless the key or its class is

@@ -351,9 +351,10 @@ func (n *NodeAuthority) refuseEvidence(ctx context.Context, rec *audit.Record, e
 		// Not the evidence's fault: a verifier's dependency failed.
 		return n.refuse(ctx, rec, audit.DecisionFailed, broker.Wrapf(codes.Unavailable, err, "node attestation unavailable"))
 	}
-	n.d.Log.LogAttrs(ctx, slog.LevelInfo, "node attestation refused", slog.String("issuance_id", rec.IssuanceID),
+	out := n.refuse(ctx, rec, audit.DecisionDenied, broker.Errorf(code, "%s", msg))
+	n.d.Log.LogAttrs(ctx, broker.RefusalLogLevel(out, slog.LevelInfo), "node attestation refused", slog.String("issuance_id", rec.IssuanceID),
 		slog.String("attestation", rec.Attestation), slog.String("error", err.Error()))
-	return n.refuse(ctx, rec, audit.DecisionDenied, broker.Errorf(code, "%s", msg))
+	return out
 }
 
 // CreateJoinToken implements AdminService.CreateJoinToken.
