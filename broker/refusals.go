@@ -51,8 +51,10 @@ func (c refusalClass) String() string {
 // out before it.
 func (c refusalClass) summary(key string, n int) string {
 	switch {
+	case key == limits.Overflow && c == byAddress:
+		return fmt.Sprintf(" (%d earlier refusals from addresses beyond the table of tracked ones were not recorded)", n)
 	case key == limits.Overflow:
-		return fmt.Sprintf(" (%d earlier refusals from callers beyond the tracked %ss were not recorded)", n, c)
+		return fmt.Sprintf(" (%d earlier refusals for identities beyond the table of tracked ones were not recorded)", n)
 	case c == byAddress:
 		return fmt.Sprintf(" (%d earlier refusals from this address were not recorded)", n)
 	default:
