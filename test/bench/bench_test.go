@@ -126,6 +126,9 @@ func TestStatistics(t *testing.T) {
 type summary struct {
 	qps, p50ms, p99ms, cpu float64
 	requests               int
+	// serverCPUus is the server process's CPU time per request (µs),
+	// where it has a process of its own.
+	serverCPUus float64
 }
 
 func summarize(rs []result) summary {
@@ -261,6 +264,65 @@ func BenchmarkAuditAppend(b *testing.B) {
 	for b.Loop() {
 		if _, err := l.Append(rec); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// TestFigureVerdicts checks how a figure judges its goal on either side,
+// and that a ratio with nothing below the line is never met.
+func TestFigureVerdicts(t *testing.T) {
+	for _, c := range []struct {
+		num, den, goal float64
+		atMost, met    bool
+		verdict        string
+	}{
+		{7, 10, 0.70, false, true, "met"},
+		{35, 100, 0.70, false, false, "MISSED: 50% of the goal"},
+		{3, 1, 3, true, true, "met"},
+		{6, 1, 3, true, false, "MISSED: 2.0x the bound"},
+		{1, 0, 3, true, false, "not measured: the denominator measured nothing"},
+	} {
+		f := newFigure("f", "daemon", c.num, c.den, c.goal, c.atMost, "")
+		if f.Met != c.met || f.verdictText() != c.verdict {
+			t.Errorf("%v/%v against %v (at most %v): met %v, %q; want %v, %q", c.num, c.den, c.goal, c.atMost, f.Met, f.verdictText(), c.met, c.verdict)
+		}
+	}
+}
+
+// TestRecordsForListing checks P6's database: the size asked for, a valid
+// chain, and one full page of issued records for every reader whatever
+// the size, spread over the chain rather than bunched at one end.
+func TestRecordsForListing(t *testing.T) {
+	const n = 2000
+	path := filepath.Join(t.TempDir(), "credbroker.db")
+	if err := writeRecords(path, n); err != nil {
+		t.Fatal(err)
+	}
+	db, err := bbolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	l, err := audit.Open(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	v, err := l.Verify()
+	if err != nil || !v.OK || v.Records != n {
+		t.Fatalf("verify = %+v, %v; want %d records, ok", v, err, n)
+	}
+	for i := range readerCount {
+		recs, err := l.List(audit.Query{Caller: readerID(i), Decision: audit.DecisionIssued})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(recs) != readerRecords {
+			t.Fatalf("%s has %d records, want %d", readerID(i), len(recs), readerRecords)
+		}
+		// Newest first: the first and last are far apart in the chain.
+		if span := recs[0].Seq - recs[len(recs)-1].Seq; span < n/2 {
+			t.Errorf("%s's records span %d of %d records", readerID(i), span, n)
 		}
 	}
 }

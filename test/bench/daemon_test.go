@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -148,6 +149,7 @@ policy:
 // daemon is one running credbroker process.
 type daemon struct {
 	proc     *testproc.Process
+	cmd      *exec.Cmd // the started attempt: its pid is the daemon's (sh execs it)
 	dataDir  string
 	grpcAddr string
 	httpAddr string
@@ -183,6 +185,7 @@ func startDaemon(tb testing.TB, bin, dataDir, config string) *daemon {
 			bin, "serve", "--dev", "--config", cfgPath, "--data-dir", dataDir,
 			"--listen", d.grpcAddr, "--http-listen", d.httpAddr)
 		cmd.Env = env
+		d.cmd = cmd
 		return testproc.Attempt{Cmd: cmd, Ready: func(ctx context.Context) error {
 			_, err := httpGet(ctx, "http://"+d.httpAddr+"/healthz")
 			return err
@@ -242,8 +245,9 @@ func (d *daemon) dbSize() (int64, error) {
 }
 
 // startEcho runs the echo server in its own process, on the world's server
-// SVID, with tokens as large as the daemon's (issuerURL, subject).
-func startEcho(tb testing.TB, w *world, dir, issuerURL string) string {
+// SVID, with tokens as large as the daemon's (issuerURL, subject), and
+// returns its address and process.
+func startEcho(tb testing.TB, w *world, dir, issuerURL string) (string, *exec.Cmd) {
 	tb.Helper()
 	svid, err := w.ca.MintX509SVID(serverID, devenv.SVIDTTL)
 	if err != nil {
@@ -257,7 +261,10 @@ func startEcho(tb testing.TB, w *world, dir, issuerURL string) string {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	var addr string
+	var (
+		addr    string
+		started *exec.Cmd
+	)
 	echoHarness.Start(tb, bin, func() (testproc.Attempt, error) {
 		addrs, err := testproc.FreePorts(1)
 		if err != nil {
@@ -271,6 +278,7 @@ func startEcho(tb testing.TB, w *world, dir, issuerURL string) string {
 		}
 		cmd := exec.Command(bin, "-test.run=^$")
 		cmd.Env = testproc.Environ([]string{"CREDBROKER_", "GODEBUG="}, roleEnv+"="+roleEcho, roleSpecEnv+"="+string(spec))
+		started = cmd
 		return testproc.Attempt{Cmd: cmd, Ready: func(ctx context.Context) error {
 			var d net.Dialer
 			c, err := d.DialContext(ctx, "tcp", addr)
@@ -280,7 +288,35 @@ func startEcho(tb testing.TB, w *world, dir, issuerURL string) string {
 			return err
 		}}, nil
 	})
-	return addr
+	return addr, started
+}
+
+// processCPU returns the user and system CPU time a running process has
+// used, from /proc (Linux; clock ticks of 1/100 s, as on every Linux
+// architecture Go supports). nil or an unreadable process yields 0.
+func processCPU(cmd *exec.Cmd) time.Duration {
+	if cmd == nil || cmd.Process == nil {
+		return 0
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 || i+2 > len(s) {
+		return 0
+	}
+	f := strings.Fields(s[i+2:]) // from field 3, state
+	if len(f) < 13 {
+		return 0
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond
 }
 
 // flood runs a flooding identity in its own process and returns what it

@@ -120,12 +120,14 @@ type figure struct {
 
 func newFigure(name, scope string, num, den, goal float64, atMost bool, measured string) figure {
 	f := figure{Name: name, Scope: scope, Goal: goal, AtMost: atMost, Measured: measured}
-	if den > 0 {
-		f.Value = num / den
+	if den <= 0 {
+		f.Missing = "the denominator measured nothing"
+		return f
 	}
+	f.Value = num / den
 	f.Met = f.Value >= goal
 	if atMost {
-		f.Met = f.Value <= goal && den > 0
+		f.Met = f.Value <= goal
 	}
 	return f
 }
@@ -161,8 +163,11 @@ type variantRow struct {
 	P50ms    float64 `json:"p50_ms"`
 	P99ms    float64 `json:"p99_ms"`
 	Requests int     `json:"requests"`
+	// ServerCPUus is the server process's CPU time per request, in
+	// microseconds, where the server runs in a process of its own.
+	ServerCPUus float64 `json:"server_cpu_us_per_request,omitempty"`
 	// Codes counts answers that were refusals, by gRPC code, where the
-	// variant expects them.
+	// variant expects them, over all its rounds (warm-up included).
 	Codes map[string]int64 `json:"codes,omitempty"`
 }
 
@@ -237,10 +242,13 @@ type growth struct {
 	Bound uint64 `json:"bound_records"`
 }
 
-// stage is one timed variant: fn runs it for d with n clients.
+// stage is one timed variant: fn runs it for d with n clients. server,
+// when known, is the server's process, whose CPU time per request is
+// measured too.
 type stage struct {
-	name string
-	fn   func(n int, d time.Duration) (result, error)
+	name   string
+	fn     func(n int, d time.Duration) (result, error)
+	server *exec.Cmd
 }
 
 // interleave runs every stage for a warm-up round, then l.rounds rounds
@@ -248,6 +256,7 @@ type stage struct {
 // and returns each stage's medians.
 func interleave(l load, n int, stages []stage) ([]summary, error) {
 	results := make([][]result, len(stages))
+	cpu := make([][]float64, len(stages))
 	for i := -1; i < l.rounds; i++ {
 		for k, s := range stages {
 			d := l.round
@@ -255,18 +264,23 @@ func interleave(l load, n int, stages []stage) ([]summary, error) {
 				d = l.warmup
 			}
 			runtime.GC()
+			cpu0 := processCPU(s.server)
 			r, err := s.fn(n, d)
 			if err != nil {
 				return nil, fmt.Errorf("%s, %d clients: %w", s.name, n, err)
 			}
 			if i >= 0 {
 				results[k] = append(results[k], r)
+				if r.requests > 0 {
+					cpu[k] = append(cpu[k], float64(processCPU(s.server)-cpu0)/float64(time.Microsecond)/float64(r.requests))
+				}
 			}
 		}
 	}
 	sums := make([]summary, len(stages))
 	for k := range stages {
 		sums[k] = summarize(results[k])
+		sums[k].serverCPUus = median(cpu[k])
 	}
 	return sums, nil
 }
@@ -362,7 +376,7 @@ func daemonThroughput(b *testing.B, p tableParams, w *world, bin, dir string, sc
     issue: {rate: 1000000000, burst: 1000000000}
 `))
 	scr.add(d)
-	echoAddr := startEcho(b, w, dir, d.issuerURL())
+	echoAddr, echoCmd := startEcho(b, w, dir, d.issuerURL())
 	issuing := w.mtlsTarget(b, d.grpcAddr, w.svids[controllerID])
 	echoTarget := w.mtlsTarget(b, echoAddr, w.svids[controllerID])
 
@@ -396,15 +410,15 @@ func daemonThroughput(b *testing.B, p tableParams, w *world, bin, dir string, sc
 	}
 
 	stages := []stage{
-		{"echo process", func(n int, dur time.Duration) (result, error) { return round(echoTarget, n, dur) }},
-		{"daemon issuing", func(n int, dur time.Duration) (result, error) { return round(issuing, n, dur) }},
-		{"daemon refusing", refuse},
+		{"echo process", func(n int, dur time.Duration) (result, error) { return round(echoTarget, n, dur) }, echoCmd},
+		{"daemon issuing", func(n int, dur time.Duration) (result, error) { return round(issuing, n, dur) }, d.cmd},
+		{"daemon refusing", refuse, d.cmd},
 	}
 	vaultMissing := ""
 	if os.Getenv("CREDBROKER_VAULT") == "" {
 		vaultMissing = "CREDBROKER_VAULT is unset (make bench builds Vault and sets it)"
 	} else {
-		stages = append(stages, stage{"vault token create", vaultTokenCreate(b)})
+		stages = append(stages, stage{name: "vault token create", fn: vaultTokenCreate(b)})
 	}
 	for _, n := range p.clients {
 		refusals.take()
@@ -413,7 +427,8 @@ func daemonThroughput(b *testing.B, p tableParams, w *world, bin, dir string, sc
 			b.Fatal(err)
 		}
 		for k, s := range stages {
-			row := variantRow{Section: "daemon", Name: s.name, Clients: n, QPS: sums[k].qps, P50ms: sums[k].p50ms, P99ms: sums[k].p99ms, Requests: sums[k].requests}
+			row := variantRow{Section: "daemon", Name: s.name, Clients: n, QPS: sums[k].qps, P50ms: sums[k].p50ms, P99ms: sums[k].p99ms,
+				Requests: sums[k].requests, ServerCPUus: sums[k].serverCPUus}
 			if s.name == "daemon refusing" {
 				row.Codes = refusals.take()
 			}
@@ -487,7 +502,7 @@ func inProcessThroughput(b *testing.B, p tableParams, rep *report) {
 	labels := map[variant]string{echo: "echo (in-process)", auditOn: "broker audit on (in-process)", auditOff: "broker audit off (in-process)"}
 	var stages []stage
 	for _, v := range variants {
-		stages = append(stages, stage{labels[v], func(n int, d time.Duration) (result, error) { return round(f.targets[v], n, d) }})
+		stages = append(stages, stage{name: labels[v], fn: func(n int, d time.Duration) (result, error) { return round(f.targets[v], n, d) }})
 	}
 	issued := 0
 	for _, n := range p.clients {
@@ -748,13 +763,16 @@ func printReport(out *os.File, rep *report) {
 	fmt.Fprintf(out, "machine: %d CPUs (%s), %s, %s, GOMAXPROCS %d; load average %s at start, %s at end\n\n",
 		m.CPUs, m.CPUModel, m.Memory, m.GoVersion, m.GOMAXPROCS, m.LoadStart, m.LoadEnd)
 	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "section\tvariant\tclients\treq/s\tp50 ms\tp99 ms\trequests\t")
+	fmt.Fprintln(w, "section\tvariant\tclients\treq/s\tp50 ms\tp99 ms\trequests\tserver CPU µs/req\t")
 	for _, v := range rep.Variants {
-		qps := "-"
+		qps, cpu := "-", "-"
 		if v.QPS > 0 {
 			qps = fmt.Sprintf("%.0f", v.QPS)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%.2f\t%.2f\t%d\t%s\n", v.Section, v.Name, v.Clients, qps, v.P50ms, v.P99ms, v.Requests, codesText(v.Codes))
+		if v.ServerCPUus > 0 {
+			cpu = fmt.Sprintf("%.0f", v.ServerCPUus)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%.2f\t%.2f\t%d\t%s\t%s\n", v.Section, v.Name, v.Clients, qps, v.P50ms, v.P99ms, v.Requests, cpu, codesText(v.Codes))
 	}
 	w.Flush()
 	fmt.Fprintln(out)
