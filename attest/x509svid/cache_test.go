@@ -53,20 +53,34 @@ func TestVerificationCache(t *testing.T) {
 	if _, err := a.verify(svid.Certificates); err != nil {
 		t.Fatal(err)
 	}
-	// The trust bundle rotates away from the signer: a cached chain is still
-	// accepted for at most cacheTTL, and its validity period still counts.
+	// The trust bundle rotates away from the signer: the cached chain is
+	// refused on the very next request, well inside cacheTTL.
 	bundles.replace(other.X509Bundle())
-	clk.Set(t0.Add(10 * time.Second))
-	if _, err := a.verify(svid.Certificates); err != nil {
-		t.Fatalf("cached chain refused within cacheTTL: %v", err)
+	clk.Set(t0.Add(time.Second))
+	if _, err := a.verify(svid.Certificates); err == nil || !strings.Contains(err.Error(), "not signed by the trust bundle") {
+		t.Fatalf("cached chain accepted after its authority left the bundle: %v", err)
 	}
+	// A bundle that still holds the signer among others keeps the entry.
+	both := x509bundle.FromX509Authorities(td, append(other.X509Bundle().X509Authorities(), authority.Certificate()))
+	bundles.replace(both)
+	if _, err := a.verify(svid.Certificates); err != nil {
+		t.Fatal(err)
+	}
+	bundles.replace(other.X509Bundle())
+	if _, ok := a.cache.get(keyOf(svid.Certificates), clk.Now(), bundles); ok {
+		t.Fatal("cache hit after the authority left the bundle")
+	}
+	bundles.replace(authority.X509Bundle())
+	if _, ok := a.cache.get(keyOf(svid.Certificates), clk.Now(), bundles); !ok {
+		t.Fatal("no cache hit for a chain whose authority is in the bundle")
+	}
+	// Validity periods still count for cached chains.
 	clk.Set(t0.Add(55 * time.Second)) // past NotAfter, still inside cacheTTL
 	if _, err := a.verify(svid.Certificates); err == nil || !strings.Contains(err.Error(), "expired") {
 		t.Fatalf("expired chain accepted from cache: %v", err)
 	}
 
-	// After cacheTTL the bundle change takes effect.
-	bundles.replace(authority.X509Bundle())
+	// And cacheTTL bounds an entry regardless.
 	fresh, err := authority.MintX509SVID(spiffeid.RequireFromPath(td, "/w"), time.Hour)
 	if err != nil {
 		t.Fatal(err)
@@ -74,12 +88,18 @@ func TestVerificationCache(t *testing.T) {
 	if _, err := a.verify(fresh.Certificates); err != nil {
 		t.Fatal(err)
 	}
+	if _, ok := a.cache.get(keyOf(fresh.Certificates), clk.Now().Add(cacheTTL-time.Second), bundles); !ok {
+		t.Fatal("no cache hit within cacheTTL")
+	}
+	if _, ok := a.cache.get(keyOf(fresh.Certificates), clk.Now().Add(cacheTTL), bundles); ok {
+		t.Fatal("cache hit after cacheTTL")
+	}
+	// Failures are not cached: restoring the bundle admits a chain again at once.
 	bundles.replace(other.X509Bundle())
 	clk.Set(t0.Add(55*time.Second + cacheTTL))
 	if _, err := a.verify(fresh.Certificates); err == nil || !strings.Contains(err.Error(), "not signed by the trust bundle") {
-		t.Fatalf("chain accepted after cacheTTL with a bundle that does not sign it: %v", err)
+		t.Fatalf("chain accepted with a bundle that does not sign it: %v", err)
 	}
-	// Failures are not cached: restoring the bundle admits it again at once.
 	bundles.replace(authority.X509Bundle())
 	if _, err := a.verify(fresh.Certificates); err != nil {
 		t.Fatalf("failure was cached: %v", err)

@@ -79,7 +79,7 @@ func (a *Authenticator) verify(certs []*x509.Certificate) (attest.Caller, error)
 	}
 	now := a.now()
 	key := keyOf(certs)
-	if c, ok := a.cache.get(key, now); ok {
+	if c, ok := a.cache.get(key, now, a.bundles); ok {
 		return c, nil
 	}
 	leaf := certs[0]
@@ -109,7 +109,7 @@ func (a *Authenticator) verify(certs []*x509.Certificate) (attest.Caller, error)
 		ExpiresAt:   expiry(chains),
 		Constraints: attest.ConstraintsFor(id),
 	}
-	a.cache.put(key, cached{caller: caller, notBefore: latestNotBefore(chains), verifiedAt: now})
+	a.cache.put(key, cached{caller: caller, notBefore: latestNotBefore(chains), verifiedAt: now, anchors: anchorsOf(chains)})
 	return caller, nil
 }
 
