@@ -4,11 +4,11 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rsa"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/big"
+
+	"github.com/go-jose/go-jose/v4"
 )
 
 // minRSABits is the smallest RSA modulus we accept in a JWKS.
@@ -43,54 +43,54 @@ func (k publicKey) allows(alg string) bool {
 	return false
 }
 
-type jwk struct {
-	Kty string `json:"kty"`
-	Kid string `json:"kid"`
-	Use string `json:"use"`
-	Alg string `json:"alg"`
-	N   string `json:"n"`
-	E   string `json:"e"`
-	Crv string `json:"crv"`
-	X   string `json:"x"`
-	Y   string `json:"y"`
-}
-
-// parseJWKS returns the signing keys of a JWKS by kid. Keys that cannot sign
-// tokens we accept (no kid, "use" other than "sig", symmetric or unsupported
-// key types) are skipped; a JWKS with no usable key, a malformed key or a
-// duplicate kid is an error.
+// parseJWKS returns the signing keys of a JWKS by kid. The key material is
+// decoded and checked by go-jose (coordinate sizes, points on the curve,
+// certificate chains matching their key); on top of that, keys that cannot
+// sign tokens we accept (no kid, "use" other than "sig", symmetric or
+// unsupported key types and curves) are skipped, and a JWKS with no usable
+// key, a malformed or weak key, or a duplicate kid is an error.
 func parseJWKS(data []byte) (map[string]publicKey, error) {
 	var set struct {
-		Keys []jwk `json:"keys"`
+		Keys []json.RawMessage `json:"keys"`
 	}
 	if err := json.Unmarshal(data, &set); err != nil {
 		return nil, errors.New("psat: JWKS is not valid JSON")
 	}
 	keys := make(map[string]publicKey, len(set.Keys))
-	for i, k := range set.Keys {
-		if k.Kid == "" || (k.Use != "" && k.Use != "sig") {
+	for i, raw := range set.Keys {
+		// Decided before go-jose sees the key: it refuses kinds we only
+		// skip (an unknown kty, a malformed key marked for encryption).
+		var head struct {
+			Kty string `json:"kty"`
+			Kid string `json:"kid"`
+			Use string `json:"use"`
+			Crv string `json:"crv"`
+		}
+		if err := json.Unmarshal(raw, &head); err != nil {
+			return nil, fmt.Errorf("psat: JWKS key %d is not a JSON object", i)
+		}
+		usable := head.Kty == "RSA" || (head.Kty == "EC" && (head.Crv == "P-256" || head.Crv == "P-384"))
+		if head.Kid == "" || (head.Use != "" && head.Use != "sig") || !usable {
 			continue
 		}
-		var pub any
-		var err error
-		switch k.Kty {
-		case "RSA":
-			pub, err = rsaKey(k)
-		case "EC":
-			pub, err = ecKey(k)
-		default:
-			continue
-		}
-		if err != nil {
+		var jwk jose.JSONWebKey
+		if err := jwk.UnmarshalJSON(raw); err != nil {
 			return nil, fmt.Errorf("psat: JWKS key %d: %w", i, err)
 		}
-		if pub == nil {
-			continue
+		// A JWKS that carries a private key is not ours to use as one.
+		pub := jwk.Public()
+		if !pub.Valid() {
+			return nil, fmt.Errorf("psat: JWKS key %d is not a valid public key", i)
 		}
-		if _, dup := keys[k.Kid]; dup {
-			return nil, fmt.Errorf("psat: JWKS has more than one key with kid %q", k.Kid)
+		if k, ok := pub.Key.(*rsa.PublicKey); ok {
+			if err := checkRSA(k); err != nil {
+				return nil, fmt.Errorf("psat: JWKS key %d: %w", i, err)
+			}
 		}
-		keys[k.Kid] = publicKey{key: pub, alg: k.Alg}
+		if _, dup := keys[jwk.KeyID]; dup {
+			return nil, fmt.Errorf("psat: JWKS has more than one key with kid %q", jwk.KeyID)
+		}
+		keys[jwk.KeyID] = publicKey{key: pub.Key, alg: jwk.Algorithm}
 	}
 	if len(keys) == 0 {
 		return nil, errors.New("psat: JWKS has no usable signing key")
@@ -98,47 +98,13 @@ func parseJWKS(data []byte) (map[string]publicKey, error) {
 	return keys, nil
 }
 
-func rsaKey(k jwk) (*rsa.PublicKey, error) {
-	n, err := base64.RawURLEncoding.DecodeString(k.N)
-	if err != nil || len(n) == 0 {
-		return nil, errors.New("RSA modulus is not base64url")
+// checkRSA refuses weak RSA keys, which go-jose decodes as published.
+func checkRSA(k *rsa.PublicKey) error {
+	if k.E < 3 || k.E%2 == 0 {
+		return errors.New("RSA exponent is invalid")
 	}
-	e, err := base64.RawURLEncoding.DecodeString(k.E)
-	if err != nil || len(e) == 0 || len(e) > 4 {
-		return nil, errors.New("RSA exponent is not a base64url 32-bit integer")
+	if k.N.BitLen() < minRSABits {
+		return fmt.Errorf("RSA key is shorter than %d bits", minRSABits)
 	}
-	exp := int(new(big.Int).SetBytes(e).Int64())
-	if exp < 3 || exp%2 == 0 {
-		return nil, errors.New("RSA exponent is invalid")
-	}
-	pub := &rsa.PublicKey{N: new(big.Int).SetBytes(n), E: exp}
-	if pub.N.BitLen() < minRSABits {
-		return nil, fmt.Errorf("RSA key is shorter than %d bits", minRSABits)
-	}
-	return pub, nil
-}
-
-// ecKey returns nil, nil for curves whose algorithm we do not accept (P-521).
-func ecKey(k jwk) (*ecdsa.PublicKey, error) {
-	var curve elliptic.Curve
-	switch k.Crv {
-	case "P-256":
-		curve = elliptic.P256()
-	case "P-384":
-		curve = elliptic.P384()
-	default:
-		return nil, nil
-	}
-	size := (curve.Params().BitSize + 7) / 8
-	x, errX := base64.RawURLEncoding.DecodeString(k.X)
-	y, errY := base64.RawURLEncoding.DecodeString(k.Y)
-	if errX != nil || errY != nil || len(x) != size || len(y) != size {
-		return nil, errors.New("EC coordinates are not base64url of the curve's size")
-	}
-	point := append(append([]byte{4}, x...), y...)
-	pub, err := ecdsa.ParseUncompressedPublicKey(curve, point)
-	if err != nil {
-		return nil, errors.New("EC point is not on the curve")
-	}
-	return pub, nil
+	return nil
 }

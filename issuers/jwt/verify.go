@@ -2,39 +2,49 @@ package jwt
 
 import (
 	"crypto/ecdsa"
-	"crypto/elliptic"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 
+	"github.com/go-jose/go-jose/v4"
 	jwtlib "github.com/golang-jwt/jwt/v5"
 )
 
-// ParseJWKS returns the ES256 (EC P-256) keys of a JWKS document by key id.
-// Keys of other types are skipped.
+// ParseJWKS returns the ES256 (EC P-256) keys of a JWKS document by key id,
+// decoded and checked by go-jose (coordinate sizes, point on the curve).
+// Keys of other types, and keys without a kid, are skipped; a malformed
+// P-256 key is an error.
 func ParseJWKS(doc []byte) (map[string]*ecdsa.PublicKey, error) {
 	var set struct {
-		Keys []jwkJSON `json:"keys"`
+		Keys []json.RawMessage `json:"keys"`
 	}
 	if err := json.Unmarshal(doc, &set); err != nil {
 		return nil, fmt.Errorf("jwt: JWKS: %w", err)
 	}
 	keys := make(map[string]*ecdsa.PublicKey)
-	for _, k := range set.Keys {
-		if k.Kty != "EC" || k.Crv != "P-256" || k.Kid == "" {
+	for i, raw := range set.Keys {
+		// Decided before go-jose sees the key, which refuses kinds that
+		// are only skipped here.
+		var head struct {
+			Kty string `json:"kty"`
+			Crv string `json:"crv"`
+			Kid string `json:"kid"`
+		}
+		if err := json.Unmarshal(raw, &head); err != nil {
+			return nil, fmt.Errorf("jwt: JWKS: key %d is not a JSON object", i)
+		}
+		if head.Kty != "EC" || head.Crv != "P-256" || head.Kid == "" {
 			continue
 		}
-		x, errX := base64.RawURLEncoding.DecodeString(k.X)
-		y, errY := base64.RawURLEncoding.DecodeString(k.Y)
-		if errX != nil || errY != nil || len(x) != 32 || len(y) != 32 {
-			return nil, fmt.Errorf("jwt: JWKS: key %q: bad coordinates", k.Kid)
+		var jwk jose.JSONWebKey
+		if err := jwk.UnmarshalJSON(raw); err != nil {
+			return nil, fmt.Errorf("jwt: JWKS: key %q: %w", head.Kid, err)
 		}
-		pub, err := ecdsa.ParseUncompressedPublicKey(elliptic.P256(), append(append([]byte{4}, x...), y...))
-		if err != nil {
-			return nil, fmt.Errorf("jwt: JWKS: key %q: %w", k.Kid, err)
+		pub, ok := jwk.Public().Key.(*ecdsa.PublicKey)
+		if !ok {
+			return nil, fmt.Errorf("jwt: JWKS: key %q is not an EC public key", head.Kid)
 		}
-		keys[k.Kid] = pub
+		keys[jwk.KeyID] = pub
 	}
 	return keys, nil
 }
