@@ -54,14 +54,6 @@ var daemonHarness = testproc.Harness{
 	ReadyTimeout: time.Minute,
 }
 
-// echoHarness describes the echo server process (this test binary).
-var echoHarness = testproc.Harness{
-	Package:   "bench",
-	Server:    "echo",
-	Command:   "bench.test",
-	PortTaken: "address already in use",
-}
-
 // buildDaemon builds the credbroker binary from this module into a
 // temporary directory and returns its path.
 func buildDaemon(tb testing.TB) string {
@@ -77,7 +69,8 @@ func buildDaemon(tb testing.TB) string {
 // world is the trust domain the daemons run in: the dev CA every daemon's
 // data directory shares, and SVIDs for the clients.
 type world struct {
-	ca *ca.CA
+	ca    *ca.CA
+	caDir string // where ca is saved
 	// svidDirs hold the identities' X.509-SVIDs for client processes.
 	svidDirs map[spiffeid.ID]string
 	svids    map[spiffeid.ID]*x509svid.SVID
@@ -91,7 +84,7 @@ func newWorld(tb testing.TB, dir string) *world {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	w := &world{ca: env.CA, svidDirs: map[spiffeid.ID]string{}, svids: map[spiffeid.ID]*x509svid.SVID{}}
+	w := &world{ca: env.CA, caDir: filepath.Join(dir, "ca-home", "dev", "ca"), svidDirs: map[spiffeid.ID]string{}, svids: map[spiffeid.ID]*x509svid.SVID{}}
 	for _, id := range []spiffeid.ID{controllerID, floodID, steadyID, refuserID} {
 		svid, err := w.ca.MintX509SVID(id, devenv.SVIDTTL)
 		if err != nil {
@@ -257,6 +250,35 @@ func startEcho(tb testing.TB, w *world, dir, issuerURL string) (string, *exec.Cm
 	if err := svidfile.Write(svidDir, svid, w.ca.X509Bundle()); err != nil {
 		tb.Fatal(err)
 	}
+	return startRole(tb, roleEcho, func(addr string) any {
+		return echoSpec{Listen: addr, SVIDDir: svidDir, KeyFile: filepath.Join(dir, "echo-jwt.pem"),
+			IssuerURL: issuerURL, Subject: controllerID.String()}
+	})
+}
+
+// startBrokerProcess runs a broker assembled as in-process (assembleBroker)
+// in its own process, with the audit on or off, and returns its address and
+// process.
+func startBrokerProcess(tb testing.TB, w *world, dir, issuerURL string, auditOn bool) (string, *exec.Cmd) {
+	tb.Helper()
+	name := "broker-audit-off"
+	if auditOn {
+		name = "broker-audit-on"
+	}
+	d := filepath.Join(dir, name)
+	if err := os.MkdirAll(d, 0o700); err != nil {
+		tb.Fatal(err)
+	}
+	return startRole(tb, roleBroker, func(addr string) any {
+		return brokerSpec{Listen: addr, CADir: w.caDir, KeyFile: filepath.Join(d, "jwt.pem"), IssuerURL: issuerURL,
+			DataDir: d, Audit: auditOn, LogFile: filepath.Join(d, "broker.log")}
+	})
+}
+
+// startRole runs this test binary as role, a server on a loopback address,
+// until the end of the benchmark; spec makes its settings for the address.
+func startRole(tb testing.TB, role string, spec func(addr string) any) (string, *exec.Cmd) {
+	tb.Helper()
 	bin, err := rolePath()
 	if err != nil {
 		tb.Fatal(err)
@@ -265,19 +287,19 @@ func startEcho(tb testing.TB, w *world, dir, issuerURL string) (string, *exec.Cm
 		addr    string
 		started *exec.Cmd
 	)
-	echoHarness.Start(tb, bin, func() (testproc.Attempt, error) {
+	h := testproc.Harness{Package: "bench", Server: role, Command: "bench.test", PortTaken: "address already in use"}
+	h.Start(tb, bin, func() (testproc.Attempt, error) {
 		addrs, err := testproc.FreePorts(1)
 		if err != nil {
 			return testproc.Attempt{}, err
 		}
 		addr = addrs[0]
-		spec, err := json.Marshal(echoSpec{Listen: addr, SVIDDir: svidDir, KeyFile: filepath.Join(dir, "echo-jwt.pem"),
-			IssuerURL: issuerURL, Subject: controllerID.String()})
+		js, err := json.Marshal(spec(addr))
 		if err != nil {
 			return testproc.Attempt{}, err
 		}
 		cmd := exec.Command(bin, "-test.run=^$")
-		cmd.Env = testproc.Environ([]string{"CREDBROKER_", "GODEBUG="}, roleEnv+"="+roleEcho, roleSpecEnv+"="+string(spec))
+		cmd.Env = testproc.Environ([]string{"CREDBROKER_", "GODEBUG="}, roleEnv+"="+role, roleSpecEnv+"="+string(js))
 		started = cmd
 		return testproc.Attempt{Cmd: cmd, Ready: func(ctx context.Context) error {
 			var d net.Dialer

@@ -38,15 +38,24 @@
 //
 // The databases of P6 are written through the audit package in a setup step
 // (fsync off while writing, one sync at the end), then each gets a daemon.
+// Every server process's CPU time per request is read from /proc.
+//
+// # Audit off: P2
+//
+// The daemon cannot run without its audit log (by design), so P2 (audit on
+// ÷ audit off; goal >= 0.85 at 256 clients, >= 0.60 at 32) is measured on the
+// broker assembled as the daemon assembles it (assembleBroker: the same
+// Gate, authenticators, request limits, policy, limits, issuer and metrics,
+// logs to a file), once with the real audit log and once with one that
+// records nothing, each served from a process of its own ("own process"),
+// interleaved with the daemon's rounds.
 //
 // # In-process
 //
-// The older fixture runs three servers in the test process (clients too),
-// with the same TLS and issuer: echo, the broker with its audit log, and the
-// broker with an audit log that records nothing, which the daemon cannot be.
-// It gives P1 in-process and the only measure of P2 (audit on ÷ off; goal
-// >= 0.85 at 256 clients, >= 0.60 at 32). BenchmarkRatios, BenchmarkIssue,
-// BenchmarkVaultRatios and BenchmarkAuditAppend measure parts of it alone.
+// The older fixture runs three servers in the test process (clients too):
+// echo, broker with audit on, broker with audit off. It gives P1 and P2
+// in-process. BenchmarkRatios, BenchmarkIssue, BenchmarkVaultRatios and
+// BenchmarkAuditAppend measure parts of it alone.
 //
 // Figures are printed, never asserted: speed is measured, behaviour is
 // tested. A run fails only when the harness breaks (a server does not start,

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"os/signal"
@@ -21,7 +22,13 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
+	"github.com/credbroker/credbroker/broker"
+	"github.com/credbroker/credbroker/broker/audit"
+	"github.com/credbroker/credbroker/broker/limits"
+	"github.com/credbroker/credbroker/broker/state/boltstate"
 	"github.com/credbroker/credbroker/internal/brokerclient"
+	"github.com/credbroker/credbroker/internal/ca"
+	"github.com/credbroker/credbroker/internal/devenv"
 	"github.com/credbroker/credbroker/internal/svidfile"
 	"github.com/credbroker/credbroker/issuers/jwt"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
@@ -30,20 +37,22 @@ import (
 // The benchmark runs some of its parts as processes of its own test binary,
 // so that they do not share a Go runtime with the server they measure or
 // with each other: the echo server that the broker daemon is compared with,
-// and the flooding identity of P7. roleEnv names the part; its settings are
+// the flooding identity of P7, and the broker assembled as in-process but
+// served from a process of its own, with the audit on or off (P2). roleEnv names the part; its settings are
 // JSON in roleSpecEnv.
 const (
 	roleEnv     = "CREDBROKER_BENCH_ROLE"
 	roleSpecEnv = "CREDBROKER_BENCH_ROLE_SPEC"
 	roleEcho    = "echo"
 	roleFlood   = "flood"
+	roleBroker  = "broker"
 )
 
 func TestMain(m *testing.M) {
 	switch role := os.Getenv(roleEnv); role {
 	case "":
 		goleak.VerifyTestMain(m)
-	case roleEcho, roleFlood:
+	case roleEcho, roleFlood, roleBroker:
 		if err := runRole(role, os.Getenv(roleSpecEnv)); err != nil {
 			fmt.Fprintf(os.Stderr, "bench %s: %v\n", role, err)
 			os.Exit(1)
@@ -63,6 +72,12 @@ func runRole(role, spec string) error {
 			return err
 		}
 		return runEcho(s)
+	case roleBroker:
+		var s brokerSpec
+		if err := json.Unmarshal([]byte(spec), &s); err != nil {
+			return err
+		}
+		return runBroker(s)
 	default:
 		var s floodSpec
 		if err := json.Unmarshal([]byte(spec), &s); err != nil {
@@ -102,6 +117,88 @@ func runEcho(s echoSpec) error {
 		return err
 	}
 	srv := newEchoServer(tlsConf, issuer, s.Subject)
+	lis, err := net.Listen("tcp", s.Listen)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	go func() { <-ctx.Done(); srv.Stop() }()
+	return srv.Serve(lis)
+}
+
+// brokerSpec configures a broker process (assembleBroker).
+type brokerSpec struct {
+	Listen string
+	// CADir holds the trust domain's CA (ca.Save layout): the server's SVID
+	// is minted from it, the clients' are verified against it.
+	CADir string
+	// KeyFile and IssuerURL configure the JWT issuer, as for echoSpec.
+	KeyFile, IssuerURL string
+	// DataDir holds the audit log's bbolt file when Audit is set; without
+	// it the broker records nothing (discardAudit).
+	DataDir string
+	Audit   bool
+	// LogFile receives the info-level JSON logs.
+	LogFile string
+}
+
+// runBroker serves a broker assembled as in-process (assembleBroker) until
+// SIGTERM or SIGINT.
+func runBroker(s brokerSpec) error {
+	authority, err := ca.Load(s.CADir)
+	if err != nil {
+		return err
+	}
+	svid, err := authority.MintX509SVID(serverID, devenv.SVIDTTL)
+	if err != nil {
+		return err
+	}
+	tlsConf := tlsconfig.TLSServerConfig(svid)
+	tlsConf.ClientAuth = tls.RequestClientCert
+	issuer, err := jwt.New(jwt.Config{IssuerURL: s.IssuerURL, KeyFile: s.KeyFile})
+	if err != nil {
+		return err
+	}
+	logFile, err := os.OpenFile(s.LogFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logFile.Close()
+	logger := slog.New(slog.NewJSONHandler(logFile, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	lim, err := limits.New(limits.Config{})
+	if err != nil {
+		return err
+	}
+	var (
+		ledger broker.Ledger      = discardAudit{}
+		log    broker.AuditLog    = discardAudit{}
+		reader broker.AuditReader // none: no admin is admitted
+	)
+	if s.Audit {
+		db, err := boltstate.OpenDB(filepath.Join(s.DataDir, "credbroker.db"))
+		if err != nil {
+			return err
+		}
+		defer db.Close()
+		al, err := audit.Open(db)
+		if err != nil {
+			return err
+		}
+		defer al.Close()
+		st, err := boltstate.New(db)
+		if err != nil {
+			return err
+		}
+		if ledger, err = st.Ledger(al); err != nil {
+			return err
+		}
+		log = al
+	}
+	srv, err := assembleBroker(authority, issuer, tlsConf, lim, ledger, log, reader, logger)
+	if err != nil {
+		return err
+	}
 	lis, err := net.Listen("tcp", s.Listen)
 	if err != nil {
 		return err

@@ -202,23 +202,34 @@ func serve(tb testing.TB, s *grpc.Server, creds credentials.TransportCredentials
 	return t
 }
 
-// newBroker assembles the real broker as the daemon does: Gate with the
-// JWT-SVID and X.509-SVID authenticators, policy, limits, audit, metrics, and
-// info-level JSON logs (formatted, then discarded, so their cost counts but
-// the terminal's does not). reader backs the admin API; nil when there is none
-// (the Gate admits no admin identity, so it is never reached).
+// newBroker assembles the real broker as the daemon does (assembleBroker),
+// its info-level JSON logs formatted, then discarded, so that their cost
+// counts but the terminal's does not.
 func (f *fixture) newBroker(tb testing.TB, tlsConf *tls.Config, lim broker.Limiter, ledger broker.Ledger, log broker.AuditLog, reader broker.AuditReader, extra ...broker.Profile) *grpc.Server {
 	tb.Helper()
+	logger := slog.New(slog.NewJSONHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	s, err := assembleBroker(f.ca, f.issuer, tlsConf, lim, ledger, log, reader, logger, extra...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return s
+}
+
+// assembleBroker assembles the real broker as the daemon does: Gate with the
+// JWT-SVID and X.509-SVID authenticators and the request limits, policy,
+// limits, audit, metrics, and logs to logger. reader backs the admin API; nil
+// when there is none (the Gate admits no admin identity, so it is never
+// reached).
+func assembleBroker(authority *ca.CA, issuer issuers.Issuer, tlsConf *tls.Config, lim broker.Limiter, ledger broker.Ledger, log broker.AuditLog, reader broker.AuditReader, logger *slog.Logger, extra ...broker.Profile) (*grpc.Server, error) {
 	pol, err := policy.New([]policy.Rule{
 		{ID: "spiffe://bench.test/ns/*/sa/capa-controller-manager", Profiles: []string{"*"}, Clusters: []string{"capi-*/*"}},
 	})
 	if err != nil {
-		tb.Fatal(err)
+		return nil, err
 	}
-	logger := slog.New(slog.NewJSONHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	metrics := broker.NewMetrics(prometheus.NewRegistry())
 	profiles := map[string]broker.Profile{"capa-token": {
-		Name: "capa-token", IssuerName: "local", Issuer: f.issuer, DefaultTTL: 5 * time.Minute, MaxTTL: 15 * time.Minute,
+		Name: "capa-token", IssuerName: "local", Issuer: issuer, DefaultTTL: 5 * time.Minute, MaxTTL: 15 * time.Minute,
 		Audiences: []string{"capa-token", "sts.amazonaws.com"}, ClusterMode: config.ClusterRequired,
 	}}
 	for _, p := range extra {
@@ -229,7 +240,7 @@ func (f *fixture) newBroker(tb testing.TB, tlsConf *tls.Config, lim broker.Limit
 		Policy:   pol, Limiter: lim, Ledger: ledger, Audit: log, NewID: newID, Log: logger, Metrics: metrics,
 	})
 	if err != nil {
-		tb.Fatal(err)
+		return nil, err
 	}
 	// The load comes from one identity, far above the default per-identity
 	// request limit; the limit is still taken on every call, so its cost
@@ -238,13 +249,13 @@ func (f *fixture) newBroker(tb testing.TB, tlsConf *tls.Config, lim broker.Limit
 	requests.Issue = limits.Spec{Rate: 1e9, Burst: 1e9}
 	rateLimits, err := broker.NewRateLimits(requests, nil)
 	if err != nil {
-		tb.Fatal(err)
+		return nil, err
 	}
 	gate := broker.NewGate([]attest.Authenticator{
-		jwtsvid.New(jwtbundle.NewSet(f.ca.JWTBundle()), []string{"credbroker"}),
-		attestx509.New(x509bundle.NewSet(f.ca.X509Bundle())),
+		jwtsvid.New(jwtbundle.NewSet(authority.JWTBundle()), []string{"credbroker"}),
+		attestx509.New(x509bundle.NewSet(authority.X509Bundle())),
 	}, nil, log, metrics, logger, broker.WithRateLimits(rateLimits))
-	return broker.NewGRPCServer(tlsConf, gate, svc, nil, broker.NewAdmin(reader, nil))
+	return broker.NewGRPCServer(tlsConf, gate, svc, nil, broker.NewAdmin(reader, nil)), nil
 }
 
 func newID() (string, error) {
