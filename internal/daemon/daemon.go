@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
@@ -385,24 +386,15 @@ func newIssuanceID() (string, error) {
 	return id.String(), nil
 }
 
-// serverTLS is the broker's TLS configuration: its own SVID, TLS 1.3, and
-// client certificates requested but verified by the Gate, per request.
+// serverTLSConfig is the broker's TLS configuration: its own SVID (from
+// go-spiffe's tlsconfig, read from source on every handshake, so rotations
+// apply to new connections), TLS 1.3, and client certificates requested but
+// verified by the Gate, per request, not in the handshake.
 func serverTLSConfig(source x509svid.Source) *tls.Config {
-	return &tls.Config{
-		MinVersion: tls.VersionTLS13,
-		ClientAuth: tls.RequestClientCert,
-		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-			svid, err := source.GetX509SVID()
-			if err != nil {
-				return nil, err
-			}
-			certs := make([][]byte, 0, len(svid.Certificates))
-			for _, c := range svid.Certificates {
-				certs = append(certs, c.Raw)
-			}
-			return &tls.Certificate{Certificate: certs, PrivateKey: svid.PrivateKey, Leaf: svid.Certificates[0]}, nil
-		},
-	}
+	c := tlsconfig.TLSServerConfig(source)
+	c.MinVersion = tls.VersionTLS13
+	c.ClientAuth = tls.RequestClientCert
+	return c
 }
 
 // purge deletes one kind of expired state and says how much.
