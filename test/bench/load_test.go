@@ -95,7 +95,11 @@ func round(t *target, concurrency int, d time.Duration) (result, error) {
 // roundFunc is round for any call: worker(w) returns worker w's call.
 func roundFunc(concurrency int, d time.Duration, worker func(w int) func(context.Context) error) (result, error) {
 	var stop atomic.Bool
-	g, ctx := errgroup.WithContext(context.Background())
+	// Bounded in time even if a server stops answering: no call outlives
+	// the round by more than a minute.
+	bounded, cancel := context.WithTimeout(context.Background(), d+time.Minute)
+	defer cancel()
+	g, ctx := errgroup.WithContext(bounded)
 	lat := make([][]time.Duration, concurrency)
 	cpu0 := cpuTime()
 	start := time.Now()

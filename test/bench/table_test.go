@@ -806,4 +806,25 @@ func printReport(out *os.File, rep *report) {
 	}
 	w.Flush()
 	fmt.Fprintln(out)
+	printMarkdown(out, rep)
+}
+
+// printMarkdown writes the figures as the Markdown table README carries.
+func printMarkdown(out *os.File, rep *report) {
+	m := rep.Machine
+	fmt.Fprintf(out, "Markdown (README):\n\nMeasured %s at commit %s on %d CPUs (%s), %s; load average %s at the start, %s at the end.\n\n",
+		rep.Time.Format("2006-01-02 15:04 MST"), rep.Commit, m.CPUs, m.CPUModel, m.Memory, m.LoadStart, m.LoadEnd)
+	fmt.Fprintln(out, "| figure | where | measured | goal | verdict | from |")
+	fmt.Fprintln(out, "| --- | --- | --- | --- | --- | --- |")
+	for _, f := range rep.Figures {
+		val, goal := fmt.Sprintf("%.2f", f.Value), f.goalText()
+		if strings.HasPrefix(f.Name, "audit growth") {
+			val, goal = fmt.Sprintf("%.0f records", f.Value), fmt.Sprintf("≤ %.0f records", f.Goal)
+		}
+		if f.Missing != "" {
+			val = "–"
+		}
+		fmt.Fprintf(out, "| %s | %s | %s | %s | %s | %s |\n", f.Name, f.Scope, val, goal, f.verdictText(), f.Measured)
+	}
+	fmt.Fprintln(out)
 }
