@@ -618,6 +618,10 @@ func (c *Config) Validate() error {
 		if !slices.Contains([]string{ClusterOptional, ClusterRequired, ClusterNone}, p.Cluster) {
 			bad("profiles.%s.cluster %q: want optional, required or none", name, p.Cluster)
 		}
+		if slices.Contains(p.Audiences, "") {
+			// A token whose aud is "" names no relying party.
+			bad("profiles.%s.audiences: an audience must not be empty", name)
+		}
 		if c.Issuers[p.Issuer].Type == IssuerAWSSTS {
 			errs = append(errs, validateAWSProfile(name, p)...)
 		} else if p.AWS != nil {

@@ -12,6 +12,7 @@ package limits
 import (
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"time"
 
@@ -56,8 +57,9 @@ type Config struct {
 func (c Config) rateUnlimited() bool { return c.Rate == 0 || c.Rate == rate.Inf }
 
 func (c Config) validate() error {
-	if c.Rate < 0 {
-		return fmt.Errorf("limits: negative rate %v", c.Rate)
+	if c.Rate < 0 || math.IsNaN(float64(c.Rate)) {
+		// NaN would pass every other check and make the bucket admit all.
+		return fmt.Errorf("limits: rate %v is not a non-negative number", c.Rate)
 	}
 	if !c.rateUnlimited() && c.Burst < 1 {
 		return fmt.Errorf("limits: burst must be at least 1 when rate is set, got %d", c.Burst)

@@ -3,6 +3,7 @@ package limits
 import (
 	"errors"
 	"fmt"
+	"math"
 	"reflect"
 	"sync/atomic"
 	"testing"
@@ -60,6 +61,7 @@ func mustReserve(t *testing.T, l *Limiter, identity, cluster string) *Reservatio
 func TestNewRejectsInvalidConfig(t *testing.T) {
 	for name, cfg := range map[string]Config{
 		"negative rate":         {Rate: -1, Burst: 1},
+		"NaN rate":              {Rate: rate.Limit(math.NaN()), Burst: 1},
 		"rate without burst":    {Rate: 1},
 		"negative quota":        {IdentityQuota: Quota{Max: -1, Window: time.Hour}},
 		"quota without window":  {ClusterQuota: Quota{Max: 1}},
