@@ -2,6 +2,7 @@
 #   make run    build and start the broker in --dev mode (offline, ./data)
 #   make test   lint, generated-code drift check, and the whole test suite with -race
 #   make bench  benchmarks, with ratios printed side by side
+#   make fuzz   every fuzz target for FUZZTIME each (default 30s)
 
 GO        ?= go
 BIN       := bin
@@ -11,7 +12,7 @@ STATICCHECK := $(GO) tool -modfile=tools/go.mod staticcheck
 PKGS      := ./...
 TEST_FLAGS ?= -race -count=1 -timeout 30m
 
-.PHONY: all build run test unit lint fmt-check vet staticcheck darwin buf-lint proto-check generate bench clean tools
+.PHONY: all build run test unit lint fmt-check vet staticcheck darwin buf-lint proto-check generate bench fuzz clean tools
 
 all: build
 
@@ -74,6 +75,21 @@ BENCH_DIR ?= $(CACHE_DIR)/bench
 bench:
 	@mkdir -p "$(BENCH_DIR)"
 	BENCH_JSON="$(BENCH_JSON)" BENCH_DIR="$(BENCH_DIR)" $(GO) test -run '^$$' -bench '^BenchmarkTable$$' -benchtime 1x -timeout 30m ./test/bench/
+
+## fuzz: run every fuzz target (a func FuzzXxx in a _test.go file) for FUZZTIME, one after another:
+## `go test -fuzz` takes one target per run. It stops at the first failure; the failing input is then
+## in the package's testdata/fuzz/FuzzXxx/ and replays as an ordinary test. The seed corpora (f.Add and
+## testdata/fuzz) run in `make test` like any test.
+FUZZTIME ?= 30s
+
+fuzz:
+	@set -e; for file in $$(grep -rl --include='*_test.go' '^func Fuzz' . | sort); do \
+	  pkg=$$(dirname $$file); \
+	  for target in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$file); do \
+	    echo "== $$target ($$pkg, $(FUZZTIME))"; \
+	    $(GO) test -run '^$$' -fuzz "^$$target$$" -fuzztime $(FUZZTIME) $$pkg; \
+	  done; \
+	done
 
 ## minio: install the pinned MinIO server (the tests' real STS and S3) into $(CACHE_DIR), once per version;
 ## `test` and `unit` pass its path to the tests as CREDBROKER_MINIO.

@@ -2,9 +2,14 @@ package config
 
 import (
 	"bytes"
+	"math"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/credbroker/credbroker/broker/limits"
 )
 
 func TestDevConfigIsValid(t *testing.T) {
@@ -135,6 +140,29 @@ limits: {rate: 1, burst: 2, identity_quota: {max: 3, window: 1h}}
 	}
 }
 
+// A NaN rate compares false with every bound and would turn the rate limit
+// off; an empty audience names no relying party. Both are refused, and both
+// were accepted until FuzzParse checked what an accepted file builds.
+func TestRefusesNaNRateAndEmptyAudience(t *testing.T) {
+	for _, tc := range []struct{ yaml, want string }{
+		{"limits: {rate: .nan, burst: 1}\n", "limits: rate NaN is not a non-negative number (defaults)"},
+		{"limits: {rate: .NaN, burst: 5}\n", "limits: rate NaN is not a non-negative number (defaults)"},
+		{"profiles: {p: {issuer: i, max_ttl: 1h, limits: {rate: .nan}}}\n", "limits: rate NaN is not a non-negative number (profile p)"},
+		{"policy: [{id: spiffe://a.b/x, profiles: [p], limits: {rate: .nan, burst: 3}}]\n", "limits: rate NaN is not a non-negative number (rule 0)"},
+		{"profiles: {p: {issuer: i, max_ttl: 1h, audiences: [\"\"]}}\n", "profiles.p.audiences: an audience must not be empty"},
+		{"profiles: {p: {issuer: i, max_ttl: 1h, audiences: [sts, \"\"]}}\n", "profiles.p.audiences: an audience must not be empty"},
+	} {
+		y := "trust_domain: a.b\nissuers: {i: {type: jwt}}\n" + tc.yaml
+		if !strings.HasPrefix(tc.yaml, "profiles:") {
+			y += "profiles: {p: {issuer: i, max_ttl: 1h}}\n"
+		}
+		_, err := Parse(strings.NewReader(y))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Parse(%q) = %v, want an error saying %q", y, err, tc.want)
+		}
+	}
+}
+
 func TestEmptyAndMultiDocument(t *testing.T) {
 	if _, err := Parse(strings.NewReader("")); err == nil {
 		t.Error("empty config accepted")
@@ -144,15 +172,57 @@ func TestEmptyAndMultiDocument(t *testing.T) {
 	}
 }
 
-// FuzzParse: any input is either a valid configuration or an error, never a panic.
+// FuzzParse: any input is either refused with a "config: " error or is a
+// configuration the broker can run on: every profile names a configured
+// issuer, has 0 < default_ttl <= max_ttl, a known cluster mode and
+// non-empty audiences; every policy rule grants known profiles; the limits
+// build the daemon's limiter; and parsing the same input again gives the same result.
 func FuzzParse(f *testing.F) {
 	f.Add(DevYAML())
 	f.Add([]byte("trust_domain: a.b\nprofiles: {p: {issuer: i, max_ttl: 1h}}\n"))
 	f.Add([]byte("limits: {rate: -1}\n"))
+	f.Add([]byte("trust_domain: a.b\nissuers: {i: {type: jwt}}\nprofiles: {p: {issuer: i, max_ttl: 1h, audiences: [x]}}\nlimits: {rate: 5, burst: 10}\n"))
+	f.Add([]byte("trust_domain: a.b\nissuers: {i: {type: jwt}}\nprofiles: {p: {issuer: i, max_ttl: 1h, audiences: [\"\"]}}\nlimits: {rate: .nan, burst: 1}\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := Parse(bytes.NewReader(b))
-		if err == nil && c.Validate() != nil {
-			t.Fatal("Parse accepted a configuration that does not validate")
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "config: ") {
+				t.Fatalf("refusal %q does not say it is about the configuration", err)
+			}
+			return
+		}
+		if err := c.Validate(); err != nil {
+			t.Fatalf("Parse accepted a configuration that does not validate: %v", err)
+		}
+		for name, p := range c.Profiles {
+			if _, ok := c.Issuers[p.Issuer]; !ok {
+				t.Fatalf("profile %q names unknown issuer %q", name, p.Issuer)
+			}
+			if p.DefaultTTL <= 0 || p.DefaultTTL > p.MaxTTL {
+				t.Fatalf("profile %q: default_ttl %s, max_ttl %s", name, p.DefaultTTL, p.MaxTTL)
+			}
+			if !slices.Contains([]string{ClusterOptional, ClusterRequired, ClusterNone}, p.Cluster) {
+				t.Fatalf("profile %q: cluster mode %q", name, p.Cluster)
+			}
+			if len(p.Audiences) == 0 || slices.Contains(p.Audiences, "") {
+				t.Fatalf("profile %q: audiences %q", name, p.Audiences)
+			}
+		}
+		for i, r := range c.Policy {
+			for _, p := range r.Profiles {
+				if _, ok := c.Profiles[p]; !ok && p != "*" {
+					t.Fatalf("policy rule %d grants unknown profile %q", i, p)
+				}
+			}
+		}
+		// The limiter the daemon builds from it.
+		table := c.LimitTable()
+		if _, err := limits.New(table.Default, limits.WithOverrides(table.Profiles, table.Rules)); err != nil || math.IsNaN(c.Limits.Rate) {
+			t.Fatalf("limits %+v were accepted but do not make a limiter: %v", c.Limits, err)
+		}
+		again, err := Parse(bytes.NewReader(b))
+		if err != nil || !reflect.DeepEqual(c, again) {
+			t.Fatalf("parsing the same input again gave %v, %v", again, err)
 		}
 	})
 }
