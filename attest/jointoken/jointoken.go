@@ -172,13 +172,16 @@ func Parse(secret string) (Key, error) {
 	return KeyOf(secret), nil
 }
 
-// wellFormed reports whether secret has the shape Create gives secrets.
+// wellFormed reports whether secret has the shape New gives secrets: the
+// prefix and the canonical encoding of secretBytes bytes. The decoded bytes
+// are counted because encoding/base64 skips '\r' and '\n', even in strict
+// mode, so a string of the right length can decode to fewer bytes.
 func wellFormed(secret string) bool {
 	if len(secret) != secretLen || !strings.HasPrefix(secret, secretPrefix) {
 		return false
 	}
-	_, err := base64.RawURLEncoding.Strict().DecodeString(secret[len(secretPrefix):])
-	return err == nil
+	raw, err := base64.RawURLEncoding.Strict().DecodeString(secret[len(secretPrefix):])
+	return err == nil && len(raw) == secretBytes
 }
 
 // normTime drops the monotonic reading and location of t, so that a Token

@@ -116,6 +116,10 @@ func TestParseRefusesMalformed(t *testing.T) {
 		"noncanonical":   "cbjt_" + body[:42] + noncanonical(body[42]),
 		"upper prefix":   "CBJT_" + body,
 		"trailing space": secret[:len(secret)-1] + " ",
+		// encoding/base64 skips \r and \n even in strict mode: three of them
+		// and 40 characters (30 bytes) made 48 characters that parsed.
+		"carriage returns": "cbjt_" + body[:20] + "\r\r\r" + body[20:40],
+		"newline":          "cbjt_" + body[:42] + "\n",
 	} {
 		if _, err := Parse(in); !errors.Is(err, ErrUnknown) || !errors.Is(err, attest.ErrNodeRejected) {
 			t.Errorf("%s: Parse(%q): err = %v, want ErrUnknown matching attest.ErrNodeRejected", name, in, err)
