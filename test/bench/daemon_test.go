@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -226,6 +227,29 @@ func (d *daemon) auditRecords(ctx context.Context, adm credbrokerv1.AdminService
 		return 0, fmt.Errorf("bench: audit chain does not verify: %s", resp.GetProblem())
 	}
 	return resp.GetRecords(), nil
+}
+
+// recordsAfter reads the records after seq through the admin API's export
+// and returns how many there are by decision, and the bytes of their stored
+// (canonical JSON) form, which index entries and bbolt's pages come on top of.
+func recordsAfter(ctx context.Context, adm credbrokerv1.AdminServiceClient, seq uint64) (map[string]int64, int64, error) {
+	stream, err := adm.ExportAudit(ctx, &credbrokerv1.ExportAuditRequest{AfterSeq: seq})
+	if err != nil {
+		return nil, 0, err
+	}
+	decisions := map[string]int64{}
+	var size int64
+	for {
+		resp, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return decisions, size, nil
+		}
+		if err != nil {
+			return nil, 0, err
+		}
+		decisions[strings.ToLower(strings.TrimPrefix(resp.GetRecord().GetDecision().String(), "DECISION_"))]++
+		size += int64(len(resp.GetCanonicalJson()))
+	}
 }
 
 // dbSize is the size of the daemon's database file in bytes.

@@ -236,7 +236,13 @@ type growth struct {
 	Duration time.Duration    `json:"duration_ns"`
 	Refusals map[string]int64 `json:"refusals"` // the flood's answers by code
 	Records  uint64           `json:"records"`
-	Bytes    int64            `json:"db_bytes"`
+	// Decisions counts the new records by decision.
+	Decisions map[string]int64 `json:"decisions"`
+	// RecordBytes is the size of the new records as stored (canonical
+	// JSON); Bytes is how much the database file grew (bbolt grows it in
+	// steps, so a few records may add nothing).
+	RecordBytes int64 `json:"record_bytes"`
+	Bytes       int64 `json:"db_bytes"`
 	// Bound is the most records the configured refusal-record limits let
 	// one identity write in Duration: burst + rate × Duration.
 	Bound uint64 `json:"bound_records"`
@@ -707,14 +713,19 @@ func isolation(b *testing.B, p tableParams, w *world, bin, dir string, scr *scra
 	if err != nil {
 		b.Fatal(err)
 	}
+	decisions, recBytes, err := recordsAfter(ctx, adm, recs0)
+	if err != nil {
+		b.Fatal(err)
+	}
 	lim := config.DefaultIdentityRefusalRecords
-	rep.Growth = growth{Duration: res.Elapsed, Refusals: res.Codes, Records: recs1 - recs0, Bytes: size1 - size0,
-		Bound: uint64(float64(lim.Burst) + lim.Rate*res.Elapsed.Seconds())}
+	rep.Growth = growth{Duration: res.Elapsed, Refusals: res.Codes, Records: recs1 - recs0, Decisions: decisions,
+		RecordBytes: recBytes, Bytes: size1 - size0, Bound: uint64(float64(lim.Burst) + lim.Rate*res.Elapsed.Seconds())}
 	g := rep.Growth
 	rep.Figures = append(rep.Figures, figure{
 		Name: fmt.Sprintf("audit growth, one identity flooding refusals for %v", p.flood.Round(time.Second)), Scope: "daemon",
 		Value: float64(g.Records), Goal: float64(g.Bound), AtMost: true, Met: g.Records <= g.Bound,
-		Measured: fmt.Sprintf("%d records, %+d db bytes for %d refusals (%s)", g.Records, g.Bytes, sum(res.Codes), codesText(res.Codes)),
+		Measured: fmt.Sprintf("%d records (%s), %d bytes of records, db file %+d bytes, for %d refusals (%s)",
+			g.Records, codesText(decisions), g.RecordBytes, g.Bytes, sum(res.Codes), codesText(res.Codes)),
 	})
 }
 
