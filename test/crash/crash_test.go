@@ -18,6 +18,7 @@ import (
 
 	"github.com/credbroker/credbroker/internal/devenv"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/test/miniotest"
 	"github.com/credbroker/credbroker/test/testproc"
 )
 
@@ -41,10 +42,15 @@ const (
 	identityQuota = 24
 	clusterQuota  = 30
 	quotaWindow   = "24h"
-	// clusterShare is the share of requests that name one of the clusters.
+	// clusterShare is the share of token requests that name one of the
+	// clusters; awsShare is the share of all requests for AWS credentials
+	// (minted by a real MinIO STS), which always name a cluster.
 	clusterShare = 0.4
+	awsShare     = 0.25
 
 	profileToken = "crash-token"
+	profileAWS   = "crash-aws"
+	bucket       = "crash"
 	trustDomain  = "dev.credbroker.test"
 	// seedEnv replays a run's random choices.
 	seedEnv = "CREDBROKER_CRASH_SEED"
@@ -61,9 +67,12 @@ type received struct {
 	profile    string
 	cluster    string
 	expiresAt  time.Time
-	// upstreamRef is what the audit record must name: the token's jti.
+	// upstreamRef is what the audit record must name: the token's jti, or
+	// the AccessKeyId.
 	upstreamRef string
-	token       string
+	// token is a token credential; aws an AWS one.
+	token string
+	aws   *credbrokerv1.AWSCredentials
 }
 
 // ledger is every credential any client received, and every refusal by a
@@ -138,7 +147,10 @@ func (r *run) work(ctx context.Context, rng *rand.Rand) {
 		}
 		who := rng.IntN(len(r.ids))
 		req := &credbrokerv1.IssueCredentialRequest{Profile: profileToken}
-		if rng.Float64() < clusterShare {
+		switch p := rng.Float64(); {
+		case p < awsShare:
+			req.Profile, req.Cluster = profileAWS, clusters[rng.IntN(len(clusters))]
+		case p < awsShare+(1-awsShare)*clusterShare:
 			req.Cluster = clusters[rng.IntN(len(clusters))]
 		}
 		callCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -149,7 +161,7 @@ func (r *run) work(ctx context.Context, rng *rand.Rand) {
 		}
 		switch {
 		case err == nil:
-			rec, perr := fromToken(l.n, r.ids[who].id, resp.GetCredential())
+			rec, perr := fromCredential(l.n, r.ids[who].id, resp.GetCredential())
 			if perr != nil {
 				r.ledger.note(func(g *ledger) { g.unexpected = append(g.unexpected, perr.Error()) })
 			} else {
@@ -171,30 +183,37 @@ func (r *run) work(ctx context.Context, rng *rand.Rand) {
 	}
 }
 
-// fromToken checks a received token credential and makes its ledger entry.
-func fromToken(lifeN int, caller string, c *credbrokerv1.Credential) (received, error) {
+// fromCredential checks a received credential and makes its ledger entry.
+func fromCredential(lifeN int, caller string, c *credbrokerv1.Credential) (received, error) {
+	r := received{
+		life:       lifeN,
+		issuanceID: c.GetIssuanceId(),
+		caller:     caller,
+		profile:    c.GetProfile(),
+		cluster:    c.GetCluster(),
+		expiresAt:  c.GetExpiresAt().AsTime(),
+	}
+	if a := c.GetAws(); a != nil {
+		if a.GetAccessKeyId() == "" || a.GetSecretAccessKey() == "" || a.GetSessionToken() == "" {
+			return received{}, fmt.Errorf("life %d: issuance %s: incomplete AWS credentials", lifeN, r.issuanceID)
+		}
+		r.aws, r.upstreamRef = a, a.GetAccessKeyId()
+		return r, nil
+	}
 	tok := c.GetToken().GetToken()
 	if tok == "" {
-		return received{}, fmt.Errorf("life %d: issuance %s: no token in the credential", lifeN, c.GetIssuanceId())
+		return received{}, fmt.Errorf("life %d: issuance %s: neither a token nor AWS credentials", lifeN, r.issuanceID)
 	}
 	claims := jwtlib.MapClaims{}
 	if _, _, err := jwtlib.NewParser().ParseUnverified(tok, claims); err != nil {
-		return received{}, fmt.Errorf("life %d: issuance %s: token does not parse: %v", lifeN, c.GetIssuanceId(), err)
+		return received{}, fmt.Errorf("life %d: issuance %s: token does not parse: %v", lifeN, r.issuanceID, err)
 	}
-	jti, _ := claims["jti"].(string)
 	if sub, _ := claims["sub"].(string); sub != caller {
-		return received{}, fmt.Errorf("life %d: issuance %s: token for %q handed to %q", lifeN, c.GetIssuanceId(), sub, caller)
+		return received{}, fmt.Errorf("life %d: issuance %s: token for %q handed to %q", lifeN, r.issuanceID, sub, caller)
 	}
-	return received{
-		life:        lifeN,
-		issuanceID:  c.GetIssuanceId(),
-		caller:      caller,
-		profile:     c.GetProfile(),
-		cluster:     c.GetCluster(),
-		expiresAt:   c.GetExpiresAt().AsTime(),
-		upstreamRef: jti,
-		token:       tok,
-	}, nil
+	r.upstreamRef, _ = claims["jti"].(string)
+	r.token = tok
+	return r, nil
 }
 
 // seed returns the run's seed: CREDBROKER_CRASH_SEED, else a fresh one.
@@ -236,8 +255,14 @@ func TestKilledBrokerKeepsItsPromises(t *testing.T) {
 		}
 		r.ids = append(r.ids, identity{id: id.String(), svid: svid})
 	}
-	cfg := writeConfig(t)
-	procEnv := testproc.Environ([]string{"CREDBROKER_", "AWS_", "GODEBUG="})
+	m := miniotest.Start(t)
+	m.CreateBucket(t, bucket)
+	cfg := writeConfig(t, m)
+	// The broker's own AWS credentials (MinIO's root) come from the SDK's
+	// default chain: here, the environment; nothing else from this process.
+	procEnv := testproc.Environ([]string{"CREDBROKER_", "AWS_", "GODEBUG=", "HOME="},
+		"HOME="+t.TempDir(), "AWS_ACCESS_KEY_ID="+m.RootUser, "AWS_SECRET_ACCESS_KEY="+m.RootPassword,
+		"AWS_EC2_METADATA_DISABLED=true")
 
 	ctx, stop := context.WithCancel(t.Context())
 	defer stop()
@@ -274,14 +299,21 @@ func TestKilledBrokerKeepsItsPromises(t *testing.T) {
 	if len(g.unexpected) > 0 {
 		t.Errorf("%d errors from a broker that was not being killed; the first: %s", len(g.unexpected), g.unexpected[0])
 	}
-	t.Logf("%d kills; %d credentials received, %d quota refusals, %d requests cut off by a kill",
-		kills, len(g.received), g.throttled, g.interrupts)
+	nAWS := 0
+	for _, c := range g.received {
+		if c.aws != nil {
+			nAWS++
+		}
+	}
+	t.Logf("%d kills; %d credentials received (%d from STS), %d quota refusals, %d requests cut off by a kill",
+		kills, len(g.received), nAWS, g.throttled, g.interrupts)
 
 	if len(g.received) == 0 || g.throttled == 0 {
 		t.Errorf("the run proved little: %d credentials received, %d quota refusals (both must be > 0)", len(g.received), g.throttled)
 	}
 
 	checkAudit(t, dataDir, last, g.received)
+	checkAWS(t, m, dataDir, g.received)
 }
 
 // waitReached waits until l has made its target number of decisions.
@@ -299,9 +331,10 @@ func waitReached(t *testing.T, l *life, bound time.Duration) {
 }
 
 // writeConfig writes the broker configuration the run uses: the dev
-// identity with its own profile, policy and small, long-windowed quotas. The
-// rate limit is generous: the run is about quotas and records, not rates.
-func writeConfig(t *testing.T) string {
+// identity with a local JWT profile and an STS profile at m, a policy for
+// the run's identities and small, long-windowed quotas. The rate limit is
+// generous: the run is about quotas and records, not rates.
+func writeConfig(t *testing.T, m *miniotest.Server) string {
 	t.Helper()
 	yaml := fmt.Sprintf(`trust_domain: %[1]s
 log_level: info
@@ -310,21 +343,37 @@ admin:
 issuers:
   local:
     type: jwt
+  aws:
+    type: aws_sts
+    aws_sts: {region: %[6]s, endpoint: %[7]s, credentials: default}
 profiles:
   %[2]s:
     issuer: local
     default_ttl: 5m
     max_ttl: 15m
     cluster: optional
+  %[8]s:
+    issuer: aws
+    default_ttl: 15m
+    max_ttl: 1h
+    cluster: required
+    aws:
+      role_arn: arn:aws:iam::123456789012:role/crash
+      session_policy:
+        Version: "2012-10-17"
+        Statement:
+          - Effect: Allow
+            Action: ["s3:GetObject", "s3:PutObject"]
+            Resource: ["arn:aws:s3:::%[9]s/${cluster.namespace}/${cluster.name}/*"]
 policy:
   - id: spiffe://%[1]s/ns/crash/sa/*
-    profiles: [%[2]s]
+    profiles: [%[2]s, %[8]s]
 limits:
   rate: 100000
   burst: 100000
   identity_quota: {max: %[3]d, window: %[4]s}
   cluster_quota: {max: %[5]d, window: %[4]s}
-`, trustDomain, profileToken, identityQuota, quotaWindow, clusterQuota)
+`, trustDomain, profileToken, identityQuota, quotaWindow, clusterQuota, m.Region, m.Endpoint, profileAWS, bucket)
 	path := filepath.Join(t.TempDir(), "crash.yaml")
 	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)

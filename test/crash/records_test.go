@@ -7,18 +7,27 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net/url"
+	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	awssdk "github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/smithy-go"
 	jwtlib "github.com/golang-jwt/jwt/v5"
 
 	"github.com/credbroker/credbroker/broker/audit"
 	"github.com/credbroker/credbroker/issuers/jwt"
+	"github.com/credbroker/credbroker/test/miniotest"
 )
 
 // checkAudit checks, through the admin API of the last (live) broker, what
@@ -44,6 +53,7 @@ func checkAudit(t *testing.T, dataDir string, last *life, got []received) {
 		byIssuance[r.IssuanceID] = append(byIssuance[r.IssuanceID], r)
 	}
 	checkReceived(t, byIssuance, got)
+	checkIntents(t, byIssuance)
 	checkQuotas(t, recs, got)
 	checkSignatures(t, ctx, last, got)
 }
@@ -125,6 +135,25 @@ func checkReceived(t *testing.T, byIssuance map[string][]audit.Record, got []rec
 	}
 }
 
+// checkIntents: an issuance with an upstream side effect (an STS session)
+// has its intent on record before its result, so a session that the broker
+// caused and then died is still accounted for.
+func checkIntents(t *testing.T, byIssuance map[string][]audit.Record) {
+	n := 0
+	for id, recs := range byIssuance {
+		for _, r := range recs {
+			if r.Decision != audit.DecisionIssued || r.Profile != profileAWS {
+				continue
+			}
+			n++
+			if !slices.ContainsFunc(recs, func(i audit.Record) bool { return i.Decision == audit.DecisionIntent && i.Seq < r.Seq }) {
+				t.Errorf("issuance %s: STS credentials issued (record %d) with no intent before them", id, r.Seq)
+			}
+		}
+	}
+	t.Logf("%d STS issuances on record, each after its intent", n)
+}
+
 // spends reports whether a record carries a quota spend: the intent of an
 // issuance with an upstream side effect, or the issued record of one
 // without. One issuance counts once whatever it has.
@@ -203,8 +232,12 @@ func checkSignatures(t *testing.T, ctx context.Context, last *life, got []receiv
 	if err != nil {
 		t.Fatal(err)
 	}
-	bad := 0
+	bad, tokens := 0, 0
 	for _, c := range got {
+		if c.token == "" {
+			continue
+		}
+		tokens++
 		at := c.expiresAt.Add(-time.Second)
 		claims, err := jwt.Verify(jwks, c.token, jwtlib.WithAudience(c.profile), jwtlib.WithTimeFunc(func() time.Time { return at }))
 		if err == nil && claims["jti"] != c.issuanceID {
@@ -218,6 +251,66 @@ func checkSignatures(t *testing.T, ctx context.Context, last *life, got []receiv
 		}
 	}
 	if bad > 0 {
-		t.Errorf("%d of %d received tokens do not verify against the JWKS served after the last restart", bad, len(got))
+		t.Errorf("%d of %d received tokens do not verify against the JWKS served after the last restart", bad, tokens)
+	}
+}
+
+// checkAWS: no secret of any AWS credential a client received is in any
+// file of the data directory after all the kills; and credentials received
+// before the first kill and after the last are real, working at MinIO's S3
+// within their cluster's prefix and refused outside it.
+func checkAWS(t *testing.T, m *miniotest.Server, dataDir string, got []received) {
+	var aws []received
+	for _, c := range got {
+		if c.aws != nil {
+			aws = append(aws, c)
+		}
+	}
+	if len(aws) == 0 {
+		t.Error("no AWS credentials were received")
+		return
+	}
+	var files [][]byte
+	err := filepath.WalkDir(dataDir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		files = append(files, b)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range aws {
+		for _, f := range files {
+			if bytes.Contains(f, []byte(c.aws.GetSecretAccessKey())) || bytes.Contains(f, []byte(c.aws.GetSessionToken())) {
+				t.Fatalf("life %d: issuance %s: a secret of the AWS credentials is on disk in %s", c.life, c.issuanceID, dataDir)
+			}
+		}
+	}
+
+	for _, c := range []received{aws[0], aws[len(aws)-1]} {
+		if time.Until(c.expiresAt) < time.Minute {
+			// MinIO's clock cannot be injected; a run this slow proves the rest.
+			t.Logf("life %d: issuance %s: not tried at S3, it expires at %s", c.life, c.issuanceID, c.expiresAt)
+			continue
+		}
+		creds := credentials.NewStaticCredentialsProvider(c.aws.GetAccessKeyId(), c.aws.GetSecretAccessKey(), c.aws.GetSessionToken())
+		client := m.S3(t, creds)
+		put := func(cluster string) error {
+			_, err := client.PutObject(t.Context(), &s3.PutObjectInput{
+				Bucket: awssdk.String(bucket), Key: awssdk.String(cluster + "/kubeconfig"), Body: strings.NewReader("x"),
+			})
+			return err
+		}
+		if err := put(c.cluster); err != nil {
+			t.Errorf("life %d: issuance %s: credentials for %s do not work there: %v", c.life, c.issuanceID, c.cluster, err)
+		}
+		other := clusters[(slices.Index(clusters, c.cluster)+1)%len(clusters)]
+		var api smithy.APIError
+		if err := put(other); !errors.As(err, &api) || api.ErrorCode() != "AccessDenied" {
+			t.Errorf("life %d: issuance %s: credentials for %s used on %s: %v, want AccessDenied", c.life, c.issuanceID, c.cluster, other, err)
+		}
 	}
 }
