@@ -332,8 +332,8 @@ func waitReached(t *testing.T, l *life, bound time.Duration) {
 
 // writeConfig writes the broker configuration the run uses: the dev
 // identity with a local JWT profile and an STS profile at m, a policy for
-// the run's identities and small, long-windowed quotas. The rate limit is
-// generous: the run is about quotas and records, not rates.
+// the run's identities and small, long-windowed quotas. The rate limits
+// are generous: the run is about quotas and records, not rates.
 func writeConfig(t *testing.T, m *miniotest.Server) string {
 	t.Helper()
 	yaml := fmt.Sprintf(`trust_domain: %[1]s
@@ -371,6 +371,7 @@ policy:
 limits:
   rate: 100000
   burst: 100000
+  requests: {issue: {rate: 100000, burst: 100000}, admin: {rate: 1000, burst: 1000}}
   identity_quota: {max: %[3]d, window: %[4]s}
   cluster_quota: {max: %[5]d, window: %[4]s}
 `, trustDomain, profileToken, identityQuota, quotaWindow, clusterQuota, m.Region, m.Endpoint, profileAWS, bucket)
