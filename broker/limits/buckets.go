@@ -17,7 +17,8 @@ type Spec struct {
 }
 
 func (s Spec) validate() error {
-	if s.Rate <= 0 || s.Rate == rate.Inf || s.Burst < 1 {
+	// !(Rate > 0) also refuses NaN, which passes every comparison.
+	if !(s.Rate > 0) || s.Rate == rate.Inf || s.Burst < 1 {
 		return fmt.Errorf("limits: a bucket needs a positive, finite rate and a burst of at least 1 (got %g/s, burst %d)", float64(s.Rate), s.Burst)
 	}
 	return nil

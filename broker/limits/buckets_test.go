@@ -2,8 +2,11 @@ package limits
 
 import (
 	"fmt"
+	"math"
 	"testing"
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
 func TestBucketsPerKeyAndTotal(t *testing.T) {
@@ -32,7 +35,7 @@ func TestBucketsPerKeyAndTotal(t *testing.T) {
 }
 
 func TestBucketsRejectUnboundedSpecs(t *testing.T) {
-	for _, s := range []Spec{{}, {Rate: 1}, {Burst: 1}, {Rate: -1, Burst: 1}} {
+	for _, s := range []Spec{{}, {Rate: 1}, {Burst: 1}, {Rate: -1, Burst: 1}, {Rate: rate.Limit(math.NaN()), Burst: 1}, {Rate: rate.Inf, Burst: 1}} {
 		if _, err := NewBuckets(s, nil, 0); err == nil {
 			t.Errorf("NewBuckets(%+v) accepted", s)
 		}
