@@ -26,7 +26,10 @@ func TestJWKSRefusesWhatGoJoseRefuses(t *testing.T) {
 
 	priv := newEC(t, "p", elliptic.P256())
 	doc := jwksOf(t, priv)
-	d := priv.key.(*ecdsa.PrivateKey).D.FillBytes(make([]byte, 32))
+	d, err := priv.key.(*ecdsa.PrivateKey).Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
 	withD := strings.Replace(string(doc), `"kid"`, `"d":"`+base64.RawURLEncoding.EncodeToString(d)+`","kid"`, 1)
 	keys, err := parseJWKS([]byte(withD))
 	if err != nil {
