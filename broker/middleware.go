@@ -188,7 +188,7 @@ func (g *Gate) admit(ctx context.Context, fullMethod string, req any) (context.C
 		return nil, g.unauthenticated(ctx, fullMethod, m.api, err)
 	}
 	if m.api == apiAdmin && caller.Method != attest.MethodX509SVID && !g.adminJWT {
-		return nil, status.Errorf(codes.Unauthenticated, "admin API: an X.509-SVID (mTLS client certificate) is required; a bearer %s is not accepted here", caller.Method)
+		return nil, toStatus(errorf(codes.Unauthenticated, "admin API: an X.509-SVID (mTLS client certificate) is required; a bearer %s is not accepted here", caller.Method))
 	}
 	if m.api == apiAdmin && !g.admins[caller.ID.String()] {
 		return nil, status.Errorf(codes.PermissionDenied, "admin API: %s is not an admin identity", caller.ID)
