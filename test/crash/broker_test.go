@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -101,6 +102,40 @@ func startBroker(t *testing.T, n int, dataDir, cfg string, env []string, ids []i
 		l.clients = append(l.clients, credbrokerv1.NewBrokerServiceClient(conn))
 	}
 	return l
+}
+
+// killEarly starts the broker on dataDir and SIGKILLs it after delay,
+// whether or not it is serving by then. The timer picks the moment of the
+// crash; nothing waits on it for state. A broker that exits on its own
+// first fails the test.
+func killEarly(t *testing.T, dataDir, cfg string, env []string, delay time.Duration) {
+	t.Helper()
+	addrs, err := testproc.FreePorts(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(filepath.Join(binDir, "credbroker"), "serve", "--dev", "--config", cfg,
+		"--data-dir", dataDir, "--listen", addrs[0], "--http-listen", addrs[1])
+	cmd.Env = env
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	crash := time.NewTimer(delay)
+	defer crash.Stop()
+	select {
+	case err := <-exited:
+		t.Fatalf("the broker exited on its own %v into its start-up: %v\n%s", delay, err, out.String())
+	case <-crash.C:
+	}
+	_ = cmd.Process.Kill()
+	if err := <-exited; cmd.ProcessState.Exited() {
+		// It finished exiting on its own just before the signal.
+		t.Fatalf("the broker exited on its own during its start-up: %v\n%s", err, out.String())
+	}
 }
 
 // kill SIGKILLs the broker and waits for it to be gone, then drops the

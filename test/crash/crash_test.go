@@ -33,6 +33,11 @@ const (
 	maxDecisionsPerLife = 48
 	// finalDecisions are made by the last life, which is not killed.
 	finalDecisions = 48
+	// earlyKillShare is the chance that a start is first tried and killed
+	// during its start-up, after a delay uniform in [0, maxEarlyKillDelay)
+	// (the first start always is).
+	earlyKillShare    = 0.25
+	maxEarlyKillDelay = 300 * time.Millisecond
 	// workers is the number of concurrent clients.
 	workers = 8
 	// identities is the number of workload SPIFFE IDs the clients act as.
@@ -267,7 +272,15 @@ func TestKilledBrokerKeepsItsPromises(t *testing.T) {
 	ctx, stop := context.WithCancel(t.Context())
 	defer stop()
 	var wg sync.WaitGroup
+	// Before the first life (on a data directory with no database yet) and
+	// before some others, a start is killed at a random moment of its
+	// start-up: whatever it was creating, the next start must come up.
+	earlyKills := 0
 	start := func(n int, target int64) *life {
+		if n == 0 || rng.Float64() < earlyKillShare {
+			killEarly(t, dataDir, cfg, procEnv, time.Duration(rng.Int64N(int64(maxEarlyKillDelay))))
+			earlyKills++
+		}
 		return startBroker(t, n, dataDir, cfg, procEnv, r.ids, env.CA.X509Bundle(), target)
 	}
 	r.publish(start(0, rng.Int64N(maxDecisionsPerLife+1)))
@@ -305,8 +318,8 @@ func TestKilledBrokerKeepsItsPromises(t *testing.T) {
 			nAWS++
 		}
 	}
-	t.Logf("%d kills; %d credentials received (%d from STS), %d quota refusals, %d requests cut off by a kill",
-		kills, len(g.received), nAWS, g.throttled, g.interrupts)
+	t.Logf("%d kills under load and %d during start-up; %d credentials received (%d from STS), %d quota refusals, %d requests cut off by a kill",
+		kills, earlyKills, len(g.received), nAWS, g.throttled, g.interrupts)
 
 	if len(g.received) == 0 || g.throttled == 0 {
 		t.Errorf("the run proved little: %d credentials received, %d quota refusals (both must be > 0)", len(g.received), g.throttled)
