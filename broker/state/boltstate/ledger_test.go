@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -133,4 +134,43 @@ func TestLedgerNeedsTheSameDatabase(t *testing.T) {
 	if _, err := st.Ledger(other); err == nil {
 		t.Fatal("a ledger across two databases was accepted")
 	}
+}
+
+// BenchmarkLedgerParallel measures spends with their records under
+// concurrency, and reports how many share a commit (group commit).
+func BenchmarkLedgerParallel(b *testing.B) {
+	db, err := boltstate.OpenDB(filepath.Join(b.TempDir(), "credbroker.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	log, err := audit.Open(db)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { log.Close(); db.Close() }()
+	st, err := boltstate.New(db)
+	if err != nil {
+		b.Fatal(err)
+	}
+	l, err := st.Ledger(log)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var next atomic.Int64
+	before := log.Commits()
+	b.SetParallelism(32)
+	b.RunParallel(func(pb *testing.PB) {
+		id := state.QuotaKey{Kind: state.QuotaIdentity, Name: fmt.Sprintf("spiffe://example.test/c%d", next.Add(1))}
+		charges := []state.Charge{
+			{Key: id, Quota: state.Quota{Max: 1 << 30, Window: time.Hour}},
+			{Key: clusterKey, Quota: state.Quota{Max: 1 << 30, Window: time.Hour}},
+		}
+		for pb.Next() {
+			if _, err := l.SpendAndAppend(context.Background(), epoch, charges, audit.Record{Caller: id.Name, Decision: audit.DecisionIntent}); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/float64(log.Commits()-before), "records/commit")
 }
