@@ -27,6 +27,7 @@ type QuotaKey struct {
 	Name string
 }
 
+// String names the key for messages, e.g. "cluster team-a/alpha".
 func (k QuotaKey) String() string { return string(k.Kind) + " " + k.Name }
 
 // Quota is a fixed-window limit: at most Max units per Window, the window
