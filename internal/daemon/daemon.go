@@ -195,7 +195,8 @@ func Run(ctx context.Context, opts Options) error {
 		// The issuer serves discovery under its issuer URL's path, whatever it is.
 		mux.Handle("/", h)
 	}
-	httpServer := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	// Headers bounded as on the gRPC listener (net/http would take 1 MiB).
+	httpServer := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, MaxHeaderBytes: broker.MaxHeaderBytes}
 
 	log.Info("serving",
 		slog.String("grpc", cfg.Listen), slog.String("http", cfg.HTTPListen),
