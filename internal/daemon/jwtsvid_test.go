@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -15,7 +14,6 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
-	"github.com/credbroker/credbroker/broker"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -62,34 +60,5 @@ jwt_svid_max_lifetime: 3h
 		}
 		conn.Close()
 		d.stop(t)
-	}
-}
-
-// TestHTTPHeadersAreBounded: the HTTP listener (health, metrics, discovery)
-// refuses a request whose headers exceed broker.MaxHeaderBytes (with
-// net/http's slack) with 431, and goes on serving.
-func TestHTTPHeadersAreBounded(t *testing.T) {
-	dir := t.TempDir()
-	_, _, cfg := productionIdentity(t, dir)
-	d := startDaemon(t, dir, cfg+`
-issuers: {oidc: {type: jwt}}
-profiles: {tok: {issuer: oidc, max_ttl: 1h}}
-`)
-	defer d.stop(t)
-	req, err := http.NewRequestWithContext(d.ctx, http.MethodGet, "http://"+d.httpAddr+"/healthz", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("X-Padding", strings.Repeat("a", 2*broker.MaxHeaderBytes+4096))
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
-		t.Fatalf("oversized headers: HTTP %d, want 431", resp.StatusCode)
-	}
-	if h := httpGet(t, "http://"+d.httpAddr+"/healthz"); h != "ok\n" {
-		t.Fatalf("healthz after an oversized request = %q", h)
 	}
 }

@@ -2,11 +2,14 @@ package daemon
 
 import (
 	"crypto/tls"
+	"net/http"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/internal/ca"
 )
 
@@ -45,5 +48,34 @@ func TestServerTLSConfig(t *testing.T) {
 	tr.svid.Store(next)
 	if cert, err := c.GetCertificate(&tls.ClientHelloInfo{}); err != nil || !cert.Leaf.Equal(next.Certificates[0]) {
 		t.Fatalf("after rotation: %v", err)
+	}
+}
+
+// TestHTTPHeadersAreBounded: the HTTP listener (health, metrics, discovery)
+// refuses a request whose headers exceed broker.MaxHeaderBytes (with
+// net/http's slack) with 431, and goes on serving.
+func TestHTTPHeadersAreBounded(t *testing.T) {
+	dir := t.TempDir()
+	_, _, cfg := productionIdentity(t, dir)
+	d := startDaemon(t, dir, cfg+`
+issuers: {oidc: {type: jwt}}
+profiles: {tok: {issuer: oidc, max_ttl: 1h}}
+`)
+	defer d.stop(t)
+	req, err := http.NewRequestWithContext(d.ctx, http.MethodGet, "http://"+d.httpAddr+"/healthz", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("X-Padding", strings.Repeat("a", 2*broker.MaxHeaderBytes+4096))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Fatalf("oversized headers: HTTP %d, want 431", resp.StatusCode)
+	}
+	if h := httpGet(t, "http://"+d.httpAddr+"/healthz"); h != "ok\n" {
+		t.Fatalf("healthz after an oversized request = %q", h)
 	}
 }
