@@ -20,14 +20,20 @@
 //     wrong attempt does not burn the rightful node's token.
 //   - Nodes: the registry of attested nodes, their latest SVID and whether
 //     an admin evicted them (permanently, for that SPIFFE ID).
+//   - Revocations: an admin's revocation of one issuance, a caller identity
+//     or a workload cluster, with reason, admin and an optional end. The
+//     broker checks them on every request through a RevocationIndex held in
+//     memory, which the store keeps current through WatchRevocations (boltstate
+//     notifies before each change returns; an etcd store will drive it from
+//     an etcd watch), and whose hooks drop reused credentials a revocation
+//     covers. A deleted workload cluster is a cluster revocation without an
+//     end, so cluster lifecycle needs no state of its own yet.
 //
 // Still to come behind this seam, each as its own small interface embedded
-// in Store when it lands, passing the same suite: Revocations (revoked
-// issuances and identities, checked on every request and watched by
-// replicas), Approvals (pending privileged issuances and the admins who
+// in Store when it lands, passing the same suite: Approvals (pending
+// privileged issuances and the admins who
 // approved them, two distinct, never the requester; decided with
-// compare-and-swap), Clusters (workload cluster lifecycle, so a deleted
-// cluster's credentials are revoked) and SigningKeys (each replica's
+// compare-and-swap) and SigningKeys (each replica's
 // published JWT public keys with their overlap windows, for the JWKS).
 //
 // # Time

@@ -76,6 +76,11 @@ type Nodes interface {
 	// ListNodes returns the nodes f selects, evicted ones included, sorted
 	// by SPIFFE ID.
 	ListNodes(ctx context.Context, f NodeFilter) ([]Node, error)
+	// PurgeNodes deletes the nodes whose SVID has expired at now (ExpiresAt
+	// not after now) and returns how many; such a node must attest again
+	// anyway. Evicted nodes are kept: they are what makes eviction
+	// permanent for their SPIFFE ID.
+	PurgeNodes(ctx context.Context, now time.Time) (int, error)
 }
 
 // ValidateNode checks that n names a node consistently: its SPIFFE ID is the

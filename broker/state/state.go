@@ -14,6 +14,7 @@ type Store interface {
 	Quotas
 	JoinTokens
 	Nodes
+	Revocations
 }
 
 // Sentinel errors, possibly wrapped; match them with errors.Is.
@@ -55,4 +56,9 @@ type JoinTokens interface {
 	// used or not, and returns how many. A replay of a purged token is then
 	// jointoken.ErrUnknown.
 	PurgeJoinTokens(ctx context.Context, now time.Time) (int, error)
+	// VoidJoinTokens deletes the unused tokens for cluster (a deleted
+	// workload cluster's) and returns how many; used ones stay for the
+	// record until purged. A later attempt with a voided token is
+	// jointoken.ErrUnknown.
+	VoidJoinTokens(ctx context.Context, cluster string) (int, error)
 }

@@ -15,6 +15,7 @@
 //	quota              kind "\x00" name -> version (2) || be64(start) || be64(end) || be64(count)
 //	jointoken.tokens   SHA-256(secret) (32 raw bytes) -> JSON of the token
 //	nodes.byid         SPIFFE ID -> JSON of the node
+//	revocations        revocation id -> JSON of the revocation
 //
 // Times are Unix nanoseconds. A quota window keeps the end it was opened
 // with, so a change of the configured window applies from the next window;

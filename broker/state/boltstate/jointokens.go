@@ -157,3 +157,11 @@ func (s *Store) PurgeJoinTokens(_ context.Context, now time.Time) (int, error) {
 	}
 	return n, nil
 }
+
+// VoidJoinTokens implements state.JoinTokens.
+func (s *Store) VoidJoinTokens(_ context.Context, cluster string) (int, error) {
+	return s.deleteWhere(bucketTokens, "join tokens", func(v []byte) (bool, error) {
+		t, err := decodeToken(v)
+		return err == nil && t.Cluster == cluster && t.UsedAt.IsZero(), err
+	})
+}

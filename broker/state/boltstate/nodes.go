@@ -194,3 +194,11 @@ func (s *Store) updateNode(id string, change func(old state.Node, found bool) (s
 		return nil
 	})
 }
+
+// PurgeNodes implements state.Nodes.
+func (s *Store) PurgeNodes(_ context.Context, now time.Time) (int, error) {
+	return s.deleteWhere(bucketNodes, "nodes", func(v []byte) (bool, error) {
+		n, err := decodeNode(v)
+		return err == nil && !n.Evicted() && !n.ExpiresAt.After(now), err
+	})
+}

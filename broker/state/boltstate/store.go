@@ -1,6 +1,7 @@
 package boltstate
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"time"
@@ -15,12 +16,15 @@ var (
 	bucketQuota  = []byte("quota")
 	bucketTokens = []byte("jointoken.tokens")
 	bucketNodes  = []byte("nodes.byid")
+
+	bucketRevocations = []byte("revocations")
 )
 
 // Store is the bbolt implementation of state.Store. It is safe for
 // concurrent use.
 type Store struct {
-	db *bbolt.DB
+	db    *bbolt.DB
+	watch watchers
 }
 
 var _ state.Store = (*Store)(nil)
@@ -37,7 +41,7 @@ func New(db *bbolt.DB) (*Store, error) {
 		return nil, errors.New("boltstate: database has NoSync set; state would not be durable")
 	}
 	err := db.Update(func(tx *bbolt.Tx) error {
-		for _, name := range [][]byte{bucketQuota, bucketTokens, bucketNodes} {
+		for _, name := range [][]byte{bucketQuota, bucketTokens, bucketNodes, bucketRevocations} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("create bucket %s: %w", name, err)
 			}
@@ -66,4 +70,39 @@ func normTime(t time.Time) time.Time {
 		return time.Time{}
 	}
 	return t.Round(0).UTC()
+}
+
+// deleteWhere deletes, in one write transaction, the entries of bucket name
+// whose value stale reports, and returns how many; what names them in
+// errors.
+func (s *Store) deleteWhere(name []byte, what string, stale func(v []byte) (bool, error)) (int, error) {
+	n := 0
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		b, err := bucket(tx, name)
+		if err != nil {
+			return err
+		}
+		var keys [][]byte
+		err = b.ForEach(func(k, v []byte) error {
+			ok, err := stale(v)
+			if ok {
+				keys = append(keys, bytes.Clone(k))
+			}
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		for _, k := range keys {
+			if err := b.Delete(k); err != nil {
+				return fmt.Errorf("boltstate: delete %s: %w", what, err)
+			}
+		}
+		n = len(keys)
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	return n, nil
 }

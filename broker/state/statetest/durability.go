@@ -22,6 +22,9 @@ func testReopen(t *testing.T, h Harness) {
 	dir := t.TempDir()
 	key, tok := newToken("reopen", "worker-1", 0, time.Hour)
 	n := node(t, "team-a/alpha", "worker-1")
+	rev := revocation("r1", state.RevokeCluster, revTarget, 0)
+	rev.Until = epoch.Add(time.Hour)
+	lifted := revocation("r2", state.RevokeIdentity, aliceID, 0)
 	t.Run("write", func(t *testing.T) {
 		s := h.Open(t, dir)
 		mustSpend(t, s, epoch, charge(alice, 3, time.Hour), charge(cluster, 3, time.Hour))
@@ -31,6 +34,11 @@ func testReopen(t *testing.T, h Harness) {
 			t.Fatal(err)
 		}
 		if _, err := s.EvictNode(ctx, epoch, n.SPIFFEID); err != nil {
+			t.Fatal(err)
+		}
+		mustRevoke(t, s, rev)
+		mustRevoke(t, s, lifted)
+		if _, err := s.LiftRevocation(ctx, lifted.ID); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -46,6 +54,7 @@ func testReopen(t *testing.T, h Harness) {
 	if got, err := s.GetNode(ctx, n.SPIFFEID); err != nil || !got.Evicted() {
 		t.Fatalf("node after reopening: %+v, %v; want it evicted", got, err)
 	}
+	wantRevocations(t, s, rev)
 }
 
 // The crash test runs a child process (this test binary, re-run with the

@@ -5,7 +5,9 @@
 // goroutines race, expiry of windows and tokens by the time passed in (no
 // sleeping), join tokens consumed exactly once and never burnt by a wrong
 // attempt, the node registry, and that committed state survives reopening,
-// including after the process holding the store is killed with SIGKILL.
+// including after the process holding the store is killed with SIGKILL;
+// and revocations: made, lifted and expired by the time passed in, seen by
+// an in-memory index before each change returns, under concurrency.
 package statetest
 
 import (
@@ -53,6 +55,12 @@ func Run(t *testing.T, h Harness) {
 	t.Run("jointoken-purge", func(t *testing.T) { testJoinTokenPurge(t, h) })
 	t.Run("nodes", func(t *testing.T) { testNodes(t, h) })
 	t.Run("nodes-list", func(t *testing.T) { testNodesList(t, h) })
+	t.Run("jointoken-void", func(t *testing.T) { testVoidJoinTokens(t, h) })
+	t.Run("nodes-purge", func(t *testing.T) { testNodesPurge(t, h) })
+	t.Run("revocations", func(t *testing.T) { testRevocations(t, h) })
+	t.Run("revocations-expiry", func(t *testing.T) { testRevocationsExpiry(t, h) })
+	t.Run("revocations-index", func(t *testing.T) { testRevocationIndex(t, h) })
+	t.Run("revocations-concurrent", func(t *testing.T) { testRevocationsConcurrent(t, h) })
 	t.Run("reopen", func(t *testing.T) { testReopen(t, h) })
 	t.Run("crash", func(t *testing.T) { testCrash(t, h) })
 }
