@@ -31,10 +31,10 @@
 //
 // Still to come behind this seam, each as its own small interface embedded
 // in Store when it lands, passing the same suite: Approvals (pending
-// privileged issuances and the admins who
-// approved them, two distinct, never the requester; decided with
-// compare-and-swap) and SigningKeys (each replica's
-// published JWT public keys with their overlap windows, for the JWKS).
+// privileged issuances and the admins who approved them, two distinct, never
+// the requester; decided with compare-and-swap) and SigningKeys (each
+// replica's published JWT public keys with their overlap windows, for the
+// JWKS).
 //
 // # Time
 //
