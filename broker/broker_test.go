@@ -79,11 +79,16 @@ func TestIssueScopedTokenEndToEnd(t *testing.T) {
 		t.Errorf("expires %v, want %v", got, want)
 	}
 
+	// The local issuer has no side effect outside the broker: its issuance
+	// is one record, the issued one, naming the token's jti.
 	recs := h.records()
-	if len(recs) != 2 || recs[0].Decision != audit.DecisionIntent || recs[1].Decision != audit.DecisionIssued {
-		t.Fatalf("audit records = %+v", recs)
+	if len(recs) != 1 || recs[0].Decision != audit.DecisionIssued {
+		t.Fatalf("audit records = %+v, want one issued record", recs)
 	}
-	r := recs[1]
+	r := recs[0]
+	if r.UpstreamRef != claims["jti"] {
+		t.Errorf("record's upstream_ref %q is not the token's jti %v", r.UpstreamRef, claims["jti"])
+	}
 	if r.IssuanceID != cred.GetIssuanceId() || r.Caller != controllerID.String() || r.Attestation != "x509-svid" ||
 		r.Cluster != "capi-prod/workload-1" || r.UpstreamRef != cred.GetIssuanceId() || r.TTL != 10*time.Minute {
 		t.Errorf("issued record = %+v", r)
@@ -99,11 +104,11 @@ func TestIssueScopedTokenEndToEnd(t *testing.T) {
 		t.Fatalf("ListIssuances = %v", list)
 	}
 	got, err := adm.GetIssuance(ctxT(t), &credbrokerv1.GetIssuanceRequest{Id: cred.GetIssuanceId()})
-	if err != nil || len(got.GetRecords()) != 2 {
+	if err != nil || len(got.GetRecords()) != 1 {
 		t.Fatalf("GetIssuance = %v, %v", got, err)
 	}
 	v, err := adm.VerifyAudit(ctxT(t), &credbrokerv1.VerifyAuditRequest{})
-	if err != nil || !v.GetOk() || v.GetRecords() != 2 {
+	if err != nil || !v.GetOk() || v.GetRecords() != 1 {
 		t.Fatalf("VerifyAudit = %v, %v", v, err)
 	}
 }
@@ -324,6 +329,12 @@ func TestClusterQuotaIsSharedAndSurvivesRestart(t *testing.T) {
 	}
 	_, err := issue(ctxT(t), h.dial(h.mint(nodeA, time.Hour)), &credbrokerv1.IssueCredentialRequest{Profile: "capa-token"})
 	wantCode(t, err, codes.ResourceExhausted)
+	// The local issuer's token is spent with its issued record, so the
+	// refusal comes after signing: the token is discarded and the record
+	// names none.
+	if r := h.lastRecord(); r.Decision != audit.DecisionThrottled || r.UpstreamRef != "" || !r.ExpiresAt.IsZero() {
+		t.Errorf("quota refusal record = %+v, want throttled naming no credential", r)
+	}
 	// A node cannot ask for another cluster.
 	_, err = issue(ctxT(t), h.dial(h.mint(nodeA, time.Hour)), &credbrokerv1.IssueCredentialRequest{Profile: "capa-token", Cluster: "capi-prod/w2"})
 	wantCode(t, err, codes.PermissionDenied)
@@ -351,26 +362,42 @@ func TestClusterQuotaIsSharedAndSurvivesRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	intents, err := l.List(audit.Query{Cluster: "capi-prod/w1", Decision: audit.DecisionIntent})
-	if err != nil || len(intents) != 2 {
-		t.Fatalf("%d intent records (%v), want one per unit spent", len(intents), err)
+	// The local issuer's issued record carries the spend (it has no intent).
+	issued, err := l.List(audit.Query{Cluster: "capi-prod/w1", Decision: audit.DecisionIssued})
+	if err != nil || len(issued) != 2 {
+		t.Fatalf("%d issued records (%v), want one per unit spent", len(issued), err)
 	}
 }
 
 func TestAuditUnwritableIssuesNothing(t *testing.T) {
 	h := newHarness(t)
 	conn := h.dial(h.mint(controllerID, time.Hour))
-	if _, err := issue(ctxT(t), conn, &credbrokerv1.IssueCredentialRequest{Profile: "plain-token"}); err != nil {
-		t.Fatal(err)
+	h.upstream.set(issuers.Credential{Kind: issuers.KindToken, Token: "upstream-token", ExpiresAt: h.clock.Now().Add(time.Hour)}, nil)
+	for _, p := range []string{"plain-token", "upstream"} {
+		if _, err := issue(ctxT(t), conn, &credbrokerv1.IssueCredentialRequest{Profile: p}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	h.audit.Close()
-	cred, err := issue(ctxT(t), conn, &credbrokerv1.IssueCredentialRequest{Profile: "plain-token"})
+	// An issuer with an upstream side effect is not called at all: its
+	// intent cannot be written.
+	cred, err := issue(ctxT(t), conn, &credbrokerv1.IssueCredentialRequest{Profile: "upstream"})
 	st := wantCode(t, err, codes.Unavailable)
 	if cred != nil || !strings.Contains(st.Message(), "nothing was issued") {
 		t.Fatalf("credential %v, message %q", cred, st.Message())
 	}
-	if got := h.issuer.calls.Load(); got != 1 {
-		t.Fatalf("issuer calls = %d, want 1 (none after the audit store failed)", got)
+	if got := h.upstream.callCount(); got != 1 {
+		t.Fatalf("upstream issuer calls = %d, want 1 (none after the audit store failed)", got)
+	}
+	// The local issuer signs (it has no intent record), but the token is
+	// discarded when its issued record cannot be written.
+	cred, err = issue(ctxT(t), conn, &credbrokerv1.IssueCredentialRequest{Profile: "plain-token"})
+	st = wantCode(t, err, codes.Unavailable)
+	if cred != nil || !strings.Contains(st.Message(), "credential withheld") {
+		t.Fatalf("credential %v, message %q", cred, st.Message())
+	}
+	if got := h.issuer.calls.Load(); got != 2 {
+		t.Fatalf("local issuer calls = %d, want 2", got)
 	}
 	if !strings.Contains(h.logs.String(), "level=ERROR msg=\"credential refused\"") {
 		t.Errorf("an audit store failure is not logged as an error:\n%s", h.logs.String())
@@ -471,8 +498,9 @@ func TestAuditChainVerifiesAfterManyDecisions(t *testing.T) {
 		<-errs
 	}
 	v, err := h.audit.Verify()
-	if err != nil || !v.OK || v.Records != 30*2+10 {
-		t.Fatalf("Verify = %+v, %v (want 70 records)", v, err)
+	// 30 issued (one record each: the local issuer needs no intent), 10 denied.
+	if err != nil || !v.OK || v.Records != 30+10 {
+		t.Fatalf("Verify = %+v, %v (want 40 records)", v, err)
 	}
 }
 
@@ -521,15 +549,15 @@ func TestExportFollowsTheChain(t *testing.T) {
 		}
 		return resp
 	}
-	if r := next(); r.GetRecord().GetSeq() != 2 || r.GetRecord().GetDecision() != credbrokerv1.Decision_DECISION_ISSUED {
-		t.Fatalf("first record = %v, want the last existing one (seq 2, issued)", r.GetRecord())
+	if r := next(); r.GetRecord().GetSeq() != 1 || r.GetRecord().GetDecision() != credbrokerv1.Decision_DECISION_ISSUED {
+		t.Fatalf("first record = %v, want the last existing one (seq 1, issued)", r.GetRecord())
 	}
 	// Records committed later arrive on the open stream, in order.
-	cred, err := issue(ctxT(t), conn, req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, want := range []uint64{3, 4} {
+	for _, want := range []uint64{2, 3} {
+		cred, err := issue(ctxT(t), conn, req)
+		if err != nil {
+			t.Fatal(err)
+		}
 		r := next()
 		if r.GetRecord().GetSeq() != want || r.GetRecord().GetIssuanceId() != cred.GetIssuanceId() {
 			t.Fatalf("record = %v, want seq %d of issuance %s", r.GetRecord(), want, cred.GetIssuanceId())
@@ -612,6 +640,31 @@ func TestUpstreamIssuerErrorsAreExplainedSafely(t *testing.T) {
 				t.Errorf("last record %+v: want a failed decision naming %s", r, tc.err.Code)
 			}
 		})
+	}
+}
+
+func TestUpstreamIssuanceHasIntentAndResult(t *testing.T) {
+	h := newHarness(t, func(c *harnessConfig) {
+		c.limits = limits.Config{IdentityQuota: limits.Quota{Max: 1, Window: time.Hour}}
+	})
+	conn := h.dial(h.mint(controllerID, time.Hour))
+	h.upstream.set(issuers.Credential{Kind: issuers.KindAWS, AWS: &issuers.AWSCredentials{AccessKeyID: "ASIAEXAMPLE", SecretAccessKey: "s", SessionToken: "t"},
+		ExpiresAt: h.clock.Now().Add(15 * time.Minute), UpstreamRef: "ASIAEXAMPLE"}, nil)
+	cred, err := issue(ctxT(t), conn, &credbrokerv1.IssueCredentialRequest{Profile: "upstream"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, err := h.audit.ByIssuance(cred.GetIssuanceId())
+	if err != nil || len(recs) != 2 || recs[0].Decision != audit.DecisionIntent || recs[1].Decision != audit.DecisionIssued ||
+		recs[0].UpstreamRef != "" || recs[1].UpstreamRef != "ASIAEXAMPLE" {
+		t.Fatalf("records of an upstream issuance = %+v, %v; want intent, then issued naming the AccessKeyId", recs, err)
+	}
+	// The intent spent the quota: the next request is refused before the
+	// upstream is called.
+	_, err = issue(ctxT(t), conn, &credbrokerv1.IssueCredentialRequest{Profile: "upstream"})
+	wantCode(t, err, codes.ResourceExhausted)
+	if got := h.upstream.callCount(); got != 1 {
+		t.Errorf("upstream calls = %d, want 1", got)
 	}
 }
 

@@ -64,9 +64,10 @@ func (c *countingIssuer) Issue(ctx context.Context, r issuers.Request) (issuers.
 
 // scriptedIssuer stands for an upstream issuer whose answers a test sets.
 type scriptedIssuer struct {
-	mu   sync.Mutex
-	cred issuers.Credential
-	err  error
+	mu    sync.Mutex
+	cred  issuers.Credential
+	err   error
+	calls int
 }
 
 func (s *scriptedIssuer) set(cred issuers.Credential, err error) {
@@ -78,7 +79,16 @@ func (s *scriptedIssuer) set(cred issuers.Credential, err error) {
 func (s *scriptedIssuer) Issue(context.Context, issuers.Request) (issuers.Credential, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.calls++
 	return s.cred, s.err
+}
+
+func (s *scriptedIssuer) Effect() issuers.Effect { return issuers.EffectUpstream }
+
+func (s *scriptedIssuer) callCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.calls
 }
 
 // panicIssuer stands for an issuer with a bug.
@@ -87,6 +97,8 @@ type panicIssuer struct{}
 func (panicIssuer) Issue(context.Context, issuers.Request) (issuers.Credential, error) {
 	panic("issuer bug")
 }
+
+func (panicIssuer) Effect() issuers.Effect { return issuers.EffectUpstream }
 
 // syncBuffer is a log sink safe for concurrent writers.
 type syncBuffer struct {

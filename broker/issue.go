@@ -121,7 +121,8 @@ const (
 var clusterRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?$`)
 
 // IssueCredential runs attest (done by the interceptor) → validate → policy →
-// limits → audit intent → issuer → audit result.
+// limits → audit intent (issuers with an upstream side effect) → issuer →
+// audit result.
 func (s *Service) IssueCredential(ctx context.Context, req *credbrokerv1.IssueCredentialRequest) (*credbrokerv1.IssueCredentialResponse, error) {
 	caller, ok := attest.CallerFrom(ctx)
 	if !ok {
@@ -185,15 +186,19 @@ func (s *Service) issue(ctx context.Context, caller attest.Caller, req *credbrok
 		return nil, s.refuse(ctx, rec, audit.DecisionThrottled, exhausted(ex.Error(), ex.RetryAfter))
 	}
 
-	// The intent is durable, with the quota it consumes, before any upstream
-	// call; a quota with no unit left refuses here, spending nothing.
-	rec.Decision, rec.Reason = audit.DecisionIntent, ""
-	if _, err := s.ledger.SpendAndAppend(ctx, s.now(), res.Charges(), *rec); err != nil {
-		var ex *state.ExhaustedError
-		if errors.As(err, &ex) {
-			return nil, s.refuse(ctx, rec, audit.DecisionThrottled, exhausted(ex.Error(), ex.RetryAfter))
+	// An issuer with an upstream side effect gets a durable intent, with the
+	// quota it consumes, before it is called, so that the effect is on
+	// record even if the broker dies right after causing it; a quota with no
+	// unit left refuses here, spending nothing. An issuer with no effect
+	// outside the process needs only its result record, which then carries
+	// the spend.
+	charges := res.Charges()
+	if prof.Issuer.Effect() != issuers.EffectNone {
+		rec.Decision, rec.Reason = audit.DecisionIntent, ""
+		if err := s.spend(ctx, rec, charges, "nothing was issued"); err != nil {
+			return nil, err
 		}
-		return nil, wrapf(codes.Unavailable, err, "audit store unavailable; nothing was issued (issuance %s)", rec.IssuanceID)
+		charges = nil
 	}
 
 	cred, err := prof.Issuer.Issue(ctx, issuers.Request{
@@ -214,14 +219,32 @@ func (s *Service) issue(ctx context.Context, caller attest.Caller, req *credbrok
 	rec.UpstreamRef = cred.UpstreamRef
 	rec.SourceIdentity = cred.SourceIdentity
 	rec.Reused = cred.Reused
-	if _, err := s.audit.Append(*rec); err != nil {
-		// Fail closed: a credential whose issuance is not on record is not handed out.
-		return nil, wrapf(codes.Unavailable, err, "audit store unavailable; credential withheld (issuance %s)", rec.IssuanceID)
+	// Fail closed: a credential whose issuance is not on record is not
+	// handed out (nor one over quota, for an issuer with no intent record).
+	if err := s.spend(ctx, rec, charges, "credential withheld"); err != nil {
+		return nil, err
 	}
 	if cred.Reused {
 		s.metrics.reused.WithLabelValues(prof.Name).Inc()
 	}
 	return toProto(rec, cred), nil
+}
+
+// spend appends rec with the quota charges it spends. A quota with no unit
+// left is recorded as a throttled refusal (of whatever rec described); an
+// audit failure is Unavailable, saying what became of the request
+// (withheld).
+func (s *Service) spend(ctx context.Context, rec *audit.Record, charges []state.Charge, withheld string) error {
+	if _, err := s.ledger.SpendAndAppend(ctx, s.now(), charges, *rec); err != nil {
+		var ex *state.ExhaustedError
+		if errors.As(err, &ex) {
+			// Nothing was handed out: the refusal names no credential.
+			rec.ExpiresAt, rec.UpstreamRef, rec.SourceIdentity, rec.Reused = time.Time{}, "", "", false
+			return s.refuse(ctx, rec, audit.DecisionThrottled, exhausted(ex.Error(), ex.RetryAfter))
+		}
+		return wrapf(codes.Unavailable, err, "audit store unavailable; %s (issuance %s)", withheld, rec.IssuanceID)
+	}
+	return nil
 }
 
 // exhausted is the refusal of a request over a rate limit or quota, with

@@ -105,7 +105,34 @@ type Credential struct {
 	Reused bool
 }
 
+// Effect says whether an issuer's Issue acts outside the broker process. It
+// decides how the broker records an issuance: the audit trail must hold
+// every credential any client received, and every upstream effect the
+// broker caused even if it died before answering.
+type Effect int
+
+const (
+	// EffectUpstream: Issue creates something outside the broker (an STS
+	// session, a Vault lease or token) that exists whether or not the broker
+	// lives to hand it out. The broker makes an intent record (with the
+	// quota it spends) durable before calling Issue and a result record
+	// after. It is the zero Effect, so an issuer that does not know is
+	// treated this way.
+	EffectUpstream Effect = iota
+	// EffectNone: Issue only computes inside the broker process (signs with
+	// a local key), and every identifier of the credential is fixed before
+	// Issue is called (a token's jti is Request.IssuanceID). A credential
+	// that is never handed out exists nowhere, so the broker writes one
+	// record, the issued one (with the quota it spends), after Issue and
+	// before the response, and discards the credential if that record cannot
+	// be written.
+	EffectNone
+)
+
 // Issuer mints credentials.
 type Issuer interface {
 	Issue(ctx context.Context, req Request) (Credential, error)
+	// Effect says whether Issue acts outside the broker process. It must
+	// not change over the issuer's life.
+	Effect() Effect
 }

@@ -6,8 +6,11 @@
 //
 // Append returns only after the record's bbolt transaction has committed,
 // which fsyncs the file (Open refuses a DB with NoSync set). The broker writes
-// an intent record before calling an upstream issuer and issues nothing when
-// Append fails, so the log fails closed: there is no best-effort mode.
+// an intent record before calling an issuer with an upstream side effect
+// (issuers.EffectUpstream) and issues nothing when Append fails; every
+// credential it hands out has its issued record, appended before the
+// response (for a local issuer, the only record). The log fails closed:
+// there is no best-effort mode.
 //
 // Appends that arrive while a commit is in flight are written together in
 // the next single transaction (group commit). An idle log commits at once;

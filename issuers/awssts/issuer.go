@@ -264,6 +264,10 @@ func New(ctx context.Context, cfg Config) (*Issuer, error) {
 // TTLBounds are the lifetimes STS can grant.
 func (i *Issuer) TTLBounds() (lo, hi time.Duration) { return MinDuration, MaxDuration }
 
+// Effect implements issuers.Issuer: every fresh credential is an STS
+// session that exists upstream.
+func (i *Issuer) Effect() issuers.Effect { return issuers.EffectUpstream }
+
 // Issue returns AWS credentials for req: a fresh set from STS, or the set
 // minted for an identical earlier request while it is in the first half of
 // its lifetime (Credential.Reused is then set).

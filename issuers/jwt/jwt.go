@@ -104,6 +104,12 @@ func parseIssuerURL(raw string) (string, error) {
 	return strings.TrimSuffix(raw, "/"), nil
 }
 
+// Effect implements issuers.Issuer: a token is signed in the process with a
+// local key, and its only identifier, the jti, is the request's issuance id,
+// fixed before Issue is called; a token that is never handed out exists
+// nowhere.
+func (i *Issuer) Effect() issuers.Effect { return issuers.EffectNone }
+
 // Issue mints a token for req: iss, sub (req.Subject), aud (req.Audience),
 // iat, nbf, exp (now + req.TTL), jti (req.IssuanceID), profile, and cluster
 // when req.Cluster is set. The token is only returned, never stored or logged.

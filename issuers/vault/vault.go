@@ -430,6 +430,10 @@ func (i *Issuer) checkLogin() error {
 	return &issuers.Error{Kind: issuers.ErrUnavailable, Code: "not logged in to Vault", RetryAfter: unavailableRetryAfter, Err: i.loginErr}
 }
 
+// Effect implements issuers.Issuer: every credential is a lease or token
+// that exists in Vault.
+func (i *Issuer) Effect() issuers.Effect { return issuers.EffectUpstream }
+
 // Issue implements issuers.Issuer.
 func (i *Issuer) Issue(ctx context.Context, req issuers.Request) (issuers.Credential, error) {
 	p, ok := i.profiles[req.Profile]
