@@ -19,7 +19,8 @@ import (
 type AuditReader interface {
 	List(q audit.Query) ([]audit.Record, error)
 	ByIssuance(issuanceID string) ([]audit.Record, error)
-	Verify() (audit.VerifyResult, error)
+	// VerifyProgress walks the chain, calling progress between chunks.
+	VerifyProgress(progress func(done, total uint64) error) (audit.VerifyResult, error)
 	Export(afterSeq uint64, fn func(audit.Record) error) error
 	Head() (seq uint64, hash string)
 	// Advanced returns a channel closed once the chain grows past seq.
@@ -106,16 +107,24 @@ func (a *Admin) GetIssuance(_ context.Context, req *credbrokerv1.GetIssuanceRequ
 	return out, nil
 }
 
-// VerifyAudit checks the hash chain.
-func (a *Admin) VerifyAudit(context.Context, *credbrokerv1.VerifyAuditRequest) (*credbrokerv1.VerifyAuditResponse, error) {
-	v, err := a.audit.Verify()
-	if err != nil {
-		return nil, toStatus(wrapf(codes.Unavailable, err, "audit store unavailable"))
+// VerifyAudit checks the hash chain, streaming its progress (a message per
+// chunk of records, so that a client waiting for the next message is never
+// idle for long, however large the chain) and then the result.
+func (a *Admin) VerifyAudit(_ *credbrokerv1.VerifyAuditRequest, stream grpc.ServerStreamingServer[credbrokerv1.VerifyAuditResponse]) error {
+	ctx := stream.Context()
+	v, err := a.audit.VerifyProgress(func(done, total uint64) error {
+		return stream.Send(&credbrokerv1.VerifyAuditResponse{Progress: &credbrokerv1.AuditProgress{Done: done, Total: total}})
+	})
+	switch {
+	case err != nil && ctx.Err() != nil:
+		return toStatus(ctx.Err())
+	case err != nil:
+		return toStatus(wrapf(codes.Unavailable, err, "audit store unavailable"))
 	}
-	return &credbrokerv1.VerifyAuditResponse{
+	return stream.Send(&credbrokerv1.VerifyAuditResponse{
 		Ok: v.OK, Records: v.Records, HeadHash: v.HeadHash,
 		FirstBadSeq: v.FirstBadSeq, FirstBadId: v.FirstBadID, Problem: v.Problem,
-	}, nil
+	})
 }
 
 // ExportAudit streams records in chain order and, with follow, keeps
@@ -137,7 +146,7 @@ func (a *Admin) ExportAudit(req *credbrokerv1.ExportAuditRequest, stream grpc.Se
 				return err
 			}
 			after = r.Seq
-			return stream.Send(&credbrokerv1.ExportAuditResponse{Record: RecordProto(r), CanonicalJson: string(canonical)})
+			return stream.Send(&credbrokerv1.ExportAuditResponse{Record: RecordProto(r), CanonicalJson: string(canonical), HeadSeq: head})
 		})
 		switch {
 		case err != nil && ctx.Err() != nil:

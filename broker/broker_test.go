@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"testing"
@@ -107,7 +108,7 @@ func TestIssueScopedTokenEndToEnd(t *testing.T) {
 	if err != nil || len(got.GetRecords()) != 1 {
 		t.Fatalf("GetIssuance = %v, %v", got, err)
 	}
-	v, err := adm.VerifyAudit(ctxT(t), &credbrokerv1.VerifyAuditRequest{})
+	v, err := verifyAudit(ctxT(t), adm)
 	if err != nil || !v.GetOk() || v.GetRecords() != 1 {
 		t.Fatalf("VerifyAudit = %v, %v", v, err)
 	}
@@ -406,11 +407,11 @@ func TestAuditUnwritableIssuesNothing(t *testing.T) {
 
 func TestAdminAPIRefusesWorkloads(t *testing.T) {
 	h := newHarness(t)
-	_, err := credbrokerv1.NewAdminServiceClient(h.dial(h.mint(controllerID, time.Hour))).VerifyAudit(ctxT(t), &credbrokerv1.VerifyAuditRequest{})
+	_, err := verifyAudit(ctxT(t), credbrokerv1.NewAdminServiceClient(h.dial(h.mint(controllerID, time.Hour))))
 	wantCode(t, err, codes.PermissionDenied)
-	_, err = credbrokerv1.NewAdminServiceClient(h.dialNoCert()).VerifyAudit(ctxT(t), &credbrokerv1.VerifyAuditRequest{})
+	_, err = verifyAudit(ctxT(t), credbrokerv1.NewAdminServiceClient(h.dialNoCert()))
 	wantCode(t, err, codes.Unauthenticated)
-	if _, err := credbrokerv1.NewAdminServiceClient(h.dial(h.mint(adminID, time.Hour))).VerifyAudit(ctxT(t), &credbrokerv1.VerifyAuditRequest{}); err != nil {
+	if _, err := verifyAudit(ctxT(t), credbrokerv1.NewAdminServiceClient(h.dial(h.mint(adminID, time.Hour)))); err != nil {
 		t.Fatalf("admin SVID refused: %v", err)
 	}
 	// Admin stream over mTLS.
@@ -442,7 +443,7 @@ func TestNodeServiceWithoutNodeAttestation(t *testing.T) {
 
 func TestAdminSocketChecksPeerUID(t *testing.T) {
 	h := newHarness(t, func(c *harnessConfig) { c.uids = []uint32{uint32(os.Getuid()) + 4242} })
-	_, err := credbrokerv1.NewAdminServiceClient(h.dialAdminSocket()).VerifyAudit(ctxT(t), &credbrokerv1.VerifyAuditRequest{})
+	_, err := verifyAudit(ctxT(t), credbrokerv1.NewAdminServiceClient(h.dialAdminSocket()))
 	st := wantCode(t, err, codes.PermissionDenied)
 	if !strings.Contains(st.Message(), "uid") {
 		t.Errorf("message = %q", st.Message())
@@ -684,5 +685,47 @@ func TestIssuerMinimumTTLIsEnforcedAndNamed(t *testing.T) {
 	// CloudTrail shows the AccessKeyId and SourceIdentity: the audit record names both.
 	if r := h.lastRecord(); r.UpstreamRef != "ASIAEXAMPLE" || r.SourceIdentity != "ns.x.sa.y@example.test" || !r.Reused {
 		t.Errorf("issued record = %+v", r)
+	}
+}
+
+// TestVerifyAuditStreamsProgress: a chain longer than one chunk is verified
+// with progress messages (records done of the chain's length), then the
+// result, so that a client bounding the wait for each message is never cut
+// off by the size of the chain.
+func TestVerifyAuditStreamsProgress(t *testing.T) {
+	h := newHarness(t)
+	const n = 2500
+	for i := 0; i < n; i++ {
+		if _, err := h.audit.Append(audit.Record{IssuanceID: fmt.Sprintf("i-%d", i), Caller: controllerID.String(), Decision: audit.DecisionDenied}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stream, err := credbrokerv1.NewAdminServiceClient(h.dialAdminSocket()).VerifyAudit(ctxT(t), &credbrokerv1.VerifyAuditRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var done []uint64
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := resp.GetProgress()
+		if p == nil {
+			if !resp.GetOk() || resp.GetRecords() != n {
+				t.Fatalf("result = %v", resp)
+			}
+			break
+		}
+		if p.GetTotal() != n || p.GetDone() == 0 || (len(done) > 0 && p.GetDone() <= done[len(done)-1]) {
+			t.Fatalf("progress %v after %v", p, done)
+		}
+		done = append(done, p.GetDone())
+	}
+	if len(done) < 2 {
+		t.Fatalf("progress messages %v, want one per chunk before the result", done)
+	}
+	if _, err := stream.Recv(); err != io.EOF {
+		t.Fatalf("after the result: %v, want the end of the stream", err)
 	}
 }

@@ -361,6 +361,24 @@ func (h *harness) lastRecord() audit.Record {
 	return recs[len(recs)-1]
 }
 
+// verifyAudit runs a VerifyAudit stream to its result, after any progress
+// messages.
+func verifyAudit(ctx context.Context, c credbrokerv1.AdminServiceClient) (*credbrokerv1.VerifyAuditResponse, error) {
+	stream, err := c.VerifyAudit(ctx, &credbrokerv1.VerifyAuditRequest{})
+	if err != nil {
+		return nil, err
+	}
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			return nil, err
+		}
+		if resp.GetProgress() == nil {
+			return resp, nil
+		}
+	}
+}
+
 func issue(ctx context.Context, conn *grpc.ClientConn, req *credbrokerv1.IssueCredentialRequest) (*credbrokerv1.Credential, error) {
 	resp, err := credbrokerv1.NewBrokerServiceClient(conn).IssueCredential(ctx, req)
 	return resp.GetCredential(), err

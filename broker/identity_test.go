@@ -65,7 +65,7 @@ func TestAdminAPIRequiresX509SVID(t *testing.T) {
 			t.Fatal(err)
 		}
 		ctx := metadata.AppendToOutgoingContext(ctxT(t), "authorization", "Bearer "+tok)
-		_, err = credbrokerv1.NewAdminServiceClient(h.dialNoCert()).VerifyAudit(ctx, &credbrokerv1.VerifyAuditRequest{})
+		_, err = verifyAudit(ctx, credbrokerv1.NewAdminServiceClient(h.dialNoCert()))
 		if !allow {
 			st := wantCode(t, err, codes.Unauthenticated)
 			if !strings.Contains(st.Message(), "X.509-SVID") {
@@ -81,7 +81,7 @@ func TestAdminAPIRequiresX509SVID(t *testing.T) {
 			t.Fatalf("admin.allow_jwt_svid: %v", err)
 		}
 		// The X.509-SVID works either way.
-		if _, err := credbrokerv1.NewAdminServiceClient(h.dial(h.mint(adminID, time.Hour))).VerifyAudit(ctxT(t), &credbrokerv1.VerifyAuditRequest{}); err != nil {
+		if _, err := verifyAudit(ctxT(t), credbrokerv1.NewAdminServiceClient(h.dial(h.mint(adminID, time.Hour)))); err != nil {
 			t.Fatalf("admin X.509-SVID refused: %v", err)
 		}
 	}
@@ -105,7 +105,7 @@ func TestTwoIdentitiesAreRefused(t *testing.T) {
 
 	// Admin token on a controller's connection: the admin API must not open.
 	ctx := metadata.NewOutgoingContext(ctxT(t), withToken(adminID, "credbroker"))
-	_, err := credbrokerv1.NewAdminServiceClient(controllerCert).VerifyAudit(ctx, &credbrokerv1.VerifyAuditRequest{})
+	_, err := verifyAudit(ctx, credbrokerv1.NewAdminServiceClient(controllerCert))
 	if st := wantCode(t, err, codes.Unauthenticated); !strings.Contains(st.Message(), "two identities") {
 		t.Errorf("message = %q", st.Message())
 	}

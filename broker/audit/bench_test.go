@@ -118,7 +118,18 @@ func issuanceRecords(tb testing.TB, n int) []Record {
 // issuances, as the broker does under load: the cost of one record, in
 // time and in bytes of database file.
 func BenchmarkAppendIssued(b *testing.B) {
-	l, db, _ := tempLog(b, WithNewID(newUUIDv7), WithClock(time.Now))
+	// The broker's bbolt options (boltstate.Options, which imports this
+	// package): no freelist sync, map freelist.
+	db, err := bbolt.Open(filepath.Join(b.TempDir(), "audit.db"), 0o600, &bbolt.Options{NoFreelistSync: true, FreelistType: bbolt.FreelistMapType, InitialMmapSize: 1 << 30})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { db.Close() })
+	l, err := Open(db, WithNewID(newUUIDv7))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { l.Close() })
 	recs := issuanceRecords(b, 4096)
 	var next atomic.Uint64
 	size0 := fileSize(b, db)

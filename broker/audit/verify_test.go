@@ -3,6 +3,8 @@ package audit
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"slices"
 	"strings"
 	"testing"
 
@@ -169,4 +171,45 @@ func TestVerifyAcrossChunks(t *testing.T) {
 	if err != nil || res.OK || res.FirstBadSeq != bad || res.Problem != "hash mismatch" || res.Records != n {
 		t.Fatalf("Verify = %+v, %v", res, err)
 	}
+}
+
+func TestVerifyProgress(t *testing.T) {
+	l, _, _ := tempLog(t)
+	const n = 2*exportChunk + 100
+	bulkAppend(t, l, n, genRecord)
+	var calls [][2]uint64
+	res, err := l.VerifyProgress(func(done, total uint64) error {
+		calls = append(calls, [2]uint64{done, total})
+		return nil
+	})
+	if err != nil || !res.OK || res.Records != n {
+		t.Fatalf("VerifyProgress = %+v, %v", res, err)
+	}
+	// One call per full chunk; the result reports the end.
+	want := [][2]uint64{{exportChunk, n}, {2 * exportChunk, n}}
+	if !slices.Equal(calls, want) {
+		t.Fatalf("progress calls %v, want %v", calls, want)
+	}
+	// An error from progress (a client gone away) stops the walk.
+	stop := errors.New("client gone")
+	calls = nil
+	_, err = l.VerifyProgress(func(done, total uint64) error {
+		calls = append(calls, [2]uint64{done, total})
+		return stop
+	})
+	if !errors.Is(err, stop) || len(calls) != 1 {
+		t.Fatalf("VerifyProgress with a failing callback: %v after %d calls", err, len(calls))
+	}
+}
+
+// BenchmarkVerify walks a 100k-record chain.
+func BenchmarkVerify(b *testing.B) {
+	l, _, _ := tempLog(b)
+	bulkAppend(b, l, 100_000, genRecord)
+	for b.Loop() {
+		if res, err := l.Verify(); err != nil || !res.OK {
+			b.Fatal(res, err)
+		}
+	}
+	b.ReportMetric(float64(100_000*b.N)/b.Elapsed().Seconds(), "records/s")
 }

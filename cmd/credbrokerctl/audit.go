@@ -38,18 +38,21 @@ func newAuditVerifyCmd(a *app) *cobra.Command {
 and exits 0, or
   audit chain BROKEN at record seq S (id ID): PROBLEM
 and exits 1. With -o json it prints the verification result as an object
-and exits the same way.`,
+and exits the same way.
+
+The broker streams its progress while it walks the chain; on a terminal a
+progress bar is drawn on stderr. --timeout bounds the wait for each message
+from the broker, not the whole walk, so a chain of millions of records is
+verified with the default.`,
 		Example: `  credbrokerctl audit verify
-  credbrokerctl audit verify -o json --timeout 5m   # large chains take a while`,
+  credbrokerctl audit verify -o json > verify.json`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return a.verifyAudit(cmd.Context()) },
 	}
 }
 
 func (a *app) verifyAudit(ctx context.Context) error {
-	resp, err := call(ctx, a, func(ctx context.Context, c credbrokerv1.AdminServiceClient) (*credbrokerv1.VerifyAuditResponse, error) {
-		return c.VerifyAudit(ctx, &credbrokerv1.VerifyAuditRequest{})
-	})
+	resp, err := a.verifyStream(ctx)
 	if err != nil {
 		return err
 	}
@@ -73,6 +76,49 @@ func (a *app) verifyAudit(ctx context.Context) error {
 	return nil
 }
 
+// verifyStream runs the VerifyAudit stream, drawing its progress, and
+// returns the result. --timeout bounds the wait for each message.
+func (a *app) verifyStream(ctx context.Context) (*credbrokerv1.VerifyAuditResponse, error) {
+	client, closeConn, err := a.dial()
+	if err != nil {
+		return nil, err
+	}
+	defer closeConn()
+	ctx, touch, stop := a.idleBound(ctx)
+	defer stop()
+	bar := a.progressBar("verify")
+	defer bar.clear()
+	stream, err := client.VerifyAudit(ctx, &credbrokerv1.VerifyAuditRequest{})
+	if err != nil {
+		return nil, a.streamError(ctx, err)
+	}
+	for {
+		resp, err := stream.Recv()
+		switch {
+		case errors.Is(err, io.EOF):
+			return nil, errors.New("the broker ended the verification without a result")
+		case err != nil:
+			bar.clear()
+			return nil, a.streamError(ctx, err)
+		}
+		touch()
+		p := resp.GetProgress()
+		if p == nil {
+			return resp, nil
+		}
+		bar.update(p.GetDone(), p.GetTotal())
+	}
+}
+
+// idleBound returns ctx cancelled (with cause errIdle) once --timeout
+// passes without a call to touch: a long stream may run as long as the
+// broker keeps sending. stop releases the timer.
+func (a *app) idleBound(ctx context.Context) (_ context.Context, touch, stop func()) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	idle := time.AfterFunc(a.timeout, func() { cancel(errIdle) })
+	return ctx, func() { idle.Reset(a.timeout) }, func() { idle.Stop(); cancel(nil) }
+}
+
 func newAuditExportCmd(a *app) *cobra.Command {
 	var afterSeq uint64
 	cmd := &cobra.Command{
@@ -86,7 +132,7 @@ re-verified without the broker:
 
 and each line's prev_hash is the previous line's hash. The output is JSON
 lines whatever -o says. --timeout bounds the wait for each record, not the
-whole export.`,
+whole export. On a terminal a progress bar is drawn on stderr.`,
 		Example: `  credbrokerctl audit export > audit.jsonl
   credbrokerctl audit export --after-seq "$(tail -n1 audit.jsonl | jq -r .seq)" >> audit.jsonl`,
 		Args: noArgs,
@@ -100,7 +146,14 @@ whole export.`,
 
 func (a *app) exportAudit(ctx context.Context, afterSeq uint64) error {
 	req := &credbrokerv1.ExportAuditRequest{AfterSeq: afterSeq}
+	bar := a.progressBar("export")
+	defer bar.clear()
+	var n uint64
 	return a.streamAudit(ctx, req, func(resp *credbrokerv1.ExportAuditResponse) (string, error) {
+		n++
+		if head := resp.GetHeadSeq(); head > afterSeq {
+			bar.update(n, head-afterSeq)
+		}
 		if resp.GetCanonicalJson() == "" {
 			return "", errors.New("the broker sent a record without its canonical form")
 		}
@@ -119,12 +172,15 @@ func (a *app) streamAudit(ctx context.Context, req *credbrokerv1.ExportAuditRequ
 	defer closeConn()
 	// An export may legitimately run for long; what must not happen is a
 	// broker that stops sending. The deadline moves with every record.
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
 	if !req.GetFollow() {
-		idle := time.AfterFunc(a.timeout, func() { cancel(errIdle) })
-		defer idle.Stop()
-		render = resetting(idle, a.timeout, render)
+		var touch, stop func()
+		ctx, touch, stop = a.idleBound(ctx)
+		defer stop()
+		render = resetting(touch, render)
+	} else {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		defer cancel()
 	}
 
 	stream, err := client.ExportAudit(ctx, req)
@@ -168,10 +224,11 @@ func (a *app) streamAudit(ctx context.Context, req *credbrokerv1.ExportAuditRequ
 	return nil
 }
 
-// resetting restarts idle each time a record arrives.
-func resetting(idle *time.Timer, d time.Duration, render func(*credbrokerv1.ExportAuditResponse) (string, error)) func(*credbrokerv1.ExportAuditResponse) (string, error) {
+// resetting calls touch (restarting the idle bound) each time a record
+// arrives.
+func resetting(touch func(), render func(*credbrokerv1.ExportAuditResponse) (string, error)) func(*credbrokerv1.ExportAuditResponse) (string, error) {
 	return func(r *credbrokerv1.ExportAuditResponse) (string, error) {
-		idle.Reset(d)
+		touch()
 		return render(r)
 	}
 }

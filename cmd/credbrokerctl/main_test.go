@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -45,6 +46,10 @@ type fakeAdmin struct {
 	verify    *credbrokerv1.VerifyAuditResponse
 	err       error
 	block     bool
+	// progress is sent by VerifyAudit before its result, one message
+	// every progressEvery.
+	progress      []*credbrokerv1.AuditProgress
+	progressEvery time.Duration
 
 	mu         sync.Mutex
 	lastList   *credbrokerv1.ListIssuancesRequest
@@ -103,11 +108,25 @@ func (f *fakeAdmin) GetIssuance(ctx context.Context, req *credbrokerv1.GetIssuan
 	return nil, status.Errorf(codes.NotFound, "issuance %s not found", req.Id)
 }
 
-func (f *fakeAdmin) VerifyAudit(ctx context.Context, _ *credbrokerv1.VerifyAuditRequest) (*credbrokerv1.VerifyAuditResponse, error) {
-	if err := f.wait(ctx); err != nil {
-		return nil, err
+// VerifyAudit streams f.progress, one message every f.progressEvery, then
+// the result (or, with block, hangs after the progress).
+func (f *fakeAdmin) VerifyAudit(_ *credbrokerv1.VerifyAuditRequest, stream grpc.ServerStreamingServer[credbrokerv1.VerifyAuditResponse]) error {
+	for _, p := range f.progress {
+		if err := stream.Send(&credbrokerv1.VerifyAuditResponse{Progress: p}); err != nil {
+			return err
+		}
+		if f.progressEvery > 0 {
+			select {
+			case <-time.After(f.progressEvery): // a broker busy walking its chain
+			case <-stream.Context().Done():
+				return stream.Context().Err()
+			}
+		}
 	}
-	return f.verify, nil
+	if err := f.wait(stream.Context()); err != nil {
+		return err
+	}
+	return stream.Send(f.verify)
 }
 
 func (f *fakeAdmin) ExportAudit(req *credbrokerv1.ExportAuditRequest, stream grpc.ServerStreamingServer[credbrokerv1.ExportAuditResponse]) error {
@@ -121,7 +140,8 @@ func (f *fakeAdmin) ExportAudit(req *credbrokerv1.ExportAuditRequest, stream grp
 		if r.Seq <= req.AfterSeq {
 			continue
 		}
-		if err := stream.Send(&credbrokerv1.ExportAuditResponse{Record: r, CanonicalJson: canonicalOf(r)}); err != nil {
+		head := f.records[len(f.records)-1].GetSeq()
+		if err := stream.Send(&credbrokerv1.ExportAuditResponse{Record: r, CanonicalJson: canonicalOf(r), HeadSeq: head}); err != nil {
 			return err
 		}
 	}
@@ -154,8 +174,18 @@ type result struct {
 
 func cli(t *testing.T, env map[string]string, args ...string) result {
 	t.Helper()
+	return cliOn(t, &app{getenv: func(k string) string { return env[k] }}, args...)
+}
+
+// cliOn runs the CLI as a (with the test's clock), e.g. one whose stderr is
+// taken for a terminal.
+func cliOn(t *testing.T, a *app, args ...string) result {
+	t.Helper()
 	var stdout, stderr bytes.Buffer
-	a := &app{now: func() time.Time { return testNow }, getenv: func(k string) string { return env[k] }}
+	a.now = func() time.Time { return testNow }
+	if a.getenv == nil {
+		a.getenv = func(string) string { return "" }
+	}
 	code := runApp(context.Background(), a, args, &stdout, &stderr)
 	return result{stdout.String(), stderr.String(), code}
 }
@@ -384,6 +414,69 @@ func TestAuditVerify(t *testing.T) {
 	}
 }
 
+// TestAuditVerifyProgress: the broker's progress messages become a bar on
+// stderr when it is a terminal, and nothing in a pipe or with -o json; the
+// verdict on stdout is the same either way.
+func TestAuditVerifyProgress(t *testing.T) {
+	f := sampleAdmin()
+	f.progress = []*credbrokerv1.AuditProgress{{Done: 1024, Total: 3000}, {Done: 2048, Total: 3000}}
+	sock := serve(t, f)
+	terminal := func(io.Writer) bool { return true }
+	want := "audit chain OK: 3 records, head " + strings.Repeat("c", 64) + "\n"
+
+	r := cliOn(t, &app{isTerminal: terminal}, "--socket", sock, "audit", "verify")
+	wantCode(t, r, 0)
+	if r.stdout != want {
+		t.Errorf("stdout = %q, want %q", r.stdout, want)
+	}
+	for _, s := range []string{"\rverify [", "] 1024/3000 records  34%", "] 2048/3000 records  68%", "\r\x1b[K"} {
+		if !strings.Contains(r.stderr, s) {
+			t.Errorf("stderr on a terminal lacks %q: %q", s, r.stderr)
+		}
+	}
+	if !strings.HasSuffix(r.stderr, "\r\x1b[K") {
+		t.Errorf("the bar is not cleared at the end: %q", r.stderr)
+	}
+
+	for _, args := range [][]string{{"audit", "verify"}, {"-o", "json", "audit", "verify"}} {
+		a := &app{isTerminal: func(io.Writer) bool { return false }}
+		if args[0] == "-o" {
+			a.isTerminal = terminal // -o json: no bar even on a terminal
+		}
+		r := cliOn(t, a, append([]string{"--socket", sock}, args...)...)
+		wantCode(t, r, 0)
+		if r.stderr != "" {
+			t.Errorf("%v: stderr = %q, want nothing", args, r.stderr)
+		}
+	}
+}
+
+// TestAuditVerifyOutlivesTheTimeout: a walk that takes longer than --timeout
+// in all, with the broker sending progress more often than that, succeeds;
+// a broker that stops sending fails it once --timeout passes.
+func TestAuditVerifyOutlivesTheTimeout(t *testing.T) {
+	f := sampleAdmin()
+	for i := uint64(1); i <= 6; i++ {
+		f.progress = append(f.progress, &credbrokerv1.AuditProgress{Done: i * 500, Total: 3000})
+	}
+	f.progressEvery = 300 * time.Millisecond // 1.8 s in all
+	sock := serve(t, f)
+	r := ctl(t, sock, "--timeout", "1s", "audit", "verify")
+	wantCode(t, r, 0)
+	if !strings.HasPrefix(r.stdout, "audit chain OK: 3 records") {
+		t.Errorf("stdout = %q", r.stdout)
+	}
+
+	f = sampleAdmin()
+	f.progress = []*credbrokerv1.AuditProgress{{Done: 1024, Total: 3000}}
+	f.block = true
+	r = ctl(t, serve(t, f), "--timeout", "300ms", "audit", "verify")
+	wantCode(t, r, 1)
+	if r.stderr != "credbrokerctl: broker sent nothing for 300ms (see --timeout)\n" {
+		t.Errorf("stderr = %q", r.stderr)
+	}
+}
+
 // canonicalOf stands in for the broker's stored form of a record: the CLI
 // must print it unchanged, whatever it is.
 func canonicalOf(r *credbrokerv1.AuditRecord) string {
@@ -403,6 +496,14 @@ func TestAuditExport(t *testing.T) {
 		if want := canonicalOf(f.records[i]); l != want {
 			t.Errorf("line %d = %s, want the canonical form %s", i, l, want)
 		}
+	}
+
+	// On a terminal, the progress toward the chain's head is drawn on
+	// stderr; the records on stdout are the same.
+	r2 := cliOn(t, &app{isTerminal: func(io.Writer) bool { return true }}, "--socket", sock, "audit", "export")
+	wantCode(t, r2, 0)
+	if r2.stdout != r.stdout || !strings.Contains(r2.stderr, "\rexport [") || !strings.Contains(r2.stderr, "] 3/3 records 100%") {
+		t.Errorf("export on a terminal: stdout %q, stderr %q", r2.stdout, r2.stderr)
 	}
 
 	r = ctl(t, sock, "audit", "export", "--after-seq", "2")

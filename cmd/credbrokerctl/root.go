@@ -34,6 +34,9 @@ type app struct {
 	getenv func(string) string
 	stdout io.Writer
 	stderr io.Writer
+	// isTerminal reports whether a writer is a terminal (progress bars are
+	// drawn only there); nil means never.
+	isTerminal func(io.Writer) bool
 }
 
 func newRootCmd(a *app) *cobra.Command {
@@ -76,7 +79,7 @@ instead, authenticated by an admin X.509-SVID (one of admin.spiffe_ids).`,
 	f := root.PersistentFlags()
 	f.StringVar(&a.socket, "socket", socket, "path of the broker's admin unix socket (env "+socketEnv+")")
 	f.StringVarP(&a.output, "output", "o", outputTable, "output format: table or json")
-	f.DurationVar(&a.timeout, "timeout", 10*time.Second, "how long to wait for the broker to answer")
+	f.DurationVar(&a.timeout, "timeout", 10*time.Second, "how long to wait for the broker to answer (for verify and export: for each message, not the whole stream)")
 	f.StringVar(&a.broker, "broker", "", "use the admin API over mTLS at this gRPC address instead of the socket")
 	f.StringVar(&a.svidDir, "svid-dir", "", "with --broker: directory with the admin's svid.pem, svid_key.pem, bundle.pem")
 	f.StringVar(&a.brokerID, "broker-id", "", "with --broker: exact SPIFFE ID the broker must present (default: any in the SVID's trust domain)")

@@ -302,10 +302,11 @@ func TestDevModeEndToEnd(t *testing.T) {
 	}
 
 	r = b.ctl(t, "audit", "verify")
-	if r.code != 0 || !strings.Contains(r.stdout, "audit chain OK: 3 records") {
+	// The issued token (one record: the local issuer needs no intent) and the refusal.
+	if r.code != 0 || !strings.Contains(r.stdout, "audit chain OK: 2 records") {
 		t.Fatalf("audit verify: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
-	verifyExportIndependently(t, b.ctl(t, "audit", "export"), 3)
+	verifyExportIndependently(t, b.ctl(t, "audit", "export"), 2)
 
 	// The same admin API over mTLS: the demo admin SVID is admitted, a workload SVID is not.
 	r = runTool(t, "credbrokerctl", "--broker", b.grpcAddr, "--svid-dir", filepath.Join(dataDir, "dev", "admin"), "audit", "verify")
@@ -408,7 +409,8 @@ func TestTamperedAuditRecordIsNamed(t *testing.T) {
 	}
 	b.stop(t)
 
-	// Rewrite the second issuance's "issued" record (seq 4) as an attacker
+	// Rewrite the second issuance's "issued" record (seq 2: the local issuer
+	// writes one record per issuance) as an attacker
 	// with write access to the file would: change the caller, keep the hash.
 	db, err := bbolt.Open(filepath.Join(dataDir, "credbroker.db"), 0o600, &bbolt.Options{Timeout: time.Second})
 	if err != nil {
@@ -417,13 +419,13 @@ func TestTamperedAuditRecordIsNamed(t *testing.T) {
 	var tamperedID string
 	err = db.Update(func(tx *bbolt.Tx) error {
 		bk := tx.Bucket([]byte("audit.records"))
-		key := binary.BigEndian.AppendUint64(nil, 4)
+		key := binary.BigEndian.AppendUint64(nil, 2)
 		var rec map[string]any
 		if err := json.Unmarshal(bk.Get(key), &rec); err != nil {
 			return err
 		}
 		if rec["issuance_id"] != ids[1] || rec["decision"] != "issued" {
-			return fmt.Errorf("unexpected record at seq 4: %v", rec)
+			return fmt.Errorf("unexpected record at seq 2: %v", rec)
 		}
 		tamperedID = rec["id"].(string)
 		rec["caller"] = "spiffe://dev.credbroker.test/someone-else"
@@ -443,8 +445,8 @@ func TestTamperedAuditRecordIsNamed(t *testing.T) {
 	if r.code == 0 {
 		t.Fatalf("audit verify passed a tampered chain:\n%s", r.stdout)
 	}
-	if !strings.Contains(r.stdout, "seq 4") || !strings.Contains(r.stdout, tamperedID) {
-		t.Fatalf("audit verify does not name the first bad record (seq 4, id %s):\n%s%s", tamperedID, r.stdout, r.stderr)
+	if !strings.Contains(r.stdout, "seq 2") || !strings.Contains(r.stdout, tamperedID) {
+		t.Fatalf("audit verify does not name the first bad record (seq 2, id %s):\n%s%s", tamperedID, r.stdout, r.stderr)
 	}
 	r = b.ctl(t, "-o", "json", "audit", "verify")
 	var v map[string]any

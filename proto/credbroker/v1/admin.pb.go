@@ -660,7 +660,9 @@ func (*VerifyAuditRequest) Descriptor() ([]byte, []int) {
 	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
-// VerifyAuditResponse reports the chain's state.
+// VerifyAuditResponse is one message of the VerifyAudit stream: progress
+// while the walk runs (only `progress` set), then the chain's state (the
+// last message; `progress` unset).
 type VerifyAuditResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Ok    bool                   `protobuf:"varint,1,opt,name=ok,proto3" json:"ok,omitempty"`
@@ -669,9 +671,11 @@ type VerifyAuditResponse struct {
 	// Hash of the last record checked.
 	HeadHash string `protobuf:"bytes,3,opt,name=head_hash,json=headHash,proto3" json:"head_hash,omitempty"`
 	// When not ok: sequence number and id of the first bad record, and why.
-	FirstBadSeq   uint64 `protobuf:"varint,4,opt,name=first_bad_seq,json=firstBadSeq,proto3" json:"first_bad_seq,omitempty"`
-	FirstBadId    string `protobuf:"bytes,5,opt,name=first_bad_id,json=firstBadId,proto3" json:"first_bad_id,omitempty"`
-	Problem       string `protobuf:"bytes,6,opt,name=problem,proto3" json:"problem,omitempty"`
+	FirstBadSeq uint64 `protobuf:"varint,4,opt,name=first_bad_seq,json=firstBadSeq,proto3" json:"first_bad_seq,omitempty"`
+	FirstBadId  string `protobuf:"bytes,5,opt,name=first_bad_id,json=firstBadId,proto3" json:"first_bad_id,omitempty"`
+	Problem     string `protobuf:"bytes,6,opt,name=problem,proto3" json:"problem,omitempty"`
+	// Set on progress messages only.
+	Progress      *AuditProgress `protobuf:"bytes,7,opt,name=progress,proto3" json:"progress,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -748,6 +752,69 @@ func (x *VerifyAuditResponse) GetProblem() string {
 	return ""
 }
 
+func (x *VerifyAuditResponse) GetProgress() *AuditProgress {
+	if x != nil {
+		return x.Progress
+	}
+	return nil
+}
+
+// AuditProgress says how far a long audit operation has come.
+type AuditProgress struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Records processed so far.
+	Done uint64 `protobuf:"varint,1,opt,name=done,proto3" json:"done,omitempty"`
+	// Records the operation expects to process in all (the chain's length when
+	// it started; a chain that grows meanwhile can take done past it).
+	Total         uint64 `protobuf:"varint,2,opt,name=total,proto3" json:"total,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditProgress) Reset() {
+	*x = AuditProgress{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditProgress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditProgress) ProtoMessage() {}
+
+func (x *AuditProgress) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditProgress.ProtoReflect.Descriptor instead.
+func (*AuditProgress) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *AuditProgress) GetDone() uint64 {
+	if x != nil {
+		return x.Done
+	}
+	return 0
+}
+
+func (x *AuditProgress) GetTotal() uint64 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
+}
+
 // ExportAuditRequest selects records to export.
 type ExportAuditRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -765,7 +832,7 @@ type ExportAuditRequest struct {
 
 func (x *ExportAuditRequest) Reset() {
 	*x = ExportAuditRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[8]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -777,7 +844,7 @@ func (x *ExportAuditRequest) String() string {
 func (*ExportAuditRequest) ProtoMessage() {}
 
 func (x *ExportAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[8]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -790,7 +857,7 @@ func (x *ExportAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportAuditRequest.ProtoReflect.Descriptor instead.
 func (*ExportAuditRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ExportAuditRequest) GetAfterSeq() uint64 {
@@ -822,13 +889,16 @@ type ExportAuditResponse struct {
 	// this JSON with its trailing "hash" member set to "")). Exports of these
 	// lines can be re-verified by any tool without the broker.
 	CanonicalJson string `protobuf:"bytes,2,opt,name=canonical_json,json=canonicalJson,proto3" json:"canonical_json,omitempty"`
+	// The chain's last seq when the export started, so that a client can show
+	// its progress toward it (a follower goes on past it).
+	HeadSeq       uint64 `protobuf:"varint,3,opt,name=head_seq,json=headSeq,proto3" json:"head_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ExportAuditResponse) Reset() {
 	*x = ExportAuditResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[9]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -840,7 +910,7 @@ func (x *ExportAuditResponse) String() string {
 func (*ExportAuditResponse) ProtoMessage() {}
 
 func (x *ExportAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[9]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -853,7 +923,7 @@ func (x *ExportAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportAuditResponse.ProtoReflect.Descriptor instead.
 func (*ExportAuditResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ExportAuditResponse) GetRecord() *AuditRecord {
@@ -868,6 +938,13 @@ func (x *ExportAuditResponse) GetCanonicalJson() string {
 		return x.CanonicalJson
 	}
 	return ""
+}
+
+func (x *ExportAuditResponse) GetHeadSeq() uint64 {
+	if x != nil {
+		return x.HeadSeq
+	}
+	return 0
 }
 
 // CreateJoinTokenRequest says what the token admits.
@@ -885,7 +962,7 @@ type CreateJoinTokenRequest struct {
 
 func (x *CreateJoinTokenRequest) Reset() {
 	*x = CreateJoinTokenRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[10]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -897,7 +974,7 @@ func (x *CreateJoinTokenRequest) String() string {
 func (*CreateJoinTokenRequest) ProtoMessage() {}
 
 func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[10]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -910,7 +987,7 @@ func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CreateJoinTokenRequest) GetCluster() string {
@@ -947,7 +1024,7 @@ type CreateJoinTokenResponse struct {
 
 func (x *CreateJoinTokenResponse) Reset() {
 	*x = CreateJoinTokenResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[11]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -959,7 +1036,7 @@ func (x *CreateJoinTokenResponse) String() string {
 func (*CreateJoinTokenResponse) ProtoMessage() {}
 
 func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[11]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -972,7 +1049,7 @@ func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CreateJoinTokenResponse) GetToken() string {
@@ -1018,7 +1095,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[12]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1030,7 +1107,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[12]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1043,7 +1120,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Node) GetSpiffeId() string {
@@ -1127,7 +1204,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[13]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1139,7 +1216,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[13]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1152,7 +1229,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListNodesRequest) GetCluster() string {
@@ -1172,7 +1249,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[14]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1184,7 +1261,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[14]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1197,7 +1274,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -1217,7 +1294,7 @@ type EvictNodeRequest struct {
 
 func (x *EvictNodeRequest) Reset() {
 	*x = EvictNodeRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[15]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1229,7 +1306,7 @@ func (x *EvictNodeRequest) String() string {
 func (*EvictNodeRequest) ProtoMessage() {}
 
 func (x *EvictNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[15]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1242,7 +1319,7 @@ func (x *EvictNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvictNodeRequest.ProtoReflect.Descriptor instead.
 func (*EvictNodeRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *EvictNodeRequest) GetSpiffeId() string {
@@ -1264,7 +1341,7 @@ type EvictNodeResponse struct {
 
 func (x *EvictNodeResponse) Reset() {
 	*x = EvictNodeResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[16]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1276,7 +1353,7 @@ func (x *EvictNodeResponse) String() string {
 func (*EvictNodeResponse) ProtoMessage() {}
 
 func (x *EvictNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[16]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1289,7 +1366,7 @@ func (x *EvictNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvictNodeResponse.ProtoReflect.Descriptor instead.
 func (*EvictNodeResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *EvictNodeResponse) GetNode() *Node {
@@ -1359,7 +1436,7 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x13GetIssuanceResponse\x123\n" +
 	"\bissuance\x18\x01 \x01(\v2\x17.credbroker.v1.IssuanceR\bissuance\x124\n" +
 	"\arecords\x18\x02 \x03(\v2\x1a.credbroker.v1.AuditRecordR\arecords\"\x14\n" +
-	"\x12VerifyAuditRequest\"\xbc\x01\n" +
+	"\x12VerifyAuditRequest\"\xf6\x01\n" +
 	"\x13VerifyAuditResponse\x12\x0e\n" +
 	"\x02ok\x18\x01 \x01(\bR\x02ok\x12\x18\n" +
 	"\arecords\x18\x02 \x01(\x04R\arecords\x12\x1b\n" +
@@ -1367,14 +1444,19 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\rfirst_bad_seq\x18\x04 \x01(\x04R\vfirstBadSeq\x12 \n" +
 	"\ffirst_bad_id\x18\x05 \x01(\tR\n" +
 	"firstBadId\x12\x18\n" +
-	"\aproblem\x18\x06 \x01(\tR\aproblem\"]\n" +
+	"\aproblem\x18\x06 \x01(\tR\aproblem\x128\n" +
+	"\bprogress\x18\a \x01(\v2\x1c.credbroker.v1.AuditProgressR\bprogress\"9\n" +
+	"\rAuditProgress\x12\x12\n" +
+	"\x04done\x18\x01 \x01(\x04R\x04done\x12\x14\n" +
+	"\x05total\x18\x02 \x01(\x04R\x05total\"]\n" +
 	"\x12ExportAuditRequest\x12\x1b\n" +
 	"\tafter_seq\x18\x01 \x01(\x04R\bafterSeq\x12\x16\n" +
 	"\x06follow\x18\x02 \x01(\bR\x06follow\x12\x12\n" +
-	"\x04last\x18\x03 \x01(\x04R\x04last\"p\n" +
+	"\x04last\x18\x03 \x01(\x04R\x04last\"\x8b\x01\n" +
 	"\x13ExportAuditResponse\x122\n" +
 	"\x06record\x18\x01 \x01(\v2\x1a.credbroker.v1.AuditRecordR\x06record\x12%\n" +
-	"\x0ecanonical_json\x18\x02 \x01(\tR\rcanonicalJson\"s\n" +
+	"\x0ecanonical_json\x18\x02 \x01(\tR\rcanonicalJson\x12\x19\n" +
+	"\bhead_seq\x18\x03 \x01(\x04R\aheadSeq\"s\n" +
 	"\x16CreateJoinTokenRequest\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x12+\n" +
@@ -1416,11 +1498,11 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x0fDECISION_DENIED\x10\x03\x12\x16\n" +
 	"\x12DECISION_THROTTLED\x10\x04\x12\x13\n" +
 	"\x0fDECISION_FAILED\x10\x05\x12\x14\n" +
-	"\x10DECISION_REVOKED\x10\x062\xf0\x04\n" +
+	"\x10DECISION_REVOKED\x10\x062\xf2\x04\n" +
 	"\fAdminService\x12Z\n" +
 	"\rListIssuances\x12#.credbroker.v1.ListIssuancesRequest\x1a$.credbroker.v1.ListIssuancesResponse\x12T\n" +
-	"\vGetIssuance\x12!.credbroker.v1.GetIssuanceRequest\x1a\".credbroker.v1.GetIssuanceResponse\x12T\n" +
-	"\vVerifyAudit\x12!.credbroker.v1.VerifyAuditRequest\x1a\".credbroker.v1.VerifyAuditResponse\x12V\n" +
+	"\vGetIssuance\x12!.credbroker.v1.GetIssuanceRequest\x1a\".credbroker.v1.GetIssuanceResponse\x12V\n" +
+	"\vVerifyAudit\x12!.credbroker.v1.VerifyAuditRequest\x1a\".credbroker.v1.VerifyAuditResponse0\x01\x12V\n" +
 	"\vExportAudit\x12!.credbroker.v1.ExportAuditRequest\x1a\".credbroker.v1.ExportAuditResponse0\x01\x12`\n" +
 	"\x0fCreateJoinToken\x12%.credbroker.v1.CreateJoinTokenRequest\x1a&.credbroker.v1.CreateJoinTokenResponse\x12N\n" +
 	"\tListNodes\x12\x1f.credbroker.v1.ListNodesRequest\x1a .credbroker.v1.ListNodesResponse\x12N\n" +
@@ -1439,7 +1521,7 @@ func file_credbroker_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_credbroker_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_credbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_credbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_credbroker_v1_admin_proto_goTypes = []any{
 	(Decision)(0),                   // 0: credbroker.v1.Decision
 	(*AuditRecord)(nil),             // 1: credbroker.v1.AuditRecord
@@ -1450,58 +1532,60 @@ var file_credbroker_v1_admin_proto_goTypes = []any{
 	(*GetIssuanceResponse)(nil),     // 6: credbroker.v1.GetIssuanceResponse
 	(*VerifyAuditRequest)(nil),      // 7: credbroker.v1.VerifyAuditRequest
 	(*VerifyAuditResponse)(nil),     // 8: credbroker.v1.VerifyAuditResponse
-	(*ExportAuditRequest)(nil),      // 9: credbroker.v1.ExportAuditRequest
-	(*ExportAuditResponse)(nil),     // 10: credbroker.v1.ExportAuditResponse
-	(*CreateJoinTokenRequest)(nil),  // 11: credbroker.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil), // 12: credbroker.v1.CreateJoinTokenResponse
-	(*Node)(nil),                    // 13: credbroker.v1.Node
-	(*ListNodesRequest)(nil),        // 14: credbroker.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),       // 15: credbroker.v1.ListNodesResponse
-	(*EvictNodeRequest)(nil),        // 16: credbroker.v1.EvictNodeRequest
-	(*EvictNodeResponse)(nil),       // 17: credbroker.v1.EvictNodeResponse
-	(*timestamppb.Timestamp)(nil),   // 18: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 19: google.protobuf.Duration
+	(*AuditProgress)(nil),           // 9: credbroker.v1.AuditProgress
+	(*ExportAuditRequest)(nil),      // 10: credbroker.v1.ExportAuditRequest
+	(*ExportAuditResponse)(nil),     // 11: credbroker.v1.ExportAuditResponse
+	(*CreateJoinTokenRequest)(nil),  // 12: credbroker.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil), // 13: credbroker.v1.CreateJoinTokenResponse
+	(*Node)(nil),                    // 14: credbroker.v1.Node
+	(*ListNodesRequest)(nil),        // 15: credbroker.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),       // 16: credbroker.v1.ListNodesResponse
+	(*EvictNodeRequest)(nil),        // 17: credbroker.v1.EvictNodeRequest
+	(*EvictNodeResponse)(nil),       // 18: credbroker.v1.EvictNodeResponse
+	(*timestamppb.Timestamp)(nil),   // 19: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 20: google.protobuf.Duration
 }
 var file_credbroker_v1_admin_proto_depIdxs = []int32{
-	18, // 0: credbroker.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	19, // 0: credbroker.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
 	0,  // 1: credbroker.v1.AuditRecord.decision:type_name -> credbroker.v1.Decision
-	19, // 2: credbroker.v1.AuditRecord.ttl:type_name -> google.protobuf.Duration
-	18, // 3: credbroker.v1.AuditRecord.expires_at:type_name -> google.protobuf.Timestamp
-	18, // 4: credbroker.v1.Issuance.issued_at:type_name -> google.protobuf.Timestamp
-	18, // 5: credbroker.v1.Issuance.expires_at:type_name -> google.protobuf.Timestamp
-	18, // 6: credbroker.v1.ListIssuancesRequest.since:type_name -> google.protobuf.Timestamp
+	20, // 2: credbroker.v1.AuditRecord.ttl:type_name -> google.protobuf.Duration
+	19, // 3: credbroker.v1.AuditRecord.expires_at:type_name -> google.protobuf.Timestamp
+	19, // 4: credbroker.v1.Issuance.issued_at:type_name -> google.protobuf.Timestamp
+	19, // 5: credbroker.v1.Issuance.expires_at:type_name -> google.protobuf.Timestamp
+	19, // 6: credbroker.v1.ListIssuancesRequest.since:type_name -> google.protobuf.Timestamp
 	2,  // 7: credbroker.v1.ListIssuancesResponse.issuances:type_name -> credbroker.v1.Issuance
 	2,  // 8: credbroker.v1.GetIssuanceResponse.issuance:type_name -> credbroker.v1.Issuance
 	1,  // 9: credbroker.v1.GetIssuanceResponse.records:type_name -> credbroker.v1.AuditRecord
-	1,  // 10: credbroker.v1.ExportAuditResponse.record:type_name -> credbroker.v1.AuditRecord
-	19, // 11: credbroker.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
-	18, // 12: credbroker.v1.CreateJoinTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	18, // 13: credbroker.v1.Node.attested_at:type_name -> google.protobuf.Timestamp
-	18, // 14: credbroker.v1.Node.renewed_at:type_name -> google.protobuf.Timestamp
-	18, // 15: credbroker.v1.Node.expires_at:type_name -> google.protobuf.Timestamp
-	18, // 16: credbroker.v1.Node.evicted_at:type_name -> google.protobuf.Timestamp
-	13, // 17: credbroker.v1.ListNodesResponse.nodes:type_name -> credbroker.v1.Node
-	13, // 18: credbroker.v1.EvictNodeResponse.node:type_name -> credbroker.v1.Node
-	2,  // 19: credbroker.v1.EvictNodeResponse.issuances:type_name -> credbroker.v1.Issuance
-	3,  // 20: credbroker.v1.AdminService.ListIssuances:input_type -> credbroker.v1.ListIssuancesRequest
-	5,  // 21: credbroker.v1.AdminService.GetIssuance:input_type -> credbroker.v1.GetIssuanceRequest
-	7,  // 22: credbroker.v1.AdminService.VerifyAudit:input_type -> credbroker.v1.VerifyAuditRequest
-	9,  // 23: credbroker.v1.AdminService.ExportAudit:input_type -> credbroker.v1.ExportAuditRequest
-	11, // 24: credbroker.v1.AdminService.CreateJoinToken:input_type -> credbroker.v1.CreateJoinTokenRequest
-	14, // 25: credbroker.v1.AdminService.ListNodes:input_type -> credbroker.v1.ListNodesRequest
-	16, // 26: credbroker.v1.AdminService.EvictNode:input_type -> credbroker.v1.EvictNodeRequest
-	4,  // 27: credbroker.v1.AdminService.ListIssuances:output_type -> credbroker.v1.ListIssuancesResponse
-	6,  // 28: credbroker.v1.AdminService.GetIssuance:output_type -> credbroker.v1.GetIssuanceResponse
-	8,  // 29: credbroker.v1.AdminService.VerifyAudit:output_type -> credbroker.v1.VerifyAuditResponse
-	10, // 30: credbroker.v1.AdminService.ExportAudit:output_type -> credbroker.v1.ExportAuditResponse
-	12, // 31: credbroker.v1.AdminService.CreateJoinToken:output_type -> credbroker.v1.CreateJoinTokenResponse
-	15, // 32: credbroker.v1.AdminService.ListNodes:output_type -> credbroker.v1.ListNodesResponse
-	17, // 33: credbroker.v1.AdminService.EvictNode:output_type -> credbroker.v1.EvictNodeResponse
-	27, // [27:34] is the sub-list for method output_type
-	20, // [20:27] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	9,  // 10: credbroker.v1.VerifyAuditResponse.progress:type_name -> credbroker.v1.AuditProgress
+	1,  // 11: credbroker.v1.ExportAuditResponse.record:type_name -> credbroker.v1.AuditRecord
+	20, // 12: credbroker.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
+	19, // 13: credbroker.v1.CreateJoinTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	19, // 14: credbroker.v1.Node.attested_at:type_name -> google.protobuf.Timestamp
+	19, // 15: credbroker.v1.Node.renewed_at:type_name -> google.protobuf.Timestamp
+	19, // 16: credbroker.v1.Node.expires_at:type_name -> google.protobuf.Timestamp
+	19, // 17: credbroker.v1.Node.evicted_at:type_name -> google.protobuf.Timestamp
+	14, // 18: credbroker.v1.ListNodesResponse.nodes:type_name -> credbroker.v1.Node
+	14, // 19: credbroker.v1.EvictNodeResponse.node:type_name -> credbroker.v1.Node
+	2,  // 20: credbroker.v1.EvictNodeResponse.issuances:type_name -> credbroker.v1.Issuance
+	3,  // 21: credbroker.v1.AdminService.ListIssuances:input_type -> credbroker.v1.ListIssuancesRequest
+	5,  // 22: credbroker.v1.AdminService.GetIssuance:input_type -> credbroker.v1.GetIssuanceRequest
+	7,  // 23: credbroker.v1.AdminService.VerifyAudit:input_type -> credbroker.v1.VerifyAuditRequest
+	10, // 24: credbroker.v1.AdminService.ExportAudit:input_type -> credbroker.v1.ExportAuditRequest
+	12, // 25: credbroker.v1.AdminService.CreateJoinToken:input_type -> credbroker.v1.CreateJoinTokenRequest
+	15, // 26: credbroker.v1.AdminService.ListNodes:input_type -> credbroker.v1.ListNodesRequest
+	17, // 27: credbroker.v1.AdminService.EvictNode:input_type -> credbroker.v1.EvictNodeRequest
+	4,  // 28: credbroker.v1.AdminService.ListIssuances:output_type -> credbroker.v1.ListIssuancesResponse
+	6,  // 29: credbroker.v1.AdminService.GetIssuance:output_type -> credbroker.v1.GetIssuanceResponse
+	8,  // 30: credbroker.v1.AdminService.VerifyAudit:output_type -> credbroker.v1.VerifyAuditResponse
+	11, // 31: credbroker.v1.AdminService.ExportAudit:output_type -> credbroker.v1.ExportAuditResponse
+	13, // 32: credbroker.v1.AdminService.CreateJoinToken:output_type -> credbroker.v1.CreateJoinTokenResponse
+	16, // 33: credbroker.v1.AdminService.ListNodes:output_type -> credbroker.v1.ListNodesResponse
+	18, // 34: credbroker.v1.AdminService.EvictNode:output_type -> credbroker.v1.EvictNodeResponse
+	28, // [28:35] is the sub-list for method output_type
+	21, // [21:28] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_credbroker_v1_admin_proto_init() }
@@ -1515,7 +1599,7 @@ func file_credbroker_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_credbroker_v1_admin_proto_rawDesc), len(file_credbroker_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   17,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

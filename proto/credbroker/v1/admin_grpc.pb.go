@@ -41,7 +41,10 @@ type AdminServiceClient interface {
 	// GetIssuance returns one issuance and every audit record that names it.
 	GetIssuance(ctx context.Context, in *GetIssuanceRequest, opts ...grpc.CallOption) (*GetIssuanceResponse, error)
 	// VerifyAudit walks the audit hash chain and reports the first bad record.
-	VerifyAudit(ctx context.Context, in *VerifyAuditRequest, opts ...grpc.CallOption) (*VerifyAuditResponse, error)
+	// A long walk streams its progress: zero or more messages with `progress`
+	// set, then one final message with the result and no `progress`. A client
+	// should bound the wait for each message, not the whole walk.
+	VerifyAudit(ctx context.Context, in *VerifyAuditRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[VerifyAuditResponse], error)
 	// ExportAudit streams audit records in chain order, optionally following
 	// the chain as it grows.
 	ExportAudit(ctx context.Context, in *ExportAuditRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ExportAuditResponse], error)
@@ -83,19 +86,28 @@ func (c *adminServiceClient) GetIssuance(ctx context.Context, in *GetIssuanceReq
 	return out, nil
 }
 
-func (c *adminServiceClient) VerifyAudit(ctx context.Context, in *VerifyAuditRequest, opts ...grpc.CallOption) (*VerifyAuditResponse, error) {
+func (c *adminServiceClient) VerifyAudit(ctx context.Context, in *VerifyAuditRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[VerifyAuditResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(VerifyAuditResponse)
-	err := c.cc.Invoke(ctx, AdminService_VerifyAudit_FullMethodName, in, out, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &AdminService_ServiceDesc.Streams[0], AdminService_VerifyAudit_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
-	return out, nil
+	x := &grpc.GenericClientStream[VerifyAuditRequest, VerifyAuditResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
 }
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_VerifyAuditClient = grpc.ServerStreamingClient[VerifyAuditResponse]
 
 func (c *adminServiceClient) ExportAudit(ctx context.Context, in *ExportAuditRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ExportAuditResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &AdminService_ServiceDesc.Streams[0], AdminService_ExportAudit_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &AdminService_ServiceDesc.Streams[1], AdminService_ExportAudit_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -155,7 +167,10 @@ type AdminServiceServer interface {
 	// GetIssuance returns one issuance and every audit record that names it.
 	GetIssuance(context.Context, *GetIssuanceRequest) (*GetIssuanceResponse, error)
 	// VerifyAudit walks the audit hash chain and reports the first bad record.
-	VerifyAudit(context.Context, *VerifyAuditRequest) (*VerifyAuditResponse, error)
+	// A long walk streams its progress: zero or more messages with `progress`
+	// set, then one final message with the result and no `progress`. A client
+	// should bound the wait for each message, not the whole walk.
+	VerifyAudit(*VerifyAuditRequest, grpc.ServerStreamingServer[VerifyAuditResponse]) error
 	// ExportAudit streams audit records in chain order, optionally following
 	// the chain as it grows.
 	ExportAudit(*ExportAuditRequest, grpc.ServerStreamingServer[ExportAuditResponse]) error
@@ -183,8 +198,8 @@ func (UnimplementedAdminServiceServer) ListIssuances(context.Context, *ListIssua
 func (UnimplementedAdminServiceServer) GetIssuance(context.Context, *GetIssuanceRequest) (*GetIssuanceResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetIssuance not implemented")
 }
-func (UnimplementedAdminServiceServer) VerifyAudit(context.Context, *VerifyAuditRequest) (*VerifyAuditResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "method VerifyAudit not implemented")
+func (UnimplementedAdminServiceServer) VerifyAudit(*VerifyAuditRequest, grpc.ServerStreamingServer[VerifyAuditResponse]) error {
+	return status.Error(codes.Unimplemented, "method VerifyAudit not implemented")
 }
 func (UnimplementedAdminServiceServer) ExportAudit(*ExportAuditRequest, grpc.ServerStreamingServer[ExportAuditResponse]) error {
 	return status.Error(codes.Unimplemented, "method ExportAudit not implemented")
@@ -255,23 +270,16 @@ func _AdminService_GetIssuance_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
-func _AdminService_VerifyAudit_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(VerifyAuditRequest)
-	if err := dec(in); err != nil {
-		return nil, err
+func _AdminService_VerifyAudit_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(VerifyAuditRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
 	}
-	if interceptor == nil {
-		return srv.(AdminServiceServer).VerifyAudit(ctx, in)
-	}
-	info := &grpc.UnaryServerInfo{
-		Server:     srv,
-		FullMethod: AdminService_VerifyAudit_FullMethodName,
-	}
-	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(AdminServiceServer).VerifyAudit(ctx, req.(*VerifyAuditRequest))
-	}
-	return interceptor(ctx, in, info, handler)
+	return srv.(AdminServiceServer).VerifyAudit(m, &grpc.GenericServerStream[VerifyAuditRequest, VerifyAuditResponse]{ServerStream: stream})
 }
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_VerifyAuditServer = grpc.ServerStreamingServer[VerifyAuditResponse]
 
 func _AdminService_ExportAudit_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(ExportAuditRequest)
@@ -354,10 +362,6 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _AdminService_GetIssuance_Handler,
 		},
 		{
-			MethodName: "VerifyAudit",
-			Handler:    _AdminService_VerifyAudit_Handler,
-		},
-		{
 			MethodName: "CreateJoinToken",
 			Handler:    _AdminService_CreateJoinToken_Handler,
 		},
@@ -371,6 +375,11 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		},
 	},
 	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "VerifyAudit",
+			Handler:       _AdminService_VerifyAudit_Handler,
+			ServerStreams: true,
+		},
 		{
 			StreamName:    "ExportAudit",
 			Handler:       _AdminService_ExportAudit_Handler,
