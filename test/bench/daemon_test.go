@@ -219,7 +219,15 @@ func (d *daemon) admin(tb testing.TB) credbrokerv1.AdminServiceClient {
 // auditRecords returns how many records the daemon's audit chain holds, by
 // verifying it through the admin API.
 func (d *daemon) auditRecords(ctx context.Context, adm credbrokerv1.AdminServiceClient) (uint64, error) {
-	resp, err := adm.VerifyAudit(ctx, &credbrokerv1.VerifyAuditRequest{})
+	stream, err := adm.VerifyAudit(ctx, &credbrokerv1.VerifyAuditRequest{})
+	if err != nil {
+		return 0, err
+	}
+	// Progress messages come first; the last message is the result.
+	resp, err := stream.Recv()
+	for err == nil && resp.GetProgress() != nil {
+		resp, err = stream.Recv()
+	}
 	if err != nil {
 		return 0, err
 	}
