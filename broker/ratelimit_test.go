@@ -422,7 +422,7 @@ func TestAdminAPIIsThrottledPerPrincipal(t *testing.T) {
 		}
 		_, err = stream.Recv()
 		retryDelay(t, err)
-		_, err = adm.VerifyAudit(ctxT(t), &credbrokerv1.VerifyAuditRequest{})
+		_, err = verifyAudit(ctxT(t), adm)
 		retryDelay(t, err)
 	}
 }
