@@ -1,6 +1,7 @@
 package broker_test
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -8,8 +9,10 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/credbroker/credbroker/broker"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -108,5 +111,29 @@ func TestMalformedBodiesAreInvalidArgument(t *testing.T) {
 	var out []byte
 	if err := controller.Invoke(ctxT(t), credbrokerv1.BrokerService_IssueCredential_FullMethodName, &valid, &out, raw); err != nil {
 		t.Fatalf("valid body: %v", err)
+	}
+}
+
+// TestOversizedBodyIsRefused: a request body over broker.MaxRequestBytes is
+// RESOURCE_EXHAUSTED before it is decoded; one just under is decoded and
+// then judged on its merits (it names no profile: INVALID_ARGUMENT).
+func TestOversizedBodyIsRefused(t *testing.T) {
+	h := newHarness(t)
+	conn := h.dial(h.mint(controllerID, time.Hour))
+	raw := grpc.ForceCodecV2(rawCodec{})
+	for size, want := range map[int]codes.Code{broker.MaxRequestBytes + 1: codes.ResourceExhausted, broker.MaxRequestBytes - 16: codes.InvalidArgument} {
+		// A well-formed body of exactly size bytes: one unknown field
+		// (number 15, length-delimited; tag 1 byte, length 3 bytes).
+		body := protowire.AppendTag(nil, 15, protowire.BytesType)
+		body = protowire.AppendBytes(body, make([]byte, size-4))
+		if len(body) != size {
+			t.Fatalf("built %d bytes, want %d", len(body), size)
+		}
+		var out []byte
+		err := conn.Invoke(ctxT(t), credbrokerv1.BrokerService_IssueCredential_FullMethodName, &body, &out, raw)
+		st := status.Convert(err)
+		if st.Code() != want || (want == codes.InvalidArgument && !strings.Contains(st.Message(), "profile is required")) {
+			t.Errorf("body of %d bytes: %v (%q), want %v", size, st.Code(), st.Message(), want)
+		}
 	}
 }
