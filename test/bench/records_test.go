@@ -123,6 +123,17 @@ func cachedRecords(cacheDir, path string, n int) (bool, error) {
 	if err := os.MkdirAll(cacheDir, 0o700); err != nil {
 		return false, err
 	}
+	// Copies made from older source are of no more use: a million records
+	// take more than a gigabyte.
+	stale, err := filepath.Glob(filepath.Join(cacheDir, fmt.Sprintf("audit-%d-*.db*", n)))
+	if err != nil {
+		return false, err
+	}
+	for _, f := range stale {
+		if err := os.Remove(f); err != nil {
+			return false, err
+		}
+	}
 	tmp := cached + ".tmp"
 	if err := copyFile(path, tmp); err != nil {
 		return false, err
