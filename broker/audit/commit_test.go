@@ -11,6 +11,7 @@ import (
 )
 
 func TestConcurrentAppends(t *testing.T) {
+	t.Parallel()
 	const goroutines, each = 64, 200
 	l, _, _ := tempLog(t, WithNewID(newUUIDv7))
 	var wg sync.WaitGroup
@@ -87,6 +88,7 @@ func waitQueued(l *Log, n int) {
 // they are committed together in one transaction, that those whose op fails
 // are not stored and get their own error, and that the rest are unaffected.
 func TestGroupCommit(t *testing.T) {
+	t.Parallel()
 	l, db, _ := tempLog(t)
 	release := blockCommitter(t, l)
 	commitsBefore := l.commits.Load()
@@ -163,6 +165,7 @@ func TestGroupCommit(t *testing.T) {
 // TestCloseDrainsQueue checks that appends queued before Close are
 // committed, and later ones are refused.
 func TestCloseDrainsQueue(t *testing.T) {
+	t.Parallel()
 	l, _, _ := tempLog(t)
 	release := blockCommitter(t, l)
 	const n = 10

@@ -46,6 +46,7 @@ func exportAll(t testing.TB, l *Log) []Record {
 }
 
 func TestList(t *testing.T) {
+	t.Parallel()
 	l, _, _ := tempLog(t)
 	for i := range 120 {
 		mustAppend(t, l, genRecord(i))
@@ -85,6 +86,7 @@ func TestList(t *testing.T) {
 // TestListClockSteppedBack checks that List orders by time, not by seq,
 // when the clock goes backwards, and still applies Since correctly.
 func TestListClockSteppedBack(t *testing.T) {
+	t.Parallel()
 	times := []time.Time{epoch.Add(10 * time.Second), epoch, epoch.Add(5 * time.Second)}
 	i := 0
 	l, _, _ := tempLog(t, WithClock(func() time.Time { i++; return times[i-1] }))
@@ -103,6 +105,7 @@ func TestListUsesIndexes(t *testing.T) {
 	if testing.Short() {
 		t.Skip("50k records")
 	}
+	t.Parallel()
 	l, _, _ := tempLog(t)
 	const n = 50_000
 	bulkAppend(t, l, n, func(i int) Record {

@@ -16,6 +16,7 @@ import (
 )
 
 func TestRoundTrip(t *testing.T) {
+	t.Parallel()
 	l, _, _ := tempLog(t)
 	in := []Record{
 		{IssuanceID: "iss-1", Caller: "spiffe://td/ns/capi/sa/capa", Attestation: "x509-svid", Profile: "capa", Cluster: "ns/c1", Issuer: "awssts", Decision: DecisionIntent, TTL: 15 * time.Minute},
@@ -88,6 +89,7 @@ func TestRoundTrip(t *testing.T) {
 // TestOutsideVerification re-checks exported JSON lines with the formula in
 // the package documentation, as a tool without this package would.
 func TestOutsideVerification(t *testing.T) {
+	t.Parallel()
 	l, _, _ := tempLog(t)
 	for _, c := range []string{"a", "<b&c>", "ü"} {
 		mustAppend(t, l, Record{Caller: "spiffe://td/" + c, Decision: DecisionDenied, Reason: `quote " and \ `})
@@ -116,6 +118,7 @@ func TestOutsideVerification(t *testing.T) {
 }
 
 func TestAppendRejectsInvalid(t *testing.T) {
+	t.Parallel()
 	l, _, _ := tempLog(t)
 	for name, r := range map[string]Record{
 		"no decision":   {Caller: "x"},
@@ -133,6 +136,7 @@ func TestAppendRejectsInvalid(t *testing.T) {
 }
 
 func TestPersistence(t *testing.T) {
+	t.Parallel()
 	l, db, path := tempLog(t)
 	var last Record
 	for range 5 {
@@ -157,6 +161,7 @@ func TestPersistence(t *testing.T) {
 }
 
 func TestFailClosed(t *testing.T) {
+	t.Parallel()
 	t.Run("log closed", func(t *testing.T) {
 		l, _, _ := tempLog(t)
 		mustAppend(t, l, Record{Decision: DecisionIntent})
@@ -214,6 +219,7 @@ func TestFailClosed(t *testing.T) {
 }
 
 func TestDefaultIDsAreUUIDv7(t *testing.T) {
+	t.Parallel()
 	db := openDB(t, t.TempDir()+"/audit.db")
 	l, err := Open(db)
 	if err != nil {
@@ -230,6 +236,7 @@ func TestDefaultIDsAreUUIDv7(t *testing.T) {
 // TestOpsShareTheTransaction checks that an op's writes commit with the
 // record, and that a failing op stores neither.
 func TestOpsShareTheTransaction(t *testing.T) {
+	t.Parallel()
 	l, db, _ := tempLog(t)
 	put := func(k string) func(tx *bbolt.Tx) error {
 		return func(tx *bbolt.Tx) error {
@@ -269,6 +276,7 @@ func TestOpsShareTheTransaction(t *testing.T) {
 }
 
 func TestBodySplicingMatchesRecordEncoding(t *testing.T) {
+	t.Parallel()
 	base := time.Date(2026, 5, 6, 7, 8, 9, 123456789, time.FixedZone("X", 3600))
 	for i, r := range []Record{
 		{Decision: DecisionDenied},
@@ -330,6 +338,7 @@ func FuzzBodySplicing(f *testing.F) {
 }
 
 func TestAdvancedWakesFollowers(t *testing.T) {
+	t.Parallel()
 	l, _, _ := tempLog(t)
 	ch := l.Advanced(0)
 	select {

@@ -85,6 +85,7 @@ func del(seq uint64) func(t *testing.T, b *bbolt.Bucket) {
 }
 
 func TestVerifyDetectsTampering(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name        string
 		edit        func(t *testing.T, b *bbolt.Bucket)
@@ -134,6 +135,7 @@ func TestVerifyDetectsTampering(t *testing.T) {
 }
 
 func TestVerifyEmptyAndIntact(t *testing.T) {
+	t.Parallel()
 	l, _, _ := tempLog(t)
 	if res := mustVerifyOK(t, l, 0); res.HeadHash != "" {
 		t.Fatalf("empty log HeadHash = %q", res.HeadHash)
@@ -149,6 +151,7 @@ func TestVerifyEmptyAndIntact(t *testing.T) {
 
 // TestVerifyAcrossChunks checks walks longer than one read transaction.
 func TestVerifyAcrossChunks(t *testing.T) {
+	t.Parallel()
 	l, db, _ := tempLog(t)
 	const n = 3*exportChunk + 17
 	bulkAppend(t, l, n, genRecord)

@@ -156,6 +156,7 @@ tls:
 // bundle files, as a deployment next to SPIRE would, serves an X.509-SVID
 // caller and a JWT-SVID caller, then shuts down on context cancel.
 func TestProductionConfig(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	td, authority, cfg := productionIdentity(t, dir)
 	cfg += `
@@ -310,6 +311,7 @@ func grepLines(s, substr string) string {
 }
 
 func TestConfigErrors(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	write := func(name, body string) string {
 		p := filepath.Join(dir, name)
@@ -381,6 +383,7 @@ func startBlocking(t *testing.T) (*grpc.Server, *blockingHealth, <-chan error) {
 }
 
 func TestShutdownDrainsInFlightRequests(t *testing.T) {
+	t.Parallel()
 	s, h, res := startBlocking(t)
 	stopped := make(chan struct{})
 	go func() { shutdown(s, time.Hour); close(stopped) }()
@@ -397,6 +400,7 @@ func TestShutdownDrainsInFlightRequests(t *testing.T) {
 }
 
 func TestShutdownCutsOffAfterGrace(t *testing.T) {
+	t.Parallel()
 	s, h, res := startBlocking(t)
 	shutdown(s, 10*time.Millisecond) // returns although the handler never finishes by itself
 	if err := <-res; err == nil {
@@ -409,6 +413,7 @@ func TestShutdownCutsOffAfterGrace(t *testing.T) {
 // Workload API on a real unix socket, as beside a SPIRE agent, and follows a
 // rotation the agent pushes.
 func TestWorkloadAPIIdentity(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	td := spiffeid.RequireTrustDomainFromString("spire.test")
 	authority, err := ca.New(td)

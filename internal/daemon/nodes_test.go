@@ -33,6 +33,7 @@ import (
 // accept node SVIDs for renewal and issuance: the node CA joins the bundle of
 // the trust domain on both sides.
 func TestNodeAttestationWithAProductionIdentity(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	td, spire, cfg := productionIdentity(t, dir)
 	cfg += `
@@ -125,6 +126,7 @@ func grpcWithSVID(addr string, svid *x509svid.SVID, bundle *x509bundle.Bundle, t
 // malformed CSR) is refused without spending the token, so the rightful
 // node can still join with it.
 func TestJoinTokenSurvivesBadAttempts(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	td, spire, cfg := productionIdentity(t, dir)
 	d := startDaemon(t, dir, cfg+`

@@ -169,6 +169,7 @@ func put(t *testing.T, m *miniotest.Server, cred issuers.Credential, prefix stri
 }
 
 func TestCredentialIsScopedToItsCluster(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	before := time.Now()
 	cred, err := e.issuer.Issue(ctxT(t), request(clusterA))
@@ -190,6 +191,7 @@ func TestCredentialIsScopedToItsCluster(t *testing.T) {
 }
 
 func TestAssumeRoleRequestCarriesIdentityTagsAndPolicy(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	req := request(clusterA)
 	cred, err := e.issuer.Issue(ctxT(t), req)
@@ -244,6 +246,7 @@ func TestAssumeRoleRequestCarriesIdentityTagsAndPolicy(t *testing.T) {
 }
 
 func TestIdenticalRequestsShareOneAssumeRoleUntilHalfLife(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	const n = 200
 	creds := make([]issuers.Credential, n)
@@ -312,6 +315,7 @@ func TestIdenticalRequestsShareOneAssumeRoleUntilHalfLife(t *testing.T) {
 }
 
 func TestWaiterGivingUpDoesNotCancelTheSharedCall(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -329,6 +333,7 @@ func TestWaiterGivingUpDoesNotCancelTheSharedCall(t *testing.T) {
 }
 
 func TestRequestsOutsideSTSLimitsAreRefused(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	for name, mutate := range map[string]func(*issuers.Request){
 		"ttl below 15m":   func(r *issuers.Request) { r.TTL = 14 * time.Minute },
@@ -397,6 +402,7 @@ func issuerVia(t *testing.T, m *miniotest.Server, endpoint string, attempts int)
 }
 
 func TestThrottlingIsRetriedThenReportedWithARetryDelay(t *testing.T) {
+	t.Parallel()
 	m := miniotest.Start(t)
 
 	// One throttled answer: the SDK's retryer absorbs it.
@@ -421,6 +427,7 @@ func TestThrottlingIsRetriedThenReportedWithARetryDelay(t *testing.T) {
 }
 
 func TestSTSRefusalsAreClassified(t *testing.T) {
+	t.Parallel()
 	m := miniotest.Start(t)
 	for code, kind := range map[string]error{
 		"AccessDenied":            issuers.ErrRejected,
@@ -451,6 +458,7 @@ func TestSTSRefusalsAreClassified(t *testing.T) {
 }
 
 func TestBrokerWithoutAWSCredentialsFailsAtStart(t *testing.T) {
+	t.Parallel()
 	_, err := awssts.New(context.Background(), awssts.Config{
 		Region: "us-east-1", Credentials: awssts.CredentialsDefault,
 		CredentialsProvider: aws.CredentialsProviderFunc(func(context.Context) (aws.Credentials, error) {
@@ -466,6 +474,7 @@ func TestBrokerWithoutAWSCredentialsFailsAtStart(t *testing.T) {
 // issuer at MinIO's STS, which fetches the issuer's discovery document and
 // JWKS like AWS IAM does.
 func TestWebIdentityNeedsNoAWSKeys(t *testing.T) {
+	t.Parallel()
 	oidc := httptest.NewUnstartedServer(nil)
 	issuerURL := "http://" + oidc.Listener.Addr().String()
 	signer, err := jwt.New(jwt.Config{IssuerURL: issuerURL, KeyFile: filepath.Join(t.TempDir(), "key.pem")})

@@ -23,6 +23,7 @@ var (
 )
 
 func TestSourceIdentity(t *testing.T) {
+	t.Parallel()
 	tests := []struct{ id, want string }{
 		{"spiffe://example.org/ns/capi-system/sa/capa-controller-manager", "ns.capi-system.sa.capa-controller-manager@example.org"},
 		{"spiffe://td/capi/cluster/team-a/prod-1/node/ip-10-0-0-1", "capi.cluster.team-a.prod-1.node.ip-10-0-0-1@td"},
@@ -50,6 +51,7 @@ func TestSourceIdentity(t *testing.T) {
 }
 
 func TestRoleSessionName(t *testing.T) {
+	t.Parallel()
 	tests := []struct{ id, want string }{
 		{"spiffe://example.org/ns/capi-system/sa/capa-controller-manager", "ns.capi-system.sa.capa-controller-manager"},
 		{"spiffe://example.org", "@example.org"},
@@ -71,6 +73,7 @@ func TestRoleSessionName(t *testing.T) {
 // TestSessionNameProperties checks bounds, character set, stability and
 // distinctness over a mix of IDs, including exactly-at-the-limit lengths.
 func TestSessionNameProperties(t *testing.T) {
+	t.Parallel()
 	ids := []string{
 		"spiffe://example.org/ns/capi-system/sa/capa-controller-manager",
 		"spiffe://example.org/ns/capi-system/sa/capi-controller-manager",
@@ -117,6 +120,7 @@ func TestSessionNameProperties(t *testing.T) {
 }
 
 func TestHashPrefixDistinguishesSharedTail(t *testing.T) {
+	t.Parallel()
 	for _, f := range []func(string) string{SourceIdentity, RoleSessionName} {
 		a, b := f(longA), f(longB)
 		if a == b {
@@ -132,6 +136,7 @@ func TestHashPrefixDistinguishesSharedTail(t *testing.T) {
 }
 
 func TestSessionTags(t *testing.T) {
+	t.Parallel()
 	const id = "spiffe://example.org/ns/capi-system/sa/capa-controller-manager"
 	const iid = "0192f1e4-7b7c-7cc5-9a3e-8b1f2d3c4e5f"
 	long := "spiffe://example.org/" + strings.Repeat("s", 300)
@@ -185,6 +190,7 @@ func TestSessionTags(t *testing.T) {
 }
 
 func TestCheckTagsLimits(t *testing.T) {
+	t.Parallel()
 	many := make([]Tag, 51)
 	for i := range many {
 		many[i] = Tag{fmt.Sprintf("k%d", i), "v"}

@@ -58,6 +58,7 @@ func render(t *testing.T, tmpl *awssts.PolicyTemplate, v awssts.PolicyVars) stri
 }
 
 func TestCAPAExampleRenders(t *testing.T) {
+	t.Parallel()
 	tmpl := compile(t, capaTemplate)
 	if !tmpl.UsesCluster() {
 		t.Error("UsesCluster() = false, want true")
@@ -79,6 +80,7 @@ func TestCAPAExampleRenders(t *testing.T) {
 }
 
 func TestCompileRejects(t *testing.T) {
+	t.Parallel()
 	const head = "Version: \"2012-10-17\"\nStatement:\n"
 	tests := []struct {
 		name, src string
@@ -156,6 +158,7 @@ func TestCompileRejects(t *testing.T) {
 }
 
 func TestCompileAccepts(t *testing.T) {
+	t.Parallel()
 	const head = "Version: \"2012-10-17\"\nStatement:\n"
 	tests := []struct {
 		name, src   string
@@ -199,6 +202,7 @@ func TestCompileAccepts(t *testing.T) {
 }
 
 func TestRenderWithoutClusterWhenUnused(t *testing.T) {
+	t.Parallel()
 	tmpl := compile(t, "Version: \"2012-10-17\"\nStatement: {Effect: Deny, Action: '*', Resource: '*'}")
 	if _, err := tmpl.Render(awssts.PolicyVars{}); err != nil {
 		t.Fatalf("Render: %v", err)
@@ -206,6 +210,7 @@ func TestRenderWithoutClusterWhenUnused(t *testing.T) {
 }
 
 func TestRenderRejectsBadVars(t *testing.T) {
+	t.Parallel()
 	tmpl := compile(t, "Version: \"2012-10-17\"\nStatement: {Effect: Allow, Action: 's3:*', Resource: 'arn:aws:s3:::${cluster.namespace}-${cluster.name}-${profile}/*'}")
 	tests := []struct {
 		name string
@@ -258,6 +263,7 @@ func oversized(n int) (any, []string) {
 }
 
 func TestCompileRejectsOversized(t *testing.T) {
+	t.Parallel()
 	doc, worst := oversized(8)
 	want, err := json.Marshal(map[string]any{
 		"Version":   "2012-10-17",
@@ -297,6 +303,7 @@ func TestCompileRejectsOversized(t *testing.T) {
 }
 
 func TestQuotesCannotBreakOut(t *testing.T) {
+	t.Parallel()
 	// The literal tries to close the string and the statement and open an
 	// unscoped Allow; substitution on the structure keeps it one value.
 	src := `
@@ -332,6 +339,7 @@ Statement:
 }
 
 func TestRenderRejectsKeyCollision(t *testing.T) {
+	t.Parallel()
 	tmpl := compile(t, `
 Version: "2012-10-17"
 Statement:
@@ -353,6 +361,7 @@ Statement:
 }
 
 func TestCompileRejectsNonStringKeys(t *testing.T) {
+	t.Parallel()
 	doc := map[any]any{"Version": "2012-10-17", 1: "x"}
 	_, err := awssts.CompilePolicy(doc)
 	if err == nil || !strings.Contains(err.Error(), "map key 1 is not a string") {

@@ -237,6 +237,7 @@ func seed(t *testing.T) uint64 {
 // TestKilledBrokerKeepsItsPromises is the crash harness: see the package
 // documentation.
 func TestKilledBrokerKeepsItsPromises(t *testing.T) {
+	t.Parallel()
 	s := seed(t)
 	t.Logf("seed %d (replay the run's choices with %s=%d)", s, seedEnv, s)
 	t.Cleanup(func() {

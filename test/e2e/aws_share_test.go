@@ -24,6 +24,7 @@ import (
 // through the real broker make exactly one AssumeRole at MinIO (counted by a
 // pass-through front), and each hand-out is still its own audited decision.
 func TestConcurrentIdenticalRequestsShareOneAssumeRole(t *testing.T) {
+	t.Parallel()
 	var assumeRoles atomic.Int64
 	b := startAWSBrokerVia(t, func(minioURL string) string {
 		u, _ := url.Parse(minioURL)

@@ -140,6 +140,7 @@ func (b *awsBroker) put(t *testing.T, creds aws.CredentialsProvider, prefix stri
 }
 
 func TestAWSCredentialsThroughTheBrokerAreClusterScoped(t *testing.T) {
+	t.Parallel()
 	b := startAWSBroker(t)
 	cfg := b.sdkConfig(t, clusterA)
 	creds, err := cfg.Credentials.Retrieve(context.Background())
@@ -199,10 +200,11 @@ func TestAWSCredentialsThroughTheBrokerAreClusterScoped(t *testing.T) {
 // TestAWSCredentialExpiresWhenTheBrokerSaid waits out the shortest
 // credential STS issues (15 minutes): MinIO's clock cannot be injected, and
 // expiry is the one property that must be seen at the server that enforces
-// it. It runs beside the rest of the suite; -short skips it.
+// it. `make test` leaves it to `make test-slow` (the Makefile's SLOW_TESTS);
+// -short skips it.
 func TestAWSCredentialExpiresWhenTheBrokerSaid(t *testing.T) {
 	if testing.Short() {
-		t.Skip("waits out a 15-minute STS credential; make test runs it")
+		t.Skip("waits out a 15-minute STS credential; make test-slow runs it")
 	}
 	t.Parallel()
 	b := startAWSBroker(t)

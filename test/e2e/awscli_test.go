@@ -87,6 +87,7 @@ func (b *awsBroker) brokerCalls(t *testing.T) (issuances, records int) {
 }
 
 func TestAWSCLIWithCredentialProcessAndCache(t *testing.T) {
+	t.Parallel()
 	awsCLIPath(t) // before starting anything
 	b := startAWSBroker(t)
 	home := t.TempDir()

@@ -254,6 +254,7 @@ func verifyWithServedJWKS(t *testing.T, b *broker, token string) jwtlib.MapClaim
 }
 
 func TestDevModeEndToEnd(t *testing.T) {
+	t.Parallel()
 	dataDir := t.TempDir()
 	b := startBroker(t, dataDir)
 
@@ -360,6 +361,7 @@ func assertNotOnDiskOrInLogs(t *testing.T, dataDir, token, logs string) {
 }
 
 func TestAuditTailFollowsNewDecisions(t *testing.T) {
+	t.Parallel()
 	b := startBroker(t, t.TempDir())
 	first := b.requestToken(t, "controller")
 
@@ -401,6 +403,7 @@ func TestAuditTailFollowsNewDecisions(t *testing.T) {
 }
 
 func TestTamperedAuditRecordIsNamed(t *testing.T) {
+	t.Parallel()
 	dataDir := t.TempDir()
 	b := startBroker(t, dataDir)
 	var ids []string
@@ -456,6 +459,7 @@ func TestTamperedAuditRecordIsNamed(t *testing.T) {
 }
 
 func TestServeRefusesBadStarts(t *testing.T) {
+	t.Parallel()
 	cfg := filepath.Join(t.TempDir(), "config.yaml")
 	if err := os.WriteFile(cfg, []byte("trust_domain: example.org\nlisten_adress: 1.2.3.4:1\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -484,6 +488,7 @@ func TestServeRefusesBadStarts(t *testing.T) {
 }
 
 func TestCheckConfig(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	good := filepath.Join(dir, "good.yaml")
 	os.WriteFile(good, []byte("trust_domain: example.org\nissuers: {oidc: {type: jwt}}\nprofiles: {p: {issuer: oidc, max_ttl: 1h}}\n"), 0o600)
@@ -499,6 +504,7 @@ func TestCheckConfig(t *testing.T) {
 }
 
 func TestSecondBrokerOnSameDataDirFailsClearly(t *testing.T) {
+	t.Parallel()
 	dataDir := t.TempDir()
 	startBroker(t, dataDir)
 	r := runTool(t, "credbroker", "serve", "--dev", "--data-dir", dataDir, "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0")

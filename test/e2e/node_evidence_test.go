@@ -130,6 +130,7 @@ func (e *evidenceBroker) node(t *testing.T, env []string, evidence ...string) (r
 }
 
 func TestNodeAttestsWithAProjectedServiceAccountToken(t *testing.T) {
+	t.Parallel()
 	e := startEvidenceBroker(t)
 	write := func(tok string) string {
 		f := filepath.Join(t.TempDir(), "token")
@@ -171,6 +172,7 @@ func TestNodeAttestsWithAProjectedServiceAccountToken(t *testing.T) {
 }
 
 func TestNodeAttestsWithAnInstanceIdentityDocument(t *testing.T) {
+	t.Parallel()
 	e := startEvidenceBroker(t)
 	doc := []byte(`{"accountId":"` + e.account + `","architecture":"x86_64","availabilityZone":"us-east-1a","imageId":"ami-0abcdef1234567890",` +
 		`"instanceId":"i-0123456789abcdef0","instanceType":"m5.large","pendingTime":"` + time.Now().UTC().Format(time.RFC3339) + `",` +

@@ -44,6 +44,7 @@ func (b *broker) joinToken(t *testing.T, args ...string) string {
 }
 
 func TestNodeJoinsWithATokenRenewsAndIsEvicted(t *testing.T) {
+	t.Parallel()
 	b := startBroker(t, t.TempDir())
 	token := b.joinToken(t, "--cluster", "team-a/alpha", "--node", "worker-1", "--ttl", "5m")
 	if !strings.HasPrefix(token, "cbjt_") {
@@ -145,6 +146,7 @@ func TestNodeJoinsWithATokenRenewsAndIsEvicted(t *testing.T) {
 }
 
 func TestJoinTokenRefusals(t *testing.T) {
+	t.Parallel()
 	b := startBroker(t, t.TempDir())
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

@@ -181,6 +181,7 @@ func TestSidecarServesTheSDKAndTheCLI(t *testing.T) {
 }
 
 func TestSidecarRefusesANonLoopbackListener(t *testing.T) {
+	t.Parallel()
 	r := runTool(t, "credbroker-sidecar", "--broker", "127.0.0.1:1", "--svid-dir", t.TempDir(), "--listen", "0.0.0.0:9911",
 		"--token-file", filepath.Join(t.TempDir(), "t"), "--profile", "capa")
 	if r.code != 2 || !strings.Contains(r.stderr, "loopback") {
@@ -259,6 +260,7 @@ func (c *stepClock) awaitWait(t *testing.T) {
 // at ~80 % fails and the still-valid credential keeps being served; the
 // broker comes back and the next attempt serves a fresh one, no restart.
 func TestSidecarRidesOutABrokerOutage(t *testing.T) {
+	t.Parallel()
 	b := startAWSBroker(t)
 	src, err := svidsource.FromDir(filepath.Join(b.dataDir, "dev", "controller"))
 	if err != nil {
@@ -314,6 +316,7 @@ func TestSidecarRidesOutABrokerOutage(t *testing.T) {
 // TestSidecarFollowsSVIDRotationOnDisk: new SVID files in the directory are
 // used for the next broker call without a restart.
 func TestSidecarFollowsSVIDRotationOnDisk(t *testing.T) {
+	t.Parallel()
 	b := startAWSBroker(t)
 	svidDir := filepath.Join(t.TempDir(), "svid")
 	authority, err := ca.Load(filepath.Join(b.dataDir, "dev", "ca"))

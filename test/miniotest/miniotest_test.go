@@ -31,6 +31,7 @@ const bucketAOnly = `{
 }`
 
 func TestAssumeRoleSessionPolicyScopesS3(t *testing.T) {
+	t.Parallel()
 	s := Start(t)
 	s.CreateBucket(t, "bucket-a")
 	s.CreateBucket(t, "bucket-b")
@@ -52,6 +53,7 @@ func TestAssumeRoleSessionPolicyScopesS3(t *testing.T) {
 }
 
 func TestAssumeRoleRejectsDurationBelow900(t *testing.T) {
+	t.Parallel()
 	s := Start(t)
 	_, err := s.STS(t, s.RootCredentials()).AssumeRole(t.Context(), &sts.AssumeRoleInput{
 		RoleArn:         aws.String("arn:aws:iam::000000000000:role/ignored-by-minio"),
@@ -147,6 +149,7 @@ func TestStartWithoutBinaryFailsAndSaysHowToGetIt(t *testing.T) {
 }
 
 func TestStartRetriesWhenAPortWasTaken(t *testing.T) {
+	t.Parallel()
 	taken, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -173,6 +176,7 @@ func TestStartRetriesWhenAPortWasTaken(t *testing.T) {
 }
 
 func TestStartWithOpenIDFailsFastWhenTheIssuerIsNotServing(t *testing.T) {
+	t.Parallel()
 	down := newIssuer(t, "ES256")
 	down.Close()
 	r := testproc.RunFatal(t, func(tb testing.TB) {

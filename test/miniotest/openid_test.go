@@ -26,6 +26,7 @@ const testClientID = "credbroker-test"
 // role RoleARN returns, that a session policy scopes the credentials, and that
 // it rejects tokens it should (so acceptance is not vacuous).
 func TestAssumeRoleWithWebIdentity(t *testing.T) {
+	t.Parallel()
 	for _, alg := range []string{"ES256", "RS256"} {
 		t.Run(alg, func(t *testing.T) {
 			idp := newIssuer(t, alg)
