@@ -1,9 +1,6 @@
 package attest
 
-import (
-	"errors"
-	"regexp"
-)
+import "errors"
 
 // Node attestation methods recorded in audit records.
 const (
@@ -34,13 +31,6 @@ type NodeClaims struct {
 // that the broker maps them to Unauthenticated without matching text.
 var ErrNodeRejected = errors.New("attest: node evidence rejected")
 
-var (
-	nodeNameRE    = regexp.MustCompile(`^[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?$`)
-	clusterNameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?$`)
-)
-
-// ValidNodeName reports whether s can name a node (a DNS subdomain).
-func ValidNodeName(s string) bool { return nodeNameRE.MatchString(s) }
-
-// ValidCluster reports whether s is "namespace/name" with Kubernetes names.
-func ValidCluster(s string) bool { return clusterNameRE.MatchString(s) }
+// ValidNodeName reports whether s can name a node (a DNS subdomain, as the
+// name of a cluster is).
+func ValidNodeName(s string) bool { return objectRE.MatchString(s) }

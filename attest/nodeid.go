@@ -9,8 +9,8 @@ import (
 // NodeID returns the SPIFFE ID the broker gives a node of a workload cluster:
 // spiffe://TD/capi/cluster/<namespace>/<cluster>/node/<node>. Each part must
 // be a valid SPIFFE ID path segment (Kubernetes names are).
-func NodeID(td spiffeid.TrustDomain, namespace, cluster, node string) (spiffeid.ID, error) {
-	return spiffeid.FromSegments(td, "capi", "cluster", namespace, cluster, "node", node)
+func NodeID(td spiffeid.TrustDomain, cluster ClusterRef, node string) (spiffeid.ID, error) {
+	return spiffeid.FromSegments(td, "capi", "cluster", cluster.Namespace, cluster.Name, "node", node)
 }
 
 // ConstraintsFor returns the constraints implied by a verified SPIFFE ID. A
@@ -25,5 +25,5 @@ func ConstraintsFor(id spiffeid.ID) Constraints {
 	if len(seg) != 7 || seg[0] != "" || seg[1] != "capi" || seg[2] != "cluster" || seg[5] != "node" {
 		return Constraints{}
 	}
-	return Constraints{Cluster: seg[3] + "/" + seg[4], Node: seg[6]}
+	return Constraints{Cluster: ClusterRef{Namespace: seg[3], Name: seg[4]}.String(), Node: seg[6]}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"regexp"
 	"slices"
 	"time"
 	"unicode/utf8"
@@ -117,8 +116,6 @@ const (
 	// may impose a longer one.
 	minTTL = time.Second
 )
-
-var clusterRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?$`)
 
 // IssueCredential runs attest (done by the interceptor) → validate → policy →
 // limits → audit intent (issuers with an upstream side effect) → issuer →
@@ -274,7 +271,7 @@ func (s *Service) validate(caller attest.Caller, req *credbrokerv1.IssueCredenti
 	}
 
 	g.cluster = req.GetCluster()
-	if g.cluster != "" && !clusterRE.MatchString(g.cluster) {
+	if g.cluster != "" && !attest.ValidCluster(g.cluster) {
 		return prof, g, errorf(codes.InvalidArgument, "cluster must be \"namespace/name\" with Kubernetes names")
 	}
 	if bound := caller.Constraints.Cluster; bound != "" {

@@ -104,7 +104,7 @@ func parseExp(t *testing.T, tok string) time.Time {
 func TestNodeTokenGetsConstraints(t *testing.T) {
 	c := newCA(t, td)
 	auth := jwtsvid.New(c.JWTBundle(), aud)
-	node, err := attest.NodeID(td, "default", "prod-1", "n-1")
+	node, err := attest.NodeID(td, attest.ClusterRef{Namespace: "default", Name: "prod-1"}, "n-1")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -162,7 +162,7 @@ func TestValidSVID(t *testing.T) {
 
 func TestNodeSVIDGetsConstraints(t *testing.T) {
 	e := startServer(t)
-	node, err := attest.NodeID(td, "default", "prod-1", "prod-1-md-0-abcde")
+	node, err := attest.NodeID(td, attest.ClusterRef{Namespace: "default", Name: "prod-1"}, "prod-1-md-0-abcde")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -301,10 +301,10 @@ func TestConstraintsFor(t *testing.T) {
 			t.Errorf("ConstraintsFor(%q) = %+v, want %+v", path, got, want)
 		}
 	}
-	if _, err := attest.NodeID(td, "default", "a/b", "n"); err == nil {
+	if _, err := attest.NodeID(td, attest.ClusterRef{Namespace: "default", Name: "a/b"}, "n"); err == nil {
 		t.Error("NodeID accepted a segment with a slash")
 	}
-	id, err := attest.NodeID(td, "ns", "c", "n")
+	id, err := attest.NodeID(td, attest.ClusterRef{Namespace: "ns", Name: "c"}, "n")
 	if err != nil || id.String() != "spiffe://broker.test/capi/cluster/ns/c/node/n" {
 		t.Errorf("NodeID = %v, %v", id, err)
 	}

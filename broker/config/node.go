@@ -5,6 +5,8 @@ import (
 	"path"
 	"regexp"
 	"time"
+
+	"github.com/credbroker/credbroker/attest"
 )
 
 // NodeAttestation configures how nodes of workload clusters prove themselves
@@ -83,7 +85,7 @@ func (na *NodeAttestation) validate() []error {
 		}
 		for _, name := range sortedKeys(p.Clusters) {
 			c := p.Clusters[name]
-			if !clusterKeyRE.MatchString(name) {
+			if !attest.ValidCluster(name) {
 				bad("k8s_psat.clusters %q: want \"namespace/name\"", name)
 			}
 			if c.Issuer == "" {
@@ -126,5 +128,3 @@ func (na *NodeAttestation) validate() []error {
 	}
 	return errs
 }
-
-var clusterKeyRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?$`)

@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -161,8 +160,11 @@ func (n *NodeAuthority) attest(ctx context.Context, req *credbrokerv1.AttestNode
 	if err != nil {
 		return nil, n.refuseEvidence(ctx, &rec, err)
 	}
-	ns, cluster, _ := strings.Cut(claims.Cluster, "/")
-	nodeID, err := attest.NodeID(n.d.TrustDomain, ns, cluster, claims.Node)
+	cluster, err := attest.ParseClusterRef(claims.Cluster)
+	if err != nil {
+		return nil, n.refuse(ctx, &rec, audit.DecisionDenied, broker.Errorf(codes.InvalidArgument, "cluster must be \"namespace/name\" with Kubernetes names"))
+	}
+	nodeID, err := attest.NodeID(n.d.TrustDomain, cluster, claims.Node)
 	if err != nil {
 		return nil, n.refuse(ctx, &rec, audit.DecisionDenied, broker.Errorf(codes.InvalidArgument, "node name %q cannot form a SPIFFE ID", claims.Node))
 	}

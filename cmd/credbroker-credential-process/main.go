@@ -16,6 +16,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/credbroker/credbroker/attest"
 	"github.com/credbroker/credbroker/internal/brokerclient"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
@@ -142,6 +143,11 @@ func (o options) check(rest []string) error {
 		return errors.New("--ttl must not be negative")
 	case o.cacheMinRemaining < 0:
 		return errors.New("--cache-min-remaining must not be negative")
+	}
+	if o.cluster != "" {
+		if _, err := attest.ParseClusterRef(o.cluster); err != nil {
+			return fmt.Errorf("--cluster: %w", err)
+		}
 	}
 	return nil
 }

@@ -32,6 +32,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"--broker", "b", "--svid-dir", "d", "--profile", "p", "extra"}, "unexpected arguments"},
 		{[]string{"--no-such-flag"}, "flag provided but not defined"},
 		{[]string{"--broker", "b", "--svid-dir", "d", "--profile", "p", "--cache-min-remaining", "-1m"}, "--cache-min-remaining must not be negative"},
+		{[]string{"--broker", "b", "--svid-dir", "d", "--profile", "p", "--cluster", "Team_A/prod"}, `--cluster: cluster "Team_A/prod": want NAMESPACE/NAME`},
+		{[]string{"--broker", "b", "--svid-dir", "d", "--profile", "p", "--cluster", "prod"}, `--cluster: cluster "prod": want NAMESPACE/NAME`},
 	} {
 		var out, errb bytes.Buffer
 		t.Setenv("CREDBROKER_ADDR", "")

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/credbroker/credbroker/attest"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -48,8 +49,10 @@ func newIssuancesListCmd(a *app) *cobra.Command {
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			req := &credbrokerv1.ListIssuancesRequest{Caller: caller, Cluster: cluster}
-			if cluster != "" && !validCluster(cluster) {
-				return usagef("--cluster %q: want NAMESPACE/NAME", cluster)
+			if cluster != "" {
+				if err := checkCluster(cluster); err != nil {
+					return err
+				}
 			}
 			if limit < 0 || limit > maxListLimit {
 				return usagef("--limit %d: want 0..%d", limit, maxListLimit)
@@ -73,9 +76,12 @@ func newIssuancesListCmd(a *app) *cobra.Command {
 	return cmd
 }
 
-func validCluster(s string) bool {
-	ns, name, ok := strings.Cut(s, "/")
-	return ok && ns != "" && name != "" && !strings.Contains(name, "/")
+// checkCluster refuses a --cluster the broker would refuse, before calling it.
+func checkCluster(s string) error {
+	if _, err := attest.ParseClusterRef(s); err != nil {
+		return usagef("--cluster: %v", err)
+	}
+	return nil
 }
 
 // parseSince accepts an RFC 3339 time, or a positive duration before now in

@@ -41,8 +41,8 @@ names itself when it attests.`,
   credbrokerctl join-token create --cluster capi-team-a/prod -o json`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if !validCluster(cluster) {
-				return usagef("--cluster %q: want NAMESPACE/NAME", cluster)
+			if err := checkCluster(cluster); err != nil {
+				return err
 			}
 			if ttl < 0 {
 				return usagef("--ttl must not be negative")
@@ -96,8 +96,10 @@ func newNodesListCmd(a *app) *cobra.Command {
 		Example: "  credbrokerctl nodes list --cluster capi-team-a/prod",
 		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if cluster != "" && !validCluster(cluster) {
-				return usagef("--cluster %q: want NAMESPACE/NAME", cluster)
+			if cluster != "" {
+				if err := checkCluster(cluster); err != nil {
+					return err
+				}
 			}
 			resp, err := call(cmd.Context(), a, func(ctx context.Context, c credbrokerv1.AdminServiceClient) (*credbrokerv1.ListNodesResponse, error) {
 				return c.ListNodes(ctx, &credbrokerv1.ListNodesRequest{Cluster: cluster})

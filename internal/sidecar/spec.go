@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/credbroker/credbroker/attest"
 )
 
 // ParseSpec parses the --credential syntax
@@ -49,16 +51,14 @@ func ParseSpec(s string) (Spec, error) {
 	return spec, nil
 }
 
-// CheckCluster accepts "" or NAMESPACE/NAME.
+// CheckCluster accepts "" or NAMESPACE/NAME with Kubernetes names (what the
+// broker accepts: attest.ParseClusterRef).
 func CheckCluster(c string) error {
 	if c == "" {
 		return nil
 	}
-	ns, name, ok := strings.Cut(c, "/")
-	if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
-		return fmt.Errorf("cluster %q: want NAMESPACE/NAME", c)
-	}
-	return nil
+	_, err := attest.ParseClusterRef(c)
+	return err
 }
 
 func checkName(n string) error {

@@ -41,6 +41,7 @@ import (
 	"github.com/aws/smithy-go/middleware"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/credbroker/credbroker/attest"
 	"github.com/credbroker/credbroker/issuers"
 )
 
@@ -351,7 +352,14 @@ func (i *Issuer) store(k cacheKey, c cached) {
 
 // assume makes the STS call for req.
 func (i *Issuer) assume(ctx context.Context, p Profile, seconds int32, req issuers.Request) (issuers.Credential, error) {
-	ns, name, _ := strings.Cut(req.Cluster, "/")
+	var cluster attest.ClusterRef
+	if req.Cluster != "" {
+		var err error
+		if cluster, err = attest.ParseClusterRef(req.Cluster); err != nil {
+			return issuers.Credential{}, fmt.Errorf("awssts: %w", err)
+		}
+	}
+	ns, name := cluster.Namespace, cluster.Name
 	var policy *string
 	if p.Policy != nil {
 		doc, err := p.Policy.Render(PolicyVars{ClusterNamespace: ns, ClusterName: name, Profile: req.Profile})

@@ -3,7 +3,6 @@ package statetest
 import (
 	"errors"
 	"reflect"
-	"strings"
 	"testing"
 	"time"
 
@@ -18,8 +17,11 @@ var td = spiffeid.RequireTrustDomainFromString("example.test")
 // node returns the Node attestation reports for cluster/name.
 func node(t *testing.T, cluster, name string) state.Node {
 	t.Helper()
-	ns, cl, _ := strings.Cut(cluster, "/")
-	id, err := attest.NodeID(td, ns, cl, name)
+	ref, err := attest.ParseClusterRef(cluster)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := attest.NodeID(td, ref, name)
 	if err != nil {
 		t.Fatal(err)
 	}
