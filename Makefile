@@ -57,10 +57,10 @@ unit:
 
 ## test-slow: the SLOW_TESTS, verbosely; fails unless each of them ran and passed
 test-slow:
-	@log=$$(mktemp) && trap 'rm -f "$$log"' EXIT && set -o pipefail && \
+	@log=$$(mktemp) && trap 'rm -f "$$log"' EXIT && \
 	echo "test-slow: $(SLOW_TESTS) (each waits out an upstream's real clock)" && \
 	$(GO) test $(TEST_FLAGS) -v -run '$(SLOW_RE)' $(SLOW_PKGS) 2>&1 | tee "$$log" | grep -E '^(=== RUN|--- |ok|FAIL|PASS|panic)' ; \
-	rc=$$?; [ $$rc = 0 ] || { grep -v '^=== ' "$$log" | tail -n 80; exit $$rc; }; \
+	rc=$${PIPESTATUS[0]}; [ $$rc = 0 ] || { grep -v '^=== ' "$$log" | tail -n 80; exit $$rc; }; \
 	for t in $(SLOW_TESTS); do \
 	  grep -q -- "^--- PASS: $$t " "$$log" || { echo "test-slow: $$t did not run and pass"; exit 1; }; \
 	done; echo "test-slow: all $(words $(SLOW_TESTS)) slow tests ran and passed"
