@@ -1,8 +1,10 @@
 package audit
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"time"
 
 	"go.etcd.io/bbolt"
 )
@@ -148,6 +150,7 @@ func (l *Log) write(batch []*call) ([]Record, error) {
 	recs := make([]Record, len(batch))
 	var seq uint64
 	var hash string
+	last := l.lastTime()
 	err := l.db.Update(func(tx *bbolt.Tx) error {
 		b, err := openBuckets(tx)
 		if err != nil {
@@ -159,11 +162,17 @@ func (l *Log) write(batch []*call) ([]Record, error) {
 			return errors.New("audit: corrupt head in meta bucket")
 		}
 		for i, c := range batch {
-			r, err := l.add(tx, b, c, seq+1, hash)
+			// A record is never stamped earlier than its predecessor (a
+			// clock stepped back), so that seq order is time order.
+			now := l.now().UTC().Round(0)
+			if now.Before(last) {
+				now = last
+			}
+			r, err := l.add(b, c, seq+1, hash, now)
 			if err != nil {
 				return &callError{index: i, err: err}
 			}
-			recs[i], seq, hash = r, r.Seq, r.Hash
+			recs[i], seq, hash, last = r, r.Seq, r.Hash, r.Time
 		}
 		return b.meta.Put(metaHead, encodeHead(seq, hash))
 	})
@@ -175,14 +184,15 @@ func (l *Log) write(batch []*call) ([]Record, error) {
 		return nil, fmt.Errorf("audit: commit: %w", err)
 	}
 	l.commits.Add(1)
-	l.setHead(seq, hash)
+	l.setHead(seq, hash, last)
 	return recs, nil
 }
 
-// add runs c's ops and writes its record and index entries as seq.
-func (l *Log) add(tx *bbolt.Tx, b buckets, c *call, seq uint64, prevHash string) (Record, error) {
+// add runs c's ops and writes its record, stamped now, and index entries as
+// seq.
+func (l *Log) add(b buckets, c *call, seq uint64, prevHash string, now time.Time) (Record, error) {
 	for _, op := range c.ops {
-		if err := runOp(op, tx); err != nil {
+		if err := runOp(op, b.tx); err != nil {
 			return Record{}, fmt.Errorf("audit: append op: %w", err)
 		}
 	}
@@ -197,38 +207,62 @@ func (l *Log) add(tx *bbolt.Tx, b buckets, c *call, seq uint64, prevHash string)
 		return Record{}, fmt.Errorf("audit: duplicate record id %q", id)
 	}
 	r := c.rec
-	data, err := r.seal(c.members, id, seq, l.now(), prevHash)
+	data, err := r.seal(c.members, id, seq, now, prevHash)
 	if err != nil {
 		return Record{}, err
 	}
-	key := seqKey(seq)
-	dec := []byte(r.Decision)
-	puts := []put{
-		{b.records, key, data},
-		{b.id, []byte(id), key},
-		{b.time, timeKey(nil, r.Time, seq), dec},
-	}
-	if r.IssuanceID != "" {
-		puts = append(puts, put{b.issuance, append(appendPrefix(nil, r.IssuanceID), key...), []byte{}})
-	}
-	if r.Caller != "" {
-		puts = append(puts, put{b.caller, timeKey(appendPrefix(nil, r.Caller), r.Time, seq), dec})
-	}
-	if r.Cluster != "" {
-		puts = append(puts, put{b.cluster, timeKey(appendPrefix(nil, r.Cluster), r.Time, seq), dec})
-	}
-	for _, p := range puts {
-		if err := p.b.Put(p.k, p.v); err != nil {
-			return Record{}, fmt.Errorf("audit: write record %d: %w", seq, err)
-		}
+	if err := b.index(seq, id, r.IssuanceID, r.Caller, r.Cluster, r.Decision, data); err != nil {
+		return Record{}, fmt.Errorf("audit: write record %d: %w", seq, err)
 	}
 	return r, nil
 }
 
-// put is one key/value written by add.
-type put struct {
-	b    *bbolt.Bucket
-	k, v []byte
+// index stores record seq (data, nil when it is already stored) and its
+// index entries: by id, by issuance, and its link into the chains of its
+// caller and cluster, whose heads move to seq.
+func (b buckets) index(seq uint64, id, issuanceID, caller, cluster string, d Decision, data []byte) error {
+	key := seqKey(seq)
+	if data != nil {
+		if err := b.records.Put(key, data); err != nil {
+			return err
+		}
+	}
+	if id != "" {
+		if err := b.id.Put([]byte(id), key); err != nil {
+			return err
+		}
+	}
+	if issuanceID != "" {
+		if err := b.issuance.Put(append(appendPrefix(nil, issuanceID), key...), []byte{}); err != nil {
+			return err
+		}
+	}
+	k := link{code: decisionCodes[d]}
+	var err error
+	if k.callerBack, err = b.chain(chainCaller, caller, seq); err != nil {
+		return err
+	}
+	if k.clusterBack, err = b.chain(chainCluster, cluster, seq); err != nil {
+		return err
+	}
+	return b.links.Put(key, k.encode())
+}
+
+// chain moves the head of the chain of kind for value to seq and returns
+// how far back its previous head lies (0: seq starts the chain, or value is
+// empty and not indexed).
+func (b buckets) chain(kind byte, value string, seq uint64) (uint64, error) {
+	if value == "" {
+		return 0, nil
+	}
+	hk := headKey(kind, value)
+	var back uint64
+	if v := b.heads.Get(hk); len(v) == 8 {
+		if prev := binary.BigEndian.Uint64(v); prev < seq {
+			back = seq - prev
+		}
+	}
+	return back, b.heads.Put(hk, seqKey(seq))
 }
 
 func runOp(op func(*bbolt.Tx) error, tx *bbolt.Tx) (err error) {
@@ -242,27 +276,31 @@ func runOp(op func(*bbolt.Tx) error, tx *bbolt.Tx) (err error) {
 
 // buckets holds a transaction's audit buckets.
 type buckets struct {
-	records, meta, id, issuance, caller, cluster, time *bbolt.Bucket
+	tx                                        *bbolt.Tx
+	records, meta, id, issuance, links, heads *bbolt.Bucket
 }
 
 func openBuckets(tx *bbolt.Tx) (buckets, error) {
 	b := buckets{
+		tx:       tx,
 		records:  tx.Bucket(bucketRecords),
 		meta:     tx.Bucket(bucketMeta),
 		id:       tx.Bucket(bucketID),
 		issuance: tx.Bucket(bucketIssuance),
-		caller:   tx.Bucket(bucketCaller),
-		cluster:  tx.Bucket(bucketCluster),
-		time:     tx.Bucket(bucketTime),
+		links:    tx.Bucket(bucketLinks),
+		heads:    tx.Bucket(bucketHeads),
 	}
-	for _, x := range []*bbolt.Bucket{b.records, b.meta, b.id, b.issuance, b.caller, b.cluster, b.time} {
+	for _, x := range []*bbolt.Bucket{b.records, b.meta, b.id, b.issuance, b.links, b.heads} {
 		if x == nil {
 			return buckets{}, errors.New("audit: bucket missing")
 		}
 	}
-	// Records and the time index only ever grow at their end: fill pages
-	// completely instead of splitting them half full.
+	// Records and links only ever grow at their end, and record ids (UUIDv7,
+	// monotonic in a process) almost so: fill pages completely instead of
+	// splitting them half full. Issuance ids are taken when a request
+	// starts, so their entries land near, not at, the end: bbolt's default.
 	b.records.FillPercent = 1.0
-	b.time.FillPercent = 1.0
+	b.links.FillPercent = 1.0
+	b.id.FillPercent = 0.95
 	return b, nil
 }

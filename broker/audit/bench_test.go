@@ -157,3 +157,26 @@ func fileSize(tb testing.TB, db *bbolt.DB) int64 {
 	}
 	return size
 }
+
+// BenchmarkListByCaller is `issuances list --caller` (the newest 100 issued
+// records of one of 100 callers) on logs of 1k and 1M records: following a
+// caller's chain costs the same however long the log is.
+func BenchmarkListByCaller(b *testing.B) {
+	for _, n := range []int{1_000, 1_000_000} {
+		b.Run(fmt.Sprintf("records=%d", n), func(b *testing.B) {
+			l, _, _ := tempLog(b)
+			bulkAppend(b, l, n, func(i int) Record {
+				r := genRecord(i)
+				r.Caller = fmt.Sprintf("spiffe://td/caller-%d", i%100)
+				r.Decision = DecisionIssued
+				return r
+			})
+			q := Query{Caller: "spiffe://td/caller-42", Decision: DecisionIssued, Limit: 100}
+			for b.Loop() {
+				if _, err := l.List(q); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -40,19 +40,40 @@
 // # Storage layout
 //
 // All buckets are top-level and prefixed "audit.", so the log can share a
-// bbolt file with other broker state:
+// bbolt file with other broker state. Layout 2 (audit.meta "layout"):
 //
-//	audit.records       be64(seq) -> record JSON
-//	audit.meta          "head" -> be64(seq) || hash
+//	audit.records       be64(seq) -> record JSON (its canonical form, hash filled in)
+//	audit.meta          "head" -> be64(seq) || hash; "layout" -> "2"
 //	audit.idx.id        id -> be64(seq)
 //	audit.idx.issuance  lp(issuance_id) || be64(seq) -> ""
-//	audit.idx.caller    lp(caller) || tk(time) || be64(seq) -> decision
-//	audit.idx.cluster   lp(cluster) || tk(time) || be64(seq) -> decision
-//	audit.idx.time      tk(time) || be64(seq) -> decision
+//	audit.idx.links     be64(seq) -> decision || uvarint(caller_back) || uvarint(cluster_back)
+//	audit.idx.heads     "c" || caller -> be64(seq); "k" || cluster -> be64(seq)
 //
-// lp(s) is a big-endian uint16 length followed by s; tk(t) is the unix
-// nanosecond time as a big-endian uint64 with its sign bit flipped, so keys
-// sort by time. Empty caller, cluster and issuance IDs are not indexed.
+// lp(s) is a big-endian uint16 length followed by s. A record's link holds
+// its decision as one byte (intent 1, issued 2, denied 3, throttled 4,
+// failed 5, revoked 6) and how many seqs back the previous record of the
+// same caller, and of the same cluster, lies (0: none); heads names the
+// newest record of each caller and cluster. So the records of one caller
+// are a chain followed from its head, newest first, without an index entry
+// that repeats the caller for every record, and every write appends to
+// records and links and touches a few pages of heads, instead of a page per
+// caller and per cluster. Empty caller, cluster and issuance IDs are not
+// indexed.
+//
+// Time is not indexed: the committer never stamps a record earlier than its
+// predecessor (when the clock steps back, the record takes its
+// predecessor's time), so seq order is time order and a time bound is a
+// binary search over the records. (Records written by layout 1 carry the
+// clock's time as it was; across a backward step in them, a bound can be
+// off by the size of the step.)
+//
+// Open upgrades a layout-1 database (indexes audit.idx.caller,
+// audit.idx.cluster and audit.idx.time, keyed by value and time) once: it
+// links every record, 50,000 per transaction, so an upgrade cut short
+// resumes at the next Open, then drops the three old indexes. Records, the
+// chain and its hashes are not touched. Every Open links whatever records
+// have no link yet, so records appended by an older broker (whose lists
+// then miss everything before them) are linked by the next one.
 //
 // New Record fields must be omitempty/omitzero so that the canonical encoding
 // of existing records, and therefore their hashes, does not change.

@@ -1,9 +1,6 @@
 package audit
 
-import (
-	"encoding/binary"
-	"time"
-)
+import "encoding/binary"
 
 // Bucket names; see the package documentation for the key layouts.
 var (
@@ -11,14 +8,33 @@ var (
 	bucketMeta     = []byte("audit.meta")
 	bucketID       = []byte("audit.idx.id")
 	bucketIssuance = []byte("audit.idx.issuance")
-	bucketCaller   = []byte("audit.idx.caller")
-	bucketCluster  = []byte("audit.idx.cluster")
-	bucketTime     = []byte("audit.idx.time")
+	bucketLinks    = []byte("audit.idx.links")
+	bucketHeads    = []byte("audit.idx.heads")
 
-	allBuckets = [][]byte{bucketRecords, bucketMeta, bucketID, bucketIssuance, bucketCaller, bucketCluster, bucketTime}
+	allBuckets = [][]byte{bucketRecords, bucketMeta, bucketID, bucketIssuance, bucketLinks, bucketHeads}
 
-	metaHead = []byte("head")
+	// The indexes of layout 1, which Open replaces by links and heads.
+	oldBuckets = [][]byte{[]byte("audit.idx.caller"), []byte("audit.idx.cluster"), []byte("audit.idx.time")}
+
+	metaHead   = []byte("head")
+	metaLayout = []byte("layout")
 )
+
+// layoutVersion is the storage layout this package writes (audit.meta
+// "layout"); see the package documentation.
+const layoutVersion = "2"
+
+// Kinds of chain in audit.idx.heads: the records of one caller, and of one
+// cluster.
+const (
+	chainCaller  byte = 'c'
+	chainCluster byte = 'k'
+)
+
+// decisionCodes are the one-byte decisions stored in audit.idx.links.
+var decisionCodes = map[Decision]byte{
+	DecisionIntent: 1, DecisionIssued: 2, DecisionDenied: 3, DecisionThrottled: 4, DecisionFailed: 5, DecisionRevoked: 6,
+}
 
 // seqKey encodes seq as the 8-byte big-endian key of audit.records.
 func seqKey(seq uint64) []byte {
@@ -32,28 +48,48 @@ func appendPrefix(b []byte, s string) []byte {
 	return append(b, s...)
 }
 
-// timeBits maps t to a uint64 that sorts like t's unix nanoseconds.
-func timeBits(t time.Time) uint64 {
-	return uint64(t.UnixNano()) ^ 1<<63
+// headKey is the audit.idx.heads key of the chain of kind for value.
+func headKey(kind byte, value string) []byte {
+	return append([]byte{kind}, value...)
 }
 
-// timeFromBits inverts timeBits.
-func timeFromBits(u uint64) time.Time {
-	return time.Unix(0, int64(u^1<<63)).UTC()
+// link is one audit.idx.links value: the record's decision and how far back
+// (in seqs) the previous record of the same caller and of the same cluster
+// lie, 0 for none.
+type link struct {
+	code                    byte
+	callerBack, clusterBack uint64
 }
 
-// timeKey returns prefix || tk(t) || be64(seq).
-func timeKey(prefix []byte, t time.Time, seq uint64) []byte {
-	k := make([]byte, 0, len(prefix)+16)
-	k = append(k, prefix...)
-	k = binary.BigEndian.AppendUint64(k, timeBits(t))
-	return binary.BigEndian.AppendUint64(k, seq)
+func (k link) encode() []byte {
+	b := []byte{k.code}
+	b = binary.AppendUvarint(b, k.callerBack)
+	return binary.AppendUvarint(b, k.clusterBack)
 }
 
-// splitTimeKey returns the time and seq at the end of a timeKey.
-func splitTimeKey(k []byte) (time.Time, uint64) {
-	n := len(k)
-	return timeFromBits(binary.BigEndian.Uint64(k[n-16 : n-8])), binary.BigEndian.Uint64(k[n-8:])
+func decodeLink(v []byte) (link, bool) {
+	if len(v) < 3 {
+		return link{}, false
+	}
+	k := link{code: v[0]}
+	var n, m int
+	k.callerBack, n = binary.Uvarint(v[1:])
+	if n <= 0 {
+		return link{}, false
+	}
+	k.clusterBack, m = binary.Uvarint(v[1+n:])
+	if m <= 0 || 1+n+m != len(v) {
+		return link{}, false
+	}
+	return k, true
+}
+
+// back returns how far back the previous record of the chain of kind lies.
+func (k link) back(kind byte) uint64 {
+	if kind == chainCaller {
+		return k.callerBack
+	}
+	return k.clusterBack
 }
 
 // encodeHead and decodeHead store the chain head in audit.meta.

@@ -33,6 +33,7 @@ type Log struct {
 	headMu   sync.RWMutex
 	headSeq  uint64
 	headHash string
+	headTime time.Time     // Time of the last record: no record is stamped earlier
 	advanced chan struct{} // closed, and replaced, whenever the head moves
 
 	commits     atomic.Uint64 // committed write transactions (tests)
@@ -93,8 +94,18 @@ func Open(db *bbolt.DB, opts ...Option) (*Log, error) {
 			return errors.New("corrupt head in meta bucket")
 		}
 		l.headSeq, l.headHash = seq, hash
+		// The floor for the next record's time. A last record whose time
+		// cannot be read leaves none: Verify names that record.
+		if _, v := tx.Bucket(bucketRecords).Cursor().Last(); v != nil {
+			if t, err := recordTime(v); err == nil {
+				l.headTime = t
+			}
+		}
 		return nil
 	})
+	if err == nil {
+		err = upgrade(db)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("audit: open: %w", err)
 	}
@@ -130,9 +141,16 @@ func (l *Log) Head() (seq uint64, hash string) {
 	return l.headSeq, l.headHash
 }
 
-func (l *Log) setHead(seq uint64, hash string) {
+// lastTime returns the Time of the last record committed.
+func (l *Log) lastTime() time.Time {
+	l.headMu.RLock()
+	defer l.headMu.RUnlock()
+	return l.headTime
+}
+
+func (l *Log) setHead(seq uint64, hash string, last time.Time) {
 	l.headMu.Lock()
-	l.headSeq, l.headHash = seq, hash
+	l.headSeq, l.headHash, l.headTime = seq, hash, last
 	if l.advanced != nil {
 		close(l.advanced)
 		l.advanced = nil

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"time"
 
 	"go.etcd.io/bbolt"
@@ -74,9 +75,13 @@ type Query struct {
 	Limit int
 }
 
-// List returns the records matching q, newest (by Time, then Seq) first.
-// With a Caller or Cluster it walks only that value's index entries, from
-// Until (or the end) back to Since (or the start), stopping at Limit.
+// List returns the records matching q, newest (by Time, then Seq: the same
+// order, as times never step back along the chain) first. Since and Until
+// become a range of seqs by binary search over the records' times. With a
+// Caller or Cluster it follows only that value's chain of links, from its
+// newest record back; otherwise it walks the links of every record in the
+// range. The decision is in each link, so records are read only when they
+// are returned (or, with both Caller and Cluster, checked for the cluster).
 func (l *Log) List(q Query) ([]Record, error) {
 	if q.Decision != "" && !q.Decision.Valid() {
 		return nil, fmt.Errorf("audit: unknown decision %q", q.Decision)
@@ -90,50 +95,151 @@ func (l *Log) List(q Query) ([]Record, error) {
 		if err != nil {
 			return err
 		}
-		idx, prefix := b.time, []byte(nil)
-		switch {
-		case q.Caller != "":
-			idx, prefix = b.caller, appendPrefix(nil, q.Caller)
-		case q.Cluster != "":
-			idx, prefix = b.cluster, appendPrefix(nil, q.Cluster)
+		lo, hi, err := seqRange(b.records, q.Since, q.Until)
+		if err != nil || lo > hi {
+			return err
 		}
-		// Position on the last key below the upper bound.
-		upper := append(bytes.Clone(prefix), bytes.Repeat([]byte{0xff}, 16)...)
-		if !q.Until.IsZero() {
-			upper = timeKey(prefix, q.Until, 0)
+		var want byte
+		if q.Decision != "" {
+			want = decisionCodes[q.Decision]
 		}
-		c := idx.Cursor()
-		var v []byte
-		k, _ := c.Seek(upper)
-		if k == nil {
-			k, v = c.Last()
-		} else {
-			k, v = c.Prev()
-		}
-		for ; k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+16; k, v = c.Prev() {
-			t, seq := splitTimeKey(k)
-			if !q.Since.IsZero() && t.Before(q.Since) {
-				break
-			}
-			if q.Decision != "" && Decision(v) != q.Decision {
-				continue
+		// visit takes record seq with its link; it reports whether the
+		// limit is reached.
+		visit := func(seq uint64, k link) (bool, error) {
+			if want != 0 && k.code != want {
+				return false, nil
 			}
 			l.recordReads.Add(1)
 			r, err := readRecord(b.records, seqKey(seq))
 			if err != nil {
-				return err
+				return false, err
 			}
 			if q.Cluster != "" && r.Cluster != q.Cluster {
-				continue
+				return false, nil
 			}
 			out = append(out, r)
-			if q.Limit > 0 && len(out) >= q.Limit {
-				break
+			return q.Limit > 0 && len(out) >= q.Limit, nil
+		}
+		switch {
+		case q.Caller != "":
+			return walkChain(b, chainCaller, q.Caller, lo, hi, visit)
+		case q.Cluster != "":
+			return walkChain(b, chainCluster, q.Cluster, lo, hi, visit)
+		}
+		c := b.links.Cursor()
+		k, v := c.Seek(seqKey(hi))
+		if k == nil || binary.BigEndian.Uint64(k) > hi {
+			k, v = c.Prev()
+		}
+		for ; k != nil && binary.BigEndian.Uint64(k) >= lo; k, v = c.Prev() {
+			lk, ok := decodeLink(v)
+			if !ok {
+				return fmt.Errorf("audit: corrupt link %x", k)
+			}
+			if stop, err := visit(binary.BigEndian.Uint64(k), lk); stop || err != nil {
+				return err
 			}
 		}
 		return nil
 	})
 	return out, err
+}
+
+// walkChain visits, newest first, the records in [lo, hi] of the chain of
+// kind for value, following each record's link back to the previous one.
+func walkChain(b buckets, kind byte, value string, lo, hi uint64, visit func(uint64, link) (bool, error)) error {
+	v := b.heads.Get(headKey(kind, value))
+	if len(v) != 8 {
+		return nil
+	}
+	for seq := binary.BigEndian.Uint64(v); seq >= lo && seq > 0; {
+		lk, ok := decodeLink(b.links.Get(seqKey(seq)))
+		if !ok {
+			return fmt.Errorf("audit: chain of %q names seq %d, whose link is missing or corrupt", value, seq)
+		}
+		if seq <= hi {
+			if stop, err := visit(seq, lk); stop || err != nil {
+				return err
+			}
+		}
+		back := lk.back(kind)
+		if back == 0 || back >= seq {
+			return nil
+		}
+		seq -= back
+	}
+	return nil
+}
+
+// seqRange returns the seqs [lo, hi] of the records with since <= Time <
+// until (a zero bound does not bound), found by binary search: record times
+// never decrease along the chain. lo > hi when there are none.
+func seqRange(records *bbolt.Bucket, since, until time.Time) (lo, hi uint64, err error) {
+	c := records.Cursor()
+	first, _ := c.First()
+	last, _ := c.Last()
+	if first == nil {
+		return 1, 0, nil
+	}
+	lo, hi = binary.BigEndian.Uint64(first), binary.BigEndian.Uint64(last)
+	// firstAtOrAfter is the first seq in [lo, hi+1) whose time is >= t.
+	firstAtOrAfter := func(t time.Time) (uint64, error) {
+		var ferr error
+		n := sort.Search(int(hi-lo+1), func(i int) bool {
+			v := records.Get(seqKey(lo + uint64(i)))
+			if v == nil {
+				ferr = fmt.Errorf("audit: seq %d is missing", lo+uint64(i))
+				return true
+			}
+			rt, err := recordTime(v)
+			if err != nil {
+				ferr = err
+				return true
+			}
+			return !rt.Before(t)
+		})
+		return lo + uint64(n), ferr
+	}
+	from, to := lo, hi
+	if !since.IsZero() {
+		if from, err = firstAtOrAfter(since); err != nil {
+			return 0, 0, err
+		}
+	}
+	if !until.IsZero() {
+		end, err := firstAtOrAfter(until)
+		if err != nil {
+			return 0, 0, err
+		}
+		if end == 0 {
+			return 1, 0, nil
+		}
+		to = end - 1
+	}
+	return from, to, nil
+}
+
+// timeMember precedes a stored record's time: records are stored in their
+// canonical form, which starts {"id":...,"seq":N,"time":"...".
+var timeMember = []byte(`,"time":"`)
+
+// recordTime returns the Time of a stored record without decoding the rest.
+func recordTime(v []byte) (time.Time, error) {
+	if i := bytes.Index(v, timeMember); i >= 0 {
+		rest := v[i+len(timeMember):]
+		if j := bytes.IndexByte(rest, '"'); j >= 0 {
+			if t, err := time.Parse(time.RFC3339Nano, string(rest[:j])); err == nil {
+				return t, nil
+			}
+		}
+	}
+	var r struct {
+		Time time.Time `json:"time"`
+	}
+	if err := json.Unmarshal(v, &r); err != nil {
+		return time.Time{}, fmt.Errorf("audit: decode record time: %w", err)
+	}
+	return r.Time, nil
 }
 
 // Export calls fn for every record with Seq > afterSeq, in chain order. It
