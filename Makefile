@@ -26,10 +26,6 @@ empty :=
 space := $(empty) $(empty)
 SLOW_RE := ^($(subst $(space),|,$(strip $(SLOW_TESTS))))$$
 
-# Steps that run side by side print whole lines, not interleaved fragments (GNU make 4+; macOS's make 3.81
-# just interleaves).
-SYNC := $(if $(filter output-sync,$(.FEATURES)),--output-sync=line)
-
 .PHONY: all build run test unit test-slow ci precompile lint fmt-check vet staticcheck darwin buf-lint proto-check generate bench fuzz clean tools
 
 all: build
@@ -47,9 +43,10 @@ tools:
 generate:
 	$(BUF) generate
 
-## test: lint and the suite side by side (lint is mostly CPU, the suite mostly waits on servers); fails if either does
+## test: lint and the suite side by side (lint is mostly CPU, the suite mostly waits on servers); fails if either does.
+## Their output interleaves line by line (make's --output-sync would hold each step's output until it ends).
 test:
-	@$(MAKE) --no-print-directory $(SYNC) -j2 lint unit
+	@$(MAKE) --no-print-directory -j2 lint unit
 
 ## unit: the suite without lint and without the slow tests (quicker while iterating)
 unit:
@@ -76,7 +73,7 @@ precompile:
 ## slow tests (which mostly sleep) run as soon as what they need is there, and the suite runs last, when
 ## Vault is ready. Every step is a failure when it fails; nothing is skipped.
 ci:
-	@$(MAKE) --no-print-directory $(SYNC) -j4 ci-vault ci-lint ci-slow ci-precompile
+	@$(MAKE) --no-print-directory -j4 ci-vault ci-lint ci-slow ci-precompile
 	@$(MAKE) --no-print-directory unit
 .PHONY: ci-vault ci-lint ci-slow ci-precompile
 ci-vault: vault
