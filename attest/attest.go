@@ -17,6 +17,9 @@ import (
 const (
 	MethodX509SVID = "x509-svid"
 	MethodJWTSVID  = "jwt-svid"
+	// MethodAdmin marks an operator action through the admin API; the
+	// record's caller is the admin principal.
+	MethodAdmin = "admin"
 )
 
 // ErrNoEvidence is returned by an Authenticator when the request carries no

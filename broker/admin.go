@@ -3,15 +3,19 @@ package broker
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/credbroker/credbroker/attest"
 	"github.com/credbroker/credbroker/broker/audit"
+	"github.com/credbroker/credbroker/broker/page"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -56,29 +60,62 @@ func NewAdmin(a AuditReader, nodes NodeAdmin) *Admin {
 // by clients tailing the audit log. Call it before stopping the servers.
 func (a *Admin) Stop() { a.stopOnce.Do(func() { close(a.stop) }) }
 
+// Page sizes of the lists and the export (see AdminService).
 const (
-	defaultListLimit = 100
-	maxListLimit     = 10000
+	defaultPageSize   = 100
+	maxPageSize       = 1000
+	defaultExportPage = 1000
+	maxExportPage     = 10000
 )
 
-// ListIssuances lists issued credentials, newest first.
-func (a *Admin) ListIssuances(_ context.Context, req *credbrokerv1.ListIssuancesRequest) (*credbrokerv1.ListIssuancesResponse, error) {
-	limit := int(req.GetLimit())
-	switch {
-	case limit < 0 || limit > maxListLimit:
-		return nil, toStatus(errorf(codes.InvalidArgument, "limit must be between 0 and %d", maxListLimit))
-	case limit == 0:
-		limit = defaultListLimit
+// Listings named in page tokens, so that a token of one is refused by another.
+const (
+	listIssuances = "issuances"
+	listExport    = "audit-export"
+)
+
+// pageError maps a bad page size or token to INVALID_REQUEST.
+func pageError(err error, field string) error {
+	if errors.Is(err, page.ErrInvalid) {
+		return invalid(field, "%s", strings.TrimSuffix(err.Error(), ": "+page.ErrInvalid.Error()))
 	}
-	q := audit.Query{Caller: req.GetCaller(), Cluster: req.GetCluster(), Decision: audit.DecisionIssued, Limit: limit}
+	return err
+}
+
+// ListIssuances lists issued credentials, newest first, one page at a time.
+func (a *Admin) ListIssuances(_ context.Context, req *credbrokerv1.ListIssuancesRequest) (*credbrokerv1.ListIssuancesResponse, error) {
+	size, err := page.Size(req.GetPageSize(), defaultPageSize, maxPageSize)
+	if err != nil {
+		return nil, toStatus(pageError(err, "page_size"))
+	}
+	q := audit.Query{Caller: req.GetCaller(), Cluster: req.GetCluster(), Decision: audit.DecisionIssued, Limit: size + 1}
+	var since string
 	if req.GetSince() != nil {
+		if err := req.GetSince().CheckValid(); err != nil {
+			return nil, toStatus(invalid("since", "since is not a valid time"))
+		}
 		q.Since = req.GetSince().AsTime()
+		since = q.Since.UTC().Format(time.RFC3339Nano)
+	}
+	filter := page.Filter(req.GetCaller(), req.GetCluster(), since)
+	if tok := req.GetPageToken(); tok != "" {
+		pos, err := page.Decode(tok, listIssuances, filter)
+		if err != nil {
+			return nil, toStatus(pageError(err, "page_token"))
+		}
+		q.BeforeSeq = pos.Seq
 	}
 	recs, err := a.audit.List(q)
 	if err != nil {
-		return nil, toStatus(wrapf(codes.Unavailable, err, "audit store unavailable"))
+		return nil, toStatus(wrapf(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, err, "audit store unavailable"))
 	}
 	out := &credbrokerv1.ListIssuancesResponse{}
+	if len(recs) > size {
+		// One more than a page was read: there is a next page.
+		recs = recs[:size]
+		last := recs[size-1]
+		out.NextPageToken = page.Encode(listIssuances, filter, page.Position{Seq: last.Seq})
+	}
 	for _, r := range recs {
 		out.Issuances = append(out.Issuances, IssuanceProto(r))
 	}
@@ -87,15 +124,16 @@ func (a *Admin) ListIssuances(_ context.Context, req *credbrokerv1.ListIssuances
 
 // GetIssuance returns an issuance and all its audit records.
 func (a *Admin) GetIssuance(_ context.Context, req *credbrokerv1.GetIssuanceRequest) (*credbrokerv1.GetIssuanceResponse, error) {
-	if req.GetId() == "" {
-		return nil, toStatus(errorf(codes.InvalidArgument, "id is required"))
+	id := req.GetIssuanceId()
+	if id == "" {
+		return nil, toStatus(invalid("issuance_id", "issuance_id is required"))
 	}
-	recs, err := a.audit.ByIssuance(req.GetId())
+	recs, err := a.audit.ByIssuance(id)
 	if err != nil {
-		return nil, toStatus(wrapf(codes.Unavailable, err, "audit store unavailable"))
+		return nil, toStatus(wrapf(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, err, "audit store unavailable"))
 	}
 	if len(recs) == 0 {
-		return nil, toStatus(errorf(codes.NotFound, "no issuance %q", req.GetId()))
+		return nil, toStatus(errorf(credbrokerv1.ErrorReason_NOT_FOUND, "no issuance %q", clip(id)))
 	}
 	out := &credbrokerv1.GetIssuanceResponse{}
 	for _, r := range recs {
@@ -119,48 +157,86 @@ func (a *Admin) VerifyAudit(_ *credbrokerv1.VerifyAuditRequest, stream grpc.Serv
 	case err != nil && ctx.Err() != nil:
 		return toStatus(ctx.Err())
 	case err != nil:
-		return toStatus(wrapf(codes.Unavailable, err, "audit store unavailable"))
+		return toStatus(wrapf(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, err, "audit store unavailable"))
 	}
-	return stream.Send(&credbrokerv1.VerifyAuditResponse{
-		Ok: v.OK, Records: v.Records, HeadHash: v.HeadHash,
-		FirstBadSeq: v.FirstBadSeq, FirstBadId: v.FirstBadID, Problem: v.Problem,
-	})
+	out := &credbrokerv1.VerifyAuditResponse{Ok: v.OK, Records: v.Records, HeadHash: v.HeadHash}
+	if !v.OK {
+		out.FirstBreak = &credbrokerv1.ChainBreak{Seq: v.FirstBadSeq, RecordId: v.FirstBadID, Problem: v.Problem}
+	}
+	return stream.Send(out)
 }
 
+// errPageFull ends an export whose page is complete.
+var errPageFull = errors.New("page full")
+
 // ExportAudit streams records in chain order and, with follow, keeps
-// streaming new ones as they are committed until the client goes away.
+// streaming new ones as they are committed until the client goes away or
+// the page is full.
 func (a *Admin) ExportAudit(req *credbrokerv1.ExportAuditRequest, stream grpc.ServerStreamingServer[credbrokerv1.ExportAuditResponse]) error {
 	ctx := stream.Context()
+	size := 0 // no bound: a follower without page_size
+	if req.GetPageSize() != 0 || !req.GetFollow() {
+		var err error
+		if size, err = page.Size(req.GetPageSize(), defaultExportPage, maxExportPage); err != nil {
+			return toStatus(pageError(err, "page_size"))
+		}
+	}
+	var filter string
+	switch start := req.GetStart().(type) {
+	case *credbrokerv1.ExportAuditRequest_AfterSeq:
+		filter = page.Filter("after_seq", strconv.FormatUint(start.AfterSeq, 10))
+	case *credbrokerv1.ExportAuditRequest_LastRecords:
+		filter = page.Filter("last_records", strconv.FormatUint(start.LastRecords, 10))
+	default:
+		filter = page.Filter()
+	}
 	head, _ := a.audit.Head()
 	after := min(req.GetAfterSeq(), head) // past the head: follow from the head
-	if n := req.GetLast(); n > 0 {
+	if n := req.GetLastRecords(); n > 0 {
 		after = head - min(n, head)
 	}
+	if tok := req.GetPageToken(); tok != "" {
+		pos, err := page.Decode(tok, listExport, filter)
+		if err != nil {
+			return toStatus(pageError(err, "page_token"))
+		}
+		after = min(pos.Seq, head)
+	}
+	sent := 0
 	for {
 		// Take the wake-up channel before reading, so a commit between the
 		// export and the wait is not missed.
 		advanced := a.audit.Advanced(after)
 		err := a.audit.Export(after, func(r audit.Record) error {
+			if size > 0 && sent == size {
+				return errPageFull
+			}
 			canonical, err := json.Marshal(r) // byte for byte the stored form
 			if err != nil {
 				return err
 			}
 			after = r.Seq
-			return stream.Send(&credbrokerv1.ExportAuditResponse{Record: RecordProto(r), CanonicalJson: string(canonical), HeadSeq: head})
+			sent++
+			return stream.Send(&credbrokerv1.ExportAuditResponse{
+				Record: RecordProto(r), CanonicalJson: string(canonical), HeadSeq: head,
+				NextPageToken: page.Encode(listExport, filter, page.Position{Seq: r.Seq}),
+			})
 		})
 		switch {
+		case errors.Is(err, errPageFull):
+			return nil
 		case err != nil && ctx.Err() != nil:
 			return toStatus(ctx.Err())
 		case err != nil:
-			return toStatus(wrapf(codes.Unavailable, err, "audit export failed"))
-		case !req.GetFollow():
+			return toStatus(wrapf(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, err, "audit export failed"))
+		case !req.GetFollow(), size > 0 && sent == size:
 			return nil
 		}
 		select {
 		case <-ctx.Done():
 			return toStatus(ctx.Err())
 		case <-a.stop:
-			return toStatus(errorf(codes.Unavailable, "broker is shutting down"))
+			return toStatus(errorf(credbrokerv1.ErrorReason_UNAVAILABLE, "broker is shutting down"))
 		case <-advanced:
 		}
 	}
@@ -169,11 +245,11 @@ func (a *Admin) ExportAudit(req *credbrokerv1.ExportAuditRequest, stream grpc.Se
 // IssuanceProto converts the issued record of an issuance to its API form.
 func IssuanceProto(r audit.Record) *credbrokerv1.Issuance {
 	return &credbrokerv1.Issuance{
-		Id:             r.IssuanceID,
+		IssuanceId:     r.IssuanceID,
 		IssuedAt:       timestamppb.New(r.Time),
 		ExpiresAt:      ProtoTime(r.ExpiresAt),
 		Caller:         r.Caller,
-		Attestation:    r.Attestation,
+		Attestation:    AttestationProto(r.Attestation),
 		Profile:        r.Profile,
 		Cluster:        r.Cluster,
 		Issuer:         r.Issuer,
@@ -192,11 +268,26 @@ var decisions = map[audit.Decision]credbrokerv1.Decision{
 	audit.DecisionRevoked:   credbrokerv1.Decision_DECISION_REVOKED,
 }
 
+var attestationMethods = map[string]credbrokerv1.AttestationMethod{
+	attest.MethodX509SVID:  credbrokerv1.AttestationMethod_ATTESTATION_METHOD_X509_SVID,
+	attest.MethodJWTSVID:   credbrokerv1.AttestationMethod_ATTESTATION_METHOD_JWT_SVID,
+	attest.MethodJoinToken: credbrokerv1.AttestationMethod_ATTESTATION_METHOD_JOIN_TOKEN,
+	attest.MethodK8sPSAT:   credbrokerv1.AttestationMethod_ATTESTATION_METHOD_K8S_PSAT,
+	attest.MethodAWSIID:    credbrokerv1.AttestationMethod_ATTESTATION_METHOD_AWS_IID,
+	attest.MethodAdmin:     credbrokerv1.AttestationMethod_ATTESTATION_METHOD_ADMIN,
+}
+
+// AttestationProto converts an attestation method as audit records store it
+// to its API form (UNSPECIFIED when none was established).
+func AttestationProto(method string) credbrokerv1.AttestationMethod {
+	return attestationMethods[method]
+}
+
 // RecordProto converts an audit record to its API form.
 func RecordProto(r audit.Record) *credbrokerv1.AuditRecord {
 	out := &credbrokerv1.AuditRecord{
-		Id: r.ID, Seq: r.Seq, Time: timestamppb.New(r.Time), IssuanceId: r.IssuanceID,
-		Caller: r.Caller, Attestation: r.Attestation, Profile: r.Profile, Cluster: r.Cluster,
+		RecordId: r.ID, Seq: r.Seq, Time: timestamppb.New(r.Time), IssuanceId: r.IssuanceID,
+		Caller: r.Caller, Attestation: AttestationProto(r.Attestation), Profile: r.Profile, Cluster: r.Cluster,
 		Issuer: r.Issuer, Decision: decisions[r.Decision], Reason: r.Reason,
 		ExpiresAt: ProtoTime(r.ExpiresAt), UpstreamRef: r.UpstreamRef, PrevHash: r.PrevHash, Hash: r.Hash,
 		SourceIdentity: r.SourceIdentity, Reused: r.Reused,
@@ -239,7 +330,7 @@ func (a *Admin) EvictNode(ctx context.Context, req *credbrokerv1.EvictNodeReques
 	return a.nodes.EvictNode(ctx, req)
 }
 
-var errNodesDisabled = errorf(codes.FailedPrecondition, "node attestation is not enabled on this broker (node_attestation in its configuration)")
+var errNodesDisabled = errorf(credbrokerv1.ErrorReason_NODE_ATTESTATION_DISABLED, "node attestation is not enabled on this broker (node_attestation in its configuration)")
 
 // disabledNodes serves NodeService on a broker without node attestation.
 type disabledNodes struct {

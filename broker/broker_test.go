@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -21,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/broker/audit"
 	"github.com/credbroker/credbroker/broker/limits"
 	"github.com/credbroker/credbroker/broker/state"
@@ -48,6 +50,23 @@ func wantCode(t *testing.T, err error, code codes.Code) *status.Status {
 		t.Fatalf("got %v (%q), want %v", st.Code(), st.Message(), code)
 	}
 	return st
+}
+
+// wantReason checks that err is the broker's refusal with reason: the code
+// the reason goes with, and ErrorInfo naming it in the broker's domain.
+func wantReason(t *testing.T, err error, reason credbrokerv1.ErrorReason) (*status.Status, *errdetails.ErrorInfo) {
+	t.Helper()
+	st := wantCode(t, err, broker.ReasonCode(reason))
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			if info.GetReason() != reason.String() || info.GetDomain() != broker.ErrorDomain {
+				t.Fatalf("ErrorInfo %v, want reason %s in %s", info, reason, broker.ErrorDomain)
+			}
+			return st, info
+		}
+	}
+	t.Fatalf("%v (%q) carries no ErrorInfo; want reason %s", st.Code(), st.Message(), reason)
+	return nil, nil
 }
 
 // verifyToken checks a token against the JWKS the issuer publishes.
@@ -101,10 +120,10 @@ func TestIssueScopedTokenEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(list.GetIssuances()) != 1 || list.GetIssuances()[0].GetId() != cred.GetIssuanceId() {
+	if len(list.GetIssuances()) != 1 || list.GetIssuances()[0].GetIssuanceId() != cred.GetIssuanceId() {
 		t.Fatalf("ListIssuances = %v", list)
 	}
-	got, err := adm.GetIssuance(ctxT(t), &credbrokerv1.GetIssuanceRequest{Id: cred.GetIssuanceId()})
+	got, err := adm.GetIssuance(ctxT(t), &credbrokerv1.GetIssuanceRequest{IssuanceId: cred.GetIssuanceId()})
 	if err != nil || len(got.GetRecords()) != 1 {
 		t.Fatalf("GetIssuance = %v, %v", got, err)
 	}
@@ -170,7 +189,7 @@ func TestUnauthenticatedCallersAreRefusedAndAudited(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			before := len(h.records())
-			st := wantCode(t, tt.call(), codes.Unauthenticated)
+			st, _ := wantReason(t, tt.call(), credbrokerv1.ErrorReason_UNAUTHENTICATED)
 			if !strings.Contains(st.Message(), tt.message) {
 				t.Errorf("message %q does not mention %q", st.Message(), tt.message)
 			}
@@ -220,8 +239,11 @@ func TestPolicyDenial(t *testing.T) {
 		{&credbrokerv1.IssueCredentialRequest{Profile: "capa-token", Cluster: "kube-system/other"}, `for cluster "kube-system/other"`},
 	} {
 		_, err := issue(ctxT(t), conn, tc.req)
-		st := wantCode(t, err, codes.PermissionDenied)
+		st, info := wantReason(t, err, credbrokerv1.ErrorReason_POLICY_DENIED)
 		r := h.lastRecord()
+		if md := info.GetMetadata(); md["issuance_id"] != r.IssuanceID || md["profile"] != tc.req.Profile || md["cluster"] != tc.req.Cluster {
+			t.Errorf("ErrorInfo metadata %v, want the request's issuance id, profile and cluster", md)
+		}
 		if r.Decision != audit.DecisionDenied || !strings.Contains(r.Reason, tc.reason) || r.Caller != controllerID.String() || r.Profile != tc.req.Profile {
 			t.Errorf("record = %+v", r)
 		}
@@ -232,7 +254,7 @@ func TestPolicyDenial(t *testing.T) {
 	// Another identity in the trust domain that no rule names.
 	other := h.dial(h.mint(spiffeid.RequireFromPath(td, "/ns/default/sa/random"), time.Hour))
 	_, err := issue(ctxT(t), other, &credbrokerv1.IssueCredentialRequest{Profile: "plain-token"})
-	wantCode(t, err, codes.PermissionDenied)
+	wantReason(t, err, credbrokerv1.ErrorReason_POLICY_DENIED)
 	if h.issuer.calls.Load() != 0 {
 		t.Fatal("issuer called for a denied request")
 	}
@@ -242,37 +264,46 @@ func TestInvalidRequests(t *testing.T) {
 	h := newHarness(t)
 	conn := h.dial(h.mint(controllerID, time.Hour))
 	long := strings.Repeat("p", 5000)
+	invalid, unknown, ttl := credbrokerv1.ErrorReason_INVALID_REQUEST, credbrokerv1.ErrorReason_UNKNOWN_PROFILE, credbrokerv1.ErrorReason_TTL_OUT_OF_RANGE
 	for name, tc := range map[string]struct {
-		req  *credbrokerv1.IssueCredentialRequest
-		code codes.Code
-		msg  string
+		req    *credbrokerv1.IssueCredentialRequest
+		reason credbrokerv1.ErrorReason
+		field  string
+		msg    string
 	}{
-		"no profile":          {&credbrokerv1.IssueCredentialRequest{}, codes.InvalidArgument, "profile is required"},
-		"long profile":        {&credbrokerv1.IssueCredentialRequest{Profile: long}, codes.InvalidArgument, "profile is required"},
-		"unknown profile":     {&credbrokerv1.IssueCredentialRequest{Profile: "nope"}, codes.InvalidArgument, `unknown profile "nope"`},
-		"bad cluster":         {&credbrokerv1.IssueCredentialRequest{Profile: "capa-token", Cluster: "Not/A_Name"}, codes.InvalidArgument, "namespace/name"},
-		"cluster required":    {&credbrokerv1.IssueCredentialRequest{Profile: "capa-token"}, codes.InvalidArgument, "requires a cluster"},
-		"cluster refused":     {&credbrokerv1.IssueCredentialRequest{Profile: "plain-token", Cluster: "a/b"}, codes.InvalidArgument, "not cluster-scoped"},
-		"ttl over max":        {&credbrokerv1.IssueCredentialRequest{Profile: "plain-token", Ttl: durationpb.New(time.Hour)}, codes.InvalidArgument, "outside [1s, 15m0s]"},
-		"ttl under a second":  {&credbrokerv1.IssueCredentialRequest{Profile: "plain-token", Ttl: durationpb.New(time.Millisecond)}, codes.InvalidArgument, "outside [1s"},
-		"negative ttl":        {&credbrokerv1.IssueCredentialRequest{Profile: "plain-token", Ttl: durationpb.New(-time.Second)}, codes.InvalidArgument, "outside"},
-		"audience not listed": {&credbrokerv1.IssueCredentialRequest{Profile: "plain-token", Audience: "evil"}, codes.InvalidArgument, "audience"},
-		"oversized request":   {&credbrokerv1.IssueCredentialRequest{Profile: strings.Repeat("x", 100<<10)}, codes.ResourceExhausted, "larger than max"},
+		"no profile":          {&credbrokerv1.IssueCredentialRequest{}, invalid, "profile", "profile is required"},
+		"long profile":        {&credbrokerv1.IssueCredentialRequest{Profile: long}, invalid, "profile", "profile is required"},
+		"unknown profile":     {&credbrokerv1.IssueCredentialRequest{Profile: "nope"}, unknown, "", `unknown profile "nope"`},
+		"bad cluster":         {&credbrokerv1.IssueCredentialRequest{Profile: "capa-token", Cluster: "Not/A_Name"}, invalid, "cluster", "namespace/name"},
+		"cluster required":    {&credbrokerv1.IssueCredentialRequest{Profile: "capa-token"}, invalid, "cluster", "requires a cluster"},
+		"cluster refused":     {&credbrokerv1.IssueCredentialRequest{Profile: "plain-token", Cluster: "a/b"}, invalid, "cluster", "not cluster-scoped"},
+		"ttl over max":        {&credbrokerv1.IssueCredentialRequest{Profile: "plain-token", Ttl: durationpb.New(time.Hour)}, ttl, "", "outside [1s, 15m0s]"},
+		"ttl under a second":  {&credbrokerv1.IssueCredentialRequest{Profile: "plain-token", Ttl: durationpb.New(time.Millisecond)}, ttl, "", "outside [1s"},
+		"negative ttl":        {&credbrokerv1.IssueCredentialRequest{Profile: "plain-token", Ttl: durationpb.New(-time.Second)}, ttl, "", "outside"},
+		"audience not listed": {&credbrokerv1.IssueCredentialRequest{Profile: "plain-token", Audience: "evil"}, invalid, "audience", "audience"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			before := len(h.records())
 			_, err := issue(ctxT(t), conn, tc.req)
-			st := wantCode(t, err, tc.code)
+			st, info := wantReason(t, err, tc.reason)
 			if !strings.Contains(st.Message(), tc.msg) {
 				t.Errorf("message %q does not contain %q", st.Message(), tc.msg)
 			}
-			if tc.code == codes.InvalidArgument {
+			if info.GetMetadata()["field"] != tc.field {
+				t.Errorf("metadata %v, want field %q", info.GetMetadata(), tc.field)
+			}
+			{
 				recs := h.records()
 				if len(recs) != before+1 || recs[len(recs)-1].Decision != audit.DecisionDenied || len(recs[len(recs)-1].Profile) > 256 {
 					t.Errorf("want one bounded denied record, got %+v", recs[before:])
 				}
 			}
 		})
+	}
+	// gRPC itself refuses an oversized message before the broker sees it.
+	_, err := issue(ctxT(t), conn, &credbrokerv1.IssueCredentialRequest{Profile: strings.Repeat("x", 100<<10)})
+	if st := wantCode(t, err, codes.ResourceExhausted); !strings.Contains(st.Message(), "larger than max") {
+		t.Errorf("oversized request: %q", st.Message())
 	}
 	if h.issuer.calls.Load() != 0 {
 		t.Fatal("issuer called for an invalid request")
@@ -289,7 +320,7 @@ func TestBurstIsThrottledWithRetryInfo(t *testing.T) {
 		}
 	}
 	_, err := issue(ctxT(t), conn, req)
-	st := wantCode(t, err, codes.ResourceExhausted)
+	st, info := wantReason(t, err, credbrokerv1.ErrorReason_RATE_LIMITED)
 	var retry *errdetails.RetryInfo
 	for _, d := range st.Details() {
 		if ri, ok := d.(*errdetails.RetryInfo); ok {
@@ -298,6 +329,9 @@ func TestBurstIsThrottledWithRetryInfo(t *testing.T) {
 	}
 	if retry == nil || retry.GetRetryDelay().AsDuration() <= 0 || retry.GetRetryDelay().AsDuration() > time.Second {
 		t.Fatalf("RetryInfo = %v, want a delay in (0, 1s]", retry)
+	}
+	if md := info.GetMetadata(); md["retry_after"] != retry.GetRetryDelay().AsDuration().String() || md["limit"] != "rate" {
+		t.Errorf("ErrorInfo metadata %v, want retry_after and limit", md)
 	}
 	if r := h.lastRecord(); r.Decision != audit.DecisionThrottled || !strings.Contains(r.Reason, "rate") {
 		t.Errorf("record = %+v", r)
@@ -329,7 +363,9 @@ func TestClusterQuotaIsSharedAndSurvivesRestart(t *testing.T) {
 		}
 	}
 	_, err := issue(ctxT(t), h.dial(h.mint(nodeA, time.Hour)), &credbrokerv1.IssueCredentialRequest{Profile: "capa-token"})
-	wantCode(t, err, codes.ResourceExhausted)
+	if _, info := wantReason(t, err, credbrokerv1.ErrorReason_QUOTA_EXHAUSTED); info.GetMetadata()["limit"] != "cluster quota" {
+		t.Errorf("metadata %v", info.GetMetadata())
+	}
 	// The local issuer's token is spent with its issued record, so the
 	// refusal comes after signing: the token is discarded and the record
 	// names none.
@@ -338,7 +374,7 @@ func TestClusterQuotaIsSharedAndSurvivesRestart(t *testing.T) {
 	}
 	// A node cannot ask for another cluster.
 	_, err = issue(ctxT(t), h.dial(h.mint(nodeA, time.Hour)), &credbrokerv1.IssueCredentialRequest{Profile: "capa-token", Cluster: "capi-prod/w2"})
-	wantCode(t, err, codes.PermissionDenied)
+	wantReason(t, err, credbrokerv1.ErrorReason_POLICY_DENIED)
 
 	// Restart on the same database: the quota is still spent, and the two
 	// issuances that spent it are on record.
@@ -383,7 +419,7 @@ func TestAuditUnwritableIssuesNothing(t *testing.T) {
 	// An issuer with an upstream side effect is not called at all: its
 	// intent cannot be written.
 	cred, err := issue(ctxT(t), conn, &credbrokerv1.IssueCredentialRequest{Profile: "upstream"})
-	st := wantCode(t, err, codes.Unavailable)
+	st, _ := wantReason(t, err, credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE)
 	if cred != nil || !strings.Contains(st.Message(), "nothing was issued") {
 		t.Fatalf("credential %v, message %q", cred, st.Message())
 	}
@@ -408,9 +444,9 @@ func TestAuditUnwritableIssuesNothing(t *testing.T) {
 func TestAdminAPIRefusesWorkloads(t *testing.T) {
 	h := newHarness(t)
 	_, err := verifyAudit(ctxT(t), credbrokerv1.NewAdminServiceClient(h.dial(h.mint(controllerID, time.Hour))))
-	wantCode(t, err, codes.PermissionDenied)
+	wantReason(t, err, credbrokerv1.ErrorReason_ADMIN_ONLY)
 	_, err = verifyAudit(ctxT(t), credbrokerv1.NewAdminServiceClient(h.dialNoCert()))
-	wantCode(t, err, codes.Unauthenticated)
+	wantReason(t, err, credbrokerv1.ErrorReason_UNAUTHENTICATED)
 	if _, err := verifyAudit(ctxT(t), credbrokerv1.NewAdminServiceClient(h.dial(h.mint(adminID, time.Hour)))); err != nil {
 		t.Fatalf("admin SVID refused: %v", err)
 	}
@@ -419,7 +455,7 @@ func TestAdminAPIRefusesWorkloads(t *testing.T) {
 	if err == nil {
 		_, err = stream.Recv()
 	}
-	wantCode(t, err, codes.PermissionDenied)
+	wantReason(t, err, credbrokerv1.ErrorReason_ADMIN_ONLY)
 }
 
 // TestNodeServiceWithoutNodeAttestation: a broker without node attestation
@@ -427,16 +463,17 @@ func TestAdminAPIRefusesWorkloads(t *testing.T) {
 // the admin socket does not serve it at all.
 func TestNodeServiceWithoutNodeAttestation(t *testing.T) {
 	h := newHarness(t)
+	disabled := credbrokerv1.ErrorReason_NODE_ATTESTATION_DISABLED
 	_, err := credbrokerv1.NewNodeServiceClient(h.dialNoCert()).AttestNode(ctxT(t), &credbrokerv1.AttestNodeRequest{})
-	wantCode(t, err, codes.FailedPrecondition)
+	wantReason(t, err, disabled)
 	_, err = credbrokerv1.NewNodeServiceClient(h.dial(h.mint(controllerID, time.Hour))).RenewNodeSVID(ctxT(t), &credbrokerv1.RenewNodeSVIDRequest{})
-	wantCode(t, err, codes.FailedPrecondition)
+	wantReason(t, err, disabled)
 	_, err = credbrokerv1.NewNodeServiceClient(h.dialNoCert()).RenewNodeSVID(ctxT(t), &credbrokerv1.RenewNodeSVIDRequest{})
-	wantCode(t, err, codes.Unauthenticated)
+	wantReason(t, err, credbrokerv1.ErrorReason_UNAUTHENTICATED)
 	_, err = credbrokerv1.NewAdminServiceClient(h.dial(h.mint(controllerID, time.Hour))).ListNodes(ctxT(t), &credbrokerv1.ListNodesRequest{})
-	wantCode(t, err, codes.PermissionDenied)
+	wantReason(t, err, credbrokerv1.ErrorReason_ADMIN_ONLY)
 	_, err = credbrokerv1.NewAdminServiceClient(h.dialAdminSocket()).ListNodes(ctxT(t), &credbrokerv1.ListNodesRequest{})
-	wantCode(t, err, codes.FailedPrecondition)
+	wantReason(t, err, disabled)
 	_, err = credbrokerv1.NewNodeServiceClient(h.dialAdminSocket()).AttestNode(ctxT(t), &credbrokerv1.AttestNodeRequest{})
 	wantCode(t, err, codes.Unimplemented)
 }
@@ -538,7 +575,7 @@ func TestExportFollowsTheChain(t *testing.T) {
 	}
 	admin := h.dialAdminSocket()
 	ctx, cancel := context.WithCancel(ctxT(t))
-	stream, err := credbrokerv1.NewAdminServiceClient(admin).ExportAudit(ctx, &credbrokerv1.ExportAuditRequest{Last: 1, Follow: true})
+	stream, err := credbrokerv1.NewAdminServiceClient(admin).ExportAudit(ctx, &credbrokerv1.ExportAuditRequest{Start: &credbrokerv1.ExportAuditRequest_LastRecords{LastRecords: 1}, Follow: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -614,17 +651,18 @@ func TestUpstreamIssuerErrorsAreExplainedSafely(t *testing.T) {
 	upstreamText := errors.New("secret-ish upstream text arn:aws:iam::123456789012:role/x")
 	for name, tc := range map[string]struct {
 		err       *issuers.Error
-		code      codes.Code
+		reason    credbrokerv1.ErrorReason
 		retryInfo bool
 	}{
-		"throttled":     {&issuers.Error{Kind: issuers.ErrUnavailable, Code: "Throttling", RetryAfter: 2 * time.Second, Err: upstreamText}, codes.Unavailable, true},
-		"access denied": {&issuers.Error{Kind: issuers.ErrRejected, Code: "AccessDenied", Err: upstreamText}, codes.PermissionDenied, false},
-		"bad config":    {&issuers.Error{Kind: issuers.ErrMisconfigured, Code: "MalformedPolicyDocument", Err: upstreamText}, codes.Internal, false},
+		"throttled":     {&issuers.Error{Kind: issuers.ErrUnavailable, Code: "Throttling", RetryAfter: 2 * time.Second, Err: upstreamText}, credbrokerv1.ErrorReason_UPSTREAM_UNAVAILABLE, true},
+		"rate limited":  {&issuers.Error{Kind: issuers.ErrThrottled, Code: "TooManyRequests", RetryAfter: time.Second, Err: upstreamText}, credbrokerv1.ErrorReason_UPSTREAM_THROTTLED, true},
+		"access denied": {&issuers.Error{Kind: issuers.ErrRejected, Code: "AccessDenied", Err: upstreamText}, credbrokerv1.ErrorReason_UPSTREAM_REJECTED, false},
+		"bad config":    {&issuers.Error{Kind: issuers.ErrMisconfigured, Code: "MalformedPolicyDocument", Err: upstreamText}, credbrokerv1.ErrorReason_MISCONFIGURED, false},
 	} {
 		t.Run(name, func(t *testing.T) {
 			h.upstream.set(issuers.Credential{}, tc.err)
 			_, err := issue(ctxT(t), conn, &credbrokerv1.IssueCredentialRequest{Profile: "upstream"})
-			st := wantCode(t, err, tc.code)
+			st, _ := wantReason(t, err, tc.reason)
 			if !strings.Contains(st.Message(), tc.err.Code) || strings.Contains(st.Message(), "arn:aws") {
 				t.Errorf("message %q: want the upstream code and none of the upstream text", st.Message())
 			}
@@ -675,7 +713,7 @@ func TestIssuerMinimumTTLIsEnforcedAndNamed(t *testing.T) {
 	h.upstream.set(issuers.Credential{Kind: issuers.KindAWS, AWS: &issuers.AWSCredentials{AccessKeyID: "ASIAEXAMPLE", SecretAccessKey: "s", SessionToken: "t"},
 		ExpiresAt: h.clock.Now().Add(15 * time.Minute), UpstreamRef: "ASIAEXAMPLE", SourceIdentity: "ns.x.sa.y@example.test", Reused: true}, nil)
 	_, err := issue(ctxT(t), conn, &credbrokerv1.IssueCredentialRequest{Profile: "upstream", Ttl: durationpb.New(5 * time.Minute)})
-	if st := wantCode(t, err, codes.InvalidArgument); !strings.Contains(st.Message(), "[15m0s, 1h0m0s]") {
+	if st, _ := wantReason(t, err, credbrokerv1.ErrorReason_TTL_OUT_OF_RANGE); !strings.Contains(st.Message(), "[15m0s, 1h0m0s]") {
 		t.Errorf("message %q does not name the allowed range", st.Message())
 	}
 	cred, err := issue(ctxT(t), conn, &credbrokerv1.IssueCredentialRequest{Profile: "upstream", Ttl: durationpb.New(20 * time.Minute)})
@@ -728,4 +766,97 @@ func TestVerifyAuditStreamsProgress(t *testing.T) {
 	if _, err := stream.Recv(); err != io.EOF {
 		t.Fatalf("after the result: %v, want the end of the stream", err)
 	}
+}
+
+// TestAdminListsArePaged: ListIssuances and ExportAudit page with opaque
+// tokens that cover every item exactly once, and refuse garbage, a token of
+// another listing, or a token presented with other filters.
+func TestAdminListsArePaged(t *testing.T) {
+	h := newHarness(t)
+	conn := h.dial(h.mint(controllerID, time.Hour))
+	var want []string
+	for range 7 {
+		cred, err := issue(ctxT(t), conn, &credbrokerv1.IssueCredentialRequest{Profile: "plain-token"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = append([]string{cred.GetIssuanceId()}, want...) // newest first
+	}
+	adm := credbrokerv1.NewAdminServiceClient(h.dialAdminSocket())
+	req := &credbrokerv1.ListIssuancesRequest{Caller: controllerID.String(), PageSize: 3}
+	var got []string
+	pages := 0
+	for {
+		resp, err := adm.ListIssuances(ctxT(t), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pages++
+		for _, is := range resp.GetIssuances() {
+			got = append(got, is.GetIssuanceId())
+		}
+		if resp.GetNextPageToken() == "" {
+			break
+		}
+		req.PageToken = resp.GetNextPageToken()
+	}
+	if pages != 3 || !slices.Equal(got, want) {
+		t.Fatalf("%d pages: %v, want 3 pages of %v", pages, got, want)
+	}
+
+	first, err := adm.ListIssuances(ctxT(t), &credbrokerv1.ListIssuancesRequest{PageSize: 2})
+	if err != nil || first.GetNextPageToken() == "" {
+		t.Fatalf("first page: %v, %v", first, err)
+	}
+	for name, bad := range map[string]*credbrokerv1.ListIssuancesRequest{
+		"garbage":        {PageToken: "not a token!"},
+		"base64 garbage": {PageToken: "eyJ2IjoxfQ"},
+		"other filters":  {Cluster: "a/b", PageToken: first.GetNextPageToken()},
+		"negative size":  {PageSize: -1},
+	} {
+		_, err := adm.ListIssuances(ctxT(t), bad)
+		if _, info := wantReason(t, err, credbrokerv1.ErrorReason_INVALID_REQUEST); info.GetMetadata()["field"] == "" {
+			t.Errorf("%s: no field in %v", name, info.GetMetadata())
+		}
+	}
+	// A page size above the maximum is coerced, not refused.
+	if _, err := adm.ListIssuances(ctxT(t), &credbrokerv1.ListIssuancesRequest{PageSize: 1 << 30}); err != nil {
+		t.Errorf("huge page size: %v", err)
+	}
+
+	// The export: pages of 4 records cover the chain (7 records: a local
+	// issuance is one record) once, in order.
+	var seqs []uint64
+	ereq := &credbrokerv1.ExportAuditRequest{PageSize: 4}
+	for {
+		stream, err := adm.ExportAudit(ctxT(t), ereq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for {
+			resp, err := stream.Recv()
+			if err != nil {
+				if !errors.Is(err, io.EOF) {
+					t.Fatal(err)
+				}
+				break
+			}
+			n++
+			seqs = append(seqs, resp.GetRecord().GetSeq())
+			ereq.PageToken = resp.GetNextPageToken()
+		}
+		if n < 4 {
+			break
+		}
+	}
+	if len(seqs) != 7 || seqs[0] != 1 || seqs[6] != 7 || !slices.IsSorted(seqs) {
+		t.Fatalf("exported seqs %v", seqs)
+	}
+	// An issuances token is not an export token.
+	stream, err := adm.ExportAudit(ctxT(t), &credbrokerv1.ExportAuditRequest{PageToken: first.GetNextPageToken()})
+	if err == nil {
+		_, err = stream.Recv()
+	}
+	wantReason(t, err, credbrokerv1.ErrorReason_INVALID_REQUEST)
 }

@@ -124,11 +124,11 @@ func (s *Service) IssueCredential(ctx context.Context, req *credbrokerv1.IssueCr
 	caller, ok := attest.CallerFrom(ctx)
 	if !ok {
 		// The interceptor chain guarantees a caller; refuse rather than run unauthenticated.
-		return nil, toStatus(errorf(codes.Unauthenticated, "caller identity not established"))
+		return nil, toStatus(errorf(credbrokerv1.ErrorReason_UNAUTHENTICATED, "caller identity not established"))
 	}
 	id, err := s.newID()
 	if err != nil {
-		return nil, toStatus(wrapf(codes.Unavailable, err, "cannot allocate an issuance id"))
+		return nil, toStatus(wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "cannot allocate an issuance id"))
 	}
 	rec := audit.Record{
 		IssuanceID:  id,
@@ -145,6 +145,7 @@ func (s *Service) IssueCredential(ctx context.Context, req *credbrokerv1.IssueCr
 	}
 	s.metrics.observe(rec.Decision, profileLabel, time.Since(start))
 	if err != nil {
+		annotate(err, &rec)
 		// A refusal is routine; a failure of the broker or its upstream is not.
 		level := slog.LevelInfo
 		if c := status.Code(toStatus(err)); c == codes.Unavailable || c == codes.Internal {
@@ -170,7 +171,7 @@ func (s *Service) issue(ctx context.Context, caller attest.Caller, req *credbrok
 
 	d := s.policy.Allow(caller.ID, prof.Name, grant.cluster)
 	if !d.Allowed {
-		return nil, s.refuse(ctx, rec, audit.DecisionDenied, errorf(codes.PermissionDenied, "%s", d.Reason))
+		return nil, s.refuse(ctx, rec, audit.DecisionDenied, errorf(credbrokerv1.ErrorReason_POLICY_DENIED, "%s", d.Reason))
 	}
 
 	// The granting rule and the profile may set their own limits.
@@ -178,9 +179,9 @@ func (s *Service) issue(ctx context.Context, caller attest.Caller, req *credbrok
 	if err != nil {
 		var ex *limits.ExceededError
 		if !errors.As(err, &ex) {
-			return nil, s.refuse(ctx, rec, audit.DecisionFailed, wrapf(codes.Unavailable, err, "limits unavailable; nothing was issued"))
+			return nil, s.refuse(ctx, rec, audit.DecisionFailed, wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "limits unavailable; nothing was issued"))
 		}
-		return nil, s.refuse(ctx, rec, audit.DecisionThrottled, exhausted(ex.Error(), ex.RetryAfter))
+		return nil, s.refuse(ctx, rec, audit.DecisionThrottled, exhausted(credbrokerv1.ErrorReason_RATE_LIMITED, ex.Limit, ex.Error(), ex.RetryAfter))
 	}
 
 	// An issuer with an upstream side effect gets a durable intent, with the
@@ -237,17 +238,18 @@ func (s *Service) spend(ctx context.Context, rec *audit.Record, charges []state.
 		if errors.As(err, &ex) {
 			// Nothing was handed out: the refusal names no credential.
 			rec.ExpiresAt, rec.UpstreamRef, rec.SourceIdentity, rec.Reused = time.Time{}, "", "", false
-			return s.refuse(ctx, rec, audit.DecisionThrottled, exhausted(ex.Error(), ex.RetryAfter))
+			return s.refuse(ctx, rec, audit.DecisionThrottled, exhausted(credbrokerv1.ErrorReason_QUOTA_EXHAUSTED, string(ex.Key.Kind)+" quota", ex.Error(), ex.RetryAfter))
 		}
-		return wrapf(codes.Unavailable, err, "audit store unavailable; %s (issuance %s)", withheld, rec.IssuanceID)
+		return wrapf(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, err, "audit store unavailable; %s (issuance %s)", withheld, rec.IssuanceID)
 	}
 	return nil
 }
 
-// exhausted is the refusal of a request over a rate limit or quota, with
-// the delay after which a retry can succeed.
-func exhausted(msg string, retryAfter time.Duration) *apiError {
-	ae := errorf(codes.ResourceExhausted, "%s", msg)
+// exhausted is the refusal of a request over a rate limit or quota (reason
+// RATE_LIMITED or QUOTA_EXHAUSTED, limit naming which one), with the delay
+// after which a retry can succeed.
+func exhausted(reason credbrokerv1.ErrorReason, limit, msg string, retryAfter time.Duration) *apiError {
+	ae := errorf(reason, "%s", msg).with(MetaLimit, limit)
 	ae.retryAfter = retryAfter
 	return ae
 }
@@ -263,16 +265,16 @@ func (s *Service) validate(caller attest.Caller, req *credbrokerv1.IssueCredenti
 	var g grant
 	name := req.GetProfile()
 	if name == "" || len(name) > maxProfileLen {
-		return Profile{}, g, errorf(codes.InvalidArgument, "profile is required (at most %d characters)", maxProfileLen)
+		return Profile{}, g, invalid("profile", "profile is required (at most %d characters)", maxProfileLen)
 	}
 	prof, ok := s.profiles[name]
 	if !ok {
-		return Profile{}, g, errorf(codes.InvalidArgument, "unknown profile %q", name)
+		return Profile{}, g, errorf(credbrokerv1.ErrorReason_UNKNOWN_PROFILE, "unknown profile %q", name)
 	}
 
 	g.cluster = req.GetCluster()
 	if g.cluster != "" && !attest.ValidCluster(g.cluster) {
-		return prof, g, errorf(codes.InvalidArgument, "cluster must be \"namespace/name\" with Kubernetes names")
+		return prof, g, invalid("cluster", "cluster must be \"namespace/name\" with Kubernetes names")
 	}
 	if bound := caller.Constraints.Cluster; bound != "" {
 		// Attestation bound this caller to one cluster (e.g. a node).
@@ -280,24 +282,24 @@ func (s *Service) validate(caller attest.Caller, req *credbrokerv1.IssueCredenti
 			g.cluster = bound
 		}
 		if g.cluster != bound {
-			return prof, g, errorf(codes.PermissionDenied, "caller is bound to cluster %q", bound)
+			return prof, g, errorf(credbrokerv1.ErrorReason_POLICY_DENIED, "caller is bound to cluster %q", bound)
 		}
 	}
 	switch {
 	case prof.ClusterMode == config.ClusterRequired && g.cluster == "":
-		return prof, g, errorf(codes.InvalidArgument, "profile %q requires a cluster", name)
+		return prof, g, invalid("cluster", "profile %q requires a cluster", name)
 	case prof.ClusterMode == config.ClusterNone && g.cluster != "":
-		return prof, g, errorf(codes.InvalidArgument, "profile %q is not cluster-scoped; omit the cluster", name)
+		return prof, g, invalid("cluster", "profile %q is not cluster-scoped; omit the cluster", name)
 	}
 
 	g.ttl = prof.DefaultTTL
 	if d := req.GetTtl(); d != nil {
 		if err := d.CheckValid(); err != nil {
-			return prof, g, errorf(codes.InvalidArgument, "ttl is not a valid duration")
+			return prof, g, invalid("ttl", "ttl is not a valid duration")
 		}
 		if t := d.AsDuration(); t != 0 {
 			if lo := max(minTTL, prof.MinTTL); t < lo || t > prof.MaxTTL {
-				return prof, g, errorf(codes.InvalidArgument, "ttl %s is outside [%s, %s] for profile %q", t, lo, prof.MaxTTL, name)
+				return prof, g, errorf(credbrokerv1.ErrorReason_TTL_OUT_OF_RANGE, "ttl %s is outside [%s, %s] for profile %q", t, lo, prof.MaxTTL, name)
 			}
 			g.ttl = t
 		}
@@ -306,7 +308,7 @@ func (s *Service) validate(caller attest.Caller, req *credbrokerv1.IssueCredenti
 	g.audience = prof.Audiences[0]
 	if a := req.GetAudience(); a != "" {
 		if len(a) > maxAudienceLen || !slices.Contains(prof.Audiences, a) {
-			return prof, g, errorf(codes.InvalidArgument, "audience is not allowed for profile %q", name)
+			return prof, g, invalid("audience", "audience is not allowed for profile %q", name)
 		}
 		g.audience = a
 	}
@@ -356,24 +358,24 @@ func issuerError(err error, id string) error {
 		var ae *apiError
 		switch {
 		case errors.Is(ie.Kind, issuers.ErrUnavailable):
-			ae = wrapf(codes.Unavailable, err, "upstream issuer unavailable: %s (issuance %s)", ie.Code, id)
+			ae = wrapf(credbrokerv1.ErrorReason_UPSTREAM_UNAVAILABLE, err, "upstream issuer unavailable: %s (issuance %s)", ie.Code, id)
 		case errors.Is(ie.Kind, issuers.ErrThrottled):
-			ae = wrapf(codes.ResourceExhausted, err, "upstream issuer rate limit: %s (issuance %s)", ie.Code, id)
+			ae = wrapf(credbrokerv1.ErrorReason_UPSTREAM_THROTTLED, err, "upstream issuer rate limit: %s (issuance %s)", ie.Code, id)
 		case errors.Is(ie.Kind, issuers.ErrRejected):
-			ae = wrapf(codes.PermissionDenied, err, "upstream issuer refused the request: %s (issuance %s)", ie.Code, id)
+			ae = wrapf(credbrokerv1.ErrorReason_UPSTREAM_REJECTED, err, "upstream issuer refused the request: %s (issuance %s)", ie.Code, id)
 		default:
-			ae = wrapf(codes.Internal, err, "upstream issuer rejected the request as invalid: %s; the broker's configuration needs fixing (issuance %s)", ie.Code, id)
+			ae = wrapf(credbrokerv1.ErrorReason_MISCONFIGURED, err, "upstream issuer rejected the request as invalid: %s; the broker's configuration needs fixing (issuance %s)", ie.Code, id)
 		}
 		ae.retryAfter = ie.RetryAfter
 		return ae
 	}
 	switch {
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return wrapf(codes.Unavailable, err, "issuance %s interrupted before the issuer answered", id)
+		return wrapf(credbrokerv1.ErrorReason_UPSTREAM_UNAVAILABLE, err, "issuance %s interrupted before the issuer answered", id)
 	case errors.Is(err, issuers.ErrUnavailable):
-		return wrapf(codes.Unavailable, err, "upstream issuer unavailable (issuance %s)", id)
+		return wrapf(credbrokerv1.ErrorReason_UPSTREAM_UNAVAILABLE, err, "upstream issuer unavailable (issuance %s)", id)
 	default:
-		return wrapf(codes.Internal, err, "issuer failed (issuance %s)", id)
+		return wrapf(credbrokerv1.ErrorReason_INTERNAL, err, "issuer failed (issuance %s)", id)
 	}
 }
 

@@ -7,11 +7,12 @@ import (
 	"sync/atomic"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/encoding"
 	grpcproto "google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
+
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
 // A request body that does not decode (broken wire format, invalid UTF-8 in
@@ -95,7 +96,7 @@ func (g *malformedGuard) take(ctx context.Context, method string, msg any) error
 	if m, ok := msg.(proto.Message); ok {
 		name = string(proto.MessageName(m))
 	}
-	return toStatus(errorf(codes.InvalidArgument, "malformed request: the body is not a valid %s (protobuf wire format, UTF-8 strings)", name))
+	return toStatus(errorf(credbrokerv1.ErrorReason_INVALID_REQUEST, "malformed request: the body is not a valid %s (protobuf wire format, UTF-8 strings)", name))
 }
 
 // unary refuses a unary request whose body did not decode.

@@ -1,9 +1,13 @@
 package broker
 
 import (
+	"errors"
 	"fmt"
 	"testing"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
@@ -51,5 +55,29 @@ func TestEveryMethodHasAnAccessRule(t *testing.T) {
 	}
 	if methods[credbrokerv1.NodeService_AttestNode_FullMethodName].api != apiAttest || methods[credbrokerv1.NodeService_RenewNodeSVID_FullMethodName].api != apiNode {
 		t.Error("NodeService: AttestNode must take evidence without an identity, RenewNodeSVID a node identity")
+	}
+}
+
+// TestEveryReasonHasACode: each ErrorReason is sent with one gRPC code; a
+// reason added to errors.proto must be added to the table too.
+func TestEveryReasonHasACode(t *testing.T) {
+	values := credbrokerv1.ErrorReason(0).Descriptor().Values()
+	for i := 0; i < values.Len(); i++ {
+		r := credbrokerv1.ErrorReason(values.Get(i).Number())
+		if _, ok := reasonCodes[r]; ok == (r == credbrokerv1.ErrorReason_ERROR_REASON_UNSPECIFIED) {
+			t.Errorf("%s: in the code table %v", r, ok)
+		}
+	}
+}
+
+// TestNonAPIErrorsLeakNothing: anything that is not an API error becomes
+// INTERNAL with reason INTERNAL and no text of its own.
+func TestNonAPIErrorsLeakNothing(t *testing.T) {
+	st, _ := status.FromError(toStatus(errors.New("upstream said: secret=hunter2")))
+	if st.Code() != codes.Internal || st.Message() != "internal error" || len(st.Details()) != 1 {
+		t.Fatalf("status %v %q %v", st.Code(), st.Message(), st.Details())
+	}
+	if info := st.Details()[0].(*errdetails.ErrorInfo); info.GetReason() != "INTERNAL" || info.GetDomain() != ErrorDomain || len(info.GetMetadata()) != 0 {
+		t.Errorf("ErrorInfo %v", info)
 	}
 }

@@ -9,8 +9,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/credbroker/credbroker/attest"
 	"github.com/credbroker/credbroker/broker/audit"
@@ -56,9 +54,9 @@ func lookup(rl *RateLimits, fullMethod string) (method, error) {
 	m, ok := methods[fullMethod]
 	switch {
 	case !ok:
-		return method{}, status.Errorf(codes.Internal, "method %s has no access rule", fullMethod)
+		return method{}, toStatus(errorf(credbrokerv1.ErrorReason_INTERNAL, "method %s has no access rule", fullMethod))
 	case !rl.declared(m.limit):
-		return method{}, status.Errorf(codes.Internal, "method %s has no rate limit", fullMethod)
+		return method{}, toStatus(errorf(credbrokerv1.ErrorReason_INTERNAL, "method %s has no rate limit", fullMethod))
 	}
 	return m, nil
 }
@@ -188,10 +186,10 @@ func (g *Gate) admit(ctx context.Context, fullMethod string, req any) (context.C
 		return nil, g.unauthenticated(ctx, fullMethod, m.api, err)
 	}
 	if m.api == apiAdmin && caller.Method != attest.MethodX509SVID && !g.adminJWT {
-		return nil, toStatus(errorf(codes.Unauthenticated, "admin API: an X.509-SVID (mTLS client certificate) is required; a bearer %s is not accepted here", caller.Method))
+		return nil, toStatus(errorf(credbrokerv1.ErrorReason_UNAUTHENTICATED, "admin API: an X.509-SVID (mTLS client certificate) is required; a bearer %s is not accepted here", caller.Method))
 	}
 	if m.api == apiAdmin && !g.admins[caller.ID.String()] {
-		return nil, status.Errorf(codes.PermissionDenied, "admin API: %s is not an admin identity", caller.ID)
+		return nil, toStatus(errorf(credbrokerv1.ErrorReason_ADMIN_ONLY, "admin API: %s is not an admin identity", caller.ID))
 	}
 	if lerr := g.limits.take(g.metrics, fullMethod, m.limit, caller.ID.String()); lerr != nil {
 		if m.api != apiAdmin {
@@ -202,9 +200,9 @@ func (g *Gate) admit(ctx context.Context, fullMethod string, req any) (context.C
 	if g.evicted != nil && caller.Constraints.Node != "" {
 		switch evicted, err := g.evicted(caller.ID.String()); {
 		case err != nil:
-			return nil, status.Error(codes.Unavailable, "node registry unavailable")
+			return nil, toStatus(errorf(credbrokerv1.ErrorReason_UNAVAILABLE, "node registry unavailable"))
 		case evicted:
-			return nil, status.Errorf(codes.PermissionDenied, "node %s was evicted", caller.ID)
+			return nil, toStatus(errorf(credbrokerv1.ErrorReason_NODE_EVICTED, "node %s was evicted", caller.ID))
 		}
 	}
 	return attest.WithCaller(ctx, caller), nil
@@ -291,7 +289,7 @@ func (g *Gate) authenticate(ctx context.Context) (attest.Caller, error) {
 func (g *Gate) unauthenticated(ctx context.Context, fullMethod string, kind api, err error) error {
 	msg := "unauthenticated: " + err.Error()
 	key := sourceKey(ctx)
-	out := errorf(codes.Unauthenticated, "%s", msg)
+	out := errorf(credbrokerv1.ErrorReason_UNAUTHENTICATED, "%s", msg)
 	decision := audit.DecisionDenied
 	if lerr := g.limits.take(g.metrics, fullMethod, limitUnauthenticated, key); lerr != nil {
 		out, decision = lerr, audit.DecisionThrottled
@@ -339,7 +337,7 @@ func (s *contextStream) Context() context.Context { return s.ctx }
 // unix socket, whose peers are checked by uid in the transport.
 func onlyAdminMethods(method string) error {
 	if methods[method].api != apiAdmin || !strings.HasPrefix(method, "/credbroker.v1.AdminService/") {
-		return status.Errorf(codes.PermissionDenied, "method %s is not served on the admin socket", method)
+		return toStatus(errorf(credbrokerv1.ErrorReason_ADMIN_ONLY, "method %s is not served on the admin socket", method))
 	}
 	return nil
 }

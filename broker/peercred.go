@@ -8,10 +8,10 @@ import (
 	"slices"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
-	"google.golang.org/grpc/status"
+
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
 // PeerCred is the AuthInfo of a connection on the admin unix socket: the
@@ -80,14 +80,14 @@ func (g uidGate) check(ctx context.Context, method string) error {
 	}
 	p, ok := peer.FromContext(ctx)
 	if !ok {
-		return status.Error(codes.Unauthenticated, "admin socket: no peer information")
+		return toStatus(errorf(credbrokerv1.ErrorReason_UNAUTHENTICATED, "admin socket: no peer information"))
 	}
 	pc, ok := p.AuthInfo.(PeerCred)
 	if !ok {
-		return status.Error(codes.Unauthenticated, "admin socket: peer credentials unavailable")
+		return toStatus(errorf(credbrokerv1.ErrorReason_UNAUTHENTICATED, "admin socket: peer credentials unavailable"))
 	}
 	if !slices.Contains(g.uids, pc.UID) {
-		return status.Errorf(codes.PermissionDenied, "admin socket: uid %d is not an admin", pc.UID)
+		return toStatus(errorf(credbrokerv1.ErrorReason_ADMIN_ONLY, "admin socket: uid %d is not an admin", pc.UID))
 	}
 	if lerr := g.limits.take(g.metrics, method, m.limit, AdminPrincipal(ctx)); lerr != nil {
 		return toStatus(lerr)

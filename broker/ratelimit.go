@@ -6,10 +6,10 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
-	"google.golang.org/grpc/codes"
 
 	"github.com/credbroker/credbroker/broker/config"
 	"github.com/credbroker/credbroker/broker/limits"
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
 // limiter names the rate limit that governs a method. Every method in the
@@ -142,7 +142,7 @@ func (r *RateLimits) declared(lim limiter) bool { return r.buckets[lim] != nil }
 func (r *RateLimits) take(m *Metrics, fullMethod string, lim limiter, key string) *apiError {
 	b := r.buckets[lim]
 	if b == nil {
-		return errorf(codes.Internal, "method %s has no rate limit", fullMethod)
+		return errorf(credbrokerv1.ErrorReason_INTERNAL, "method %s has no rate limit", fullMethod)
 	}
 	ok, why := b.Take(key, r.now())
 	if ok {
@@ -160,10 +160,10 @@ func (r *RateLimits) take(m *Metrics, fullMethod string, lim limiter, key string
 	}
 	m.rateLimited.WithLabelValues(path.Base(fullMethod), bucket).Inc()
 	spec := b.Spec()
-	ae := errorf(codes.ResourceExhausted, "rate limit: too many %s requests %s (%g/s, burst %d per caller); retry in %s",
+	ae := errorf(credbrokerv1.ErrorReason_RATE_LIMITED, "rate limit: too many %s requests %s (%g/s, burst %d per caller); retry in %s",
 		lim, whose, float64(spec.Rate), spec.Burst, roundRetry(why.RetryAfter))
 	ae.retryAfter = why.RetryAfter
-	return ae
+	return ae.with(MetaLimit, limits.LimitRate)
 }
 
 // roundRetry rounds d up to a whole millisecond (second above one), so that

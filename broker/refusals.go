@@ -12,12 +12,12 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
 
 	"github.com/credbroker/credbroker/broker/audit"
 	"github.com/credbroker/credbroker/broker/config"
 	"github.com/credbroker/credbroker/broker/limits"
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
 // A refusal costs the broker an fsynced audit record, and a caller decides how
@@ -159,6 +159,7 @@ func mustDefaultRefusals(log AuditLog, m *Metrics, now func() time.Time) *Refusa
 // it (credbrokerctl issuances show ID).
 func (r *Refusals) Refuse(ctx context.Context, rec *audit.Record, d audit.Decision, err error) error {
 	rec.Decision, rec.Reason = d, clip(reasonOf(err))
+	annotate(err, rec)
 	var recorded bool
 	var aerr error
 	switch {
@@ -172,7 +173,9 @@ func (r *Refusals) Refuse(ctx context.Context, rec *audit.Record, d audit.Decisi
 		recorded, aerr = r.record(byAddress, sourceKey(ctx), *rec)
 	}
 	if aerr != nil {
-		return wrapf(codes.Unavailable, errors.Join(err, aerr), "audit store unavailable (issuance %s)", rec.IssuanceID)
+		err = wrapf(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, errors.Join(err, aerr), "audit store unavailable (issuance %s)", rec.IssuanceID)
+		annotate(err, rec)
+		return err
 	}
 	if !recorded {
 		return unrecordedError{err}

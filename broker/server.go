@@ -9,9 +9,7 @@ import (
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/keepalive"
-	"google.golang.org/grpc/status"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
@@ -32,7 +30,7 @@ const MaxHeaderBytes = 16 << 10
 func recoverer(log *slog.Logger) (grpc.UnaryServerInterceptor, grpc.StreamServerInterceptor) {
 	handler := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
 		log.LogAttrs(ctx, slog.LevelError, "panic in request handler", slog.Any("panic", p), slog.String("stack", string(debug.Stack())))
-		return status.Error(codes.Internal, "internal error")
+		return toStatus(errorf(credbrokerv1.ErrorReason_INTERNAL, "internal error"))
 	})
 	return recovery.UnaryServerInterceptor(handler), recovery.StreamServerInterceptor(handler)
 }

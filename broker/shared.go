@@ -2,12 +2,13 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
 
 	"github.com/credbroker/credbroker/attest"
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
 // What the API packages beside broker (broker/nodeauth) share with it: one
@@ -15,14 +16,30 @@ import (
 // (Refusals.Refuse). They build their errors with Errorf and Wrapf and hand them to
 // ToStatus, so that errors.go stays the one place an error becomes a status.
 
-// Errorf returns an API error with code and a caller-safe message.
-func Errorf(code codes.Code, format string, a ...any) error { return errorf(code, format, a...) }
-
-// Wrapf returns an API error with code and a caller-safe message; cause is
-// kept for logs and errors.Is but never reaches the caller.
-func Wrapf(code codes.Code, cause error, format string, a ...any) error {
-	return wrapf(code, cause, format, a...)
+// Errorf returns an API error with reason (which fixes its gRPC code) and a
+// caller-safe message.
+func Errorf(reason credbrokerv1.ErrorReason, format string, a ...any) error {
+	return errorf(reason, format, a...)
 }
+
+// Wrapf returns an API error with reason and a caller-safe message; cause is
+// kept for logs and errors.Is but never reaches the caller.
+func Wrapf(reason credbrokerv1.ErrorReason, cause error, format string, a ...any) error {
+	return wrapf(reason, cause, format, a...)
+}
+
+// WithMetadata sets an ErrorInfo metadata value on an API error (others are
+// returned unchanged) and returns it.
+func WithMetadata(err error, key, value string) error {
+	var ae *apiError
+	if errors.As(err, &ae) {
+		ae.with(key, value)
+	}
+	return err
+}
+
+// Invalid returns INVALID_REQUEST naming the request field at fault.
+func Invalid(field, format string, a ...any) error { return invalid(field, format, a...) }
 
 // ToStatus converts err to the gRPC status a caller sees (see toStatus).
 func ToStatus(err error) error { return toStatus(err) }

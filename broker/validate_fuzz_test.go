@@ -75,11 +75,11 @@ func FuzzValidate(f *testing.F) {
 			if !errors.As(err, &ae) {
 				t.Fatalf("refusal is not an API error: %v", err)
 			}
-			switch {
-			case ae.code == codes.InvalidArgument:
-			case ae.code == codes.PermissionDenied && bound != "":
+			switch code := ReasonCode(ae.reason); {
+			case code == codes.InvalidArgument:
+			case ae.reason == credbrokerv1.ErrorReason_POLICY_DENIED && bound != "":
 			default:
-				t.Fatalf("refusal has code %v: %v", ae.code, ae)
+				t.Fatalf("refusal has reason %v (code %v): %v", ae.reason, code, ae)
 			}
 			if !utf8.ValidString(ae.msg) || len(ae.msg) > 512 {
 				t.Fatalf("refusal message is not valid UTF-8 or longer than 512 bytes: %q", ae.msg)

@@ -71,6 +71,10 @@ type Query struct {
 	Since time.Time
 	// Until keeps records with Time < Until.
 	Until time.Time
+	// BeforeSeq keeps records with Seq < BeforeSeq (0: no bound). A listing
+	// resumes after its last record r with BeforeSeq = r.Seq: newest first
+	// is by seq, even among records that share a time.
+	BeforeSeq uint64
 	// Limit caps the number of records returned; 0 means no cap.
 	Limit int
 }
@@ -96,6 +100,9 @@ func (l *Log) List(q Query) ([]Record, error) {
 			return err
 		}
 		lo, hi, err := seqRange(b.records, q.Since, q.Until)
+		if q.BeforeSeq > 0 {
+			hi = min(hi, q.BeforeSeq-1)
+		}
 		if err != nil || lo > hi {
 			return err
 		}

@@ -12,16 +12,17 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/credbroker/credbroker/attest"
 	"github.com/credbroker/credbroker/attest/jointoken"
 	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/broker/audit"
+	"github.com/credbroker/credbroker/broker/page"
 	"github.com/credbroker/credbroker/broker/state"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
@@ -153,7 +154,7 @@ func (n *NodeAuthority) RenewNodeSVID(ctx context.Context, req *credbrokerv1.Ren
 func (n *NodeAuthority) attest(ctx context.Context, req *credbrokerv1.AttestNodeRequest) (*credbrokerv1.NodeSVID, error) {
 	id, err := n.d.NewID()
 	if err != nil {
-		return nil, broker.Wrapf(codes.Unavailable, err, "cannot allocate an issuance id")
+		return nil, broker.Wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "cannot allocate an issuance id")
 	}
 	rec := audit.Record{IssuanceID: id, Profile: NodeSVIDProfile, Issuer: NodeCAIssuer, TTL: n.d.SVIDTTL}
 	claims, err := n.verify(ctx, req, &rec)
@@ -162,17 +163,17 @@ func (n *NodeAuthority) attest(ctx context.Context, req *credbrokerv1.AttestNode
 	}
 	cluster, err := attest.ParseClusterRef(claims.Cluster)
 	if err != nil {
-		return nil, n.refuse(ctx, &rec, audit.DecisionDenied, broker.Errorf(codes.InvalidArgument, "cluster must be \"namespace/name\" with Kubernetes names"))
+		return nil, n.refuse(ctx, &rec, audit.DecisionDenied, broker.Invalid("cluster", "cluster must be \"namespace/name\" with Kubernetes names"))
 	}
 	nodeID, err := attest.NodeID(n.d.TrustDomain, cluster, claims.Node)
 	if err != nil {
-		return nil, n.refuse(ctx, &rec, audit.DecisionDenied, broker.Errorf(codes.InvalidArgument, "node name %q cannot form a SPIFFE ID", claims.Node))
+		return nil, n.refuse(ctx, &rec, audit.DecisionDenied, broker.Invalid("node_name", "node name %q cannot form a SPIFFE ID", claims.Node))
 	}
 	rec.Caller, rec.Cluster = nodeID.String(), claims.Cluster
 	if evicted, err := n.Evicted(nodeID.String()); err != nil {
-		return nil, n.refuse(ctx, &rec, audit.DecisionFailed, broker.Wrapf(codes.Unavailable, err, "node registry unavailable"))
+		return nil, n.refuse(ctx, &rec, audit.DecisionFailed, broker.Wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "node registry unavailable"))
 	} else if evicted {
-		return nil, n.refuse(ctx, &rec, audit.DecisionDenied, broker.Errorf(codes.PermissionDenied, "node %s was evicted", nodeID))
+		return nil, n.refuse(ctx, &rec, audit.DecisionDenied, broker.Errorf(credbrokerv1.ErrorReason_NODE_EVICTED, "node %s was evicted", nodeID))
 	}
 	svid, err := n.sign(ctx, req.GetCsr(), nodeID, &rec)
 	if err != nil {
@@ -183,9 +184,9 @@ func (n *NodeAuthority) attest(ctx context.Context, req *credbrokerv1.AttestNode
 		Detail: claims.Detail, ExpiresAt: svid.GetExpiresAt().AsTime(), Serial: rec.UpstreamRef,
 	}); err != nil {
 		if errors.Is(err, state.ErrEvicted) {
-			return nil, n.refuse(ctx, &rec, audit.DecisionDenied, broker.Errorf(codes.PermissionDenied, "node %s was evicted", nodeID))
+			return nil, n.refuse(ctx, &rec, audit.DecisionDenied, broker.Errorf(credbrokerv1.ErrorReason_NODE_EVICTED, "node %s was evicted", nodeID))
 		}
-		return nil, n.refuse(ctx, &rec, audit.DecisionFailed, broker.Wrapf(codes.Unavailable, err, "node registry unavailable"))
+		return nil, n.refuse(ctx, &rec, audit.DecisionFailed, broker.Wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "node registry unavailable"))
 	}
 	if err := n.issued(ctx, &rec, claims.Detail); err != nil {
 		return nil, err
@@ -199,7 +200,7 @@ func (n *NodeAuthority) verify(ctx context.Context, req *credbrokerv1.AttestNode
 	case *credbrokerv1.AttestNodeRequest_JoinToken:
 		rec.Attestation = attest.MethodJoinToken
 		// A malformed name is refused before the token is spent.
-		if want := ev.JoinToken.GetNode(); want != "" && !attest.ValidNodeName(want) {
+		if want := ev.JoinToken.GetNodeName(); want != "" && !attest.ValidNodeName(want) {
 			return attest.NodeClaims{}, fmt.Errorf("node name %q is not a valid node name (lowercase DNS subdomain): %w", broker.Clip(want), attest.ErrNodeRejected)
 		}
 		key, err := jointoken.Parse(ev.JoinToken.GetToken())
@@ -213,7 +214,7 @@ func (n *NodeAuthority) verify(ctx context.Context, req *credbrokerv1.AttestNode
 		}
 		// The store checks the node name against the token's binding in
 		// the step that consumes it: a wrong name leaves the token unspent.
-		tok, err := n.d.State.ConsumeJoinToken(ctx, key, ev.JoinToken.GetNode(), n.d.Clock())
+		tok, err := n.d.State.ConsumeJoinToken(ctx, key, ev.JoinToken.GetNodeName(), n.d.Clock())
 		if tok.ID != "" {
 			rec.UpstreamRef, rec.Cluster = "jointoken:"+tok.ID, tok.Cluster
 		}
@@ -241,29 +242,29 @@ func (n *NodeAuthority) verify(ctx context.Context, req *credbrokerv1.AttestNode
 func (n *NodeAuthority) renew(ctx context.Context, req *credbrokerv1.RenewNodeSVIDRequest) (*credbrokerv1.NodeSVID, error) {
 	caller, ok := attest.CallerFrom(ctx)
 	if !ok {
-		return nil, broker.Errorf(codes.Unauthenticated, "caller identity not established")
+		return nil, broker.Errorf(credbrokerv1.ErrorReason_UNAUTHENTICATED, "caller identity not established")
 	}
 	id, err := n.d.NewID()
 	if err != nil {
-		return nil, broker.Wrapf(codes.Unavailable, err, "cannot allocate an issuance id")
+		return nil, broker.Wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "cannot allocate an issuance id")
 	}
 	c := attest.ConstraintsFor(caller.ID)
 	rec := audit.Record{IssuanceID: id, Caller: caller.ID.String(), Attestation: caller.Method, Profile: NodeSVIDProfile,
 		Issuer: NodeCAIssuer, Cluster: c.Cluster, TTL: n.d.SVIDTTL}
 	switch {
 	case c.Node == "" || caller.ID.TrustDomain() != n.d.TrustDomain:
-		return nil, n.refuse(ctx, &rec, audit.DecisionDenied, broker.Errorf(codes.PermissionDenied, "%s is not a node identity of this broker", caller.ID))
+		return nil, n.refuse(ctx, &rec, audit.DecisionDenied, broker.Errorf(credbrokerv1.ErrorReason_NOT_A_NODE, "%s is not a node identity of this broker", caller.ID))
 	case caller.Method != attest.MethodX509SVID:
-		return nil, n.refuse(ctx, &rec, audit.DecisionDenied, broker.Errorf(codes.PermissionDenied, "renewal needs the node's current X.509-SVID over mTLS"))
+		return nil, n.refuse(ctx, &rec, audit.DecisionDenied, broker.Errorf(credbrokerv1.ErrorReason_NOT_A_NODE, "renewal needs the node's current X.509-SVID over mTLS"))
 	}
 	node, err := n.d.State.GetNode(ctx, caller.ID.String())
 	switch {
 	case errors.Is(err, state.ErrNotFound):
-		return nil, n.refuse(ctx, &rec, audit.DecisionDenied, broker.Errorf(codes.PermissionDenied, "node %s never attested to this broker", caller.ID))
+		return nil, n.refuse(ctx, &rec, audit.DecisionDenied, broker.Errorf(credbrokerv1.ErrorReason_NOT_A_NODE, "node %s never attested to this broker", caller.ID))
 	case err != nil:
-		return nil, n.refuse(ctx, &rec, audit.DecisionFailed, broker.Wrapf(codes.Unavailable, err, "node registry unavailable"))
+		return nil, n.refuse(ctx, &rec, audit.DecisionFailed, broker.Wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "node registry unavailable"))
 	case node.Evicted():
-		return nil, n.refuse(ctx, &rec, audit.DecisionDenied, broker.Errorf(codes.PermissionDenied, "node %s was evicted", caller.ID))
+		return nil, n.refuse(ctx, &rec, audit.DecisionDenied, broker.Errorf(credbrokerv1.ErrorReason_NODE_EVICTED, "node %s was evicted", caller.ID))
 	}
 	svid, err := n.sign(ctx, req.GetCsr(), caller.ID, &rec)
 	if err != nil {
@@ -271,9 +272,9 @@ func (n *NodeAuthority) renew(ctx context.Context, req *credbrokerv1.RenewNodeSV
 	}
 	if _, err := n.d.State.RenewNode(ctx, n.d.Clock(), caller.ID.String(), rec.UpstreamRef, svid.GetExpiresAt().AsTime()); err != nil {
 		if errors.Is(err, state.ErrEvicted) {
-			return nil, n.refuse(ctx, &rec, audit.DecisionDenied, broker.Errorf(codes.PermissionDenied, "node %s was evicted", caller.ID))
+			return nil, n.refuse(ctx, &rec, audit.DecisionDenied, broker.Errorf(credbrokerv1.ErrorReason_NODE_EVICTED, "node %s was evicted", caller.ID))
 		}
-		return nil, n.refuse(ctx, &rec, audit.DecisionFailed, broker.Wrapf(codes.Unavailable, err, "node registry unavailable"))
+		return nil, n.refuse(ctx, &rec, audit.DecisionFailed, broker.Wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "node registry unavailable"))
 	}
 	if err := n.issued(ctx, &rec, "renewal"); err != nil {
 		return nil, err
@@ -284,15 +285,15 @@ func (n *NodeAuthority) renew(ctx context.Context, req *credbrokerv1.RenewNodeSV
 // sign certifies the CSR's key as id and fills in rec's expiry and serial.
 func (n *NodeAuthority) sign(ctx context.Context, csr []byte, id spiffeid.ID, rec *audit.Record) (*credbrokerv1.NodeSVID, error) {
 	if len(csr) == 0 {
-		return nil, n.refuse(ctx, rec, audit.DecisionDenied, broker.Errorf(codes.InvalidArgument, "csr is required (PKCS#10, DER)"))
+		return nil, n.refuse(ctx, rec, audit.DecisionDenied, broker.Invalid("csr", "csr is required (PKCS#10, DER)"))
 	}
 	chain, err := n.d.CA.SignCSR(csr, id, n.d.SVIDTTL)
 	if err != nil {
-		return nil, n.refuse(ctx, rec, audit.DecisionDenied, broker.Errorf(codes.InvalidArgument, "csr: %v", err))
+		return nil, n.refuse(ctx, rec, audit.DecisionDenied, broker.Invalid("csr", "csr: %v", err))
 	}
 	bundle, err := n.d.Bundle()
 	if err != nil {
-		return nil, n.refuse(ctx, rec, audit.DecisionFailed, broker.Wrapf(codes.Unavailable, err, "trust bundle unavailable"))
+		return nil, n.refuse(ctx, rec, audit.DecisionFailed, broker.Wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "trust bundle unavailable"))
 	}
 	leaf := chain[0]
 	rec.ExpiresAt = leaf.NotAfter
@@ -311,7 +312,7 @@ func (n *NodeAuthority) sign(ctx context.Context, csr []byte, id spiffeid.ID, re
 func (n *NodeAuthority) issued(ctx context.Context, rec *audit.Record, detail string) error {
 	rec.Decision, rec.Reason = audit.DecisionIssued, ""
 	if _, err := n.d.Audit.Append(*rec); err != nil {
-		return broker.Wrapf(codes.Unavailable, err, "audit store unavailable; SVID withheld (issuance %s)", rec.IssuanceID)
+		return broker.Wrapf(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, err, "audit store unavailable; SVID withheld (issuance %s)", rec.IssuanceID)
 	}
 	n.d.Log.LogAttrs(ctx, slog.LevelInfo, "node SVID issued", slog.String("issuance_id", rec.IssuanceID),
 		slog.String("node", rec.Caller), slog.String("attestation", rec.Attestation), slog.String("detail", detail),
@@ -345,15 +346,15 @@ func (n *NodeAuthority) checkCSR(csr []byte) error {
 // source address, like unauthenticated calls (the record names no caller
 // yet).
 func (n *NodeAuthority) refuseEvidence(ctx context.Context, rec *audit.Record, err error) error {
-	code, msg := codes.Unauthenticated, "node attestation failed: "+err.Error()
+	reason, msg := credbrokerv1.ErrorReason_UNAUTHENTICATED, "node attestation failed: "+err.Error()
 	switch {
 	case errors.Is(err, errBadRequest):
-		code, msg = codes.InvalidArgument, err.Error()
+		reason, msg = credbrokerv1.ErrorReason_INVALID_REQUEST, err.Error()
 	case !errors.Is(err, attest.ErrNodeRejected):
 		// Not the evidence's fault: a verifier's dependency failed.
-		return n.refuse(ctx, rec, audit.DecisionFailed, broker.Wrapf(codes.Unavailable, err, "node attestation unavailable"))
+		return n.refuse(ctx, rec, audit.DecisionFailed, broker.Wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "node attestation unavailable"))
 	}
-	out := n.refuse(ctx, rec, audit.DecisionDenied, broker.Errorf(code, "%s", msg))
+	out := n.refuse(ctx, rec, audit.DecisionDenied, broker.Errorf(reason, "%s", msg))
 	n.d.Log.LogAttrs(ctx, broker.RefusalLogLevel(out, slog.LevelInfo), "node attestation refused", slog.String("issuance_id", rec.IssuanceID),
 		slog.String("attestation", rec.Attestation), slog.String("error", err.Error()))
 	return out
@@ -369,33 +370,33 @@ func (n *NodeAuthority) CreateJoinToken(ctx context.Context, req *credbrokerv1.C
 func (n *NodeAuthority) createJoinToken(ctx context.Context, req *credbrokerv1.CreateJoinTokenRequest) (*credbrokerv1.CreateJoinTokenResponse, error) {
 	id, err := n.d.NewID()
 	if err != nil {
-		return nil, broker.Wrapf(codes.Unavailable, err, "cannot allocate an issuance id")
+		return nil, broker.Wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "cannot allocate an issuance id")
 	}
 	var ttl time.Duration
 	if d := req.GetTtl(); d != nil {
 		if err := d.CheckValid(); err != nil {
-			return nil, broker.Errorf(codes.InvalidArgument, "ttl is not a valid duration")
+			return nil, broker.Invalid("ttl", "ttl is not a valid duration")
 		}
 		ttl = d.AsDuration()
 	}
 	switch {
 	case !attest.ValidCluster(req.GetCluster()):
-		return nil, broker.Errorf(codes.InvalidArgument, "cluster must be \"namespace/name\" with Kubernetes names")
-	case req.GetNode() != "" && !attest.ValidNodeName(req.GetNode()):
-		return nil, broker.Errorf(codes.InvalidArgument, "node must be a Kubernetes node name (lowercase DNS subdomain)")
+		return nil, broker.Invalid("cluster", "cluster must be \"namespace/name\" with Kubernetes names")
+	case req.GetNodeName() != "" && !attest.ValidNodeName(req.GetNodeName()):
+		return nil, broker.Invalid("node_name", "node_name must be a Kubernetes node name (lowercase DNS subdomain)")
 	case ttl < 0 || ttl > jointoken.MaxTTL:
-		return nil, broker.Errorf(codes.InvalidArgument, "ttl must be between 0 (default %s) and %s", jointoken.DefaultTTL, jointoken.MaxTTL)
+		return nil, broker.Errorf(credbrokerv1.ErrorReason_TTL_OUT_OF_RANGE, "ttl must be between 0 (default %s) and %s", jointoken.DefaultTTL, jointoken.MaxTTL)
 	}
-	secret, key, tok, err := jointoken.New(n.d.Rand, n.d.Clock(), req.GetCluster(), req.GetNode(), ttl)
+	secret, key, tok, err := jointoken.New(n.d.Rand, n.d.Clock(), req.GetCluster(), req.GetNodeName(), ttl)
 	if err != nil {
-		return nil, broker.Wrapf(codes.Unavailable, err, "cannot generate a join token")
+		return nil, broker.Wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "cannot generate a join token")
 	}
 	if err := n.d.State.CreateJoinToken(ctx, key, tok); err != nil {
 		// ErrExists too: 256 random bits do not collide, so the random
 		// source is broken, and overwriting would revive a token.
-		return nil, broker.Wrapf(codes.Unavailable, err, "join token store unavailable")
+		return nil, broker.Wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "join token store unavailable")
 	}
-	rec := audit.Record{IssuanceID: id, Caller: broker.AdminPrincipal(ctx), Attestation: "admin", Profile: JoinTokenProfile, Issuer: JoinTokenIssuer,
+	rec := audit.Record{IssuanceID: id, Caller: broker.AdminPrincipal(ctx), Attestation: attest.MethodAdmin, Profile: JoinTokenProfile, Issuer: JoinTokenIssuer,
 		Cluster: tok.Cluster, Decision: audit.DecisionIssued, TTL: tok.ExpiresAt.Sub(tok.CreatedAt), ExpiresAt: tok.ExpiresAt,
 		UpstreamRef: "jointoken:" + tok.ID}
 	if tok.Node != "" {
@@ -403,9 +404,9 @@ func (n *NodeAuthority) createJoinToken(ctx context.Context, req *credbrokerv1.C
 	}
 	if _, err := n.d.Audit.Append(rec); err != nil {
 		// The token exists but was never shown to anyone; it expires unused.
-		return nil, broker.Wrapf(codes.Unavailable, err, "audit store unavailable; token withheld")
+		return nil, broker.Wrapf(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, err, "audit store unavailable; token withheld")
 	}
-	return &credbrokerv1.CreateJoinTokenResponse{Token: secret, Id: tok.ID, ExpiresAt: timestamppb.New(tok.ExpiresAt)}, nil
+	return &credbrokerv1.CreateJoinTokenResponse{Token: secret, TokenId: tok.ID, ExpiresAt: timestamppb.New(tok.ExpiresAt)}, nil
 }
 
 // EvictNode implements AdminService.EvictNode: it marks a node evicted,
@@ -419,23 +420,23 @@ func (n *NodeAuthority) evict(ctx context.Context, id string) (*credbrokerv1.Evi
 	node, err := n.d.State.EvictNode(ctx, n.d.Clock(), id)
 	switch {
 	case errors.Is(err, state.ErrNotFound):
-		return nil, broker.Errorf(codes.NotFound, "no attested node %q", id)
+		return nil, broker.Errorf(credbrokerv1.ErrorReason_NOT_FOUND, "no attested node %q", broker.Clip(id))
 	case err != nil:
-		return nil, broker.Wrapf(codes.Unavailable, err, "node registry unavailable")
+		return nil, broker.Wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "node registry unavailable")
 	}
 	rid, err := n.d.NewID()
 	if err != nil {
-		return nil, broker.Wrapf(codes.Unavailable, err, "cannot allocate an issuance id")
+		return nil, broker.Wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "cannot allocate an issuance id")
 	}
 	rec := audit.Record{IssuanceID: rid, Caller: node.SPIFFEID, Attestation: node.Attestation, Profile: NodeSVIDProfile,
 		Issuer: NodeCAIssuer, Cluster: node.Cluster, Decision: audit.DecisionRevoked, Reason: broker.Clip("node evicted by " + broker.AdminPrincipal(ctx)),
 		UpstreamRef: node.Serial}
 	if _, err := n.d.Audit.Append(rec); err != nil {
-		return nil, broker.Wrapf(codes.Unavailable, err, "audit store unavailable; the node is evicted but the eviction is not on record")
+		return nil, broker.Wrapf(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, err, "audit store unavailable; the node is evicted but the eviction is not on record")
 	}
 	recs, err := n.d.Audit.List(audit.Query{Caller: node.SPIFFEID, Decision: audit.DecisionIssued})
 	if err != nil {
-		return nil, broker.Wrapf(codes.Unavailable, err, "audit store unavailable")
+		return nil, broker.Wrapf(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, err, "audit store unavailable")
 	}
 	out := &credbrokerv1.EvictNodeResponse{Node: nodeProto(node)}
 	now := n.d.Clock()
@@ -449,19 +450,50 @@ func (n *NodeAuthority) evict(ctx context.Context, id string) (*credbrokerv1.Evi
 
 func nodeProto(n state.Node) *credbrokerv1.Node {
 	return &credbrokerv1.Node{
-		SpiffeId: n.SPIFFEID, Cluster: n.Cluster, Node: n.Name, Attestation: n.Attestation, Detail: n.Detail,
+		SpiffeId: n.SPIFFEID, Cluster: n.Cluster, NodeName: n.Name, Attestation: broker.AttestationProto(n.Attestation), Detail: n.Detail,
 		AttestedAt: broker.ProtoTime(n.AttestedAt), RenewedAt: broker.ProtoTime(n.RenewedAt), ExpiresAt: broker.ProtoTime(n.ExpiresAt),
-		Evicted: n.Evicted(), EvictedAt: broker.ProtoTime(n.EvictedAt),
+		EvictedAt: broker.ProtoTime(n.EvictedAt),
 	}
 }
 
-// ListNodes implements AdminService.ListNodes.
+// Page sizes of ListNodes (see AdminService).
+const (
+	defaultPageSize = 100
+	maxPageSize     = 1000
+	listNodes       = "nodes"
+)
+
+// ListNodes implements AdminService.ListNodes: one page of nodes, by SPIFFE
+// ID.
 func (n *NodeAuthority) ListNodes(ctx context.Context, req *credbrokerv1.ListNodesRequest) (*credbrokerv1.ListNodesResponse, error) {
-	list, err := n.d.State.ListNodes(ctx, state.NodeFilter{Cluster: req.GetCluster()})
+	resp, err := n.listNodes(ctx, req)
+	return resp, broker.ToStatus(err)
+}
+
+func (n *NodeAuthority) listNodes(ctx context.Context, req *credbrokerv1.ListNodesRequest) (*credbrokerv1.ListNodesResponse, error) {
+	size, err := page.Size(req.GetPageSize(), defaultPageSize, maxPageSize)
 	if err != nil {
-		return nil, broker.ToStatus(broker.Wrapf(codes.Unavailable, err, "node registry unavailable"))
+		return nil, broker.Invalid("page_size", "page_size must not be negative")
+	}
+	filter := page.Filter(req.GetCluster())
+	f := state.NodeFilter{Cluster: req.GetCluster(), Limit: size + 1}
+	if tok := req.GetPageToken(); tok != "" {
+		pos, err := page.Decode(tok, listNodes, filter)
+		if err != nil {
+			return nil, broker.Invalid("page_token", "%s", strings.TrimSuffix(err.Error(), ": "+page.ErrInvalid.Error()))
+		}
+		f.After = pos.Key
+	}
+	list, err := n.d.State.ListNodes(ctx, f)
+	if err != nil {
+		return nil, broker.Wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "node registry unavailable")
 	}
 	out := &credbrokerv1.ListNodesResponse{}
+	if len(list) > size {
+		// One more than a page was read: there is a next page.
+		list = list[:size]
+		out.NextPageToken = page.Encode(listNodes, filter, page.Position{Key: list[size-1].SPIFFEID})
+	}
 	for _, node := range list {
 		out.Nodes = append(out.Nodes, nodeProto(node))
 	}

@@ -50,7 +50,12 @@ In ~/.aws/config:
   [profile capa]
   credential_process = credbroker-credential-process --broker broker:8443 --svid-dir /var/run/svid --profile capa --cluster team-a/prod --format aws --cache-file /var/cache/credbroker/capa.json
 
-Exit status: 0 on success, 1 on any failure (one line on stderr), 2 on bad usage.
+Exit status: 0 on success; 1 when the broker refused for good (policy, identity,
+unknown profile, TTL out of range, revoked ...) or on any other failure; 2 on
+bad usage; 3 when the refusal is temporary and the same request can succeed
+later (rate limited, quota spent, broker or upstream unavailable, approval
+pending). Failures are one line on stderr ending with the broker's reason in
+brackets, e.g. [QUOTA_EXHAUSTED].
 Warnings (cache problems) are lines on stderr too, and do not change the status.
 
 Flags:
@@ -91,6 +96,10 @@ func (c command) run(ctx context.Context, args []string) int {
 	out, warnings, err := c.credential(ctx, o)
 	if err != nil {
 		fmt.Fprintf(c.stderr, prefix+"%v\n", err)
+		var be brokerError
+		if errors.As(err, &be) && !brokerclient.Permanent(be.err) {
+			return exitTemporary
+		}
 		return 1
 	}
 	for _, w := range warnings {
@@ -203,10 +212,20 @@ func issue(ctx context.Context, o options) (*credbrokerv1.Credential, error) {
 	}
 	resp, err := credbrokerv1.NewBrokerServiceClient(conn).IssueCredential(ctx, req)
 	if err != nil {
-		return nil, errors.New(brokerclient.Describe(err))
+		return nil, brokerError{err}
 	}
 	return resp.GetCredential(), nil
 }
+
+// exitTemporary is the exit status of a refusal that retrying can overcome.
+const exitTemporary = 3
+
+// brokerError is a failed call to the broker: described for people, with the
+// status kept so that the exit status can follow the broker's reason.
+type brokerError struct{ err error }
+
+func (e brokerError) Error() string { return brokerclient.Describe(e.err) }
+func (e brokerError) Unwrap() error { return e.err }
 
 // awsOutput is the credential_process contract.
 type awsOutput struct {

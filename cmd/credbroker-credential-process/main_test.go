@@ -14,8 +14,12 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/credbroker/credbroker/internal/brokerclient"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/test/fakeclock"
 )
@@ -377,3 +381,39 @@ func TestFailuresAreOneLine(t *testing.T) {
 type failingWriter struct{}
 
 func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("broken pipe") }
+
+// TestExitStatusFollowsTheReason: a refusal that retrying cannot overcome
+// exits 1, a temporary one 3, decided by the broker's ErrorInfo reason.
+func TestExitStatusFollowsTheReason(t *testing.T) {
+	refusal := func(code codes.Code, reason credbrokerv1.ErrorReason) error {
+		st, err := status.New(code, "refused").WithDetails(&errdetails.ErrorInfo{Reason: reason.String(), Domain: brokerclient.ErrorDomain})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return brokerError{st.Err()}
+	}
+	for _, tc := range []struct {
+		err  error
+		code int
+	}{
+		{refusal(codes.PermissionDenied, credbrokerv1.ErrorReason_POLICY_DENIED), 1},
+		{refusal(codes.InvalidArgument, credbrokerv1.ErrorReason_UNKNOWN_PROFILE), 1},
+		{refusal(codes.PermissionDenied, credbrokerv1.ErrorReason_NODE_EVICTED), 1},
+		{refusal(codes.ResourceExhausted, credbrokerv1.ErrorReason_QUOTA_EXHAUSTED), exitTemporary},
+		{refusal(codes.ResourceExhausted, credbrokerv1.ErrorReason_RATE_LIMITED), exitTemporary},
+		{refusal(codes.Unavailable, credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE), exitTemporary},
+		{refusal(codes.FailedPrecondition, credbrokerv1.ErrorReason_APPROVAL_REQUIRED), exitTemporary},
+		{brokerError{status.Error(codes.Unavailable, "connection refused")}, exitTemporary},
+	} {
+		f := newFakeBroker()
+		f.err = tc.err
+		r := f.run(t, "--broker", "b:1", "--svid-dir", t.TempDir(), "--profile", "capa")
+		want := "[" + brokerclient.Reason(tc.err).String() + "]"
+		if brokerclient.Reason(tc.err) == credbrokerv1.ErrorReason_ERROR_REASON_UNSPECIFIED {
+			want = "unavailable"
+		}
+		if r.code != tc.code || !strings.Contains(r.stderr, want) || strings.Count(r.stderr, "\n") != 1 {
+			t.Errorf("%v: exit %d, stderr %q; want exit %d naming %s", tc.err, r.code, r.stderr, tc.code, want)
+		}
+	}
+}

@@ -67,8 +67,9 @@ func (a *app) verifyAudit(ctx context.Context) error {
 		}
 		a.printf("audit chain OK: %d records, head %s\n", resp.GetRecords(), clean(head))
 	} else {
+		b := resp.GetFirstBreak()
 		a.printf("audit chain BROKEN at record seq %d (id %s): %s\n",
-			resp.GetFirstBadSeq(), clean(resp.GetFirstBadId()), clean(resp.GetProblem()))
+			b.GetSeq(), clean(b.GetRecordId()), clean(b.GetProblem()))
 	}
 	if !resp.GetOk() {
 		return silentExit(exitFailure)
@@ -144,27 +145,50 @@ whole export. On a terminal a progress bar is drawn on stderr.`,
 	return cmd
 }
 
+// exportPageSize is how many records one ExportAudit stream carries; the
+// export follows pages until one comes back short.
+var exportPageSize int32 = 1000
+
 func (a *app) exportAudit(ctx context.Context, afterSeq uint64) error {
-	req := &credbrokerv1.ExportAuditRequest{AfterSeq: afterSeq}
+	req := &credbrokerv1.ExportAuditRequest{PageSize: exportPageSize}
+	if afterSeq > 0 {
+		req.Start = &credbrokerv1.ExportAuditRequest_AfterSeq{AfterSeq: afterSeq}
+	}
 	bar := a.progressBar("export")
 	defer bar.clear()
-	var n uint64
-	return a.streamAudit(ctx, req, func(resp *credbrokerv1.ExportAuditResponse) (string, error) {
-		n++
-		if head := resp.GetHeadSeq(); head > afterSeq {
-			bar.update(n, head-afterSeq)
+	total := 0
+	for {
+		var n int
+		var token string
+		err := a.streamAudit(ctx, req, total, func(resp *credbrokerv1.ExportAuditResponse) (string, error) {
+			if resp.GetCanonicalJson() == "" {
+				return "", errors.New("the broker sent a record without its canonical form")
+			}
+			n++
+			if head := resp.GetHeadSeq(); head > afterSeq {
+				bar.update(uint64(total+n), head-afterSeq)
+			}
+			token = resp.GetNextPageToken()
+			return resp.GetCanonicalJson(), nil
+		})
+		if err != nil {
+			return err
 		}
-		if resp.GetCanonicalJson() == "" {
-			return "", errors.New("the broker sent a record without its canonical form")
+		total += n
+		if n < int(req.GetPageSize()) {
+			return nil // a short page: the chain's head
 		}
-		return resp.GetCanonicalJson(), nil
-	})
+		if token == "" {
+			return errors.New("the broker sent a full page without a page token")
+		}
+		req.PageToken = token
+	}
 }
 
 // streamAudit runs an ExportAudit stream and writes one line per record as
-// render makes it. Without req.Follow, --timeout bounds the wait for each
+// render makes it; already is how many records earlier pages wrote. Without req.Follow, --timeout bounds the wait for each
 // record; a follower waits for new records as long as it runs.
-func (a *app) streamAudit(ctx context.Context, req *credbrokerv1.ExportAuditRequest, render func(*credbrokerv1.ExportAuditResponse) (string, error)) error {
+func (a *app) streamAudit(ctx context.Context, req *credbrokerv1.ExportAuditRequest, already int, render func(*credbrokerv1.ExportAuditResponse) (string, error)) error {
 	client, closeConn, err := a.dial()
 	if err != nil {
 		return err
@@ -188,7 +212,7 @@ func (a *app) streamAudit(ctx context.Context, req *credbrokerv1.ExportAuditRequ
 		return a.streamError(ctx, err)
 	}
 	out := bufio.NewWriter(a.stdout)
-	n := 0
+	n := already
 	for {
 		resp, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
@@ -248,16 +272,16 @@ makes 'audit tail -f -o json' a feed for a SIEM.`,
   credbrokerctl audit tail -f -o json | your-siem-forwarder`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			req := &credbrokerv1.ExportAuditRequest{Last: last, Follow: follow}
+			req := &credbrokerv1.ExportAuditRequest{Follow: follow, Start: &credbrokerv1.ExportAuditRequest_LastRecords{LastRecords: last}}
 			if last == 0 {
 				// -n 0 -f: only what happens from now on.
-				req.Last, req.AfterSeq = 0, ^uint64(0)>>1
+				req.Start = &credbrokerv1.ExportAuditRequest_AfterSeq{AfterSeq: ^uint64(0) >> 1}
 			}
 			render := tailLine
 			if a.jsonOutput() {
 				render = func(r *credbrokerv1.ExportAuditResponse) (string, error) { return r.GetCanonicalJson(), nil }
 			}
-			return a.streamAudit(cmd.Context(), req, render)
+			return a.streamAudit(cmd.Context(), req, 0, render)
 		},
 	}
 	cmd.Flags().Uint64VarP(&last, "lines", "n", 10, "how many of the latest records to show first")

@@ -85,12 +85,45 @@ func (a *app) socketPermission() error {
 	return fmt.Errorf("cannot open broker admin socket %s: permission denied; run credbrokerctl as the user the broker runs as (or root)", a.socket)
 }
 
-// rpcError turns an RPC failure into one line an operator can act on.
+// rpcError turns an RPC failure into one line an operator can act on. It
+// branches on the broker's ErrorInfo reason; an error without one did not
+// come from the broker (a transport failure) and is judged by its code.
 func (a *app) rpcError(err error) error {
 	st, ok := status.FromError(err)
 	if !ok {
 		return err
 	}
+	msg := st.Message()
+	switch brokerclient.Reason(err) {
+	case credbrokerv1.ErrorReason_ADMIN_ONLY:
+		if a.broker != "" {
+			return fmt.Errorf("permission denied by broker: %s (the admin API over mTLS accepts only the SPIFFE IDs in admin.spiffe_ids)", msg)
+		}
+		return fmt.Errorf("permission denied by broker: %s (the admin socket accepts only the broker's own uid and root)", msg)
+	case credbrokerv1.ErrorReason_UNAUTHENTICATED:
+		return fmt.Errorf("not authenticated by broker: %s", msg)
+	case credbrokerv1.ErrorReason_UNAVAILABLE, credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, credbrokerv1.ErrorReason_UPSTREAM_UNAVAILABLE:
+		return fmt.Errorf("broker unavailable: %s", msg)
+	case credbrokerv1.ErrorReason_NOT_FOUND:
+		return fmt.Errorf("not found: %s", msg)
+	case credbrokerv1.ErrorReason_INVALID_REQUEST, credbrokerv1.ErrorReason_TTL_OUT_OF_RANGE:
+		return fmt.Errorf("invalid request: %s", msg)
+	case credbrokerv1.ErrorReason_NODE_ATTESTATION_DISABLED:
+		return fmt.Errorf("%s (set node_attestation in the broker's configuration)", msg)
+	case credbrokerv1.ErrorReason_DEADLINE_EXCEEDED:
+		return fmt.Errorf("broker did not answer within %v (see --timeout)", a.timeout)
+	case credbrokerv1.ErrorReason_CANCELLED:
+		return errors.New("interrupted")
+	case credbrokerv1.ErrorReason_ERROR_REASON_UNSPECIFIED:
+		return a.transportError(st)
+	}
+	return fmt.Errorf("broker refused (%s): %s", brokerclient.Reason(err), msg)
+}
+
+// transportError describes a failure that carries no broker reason: the
+// broker was not reached, or did not answer in time, or is older than the
+// CLI.
+func (a *app) transportError(st *status.Status) error {
 	msg := st.Message()
 	switch st.Code() {
 	case codes.Unavailable:
@@ -101,23 +134,48 @@ func (a *app) rpcError(err error) error {
 			return a.socketPermission()
 		}
 		return fmt.Errorf("broker unavailable: %s", msg)
-	case codes.PermissionDenied:
-		if a.broker != "" {
-			return fmt.Errorf("permission denied by broker: %s (the admin API over mTLS accepts only the SPIFFE IDs in admin.spiffe_ids)", msg)
-		}
-		return fmt.Errorf("permission denied by broker: %s (the admin socket accepts only the broker's own uid and root)", msg)
-	case codes.Unauthenticated:
-		return fmt.Errorf("not authenticated by broker: %s", msg)
 	case codes.DeadlineExceeded:
 		return fmt.Errorf("broker did not answer within %v (see --timeout)", a.timeout)
 	case codes.Canceled:
 		return errors.New("interrupted")
-	case codes.NotFound:
-		return fmt.Errorf("not found: %s", msg)
-	case codes.InvalidArgument:
-		return fmt.Errorf("invalid request: %s", msg)
 	case codes.Unimplemented:
 		return fmt.Errorf("the broker does not support this command (is it older than credbrokerctl?): %s", msg)
 	}
 	return fmt.Errorf("broker error (%s): %s", st.Code(), msg)
+}
+
+// listAll follows a list's pages until limit items (0 = all) or the last
+// page, each page one RPC bounded by --timeout on one connection. When it
+// stops at limit with more left, it says so on stderr.
+func listAll[T any](ctx context.Context, a *app, limit int, page func(context.Context, credbrokerv1.AdminServiceClient, int32, string) ([]T, string, error)) ([]T, error) {
+	client, closeConn, err := a.dial()
+	if err != nil {
+		return nil, err
+	}
+	defer closeConn()
+	var out []T
+	token := ""
+	for {
+		size := listPageSize
+		if limit > 0 {
+			size = min(size, limit-len(out))
+		}
+		pctx, cancel := a.callContext(ctx)
+		items, next, err := page(pctx, client, int32(size), token)
+		cancel()
+		if err != nil {
+			return nil, a.rpcError(err)
+		}
+		out = append(out, items...)
+		switch {
+		case next == "":
+			return out, nil
+		case limit > 0 && len(out) >= limit:
+			fmt.Fprintf(a.stderr, "showing the first %d; there are more (--limit 0 shows all)\n", len(out))
+			return out[:limit], nil
+		case next == token:
+			return nil, errors.New("the broker sent the same page token twice")
+		}
+		token = next
+	}
 }

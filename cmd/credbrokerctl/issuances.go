@@ -14,8 +14,12 @@ import (
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
-// maxListLimit mirrors the AdminService's own cap on ListIssuances.
-const maxListLimit = 10000
+// listPageSize is the page size the CLI asks for; the broker's maximum.
+const listPageSize = 1000
+
+// defaultListLimit is how many items a list shows unless --limit says
+// otherwise; a note on stderr says when more were left out.
+const defaultListLimit = 100
 
 func newIssuancesCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{
@@ -42,7 +46,8 @@ func newIssuancesListCmd(a *app) *cobra.Command {
 		Long: `List issued credentials, newest first. Filters combine with AND.
 
 --since takes an RFC 3339 time or a duration back from now (90m, 1h, 7d).
---limit 0 lets the broker choose (100); at most 10000.`,
+--limit N shows at most N (default 100); --limit 0 shows all, following the
+broker's pages.`,
 		Example: `  credbrokerctl issuances list
   credbrokerctl issuances list --caller spiffe://example.org/ns/capi-system/sa/capa-controller-manager
   credbrokerctl issuances list --cluster team-a/prod --since 2026-01-02T15:04:05Z --limit 500 -o json`,
@@ -54,10 +59,9 @@ func newIssuancesListCmd(a *app) *cobra.Command {
 					return err
 				}
 			}
-			if limit < 0 || limit > maxListLimit {
-				return usagef("--limit %d: want 0..%d", limit, maxListLimit)
+			if limit < 0 {
+				return usagef("--limit %d: want 0 (all) or more", limit)
 			}
-			req.Limit = int32(limit)
 			if since != "" {
 				t, err := parseSince(since, a.now())
 				if err != nil {
@@ -65,14 +69,14 @@ func newIssuancesListCmd(a *app) *cobra.Command {
 				}
 				req.Since = timestamppb.New(t)
 			}
-			return a.listIssuances(cmd, req)
+			return a.listIssuances(cmd, req, limit)
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&caller, "caller", "", "only this caller SPIFFE ID")
 	f.StringVar(&cluster, "cluster", "", "only this workload cluster, NAMESPACE/NAME")
 	f.StringVar(&since, "since", "", "only issuances at or after this RFC 3339 time or duration ago (e.g. 1h, 7d)")
-	f.IntVar(&limit, "limit", 0, "maximum number of issuances (0 = broker default of 100)")
+	f.IntVar(&limit, "limit", defaultListLimit, "maximum number of issuances to show (0 = all)")
 	return cmd
 }
 
@@ -109,23 +113,25 @@ func parseSince(s string, now time.Time) (time.Time, error) {
 	return now.Add(-d), nil
 }
 
-func (a *app) listIssuances(cmd *cobra.Command, req *credbrokerv1.ListIssuancesRequest) error {
-	resp, err := call(cmd.Context(), a, func(ctx context.Context, c credbrokerv1.AdminServiceClient) (*credbrokerv1.ListIssuancesResponse, error) {
-		return c.ListIssuances(ctx, req)
+func (a *app) listIssuances(cmd *cobra.Command, req *credbrokerv1.ListIssuancesRequest, limit int) error {
+	issuances, err := listAll(cmd.Context(), a, limit, func(ctx context.Context, c credbrokerv1.AdminServiceClient, size int32, token string) ([]*credbrokerv1.Issuance, string, error) {
+		req.PageSize, req.PageToken = size, token
+		resp, err := c.ListIssuances(ctx, req)
+		return resp.GetIssuances(), resp.GetNextPageToken(), err
 	})
 	if err != nil {
 		return err
 	}
 	if a.jsonOutput() {
-		list, err := protoJSONList(resp.GetIssuances())
+		list, err := protoJSONList(issuances)
 		if err != nil {
 			return err
 		}
 		return writeJSON(a.stdout, list)
 	}
 	t := newTable(a.stdout, "ID", "ISSUED", "EXPIRES", "CALLER", "PROFILE", "CLUSTER", "ISSUER", "REF")
-	for _, is := range resp.GetIssuances() {
-		t.row(is.GetId(), formatTime(is.GetIssuedAt()), formatTime(is.GetExpiresAt()), is.GetCaller(),
+	for _, is := range issuances {
+		t.row(is.GetIssuanceId(), formatTime(is.GetIssuedAt()), formatTime(is.GetExpiresAt()), is.GetCaller(),
 			is.GetProfile(), is.GetCluster(), is.GetIssuer(), is.GetUpstreamRef())
 	}
 	return t.flush()
@@ -151,7 +157,7 @@ before the issuer was called, and the result).`,
 
 func (a *app) showIssuance(cmd *cobra.Command, id string) error {
 	resp, err := call(cmd.Context(), a, func(ctx context.Context, c credbrokerv1.AdminServiceClient) (*credbrokerv1.GetIssuanceResponse, error) {
-		return c.GetIssuance(ctx, &credbrokerv1.GetIssuanceRequest{Id: id})
+		return c.GetIssuance(ctx, &credbrokerv1.GetIssuanceRequest{IssuanceId: id})
 	})
 	if err != nil {
 		return err
@@ -167,11 +173,11 @@ func (a *app) showIssuance(cmd *cobra.Command, id string) error {
 	}
 	kv := newTable(a.stdout, "FIELD", "VALUE")
 	for _, f := range [][2]string{
-		{"ID", is.GetId()},
+		{"ID", is.GetIssuanceId()},
 		{"ISSUED", formatTime(is.GetIssuedAt())},
 		{"EXPIRES", formatTime(is.GetExpiresAt())},
 		{"CALLER", is.GetCaller()},
-		{"ATTESTATION", is.GetAttestation()},
+		{"ATTESTATION", attestationName(is.GetAttestation())},
 		{"PROFILE", is.GetProfile()},
 		{"CLUSTER", is.GetCluster()},
 		{"ISSUER", is.GetIssuer()},
@@ -196,7 +202,7 @@ func (a *app) printRecords(records []*credbrokerv1.AuditRecord) error {
 			ttl = r.GetTtl().AsDuration().String()
 		}
 		t.row(strconv.FormatUint(r.GetSeq(), 10), formatTime(r.GetTime()), decisionName(r.GetDecision()),
-			r.GetReason(), ttl, r.GetUpstreamRef(), r.GetId(), shortHash(r.GetHash()))
+			r.GetReason(), ttl, r.GetUpstreamRef(), r.GetRecordId(), shortHash(r.GetHash()))
 	}
 	return t.flush()
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"go.uber.org/goleak"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -77,7 +79,8 @@ func (f *fakeAdmin) ListIssuances(ctx context.Context, req *credbrokerv1.ListIss
 			out = append(out, is)
 		}
 	}
-	return &credbrokerv1.ListIssuancesResponse{Issuances: out}, nil
+	items, next := fakePage(out, req.PageSize, req.PageToken)
+	return &credbrokerv1.ListIssuancesResponse{Issuances: items, NextPageToken: next}, nil
 }
 
 func (f *fakeAdmin) GetIssuance(ctx context.Context, req *credbrokerv1.GetIssuanceRequest) (*credbrokerv1.GetIssuanceResponse, error) {
@@ -85,10 +88,10 @@ func (f *fakeAdmin) GetIssuance(ctx context.Context, req *credbrokerv1.GetIssuan
 		return nil, err
 	}
 	for _, is := range f.issuances {
-		if is.Id == req.Id {
+		if is.IssuanceId == req.IssuanceId {
 			resp := &credbrokerv1.GetIssuanceResponse{Issuance: is}
 			for _, r := range f.records {
-				if r.IssuanceId == req.Id {
+				if r.IssuanceId == req.IssuanceId {
 					resp.Records = append(resp.Records, r)
 				}
 			}
@@ -98,14 +101,14 @@ func (f *fakeAdmin) GetIssuance(ctx context.Context, req *credbrokerv1.GetIssuan
 	// A refused request has records but no issuance, as the broker reports it.
 	resp := &credbrokerv1.GetIssuanceResponse{}
 	for _, r := range f.records {
-		if r.IssuanceId == req.Id {
+		if r.IssuanceId == req.IssuanceId {
 			resp.Records = append(resp.Records, r)
 		}
 	}
 	if len(resp.Records) > 0 {
 		return resp, nil
 	}
-	return nil, status.Errorf(codes.NotFound, "issuance %s not found", req.Id)
+	return nil, brokerErr(codes.NotFound, credbrokerv1.ErrorReason_NOT_FOUND, "issuance "+req.IssuanceId+" not found")
 }
 
 // VerifyAudit streams f.progress, one message every f.progressEvery, then
@@ -136,12 +139,21 @@ func (f *fakeAdmin) ExportAudit(req *credbrokerv1.ExportAuditRequest, stream grp
 	if f.err != nil {
 		return f.err
 	}
+	after := req.GetAfterSeq()
+	if req.PageToken != "" {
+		after, _ = strconv.ParseUint(req.PageToken, 10, 64)
+	}
+	sent := 0
 	for _, r := range f.records {
-		if r.Seq <= req.AfterSeq {
+		if r.Seq <= after {
 			continue
 		}
+		if req.PageSize > 0 && sent == int(req.PageSize) {
+			break
+		}
+		sent++
 		head := f.records[len(f.records)-1].GetSeq()
-		if err := stream.Send(&credbrokerv1.ExportAuditResponse{Record: r, CanonicalJson: canonicalOf(r), HeadSeq: head}); err != nil {
+		if err := stream.Send(&credbrokerv1.ExportAuditResponse{Record: r, CanonicalJson: canonicalOf(r), HeadSeq: head, NextPageToken: strconv.FormatUint(r.Seq, 10)}); err != nil {
 			return err
 		}
 	}
@@ -150,6 +162,26 @@ func (f *fakeAdmin) ExportAudit(req *credbrokerv1.ExportAuditRequest, stream grp
 		return stream.Context().Err()
 	}
 	return nil
+}
+
+// brokerErr is an error as the broker sends it, with its ErrorInfo reason.
+func brokerErr(code codes.Code, reason credbrokerv1.ErrorReason, msg string) error {
+	st, err := status.New(code, msg).WithDetails(&errdetails.ErrorInfo{Reason: reason.String(), Domain: "credbroker.dev"})
+	if err != nil {
+		panic(err)
+	}
+	return st.Err()
+}
+
+// fakePage pages items as the broker does, with the index of the next item
+// as the token.
+func fakePage[T any](items []T, size int32, token string) ([]T, string) {
+	start, _ := strconv.Atoi(token)
+	items = items[min(start, len(items)):]
+	if size <= 0 || int(size) >= len(items) {
+		return items, ""
+	}
+	return items[:size], strconv.Itoa(start + int(size))
 }
 
 // serve starts a real gRPC server for f on a unix socket and returns its path.
@@ -207,19 +239,19 @@ func ts(s string) *timestamppb.Timestamp {
 func sampleAdmin() *fakeAdmin {
 	return &fakeAdmin{
 		issuances: []*credbrokerv1.Issuance{
-			{Id: "iss-2", IssuedAt: ts("2026-05-06T11:30:00Z"), ExpiresAt: ts("2026-05-06T11:45:00Z"), Caller: nodeID,
-				Attestation: "x509-svid", Profile: "node-ecr", Cluster: "team-a/prod", Issuer: "aws", UpstreamRef: "ASIAEXAMPLE"},
-			{Id: "iss-1", IssuedAt: ts("2026-05-06T10:00:00Z"), ExpiresAt: ts("2026-05-06T10:15:00Z"), Caller: controller,
-				Attestation: "jwt-svid", Profile: "dev-token", Issuer: "jwt", UpstreamRef: "iss-1"},
+			{IssuanceId: "iss-2", IssuedAt: ts("2026-05-06T11:30:00Z"), ExpiresAt: ts("2026-05-06T11:45:00Z"), Caller: nodeID,
+				Attestation: credbrokerv1.AttestationMethod_ATTESTATION_METHOD_X509_SVID, Profile: "node-ecr", Cluster: "team-a/prod", Issuer: "aws", UpstreamRef: "ASIAEXAMPLE"},
+			{IssuanceId: "iss-1", IssuedAt: ts("2026-05-06T10:00:00Z"), ExpiresAt: ts("2026-05-06T10:15:00Z"), Caller: controller,
+				Attestation: credbrokerv1.AttestationMethod_ATTESTATION_METHOD_JWT_SVID, Profile: "dev-token", Issuer: "jwt", UpstreamRef: "iss-1"},
 		},
 		records: []*credbrokerv1.AuditRecord{
-			{Id: "rec-1", Seq: 1, Time: ts("2026-05-06T10:00:00Z"), IssuanceId: "iss-1", Caller: controller, Attestation: "jwt-svid",
+			{RecordId: "rec-1", Seq: 1, Time: ts("2026-05-06T10:00:00Z"), IssuanceId: "iss-1", Caller: controller, Attestation: credbrokerv1.AttestationMethod_ATTESTATION_METHOD_JWT_SVID,
 				Profile: "dev-token", Issuer: "jwt", Decision: credbrokerv1.Decision_DECISION_INTENT, Ttl: durationpb.New(15 * time.Minute),
 				Hash: strings.Repeat("a", 64)},
-			{Id: "rec-2", Seq: 2, Time: ts("2026-05-06T10:00:00Z"), IssuanceId: "iss-1", Caller: controller, Attestation: "jwt-svid",
+			{RecordId: "rec-2", Seq: 2, Time: ts("2026-05-06T10:00:00Z"), IssuanceId: "iss-1", Caller: controller, Attestation: credbrokerv1.AttestationMethod_ATTESTATION_METHOD_JWT_SVID,
 				Profile: "dev-token", Issuer: "jwt", Decision: credbrokerv1.Decision_DECISION_ISSUED, Ttl: durationpb.New(15 * time.Minute),
 				ExpiresAt: ts("2026-05-06T10:15:00Z"), UpstreamRef: "iss-1", PrevHash: strings.Repeat("a", 64), Hash: strings.Repeat("b", 64)},
-			{Id: "rec-3", Seq: 3, Time: ts("2026-05-06T10:05:00Z"), IssuanceId: "iss-9", Caller: controller,
+			{RecordId: "rec-3", Seq: 3, Time: ts("2026-05-06T10:05:00Z"), IssuanceId: "iss-9", Caller: controller,
 				Profile: "admin", Decision: credbrokerv1.Decision_DECISION_DENIED, Reason: "no rule \x1b[31mallows\x1b[0m\tprofile",
 				PrevHash: strings.Repeat("b", 64), Hash: strings.Repeat("c", 64)},
 		},
@@ -278,8 +310,8 @@ func TestIssuancesListJSON(t *testing.T) {
 		t.Fatalf("got %d objects", len(got))
 	}
 	want := map[string]any{
-		"id": "iss-1", "issued_at": "2026-05-06T10:00:00Z", "expires_at": "2026-05-06T10:15:00Z",
-		"caller": controller, "attestation": "jwt-svid", "profile": "dev-token", "cluster": "",
+		"issuance_id": "iss-1", "issued_at": "2026-05-06T10:00:00Z", "expires_at": "2026-05-06T10:15:00Z",
+		"caller": controller, "attestation": "ATTESTATION_METHOD_JWT_SVID", "profile": "dev-token", "cluster": "",
 		"issuer": "jwt", "upstream_ref": "iss-1", "source_identity": "", "reused": false,
 	}
 	if len(got[1]) != len(want) {
@@ -308,10 +340,10 @@ func TestIssuancesListFilters(t *testing.T) {
 		args []string
 		want *credbrokerv1.ListIssuancesRequest
 	}{
-		{[]string{"--caller", controller, "--limit", "5"}, &credbrokerv1.ListIssuancesRequest{Caller: controller, Limit: 5}},
-		{[]string{"--cluster", "team-a/prod", "--since", "1h"}, &credbrokerv1.ListIssuancesRequest{Cluster: "team-a/prod", Since: timestamppb.New(testNow.Add(-time.Hour))}},
-		{[]string{"--since", "7d"}, &credbrokerv1.ListIssuancesRequest{Since: timestamppb.New(testNow.Add(-7 * 24 * time.Hour))}},
-		{[]string{"--since", "2026-01-02T03:04:05+02:00"}, &credbrokerv1.ListIssuancesRequest{Since: ts("2026-01-02T01:04:05Z")}},
+		{[]string{"--caller", controller, "--limit", "5"}, &credbrokerv1.ListIssuancesRequest{Caller: controller, PageSize: 5}},
+		{[]string{"--cluster", "team-a/prod", "--since", "1h"}, &credbrokerv1.ListIssuancesRequest{Cluster: "team-a/prod", Since: timestamppb.New(testNow.Add(-time.Hour)), PageSize: 100}},
+		{[]string{"--since", "7d"}, &credbrokerv1.ListIssuancesRequest{Since: timestamppb.New(testNow.Add(-7 * 24 * time.Hour)), PageSize: 100}},
+		{[]string{"--since", "2026-01-02T03:04:05+02:00", "--limit", "0"}, &credbrokerv1.ListIssuancesRequest{Since: ts("2026-01-02T01:04:05Z"), PageSize: 1000}},
 	} {
 		r := ctl(t, sock, append([]string{"issuances", "list"}, tc.args...)...)
 		wantCode(t, r, 0)
@@ -365,7 +397,7 @@ func TestIssuancesShow(t *testing.T) {
 
 func TestTableEscapesControlCharacters(t *testing.T) {
 	f := sampleAdmin()
-	f.issuances = append(f.issuances, &credbrokerv1.Issuance{Id: "iss-9", Caller: controller})
+	f.issuances = append(f.issuances, &credbrokerv1.Issuance{IssuanceId: "iss-9", Caller: controller})
 	r := ctl(t, serve(t, f), "issuances", "show", "iss-9")
 	wantCode(t, r, 0)
 	if strings.ContainsRune(r.stdout, 0x1b) {
@@ -386,7 +418,7 @@ func TestAuditVerify(t *testing.T) {
 	}
 
 	f.verify = &credbrokerv1.VerifyAuditResponse{Records: 2, HeadHash: strings.Repeat("b", 64),
-		FirstBadSeq: 2, FirstBadId: "rec-2", Problem: "hash mismatch"}
+		FirstBreak: &credbrokerv1.ChainBreak{Seq: 2, RecordId: "rec-2", Problem: "hash mismatch"}}
 	r = ctl(t, sock, "audit", "verify")
 	wantCode(t, r, 1)
 	if want := "audit chain BROKEN at record seq 2 (id rec-2): hash mismatch\n"; r.stdout != want {
@@ -402,7 +434,8 @@ func TestAuditVerify(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil {
 		t.Fatal(err)
 	}
-	if got["ok"] != false || got["first_bad_seq"] != "2" || got["first_bad_id"] != "rec-2" || got["problem"] != "hash mismatch" {
+	brk, _ := got["first_break"].(map[string]any)
+	if got["ok"] != false || brk["seq"] != "2" || brk["record_id"] != "rec-2" || brk["problem"] != "hash mismatch" {
 		t.Errorf("json = %v", got)
 	}
 
@@ -480,7 +513,7 @@ func TestAuditVerifyOutlivesTheTimeout(t *testing.T) {
 // canonicalOf stands in for the broker's stored form of a record: the CLI
 // must print it unchanged, whatever it is.
 func canonicalOf(r *credbrokerv1.AuditRecord) string {
-	return fmt.Sprintf(`{"id":%q,"seq":%d,"hash":%q}`, r.GetId(), r.GetSeq(), r.GetHash())
+	return fmt.Sprintf(`{"id":%q,"seq":%d,"hash":%q}`, r.GetRecordId(), r.GetSeq(), r.GetHash())
 }
 
 func TestAuditExport(t *testing.T) {
@@ -589,9 +622,16 @@ func TestBrokerErrorsMapped(t *testing.T) {
 		err  error
 		want string
 	}{
-		{status.Error(codes.PermissionDenied, "peer uid 1001 is not an admin"),
+		{brokerErr(codes.PermissionDenied, credbrokerv1.ErrorReason_ADMIN_ONLY, "peer uid 1001 is not an admin"),
 			"credbrokerctl: permission denied by broker: peer uid 1001 is not an admin (the admin socket accepts only the broker's own uid and root)\n"},
-		{status.Error(codes.Unavailable, "audit store closed"), "credbrokerctl: broker unavailable: audit store closed\n"},
+		{brokerErr(codes.Unavailable, credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, "audit store closed"), "credbrokerctl: broker unavailable: audit store closed\n"},
+		{brokerErr(codes.Internal, credbrokerv1.ErrorReason_INTERNAL, "boom"), "credbrokerctl: broker refused (INTERNAL): boom\n"},
+		{brokerErr(codes.InvalidArgument, credbrokerv1.ErrorReason_INVALID_REQUEST, "page_token is not a page token"), "credbrokerctl: invalid request: page_token is not a page token\n"},
+		{brokerErr(codes.FailedPrecondition, credbrokerv1.ErrorReason_NODE_ATTESTATION_DISABLED, "node attestation is not enabled"),
+			"credbrokerctl: node attestation is not enabled (set node_attestation in the broker's configuration)\n"},
+		// The message says permission denied, but without the broker's
+		// reason this is a transport failure, judged by its code.
+		{status.Error(codes.PermissionDenied, "permission denied"), "credbrokerctl: broker error (PermissionDenied): permission denied\n"},
 		{status.Error(codes.Internal, "boom"), "credbrokerctl: broker error (Internal): boom\n"},
 		{status.Error(codes.Unimplemented, "x"), "credbrokerctl: the broker does not support this command (is it older than credbrokerctl?): x\n"},
 	} {
@@ -615,7 +655,8 @@ func TestUsageErrors(t *testing.T) {
 		{"--bogus", "audit", "verify"},
 		{"issuances", "list", "--limit", "x"},
 		{"issuances", "list", "--limit", "-1"},
-		{"issuances", "list", "--limit", "10001"},
+		{"issuances", "list", "--limit", "-1"},
+		{"nodes", "list", "--limit", "-1"},
 		{"issuances", "list", "--since", "yesterday"},
 		{"issuances", "list", "--since", "-1h"},
 		{"issuances", "list", "--cluster", "prod"},
@@ -694,7 +735,7 @@ func TestAuditTail(t *testing.T) {
 	sock := serve(t, f)
 	r := ctl(t, sock, "audit", "tail", "-n", "2")
 	wantCode(t, r, 0)
-	if f.lastExport.GetLast() != 2 || f.lastExport.GetFollow() {
+	if f.lastExport.GetLastRecords() != 2 || f.lastExport.GetFollow() {
 		t.Errorf("request = %v, want last 2 without follow", f.lastExport)
 	}
 	lines := strings.Split(strings.TrimSuffix(r.stdout, "\n"), "\n")
@@ -716,7 +757,7 @@ func TestAuditTail(t *testing.T) {
 
 func TestIssuancesShowRefusedRequest(t *testing.T) {
 	f := sampleAdmin()
-	f.records = append(f.records, &credbrokerv1.AuditRecord{Id: "rec-9", Seq: 9, IssuanceId: "req-9",
+	f.records = append(f.records, &credbrokerv1.AuditRecord{RecordId: "rec-9", Seq: 9, IssuanceId: "req-9",
 		Decision: credbrokerv1.Decision_DECISION_DENIED, Reason: "no policy rule matches the caller"})
 	r := ctl(t, serve(t, f), "issuances", "show", "req-9")
 	wantCode(t, r, 0)
@@ -724,5 +765,41 @@ func TestIssuancesShowRefusedRequest(t *testing.T) {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("output lacks %q:\n%s", want, r.stdout)
 		}
+	}
+}
+
+// TestListsFollowPages: lists follow the broker's pages up to --limit (and
+// say when more were left out), or to the end with --limit 0; the export
+// follows pages until one comes back short.
+func TestListsFollowPages(t *testing.T) {
+	f := sampleAdmin()
+	for i := range 2500 {
+		f.issuances = append(f.issuances, &credbrokerv1.Issuance{IssuanceId: fmt.Sprintf("bulk-%04d", i), Caller: controller})
+	}
+	sock := serve(t, f)
+	r := ctl(t, sock, "-o", "json", "issuances", "list", "--limit", "0")
+	wantCode(t, r, 0)
+	var all []map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &all); err != nil || len(all) != 2502 || r.stderr != "" {
+		t.Fatalf("--limit 0: %d issuances (%v), stderr %q", len(all), err, r.stderr)
+	}
+	r = ctl(t, sock, "-o", "json", "issuances", "list", "--limit", "1500")
+	wantCode(t, r, 0)
+	if err := json.Unmarshal([]byte(r.stdout), &all); err != nil || len(all) != 1500 || !strings.Contains(r.stderr, "showing the first 1500; there are more") {
+		t.Fatalf("--limit 1500: %d issuances (%v), stderr %q", len(all), err, r.stderr)
+	}
+	if all[1499]["issuance_id"] != "bulk-1497" {
+		t.Errorf("last = %v", all[1499]["issuance_id"])
+	}
+
+	defer func(n int32) { exportPageSize = n }(exportPageSize)
+	exportPageSize = 2
+	r = ctl(t, sock, "audit", "export")
+	wantCode(t, r, 0)
+	if got := strings.Count(r.stdout, "\n"); got != len(f.records) || !strings.Contains(r.stdout, `"rec-3"`) {
+		t.Errorf("paged export: %d lines\n%s", got, r.stdout)
+	}
+	if f.lastExport.GetPageToken() != "2" || f.lastExport.GetPageSize() != 2 {
+		t.Errorf("last export request %v, want the token after seq 2", f.lastExport)
 	}
 }

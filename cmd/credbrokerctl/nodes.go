@@ -47,7 +47,7 @@ names itself when it attests.`,
 			if ttl < 0 {
 				return usagef("--ttl must not be negative")
 			}
-			req := &credbrokerv1.CreateJoinTokenRequest{Cluster: cluster, Node: node}
+			req := &credbrokerv1.CreateJoinTokenRequest{Cluster: cluster, NodeName: node}
 			if ttl > 0 {
 				req.Ttl = durationpb.New(ttl)
 			}
@@ -61,7 +61,7 @@ names itself when it attests.`,
 				return a.writeProto(resp)
 			}
 			a.printf("%s\n", resp.GetToken())
-			fmt.Fprintf(a.stderr, "join token %s for %s expires %s; it is shown only once\n", resp.GetId(), cluster, formatTime(resp.GetExpiresAt()))
+			fmt.Fprintf(a.stderr, "join token %s for %s expires %s; it is shown only once\n", resp.GetTokenId(), cluster, formatTime(resp.GetExpiresAt()))
 			return nil
 		},
 	}
@@ -90,9 +90,12 @@ longer renew its SVID or be issued anything.`,
 
 func newNodesListCmd(a *app) *cobra.Command {
 	var cluster string
+	var limit int
 	cmd := &cobra.Command{
-		Use:     "list [--cluster NAMESPACE/NAME]",
-		Short:   "List attested nodes",
+		Use:   "list [--cluster NAMESPACE/NAME] [--limit N]",
+		Short: "List attested nodes",
+		Long: `List attested nodes by SPIFFE ID. --limit N shows at most N (default 100);
+--limit 0 shows all, following the broker's pages.`,
 		Example: "  credbrokerctl nodes list --cluster capi-team-a/prod",
 		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -101,31 +104,36 @@ func newNodesListCmd(a *app) *cobra.Command {
 					return err
 				}
 			}
-			resp, err := call(cmd.Context(), a, func(ctx context.Context, c credbrokerv1.AdminServiceClient) (*credbrokerv1.ListNodesResponse, error) {
-				return c.ListNodes(ctx, &credbrokerv1.ListNodesRequest{Cluster: cluster})
+			if limit < 0 {
+				return usagef("--limit %d: want 0 (all) or more", limit)
+			}
+			nodes, err := listAll(cmd.Context(), a, limit, func(ctx context.Context, c credbrokerv1.AdminServiceClient, size int32, token string) ([]*credbrokerv1.Node, string, error) {
+				resp, err := c.ListNodes(ctx, &credbrokerv1.ListNodesRequest{Cluster: cluster, PageSize: size, PageToken: token})
+				return resp.GetNodes(), resp.GetNextPageToken(), err
 			})
 			if err != nil {
 				return err
 			}
 			if a.jsonOutput() {
-				list, err := protoJSONList(resp.GetNodes())
+				list, err := protoJSONList(nodes)
 				if err != nil {
 					return err
 				}
 				return writeJSON(a.stdout, list)
 			}
 			t := newTable(a.stdout, "SPIFFE ID", "ATTESTATION", "ATTESTED", "RENEWED", "SVID EXPIRES", "STATE")
-			for _, n := range resp.GetNodes() {
+			for _, n := range nodes {
 				state := "active"
-				if n.GetEvicted() {
+				if n.GetEvictedAt() != nil {
 					state = "evicted " + formatTime(n.GetEvictedAt())
 				}
-				t.row(n.GetSpiffeId(), n.GetAttestation(), formatTime(n.GetAttestedAt()), formatTime(n.GetRenewedAt()), formatTime(n.GetExpiresAt()), state)
+				t.row(n.GetSpiffeId(), attestationName(n.GetAttestation()), formatTime(n.GetAttestedAt()), formatTime(n.GetRenewedAt()), formatTime(n.GetExpiresAt()), state)
 			}
 			return t.flush()
 		},
 	}
 	cmd.Flags().StringVar(&cluster, "cluster", "", "only nodes of this workload cluster")
+	cmd.Flags().IntVar(&limit, "limit", defaultListLimit, "maximum number of nodes to show (0 = all)")
 	return cmd
 }
 
@@ -159,7 +167,7 @@ listed so that they can be revoked upstream.`,
 			a.printf("\nUNEXPIRED ISSUANCES (%d) — revoke them upstream:\n", len(resp.GetIssuances()))
 			t := newTable(a.stdout, "ID", "EXPIRES", "PROFILE", "ISSUER", "REF")
 			for _, is := range resp.GetIssuances() {
-				t.row(is.GetId(), formatTime(is.GetExpiresAt()), is.GetProfile(), is.GetIssuer(), is.GetUpstreamRef())
+				t.row(is.GetIssuanceId(), formatTime(is.GetExpiresAt()), is.GetProfile(), is.GetIssuer(), is.GetUpstreamRef())
 			}
 			return t.flush()
 		},

@@ -122,6 +122,15 @@ func formatTime(ts *timestamppb.Timestamp) string {
 	return ts.AsTime().UTC().Format(time.RFC3339)
 }
 
+// attestationName renders ATTESTATION_METHOD_X509_SVID as "x509-svid", the
+// form audit records store; "-" when none was established.
+func attestationName(m credbrokerv1.AttestationMethod) string {
+	if m == credbrokerv1.AttestationMethod_ATTESTATION_METHOD_UNSPECIFIED {
+		return "-"
+	}
+	return strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(m.String(), "ATTESTATION_METHOD_")), "_", "-")
+}
+
 // decisionName renders DECISION_ISSUED as "issued".
 func decisionName(d credbrokerv1.Decision) string {
 	return strings.ToLower(strings.TrimPrefix(d.String(), "DECISION_"))

@@ -13,7 +13,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffegrpc/grpccredentials"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -44,22 +43,26 @@ func Dial(addr, svidDir, brokerID string) (*grpc.ClientConn, error) {
 	return grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(creds))
 }
 
-// Describe renders a broker error as one actionable line.
+// Describe renders a broker error as one actionable line: the gRPC code, the
+// message, a hint, and the broker's stable reason in brackets, e.g.
+//
+//	resource exhausted: limits: rate of 5/s (burst 10) exceeded ...; retry in 2s [RATE_LIMITED]
 func Describe(err error) string {
 	st, ok := status.FromError(err)
 	if !ok {
 		return err.Error()
 	}
+	info, hasInfo := ErrorInfo(err)
 	var hint string
-	switch st.Code() {
-	case codes.Unavailable:
+	if st.Code() == codes.Unavailable && !hasInfo {
+		// No answer from the broker itself: a transport failure.
 		hint = " (is the broker running and reachable?)"
-	case codes.ResourceExhausted:
-		for _, d := range st.Details() {
-			if ri, ok := d.(*errdetails.RetryInfo); ok && !strings.Contains(st.Message(), "retry") {
-				hint = fmt.Sprintf(" (retry after %s)", ri.GetRetryDelay().AsDuration().Round(time.Millisecond))
-			}
-		}
+	}
+	if d, ok := RetryAfter(err); ok && !strings.Contains(st.Message(), "retry") {
+		hint += fmt.Sprintf(" (retry after %s)", d.Round(time.Millisecond))
+	}
+	if hasInfo && info.GetReason() != "" {
+		hint += " [" + info.GetReason() + "]"
 	}
 	return fmt.Sprintf("%s: %s%s", codeName(st.Code()), st.Message(), hint)
 }

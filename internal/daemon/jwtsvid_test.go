@@ -54,7 +54,11 @@ jwt_svid_max_lifetime: 3h
 		if st := status.Convert(err); configured != (err == nil) || (!configured && (st.Code() != codes.Unauthenticated || !strings.Contains(st.Message(), "more than the 1h0m0s"))) {
 			t.Errorf("configured %v: 2-hour JWT-SVID: %v", configured, err)
 		}
-		_, err = credbrokerv1.NewAdminServiceClient(conn).VerifyAudit(metadata.NewOutgoingContext(d.ctx, bearer("/admin", 5*time.Minute)), &credbrokerv1.VerifyAuditRequest{})
+		// VerifyAudit is a stream: the refusal comes with the first message.
+		verify, err := credbrokerv1.NewAdminServiceClient(conn).VerifyAudit(metadata.NewOutgoingContext(d.ctx, bearer("/admin", 5*time.Minute)), &credbrokerv1.VerifyAuditRequest{})
+		if err == nil {
+			_, err = verify.Recv()
+		}
 		if st := status.Convert(err); configured != (err == nil) || (!configured && (st.Code() != codes.Unauthenticated || !strings.Contains(st.Message(), "X.509-SVID"))) {
 			t.Errorf("configured %v: admin JWT-SVID: %v", configured, err)
 		}

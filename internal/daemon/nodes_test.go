@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/credbroker/credbroker/internal/brokerclient"
 	"github.com/credbroker/credbroker/internal/ca"
 	"github.com/credbroker/credbroker/internal/nodeagent"
 	"github.com/credbroker/credbroker/internal/svidfile"
@@ -64,7 +65,7 @@ policy:
 		t.Fatal(err)
 	}
 	defer admin.Close()
-	tok, err := credbrokerv1.NewAdminServiceClient(admin).CreateJoinToken(d.ctx, &credbrokerv1.CreateJoinTokenRequest{Cluster: "capi-a/c1", Node: "worker-1"})
+	tok, err := credbrokerv1.NewAdminServiceClient(admin).CreateJoinToken(d.ctx, &credbrokerv1.CreateJoinTokenRequest{Cluster: "capi-a/c1", NodeName: "worker-1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,7 +145,7 @@ node_attestation: {svid_ttl: 10m}
 	defer admin.Close()
 	newToken := func(node string) string {
 		t.Helper()
-		tok, err := credbrokerv1.NewAdminServiceClient(admin).CreateJoinToken(d.ctx, &credbrokerv1.CreateJoinTokenRequest{Cluster: "capi-a/c1", Node: node})
+		tok, err := credbrokerv1.NewAdminServiceClient(admin).CreateJoinToken(d.ctx, &credbrokerv1.CreateJoinTokenRequest{Cluster: "capi-a/c1", NodeName: node})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -168,7 +169,7 @@ node_attestation: {svid_ttl: 10m}
 	tampered[len(tampered)-1] ^= 1 // breaks the signature: no proof of the key
 	attestWith := func(token, node string, csr []byte) error {
 		_, err := nodes.AttestNode(d.ctx, &credbrokerv1.AttestNodeRequest{Csr: csr,
-			Evidence: &credbrokerv1.AttestNodeRequest_JoinToken{JoinToken: &credbrokerv1.JoinTokenEvidence{Token: token, Node: node}}})
+			Evidence: &credbrokerv1.AttestNodeRequest_JoinToken{JoinToken: &credbrokerv1.JoinTokenEvidence{Token: token, NodeName: node}}})
 		return err
 	}
 
@@ -183,8 +184,13 @@ node_attestation: {svid_ttl: 10m}
 		{"a malformed CSR", "worker-1", []byte("not a CSR"), codes.InvalidArgument},
 		{"a CSR whose signature does not verify", "worker-1", tampered, codes.InvalidArgument},
 	} {
-		if err := attestWith(bound, c.node, c.csr); status.Code(err) != c.code {
-			t.Fatalf("%s: %v, want %s", c.name, err, c.code)
+		err := attestWith(bound, c.node, c.csr)
+		want := credbrokerv1.ErrorReason_INVALID_REQUEST
+		if c.code == codes.Unauthenticated {
+			want = credbrokerv1.ErrorReason_UNAUTHENTICATED
+		}
+		if status.Code(err) != c.code || brokerclient.Reason(err) != want {
+			t.Fatalf("%s: %v, want %s (%s)", c.name, err, c.code, want)
 		}
 	}
 	if err := attestWith(bound, "", csr); err != nil {

@@ -44,7 +44,7 @@ func JoinToken(token, node string) Evidence {
 		if token == "" {
 			return errors.New("nodeagent: the join token is empty")
 		}
-		req.Evidence = &credbrokerv1.AttestNodeRequest_JoinToken{JoinToken: &credbrokerv1.JoinTokenEvidence{Token: token, Node: node}}
+		req.Evidence = &credbrokerv1.AttestNodeRequest_JoinToken{JoinToken: &credbrokerv1.JoinTokenEvidence{Token: token, NodeName: node}}
 		return nil
 	}
 }
@@ -248,6 +248,10 @@ func (a *Agent) Run(ctx context.Context, wait func(ctx context.Context, until ti
 			next = a.NextRenewal(svid)
 			a.cfg.Log.Info("node SVID renewed", slog.String("spiffe_id", svid.ID.String()), slog.Time("expires", svid.Certificates[0].NotAfter))
 			continue
+		}
+		if brokerclient.Reason(err) == credbrokerv1.ErrorReason_NODE_EVICTED {
+			// Final: the broker refuses this node everywhere, re-attesting included.
+			return fmt.Errorf("nodeagent: the broker evicted this node; replace it or join it under a new name: %w", err)
 		}
 		a.cfg.Log.Warn("node SVID renewal failed", slog.String("error", err.Error()))
 		if !a.cfg.Clock().Before(svid.Certificates[0].NotAfter) {

@@ -14,8 +14,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/credbroker/credbroker/internal/brokerclient"
 )
@@ -210,16 +208,8 @@ func fetchAll(ctx context.Context, rs []*Refresher, log *slog.Logger) error {
 }
 
 // Permanent reports whether a broker error will not go away by retrying the
-// same request: the sidecar's configuration or the broker's policy must
-// change first.
-func Permanent(err error) bool {
-	st, ok := status.FromError(err)
-	if !ok {
-		return true // e.g. the profile does not issue AWS credentials
-	}
-	switch st.Code() {
-	case codes.PermissionDenied, codes.Unauthenticated, codes.InvalidArgument, codes.NotFound, codes.Unimplemented:
-		return true
-	}
-	return false
-}
+// same request: the sidecar's configuration, its identity or the broker's
+// policy must change first. It branches on the broker's ErrorInfo reason
+// (brokerclient.Permanent); an error that is no broker status at all (e.g.
+// the profile does not issue AWS credentials) is permanent.
+func Permanent(err error) bool { return brokerclient.Permanent(err) }

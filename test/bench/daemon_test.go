@@ -232,7 +232,7 @@ func (d *daemon) auditRecords(ctx context.Context, adm credbrokerv1.AdminService
 		return 0, err
 	}
 	if !resp.GetOk() {
-		return 0, fmt.Errorf("bench: audit chain does not verify: %s", resp.GetProblem())
+		return 0, fmt.Errorf("bench: audit chain does not verify: %s", resp.GetFirstBreak().GetProblem())
 	}
 	return resp.GetRecords(), nil
 }
@@ -241,22 +241,32 @@ func (d *daemon) auditRecords(ctx context.Context, adm credbrokerv1.AdminService
 // and returns how many there are by decision, and the bytes of their stored
 // (canonical JSON) form, which index entries and bbolt's pages come on top of.
 func recordsAfter(ctx context.Context, adm credbrokerv1.AdminServiceClient, seq uint64) (map[string]int64, int64, error) {
-	stream, err := adm.ExportAudit(ctx, &credbrokerv1.ExportAuditRequest{AfterSeq: seq})
-	if err != nil {
-		return nil, 0, err
-	}
+	const pageSize = 10000 // the broker's maximum
+	req := &credbrokerv1.ExportAuditRequest{Start: &credbrokerv1.ExportAuditRequest_AfterSeq{AfterSeq: seq}, PageSize: pageSize}
 	decisions := map[string]int64{}
 	var size int64
 	for {
-		resp, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			return decisions, size, nil
-		}
+		stream, err := adm.ExportAudit(ctx, req)
 		if err != nil {
 			return nil, 0, err
 		}
-		decisions[strings.ToLower(strings.TrimPrefix(resp.GetRecord().GetDecision().String(), "DECISION_"))]++
-		size += int64(len(resp.GetCanonicalJson()))
+		n := 0
+		for {
+			resp, err := stream.Recv()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				return nil, 0, err
+			}
+			n++
+			req.PageToken = resp.GetNextPageToken()
+			decisions[strings.ToLower(strings.TrimPrefix(resp.GetRecord().GetDecision().String(), "DECISION_"))]++
+			size += int64(len(resp.GetCanonicalJson()))
+		}
+		if n < pageSize {
+			return decisions, size, nil // a short page: the chain's head
+		}
 	}
 }
 

@@ -85,7 +85,7 @@ func TestConcurrentIdenticalRequestsShareOneAssumeRole(t *testing.T) {
 	reused := 0
 	for _, is := range list {
 		if is["upstream_ref"] != keys[0] {
-			t.Errorf("issuance %v names key %v", is["id"], is["upstream_ref"])
+			t.Errorf("issuance %v names key %v", is["issuance_id"], is["upstream_ref"])
 		}
 		if is["reused"] == true {
 			reused++

@@ -161,7 +161,7 @@ func TestAWSCLIWithCredentialProcessAndCache(t *testing.T) {
 	// A credential_process failure reaches the CLI user as our one line.
 	bad := b.newAWSCLI(t, t.TempDir(), "no-such-profile", clusterA, filepath.Join(t.TempDir(), "cache.json"))
 	r = bad.run(t, "s3", "cp", local, "s3://capi/"+prefixA+"y")
-	if r.code == 0 || !strings.Contains(r.stderr, `credbroker-credential-process: invalid argument: unknown profile "no-such-profile"`) {
+	if r.code == 0 || !strings.Contains(r.stderr, `credbroker-credential-process: invalid argument: unknown profile "no-such-profile"`) || !strings.Contains(r.stderr, "[UNKNOWN_PROFILE]") {
 		t.Errorf("unknown profile: exit %d, stderr %q", r.code, r.stderr)
 	}
 

@@ -166,7 +166,7 @@ func TestNodeAttestsWithAProjectedServiceAccountToken(t *testing.T) {
 			}
 		})
 	}
-	if r := e.ctl(t, "-o", "json", "nodes", "list"); !strings.Contains(r.stdout, `"attestation": "k8s-psat"`) {
+	if r := e.ctl(t, "-o", "json", "nodes", "list"); !strings.Contains(r.stdout, `"attestation": "ATTESTATION_METHOD_K8S_PSAT"`) {
 		t.Errorf("nodes list: %s", r.stdout)
 	}
 }

@@ -14,8 +14,10 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/credbroker/credbroker/internal/brokerclient"
 	"github.com/credbroker/credbroker/internal/nodeagent"
 	"github.com/credbroker/credbroker/internal/svidfile"
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
 func (b *broker) nodeAgent(t *testing.T, dir string, ev nodeagent.Evidence) *nodeagent.Agent {
@@ -99,7 +101,7 @@ func TestNodeJoinsWithATokenRenewsAndIsEvicted(t *testing.T) {
 	if claims := verifyWithServedJWKS(t, b, cred.Token); claims["sub"] != wantID || claims["cluster"] != "team-a/alpha" {
 		t.Errorf("node token claims = %v", claims)
 	}
-	if r := nodeCred("--cluster", "team-b/beta"); r.code != 1 || !strings.Contains(r.stderr, "permission denied") {
+	if r := nodeCred("--cluster", "team-b/beta"); r.code != 1 || !strings.Contains(r.stderr, "permission denied") || !strings.Contains(r.stderr, "[POLICY_DENIED]") {
 		t.Errorf("node asking for another cluster: exit %d, %q", r.code, r.stderr)
 	}
 
@@ -115,7 +117,7 @@ func TestNodeJoinsWithATokenRenewsAndIsEvicted(t *testing.T) {
 	// The admin sees the node and evicts it; it can then neither renew nor get credentials.
 	r = b.ctl(t, "-o", "json", "nodes", "list", "--cluster", "team-a/alpha")
 	var nodes []map[string]any
-	if err := json.Unmarshal([]byte(r.stdout), &nodes); err != nil || len(nodes) != 1 || nodes[0]["spiffe_id"] != wantID || nodes[0]["attestation"] != "join-token" {
+	if err := json.Unmarshal([]byte(r.stdout), &nodes); err != nil || len(nodes) != 1 || nodes[0]["spiffe_id"] != wantID || nodes[0]["attestation"] != "ATTESTATION_METHOD_JOIN_TOKEN" {
 		t.Fatalf("nodes list = %s (%v)", r.stdout, err)
 	}
 	r = b.ctl(t, "nodes", "evict", wantID)
@@ -123,16 +125,16 @@ func TestNodeJoinsWithATokenRenewsAndIsEvicted(t *testing.T) {
 		t.Fatalf("nodes evict: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
 	_, err = agent.Renew(ctx)
-	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "evicted") {
+	if status.Code(err) != codes.PermissionDenied || brokerclient.Reason(err) != credbrokerv1.ErrorReason_NODE_EVICTED {
 		t.Errorf("renewal after eviction: %v", err)
 	}
-	if r := nodeCred(); r.code != 1 || !strings.Contains(r.stderr, "evicted") {
+	if r := nodeCred(); r.code != 1 || !strings.Contains(r.stderr, "[NODE_EVICTED]") {
 		t.Errorf("credential after eviction: exit %d, %q", r.code, r.stderr)
 	}
 	// Nor can it come back under the same name with a fresh token.
 	again := b.joinToken(t, "--cluster", "team-a/alpha", "--node", "worker-1")
 	_, err = b.nodeAgent(t, filepath.Join(t.TempDir(), "svid"), nodeagent.JoinToken(again, "")).Attest(ctx)
-	if status.Code(err) != codes.PermissionDenied {
+	if status.Code(err) != codes.PermissionDenied || brokerclient.Reason(err) != credbrokerv1.ErrorReason_NODE_EVICTED {
 		t.Errorf("re-attesting an evicted node: %v", err)
 	}
 

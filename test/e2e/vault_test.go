@@ -90,11 +90,12 @@ policy:
 		t.Errorf("the audit does not name the token's accessor %v:\n%s", self.Data["accessor"], r.stdout)
 	}
 
-	// Vault sealed: the caller gets UNAVAILABLE, and the failure is on record.
+	// Vault sealed: the caller gets UNAVAILABLE (reason UPSTREAM_UNAVAILABLE,
+	// exit 3: worth retrying), and the failure is on record.
 	v.Seal(t)
 	r = runTool(t, "credbroker-credential-process", "--broker", b.grpcAddr, "--svid-dir", filepath.Join(b.dataDir, "dev", "controller"),
 		"--profile", "workload-token", "--cluster", "team-a/alpha")
-	if r.code != 1 || !strings.Contains(r.stderr, "unavailable") || !strings.Contains(r.stderr, "503") {
+	if r.code != 3 || !strings.Contains(r.stderr, "unavailable") || !strings.Contains(r.stderr, "503") || !strings.Contains(r.stderr, "[UPSTREAM_UNAVAILABLE]") {
 		t.Errorf("sealed Vault: exit %d, %q", r.code, r.stderr)
 	}
 	if r := b.ctl(t, "audit", "tail", "-n", "1"); !strings.Contains(r.stdout, "failed") || !strings.Contains(r.stdout, "503") {

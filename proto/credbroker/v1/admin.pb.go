@@ -88,21 +88,93 @@ func (Decision) EnumDescriptor() ([]byte, []int) {
 	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{0}
 }
 
+// AttestationMethod is how the caller of a recorded decision proved who it
+// is.
+type AttestationMethod int32
+
+const (
+	// Unknown to this version of the API, or no identity was established (an
+	// unauthenticated attempt).
+	AttestationMethod_ATTESTATION_METHOD_UNSPECIFIED AttestationMethod = 0
+	// X.509-SVID of the mTLS peer.
+	AttestationMethod_ATTESTATION_METHOD_X509_SVID AttestationMethod = 1
+	// JWT-SVID in the `authorization: Bearer` metadata.
+	AttestationMethod_ATTESTATION_METHOD_JWT_SVID AttestationMethod = 2
+	// A one-time join token (node attestation).
+	AttestationMethod_ATTESTATION_METHOD_JOIN_TOKEN AttestationMethod = 3
+	// A projected Kubernetes service account token (node attestation).
+	AttestationMethod_ATTESTATION_METHOD_K8S_PSAT AttestationMethod = 4
+	// An AWS EC2 instance identity document (node attestation).
+	AttestationMethod_ATTESTATION_METHOD_AWS_IID AttestationMethod = 5
+	// An operator action through the admin API; the caller is the admin
+	// principal (an admin SPIFFE ID, or "unix:uid=N" on the admin socket).
+	AttestationMethod_ATTESTATION_METHOD_ADMIN AttestationMethod = 6
+)
+
+// Enum value maps for AttestationMethod.
+var (
+	AttestationMethod_name = map[int32]string{
+		0: "ATTESTATION_METHOD_UNSPECIFIED",
+		1: "ATTESTATION_METHOD_X509_SVID",
+		2: "ATTESTATION_METHOD_JWT_SVID",
+		3: "ATTESTATION_METHOD_JOIN_TOKEN",
+		4: "ATTESTATION_METHOD_K8S_PSAT",
+		5: "ATTESTATION_METHOD_AWS_IID",
+		6: "ATTESTATION_METHOD_ADMIN",
+	}
+	AttestationMethod_value = map[string]int32{
+		"ATTESTATION_METHOD_UNSPECIFIED": 0,
+		"ATTESTATION_METHOD_X509_SVID":   1,
+		"ATTESTATION_METHOD_JWT_SVID":    2,
+		"ATTESTATION_METHOD_JOIN_TOKEN":  3,
+		"ATTESTATION_METHOD_K8S_PSAT":    4,
+		"ATTESTATION_METHOD_AWS_IID":     5,
+		"ATTESTATION_METHOD_ADMIN":       6,
+	}
+)
+
+func (x AttestationMethod) Enum() *AttestationMethod {
+	p := new(AttestationMethod)
+	*p = x
+	return p
+}
+
+func (x AttestationMethod) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AttestationMethod) Descriptor() protoreflect.EnumDescriptor {
+	return file_credbroker_v1_admin_proto_enumTypes[1].Descriptor()
+}
+
+func (AttestationMethod) Type() protoreflect.EnumType {
+	return &file_credbroker_v1_admin_proto_enumTypes[1]
+}
+
+func (x AttestationMethod) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AttestationMethod.Descriptor instead.
+func (AttestationMethod) EnumDescriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
 // AuditRecord is one decision in the tamper-evident audit chain. It never
 // carries a secret: only references such as a token's jti or an AccessKeyId.
 type AuditRecord struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Record id (UUIDv7, time-ordered).
-	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// This record's own id (UUIDv7, time-ordered).
+	RecordId string `protobuf:"bytes,1,opt,name=record_id,json=recordId,proto3" json:"record_id,omitempty"`
 	// Position in the chain, from 1.
 	Seq  uint64                 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
 	Time *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`
-	// Issuance (request) id; shared by the intent and result records.
+	// Issuance (request) id; shared by the intent and result records of one
+	// request.
 	IssuanceId string `protobuf:"bytes,4,opt,name=issuance_id,json=issuanceId,proto3" json:"issuance_id,omitempty"`
 	// Caller SPIFFE ID; empty when the caller could not be authenticated.
-	Caller string `protobuf:"bytes,5,opt,name=caller,proto3" json:"caller,omitempty"`
-	// Attestation method, e.g. "x509-svid" or "jwt-svid".
-	Attestation string                 `protobuf:"bytes,6,opt,name=attestation,proto3" json:"attestation,omitempty"`
+	Caller      string                 `protobuf:"bytes,5,opt,name=caller,proto3" json:"caller,omitempty"`
+	Attestation AttestationMethod      `protobuf:"varint,6,opt,name=attestation,proto3,enum=credbroker.v1.AttestationMethod" json:"attestation,omitempty"`
 	Profile     string                 `protobuf:"bytes,7,opt,name=profile,proto3" json:"profile,omitempty"`
 	Cluster     string                 `protobuf:"bytes,8,opt,name=cluster,proto3" json:"cluster,omitempty"`
 	Issuer      string                 `protobuf:"bytes,9,opt,name=issuer,proto3" json:"issuer,omitempty"`
@@ -156,9 +228,9 @@ func (*AuditRecord) Descriptor() ([]byte, []int) {
 	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{0}
 }
 
-func (x *AuditRecord) GetId() string {
+func (x *AuditRecord) GetRecordId() string {
 	if x != nil {
-		return x.Id
+		return x.RecordId
 	}
 	return ""
 }
@@ -191,11 +263,11 @@ func (x *AuditRecord) GetCaller() string {
 	return ""
 }
 
-func (x *AuditRecord) GetAttestation() string {
+func (x *AuditRecord) GetAttestation() AttestationMethod {
 	if x != nil {
 		return x.Attestation
 	}
-	return ""
+	return AttestationMethod_ATTESTATION_METHOD_UNSPECIFIED
 }
 
 func (x *AuditRecord) GetProfile() string {
@@ -285,11 +357,11 @@ func (x *AuditRecord) GetReused() bool {
 // Issuance summarises one issued credential.
 type Issuance struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
-	Id             string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	IssuanceId     string                 `protobuf:"bytes,1,opt,name=issuance_id,json=issuanceId,proto3" json:"issuance_id,omitempty"`
 	IssuedAt       *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=issued_at,json=issuedAt,proto3" json:"issued_at,omitempty"`
 	ExpiresAt      *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
 	Caller         string                 `protobuf:"bytes,4,opt,name=caller,proto3" json:"caller,omitempty"`
-	Attestation    string                 `protobuf:"bytes,5,opt,name=attestation,proto3" json:"attestation,omitempty"`
+	Attestation    AttestationMethod      `protobuf:"varint,5,opt,name=attestation,proto3,enum=credbroker.v1.AttestationMethod" json:"attestation,omitempty"`
 	Profile        string                 `protobuf:"bytes,6,opt,name=profile,proto3" json:"profile,omitempty"`
 	Cluster        string                 `protobuf:"bytes,7,opt,name=cluster,proto3" json:"cluster,omitempty"`
 	Issuer         string                 `protobuf:"bytes,8,opt,name=issuer,proto3" json:"issuer,omitempty"`
@@ -330,9 +402,9 @@ func (*Issuance) Descriptor() ([]byte, []int) {
 	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{1}
 }
 
-func (x *Issuance) GetId() string {
+func (x *Issuance) GetIssuanceId() string {
 	if x != nil {
-		return x.Id
+		return x.IssuanceId
 	}
 	return ""
 }
@@ -358,11 +430,11 @@ func (x *Issuance) GetCaller() string {
 	return ""
 }
 
-func (x *Issuance) GetAttestation() string {
+func (x *Issuance) GetAttestation() AttestationMethod {
 	if x != nil {
 		return x.Attestation
 	}
-	return ""
+	return AttestationMethod_ATTESTATION_METHOD_UNSPECIFIED
 }
 
 func (x *Issuance) GetProfile() string {
@@ -416,8 +488,10 @@ type ListIssuancesRequest struct {
 	Cluster string `protobuf:"bytes,2,opt,name=cluster,proto3" json:"cluster,omitempty"`
 	// Only issuances at or after this time.
 	Since *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=since,proto3" json:"since,omitempty"`
-	// Maximum number returned; 0 means 100. At most 10000.
-	Limit         int32 `protobuf:"varint,4,opt,name=limit,proto3" json:"limit,omitempty"`
+	// Maximum number returned in this page; 0 means 100. At most 1000.
+	PageSize int32 `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// next_page_token of the previous page, with the same filters.
+	PageToken     string `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -473,17 +547,26 @@ func (x *ListIssuancesRequest) GetSince() *timestamppb.Timestamp {
 	return nil
 }
 
-func (x *ListIssuancesRequest) GetLimit() int32 {
+func (x *ListIssuancesRequest) GetPageSize() int32 {
 	if x != nil {
-		return x.Limit
+		return x.PageSize
 	}
 	return 0
 }
 
-// ListIssuancesResponse holds issuances, newest first.
+func (x *ListIssuancesRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// ListIssuancesResponse holds one page of issuances, newest first.
 type ListIssuancesResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Issuances     []*Issuance            `protobuf:"bytes,1,rep,name=issuances,proto3" json:"issuances,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Issuances []*Issuance            `protobuf:"bytes,1,rep,name=issuances,proto3" json:"issuances,omitempty"`
+	// Token for the next page; empty when this is the last one.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -525,10 +608,17 @@ func (x *ListIssuancesResponse) GetIssuances() []*Issuance {
 	return nil
 }
 
+func (x *ListIssuancesResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
 // GetIssuanceRequest names one issuance.
 type GetIssuanceRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	IssuanceId    string                 `protobuf:"bytes,1,opt,name=issuance_id,json=issuanceId,proto3" json:"issuance_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -563,18 +653,20 @@ func (*GetIssuanceRequest) Descriptor() ([]byte, []int) {
 	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{4}
 }
 
-func (x *GetIssuanceRequest) GetId() string {
+func (x *GetIssuanceRequest) GetIssuanceId() string {
 	if x != nil {
-		return x.Id
+		return x.IssuanceId
 	}
 	return ""
 }
 
 // GetIssuanceResponse holds the issuance and its audit records.
 type GetIssuanceResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Issuance      *Issuance              `protobuf:"bytes,1,opt,name=issuance,proto3" json:"issuance,omitempty"`
-	Records       []*AuditRecord         `protobuf:"bytes,2,rep,name=records,proto3" json:"records,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The issued credential; absent when the request was refused.
+	Issuance *Issuance `protobuf:"bytes,1,opt,name=issuance,proto3" json:"issuance,omitempty"`
+	// Every record of the issuance, in chain order.
+	Records       []*AuditRecord `protobuf:"bytes,2,rep,name=records,proto3" json:"records,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -665,17 +757,16 @@ func (*VerifyAuditRequest) Descriptor() ([]byte, []int) {
 // last message; `progress` unset).
 type VerifyAuditResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	Ok    bool                   `protobuf:"varint,1,opt,name=ok,proto3" json:"ok,omitempty"`
+	// The whole chain verified; first_break is absent.
+	Ok bool `protobuf:"varint,1,opt,name=ok,proto3" json:"ok,omitempty"`
 	// Records checked.
 	Records uint64 `protobuf:"varint,2,opt,name=records,proto3" json:"records,omitempty"`
 	// Hash of the last record checked.
 	HeadHash string `protobuf:"bytes,3,opt,name=head_hash,json=headHash,proto3" json:"head_hash,omitempty"`
-	// When not ok: sequence number and id of the first bad record, and why.
-	FirstBadSeq uint64 `protobuf:"varint,4,opt,name=first_bad_seq,json=firstBadSeq,proto3" json:"first_bad_seq,omitempty"`
-	FirstBadId  string `protobuf:"bytes,5,opt,name=first_bad_id,json=firstBadId,proto3" json:"first_bad_id,omitempty"`
-	Problem     string `protobuf:"bytes,6,opt,name=problem,proto3" json:"problem,omitempty"`
-	// Set on progress messages only.
-	Progress      *AuditProgress `protobuf:"bytes,7,opt,name=progress,proto3" json:"progress,omitempty"`
+	// When not ok: the first record that does not verify, and why.
+	FirstBreak *ChainBreak `protobuf:"bytes,4,opt,name=first_break,json=firstBreak,proto3" json:"first_break,omitempty"`
+	// Set on progress messages only; the final message (the result) has none.
+	Progress      *AuditProgress `protobuf:"bytes,5,opt,name=progress,proto3" json:"progress,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -731,25 +822,11 @@ func (x *VerifyAuditResponse) GetHeadHash() string {
 	return ""
 }
 
-func (x *VerifyAuditResponse) GetFirstBadSeq() uint64 {
+func (x *VerifyAuditResponse) GetFirstBreak() *ChainBreak {
 	if x != nil {
-		return x.FirstBadSeq
+		return x.FirstBreak
 	}
-	return 0
-}
-
-func (x *VerifyAuditResponse) GetFirstBadId() string {
-	if x != nil {
-		return x.FirstBadId
-	}
-	return ""
-}
-
-func (x *VerifyAuditResponse) GetProblem() string {
-	if x != nil {
-		return x.Problem
-	}
-	return ""
+	return nil
 }
 
 func (x *VerifyAuditResponse) GetProgress() *AuditProgress {
@@ -757,6 +834,67 @@ func (x *VerifyAuditResponse) GetProgress() *AuditProgress {
 		return x.Progress
 	}
 	return nil
+}
+
+// ChainBreak is where the audit hash chain stops verifying.
+type ChainBreak struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	RecordId      string                 `protobuf:"bytes,2,opt,name=record_id,json=recordId,proto3" json:"record_id,omitempty"`
+	Problem       string                 `protobuf:"bytes,3,opt,name=problem,proto3" json:"problem,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChainBreak) Reset() {
+	*x = ChainBreak{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChainBreak) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChainBreak) ProtoMessage() {}
+
+func (x *ChainBreak) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChainBreak.ProtoReflect.Descriptor instead.
+func (*ChainBreak) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ChainBreak) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *ChainBreak) GetRecordId() string {
+	if x != nil {
+		return x.RecordId
+	}
+	return ""
+}
+
+func (x *ChainBreak) GetProblem() string {
+	if x != nil {
+		return x.Problem
+	}
+	return ""
 }
 
 // AuditProgress says how far a long audit operation has come.
@@ -773,7 +911,7 @@ type AuditProgress struct {
 
 func (x *AuditProgress) Reset() {
 	*x = AuditProgress{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[8]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -785,7 +923,7 @@ func (x *AuditProgress) String() string {
 func (*AuditProgress) ProtoMessage() {}
 
 func (x *AuditProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[8]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -798,7 +936,7 @@ func (x *AuditProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditProgress.ProtoReflect.Descriptor instead.
 func (*AuditProgress) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *AuditProgress) GetDone() uint64 {
@@ -818,21 +956,31 @@ func (x *AuditProgress) GetTotal() uint64 {
 // ExportAuditRequest selects records to export.
 type ExportAuditRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Start after this sequence number (0 = from the beginning).
-	AfterSeq uint64 `protobuf:"varint,1,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`
+	// Where the export starts; absent means from the first record. Ignored
+	// when page_token is set (the token remembers it).
+	//
+	// Types that are valid to be assigned to Start:
+	//
+	//	*ExportAuditRequest_AfterSeq
+	//	*ExportAuditRequest_LastRecords
+	Start isExportAuditRequest_Start `protobuf_oneof:"start"`
 	// After the records that exist, keep the stream open and send each new
-	// record as it is committed, until the client cancels (tail -f; SIEM feed).
+	// record as it is committed, until the client cancels or page_size records
+	// were sent (tail -f; SIEM feed).
 	Follow bool `protobuf:"varint,2,opt,name=follow,proto3" json:"follow,omitempty"`
-	// When set, start with only the last `last` records (after_seq is then
-	// ignored).
-	Last          uint64 `protobuf:"varint,3,opt,name=last,proto3" json:"last,omitempty"`
+	// Maximum number of records in this stream. 0 means 1000 without follow
+	// and no bound with follow. At most 10000.
+	PageSize int32 `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// next_page_token of a previous response, with the same start: resume
+	// after that record.
+	PageToken     string `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ExportAuditRequest) Reset() {
 	*x = ExportAuditRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[9]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -844,7 +992,7 @@ func (x *ExportAuditRequest) String() string {
 func (*ExportAuditRequest) ProtoMessage() {}
 
 func (x *ExportAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[9]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -857,12 +1005,30 @@ func (x *ExportAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportAuditRequest.ProtoReflect.Descriptor instead.
 func (*ExportAuditRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ExportAuditRequest) GetStart() isExportAuditRequest_Start {
+	if x != nil {
+		return x.Start
+	}
+	return nil
 }
 
 func (x *ExportAuditRequest) GetAfterSeq() uint64 {
 	if x != nil {
-		return x.AfterSeq
+		if x, ok := x.Start.(*ExportAuditRequest_AfterSeq); ok {
+			return x.AfterSeq
+		}
+	}
+	return 0
+}
+
+func (x *ExportAuditRequest) GetLastRecords() uint64 {
+	if x != nil {
+		if x, ok := x.Start.(*ExportAuditRequest_LastRecords); ok {
+			return x.LastRecords
+		}
 	}
 	return 0
 }
@@ -874,12 +1040,37 @@ func (x *ExportAuditRequest) GetFollow() bool {
 	return false
 }
 
-func (x *ExportAuditRequest) GetLast() uint64 {
+func (x *ExportAuditRequest) GetPageSize() int32 {
 	if x != nil {
-		return x.Last
+		return x.PageSize
 	}
 	return 0
 }
+
+func (x *ExportAuditRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type isExportAuditRequest_Start interface {
+	isExportAuditRequest_Start()
+}
+
+type ExportAuditRequest_AfterSeq struct {
+	// Start after this sequence number (records seq+1 onwards).
+	AfterSeq uint64 `protobuf:"varint,1,opt,name=after_seq,json=afterSeq,proto3,oneof"`
+}
+
+type ExportAuditRequest_LastRecords struct {
+	// Start with only the last `last_records` records of the chain.
+	LastRecords uint64 `protobuf:"varint,3,opt,name=last_records,json=lastRecords,proto3,oneof"`
+}
+
+func (*ExportAuditRequest_AfterSeq) isExportAuditRequest_Start() {}
+
+func (*ExportAuditRequest_LastRecords) isExportAuditRequest_Start() {}
 
 // ExportAuditResponse carries one record.
 type ExportAuditResponse struct {
@@ -891,14 +1082,17 @@ type ExportAuditResponse struct {
 	CanonicalJson string `protobuf:"bytes,2,opt,name=canonical_json,json=canonicalJson,proto3" json:"canonical_json,omitempty"`
 	// The chain's last seq when the export started, so that a client can show
 	// its progress toward it (a follower goes on past it).
-	HeadSeq       uint64 `protobuf:"varint,3,opt,name=head_seq,json=headSeq,proto3" json:"head_seq,omitempty"`
+	HeadSeq uint64 `protobuf:"varint,3,opt,name=head_seq,json=headSeq,proto3" json:"head_seq,omitempty"`
+	// Resumes the export after this record. A stream without follow that ends
+	// with fewer than page_size records has reached the chain's head.
+	NextPageToken string `protobuf:"bytes,4,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ExportAuditResponse) Reset() {
 	*x = ExportAuditResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[10]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -910,7 +1104,7 @@ func (x *ExportAuditResponse) String() string {
 func (*ExportAuditResponse) ProtoMessage() {}
 
 func (x *ExportAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[10]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -923,7 +1117,7 @@ func (x *ExportAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportAuditResponse.ProtoReflect.Descriptor instead.
 func (*ExportAuditResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ExportAuditResponse) GetRecord() *AuditRecord {
@@ -947,13 +1141,20 @@ func (x *ExportAuditResponse) GetHeadSeq() uint64 {
 	return 0
 }
 
+func (x *ExportAuditResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
 // CreateJoinTokenRequest says what the token admits.
 type CreateJoinTokenRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Workload cluster "namespace/name" (required).
 	Cluster string `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
 	// Node name the token is for; empty lets the node name itself.
-	Node string `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	NodeName string `protobuf:"bytes,2,opt,name=node_name,json=nodeName,proto3" json:"node_name,omitempty"`
 	// Lifetime; 0 means 10 minutes. At most 24 hours.
 	Ttl           *durationpb.Duration `protobuf:"bytes,3,opt,name=ttl,proto3" json:"ttl,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -962,7 +1163,7 @@ type CreateJoinTokenRequest struct {
 
 func (x *CreateJoinTokenRequest) Reset() {
 	*x = CreateJoinTokenRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[11]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -974,7 +1175,7 @@ func (x *CreateJoinTokenRequest) String() string {
 func (*CreateJoinTokenRequest) ProtoMessage() {}
 
 func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[11]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -987,7 +1188,7 @@ func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CreateJoinTokenRequest) GetCluster() string {
@@ -997,9 +1198,9 @@ func (x *CreateJoinTokenRequest) GetCluster() string {
 	return ""
 }
 
-func (x *CreateJoinTokenRequest) GetNode() string {
+func (x *CreateJoinTokenRequest) GetNodeName() string {
 	if x != nil {
-		return x.Node
+		return x.NodeName
 	}
 	return ""
 }
@@ -1014,9 +1215,11 @@ func (x *CreateJoinTokenRequest) GetTtl() *durationpb.Duration {
 // CreateJoinTokenResponse carries the token, shown once.
 type CreateJoinTokenResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	Token string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
-	// Non-secret id of the token (a prefix of its hash), as audit records name it.
-	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	// The secret token. Shown only here; the broker keeps only its hash.
+	Token string `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// Non-secret id of the token (a prefix of its hash), as audit records name
+	// it ("jointoken:<id>" in upstream_ref).
+	TokenId       string                 `protobuf:"bytes,2,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
 	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1024,7 +1227,7 @@ type CreateJoinTokenResponse struct {
 
 func (x *CreateJoinTokenResponse) Reset() {
 	*x = CreateJoinTokenResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[12]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1036,7 +1239,7 @@ func (x *CreateJoinTokenResponse) String() string {
 func (*CreateJoinTokenResponse) ProtoMessage() {}
 
 func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[12]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1049,7 +1252,7 @@ func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CreateJoinTokenResponse) GetToken() string {
@@ -1059,9 +1262,9 @@ func (x *CreateJoinTokenResponse) GetToken() string {
 	return ""
 }
 
-func (x *CreateJoinTokenResponse) GetId() string {
+func (x *CreateJoinTokenResponse) GetTokenId() string {
 	if x != nil {
-		return x.Id
+		return x.TokenId
 	}
 	return ""
 }
@@ -1078,24 +1281,25 @@ type Node struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	SpiffeId string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
 	Cluster  string                 `protobuf:"bytes,2,opt,name=cluster,proto3" json:"cluster,omitempty"`
-	Node     string                 `protobuf:"bytes,3,opt,name=node,proto3" json:"node,omitempty"`
-	// How it attested, e.g. "join-token".
-	Attestation string `protobuf:"bytes,4,opt,name=attestation,proto3" json:"attestation,omitempty"`
+	// The node's name in its cluster.
+	NodeName string `protobuf:"bytes,3,opt,name=node_name,json=nodeName,proto3" json:"node_name,omitempty"`
+	// How it attested.
+	Attestation AttestationMethod `protobuf:"varint,4,opt,name=attestation,proto3,enum=credbroker.v1.AttestationMethod" json:"attestation,omitempty"`
 	// Non-secret attestation facts, e.g. the instance and account.
 	Detail     string                 `protobuf:"bytes,5,opt,name=detail,proto3" json:"detail,omitempty"`
 	AttestedAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=attested_at,json=attestedAt,proto3" json:"attested_at,omitempty"`
 	RenewedAt  *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=renewed_at,json=renewedAt,proto3" json:"renewed_at,omitempty"`
 	// Expiry of its current SVID.
-	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
-	Evicted       bool                   `protobuf:"varint,9,opt,name=evicted,proto3" json:"evicted,omitempty"`
-	EvictedAt     *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=evicted_at,json=evictedAt,proto3" json:"evicted_at,omitempty"`
+	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// When it was evicted; absent for a node in good standing.
+	EvictedAt     *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=evicted_at,json=evictedAt,proto3" json:"evicted_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[13]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1107,7 +1311,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[13]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1120,7 +1324,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Node) GetSpiffeId() string {
@@ -1137,18 +1341,18 @@ func (x *Node) GetCluster() string {
 	return ""
 }
 
-func (x *Node) GetNode() string {
+func (x *Node) GetNodeName() string {
 	if x != nil {
-		return x.Node
+		return x.NodeName
 	}
 	return ""
 }
 
-func (x *Node) GetAttestation() string {
+func (x *Node) GetAttestation() AttestationMethod {
 	if x != nil {
 		return x.Attestation
 	}
-	return ""
+	return AttestationMethod_ATTESTATION_METHOD_UNSPECIFIED
 }
 
 func (x *Node) GetDetail() string {
@@ -1179,13 +1383,6 @@ func (x *Node) GetExpiresAt() *timestamppb.Timestamp {
 	return nil
 }
 
-func (x *Node) GetEvicted() bool {
-	if x != nil {
-		return x.Evicted
-	}
-	return false
-}
-
 func (x *Node) GetEvictedAt() *timestamppb.Timestamp {
 	if x != nil {
 		return x.EvictedAt
@@ -1197,14 +1394,18 @@ func (x *Node) GetEvictedAt() *timestamppb.Timestamp {
 type ListNodesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Exact cluster "namespace/name"; empty means all.
-	Cluster       string `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	Cluster string `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	// Maximum number returned in this page; 0 means 100. At most 1000.
+	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// next_page_token of the previous page, with the same cluster.
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[14]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1216,7 +1417,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[14]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1229,7 +1430,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListNodesRequest) GetCluster() string {
@@ -1239,17 +1440,33 @@ func (x *ListNodesRequest) GetCluster() string {
 	return ""
 }
 
-// ListNodesResponse holds nodes, by SPIFFE ID.
+func (x *ListNodesRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListNodesRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// ListNodesResponse holds one page of nodes, by SPIFFE ID.
 type ListNodesResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Nodes         []*Node                `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Nodes []*Node                `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	// Token for the next page; empty when this is the last one.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[15]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1261,7 +1478,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[15]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1274,7 +1491,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -1282,6 +1499,13 @@ func (x *ListNodesResponse) GetNodes() []*Node {
 		return x.Nodes
 	}
 	return nil
+}
+
+func (x *ListNodesResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 // EvictNodeRequest names the node.
@@ -1294,7 +1518,7 @@ type EvictNodeRequest struct {
 
 func (x *EvictNodeRequest) Reset() {
 	*x = EvictNodeRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[16]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1306,7 +1530,7 @@ func (x *EvictNodeRequest) String() string {
 func (*EvictNodeRequest) ProtoMessage() {}
 
 func (x *EvictNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[16]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1319,7 +1543,7 @@ func (x *EvictNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvictNodeRequest.ProtoReflect.Descriptor instead.
 func (*EvictNodeRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *EvictNodeRequest) GetSpiffeId() string {
@@ -1341,7 +1565,7 @@ type EvictNodeResponse struct {
 
 func (x *EvictNodeResponse) Reset() {
 	*x = EvictNodeResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[17]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1353,7 +1577,7 @@ func (x *EvictNodeResponse) String() string {
 func (*EvictNodeResponse) ProtoMessage() {}
 
 func (x *EvictNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[17]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1366,7 +1590,7 @@ func (x *EvictNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvictNodeResponse.ProtoReflect.Descriptor instead.
 func (*EvictNodeResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *EvictNodeResponse) GetNode() *Node {
@@ -1387,15 +1611,15 @@ var File_credbroker_v1_admin_proto protoreflect.FileDescriptor
 
 const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x19credbroker/v1/admin.proto\x12\rcredbroker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd0\x04\n" +
-	"\vAuditRecord\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\x12\x10\n" +
+	"\x19credbroker/v1/admin.proto\x12\rcredbroker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xff\x04\n" +
+	"\vAuditRecord\x12\x1b\n" +
+	"\trecord_id\x18\x01 \x01(\tR\brecordId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12.\n" +
 	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1f\n" +
 	"\vissuance_id\x18\x04 \x01(\tR\n" +
 	"issuanceId\x12\x16\n" +
-	"\x06caller\x18\x05 \x01(\tR\x06caller\x12 \n" +
-	"\vattestation\x18\x06 \x01(\tR\vattestation\x12\x18\n" +
+	"\x06caller\x18\x05 \x01(\tR\x06caller\x12B\n" +
+	"\vattestation\x18\x06 \x01(\x0e2 .credbroker.v1.AttestationMethodR\vattestation\x12\x18\n" +
 	"\aprofile\x18\a \x01(\tR\aprofile\x12\x18\n" +
 	"\acluster\x18\b \x01(\tR\acluster\x12\x16\n" +
 	"\x06issuer\x18\t \x01(\tR\x06issuer\x123\n" +
@@ -1409,83 +1633,98 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\tprev_hash\x18\x0f \x01(\tR\bprevHash\x12\x12\n" +
 	"\x04hash\x18\x10 \x01(\tR\x04hash\x12'\n" +
 	"\x0fsource_identity\x18\x11 \x01(\tR\x0esourceIdentity\x12\x16\n" +
-	"\x06reused\x18\x12 \x01(\bR\x06reused\"\xf8\x02\n" +
-	"\bIssuance\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\x127\n" +
+	"\x06reused\x18\x12 \x01(\bR\x06reused\"\xab\x03\n" +
+	"\bIssuance\x12\x1f\n" +
+	"\vissuance_id\x18\x01 \x01(\tR\n" +
+	"issuanceId\x127\n" +
 	"\tissued_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bissuedAt\x129\n" +
 	"\n" +
 	"expires_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x16\n" +
-	"\x06caller\x18\x04 \x01(\tR\x06caller\x12 \n" +
-	"\vattestation\x18\x05 \x01(\tR\vattestation\x12\x18\n" +
+	"\x06caller\x18\x04 \x01(\tR\x06caller\x12B\n" +
+	"\vattestation\x18\x05 \x01(\x0e2 .credbroker.v1.AttestationMethodR\vattestation\x12\x18\n" +
 	"\aprofile\x18\x06 \x01(\tR\aprofile\x12\x18\n" +
 	"\acluster\x18\a \x01(\tR\acluster\x12\x16\n" +
 	"\x06issuer\x18\b \x01(\tR\x06issuer\x12!\n" +
 	"\fupstream_ref\x18\t \x01(\tR\vupstreamRef\x12'\n" +
 	"\x0fsource_identity\x18\n" +
 	" \x01(\tR\x0esourceIdentity\x12\x16\n" +
-	"\x06reused\x18\v \x01(\bR\x06reused\"\x90\x01\n" +
+	"\x06reused\x18\v \x01(\bR\x06reused\"\xb6\x01\n" +
 	"\x14ListIssuancesRequest\x12\x16\n" +
 	"\x06caller\x18\x01 \x01(\tR\x06caller\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x120\n" +
-	"\x05since\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x14\n" +
-	"\x05limit\x18\x04 \x01(\x05R\x05limit\"N\n" +
+	"\x05since\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x1b\n" +
+	"\tpage_size\x18\x04 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x05 \x01(\tR\tpageToken\"v\n" +
 	"\x15ListIssuancesResponse\x125\n" +
-	"\tissuances\x18\x01 \x03(\v2\x17.credbroker.v1.IssuanceR\tissuances\"$\n" +
-	"\x12GetIssuanceRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\x80\x01\n" +
+	"\tissuances\x18\x01 \x03(\v2\x17.credbroker.v1.IssuanceR\tissuances\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"5\n" +
+	"\x12GetIssuanceRequest\x12\x1f\n" +
+	"\vissuance_id\x18\x01 \x01(\tR\n" +
+	"issuanceId\"\x80\x01\n" +
 	"\x13GetIssuanceResponse\x123\n" +
 	"\bissuance\x18\x01 \x01(\v2\x17.credbroker.v1.IssuanceR\bissuance\x124\n" +
 	"\arecords\x18\x02 \x03(\v2\x1a.credbroker.v1.AuditRecordR\arecords\"\x14\n" +
-	"\x12VerifyAuditRequest\"\xf6\x01\n" +
+	"\x12VerifyAuditRequest\"\xd2\x01\n" +
 	"\x13VerifyAuditResponse\x12\x0e\n" +
 	"\x02ok\x18\x01 \x01(\bR\x02ok\x12\x18\n" +
 	"\arecords\x18\x02 \x01(\x04R\arecords\x12\x1b\n" +
-	"\thead_hash\x18\x03 \x01(\tR\bheadHash\x12\"\n" +
-	"\rfirst_bad_seq\x18\x04 \x01(\x04R\vfirstBadSeq\x12 \n" +
-	"\ffirst_bad_id\x18\x05 \x01(\tR\n" +
-	"firstBadId\x12\x18\n" +
-	"\aproblem\x18\x06 \x01(\tR\aproblem\x128\n" +
-	"\bprogress\x18\a \x01(\v2\x1c.credbroker.v1.AuditProgressR\bprogress\"9\n" +
+	"\thead_hash\x18\x03 \x01(\tR\bheadHash\x12:\n" +
+	"\vfirst_break\x18\x04 \x01(\v2\x19.credbroker.v1.ChainBreakR\n" +
+	"firstBreak\x128\n" +
+	"\bprogress\x18\x05 \x01(\v2\x1c.credbroker.v1.AuditProgressR\bprogress\"U\n" +
+	"\n" +
+	"ChainBreak\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1b\n" +
+	"\trecord_id\x18\x02 \x01(\tR\brecordId\x12\x18\n" +
+	"\aproblem\x18\x03 \x01(\tR\aproblem\"9\n" +
 	"\rAuditProgress\x12\x12\n" +
 	"\x04done\x18\x01 \x01(\x04R\x04done\x12\x14\n" +
-	"\x05total\x18\x02 \x01(\x04R\x05total\"]\n" +
-	"\x12ExportAuditRequest\x12\x1b\n" +
-	"\tafter_seq\x18\x01 \x01(\x04R\bafterSeq\x12\x16\n" +
-	"\x06follow\x18\x02 \x01(\bR\x06follow\x12\x12\n" +
-	"\x04last\x18\x03 \x01(\x04R\x04last\"\x8b\x01\n" +
+	"\x05total\x18\x02 \x01(\x04R\x05total\"\xb5\x01\n" +
+	"\x12ExportAuditRequest\x12\x1d\n" +
+	"\tafter_seq\x18\x01 \x01(\x04H\x00R\bafterSeq\x12#\n" +
+	"\flast_records\x18\x03 \x01(\x04H\x00R\vlastRecords\x12\x16\n" +
+	"\x06follow\x18\x02 \x01(\bR\x06follow\x12\x1b\n" +
+	"\tpage_size\x18\x04 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x05 \x01(\tR\tpageTokenB\a\n" +
+	"\x05start\"\xb3\x01\n" +
 	"\x13ExportAuditResponse\x122\n" +
 	"\x06record\x18\x01 \x01(\v2\x1a.credbroker.v1.AuditRecordR\x06record\x12%\n" +
 	"\x0ecanonical_json\x18\x02 \x01(\tR\rcanonicalJson\x12\x19\n" +
-	"\bhead_seq\x18\x03 \x01(\x04R\aheadSeq\"s\n" +
+	"\bhead_seq\x18\x03 \x01(\x04R\aheadSeq\x12&\n" +
+	"\x0fnext_page_token\x18\x04 \x01(\tR\rnextPageToken\"|\n" +
 	"\x16CreateJoinTokenRequest\x12\x18\n" +
-	"\acluster\x18\x01 \x01(\tR\acluster\x12\x12\n" +
-	"\x04node\x18\x02 \x01(\tR\x04node\x12+\n" +
-	"\x03ttl\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\"z\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12\x1b\n" +
+	"\tnode_name\x18\x02 \x01(\tR\bnodeName\x12+\n" +
+	"\x03ttl\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\"\x85\x01\n" +
 	"\x17CreateJoinTokenResponse\x12\x14\n" +
-	"\x05token\x18\x01 \x01(\tR\x05token\x12\x0e\n" +
-	"\x02id\x18\x02 \x01(\tR\x02id\x129\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12\x19\n" +
+	"\btoken_id\x18\x02 \x01(\tR\atokenId\x129\n" +
 	"\n" +
-	"expires_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"\x93\x03\n" +
+	"expires_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"\xa4\x03\n" +
 	"\x04Node\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x18\n" +
-	"\acluster\x18\x02 \x01(\tR\acluster\x12\x12\n" +
-	"\x04node\x18\x03 \x01(\tR\x04node\x12 \n" +
-	"\vattestation\x18\x04 \x01(\tR\vattestation\x12\x16\n" +
+	"\acluster\x18\x02 \x01(\tR\acluster\x12\x1b\n" +
+	"\tnode_name\x18\x03 \x01(\tR\bnodeName\x12B\n" +
+	"\vattestation\x18\x04 \x01(\x0e2 .credbroker.v1.AttestationMethodR\vattestation\x12\x16\n" +
 	"\x06detail\x18\x05 \x01(\tR\x06detail\x12;\n" +
 	"\vattested_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"attestedAt\x129\n" +
 	"\n" +
 	"renewed_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\trenewedAt\x129\n" +
 	"\n" +
-	"expires_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x18\n" +
-	"\aevicted\x18\t \x01(\bR\aevicted\x129\n" +
+	"expires_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x129\n" +
 	"\n" +
-	"evicted_at\x18\n" +
-	" \x01(\v2\x1a.google.protobuf.TimestampR\tevictedAt\",\n" +
+	"evicted_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\tevictedAt\"h\n" +
 	"\x10ListNodesRequest\x12\x18\n" +
-	"\acluster\x18\x01 \x01(\tR\acluster\">\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"f\n" +
 	"\x11ListNodesResponse\x12)\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x13.credbroker.v1.NodeR\x05nodes\"/\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x13.credbroker.v1.NodeR\x05nodes\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"/\n" +
 	"\x10EvictNodeRequest\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\"s\n" +
 	"\x11EvictNodeResponse\x12'\n" +
@@ -1498,7 +1737,15 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x0fDECISION_DENIED\x10\x03\x12\x16\n" +
 	"\x12DECISION_THROTTLED\x10\x04\x12\x13\n" +
 	"\x0fDECISION_FAILED\x10\x05\x12\x14\n" +
-	"\x10DECISION_REVOKED\x10\x062\xf2\x04\n" +
+	"\x10DECISION_REVOKED\x10\x06*\xfc\x01\n" +
+	"\x11AttestationMethod\x12\"\n" +
+	"\x1eATTESTATION_METHOD_UNSPECIFIED\x10\x00\x12 \n" +
+	"\x1cATTESTATION_METHOD_X509_SVID\x10\x01\x12\x1f\n" +
+	"\x1bATTESTATION_METHOD_JWT_SVID\x10\x02\x12!\n" +
+	"\x1dATTESTATION_METHOD_JOIN_TOKEN\x10\x03\x12\x1f\n" +
+	"\x1bATTESTATION_METHOD_K8S_PSAT\x10\x04\x12\x1e\n" +
+	"\x1aATTESTATION_METHOD_AWS_IID\x10\x05\x12\x1c\n" +
+	"\x18ATTESTATION_METHOD_ADMIN\x10\x062\xf2\x04\n" +
 	"\fAdminService\x12Z\n" +
 	"\rListIssuances\x12#.credbroker.v1.ListIssuancesRequest\x1a$.credbroker.v1.ListIssuancesResponse\x12T\n" +
 	"\vGetIssuance\x12!.credbroker.v1.GetIssuanceRequest\x1a\".credbroker.v1.GetIssuanceResponse\x12V\n" +
@@ -1520,72 +1767,78 @@ func file_credbroker_v1_admin_proto_rawDescGZIP() []byte {
 	return file_credbroker_v1_admin_proto_rawDescData
 }
 
-var file_credbroker_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_credbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_credbroker_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_credbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_credbroker_v1_admin_proto_goTypes = []any{
 	(Decision)(0),                   // 0: credbroker.v1.Decision
-	(*AuditRecord)(nil),             // 1: credbroker.v1.AuditRecord
-	(*Issuance)(nil),                // 2: credbroker.v1.Issuance
-	(*ListIssuancesRequest)(nil),    // 3: credbroker.v1.ListIssuancesRequest
-	(*ListIssuancesResponse)(nil),   // 4: credbroker.v1.ListIssuancesResponse
-	(*GetIssuanceRequest)(nil),      // 5: credbroker.v1.GetIssuanceRequest
-	(*GetIssuanceResponse)(nil),     // 6: credbroker.v1.GetIssuanceResponse
-	(*VerifyAuditRequest)(nil),      // 7: credbroker.v1.VerifyAuditRequest
-	(*VerifyAuditResponse)(nil),     // 8: credbroker.v1.VerifyAuditResponse
-	(*AuditProgress)(nil),           // 9: credbroker.v1.AuditProgress
-	(*ExportAuditRequest)(nil),      // 10: credbroker.v1.ExportAuditRequest
-	(*ExportAuditResponse)(nil),     // 11: credbroker.v1.ExportAuditResponse
-	(*CreateJoinTokenRequest)(nil),  // 12: credbroker.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil), // 13: credbroker.v1.CreateJoinTokenResponse
-	(*Node)(nil),                    // 14: credbroker.v1.Node
-	(*ListNodesRequest)(nil),        // 15: credbroker.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),       // 16: credbroker.v1.ListNodesResponse
-	(*EvictNodeRequest)(nil),        // 17: credbroker.v1.EvictNodeRequest
-	(*EvictNodeResponse)(nil),       // 18: credbroker.v1.EvictNodeResponse
-	(*timestamppb.Timestamp)(nil),   // 19: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 20: google.protobuf.Duration
+	(AttestationMethod)(0),          // 1: credbroker.v1.AttestationMethod
+	(*AuditRecord)(nil),             // 2: credbroker.v1.AuditRecord
+	(*Issuance)(nil),                // 3: credbroker.v1.Issuance
+	(*ListIssuancesRequest)(nil),    // 4: credbroker.v1.ListIssuancesRequest
+	(*ListIssuancesResponse)(nil),   // 5: credbroker.v1.ListIssuancesResponse
+	(*GetIssuanceRequest)(nil),      // 6: credbroker.v1.GetIssuanceRequest
+	(*GetIssuanceResponse)(nil),     // 7: credbroker.v1.GetIssuanceResponse
+	(*VerifyAuditRequest)(nil),      // 8: credbroker.v1.VerifyAuditRequest
+	(*VerifyAuditResponse)(nil),     // 9: credbroker.v1.VerifyAuditResponse
+	(*ChainBreak)(nil),              // 10: credbroker.v1.ChainBreak
+	(*AuditProgress)(nil),           // 11: credbroker.v1.AuditProgress
+	(*ExportAuditRequest)(nil),      // 12: credbroker.v1.ExportAuditRequest
+	(*ExportAuditResponse)(nil),     // 13: credbroker.v1.ExportAuditResponse
+	(*CreateJoinTokenRequest)(nil),  // 14: credbroker.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil), // 15: credbroker.v1.CreateJoinTokenResponse
+	(*Node)(nil),                    // 16: credbroker.v1.Node
+	(*ListNodesRequest)(nil),        // 17: credbroker.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),       // 18: credbroker.v1.ListNodesResponse
+	(*EvictNodeRequest)(nil),        // 19: credbroker.v1.EvictNodeRequest
+	(*EvictNodeResponse)(nil),       // 20: credbroker.v1.EvictNodeResponse
+	(*timestamppb.Timestamp)(nil),   // 21: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 22: google.protobuf.Duration
 }
 var file_credbroker_v1_admin_proto_depIdxs = []int32{
-	19, // 0: credbroker.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
-	0,  // 1: credbroker.v1.AuditRecord.decision:type_name -> credbroker.v1.Decision
-	20, // 2: credbroker.v1.AuditRecord.ttl:type_name -> google.protobuf.Duration
-	19, // 3: credbroker.v1.AuditRecord.expires_at:type_name -> google.protobuf.Timestamp
-	19, // 4: credbroker.v1.Issuance.issued_at:type_name -> google.protobuf.Timestamp
-	19, // 5: credbroker.v1.Issuance.expires_at:type_name -> google.protobuf.Timestamp
-	19, // 6: credbroker.v1.ListIssuancesRequest.since:type_name -> google.protobuf.Timestamp
-	2,  // 7: credbroker.v1.ListIssuancesResponse.issuances:type_name -> credbroker.v1.Issuance
-	2,  // 8: credbroker.v1.GetIssuanceResponse.issuance:type_name -> credbroker.v1.Issuance
-	1,  // 9: credbroker.v1.GetIssuanceResponse.records:type_name -> credbroker.v1.AuditRecord
-	9,  // 10: credbroker.v1.VerifyAuditResponse.progress:type_name -> credbroker.v1.AuditProgress
-	1,  // 11: credbroker.v1.ExportAuditResponse.record:type_name -> credbroker.v1.AuditRecord
-	20, // 12: credbroker.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
-	19, // 13: credbroker.v1.CreateJoinTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	19, // 14: credbroker.v1.Node.attested_at:type_name -> google.protobuf.Timestamp
-	19, // 15: credbroker.v1.Node.renewed_at:type_name -> google.protobuf.Timestamp
-	19, // 16: credbroker.v1.Node.expires_at:type_name -> google.protobuf.Timestamp
-	19, // 17: credbroker.v1.Node.evicted_at:type_name -> google.protobuf.Timestamp
-	14, // 18: credbroker.v1.ListNodesResponse.nodes:type_name -> credbroker.v1.Node
-	14, // 19: credbroker.v1.EvictNodeResponse.node:type_name -> credbroker.v1.Node
-	2,  // 20: credbroker.v1.EvictNodeResponse.issuances:type_name -> credbroker.v1.Issuance
-	3,  // 21: credbroker.v1.AdminService.ListIssuances:input_type -> credbroker.v1.ListIssuancesRequest
-	5,  // 22: credbroker.v1.AdminService.GetIssuance:input_type -> credbroker.v1.GetIssuanceRequest
-	7,  // 23: credbroker.v1.AdminService.VerifyAudit:input_type -> credbroker.v1.VerifyAuditRequest
-	10, // 24: credbroker.v1.AdminService.ExportAudit:input_type -> credbroker.v1.ExportAuditRequest
-	12, // 25: credbroker.v1.AdminService.CreateJoinToken:input_type -> credbroker.v1.CreateJoinTokenRequest
-	15, // 26: credbroker.v1.AdminService.ListNodes:input_type -> credbroker.v1.ListNodesRequest
-	17, // 27: credbroker.v1.AdminService.EvictNode:input_type -> credbroker.v1.EvictNodeRequest
-	4,  // 28: credbroker.v1.AdminService.ListIssuances:output_type -> credbroker.v1.ListIssuancesResponse
-	6,  // 29: credbroker.v1.AdminService.GetIssuance:output_type -> credbroker.v1.GetIssuanceResponse
-	8,  // 30: credbroker.v1.AdminService.VerifyAudit:output_type -> credbroker.v1.VerifyAuditResponse
-	11, // 31: credbroker.v1.AdminService.ExportAudit:output_type -> credbroker.v1.ExportAuditResponse
-	13, // 32: credbroker.v1.AdminService.CreateJoinToken:output_type -> credbroker.v1.CreateJoinTokenResponse
-	16, // 33: credbroker.v1.AdminService.ListNodes:output_type -> credbroker.v1.ListNodesResponse
-	18, // 34: credbroker.v1.AdminService.EvictNode:output_type -> credbroker.v1.EvictNodeResponse
-	28, // [28:35] is the sub-list for method output_type
-	21, // [21:28] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	21, // 0: credbroker.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	1,  // 1: credbroker.v1.AuditRecord.attestation:type_name -> credbroker.v1.AttestationMethod
+	0,  // 2: credbroker.v1.AuditRecord.decision:type_name -> credbroker.v1.Decision
+	22, // 3: credbroker.v1.AuditRecord.ttl:type_name -> google.protobuf.Duration
+	21, // 4: credbroker.v1.AuditRecord.expires_at:type_name -> google.protobuf.Timestamp
+	21, // 5: credbroker.v1.Issuance.issued_at:type_name -> google.protobuf.Timestamp
+	21, // 6: credbroker.v1.Issuance.expires_at:type_name -> google.protobuf.Timestamp
+	1,  // 7: credbroker.v1.Issuance.attestation:type_name -> credbroker.v1.AttestationMethod
+	21, // 8: credbroker.v1.ListIssuancesRequest.since:type_name -> google.protobuf.Timestamp
+	3,  // 9: credbroker.v1.ListIssuancesResponse.issuances:type_name -> credbroker.v1.Issuance
+	3,  // 10: credbroker.v1.GetIssuanceResponse.issuance:type_name -> credbroker.v1.Issuance
+	2,  // 11: credbroker.v1.GetIssuanceResponse.records:type_name -> credbroker.v1.AuditRecord
+	10, // 12: credbroker.v1.VerifyAuditResponse.first_break:type_name -> credbroker.v1.ChainBreak
+	11, // 13: credbroker.v1.VerifyAuditResponse.progress:type_name -> credbroker.v1.AuditProgress
+	2,  // 14: credbroker.v1.ExportAuditResponse.record:type_name -> credbroker.v1.AuditRecord
+	22, // 15: credbroker.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
+	21, // 16: credbroker.v1.CreateJoinTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	1,  // 17: credbroker.v1.Node.attestation:type_name -> credbroker.v1.AttestationMethod
+	21, // 18: credbroker.v1.Node.attested_at:type_name -> google.protobuf.Timestamp
+	21, // 19: credbroker.v1.Node.renewed_at:type_name -> google.protobuf.Timestamp
+	21, // 20: credbroker.v1.Node.expires_at:type_name -> google.protobuf.Timestamp
+	21, // 21: credbroker.v1.Node.evicted_at:type_name -> google.protobuf.Timestamp
+	16, // 22: credbroker.v1.ListNodesResponse.nodes:type_name -> credbroker.v1.Node
+	16, // 23: credbroker.v1.EvictNodeResponse.node:type_name -> credbroker.v1.Node
+	3,  // 24: credbroker.v1.EvictNodeResponse.issuances:type_name -> credbroker.v1.Issuance
+	4,  // 25: credbroker.v1.AdminService.ListIssuances:input_type -> credbroker.v1.ListIssuancesRequest
+	6,  // 26: credbroker.v1.AdminService.GetIssuance:input_type -> credbroker.v1.GetIssuanceRequest
+	8,  // 27: credbroker.v1.AdminService.VerifyAudit:input_type -> credbroker.v1.VerifyAuditRequest
+	12, // 28: credbroker.v1.AdminService.ExportAudit:input_type -> credbroker.v1.ExportAuditRequest
+	14, // 29: credbroker.v1.AdminService.CreateJoinToken:input_type -> credbroker.v1.CreateJoinTokenRequest
+	17, // 30: credbroker.v1.AdminService.ListNodes:input_type -> credbroker.v1.ListNodesRequest
+	19, // 31: credbroker.v1.AdminService.EvictNode:input_type -> credbroker.v1.EvictNodeRequest
+	5,  // 32: credbroker.v1.AdminService.ListIssuances:output_type -> credbroker.v1.ListIssuancesResponse
+	7,  // 33: credbroker.v1.AdminService.GetIssuance:output_type -> credbroker.v1.GetIssuanceResponse
+	9,  // 34: credbroker.v1.AdminService.VerifyAudit:output_type -> credbroker.v1.VerifyAuditResponse
+	13, // 35: credbroker.v1.AdminService.ExportAudit:output_type -> credbroker.v1.ExportAuditResponse
+	15, // 36: credbroker.v1.AdminService.CreateJoinToken:output_type -> credbroker.v1.CreateJoinTokenResponse
+	18, // 37: credbroker.v1.AdminService.ListNodes:output_type -> credbroker.v1.ListNodesResponse
+	20, // 38: credbroker.v1.AdminService.EvictNode:output_type -> credbroker.v1.EvictNodeResponse
+	32, // [32:39] is the sub-list for method output_type
+	25, // [25:32] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_credbroker_v1_admin_proto_init() }
@@ -1593,13 +1846,17 @@ func file_credbroker_v1_admin_proto_init() {
 	if File_credbroker_v1_admin_proto != nil {
 		return
 	}
+	file_credbroker_v1_admin_proto_msgTypes[10].OneofWrappers = []any{
+		(*ExportAuditRequest_AfterSeq)(nil),
+		(*ExportAuditRequest_LastRecords)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_credbroker_v1_admin_proto_rawDesc), len(file_credbroker_v1_admin_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   18,
+			NumEnums:      2,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -34,11 +34,21 @@ const (
 //
 // AdminService is for operators. It is served on the admin unix socket (peer
 // uid checked) and on the gRPC listener to admin SPIFFE IDs only; workload
-// identities are refused with PERMISSION_DENIED.
+// identities are refused with PERMISSION_DENIED (reason ADMIN_ONLY). Every
+// error carries google.rpc.ErrorInfo with a reason from ErrorReason.
+//
+// Lists and exports are paged (AIP-158): `page_size` (0 means the method's
+// default; more than its maximum is treated as the maximum; negative is
+// INVALID_REQUEST), `page_token` from a previous response's
+// `next_page_token`, which is empty on the last page. A page token is opaque,
+// bound to the request's filters and valid across broker restarts; a token
+// that is malformed, or used with other filters, is INVALID_REQUEST.
 type AdminServiceClient interface {
-	// ListIssuances lists issued credentials, newest first.
+	// ListIssuances lists issued credentials, newest first. Page size: default
+	// 100, maximum 1000.
 	ListIssuances(ctx context.Context, in *ListIssuancesRequest, opts ...grpc.CallOption) (*ListIssuancesResponse, error)
 	// GetIssuance returns one issuance and every audit record that names it.
+	// NOT_FOUND when no record names it.
 	GetIssuance(ctx context.Context, in *GetIssuanceRequest, opts ...grpc.CallOption) (*GetIssuanceResponse, error)
 	// VerifyAudit walks the audit hash chain and reports the first bad record.
 	// A long walk streams its progress: zero or more messages with `progress`
@@ -46,15 +56,21 @@ type AdminServiceClient interface {
 	// should bound the wait for each message, not the whole walk.
 	VerifyAudit(ctx context.Context, in *VerifyAuditRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[VerifyAuditResponse], error)
 	// ExportAudit streams audit records in chain order, optionally following
-	// the chain as it grows.
+	// the chain as it grows. A stream is one page: it ends at the chain's head
+	// (without `follow`) or after `page_size` records, whichever comes first.
+	// Every response carries the token that resumes after its record, so an
+	// export can also be resumed after a broken stream.
 	ExportAudit(ctx context.Context, in *ExportAuditRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ExportAuditResponse], error)
 	// CreateJoinToken creates a one-time join token for a node of a workload
 	// cluster. The token is returned once; the broker keeps only its hash.
+	// NODE_ATTESTATION_DISABLED when node attestation is off.
 	CreateJoinToken(ctx context.Context, in *CreateJoinTokenRequest, opts ...grpc.CallOption) (*CreateJoinTokenResponse, error)
-	// ListNodes lists attested nodes.
+	// ListNodes lists attested nodes by SPIFFE ID. Page size: default 100,
+	// maximum 1000.
 	ListNodes(ctx context.Context, in *ListNodesRequest, opts ...grpc.CallOption) (*ListNodesResponse, error)
 	// EvictNode stops a node from renewing its SVID or being issued anything,
-	// and lists its unexpired issuances for revocation.
+	// and lists its unexpired issuances for revocation. NOT_FOUND for a node
+	// that never attested.
 	EvictNode(ctx context.Context, in *EvictNodeRequest, opts ...grpc.CallOption) (*EvictNodeResponse, error)
 }
 
@@ -160,11 +176,21 @@ func (c *adminServiceClient) EvictNode(ctx context.Context, in *EvictNodeRequest
 //
 // AdminService is for operators. It is served on the admin unix socket (peer
 // uid checked) and on the gRPC listener to admin SPIFFE IDs only; workload
-// identities are refused with PERMISSION_DENIED.
+// identities are refused with PERMISSION_DENIED (reason ADMIN_ONLY). Every
+// error carries google.rpc.ErrorInfo with a reason from ErrorReason.
+//
+// Lists and exports are paged (AIP-158): `page_size` (0 means the method's
+// default; more than its maximum is treated as the maximum; negative is
+// INVALID_REQUEST), `page_token` from a previous response's
+// `next_page_token`, which is empty on the last page. A page token is opaque,
+// bound to the request's filters and valid across broker restarts; a token
+// that is malformed, or used with other filters, is INVALID_REQUEST.
 type AdminServiceServer interface {
-	// ListIssuances lists issued credentials, newest first.
+	// ListIssuances lists issued credentials, newest first. Page size: default
+	// 100, maximum 1000.
 	ListIssuances(context.Context, *ListIssuancesRequest) (*ListIssuancesResponse, error)
 	// GetIssuance returns one issuance and every audit record that names it.
+	// NOT_FOUND when no record names it.
 	GetIssuance(context.Context, *GetIssuanceRequest) (*GetIssuanceResponse, error)
 	// VerifyAudit walks the audit hash chain and reports the first bad record.
 	// A long walk streams its progress: zero or more messages with `progress`
@@ -172,15 +198,21 @@ type AdminServiceServer interface {
 	// should bound the wait for each message, not the whole walk.
 	VerifyAudit(*VerifyAuditRequest, grpc.ServerStreamingServer[VerifyAuditResponse]) error
 	// ExportAudit streams audit records in chain order, optionally following
-	// the chain as it grows.
+	// the chain as it grows. A stream is one page: it ends at the chain's head
+	// (without `follow`) or after `page_size` records, whichever comes first.
+	// Every response carries the token that resumes after its record, so an
+	// export can also be resumed after a broken stream.
 	ExportAudit(*ExportAuditRequest, grpc.ServerStreamingServer[ExportAuditResponse]) error
 	// CreateJoinToken creates a one-time join token for a node of a workload
 	// cluster. The token is returned once; the broker keeps only its hash.
+	// NODE_ATTESTATION_DISABLED when node attestation is off.
 	CreateJoinToken(context.Context, *CreateJoinTokenRequest) (*CreateJoinTokenResponse, error)
-	// ListNodes lists attested nodes.
+	// ListNodes lists attested nodes by SPIFFE ID. Page size: default 100,
+	// maximum 1000.
 	ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error)
 	// EvictNode stops a node from renewing its SVID or being issued anything,
-	// and lists its unexpired issuances for revocation.
+	// and lists its unexpired issuances for revocation. NOT_FOUND for a node
+	// that never attested.
 	EvictNode(context.Context, *EvictNodeRequest) (*EvictNodeResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }

@@ -146,13 +146,16 @@ func (x *IssueCredentialResponse) GetCredential() *Credential {
 // Credential is one minted credential and the facts about it.
 type Credential struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Issuance id (UUIDv7); the same id names the audit records of this issuance.
+	// Issuance id (UUIDv7); the same id names the audit records of this
+	// issuance.
 	IssuanceId string `protobuf:"bytes,1,opt,name=issuance_id,json=issuanceId,proto3" json:"issuance_id,omitempty"`
 	Profile    string `protobuf:"bytes,2,opt,name=profile,proto3" json:"profile,omitempty"`
 	Cluster    string `protobuf:"bytes,3,opt,name=cluster,proto3" json:"cluster,omitempty"`
 	// Name of the configured issuer that minted it.
 	Issuer    string                 `protobuf:"bytes,4,opt,name=issuer,proto3" json:"issuer,omitempty"`
 	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// Exactly one kind, as the profile's issuer mints it.
+	//
 	// Types that are valid to be assigned to Kind:
 	//
 	//	*Credential_Aws

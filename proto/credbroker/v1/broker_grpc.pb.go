@@ -29,14 +29,30 @@ const (
 // BrokerService is what workloads call. The caller is identified by its
 // X.509-SVID (mTLS) or a JWT-SVID in the `authorization: Bearer` metadata;
 // nothing in the request body is trusted as identity.
+//
+// When a call carries both a client certificate and a bearer JWT-SVID, each
+// must verify on its own (either failing is UNAUTHENTICATED; there is no
+// fallback from a bad one to the other), and both must name the same SPIFFE
+// ID: two different identities are refused with UNAUTHENTICATED ("send
+// one"). When they agree, the X.509-SVID wins: the caller's attestation
+// method (in the audit record) is x509-svid. So neither identity can be used
+// to smuggle in the other. The TLS handshake only requests the certificate;
+// the broker's Gate verifies it. Node renewal accepts only the X.509-SVID,
+// and so does the admin API unless admin.allow_jwt_svid is set.
+//
+// Every error carries google.rpc.ErrorInfo with a reason from ErrorReason
+// (errors.proto); throttling also carries google.rpc.RetryInfo.
 type BrokerServiceClient interface {
 	// IssueCredential mints a scoped, expiring credential for one profile and,
 	// where the profile is cluster-scoped, one workload cluster.
 	//
-	// Errors: UNAUTHENTICATED (identity missing, expired, foreign trust domain),
-	// PERMISSION_DENIED (policy), RESOURCE_EXHAUSTED with RetryInfo (rate or
-	// quota), INVALID_ARGUMENT (bad request), UNAVAILABLE (upstream issuer or
-	// audit store down), FAILED_PRECONDITION (pending approval or revoked).
+	// Errors (ErrorReason): UNAUTHENTICATED; POLICY_DENIED, UPSTREAM_REJECTED
+	// (PERMISSION_DENIED); NODE_EVICTED; RATE_LIMITED, QUOTA_EXHAUSTED,
+	// UPSTREAM_THROTTLED (RESOURCE_EXHAUSTED, with RetryInfo); INVALID_REQUEST,
+	// UNKNOWN_PROFILE, TTL_OUT_OF_RANGE (INVALID_ARGUMENT); AUDIT_UNAVAILABLE,
+	// UPSTREAM_UNAVAILABLE, UNAVAILABLE (UNAVAILABLE: nothing was issued);
+	// MISCONFIGURED, INTERNAL (INTERNAL); REVOKED, APPROVAL_REQUIRED
+	// (FAILED_PRECONDITION).
 	IssueCredential(ctx context.Context, in *IssueCredentialRequest, opts ...grpc.CallOption) (*IssueCredentialResponse, error)
 }
 
@@ -65,14 +81,30 @@ func (c *brokerServiceClient) IssueCredential(ctx context.Context, in *IssueCred
 // BrokerService is what workloads call. The caller is identified by its
 // X.509-SVID (mTLS) or a JWT-SVID in the `authorization: Bearer` metadata;
 // nothing in the request body is trusted as identity.
+//
+// When a call carries both a client certificate and a bearer JWT-SVID, each
+// must verify on its own (either failing is UNAUTHENTICATED; there is no
+// fallback from a bad one to the other), and both must name the same SPIFFE
+// ID: two different identities are refused with UNAUTHENTICATED ("send
+// one"). When they agree, the X.509-SVID wins: the caller's attestation
+// method (in the audit record) is x509-svid. So neither identity can be used
+// to smuggle in the other. The TLS handshake only requests the certificate;
+// the broker's Gate verifies it. Node renewal accepts only the X.509-SVID,
+// and so does the admin API unless admin.allow_jwt_svid is set.
+//
+// Every error carries google.rpc.ErrorInfo with a reason from ErrorReason
+// (errors.proto); throttling also carries google.rpc.RetryInfo.
 type BrokerServiceServer interface {
 	// IssueCredential mints a scoped, expiring credential for one profile and,
 	// where the profile is cluster-scoped, one workload cluster.
 	//
-	// Errors: UNAUTHENTICATED (identity missing, expired, foreign trust domain),
-	// PERMISSION_DENIED (policy), RESOURCE_EXHAUSTED with RetryInfo (rate or
-	// quota), INVALID_ARGUMENT (bad request), UNAVAILABLE (upstream issuer or
-	// audit store down), FAILED_PRECONDITION (pending approval or revoked).
+	// Errors (ErrorReason): UNAUTHENTICATED; POLICY_DENIED, UPSTREAM_REJECTED
+	// (PERMISSION_DENIED); NODE_EVICTED; RATE_LIMITED, QUOTA_EXHAUSTED,
+	// UPSTREAM_THROTTLED (RESOURCE_EXHAUSTED, with RetryInfo); INVALID_REQUEST,
+	// UNKNOWN_PROFILE, TTL_OUT_OF_RANGE (INVALID_ARGUMENT); AUDIT_UNAVAILABLE,
+	// UPSTREAM_UNAVAILABLE, UNAVAILABLE (UNAVAILABLE: nothing was issued);
+	// MISCONFIGURED, INTERNAL (INTERNAL); REVOKED, APPROVAL_REQUIRED
+	// (FAILED_PRECONDITION).
 	IssueCredential(context.Context, *IssueCredentialRequest) (*IssueCredentialResponse, error)
 	mustEmbedUnimplementedBrokerServiceServer()
 }

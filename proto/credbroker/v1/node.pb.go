@@ -25,6 +25,8 @@ const (
 // AttestNodeRequest carries one kind of evidence and the node's CSR.
 type AttestNodeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
+	// Exactly one kind of evidence.
+	//
 	// Types that are valid to be assigned to Evidence:
 	//
 	//	*AttestNodeRequest_JoinToken
@@ -135,8 +137,9 @@ func (*AttestNodeRequest_AwsIid) isAttestNodeRequest_Evidence() {}
 type JoinTokenEvidence struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Token string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
-	// Node name to use when the token does not fix one (a DNS subdomain).
-	Node          string `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	// Node name to use when the token does not fix one (a lowercase DNS
+	// subdomain). If the token names a node, this must be empty or the same.
+	NodeName      string `protobuf:"bytes,2,opt,name=node_name,json=nodeName,proto3" json:"node_name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -178,9 +181,9 @@ func (x *JoinTokenEvidence) GetToken() string {
 	return ""
 }
 
-func (x *JoinTokenEvidence) GetNode() string {
+func (x *JoinTokenEvidence) GetNodeName() string {
 	if x != nil {
-		return x.Node
+		return x.NodeName
 	}
 	return ""
 }
@@ -525,10 +528,10 @@ const file_credbroker_v1_node_proto_rawDesc = "" +
 	"\x03csr\x18\n" +
 	" \x01(\fR\x03csrB\n" +
 	"\n" +
-	"\bevidence\"=\n" +
+	"\bevidence\"F\n" +
 	"\x11JoinTokenEvidence\x12\x14\n" +
-	"\x05token\x18\x01 \x01(\tR\x05token\x12\x12\n" +
-	"\x04node\x18\x02 \x01(\tR\x04node\"A\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1b\n" +
+	"\tnode_name\x18\x02 \x01(\tR\bnodeName\"A\n" +
 	"\x0fK8sPSATEvidence\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\tR\x05token\"d\n" +

@@ -38,17 +38,23 @@ type NodeServiceClient interface {
 	// account token of its cluster, or an AWS instance identity document) and a
 	// CSR made with its own key, and receives a short-lived X.509-SVID
 	// spiffe://TD/capi/cluster/<namespace>/<cluster>/node/<node> signed by the
-	// broker's node CA, with the trust bundle. No client certificate is needed.
+	// broker's node CA, with the trust bundle. No client certificate is needed
+	// (the method table admits it without an identity; the evidence is the
+	// identity).
 	//
-	// Errors: UNAUTHENTICATED (evidence invalid, expired or already used),
-	// INVALID_ARGUMENT (malformed CSR or evidence), PERMISSION_DENIED (the node
-	// was evicted), UNAVAILABLE (audit store down).
+	// Errors (ErrorReason): UNAUTHENTICATED (evidence invalid, expired or
+	// already used); INVALID_REQUEST (malformed CSR or node name);
+	// NODE_EVICTED; NODE_ATTESTATION_DISABLED; AUDIT_UNAVAILABLE, UNAVAILABLE
+	// (a verifier's dependency or the node registry).
 	AttestNode(ctx context.Context, in *AttestNodeRequest, opts ...grpc.CallOption) (*AttestNodeResponse, error)
 	// RenewNodeSVID re-issues a node's SVID, with the same identity, for a new
-	// CSR. The caller authenticates with its current node SVID (mTLS).
+	// CSR. The caller authenticates with its current node X.509-SVID over mTLS
+	// (a JWT-SVID is refused: NOT_A_NODE).
 	//
-	// Errors: UNAUTHENTICATED, PERMISSION_DENIED (not a node identity, or the
-	// node was evicted), INVALID_ARGUMENT (malformed CSR).
+	// Errors (ErrorReason): UNAUTHENTICATED; NOT_A_NODE (not a node identity of
+	// this broker, never attested, or not over mTLS); NODE_EVICTED;
+	// INVALID_REQUEST (malformed CSR); NODE_ATTESTATION_DISABLED;
+	// AUDIT_UNAVAILABLE, UNAVAILABLE.
 	RenewNodeSVID(ctx context.Context, in *RenewNodeSVIDRequest, opts ...grpc.CallOption) (*RenewNodeSVIDResponse, error)
 }
 
@@ -95,17 +101,23 @@ type NodeServiceServer interface {
 	// account token of its cluster, or an AWS instance identity document) and a
 	// CSR made with its own key, and receives a short-lived X.509-SVID
 	// spiffe://TD/capi/cluster/<namespace>/<cluster>/node/<node> signed by the
-	// broker's node CA, with the trust bundle. No client certificate is needed.
+	// broker's node CA, with the trust bundle. No client certificate is needed
+	// (the method table admits it without an identity; the evidence is the
+	// identity).
 	//
-	// Errors: UNAUTHENTICATED (evidence invalid, expired or already used),
-	// INVALID_ARGUMENT (malformed CSR or evidence), PERMISSION_DENIED (the node
-	// was evicted), UNAVAILABLE (audit store down).
+	// Errors (ErrorReason): UNAUTHENTICATED (evidence invalid, expired or
+	// already used); INVALID_REQUEST (malformed CSR or node name);
+	// NODE_EVICTED; NODE_ATTESTATION_DISABLED; AUDIT_UNAVAILABLE, UNAVAILABLE
+	// (a verifier's dependency or the node registry).
 	AttestNode(context.Context, *AttestNodeRequest) (*AttestNodeResponse, error)
 	// RenewNodeSVID re-issues a node's SVID, with the same identity, for a new
-	// CSR. The caller authenticates with its current node SVID (mTLS).
+	// CSR. The caller authenticates with its current node X.509-SVID over mTLS
+	// (a JWT-SVID is refused: NOT_A_NODE).
 	//
-	// Errors: UNAUTHENTICATED, PERMISSION_DENIED (not a node identity, or the
-	// node was evicted), INVALID_ARGUMENT (malformed CSR).
+	// Errors (ErrorReason): UNAUTHENTICATED; NOT_A_NODE (not a node identity of
+	// this broker, never attested, or not over mTLS); NODE_EVICTED;
+	// INVALID_REQUEST (malformed CSR); NODE_ATTESTATION_DISABLED;
+	// AUDIT_UNAVAILABLE, UNAVAILABLE.
 	RenewNodeSVID(context.Context, *RenewNodeSVIDRequest) (*RenewNodeSVIDResponse, error)
 	mustEmbedUnimplementedNodeServiceServer()
 }
