@@ -26,7 +26,7 @@ empty :=
 space := $(empty) $(empty)
 SLOW_RE := ^($(subst $(space),|,$(strip $(SLOW_TESTS))))$$
 
-.PHONY: all build run test unit test-slow ci precompile lint fmt-check vet staticcheck darwin buf-lint proto-check generate bench fuzz clean tools
+.PHONY: all build run test unit test-slow ci precompile lint fmt-check vet staticcheck darwin buf-lint buf-breaking api-baseline proto-check generate bench fuzz clean tools
 
 all: build
 
@@ -84,7 +84,7 @@ ci-precompile:
 ci-slow: ci-precompile minio awscli
 	@$(MAKE) --no-print-directory test-slow
 
-lint: fmt-check vet staticcheck darwin buf-lint proto-check
+lint: fmt-check vet staticcheck darwin buf-lint buf-breaking proto-check
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \
@@ -102,6 +102,20 @@ darwin:
 
 buf-lint:
 	$(BUF) lint
+
+## buf-breaking: the API must stay wire- and source-compatible with the released v1 API, kept
+## as a buf image in $(API_BASELINE). Comparing with a branch would compare main with itself on
+## a clean clone of main; a committed baseline catches a breaking change wherever lint runs.
+API_BASELINE := proto/credbroker-v1.binpb
+buf-breaking:
+	$(BUF) breaking --against $(API_BASELINE)
+
+## api-baseline: record the current API as the compatibility baseline, once additions are
+## released (so that they are protected too); commit the file with them. It refuses a breaking
+## change unless BREAK=1 says the break is deliberate and reviewed (a new major version).
+api-baseline:
+	@[ -n "$(BREAK)" ] || $(BUF) breaking --against $(API_BASELINE)
+	$(BUF) build --exclude-source-info -o $(API_BASELINE)
 
 ## proto-check: fails when the committed generated code differs from what the .proto files generate
 proto-check:
