@@ -2,7 +2,6 @@ package broker
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"strconv"
 	"strings"
@@ -25,7 +24,9 @@ type AuditReader interface {
 	ByIssuance(issuanceID string) ([]audit.Record, error)
 	// VerifyProgress walks the chain, calling progress between chunks.
 	VerifyProgress(progress func(done, total uint64) error) (audit.VerifyResult, error)
-	Export(afterSeq uint64, fn func(audit.Record) error) error
+	// ExportStored calls fn with each record after afterSeq and its stored
+	// (canonical) bytes, in chain order.
+	ExportStored(afterSeq uint64, fn func(r audit.Record, stored []byte) error) error
 	Head() (seq uint64, hash string)
 	// Advanced returns a channel closed once the chain grows past seq.
 	Advanced(seq uint64) <-chan struct{}
@@ -207,18 +208,14 @@ func (a *Admin) ExportAudit(req *credbrokerv1.ExportAuditRequest, stream grpc.Se
 		// Take the wake-up channel before reading, so a commit between the
 		// export and the wait is not missed.
 		advanced := a.audit.Advanced(after)
-		err := a.audit.Export(after, func(r audit.Record) error {
+		err := a.audit.ExportStored(after, func(r audit.Record, stored []byte) error {
 			if size > 0 && sent == size {
 				return errPageFull
-			}
-			canonical, err := json.Marshal(r) // byte for byte the stored form
-			if err != nil {
-				return err
 			}
 			after = r.Seq
 			sent++
 			return stream.Send(&credbrokerv1.ExportAuditResponse{
-				Record: RecordProto(r), CanonicalJson: string(canonical), HeadSeq: head,
+				Record: RecordProto(r), CanonicalJson: string(stored), HeadSeq: head,
 				NextPageToken: page.Encode(listExport, filter, page.Position{Seq: r.Seq}),
 			})
 		})

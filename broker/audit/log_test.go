@@ -361,3 +361,23 @@ func TestAdvancedWakesFollowers(t *testing.T) {
 	default:
 	}
 }
+
+// TestExportStoredIsTheStoredForm: the bytes ExportStored hands out are the
+// record's canonical encoding, the one its hash covers.
+func TestExportStoredIsTheStoredForm(t *testing.T) {
+	t.Parallel()
+	l, _, _ := tempLog(t)
+	bulkAppend(t, l, exportChunk+5, genRecord)
+	n := 0
+	err := l.ExportStored(0, func(r Record, stored []byte) error {
+		n++
+		want, err := json.Marshal(r)
+		if err != nil || !bytes.Equal(stored, want) {
+			t.Fatalf("seq %d: stored %s, want %s (%v)", r.Seq, stored, want, err)
+		}
+		return nil
+	})
+	if err != nil || n != exportChunk+5 {
+		t.Fatalf("ExportStored: %d records, %v", n, err)
+	}
+}

@@ -254,8 +254,16 @@ func recordTime(v []byte) (time.Time, error) {
 // a network stream, say). An error from fn stops the export and is returned
 // wrapped.
 func (l *Log) Export(afterSeq uint64, fn func(Record) error) error {
+	return l.ExportStored(afterSeq, func(r Record, _ []byte) error { return fn(r) })
+}
+
+// ExportStored is Export handing fn each record's stored bytes too: its
+// canonical JSON with the hash filled in, what an export writes, so that a
+// record is not encoded again to be exported. fn must not keep stored.
+func (l *Log) ExportStored(afterSeq uint64, fn func(r Record, stored []byte) error) error {
 	for {
 		var chunk []Record
+		var stored [][]byte
 		err := l.db.View(func(tx *bbolt.Tx) error {
 			b, err := openBuckets(tx)
 			if err != nil {
@@ -267,15 +275,15 @@ func (l *Log) Export(afterSeq uint64, fn func(Record) error) error {
 				if err != nil {
 					return err
 				}
-				chunk = append(chunk, r)
+				chunk, stored = append(chunk, r), append(stored, bytes.Clone(v))
 			}
 			return nil
 		})
 		if err != nil {
 			return err
 		}
-		for _, r := range chunk {
-			if err := fn(r); err != nil {
+		for i, r := range chunk {
+			if err := fn(r, stored[i]); err != nil {
 				return fmt.Errorf("audit: export seq %d: %w", r.Seq, err)
 			}
 			afterSeq = r.Seq
