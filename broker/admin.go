@@ -152,7 +152,7 @@ func (a *Admin) GetIssuance(_ context.Context, req *credbrokerv1.GetIssuanceRequ
 func (a *Admin) VerifyAudit(_ *credbrokerv1.VerifyAuditRequest, stream grpc.ServerStreamingServer[credbrokerv1.VerifyAuditResponse]) error {
 	ctx := stream.Context()
 	v, err := a.audit.VerifyProgress(func(done, total uint64) error {
-		return stream.Send(&credbrokerv1.VerifyAuditResponse{Progress: &credbrokerv1.AuditProgress{Done: done, Total: total}})
+		return stream.Send(&credbrokerv1.VerifyAuditResponse{Message: &credbrokerv1.VerifyAuditResponse_Progress{Progress: &credbrokerv1.AuditProgress{Done: done, Total: total}}})
 	})
 	switch {
 	case err != nil && ctx.Err() != nil:
@@ -160,11 +160,11 @@ func (a *Admin) VerifyAudit(_ *credbrokerv1.VerifyAuditRequest, stream grpc.Serv
 	case err != nil:
 		return toStatus(wrapf(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, err, "audit store unavailable"))
 	}
-	out := &credbrokerv1.VerifyAuditResponse{Ok: v.OK, Records: v.Records, HeadHash: v.HeadHash}
+	out := &credbrokerv1.VerifyAuditResult{Ok: v.OK, Records: v.Records, HeadHash: v.HeadHash}
 	if !v.OK {
 		out.FirstBreak = &credbrokerv1.ChainBreak{Seq: v.FirstBadSeq, RecordId: v.FirstBadID, Problem: v.Problem}
 	}
-	return stream.Send(out)
+	return stream.Send(&credbrokerv1.VerifyAuditResponse{Message: &credbrokerv1.VerifyAuditResponse_Result{Result: out}})
 }
 
 // errPageFull ends an export whose page is complete.

@@ -748,13 +748,13 @@ func TestVerifyAuditStreamsProgress(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		p := resp.GetProgress()
-		if p == nil {
-			if !resp.GetOk() || resp.GetRecords() != n {
-				t.Fatalf("result = %v", resp)
+		if r := resp.GetResult(); r != nil {
+			if !r.GetOk() || r.GetRecords() != n {
+				t.Fatalf("result = %v", r)
 			}
 			break
 		}
+		p := resp.GetProgress()
 		if p.GetTotal() != n || p.GetDone() == 0 || (len(done) > 0 && p.GetDone() <= done[len(done)-1]) {
 			t.Fatalf("progress %v after %v", p, done)
 		}

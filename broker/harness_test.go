@@ -363,7 +363,7 @@ func (h *harness) lastRecord() audit.Record {
 
 // verifyAudit runs a VerifyAudit stream to its result, after any progress
 // messages.
-func verifyAudit(ctx context.Context, c credbrokerv1.AdminServiceClient) (*credbrokerv1.VerifyAuditResponse, error) {
+func verifyAudit(ctx context.Context, c credbrokerv1.AdminServiceClient) (*credbrokerv1.VerifyAuditResult, error) {
 	stream, err := c.VerifyAudit(ctx, &credbrokerv1.VerifyAuditRequest{})
 	if err != nil {
 		return nil, err
@@ -373,8 +373,8 @@ func verifyAudit(ctx context.Context, c credbrokerv1.AdminServiceClient) (*credb
 		if err != nil {
 			return nil, err
 		}
-		if resp.GetProgress() == nil {
-			return resp, nil
+		if r := resp.GetResult(); r != nil {
+			return r, nil
 		}
 	}
 }

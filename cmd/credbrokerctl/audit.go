@@ -79,7 +79,7 @@ func (a *app) verifyAudit(ctx context.Context) error {
 
 // verifyStream runs the VerifyAudit stream, drawing its progress, and
 // returns the result. --timeout bounds the wait for each message.
-func (a *app) verifyStream(ctx context.Context) (*credbrokerv1.VerifyAuditResponse, error) {
+func (a *app) verifyStream(ctx context.Context) (*credbrokerv1.VerifyAuditResult, error) {
 	client, closeConn, err := a.dial()
 	if err != nil {
 		return nil, err
@@ -103,11 +103,12 @@ func (a *app) verifyStream(ctx context.Context) (*credbrokerv1.VerifyAuditRespon
 			return nil, a.streamError(ctx, err)
 		}
 		touch()
-		p := resp.GetProgress()
-		if p == nil {
-			return resp, nil
+		if r := resp.GetResult(); r != nil {
+			return r, nil
 		}
-		bar.update(p.GetDone(), p.GetTotal())
+		if p := resp.GetProgress(); p != nil {
+			bar.update(p.GetDone(), p.GetTotal())
+		}
 	}
 }
 

@@ -45,7 +45,7 @@ type fakeAdmin struct {
 
 	issuances []*credbrokerv1.Issuance
 	records   []*credbrokerv1.AuditRecord
-	verify    *credbrokerv1.VerifyAuditResponse
+	verify    *credbrokerv1.VerifyAuditResult
 	err       error
 	block     bool
 	// progress is sent by VerifyAudit before its result, one message
@@ -115,7 +115,7 @@ func (f *fakeAdmin) GetIssuance(ctx context.Context, req *credbrokerv1.GetIssuan
 // the result (or, with block, hangs after the progress).
 func (f *fakeAdmin) VerifyAudit(_ *credbrokerv1.VerifyAuditRequest, stream grpc.ServerStreamingServer[credbrokerv1.VerifyAuditResponse]) error {
 	for _, p := range f.progress {
-		if err := stream.Send(&credbrokerv1.VerifyAuditResponse{Progress: p}); err != nil {
+		if err := stream.Send(&credbrokerv1.VerifyAuditResponse{Message: &credbrokerv1.VerifyAuditResponse_Progress{Progress: p}}); err != nil {
 			return err
 		}
 		if f.progressEvery > 0 {
@@ -129,7 +129,7 @@ func (f *fakeAdmin) VerifyAudit(_ *credbrokerv1.VerifyAuditRequest, stream grpc.
 	if err := f.wait(stream.Context()); err != nil {
 		return err
 	}
-	return stream.Send(f.verify)
+	return stream.Send(&credbrokerv1.VerifyAuditResponse{Message: &credbrokerv1.VerifyAuditResponse_Result{Result: f.verify}})
 }
 
 func (f *fakeAdmin) ExportAudit(req *credbrokerv1.ExportAuditRequest, stream grpc.ServerStreamingServer[credbrokerv1.ExportAuditResponse]) error {
@@ -255,7 +255,7 @@ func sampleAdmin() *fakeAdmin {
 				Profile: "admin", Decision: credbrokerv1.Decision_DECISION_DENIED, Reason: "no rule \x1b[31mallows\x1b[0m\tprofile",
 				PrevHash: strings.Repeat("b", 64), Hash: strings.Repeat("c", 64)},
 		},
-		verify: &credbrokerv1.VerifyAuditResponse{Ok: true, Records: 3, HeadHash: strings.Repeat("c", 64)},
+		verify: &credbrokerv1.VerifyAuditResult{Ok: true, Records: 3, HeadHash: strings.Repeat("c", 64)},
 	}
 }
 
@@ -417,7 +417,7 @@ func TestAuditVerify(t *testing.T) {
 		t.Errorf("stdout = %q, want %q", r.stdout, want)
 	}
 
-	f.verify = &credbrokerv1.VerifyAuditResponse{Records: 2, HeadHash: strings.Repeat("b", 64),
+	f.verify = &credbrokerv1.VerifyAuditResult{Records: 2, HeadHash: strings.Repeat("b", 64),
 		FirstBreak: &credbrokerv1.ChainBreak{Seq: 2, RecordId: "rec-2", Problem: "hash mismatch"}}
 	r = ctl(t, sock, "audit", "verify")
 	wantCode(t, r, 1)
@@ -439,7 +439,7 @@ func TestAuditVerify(t *testing.T) {
 		t.Errorf("json = %v", got)
 	}
 
-	f.verify = &credbrokerv1.VerifyAuditResponse{Ok: true, Records: 3, HeadHash: "h"}
+	f.verify = &credbrokerv1.VerifyAuditResult{Ok: true, Records: 3, HeadHash: "h"}
 	r = ctl(t, sock, "-o", "json", "audit", "verify")
 	wantCode(t, r, 0)
 	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil || got["ok"] != true || got["head_hash"] != "h" {

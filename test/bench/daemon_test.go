@@ -225,16 +225,16 @@ func (d *daemon) auditRecords(ctx context.Context, adm credbrokerv1.AdminService
 	}
 	// Progress messages come first; the last message is the result.
 	resp, err := stream.Recv()
-	for err == nil && resp.GetProgress() != nil {
+	for err == nil && resp.GetResult() == nil {
 		resp, err = stream.Recv()
 	}
 	if err != nil {
 		return 0, err
 	}
-	if !resp.GetOk() {
-		return 0, fmt.Errorf("bench: audit chain does not verify: %s", resp.GetFirstBreak().GetProblem())
+	if r := resp.GetResult(); !r.GetOk() {
+		return 0, fmt.Errorf("bench: audit chain does not verify: %s", r.GetFirstBreak().GetProblem())
 	}
-	return resp.GetRecords(), nil
+	return resp.GetResult().GetRecords(), nil
 }
 
 // recordsAfter reads the records after seq through the admin API's export

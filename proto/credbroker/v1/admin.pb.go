@@ -753,20 +753,14 @@ func (*VerifyAuditRequest) Descriptor() ([]byte, []int) {
 }
 
 // VerifyAuditResponse is one message of the VerifyAudit stream: progress
-// while the walk runs (only `progress` set), then the chain's state (the
-// last message; `progress` unset).
+// while the walk runs, then the result (the last message).
 type VerifyAuditResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The whole chain verified; first_break is absent.
-	Ok bool `protobuf:"varint,1,opt,name=ok,proto3" json:"ok,omitempty"`
-	// Records checked.
-	Records uint64 `protobuf:"varint,2,opt,name=records,proto3" json:"records,omitempty"`
-	// Hash of the last record checked.
-	HeadHash string `protobuf:"bytes,3,opt,name=head_hash,json=headHash,proto3" json:"head_hash,omitempty"`
-	// When not ok: the first record that does not verify, and why.
-	FirstBreak *ChainBreak `protobuf:"bytes,4,opt,name=first_break,json=firstBreak,proto3" json:"first_break,omitempty"`
-	// Set on progress messages only; the final message (the result) has none.
-	Progress      *AuditProgress `protobuf:"bytes,5,opt,name=progress,proto3" json:"progress,omitempty"`
+	// Types that are valid to be assigned to Message:
+	//
+	//	*VerifyAuditResponse_Progress
+	//	*VerifyAuditResponse_Result
+	Message       isVerifyAuditResponse_Message `protobuf_oneof:"message"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -801,37 +795,116 @@ func (*VerifyAuditResponse) Descriptor() ([]byte, []int) {
 	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
-func (x *VerifyAuditResponse) GetOk() bool {
+func (x *VerifyAuditResponse) GetMessage() isVerifyAuditResponse_Message {
 	if x != nil {
-		return x.Ok
-	}
-	return false
-}
-
-func (x *VerifyAuditResponse) GetRecords() uint64 {
-	if x != nil {
-		return x.Records
-	}
-	return 0
-}
-
-func (x *VerifyAuditResponse) GetHeadHash() string {
-	if x != nil {
-		return x.HeadHash
-	}
-	return ""
-}
-
-func (x *VerifyAuditResponse) GetFirstBreak() *ChainBreak {
-	if x != nil {
-		return x.FirstBreak
+		return x.Message
 	}
 	return nil
 }
 
 func (x *VerifyAuditResponse) GetProgress() *AuditProgress {
 	if x != nil {
-		return x.Progress
+		if x, ok := x.Message.(*VerifyAuditResponse_Progress); ok {
+			return x.Progress
+		}
+	}
+	return nil
+}
+
+func (x *VerifyAuditResponse) GetResult() *VerifyAuditResult {
+	if x != nil {
+		if x, ok := x.Message.(*VerifyAuditResponse_Result); ok {
+			return x.Result
+		}
+	}
+	return nil
+}
+
+type isVerifyAuditResponse_Message interface {
+	isVerifyAuditResponse_Message()
+}
+
+type VerifyAuditResponse_Progress struct {
+	Progress *AuditProgress `protobuf:"bytes,1,opt,name=progress,proto3,oneof"`
+}
+
+type VerifyAuditResponse_Result struct {
+	Result *VerifyAuditResult `protobuf:"bytes,2,opt,name=result,proto3,oneof"`
+}
+
+func (*VerifyAuditResponse_Progress) isVerifyAuditResponse_Message() {}
+
+func (*VerifyAuditResponse_Result) isVerifyAuditResponse_Message() {}
+
+// VerifyAuditResult is the chain's state.
+type VerifyAuditResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The whole chain verified; first_break is absent.
+	Ok bool `protobuf:"varint,1,opt,name=ok,proto3" json:"ok,omitempty"`
+	// Records checked.
+	Records uint64 `protobuf:"varint,2,opt,name=records,proto3" json:"records,omitempty"`
+	// Hash of the last record checked.
+	HeadHash string `protobuf:"bytes,3,opt,name=head_hash,json=headHash,proto3" json:"head_hash,omitempty"`
+	// When not ok: the first record that does not verify, and why.
+	FirstBreak    *ChainBreak `protobuf:"bytes,4,opt,name=first_break,json=firstBreak,proto3" json:"first_break,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyAuditResult) Reset() {
+	*x = VerifyAuditResult{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyAuditResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyAuditResult) ProtoMessage() {}
+
+func (x *VerifyAuditResult) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyAuditResult.ProtoReflect.Descriptor instead.
+func (*VerifyAuditResult) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *VerifyAuditResult) GetOk() bool {
+	if x != nil {
+		return x.Ok
+	}
+	return false
+}
+
+func (x *VerifyAuditResult) GetRecords() uint64 {
+	if x != nil {
+		return x.Records
+	}
+	return 0
+}
+
+func (x *VerifyAuditResult) GetHeadHash() string {
+	if x != nil {
+		return x.HeadHash
+	}
+	return ""
+}
+
+func (x *VerifyAuditResult) GetFirstBreak() *ChainBreak {
+	if x != nil {
+		return x.FirstBreak
 	}
 	return nil
 }
@@ -848,7 +921,7 @@ type ChainBreak struct {
 
 func (x *ChainBreak) Reset() {
 	*x = ChainBreak{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[8]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -860,7 +933,7 @@ func (x *ChainBreak) String() string {
 func (*ChainBreak) ProtoMessage() {}
 
 func (x *ChainBreak) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[8]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -873,7 +946,7 @@ func (x *ChainBreak) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChainBreak.ProtoReflect.Descriptor instead.
 func (*ChainBreak) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ChainBreak) GetSeq() uint64 {
@@ -911,7 +984,7 @@ type AuditProgress struct {
 
 func (x *AuditProgress) Reset() {
 	*x = AuditProgress{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[9]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -923,7 +996,7 @@ func (x *AuditProgress) String() string {
 func (*AuditProgress) ProtoMessage() {}
 
 func (x *AuditProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[9]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -936,7 +1009,7 @@ func (x *AuditProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditProgress.ProtoReflect.Descriptor instead.
 func (*AuditProgress) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AuditProgress) GetDone() uint64 {
@@ -980,7 +1053,7 @@ type ExportAuditRequest struct {
 
 func (x *ExportAuditRequest) Reset() {
 	*x = ExportAuditRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[10]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -992,7 +1065,7 @@ func (x *ExportAuditRequest) String() string {
 func (*ExportAuditRequest) ProtoMessage() {}
 
 func (x *ExportAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[10]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1005,7 +1078,7 @@ func (x *ExportAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportAuditRequest.ProtoReflect.Descriptor instead.
 func (*ExportAuditRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ExportAuditRequest) GetStart() isExportAuditRequest_Start {
@@ -1092,7 +1165,7 @@ type ExportAuditResponse struct {
 
 func (x *ExportAuditResponse) Reset() {
 	*x = ExportAuditResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[11]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1104,7 +1177,7 @@ func (x *ExportAuditResponse) String() string {
 func (*ExportAuditResponse) ProtoMessage() {}
 
 func (x *ExportAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[11]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1117,7 +1190,7 @@ func (x *ExportAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportAuditResponse.ProtoReflect.Descriptor instead.
 func (*ExportAuditResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ExportAuditResponse) GetRecord() *AuditRecord {
@@ -1163,7 +1236,7 @@ type CreateJoinTokenRequest struct {
 
 func (x *CreateJoinTokenRequest) Reset() {
 	*x = CreateJoinTokenRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[12]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1175,7 +1248,7 @@ func (x *CreateJoinTokenRequest) String() string {
 func (*CreateJoinTokenRequest) ProtoMessage() {}
 
 func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[12]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1188,7 +1261,7 @@ func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CreateJoinTokenRequest) GetCluster() string {
@@ -1227,7 +1300,7 @@ type CreateJoinTokenResponse struct {
 
 func (x *CreateJoinTokenResponse) Reset() {
 	*x = CreateJoinTokenResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[13]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1239,7 +1312,7 @@ func (x *CreateJoinTokenResponse) String() string {
 func (*CreateJoinTokenResponse) ProtoMessage() {}
 
 func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[13]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1252,7 +1325,7 @@ func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CreateJoinTokenResponse) GetToken() string {
@@ -1299,7 +1372,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[14]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1311,7 +1384,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[14]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1324,7 +1397,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Node) GetSpiffeId() string {
@@ -1405,7 +1478,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[15]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1417,7 +1490,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[15]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1430,7 +1503,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListNodesRequest) GetCluster() string {
@@ -1466,7 +1539,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[16]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1478,7 +1551,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[16]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1491,7 +1564,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -1518,7 +1591,7 @@ type EvictNodeRequest struct {
 
 func (x *EvictNodeRequest) Reset() {
 	*x = EvictNodeRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[17]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1530,7 +1603,7 @@ func (x *EvictNodeRequest) String() string {
 func (*EvictNodeRequest) ProtoMessage() {}
 
 func (x *EvictNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[17]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1543,7 +1616,7 @@ func (x *EvictNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvictNodeRequest.ProtoReflect.Descriptor instead.
 func (*EvictNodeRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *EvictNodeRequest) GetSpiffeId() string {
@@ -1565,7 +1638,7 @@ type EvictNodeResponse struct {
 
 func (x *EvictNodeResponse) Reset() {
 	*x = EvictNodeResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[18]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1577,7 +1650,7 @@ func (x *EvictNodeResponse) String() string {
 func (*EvictNodeResponse) ProtoMessage() {}
 
 func (x *EvictNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[18]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1590,7 +1663,7 @@ func (x *EvictNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvictNodeResponse.ProtoReflect.Descriptor instead.
 func (*EvictNodeResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *EvictNodeResponse) GetNode() *Node {
@@ -1665,14 +1738,17 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x13GetIssuanceResponse\x123\n" +
 	"\bissuance\x18\x01 \x01(\v2\x17.credbroker.v1.IssuanceR\bissuance\x124\n" +
 	"\arecords\x18\x02 \x03(\v2\x1a.credbroker.v1.AuditRecordR\arecords\"\x14\n" +
-	"\x12VerifyAuditRequest\"\xd2\x01\n" +
-	"\x13VerifyAuditResponse\x12\x0e\n" +
+	"\x12VerifyAuditRequest\"\x98\x01\n" +
+	"\x13VerifyAuditResponse\x12:\n" +
+	"\bprogress\x18\x01 \x01(\v2\x1c.credbroker.v1.AuditProgressH\x00R\bprogress\x12:\n" +
+	"\x06result\x18\x02 \x01(\v2 .credbroker.v1.VerifyAuditResultH\x00R\x06resultB\t\n" +
+	"\amessage\"\x96\x01\n" +
+	"\x11VerifyAuditResult\x12\x0e\n" +
 	"\x02ok\x18\x01 \x01(\bR\x02ok\x12\x18\n" +
 	"\arecords\x18\x02 \x01(\x04R\arecords\x12\x1b\n" +
 	"\thead_hash\x18\x03 \x01(\tR\bheadHash\x12:\n" +
 	"\vfirst_break\x18\x04 \x01(\v2\x19.credbroker.v1.ChainBreakR\n" +
-	"firstBreak\x128\n" +
-	"\bprogress\x18\x05 \x01(\v2\x1c.credbroker.v1.AuditProgressR\bprogress\"U\n" +
+	"firstBreak\"U\n" +
 	"\n" +
 	"ChainBreak\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1b\n" +
@@ -1768,7 +1844,7 @@ func file_credbroker_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_credbroker_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_credbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_credbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_credbroker_v1_admin_proto_goTypes = []any{
 	(Decision)(0),                   // 0: credbroker.v1.Decision
 	(AttestationMethod)(0),          // 1: credbroker.v1.AttestationMethod
@@ -1780,65 +1856,67 @@ var file_credbroker_v1_admin_proto_goTypes = []any{
 	(*GetIssuanceResponse)(nil),     // 7: credbroker.v1.GetIssuanceResponse
 	(*VerifyAuditRequest)(nil),      // 8: credbroker.v1.VerifyAuditRequest
 	(*VerifyAuditResponse)(nil),     // 9: credbroker.v1.VerifyAuditResponse
-	(*ChainBreak)(nil),              // 10: credbroker.v1.ChainBreak
-	(*AuditProgress)(nil),           // 11: credbroker.v1.AuditProgress
-	(*ExportAuditRequest)(nil),      // 12: credbroker.v1.ExportAuditRequest
-	(*ExportAuditResponse)(nil),     // 13: credbroker.v1.ExportAuditResponse
-	(*CreateJoinTokenRequest)(nil),  // 14: credbroker.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil), // 15: credbroker.v1.CreateJoinTokenResponse
-	(*Node)(nil),                    // 16: credbroker.v1.Node
-	(*ListNodesRequest)(nil),        // 17: credbroker.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),       // 18: credbroker.v1.ListNodesResponse
-	(*EvictNodeRequest)(nil),        // 19: credbroker.v1.EvictNodeRequest
-	(*EvictNodeResponse)(nil),       // 20: credbroker.v1.EvictNodeResponse
-	(*timestamppb.Timestamp)(nil),   // 21: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 22: google.protobuf.Duration
+	(*VerifyAuditResult)(nil),       // 10: credbroker.v1.VerifyAuditResult
+	(*ChainBreak)(nil),              // 11: credbroker.v1.ChainBreak
+	(*AuditProgress)(nil),           // 12: credbroker.v1.AuditProgress
+	(*ExportAuditRequest)(nil),      // 13: credbroker.v1.ExportAuditRequest
+	(*ExportAuditResponse)(nil),     // 14: credbroker.v1.ExportAuditResponse
+	(*CreateJoinTokenRequest)(nil),  // 15: credbroker.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil), // 16: credbroker.v1.CreateJoinTokenResponse
+	(*Node)(nil),                    // 17: credbroker.v1.Node
+	(*ListNodesRequest)(nil),        // 18: credbroker.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),       // 19: credbroker.v1.ListNodesResponse
+	(*EvictNodeRequest)(nil),        // 20: credbroker.v1.EvictNodeRequest
+	(*EvictNodeResponse)(nil),       // 21: credbroker.v1.EvictNodeResponse
+	(*timestamppb.Timestamp)(nil),   // 22: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 23: google.protobuf.Duration
 }
 var file_credbroker_v1_admin_proto_depIdxs = []int32{
-	21, // 0: credbroker.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	22, // 0: credbroker.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
 	1,  // 1: credbroker.v1.AuditRecord.attestation:type_name -> credbroker.v1.AttestationMethod
 	0,  // 2: credbroker.v1.AuditRecord.decision:type_name -> credbroker.v1.Decision
-	22, // 3: credbroker.v1.AuditRecord.ttl:type_name -> google.protobuf.Duration
-	21, // 4: credbroker.v1.AuditRecord.expires_at:type_name -> google.protobuf.Timestamp
-	21, // 5: credbroker.v1.Issuance.issued_at:type_name -> google.protobuf.Timestamp
-	21, // 6: credbroker.v1.Issuance.expires_at:type_name -> google.protobuf.Timestamp
+	23, // 3: credbroker.v1.AuditRecord.ttl:type_name -> google.protobuf.Duration
+	22, // 4: credbroker.v1.AuditRecord.expires_at:type_name -> google.protobuf.Timestamp
+	22, // 5: credbroker.v1.Issuance.issued_at:type_name -> google.protobuf.Timestamp
+	22, // 6: credbroker.v1.Issuance.expires_at:type_name -> google.protobuf.Timestamp
 	1,  // 7: credbroker.v1.Issuance.attestation:type_name -> credbroker.v1.AttestationMethod
-	21, // 8: credbroker.v1.ListIssuancesRequest.since:type_name -> google.protobuf.Timestamp
+	22, // 8: credbroker.v1.ListIssuancesRequest.since:type_name -> google.protobuf.Timestamp
 	3,  // 9: credbroker.v1.ListIssuancesResponse.issuances:type_name -> credbroker.v1.Issuance
 	3,  // 10: credbroker.v1.GetIssuanceResponse.issuance:type_name -> credbroker.v1.Issuance
 	2,  // 11: credbroker.v1.GetIssuanceResponse.records:type_name -> credbroker.v1.AuditRecord
-	10, // 12: credbroker.v1.VerifyAuditResponse.first_break:type_name -> credbroker.v1.ChainBreak
-	11, // 13: credbroker.v1.VerifyAuditResponse.progress:type_name -> credbroker.v1.AuditProgress
-	2,  // 14: credbroker.v1.ExportAuditResponse.record:type_name -> credbroker.v1.AuditRecord
-	22, // 15: credbroker.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
-	21, // 16: credbroker.v1.CreateJoinTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	1,  // 17: credbroker.v1.Node.attestation:type_name -> credbroker.v1.AttestationMethod
-	21, // 18: credbroker.v1.Node.attested_at:type_name -> google.protobuf.Timestamp
-	21, // 19: credbroker.v1.Node.renewed_at:type_name -> google.protobuf.Timestamp
-	21, // 20: credbroker.v1.Node.expires_at:type_name -> google.protobuf.Timestamp
-	21, // 21: credbroker.v1.Node.evicted_at:type_name -> google.protobuf.Timestamp
-	16, // 22: credbroker.v1.ListNodesResponse.nodes:type_name -> credbroker.v1.Node
-	16, // 23: credbroker.v1.EvictNodeResponse.node:type_name -> credbroker.v1.Node
-	3,  // 24: credbroker.v1.EvictNodeResponse.issuances:type_name -> credbroker.v1.Issuance
-	4,  // 25: credbroker.v1.AdminService.ListIssuances:input_type -> credbroker.v1.ListIssuancesRequest
-	6,  // 26: credbroker.v1.AdminService.GetIssuance:input_type -> credbroker.v1.GetIssuanceRequest
-	8,  // 27: credbroker.v1.AdminService.VerifyAudit:input_type -> credbroker.v1.VerifyAuditRequest
-	12, // 28: credbroker.v1.AdminService.ExportAudit:input_type -> credbroker.v1.ExportAuditRequest
-	14, // 29: credbroker.v1.AdminService.CreateJoinToken:input_type -> credbroker.v1.CreateJoinTokenRequest
-	17, // 30: credbroker.v1.AdminService.ListNodes:input_type -> credbroker.v1.ListNodesRequest
-	19, // 31: credbroker.v1.AdminService.EvictNode:input_type -> credbroker.v1.EvictNodeRequest
-	5,  // 32: credbroker.v1.AdminService.ListIssuances:output_type -> credbroker.v1.ListIssuancesResponse
-	7,  // 33: credbroker.v1.AdminService.GetIssuance:output_type -> credbroker.v1.GetIssuanceResponse
-	9,  // 34: credbroker.v1.AdminService.VerifyAudit:output_type -> credbroker.v1.VerifyAuditResponse
-	13, // 35: credbroker.v1.AdminService.ExportAudit:output_type -> credbroker.v1.ExportAuditResponse
-	15, // 36: credbroker.v1.AdminService.CreateJoinToken:output_type -> credbroker.v1.CreateJoinTokenResponse
-	18, // 37: credbroker.v1.AdminService.ListNodes:output_type -> credbroker.v1.ListNodesResponse
-	20, // 38: credbroker.v1.AdminService.EvictNode:output_type -> credbroker.v1.EvictNodeResponse
-	32, // [32:39] is the sub-list for method output_type
-	25, // [25:32] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	12, // 12: credbroker.v1.VerifyAuditResponse.progress:type_name -> credbroker.v1.AuditProgress
+	10, // 13: credbroker.v1.VerifyAuditResponse.result:type_name -> credbroker.v1.VerifyAuditResult
+	11, // 14: credbroker.v1.VerifyAuditResult.first_break:type_name -> credbroker.v1.ChainBreak
+	2,  // 15: credbroker.v1.ExportAuditResponse.record:type_name -> credbroker.v1.AuditRecord
+	23, // 16: credbroker.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
+	22, // 17: credbroker.v1.CreateJoinTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	1,  // 18: credbroker.v1.Node.attestation:type_name -> credbroker.v1.AttestationMethod
+	22, // 19: credbroker.v1.Node.attested_at:type_name -> google.protobuf.Timestamp
+	22, // 20: credbroker.v1.Node.renewed_at:type_name -> google.protobuf.Timestamp
+	22, // 21: credbroker.v1.Node.expires_at:type_name -> google.protobuf.Timestamp
+	22, // 22: credbroker.v1.Node.evicted_at:type_name -> google.protobuf.Timestamp
+	17, // 23: credbroker.v1.ListNodesResponse.nodes:type_name -> credbroker.v1.Node
+	17, // 24: credbroker.v1.EvictNodeResponse.node:type_name -> credbroker.v1.Node
+	3,  // 25: credbroker.v1.EvictNodeResponse.issuances:type_name -> credbroker.v1.Issuance
+	4,  // 26: credbroker.v1.AdminService.ListIssuances:input_type -> credbroker.v1.ListIssuancesRequest
+	6,  // 27: credbroker.v1.AdminService.GetIssuance:input_type -> credbroker.v1.GetIssuanceRequest
+	8,  // 28: credbroker.v1.AdminService.VerifyAudit:input_type -> credbroker.v1.VerifyAuditRequest
+	13, // 29: credbroker.v1.AdminService.ExportAudit:input_type -> credbroker.v1.ExportAuditRequest
+	15, // 30: credbroker.v1.AdminService.CreateJoinToken:input_type -> credbroker.v1.CreateJoinTokenRequest
+	18, // 31: credbroker.v1.AdminService.ListNodes:input_type -> credbroker.v1.ListNodesRequest
+	20, // 32: credbroker.v1.AdminService.EvictNode:input_type -> credbroker.v1.EvictNodeRequest
+	5,  // 33: credbroker.v1.AdminService.ListIssuances:output_type -> credbroker.v1.ListIssuancesResponse
+	7,  // 34: credbroker.v1.AdminService.GetIssuance:output_type -> credbroker.v1.GetIssuanceResponse
+	9,  // 35: credbroker.v1.AdminService.VerifyAudit:output_type -> credbroker.v1.VerifyAuditResponse
+	14, // 36: credbroker.v1.AdminService.ExportAudit:output_type -> credbroker.v1.ExportAuditResponse
+	16, // 37: credbroker.v1.AdminService.CreateJoinToken:output_type -> credbroker.v1.CreateJoinTokenResponse
+	19, // 38: credbroker.v1.AdminService.ListNodes:output_type -> credbroker.v1.ListNodesResponse
+	21, // 39: credbroker.v1.AdminService.EvictNode:output_type -> credbroker.v1.EvictNodeResponse
+	33, // [33:40] is the sub-list for method output_type
+	26, // [26:33] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_credbroker_v1_admin_proto_init() }
@@ -1846,7 +1924,11 @@ func file_credbroker_v1_admin_proto_init() {
 	if File_credbroker_v1_admin_proto != nil {
 		return
 	}
-	file_credbroker_v1_admin_proto_msgTypes[10].OneofWrappers = []any{
+	file_credbroker_v1_admin_proto_msgTypes[7].OneofWrappers = []any{
+		(*VerifyAuditResponse_Progress)(nil),
+		(*VerifyAuditResponse_Result)(nil),
+	}
+	file_credbroker_v1_admin_proto_msgTypes[11].OneofWrappers = []any{
 		(*ExportAuditRequest_AfterSeq)(nil),
 		(*ExportAuditRequest_LastRecords)(nil),
 	}
@@ -1856,7 +1938,7 @@ func file_credbroker_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_credbroker_v1_admin_proto_rawDesc), len(file_credbroker_v1_admin_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   19,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

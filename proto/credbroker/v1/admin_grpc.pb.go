@@ -51,9 +51,9 @@ type AdminServiceClient interface {
 	// NOT_FOUND when no record names it.
 	GetIssuance(ctx context.Context, in *GetIssuanceRequest, opts ...grpc.CallOption) (*GetIssuanceResponse, error)
 	// VerifyAudit walks the audit hash chain and reports the first bad record.
-	// A long walk streams its progress: zero or more messages with `progress`
-	// set, then one final message with the result and no `progress`. A client
-	// should bound the wait for each message, not the whole walk.
+	// A long walk streams its progress: zero or more `progress` messages, then
+	// one `result`. A client should bound the wait for each message, not the
+	// whole walk.
 	VerifyAudit(ctx context.Context, in *VerifyAuditRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[VerifyAuditResponse], error)
 	// ExportAudit streams audit records in chain order, optionally following
 	// the chain as it grows. A stream is one page: it ends at the chain's head
@@ -193,9 +193,9 @@ type AdminServiceServer interface {
 	// NOT_FOUND when no record names it.
 	GetIssuance(context.Context, *GetIssuanceRequest) (*GetIssuanceResponse, error)
 	// VerifyAudit walks the audit hash chain and reports the first bad record.
-	// A long walk streams its progress: zero or more messages with `progress`
-	// set, then one final message with the result and no `progress`. A client
-	// should bound the wait for each message, not the whole walk.
+	// A long walk streams its progress: zero or more `progress` messages, then
+	// one `result`. A client should bound the wait for each message, not the
+	// whole walk.
 	VerifyAudit(*VerifyAuditRequest, grpc.ServerStreamingServer[VerifyAuditResponse]) error
 	// ExportAudit streams audit records in chain order, optionally following
 	// the chain as it grows. A stream is one page: it ends at the chain's head
