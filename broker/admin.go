@@ -38,6 +38,8 @@ type Admin struct {
 	credbrokerv1.UnimplementedAdminServiceServer
 	audit    AuditReader
 	nodes    NodeAdmin
+	rev      *Revocations
+	st       AdminState
 	stop     chan struct{}
 	stopOnce sync.Once
 }
@@ -53,8 +55,12 @@ type NodeAdmin interface {
 // NewAdmin returns the admin API over the audit log. nodes, when not nil,
 // serves join tokens and the node registry; when nil, those methods answer
 // FAILED_PRECONDITION.
-func NewAdmin(a AuditReader, nodes NodeAdmin) *Admin {
-	return &Admin{audit: a, nodes: nodes, stop: make(chan struct{})}
+func NewAdmin(a AuditReader, nodes NodeAdmin, opts ...AdminOption) *Admin {
+	adm := &Admin{audit: a, nodes: nodes, stop: make(chan struct{})}
+	for _, o := range opts {
+		o(adm)
+	}
+	return adm
 }
 
 // Stop ends following exports, so that a graceful shutdown is not held open
@@ -263,6 +269,8 @@ var decisions = map[audit.Decision]credbrokerv1.Decision{
 	audit.DecisionThrottled: credbrokerv1.Decision_DECISION_THROTTLED,
 	audit.DecisionFailed:    credbrokerv1.Decision_DECISION_FAILED,
 	audit.DecisionRevoked:   credbrokerv1.Decision_DECISION_REVOKED,
+	audit.DecisionLifted:    credbrokerv1.Decision_DECISION_LIFTED,
+	audit.DecisionReset:     credbrokerv1.Decision_DECISION_RESET,
 }
 
 var attestationMethods = map[string]credbrokerv1.AttestationMethod{

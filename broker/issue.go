@@ -71,6 +71,7 @@ type Service struct {
 	log      *slog.Logger
 	metrics  *Metrics
 	refusals *Refusals
+	revoked  RevocationChecker
 }
 
 // ServiceDeps are what a Service is built from.
@@ -90,6 +91,10 @@ type ServiceDeps struct {
 	// Refusals records denials and throttles at a bounded rate; share the
 	// Gate's. Nil: a private one with DefaultRefusalLimits.
 	Refusals *Refusals
+	// Revocations is checked before a request is served and again before
+	// its credential is handed out (state.RevocationIndex). Nil: nothing is
+	// ever revoked (tests of other parts).
+	Revocations RevocationChecker
 }
 
 // NewService returns a Service. Every dependency but Clock is
@@ -105,7 +110,7 @@ func NewService(d ServiceDeps) (*Service, error) {
 		d.Refusals = mustDefaultRefusals(d.Audit, d.Metrics, d.Clock)
 	}
 	return &Service{profiles: d.Profiles, policy: d.Policy, limiter: d.Limiter, ledger: d.Ledger, audit: d.Audit, now: d.Clock,
-		newID: d.NewID, log: d.Log, metrics: d.Metrics, refusals: d.Refusals}, nil
+		newID: d.NewID, log: d.Log, metrics: d.Metrics, refusals: d.Refusals, revoked: d.Revocations}, nil
 }
 
 // Request field bounds. Kubernetes names are at most 253 characters.
@@ -168,6 +173,9 @@ func (s *Service) issue(ctx context.Context, caller attest.Caller, req *credbrok
 	rec.Cluster = grant.cluster
 	rec.Issuer = prof.IssuerName
 	rec.TTL = grant.ttl
+	if r, ok := s.covering("", rec.Caller, grant.cluster); ok {
+		return nil, s.refuse(ctx, rec, audit.DecisionDenied, revokedError(r))
+	}
 
 	d := s.policy.Allow(caller.ID, prof.Name, grant.cluster)
 	if !d.Allowed {
@@ -199,7 +207,7 @@ func (s *Service) issue(ctx context.Context, caller attest.Caller, req *credbrok
 		charges = nil
 	}
 
-	cred, err := prof.Issuer.Issue(ctx, issuers.Request{
+	cred, err := s.mint(ctx, prof, issuers.Request{
 		IssuanceID: rec.IssuanceID,
 		Subject:    rec.Caller,
 		Profile:    prof.Name,
@@ -207,7 +215,11 @@ func (s *Service) issue(ctx context.Context, caller attest.Caller, req *credbrok
 		Audience:   grant.audience,
 		TTL:        grant.ttl,
 	})
-	if err != nil {
+	var revoked *revokedCredential
+	switch {
+	case errors.As(err, &revoked):
+		return nil, s.refuse(ctx, rec, audit.DecisionDenied, revokedError(revoked.r))
+	case err != nil:
 		s.metrics.upstreamFailure(prof.IssuerName, err)
 		return nil, s.refuse(ctx, rec, audit.DecisionFailed, issuerError(err, rec.IssuanceID))
 	}
@@ -243,6 +255,45 @@ func (s *Service) spend(ctx context.Context, rec *audit.Record, charges []state.
 		return wrapf(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, err, "audit store unavailable; %s (issuance %s)", withheld, rec.IssuanceID)
 	}
 	return nil
+}
+
+// mint has prof's issuer mint a credential for req and checks it against the
+// revocations before it is handed out: a revocation made while the request
+// was in flight covers it too. A reused credential whose own issuance was
+// revoked is not the caller's fault: the issuer has dropped it from reuse
+// (its Forget ran before the revocation returned), so one more call mints a
+// fresh one.
+func (s *Service) mint(ctx context.Context, prof Profile, req issuers.Request) (issuers.Credential, error) {
+	for attempt := 0; ; attempt++ {
+		cred, err := prof.Issuer.Issue(ctx, req)
+		if err != nil {
+			return cred, err
+		}
+		origin := cred.OriginIssuanceID
+		if origin == "" {
+			origin = req.IssuanceID
+		}
+		r, ok := s.covering(origin, req.Subject, req.Cluster)
+		switch {
+		case !ok:
+			return cred, nil
+		case r.Kind != state.RevokeIssuance || origin == req.IssuanceID || attempt > 0:
+			return issuers.Credential{}, &revokedCredential{r}
+		}
+	}
+}
+
+// revokedCredential is a minted credential a revocation covers.
+type revokedCredential struct{ r state.Revocation }
+
+func (e *revokedCredential) Error() string { return state.Describe(e.r) }
+
+// covering returns the revocation covering a request or credential now.
+func (s *Service) covering(issuanceID, identity, cluster string) (state.Revocation, bool) {
+	if s.revoked == nil {
+		return state.Revocation{}, false
+	}
+	return s.revoked.Covering(s.now(), issuanceID, identity, cluster)
 }
 
 // exhausted is the refusal of a request over a rate limit or quota (reason

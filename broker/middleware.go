@@ -46,6 +46,13 @@ var methods = map[string]method{
 	credbrokerv1.AdminService_CreateJoinToken_FullMethodName:  {apiAdmin, limitAdmin},
 	credbrokerv1.AdminService_ListNodes_FullMethodName:        {apiAdmin, limitAdmin},
 	credbrokerv1.AdminService_EvictNode_FullMethodName:        {apiAdmin, limitAdmin},
+	credbrokerv1.AdminService_Revoke_FullMethodName:           {apiAdmin, limitAdmin},
+	credbrokerv1.AdminService_ListRevocations_FullMethodName:  {apiAdmin, limitAdmin},
+	credbrokerv1.AdminService_LiftRevocation_FullMethodName:   {apiAdmin, limitAdmin},
+	credbrokerv1.AdminService_ListClusters_FullMethodName:     {apiAdmin, limitAdmin},
+	credbrokerv1.AdminService_DeleteCluster_FullMethodName:    {apiAdmin, limitAdmin},
+	credbrokerv1.AdminService_GetQuota_FullMethodName:         {apiAdmin, limitAdmin},
+	credbrokerv1.AdminService_ResetQuota_FullMethodName:       {apiAdmin, limitAdmin},
 }
 
 // lookup returns m's access rule, or the INTERNAL error for a method that is
@@ -74,6 +81,8 @@ type Gate struct {
 	limits         *RateLimits
 	refusals       *Refusals
 	evicted        func(id string) (bool, error)
+	revoked        RevocationChecker
+	now            func() time.Time
 	adminJWT       bool
 }
 
@@ -83,6 +92,7 @@ type GateOption func(*gateOptions)
 type gateOptions struct {
 	now      func() time.Time
 	evicted  func(id string) (bool, error)
+	revoked  RevocationChecker
 	adminJWT bool
 	limits   *RateLimits
 	refusals *Refusals
@@ -102,6 +112,13 @@ func WithAdminJWTSVID(allow bool) GateOption {
 // reports as evicted, on every method (fail closed when it errs).
 func WithEvictionCheck(evicted func(id string) (bool, error)) GateOption {
 	return func(o *gateOptions) { o.evicted = evicted }
+}
+
+// WithRevocationCheck makes the Gate refuse, on every workload and node
+// method, a caller whose identity is revoked, and a node whose cluster is,
+// with FAILED_PRECONDITION naming the revocation; the clock is the Gate's.
+func WithRevocationCheck(r RevocationChecker) GateOption {
+	return func(o *gateOptions) { o.revoked = r }
 }
 
 // WithGateClock sets the clock of the default rate limits and refusal
@@ -140,7 +157,7 @@ func NewGate(authenticators []attest.Authenticator, admins []string, log AuditLo
 	for _, a := range admins {
 		set[a] = true
 	}
-	return &Gate{authenticators: authenticators, admins: set, metrics: m, log: logger, limits: o.limits, refusals: o.refusals, evicted: o.evicted, adminJWT: o.adminJWT}
+	return &Gate{authenticators: authenticators, admins: set, metrics: m, log: logger, limits: o.limits, refusals: o.refusals, evicted: o.evicted, revoked: o.revoked, now: o.now, adminJWT: o.adminJWT}
 }
 
 // Unary is the unary server interceptor.
@@ -162,7 +179,7 @@ func (g *Gate) Stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo
 }
 
 // admit runs a call's access rule: authentication, the admin checks, the
-// method's rate limit, the eviction check, in that order, so that a caller
+// method's rate limit, the eviction and revocation checks, in that order, so that a caller
 // over its limit costs no more than verifying its identity.
 func (g *Gate) admit(ctx context.Context, fullMethod string, req any) (context.Context, error) {
 	m, err := lookup(g.limits, fullMethod)
@@ -197,6 +214,14 @@ func (g *Gate) admit(ctx context.Context, fullMethod string, req any) (context.C
 		}
 		return nil, toStatus(lerr)
 	}
+	if g.revoked != nil && m.api != apiAdmin {
+		if r, ok := g.revoked.Covering(g.now(), "", caller.ID.String(), caller.Constraints.Cluster); ok {
+			rec := describe(req, audit.Record{Caller: caller.ID.String(), Attestation: caller.Method, Cluster: caller.Constraints.Cluster})
+			return nil, toStatus(g.refusals.Refuse(ctx, &rec, audit.DecisionDenied, revokedError(r)))
+		}
+	}
+	// A node evicted before evictions were revocations has no revocation;
+	// the registry still says so.
 	if g.evicted != nil && caller.Constraints.Node != "" {
 		switch evicted, err := g.evicted(caller.ID.String()); {
 		case err != nil:

@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/peer"
 
 	"github.com/credbroker/credbroker/attest"
+	"github.com/credbroker/credbroker/broker/state"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -60,3 +61,6 @@ func AdminPrincipal(ctx context.Context) string {
 	}
 	return "unknown"
 }
+
+// RevokedError is the refusal of a request revocation r covers.
+func RevokedError(r state.Revocation) error { return revokedError(r) }

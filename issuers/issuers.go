@@ -103,6 +103,24 @@ type Credential struct {
 	// and handed out again (a cache hit, or a request that joined one
 	// upstream call in flight).
 	Reused bool
+	// OriginIssuanceID is the issuance the credential was minted for: the
+	// request's own, or an earlier one's when Reused. A revocation of that
+	// issuance covers the credential wherever it is handed out.
+	OriginIssuanceID string
+}
+
+// Held is a credential an issuer keeps to hand out again, as a revocation
+// sees it: the issuance it was minted for, its subject and its cluster.
+type Held struct {
+	IssuanceID, Subject, Cluster string
+}
+
+// Forgetter is implemented by an issuer that hands a credential out again
+// (reuse): Forget drops every credential it keeps for which covered reports
+// true, and keeps none being minted when it is called, so that a revoked
+// credential is never handed out again. It returns how many it dropped.
+type Forgetter interface {
+	Forget(covered func(Held) bool) int
 }
 
 // Effect says whether an issuer's Issue acts outside the broker process. It

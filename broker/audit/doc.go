@@ -51,13 +51,13 @@
 //
 // lp(s) is a big-endian uint16 length followed by s. A record's link holds
 // its decision as one byte (intent 1, issued 2, denied 3, throttled 4,
-// failed 5, revoked 6) and how many seqs back the previous record of the
-// same caller, and of the same cluster, lies (0: none); heads names the
-// newest record of each caller and cluster. So the records of one caller
-// are a chain followed from its head, newest first, without an index entry
-// that repeats the caller for every record, and every write appends to
-// records and links and touches a few pages of heads, instead of a page per
-// caller and per cluster. Empty caller, cluster and issuance IDs are not
+// failed 5, revoked 6, lifted 7, reset 8) and how many seqs back the
+// previous record of the same caller, and of the same cluster, lies (0:
+// none); heads names the newest record of each caller and cluster. So the
+// records of one caller are a chain followed from its head, newest first,
+// without an index entry that repeats the caller for every record, and every
+// write appends to records and links and touches a few pages of heads,
+// instead of a page per caller and per cluster. Empty caller, cluster and issuance IDs are not
 // indexed.
 //
 // Time is not indexed: the committer never stamps a record earlier than its

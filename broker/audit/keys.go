@@ -34,6 +34,7 @@ const (
 // decisionCodes are the one-byte decisions stored in audit.idx.links.
 var decisionCodes = map[Decision]byte{
 	DecisionIntent: 1, DecisionIssued: 2, DecisionDenied: 3, DecisionThrottled: 4, DecisionFailed: 5, DecisionRevoked: 6,
+	DecisionLifted: 7, DecisionReset: 8,
 }
 
 // seqKey encodes seq as the 8-byte big-endian key of audit.records.

@@ -381,17 +381,3 @@ func TestExportStoredIsTheStoredForm(t *testing.T) {
 		t.Fatalf("ExportStored: %d records, %v", n, err)
 	}
 }
-
-// TestAppendJSONStringIsEncodingJSON: the committer's quick quoting of ids
-// and hashes writes what encoding/json would, for any string.
-func TestAppendJSONStringIsEncodingJSON(t *testing.T) {
-	t.Parallel()
-	for _, s := range []string{"", "01a22e94-847b-7ab6-8163-298191d50478", strings.Repeat("ab", 32), `q"uote`, `back\slash`,
-		"<html>&", "tab\there", "\x00\x1f", "é ü", "\u2028", "\xff", "~ !#"} {
-		got, err := appendJSONString([]byte("x"), s)
-		want, _ := json.Marshal(s)
-		if err != nil || string(got) != "x"+string(want) {
-			t.Errorf("appendJSONString(%q) = %s, %v; want %s", s, got[1:], err, want)
-		}
-	}
-}

@@ -129,9 +129,9 @@ func (l *Log) List(q Query) ([]Record, error) {
 		}
 		switch {
 		case q.Caller != "":
-			return walkChain(b, chainCaller, q.Caller, lo, hi, q.BeforeSeq, visit)
+			return walkChain(b, chainCaller, q.Caller, lo, hi, visit)
 		case q.Cluster != "":
-			return walkChain(b, chainCluster, q.Cluster, lo, hi, q.BeforeSeq, visit)
+			return walkChain(b, chainCluster, q.Cluster, lo, hi, visit)
 		}
 		c := b.links.Cursor()
 		k, v := c.Seek(seqKey(hi))
@@ -154,21 +154,12 @@ func (l *Log) List(q Query) ([]Record, error) {
 
 // walkChain visits, newest first, the records in [lo, hi] of the chain of
 // kind for value, following each record's link back to the previous one.
-// It starts at the chain's head, or, when record after (a listing's last
-// record, to resume after) is itself in the chain, at the one before it,
-// so that a later page costs what the first did.
-func walkChain(b buckets, kind byte, value string, lo, hi, after uint64, visit func(uint64, link) (bool, error)) error {
+func walkChain(b buckets, kind byte, value string, lo, hi uint64, visit func(uint64, link) (bool, error)) error {
 	v := b.heads.Get(headKey(kind, value))
 	if len(v) != 8 {
 		return nil
 	}
-	seq := binary.BigEndian.Uint64(v)
-	if after > 0 && after < seq {
-		if start, ok := chainBefore(b, kind, value, after); ok {
-			seq = start
-		}
-	}
-	for seq >= lo && seq > 0 {
+	for seq := binary.BigEndian.Uint64(v); seq >= lo && seq > 0; {
 		lk, ok := decodeLink(b.links.Get(seqKey(seq)))
 		if !ok {
 			return fmt.Errorf("audit: chain of %q names seq %d, whose link is missing or corrupt", value, seq)
@@ -185,32 +176,6 @@ func walkChain(b buckets, kind byte, value string, lo, hi, after uint64, visit f
 		seq -= back
 	}
 	return nil
-}
-
-// chainBefore returns the seq of the record before record after in the
-// chain of kind for value (0 when there is none), if record after is in that
-// chain.
-func chainBefore(b buckets, kind byte, value string, after uint64) (uint64, bool) {
-	lk, ok := decodeLink(b.links.Get(seqKey(after)))
-	if !ok {
-		return 0, false
-	}
-	var r struct {
-		Caller  string `json:"caller"`
-		Cluster string `json:"cluster"`
-	}
-	v := b.records.Get(seqKey(after))
-	if v == nil || json.Unmarshal(v, &r) != nil {
-		return 0, false
-	}
-	if (kind == chainCaller && r.Caller != value) || (kind == chainCluster && r.Cluster != value) {
-		return 0, false
-	}
-	back := lk.back(kind)
-	if back == 0 || back >= after {
-		return 0, true
-	}
-	return after - back, true
 }
 
 // seqRange returns the seqs [lo, hi] of the records with since <= Time <

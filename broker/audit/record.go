@@ -28,12 +28,16 @@ const (
 	// DecisionRevoked records an identity or credential revoked by an admin
 	// (e.g. an evicted node).
 	DecisionRevoked Decision = "revoked"
+	// DecisionLifted records a revocation lifted by an admin.
+	DecisionLifted Decision = "lifted"
+	// DecisionReset records a quota window reset by an admin.
+	DecisionReset Decision = "reset"
 )
 
 // Valid reports whether d is one of the Decision constants.
 func (d Decision) Valid() bool {
 	switch d {
-	case DecisionIntent, DecisionIssued, DecisionDenied, DecisionThrottled, DecisionFailed, DecisionRevoked:
+	case DecisionIntent, DecisionIssued, DecisionDenied, DecisionThrottled, DecisionFailed, DecisionRevoked, DecisionLifted, DecisionReset:
 		return true
 	}
 	return false
@@ -175,24 +179,29 @@ func (r *Record) seal(members []byte, id string, seq uint64, now time.Time, prev
 	r.Time = now.UTC().Round(0)
 	r.PrevHash = prevHash
 	r.Hash = ""
-	b := make([]byte, 0, len(members)+len(id)+4*sha256.Size+128)
-	b = append(b, `{"id":`...)
-	b, err := appendJSONString(b, id)
+	idJSON, err := json.Marshal(id)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("audit: encode record: %w", err)
 	}
+	timeJSON, err := r.Time.MarshalJSON()
+	if err != nil {
+		return nil, fmt.Errorf("audit: encode record: %w", err)
+	}
+	prevJSON, err := json.Marshal(prevHash)
+	if err != nil {
+		return nil, fmt.Errorf("audit: encode record: %w", err)
+	}
+	b := make([]byte, 0, len(members)+len(idJSON)+len(timeJSON)+2*sha256.Size+96)
+	b = append(b, `{"id":`...)
+	b = append(b, idJSON...)
 	b = append(b, `,"seq":`...)
 	b = strconv.AppendUint(b, seq, 10)
 	b = append(b, `,"time":`...)
-	if b, err = r.Time.AppendText(append(b, '"')); err != nil {
-		return nil, fmt.Errorf("audit: encode record: %w", err)
-	}
-	b = append(b, `",`...)
+	b = append(b, timeJSON...)
+	b = append(b, ',')
 	b = append(b, members...)
 	b = append(b, `,"prev_hash":`...)
-	if b, err = appendJSONString(b, prevHash); err != nil {
-		return nil, err
-	}
+	b = append(b, prevJSON...)
 	b = append(b, `,"hash":""}`...)
 
 	h := sha256.New()
@@ -203,24 +212,6 @@ func (r *Record) seal(members []byte, id string, seq uint64, now time.Time, prev
 	stored := append(b[:len(b)-len(emptyHashSuffix)], `"hash":"`...)
 	stored = append(stored, r.Hash...)
 	return append(stored, `"}`...), nil
-}
-
-// appendJSONString appends s as encoding/json encodes it: quoted as is when
-// it holds only printable ASCII that needs no escape (a UUID, a hex hash),
-// through encoding/json otherwise.
-func appendJSONString(b []byte, s string) ([]byte, error) {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
-			enc, err := json.Marshal(s)
-			if err != nil {
-				return nil, fmt.Errorf("audit: encode record: %w", err)
-			}
-			return append(b, enc...), nil
-		}
-	}
-	b = append(b, '"')
-	b = append(b, s...)
-	return append(b, '"'), nil
 }
 
 // emptyHashSuffix ends the canonical encoding of every record.

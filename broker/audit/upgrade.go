@@ -8,7 +8,6 @@ import (
 	"fmt"
 
 	"go.etcd.io/bbolt"
-	bolterrors "go.etcd.io/bbolt/errors"
 )
 
 // upgradeChunk is how many records upgrade links per write transaction, so
@@ -52,7 +51,7 @@ func upgrade(db *bbolt.DB) error {
 				n++
 			}
 			for _, name := range oldBuckets {
-				if err := tx.DeleteBucket(name); err != nil && !errors.Is(err, bolterrors.ErrBucketNotFound) {
+				if err := tx.DeleteBucket(name); err != nil && !errors.Is(err, bbolt.ErrBucketNotFound) {
 					return fmt.Errorf("upgrade: drop %s: %w", name, err)
 				}
 			}

@@ -78,6 +78,9 @@ type Config struct {
 	Limits Limits `yaml:"limits"`
 	// ShutdownGrace is how long in-flight RPCs may finish after SIGTERM.
 	ShutdownGrace time.Duration `yaml:"shutdown_grace"`
+	// HousekeepingInterval is how often state that has ended (quota
+	// windows, join tokens, nodes, revocations) is purged.
+	HousekeepingInterval time.Duration `yaml:"housekeeping_interval"`
 	// NodeAttestation, when present, lets nodes of workload clusters attest
 	// and receive node SVIDs.
 	NodeAttestation *NodeAttestation `yaml:"node_attestation"`
@@ -466,6 +469,9 @@ func (c *Config) applyDefaults() {
 	def(&c.HTTPListen, "127.0.0.1:8444")
 	def(&c.DataDir, "./data")
 	def(&c.LogLevel, "info")
+	if c.HousekeepingInterval == 0 {
+		c.HousekeepingInterval = time.Minute
+	}
 	if c.ShutdownGrace == 0 {
 		c.ShutdownGrace = 10 * time.Second
 	}
@@ -659,6 +665,9 @@ func (c *Config) Validate() error {
 		if err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if c.HousekeepingInterval < time.Second || c.HousekeepingInterval > 24*time.Hour {
+		bad("housekeeping_interval must be between 1s and 24h")
 	}
 	if c.ShutdownGrace < 0 {
 		bad("shutdown_grace must not be negative")

@@ -73,12 +73,13 @@ policy:
 limits:
   rate: 3
 jwt_svid_max_lifetime: -5m
+housekeeping_interval: 10ms
 `
 	_, err := Parse(strings.NewReader(y))
 	if err == nil {
 		t.Fatal("invalid config accepted")
 	}
-	for _, want := range []string{"trust_domain", "log_level", `type "vaultish"`, `issuer "nope"`, "default_ttl", "cluster \"sometimes\"", `unknown profile "unknown"`, "burst", "jwt_svid_max_lifetime"} {
+	for _, want := range []string{"trust_domain", "log_level", `type "vaultish"`, `issuer "nope"`, "default_ttl", "cluster \"sometimes\"", `unknown profile "unknown"`, "burst", "jwt_svid_max_lifetime", "housekeeping_interval"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not mention %q:\n%v", want, err)
 		}

@@ -94,6 +94,17 @@ type NodeDeps struct {
 	Refusals *broker.Refusals
 	// Rand is the source of join token secrets; nil means crypto/rand.
 	Rand io.Reader
+	// Revocations, when set, refuses attestation for a revoked node
+	// identity or cluster, and makes an eviction a revocation of the node's
+	// identity (broker.Revocations), so that the Gate refuses it everywhere
+	// like any other revoked identity.
+	Revocations Revoker
+}
+
+// Revoker is the part of broker.Revocations the node authority uses.
+type Revoker interface {
+	Revoke(ctx context.Context, admin string, kind state.RevocationKind, target, reason string, until time.Time) (state.Revocation, error)
+	Covering(issuanceID, identity, cluster string) (state.Revocation, bool)
 }
 
 // NodeAuthority admits nodes (attestation → node SVID), renews their SVIDs,
@@ -170,6 +181,11 @@ func (n *NodeAuthority) attest(ctx context.Context, req *credbrokerv1.AttestNode
 		return nil, n.refuse(ctx, &rec, audit.DecisionDenied, broker.Invalid("node_name", "node name %q cannot form a SPIFFE ID", claims.Node))
 	}
 	rec.Caller, rec.Cluster = nodeID.String(), claims.Cluster
+	if n.d.Revocations != nil {
+		if r, ok := n.d.Revocations.Covering("", nodeID.String(), claims.Cluster); ok {
+			return nil, n.refuse(ctx, &rec, audit.DecisionDenied, broker.RevokedError(r))
+		}
+	}
 	if evicted, err := n.Evicted(nodeID.String()); err != nil {
 		return nil, n.refuse(ctx, &rec, audit.DecisionFailed, broker.Wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "node registry unavailable"))
 	} else if evicted {
@@ -424,6 +440,16 @@ func (n *NodeAuthority) evict(ctx context.Context, id string) (*credbrokerv1.Evi
 	case err != nil:
 		return nil, broker.Wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "node registry unavailable")
 	}
+	if n.d.Revocations != nil {
+		// Eviction is one case of revocation: the node's identity is revoked
+		// (on record as a revoked decision) and refused on its next request.
+		if _, ok := n.d.Revocations.Covering("", node.SPIFFEID, ""); !ok {
+			if _, err := n.d.Revocations.Revoke(ctx, broker.AdminPrincipal(ctx), state.RevokeIdentity, node.SPIFFEID, "node evicted", time.Time{}); err != nil {
+				return nil, err
+			}
+		}
+		return n.evicted(node)
+	}
 	rid, err := n.d.NewID()
 	if err != nil {
 		return nil, broker.Wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "cannot allocate an issuance id")
@@ -434,11 +460,17 @@ func (n *NodeAuthority) evict(ctx context.Context, id string) (*credbrokerv1.Evi
 	if _, err := n.d.Audit.Append(rec); err != nil {
 		return nil, broker.Wrapf(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, err, "audit store unavailable; the node is evicted but the eviction is not on record")
 	}
+	return n.evicted(node)
+}
+
+// evicted answers an eviction: the node and its issuances that have not
+// expired.
+func (n *NodeAuthority) evicted(node state.Node) (*credbrokerv1.EvictNodeResponse, error) {
 	recs, err := n.d.Audit.List(audit.Query{Caller: node.SPIFFEID, Decision: audit.DecisionIssued})
 	if err != nil {
 		return nil, broker.Wrapf(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, err, "audit store unavailable")
 	}
-	out := &credbrokerv1.EvictNodeResponse{Node: nodeProto(node)}
+	out := &credbrokerv1.EvictNodeResponse{Node: broker.NodeProto(node)}
 	now := n.d.Clock()
 	for _, r := range recs {
 		if r.Profile != NodeSVIDProfile && r.ExpiresAt.After(now) {
@@ -446,14 +478,6 @@ func (n *NodeAuthority) evict(ctx context.Context, id string) (*credbrokerv1.Evi
 		}
 	}
 	return out, nil
-}
-
-func nodeProto(n state.Node) *credbrokerv1.Node {
-	return &credbrokerv1.Node{
-		SpiffeId: n.SPIFFEID, Cluster: n.Cluster, NodeName: n.Name, Attestation: broker.AttestationProto(n.Attestation), Detail: n.Detail,
-		AttestedAt: broker.ProtoTime(n.AttestedAt), RenewedAt: broker.ProtoTime(n.RenewedAt), ExpiresAt: broker.ProtoTime(n.ExpiresAt),
-		EvictedAt: broker.ProtoTime(n.EvictedAt),
-	}
 }
 
 // Page sizes of ListNodes (see AdminService).
@@ -495,7 +519,7 @@ func (n *NodeAuthority) listNodes(ctx context.Context, req *credbrokerv1.ListNod
 		out.NextPageToken = page.Encode(listNodes, filter, page.Position{Key: list[size-1].SPIFFEID})
 	}
 	for _, node := range list {
-		out.Nodes = append(out.Nodes, nodeProto(node))
+		out.Nodes = append(out.Nodes, broker.NodeProto(node))
 	}
 	return out, nil
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/broker/config"
+	"github.com/credbroker/credbroker/broker/state"
 	"github.com/credbroker/credbroker/issuers"
 	"github.com/credbroker/credbroker/issuers/awssts"
 	"github.com/credbroker/credbroker/issuers/jwt"
@@ -25,6 +26,19 @@ type issuerSet struct {
 	// runners keep issuers' upstream sessions alive (Vault logins) while
 	// the broker serves.
 	runners []func(context.Context)
+}
+
+// forget drops from every issuer that reuses credentials those a new
+// revocation covers (a state.RevocationIndex hook).
+func (s *issuerSet) forget(c state.RevocationChange) {
+	if c.Removed {
+		return
+	}
+	for _, iss := range s.byName {
+		if f, ok := iss.(issuers.Forgetter); ok {
+			f.Forget(func(h issuers.Held) bool { return c.Revocation.Covers(h.IssuanceID, h.Subject, h.Cluster) })
+		}
+	}
 }
 
 // ttlBounded is implemented by issuers whose upstream limits lifetimes.

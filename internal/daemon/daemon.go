@@ -31,6 +31,7 @@ import (
 	"github.com/credbroker/credbroker/broker/config"
 	"github.com/credbroker/credbroker/broker/limits"
 	"github.com/credbroker/credbroker/broker/policy"
+	"github.com/credbroker/credbroker/broker/state"
 	"github.com/credbroker/credbroker/broker/state/boltstate"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
@@ -54,10 +55,6 @@ type Options struct {
 
 // DBFile is the bbolt file name inside the data directory.
 const DBFile = "credbroker.db"
-
-// housekeepingInterval is how often expired state (ended quota windows,
-// expired join tokens) is purged.
-const housekeepingInterval = time.Minute
 
 // refusalFlushInterval is how often the summaries of refusals left out of the
 // audit log are written for callers that went quiet.
@@ -156,8 +153,20 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
+	// Revocations are checked on every request from memory; the index sees
+	// each change before the admin's call returns, and drops the reused
+	// credentials it covers from every issuer that reuses them.
+	revIndex, err := state.NewRevocationIndex(ctx, st, issuerSet.forget)
+	if err != nil {
+		return err
+	}
+	defer revIndex.Close()
+	revocations, err := broker.NewRevocations(st, revIndex, auditLog, nil, newIssuanceID)
+	if err != nil {
+		return err
+	}
 	// Before the authenticators are built: it adds the node CA to the trust.
-	nodeAuth, err := buildNodeAuthority(cfg, trust, st, auditLog, refusals, log)
+	nodeAuth, err := buildNodeAuthority(cfg, trust, st, auditLog, refusals, revocations, log)
 	if err != nil {
 		return err
 	}
@@ -171,6 +180,8 @@ func Run(ctx context.Context, opts Options) error {
 		Log:      log,
 		Metrics:  metrics,
 		Refusals: refusals,
+
+		Revocations: revIndex,
 	})
 	if err != nil {
 		return err
@@ -178,12 +189,13 @@ func Run(ctx context.Context, opts Options) error {
 	// A nil interface, not a nil *NodeAuthority, when node attestation is off.
 	var nodeService credbrokerv1.NodeServiceServer
 	var nodeAdmin broker.NodeAdmin
-	gateOpts := []broker.GateOption{broker.WithAdminJWTSVID(cfg.Admin.AllowJWTSVID), broker.WithRateLimits(rateLimits), broker.WithRefusals(refusals)}
+	gateOpts := []broker.GateOption{broker.WithAdminJWTSVID(cfg.Admin.AllowJWTSVID), broker.WithRateLimits(rateLimits), broker.WithRefusals(refusals),
+		broker.WithRevocationCheck(revIndex)}
 	if nodeAuth != nil {
 		nodeService, nodeAdmin = nodeAuth, nodeAuth
 		gateOpts = append(gateOpts, broker.WithEvictionCheck(nodeAuth.Evicted))
 	}
-	admin := broker.NewAdmin(auditLog, nodeAdmin)
+	admin := broker.NewAdmin(auditLog, nodeAdmin, broker.WithRevocations(revocations, st))
 	gate := broker.NewGate(trust.authenticators(cfg), cfg.Admin.SPIFFEIDs, auditLog, metrics, log, gateOpts...)
 	grpcServer := broker.NewGRPCServer(trust.serverTLS(), gate, svc, nodeService, admin)
 	adminServer := broker.NewAdminSocketServer(adminUIDs(cfg), admin, log, metrics, rateLimits)
@@ -216,11 +228,12 @@ func Run(ctx context.Context, opts Options) error {
 			return nil
 		})
 	}
-	purges := []purge{
-		{"ended quota windows", func() (int, error) { return st.PurgeQuotas(gctx, time.Now()) }},
-		{"expired join tokens", func() (int, error) { return st.PurgeJoinTokens(gctx, time.Now()) }},
-	}
-	g.Go(func() error { housekeeping(gctx.Done(), purges, housekeepingInterval, log); return nil })
+	g.Go(func() error {
+		t := time.NewTicker(cfg.HousekeepingInterval)
+		defer t.Stop()
+		housekeeper{purges: purges(gctx, st), now: time.Now, log: log}.run(gctx.Done(), t.C)
+		return nil
+	})
 	g.Go(func() error { flushRefusals(gctx.Done(), refusals, refusalFlushInterval, log); return nil })
 	for _, run := range issuerSet.runners {
 		g.Go(func() error { run(gctx); return nil })
@@ -398,27 +411,51 @@ func serverTLSConfig(source x509svid.Source) *tls.Config {
 	return c
 }
 
-// purge deletes one kind of expired state and says how much.
+// purge deletes one kind of state that has ended by now and says how much.
 type purge struct {
 	what string
-	run  func() (int, error)
+	run  func(now time.Time) (int, error)
 }
 
-// housekeeping runs every purge each interval until done closes.
-func housekeeping(done <-chan struct{}, purges []purge, interval time.Duration, log *slog.Logger) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
+// purges are what housekeeping deletes from st, whether or not node
+// attestation is on: ended quota windows, expired join tokens, nodes whose
+// SVID expired (evicted ones stay), and revocations that cover nothing any
+// more (their until passed, or the credential they cover expired).
+func purges(ctx context.Context, st state.Store) []purge {
+	return []purge{
+		{"ended quota windows", func(now time.Time) (int, error) { return st.PurgeQuotas(ctx, now) }},
+		{"expired join tokens", func(now time.Time) (int, error) { return st.PurgeJoinTokens(ctx, now) }},
+		{"expired nodes", func(now time.Time) (int, error) { return st.PurgeNodes(ctx, now) }},
+		{"ended revocations", func(now time.Time) (int, error) { return st.PurgeRevocations(ctx, now) }},
+	}
+}
+
+// housekeeper runs every purge at each tick, with the time of its clock.
+type housekeeper struct {
+	purges []purge
+	now    func() time.Time
+	log    *slog.Logger
+	// swept, when set, is called after each round (tests wait on it).
+	swept func()
+}
+
+// run sweeps at every tick until done closes.
+func (h housekeeper) run(done <-chan struct{}, tick <-chan time.Time) {
 	for {
 		select {
 		case <-done:
 			return
-		case <-t.C:
-			for _, p := range purges {
-				if n, err := p.run(); err != nil {
-					log.Error("purging "+p.what, slog.String("error", err.Error()))
+		case <-tick:
+			now := h.now()
+			for _, p := range h.purges {
+				if n, err := p.run(now); err != nil {
+					h.log.Error("purging "+p.what, slog.String("error", err.Error()))
 				} else if n > 0 {
-					log.Info("purged "+p.what, slog.Int("count", n))
+					h.log.Info("purged "+p.what, slog.Int("count", n))
 				}
+			}
+			if h.swept != nil {
+				h.swept()
 			}
 		}
 	}

@@ -29,7 +29,7 @@ const defaultPSATAudience = "credbroker"
 // it: the configured verifiers and the node CA, with join tokens and the
 // node registry kept in st. It also makes the broker trust the node CA for
 // its own trust domain.
-func buildNodeAuthority(cfg *config.Config, t *trust, st nodeauth.State, auditLog *audit.Log, refusals *broker.Refusals, log *slog.Logger) (*nodeauth.NodeAuthority, error) {
+func buildNodeAuthority(cfg *config.Config, t *trust, st nodeauth.State, auditLog *audit.Log, refusals *broker.Refusals, revocations nodeauth.Revoker, log *slog.Logger) (*nodeauth.NodeAuthority, error) {
 	na := cfg.NodeAttestation
 	if na == nil {
 		return nil, nil
@@ -60,6 +60,8 @@ func buildNodeAuthority(cfg *config.Config, t *trust, st nodeauth.State, auditLo
 		NewID:    newIssuanceID,
 		Log:      log,
 		Refusals: refusals,
+
+		Revocations: revocations,
 	}
 	if p := na.K8sPSAT; p != nil {
 		clusters := map[string]psat.ClusterConfig{}

@@ -155,6 +155,9 @@ type Issuer struct {
 	flights singleflight.Group
 	mu      sync.Mutex
 	cache   map[cacheKey]cached
+	// forgets counts Forget calls; a mint that began before one is not
+	// cached, since it may be covered by the revocation that caused it.
+	forgets uint64
 }
 
 type cacheKey struct {
@@ -298,13 +301,16 @@ func (i *Issuer) Issue(ctx context.Context, req issuers.Request) (issuers.Creden
 		// caller giving up must not cancel it; the timeout bounds it.
 		callCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), i.timeout)
 		defer cancel()
+		i.mu.Lock()
+		gen := i.forgets
+		i.mu.Unlock()
 		issuedAt := i.clock()
 		cred, err := i.assume(callCtx, p, key.seconds, req)
 		if err != nil {
 			return nil, err
 		}
 		c := cached{cred: cred, renewAt: issuedAt.Add(cred.ExpiresAt.Sub(issuedAt) / 2), originReq: req.IssuanceID}
-		i.store(key, c)
+		i.store(key, c, gen)
 		return c, nil
 	})
 	select {
@@ -321,7 +327,26 @@ func (i *Issuer) Issue(ctx context.Context, req issuers.Request) (issuers.Creden
 func handOut(c cached, req issuers.Request) issuers.Credential {
 	cred := c.cred
 	cred.Reused = c.originReq != req.IssuanceID
+	cred.OriginIssuanceID = c.originReq
 	return cred
+}
+
+// Forget implements issuers.Forgetter: the credentials it covers are
+// dropped from reuse, and a mint in flight is not kept (its waiters still
+// get it, and the broker checks it against the revocations before handing
+// it out).
+func (i *Issuer) Forget(covered func(issuers.Held) bool) int {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	i.forgets++
+	n := 0
+	for k, c := range i.cache {
+		if covered(issuers.Held{IssuanceID: c.originReq, Subject: k.subject, Cluster: k.cluster}) {
+			delete(i.cache, k)
+			n++
+		}
+	}
+	return n
 }
 
 // lookup returns a cached credential still in the first half of its life.
@@ -336,10 +361,13 @@ func (i *Issuer) lookup(k cacheKey) (cached, bool) {
 	return c, true
 }
 
-func (i *Issuer) store(k cacheKey, c cached) {
+func (i *Issuer) store(k cacheKey, c cached, gen uint64) {
 	now := i.clock()
 	i.mu.Lock()
 	defer i.mu.Unlock()
+	if gen != i.forgets {
+		return // a revocation came while this was minted
+	}
 	if len(i.cache) >= cacheSweepThreshold {
 		for key, old := range i.cache {
 			if !now.Before(old.renewAt) {

@@ -532,3 +532,45 @@ func TestWebIdentityNeedsNoAWSKeys(t *testing.T) {
 		t.Errorf("request = %v", calls[0])
 	}
 }
+
+// TestForgetDropsRevokedCredentialsFromReuse: after Forget, a credential it
+// covers is never handed out again; the next identical request makes a
+// fresh AssumeRole call, and credentials it does not cover stay reused.
+func TestForgetDropsRevokedCredentialsFromReuse(t *testing.T) {
+	e := newEnv(t)
+	first, err := e.issuer.Issue(ctxT(t), request(clusterA))
+	if err != nil || first.Reused || first.OriginIssuanceID == "" {
+		t.Fatalf("first: %+v, %v", first, err)
+	}
+	other, err := e.issuer.Issue(ctxT(t), request(clusterB))
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := e.issuer.Issue(ctxT(t), request(clusterA))
+	if err != nil || !again.Reused || again.OriginIssuanceID != first.OriginIssuanceID {
+		t.Fatalf("before Forget: %+v, %v; want the first credential reused", again, err)
+	}
+	var seen []issuers.Held
+	n := e.issuer.Forget(func(h issuers.Held) bool {
+		seen = append(seen, h)
+		return h.IssuanceID == first.OriginIssuanceID
+	})
+	if n != 1 || len(seen) != 2 {
+		t.Fatalf("Forget dropped %d of %d held (%+v), want 1 of 2", n, len(seen), seen)
+	}
+	for _, h := range seen {
+		if h.Subject != caller || (h.Cluster != clusterA && h.Cluster != clusterB) {
+			t.Fatalf("held credential described as %+v", h)
+		}
+	}
+	fresh, err := e.issuer.Issue(ctxT(t), request(clusterA))
+	if err != nil || fresh.Reused || fresh.AWS.AccessKeyID == first.AWS.AccessKeyID {
+		t.Fatalf("after Forget: %+v, %v; want a fresh credential", fresh, err)
+	}
+	if c, err := e.issuer.Issue(ctxT(t), request(clusterB)); err != nil || !c.Reused || c.AWS.AccessKeyID != other.AWS.AccessKeyID {
+		t.Fatalf("a credential Forget did not cover: %+v, %v; want it reused", c, err)
+	}
+	if got := len(e.rec.calls("AssumeRole")); got != 3 {
+		t.Fatalf("%d AssumeRole calls, want 3", got)
+	}
+}

@@ -235,3 +235,77 @@ func TestAWSCredentialExpiresWhenTheBrokerSaid(t *testing.T) {
 		t.Fatalf("after the expiry the broker announced (%s): %q, want the credential refused", out.Expiration, code)
 	}
 }
+
+// TestRevocationDropsReusedAWSCredentials: a revoked issuance's AWS
+// credential is never handed out again as a reused one (the next identical
+// request gets a fresh credential from STS), a revoked cluster's requests
+// are refused naming the revocation, and after the lift the credential
+// cached before the revocation is not served either.
+func TestRevocationDropsReusedAWSCredentials(t *testing.T) {
+	t.Parallel()
+	b := startAWSBroker(t)
+	retrieve := func() aws.Credentials {
+		t.Helper()
+		creds, err := b.sdkConfig(t, clusterA).Credentials.Retrieve(context.Background())
+		if err != nil {
+			t.Fatalf("the SDK's credential chain: %v", err)
+		}
+		return creds
+	}
+	first := retrieve()
+	if again := retrieve(); again.AccessKeyID != first.AccessKeyID {
+		t.Fatalf("second request got %s, want %s reused", again.AccessKeyID, first.AccessKeyID)
+	}
+	r := b.ctl(t, "-o", "json", "issuances", "list")
+	var list []map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &list); err != nil {
+		t.Fatalf("issuances list = %q (%v)", r.stdout, err)
+	}
+	var issuance string
+	for _, is := range list {
+		if is["upstream_ref"] == first.AccessKeyID && is["reused"] != true {
+			for _, k := range []string{"issuance_id", "id"} {
+				if v, ok := is[k].(string); ok && v != "" {
+					issuance = v
+				}
+			}
+		}
+	}
+	if issuance == "" {
+		t.Fatalf("no fresh issuance of %s in %v", first.AccessKeyID, list)
+	}
+
+	if r := b.ctl(t, "revoke", "issuance", issuance, "--reason", "leaked in a CI log"); r.code != 0 {
+		t.Fatalf("revoke issuance: %s%s", r.stdout, r.stderr)
+	}
+	fresh := retrieve()
+	if fresh.AccessKeyID == first.AccessKeyID {
+		t.Fatal("the revoked credential was handed out again")
+	}
+	if r := b.ctl(t, "audit", "tail", "-n", "1"); strings.Contains(r.stdout, "reused=true") {
+		t.Errorf("the request after the revocation is recorded as reused: %s", r.stdout)
+	}
+
+	r = b.ctl(t, "-o", "json", "revoke", "cluster", clusterA, "--reason", "incident 42")
+	var rev struct {
+		Revocation struct {
+			RevocationID string `json:"revocation_id"`
+		} `json:"revocation"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &rev); err != nil || rev.Revocation.RevocationID == "" {
+		t.Fatalf("revoke cluster: %q %q (%v)", r.stdout, r.stderr, err)
+	}
+	cp := runTool(t, "credbroker-credential-process", "--broker", b.grpcAddr, "--svid-dir", filepath.Join(b.dataDir, "dev", "controller"), "--profile", "capa", "--cluster", clusterA, "--format", "aws")
+	if cp.code == 0 || !strings.Contains(cp.stderr, rev.Revocation.RevocationID) || !strings.Contains(cp.stderr, "incident 42") {
+		t.Fatalf("a revoked cluster's request: exit %d, %q", cp.code, cp.stderr)
+	}
+	if r := b.ctl(t, "revoke", "lift", rev.Revocation.RevocationID); r.code != 0 {
+		t.Fatalf("revoke lift: %s%s", r.stdout, r.stderr)
+	}
+	if after := retrieve(); after.AccessKeyID == fresh.AccessKeyID || after.AccessKeyID == first.AccessKeyID {
+		t.Error("a credential cached before the cluster's revocation was served after it")
+	}
+	if r := b.ctl(t, "audit", "verify"); r.code != 0 {
+		t.Errorf("audit verify: %s%s", r.stdout, r.stderr)
+	}
+}

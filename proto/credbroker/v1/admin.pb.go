@@ -37,6 +37,10 @@ const (
 	Decision_DECISION_FAILED Decision = 5
 	// An identity or credential was revoked (e.g. a node evicted).
 	Decision_DECISION_REVOKED Decision = 6
+	// A revocation lifted by an admin.
+	Decision_DECISION_LIFTED Decision = 7
+	// A quota window reset by an admin.
+	Decision_DECISION_RESET Decision = 8
 )
 
 // Enum value maps for Decision.
@@ -49,6 +53,8 @@ var (
 		4: "DECISION_THROTTLED",
 		5: "DECISION_FAILED",
 		6: "DECISION_REVOKED",
+		7: "DECISION_LIFTED",
+		8: "DECISION_RESET",
 	}
 	Decision_value = map[string]int32{
 		"DECISION_UNSPECIFIED": 0,
@@ -58,6 +64,8 @@ var (
 		"DECISION_THROTTLED":   4,
 		"DECISION_FAILED":      5,
 		"DECISION_REVOKED":     6,
+		"DECISION_LIFTED":      7,
+		"DECISION_RESET":       8,
 	}
 )
 
@@ -158,6 +166,63 @@ func (x AttestationMethod) Number() protoreflect.EnumNumber {
 // Deprecated: Use AttestationMethod.Descriptor instead.
 func (AttestationMethod) EnumDescriptor() ([]byte, []int) {
 	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
+// RevocationKind says what a revocation covers.
+type RevocationKind int32
+
+const (
+	RevocationKind_REVOCATION_KIND_UNSPECIFIED RevocationKind = 0
+	// One issued credential, by issuance id.
+	RevocationKind_REVOCATION_KIND_ISSUANCE RevocationKind = 1
+	// A caller SPIFFE ID: its requests, and credentials issued to it.
+	RevocationKind_REVOCATION_KIND_IDENTITY RevocationKind = 2
+	// A workload cluster: requests for it and from its nodes, and credentials
+	// scoped to it.
+	RevocationKind_REVOCATION_KIND_CLUSTER RevocationKind = 3
+)
+
+// Enum value maps for RevocationKind.
+var (
+	RevocationKind_name = map[int32]string{
+		0: "REVOCATION_KIND_UNSPECIFIED",
+		1: "REVOCATION_KIND_ISSUANCE",
+		2: "REVOCATION_KIND_IDENTITY",
+		3: "REVOCATION_KIND_CLUSTER",
+	}
+	RevocationKind_value = map[string]int32{
+		"REVOCATION_KIND_UNSPECIFIED": 0,
+		"REVOCATION_KIND_ISSUANCE":    1,
+		"REVOCATION_KIND_IDENTITY":    2,
+		"REVOCATION_KIND_CLUSTER":     3,
+	}
+)
+
+func (x RevocationKind) Enum() *RevocationKind {
+	p := new(RevocationKind)
+	*p = x
+	return p
+}
+
+func (x RevocationKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (RevocationKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_credbroker_v1_admin_proto_enumTypes[2].Descriptor()
+}
+
+func (RevocationKind) Type() protoreflect.EnumType {
+	return &file_credbroker_v1_admin_proto_enumTypes[2]
+}
+
+func (x RevocationKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use RevocationKind.Descriptor instead.
+func (RevocationKind) EnumDescriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{2}
 }
 
 // AuditRecord is one decision in the tamper-evident audit chain. It never
@@ -1680,6 +1745,1150 @@ func (x *EvictNodeResponse) GetIssuances() []*Issuance {
 	return nil
 }
 
+// Revocation is an admin's revocation at the broker.
+type Revocation struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	RevocationId string                 `protobuf:"bytes,1,opt,name=revocation_id,json=revocationId,proto3" json:"revocation_id,omitempty"`
+	Kind         RevocationKind         `protobuf:"varint,2,opt,name=kind,proto3,enum=credbroker.v1.RevocationKind" json:"kind,omitempty"`
+	// The issuance id, SPIFFE ID or cluster "namespace/name" revoked.
+	Target string `protobuf:"bytes,3,opt,name=target,proto3" json:"target,omitempty"`
+	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The admin principal who revoked.
+	Admin     string                 `protobuf:"bytes,5,opt,name=admin,proto3" json:"admin,omitempty"`
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// When the revocation ends by itself; absent: until lifted.
+	Until *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=until,proto3" json:"until,omitempty"`
+	// For an issuance: when its credential expires, after which the
+	// revocation covers nothing and is purged.
+	CoveredUntil  *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=covered_until,json=coveredUntil,proto3" json:"covered_until,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Revocation) Reset() {
+	*x = Revocation{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Revocation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Revocation) ProtoMessage() {}
+
+func (x *Revocation) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Revocation.ProtoReflect.Descriptor instead.
+func (*Revocation) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *Revocation) GetRevocationId() string {
+	if x != nil {
+		return x.RevocationId
+	}
+	return ""
+}
+
+func (x *Revocation) GetKind() RevocationKind {
+	if x != nil {
+		return x.Kind
+	}
+	return RevocationKind_REVOCATION_KIND_UNSPECIFIED
+}
+
+func (x *Revocation) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *Revocation) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Revocation) GetAdmin() string {
+	if x != nil {
+		return x.Admin
+	}
+	return ""
+}
+
+func (x *Revocation) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *Revocation) GetUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Until
+	}
+	return nil
+}
+
+func (x *Revocation) GetCoveredUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CoveredUntil
+	}
+	return nil
+}
+
+// RevokeRequest names what to revoke.
+type RevokeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Target:
+	//
+	//	*RevokeRequest_IssuanceId
+	//	*RevokeRequest_SpiffeId
+	//	*RevokeRequest_Cluster
+	Target isRevokeRequest_Target `protobuf_oneof:"target"`
+	// Why, in words a refused caller will see. At most 512 bytes.
+	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// When the revocation ends by itself; absent: until lifted.
+	Until         *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=until,proto3" json:"until,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeRequest) Reset() {
+	*x = RevokeRequest{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeRequest) ProtoMessage() {}
+
+func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeRequest.ProtoReflect.Descriptor instead.
+func (*RevokeRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *RevokeRequest) GetTarget() isRevokeRequest_Target {
+	if x != nil {
+		return x.Target
+	}
+	return nil
+}
+
+func (x *RevokeRequest) GetIssuanceId() string {
+	if x != nil {
+		if x, ok := x.Target.(*RevokeRequest_IssuanceId); ok {
+			return x.IssuanceId
+		}
+	}
+	return ""
+}
+
+func (x *RevokeRequest) GetSpiffeId() string {
+	if x != nil {
+		if x, ok := x.Target.(*RevokeRequest_SpiffeId); ok {
+			return x.SpiffeId
+		}
+	}
+	return ""
+}
+
+func (x *RevokeRequest) GetCluster() string {
+	if x != nil {
+		if x, ok := x.Target.(*RevokeRequest_Cluster); ok {
+			return x.Cluster
+		}
+	}
+	return ""
+}
+
+func (x *RevokeRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *RevokeRequest) GetUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Until
+	}
+	return nil
+}
+
+type isRevokeRequest_Target interface {
+	isRevokeRequest_Target()
+}
+
+type RevokeRequest_IssuanceId struct {
+	IssuanceId string `protobuf:"bytes,1,opt,name=issuance_id,json=issuanceId,proto3,oneof"`
+}
+
+type RevokeRequest_SpiffeId struct {
+	SpiffeId string `protobuf:"bytes,2,opt,name=spiffe_id,json=spiffeId,proto3,oneof"`
+}
+
+type RevokeRequest_Cluster struct {
+	// Workload cluster "namespace/name".
+	Cluster string `protobuf:"bytes,3,opt,name=cluster,proto3,oneof"`
+}
+
+func (*RevokeRequest_IssuanceId) isRevokeRequest_Target() {}
+
+func (*RevokeRequest_SpiffeId) isRevokeRequest_Target() {}
+
+func (*RevokeRequest_Cluster) isRevokeRequest_Target() {}
+
+// RevokeResponse carries the revocation made.
+type RevokeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Revocation    *Revocation            `protobuf:"bytes,1,opt,name=revocation,proto3" json:"revocation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeResponse) Reset() {
+	*x = RevokeResponse{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeResponse) ProtoMessage() {}
+
+func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeResponse.ProtoReflect.Descriptor instead.
+func (*RevokeResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *RevokeResponse) GetRevocation() *Revocation {
+	if x != nil {
+		return x.Revocation
+	}
+	return nil
+}
+
+// ListRevocationsRequest pages through revocations.
+type ListRevocationsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Maximum number returned in this page; 0 means 100. At most 1000.
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// next_page_token of the previous page.
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRevocationsRequest) Reset() {
+	*x = ListRevocationsRequest{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRevocationsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRevocationsRequest) ProtoMessage() {}
+
+func (x *ListRevocationsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRevocationsRequest.ProtoReflect.Descriptor instead.
+func (*ListRevocationsRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ListRevocationsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListRevocationsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// ListRevocationsResponse holds one page of revocations, by id.
+type ListRevocationsResponse struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Revocations []*Revocation          `protobuf:"bytes,1,rep,name=revocations,proto3" json:"revocations,omitempty"`
+	// Token for the next page; empty when this is the last one.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRevocationsResponse) Reset() {
+	*x = ListRevocationsResponse{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRevocationsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRevocationsResponse) ProtoMessage() {}
+
+func (x *ListRevocationsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRevocationsResponse.ProtoReflect.Descriptor instead.
+func (*ListRevocationsResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ListRevocationsResponse) GetRevocations() []*Revocation {
+	if x != nil {
+		return x.Revocations
+	}
+	return nil
+}
+
+func (x *ListRevocationsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// LiftRevocationRequest names the revocation to lift.
+type LiftRevocationRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RevocationId  string                 `protobuf:"bytes,1,opt,name=revocation_id,json=revocationId,proto3" json:"revocation_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LiftRevocationRequest) Reset() {
+	*x = LiftRevocationRequest{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LiftRevocationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LiftRevocationRequest) ProtoMessage() {}
+
+func (x *LiftRevocationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LiftRevocationRequest.ProtoReflect.Descriptor instead.
+func (*LiftRevocationRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *LiftRevocationRequest) GetRevocationId() string {
+	if x != nil {
+		return x.RevocationId
+	}
+	return ""
+}
+
+// LiftRevocationResponse carries the revocation lifted.
+type LiftRevocationResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Revocation    *Revocation            `protobuf:"bytes,1,opt,name=revocation,proto3" json:"revocation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LiftRevocationResponse) Reset() {
+	*x = LiftRevocationResponse{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LiftRevocationResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LiftRevocationResponse) ProtoMessage() {}
+
+func (x *LiftRevocationResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LiftRevocationResponse.ProtoReflect.Descriptor instead.
+func (*LiftRevocationResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *LiftRevocationResponse) GetRevocation() *Revocation {
+	if x != nil {
+		return x.Revocation
+	}
+	return nil
+}
+
+// Cluster is a workload cluster as the broker knows it.
+type Cluster struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "namespace/name".
+	Cluster string `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	// Attested nodes, evicted ones included.
+	Nodes        int32 `protobuf:"varint,2,opt,name=nodes,proto3" json:"nodes,omitempty"`
+	EvictedNodes int32 `protobuf:"varint,3,opt,name=evicted_nodes,json=evictedNodes,proto3" json:"evicted_nodes,omitempty"`
+	// Join tokens not used yet (expired ones included until purged).
+	UnusedJoinTokens int32 `protobuf:"varint,4,opt,name=unused_join_tokens,json=unusedJoinTokens,proto3" json:"unused_join_tokens,omitempty"`
+	// The revocation in effect for the cluster (a deleted cluster's), if any.
+	Revocation    *Revocation `protobuf:"bytes,5,opt,name=revocation,proto3" json:"revocation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Cluster) Reset() {
+	*x = Cluster{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Cluster) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Cluster) ProtoMessage() {}
+
+func (x *Cluster) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Cluster.ProtoReflect.Descriptor instead.
+func (*Cluster) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *Cluster) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *Cluster) GetNodes() int32 {
+	if x != nil {
+		return x.Nodes
+	}
+	return 0
+}
+
+func (x *Cluster) GetEvictedNodes() int32 {
+	if x != nil {
+		return x.EvictedNodes
+	}
+	return 0
+}
+
+func (x *Cluster) GetUnusedJoinTokens() int32 {
+	if x != nil {
+		return x.UnusedJoinTokens
+	}
+	return 0
+}
+
+func (x *Cluster) GetRevocation() *Revocation {
+	if x != nil {
+		return x.Revocation
+	}
+	return nil
+}
+
+// ListClustersRequest pages through clusters.
+type ListClustersRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Maximum number returned in this page; 0 means 100. At most 1000.
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// next_page_token of the previous page.
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListClustersRequest) Reset() {
+	*x = ListClustersRequest{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListClustersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListClustersRequest) ProtoMessage() {}
+
+func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListClustersRequest.ProtoReflect.Descriptor instead.
+func (*ListClustersRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *ListClustersRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListClustersRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// ListClustersResponse holds one page of clusters, by name.
+type ListClustersResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Clusters []*Cluster             `protobuf:"bytes,1,rep,name=clusters,proto3" json:"clusters,omitempty"`
+	// Token for the next page; empty when this is the last one.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListClustersResponse) Reset() {
+	*x = ListClustersResponse{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListClustersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListClustersResponse) ProtoMessage() {}
+
+func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListClustersResponse.ProtoReflect.Descriptor instead.
+func (*ListClustersResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ListClustersResponse) GetClusters() []*Cluster {
+	if x != nil {
+		return x.Clusters
+	}
+	return nil
+}
+
+func (x *ListClustersResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// DeleteClusterRequest names the deleted cluster.
+type DeleteClusterRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Workload cluster "namespace/name".
+	Cluster string `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	// Why; "cluster deleted" when empty.
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteClusterRequest) Reset() {
+	*x = DeleteClusterRequest{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteClusterRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteClusterRequest) ProtoMessage() {}
+
+func (x *DeleteClusterRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteClusterRequest.ProtoReflect.Descriptor instead.
+func (*DeleteClusterRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *DeleteClusterRequest) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *DeleteClusterRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// DeleteClusterResponse says what was taken back.
+type DeleteClusterResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The cluster's revocation (an earlier one still in effect, if any).
+	Revocation *Revocation `protobuf:"bytes,1,opt,name=revocation,proto3" json:"revocation,omitempty"`
+	// Nodes evicted by this call.
+	EvictedNodes []*Node `protobuf:"bytes,2,rep,name=evicted_nodes,json=evictedNodes,proto3" json:"evicted_nodes,omitempty"`
+	// Unused join tokens voided.
+	VoidedJoinTokens int32 `protobuf:"varint,3,opt,name=voided_join_tokens,json=voidedJoinTokens,proto3" json:"voided_join_tokens,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *DeleteClusterResponse) Reset() {
+	*x = DeleteClusterResponse{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteClusterResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteClusterResponse) ProtoMessage() {}
+
+func (x *DeleteClusterResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteClusterResponse.ProtoReflect.Descriptor instead.
+func (*DeleteClusterResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *DeleteClusterResponse) GetRevocation() *Revocation {
+	if x != nil {
+		return x.Revocation
+	}
+	return nil
+}
+
+func (x *DeleteClusterResponse) GetEvictedNodes() []*Node {
+	if x != nil {
+		return x.EvictedNodes
+	}
+	return nil
+}
+
+func (x *DeleteClusterResponse) GetVoidedJoinTokens() int32 {
+	if x != nil {
+		return x.VoidedJoinTokens
+	}
+	return 0
+}
+
+// QuotaUsage is one quota key's current window.
+type QuotaUsage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Key:
+	//
+	//	*QuotaUsage_SpiffeId
+	//	*QuotaUsage_Cluster
+	Key isQuotaUsage_Key `protobuf_oneof:"key"`
+	// Issuances counted in the current window.
+	Used int32 `protobuf:"varint,3,opt,name=used,proto3" json:"used,omitempty"`
+	// Bounds of the current window; absent when there is none.
+	WindowStart   *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=window_start,json=windowStart,proto3" json:"window_start,omitempty"`
+	ResetAt       *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=reset_at,json=resetAt,proto3" json:"reset_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QuotaUsage) Reset() {
+	*x = QuotaUsage{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QuotaUsage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QuotaUsage) ProtoMessage() {}
+
+func (x *QuotaUsage) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QuotaUsage.ProtoReflect.Descriptor instead.
+func (*QuotaUsage) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *QuotaUsage) GetKey() isQuotaUsage_Key {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *QuotaUsage) GetSpiffeId() string {
+	if x != nil {
+		if x, ok := x.Key.(*QuotaUsage_SpiffeId); ok {
+			return x.SpiffeId
+		}
+	}
+	return ""
+}
+
+func (x *QuotaUsage) GetCluster() string {
+	if x != nil {
+		if x, ok := x.Key.(*QuotaUsage_Cluster); ok {
+			return x.Cluster
+		}
+	}
+	return ""
+}
+
+func (x *QuotaUsage) GetUsed() int32 {
+	if x != nil {
+		return x.Used
+	}
+	return 0
+}
+
+func (x *QuotaUsage) GetWindowStart() *timestamppb.Timestamp {
+	if x != nil {
+		return x.WindowStart
+	}
+	return nil
+}
+
+func (x *QuotaUsage) GetResetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ResetAt
+	}
+	return nil
+}
+
+type isQuotaUsage_Key interface {
+	isQuotaUsage_Key()
+}
+
+type QuotaUsage_SpiffeId struct {
+	SpiffeId string `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3,oneof"`
+}
+
+type QuotaUsage_Cluster struct {
+	Cluster string `protobuf:"bytes,2,opt,name=cluster,proto3,oneof"`
+}
+
+func (*QuotaUsage_SpiffeId) isQuotaUsage_Key() {}
+
+func (*QuotaUsage_Cluster) isQuotaUsage_Key() {}
+
+// GetQuotaRequest names a quota key.
+type GetQuotaRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Key:
+	//
+	//	*GetQuotaRequest_SpiffeId
+	//	*GetQuotaRequest_Cluster
+	Key           isGetQuotaRequest_Key `protobuf_oneof:"key"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetQuotaRequest) Reset() {
+	*x = GetQuotaRequest{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetQuotaRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetQuotaRequest) ProtoMessage() {}
+
+func (x *GetQuotaRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetQuotaRequest.ProtoReflect.Descriptor instead.
+func (*GetQuotaRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *GetQuotaRequest) GetKey() isGetQuotaRequest_Key {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *GetQuotaRequest) GetSpiffeId() string {
+	if x != nil {
+		if x, ok := x.Key.(*GetQuotaRequest_SpiffeId); ok {
+			return x.SpiffeId
+		}
+	}
+	return ""
+}
+
+func (x *GetQuotaRequest) GetCluster() string {
+	if x != nil {
+		if x, ok := x.Key.(*GetQuotaRequest_Cluster); ok {
+			return x.Cluster
+		}
+	}
+	return ""
+}
+
+type isGetQuotaRequest_Key interface {
+	isGetQuotaRequest_Key()
+}
+
+type GetQuotaRequest_SpiffeId struct {
+	SpiffeId string `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3,oneof"`
+}
+
+type GetQuotaRequest_Cluster struct {
+	// Workload cluster "namespace/name".
+	Cluster string `protobuf:"bytes,2,opt,name=cluster,proto3,oneof"`
+}
+
+func (*GetQuotaRequest_SpiffeId) isGetQuotaRequest_Key() {}
+
+func (*GetQuotaRequest_Cluster) isGetQuotaRequest_Key() {}
+
+// GetQuotaResponse carries the key's usage.
+type GetQuotaResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Usage         *QuotaUsage            `protobuf:"bytes,1,opt,name=usage,proto3" json:"usage,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetQuotaResponse) Reset() {
+	*x = GetQuotaResponse{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetQuotaResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetQuotaResponse) ProtoMessage() {}
+
+func (x *GetQuotaResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetQuotaResponse.ProtoReflect.Descriptor instead.
+func (*GetQuotaResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *GetQuotaResponse) GetUsage() *QuotaUsage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
+// ResetQuotaRequest names a quota key.
+type ResetQuotaRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Key:
+	//
+	//	*ResetQuotaRequest_SpiffeId
+	//	*ResetQuotaRequest_Cluster
+	Key           isResetQuotaRequest_Key `protobuf_oneof:"key"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResetQuotaRequest) Reset() {
+	*x = ResetQuotaRequest{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResetQuotaRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResetQuotaRequest) ProtoMessage() {}
+
+func (x *ResetQuotaRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResetQuotaRequest.ProtoReflect.Descriptor instead.
+func (*ResetQuotaRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *ResetQuotaRequest) GetKey() isResetQuotaRequest_Key {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *ResetQuotaRequest) GetSpiffeId() string {
+	if x != nil {
+		if x, ok := x.Key.(*ResetQuotaRequest_SpiffeId); ok {
+			return x.SpiffeId
+		}
+	}
+	return ""
+}
+
+func (x *ResetQuotaRequest) GetCluster() string {
+	if x != nil {
+		if x, ok := x.Key.(*ResetQuotaRequest_Cluster); ok {
+			return x.Cluster
+		}
+	}
+	return ""
+}
+
+type isResetQuotaRequest_Key interface {
+	isResetQuotaRequest_Key()
+}
+
+type ResetQuotaRequest_SpiffeId struct {
+	SpiffeId string `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3,oneof"`
+}
+
+type ResetQuotaRequest_Cluster struct {
+	// Workload cluster "namespace/name".
+	Cluster string `protobuf:"bytes,2,opt,name=cluster,proto3,oneof"`
+}
+
+func (*ResetQuotaRequest_SpiffeId) isResetQuotaRequest_Key() {}
+
+func (*ResetQuotaRequest_Cluster) isResetQuotaRequest_Key() {}
+
+// ResetQuotaResponse carries the usage the reset forgot.
+type ResetQuotaResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Forgotten     *QuotaUsage            `protobuf:"bytes,1,opt,name=forgotten,proto3" json:"forgotten,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResetQuotaResponse) Reset() {
+	*x = ResetQuotaResponse{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResetQuotaResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResetQuotaResponse) ProtoMessage() {}
+
+func (x *ResetQuotaResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResetQuotaResponse.ProtoReflect.Descriptor instead.
+func (*ResetQuotaResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *ResetQuotaResponse) GetForgotten() *QuotaUsage {
+	if x != nil {
+		return x.Forgotten
+	}
+	return nil
+}
+
 var File_credbroker_v1_admin_proto protoreflect.FileDescriptor
 
 const file_credbroker_v1_admin_proto_rawDesc = "" +
@@ -1805,7 +3014,87 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\"s\n" +
 	"\x11EvictNodeResponse\x12'\n" +
 	"\x04node\x18\x01 \x01(\v2\x13.credbroker.v1.NodeR\x04node\x125\n" +
-	"\tissuances\x18\x02 \x03(\v2\x17.credbroker.v1.IssuanceR\tissuances*\xa6\x01\n" +
+	"\tissuances\x18\x02 \x03(\v2\x17.credbroker.v1.IssuanceR\tissuances\"\xd8\x02\n" +
+	"\n" +
+	"Revocation\x12#\n" +
+	"\rrevocation_id\x18\x01 \x01(\tR\frevocationId\x121\n" +
+	"\x04kind\x18\x02 \x01(\x0e2\x1d.credbroker.v1.RevocationKindR\x04kind\x12\x16\n" +
+	"\x06target\x18\x03 \x01(\tR\x06target\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x14\n" +
+	"\x05admin\x18\x05 \x01(\tR\x05admin\x129\n" +
+	"\n" +
+	"created_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x120\n" +
+	"\x05until\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x05until\x12?\n" +
+	"\rcovered_until\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\fcoveredUntil\"\xc1\x01\n" +
+	"\rRevokeRequest\x12!\n" +
+	"\vissuance_id\x18\x01 \x01(\tH\x00R\n" +
+	"issuanceId\x12\x1d\n" +
+	"\tspiffe_id\x18\x02 \x01(\tH\x00R\bspiffeId\x12\x1a\n" +
+	"\acluster\x18\x03 \x01(\tH\x00R\acluster\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x120\n" +
+	"\x05until\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x05untilB\b\n" +
+	"\x06target\"K\n" +
+	"\x0eRevokeResponse\x129\n" +
+	"\n" +
+	"revocation\x18\x01 \x01(\v2\x19.credbroker.v1.RevocationR\n" +
+	"revocation\"T\n" +
+	"\x16ListRevocationsRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"~\n" +
+	"\x17ListRevocationsResponse\x12;\n" +
+	"\vrevocations\x18\x01 \x03(\v2\x19.credbroker.v1.RevocationR\vrevocations\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"<\n" +
+	"\x15LiftRevocationRequest\x12#\n" +
+	"\rrevocation_id\x18\x01 \x01(\tR\frevocationId\"S\n" +
+	"\x16LiftRevocationResponse\x129\n" +
+	"\n" +
+	"revocation\x18\x01 \x01(\v2\x19.credbroker.v1.RevocationR\n" +
+	"revocation\"\xc7\x01\n" +
+	"\aCluster\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12\x14\n" +
+	"\x05nodes\x18\x02 \x01(\x05R\x05nodes\x12#\n" +
+	"\revicted_nodes\x18\x03 \x01(\x05R\fevictedNodes\x12,\n" +
+	"\x12unused_join_tokens\x18\x04 \x01(\x05R\x10unusedJoinTokens\x129\n" +
+	"\n" +
+	"revocation\x18\x05 \x01(\v2\x19.credbroker.v1.RevocationR\n" +
+	"revocation\"Q\n" +
+	"\x13ListClustersRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"r\n" +
+	"\x14ListClustersResponse\x122\n" +
+	"\bclusters\x18\x01 \x03(\v2\x16.credbroker.v1.ClusterR\bclusters\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"H\n" +
+	"\x14DeleteClusterRequest\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xba\x01\n" +
+	"\x15DeleteClusterResponse\x129\n" +
+	"\n" +
+	"revocation\x18\x01 \x01(\v2\x19.credbroker.v1.RevocationR\n" +
+	"revocation\x128\n" +
+	"\revicted_nodes\x18\x02 \x03(\v2\x13.credbroker.v1.NodeR\fevictedNodes\x12,\n" +
+	"\x12voided_join_tokens\x18\x03 \x01(\x05R\x10voidedJoinTokens\"\xd8\x01\n" +
+	"\n" +
+	"QuotaUsage\x12\x1d\n" +
+	"\tspiffe_id\x18\x01 \x01(\tH\x00R\bspiffeId\x12\x1a\n" +
+	"\acluster\x18\x02 \x01(\tH\x00R\acluster\x12\x12\n" +
+	"\x04used\x18\x03 \x01(\x05R\x04used\x12=\n" +
+	"\fwindow_start\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\vwindowStart\x125\n" +
+	"\breset_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\aresetAtB\x05\n" +
+	"\x03key\"S\n" +
+	"\x0fGetQuotaRequest\x12\x1d\n" +
+	"\tspiffe_id\x18\x01 \x01(\tH\x00R\bspiffeId\x12\x1a\n" +
+	"\acluster\x18\x02 \x01(\tH\x00R\aclusterB\x05\n" +
+	"\x03key\"C\n" +
+	"\x10GetQuotaResponse\x12/\n" +
+	"\x05usage\x18\x01 \x01(\v2\x19.credbroker.v1.QuotaUsageR\x05usage\"U\n" +
+	"\x11ResetQuotaRequest\x12\x1d\n" +
+	"\tspiffe_id\x18\x01 \x01(\tH\x00R\bspiffeId\x12\x1a\n" +
+	"\acluster\x18\x02 \x01(\tH\x00R\aclusterB\x05\n" +
+	"\x03key\"M\n" +
+	"\x12ResetQuotaResponse\x127\n" +
+	"\tforgotten\x18\x01 \x01(\v2\x19.credbroker.v1.QuotaUsageR\tforgotten*\xcf\x01\n" +
 	"\bDecision\x12\x18\n" +
 	"\x14DECISION_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fDECISION_INTENT\x10\x01\x12\x13\n" +
@@ -1813,7 +3102,9 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x0fDECISION_DENIED\x10\x03\x12\x16\n" +
 	"\x12DECISION_THROTTLED\x10\x04\x12\x13\n" +
 	"\x0fDECISION_FAILED\x10\x05\x12\x14\n" +
-	"\x10DECISION_REVOKED\x10\x06*\xfc\x01\n" +
+	"\x10DECISION_REVOKED\x10\x06\x12\x13\n" +
+	"\x0fDECISION_LIFTED\x10\a\x12\x12\n" +
+	"\x0eDECISION_RESET\x10\b*\xfc\x01\n" +
 	"\x11AttestationMethod\x12\"\n" +
 	"\x1eATTESTATION_METHOD_UNSPECIFIED\x10\x00\x12 \n" +
 	"\x1cATTESTATION_METHOD_X509_SVID\x10\x01\x12\x1f\n" +
@@ -1821,7 +3112,12 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x1dATTESTATION_METHOD_JOIN_TOKEN\x10\x03\x12\x1f\n" +
 	"\x1bATTESTATION_METHOD_K8S_PSAT\x10\x04\x12\x1e\n" +
 	"\x1aATTESTATION_METHOD_AWS_IID\x10\x05\x12\x1c\n" +
-	"\x18ATTESTATION_METHOD_ADMIN\x10\x062\xf2\x04\n" +
+	"\x18ATTESTATION_METHOD_ADMIN\x10\x06*\x8a\x01\n" +
+	"\x0eRevocationKind\x12\x1f\n" +
+	"\x1bREVOCATION_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
+	"\x18REVOCATION_KIND_ISSUANCE\x10\x01\x12\x1c\n" +
+	"\x18REVOCATION_KIND_IDENTITY\x10\x02\x12\x1b\n" +
+	"\x17REVOCATION_KIND_CLUSTER\x10\x032\xcf\t\n" +
 	"\fAdminService\x12Z\n" +
 	"\rListIssuances\x12#.credbroker.v1.ListIssuancesRequest\x1a$.credbroker.v1.ListIssuancesResponse\x12T\n" +
 	"\vGetIssuance\x12!.credbroker.v1.GetIssuanceRequest\x1a\".credbroker.v1.GetIssuanceResponse\x12V\n" +
@@ -1829,7 +3125,15 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\vExportAudit\x12!.credbroker.v1.ExportAuditRequest\x1a\".credbroker.v1.ExportAuditResponse0\x01\x12`\n" +
 	"\x0fCreateJoinToken\x12%.credbroker.v1.CreateJoinTokenRequest\x1a&.credbroker.v1.CreateJoinTokenResponse\x12N\n" +
 	"\tListNodes\x12\x1f.credbroker.v1.ListNodesRequest\x1a .credbroker.v1.ListNodesResponse\x12N\n" +
-	"\tEvictNode\x12\x1f.credbroker.v1.EvictNodeRequest\x1a .credbroker.v1.EvictNodeResponseBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
+	"\tEvictNode\x12\x1f.credbroker.v1.EvictNodeRequest\x1a .credbroker.v1.EvictNodeResponse\x12E\n" +
+	"\x06Revoke\x12\x1c.credbroker.v1.RevokeRequest\x1a\x1d.credbroker.v1.RevokeResponse\x12`\n" +
+	"\x0fListRevocations\x12%.credbroker.v1.ListRevocationsRequest\x1a&.credbroker.v1.ListRevocationsResponse\x12]\n" +
+	"\x0eLiftRevocation\x12$.credbroker.v1.LiftRevocationRequest\x1a%.credbroker.v1.LiftRevocationResponse\x12W\n" +
+	"\fListClusters\x12\".credbroker.v1.ListClustersRequest\x1a#.credbroker.v1.ListClustersResponse\x12Z\n" +
+	"\rDeleteCluster\x12#.credbroker.v1.DeleteClusterRequest\x1a$.credbroker.v1.DeleteClusterResponse\x12K\n" +
+	"\bGetQuota\x12\x1e.credbroker.v1.GetQuotaRequest\x1a\x1f.credbroker.v1.GetQuotaResponse\x12Q\n" +
+	"\n" +
+	"ResetQuota\x12 .credbroker.v1.ResetQuotaRequest\x1a!.credbroker.v1.ResetQuotaResponseBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
 
 var (
 	file_credbroker_v1_admin_proto_rawDescOnce sync.Once
@@ -1843,80 +3147,128 @@ func file_credbroker_v1_admin_proto_rawDescGZIP() []byte {
 	return file_credbroker_v1_admin_proto_rawDescData
 }
 
-var file_credbroker_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_credbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_credbroker_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_credbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_credbroker_v1_admin_proto_goTypes = []any{
 	(Decision)(0),                   // 0: credbroker.v1.Decision
 	(AttestationMethod)(0),          // 1: credbroker.v1.AttestationMethod
-	(*AuditRecord)(nil),             // 2: credbroker.v1.AuditRecord
-	(*Issuance)(nil),                // 3: credbroker.v1.Issuance
-	(*ListIssuancesRequest)(nil),    // 4: credbroker.v1.ListIssuancesRequest
-	(*ListIssuancesResponse)(nil),   // 5: credbroker.v1.ListIssuancesResponse
-	(*GetIssuanceRequest)(nil),      // 6: credbroker.v1.GetIssuanceRequest
-	(*GetIssuanceResponse)(nil),     // 7: credbroker.v1.GetIssuanceResponse
-	(*VerifyAuditRequest)(nil),      // 8: credbroker.v1.VerifyAuditRequest
-	(*VerifyAuditResponse)(nil),     // 9: credbroker.v1.VerifyAuditResponse
-	(*VerifyAuditResult)(nil),       // 10: credbroker.v1.VerifyAuditResult
-	(*ChainBreak)(nil),              // 11: credbroker.v1.ChainBreak
-	(*AuditProgress)(nil),           // 12: credbroker.v1.AuditProgress
-	(*ExportAuditRequest)(nil),      // 13: credbroker.v1.ExportAuditRequest
-	(*ExportAuditResponse)(nil),     // 14: credbroker.v1.ExportAuditResponse
-	(*CreateJoinTokenRequest)(nil),  // 15: credbroker.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil), // 16: credbroker.v1.CreateJoinTokenResponse
-	(*Node)(nil),                    // 17: credbroker.v1.Node
-	(*ListNodesRequest)(nil),        // 18: credbroker.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),       // 19: credbroker.v1.ListNodesResponse
-	(*EvictNodeRequest)(nil),        // 20: credbroker.v1.EvictNodeRequest
-	(*EvictNodeResponse)(nil),       // 21: credbroker.v1.EvictNodeResponse
-	(*timestamppb.Timestamp)(nil),   // 22: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 23: google.protobuf.Duration
+	(RevocationKind)(0),             // 2: credbroker.v1.RevocationKind
+	(*AuditRecord)(nil),             // 3: credbroker.v1.AuditRecord
+	(*Issuance)(nil),                // 4: credbroker.v1.Issuance
+	(*ListIssuancesRequest)(nil),    // 5: credbroker.v1.ListIssuancesRequest
+	(*ListIssuancesResponse)(nil),   // 6: credbroker.v1.ListIssuancesResponse
+	(*GetIssuanceRequest)(nil),      // 7: credbroker.v1.GetIssuanceRequest
+	(*GetIssuanceResponse)(nil),     // 8: credbroker.v1.GetIssuanceResponse
+	(*VerifyAuditRequest)(nil),      // 9: credbroker.v1.VerifyAuditRequest
+	(*VerifyAuditResponse)(nil),     // 10: credbroker.v1.VerifyAuditResponse
+	(*VerifyAuditResult)(nil),       // 11: credbroker.v1.VerifyAuditResult
+	(*ChainBreak)(nil),              // 12: credbroker.v1.ChainBreak
+	(*AuditProgress)(nil),           // 13: credbroker.v1.AuditProgress
+	(*ExportAuditRequest)(nil),      // 14: credbroker.v1.ExportAuditRequest
+	(*ExportAuditResponse)(nil),     // 15: credbroker.v1.ExportAuditResponse
+	(*CreateJoinTokenRequest)(nil),  // 16: credbroker.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil), // 17: credbroker.v1.CreateJoinTokenResponse
+	(*Node)(nil),                    // 18: credbroker.v1.Node
+	(*ListNodesRequest)(nil),        // 19: credbroker.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),       // 20: credbroker.v1.ListNodesResponse
+	(*EvictNodeRequest)(nil),        // 21: credbroker.v1.EvictNodeRequest
+	(*EvictNodeResponse)(nil),       // 22: credbroker.v1.EvictNodeResponse
+	(*Revocation)(nil),              // 23: credbroker.v1.Revocation
+	(*RevokeRequest)(nil),           // 24: credbroker.v1.RevokeRequest
+	(*RevokeResponse)(nil),          // 25: credbroker.v1.RevokeResponse
+	(*ListRevocationsRequest)(nil),  // 26: credbroker.v1.ListRevocationsRequest
+	(*ListRevocationsResponse)(nil), // 27: credbroker.v1.ListRevocationsResponse
+	(*LiftRevocationRequest)(nil),   // 28: credbroker.v1.LiftRevocationRequest
+	(*LiftRevocationResponse)(nil),  // 29: credbroker.v1.LiftRevocationResponse
+	(*Cluster)(nil),                 // 30: credbroker.v1.Cluster
+	(*ListClustersRequest)(nil),     // 31: credbroker.v1.ListClustersRequest
+	(*ListClustersResponse)(nil),    // 32: credbroker.v1.ListClustersResponse
+	(*DeleteClusterRequest)(nil),    // 33: credbroker.v1.DeleteClusterRequest
+	(*DeleteClusterResponse)(nil),   // 34: credbroker.v1.DeleteClusterResponse
+	(*QuotaUsage)(nil),              // 35: credbroker.v1.QuotaUsage
+	(*GetQuotaRequest)(nil),         // 36: credbroker.v1.GetQuotaRequest
+	(*GetQuotaResponse)(nil),        // 37: credbroker.v1.GetQuotaResponse
+	(*ResetQuotaRequest)(nil),       // 38: credbroker.v1.ResetQuotaRequest
+	(*ResetQuotaResponse)(nil),      // 39: credbroker.v1.ResetQuotaResponse
+	(*timestamppb.Timestamp)(nil),   // 40: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 41: google.protobuf.Duration
 }
 var file_credbroker_v1_admin_proto_depIdxs = []int32{
-	22, // 0: credbroker.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	40, // 0: credbroker.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
 	1,  // 1: credbroker.v1.AuditRecord.attestation:type_name -> credbroker.v1.AttestationMethod
 	0,  // 2: credbroker.v1.AuditRecord.decision:type_name -> credbroker.v1.Decision
-	23, // 3: credbroker.v1.AuditRecord.ttl:type_name -> google.protobuf.Duration
-	22, // 4: credbroker.v1.AuditRecord.expires_at:type_name -> google.protobuf.Timestamp
-	22, // 5: credbroker.v1.Issuance.issued_at:type_name -> google.protobuf.Timestamp
-	22, // 6: credbroker.v1.Issuance.expires_at:type_name -> google.protobuf.Timestamp
+	41, // 3: credbroker.v1.AuditRecord.ttl:type_name -> google.protobuf.Duration
+	40, // 4: credbroker.v1.AuditRecord.expires_at:type_name -> google.protobuf.Timestamp
+	40, // 5: credbroker.v1.Issuance.issued_at:type_name -> google.protobuf.Timestamp
+	40, // 6: credbroker.v1.Issuance.expires_at:type_name -> google.protobuf.Timestamp
 	1,  // 7: credbroker.v1.Issuance.attestation:type_name -> credbroker.v1.AttestationMethod
-	22, // 8: credbroker.v1.ListIssuancesRequest.since:type_name -> google.protobuf.Timestamp
-	3,  // 9: credbroker.v1.ListIssuancesResponse.issuances:type_name -> credbroker.v1.Issuance
-	3,  // 10: credbroker.v1.GetIssuanceResponse.issuance:type_name -> credbroker.v1.Issuance
-	2,  // 11: credbroker.v1.GetIssuanceResponse.records:type_name -> credbroker.v1.AuditRecord
-	12, // 12: credbroker.v1.VerifyAuditResponse.progress:type_name -> credbroker.v1.AuditProgress
-	10, // 13: credbroker.v1.VerifyAuditResponse.result:type_name -> credbroker.v1.VerifyAuditResult
-	11, // 14: credbroker.v1.VerifyAuditResult.first_break:type_name -> credbroker.v1.ChainBreak
-	2,  // 15: credbroker.v1.ExportAuditResponse.record:type_name -> credbroker.v1.AuditRecord
-	23, // 16: credbroker.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
-	22, // 17: credbroker.v1.CreateJoinTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	40, // 8: credbroker.v1.ListIssuancesRequest.since:type_name -> google.protobuf.Timestamp
+	4,  // 9: credbroker.v1.ListIssuancesResponse.issuances:type_name -> credbroker.v1.Issuance
+	4,  // 10: credbroker.v1.GetIssuanceResponse.issuance:type_name -> credbroker.v1.Issuance
+	3,  // 11: credbroker.v1.GetIssuanceResponse.records:type_name -> credbroker.v1.AuditRecord
+	13, // 12: credbroker.v1.VerifyAuditResponse.progress:type_name -> credbroker.v1.AuditProgress
+	11, // 13: credbroker.v1.VerifyAuditResponse.result:type_name -> credbroker.v1.VerifyAuditResult
+	12, // 14: credbroker.v1.VerifyAuditResult.first_break:type_name -> credbroker.v1.ChainBreak
+	3,  // 15: credbroker.v1.ExportAuditResponse.record:type_name -> credbroker.v1.AuditRecord
+	41, // 16: credbroker.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
+	40, // 17: credbroker.v1.CreateJoinTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
 	1,  // 18: credbroker.v1.Node.attestation:type_name -> credbroker.v1.AttestationMethod
-	22, // 19: credbroker.v1.Node.attested_at:type_name -> google.protobuf.Timestamp
-	22, // 20: credbroker.v1.Node.renewed_at:type_name -> google.protobuf.Timestamp
-	22, // 21: credbroker.v1.Node.expires_at:type_name -> google.protobuf.Timestamp
-	22, // 22: credbroker.v1.Node.evicted_at:type_name -> google.protobuf.Timestamp
-	17, // 23: credbroker.v1.ListNodesResponse.nodes:type_name -> credbroker.v1.Node
-	17, // 24: credbroker.v1.EvictNodeResponse.node:type_name -> credbroker.v1.Node
-	3,  // 25: credbroker.v1.EvictNodeResponse.issuances:type_name -> credbroker.v1.Issuance
-	4,  // 26: credbroker.v1.AdminService.ListIssuances:input_type -> credbroker.v1.ListIssuancesRequest
-	6,  // 27: credbroker.v1.AdminService.GetIssuance:input_type -> credbroker.v1.GetIssuanceRequest
-	8,  // 28: credbroker.v1.AdminService.VerifyAudit:input_type -> credbroker.v1.VerifyAuditRequest
-	13, // 29: credbroker.v1.AdminService.ExportAudit:input_type -> credbroker.v1.ExportAuditRequest
-	15, // 30: credbroker.v1.AdminService.CreateJoinToken:input_type -> credbroker.v1.CreateJoinTokenRequest
-	18, // 31: credbroker.v1.AdminService.ListNodes:input_type -> credbroker.v1.ListNodesRequest
-	20, // 32: credbroker.v1.AdminService.EvictNode:input_type -> credbroker.v1.EvictNodeRequest
-	5,  // 33: credbroker.v1.AdminService.ListIssuances:output_type -> credbroker.v1.ListIssuancesResponse
-	7,  // 34: credbroker.v1.AdminService.GetIssuance:output_type -> credbroker.v1.GetIssuanceResponse
-	9,  // 35: credbroker.v1.AdminService.VerifyAudit:output_type -> credbroker.v1.VerifyAuditResponse
-	14, // 36: credbroker.v1.AdminService.ExportAudit:output_type -> credbroker.v1.ExportAuditResponse
-	16, // 37: credbroker.v1.AdminService.CreateJoinToken:output_type -> credbroker.v1.CreateJoinTokenResponse
-	19, // 38: credbroker.v1.AdminService.ListNodes:output_type -> credbroker.v1.ListNodesResponse
-	21, // 39: credbroker.v1.AdminService.EvictNode:output_type -> credbroker.v1.EvictNodeResponse
-	33, // [33:40] is the sub-list for method output_type
-	26, // [26:33] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	40, // 19: credbroker.v1.Node.attested_at:type_name -> google.protobuf.Timestamp
+	40, // 20: credbroker.v1.Node.renewed_at:type_name -> google.protobuf.Timestamp
+	40, // 21: credbroker.v1.Node.expires_at:type_name -> google.protobuf.Timestamp
+	40, // 22: credbroker.v1.Node.evicted_at:type_name -> google.protobuf.Timestamp
+	18, // 23: credbroker.v1.ListNodesResponse.nodes:type_name -> credbroker.v1.Node
+	18, // 24: credbroker.v1.EvictNodeResponse.node:type_name -> credbroker.v1.Node
+	4,  // 25: credbroker.v1.EvictNodeResponse.issuances:type_name -> credbroker.v1.Issuance
+	2,  // 26: credbroker.v1.Revocation.kind:type_name -> credbroker.v1.RevocationKind
+	40, // 27: credbroker.v1.Revocation.created_at:type_name -> google.protobuf.Timestamp
+	40, // 28: credbroker.v1.Revocation.until:type_name -> google.protobuf.Timestamp
+	40, // 29: credbroker.v1.Revocation.covered_until:type_name -> google.protobuf.Timestamp
+	40, // 30: credbroker.v1.RevokeRequest.until:type_name -> google.protobuf.Timestamp
+	23, // 31: credbroker.v1.RevokeResponse.revocation:type_name -> credbroker.v1.Revocation
+	23, // 32: credbroker.v1.ListRevocationsResponse.revocations:type_name -> credbroker.v1.Revocation
+	23, // 33: credbroker.v1.LiftRevocationResponse.revocation:type_name -> credbroker.v1.Revocation
+	23, // 34: credbroker.v1.Cluster.revocation:type_name -> credbroker.v1.Revocation
+	30, // 35: credbroker.v1.ListClustersResponse.clusters:type_name -> credbroker.v1.Cluster
+	23, // 36: credbroker.v1.DeleteClusterResponse.revocation:type_name -> credbroker.v1.Revocation
+	18, // 37: credbroker.v1.DeleteClusterResponse.evicted_nodes:type_name -> credbroker.v1.Node
+	40, // 38: credbroker.v1.QuotaUsage.window_start:type_name -> google.protobuf.Timestamp
+	40, // 39: credbroker.v1.QuotaUsage.reset_at:type_name -> google.protobuf.Timestamp
+	35, // 40: credbroker.v1.GetQuotaResponse.usage:type_name -> credbroker.v1.QuotaUsage
+	35, // 41: credbroker.v1.ResetQuotaResponse.forgotten:type_name -> credbroker.v1.QuotaUsage
+	5,  // 42: credbroker.v1.AdminService.ListIssuances:input_type -> credbroker.v1.ListIssuancesRequest
+	7,  // 43: credbroker.v1.AdminService.GetIssuance:input_type -> credbroker.v1.GetIssuanceRequest
+	9,  // 44: credbroker.v1.AdminService.VerifyAudit:input_type -> credbroker.v1.VerifyAuditRequest
+	14, // 45: credbroker.v1.AdminService.ExportAudit:input_type -> credbroker.v1.ExportAuditRequest
+	16, // 46: credbroker.v1.AdminService.CreateJoinToken:input_type -> credbroker.v1.CreateJoinTokenRequest
+	19, // 47: credbroker.v1.AdminService.ListNodes:input_type -> credbroker.v1.ListNodesRequest
+	21, // 48: credbroker.v1.AdminService.EvictNode:input_type -> credbroker.v1.EvictNodeRequest
+	24, // 49: credbroker.v1.AdminService.Revoke:input_type -> credbroker.v1.RevokeRequest
+	26, // 50: credbroker.v1.AdminService.ListRevocations:input_type -> credbroker.v1.ListRevocationsRequest
+	28, // 51: credbroker.v1.AdminService.LiftRevocation:input_type -> credbroker.v1.LiftRevocationRequest
+	31, // 52: credbroker.v1.AdminService.ListClusters:input_type -> credbroker.v1.ListClustersRequest
+	33, // 53: credbroker.v1.AdminService.DeleteCluster:input_type -> credbroker.v1.DeleteClusterRequest
+	36, // 54: credbroker.v1.AdminService.GetQuota:input_type -> credbroker.v1.GetQuotaRequest
+	38, // 55: credbroker.v1.AdminService.ResetQuota:input_type -> credbroker.v1.ResetQuotaRequest
+	6,  // 56: credbroker.v1.AdminService.ListIssuances:output_type -> credbroker.v1.ListIssuancesResponse
+	8,  // 57: credbroker.v1.AdminService.GetIssuance:output_type -> credbroker.v1.GetIssuanceResponse
+	10, // 58: credbroker.v1.AdminService.VerifyAudit:output_type -> credbroker.v1.VerifyAuditResponse
+	15, // 59: credbroker.v1.AdminService.ExportAudit:output_type -> credbroker.v1.ExportAuditResponse
+	17, // 60: credbroker.v1.AdminService.CreateJoinToken:output_type -> credbroker.v1.CreateJoinTokenResponse
+	20, // 61: credbroker.v1.AdminService.ListNodes:output_type -> credbroker.v1.ListNodesResponse
+	22, // 62: credbroker.v1.AdminService.EvictNode:output_type -> credbroker.v1.EvictNodeResponse
+	25, // 63: credbroker.v1.AdminService.Revoke:output_type -> credbroker.v1.RevokeResponse
+	27, // 64: credbroker.v1.AdminService.ListRevocations:output_type -> credbroker.v1.ListRevocationsResponse
+	29, // 65: credbroker.v1.AdminService.LiftRevocation:output_type -> credbroker.v1.LiftRevocationResponse
+	32, // 66: credbroker.v1.AdminService.ListClusters:output_type -> credbroker.v1.ListClustersResponse
+	34, // 67: credbroker.v1.AdminService.DeleteCluster:output_type -> credbroker.v1.DeleteClusterResponse
+	37, // 68: credbroker.v1.AdminService.GetQuota:output_type -> credbroker.v1.GetQuotaResponse
+	39, // 69: credbroker.v1.AdminService.ResetQuota:output_type -> credbroker.v1.ResetQuotaResponse
+	56, // [56:70] is the sub-list for method output_type
+	42, // [42:56] is the sub-list for method input_type
+	42, // [42:42] is the sub-list for extension type_name
+	42, // [42:42] is the sub-list for extension extendee
+	0,  // [0:42] is the sub-list for field type_name
 }
 
 func init() { file_credbroker_v1_admin_proto_init() }
@@ -1932,13 +3284,30 @@ func file_credbroker_v1_admin_proto_init() {
 		(*ExportAuditRequest_AfterSeq)(nil),
 		(*ExportAuditRequest_LastRecords)(nil),
 	}
+	file_credbroker_v1_admin_proto_msgTypes[21].OneofWrappers = []any{
+		(*RevokeRequest_IssuanceId)(nil),
+		(*RevokeRequest_SpiffeId)(nil),
+		(*RevokeRequest_Cluster)(nil),
+	}
+	file_credbroker_v1_admin_proto_msgTypes[32].OneofWrappers = []any{
+		(*QuotaUsage_SpiffeId)(nil),
+		(*QuotaUsage_Cluster)(nil),
+	}
+	file_credbroker_v1_admin_proto_msgTypes[33].OneofWrappers = []any{
+		(*GetQuotaRequest_SpiffeId)(nil),
+		(*GetQuotaRequest_Cluster)(nil),
+	}
+	file_credbroker_v1_admin_proto_msgTypes[35].OneofWrappers = []any{
+		(*ResetQuotaRequest_SpiffeId)(nil),
+		(*ResetQuotaRequest_Cluster)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_credbroker_v1_admin_proto_rawDesc), len(file_credbroker_v1_admin_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   20,
+			NumEnums:      3,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -26,6 +26,13 @@ const (
 	AdminService_CreateJoinToken_FullMethodName = "/credbroker.v1.AdminService/CreateJoinToken"
 	AdminService_ListNodes_FullMethodName       = "/credbroker.v1.AdminService/ListNodes"
 	AdminService_EvictNode_FullMethodName       = "/credbroker.v1.AdminService/EvictNode"
+	AdminService_Revoke_FullMethodName          = "/credbroker.v1.AdminService/Revoke"
+	AdminService_ListRevocations_FullMethodName = "/credbroker.v1.AdminService/ListRevocations"
+	AdminService_LiftRevocation_FullMethodName  = "/credbroker.v1.AdminService/LiftRevocation"
+	AdminService_ListClusters_FullMethodName    = "/credbroker.v1.AdminService/ListClusters"
+	AdminService_DeleteCluster_FullMethodName   = "/credbroker.v1.AdminService/DeleteCluster"
+	AdminService_GetQuota_FullMethodName        = "/credbroker.v1.AdminService/GetQuota"
+	AdminService_ResetQuota_FullMethodName      = "/credbroker.v1.AdminService/ResetQuota"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -72,6 +79,34 @@ type AdminServiceClient interface {
 	// and lists its unexpired issuances for revocation. NOT_FOUND for a node
 	// that never attested.
 	EvictNode(ctx context.Context, in *EvictNodeRequest, opts ...grpc.CallOption) (*EvictNodeResponse, error)
+	// Revoke revokes one issuance, a caller identity or a workload cluster at
+	// the broker: a covered request is refused from the next one on with
+	// FAILED_PRECONDITION (reason REVOKED), and no covered credential is
+	// handed out again, reused or not. On record as a revoked decision naming
+	// the admin principal and the reason.
+	Revoke(ctx context.Context, in *RevokeRequest, opts ...grpc.CallOption) (*RevokeResponse, error)
+	// ListRevocations lists revocations by id (time-ordered), ended ones
+	// included until housekeeping purges them. Page size: default 100,
+	// maximum 1000.
+	ListRevocations(ctx context.Context, in *ListRevocationsRequest, opts ...grpc.CallOption) (*ListRevocationsResponse, error)
+	// LiftRevocation ends a revocation; on record as a lifted decision.
+	// NOT_FOUND for an id that is not (or no longer) held.
+	LiftRevocation(ctx context.Context, in *LiftRevocationRequest, opts ...grpc.CallOption) (*LiftRevocationResponse, error)
+	// ListClusters lists the workload clusters the broker knows of (from its
+	// nodes, join tokens and cluster revocations). Page size: default 100,
+	// maximum 1000.
+	ListClusters(ctx context.Context, in *ListClustersRequest, opts ...grpc.CallOption) (*ListClustersResponse, error)
+	// DeleteCluster takes a deleted workload cluster's credentials back: the
+	// cluster is revoked (no end), its nodes are evicted and its unused join
+	// tokens voided. Each step is on record.
+	DeleteCluster(ctx context.Context, in *DeleteClusterRequest, opts ...grpc.CallOption) (*DeleteClusterResponse, error)
+	// GetQuota shows the current quota window of a caller identity or a
+	// cluster.
+	GetQuota(ctx context.Context, in *GetQuotaRequest, opts ...grpc.CallOption) (*GetQuotaResponse, error)
+	// ResetQuota forgets the current quota window of a caller identity or a
+	// cluster, so its next issuance opens a fresh one; on record as a reset
+	// decision.
+	ResetQuota(ctx context.Context, in *ResetQuotaRequest, opts ...grpc.CallOption) (*ResetQuotaResponse, error)
 }
 
 type adminServiceClient struct {
@@ -170,6 +205,76 @@ func (c *adminServiceClient) EvictNode(ctx context.Context, in *EvictNodeRequest
 	return out, nil
 }
 
+func (c *adminServiceClient) Revoke(ctx context.Context, in *RevokeRequest, opts ...grpc.CallOption) (*RevokeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeResponse)
+	err := c.cc.Invoke(ctx, AdminService_Revoke_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ListRevocations(ctx context.Context, in *ListRevocationsRequest, opts ...grpc.CallOption) (*ListRevocationsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListRevocationsResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListRevocations_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) LiftRevocation(ctx context.Context, in *LiftRevocationRequest, opts ...grpc.CallOption) (*LiftRevocationResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LiftRevocationResponse)
+	err := c.cc.Invoke(ctx, AdminService_LiftRevocation_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ListClusters(ctx context.Context, in *ListClustersRequest, opts ...grpc.CallOption) (*ListClustersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListClustersResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListClusters_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) DeleteCluster(ctx context.Context, in *DeleteClusterRequest, opts ...grpc.CallOption) (*DeleteClusterResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteClusterResponse)
+	err := c.cc.Invoke(ctx, AdminService_DeleteCluster_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) GetQuota(ctx context.Context, in *GetQuotaRequest, opts ...grpc.CallOption) (*GetQuotaResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetQuotaResponse)
+	err := c.cc.Invoke(ctx, AdminService_GetQuota_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ResetQuota(ctx context.Context, in *ResetQuotaRequest, opts ...grpc.CallOption) (*ResetQuotaResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ResetQuotaResponse)
+	err := c.cc.Invoke(ctx, AdminService_ResetQuota_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -214,6 +319,34 @@ type AdminServiceServer interface {
 	// and lists its unexpired issuances for revocation. NOT_FOUND for a node
 	// that never attested.
 	EvictNode(context.Context, *EvictNodeRequest) (*EvictNodeResponse, error)
+	// Revoke revokes one issuance, a caller identity or a workload cluster at
+	// the broker: a covered request is refused from the next one on with
+	// FAILED_PRECONDITION (reason REVOKED), and no covered credential is
+	// handed out again, reused or not. On record as a revoked decision naming
+	// the admin principal and the reason.
+	Revoke(context.Context, *RevokeRequest) (*RevokeResponse, error)
+	// ListRevocations lists revocations by id (time-ordered), ended ones
+	// included until housekeeping purges them. Page size: default 100,
+	// maximum 1000.
+	ListRevocations(context.Context, *ListRevocationsRequest) (*ListRevocationsResponse, error)
+	// LiftRevocation ends a revocation; on record as a lifted decision.
+	// NOT_FOUND for an id that is not (or no longer) held.
+	LiftRevocation(context.Context, *LiftRevocationRequest) (*LiftRevocationResponse, error)
+	// ListClusters lists the workload clusters the broker knows of (from its
+	// nodes, join tokens and cluster revocations). Page size: default 100,
+	// maximum 1000.
+	ListClusters(context.Context, *ListClustersRequest) (*ListClustersResponse, error)
+	// DeleteCluster takes a deleted workload cluster's credentials back: the
+	// cluster is revoked (no end), its nodes are evicted and its unused join
+	// tokens voided. Each step is on record.
+	DeleteCluster(context.Context, *DeleteClusterRequest) (*DeleteClusterResponse, error)
+	// GetQuota shows the current quota window of a caller identity or a
+	// cluster.
+	GetQuota(context.Context, *GetQuotaRequest) (*GetQuotaResponse, error)
+	// ResetQuota forgets the current quota window of a caller identity or a
+	// cluster, so its next issuance opens a fresh one; on record as a reset
+	// decision.
+	ResetQuota(context.Context, *ResetQuotaRequest) (*ResetQuotaResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -244,6 +377,27 @@ func (UnimplementedAdminServiceServer) ListNodes(context.Context, *ListNodesRequ
 }
 func (UnimplementedAdminServiceServer) EvictNode(context.Context, *EvictNodeRequest) (*EvictNodeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method EvictNode not implemented")
+}
+func (UnimplementedAdminServiceServer) Revoke(context.Context, *RevokeRequest) (*RevokeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Revoke not implemented")
+}
+func (UnimplementedAdminServiceServer) ListRevocations(context.Context, *ListRevocationsRequest) (*ListRevocationsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListRevocations not implemented")
+}
+func (UnimplementedAdminServiceServer) LiftRevocation(context.Context, *LiftRevocationRequest) (*LiftRevocationResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method LiftRevocation not implemented")
+}
+func (UnimplementedAdminServiceServer) ListClusters(context.Context, *ListClustersRequest) (*ListClustersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListClusters not implemented")
+}
+func (UnimplementedAdminServiceServer) DeleteCluster(context.Context, *DeleteClusterRequest) (*DeleteClusterResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteCluster not implemented")
+}
+func (UnimplementedAdminServiceServer) GetQuota(context.Context, *GetQuotaRequest) (*GetQuotaResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetQuota not implemented")
+}
+func (UnimplementedAdminServiceServer) ResetQuota(context.Context, *ResetQuotaRequest) (*ResetQuotaResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ResetQuota not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -378,6 +532,132 @@ func _AdminService_EvictNode_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_Revoke_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).Revoke(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_Revoke_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).Revoke(ctx, req.(*RevokeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ListRevocations_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListRevocationsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListRevocations(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListRevocations_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListRevocations(ctx, req.(*ListRevocationsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_LiftRevocation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LiftRevocationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).LiftRevocation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_LiftRevocation_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).LiftRevocation(ctx, req.(*LiftRevocationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ListClusters_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListClustersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListClusters(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListClusters_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListClusters(ctx, req.(*ListClustersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_DeleteCluster_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteClusterRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).DeleteCluster(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_DeleteCluster_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).DeleteCluster(ctx, req.(*DeleteClusterRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_GetQuota_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetQuotaRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).GetQuota(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_GetQuota_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).GetQuota(ctx, req.(*GetQuotaRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ResetQuota_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ResetQuotaRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ResetQuota(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ResetQuota_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ResetQuota(ctx, req.(*ResetQuotaRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -404,6 +684,34 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "EvictNode",
 			Handler:    _AdminService_EvictNode_Handler,
+		},
+		{
+			MethodName: "Revoke",
+			Handler:    _AdminService_Revoke_Handler,
+		},
+		{
+			MethodName: "ListRevocations",
+			Handler:    _AdminService_ListRevocations_Handler,
+		},
+		{
+			MethodName: "LiftRevocation",
+			Handler:    _AdminService_LiftRevocation_Handler,
+		},
+		{
+			MethodName: "ListClusters",
+			Handler:    _AdminService_ListClusters_Handler,
+		},
+		{
+			MethodName: "DeleteCluster",
+			Handler:    _AdminService_DeleteCluster_Handler,
+		},
+		{
+			MethodName: "GetQuota",
+			Handler:    _AdminService_GetQuota_Handler,
+		},
+		{
+			MethodName: "ResetQuota",
+			Handler:    _AdminService_ResetQuota_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -1,0 +1,405 @@
+package broker
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/credbroker/credbroker/attest"
+	"github.com/credbroker/credbroker/attest/jointoken"
+	"github.com/credbroker/credbroker/broker/audit"
+	"github.com/credbroker/credbroker/broker/state"
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+)
+
+// AdminState is the state the admin API changes directly: the node registry
+// and join tokens of a deleted cluster, and quota windows.
+type AdminState interface {
+	ListNodes(ctx context.Context, f state.NodeFilter) ([]state.Node, error)
+	EvictNode(ctx context.Context, now time.Time, id string) (state.Node, error)
+	ListJoinTokens(ctx context.Context) ([]jointoken.Token, error)
+	VoidJoinTokens(ctx context.Context, cluster string) (int, error)
+	Usage(ctx context.Context, now time.Time, key state.QuotaKey) (state.Usage, error)
+	ResetQuota(ctx context.Context, key state.QuotaKey) error
+}
+
+// AdminOption configures an Admin.
+type AdminOption func(*Admin)
+
+// WithRevocations serves revocation, cluster deletion and quota admin:
+// rev makes and lifts revocations and records every change; st is the state
+// those change directly. Without it, those methods answer
+// FAILED_PRECONDITION.
+func WithRevocations(rev *Revocations, st AdminState) AdminOption {
+	return func(a *Admin) { a.rev, a.st = rev, st }
+}
+
+var errRevocationsDisabled = errorf(codes.FailedPrecondition, "revocation is not wired into this broker")
+
+// Page bounds of the revocation and cluster lists.
+const (
+	defaultPage = 100
+	maxPage     = 1000
+)
+
+// pageSize returns the page size for a request's page_size.
+func pageSize(requested int32) (int, error) {
+	switch {
+	case requested < 0:
+		return 0, errorf(codes.InvalidArgument, "page_size must not be negative")
+	case requested == 0:
+		return defaultPage, nil
+	}
+	return min(int(requested), maxPage), nil
+}
+
+// Page tokens of these lists are the key to resume after, with the list's
+// name, base64url-encoded: opaque to clients, checked on the way in.
+func pageToken(list, after string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(list + "\x00" + after))
+}
+
+func pageAfter(list, token string) (string, error) {
+	if token == "" {
+		return "", nil
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(token)
+	name, after, ok := strings.Cut(string(raw), "\x00")
+	if err != nil || !ok || name != list || after == "" {
+		return "", errorf(codes.InvalidArgument, "page_token is not a token of this listing")
+	}
+	return after, nil
+}
+
+// Revoke implements AdminService.Revoke.
+func (a *Admin) Revoke(ctx context.Context, req *credbrokerv1.RevokeRequest) (*credbrokerv1.RevokeResponse, error) {
+	if a.rev == nil {
+		return nil, toStatus(errRevocationsDisabled)
+	}
+	var kind state.RevocationKind
+	var target string
+	switch t := req.GetTarget().(type) {
+	case *credbrokerv1.RevokeRequest_IssuanceId:
+		kind, target = state.RevokeIssuance, t.IssuanceId
+	case *credbrokerv1.RevokeRequest_SpiffeId:
+		kind, target = state.RevokeIdentity, t.SpiffeId
+	case *credbrokerv1.RevokeRequest_Cluster:
+		kind, target = state.RevokeCluster, t.Cluster
+	default:
+		return nil, toStatus(errorf(codes.InvalidArgument, "name an issuance_id, a spiffe_id or a cluster to revoke"))
+	}
+	var until time.Time
+	if u := req.GetUntil(); u != nil {
+		if err := u.CheckValid(); err != nil {
+			return nil, toStatus(errorf(codes.InvalidArgument, "until is not a valid time"))
+		}
+		until = u.AsTime()
+	}
+	r, err := a.rev.Revoke(ctx, AdminPrincipal(ctx), kind, target, req.GetReason(), until)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &credbrokerv1.RevokeResponse{Revocation: RevocationProto(r)}, nil
+}
+
+// ListRevocations implements AdminService.ListRevocations.
+func (a *Admin) ListRevocations(ctx context.Context, req *credbrokerv1.ListRevocationsRequest) (*credbrokerv1.ListRevocationsResponse, error) {
+	if a.rev == nil {
+		return nil, toStatus(errRevocationsDisabled)
+	}
+	size, err := pageSize(req.GetPageSize())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	after, err := pageAfter("revocations", req.GetPageToken())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	rs, err := a.rev.List(ctx, after, size+1)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := &credbrokerv1.ListRevocationsResponse{}
+	if len(rs) > size {
+		rs = rs[:size]
+		out.NextPageToken = pageToken("revocations", rs[size-1].ID)
+	}
+	for _, r := range rs {
+		out.Revocations = append(out.Revocations, RevocationProto(r))
+	}
+	return out, nil
+}
+
+// LiftRevocation implements AdminService.LiftRevocation.
+func (a *Admin) LiftRevocation(ctx context.Context, req *credbrokerv1.LiftRevocationRequest) (*credbrokerv1.LiftRevocationResponse, error) {
+	if a.rev == nil {
+		return nil, toStatus(errRevocationsDisabled)
+	}
+	r, err := a.rev.Lift(ctx, AdminPrincipal(ctx), req.GetRevocationId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &credbrokerv1.LiftRevocationResponse{Revocation: RevocationProto(r)}, nil
+}
+
+// ListClusters implements AdminService.ListClusters: the clusters named by
+// nodes, join tokens and cluster revocations, by name.
+func (a *Admin) ListClusters(ctx context.Context, req *credbrokerv1.ListClustersRequest) (*credbrokerv1.ListClustersResponse, error) {
+	if a.rev == nil {
+		return nil, toStatus(errRevocationsDisabled)
+	}
+	size, err := pageSize(req.GetPageSize())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	after, err := pageAfter("clusters", req.GetPageToken())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	byName := map[string]*credbrokerv1.Cluster{}
+	get := func(name string) *credbrokerv1.Cluster {
+		c, ok := byName[name]
+		if !ok {
+			c = &credbrokerv1.Cluster{Cluster: name}
+			if r, ok := a.rev.Covering("", "", name); ok && r.Kind == state.RevokeCluster {
+				c.Revocation = RevocationProto(r)
+			}
+			byName[name] = c
+		}
+		return c
+	}
+	nodes, err := a.st.ListNodes(ctx, state.NodeFilter{})
+	if err != nil {
+		return nil, toStatus(wrapf(codes.Unavailable, err, "node registry unavailable"))
+	}
+	for _, n := range nodes {
+		c := get(n.Cluster)
+		c.Nodes++
+		if n.Evicted() {
+			c.EvictedNodes++
+		}
+	}
+	tokens, err := a.st.ListJoinTokens(ctx)
+	if err != nil {
+		return nil, toStatus(wrapf(codes.Unavailable, err, "join token store unavailable"))
+	}
+	for _, t := range tokens {
+		c := get(t.Cluster)
+		if t.UsedAt.IsZero() {
+			c.UnusedJoinTokens++
+		}
+	}
+	for after := ""; ; {
+		rs, err := a.rev.List(ctx, after, maxPage)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		for _, r := range rs {
+			if r.Kind == state.RevokeCluster {
+				get(r.Target)
+			}
+		}
+		if len(rs) < maxPage {
+			break
+		}
+		after = rs[len(rs)-1].ID
+	}
+	names := make([]string, 0, len(byName))
+	for name := range byName {
+		if name > after {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	out := &credbrokerv1.ListClustersResponse{}
+	if len(names) > size {
+		names = names[:size]
+		out.NextPageToken = pageToken("clusters", names[size-1])
+	}
+	for _, name := range names {
+		out.Clusters = append(out.Clusters, byName[name])
+	}
+	return out, nil
+}
+
+// DeleteCluster implements AdminService.DeleteCluster.
+func (a *Admin) DeleteCluster(ctx context.Context, req *credbrokerv1.DeleteClusterRequest) (*credbrokerv1.DeleteClusterResponse, error) {
+	if a.rev == nil {
+		return nil, toStatus(errRevocationsDisabled)
+	}
+	out, err := a.rev.DeleteCluster(ctx, a.st, AdminPrincipal(ctx), req.GetCluster(), req.GetReason())
+	return out, toStatus(err)
+}
+
+// quotaKey returns the quota key a request names.
+func quotaKey(spiffeID, cluster string, isCluster bool) (state.QuotaKey, error) {
+	if isCluster {
+		if _, err := parseCluster(cluster); err != nil {
+			return state.QuotaKey{}, err
+		}
+		return state.QuotaKey{Kind: state.QuotaCluster, Name: cluster}, nil
+	}
+	if spiffeID == "" || len(spiffeID) > audit.MaxFieldLen {
+		return state.QuotaKey{}, errorf(codes.InvalidArgument, "name a spiffe_id or a cluster")
+	}
+	return state.QuotaKey{Kind: state.QuotaIdentity, Name: spiffeID}, nil
+}
+
+func parseCluster(cluster string) (string, error) {
+	if _, err := attest.ParseClusterRef(cluster); err != nil {
+		return "", errorf(codes.InvalidArgument, "%v", err)
+	}
+	return cluster, nil
+}
+
+// GetQuota implements AdminService.GetQuota.
+func (a *Admin) GetQuota(ctx context.Context, req *credbrokerv1.GetQuotaRequest) (*credbrokerv1.GetQuotaResponse, error) {
+	if a.rev == nil {
+		return nil, toStatus(errRevocationsDisabled)
+	}
+	_, isCluster := req.GetKey().(*credbrokerv1.GetQuotaRequest_Cluster)
+	key, err := quotaKey(req.GetSpiffeId(), req.GetCluster(), isCluster)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	u, err := a.st.Usage(ctx, a.rev.now(), key)
+	if err != nil {
+		return nil, toStatus(wrapf(codes.Unavailable, err, "quota store unavailable"))
+	}
+	return &credbrokerv1.GetQuotaResponse{Usage: UsageProto(u)}, nil
+}
+
+// ResetQuota implements AdminService.ResetQuota.
+func (a *Admin) ResetQuota(ctx context.Context, req *credbrokerv1.ResetQuotaRequest) (*credbrokerv1.ResetQuotaResponse, error) {
+	if a.rev == nil {
+		return nil, toStatus(errRevocationsDisabled)
+	}
+	_, isCluster := req.GetKey().(*credbrokerv1.ResetQuotaRequest_Cluster)
+	key, err := quotaKey(req.GetSpiffeId(), req.GetCluster(), isCluster)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	u, err := a.rev.ResetQuota(ctx, a.st, AdminPrincipal(ctx), key)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &credbrokerv1.ResetQuotaResponse{Forgotten: UsageProto(u)}, nil
+}
+
+var revocationKinds = map[state.RevocationKind]credbrokerv1.RevocationKind{
+	state.RevokeIssuance: credbrokerv1.RevocationKind_REVOCATION_KIND_ISSUANCE,
+	state.RevokeIdentity: credbrokerv1.RevocationKind_REVOCATION_KIND_IDENTITY,
+	state.RevokeCluster:  credbrokerv1.RevocationKind_REVOCATION_KIND_CLUSTER,
+}
+
+// RevocationProto converts a revocation to its API form.
+func RevocationProto(r state.Revocation) *credbrokerv1.Revocation {
+	return &credbrokerv1.Revocation{
+		RevocationId: r.ID, Kind: revocationKinds[r.Kind], Target: r.Target, Reason: r.Reason, Admin: r.Admin,
+		CreatedAt: ProtoTime(r.CreatedAt), Until: ProtoTime(r.Until), CoveredUntil: ProtoTime(r.CoveredUntil),
+	}
+}
+
+// UsageProto converts a quota key's usage to its API form.
+func UsageProto(u state.Usage) *credbrokerv1.QuotaUsage {
+	out := &credbrokerv1.QuotaUsage{Used: int32(min(u.Used, 1<<31-1)), WindowStart: ProtoTime(u.WindowStart), ResetAt: ProtoTime(u.ResetAt)}
+	if u.Key.Kind == state.QuotaCluster {
+		out.Key = &credbrokerv1.QuotaUsage_Cluster{Cluster: u.Key.Name}
+	} else {
+		out.Key = &credbrokerv1.QuotaUsage_SpiffeId{SpiffeId: u.Key.Name}
+	}
+	return out
+}
+
+// DeleteCluster takes a deleted cluster's credentials back for admin: a
+// cluster revocation without end (unless one is in effect already), each
+// node evicted, its unused join tokens voided; every step on record.
+func (v *Revocations) DeleteCluster(ctx context.Context, st AdminState, admin, cluster, reason string) (*credbrokerv1.DeleteClusterResponse, error) {
+	if _, err := parseCluster(cluster); err != nil {
+		return nil, err
+	}
+	if reason == "" {
+		reason = "cluster deleted"
+	}
+	out := &credbrokerv1.DeleteClusterResponse{}
+	r, ok := v.index.Covering(v.now(), "", "", cluster)
+	if !ok || r.Kind != state.RevokeCluster || !r.Until.IsZero() {
+		var err error
+		if r, err = v.Revoke(ctx, admin, state.RevokeCluster, cluster, reason, time.Time{}); err != nil {
+			return nil, err
+		}
+	}
+	out.Revocation = RevocationProto(r)
+	nodes, err := st.ListNodes(ctx, state.NodeFilter{Cluster: cluster})
+	if err != nil {
+		return out, wrapf(codes.Unavailable, err, "node registry unavailable; the cluster is revoked (revocation %s) but its nodes are not evicted yet: repeat the deletion", r.ID)
+	}
+	for _, n := range nodes {
+		if n.Evicted() {
+			continue
+		}
+		ev, err := st.EvictNode(ctx, v.now(), n.SPIFFEID)
+		if err != nil {
+			return out, wrapf(codes.Unavailable, err, "node registry unavailable while evicting %s; repeat the deletion", n.SPIFFEID)
+		}
+		rec := audit.Record{IssuanceID: r.ID, Caller: clip(admin), Attestation: attestAdmin, Cluster: cluster, Decision: audit.DecisionRevoked,
+			UpstreamRef: ev.Serial, Reason: clip(fmt.Sprintf("node %s evicted by %s: cluster deleted (revocation %s)", n.SPIFFEID, admin, r.ID))}
+		if _, err := v.audit.Append(rec); err != nil {
+			return out, wrapf(codes.Unavailable, err, "audit store unavailable; node %s is evicted but not on record", n.SPIFFEID)
+		}
+		out.EvictedNodes = append(out.EvictedNodes, NodeProto(ev))
+	}
+	voided, err := st.VoidJoinTokens(ctx, cluster)
+	if err != nil {
+		return out, wrapf(codes.Unavailable, err, "join token store unavailable; the cluster's unused join tokens are not voided yet: repeat the deletion")
+	}
+	out.VoidedJoinTokens = int32(min(voided, 1<<31-1))
+	if voided > 0 {
+		rec := audit.Record{IssuanceID: r.ID, Caller: clip(admin), Attestation: attestAdmin, Cluster: cluster, Decision: audit.DecisionRevoked,
+			Reason: clip(fmt.Sprintf("%d unused join tokens of %s voided by %s: cluster deleted (revocation %s)", voided, cluster, admin, r.ID))}
+		if _, err := v.audit.Append(rec); err != nil {
+			return out, wrapf(codes.Unavailable, err, "audit store unavailable; the join tokens are voided but not on record")
+		}
+	}
+	return out, nil
+}
+
+// ResetQuota forgets key's window for admin, on record as a reset decision,
+// and returns the usage it forgot.
+func (v *Revocations) ResetQuota(ctx context.Context, st AdminState, admin string, key state.QuotaKey) (state.Usage, error) {
+	now := v.now()
+	u, err := st.Usage(ctx, now, key)
+	if err != nil {
+		return state.Usage{}, wrapf(codes.Unavailable, err, "quota store unavailable")
+	}
+	if err := st.ResetQuota(ctx, key); err != nil {
+		return state.Usage{}, wrapf(codes.Unavailable, err, "quota store unavailable; nothing was reset")
+	}
+	id, err := v.newID()
+	if err != nil {
+		return u, wrapf(codes.Unavailable, err, "cannot allocate a record id; the quota is reset but not on record")
+	}
+	rec := audit.Record{IssuanceID: id, Caller: clip(admin), Attestation: attestAdmin, Decision: audit.DecisionReset,
+		Reason: clip(fmt.Sprintf("%s quota of %s reset by %s (%d used in the window forgotten)", key.Kind, key.Name, admin, u.Used))}
+	if key.Kind == state.QuotaCluster {
+		rec.Cluster = key.Name
+	}
+	if _, err := v.audit.Append(rec); err != nil {
+		return u, wrapf(codes.Unavailable, err, "audit store unavailable; the quota is reset but not on record")
+	}
+	return u, nil
+}
+
+// NodeProto converts a registered node to its API form.
+func NodeProto(n state.Node) *credbrokerv1.Node {
+	return &credbrokerv1.Node{
+		SpiffeId: n.SPIFFEID, Cluster: n.Cluster, NodeName: n.Name, Attestation: AttestationProto(n.Attestation), Detail: n.Detail,
+		AttestedAt: ProtoTime(n.AttestedAt), RenewedAt: ProtoTime(n.RenewedAt), ExpiresAt: ProtoTime(n.ExpiresAt),
+		EvictedAt: ProtoTime(n.EvictedAt),
+	}
+}

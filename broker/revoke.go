@@ -1,0 +1,202 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+
+	"github.com/credbroker/credbroker/broker/audit"
+	"github.com/credbroker/credbroker/broker/state"
+)
+
+// RevocationStore is what revocation needs from the state seam.
+type RevocationStore interface {
+	Revoke(ctx context.Context, r state.Revocation) (state.Revocation, error)
+	LiftRevocation(ctx context.Context, id string) (state.Revocation, error)
+	ListRevocations(ctx context.Context, f state.RevocationFilter) ([]state.Revocation, error)
+}
+
+// RevocationChecker says whether a request or credential is covered by a
+// revocation at now (state.RevocationIndex, from memory).
+type RevocationChecker interface {
+	Covering(now time.Time, issuanceID, identity, cluster string) (state.Revocation, bool)
+}
+
+// RevocationAudit is what revocation records its decisions in and reads an
+// issuance from.
+type RevocationAudit interface {
+	AuditLog
+	ByIssuance(issuanceID string) ([]audit.Record, error)
+}
+
+// Revocations makes, lifts and lists revocations for the admin API: each
+// change is durable in the state store (and so in the index every request
+// is checked against, and dropped from every reuse cache, before the call
+// returns) and then on record in the audit log as a revoked or lifted
+// decision naming the admin principal and the reason.
+type Revocations struct {
+	store RevocationStore
+	index RevocationChecker
+	audit RevocationAudit
+	now   func() time.Time
+	newID func() (string, error)
+}
+
+// NewRevocations returns the revocation admin; clock nil means time.Now.
+// index must be the one built over store, so that a change is enforced as
+// soon as it is made.
+func NewRevocations(store RevocationStore, index RevocationChecker, log RevocationAudit, clock func() time.Time, newID func() (string, error)) (*Revocations, error) {
+	if store == nil || index == nil || log == nil || newID == nil {
+		return nil, errors.New("broker: NewRevocations: missing dependency")
+	}
+	if clock == nil {
+		clock = time.Now
+	}
+	return &Revocations{store: store, index: index, audit: log, now: clock, newID: newID}, nil
+}
+
+// maxRevocationReason bounds an admin's reason.
+const maxRevocationReason = 512
+
+// Revoke revokes target (an issuance id, a SPIFFE ID or a cluster, by kind)
+// for admin, with reason, until the time given (zero: until lifted). An
+// issuance must have been issued and not yet expired; its revocation ends
+// with the credential.
+func (v *Revocations) Revoke(ctx context.Context, admin string, kind state.RevocationKind, target, reason string, until time.Time) (state.Revocation, error) {
+	now := v.now()
+	if len(reason) > maxRevocationReason {
+		return state.Revocation{}, errorf(codes.InvalidArgument, "reason is longer than %d bytes", maxRevocationReason)
+	}
+	if !until.IsZero() && !until.After(now) {
+		return state.Revocation{}, errorf(codes.InvalidArgument, "until (%s) is not in the future", until.UTC().Format(time.RFC3339))
+	}
+	if target == "" || len(target) > audit.MaxFieldLen {
+		return state.Revocation{}, errorf(codes.InvalidArgument, "the %s to revoke is empty or longer than %d bytes", kind, audit.MaxFieldLen)
+	}
+	rec := audit.Record{Caller: clip(admin), Attestation: attestAdmin, Decision: audit.DecisionRevoked}
+	r := state.Revocation{Kind: kind, Target: target, Reason: reason, Admin: admin, CreatedAt: now, Until: until}
+	switch kind {
+	case state.RevokeIssuance:
+		issued, err := v.issued(target)
+		if err != nil {
+			return state.Revocation{}, err
+		}
+		if !issued.ExpiresAt.After(now) {
+			return state.Revocation{}, errorf(codes.FailedPrecondition, "issuance %s expired at %s; there is nothing left to revoke", target, issued.ExpiresAt.UTC().Format(time.RFC3339))
+		}
+		r.CoveredUntil = issued.ExpiresAt
+		rec.IssuanceID, rec.Profile, rec.Cluster, rec.Issuer, rec.UpstreamRef = target, issued.Profile, issued.Cluster, issued.Issuer, issued.UpstreamRef
+	case state.RevokeIdentity:
+		if _, err := spiffeid.FromString(target); err != nil {
+			return state.Revocation{}, errorf(codes.InvalidArgument, "identity %q is not a SPIFFE ID", clip(target))
+		}
+	case state.RevokeCluster:
+		if _, err := parseCluster(target); err != nil {
+			return state.Revocation{}, err
+		}
+		rec.Cluster = target
+	default:
+		return state.Revocation{}, errorf(codes.InvalidArgument, "unknown revocation kind %q", kind)
+	}
+	id, err := v.newID()
+	if err != nil {
+		return state.Revocation{}, wrapf(codes.Unavailable, err, "cannot allocate a revocation id")
+	}
+	r.ID = id
+	if rec.IssuanceID == "" {
+		rec.IssuanceID = id
+	}
+	r, err = v.store.Revoke(ctx, r)
+	if err != nil {
+		return state.Revocation{}, wrapf(codes.Unavailable, err, "revocation store unavailable; nothing was revoked")
+	}
+	rec.Reason = clip(fmt.Sprintf("revoked %s %s by %s: %s (revocation %s%s)", kind, target, admin, reasonOrNone(reason), id, untilText(until)))
+	if _, err := v.audit.Append(rec); err != nil {
+		// The revocation stands: refusing more than is on record is the safe
+		// side; the admin is told it is not on record.
+		return r, wrapf(codes.Unavailable, err, "audit store unavailable; revocation %s is in effect but not on record", id)
+	}
+	return r, nil
+}
+
+// Lift deletes revocation id for admin, on record as a lifted decision.
+func (v *Revocations) Lift(ctx context.Context, admin, id string) (state.Revocation, error) {
+	if id == "" {
+		return state.Revocation{}, errorf(codes.InvalidArgument, "revocation id is required")
+	}
+	r, err := v.store.LiftRevocation(ctx, id)
+	switch {
+	case errors.Is(err, state.ErrNotFound):
+		return state.Revocation{}, errorf(codes.NotFound, "no revocation %q (lifted, expired and purged, or never made)", clip(id))
+	case err != nil:
+		return state.Revocation{}, wrapf(codes.Unavailable, err, "revocation store unavailable; nothing was lifted")
+	}
+	rec := audit.Record{IssuanceID: id, Caller: clip(admin), Attestation: attestAdmin, Decision: audit.DecisionLifted,
+		Reason: clip(fmt.Sprintf("lifted revocation %s of %s %s (made by %s: %s)", id, r.Kind, r.Target, r.Admin, reasonOrNone(r.Reason)))}
+	switch r.Kind {
+	case state.RevokeIssuance:
+		rec.IssuanceID = r.Target
+	case state.RevokeCluster:
+		rec.Cluster = r.Target
+	}
+	if _, err := v.audit.Append(rec); err != nil {
+		return r, wrapf(codes.Unavailable, err, "audit store unavailable; revocation %s is lifted but the lift is not on record", id)
+	}
+	return r, nil
+}
+
+// List returns up to limit revocations after the id after, by id.
+func (v *Revocations) List(ctx context.Context, after string, limit int) ([]state.Revocation, error) {
+	rs, err := v.store.ListRevocations(ctx, state.RevocationFilter{After: after, Limit: limit})
+	if err != nil {
+		return nil, wrapf(codes.Unavailable, err, "revocation store unavailable")
+	}
+	return rs, nil
+}
+
+// Covering returns the revocation covering a request or credential now.
+func (v *Revocations) Covering(issuanceID, identity, cluster string) (state.Revocation, bool) {
+	return v.index.Covering(v.now(), issuanceID, identity, cluster)
+}
+
+// issued returns the issued record of issuance id.
+func (v *Revocations) issued(id string) (audit.Record, error) {
+	recs, err := v.audit.ByIssuance(id)
+	if err != nil {
+		return audit.Record{}, wrapf(codes.Unavailable, err, "audit store unavailable")
+	}
+	for _, r := range recs {
+		if r.Decision == audit.DecisionIssued {
+			return r, nil
+		}
+	}
+	return audit.Record{}, errorf(codes.NotFound, "no issued credential %q", clip(id))
+}
+
+// revokedError is the refusal of a request a revocation covers: it says what
+// is revoked, why, by whom, and the revocation id to quote.
+func revokedError(r state.Revocation) *apiError {
+	return errorf(codes.FailedPrecondition, "%s", state.Describe(r))
+}
+
+// attestAdmin marks a record of an operator action through the admin API;
+// its caller is the admin principal.
+const attestAdmin = "admin"
+
+func reasonOrNone(reason string) string {
+	if reason == "" {
+		return "no reason given"
+	}
+	return reason
+}
+
+func untilText(until time.Time) string {
+	if until.IsZero() {
+		return ""
+	}
+	return ", until " + until.UTC().Format(time.RFC3339)
+}
