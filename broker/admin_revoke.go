@@ -2,17 +2,14 @@ package broker
 
 import (
 	"context"
-	"encoding/base64"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
-
-	"google.golang.org/grpc/codes"
 
 	"github.com/credbroker/credbroker/attest"
 	"github.com/credbroker/credbroker/attest/jointoken"
 	"github.com/credbroker/credbroker/broker/audit"
+	"github.com/credbroker/credbroker/broker/page"
 	"github.com/credbroker/credbroker/broker/state"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
@@ -39,41 +36,34 @@ func WithRevocations(rev *Revocations, st AdminState) AdminOption {
 	return func(a *Admin) { a.rev, a.st = rev, st }
 }
 
-var errRevocationsDisabled = errorf(codes.FailedPrecondition, "revocation is not wired into this broker")
+var errRevocationsDisabled = errorf(credbrokerv1.ErrorReason_MISCONFIGURED, "revocation is not wired into this broker")
 
-// Page bounds of the revocation and cluster lists.
+// Listings of the page tokens (broker/page) of revocations and clusters.
 const (
-	defaultPage = 100
-	maxPage     = 1000
+	listRevocations = "revocations"
+	listClusters    = "clusters"
 )
 
-// pageSize returns the page size for a request's page_size.
-func pageSize(requested int32) (int, error) {
-	switch {
-	case requested < 0:
-		return 0, errorf(codes.InvalidArgument, "page_size must not be negative")
-	case requested == 0:
-		return defaultPage, nil
+// pageRequest returns the page size and the key to resume after of a
+// listing by key with no filters.
+func pageRequest(list string, size int32, token string) (int, string, error) {
+	n, err := page.Size(size, defaultPageSize, maxPageSize)
+	if err != nil {
+		return 0, "", pageError(err, "page_size")
 	}
-	return min(int(requested), maxPage), nil
-}
-
-// Page tokens of these lists are the key to resume after, with the list's
-// name, base64url-encoded: opaque to clients, checked on the way in.
-func pageToken(list, after string) string {
-	return base64.RawURLEncoding.EncodeToString([]byte(list + "\x00" + after))
-}
-
-func pageAfter(list, token string) (string, error) {
 	if token == "" {
-		return "", nil
+		return n, "", nil
 	}
-	raw, err := base64.RawURLEncoding.DecodeString(token)
-	name, after, ok := strings.Cut(string(raw), "\x00")
-	if err != nil || !ok || name != list || after == "" {
-		return "", errorf(codes.InvalidArgument, "page_token is not a token of this listing")
+	pos, err := page.Decode(token, list, page.Filter())
+	if err != nil {
+		return 0, "", pageError(err, "page_token")
 	}
-	return after, nil
+	return n, pos.Key, nil
+}
+
+// nextPage is the token that resumes a listing by key after key.
+func nextPage(list, key string) string {
+	return page.Encode(list, page.Filter(), page.Position{Key: key})
 }
 
 // Revoke implements AdminService.Revoke.
@@ -91,12 +81,12 @@ func (a *Admin) Revoke(ctx context.Context, req *credbrokerv1.RevokeRequest) (*c
 	case *credbrokerv1.RevokeRequest_Cluster:
 		kind, target = state.RevokeCluster, t.Cluster
 	default:
-		return nil, toStatus(errorf(codes.InvalidArgument, "name an issuance_id, a spiffe_id or a cluster to revoke"))
+		return nil, toStatus(errorf(credbrokerv1.ErrorReason_INVALID_REQUEST, "name an issuance_id, a spiffe_id or a cluster to revoke"))
 	}
 	var until time.Time
 	if u := req.GetUntil(); u != nil {
 		if err := u.CheckValid(); err != nil {
-			return nil, toStatus(errorf(codes.InvalidArgument, "until is not a valid time"))
+			return nil, toStatus(errorf(credbrokerv1.ErrorReason_INVALID_REQUEST, "until is not a valid time"))
 		}
 		until = u.AsTime()
 	}
@@ -112,11 +102,7 @@ func (a *Admin) ListRevocations(ctx context.Context, req *credbrokerv1.ListRevoc
 	if a.rev == nil {
 		return nil, toStatus(errRevocationsDisabled)
 	}
-	size, err := pageSize(req.GetPageSize())
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	after, err := pageAfter("revocations", req.GetPageToken())
+	size, after, err := pageRequest(listRevocations, req.GetPageSize(), req.GetPageToken())
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -127,7 +113,7 @@ func (a *Admin) ListRevocations(ctx context.Context, req *credbrokerv1.ListRevoc
 	out := &credbrokerv1.ListRevocationsResponse{}
 	if len(rs) > size {
 		rs = rs[:size]
-		out.NextPageToken = pageToken("revocations", rs[size-1].ID)
+		out.NextPageToken = nextPage(listRevocations, rs[size-1].ID)
 	}
 	for _, r := range rs {
 		out.Revocations = append(out.Revocations, RevocationProto(r))
@@ -153,11 +139,7 @@ func (a *Admin) ListClusters(ctx context.Context, req *credbrokerv1.ListClusters
 	if a.rev == nil {
 		return nil, toStatus(errRevocationsDisabled)
 	}
-	size, err := pageSize(req.GetPageSize())
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	after, err := pageAfter("clusters", req.GetPageToken())
+	size, after, err := pageRequest(listClusters, req.GetPageSize(), req.GetPageToken())
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -175,7 +157,7 @@ func (a *Admin) ListClusters(ctx context.Context, req *credbrokerv1.ListClusters
 	}
 	nodes, err := a.st.ListNodes(ctx, state.NodeFilter{})
 	if err != nil {
-		return nil, toStatus(wrapf(codes.Unavailable, err, "node registry unavailable"))
+		return nil, toStatus(wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "node registry unavailable"))
 	}
 	for _, n := range nodes {
 		c := get(n.Cluster)
@@ -186,7 +168,7 @@ func (a *Admin) ListClusters(ctx context.Context, req *credbrokerv1.ListClusters
 	}
 	tokens, err := a.st.ListJoinTokens(ctx)
 	if err != nil {
-		return nil, toStatus(wrapf(codes.Unavailable, err, "join token store unavailable"))
+		return nil, toStatus(wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "join token store unavailable"))
 	}
 	for _, t := range tokens {
 		c := get(t.Cluster)
@@ -195,7 +177,7 @@ func (a *Admin) ListClusters(ctx context.Context, req *credbrokerv1.ListClusters
 		}
 	}
 	for after := ""; ; {
-		rs, err := a.rev.List(ctx, after, maxPage)
+		rs, err := a.rev.List(ctx, after, maxPageSize)
 		if err != nil {
 			return nil, toStatus(err)
 		}
@@ -204,7 +186,7 @@ func (a *Admin) ListClusters(ctx context.Context, req *credbrokerv1.ListClusters
 				get(r.Target)
 			}
 		}
-		if len(rs) < maxPage {
+		if len(rs) < maxPageSize {
 			break
 		}
 		after = rs[len(rs)-1].ID
@@ -219,7 +201,7 @@ func (a *Admin) ListClusters(ctx context.Context, req *credbrokerv1.ListClusters
 	out := &credbrokerv1.ListClustersResponse{}
 	if len(names) > size {
 		names = names[:size]
-		out.NextPageToken = pageToken("clusters", names[size-1])
+		out.NextPageToken = nextPage(listClusters, names[size-1])
 	}
 	for _, name := range names {
 		out.Clusters = append(out.Clusters, byName[name])
@@ -245,14 +227,14 @@ func quotaKey(spiffeID, cluster string, isCluster bool) (state.QuotaKey, error) 
 		return state.QuotaKey{Kind: state.QuotaCluster, Name: cluster}, nil
 	}
 	if spiffeID == "" || len(spiffeID) > audit.MaxFieldLen {
-		return state.QuotaKey{}, errorf(codes.InvalidArgument, "name a spiffe_id or a cluster")
+		return state.QuotaKey{}, errorf(credbrokerv1.ErrorReason_INVALID_REQUEST, "name a spiffe_id or a cluster")
 	}
 	return state.QuotaKey{Kind: state.QuotaIdentity, Name: spiffeID}, nil
 }
 
 func parseCluster(cluster string) (string, error) {
 	if _, err := attest.ParseClusterRef(cluster); err != nil {
-		return "", errorf(codes.InvalidArgument, "%v", err)
+		return "", errorf(credbrokerv1.ErrorReason_INVALID_REQUEST, "%v", err)
 	}
 	return cluster, nil
 }
@@ -269,7 +251,7 @@ func (a *Admin) GetQuota(ctx context.Context, req *credbrokerv1.GetQuotaRequest)
 	}
 	u, err := a.st.Usage(ctx, a.rev.now(), key)
 	if err != nil {
-		return nil, toStatus(wrapf(codes.Unavailable, err, "quota store unavailable"))
+		return nil, toStatus(wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "quota store unavailable"))
 	}
 	return &credbrokerv1.GetQuotaResponse{Usage: UsageProto(u)}, nil
 }
@@ -337,7 +319,7 @@ func (v *Revocations) DeleteCluster(ctx context.Context, st AdminState, admin, c
 	out.Revocation = RevocationProto(r)
 	nodes, err := st.ListNodes(ctx, state.NodeFilter{Cluster: cluster})
 	if err != nil {
-		return out, wrapf(codes.Unavailable, err, "node registry unavailable; the cluster is revoked (revocation %s) but its nodes are not evicted yet: repeat the deletion", r.ID)
+		return out, wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "node registry unavailable; the cluster is revoked (revocation %s) but its nodes are not evicted yet: repeat the deletion", r.ID)
 	}
 	for _, n := range nodes {
 		if n.Evicted() {
@@ -345,25 +327,25 @@ func (v *Revocations) DeleteCluster(ctx context.Context, st AdminState, admin, c
 		}
 		ev, err := st.EvictNode(ctx, v.now(), n.SPIFFEID)
 		if err != nil {
-			return out, wrapf(codes.Unavailable, err, "node registry unavailable while evicting %s; repeat the deletion", n.SPIFFEID)
+			return out, wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "node registry unavailable while evicting %s; repeat the deletion", n.SPIFFEID)
 		}
 		rec := audit.Record{IssuanceID: r.ID, Caller: clip(admin), Attestation: attestAdmin, Cluster: cluster, Decision: audit.DecisionRevoked,
 			UpstreamRef: ev.Serial, Reason: clip(fmt.Sprintf("node %s evicted by %s: cluster deleted (revocation %s)", n.SPIFFEID, admin, r.ID))}
 		if _, err := v.audit.Append(rec); err != nil {
-			return out, wrapf(codes.Unavailable, err, "audit store unavailable; node %s is evicted but not on record", n.SPIFFEID)
+			return out, wrapf(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, err, "audit store unavailable; node %s is evicted but not on record", n.SPIFFEID)
 		}
 		out.EvictedNodes = append(out.EvictedNodes, NodeProto(ev))
 	}
 	voided, err := st.VoidJoinTokens(ctx, cluster)
 	if err != nil {
-		return out, wrapf(codes.Unavailable, err, "join token store unavailable; the cluster's unused join tokens are not voided yet: repeat the deletion")
+		return out, wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "join token store unavailable; the cluster's unused join tokens are not voided yet: repeat the deletion")
 	}
 	out.VoidedJoinTokens = int32(min(voided, 1<<31-1))
 	if voided > 0 {
 		rec := audit.Record{IssuanceID: r.ID, Caller: clip(admin), Attestation: attestAdmin, Cluster: cluster, Decision: audit.DecisionRevoked,
 			Reason: clip(fmt.Sprintf("%d unused join tokens of %s voided by %s: cluster deleted (revocation %s)", voided, cluster, admin, r.ID))}
 		if _, err := v.audit.Append(rec); err != nil {
-			return out, wrapf(codes.Unavailable, err, "audit store unavailable; the join tokens are voided but not on record")
+			return out, wrapf(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, err, "audit store unavailable; the join tokens are voided but not on record")
 		}
 	}
 	return out, nil
@@ -375,14 +357,14 @@ func (v *Revocations) ResetQuota(ctx context.Context, st AdminState, admin strin
 	now := v.now()
 	u, err := st.Usage(ctx, now, key)
 	if err != nil {
-		return state.Usage{}, wrapf(codes.Unavailable, err, "quota store unavailable")
+		return state.Usage{}, wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "quota store unavailable")
 	}
 	if err := st.ResetQuota(ctx, key); err != nil {
-		return state.Usage{}, wrapf(codes.Unavailable, err, "quota store unavailable; nothing was reset")
+		return state.Usage{}, wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "quota store unavailable; nothing was reset")
 	}
 	id, err := v.newID()
 	if err != nil {
-		return u, wrapf(codes.Unavailable, err, "cannot allocate a record id; the quota is reset but not on record")
+		return u, wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "cannot allocate a record id; the quota is reset but not on record")
 	}
 	rec := audit.Record{IssuanceID: id, Caller: clip(admin), Attestation: attestAdmin, Decision: audit.DecisionReset,
 		Reason: clip(fmt.Sprintf("%s quota of %s reset by %s (%d used in the window forgotten)", key.Kind, key.Name, admin, u.Used))}
@@ -390,7 +372,7 @@ func (v *Revocations) ResetQuota(ctx context.Context, st AdminState, admin strin
 		rec.Cluster = key.Name
 	}
 	if _, err := v.audit.Append(rec); err != nil {
-		return u, wrapf(codes.Unavailable, err, "audit store unavailable; the quota is reset but not on record")
+		return u, wrapf(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, err, "audit store unavailable; the quota is reset but not on record")
 	}
 	return u, nil
 }

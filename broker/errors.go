@@ -28,6 +28,10 @@ const (
 	MetaRetryAfter = "retry_after"
 	MetaLimit      = "limit"
 	MetaField      = "field"
+	// MetaRevocationID and MetaRevokedBy name the revocation a REVOKED
+	// request is covered by and the admin who made it: whom to ask.
+	MetaRevocationID = "revocation_id"
+	MetaRevokedBy    = "revoked_by"
 )
 
 // reasonCodes is the one table of which gRPC code each reason is sent with,

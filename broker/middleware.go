@@ -214,20 +214,20 @@ func (g *Gate) admit(ctx context.Context, fullMethod string, req any) (context.C
 		}
 		return nil, toStatus(lerr)
 	}
-	if g.revoked != nil && m.api != apiAdmin {
-		if r, ok := g.revoked.Covering(g.now(), "", caller.ID.String(), caller.Constraints.Cluster); ok {
-			rec := describe(req, audit.Record{Caller: caller.ID.String(), Attestation: caller.Method, Cluster: caller.Constraints.Cluster})
-			return nil, toStatus(g.refusals.Refuse(ctx, &rec, audit.DecisionDenied, revokedError(r)))
-		}
-	}
-	// A node evicted before evictions were revocations has no revocation;
-	// the registry still says so.
+	// An evicted node is told so (NODE_EVICTED: final), although its
+	// eviction is also a revocation of its identity.
 	if g.evicted != nil && caller.Constraints.Node != "" {
 		switch evicted, err := g.evicted(caller.ID.String()); {
 		case err != nil:
 			return nil, toStatus(errorf(credbrokerv1.ErrorReason_UNAVAILABLE, "node registry unavailable"))
 		case evicted:
 			return nil, toStatus(errorf(credbrokerv1.ErrorReason_NODE_EVICTED, "node %s was evicted", caller.ID))
+		}
+	}
+	if g.revoked != nil && m.api != apiAdmin {
+		if r, ok := g.revoked.Covering(g.now(), "", caller.ID.String(), caller.Constraints.Cluster); ok {
+			rec := describe(req, audit.Record{Caller: caller.ID.String(), Attestation: caller.Method, Cluster: caller.Constraints.Cluster})
+			return nil, toStatus(g.refusals.Refuse(ctx, &rec, audit.DecisionDenied, revokedError(r)))
 		}
 	}
 	return attest.WithCaller(ctx, caller), nil

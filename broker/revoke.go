@@ -7,10 +7,10 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"google.golang.org/grpc/codes"
 
 	"github.com/credbroker/credbroker/broker/audit"
 	"github.com/credbroker/credbroker/broker/state"
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
 // RevocationStore is what revocation needs from the state seam.
@@ -69,13 +69,13 @@ const maxRevocationReason = 512
 func (v *Revocations) Revoke(ctx context.Context, admin string, kind state.RevocationKind, target, reason string, until time.Time) (state.Revocation, error) {
 	now := v.now()
 	if len(reason) > maxRevocationReason {
-		return state.Revocation{}, errorf(codes.InvalidArgument, "reason is longer than %d bytes", maxRevocationReason)
+		return state.Revocation{}, errorf(credbrokerv1.ErrorReason_INVALID_REQUEST, "reason is longer than %d bytes", maxRevocationReason)
 	}
 	if !until.IsZero() && !until.After(now) {
-		return state.Revocation{}, errorf(codes.InvalidArgument, "until (%s) is not in the future", until.UTC().Format(time.RFC3339))
+		return state.Revocation{}, errorf(credbrokerv1.ErrorReason_INVALID_REQUEST, "until (%s) is not in the future", until.UTC().Format(time.RFC3339))
 	}
 	if target == "" || len(target) > audit.MaxFieldLen {
-		return state.Revocation{}, errorf(codes.InvalidArgument, "the %s to revoke is empty or longer than %d bytes", kind, audit.MaxFieldLen)
+		return state.Revocation{}, errorf(credbrokerv1.ErrorReason_INVALID_REQUEST, "the %s to revoke is empty or longer than %d bytes", kind, audit.MaxFieldLen)
 	}
 	rec := audit.Record{Caller: clip(admin), Attestation: attestAdmin, Decision: audit.DecisionRevoked}
 	r := state.Revocation{Kind: kind, Target: target, Reason: reason, Admin: admin, CreatedAt: now, Until: until}
@@ -86,13 +86,13 @@ func (v *Revocations) Revoke(ctx context.Context, admin string, kind state.Revoc
 			return state.Revocation{}, err
 		}
 		if !issued.ExpiresAt.After(now) {
-			return state.Revocation{}, errorf(codes.FailedPrecondition, "issuance %s expired at %s; there is nothing left to revoke", target, issued.ExpiresAt.UTC().Format(time.RFC3339))
+			return state.Revocation{}, errorf(credbrokerv1.ErrorReason_INVALID_REQUEST, "issuance %s expired at %s; there is nothing left to revoke", target, issued.ExpiresAt.UTC().Format(time.RFC3339))
 		}
 		r.CoveredUntil = issued.ExpiresAt
 		rec.IssuanceID, rec.Profile, rec.Cluster, rec.Issuer, rec.UpstreamRef = target, issued.Profile, issued.Cluster, issued.Issuer, issued.UpstreamRef
 	case state.RevokeIdentity:
 		if _, err := spiffeid.FromString(target); err != nil {
-			return state.Revocation{}, errorf(codes.InvalidArgument, "identity %q is not a SPIFFE ID", clip(target))
+			return state.Revocation{}, errorf(credbrokerv1.ErrorReason_INVALID_REQUEST, "identity %q is not a SPIFFE ID", clip(target))
 		}
 	case state.RevokeCluster:
 		if _, err := parseCluster(target); err != nil {
@@ -100,11 +100,11 @@ func (v *Revocations) Revoke(ctx context.Context, admin string, kind state.Revoc
 		}
 		rec.Cluster = target
 	default:
-		return state.Revocation{}, errorf(codes.InvalidArgument, "unknown revocation kind %q", kind)
+		return state.Revocation{}, errorf(credbrokerv1.ErrorReason_INVALID_REQUEST, "unknown revocation kind %q", kind)
 	}
 	id, err := v.newID()
 	if err != nil {
-		return state.Revocation{}, wrapf(codes.Unavailable, err, "cannot allocate a revocation id")
+		return state.Revocation{}, wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "cannot allocate a revocation id")
 	}
 	r.ID = id
 	if rec.IssuanceID == "" {
@@ -112,13 +112,13 @@ func (v *Revocations) Revoke(ctx context.Context, admin string, kind state.Revoc
 	}
 	r, err = v.store.Revoke(ctx, r)
 	if err != nil {
-		return state.Revocation{}, wrapf(codes.Unavailable, err, "revocation store unavailable; nothing was revoked")
+		return state.Revocation{}, wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "revocation store unavailable; nothing was revoked")
 	}
 	rec.Reason = clip(fmt.Sprintf("revoked %s %s by %s: %s (revocation %s%s)", kind, target, admin, reasonOrNone(reason), id, untilText(until)))
 	if _, err := v.audit.Append(rec); err != nil {
 		// The revocation stands: refusing more than is on record is the safe
 		// side; the admin is told it is not on record.
-		return r, wrapf(codes.Unavailable, err, "audit store unavailable; revocation %s is in effect but not on record", id)
+		return r, wrapf(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, err, "audit store unavailable; revocation %s is in effect but not on record", id)
 	}
 	return r, nil
 }
@@ -126,14 +126,14 @@ func (v *Revocations) Revoke(ctx context.Context, admin string, kind state.Revoc
 // Lift deletes revocation id for admin, on record as a lifted decision.
 func (v *Revocations) Lift(ctx context.Context, admin, id string) (state.Revocation, error) {
 	if id == "" {
-		return state.Revocation{}, errorf(codes.InvalidArgument, "revocation id is required")
+		return state.Revocation{}, errorf(credbrokerv1.ErrorReason_INVALID_REQUEST, "revocation id is required")
 	}
 	r, err := v.store.LiftRevocation(ctx, id)
 	switch {
 	case errors.Is(err, state.ErrNotFound):
-		return state.Revocation{}, errorf(codes.NotFound, "no revocation %q (lifted, expired and purged, or never made)", clip(id))
+		return state.Revocation{}, errorf(credbrokerv1.ErrorReason_NOT_FOUND, "no revocation %q (lifted, expired and purged, or never made)", clip(id))
 	case err != nil:
-		return state.Revocation{}, wrapf(codes.Unavailable, err, "revocation store unavailable; nothing was lifted")
+		return state.Revocation{}, wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "revocation store unavailable; nothing was lifted")
 	}
 	rec := audit.Record{IssuanceID: id, Caller: clip(admin), Attestation: attestAdmin, Decision: audit.DecisionLifted,
 		Reason: clip(fmt.Sprintf("lifted revocation %s of %s %s (made by %s: %s)", id, r.Kind, r.Target, r.Admin, reasonOrNone(r.Reason)))}
@@ -144,7 +144,7 @@ func (v *Revocations) Lift(ctx context.Context, admin, id string) (state.Revocat
 		rec.Cluster = r.Target
 	}
 	if _, err := v.audit.Append(rec); err != nil {
-		return r, wrapf(codes.Unavailable, err, "audit store unavailable; revocation %s is lifted but the lift is not on record", id)
+		return r, wrapf(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, err, "audit store unavailable; revocation %s is lifted but the lift is not on record", id)
 	}
 	return r, nil
 }
@@ -153,7 +153,7 @@ func (v *Revocations) Lift(ctx context.Context, admin, id string) (state.Revocat
 func (v *Revocations) List(ctx context.Context, after string, limit int) ([]state.Revocation, error) {
 	rs, err := v.store.ListRevocations(ctx, state.RevocationFilter{After: after, Limit: limit})
 	if err != nil {
-		return nil, wrapf(codes.Unavailable, err, "revocation store unavailable")
+		return nil, wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "revocation store unavailable")
 	}
 	return rs, nil
 }
@@ -167,20 +167,20 @@ func (v *Revocations) Covering(issuanceID, identity, cluster string) (state.Revo
 func (v *Revocations) issued(id string) (audit.Record, error) {
 	recs, err := v.audit.ByIssuance(id)
 	if err != nil {
-		return audit.Record{}, wrapf(codes.Unavailable, err, "audit store unavailable")
+		return audit.Record{}, wrapf(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, err, "audit store unavailable")
 	}
 	for _, r := range recs {
 		if r.Decision == audit.DecisionIssued {
 			return r, nil
 		}
 	}
-	return audit.Record{}, errorf(codes.NotFound, "no issued credential %q", clip(id))
+	return audit.Record{}, errorf(credbrokerv1.ErrorReason_NOT_FOUND, "no issued credential %q", clip(id))
 }
 
 // revokedError is the refusal of a request a revocation covers: it says what
 // is revoked, why, by whom, and the revocation id to quote.
 func revokedError(r state.Revocation) *apiError {
-	return errorf(codes.FailedPrecondition, "%s", state.Describe(r))
+	return errorf(credbrokerv1.ErrorReason_REVOKED, "%s", state.Describe(r)).with(MetaRevocationID, r.ID).with(MetaRevokedBy, clip(r.Admin))
 }
 
 // attestAdmin marks a record of an operator action through the admin API;

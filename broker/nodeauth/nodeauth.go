@@ -181,15 +181,15 @@ func (n *NodeAuthority) attest(ctx context.Context, req *credbrokerv1.AttestNode
 		return nil, n.refuse(ctx, &rec, audit.DecisionDenied, broker.Invalid("node_name", "node name %q cannot form a SPIFFE ID", claims.Node))
 	}
 	rec.Caller, rec.Cluster = nodeID.String(), claims.Cluster
-	if n.d.Revocations != nil {
-		if r, ok := n.d.Revocations.Covering("", nodeID.String(), claims.Cluster); ok {
-			return nil, n.refuse(ctx, &rec, audit.DecisionDenied, broker.RevokedError(r))
-		}
-	}
 	if evicted, err := n.Evicted(nodeID.String()); err != nil {
 		return nil, n.refuse(ctx, &rec, audit.DecisionFailed, broker.Wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "node registry unavailable"))
 	} else if evicted {
 		return nil, n.refuse(ctx, &rec, audit.DecisionDenied, broker.Errorf(credbrokerv1.ErrorReason_NODE_EVICTED, "node %s was evicted", nodeID))
+	}
+	if n.d.Revocations != nil {
+		if r, ok := n.d.Revocations.Covering("", nodeID.String(), claims.Cluster); ok {
+			return nil, n.refuse(ctx, &rec, audit.DecisionDenied, broker.RevokedError(r))
+		}
 	}
 	svid, err := n.sign(ctx, req.GetCsr(), nodeID, &rec)
 	if err != nil {

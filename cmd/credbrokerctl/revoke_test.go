@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/credbroker/credbroker/internal/brokerclient"
 	"github.com/credbroker/credbroker/internal/daemon"
 	"github.com/credbroker/credbroker/internal/nodeagent"
 	"github.com/credbroker/credbroker/internal/svidfile"
@@ -100,12 +101,16 @@ func issueDev(conn *grpc.ClientConn, cluster string) (*credbrokerv1.Credential, 
 }
 
 // wantRevoked checks err is the refusal of a revoked request naming the
-// revocation.
+// revocation: FAILED_PRECONDITION with reason REVOKED, the revocation id in
+// the metadata and the message, and whom to ask.
 func wantRevoked(t *testing.T, err error, revocationID string) {
 	t.Helper()
 	st, _ := status.FromError(err)
-	if st.Code() != codes.FailedPrecondition || !strings.Contains(st.Message(), revocationID) || !strings.Contains(st.Message(), "ask a broker admin") {
-		t.Fatalf("err = %v; want FAILED_PRECONDITION naming revocation %s", err, revocationID)
+	info, _ := brokerclient.ErrorInfo(err)
+	if st.Code() != codes.FailedPrecondition || brokerclient.Reason(err) != credbrokerv1.ErrorReason_REVOKED ||
+		info.GetMetadata()["revocation_id"] != revocationID || !strings.HasPrefix(info.GetMetadata()["revoked_by"], "unix:uid=") ||
+		!strings.Contains(st.Message(), revocationID) || !strings.Contains(st.Message(), "ask a broker admin") {
+		t.Fatalf("err = %v (%v); want FAILED_PRECONDITION, REVOKED, naming revocation %s", err, info, revocationID)
 	}
 }
 
@@ -324,8 +329,9 @@ func TestRevokeClusterAndDeleteAtTheRealBroker(t *testing.T) {
 	if len(del.EvictedNodes) != 1 || del.VoidedJoinTokens != 1 || del.Revocation.Target != "capi-a/c2" || del.Revocation.Reason != "cluster deleted" {
 		t.Fatalf("clusters delete: %+v", del)
 	}
-	_, err = issueDev(node2, "")
-	wantRevoked(t, err, del.Revocation.RevocationID)
+	if _, err := issueDev(node2, ""); brokerclient.Reason(err) != credbrokerv1.ErrorReason_NODE_EVICTED {
+		t.Fatalf("a deleted cluster's node: %v, want NODE_EVICTED", err)
+	}
 	_, err = issueDev(controller, "capi-a/c2")
 	wantRevoked(t, err, del.Revocation.RevocationID)
 	_, bundle, err := svidfile.Load(filepath.Join(b.dir, "dev", "controller"))
@@ -375,7 +381,8 @@ func TestRevokeClusterAndDeleteAtTheRealBroker(t *testing.T) {
 }
 
 // TestNodesEvictIsARevocation: `nodes evict` keeps working and revokes the
-// node's identity, so the node is refused like any revoked identity.
+// node's identity (listed, and its reused credentials dropped); the node is
+// told it was evicted, which is final.
 func TestNodesEvictIsARevocation(t *testing.T) {
 	b := startDevBroker(t)
 	agent, node := b.joinNode(t, "capi-a/c1", "worker-1")
@@ -386,9 +393,11 @@ func TestNodesEvictIsARevocation(t *testing.T) {
 		t.Fatalf("revocations after the eviction: %+v", list)
 	}
 	_, err := issueDev(node, "")
-	wantRevoked(t, err, list[0].RevocationID)
-	if _, err := agent.Renew(context.Background()); err == nil {
-		t.Fatal("an evicted node renewed")
+	if brokerclient.Reason(err) != credbrokerv1.ErrorReason_NODE_EVICTED {
+		t.Fatalf("an evicted node's request: %v, want NODE_EVICTED", err)
+	}
+	if _, err := agent.Renew(context.Background()); brokerclient.Reason(err) != credbrokerv1.ErrorReason_NODE_EVICTED {
+		t.Fatalf("an evicted node's renewal: %v, want NODE_EVICTED", err)
 	}
 }
 

@@ -41,6 +41,9 @@ const (
 //	limit        for RATE_LIMITED and QUOTA_EXHAUSTED: "rate",
 //	             "identity quota" or "cluster quota"
 //	field        for INVALID_REQUEST: the request field at fault
+//	revocation_id, revoked_by  for REVOKED: the revocation that covers the
+//	             request (quote it when asking for it to be lifted) and the
+//	             admin who made it
 //
 // Reasons are only ever added. A client that meets a reason it does not know
 // falls back on the gRPC code.
@@ -105,8 +108,10 @@ const (
 	ErrorReason_NODE_ATTESTATION_DISABLED ErrorReason = 17
 	// NOT_FOUND: the named issuance, node or other object does not exist.
 	ErrorReason_NOT_FOUND ErrorReason = 18
-	// FAILED_PRECONDITION: the credential, identity or cluster was revoked.
-	// Reserved for revocation; metadata says who to ask.
+	// FAILED_PRECONDITION: the credential, identity or cluster was revoked
+	// by an admin (credbrokerctl revoke); final until the revocation is lifted
+	// or ends. Metadata `revocation_id` and `revoked_by` say which and who to
+	// ask; the message gives the reason.
 	ErrorReason_REVOKED ErrorReason = 19
 	// FAILED_PRECONDITION: the profile needs approval by other admins first;
 	// metadata `approval_id` names the pending approval. Reserved for
