@@ -19,7 +19,8 @@ TEST_FLAGS ?= -race -count=1 -timeout 30m -p 4
 
 # Tests that wait out an upstream's own clock, which no test can inject (MinIO's 15-minute minimum STS
 # credential): `make test` leaves exactly these out and `make test-slow` runs exactly these, failing unless
-# every one ran and passed — a renamed or skipped slow test cannot drop out of CI unnoticed.
+# every one ran and passed — a renamed or skipped slow test cannot drop out of CI unnoticed. A slow test
+# in another package adds its name here and its package to SLOW_PKGS.
 SLOW_TESTS := TestAWSCredentialExpiresWhenTheBrokerSaid
 SLOW_PKGS  := ./test/e2e/
 empty :=

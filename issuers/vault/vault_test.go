@@ -130,6 +130,7 @@ func (e *env) as(t *testing.T, token string) *vaultapi.Client {
 }
 
 func TestTokenProfileIsScopedByVaultPolicyAndExpires(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	iss := e.issuer(t, tokenProfiles())
 	req := request("workload-token", 3*time.Second)
@@ -168,6 +169,7 @@ func TestTokenProfileIsScopedByVaultPolicyAndExpires(t *testing.T) {
 }
 
 func TestIssuedTokenIsRevokedByItsAccessor(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	iss := e.issuer(t, tokenProfiles())
 	cred, err := iss.Issue(ctxT(t), request("workload-token", time.Hour))
@@ -183,6 +185,7 @@ func TestIssuedTokenIsRevokedByItsAccessor(t *testing.T) {
 }
 
 func TestPolicyOutsideTheTokenRoleIsRefused(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	iss := e.issuer(t, map[string]vault.Profile{"greedy": {Kind: vault.KindToken, TokenRole: "workload", Policies: []string{"root"}}})
 	_, err := iss.Issue(ctxT(t), request("greedy", time.Hour))
@@ -196,6 +199,7 @@ func TestPolicyOutsideTheTokenRoleIsRefused(t *testing.T) {
 }
 
 func TestVaultSealedOrDownIsUnavailable(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	iss := e.issuer(t, tokenProfiles())
 	e.vault.Seal(t)
@@ -211,6 +215,7 @@ func TestVaultSealedOrDownIsUnavailable(t *testing.T) {
 }
 
 func TestVaultRateLimitIsThrottledWithADelay(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	iss := e.issuer(t, tokenProfiles(), func(c *vault.Config) { c.MaxRetries = -1 })
 	e.vault.RateLimitQuota(t, "token-create", "auth/token/create/workload", 1, time.Hour)
@@ -225,6 +230,7 @@ func TestVaultRateLimitIsThrottledWithADelay(t *testing.T) {
 }
 
 func TestNotLoggedInIsUnavailable(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	iss, err := vault.New(vault.Config{Address: e.vault.Addr, Profiles: tokenProfiles(),
 		Auth: vault.JWTAuth{Mount: "jwt", Role: "credbroker", Signer: e.signer, Subject: "spiffe://example.test/impostor", Audience: vault.DefaultJWTAudience}})
@@ -237,6 +243,7 @@ func TestNotLoggedInIsUnavailable(t *testing.T) {
 }
 
 func TestAWSEngineCredentialsKeepTheirScopeAtS3(t *testing.T) {
+	t.Parallel()
 	m := miniotest.Start(t)
 	m.CreateBucket(t, "capi")
 	e := newEnv(t)
@@ -292,6 +299,7 @@ func isStatus(err error, code int) bool {
 // own token, callers get UNAVAILABLE (not a denial they caused) and the
 // broker logs in again by itself.
 func TestRevokedBrokerTokenIsReplaced(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	iss := e.issuer(t, tokenProfiles())
 	vault.AwaitLogins(t, iss, 1)

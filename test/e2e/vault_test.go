@@ -19,6 +19,7 @@ import (
 // Vault tokens that Vault's policies scope; the audit names each token by
 // its accessor. A sealed Vault is UNAVAILABLE for callers and audited.
 func TestVaultTokensThroughTheBroker(t *testing.T) {
+	t.Parallel()
 	v := vaulttest.Start(t)
 	v.WritePolicy(t, "credbroker", `path "auth/token/create/workload" { capabilities = ["create", "update"] }`)
 	v.WritePolicy(t, "team-a-read", `path "secret/data/team-a/*" { capabilities = ["read"] }`)

@@ -22,6 +22,7 @@ const putOnlyBucketA = `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","
 // against the tests' real STS: Vault's assumed_role credentials come from
 // MinIO's AssumeRole and are scoped by the role's policy document.
 func TestAWSEngineAssumesRoleAtMinIOWithTheSessionPolicy(t *testing.T) {
+	t.Parallel()
 	m := miniotest.Start(t)
 	m.CreateBucket(t, "bucket-a")
 	m.CreateBucket(t, "bucket-b")
@@ -55,6 +56,7 @@ func TestAWSEngineAssumesRoleAtMinIOWithTheSessionPolicy(t *testing.T) {
 }
 
 func TestAWSRoleRejectsAnUnknownCredentialType(t *testing.T) {
+	t.Parallel()
 	s := Start(t)
 	s.EnableAWSEngine(t, "aws", "AKIAEXAMPLE", "secret", "http://127.0.0.1:1", "http://127.0.0.1:1", "us-east-1")
 	r := testproc.RunFatal(t, func(tb testing.TB) { s.AWSRole(tb, "aws", "r", "iam_user", nil, "") })
@@ -75,6 +77,7 @@ func TestAWSRoleRejectsAnUnknownCredentialType(t *testing.T) {
 // without it Vault's GetCallerIdentity ping fails at MinIO. If MinIO ever
 // implements the action, this fails and STSProxy can go.
 func TestAWSEngineNeedsSTSProxyInFrontOfMinIO(t *testing.T) {
+	t.Parallel()
 	m := miniotest.Start(t)
 	s := Start(t)
 	s.EnableAWSEngine(t, "aws", m.RootUser, m.RootPassword, m.Endpoint, m.Endpoint, m.Region)

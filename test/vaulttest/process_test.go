@@ -19,6 +19,7 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func TestStartServesHealthyUnsealedVaultWithRandomRootToken(t *testing.T) {
+	t.Parallel()
 	begin := time.Now()
 	s := Start(t)
 	started := time.Since(begin)
@@ -51,6 +52,7 @@ func TestStartServesHealthyUnsealedVaultWithRandomRootToken(t *testing.T) {
 }
 
 func TestStopRefusesConnectionsAndIsNotAFailure(t *testing.T) {
+	t.Parallel()
 	s := Start(t)
 	c := s.Client(t)
 	s.Stop(t)
@@ -68,6 +70,7 @@ func isConnRefused(err error) bool {
 }
 
 func TestWithTLSServesHTTPSVerifiedByItsCA(t *testing.T) {
+	t.Parallel()
 	s := Start(t, WithTLS())
 	if !strings.HasPrefix(s.Addr, "https://127.0.0.1:") || !strings.Contains(string(s.CACertPEM), "BEGIN CERTIFICATE") {
 		t.Fatalf("Addr %q, CACertPEM %d bytes; want https and a PEM CA", s.Addr, len(s.CACertPEM))
@@ -87,6 +90,7 @@ func TestWithTLSServesHTTPSVerifiedByItsCA(t *testing.T) {
 }
 
 func TestOutputIsRedacted(t *testing.T) {
+	t.Parallel()
 	s := Start(t)
 	s.Stop(t) // the banner with the unseal key comes at shutdown
 	out := s.proc.Output()
@@ -120,6 +124,7 @@ func TestStartWithoutBinaryFailsAndSaysHowToGetIt(t *testing.T) {
 }
 
 func TestStartRetriesWhenAPortWasTaken(t *testing.T) {
+	t.Parallel()
 	taken, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -147,6 +152,7 @@ func TestStartRetriesWhenAPortWasTaken(t *testing.T) {
 }
 
 func TestStartFailsWithRedactedOutputWhenVaultCannotStart(t *testing.T) {
+	t.Parallel()
 	taken, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

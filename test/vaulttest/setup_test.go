@@ -55,6 +55,7 @@ func checkReadsOnlyA(t *testing.T, s *Server, token string) {
 }
 
 func TestTokenWithPolicyReadsOnlyWhatThePolicyAllows(t *testing.T) {
+	t.Parallel()
 	s := Start(t)
 	writeSecrets(t, s)
 	s.WritePolicy(t, "read-a", readA)
@@ -72,6 +73,7 @@ func TestTokenWithPolicyReadsOnlyWhatThePolicyAllows(t *testing.T) {
 }
 
 func TestEnableKVMountsAVersion2Engine(t *testing.T) {
+	t.Parallel()
 	s := Start(t)
 	s.EnableKV(t, "kv-test")
 	kv := s.Client(t).KVv2("kv-test")
@@ -160,6 +162,7 @@ func (iss *jwtIssuer) sign(t *testing.T, key *ecdsa.PrivateKey, extra jwt.MapCla
 }
 
 func TestJWTLoginWithAnES256TokenSignedInTheTest(t *testing.T) {
+	t.Parallel()
 	iss := newJWTIssuer(t)
 	for name, keys := range map[string]func() JWTKeys{
 		"jwks_url": func() JWTKeys { return JWTKeys{JWKSURL: iss.srv.URL + "/jwks", JWKSCAPEM: iss.caPEM()} },
@@ -211,6 +214,7 @@ func TestJWTLoginWithAnES256TokenSignedInTheTest(t *testing.T) {
 }
 
 func TestSealFailsRequestsWith503(t *testing.T) {
+	t.Parallel()
 	s := Start(t)
 	writeSecrets(t, s)
 	c := s.Client(t)
@@ -228,6 +232,7 @@ func TestSealFailsRequestsWith503(t *testing.T) {
 }
 
 func TestRateLimitQuotaAnswers429(t *testing.T) {
+	t.Parallel()
 	s := Start(t)
 	writeSecrets(t, s)
 	s.RateLimitQuota(t, "one-per-hour", "secret/", 1, time.Hour)
