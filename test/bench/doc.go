@@ -66,7 +66,7 @@
 //	BENCH_CLIENTS     closed-loop client counts of P1/P2/P3/P5 ("256,32")
 //	BENCH_ROUND       length of one round (2s); BENCH_ROUNDS rounds per
 //	                  variant (3), interleaved after a 500ms warm-up each
-//	BENCH_P6_RECORDS, BENCH_P6_SMALL, BENCH_P6_QUERIES (300 timed per side)
+//	BENCH_P6_RECORDS, BENCH_P6_SMALL, BENCH_P6_QUERIES (1000 timed per side)
 //	BENCH_FLOOD, BENCH_FLOOD_CLIENTS, BENCH_STEADY_RATE
 //	BENCH_DIR         where data directories live (default a temp dir; must
 //	                  be on the disk whose fsync is to be measured); P6's

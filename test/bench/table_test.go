@@ -59,7 +59,7 @@ func tableParamsFromEnv() (tableParams, error) {
 	}
 	p := tableParams{
 		load: l, clients: []int{256, 32}, flood: 10 * time.Second, floodClients: 32, steadyRate: 50,
-		small: 1000, big: 1_000_000, queries: 300, scrape: 5 * time.Second,
+		small: 1000, big: 1_000_000, queries: 1000, scrape: 5 * time.Second,
 		jsonPath: filepath.Join(os.TempDir(), "credbroker-bench-results.json"),
 	}
 	if s := os.Getenv("BENCH_CLIENTS"); s != "" {
@@ -571,8 +571,8 @@ func listing(b *testing.B, p tableParams, w *world, bin, dir string, scr *scrape
 		lat []time.Duration
 	}
 	sides := []*side{{n: p.small}, {n: p.big}}
-	for _, s := range sides {
-		dd := w.dataDir(b, dir, fmt.Sprintf("records-%d", s.n))
+	for k, s := range sides {
+		dd := w.dataDir(b, dir, fmt.Sprintf("records-%d-%d", k, s.n))
 		t0 := time.Now()
 		hit, err := cachedRecords(p.cacheDir, filepath.Join(dd, "credbroker.db"), s.n)
 		if err != nil {
