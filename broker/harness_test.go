@@ -36,6 +36,7 @@ import (
 	"github.com/credbroker/credbroker/broker/limits"
 	"github.com/credbroker/credbroker/broker/nodeauth"
 	"github.com/credbroker/credbroker/broker/policy"
+	"github.com/credbroker/credbroker/broker/state"
 	"github.com/credbroker/credbroker/broker/state/boltstate"
 	"github.com/credbroker/credbroker/internal/ca"
 	"github.com/credbroker/credbroker/issuers"
@@ -68,6 +69,8 @@ type scriptedIssuer struct {
 	cred  issuers.Credential
 	err   error
 	calls int
+	// answer, when set, answers instead of cred and err (outside mu).
+	answer func(call int, r issuers.Request) (issuers.Credential, error)
 }
 
 func (s *scriptedIssuer) set(cred issuers.Credential, err error) {
@@ -76,11 +79,16 @@ func (s *scriptedIssuer) set(cred issuers.Credential, err error) {
 	s.cred, s.err = cred, err
 }
 
-func (s *scriptedIssuer) Issue(context.Context, issuers.Request) (issuers.Credential, error) {
+func (s *scriptedIssuer) Issue(_ context.Context, r issuers.Request) (issuers.Credential, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.calls++
-	return s.cred, s.err
+	call, answer := s.calls, s.answer
+	cred, err := s.cred, s.err
+	s.mu.Unlock()
+	if answer != nil {
+		return answer(call, r)
+	}
+	return cred, err
 }
 
 func (s *scriptedIssuer) Effect() issuers.Effect { return issuers.EffectUpstream }
@@ -146,6 +154,7 @@ type harness struct {
 	db         *bbolt.DB
 	audit      *audit.Log
 	state      *boltstate.Store
+	revoke     *broker.Revocations
 	issuer     *countingIssuer
 	jwtIssuer  *jwt.Issuer
 	upstream   *scriptedIssuer
@@ -194,6 +203,14 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 	if h.state, err = boltstate.New(h.db); err != nil {
 		t.Fatal(err)
 	}
+	index, err := state.NewRevocationIndex(context.Background(), h.state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(index.Close)
+	if h.revoke, err = broker.NewRevocations(h.state, index, h.audit, h.clock.Now, newID); err != nil {
+		t.Fatal(err)
+	}
 	ledger, err := h.state.Ledger(h.audit)
 	if err != nil {
 		t.Fatal(err)
@@ -229,6 +246,7 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 				MaxTTL: time.Hour, Audiences: []string{"upstream"}, ClusterMode: config.ClusterNone},
 		},
 		Policy: pol, Limiter: limiter, Ledger: ledger, Audit: h.audit, Clock: h.clock.Now, NewID: newID, Log: log, Metrics: metrics, Refusals: h.refusals,
+		Revocations: index,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -238,7 +256,7 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 		nodeAuth, err = nodeauth.New(nodeauth.NodeDeps{
 			TrustDomain: td, State: h.state, CA: h.ca, Audit: h.audit,
 			Bundle:  func() ([]*x509.Certificate, error) { return []*x509.Certificate{h.ca.Certificate()}, nil },
-			SVIDTTL: time.Hour, NewID: newID, Log: log, Clock: h.clock.Now, Refusals: h.refusals,
+			SVIDTTL: time.Hour, NewID: newID, Log: log, Clock: h.clock.Now, Refusals: h.refusals, Revocations: h.revoke,
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -246,9 +264,9 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 	}
 	var admin *broker.Admin
 	if nodeAuth != nil {
-		admin = broker.NewAdmin(h.audit, nodeAuth)
+		admin = broker.NewAdmin(h.audit, nodeAuth, broker.WithRevocations(h.revoke, h.state))
 	} else {
-		admin = broker.NewAdmin(h.audit, nil)
+		admin = broker.NewAdmin(h.audit, nil, broker.WithRevocations(h.revoke, h.state))
 	}
 	h.admin = admin
 	bundles := x509bundle.NewSet(h.ca.X509Bundle())
@@ -256,7 +274,7 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 		jwtsvid.New(jwtbundle.NewSet(h.ca.JWTBundle()), []string{"credbroker"}),
 		attestx509.New(bundles, attestx509.WithClock(h.clock.Now)),
 	}, []string{adminID.String()}, h.audit, metrics, log, broker.WithGateClock(h.clock.Now), broker.WithAdminJWTSVID(hc.adminJWT),
-		broker.WithRateLimits(rateLimits), broker.WithRefusals(h.refusals))
+		broker.WithRateLimits(rateLimits), broker.WithRefusals(h.refusals), broker.WithRevocationCheck(index))
 
 	serverSVID := h.mint(serverID, time.Hour)
 	tlsConf := tlsconfig.TLSServerConfig(serverSVID)

@@ -1,0 +1,176 @@
+package broker_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/credbroker/credbroker/broker/audit"
+	"github.com/credbroker/credbroker/broker/state"
+	"github.com/credbroker/credbroker/issuers"
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+)
+
+const adminPrincipal = "spiffe://example.test/credbroker/admin"
+
+// TestRevocationWhileInFlightIsNotHandedOut: an identity revoked while its
+// request waits on the upstream issuer does not get the credential; the
+// refusal names the revocation and is on record after the intent.
+func TestRevocationWhileInFlightIsNotHandedOut(t *testing.T) {
+	h := newHarness(t)
+	var rev state.Revocation
+	h.upstream.answer = func(_ int, r issuers.Request) (issuers.Credential, error) {
+		var err error
+		rev, err = h.revoke.Revoke(context.Background(), adminPrincipal, state.RevokeIdentity, r.Subject, "pod compromised", time.Time{})
+		if err != nil {
+			t.Error(err)
+		}
+		return issuers.Credential{Kind: issuers.KindToken, Token: "upstream-token", ExpiresAt: h.clock.Now().Add(time.Hour), OriginIssuanceID: r.IssuanceID}, nil
+	}
+	conn := h.dial(h.mint(controllerID, time.Hour))
+	_, err := issue(ctxT(t), conn, &credbrokerv1.IssueCredentialRequest{Profile: "upstream"})
+	st, info := wantReason(t, err, credbrokerv1.ErrorReason_REVOKED)
+	if info.GetMetadata()["revocation_id"] != rev.ID || info.GetMetadata()["revoked_by"] != adminPrincipal || !strings.Contains(st.Message(), "pod compromised") {
+		t.Fatalf("refusal %q %v; want it to name revocation %s, its admin and reason", st.Message(), info, rev.ID)
+	}
+	var decisions []audit.Decision
+	for _, r := range h.records() {
+		decisions = append(decisions, r.Decision)
+	}
+	if want := "intent revoked denied"; strings.Join(strs(decisions), " ") != want {
+		t.Fatalf("records %v, want %s (the intent, the revocation, the refusal)", decisions, want)
+	}
+	// The next request is refused before the issuer is called.
+	_, err = issue(ctxT(t), conn, &credbrokerv1.IssueCredentialRequest{Profile: "upstream"})
+	wantReason(t, err, credbrokerv1.ErrorReason_REVOKED)
+	if n := h.upstream.callCount(); n != 1 {
+		t.Fatalf("%d issuer calls, want 1", n)
+	}
+}
+
+func strs(ds []audit.Decision) []string {
+	out := make([]string, len(ds))
+	for i, d := range ds {
+		out[i] = string(d)
+	}
+	return out
+}
+
+// TestRevokedIssuanceIsNotReused: an issuer that hands out again a
+// credential whose issuance was revoked (a reuse cache that did not hear of
+// it) is asked once more, and the caller gets the fresh credential.
+func TestRevokedIssuanceIsNotReused(t *testing.T) {
+	h := newHarness(t)
+	var first string
+	h.upstream.answer = func(call int, r issuers.Request) (issuers.Credential, error) {
+		cred := issuers.Credential{Kind: issuers.KindToken, Token: "t", ExpiresAt: h.clock.Now().Add(time.Hour), OriginIssuanceID: r.IssuanceID}
+		switch call {
+		case 1:
+			first = r.IssuanceID
+			cred.UpstreamRef = "first"
+		case 2: // the stale cache
+			cred.UpstreamRef, cred.OriginIssuanceID, cred.Reused = "first", first, true
+		default:
+			cred.UpstreamRef = "fresh"
+		}
+		return cred, nil
+	}
+	conn := h.dial(h.mint(controllerID, time.Hour))
+	c1, err := issue(ctxT(t), conn, &credbrokerv1.IssueCredentialRequest{Profile: "upstream"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.revoke.Revoke(context.Background(), adminPrincipal, state.RevokeIssuance, c1.GetIssuanceId(), "leaked", time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	c2, err := issue(ctxT(t), conn, &credbrokerv1.IssueCredentialRequest{Profile: "upstream"})
+	if err != nil {
+		t.Fatalf("the request after the revocation: %v", err)
+	}
+	last := h.lastRecord()
+	if last.IssuanceID != c2.GetIssuanceId() || last.UpstreamRef != "fresh" || last.Reused {
+		t.Fatalf("issued %+v; want the fresh credential, not reused", last)
+	}
+	if n := h.upstream.callCount(); n != 3 {
+		t.Fatalf("%d issuer calls, want 3", n)
+	}
+}
+
+// TestRevocationUntilAndAdminErrors: a revocation with an end stops
+// refusing at that time on the broker's clock; malformed revocations and
+// unknown ids are refused with reasons an operator can act on.
+func TestRevocationUntilAndAdminErrors(t *testing.T) {
+	h := newHarness(t)
+	admin := credbrokerv1.NewAdminServiceClient(h.dialAdminSocket())
+	resp, err := admin.Revoke(ctxT(t), &credbrokerv1.RevokeRequest{
+		Target: &credbrokerv1.RevokeRequest_SpiffeId{SpiffeId: controllerID.String()},
+		Reason: "maintenance", Until: timestamppb.New(h.clock.Now().Add(time.Hour)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := h.dial(h.mint(controllerID, 2*time.Hour))
+	_, err = issue(ctxT(t), conn, &credbrokerv1.IssueCredentialRequest{Profile: "plain-token"})
+	_, info := wantReason(t, err, credbrokerv1.ErrorReason_REVOKED)
+	if info.GetMetadata()["revocation_id"] != resp.GetRevocation().GetRevocationId() {
+		t.Fatalf("refusal metadata %v", info.GetMetadata())
+	}
+	h.clock.Advance(time.Hour)
+	if _, err := issue(ctxT(t), conn, &credbrokerv1.IssueCredentialRequest{Profile: "plain-token"}); err != nil {
+		t.Fatalf("after the revocation's end: %v", err)
+	}
+
+	for name, req := range map[string]*credbrokerv1.RevokeRequest{
+		"no target":          {},
+		"not a SPIFFE ID":    {Target: &credbrokerv1.RevokeRequest_SpiffeId{SpiffeId: "capa"}},
+		"not a cluster":      {Target: &credbrokerv1.RevokeRequest_Cluster{Cluster: "alpha"}},
+		"until in the past":  {Target: &credbrokerv1.RevokeRequest_Cluster{Cluster: "team-a/alpha"}, Until: timestamppb.New(h.clock.Now().Add(-time.Second))},
+		"reason too long":    {Target: &credbrokerv1.RevokeRequest_Cluster{Cluster: "team-a/alpha"}, Reason: strings.Repeat("x", 513)},
+		"issuance not found": {Target: &credbrokerv1.RevokeRequest_IssuanceId{IssuanceId: "0190f0a0-0000-7000-8000-000000000001"}},
+	} {
+		_, err := admin.Revoke(ctxT(t), req)
+		want := credbrokerv1.ErrorReason_INVALID_REQUEST
+		if name == "issuance not found" {
+			want = credbrokerv1.ErrorReason_NOT_FOUND
+		}
+		t.Run(name, func(t *testing.T) { wantReason(t, err, want) })
+	}
+	_, err = admin.LiftRevocation(ctxT(t), &credbrokerv1.LiftRevocationRequest{RevocationId: "nope"})
+	wantReason(t, err, credbrokerv1.ErrorReason_NOT_FOUND)
+	_, err = admin.ListRevocations(ctxT(t), &credbrokerv1.ListRevocationsRequest{PageToken: "garbage"})
+	wantReason(t, err, credbrokerv1.ErrorReason_INVALID_REQUEST)
+}
+
+// TestListRevocationsPages: revocations page by id with tokens.
+func TestListRevocationsPages(t *testing.T) {
+	h := newHarness(t)
+	admin := credbrokerv1.NewAdminServiceClient(h.dialAdminSocket())
+	for _, c := range []string{"team-a/a1", "team-a/a2", "team-a/a3"} {
+		if _, err := admin.Revoke(ctxT(t), &credbrokerv1.RevokeRequest{Target: &credbrokerv1.RevokeRequest_Cluster{Cluster: c}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got []string
+	token := ""
+	for pages := 0; ; pages++ {
+		resp, err := admin.ListRevocations(ctxT(t), &credbrokerv1.ListRevocationsRequest{PageSize: 2, PageToken: token})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range resp.GetRevocations() {
+			got = append(got, r.GetTarget())
+		}
+		if token = resp.GetNextPageToken(); token == "" {
+			if pages != 1 {
+				t.Fatalf("%d pages of 2 for 3 revocations", pages+1)
+			}
+			break
+		}
+	}
+	if strings.Join(got, ",") != "team-a/a1,team-a/a2,team-a/a3" {
+		t.Fatalf("listed %v", got)
+	}
+}
