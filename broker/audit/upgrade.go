@@ -8,6 +8,7 @@ import (
 	"fmt"
 
 	"go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // upgradeChunk is how many records upgrade links per write transaction, so
@@ -51,7 +52,7 @@ func upgrade(db *bbolt.DB) error {
 				n++
 			}
 			for _, name := range oldBuckets {
-				if err := tx.DeleteBucket(name); err != nil && !errors.Is(err, bbolt.ErrBucketNotFound) {
+				if err := tx.DeleteBucket(name); err != nil && !errors.Is(err, berrors.ErrBucketNotFound) {
 					return fmt.Errorf("upgrade: drop %s: %w", name, err)
 				}
 			}
