@@ -10,6 +10,7 @@ import (
 
 	"github.com/credbroker/credbroker/broker/audit"
 	"github.com/credbroker/credbroker/broker/state"
+	"github.com/credbroker/credbroker/issuers"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -88,7 +89,7 @@ func (v *Revocations) Revoke(ctx context.Context, admin string, kind state.Revoc
 		if !issued.ExpiresAt.After(now) {
 			return state.Revocation{}, errorf(credbrokerv1.ErrorReason_INVALID_REQUEST, "issuance %s expired at %s; there is nothing left to revoke", target, issued.ExpiresAt.UTC().Format(time.RFC3339))
 		}
-		r.CoveredUntil = issued.ExpiresAt
+		r.CoveredUntil, r.UpstreamRef = issued.ExpiresAt, issued.UpstreamRef
 		rec.IssuanceID, rec.Profile, rec.Cluster, rec.Issuer, rec.UpstreamRef = target, issued.Profile, issued.Cluster, issued.Issuer, issued.UpstreamRef
 	case state.RevokeIdentity:
 		if _, err := spiffeid.FromString(target); err != nil {
@@ -175,6 +176,19 @@ func (v *Revocations) issued(id string) (audit.Record, error) {
 		}
 	}
 	return audit.Record{}, errorf(credbrokerv1.ErrorReason_NOT_FOUND, "no issued credential %q", clip(id))
+}
+
+// Forgets returns what a reusing issuer must drop for revocation r: the
+// credentials it covers by issuance (the one they were minted for, or, for
+// an issuance revocation, the same upstream credential handed out under
+// another issuance), subject or cluster.
+func Forgets(r state.Revocation) func(issuers.Held) bool {
+	return func(h issuers.Held) bool {
+		if r.Covers(h.IssuanceID, h.Subject, h.Cluster) {
+			return true
+		}
+		return r.Kind == state.RevokeIssuance && r.UpstreamRef != "" && r.UpstreamRef == h.UpstreamRef
+	}
 }
 
 // revokedError is the refusal of a request a revocation covers: it says what

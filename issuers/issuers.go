@@ -113,6 +113,8 @@ type Credential struct {
 // sees it: the issuance it was minted for, its subject and its cluster.
 type Held struct {
 	IssuanceID, Subject, Cluster string
+	// UpstreamRef is the credential's non-secret upstream reference.
+	UpstreamRef string
 }
 
 // Forgetter is implemented by an issuer that hands a credential out again

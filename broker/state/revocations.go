@@ -55,6 +55,10 @@ type Revocation struct {
 	// left to refuse and housekeeping purges it. Identity and cluster
 	// revocations leave it zero, since they also refuse new requests.
 	CoveredUntil time.Time
+	// UpstreamRef, for an issuance, is its credential's upstream reference
+	// (an AccessKeyId): a credential handed out to several issuances (reuse)
+	// is dropped from reuse whichever of them is revoked.
+	UpstreamRef string
 }
 
 // Active reports whether r covers anything at now.

@@ -36,7 +36,7 @@ func (s *issuerSet) forget(c state.RevocationChange) {
 	}
 	for _, iss := range s.byName {
 		if f, ok := iss.(issuers.Forgetter); ok {
-			f.Forget(func(h issuers.Held) bool { return c.Revocation.Covers(h.IssuanceID, h.Subject, h.Cluster) })
+			f.Forget(broker.Forgets(c.Revocation))
 		}
 	}
 }

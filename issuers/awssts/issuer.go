@@ -341,7 +341,7 @@ func (i *Issuer) Forget(covered func(issuers.Held) bool) int {
 	i.forgets++
 	n := 0
 	for k, c := range i.cache {
-		if covered(issuers.Held{IssuanceID: c.originReq, Subject: k.subject, Cluster: k.cluster}) {
+		if covered(issuers.Held{IssuanceID: c.originReq, Subject: k.subject, Cluster: k.cluster, UpstreamRef: c.cred.UpstreamRef}) {
 			delete(i.cache, k)
 			n++
 		}

@@ -256,24 +256,25 @@ func TestRevocationDropsReusedAWSCredentials(t *testing.T) {
 	if again := retrieve(); again.AccessKeyID != first.AccessKeyID {
 		t.Fatalf("second request got %s, want %s reused", again.AccessKeyID, first.AccessKeyID)
 	}
-	r := b.ctl(t, "-o", "json", "issuances", "list")
-	var list []map[string]any
-	if err := json.Unmarshal([]byte(r.stdout), &list); err != nil {
-		t.Fatalf("issuances list = %q (%v)", r.stdout, err)
-	}
-	var issuance string
-	for _, is := range list {
-		if is["upstream_ref"] == first.AccessKeyID && is["reused"] != true {
-			for _, k := range []string{"issuance_id", "id"} {
-				if v, ok := is[k].(string); ok && v != "" {
-					issuance = v
+	// issuanceOf returns the id of the (reused or fresh) issuance of key.
+	issuanceOf := func(key string, reused bool) string {
+		t.Helper()
+		r := b.ctl(t, "-o", "json", "issuances", "list")
+		var list []map[string]any
+		if err := json.Unmarshal([]byte(r.stdout), &list); err != nil {
+			t.Fatalf("issuances list = %q (%v)", r.stdout, err)
+		}
+		for _, is := range list {
+			if is["upstream_ref"] == key && (is["reused"] == true) == reused {
+				if v, ok := is["issuance_id"].(string); ok && v != "" {
+					return v
 				}
 			}
 		}
+		t.Fatalf("no issuance of %s (reused %v) in %v", key, reused, list)
+		return ""
 	}
-	if issuance == "" {
-		t.Fatalf("no fresh issuance of %s in %v", first.AccessKeyID, list)
-	}
+	issuance := issuanceOf(first.AccessKeyID, false)
 
 	if r := b.ctl(t, "revoke", "issuance", issuance, "--reason", "leaked in a CI log"); r.code != 0 {
 		t.Fatalf("revoke issuance: %s%s", r.stdout, r.stderr)
@@ -285,8 +286,20 @@ func TestRevocationDropsReusedAWSCredentials(t *testing.T) {
 	if r := b.ctl(t, "audit", "tail", "-n", "1"); strings.Contains(r.stdout, "reused=true") {
 		t.Errorf("the request after the revocation is recorded as reused: %s", r.stdout)
 	}
+	// Revoking the issuance that was handed the credential again (reused)
+	// takes the credential itself out of reuse too.
+	if again := retrieve(); again.AccessKeyID != fresh.AccessKeyID {
+		t.Fatalf("second request after the revocation got %s, want %s reused", again.AccessKeyID, fresh.AccessKeyID)
+	}
+	if r := b.ctl(t, "revoke", "issuance", issuanceOf(fresh.AccessKeyID, true)); r.code != 0 {
+		t.Fatalf("revoke the reused issuance: %s%s", r.stdout, r.stderr)
+	}
+	cached := retrieve() // and kept for reuse until the cluster's revocation below
+	if cached.AccessKeyID == fresh.AccessKeyID {
+		t.Fatal("a credential whose reused issuance was revoked was handed out again")
+	}
 
-	r = b.ctl(t, "-o", "json", "revoke", "cluster", clusterA, "--reason", "incident 42")
+	r := b.ctl(t, "-o", "json", "revoke", "cluster", clusterA, "--reason", "incident 42")
 	var rev struct {
 		Revocation struct {
 			RevocationID string `json:"revocation_id"`
@@ -302,7 +315,7 @@ func TestRevocationDropsReusedAWSCredentials(t *testing.T) {
 	if r := b.ctl(t, "revoke", "lift", rev.Revocation.RevocationID); r.code != 0 {
 		t.Fatalf("revoke lift: %s%s", r.stdout, r.stderr)
 	}
-	if after := retrieve(); after.AccessKeyID == fresh.AccessKeyID || after.AccessKeyID == first.AccessKeyID {
+	if after := retrieve(); after.AccessKeyID == cached.AccessKeyID {
 		t.Error("a credential cached before the cluster's revocation was served after it")
 	}
 	if r := b.ctl(t, "audit", "verify"); r.code != 0 {
