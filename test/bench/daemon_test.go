@@ -237,18 +237,28 @@ func (d *daemon) auditRecords(ctx context.Context, adm credbrokerv1.AdminService
 	return resp.GetResult().GetRecords(), nil
 }
 
-// recordsAfter reads the records after seq through the admin API's export
-// and returns how many there are by decision, and the bytes of their stored
-// (canonical JSON) form, which index entries and bbolt's pages come on top of.
-func recordsAfter(ctx context.Context, adm credbrokerv1.AdminServiceClient, seq uint64) (map[string]int64, int64, error) {
+// newRecords is what an export of the records after some seq found.
+type newRecords struct {
+	// byCaller counts the records by caller; decisions counts one
+	// caller's by decision.
+	byCaller  map[string]int64
+	decisions map[string]int64
+	// bytes is the size of that caller's records in their stored
+	// (canonical JSON) form, which index entries and bbolt's pages come on
+	// top of.
+	bytes int64
+}
+
+// recordsAfter reads the records after seq through the admin API's export,
+// page by page; caller is the identity whose records it details.
+func recordsAfter(ctx context.Context, adm credbrokerv1.AdminServiceClient, seq uint64, caller string) (newRecords, error) {
 	const pageSize = 10000 // the broker's maximum
 	req := &credbrokerv1.ExportAuditRequest{Start: &credbrokerv1.ExportAuditRequest_AfterSeq{AfterSeq: seq}, PageSize: pageSize}
-	decisions := map[string]int64{}
-	var size int64
+	nr := newRecords{byCaller: map[string]int64{}, decisions: map[string]int64{}}
 	for {
 		stream, err := adm.ExportAudit(ctx, req)
 		if err != nil {
-			return nil, 0, err
+			return newRecords{}, err
 		}
 		n := 0
 		for {
@@ -257,15 +267,19 @@ func recordsAfter(ctx context.Context, adm credbrokerv1.AdminServiceClient, seq 
 				break
 			}
 			if err != nil {
-				return nil, 0, err
+				return newRecords{}, err
 			}
 			n++
 			req.PageToken = resp.GetNextPageToken()
-			decisions[strings.ToLower(strings.TrimPrefix(resp.GetRecord().GetDecision().String(), "DECISION_"))]++
-			size += int64(len(resp.GetCanonicalJson()))
+			r := resp.GetRecord()
+			nr.byCaller[r.GetCaller()]++
+			if r.GetCaller() == caller {
+				nr.decisions[strings.ToLower(strings.TrimPrefix(r.GetDecision().String(), "DECISION_"))]++
+				nr.bytes += int64(len(resp.GetCanonicalJson()))
+			}
 		}
 		if n < pageSize {
-			return decisions, size, nil // a short page: the chain's head
+			return nr, nil // a short page: the chain's head
 		}
 	}
 }

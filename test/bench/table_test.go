@@ -233,18 +233,23 @@ func loadavg() string {
 
 // growth is what one identity's refusal flood added to the audit log.
 type growth struct {
-	Duration time.Duration    `json:"duration_ns"`
+	Duration time.Duration `json:"duration_ns"`
+	// Window is the time between the two counts, which the bound is for.
+	Window   time.Duration    `json:"window_ns"`
 	Refusals map[string]int64 `json:"refusals"` // the flood's answers by code
-	Records  uint64           `json:"records"`
-	// Decisions counts the new records by decision.
+	// Records are the flooding identity's new records; AllRecords every
+	// new record in the window.
+	Records    uint64 `json:"records"`
+	AllRecords uint64 `json:"all_records"`
+	// Decisions counts the flooding identity's new records by decision.
 	Decisions map[string]int64 `json:"decisions"`
-	// RecordBytes is the size of the new records as stored (canonical
+	// RecordBytes is the size of its new records as stored (canonical
 	// JSON); Bytes is how much the database file grew (bbolt grows it in
 	// steps, so a few records may add nothing).
 	RecordBytes int64 `json:"record_bytes"`
 	Bytes       int64 `json:"db_bytes"`
 	// Bound is the most records the configured refusal-record limits let
-	// one identity write in Duration: burst + rate × Duration.
+	// one identity write in Window: burst + rate × Window.
 	Bound uint64 `json:"bound_records"`
 }
 
@@ -687,7 +692,10 @@ func isolation(b *testing.B, p tableParams, w *world, bin, dir string, scr *scra
 		ms(flooded.percentile(99)), ms(alone.percentile(99)), targetP7, true,
 		fmt.Sprintf("%.2f ÷ %.2f ms at %.0f req/s; A: %s", ms(flooded.percentile(99)), ms(alone.percentile(99)), p.steadyRate, codesText(floodRes.Codes))))
 
-	// Growth: A alone floods requests the policy refuses.
+	// Growth: a third identity, whose refusal-record bucket is full (the
+	// worst case), floods requests the policy refuses. The bound holds over
+	// the whole window between the two counts.
+	t0 := time.Now()
 	recs0, err := d.auditRecords(ctx, adm)
 	if err != nil {
 		b.Fatal(err)
@@ -696,7 +704,6 @@ func isolation(b *testing.B, p tableParams, w *world, bin, dir string, scr *scra
 	if err != nil {
 		b.Fatal(err)
 	}
-	// A third identity, whose refusal-record bucket is full: the worst case.
 	spec.SVIDDir, spec.Profile = w.svidDirs[refuserID], "no-such-profile"
 	res, err := flood(ctx, spec)
 	if err != nil {
@@ -709,23 +716,32 @@ func isolation(b *testing.B, p tableParams, w *world, bin, dir string, scr *scra
 	if err != nil {
 		b.Fatal(err)
 	}
+	window := time.Since(t0)
 	size1, err := d.dbSize()
 	if err != nil {
 		b.Fatal(err)
 	}
-	decisions, recBytes, err := recordsAfter(ctx, adm, recs0)
+	nr, err := recordsAfter(ctx, adm, recs0, refuserID.String())
 	if err != nil {
 		b.Fatal(err)
 	}
+	if got := uint64(sum(nr.byCaller)); got < recs1-recs0 {
+		b.Fatalf("bench: the export found %d new records, verification %d", got, recs1-recs0)
+	}
 	lim := config.DefaultIdentityRefusalRecords
-	rep.Growth = growth{Duration: res.Elapsed, Refusals: res.Codes, Records: recs1 - recs0, Decisions: decisions,
-		RecordBytes: recBytes, Bytes: size1 - size0, Bound: uint64(float64(lim.Burst) + lim.Rate*res.Elapsed.Seconds())}
+	rep.Growth = growth{Duration: res.Elapsed, Window: window, Refusals: res.Codes,
+		Records: uint64(nr.byCaller[refuserID.String()]), AllRecords: uint64(sum(nr.byCaller)),
+		Decisions: nr.decisions, RecordBytes: nr.bytes, Bytes: size1 - size0, Bound: uint64(float64(lim.Burst) + lim.Rate*window.Seconds())}
 	g := rep.Growth
+	others := ""
+	if g.AllRecords > g.Records {
+		others = fmt.Sprintf("; %d records of other identities meanwhile (late summaries of P7's flood)", g.AllRecords-g.Records)
+	}
 	rep.Figures = append(rep.Figures, figure{
 		Name: fmt.Sprintf("audit growth, one identity flooding refusals for %v", p.flood.Round(time.Second)), Scope: "daemon",
 		Value: float64(g.Records), Goal: float64(g.Bound), AtMost: true, Met: g.Records <= g.Bound,
-		Measured: fmt.Sprintf("%d records (%s), %d bytes of records, db file %+d bytes, for %d refusals (%s)",
-			g.Records, codesText(decisions), g.RecordBytes, g.Bytes, sum(res.Codes), codesText(res.Codes)),
+		Measured: fmt.Sprintf("%d records (%s), %d bytes of records, db file %+d bytes, for %d refusals (%s); bound %v + %v/s × %.1f s%s",
+			g.Records, codesText(g.Decisions), g.RecordBytes, g.Bytes, sum(res.Codes), codesText(res.Codes), lim.Burst, lim.Rate, window.Seconds(), others),
 	})
 }
 
