@@ -65,7 +65,7 @@
 //
 //	BENCH_CLIENTS     closed-loop client counts of P1/P2/P3/P5 ("256,32")
 //	BENCH_ROUND       length of one round (2s); BENCH_ROUNDS rounds per
-//	                  variant (3), interleaved after a 500ms warm-up each
+//	                  variant (5), interleaved after a 500ms warm-up each
 //	BENCH_P6_RECORDS, BENCH_P6_SMALL, BENCH_P6_QUERIES (1000 timed per side)
 //	BENCH_FLOOD, BENCH_FLOOD_CLIENTS, BENCH_STEADY_RATE
 //	BENCH_DIR         where data directories live (default a temp dir; must
@@ -74,5 +74,6 @@
 //	                  audit package's source, and copied from there
 //	BENCH_CONCURRENCY client count of BenchmarkRatios and BenchmarkIssue
 //
-// With the defaults a run takes about five minutes on two cores.
+// With the defaults a run takes about four minutes on two cores (plus, once,
+// about a minute and a half to write the million records).
 package bench

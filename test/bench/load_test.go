@@ -24,7 +24,7 @@ type load struct {
 
 // loadFromEnv reads BENCH_CONCURRENCY, BENCH_ROUND and BENCH_ROUNDS.
 func loadFromEnv() (load, error) {
-	l := load{concurrency: 32, round: 2 * time.Second, rounds: 3, warmup: 500 * time.Millisecond}
+	l := load{concurrency: 32, round: 2 * time.Second, rounds: 5, warmup: 500 * time.Millisecond}
 	var err error
 	if l.concurrency, err = envInt("BENCH_CONCURRENCY", l.concurrency); err != nil {
 		return l, err
