@@ -661,6 +661,9 @@ func TestUsageErrors(t *testing.T) {
 		{"issuances", "list", "--since", "-1h"},
 		{"issuances", "list", "--cluster", "prod"},
 		{"issuances", "list", "--cluster", "a/b/c"},
+		{"issuances", "list", "--cluster", "Team_A/prod"}, // the broker's rule: Kubernetes names
+		{"nodes", "list", "--cluster", "team-a/Prod"},
+		{"join-token", "create", "--cluster", "team-a/-prod"},
 		{"issuances", "list", "extra"},
 		{"issuances", "show"},
 		{"issuances", "show", "a", "b"},
