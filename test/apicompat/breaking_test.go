@@ -119,8 +119,9 @@ func TestAdditionsPassLint(t *testing.T) {
 	if out, ok := breaking(t, protoCopy(t, "proto/credbroker/v1/errors.proto", add)); !ok {
 		t.Errorf("an added reason was refused:\n%s", out)
 	}
-	addRPC := replace("  rpc EvictNode(EvictNodeRequest) returns (EvictNodeResponse);\n}",
-		"  rpc EvictNode(EvictNodeRequest) returns (EvictNodeResponse);\n  // Later.\n  rpc ListThings(ListNodesRequest) returns (ListNodesResponse);\n}")
+	// Anchored on the service's opening line, which later RPCs do not move.
+	addRPC := replace("service AdminService {\n",
+		"service AdminService {\n  // Later.\n  rpc ListThings(ListNodesRequest) returns (ListNodesResponse);\n\n")
 	if out, ok := breaking(t, protoCopy(t, "proto/credbroker/v1/admin.proto", addRPC)); !ok {
 		t.Errorf("an added RPC was refused:\n%s", out)
 	}
