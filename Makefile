@@ -69,17 +69,18 @@ precompile:
 	$(GO) build ./...
 	$(GO) test $(TEST_FLAGS) -run '^$$' $(PKGS) > /dev/null
 
-## ci: .ci/run's steps, ordered for wall-clock time on a fresh machine. The Vault build (the longest step)
-## starts at once; MinIO, the AWS CLI, the tools and the test binaries build beside it, lint and the
-## slow tests (which mostly sleep) run as soon as what they need is there, and the suite runs last, when
-## Vault is ready. Every step is a failure when it fails; nothing is skipped.
-ci:
-	@$(MAKE) --no-print-directory -j4 ci-vault ci-lint ci-slow ci-precompile
-	@$(MAKE) --no-print-directory unit
-.PHONY: ci-vault ci-lint ci-slow ci-precompile
+## ci: what .ci/run does, ordered for wall-clock time on a fresh machine: ci-prepare, then the README's
+## `make test`. ci-prepare starts the Vault build (the longest step) at once; MinIO, the AWS CLI, the
+## tools and the test binaries build beside it, and the slow tests (which mostly sleep) run as soon as
+## what they need is there. `make test` (lint beside the suite) then runs with everything in place.
+## Every step is a failure when it fails; nothing is skipped.
+ci: ci-prepare
+	@$(MAKE) --no-print-directory test
+.PHONY: ci-prepare ci-vault ci-tools ci-slow ci-precompile
+ci-prepare:
+	@$(MAKE) --no-print-directory -j4 ci-vault ci-tools ci-slow ci-precompile
 ci-vault: vault
-ci-lint: tools
-	@$(MAKE) --no-print-directory lint
+ci-tools: tools
 ci-precompile:
 	@$(MAKE) --no-print-directory precompile
 ci-slow: ci-precompile minio awscli
