@@ -114,19 +114,12 @@ func newRevokeListCmd(a *app) *cobra.Command {
 		Example: "  credbrokerctl revoke list -o json",
 		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var all []*credbrokerv1.Revocation
-			token := ""
-			for {
-				resp, err := call(cmd.Context(), a, func(ctx context.Context, c credbrokerv1.AdminServiceClient) (*credbrokerv1.ListRevocationsResponse, error) {
-					return c.ListRevocations(ctx, &credbrokerv1.ListRevocationsRequest{PageToken: token})
-				})
-				if err != nil {
-					return err
-				}
-				all = append(all, resp.GetRevocations()...)
-				if token = resp.GetNextPageToken(); token == "" {
-					break
-				}
+			all, err := listAll(cmd.Context(), a, 0, func(ctx context.Context, c credbrokerv1.AdminServiceClient, size int32, token string) ([]*credbrokerv1.Revocation, string, error) {
+				resp, err := c.ListRevocations(ctx, &credbrokerv1.ListRevocationsRequest{PageSize: size, PageToken: token})
+				return resp.GetRevocations(), resp.GetNextPageToken(), err
+			})
+			if err != nil {
+				return err
 			}
 			if a.jsonOutput() {
 				list, err := protoJSONList(all)
@@ -206,19 +199,12 @@ func newClustersListCmd(a *app) *cobra.Command {
 		Example: "  credbrokerctl clusters list -o json",
 		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var all []*credbrokerv1.Cluster
-			token := ""
-			for {
-				resp, err := call(cmd.Context(), a, func(ctx context.Context, c credbrokerv1.AdminServiceClient) (*credbrokerv1.ListClustersResponse, error) {
-					return c.ListClusters(ctx, &credbrokerv1.ListClustersRequest{PageToken: token})
-				})
-				if err != nil {
-					return err
-				}
-				all = append(all, resp.GetClusters()...)
-				if token = resp.GetNextPageToken(); token == "" {
-					break
-				}
+			all, err := listAll(cmd.Context(), a, 0, func(ctx context.Context, c credbrokerv1.AdminServiceClient, size int32, token string) ([]*credbrokerv1.Cluster, string, error) {
+				resp, err := c.ListClusters(ctx, &credbrokerv1.ListClustersRequest{PageSize: size, PageToken: token})
+				return resp.GetClusters(), resp.GetNextPageToken(), err
+			})
+			if err != nil {
+				return err
 			}
 			if a.jsonOutput() {
 				list, err := protoJSONList(all)
