@@ -1,7 +1,6 @@
 package boltstate
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -133,35 +132,9 @@ func (s *Store) GetNode(_ context.Context, id string) (state.Node, error) {
 // ListNodes implements state.Nodes. Keys sort by SPIFFE ID, so a page is
 // one cursor walk from After.
 func (s *Store) ListNodes(_ context.Context, f state.NodeFilter) ([]state.Node, error) {
-	var ns []state.Node
-	err := s.db.View(func(tx *bbolt.Tx) error {
-		b, err := bucket(tx, bucketNodes)
-		if err != nil {
-			return err
-		}
-		c := b.Cursor()
-		k, v := c.First()
-		if f.After != "" {
-			k, v = c.Seek([]byte(f.After))
-			if k != nil && bytes.Equal(k, []byte(f.After)) {
-				k, v = c.Next()
-			}
-		}
-		for ; k != nil && (f.Limit <= 0 || len(ns) < f.Limit); k, v = c.Next() {
-			n, err := decodeNode(v)
-			if err != nil {
-				return err
-			}
-			if f.Cluster == "" || n.Cluster == f.Cluster {
-				ns = append(ns, n)
-			}
-		}
-		return nil
+	return listPage(s.db, bucketNodes, f.After, f.Limit, decodeNode, func(n state.Node) bool {
+		return f.Cluster == "" || n.Cluster == f.Cluster
 	})
-	if err != nil {
-		return nil, err
-	}
-	return ns, nil
 }
 
 // updateNode runs change on the stored node id (found false when there is

@@ -1,7 +1,6 @@
 package boltstate
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -144,33 +143,7 @@ func (s *Store) LiftRevocation(_ context.Context, id string) (state.Revocation, 
 // ListRevocations implements state.Revocations. Keys sort by id, so a page
 // is one cursor walk from After.
 func (s *Store) ListRevocations(_ context.Context, f state.RevocationFilter) ([]state.Revocation, error) {
-	var rs []state.Revocation
-	err := s.db.View(func(tx *bbolt.Tx) error {
-		b, err := bucket(tx, bucketRevocations)
-		if err != nil {
-			return err
-		}
-		c := b.Cursor()
-		k, v := c.First()
-		if f.After != "" {
-			k, v = c.Seek([]byte(f.After))
-			if k != nil && bytes.Equal(k, []byte(f.After)) {
-				k, v = c.Next()
-			}
-		}
-		for ; k != nil && (f.Limit <= 0 || len(rs) < f.Limit); k, v = c.Next() {
-			r, err := decodeRevocation(v)
-			if err != nil {
-				return err
-			}
-			rs = append(rs, r)
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	return rs, nil
+	return listPage(s.db, bucketRevocations, f.After, f.Limit, decodeRevocation, nil)
 }
 
 // PurgeRevocations implements state.Revocations.

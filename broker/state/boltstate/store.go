@@ -63,6 +63,41 @@ func bucket(tx *bbolt.Tx, name []byte) (*bbolt.Bucket, error) {
 	return b, nil
 }
 
+// listPage decodes the values of bucket name in key order, from the first key
+// after after ("" for the start), keeping those keep accepts (nil keeps all),
+// until it has limit of them (limit <= 0: no bound). One read transaction.
+func listPage[T any](db *bbolt.DB, name []byte, after string, limit int, decode func([]byte) (T, error), keep func(T) bool) ([]T, error) {
+	var out []T
+	err := db.View(func(tx *bbolt.Tx) error {
+		b, err := bucket(tx, name)
+		if err != nil {
+			return err
+		}
+		c := b.Cursor()
+		k, v := c.First()
+		if after != "" {
+			k, v = c.Seek([]byte(after))
+			if k != nil && bytes.Equal(k, []byte(after)) {
+				k, v = c.Next()
+			}
+		}
+		for ; k != nil && (limit <= 0 || len(out) < limit); k, v = c.Next() {
+			item, err := decode(v)
+			if err != nil {
+				return err
+			}
+			if keep == nil || keep(item) {
+				out = append(out, item)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // normTime drops the monotonic reading and location of t, so that a value
 // returned by a change equals the one read back later.
 func normTime(t time.Time) time.Time {
