@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -32,6 +33,7 @@ type RevocationChecker interface {
 type RevocationAudit interface {
 	AuditLog
 	ByIssuance(issuanceID string) ([]audit.Record, error)
+	List(q audit.Query) ([]audit.Record, error)
 }
 
 // Revocations makes, lifts and lists revocations for the admin API: each
@@ -45,19 +47,40 @@ type Revocations struct {
 	audit RevocationAudit
 	now   func() time.Time
 	newID func() (string, error)
+	// upstream are the issuers, by name, whose credentials a revocation
+	// also revokes where they are honoured.
+	upstream map[string]issuers.UpstreamRevoker
+	log      *slog.Logger
+}
+
+// RevocationOption configures Revocations.
+type RevocationOption func(*Revocations)
+
+// WithUpstreamRevokers makes each revocation also revoke, at the issuer
+// named by the issued record, the unexpired credentials it covers (Vault
+// leases and tokens), and log failures to log (nil: discarded).
+func WithUpstreamRevokers(byIssuer map[string]issuers.UpstreamRevoker, log *slog.Logger) RevocationOption {
+	return func(v *Revocations) { v.upstream, v.log = byIssuer, log }
 }
 
 // NewRevocations returns the revocation admin; clock nil means time.Now.
 // index must be the one built over store, so that a change is enforced as
 // soon as it is made.
-func NewRevocations(store RevocationStore, index RevocationChecker, log RevocationAudit, clock func() time.Time, newID func() (string, error)) (*Revocations, error) {
+func NewRevocations(store RevocationStore, index RevocationChecker, log RevocationAudit, clock func() time.Time, newID func() (string, error), opts ...RevocationOption) (*Revocations, error) {
 	if store == nil || index == nil || log == nil || newID == nil {
 		return nil, errors.New("broker: NewRevocations: missing dependency")
 	}
 	if clock == nil {
 		clock = time.Now
 	}
-	return &Revocations{store: store, index: index, audit: log, now: clock, newID: newID}, nil
+	v := &Revocations{store: store, index: index, audit: log, now: clock, newID: newID}
+	for _, o := range opts {
+		o(v)
+	}
+	if v.log == nil {
+		v.log = slog.New(slog.DiscardHandler)
+	}
+	return v, nil
 }
 
 // maxRevocationReason bounds an admin's reason.
@@ -116,12 +139,128 @@ func (v *Revocations) Revoke(ctx context.Context, admin string, kind state.Revoc
 		return state.Revocation{}, wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "revocation store unavailable; nothing was revoked")
 	}
 	rec.Reason = clip(fmt.Sprintf("revoked %s %s by %s: %s (revocation %s%s)", kind, target, admin, reasonOrNone(reason), id, untilText(until)))
-	if _, err := v.audit.Append(rec); err != nil {
+	_, auditErr := v.audit.Append(rec)
+	// Upstream revocation follows the broker-side one and never undoes it:
+	// its outcome is on record, and the admin may revoke again.
+	v.revokeUpstream(ctx, r, rec)
+	if auditErr != nil {
 		// The revocation stands: refusing more than is on record is the safe
 		// side; the admin is told it is not on record.
-		return r, wrapf(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, err, "audit store unavailable; revocation %s is in effect but not on record", id)
+		return r, wrapf(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, auditErr, "audit store unavailable; revocation %s is in effect but not on record", id)
 	}
 	return r, nil
+}
+
+// Bounds of the upstream revocation one Revoke call does, so that an admin
+// call ends in bounded time: it reads at most maxUpstreamScan issued records
+// of the target, newest first (the unexpired ones are the newest), and
+// revokes at most maxUpstreamRevokes distinct credentials upstream. What is
+// left over is on record; revoking the target again revokes the next ones.
+const (
+	maxUpstreamScan    = 1000
+	maxUpstreamRevokes = 100
+)
+
+// UpstreamOutcome is what a revocation took back upstream.
+type UpstreamOutcome struct {
+	// Candidates is how many distinct unexpired upstream credentials the
+	// revocation covers (as far as scanned); Revoked and Failed how many
+	// were revoked and failed; Skipped how many were over the cap.
+	Candidates, Revoked, Failed, Skipped int
+	// FirstError is the first failure's issuers.Error code, safe to show.
+	FirstError string
+}
+
+// revokeUpstream revokes at the issuers that support it the unexpired
+// credentials r covers, and records the outcome in the audit log.
+func (v *Revocations) revokeUpstream(ctx context.Context, r state.Revocation, base audit.Record) UpstreamOutcome {
+	var out UpstreamOutcome
+	if len(v.upstream) == 0 {
+		return out
+	}
+	now := v.now()
+	var recs []audit.Record
+	var err error
+	switch r.Kind {
+	case state.RevokeIssuance:
+		recs, err = v.audit.ByIssuance(r.Target)
+	case state.RevokeIdentity:
+		recs, err = v.audit.List(audit.Query{Caller: r.Target, Decision: audit.DecisionIssued, Limit: maxUpstreamScan})
+	case state.RevokeCluster:
+		recs, err = v.audit.List(audit.Query{Cluster: r.Target, Decision: audit.DecisionIssued, Limit: maxUpstreamScan})
+	}
+	if err != nil {
+		out.FirstError = "audit store unavailable"
+		v.log.Error("upstream revocation: cannot read the covered issuances", slog.String("revocation", r.ID), slog.Any("err", err))
+		v.recordUpstream(r, base, out)
+		return out
+	}
+	type ref struct{ issuer, ref string }
+	seen := map[ref]bool{}
+	var todo []ref
+	for _, rec := range recs {
+		if rec.Decision != audit.DecisionIssued || rec.UpstreamRef == "" || !rec.ExpiresAt.After(now) {
+			continue
+		}
+		if _, ok := v.upstream[rec.Issuer]; !ok {
+			continue
+		}
+		k := ref{rec.Issuer, rec.UpstreamRef}
+		if seen[k] {
+			continue
+		}
+		seen[k] = true
+		todo = append(todo, k)
+	}
+	out.Candidates = len(todo)
+	if len(todo) == 0 {
+		return out
+	}
+	if len(todo) > maxUpstreamRevokes {
+		out.Skipped = len(todo) - maxUpstreamRevokes
+		todo = todo[:maxUpstreamRevokes]
+	}
+	for _, k := range todo {
+		if err := v.upstream[k.issuer].Revoke(ctx, k.ref); err != nil {
+			out.Failed++
+			if out.FirstError == "" {
+				out.FirstError = upstreamCode(err)
+			}
+			v.log.Warn("upstream revocation failed", slog.String("revocation", r.ID), slog.String("issuer", k.issuer),
+				slog.String("upstream_ref", k.ref), slog.Any("err", err))
+			continue
+		}
+		out.Revoked++
+	}
+	v.recordUpstream(r, base, out)
+	return out
+}
+
+// recordUpstream puts an upstream revocation's outcome on record.
+func (v *Revocations) recordUpstream(r state.Revocation, base audit.Record, out UpstreamOutcome) {
+	rec := base
+	text := fmt.Sprintf("upstream for revocation %s: %d of %d covered credentials revoked, %d failed, %d over the cap of %d",
+		r.ID, out.Revoked, out.Candidates, out.Failed, out.Skipped, maxUpstreamRevokes)
+	if out.FirstError != "" {
+		text += " (first failure: " + out.FirstError + "; revoke again to retry)"
+	}
+	rec.Reason = clip(text)
+	if _, err := v.audit.Append(rec); err != nil {
+		v.log.Error("upstream revocation not on record", slog.String("revocation", r.ID), slog.String("outcome", text), slog.Any("err", err))
+	}
+}
+
+// upstreamCode is an issuer failure as it may be shown: its kind and code,
+// never the upstream's text.
+func upstreamCode(err error) string {
+	var ie *issuers.Error
+	if errors.As(err, &ie) {
+		return fmt.Sprintf("%v (%s)", ie.Kind, ie.Code)
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return "deadline exceeded"
+	}
+	return "upstream error"
 }
 
 // Lift deletes revocation id for admin, on record as a lifted decision.

@@ -125,6 +125,14 @@ type Forgetter interface {
 	Forget(covered func(Held) bool) int
 }
 
+// UpstreamRevoker is implemented by an issuer whose credentials can be
+// revoked one by one where they are honoured (Vault leases and tokens):
+// Revoke takes back the credential a Credential.UpstreamRef names, so that
+// a broker-side revocation also stops a credential already handed out.
+type UpstreamRevoker interface {
+	Revoke(ctx context.Context, ref string) error
+}
+
 // Effect says whether an issuer's Issue acts outside the broker process. It
 // decides how the broker records an issuance: the audit trail must hold
 // every credential any client received, and every upstream effect the

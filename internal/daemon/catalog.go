@@ -41,6 +41,18 @@ func (s *issuerSet) forget(c state.RevocationChange) {
 	}
 }
 
+// upstreamRevokers are the issuers, by name, whose credentials a revocation
+// also revokes upstream (Vault).
+func (s *issuerSet) upstreamRevokers() map[string]issuers.UpstreamRevoker {
+	out := map[string]issuers.UpstreamRevoker{}
+	for name, iss := range s.byName {
+		if u, ok := iss.(issuers.UpstreamRevoker); ok {
+			out[name] = u
+		}
+	}
+	return out
+}
+
 // ttlBounded is implemented by issuers whose upstream limits lifetimes.
 type ttlBounded interface {
 	TTLBounds() (lo, hi time.Duration)

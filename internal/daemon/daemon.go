@@ -161,7 +161,8 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	defer revIndex.Close()
-	revocations, err := broker.NewRevocations(st, revIndex, auditLog, nil, newIssuanceID)
+	revocations, err := broker.NewRevocations(st, revIndex, auditLog, nil, newIssuanceID,
+		broker.WithUpstreamRevokers(issuerSet.upstreamRevokers(), log))
 	if err != nil {
 		return err
 	}

@@ -32,6 +32,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -515,8 +516,11 @@ func (i *Issuer) token(ctx context.Context, p Profile, req issuers.Request, ttl 
 // rather than a lease id.
 const AccessorRefPrefix = "accessor:"
 
-// Revoke revokes what an issuance's upstream reference names: a lease, or a
-// token by its accessor.
+// Revoke implements issuers.UpstreamRevoker: it revokes what an issuance's
+// upstream reference names, a lease (sys/leases/revoke) or a token by its
+// accessor (auth/token/revoke-accessor). A token that is already gone
+// (revoked or expired: Vault no longer knows its accessor) counts as
+// revoked, so that revoking again is harmless, as it is for leases.
 func (i *Issuer) Revoke(ctx context.Context, ref string) error {
 	if err := i.checkLogin(); err != nil {
 		return err
@@ -524,6 +528,10 @@ func (i *Issuer) Revoke(ctx context.Context, ref string) error {
 	var err error
 	if acc, ok := strings.CutPrefix(ref, AccessorRefPrefix); ok {
 		err = i.client.Auth().Token().RevokeAccessorWithContext(ctx, acc)
+		var re *vaultapi.ResponseError
+		if errors.As(err, &re) && re.StatusCode == http.StatusBadRequest && slices.Contains(re.Errors, "invalid accessor") {
+			return nil
+		}
 	} else {
 		err = i.client.Sys().RevokeWithContext(ctx, ref)
 	}
@@ -571,3 +579,5 @@ func classify(err error) error {
 	}
 	return &issuers.Error{Kind: issuers.ErrUnavailable, Code: code, RetryAfter: unavailableRetryAfter, Err: err}
 }
+
+var _ issuers.UpstreamRevoker = (*Issuer)(nil)

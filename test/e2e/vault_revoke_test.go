@@ -1,0 +1,119 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/credbroker/credbroker/issuers/jwt"
+	"github.com/credbroker/credbroker/test/vaulttest"
+)
+
+// TestVaultRevocationReachesVault revokes, through credbrokerctl, Vault
+// tokens the broker handed out, and proves at the real Vault that each
+// revoked token stops working there (lookup-self fails) while a token the
+// revocation does not cover keeps working: an issuance revocation takes back
+// its one token, an identity revocation every unexpired token of the
+// identity.
+func TestVaultRevocationReachesVault(t *testing.T) {
+	t.Parallel()
+	v := vaulttest.Start(t)
+	v.WritePolicy(t, "credbroker", `path "auth/token/create/workload" { capabilities = ["create", "update"] }
+path "auth/token/revoke-accessor" { capabilities = ["update"] }
+path "sys/leases/revoke" { capabilities = ["update"] }`)
+	v.WritePolicy(t, "team-a-read", `path "secret/data/team-a/*" { capabilities = ["read"] }`)
+	root := v.Client(t)
+	if _, err := root.Logical().Write("auth/token/roles/workload", map[string]any{"allowed_policies": []string{"team-a-read"}, "orphan": true}); err != nil {
+		t.Fatal(err)
+	}
+
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "vault.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`trust_domain: dev.credbroker.test
+admin:
+  spiffe_ids: [spiffe://dev.credbroker.test/credbroker/admin]
+issuers:
+  local: {type: jwt}
+  vault:
+    type: vault
+    vault:
+      address: %s
+      auth: {method: jwt, mount: jwt, role: credbroker, issuer: local}
+profiles:
+  workload-token:
+    issuer: vault
+    max_ttl: 1h
+    cluster: required
+    vault: {kind: token, token_role: workload, policies: [team-a-read]}
+policy:
+  - id: spiffe://dev.credbroker.test/ns/capi-system/sa/demo-controller
+    profiles: [workload-token]
+    clusters: ["*"]
+`, v.Addr)), 0o600)
+	b := startBrokerWith(t, filepath.Join(dir, "data"), []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir}, "--config", cfg)
+	issuerURL := "http://" + b.http
+	v.EnableJWTAuth(t, "jwt", vaulttest.JWTKeys{JWKSURL: issuerURL + jwt.JWKSPath}, issuerURL)
+	v.JWTRole(t, "jwt", "credbroker", vaulttest.JWTRoleConfig{
+		BoundAudiences: []string{"vault"}, BoundSubject: "spiffe://dev.credbroker.test/credbroker/server",
+		TokenPolicies: []string{"credbroker"}, TokenTTL: time.Hour,
+	})
+	b.stderr.waitFor(t, "logged in to vault", 60*time.Second)
+
+	issue := func(cluster string) jsonCredential {
+		t.Helper()
+		r := runTool(t, "credbroker-credential-process", "--broker", b.grpcAddr, "--svid-dir", filepath.Join(b.dataDir, "dev", "controller"),
+			"--profile", "workload-token", "--cluster", cluster)
+		if r.code != 0 {
+			t.Fatalf("credential-process: %s", r.stderr)
+		}
+		var cred jsonCredential
+		if err := json.Unmarshal([]byte(r.stdout), &cred); err != nil || cred.Token == "" || cred.IssuanceID == "" {
+			t.Fatalf("credential-process output %q (%v)", r.stdout, err)
+		}
+		return cred
+	}
+	works := func(cred jsonCredential) error {
+		c := v.Client(t)
+		c.SetToken(cred.Token)
+		_, err := c.Auth().Token().LookupSelf()
+		return err
+	}
+	first, second, third := issue("team-a/alpha"), issue("team-a/alpha"), issue("team-a/beta")
+	for _, c := range []jsonCredential{first, second, third} {
+		if err := works(c); err != nil {
+			t.Fatalf("a fresh token does not work at Vault: %v", err)
+		}
+	}
+
+	if r := b.ctl(t, "revoke", "issuance", first.IssuanceID, "--reason", "leaked in a CI log"); r.code != 0 {
+		t.Fatalf("revoke issuance: %s%s", r.stdout, r.stderr)
+	}
+	if works(first) == nil {
+		t.Error("the revoked issuance's token still works at Vault")
+	}
+	if err := works(second); err != nil {
+		t.Errorf("a token the issuance revocation does not cover stopped working: %v", err)
+	}
+	if r := b.ctl(t, "audit", "tail", "-n", "1"); !strings.Contains(r.stdout, "1 of 1 covered credentials revoked, 0 failed") {
+		t.Errorf("the upstream outcome is not on record: %s", r.stdout)
+	}
+
+	if r := b.ctl(t, "revoke", "identity", "spiffe://dev.credbroker.test/ns/capi-system/sa/demo-controller", "--reason", "pod compromised"); r.code != 0 {
+		t.Fatalf("revoke identity: %s%s", r.stdout, r.stderr)
+	}
+	for _, c := range []jsonCredential{second, third} {
+		if works(c) == nil {
+			t.Errorf("token of issuance %s still works at Vault after the identity's revocation", c.IssuanceID)
+		}
+	}
+	// The first token was already revoked: revoking it again is harmless.
+	if r := b.ctl(t, "audit", "tail", "-n", "1"); !strings.Contains(r.stdout, "3 of 3 covered credentials revoked, 0 failed") {
+		t.Errorf("the upstream outcome is not on record: %s", r.stdout)
+	}
+	b.stop(t)
+	assertNotOnDiskOrInLogs(t, b.dataDir, first.Token, b.stdout.String()+b.stderr.String())
+}
