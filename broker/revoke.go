@@ -155,7 +155,9 @@ func (v *Revocations) Revoke(ctx context.Context, admin string, kind state.Revoc
 // call ends in bounded time: it reads at most maxUpstreamScan issued records
 // of the target, newest first (the unexpired ones are the newest), and
 // revokes at most maxUpstreamRevokes distinct credentials upstream. What is
-// left over is on record; revoking the target again revokes the next ones.
+// left over is on record (and in the log); revoking the target again retries
+// the same newest ones, so credentials beyond the cap are revoked by
+// issuance (issuances list names them).
 const (
 	maxUpstreamScan    = 1000
 	maxUpstreamRevokes = 100
