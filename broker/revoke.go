@@ -112,7 +112,7 @@ func (v *Revocations) Revoke(ctx context.Context, admin string, kind state.Revoc
 		if !issued.ExpiresAt.After(now) {
 			return state.Revocation{}, errorf(credbrokerv1.ErrorReason_INVALID_REQUEST, "issuance %s expired at %s; there is nothing left to revoke", target, issued.ExpiresAt.UTC().Format(time.RFC3339))
 		}
-		r.CoveredUntil, r.UpstreamRef = issued.ExpiresAt, issued.UpstreamRef
+		r.CoveredUntil, r.UpstreamRef, r.Issuer = issued.ExpiresAt, issued.UpstreamRef, issued.Issuer
 		rec.IssuanceID, rec.Profile, rec.Cluster, rec.Issuer, rec.UpstreamRef = target, issued.Profile, issued.Cluster, issued.Issuer, issued.UpstreamRef
 	case state.RevokeIdentity:
 		if _, err := spiffeid.FromString(target); err != nil {

@@ -83,8 +83,13 @@ func TestRevokedIssuanceIsNotReused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := h.revoke.Revoke(context.Background(), adminPrincipal, state.RevokeIssuance, c1.GetIssuanceId(), "leaked", time.Time{}); err != nil {
+	r, err := h.revoke.Revoke(context.Background(), adminPrincipal, state.RevokeIssuance, c1.GetIssuanceId(), "leaked", time.Time{})
+	if err != nil {
 		t.Fatal(err)
+	}
+	// The issuer is recorded, so the local JWT issuer publishes only its own.
+	if r.Issuer != "aws" || r.UpstreamRef != "first" {
+		t.Fatalf("revocation %+v; want issuer aws, upstream ref first", r)
 	}
 	c2, err := issue(ctxT(t), conn, &credbrokerv1.IssueCredentialRequest{Profile: "upstream"})
 	if err != nil {

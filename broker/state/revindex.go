@@ -137,6 +137,18 @@ func (x *RevocationIndex) Covering(now time.Time, issuanceID, identity, cluster 
 	return Revocation{}, false
 }
 
+// All returns a copy of every revocation the index holds, ended ones
+// included until they are purged, in no particular order.
+func (x *RevocationIndex) All() []Revocation {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	all := make([]Revocation, 0, len(x.byID))
+	for _, r := range x.byID {
+		all = append(all, r)
+	}
+	return all
+}
+
 // Len returns how many revocations the index holds, ended ones included
 // until they are purged.
 func (x *RevocationIndex) Len() int {

@@ -59,6 +59,10 @@ type Revocation struct {
 	// (an AccessKeyId): a credential handed out to several issuances (reuse)
 	// is dropped from reuse whichever of them is revoked.
 	UpstreamRef string
+	// Issuer, for an issuance, names the issuer that issued it (so the
+	// local JWT issuer publishes only its own revoked token ids); empty
+	// for revocations stored before it was recorded.
+	Issuer string
 }
 
 // Active reports whether r covers anything at now.

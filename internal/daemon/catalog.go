@@ -26,11 +26,19 @@ type issuerSet struct {
 	// runners keep issuers' upstream sessions alive (Vault logins) while
 	// the broker serves.
 	runners []func(context.Context)
+	// jwtName and jwt are the local JWT issuer, if one is configured (at
+	// most one: it owns the HTTP listener's discovery paths).
+	jwtName string
+	jwt     *jwt.Issuer
 }
 
 // forget drops from every issuer that reuses credentials those a new
-// revocation covers (a state.RevocationIndex hook).
+// revocation covers, and has the local JWT issuer rebuild its revoked-token
+// list (a state.RevocationIndex hook).
 func (s *issuerSet) forget(c state.RevocationChange) {
+	if s.jwt != nil {
+		s.jwt.InvalidateRevoked()
+	}
 	if c.Removed {
 		return
 	}
@@ -87,6 +95,7 @@ func buildIssuers(ctx context.Context, cfg *config.Config, self string, log *slo
 			jwts[name] = iss
 			set.byName[name] = iss
 			set.handlers = append(set.handlers, iss.Handler())
+			set.jwtName, set.jwt = name, iss
 		case config.IssuerAWSSTS:
 			iss, err := newAWSSTS(ctx, cfg, name, jwts)
 			if err != nil {

@@ -161,6 +161,9 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	defer revIndex.Close()
+	if issuerSet.jwt != nil {
+		issuerSet.jwt.SetRevokedSource(revokedJTIs(revIndex, issuerSet.jwtName, jwtMaxTTL(cfg, issuerSet.jwtName), time.Now))
+	}
 	revocations, err := broker.NewRevocations(st, revIndex, auditLog, nil, newIssuanceID,
 		broker.WithUpstreamRevokers(issuerSet.upstreamRevokers(), log))
 	if err != nil {

@@ -222,6 +222,12 @@ limits: {rate: 10, burst: 10, cluster_quota: {max: 100, window: 1h}}
 	if jwks := httpGet(t, "http://"+httpAddr+"/oidc/.well-known/jwks.json"); !strings.Contains(jwks, `"alg":"ES256"`) {
 		t.Errorf("jwks = %s", jwks)
 	}
+	if !strings.Contains(body, `"credbroker_revoked_jtis_uri":"https://credbroker.prod.test/oidc/.well-known/credbroker-revoked-jtis.json"`) {
+		t.Errorf("discovery does not advertise the revoked-token list: %s", body)
+	}
+	if rev := httpGet(t, "http://"+httpAddr+"/oidc/.well-known/credbroker-revoked-jtis.json"); !strings.Contains(rev, `"revoked":[]`) {
+		t.Errorf("revoked-token list = %s", rev)
+	}
 	if h := httpGet(t, "http://"+httpAddr+"/healthz"); h != "ok\n" {
 		t.Errorf("healthz = %q", h)
 	}

@@ -24,6 +24,9 @@ type discoveryDoc struct {
 	ResponseTypesSupported           []string `json:"response_types_supported"`
 	SubjectTypesSupported            []string `json:"subject_types_supported"`
 	ClaimsSupported                  []string `json:"claims_supported"`
+	// RevokedJTIsURI is the revoked-token list (RevokedPath), a credbroker
+	// extension under DiscoveryRevokedKey.
+	RevokedJTIsURI string `json:"credbroker_revoked_jtis_uri"`
 }
 
 func marshalDiscovery(issuerURL string) ([]byte, error) {
@@ -34,6 +37,7 @@ func marshalDiscovery(issuerURL string) ([]byte, error) {
 		ResponseTypesSupported:           []string{"id_token"},
 		SubjectTypesSupported:            []string{"public"},
 		ClaimsSupported:                  []string{"iss", "sub", "aud", "iat", "nbf", "exp", "jti", "profile", "cluster"},
+		RevokedJTIsURI:                   issuerURL + RevokedPath,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("jwt: encoding discovery document: %w", err)
@@ -41,8 +45,9 @@ func marshalDiscovery(issuerURL string) ([]byte, error) {
 	return b, nil
 }
 
-// Handler serves GET (and HEAD) of the OIDC discovery document and the JWKS
-// at the issuer URL's path + DiscoveryPath and + JWKSPath; so for an issuer
+// Handler serves GET (and HEAD) of the OIDC discovery document, the JWKS and
+// the revoked-token list at the issuer URL's path + DiscoveryPath, + JWKSPath
+// and + RevokedPath; so for an issuer
 // URL with a path ("https://host/oidc") it answers "/oidc/.well-known/...".
 // Other methods get 405, other paths 404.
 func (i *Issuer) Handler() http.Handler {
@@ -53,6 +58,7 @@ func (i *Issuer) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET "+prefix+DiscoveryPath, staticJSON(i.discovery))
 	mux.Handle("GET "+prefix+JWKSPath, staticJSON(i.jwks))
+	mux.Handle("GET "+prefix+RevokedPath, i.revokedHandler())
 	return mux
 }
 

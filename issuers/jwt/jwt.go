@@ -48,6 +48,7 @@ type Issuer struct {
 	jwks      []byte
 	discovery []byte
 	clock     func() time.Time
+	revoked   revokedList
 }
 
 // New loads the signing key from cfg.KeyFile, generating it first if the file

@@ -24,6 +24,7 @@ type revocationRecord struct {
 	Until        time.Time            `json:"until,omitzero"`
 	CoveredUntil time.Time            `json:"covered_until,omitzero"`
 	UpstreamRef  string               `json:"upstream_ref,omitempty"`
+	Issuer       string               `json:"issuer,omitempty"`
 }
 
 func decodeRevocation(v []byte) (state.Revocation, error) {

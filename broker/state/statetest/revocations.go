@@ -51,6 +51,7 @@ func testRevocations(t *testing.T, h Harness) {
 	iss := revocation("r1", state.RevokeIssuance, "0190f0a0-0000-7000-8000-000000000001", 0)
 	iss.CoveredUntil = epoch.Add(time.Hour)
 	iss.UpstreamRef = "ASIAEXAMPLE"
+	iss.Issuer = "sts"
 	id := revocation("r2", state.RevokeIdentity, aliceID, time.Second)
 	id.Until = epoch.Add(time.Hour)
 	cl := revocation("r3", state.RevokeCluster, revTarget, 2*time.Second)
