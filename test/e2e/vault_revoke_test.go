@@ -2,14 +2,10 @@ package e2e
 
 import (
 	"encoding/json"
-	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/credbroker/credbroker/issuers/jwt"
 	"github.com/credbroker/credbroker/test/vaulttest"
 )
 
@@ -25,43 +21,7 @@ func TestVaultRevocationReachesVault(t *testing.T) {
 	v.WritePolicy(t, "credbroker", `path "auth/token/create/workload" { capabilities = ["create", "update"] }
 path "auth/token/revoke-accessor" { capabilities = ["update"] }
 path "sys/leases/revoke" { capabilities = ["update"] }`)
-	v.WritePolicy(t, "team-a-read", `path "secret/data/team-a/*" { capabilities = ["read"] }`)
-	root := v.Client(t)
-	if _, err := root.Logical().Write("auth/token/roles/workload", map[string]any{"allowed_policies": []string{"team-a-read"}, "orphan": true}); err != nil {
-		t.Fatal(err)
-	}
-
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "vault.yaml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf(`trust_domain: dev.credbroker.test
-admin:
-  spiffe_ids: [spiffe://dev.credbroker.test/credbroker/admin]
-issuers:
-  local: {type: jwt}
-  vault:
-    type: vault
-    vault:
-      address: %s
-      auth: {method: jwt, mount: jwt, role: credbroker, issuer: local}
-profiles:
-  workload-token:
-    issuer: vault
-    max_ttl: 1h
-    cluster: required
-    vault: {kind: token, token_role: workload, policies: [team-a-read]}
-policy:
-  - id: spiffe://dev.credbroker.test/ns/capi-system/sa/demo-controller
-    profiles: [workload-token]
-    clusters: ["*"]
-`, v.Addr)), 0o600)
-	b := startBrokerWith(t, filepath.Join(dir, "data"), []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir}, "--config", cfg)
-	issuerURL := "http://" + b.http
-	v.EnableJWTAuth(t, "jwt", vaulttest.JWTKeys{JWKSURL: issuerURL + jwt.JWKSPath}, issuerURL)
-	v.JWTRole(t, "jwt", "credbroker", vaulttest.JWTRoleConfig{
-		BoundAudiences: []string{"vault"}, BoundSubject: "spiffe://dev.credbroker.test/credbroker/server",
-		TokenPolicies: []string{"credbroker"}, TokenTTL: time.Hour,
-	})
-	b.stderr.waitFor(t, "logged in to vault", 60*time.Second)
+	b := startVaultTokenBroker(t, v)
 
 	issue := func(cluster string) jsonCredential {
 		t.Helper()

@@ -22,50 +22,13 @@ func TestVaultTokensThroughTheBroker(t *testing.T) {
 	t.Parallel()
 	v := vaulttest.Start(t)
 	v.WritePolicy(t, "credbroker", `path "auth/token/create/workload" { capabilities = ["create", "update"] }`)
-	v.WritePolicy(t, "team-a-read", `path "secret/data/team-a/*" { capabilities = ["read"] }`)
+	b := startVaultTokenBroker(t, v)
 	root := v.Client(t)
-	if _, err := root.Logical().Write("auth/token/roles/workload", map[string]any{"allowed_policies": []string{"team-a-read"}, "orphan": true}); err != nil {
-		t.Fatal(err)
-	}
 	for path, value := range map[string]string{"secret/data/team-a/db": "a", "secret/data/team-b/db": "b"} {
 		if _, err := root.Logical().Write(path, map[string]any{"data": map[string]any{"password": value}}); err != nil {
 			t.Fatal(err)
 		}
 	}
-
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "vault.yaml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf(`trust_domain: dev.credbroker.test
-admin:
-  spiffe_ids: [spiffe://dev.credbroker.test/credbroker/admin]
-issuers:
-  local: {type: jwt}
-  vault:
-    type: vault
-    vault:
-      address: %s
-      auth: {method: jwt, mount: jwt, role: credbroker, issuer: local}
-profiles:
-  workload-token:
-    issuer: vault
-    max_ttl: 1h
-    cluster: required
-    vault: {kind: token, token_role: workload, policies: [team-a-read]}
-policy:
-  - id: spiffe://dev.credbroker.test/ns/capi-system/sa/demo-controller
-    profiles: [workload-token]
-    clusters: ["*"]
-`, v.Addr)), 0o600)
-	b := startBrokerWith(t, filepath.Join(dir, "data"), []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir}, "--config", cfg)
-
-	// Vault trusts the broker's issuer, whose address is known now.
-	issuerURL := "http://" + b.http
-	v.EnableJWTAuth(t, "jwt", vaulttest.JWTKeys{JWKSURL: issuerURL + jwt.JWKSPath}, issuerURL)
-	v.JWTRole(t, "jwt", "credbroker", vaulttest.JWTRoleConfig{
-		BoundAudiences: []string{"vault"}, BoundSubject: "spiffe://dev.credbroker.test/credbroker/server",
-		TokenPolicies: []string{"credbroker"}, TokenTTL: time.Hour,
-	})
-	b.stderr.waitFor(t, "logged in to vault", 60*time.Second)
 
 	r := runTool(t, "credbroker-credential-process", "--broker", b.grpcAddr, "--svid-dir", filepath.Join(b.dataDir, "dev", "controller"),
 		"--profile", "workload-token", "--cluster", "team-a/alpha")
@@ -107,4 +70,51 @@ policy:
 	}
 	b.stop(t)
 	assertNotOnDiskOrInLogs(t, b.dataDir, cred.Token, b.stdout.String()+b.stderr.String())
+}
+
+// startVaultTokenBroker starts the broker binary with a Vault issuer that
+// logs in to v with Vault's JWT auth trusting the broker's own OIDC issuer,
+// and a cluster-scoped profile workload-token (Vault token role "workload",
+// policy team-a-read) for the demo controller. The caller has written the
+// broker's Vault policy "credbroker".
+func startVaultTokenBroker(t *testing.T, v *vaulttest.Server) *broker {
+	t.Helper()
+	v.WritePolicy(t, "team-a-read", `path "secret/data/team-a/*" { capabilities = ["read"] }`)
+	if _, err := v.Client(t).Logical().Write("auth/token/roles/workload", map[string]any{"allowed_policies": []string{"team-a-read"}, "orphan": true}); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "vault.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`trust_domain: dev.credbroker.test
+admin:
+  spiffe_ids: [spiffe://dev.credbroker.test/credbroker/admin]
+issuers:
+  local: {type: jwt}
+  vault:
+    type: vault
+    vault:
+      address: %s
+      auth: {method: jwt, mount: jwt, role: credbroker, issuer: local}
+profiles:
+  workload-token:
+    issuer: vault
+    max_ttl: 1h
+    cluster: required
+    vault: {kind: token, token_role: workload, policies: [team-a-read]}
+policy:
+  - id: spiffe://dev.credbroker.test/ns/capi-system/sa/demo-controller
+    profiles: [workload-token]
+    clusters: ["*"]
+`, v.Addr)), 0o600)
+	b := startBrokerWith(t, filepath.Join(dir, "data"), []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir}, "--config", cfg)
+
+	// Vault trusts the broker's issuer, whose address is known now.
+	issuerURL := "http://" + b.http
+	v.EnableJWTAuth(t, "jwt", vaulttest.JWTKeys{JWKSURL: issuerURL + jwt.JWKSPath}, issuerURL)
+	v.JWTRole(t, "jwt", "credbroker", vaulttest.JWTRoleConfig{
+		BoundAudiences: []string{"vault"}, BoundSubject: "spiffe://dev.credbroker.test/credbroker/server",
+		TokenPolicies: []string{"credbroker"}, TokenTTL: time.Hour,
+	})
+	b.stderr.waitFor(t, "logged in to vault", 60*time.Second)
+	return b
 }
