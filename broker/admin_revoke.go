@@ -90,11 +90,11 @@ func (a *Admin) Revoke(ctx context.Context, req *credbrokerv1.RevokeRequest) (*c
 		}
 		until = u.AsTime()
 	}
-	r, err := a.rev.Revoke(ctx, AdminPrincipal(ctx), kind, target, req.GetReason(), until)
+	r, up, err := a.rev.RevokeUpstream(ctx, AdminPrincipal(ctx), kind, target, req.GetReason(), until)
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &credbrokerv1.RevokeResponse{Revocation: RevocationProto(r)}, nil
+	return &credbrokerv1.RevokeResponse{Revocation: RevocationProto(r), Upstream: UpstreamProto(up)}, nil
 }
 
 // ListRevocations implements AdminService.ListRevocations.
@@ -287,6 +287,20 @@ func RevocationProto(r state.Revocation) *credbrokerv1.Revocation {
 	}
 }
 
+// UpstreamProto converts a revocation's upstream outcomes to their API form.
+func UpstreamProto(up []UpstreamOutcome) []*credbrokerv1.UpstreamRevocation {
+	var out []*credbrokerv1.UpstreamRevocation
+	for _, o := range up {
+		out = append(out, &credbrokerv1.UpstreamRevocation{
+			Issuer: o.Issuer, Covered: clamp32(o.Candidates), Revoked: clamp32(o.Revoked), Failed: clamp32(o.Failed),
+			OverCap: clamp32(o.Skipped), FirstError: o.FirstError, ScanLimited: o.ScanLimited,
+		})
+	}
+	return out
+}
+
+func clamp32(n int) int32 { return int32(min(n, 1<<31-1)) }
+
 // UsageProto converts a quota key's usage to its API form.
 func UsageProto(u state.Usage) *credbrokerv1.QuotaUsage {
 	out := &credbrokerv1.QuotaUsage{Used: int32(min(u.Used, 1<<31-1)), WindowStart: ProtoTime(u.WindowStart), ResetAt: ProtoTime(u.ResetAt)}
@@ -312,9 +326,11 @@ func (v *Revocations) DeleteCluster(ctx context.Context, st AdminState, admin, c
 	r, ok := v.index.Covering(v.now(), "", "", cluster)
 	if !ok || r.Kind != state.RevokeCluster || !r.Until.IsZero() {
 		var err error
-		if r, err = v.Revoke(ctx, admin, state.RevokeCluster, cluster, reason, time.Time{}); err != nil {
+		var up []UpstreamOutcome
+		if r, up, err = v.RevokeUpstream(ctx, admin, state.RevokeCluster, cluster, reason, time.Time{}); err != nil {
 			return nil, err
 		}
+		out.Upstream = UpstreamProto(up)
 	}
 	out.Revocation = RevocationProto(r)
 	nodes, err := st.ListNodes(ctx, state.NodeFilter{Cluster: cluster})

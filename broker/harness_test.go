@@ -140,6 +140,9 @@ type harnessConfig struct {
 	// issuance limits over limits.
 	profileLimits map[string]limits.Override
 	ruleLimits    []limits.Override
+	// upstreamRevokers are the issuers, by name, whose credentials a
+	// revocation also revokes upstream.
+	upstreamRevokers map[string]issuers.UpstreamRevoker
 }
 
 // harness is a real broker: real TLS on loopback, real bbolt on a temp file,
@@ -208,7 +211,11 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 		t.Fatal(err)
 	}
 	t.Cleanup(index.Close)
-	if h.revoke, err = broker.NewRevocations(h.state, index, h.audit, h.clock.Now, newID); err != nil {
+	var revOpts []broker.RevocationOption
+	if hc.upstreamRevokers != nil {
+		revOpts = append(revOpts, broker.WithUpstreamRevokers(hc.upstreamRevokers, nil))
+	}
+	if h.revoke, err = broker.NewRevocations(h.state, index, h.audit, h.clock.Now, newID, revOpts...); err != nil {
 		t.Fatal(err)
 	}
 	ledger, err := h.state.Ledger(h.audit)

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -89,17 +91,25 @@ const maxRevocationReason = 512
 // Revoke revokes target (an issuance id, a SPIFFE ID or a cluster, by kind)
 // for admin, with reason, until the time given (zero: until lifted). An
 // issuance must have been issued and not yet expired; its revocation ends
-// with the credential.
+// with the credential. It is RevokeUpstream without the upstream outcome.
 func (v *Revocations) Revoke(ctx context.Context, admin string, kind state.RevocationKind, target, reason string, until time.Time) (state.Revocation, error) {
+	r, _, err := v.RevokeUpstream(ctx, admin, kind, target, reason, until)
+	return r, err
+}
+
+// RevokeUpstream is Revoke, also returning what the revocation took back at
+// the issuers that can revoke upstream, one entry per issuer with covered
+// credentials, by issuer name.
+func (v *Revocations) RevokeUpstream(ctx context.Context, admin string, kind state.RevocationKind, target, reason string, until time.Time) (state.Revocation, []UpstreamOutcome, error) {
 	now := v.now()
 	if len(reason) > maxRevocationReason {
-		return state.Revocation{}, errorf(credbrokerv1.ErrorReason_INVALID_REQUEST, "reason is longer than %d bytes", maxRevocationReason)
+		return state.Revocation{}, nil, errorf(credbrokerv1.ErrorReason_INVALID_REQUEST, "reason is longer than %d bytes", maxRevocationReason)
 	}
 	if !until.IsZero() && !until.After(now) {
-		return state.Revocation{}, errorf(credbrokerv1.ErrorReason_INVALID_REQUEST, "until (%s) is not in the future", until.UTC().Format(time.RFC3339))
+		return state.Revocation{}, nil, errorf(credbrokerv1.ErrorReason_INVALID_REQUEST, "until (%s) is not in the future", until.UTC().Format(time.RFC3339))
 	}
 	if target == "" || len(target) > audit.MaxFieldLen {
-		return state.Revocation{}, errorf(credbrokerv1.ErrorReason_INVALID_REQUEST, "the %s to revoke is empty or longer than %d bytes", kind, audit.MaxFieldLen)
+		return state.Revocation{}, nil, errorf(credbrokerv1.ErrorReason_INVALID_REQUEST, "the %s to revoke is empty or longer than %d bytes", kind, audit.MaxFieldLen)
 	}
 	rec := audit.Record{Caller: clip(admin), Attestation: attestAdmin, Decision: audit.DecisionRevoked}
 	r := state.Revocation{Kind: kind, Target: target, Reason: reason, Admin: admin, CreatedAt: now, Until: until}
@@ -107,28 +117,28 @@ func (v *Revocations) Revoke(ctx context.Context, admin string, kind state.Revoc
 	case state.RevokeIssuance:
 		issued, err := v.issued(target)
 		if err != nil {
-			return state.Revocation{}, err
+			return state.Revocation{}, nil, err
 		}
 		if !issued.ExpiresAt.After(now) {
-			return state.Revocation{}, errorf(credbrokerv1.ErrorReason_INVALID_REQUEST, "issuance %s expired at %s; there is nothing left to revoke", target, issued.ExpiresAt.UTC().Format(time.RFC3339))
+			return state.Revocation{}, nil, errorf(credbrokerv1.ErrorReason_INVALID_REQUEST, "issuance %s expired at %s; there is nothing left to revoke", target, issued.ExpiresAt.UTC().Format(time.RFC3339))
 		}
 		r.CoveredUntil, r.UpstreamRef, r.Issuer = issued.ExpiresAt, issued.UpstreamRef, issued.Issuer
 		rec.IssuanceID, rec.Profile, rec.Cluster, rec.Issuer, rec.UpstreamRef = target, issued.Profile, issued.Cluster, issued.Issuer, issued.UpstreamRef
 	case state.RevokeIdentity:
 		if _, err := spiffeid.FromString(target); err != nil {
-			return state.Revocation{}, errorf(credbrokerv1.ErrorReason_INVALID_REQUEST, "identity %q is not a SPIFFE ID", clip(target))
+			return state.Revocation{}, nil, errorf(credbrokerv1.ErrorReason_INVALID_REQUEST, "identity %q is not a SPIFFE ID", clip(target))
 		}
 	case state.RevokeCluster:
 		if _, err := parseCluster(target); err != nil {
-			return state.Revocation{}, err
+			return state.Revocation{}, nil, err
 		}
 		rec.Cluster = target
 	default:
-		return state.Revocation{}, errorf(credbrokerv1.ErrorReason_INVALID_REQUEST, "unknown revocation kind %q", kind)
+		return state.Revocation{}, nil, errorf(credbrokerv1.ErrorReason_INVALID_REQUEST, "unknown revocation kind %q", kind)
 	}
 	id, err := v.newID()
 	if err != nil {
-		return state.Revocation{}, wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "cannot allocate a revocation id")
+		return state.Revocation{}, nil, wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "cannot allocate a revocation id")
 	}
 	r.ID = id
 	if rec.IssuanceID == "" {
@@ -136,19 +146,19 @@ func (v *Revocations) Revoke(ctx context.Context, admin string, kind state.Revoc
 	}
 	r, err = v.store.Revoke(ctx, r)
 	if err != nil {
-		return state.Revocation{}, wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "revocation store unavailable; nothing was revoked")
+		return state.Revocation{}, nil, wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "revocation store unavailable; nothing was revoked")
 	}
 	rec.Reason = clip(fmt.Sprintf("revoked %s %s by %s: %s (revocation %s%s)", kind, target, admin, reasonOrNone(reason), id, untilText(until)))
 	_, auditErr := v.audit.Append(rec)
 	// Upstream revocation follows the broker-side one and never undoes it:
 	// its outcome is on record, and the admin may revoke again.
-	v.revokeUpstream(ctx, r, rec)
+	out := v.revokeUpstream(ctx, r, rec)
 	if auditErr != nil {
 		// The revocation stands: refusing more than is on record is the safe
 		// side; the admin is told it is not on record.
-		return r, wrapf(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, auditErr, "audit store unavailable; revocation %s is in effect but not on record", id)
+		return r, out, wrapf(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, auditErr, "audit store unavailable; revocation %s is in effect but not on record", id)
 	}
-	return r, nil
+	return r, out, nil
 }
 
 // Bounds of the upstream revocation one Revoke call does, so that an admin
@@ -163,22 +173,39 @@ const (
 	maxUpstreamRevokes = 100
 )
 
-// UpstreamOutcome is what a revocation took back upstream.
+// UpstreamOutcome is what a revocation took back at one issuer.
 type UpstreamOutcome struct {
-	// Candidates is how many distinct unexpired upstream credentials the
-	// revocation covers (as far as scanned); Revoked and Failed how many
-	// were revoked and failed; Skipped how many were over the cap.
+	// Issuer is the issuer's configured name.
+	Issuer string
+	// Candidates is how many distinct unexpired credentials of the issuer
+	// the revocation covers (as far as scanned); Revoked and Failed how
+	// many were revoked and failed; Skipped how many were over the cap.
 	Candidates, Revoked, Failed, Skipped int
 	// FirstError is the first failure's issuers.Error code, safe to show.
 	FirstError string
+	// ScanLimited is true when the covered issuances were read only up to
+	// maxUpstreamScan records: older unexpired ones are not counted.
+	ScanLimited bool
+}
+
+// add sums o into t (the totals over issuers).
+func (t *UpstreamOutcome) add(o UpstreamOutcome) {
+	t.Candidates += o.Candidates
+	t.Revoked += o.Revoked
+	t.Failed += o.Failed
+	t.Skipped += o.Skipped
+	t.ScanLimited = t.ScanLimited || o.ScanLimited
+	if t.FirstError == "" {
+		t.FirstError = o.FirstError
+	}
 }
 
 // revokeUpstream revokes at the issuers that support it the unexpired
-// credentials r covers, and records the outcome in the audit log.
-func (v *Revocations) revokeUpstream(ctx context.Context, r state.Revocation, base audit.Record) UpstreamOutcome {
-	var out UpstreamOutcome
+// credentials r covers, records the outcome in the audit log and returns it
+// per issuer, by issuer name.
+func (v *Revocations) revokeUpstream(ctx context.Context, r state.Revocation, base audit.Record) []UpstreamOutcome {
 	if len(v.upstream) == 0 {
-		return out
+		return nil
 	}
 	now := v.now()
 	var recs []audit.Record
@@ -192,11 +219,17 @@ func (v *Revocations) revokeUpstream(ctx context.Context, r state.Revocation, ba
 		recs, err = v.audit.List(audit.Query{Cluster: r.Target, Decision: audit.DecisionIssued, Limit: maxUpstreamScan})
 	}
 	if err != nil {
-		out.FirstError = "audit store unavailable"
+		total := UpstreamOutcome{FirstError: "audit store unavailable"}
 		v.log.Error("upstream revocation: cannot read the covered issuances", slog.String("revocation", r.ID), slog.Any("err", err))
-		v.recordUpstream(r, base, out)
+		v.recordUpstream(r, base, total)
+		out := make([]UpstreamOutcome, 0, len(v.upstream))
+		for name := range v.upstream {
+			out = append(out, UpstreamOutcome{Issuer: name, FirstError: total.FirstError})
+		}
+		slices.SortFunc(out, func(a, b UpstreamOutcome) int { return strings.Compare(a.Issuer, b.Issuer) })
 		return out
 	}
+	scanLimited := r.Kind != state.RevokeIssuance && len(recs) >= maxUpstreamScan
 	type ref struct{ issuer, ref string }
 	seen := map[ref]bool{}
 	var todo []ref
@@ -214,31 +247,45 @@ func (v *Revocations) revokeUpstream(ctx context.Context, r state.Revocation, ba
 		seen[k] = true
 		todo = append(todo, k)
 	}
-	out.Candidates = len(todo)
 	if len(todo) == 0 {
-		return out
+		return nil
 	}
-	if len(todo) > maxUpstreamRevokes {
-		out.Skipped = len(todo) - maxUpstreamRevokes
-		todo = todo[:maxUpstreamRevokes]
-	}
-	for _, k := range todo {
+	byIssuer := map[string]*UpstreamOutcome{}
+	for i, k := range todo {
+		o, ok := byIssuer[k.issuer]
+		if !ok {
+			o = &UpstreamOutcome{Issuer: k.issuer, ScanLimited: scanLimited}
+			byIssuer[k.issuer] = o
+		}
+		o.Candidates++
+		if i >= maxUpstreamRevokes {
+			o.Skipped++
+			continue
+		}
 		if err := v.upstream[k.issuer].Revoke(ctx, k.ref); err != nil {
-			out.Failed++
-			if out.FirstError == "" {
-				out.FirstError = upstreamCode(err)
+			o.Failed++
+			if o.FirstError == "" {
+				o.FirstError = upstreamCode(err)
 			}
 			v.log.Warn("upstream revocation failed", slog.String("revocation", r.ID), slog.String("issuer", k.issuer),
 				slog.String("upstream_ref", k.ref), slog.Any("err", err))
 			continue
 		}
-		out.Revoked++
+		o.Revoked++
 	}
-	v.recordUpstream(r, base, out)
+	out := make([]UpstreamOutcome, 0, len(byIssuer))
+	var total UpstreamOutcome
+	for _, o := range byIssuer {
+		out = append(out, *o)
+		total.add(*o)
+	}
+	slices.SortFunc(out, func(a, b UpstreamOutcome) int { return strings.Compare(a.Issuer, b.Issuer) })
+	v.recordUpstream(r, base, total)
 	return out
 }
 
-// recordUpstream puts an upstream revocation's outcome on record.
+// recordUpstream puts an upstream revocation's outcome (the totals over
+// issuers) on record.
 func (v *Revocations) recordUpstream(r state.Revocation, base audit.Record, out UpstreamOutcome) {
 	rec := base
 	text := fmt.Sprintf("upstream for revocation %s: %d of %d covered credentials revoked, %d failed, %d over the cap of %d",

@@ -2,7 +2,11 @@ package broker_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -177,5 +181,77 @@ func TestListRevocationsPages(t *testing.T) {
 	}
 	if strings.Join(got, ",") != "team-a/a1,team-a/a2,team-a/a3" {
 		t.Fatalf("listed %v", got)
+	}
+}
+
+// recordingRevoker stands for an issuer that revokes upstream: it records
+// what it was asked to revoke and fails every call when err is set.
+type recordingRevoker struct {
+	mu   sync.Mutex
+	refs []string
+	err  error
+}
+
+func (r *recordingRevoker) Revoke(_ context.Context, ref string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.refs = append(r.refs, ref)
+	return r.err
+}
+
+// TestUpstreamRevocationIsCappedAndReportedPerIssuer: a cluster revocation
+// revokes upstream each distinct unexpired credential it covers, newest
+// first, at most 100 per call, and the response says per issuer how many
+// were covered, revoked, failed (with a safe code) and left over the cap.
+func TestUpstreamRevocationIsCappedAndReportedPerIssuer(t *testing.T) {
+	vault := &recordingRevoker{}
+	flaky := &recordingRevoker{err: &issuers.Error{Kind: issuers.ErrUnavailable, Code: "HTTP 503", Err: errors.New("secret upstream text")}}
+	h := newHarness(t, func(c *harnessConfig) {
+		c.upstreamRevokers = map[string]issuers.UpstreamRevoker{"vault": vault, "flaky": flaky}
+	})
+	const cluster = "capi-a/one"
+	issued := func(issuer, ref string, expires time.Time) {
+		t.Helper()
+		id, _ := newID()
+		if _, err := h.audit.Append(audit.Record{IssuanceID: id, Caller: controllerID.String(), Profile: "p", Cluster: cluster, Issuer: issuer,
+			Decision: audit.DecisionIssued, UpstreamRef: ref, ExpiresAt: expires}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	later := h.clock.Now().Add(time.Hour)
+	issued("vault", "expired", h.clock.Now().Add(-time.Second))
+	for i := range 101 {
+		issued("vault", fmt.Sprintf("lease-%03d", i), later)
+	}
+	issued("vault", "lease-100", later) // the same lease handed out again (reuse)
+	issued("local", "jti-1", later)     // an issuer that does not revoke upstream
+	issued("flaky", "f-0", later)
+	issued("flaky", "f-1", later)
+
+	admin := credbrokerv1.NewAdminServiceClient(h.dialAdminSocket())
+	resp, err := admin.Revoke(ctxT(t), &credbrokerv1.RevokeRequest{Target: &credbrokerv1.RevokeRequest_Cluster{Cluster: cluster}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, u := range resp.GetUpstream() {
+		got[u.GetIssuer()] = fmt.Sprintf("covered %d revoked %d failed %d over %d error %q scan-limited %t",
+			u.GetCovered(), u.GetRevoked(), u.GetFailed(), u.GetOverCap(), u.GetFirstError(), u.GetScanLimited())
+	}
+	// Newest first: f-1, f-0, lease-100 … lease-003 fill the cap of 100;
+	// lease-002 … lease-000 are over it.
+	want := map[string]string{
+		"flaky": `covered 2 revoked 0 failed 2 over 0 error "issuers: upstream unavailable (HTTP 503)" scan-limited false`,
+		"vault": `covered 101 revoked 98 failed 0 over 3 error "" scan-limited false`,
+	}
+	if len(got) != len(want) || got["flaky"] != want["flaky"] || got["vault"] != want["vault"] {
+		t.Fatalf("upstream outcome\n got %v\nwant %v", got, want)
+	}
+	if len(vault.refs) != 98 || vault.refs[0] != "lease-100" || vault.refs[97] != "lease-003" || slices.Contains(vault.refs, "expired") {
+		t.Fatalf("revoked at vault: %d refs, %v ... %v", len(vault.refs), vault.refs[:1], vault.refs[len(vault.refs)-1:])
+	}
+	if last := h.lastRecord(); !strings.Contains(last.Reason, "98 of 103 covered credentials revoked, 2 failed, 3 over the cap of 100") ||
+		strings.Contains(last.Reason, "secret upstream text") {
+		t.Fatalf("upstream outcome on record: %q", last.Reason)
 	}
 }

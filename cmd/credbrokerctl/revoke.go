@@ -23,8 +23,11 @@ credential a revocation covers is handed out again, not even as a reused one.
 Node SVIDs of a revoked cluster are not renewed. Each revocation and lift is
 on record in the audit log with the admin who made it and the reason.
 
-This does not yet reach upstream: an AWS session or a Vault lease already
-handed out stays valid there until it expires.`,
+Vault leases and tokens the revocation covers are revoked in Vault too (at
+most 100 per call); the output says, per issuer, how many were revoked,
+failed or left over the cap, so you know whether to act again. Other
+issuers' credentials stay valid upstream until they expire (see the README's
+revocation procedure).`,
 		Example: `  credbrokerctl revoke identity spiffe://example.org/ns/capi-system/sa/capa-controller-manager --reason "pod compromised"
   credbrokerctl revoke cluster capi-team-a/prod --reason "incident 42" --until 4h
   credbrokerctl revoke issuance 0190f0a0-0000-7000-8000-000000000001
@@ -86,7 +89,11 @@ func newRevokeTargetCmd(a *app, use, short, example string, build func(string) (
 			if a.jsonOutput() {
 				return a.writeProto(resp)
 			}
-			return a.printRevocations("revoked", resp.GetRevocation())
+			if err := a.printRevocations("revoked", resp.GetRevocation()); err != nil {
+				return err
+			}
+			a.printUpstream(resp.GetUpstream())
+			return nil
 		},
 	}
 	f := cmd.Flags()
@@ -174,6 +181,29 @@ func (a *app) printRevocations(verb string, rs ...*credbrokerv1.Revocation) erro
 	return t.flush()
 }
 
+// printUpstream says what a revocation took back at the issuers that
+// revoke upstream, and what the admin should do about what it did not.
+func (a *app) printUpstream(up []*credbrokerv1.UpstreamRevocation) {
+	if len(up) == 0 {
+		a.printf("\nupstream: no unexpired credential covered at an issuer that revokes upstream (Vault)\n")
+		return
+	}
+	a.printf("\n")
+	for _, u := range up {
+		a.printf("upstream %s: %d of %d covered credentials revoked, %d failed, %d over the cap\n",
+			clean(u.GetIssuer()), u.GetRevoked(), u.GetCovered(), u.GetFailed(), u.GetOverCap())
+		if u.GetFailed() > 0 {
+			a.printf("  first failure: %s; revoke the same target again to retry\n", clean(u.GetFirstError()))
+		}
+		if u.GetOverCap() > 0 {
+			a.printf("  %d not revoked upstream (over the cap per call): revoke them by issuance (credbrokerctl issuances list)\n", u.GetOverCap())
+		}
+		if u.GetScanLimited() {
+			a.printf("  only the newest issuances were scanned: older unexpired ones may remain; revoke them by issuance\n")
+		}
+	}
+}
+
 // kindName renders REVOCATION_KIND_CLUSTER as "cluster".
 func kindName(k credbrokerv1.RevocationKind) string {
 	return strings.ToLower(strings.TrimPrefix(k.String(), "REVOCATION_KIND_"))
@@ -253,6 +283,11 @@ its unused join tokens voided. Each step is on record. Repeating it is safe.`,
 				args[0], resp.GetRevocation().GetRevocationId(), len(resp.GetEvictedNodes()), resp.GetVoidedJoinTokens())
 			for _, n := range resp.GetEvictedNodes() {
 				a.printf("evicted %s\n", clean(n.GetSpiffeId()))
+			}
+			// Empty also when an earlier revocation of the cluster was in
+			// effect: that one took its credentials back upstream.
+			if len(resp.GetUpstream()) > 0 {
+				a.printUpstream(resp.GetUpstream())
 			}
 			return nil
 		},

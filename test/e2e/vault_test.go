@@ -79,6 +79,14 @@ func TestVaultTokensThroughTheBroker(t *testing.T) {
 // broker's Vault policy "credbroker".
 func startVaultTokenBroker(t *testing.T, v *vaulttest.Server) *broker {
 	t.Helper()
+	return startVaultBroker(t, v, "")
+}
+
+// startVaultBroker is startVaultTokenBroker with more profiles on the Vault
+// issuer: extraProfiles is YAML indented as entries of profiles; the demo
+// controller may use every profile.
+func startVaultBroker(t *testing.T, v *vaulttest.Server, extraProfiles string) *broker {
+	t.Helper()
 	v.WritePolicy(t, "team-a-read", `path "secret/data/team-a/*" { capabilities = ["read"] }`)
 	if _, err := v.Client(t).Logical().Write("auth/token/roles/workload", map[string]any{"allowed_policies": []string{"team-a-read"}, "orphan": true}); err != nil {
 		t.Fatal(err)
@@ -101,11 +109,12 @@ profiles:
     max_ttl: 1h
     cluster: required
     vault: {kind: token, token_role: workload, policies: [team-a-read]}
+%s
 policy:
   - id: spiffe://dev.credbroker.test/ns/capi-system/sa/demo-controller
-    profiles: [workload-token]
+    profiles: ["*"]
     clusters: ["*"]
-`, v.Addr)), 0o600)
+`, v.Addr, extraProfiles)), 0o600)
 	b := startBrokerWith(t, filepath.Join(dir, "data"), []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir}, "--config", cfg)
 
 	// Vault trusts the broker's issuer, whose address is known now.

@@ -1971,8 +1971,13 @@ func (*RevokeRequest_Cluster) isRevokeRequest_Target() {}
 
 // RevokeResponse carries the revocation made.
 type RevokeResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Revocation    *Revocation            `protobuf:"bytes,1,opt,name=revocation,proto3" json:"revocation,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Revocation *Revocation            `protobuf:"bytes,1,opt,name=revocation,proto3" json:"revocation,omitempty"`
+	// What the revocation took back where its credentials are honoured, one
+	// entry per issuer that can revoke upstream (Vault) and had unexpired
+	// credentials the revocation covers; empty when there were none. A
+	// revocation is in effect at the broker whatever this says.
+	Upstream      []*UpstreamRevocation `protobuf:"bytes,2,rep,name=upstream,proto3" json:"upstream,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2014,6 +2019,116 @@ func (x *RevokeResponse) GetRevocation() *Revocation {
 	return nil
 }
 
+func (x *RevokeResponse) GetUpstream() []*UpstreamRevocation {
+	if x != nil {
+		return x.Upstream
+	}
+	return nil
+}
+
+// UpstreamRevocation is what one revocation call took back at one issuer.
+type UpstreamRevocation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Issuer name from the broker's configuration.
+	Issuer string `protobuf:"bytes,1,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	// Distinct unexpired credentials of this issuer the revocation covers, as
+	// far as scanned.
+	Covered int32 `protobuf:"varint,2,opt,name=covered,proto3" json:"covered,omitempty"`
+	// Revoked at the issuer (or already gone there).
+	Revoked int32 `protobuf:"varint,3,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	// Attempts that failed; revoking the same target again retries them.
+	Failed int32 `protobuf:"varint,4,opt,name=failed,proto3" json:"failed,omitempty"`
+	// Left alone because the call's cap on upstream revocations was reached;
+	// revoke them by issuance (issuances list names them).
+	OverCap int32 `protobuf:"varint,5,opt,name=over_cap,json=overCap,proto3" json:"over_cap,omitempty"`
+	// The first failure's kind and code, safe to show (never upstream text).
+	FirstError string `protobuf:"bytes,6,opt,name=first_error,json=firstError,proto3" json:"first_error,omitempty"`
+	// True when the covered issuances were read only up to the scan bound
+	// (the newest ones): older unexpired credentials may not be counted.
+	ScanLimited   bool `protobuf:"varint,7,opt,name=scan_limited,json=scanLimited,proto3" json:"scan_limited,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpstreamRevocation) Reset() {
+	*x = UpstreamRevocation{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpstreamRevocation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpstreamRevocation) ProtoMessage() {}
+
+func (x *UpstreamRevocation) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpstreamRevocation.ProtoReflect.Descriptor instead.
+func (*UpstreamRevocation) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *UpstreamRevocation) GetIssuer() string {
+	if x != nil {
+		return x.Issuer
+	}
+	return ""
+}
+
+func (x *UpstreamRevocation) GetCovered() int32 {
+	if x != nil {
+		return x.Covered
+	}
+	return 0
+}
+
+func (x *UpstreamRevocation) GetRevoked() int32 {
+	if x != nil {
+		return x.Revoked
+	}
+	return 0
+}
+
+func (x *UpstreamRevocation) GetFailed() int32 {
+	if x != nil {
+		return x.Failed
+	}
+	return 0
+}
+
+func (x *UpstreamRevocation) GetOverCap() int32 {
+	if x != nil {
+		return x.OverCap
+	}
+	return 0
+}
+
+func (x *UpstreamRevocation) GetFirstError() string {
+	if x != nil {
+		return x.FirstError
+	}
+	return ""
+}
+
+func (x *UpstreamRevocation) GetScanLimited() bool {
+	if x != nil {
+		return x.ScanLimited
+	}
+	return false
+}
+
 // ListRevocationsRequest pages through revocations.
 type ListRevocationsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2027,7 +2142,7 @@ type ListRevocationsRequest struct {
 
 func (x *ListRevocationsRequest) Reset() {
 	*x = ListRevocationsRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[23]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2039,7 +2154,7 @@ func (x *ListRevocationsRequest) String() string {
 func (*ListRevocationsRequest) ProtoMessage() {}
 
 func (x *ListRevocationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[23]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2052,7 +2167,7 @@ func (x *ListRevocationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRevocationsRequest.ProtoReflect.Descriptor instead.
 func (*ListRevocationsRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListRevocationsRequest) GetPageSize() int32 {
@@ -2081,7 +2196,7 @@ type ListRevocationsResponse struct {
 
 func (x *ListRevocationsResponse) Reset() {
 	*x = ListRevocationsResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[24]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2093,7 +2208,7 @@ func (x *ListRevocationsResponse) String() string {
 func (*ListRevocationsResponse) ProtoMessage() {}
 
 func (x *ListRevocationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[24]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2106,7 +2221,7 @@ func (x *ListRevocationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRevocationsResponse.ProtoReflect.Descriptor instead.
 func (*ListRevocationsResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListRevocationsResponse) GetRevocations() []*Revocation {
@@ -2133,7 +2248,7 @@ type LiftRevocationRequest struct {
 
 func (x *LiftRevocationRequest) Reset() {
 	*x = LiftRevocationRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[25]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2145,7 +2260,7 @@ func (x *LiftRevocationRequest) String() string {
 func (*LiftRevocationRequest) ProtoMessage() {}
 
 func (x *LiftRevocationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[25]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2158,7 +2273,7 @@ func (x *LiftRevocationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LiftRevocationRequest.ProtoReflect.Descriptor instead.
 func (*LiftRevocationRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *LiftRevocationRequest) GetRevocationId() string {
@@ -2178,7 +2293,7 @@ type LiftRevocationResponse struct {
 
 func (x *LiftRevocationResponse) Reset() {
 	*x = LiftRevocationResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[26]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2190,7 +2305,7 @@ func (x *LiftRevocationResponse) String() string {
 func (*LiftRevocationResponse) ProtoMessage() {}
 
 func (x *LiftRevocationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[26]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2203,7 +2318,7 @@ func (x *LiftRevocationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LiftRevocationResponse.ProtoReflect.Descriptor instead.
 func (*LiftRevocationResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *LiftRevocationResponse) GetRevocation() *Revocation {
@@ -2231,7 +2346,7 @@ type Cluster struct {
 
 func (x *Cluster) Reset() {
 	*x = Cluster{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[27]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2243,7 +2358,7 @@ func (x *Cluster) String() string {
 func (*Cluster) ProtoMessage() {}
 
 func (x *Cluster) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[27]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2256,7 +2371,7 @@ func (x *Cluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cluster.ProtoReflect.Descriptor instead.
 func (*Cluster) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Cluster) GetCluster() string {
@@ -2307,7 +2422,7 @@ type ListClustersRequest struct {
 
 func (x *ListClustersRequest) Reset() {
 	*x = ListClustersRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[28]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2319,7 +2434,7 @@ func (x *ListClustersRequest) String() string {
 func (*ListClustersRequest) ProtoMessage() {}
 
 func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[28]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2332,7 +2447,7 @@ func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersRequest.ProtoReflect.Descriptor instead.
 func (*ListClustersRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListClustersRequest) GetPageSize() int32 {
@@ -2361,7 +2476,7 @@ type ListClustersResponse struct {
 
 func (x *ListClustersResponse) Reset() {
 	*x = ListClustersResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[29]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2373,7 +2488,7 @@ func (x *ListClustersResponse) String() string {
 func (*ListClustersResponse) ProtoMessage() {}
 
 func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[29]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2386,7 +2501,7 @@ func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersResponse.ProtoReflect.Descriptor instead.
 func (*ListClustersResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListClustersResponse) GetClusters() []*Cluster {
@@ -2416,7 +2531,7 @@ type DeleteClusterRequest struct {
 
 func (x *DeleteClusterRequest) Reset() {
 	*x = DeleteClusterRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[30]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2428,7 +2543,7 @@ func (x *DeleteClusterRequest) String() string {
 func (*DeleteClusterRequest) ProtoMessage() {}
 
 func (x *DeleteClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[30]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2441,7 +2556,7 @@ func (x *DeleteClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteClusterRequest.ProtoReflect.Descriptor instead.
 func (*DeleteClusterRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *DeleteClusterRequest) GetCluster() string {
@@ -2467,13 +2582,16 @@ type DeleteClusterResponse struct {
 	EvictedNodes []*Node `protobuf:"bytes,2,rep,name=evicted_nodes,json=evictedNodes,proto3" json:"evicted_nodes,omitempty"`
 	// Unused join tokens voided.
 	VoidedJoinTokens int32 `protobuf:"varint,3,opt,name=voided_join_tokens,json=voidedJoinTokens,proto3" json:"voided_join_tokens,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// What the cluster's revocation took back upstream (see RevokeResponse);
+	// empty when an earlier revocation was in effect already.
+	Upstream      []*UpstreamRevocation `protobuf:"bytes,4,rep,name=upstream,proto3" json:"upstream,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DeleteClusterResponse) Reset() {
 	*x = DeleteClusterResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[31]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2485,7 +2603,7 @@ func (x *DeleteClusterResponse) String() string {
 func (*DeleteClusterResponse) ProtoMessage() {}
 
 func (x *DeleteClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[31]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2498,7 +2616,7 @@ func (x *DeleteClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteClusterResponse.ProtoReflect.Descriptor instead.
 func (*DeleteClusterResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DeleteClusterResponse) GetRevocation() *Revocation {
@@ -2522,6 +2640,13 @@ func (x *DeleteClusterResponse) GetVoidedJoinTokens() int32 {
 	return 0
 }
 
+func (x *DeleteClusterResponse) GetUpstream() []*UpstreamRevocation {
+	if x != nil {
+		return x.Upstream
+	}
+	return nil
+}
+
 // QuotaUsage is one quota key's current window.
 type QuotaUsage struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2541,7 +2666,7 @@ type QuotaUsage struct {
 
 func (x *QuotaUsage) Reset() {
 	*x = QuotaUsage{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[32]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2553,7 +2678,7 @@ func (x *QuotaUsage) String() string {
 func (*QuotaUsage) ProtoMessage() {}
 
 func (x *QuotaUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[32]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2566,7 +2691,7 @@ func (x *QuotaUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuotaUsage.ProtoReflect.Descriptor instead.
 func (*QuotaUsage) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{32}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *QuotaUsage) GetKey() isQuotaUsage_Key {
@@ -2645,7 +2770,7 @@ type GetQuotaRequest struct {
 
 func (x *GetQuotaRequest) Reset() {
 	*x = GetQuotaRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[33]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2657,7 +2782,7 @@ func (x *GetQuotaRequest) String() string {
 func (*GetQuotaRequest) ProtoMessage() {}
 
 func (x *GetQuotaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[33]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2670,7 +2795,7 @@ func (x *GetQuotaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQuotaRequest.ProtoReflect.Descriptor instead.
 func (*GetQuotaRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{33}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *GetQuotaRequest) GetKey() isGetQuotaRequest_Key {
@@ -2725,7 +2850,7 @@ type GetQuotaResponse struct {
 
 func (x *GetQuotaResponse) Reset() {
 	*x = GetQuotaResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[34]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2737,7 +2862,7 @@ func (x *GetQuotaResponse) String() string {
 func (*GetQuotaResponse) ProtoMessage() {}
 
 func (x *GetQuotaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[34]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2750,7 +2875,7 @@ func (x *GetQuotaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQuotaResponse.ProtoReflect.Descriptor instead.
 func (*GetQuotaResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{34}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *GetQuotaResponse) GetUsage() *QuotaUsage {
@@ -2774,7 +2899,7 @@ type ResetQuotaRequest struct {
 
 func (x *ResetQuotaRequest) Reset() {
 	*x = ResetQuotaRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[35]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2786,7 +2911,7 @@ func (x *ResetQuotaRequest) String() string {
 func (*ResetQuotaRequest) ProtoMessage() {}
 
 func (x *ResetQuotaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[35]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2799,7 +2924,7 @@ func (x *ResetQuotaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetQuotaRequest.ProtoReflect.Descriptor instead.
 func (*ResetQuotaRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{35}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ResetQuotaRequest) GetKey() isResetQuotaRequest_Key {
@@ -2854,7 +2979,7 @@ type ResetQuotaResponse struct {
 
 func (x *ResetQuotaResponse) Reset() {
 	*x = ResetQuotaResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[36]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2866,7 +2991,7 @@ func (x *ResetQuotaResponse) String() string {
 func (*ResetQuotaResponse) ProtoMessage() {}
 
 func (x *ResetQuotaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[36]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2879,7 +3004,7 @@ func (x *ResetQuotaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetQuotaResponse.ProtoReflect.Descriptor instead.
 func (*ResetQuotaResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{36}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ResetQuotaResponse) GetForgotten() *QuotaUsage {
@@ -3033,11 +3158,21 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\acluster\x18\x03 \x01(\tH\x00R\acluster\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x120\n" +
 	"\x05until\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x05untilB\b\n" +
-	"\x06target\"K\n" +
+	"\x06target\"\x8a\x01\n" +
 	"\x0eRevokeResponse\x129\n" +
 	"\n" +
 	"revocation\x18\x01 \x01(\v2\x19.credbroker.v1.RevocationR\n" +
-	"revocation\"T\n" +
+	"revocation\x12=\n" +
+	"\bupstream\x18\x02 \x03(\v2!.credbroker.v1.UpstreamRevocationR\bupstream\"\xd7\x01\n" +
+	"\x12UpstreamRevocation\x12\x16\n" +
+	"\x06issuer\x18\x01 \x01(\tR\x06issuer\x12\x18\n" +
+	"\acovered\x18\x02 \x01(\x05R\acovered\x12\x18\n" +
+	"\arevoked\x18\x03 \x01(\x05R\arevoked\x12\x16\n" +
+	"\x06failed\x18\x04 \x01(\x05R\x06failed\x12\x19\n" +
+	"\bover_cap\x18\x05 \x01(\x05R\aoverCap\x12\x1f\n" +
+	"\vfirst_error\x18\x06 \x01(\tR\n" +
+	"firstError\x12!\n" +
+	"\fscan_limited\x18\a \x01(\bR\vscanLimited\"T\n" +
 	"\x16ListRevocationsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
@@ -3068,13 +3203,14 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"H\n" +
 	"\x14DeleteClusterRequest\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xba\x01\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xf9\x01\n" +
 	"\x15DeleteClusterResponse\x129\n" +
 	"\n" +
 	"revocation\x18\x01 \x01(\v2\x19.credbroker.v1.RevocationR\n" +
 	"revocation\x128\n" +
 	"\revicted_nodes\x18\x02 \x03(\v2\x13.credbroker.v1.NodeR\fevictedNodes\x12,\n" +
-	"\x12voided_join_tokens\x18\x03 \x01(\x05R\x10voidedJoinTokens\"\xd8\x01\n" +
+	"\x12voided_join_tokens\x18\x03 \x01(\x05R\x10voidedJoinTokens\x12=\n" +
+	"\bupstream\x18\x04 \x03(\v2!.credbroker.v1.UpstreamRevocationR\bupstream\"\xd8\x01\n" +
 	"\n" +
 	"QuotaUsage\x12\x1d\n" +
 	"\tspiffe_id\x18\x01 \x01(\tH\x00R\bspiffeId\x12\x1a\n" +
@@ -3148,7 +3284,7 @@ func file_credbroker_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_credbroker_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_credbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
+var file_credbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_credbroker_v1_admin_proto_goTypes = []any{
 	(Decision)(0),                   // 0: credbroker.v1.Decision
 	(AttestationMethod)(0),          // 1: credbroker.v1.AttestationMethod
@@ -3176,33 +3312,34 @@ var file_credbroker_v1_admin_proto_goTypes = []any{
 	(*Revocation)(nil),              // 23: credbroker.v1.Revocation
 	(*RevokeRequest)(nil),           // 24: credbroker.v1.RevokeRequest
 	(*RevokeResponse)(nil),          // 25: credbroker.v1.RevokeResponse
-	(*ListRevocationsRequest)(nil),  // 26: credbroker.v1.ListRevocationsRequest
-	(*ListRevocationsResponse)(nil), // 27: credbroker.v1.ListRevocationsResponse
-	(*LiftRevocationRequest)(nil),   // 28: credbroker.v1.LiftRevocationRequest
-	(*LiftRevocationResponse)(nil),  // 29: credbroker.v1.LiftRevocationResponse
-	(*Cluster)(nil),                 // 30: credbroker.v1.Cluster
-	(*ListClustersRequest)(nil),     // 31: credbroker.v1.ListClustersRequest
-	(*ListClustersResponse)(nil),    // 32: credbroker.v1.ListClustersResponse
-	(*DeleteClusterRequest)(nil),    // 33: credbroker.v1.DeleteClusterRequest
-	(*DeleteClusterResponse)(nil),   // 34: credbroker.v1.DeleteClusterResponse
-	(*QuotaUsage)(nil),              // 35: credbroker.v1.QuotaUsage
-	(*GetQuotaRequest)(nil),         // 36: credbroker.v1.GetQuotaRequest
-	(*GetQuotaResponse)(nil),        // 37: credbroker.v1.GetQuotaResponse
-	(*ResetQuotaRequest)(nil),       // 38: credbroker.v1.ResetQuotaRequest
-	(*ResetQuotaResponse)(nil),      // 39: credbroker.v1.ResetQuotaResponse
-	(*timestamppb.Timestamp)(nil),   // 40: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 41: google.protobuf.Duration
+	(*UpstreamRevocation)(nil),      // 26: credbroker.v1.UpstreamRevocation
+	(*ListRevocationsRequest)(nil),  // 27: credbroker.v1.ListRevocationsRequest
+	(*ListRevocationsResponse)(nil), // 28: credbroker.v1.ListRevocationsResponse
+	(*LiftRevocationRequest)(nil),   // 29: credbroker.v1.LiftRevocationRequest
+	(*LiftRevocationResponse)(nil),  // 30: credbroker.v1.LiftRevocationResponse
+	(*Cluster)(nil),                 // 31: credbroker.v1.Cluster
+	(*ListClustersRequest)(nil),     // 32: credbroker.v1.ListClustersRequest
+	(*ListClustersResponse)(nil),    // 33: credbroker.v1.ListClustersResponse
+	(*DeleteClusterRequest)(nil),    // 34: credbroker.v1.DeleteClusterRequest
+	(*DeleteClusterResponse)(nil),   // 35: credbroker.v1.DeleteClusterResponse
+	(*QuotaUsage)(nil),              // 36: credbroker.v1.QuotaUsage
+	(*GetQuotaRequest)(nil),         // 37: credbroker.v1.GetQuotaRequest
+	(*GetQuotaResponse)(nil),        // 38: credbroker.v1.GetQuotaResponse
+	(*ResetQuotaRequest)(nil),       // 39: credbroker.v1.ResetQuotaRequest
+	(*ResetQuotaResponse)(nil),      // 40: credbroker.v1.ResetQuotaResponse
+	(*timestamppb.Timestamp)(nil),   // 41: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 42: google.protobuf.Duration
 }
 var file_credbroker_v1_admin_proto_depIdxs = []int32{
-	40, // 0: credbroker.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	41, // 0: credbroker.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
 	1,  // 1: credbroker.v1.AuditRecord.attestation:type_name -> credbroker.v1.AttestationMethod
 	0,  // 2: credbroker.v1.AuditRecord.decision:type_name -> credbroker.v1.Decision
-	41, // 3: credbroker.v1.AuditRecord.ttl:type_name -> google.protobuf.Duration
-	40, // 4: credbroker.v1.AuditRecord.expires_at:type_name -> google.protobuf.Timestamp
-	40, // 5: credbroker.v1.Issuance.issued_at:type_name -> google.protobuf.Timestamp
-	40, // 6: credbroker.v1.Issuance.expires_at:type_name -> google.protobuf.Timestamp
+	42, // 3: credbroker.v1.AuditRecord.ttl:type_name -> google.protobuf.Duration
+	41, // 4: credbroker.v1.AuditRecord.expires_at:type_name -> google.protobuf.Timestamp
+	41, // 5: credbroker.v1.Issuance.issued_at:type_name -> google.protobuf.Timestamp
+	41, // 6: credbroker.v1.Issuance.expires_at:type_name -> google.protobuf.Timestamp
 	1,  // 7: credbroker.v1.Issuance.attestation:type_name -> credbroker.v1.AttestationMethod
-	40, // 8: credbroker.v1.ListIssuancesRequest.since:type_name -> google.protobuf.Timestamp
+	41, // 8: credbroker.v1.ListIssuancesRequest.since:type_name -> google.protobuf.Timestamp
 	4,  // 9: credbroker.v1.ListIssuancesResponse.issuances:type_name -> credbroker.v1.Issuance
 	4,  // 10: credbroker.v1.GetIssuanceResponse.issuance:type_name -> credbroker.v1.Issuance
 	3,  // 11: credbroker.v1.GetIssuanceResponse.records:type_name -> credbroker.v1.AuditRecord
@@ -3210,65 +3347,67 @@ var file_credbroker_v1_admin_proto_depIdxs = []int32{
 	11, // 13: credbroker.v1.VerifyAuditResponse.result:type_name -> credbroker.v1.VerifyAuditResult
 	12, // 14: credbroker.v1.VerifyAuditResult.first_break:type_name -> credbroker.v1.ChainBreak
 	3,  // 15: credbroker.v1.ExportAuditResponse.record:type_name -> credbroker.v1.AuditRecord
-	41, // 16: credbroker.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
-	40, // 17: credbroker.v1.CreateJoinTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	42, // 16: credbroker.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
+	41, // 17: credbroker.v1.CreateJoinTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
 	1,  // 18: credbroker.v1.Node.attestation:type_name -> credbroker.v1.AttestationMethod
-	40, // 19: credbroker.v1.Node.attested_at:type_name -> google.protobuf.Timestamp
-	40, // 20: credbroker.v1.Node.renewed_at:type_name -> google.protobuf.Timestamp
-	40, // 21: credbroker.v1.Node.expires_at:type_name -> google.protobuf.Timestamp
-	40, // 22: credbroker.v1.Node.evicted_at:type_name -> google.protobuf.Timestamp
+	41, // 19: credbroker.v1.Node.attested_at:type_name -> google.protobuf.Timestamp
+	41, // 20: credbroker.v1.Node.renewed_at:type_name -> google.protobuf.Timestamp
+	41, // 21: credbroker.v1.Node.expires_at:type_name -> google.protobuf.Timestamp
+	41, // 22: credbroker.v1.Node.evicted_at:type_name -> google.protobuf.Timestamp
 	18, // 23: credbroker.v1.ListNodesResponse.nodes:type_name -> credbroker.v1.Node
 	18, // 24: credbroker.v1.EvictNodeResponse.node:type_name -> credbroker.v1.Node
 	4,  // 25: credbroker.v1.EvictNodeResponse.issuances:type_name -> credbroker.v1.Issuance
 	2,  // 26: credbroker.v1.Revocation.kind:type_name -> credbroker.v1.RevocationKind
-	40, // 27: credbroker.v1.Revocation.created_at:type_name -> google.protobuf.Timestamp
-	40, // 28: credbroker.v1.Revocation.until:type_name -> google.protobuf.Timestamp
-	40, // 29: credbroker.v1.Revocation.covered_until:type_name -> google.protobuf.Timestamp
-	40, // 30: credbroker.v1.RevokeRequest.until:type_name -> google.protobuf.Timestamp
+	41, // 27: credbroker.v1.Revocation.created_at:type_name -> google.protobuf.Timestamp
+	41, // 28: credbroker.v1.Revocation.until:type_name -> google.protobuf.Timestamp
+	41, // 29: credbroker.v1.Revocation.covered_until:type_name -> google.protobuf.Timestamp
+	41, // 30: credbroker.v1.RevokeRequest.until:type_name -> google.protobuf.Timestamp
 	23, // 31: credbroker.v1.RevokeResponse.revocation:type_name -> credbroker.v1.Revocation
-	23, // 32: credbroker.v1.ListRevocationsResponse.revocations:type_name -> credbroker.v1.Revocation
-	23, // 33: credbroker.v1.LiftRevocationResponse.revocation:type_name -> credbroker.v1.Revocation
-	23, // 34: credbroker.v1.Cluster.revocation:type_name -> credbroker.v1.Revocation
-	30, // 35: credbroker.v1.ListClustersResponse.clusters:type_name -> credbroker.v1.Cluster
-	23, // 36: credbroker.v1.DeleteClusterResponse.revocation:type_name -> credbroker.v1.Revocation
-	18, // 37: credbroker.v1.DeleteClusterResponse.evicted_nodes:type_name -> credbroker.v1.Node
-	40, // 38: credbroker.v1.QuotaUsage.window_start:type_name -> google.protobuf.Timestamp
-	40, // 39: credbroker.v1.QuotaUsage.reset_at:type_name -> google.protobuf.Timestamp
-	35, // 40: credbroker.v1.GetQuotaResponse.usage:type_name -> credbroker.v1.QuotaUsage
-	35, // 41: credbroker.v1.ResetQuotaResponse.forgotten:type_name -> credbroker.v1.QuotaUsage
-	5,  // 42: credbroker.v1.AdminService.ListIssuances:input_type -> credbroker.v1.ListIssuancesRequest
-	7,  // 43: credbroker.v1.AdminService.GetIssuance:input_type -> credbroker.v1.GetIssuanceRequest
-	9,  // 44: credbroker.v1.AdminService.VerifyAudit:input_type -> credbroker.v1.VerifyAuditRequest
-	14, // 45: credbroker.v1.AdminService.ExportAudit:input_type -> credbroker.v1.ExportAuditRequest
-	16, // 46: credbroker.v1.AdminService.CreateJoinToken:input_type -> credbroker.v1.CreateJoinTokenRequest
-	19, // 47: credbroker.v1.AdminService.ListNodes:input_type -> credbroker.v1.ListNodesRequest
-	21, // 48: credbroker.v1.AdminService.EvictNode:input_type -> credbroker.v1.EvictNodeRequest
-	24, // 49: credbroker.v1.AdminService.Revoke:input_type -> credbroker.v1.RevokeRequest
-	26, // 50: credbroker.v1.AdminService.ListRevocations:input_type -> credbroker.v1.ListRevocationsRequest
-	28, // 51: credbroker.v1.AdminService.LiftRevocation:input_type -> credbroker.v1.LiftRevocationRequest
-	31, // 52: credbroker.v1.AdminService.ListClusters:input_type -> credbroker.v1.ListClustersRequest
-	33, // 53: credbroker.v1.AdminService.DeleteCluster:input_type -> credbroker.v1.DeleteClusterRequest
-	36, // 54: credbroker.v1.AdminService.GetQuota:input_type -> credbroker.v1.GetQuotaRequest
-	38, // 55: credbroker.v1.AdminService.ResetQuota:input_type -> credbroker.v1.ResetQuotaRequest
-	6,  // 56: credbroker.v1.AdminService.ListIssuances:output_type -> credbroker.v1.ListIssuancesResponse
-	8,  // 57: credbroker.v1.AdminService.GetIssuance:output_type -> credbroker.v1.GetIssuanceResponse
-	10, // 58: credbroker.v1.AdminService.VerifyAudit:output_type -> credbroker.v1.VerifyAuditResponse
-	15, // 59: credbroker.v1.AdminService.ExportAudit:output_type -> credbroker.v1.ExportAuditResponse
-	17, // 60: credbroker.v1.AdminService.CreateJoinToken:output_type -> credbroker.v1.CreateJoinTokenResponse
-	20, // 61: credbroker.v1.AdminService.ListNodes:output_type -> credbroker.v1.ListNodesResponse
-	22, // 62: credbroker.v1.AdminService.EvictNode:output_type -> credbroker.v1.EvictNodeResponse
-	25, // 63: credbroker.v1.AdminService.Revoke:output_type -> credbroker.v1.RevokeResponse
-	27, // 64: credbroker.v1.AdminService.ListRevocations:output_type -> credbroker.v1.ListRevocationsResponse
-	29, // 65: credbroker.v1.AdminService.LiftRevocation:output_type -> credbroker.v1.LiftRevocationResponse
-	32, // 66: credbroker.v1.AdminService.ListClusters:output_type -> credbroker.v1.ListClustersResponse
-	34, // 67: credbroker.v1.AdminService.DeleteCluster:output_type -> credbroker.v1.DeleteClusterResponse
-	37, // 68: credbroker.v1.AdminService.GetQuota:output_type -> credbroker.v1.GetQuotaResponse
-	39, // 69: credbroker.v1.AdminService.ResetQuota:output_type -> credbroker.v1.ResetQuotaResponse
-	56, // [56:70] is the sub-list for method output_type
-	42, // [42:56] is the sub-list for method input_type
-	42, // [42:42] is the sub-list for extension type_name
-	42, // [42:42] is the sub-list for extension extendee
-	0,  // [0:42] is the sub-list for field type_name
+	26, // 32: credbroker.v1.RevokeResponse.upstream:type_name -> credbroker.v1.UpstreamRevocation
+	23, // 33: credbroker.v1.ListRevocationsResponse.revocations:type_name -> credbroker.v1.Revocation
+	23, // 34: credbroker.v1.LiftRevocationResponse.revocation:type_name -> credbroker.v1.Revocation
+	23, // 35: credbroker.v1.Cluster.revocation:type_name -> credbroker.v1.Revocation
+	31, // 36: credbroker.v1.ListClustersResponse.clusters:type_name -> credbroker.v1.Cluster
+	23, // 37: credbroker.v1.DeleteClusterResponse.revocation:type_name -> credbroker.v1.Revocation
+	18, // 38: credbroker.v1.DeleteClusterResponse.evicted_nodes:type_name -> credbroker.v1.Node
+	26, // 39: credbroker.v1.DeleteClusterResponse.upstream:type_name -> credbroker.v1.UpstreamRevocation
+	41, // 40: credbroker.v1.QuotaUsage.window_start:type_name -> google.protobuf.Timestamp
+	41, // 41: credbroker.v1.QuotaUsage.reset_at:type_name -> google.protobuf.Timestamp
+	36, // 42: credbroker.v1.GetQuotaResponse.usage:type_name -> credbroker.v1.QuotaUsage
+	36, // 43: credbroker.v1.ResetQuotaResponse.forgotten:type_name -> credbroker.v1.QuotaUsage
+	5,  // 44: credbroker.v1.AdminService.ListIssuances:input_type -> credbroker.v1.ListIssuancesRequest
+	7,  // 45: credbroker.v1.AdminService.GetIssuance:input_type -> credbroker.v1.GetIssuanceRequest
+	9,  // 46: credbroker.v1.AdminService.VerifyAudit:input_type -> credbroker.v1.VerifyAuditRequest
+	14, // 47: credbroker.v1.AdminService.ExportAudit:input_type -> credbroker.v1.ExportAuditRequest
+	16, // 48: credbroker.v1.AdminService.CreateJoinToken:input_type -> credbroker.v1.CreateJoinTokenRequest
+	19, // 49: credbroker.v1.AdminService.ListNodes:input_type -> credbroker.v1.ListNodesRequest
+	21, // 50: credbroker.v1.AdminService.EvictNode:input_type -> credbroker.v1.EvictNodeRequest
+	24, // 51: credbroker.v1.AdminService.Revoke:input_type -> credbroker.v1.RevokeRequest
+	27, // 52: credbroker.v1.AdminService.ListRevocations:input_type -> credbroker.v1.ListRevocationsRequest
+	29, // 53: credbroker.v1.AdminService.LiftRevocation:input_type -> credbroker.v1.LiftRevocationRequest
+	32, // 54: credbroker.v1.AdminService.ListClusters:input_type -> credbroker.v1.ListClustersRequest
+	34, // 55: credbroker.v1.AdminService.DeleteCluster:input_type -> credbroker.v1.DeleteClusterRequest
+	37, // 56: credbroker.v1.AdminService.GetQuota:input_type -> credbroker.v1.GetQuotaRequest
+	39, // 57: credbroker.v1.AdminService.ResetQuota:input_type -> credbroker.v1.ResetQuotaRequest
+	6,  // 58: credbroker.v1.AdminService.ListIssuances:output_type -> credbroker.v1.ListIssuancesResponse
+	8,  // 59: credbroker.v1.AdminService.GetIssuance:output_type -> credbroker.v1.GetIssuanceResponse
+	10, // 60: credbroker.v1.AdminService.VerifyAudit:output_type -> credbroker.v1.VerifyAuditResponse
+	15, // 61: credbroker.v1.AdminService.ExportAudit:output_type -> credbroker.v1.ExportAuditResponse
+	17, // 62: credbroker.v1.AdminService.CreateJoinToken:output_type -> credbroker.v1.CreateJoinTokenResponse
+	20, // 63: credbroker.v1.AdminService.ListNodes:output_type -> credbroker.v1.ListNodesResponse
+	22, // 64: credbroker.v1.AdminService.EvictNode:output_type -> credbroker.v1.EvictNodeResponse
+	25, // 65: credbroker.v1.AdminService.Revoke:output_type -> credbroker.v1.RevokeResponse
+	28, // 66: credbroker.v1.AdminService.ListRevocations:output_type -> credbroker.v1.ListRevocationsResponse
+	30, // 67: credbroker.v1.AdminService.LiftRevocation:output_type -> credbroker.v1.LiftRevocationResponse
+	33, // 68: credbroker.v1.AdminService.ListClusters:output_type -> credbroker.v1.ListClustersResponse
+	35, // 69: credbroker.v1.AdminService.DeleteCluster:output_type -> credbroker.v1.DeleteClusterResponse
+	38, // 70: credbroker.v1.AdminService.GetQuota:output_type -> credbroker.v1.GetQuotaResponse
+	40, // 71: credbroker.v1.AdminService.ResetQuota:output_type -> credbroker.v1.ResetQuotaResponse
+	58, // [58:72] is the sub-list for method output_type
+	44, // [44:58] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_credbroker_v1_admin_proto_init() }
@@ -3289,15 +3428,15 @@ func file_credbroker_v1_admin_proto_init() {
 		(*RevokeRequest_SpiffeId)(nil),
 		(*RevokeRequest_Cluster)(nil),
 	}
-	file_credbroker_v1_admin_proto_msgTypes[32].OneofWrappers = []any{
+	file_credbroker_v1_admin_proto_msgTypes[33].OneofWrappers = []any{
 		(*QuotaUsage_SpiffeId)(nil),
 		(*QuotaUsage_Cluster)(nil),
 	}
-	file_credbroker_v1_admin_proto_msgTypes[33].OneofWrappers = []any{
+	file_credbroker_v1_admin_proto_msgTypes[34].OneofWrappers = []any{
 		(*GetQuotaRequest_SpiffeId)(nil),
 		(*GetQuotaRequest_Cluster)(nil),
 	}
-	file_credbroker_v1_admin_proto_msgTypes[35].OneofWrappers = []any{
+	file_credbroker_v1_admin_proto_msgTypes[36].OneofWrappers = []any{
 		(*ResetQuotaRequest_SpiffeId)(nil),
 		(*ResetQuotaRequest_Cluster)(nil),
 	}
@@ -3307,7 +3446,7 @@ func file_credbroker_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_credbroker_v1_admin_proto_rawDesc), len(file_credbroker_v1_admin_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   37,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
