@@ -29,10 +29,18 @@
 //     covers. A deleted workload cluster is a cluster revocation without an
 //     end, so cluster lifecycle needs no state of its own yet.
 //
-// Still to come behind this seam, each as its own small interface embedded
-// in Store when it lands, passing the same suite: Approvals (pending
-// privileged issuances and the admins who approved them, two distinct, never
-// the requester; decided with compare-and-swap) and SigningKeys (each
+//   - Approvals: two-person approval of privileged issuances. An approval
+//     is bound to the digest of one exact request and its requester; an
+//     identical request finds it again (no new state), and a requester has
+//     a bounded number open. Admins other than the requester vote, each
+//     counted once; the Needed-th vote grants; a denial ends it; a granted
+//     approval is consumed once, by the issuance whose record commits with
+//     the consumption (ApprovalLedger), and expires with its window. Every
+//     decision is a compare-and-swap on one approval, so etcd implements it
+//     with one Txn per call.
+//
+// Still to come behind this seam, as its own small interface embedded in
+// Store when it lands, passing the same suite: SigningKeys (each
 // replica's published JWT public keys with their overlap windows, for the
 // JWKS).
 //

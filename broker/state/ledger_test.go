@@ -80,3 +80,57 @@ func TestSpendFirst(t *testing.T) {
 		t.Fatalf("plain append: %v, %v", log.recs, err)
 	}
 }
+
+// TestSpendFirstApproval: with a store that keeps approvals, the approval is
+// consumed with the record, and given back when the spend or the append
+// fails.
+func TestSpendFirstApproval(t *testing.T) {
+	db, err := boltstate.OpenDB(filepath.Join(t.TempDir(), "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	st, err := boltstate.New(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	const requester = "spiffe://example.test/ns/capi-system/sa/capa"
+	a := state.Approval{ID: "ap", Digest: "d", Requester: requester, Profile: "admin", Needed: 1,
+		CreatedAt: epoch, ExpiresAt: epoch.Add(time.Hour), Status: state.ApprovalPending}
+	if _, _, err := st.RequestApproval(ctx, a, 8, epoch); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := st.Approve(ctx, "ap", "unix:uid=0", epoch); err != nil {
+		t.Fatal(err)
+	}
+	log := &appender{fail: errors.New("disk full")}
+	l := state.SpendFirst[string](st, log)
+	u := state.ApprovalUse{ID: "ap", Digest: "d", Requester: requester, IssuanceID: "i1"}
+	status := func() state.ApprovalStatus {
+		got, err := st.GetApproval(ctx, "ap")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got.Status
+	}
+	if _, err := l.ConsumeSpendAndAppend(ctx, epoch, u, nil, "one"); !errors.Is(err, log.fail) || status() != state.ApprovalGranted {
+		t.Fatalf("failed append: %v, approval %s; want the append's error and the approval released", err, status())
+	}
+	log.fail = nil
+	c := []state.Charge{{Key: key, Quota: state.Quota{Max: 1, Window: time.Hour}}}
+	if _, err := st.Spend(ctx, epoch, c); err != nil {
+		t.Fatal(err)
+	}
+	var ex *state.ExhaustedError
+	if _, err := l.ConsumeSpendAndAppend(ctx, epoch, u, c, "one"); !errors.As(err, &ex) || status() != state.ApprovalGranted {
+		t.Fatalf("refused spend: %v, approval %s; want *ExhaustedError and the approval released", err, status())
+	}
+	if _, err := l.ConsumeSpendAndAppend(ctx, epoch, u, nil, "one"); err != nil || status() != state.ApprovalConsumed || len(log.recs) != 1 {
+		t.Fatalf("consume: %v, approval %s, records %v", err, status(), log.recs)
+	}
+	u.IssuanceID = "i2"
+	if _, err := l.ConsumeSpendAndAppend(ctx, epoch, u, nil, "two"); !errors.Is(err, state.ErrApprovalClosed) || len(log.recs) != 1 {
+		t.Fatalf("second consumption: %v, records %v; want ErrApprovalClosed and nothing appended", err, log.recs)
+	}
+}

@@ -15,6 +15,7 @@ type Store interface {
 	JoinTokens
 	Nodes
 	Revocations
+	Approvals
 }
 
 // Sentinel errors, possibly wrapped; match them with errors.Is.

@@ -16,6 +16,10 @@
 //	jointoken.tokens   SHA-256(secret) (32 raw bytes) -> JSON of the token
 //	nodes.byid         SPIFFE ID -> JSON of the node
 //	revocations        revocation id -> JSON of the revocation
+//	approvals          approval id -> JSON of the approval
+//	approvals.byrequest  requester SPIFFE ID "\x00" request digest -> the id of
+//	                   that request's latest approval (counts a requester's
+//	                   open approvals; found again by an identical request)
 //
 // Times are Unix nanoseconds. A quota window keeps the end it was opened
 // with, so a change of the configured window applies from the next window;

@@ -15,7 +15,9 @@ import (
 // write transaction: the spend and the record commit together or not at
 // all, and a spend shares its commit and fsync with every append of the
 // group. log must write to the same database as s.
-func (s *Store) Ledger(log *audit.Log) (state.Ledger[audit.Record], error) {
+// The ledger is a state.ApprovalLedger: an approval is consumed in the same
+// transaction, so it is used exactly by the issuance whose record commits.
+func (s *Store) Ledger(log *audit.Log) (state.ApprovalLedger[audit.Record], error) {
 	if log == nil || log.DB() != s.db {
 		return nil, errors.New("boltstate: the audit log must live in the state's database for spends to commit with records")
 	}
@@ -38,6 +40,25 @@ func (l ledger) SpendAndAppend(_ context.Context, now time.Time, charges []state
 		return audit.Record{}, err
 	}
 	return l.log.AppendWith(rec, func(tx *bbolt.Tx) error {
+		_, err := spend(tx, now, charges)
+		return err
+	})
+}
+
+// ConsumeSpendAndAppend implements state.ApprovalLedger: the consumption,
+// the spend and the record share one transaction. A refused consumption
+// fails this append alone, like a refused spend.
+func (l ledger) ConsumeSpendAndAppend(_ context.Context, now time.Time, u state.ApprovalUse, charges []state.Charge, rec audit.Record) (audit.Record, error) {
+	if err := state.ValidateCharges(charges); err != nil {
+		return audit.Record{}, err
+	}
+	return l.log.AppendWith(rec, func(tx *bbolt.Tx) error {
+		if err := consumeTx(tx, u, now); err != nil {
+			return err
+		}
+		if len(charges) == 0 {
+			return nil
+		}
 		_, err := spend(tx, now, charges)
 		return err
 	})

@@ -174,3 +174,77 @@ func BenchmarkLedgerParallel(b *testing.B) {
 	})
 	b.ReportMetric(float64(b.N)/float64(log.Commits()-before), "records/commit")
 }
+
+// grantedApproval stores an approval for requester's request "d1", granted
+// by two admins.
+func grantedApproval(t *testing.T, st *boltstate.Store, id string) state.ApprovalUse {
+	t.Helper()
+	const requester = "spiffe://example.test/ns/capi-system/sa/capa"
+	a := state.Approval{ID: id, Digest: "d1", Requester: requester, Profile: "admin", Needed: 2,
+		CreatedAt: epoch, ExpiresAt: epoch.Add(time.Hour), Status: state.ApprovalPending}
+	if _, _, err := st.RequestApproval(context.Background(), a, 8, epoch); err != nil {
+		t.Fatal(err)
+	}
+	for _, admin := range []string{"spiffe://example.test/admin/a", "unix:uid=0"} {
+		if _, _, err := st.Approve(context.Background(), id, admin, epoch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return state.ApprovalUse{ID: id, Digest: "d1", Requester: requester}
+}
+
+// TestLedgerConsumesWithTheRecord: of many concurrent issuances presenting
+// one granted approval exactly one consumes it, with its record and its
+// spend; the others write and spend nothing. A record that cannot be written
+// leaves the approval unconsumed.
+func TestLedgerConsumesWithTheRecord(t *testing.T) {
+	st, log, l := openLedger(t)
+	al := l.(state.ApprovalLedger[audit.Record])
+	u := grantedApproval(t, st, "ap1")
+	c := []state.Charge{{Key: clusterKey, Quota: state.Quota{Max: 100, Window: time.Hour}}}
+	const goroutines = 16
+	var wg sync.WaitGroup
+	var won atomic.Int32
+	for g := range goroutines {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			u := u
+			u.IssuanceID = fmt.Sprint("i", g)
+			_, err := al.ConsumeSpendAndAppend(context.Background(), epoch, u, c, audit.Record{
+				IssuanceID: u.IssuanceID, Caller: u.Requester, Cluster: clusterKey.Name, Decision: audit.DecisionIssued})
+			switch {
+			case err == nil:
+				won.Add(1)
+			case !errors.Is(err, state.ErrApprovalClosed):
+				t.Errorf("err = %v, want ErrApprovalClosed", err)
+			}
+		}()
+	}
+	wg.Wait()
+	if won.Load() != 1 {
+		t.Fatalf("%d issuances consumed one approval, want 1", won.Load())
+	}
+	recs, err := log.List(audit.Query{Cluster: clusterKey.Name})
+	if err != nil || len(recs) != 1 {
+		t.Fatalf("%d records (%v), want the winner's only", len(recs), err)
+	}
+	if a, err := st.GetApproval(context.Background(), "ap1"); err != nil || a.ConsumedBy != recs[0].IssuanceID {
+		t.Fatalf("approval %+v, %v; want consumed by the recorded issuance %s", a, err, recs[0].IssuanceID)
+	}
+	if u, err := st.Usage(context.Background(), epoch, clusterKey); err != nil || u.Used != 1 {
+		t.Fatalf("usage %+v, %v; want the winner's spend only", u, err)
+	}
+
+	u2 := grantedApproval(t, st, "ap2")
+	u2.Digest = "d1"
+	u2.IssuanceID = "x"
+	// ap1's index entry was replaced: ap2 is the request's approval now.
+	log.Close()
+	if _, err := al.ConsumeSpendAndAppend(context.Background(), epoch, u2, nil, audit.Record{Decision: audit.DecisionIssued}); !errors.Is(err, audit.ErrClosed) {
+		t.Fatalf("err = %v, want audit.ErrClosed", err)
+	}
+	if a, err := st.GetApproval(context.Background(), "ap2"); err != nil || a.Status != state.ApprovalGranted {
+		t.Fatalf("after a failed append: %+v, %v; want still granted", a, err)
+	}
+}

@@ -18,6 +18,9 @@ var (
 	bucketNodes  = []byte("nodes.byid")
 
 	bucketRevocations = []byte("revocations")
+
+	bucketApprovals          = []byte("approvals")
+	bucketApprovalsByRequest = []byte("approvals.byrequest")
 )
 
 // Store is the bbolt implementation of state.Store. It is safe for
@@ -41,7 +44,7 @@ func New(db *bbolt.DB) (*Store, error) {
 		return nil, errors.New("boltstate: database has NoSync set; state would not be durable")
 	}
 	err := db.Update(func(tx *bbolt.Tx) error {
-		for _, name := range [][]byte{bucketQuota, bucketTokens, bucketNodes, bucketRevocations} {
+		for _, name := range [][]byte{bucketQuota, bucketTokens, bucketNodes, bucketRevocations, bucketApprovals, bucketApprovalsByRequest} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("create bucket %s: %w", name, err)
 			}

@@ -7,7 +7,11 @@
 // attempt, the node registry, and that committed state survives reopening,
 // including after the process holding the store is killed with SIGKILL;
 // and revocations: made, lifted and expired by the time passed in, seen by
-// an in-memory index before each change returns, under concurrency.
+// an in-memory index before each change returns, under concurrency; and
+// two-person approvals: found again by an identical request, bounded per
+// requester, distinct admins counted exactly (never the requester) under
+// concurrency, consumed at most once, denied and expired by the time passed
+// in.
 package statetest
 
 import (
@@ -61,6 +65,10 @@ func Run(t *testing.T, h Harness) {
 	t.Run("revocations-expiry", func(t *testing.T) { testRevocationsExpiry(t, h) })
 	t.Run("revocations-index", func(t *testing.T) { testRevocationIndex(t, h) })
 	t.Run("revocations-concurrent", func(t *testing.T) { testRevocationsConcurrent(t, h) })
+	t.Run("approvals", func(t *testing.T) { testApprovals(t, h) })
+	t.Run("approvals-deny-expire", func(t *testing.T) { testApprovalsDenyExpire(t, h) })
+	t.Run("approvals-bound", func(t *testing.T) { testApprovalsBound(t, h) })
+	t.Run("approvals-concurrent", func(t *testing.T) { testApprovalsConcurrent(t, h) })
 	t.Run("reopen", func(t *testing.T) { testReopen(t, h) })
 	t.Run("crash", func(t *testing.T) { testCrash(t, h) })
 }

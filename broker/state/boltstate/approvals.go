@@ -1,0 +1,323 @@
+package boltstate
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.etcd.io/bbolt"
+
+	"github.com/credbroker/credbroker/broker/state"
+)
+
+// approvalRecord is the stored form of a state.Approval, separate so that
+// the encoding does not change when Approval does.
+type approvalRecord struct {
+	ID         string               `json:"id"`
+	Digest     string               `json:"digest"`
+	Requester  string               `json:"requester"`
+	Profile    string               `json:"profile"`
+	Cluster    string               `json:"cluster,omitempty"`
+	Audience   string               `json:"audience,omitempty"`
+	TTL        time.Duration        `json:"ttl_ns"`
+	Needed     int                  `json:"needed"`
+	CreatedAt  time.Time            `json:"created_at"`
+	ExpiresAt  time.Time            `json:"expires_at"`
+	Status     state.ApprovalStatus `json:"status"`
+	Votes      []voteRecord         `json:"votes,omitempty"`
+	GrantedAt  time.Time            `json:"granted_at,omitzero"`
+	DeniedBy   string               `json:"denied_by,omitempty"`
+	DenyReason string               `json:"deny_reason,omitempty"`
+	DeniedAt   time.Time            `json:"denied_at,omitzero"`
+	ConsumedBy string               `json:"consumed_by,omitempty"`
+	ConsumedAt time.Time            `json:"consumed_at,omitzero"`
+}
+
+type voteRecord struct {
+	Admin string    `json:"admin"`
+	At    time.Time `json:"at"`
+}
+
+func encodeApproval(a state.Approval) ([]byte, error) {
+	rec := approvalRecord{
+		ID: a.ID, Digest: a.Digest, Requester: a.Requester, Profile: a.Profile, Cluster: a.Cluster, Audience: a.Audience,
+		TTL: a.TTL, Needed: a.Needed, CreatedAt: normTime(a.CreatedAt), ExpiresAt: normTime(a.ExpiresAt), Status: a.Status,
+		GrantedAt: normTime(a.GrantedAt), DeniedBy: a.DeniedBy, DenyReason: a.DenyReason, DeniedAt: normTime(a.DeniedAt),
+		ConsumedBy: a.ConsumedBy, ConsumedAt: normTime(a.ConsumedAt),
+	}
+	for _, v := range a.Votes {
+		rec.Votes = append(rec.Votes, voteRecord{Admin: v.Admin, At: normTime(v.At)})
+	}
+	v, err := json.Marshal(rec)
+	if err != nil {
+		return nil, fmt.Errorf("boltstate: encode approval %s: %w", a.ID, err)
+	}
+	return v, nil
+}
+
+func decodeApproval(v []byte) (state.Approval, error) {
+	var rec approvalRecord
+	if err := json.Unmarshal(v, &rec); err != nil {
+		return state.Approval{}, fmt.Errorf("boltstate: malformed approval record: %w", err)
+	}
+	a := state.Approval{
+		ID: rec.ID, Digest: rec.Digest, Requester: rec.Requester, Profile: rec.Profile, Cluster: rec.Cluster, Audience: rec.Audience,
+		TTL: rec.TTL, Needed: rec.Needed, CreatedAt: rec.CreatedAt, ExpiresAt: rec.ExpiresAt, Status: rec.Status,
+		GrantedAt: rec.GrantedAt, DeniedBy: rec.DeniedBy, DenyReason: rec.DenyReason, DeniedAt: rec.DeniedAt,
+		ConsumedBy: rec.ConsumedBy, ConsumedAt: rec.ConsumedAt,
+	}
+	for _, v := range rec.Votes {
+		a.Votes = append(a.Votes, state.Vote(v))
+	}
+	return a, nil
+}
+
+// requestKey is the approvals.byrequest key of a requester's request digest.
+func requestKey(requester, digest string) []byte {
+	return append(append([]byte(requester), 0), digest...)
+}
+
+// approvalBuckets returns the approvals and approvals.byrequest buckets.
+func approvalBuckets(tx *bbolt.Tx) (byID, byRequest *bbolt.Bucket, err error) {
+	if byID, err = bucket(tx, bucketApprovals); err != nil {
+		return nil, nil, err
+	}
+	if byRequest, err = bucket(tx, bucketApprovalsByRequest); err != nil {
+		return nil, nil, err
+	}
+	return byID, byRequest, nil
+}
+
+func getApproval(b *bbolt.Bucket, id string) (state.Approval, error) {
+	v := b.Get([]byte(id))
+	if v == nil {
+		return state.Approval{}, fmt.Errorf("%w: approval %s", state.ErrNotFound, id)
+	}
+	return decodeApproval(v)
+}
+
+func putApproval(b *bbolt.Bucket, a state.Approval) error {
+	v, err := encodeApproval(a)
+	if err != nil {
+		return err
+	}
+	if err := b.Put([]byte(a.ID), v); err != nil {
+		return fmt.Errorf("boltstate: store approval %s: %w", a.ID, err)
+	}
+	return nil
+}
+
+// RequestApproval implements state.Approvals. The requester's open
+// approvals are counted through approvals.byrequest, which holds one entry
+// per (requester, digest): the requester's latest approval for that request.
+func (s *Store) RequestApproval(_ context.Context, a state.Approval, maxOpen int, now time.Time) (state.Approval, bool, error) {
+	if err := state.ValidateApproval(a); err != nil {
+		return state.Approval{}, false, err
+	}
+	if maxOpen < 1 {
+		return state.Approval{}, false, fmt.Errorf("boltstate: bound of open approvals %d is not positive", maxOpen)
+	}
+	a.CreatedAt, a.ExpiresAt = normTime(a.CreatedAt), normTime(a.ExpiresAt)
+	var out state.Approval
+	created := false
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		created = false
+		byID, byReq, err := approvalBuckets(tx)
+		if err != nil {
+			return err
+		}
+		if id := byReq.Get(requestKey(a.Requester, a.Digest)); id != nil {
+			old, err := getApproval(byID, string(id))
+			if err != nil && !errors.Is(err, state.ErrNotFound) {
+				return err
+			}
+			if err == nil && old.Status != state.ApprovalConsumed && !old.Expired(now) {
+				out = old
+				return nil
+			}
+		}
+		if byID.Get([]byte(a.ID)) != nil {
+			return fmt.Errorf("%w: approval %s", state.ErrExists, a.ID)
+		}
+		open := 0
+		prefix := append([]byte(a.Requester), 0)
+		c := byReq.Cursor()
+		for k, id := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, id = c.Next() {
+			old, err := getApproval(byID, string(id))
+			if errors.Is(err, state.ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if old.Open(now) {
+				open++
+			}
+		}
+		if open >= maxOpen {
+			return &state.ApprovalLimitError{Requester: a.Requester, Max: maxOpen}
+		}
+		if err := putApproval(byID, a); err != nil {
+			return err
+		}
+		if err := byReq.Put(requestKey(a.Requester, a.Digest), []byte(a.ID)); err != nil {
+			return fmt.Errorf("boltstate: index approval %s: %w", a.ID, err)
+		}
+		out, created = a, true
+		return nil
+	})
+	if err != nil {
+		return state.Approval{}, false, err
+	}
+	return out, created, nil
+}
+
+// GetApproval implements state.Approvals.
+func (s *Store) GetApproval(_ context.Context, id string) (state.Approval, error) {
+	var a state.Approval
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		b, err := bucket(tx, bucketApprovals)
+		if err != nil {
+			return err
+		}
+		a, err = getApproval(b, id)
+		return err
+	})
+	return a, err
+}
+
+// ListApprovals implements state.Approvals.
+func (s *Store) ListApprovals(_ context.Context, f state.ApprovalFilter) ([]state.Approval, error) {
+	return listPage(s.db, bucketApprovals, f.After, f.Limit, decodeApproval, nil)
+}
+
+// changeApproval applies decide to approval id in one write transaction and
+// stores the result when decide returns no error. It returns what decide
+// returned.
+func (s *Store) changeApproval(id string, decide func(state.Approval) (state.Approval, error)) (state.Approval, error) {
+	var out state.Approval
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		b, err := bucket(tx, bucketApprovals)
+		if err != nil {
+			return err
+		}
+		return changeApprovalTx(b, id, decide, &out)
+	})
+	return out, err
+}
+
+func changeApprovalTx(b *bbolt.Bucket, id string, decide func(state.Approval) (state.Approval, error), out *state.Approval) error {
+	a, err := getApproval(b, id)
+	if err != nil {
+		return err
+	}
+	changed, err := decide(a)
+	*out = changed
+	if err != nil {
+		return err
+	}
+	return putApproval(b, changed)
+}
+
+// Approve implements state.Approvals.
+func (s *Store) Approve(_ context.Context, id, admin string, now time.Time) (state.Approval, bool, error) {
+	counted := false
+	a, err := s.changeApproval(id, func(a state.Approval) (state.Approval, error) {
+		var err error
+		a, counted, err = state.CheckApprove(a, admin, normTime(now))
+		return a, err
+	})
+	if err != nil && !errors.Is(err, state.ErrApprovalClosed) {
+		return state.Approval{}, false, err
+	}
+	return a, counted, err
+}
+
+// DenyApproval implements state.Approvals.
+func (s *Store) DenyApproval(_ context.Context, id, admin, reason string, now time.Time) (state.Approval, error) {
+	a, err := s.changeApproval(id, func(a state.Approval) (state.Approval, error) {
+		return state.CheckDeny(a, admin, reason, normTime(now))
+	})
+	if err != nil && !errors.Is(err, state.ErrApprovalClosed) {
+		return state.Approval{}, err
+	}
+	return a, err
+}
+
+// ConsumeApproval implements state.Approvals.
+func (s *Store) ConsumeApproval(_ context.Context, u state.ApprovalUse, now time.Time) (state.Approval, error) {
+	a, err := s.changeApproval(u.ID, func(a state.Approval) (state.Approval, error) {
+		return state.CheckConsume(a, u, normTime(now))
+	})
+	if err != nil {
+		return state.Approval{}, err
+	}
+	return a, nil
+}
+
+// consumeTx consumes an approval inside tx (the audit log's, for Ledger).
+func consumeTx(tx *bbolt.Tx, u state.ApprovalUse, now time.Time) error {
+	b, err := bucket(tx, bucketApprovals)
+	if err != nil {
+		return err
+	}
+	var out state.Approval
+	return changeApprovalTx(b, u.ID, func(a state.Approval) (state.Approval, error) {
+		return state.CheckConsume(a, u, normTime(now))
+	}, &out)
+}
+
+// ReleaseApproval implements state.Approvals.
+func (s *Store) ReleaseApproval(_ context.Context, id, issuanceID string) (state.Approval, error) {
+	a, err := s.changeApproval(id, func(a state.Approval) (state.Approval, error) {
+		return state.CheckRelease(a, issuanceID)
+	})
+	if err != nil {
+		return state.Approval{}, err
+	}
+	return a, nil
+}
+
+// PurgeApprovals implements state.Approvals.
+func (s *Store) PurgeApprovals(_ context.Context, now time.Time) ([]state.Approval, error) {
+	var gone []state.Approval
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		gone = gone[:0]
+		byID, byReq, err := approvalBuckets(tx)
+		if err != nil {
+			return err
+		}
+		err = byID.ForEach(func(_, v []byte) error {
+			a, err := decodeApproval(v)
+			if err != nil {
+				return err
+			}
+			if a.Expired(now) {
+				gone = append(gone, a)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, a := range gone {
+			if err := byID.Delete([]byte(a.ID)); err != nil {
+				return fmt.Errorf("boltstate: purge approvals: %w", err)
+			}
+			k := requestKey(a.Requester, a.Digest)
+			if bytes.Equal(byReq.Get(k), []byte(a.ID)) {
+				if err := byReq.Delete(k); err != nil {
+					return fmt.Errorf("boltstate: purge approvals: %w", err)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return gone, nil
+}
