@@ -14,12 +14,15 @@
 //     Charge rather than living in the store, so that per-rule or
 //     per-profile quotas need no change here; a window keeps the end it was
 //     opened with.
+//
 //   - Join tokens, by the SHA-256 of their secret (attest/jointoken keeps
 //     the secret format and the Token type): created once, consumed at most
 //     once, checked against the node name in the same atomic step so that a
 //     wrong attempt does not burn the rightful node's token.
+//
 //   - Nodes: the registry of attested nodes, their latest SVID and whether
 //     an admin evicted them (permanently, for that SPIFFE ID).
+//
 //   - Revocations: an admin's revocation of one issuance, a caller identity
 //     or a workload cluster, with reason, admin and an optional end. The
 //     broker checks them on every request through a RevocationIndex held in

@@ -79,13 +79,17 @@ func testApprovals(t *testing.T, h Harness) {
 		t.Fatalf("another request under a taken id: %v, want ErrExists", err)
 	}
 	for name, bad := range map[string]state.Approval{
-		"no id":          pending("", "d2", 2, 0),
-		"no digest":      pending("b1", "", 2, 0),
-		"none needed":    pending("b2", "d2", 0, 0),
-		"too many":       pending("b3", "d2", state.MaxApprovers+1, 0),
-		"not SPIFFE":     func() state.Approval { a := pending("b4", "d2", 1, 0); a.Requester = "capa"; return a }(),
-		"no window":      func() state.Approval { a := pending("b5", "d2", 1, 0); a.ExpiresAt = a.CreatedAt; return a }(),
-		"already voted":  func() state.Approval { a := pending("b6", "d2", 1, 0); a.Votes = []state.Vote{{Admin: admin1, At: epoch}}; return a }(),
+		"no id":       pending("", "d2", 2, 0),
+		"no digest":   pending("b1", "", 2, 0),
+		"none needed": pending("b2", "d2", 0, 0),
+		"too many":    pending("b3", "d2", state.MaxApprovers+1, 0),
+		"not SPIFFE":  func() state.Approval { a := pending("b4", "d2", 1, 0); a.Requester = "capa"; return a }(),
+		"no window":   func() state.Approval { a := pending("b5", "d2", 1, 0); a.ExpiresAt = a.CreatedAt; return a }(),
+		"already voted": func() state.Approval {
+			a := pending("b6", "d2", 1, 0)
+			a.Votes = []state.Vote{{Admin: admin1, At: epoch}}
+			return a
+		}(),
 		"already closed": func() state.Approval { a := pending("b7", "d2", 1, 0); a.Status = state.ApprovalGranted; return a }(),
 	} {
 		if _, _, err := s.RequestApproval(ctx, bad, 8, epoch); err == nil {
