@@ -84,6 +84,8 @@ type Config struct {
 	// NodeAttestation, when present, lets nodes of workload clusters attest
 	// and receive node SVIDs.
 	NodeAttestation *NodeAttestation `yaml:"node_attestation"`
+	// Alerts configures alert rules and the webhooks that receive them.
+	Alerts Alerts `yaml:"alerts"`
 }
 
 // TLS names the broker's SVID files and the trust bundles of its callers.
@@ -477,6 +479,7 @@ func (c *Config) applyDefaults() {
 	}
 	c.Limits.Requests.ApplyDefaults()
 	c.Limits.RefusalRecords.ApplyDefaults()
+	c.Alerts.ApplyDefaults()
 	if c.TLS.ReloadInterval == 0 {
 		c.TLS.ReloadInterval = 30 * time.Second
 	}
@@ -678,6 +681,7 @@ func (c *Config) Validate() error {
 	if c.TLS.ReloadInterval < time.Second {
 		bad("tls.reload_interval must be at least 1s")
 	}
+	errs = append(errs, c.Alerts.validate()...)
 	return errors.Join(errs...)
 }
 
