@@ -40,6 +40,7 @@ type Admin struct {
 	nodes    NodeAdmin
 	rev      *Revocations
 	st       AdminState
+	decide   *Service
 	stop     chan struct{}
 	stopOnce sync.Once
 }

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"time"
 
+	"google.golang.org/protobuf/types/known/durationpb"
+
 	"github.com/credbroker/credbroker/attest"
 	"github.com/credbroker/credbroker/attest/jointoken"
 	"github.com/credbroker/credbroker/broker/audit"
@@ -34,6 +36,12 @@ type AdminOption func(*Admin)
 // FAILED_PRECONDITION.
 func WithRevocations(rev *Revocations, st AdminState) AdminOption {
 	return func(a *Admin) { a.rev, a.st = rev, st }
+}
+
+// WithDecisions lets the admin API answer from the issuance path's own
+// decisions (policy, limits): the quotas quota show reports.
+func WithDecisions(svc *Service) AdminOption {
+	return func(a *Admin) { a.decide = svc }
 }
 
 var errRevocationsDisabled = errorf(credbrokerv1.ErrorReason_MISCONFIGURED, "revocation is not wired into this broker")
@@ -249,11 +257,18 @@ func (a *Admin) GetQuota(ctx context.Context, req *credbrokerv1.GetQuotaRequest)
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	u, err := a.st.Usage(ctx, a.rev.now(), key)
+	now := a.rev.now()
+	u, err := a.st.Usage(ctx, now, key)
 	if err != nil {
 		return nil, toStatus(wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "quota store unavailable"))
 	}
-	return &credbrokerv1.GetQuotaResponse{Usage: UsageProto(u)}, nil
+	out := &credbrokerv1.GetQuotaResponse{Usage: UsageProto(u)}
+	if a.decide != nil {
+		for _, l := range a.decide.QuotaLimits(key) {
+			out.Limits = append(out.Limits, QuotaLimitProto(l, u, now))
+		}
+	}
+	return out, nil
 }
 
 // ResetQuota implements AdminService.ResetQuota.
@@ -300,6 +315,21 @@ func UpstreamProto(up []UpstreamOutcome) []*credbrokerv1.UpstreamRevocation {
 }
 
 func clamp32(n int) int32 { return int32(min(n, 1<<31-1)) }
+
+// QuotaLimitProto converts a quota that applies to u's key to its API form,
+// with what is left of it at now.
+func QuotaLimitProto(l QuotaLimit, u state.Usage, now time.Time) *credbrokerv1.QuotaLimit {
+	out := &credbrokerv1.QuotaLimit{Max: clamp32(l.Quota.Max), AppliesTo: l.AppliesTo}
+	if l.Quota.Max > 0 {
+		out.Window = durationpb.New(l.Quota.Window)
+		used := 0
+		if now.Before(u.ResetAt) {
+			used = u.Used
+		}
+		out.Remaining = clamp32(max(l.Quota.Max-used, 0))
+	}
+	return out
+}
 
 // UsageProto converts a quota key's usage to its API form.
 func UsageProto(u state.Usage) *credbrokerv1.QuotaUsage {

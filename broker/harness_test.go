@@ -271,9 +271,9 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 	}
 	var admin *broker.Admin
 	if nodeAuth != nil {
-		admin = broker.NewAdmin(h.audit, nodeAuth, broker.WithRevocations(h.revoke, h.state))
+		admin = broker.NewAdmin(h.audit, nodeAuth, broker.WithRevocations(h.revoke, h.state), broker.WithDecisions(svc))
 	} else {
-		admin = broker.NewAdmin(h.audit, nil, broker.WithRevocations(h.revoke, h.state))
+		admin = broker.NewAdmin(h.audit, nil, broker.WithRevocations(h.revoke, h.state), broker.WithDecisions(svc))
 	}
 	h.admin = admin
 	bundles := x509bundle.NewSet(h.ca.X509Bundle())

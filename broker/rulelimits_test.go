@@ -1,6 +1,8 @@
 package broker_test
 
 import (
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -69,5 +71,63 @@ func TestRuleAndProfileLimitsOverrideTheDefaults(t *testing.T) {
 	_, err = issue(ctxT(t), node, &credbrokerv1.IssueCredentialRequest{Profile: "capa-token"})
 	if retryDelay(t, err); !strings.Contains(status.Convert(err).Message(), "identity quota of 2") {
 		t.Fatalf("want the profile's identity quota, got %q", status.Convert(err).Message())
+	}
+}
+
+// TestQuotaShowNamesTheLimitsThatApply: GetQuota reports, beside a key's
+// window, each distinct quota the broker would apply to it — the one the
+// issuance path resolves for each rule and profile that may govern the
+// key — with what is left of it, tightest first.
+func TestQuotaShowNamesTheLimitsThatApply(t *testing.T) {
+	h := newHarness(t, func(c *harnessConfig) {
+		c.profileLimits = map[string]limits.Override{
+			"capa-token": {IdentityQuota: &limits.Quota{Max: 2, Window: time.Hour}},
+		}
+		c.ruleLimits = []limits.Override{
+			0: {IdentityQuota: &limits.Quota{Max: 4, Window: time.Hour}},
+			1: {ClusterQuota: &limits.Quota{Max: 10, Window: 30 * time.Minute}},
+		}
+	})
+	controller := h.dial(h.mint(controllerID, time.Hour))
+	if _, err := issue(ctxT(t), controller, &credbrokerv1.IssueCredentialRequest{Profile: "capa-token", Cluster: "capi-a/c1"}); err != nil {
+		t.Fatal(err)
+	}
+	admin := credbrokerv1.NewAdminServiceClient(h.dialAdminSocket())
+	show := func(req *credbrokerv1.GetQuotaRequest) []string {
+		t.Helper()
+		resp, err := admin.GetQuota(ctxT(t), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, l := range resp.GetLimits() {
+			out = append(out, fmt.Sprintf("%d per %s, %d left: %s", l.GetMax(), l.GetWindow().AsDuration(), l.GetRemaining(), strings.Join(l.GetAppliesTo(), "; ")))
+		}
+		return out
+	}
+	for name, c := range map[string]struct {
+		req  *credbrokerv1.GetQuotaRequest
+		want []string
+	}{
+		"controller": {&credbrokerv1.GetQuotaRequest{Key: &credbrokerv1.GetQuotaRequest_SpiffeId{SpiffeId: controllerID.String()}}, []string{
+			"4 per 1h0m0s, 3 left: profile capa-token (rule 0)",
+			"0 per 0s, 0 left: profile boom (rule 2); profile plain-token (rule 2); profile upstream (rule 2)",
+		}},
+		"node": {&credbrokerv1.GetQuotaRequest{Key: &credbrokerv1.GetQuotaRequest_SpiffeId{SpiffeId: "spiffe://example.test/capi/cluster/capi-a/c1/node/n1"}}, []string{
+			"2 per 1h0m0s, 2 left: profile capa-token (rule 1)",
+		}},
+		"stranger": {&credbrokerv1.GetQuotaRequest{Key: &credbrokerv1.GetQuotaRequest_SpiffeId{SpiffeId: "spiffe://example.test/ns/x/sa/y"}}, []string{
+			"0 per 0s, 0 left: defaults",
+		}},
+		// The controller's issuance came under rule 0, whose cluster quota
+		// is unlimited: nothing was charged to the cluster.
+		"cluster": {&credbrokerv1.GetQuotaRequest{Key: &credbrokerv1.GetQuotaRequest_Cluster{Cluster: "capi-a/c1"}}, []string{
+			"10 per 30m0s, 10 left: profile capa-token (rule 1)",
+			"0 per 0s, 0 left: profile capa-token (rule 0)",
+		}},
+	} {
+		if got := show(c.req); !slices.Equal(got, c.want) {
+			t.Errorf("%s: limits\n got %q\nwant %q", name, got, c.want)
+		}
 	}
 }

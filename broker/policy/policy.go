@@ -117,6 +117,52 @@ func (p *Policy) Allow(caller spiffeid.ID, profile, cluster string) Decision {
 	}
 }
 
+// Grant is one rule that may grant one profile.
+type Grant struct {
+	// Rule is the rule's index.
+	Rule int
+	// Profile is the profile granted.
+	Profile string
+}
+
+// GrantsTo returns the rules that grant caller each of profiles, for some
+// cluster, in rule order: the rules whose limits may govern the caller's
+// requests. A rule that names "*" grants every profile listed.
+func (p *Policy) GrantsTo(caller string, profiles []string) []Grant {
+	return p.grants(profiles, func(r Rule) bool { return match(r.ID, caller) })
+}
+
+// GrantsFor returns the rules that grant any caller each of profiles for
+// cluster, in rule order: the rules whose limits may govern requests for
+// that cluster.
+func (p *Policy) GrantsFor(cluster string, profiles []string) []Grant {
+	return p.grants(profiles, func(r Rule) bool { return clusterAllowed(r.Clusters, cluster) })
+}
+
+func (p *Policy) grants(profiles []string, applies func(Rule) bool) []Grant {
+	var out []Grant
+	for i, r := range p.rules {
+		if !applies(r) {
+			continue
+		}
+		for _, prof := range profiles {
+			if slices.ContainsFunc(r.Profiles, func(p string) bool { return p == "*" || p == prof }) {
+				out = append(out, Grant{Rule: i, Profile: prof})
+			}
+		}
+	}
+	return out
+}
+
+// Rules returns a copy of the rule set, in order.
+func (p *Policy) Rules() []Rule {
+	out := make([]Rule, len(p.rules))
+	for i, r := range p.rules {
+		out[i] = Rule{ID: r.ID, Profiles: slices.Clone(r.Profiles), Clusters: slices.Clone(r.Clusters)}
+	}
+	return out
+}
+
 func clusterAllowed(patterns []string, cluster string) bool {
 	if len(patterns) == 0 {
 		return true

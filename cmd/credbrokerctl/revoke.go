@@ -353,7 +353,7 @@ func newQuotaShowCmd(a *app) *cobra.Command {
 			if a.jsonOutput() {
 				return a.writeProto(resp)
 			}
-			return a.printUsage(resp.GetUsage())
+			return a.printUsage(resp.GetUsage(), resp.GetLimits()...)
 		},
 	}
 	q.add(cmd)
@@ -392,12 +392,26 @@ func newQuotaResetCmd(a *app) *cobra.Command {
 	return cmd
 }
 
-func (a *app) printUsage(u *credbrokerv1.QuotaUsage) error {
+// printUsage prints a quota key's window, one row per limit that applies to
+// it (the broker's policy rules and profiles may set several), or one row
+// without limits (a reset's forgotten window).
+func (a *app) printUsage(u *credbrokerv1.QuotaUsage, limits ...*credbrokerv1.QuotaLimit) error {
 	key := "identity " + u.GetSpiffeId()
 	if u.GetCluster() != "" {
 		key = "cluster " + u.GetCluster()
 	}
-	t := newTable(a.stdout, "QUOTA", "USED", "WINDOW START", "RESETS AT")
-	t.row(key, fmt.Sprint(u.GetUsed()), formatTime(u.GetWindowStart()), formatTime(u.GetResetAt()))
+	if len(limits) == 0 {
+		t := newTable(a.stdout, "QUOTA", "USED", "WINDOW START", "RESETS AT")
+		t.row(key, fmt.Sprint(u.GetUsed()), formatTime(u.GetWindowStart()), formatTime(u.GetResetAt()))
+		return t.flush()
+	}
+	t := newTable(a.stdout, "QUOTA", "USED", "LIMIT", "LEFT", "WINDOW START", "RESETS AT", "APPLIES TO")
+	for _, l := range limits {
+		limit, left := "unlimited", "-"
+		if l.GetMax() > 0 {
+			limit, left = fmt.Sprintf("%d per %s", l.GetMax(), l.GetWindow().AsDuration()), fmt.Sprint(l.GetRemaining())
+		}
+		t.row(key, fmt.Sprint(u.GetUsed()), limit, left, formatTime(u.GetWindowStart()), formatTime(u.GetResetAt()), strings.Join(l.GetAppliesTo(), ", "))
+	}
 	return t.flush()
 }

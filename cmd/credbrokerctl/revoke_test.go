@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"path/filepath"
 	"strings"
@@ -418,10 +419,24 @@ func TestQuotaShowAndResetAtTheRealBroker(t *testing.T) {
 			Used     int    `json:"used"`
 			ResetAt  string `json:"reset_at"`
 		} `json:"usage"`
+		Limits []struct {
+			Max       int      `json:"max"`
+			Remaining int      `json:"remaining"`
+			AppliesTo []string `json:"applies_to"`
+		} `json:"limits"`
 	}
 	u := ctlJSON[usage](t, b.socket, "quota", "show", "--identity", devController)
 	if u.Usage.Used != 3 || u.Usage.SpiffeID != devController || u.Usage.ResetAt == "" {
 		t.Fatalf("quota show --identity: %+v", u)
+	}
+	// The limit the broker applies to the dev controller's dev-token.
+	if len(u.Limits) != 1 || u.Limits[0].Max <= 3 || u.Limits[0].Remaining != u.Limits[0].Max-3 || len(u.Limits[0].AppliesTo) != 1 ||
+		!strings.HasPrefix(u.Limits[0].AppliesTo[0], "profile dev-token (rule ") {
+		t.Fatalf("quota show --identity limits: %+v", u.Limits)
+	}
+	if r := ctl(t, b.socket, "quota", "show", "--identity", devController); !strings.Contains(r.stdout, "LIMIT") ||
+		!strings.Contains(r.stdout, fmt.Sprintf("%d per ", u.Limits[0].Max)) || !strings.Contains(r.stdout, "profile dev-token") {
+		t.Errorf("quota show does not print the limit:\n%s", r.stdout)
 	}
 	if c := ctlJSON[usage](t, b.socket, "quota", "show", "--cluster", "capi-a/c1"); c.Usage.Used != 3 || c.Usage.Cluster != "capi-a/c1" {
 		t.Fatalf("quota show --cluster: %+v", c)

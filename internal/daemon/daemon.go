@@ -199,7 +199,7 @@ func Run(ctx context.Context, opts Options) error {
 		nodeService, nodeAdmin = nodeAuth, nodeAuth
 		gateOpts = append(gateOpts, broker.WithEvictionCheck(nodeAuth.Evicted))
 	}
-	admin := broker.NewAdmin(auditLog, nodeAdmin, broker.WithRevocations(revocations, st))
+	admin := broker.NewAdmin(auditLog, nodeAdmin, broker.WithRevocations(revocations, st), broker.WithDecisions(svc))
 	gate := broker.NewGate(trust.authenticators(cfg), cfg.Admin.SPIFFEIDs, auditLog, metrics, log, gateOpts...)
 	grpcServer := broker.NewGRPCServer(trust.serverTLS(), gate, svc, nodeService, admin)
 	adminServer := broker.NewAdminSocketServer(adminUIDs(cfg), admin, log, metrics, rateLimits)

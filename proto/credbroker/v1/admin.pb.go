@@ -2842,8 +2842,12 @@ func (*GetQuotaRequest_Cluster) isGetQuotaRequest_Key() {}
 
 // GetQuotaResponse carries the key's usage.
 type GetQuotaResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Usage         *QuotaUsage            `protobuf:"bytes,1,opt,name=usage,proto3" json:"usage,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Usage *QuotaUsage            `protobuf:"bytes,1,opt,name=usage,proto3" json:"usage,omitempty"`
+	// The quotas the broker would apply to the key, one per distinct limit,
+	// each with the requests it governs (policy rule and profile limits over
+	// the defaults). Several when rules or profiles set their own.
+	Limits        []*QuotaLimit `protobuf:"bytes,2,rep,name=limits,proto3" json:"limits,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2885,6 +2889,88 @@ func (x *GetQuotaResponse) GetUsage() *QuotaUsage {
 	return nil
 }
 
+func (x *GetQuotaResponse) GetLimits() []*QuotaLimit {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+// QuotaLimit is one quota that applies to a key, and where.
+type QuotaLimit struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Issuances allowed per window; 0 means unlimited.
+	Max int32 `protobuf:"varint,1,opt,name=max,proto3" json:"max,omitempty"`
+	// Window length; absent when unlimited.
+	Window *durationpb.Duration `protobuf:"bytes,2,opt,name=window,proto3" json:"window,omitempty"`
+	// Issuances left in the current window under this limit (max when there
+	// is no current window); 0 when unlimited.
+	Remaining int32 `protobuf:"varint,3,opt,name=remaining,proto3" json:"remaining,omitempty"`
+	// The requests this limit governs, e.g. "profile capa-token (rule 0)",
+	// or "defaults" when no policy rule grants the key anything.
+	AppliesTo     []string `protobuf:"bytes,4,rep,name=applies_to,json=appliesTo,proto3" json:"applies_to,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QuotaLimit) Reset() {
+	*x = QuotaLimit{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QuotaLimit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QuotaLimit) ProtoMessage() {}
+
+func (x *QuotaLimit) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QuotaLimit.ProtoReflect.Descriptor instead.
+func (*QuotaLimit) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *QuotaLimit) GetMax() int32 {
+	if x != nil {
+		return x.Max
+	}
+	return 0
+}
+
+func (x *QuotaLimit) GetWindow() *durationpb.Duration {
+	if x != nil {
+		return x.Window
+	}
+	return nil
+}
+
+func (x *QuotaLimit) GetRemaining() int32 {
+	if x != nil {
+		return x.Remaining
+	}
+	return 0
+}
+
+func (x *QuotaLimit) GetAppliesTo() []string {
+	if x != nil {
+		return x.AppliesTo
+	}
+	return nil
+}
+
 // ResetQuotaRequest names a quota key.
 type ResetQuotaRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2899,7 +2985,7 @@ type ResetQuotaRequest struct {
 
 func (x *ResetQuotaRequest) Reset() {
 	*x = ResetQuotaRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[36]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2911,7 +2997,7 @@ func (x *ResetQuotaRequest) String() string {
 func (*ResetQuotaRequest) ProtoMessage() {}
 
 func (x *ResetQuotaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[36]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2924,7 +3010,7 @@ func (x *ResetQuotaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetQuotaRequest.ProtoReflect.Descriptor instead.
 func (*ResetQuotaRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{36}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ResetQuotaRequest) GetKey() isResetQuotaRequest_Key {
@@ -2979,7 +3065,7 @@ type ResetQuotaResponse struct {
 
 func (x *ResetQuotaResponse) Reset() {
 	*x = ResetQuotaResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[37]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2991,7 +3077,7 @@ func (x *ResetQuotaResponse) String() string {
 func (*ResetQuotaResponse) ProtoMessage() {}
 
 func (x *ResetQuotaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[37]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3004,7 +3090,7 @@ func (x *ResetQuotaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetQuotaResponse.ProtoReflect.Descriptor instead.
 func (*ResetQuotaResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{37}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ResetQuotaResponse) GetForgotten() *QuotaUsage {
@@ -3222,9 +3308,17 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x0fGetQuotaRequest\x12\x1d\n" +
 	"\tspiffe_id\x18\x01 \x01(\tH\x00R\bspiffeId\x12\x1a\n" +
 	"\acluster\x18\x02 \x01(\tH\x00R\aclusterB\x05\n" +
-	"\x03key\"C\n" +
+	"\x03key\"v\n" +
 	"\x10GetQuotaResponse\x12/\n" +
-	"\x05usage\x18\x01 \x01(\v2\x19.credbroker.v1.QuotaUsageR\x05usage\"U\n" +
+	"\x05usage\x18\x01 \x01(\v2\x19.credbroker.v1.QuotaUsageR\x05usage\x121\n" +
+	"\x06limits\x18\x02 \x03(\v2\x19.credbroker.v1.QuotaLimitR\x06limits\"\x8e\x01\n" +
+	"\n" +
+	"QuotaLimit\x12\x10\n" +
+	"\x03max\x18\x01 \x01(\x05R\x03max\x121\n" +
+	"\x06window\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06window\x12\x1c\n" +
+	"\tremaining\x18\x03 \x01(\x05R\tremaining\x12\x1d\n" +
+	"\n" +
+	"applies_to\x18\x04 \x03(\tR\tappliesTo\"U\n" +
 	"\x11ResetQuotaRequest\x12\x1d\n" +
 	"\tspiffe_id\x18\x01 \x01(\tH\x00R\bspiffeId\x12\x1a\n" +
 	"\acluster\x18\x02 \x01(\tH\x00R\aclusterB\x05\n" +
@@ -3284,7 +3378,7 @@ func file_credbroker_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_credbroker_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_credbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_credbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_credbroker_v1_admin_proto_goTypes = []any{
 	(Decision)(0),                   // 0: credbroker.v1.Decision
 	(AttestationMethod)(0),          // 1: credbroker.v1.AttestationMethod
@@ -3325,21 +3419,22 @@ var file_credbroker_v1_admin_proto_goTypes = []any{
 	(*QuotaUsage)(nil),              // 36: credbroker.v1.QuotaUsage
 	(*GetQuotaRequest)(nil),         // 37: credbroker.v1.GetQuotaRequest
 	(*GetQuotaResponse)(nil),        // 38: credbroker.v1.GetQuotaResponse
-	(*ResetQuotaRequest)(nil),       // 39: credbroker.v1.ResetQuotaRequest
-	(*ResetQuotaResponse)(nil),      // 40: credbroker.v1.ResetQuotaResponse
-	(*timestamppb.Timestamp)(nil),   // 41: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 42: google.protobuf.Duration
+	(*QuotaLimit)(nil),              // 39: credbroker.v1.QuotaLimit
+	(*ResetQuotaRequest)(nil),       // 40: credbroker.v1.ResetQuotaRequest
+	(*ResetQuotaResponse)(nil),      // 41: credbroker.v1.ResetQuotaResponse
+	(*timestamppb.Timestamp)(nil),   // 42: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 43: google.protobuf.Duration
 }
 var file_credbroker_v1_admin_proto_depIdxs = []int32{
-	41, // 0: credbroker.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	42, // 0: credbroker.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
 	1,  // 1: credbroker.v1.AuditRecord.attestation:type_name -> credbroker.v1.AttestationMethod
 	0,  // 2: credbroker.v1.AuditRecord.decision:type_name -> credbroker.v1.Decision
-	42, // 3: credbroker.v1.AuditRecord.ttl:type_name -> google.protobuf.Duration
-	41, // 4: credbroker.v1.AuditRecord.expires_at:type_name -> google.protobuf.Timestamp
-	41, // 5: credbroker.v1.Issuance.issued_at:type_name -> google.protobuf.Timestamp
-	41, // 6: credbroker.v1.Issuance.expires_at:type_name -> google.protobuf.Timestamp
+	43, // 3: credbroker.v1.AuditRecord.ttl:type_name -> google.protobuf.Duration
+	42, // 4: credbroker.v1.AuditRecord.expires_at:type_name -> google.protobuf.Timestamp
+	42, // 5: credbroker.v1.Issuance.issued_at:type_name -> google.protobuf.Timestamp
+	42, // 6: credbroker.v1.Issuance.expires_at:type_name -> google.protobuf.Timestamp
 	1,  // 7: credbroker.v1.Issuance.attestation:type_name -> credbroker.v1.AttestationMethod
-	41, // 8: credbroker.v1.ListIssuancesRequest.since:type_name -> google.protobuf.Timestamp
+	42, // 8: credbroker.v1.ListIssuancesRequest.since:type_name -> google.protobuf.Timestamp
 	4,  // 9: credbroker.v1.ListIssuancesResponse.issuances:type_name -> credbroker.v1.Issuance
 	4,  // 10: credbroker.v1.GetIssuanceResponse.issuance:type_name -> credbroker.v1.Issuance
 	3,  // 11: credbroker.v1.GetIssuanceResponse.records:type_name -> credbroker.v1.AuditRecord
@@ -3347,21 +3442,21 @@ var file_credbroker_v1_admin_proto_depIdxs = []int32{
 	11, // 13: credbroker.v1.VerifyAuditResponse.result:type_name -> credbroker.v1.VerifyAuditResult
 	12, // 14: credbroker.v1.VerifyAuditResult.first_break:type_name -> credbroker.v1.ChainBreak
 	3,  // 15: credbroker.v1.ExportAuditResponse.record:type_name -> credbroker.v1.AuditRecord
-	42, // 16: credbroker.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
-	41, // 17: credbroker.v1.CreateJoinTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	43, // 16: credbroker.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
+	42, // 17: credbroker.v1.CreateJoinTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
 	1,  // 18: credbroker.v1.Node.attestation:type_name -> credbroker.v1.AttestationMethod
-	41, // 19: credbroker.v1.Node.attested_at:type_name -> google.protobuf.Timestamp
-	41, // 20: credbroker.v1.Node.renewed_at:type_name -> google.protobuf.Timestamp
-	41, // 21: credbroker.v1.Node.expires_at:type_name -> google.protobuf.Timestamp
-	41, // 22: credbroker.v1.Node.evicted_at:type_name -> google.protobuf.Timestamp
+	42, // 19: credbroker.v1.Node.attested_at:type_name -> google.protobuf.Timestamp
+	42, // 20: credbroker.v1.Node.renewed_at:type_name -> google.protobuf.Timestamp
+	42, // 21: credbroker.v1.Node.expires_at:type_name -> google.protobuf.Timestamp
+	42, // 22: credbroker.v1.Node.evicted_at:type_name -> google.protobuf.Timestamp
 	18, // 23: credbroker.v1.ListNodesResponse.nodes:type_name -> credbroker.v1.Node
 	18, // 24: credbroker.v1.EvictNodeResponse.node:type_name -> credbroker.v1.Node
 	4,  // 25: credbroker.v1.EvictNodeResponse.issuances:type_name -> credbroker.v1.Issuance
 	2,  // 26: credbroker.v1.Revocation.kind:type_name -> credbroker.v1.RevocationKind
-	41, // 27: credbroker.v1.Revocation.created_at:type_name -> google.protobuf.Timestamp
-	41, // 28: credbroker.v1.Revocation.until:type_name -> google.protobuf.Timestamp
-	41, // 29: credbroker.v1.Revocation.covered_until:type_name -> google.protobuf.Timestamp
-	41, // 30: credbroker.v1.RevokeRequest.until:type_name -> google.protobuf.Timestamp
+	42, // 27: credbroker.v1.Revocation.created_at:type_name -> google.protobuf.Timestamp
+	42, // 28: credbroker.v1.Revocation.until:type_name -> google.protobuf.Timestamp
+	42, // 29: credbroker.v1.Revocation.covered_until:type_name -> google.protobuf.Timestamp
+	42, // 30: credbroker.v1.RevokeRequest.until:type_name -> google.protobuf.Timestamp
 	23, // 31: credbroker.v1.RevokeResponse.revocation:type_name -> credbroker.v1.Revocation
 	26, // 32: credbroker.v1.RevokeResponse.upstream:type_name -> credbroker.v1.UpstreamRevocation
 	23, // 33: credbroker.v1.ListRevocationsResponse.revocations:type_name -> credbroker.v1.Revocation
@@ -3371,43 +3466,45 @@ var file_credbroker_v1_admin_proto_depIdxs = []int32{
 	23, // 37: credbroker.v1.DeleteClusterResponse.revocation:type_name -> credbroker.v1.Revocation
 	18, // 38: credbroker.v1.DeleteClusterResponse.evicted_nodes:type_name -> credbroker.v1.Node
 	26, // 39: credbroker.v1.DeleteClusterResponse.upstream:type_name -> credbroker.v1.UpstreamRevocation
-	41, // 40: credbroker.v1.QuotaUsage.window_start:type_name -> google.protobuf.Timestamp
-	41, // 41: credbroker.v1.QuotaUsage.reset_at:type_name -> google.protobuf.Timestamp
+	42, // 40: credbroker.v1.QuotaUsage.window_start:type_name -> google.protobuf.Timestamp
+	42, // 41: credbroker.v1.QuotaUsage.reset_at:type_name -> google.protobuf.Timestamp
 	36, // 42: credbroker.v1.GetQuotaResponse.usage:type_name -> credbroker.v1.QuotaUsage
-	36, // 43: credbroker.v1.ResetQuotaResponse.forgotten:type_name -> credbroker.v1.QuotaUsage
-	5,  // 44: credbroker.v1.AdminService.ListIssuances:input_type -> credbroker.v1.ListIssuancesRequest
-	7,  // 45: credbroker.v1.AdminService.GetIssuance:input_type -> credbroker.v1.GetIssuanceRequest
-	9,  // 46: credbroker.v1.AdminService.VerifyAudit:input_type -> credbroker.v1.VerifyAuditRequest
-	14, // 47: credbroker.v1.AdminService.ExportAudit:input_type -> credbroker.v1.ExportAuditRequest
-	16, // 48: credbroker.v1.AdminService.CreateJoinToken:input_type -> credbroker.v1.CreateJoinTokenRequest
-	19, // 49: credbroker.v1.AdminService.ListNodes:input_type -> credbroker.v1.ListNodesRequest
-	21, // 50: credbroker.v1.AdminService.EvictNode:input_type -> credbroker.v1.EvictNodeRequest
-	24, // 51: credbroker.v1.AdminService.Revoke:input_type -> credbroker.v1.RevokeRequest
-	27, // 52: credbroker.v1.AdminService.ListRevocations:input_type -> credbroker.v1.ListRevocationsRequest
-	29, // 53: credbroker.v1.AdminService.LiftRevocation:input_type -> credbroker.v1.LiftRevocationRequest
-	32, // 54: credbroker.v1.AdminService.ListClusters:input_type -> credbroker.v1.ListClustersRequest
-	34, // 55: credbroker.v1.AdminService.DeleteCluster:input_type -> credbroker.v1.DeleteClusterRequest
-	37, // 56: credbroker.v1.AdminService.GetQuota:input_type -> credbroker.v1.GetQuotaRequest
-	39, // 57: credbroker.v1.AdminService.ResetQuota:input_type -> credbroker.v1.ResetQuotaRequest
-	6,  // 58: credbroker.v1.AdminService.ListIssuances:output_type -> credbroker.v1.ListIssuancesResponse
-	8,  // 59: credbroker.v1.AdminService.GetIssuance:output_type -> credbroker.v1.GetIssuanceResponse
-	10, // 60: credbroker.v1.AdminService.VerifyAudit:output_type -> credbroker.v1.VerifyAuditResponse
-	15, // 61: credbroker.v1.AdminService.ExportAudit:output_type -> credbroker.v1.ExportAuditResponse
-	17, // 62: credbroker.v1.AdminService.CreateJoinToken:output_type -> credbroker.v1.CreateJoinTokenResponse
-	20, // 63: credbroker.v1.AdminService.ListNodes:output_type -> credbroker.v1.ListNodesResponse
-	22, // 64: credbroker.v1.AdminService.EvictNode:output_type -> credbroker.v1.EvictNodeResponse
-	25, // 65: credbroker.v1.AdminService.Revoke:output_type -> credbroker.v1.RevokeResponse
-	28, // 66: credbroker.v1.AdminService.ListRevocations:output_type -> credbroker.v1.ListRevocationsResponse
-	30, // 67: credbroker.v1.AdminService.LiftRevocation:output_type -> credbroker.v1.LiftRevocationResponse
-	33, // 68: credbroker.v1.AdminService.ListClusters:output_type -> credbroker.v1.ListClustersResponse
-	35, // 69: credbroker.v1.AdminService.DeleteCluster:output_type -> credbroker.v1.DeleteClusterResponse
-	38, // 70: credbroker.v1.AdminService.GetQuota:output_type -> credbroker.v1.GetQuotaResponse
-	40, // 71: credbroker.v1.AdminService.ResetQuota:output_type -> credbroker.v1.ResetQuotaResponse
-	58, // [58:72] is the sub-list for method output_type
-	44, // [44:58] is the sub-list for method input_type
-	44, // [44:44] is the sub-list for extension type_name
-	44, // [44:44] is the sub-list for extension extendee
-	0,  // [0:44] is the sub-list for field type_name
+	39, // 43: credbroker.v1.GetQuotaResponse.limits:type_name -> credbroker.v1.QuotaLimit
+	43, // 44: credbroker.v1.QuotaLimit.window:type_name -> google.protobuf.Duration
+	36, // 45: credbroker.v1.ResetQuotaResponse.forgotten:type_name -> credbroker.v1.QuotaUsage
+	5,  // 46: credbroker.v1.AdminService.ListIssuances:input_type -> credbroker.v1.ListIssuancesRequest
+	7,  // 47: credbroker.v1.AdminService.GetIssuance:input_type -> credbroker.v1.GetIssuanceRequest
+	9,  // 48: credbroker.v1.AdminService.VerifyAudit:input_type -> credbroker.v1.VerifyAuditRequest
+	14, // 49: credbroker.v1.AdminService.ExportAudit:input_type -> credbroker.v1.ExportAuditRequest
+	16, // 50: credbroker.v1.AdminService.CreateJoinToken:input_type -> credbroker.v1.CreateJoinTokenRequest
+	19, // 51: credbroker.v1.AdminService.ListNodes:input_type -> credbroker.v1.ListNodesRequest
+	21, // 52: credbroker.v1.AdminService.EvictNode:input_type -> credbroker.v1.EvictNodeRequest
+	24, // 53: credbroker.v1.AdminService.Revoke:input_type -> credbroker.v1.RevokeRequest
+	27, // 54: credbroker.v1.AdminService.ListRevocations:input_type -> credbroker.v1.ListRevocationsRequest
+	29, // 55: credbroker.v1.AdminService.LiftRevocation:input_type -> credbroker.v1.LiftRevocationRequest
+	32, // 56: credbroker.v1.AdminService.ListClusters:input_type -> credbroker.v1.ListClustersRequest
+	34, // 57: credbroker.v1.AdminService.DeleteCluster:input_type -> credbroker.v1.DeleteClusterRequest
+	37, // 58: credbroker.v1.AdminService.GetQuota:input_type -> credbroker.v1.GetQuotaRequest
+	40, // 59: credbroker.v1.AdminService.ResetQuota:input_type -> credbroker.v1.ResetQuotaRequest
+	6,  // 60: credbroker.v1.AdminService.ListIssuances:output_type -> credbroker.v1.ListIssuancesResponse
+	8,  // 61: credbroker.v1.AdminService.GetIssuance:output_type -> credbroker.v1.GetIssuanceResponse
+	10, // 62: credbroker.v1.AdminService.VerifyAudit:output_type -> credbroker.v1.VerifyAuditResponse
+	15, // 63: credbroker.v1.AdminService.ExportAudit:output_type -> credbroker.v1.ExportAuditResponse
+	17, // 64: credbroker.v1.AdminService.CreateJoinToken:output_type -> credbroker.v1.CreateJoinTokenResponse
+	20, // 65: credbroker.v1.AdminService.ListNodes:output_type -> credbroker.v1.ListNodesResponse
+	22, // 66: credbroker.v1.AdminService.EvictNode:output_type -> credbroker.v1.EvictNodeResponse
+	25, // 67: credbroker.v1.AdminService.Revoke:output_type -> credbroker.v1.RevokeResponse
+	28, // 68: credbroker.v1.AdminService.ListRevocations:output_type -> credbroker.v1.ListRevocationsResponse
+	30, // 69: credbroker.v1.AdminService.LiftRevocation:output_type -> credbroker.v1.LiftRevocationResponse
+	33, // 70: credbroker.v1.AdminService.ListClusters:output_type -> credbroker.v1.ListClustersResponse
+	35, // 71: credbroker.v1.AdminService.DeleteCluster:output_type -> credbroker.v1.DeleteClusterResponse
+	38, // 72: credbroker.v1.AdminService.GetQuota:output_type -> credbroker.v1.GetQuotaResponse
+	41, // 73: credbroker.v1.AdminService.ResetQuota:output_type -> credbroker.v1.ResetQuotaResponse
+	60, // [60:74] is the sub-list for method output_type
+	46, // [46:60] is the sub-list for method input_type
+	46, // [46:46] is the sub-list for extension type_name
+	46, // [46:46] is the sub-list for extension extendee
+	0,  // [0:46] is the sub-list for field type_name
 }
 
 func init() { file_credbroker_v1_admin_proto_init() }
@@ -3436,7 +3533,7 @@ func file_credbroker_v1_admin_proto_init() {
 		(*GetQuotaRequest_SpiffeId)(nil),
 		(*GetQuotaRequest_Cluster)(nil),
 	}
-	file_credbroker_v1_admin_proto_msgTypes[36].OneofWrappers = []any{
+	file_credbroker_v1_admin_proto_msgTypes[37].OneofWrappers = []any{
 		(*ResetQuotaRequest_SpiffeId)(nil),
 		(*ResetQuotaRequest_Cluster)(nil),
 	}
@@ -3446,7 +3543,7 @@ func file_credbroker_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_credbroker_v1_admin_proto_rawDesc), len(file_credbroker_v1_admin_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   38,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
