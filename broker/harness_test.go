@@ -143,6 +143,9 @@ type harnessConfig struct {
 	// upstreamRevokers are the issuers, by name, whose credentials a
 	// revocation also revokes upstream.
 	upstreamRevokers map[string]issuers.UpstreamRevoker
+	// watch configures revocation watches (default: 2 per identity, 100
+	// in total, the default heartbeat).
+	watch broker.WatchConfig
 }
 
 // harness is a real broker: real TLS on loopback, real bbolt on a temp file,
@@ -167,6 +170,7 @@ type harness struct {
 	// reg holds the broker's metrics.
 	reg      *prometheus.Registry
 	refusals *broker.Refusals
+	watches  *broker.Watches
 }
 
 func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
@@ -181,6 +185,7 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 		uids:     []uint32{uint32(os.Getuid())},
 		requests: broker.DefaultRequestLimits(),
 		refusals: broker.DefaultRefusalLimits(),
+		watch:    broker.WatchConfig{PerIdentity: 2, Total: 100},
 	}
 	for _, m := range mutate {
 		m(&hc)
@@ -241,6 +246,11 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
+	hc.watch.Clock = h.clock.Now
+	if h.watches, err = broker.NewWatches(index, h.audit, hc.watch); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.watches.Stop)
 	profile := func(name, mode string) broker.Profile {
 		return broker.Profile{Name: name, IssuerName: "local", Issuer: h.issuer, DefaultTTL: 5 * time.Minute, MaxTTL: 15 * time.Minute, Audiences: []string{name, "sts.amazonaws.com"}, ClusterMode: mode}
 	}
@@ -254,6 +264,7 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 		},
 		Policy: pol, Limiter: limiter, Ledger: ledger, Audit: h.audit, Clock: h.clock.Now, NewID: newID, Log: log, Metrics: metrics, Refusals: h.refusals,
 		Revocations: index,
+		Watches:     h.watches,
 	})
 	if err != nil {
 		t.Fatal(err)

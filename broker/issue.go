@@ -72,6 +72,7 @@ type Service struct {
 	metrics  *Metrics
 	refusals *Refusals
 	revoked  RevocationChecker
+	watches  *Watches
 }
 
 // ServiceDeps are what a Service is built from.
@@ -95,6 +96,9 @@ type ServiceDeps struct {
 	// its credential is handed out (state.RevocationIndex). Nil: nothing is
 	// ever revoked (tests of other parts).
 	Revocations RevocationChecker
+	// Watches serves WatchRevocations. Nil: the method answers
+	// MISCONFIGURED.
+	Watches *Watches
 }
 
 // NewService returns a Service. Every dependency but Clock is
@@ -110,7 +114,7 @@ func NewService(d ServiceDeps) (*Service, error) {
 		d.Refusals = mustDefaultRefusals(d.Audit, d.Metrics, d.Clock)
 	}
 	return &Service{profiles: d.Profiles, policy: d.Policy, limiter: d.Limiter, ledger: d.Ledger, audit: d.Audit, now: d.Clock,
-		newID: d.NewID, log: d.Log, metrics: d.Metrics, refusals: d.Refusals, revoked: d.Revocations}, nil
+		newID: d.NewID, log: d.Log, metrics: d.Metrics, refusals: d.Refusals, revoked: d.Revocations, watches: d.Watches}, nil
 }
 
 // Request field bounds. Kubernetes names are at most 253 characters.

@@ -32,6 +32,9 @@ const (
 	// limitUnauthenticated governs calls whose identity did not verify, per
 	// source address and in total, whatever the method.
 	limitUnauthenticated
+	// limitWatch: starts of revocation watches per caller identity (how
+	// many may stay open is the Watches' own cap).
+	limitWatch
 )
 
 func (l limiter) String() string {
@@ -46,6 +49,8 @@ func (l limiter) String() string {
 		return "attest"
 	case limitUnauthenticated:
 		return "unauthenticated"
+	case limitWatch:
+		return "watch"
 	case limitUndeclared:
 		return "undeclared"
 	}
@@ -67,6 +72,8 @@ type RequestLimits struct {
 	// Unauthenticated and UnauthenticatedTotal bound calls that fail
 	// authentication, per source address and in total.
 	Unauthenticated, UnauthenticatedTotal limits.Spec
+	// Watch bounds WatchRevocations starts per caller identity.
+	Watch limits.Spec
 }
 
 // DefaultRequestLimits are the limits used when none are configured (the
@@ -84,6 +91,7 @@ func RequestLimitsFrom(r config.Requests) RequestLimits {
 		Issue: specOf(r.Issue), Renew: specOf(r.Renew), Admin: specOf(r.Admin),
 		Attest: r.Attest.PerKey(), AttestTotal: r.Attest.Total(),
 		Unauthenticated: r.Unauthenticated.PerKey(), UnauthenticatedTotal: r.Unauthenticated.Total(),
+		Watch: specOf(r.Watch),
 	}
 }
 
@@ -114,6 +122,7 @@ func NewRateLimits(l RequestLimits, now func() time.Time) (*RateLimits, error) {
 		{limitAdmin, l.Admin, nil},
 		{limitAttest, l.Attest, &l.AttestTotal},
 		{limitUnauthenticated, l.Unauthenticated, &l.UnauthenticatedTotal},
+		{limitWatch, l.Watch, nil},
 	} {
 		buckets, err := limits.NewBuckets(b.spec, b.total, 0)
 		if err != nil {

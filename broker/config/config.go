@@ -294,6 +294,8 @@ type Limits struct {
 	Requests Requests `yaml:"requests"`
 	// RefusalRecords bound how many refusals are written to the audit log.
 	RefusalRecords RefusalRecords `yaml:"refusal_records"`
+	// WatchStreams bound the revocation watches open at once.
+	WatchStreams WatchStreams `yaml:"watch_streams"`
 }
 
 // Bucket is a token bucket per key: Rate per second, Burst saved up. Zero
@@ -325,6 +327,41 @@ type Requests struct {
 	// Unauthenticated bounds calls whose identity does not verify, per
 	// source address and in total.
 	Unauthenticated SharedBucket `yaml:"unauthenticated"`
+	// Watch bounds the starts of WatchRevocations streams per caller
+	// identity (a sidecar restarts its watch when a credential is renewed).
+	Watch Bucket `yaml:"watch"`
+}
+
+// WatchStreams bound the WatchRevocations streams open at once: each holds
+// a goroutine and a subscription until it ends.
+type WatchStreams struct {
+	// PerIdentity is the most one caller identity may hold open.
+	PerIdentity int `yaml:"per_identity"`
+	// Total is the most open over all identities.
+	Total int `yaml:"total"`
+}
+
+// Default stream caps; README's configuration reference lists them.
+const (
+	DefaultWatchStreamsPerIdentity = 2
+	DefaultWatchStreamsTotal       = 2000
+)
+
+// ApplyDefaults fills in the default of every zero field.
+func (w *WatchStreams) ApplyDefaults() {
+	if w.PerIdentity == 0 {
+		w.PerIdentity = DefaultWatchStreamsPerIdentity
+	}
+	if w.Total == 0 {
+		w.Total = DefaultWatchStreamsTotal
+	}
+}
+
+func (w WatchStreams) validate() error {
+	if w.PerIdentity < 1 || w.Total < w.PerIdentity {
+		return fmt.Errorf("config: limits.watch_streams: per_identity must be at least 1 and total at least per_identity (got %d, %d)", w.PerIdentity, w.Total)
+	}
+	return nil
 }
 
 // RefusalRecords bound the audit records of refusals; what is left out is
@@ -341,6 +378,7 @@ var (
 	DefaultIssueRequests           = Bucket{Rate: 100, Burst: 500}
 	DefaultRenewRequests           = Bucket{Rate: 0.1, Burst: 5}
 	DefaultAdminRequests           = Bucket{Rate: 20, Burst: 100}
+	DefaultWatchRequests           = Bucket{Rate: 1, Burst: 20}
 	DefaultAttestRequests          = SharedBucket{Rate: 5, Burst: 20, TotalRate: 50, TotalBurst: 200}
 	DefaultUnauthenticatedRequests = SharedBucket{Rate: 10, Burst: 100, TotalRate: 100, TotalBurst: 500}
 	DefaultIdentityRefusalRecords  = SharedBucket{Rate: 1, Burst: 20, TotalRate: 20, TotalBurst: 100}
@@ -392,6 +430,7 @@ func (r *Requests) ApplyDefaults() {
 	r.Admin.applyDefaults(DefaultAdminRequests)
 	r.Attest.applyDefaults(DefaultAttestRequests)
 	r.Unauthenticated.applyDefaults(DefaultUnauthenticatedRequests)
+	r.Watch.applyDefaults(DefaultWatchRequests)
 }
 
 // ApplyDefaults fills in the default of every zero field.
@@ -408,6 +447,8 @@ func (l Limits) validateBuckets() []error {
 		r.Admin.validate("limits.requests.admin"),
 		r.Attest.validate("limits.requests.attest"),
 		r.Unauthenticated.validate("limits.requests.unauthenticated"),
+		r.Watch.validate("limits.requests.watch"),
+		l.WatchStreams.validate(),
 		rr.Identity.validate("limits.refusal_records.identity"),
 		rr.Address.validate("limits.refusal_records.address"),
 	}
@@ -480,6 +521,7 @@ func (c *Config) applyDefaults() {
 	c.Limits.Requests.ApplyDefaults()
 	c.Limits.RefusalRecords.ApplyDefaults()
 	c.Alerts.ApplyDefaults()
+	c.Limits.WatchStreams.ApplyDefaults()
 	if c.TLS.ReloadInterval == 0 {
 		c.TLS.ReloadInterval = 30 * time.Second
 	}

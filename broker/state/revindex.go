@@ -19,6 +19,10 @@ type RevocationIndex struct {
 	byTarget map[revTarget][]string // ids, in creation order
 	hooks    []func(RevocationChange)
 	cancel   func()
+
+	subMu   sync.RWMutex
+	subs    map[int]func(RevocationChange)
+	nextSub int
 }
 
 type revTarget struct {
@@ -87,6 +91,31 @@ func (x *RevocationIndex) apply(c RevocationChange) {
 	for _, h := range x.hooks {
 		h(c)
 	}
+	x.subMu.RLock()
+	defer x.subMu.RUnlock()
+	for _, fn := range x.subs {
+		fn(c)
+	}
+}
+
+// Subscribe adds fn to the index's hooks until cancel is called: it is told
+// of every change applied after Subscribe returns, after the constructor's
+// hooks, under the same rules (quick, no calls back into the store or the
+// index's Subscribe).
+func (x *RevocationIndex) Subscribe(fn func(RevocationChange)) (cancel func()) {
+	x.subMu.Lock()
+	defer x.subMu.Unlock()
+	if x.subs == nil {
+		x.subs = map[int]func(RevocationChange){}
+	}
+	id := x.nextSub
+	x.nextSub++
+	x.subs[id] = fn
+	return func() {
+		x.subMu.Lock()
+		defer x.subMu.Unlock()
+		delete(x.subs, id)
+	}
 }
 
 // add and remove are called with mu held.
@@ -135,6 +164,21 @@ func (x *RevocationIndex) Covering(now time.Time, issuanceID, identity, cluster 
 		}
 	}
 	return Revocation{}, false
+}
+
+// Select returns the revocations active at now for which keep is true, in
+// no particular order. keep runs under the index's read lock: it must be
+// quick and must not call back into the index.
+func (x *RevocationIndex) Select(now time.Time, keep func(Revocation) bool) []Revocation {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	var out []Revocation
+	for _, r := range x.byID {
+		if r.Active(now) && keep(r) {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // All returns a copy of every revocation the index holds, ended ones

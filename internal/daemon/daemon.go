@@ -169,6 +169,14 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
+	// Sidecars watch the revocations covering what they serve, so that they
+	// stop serving a revoked credential at once.
+	watches, err := broker.NewWatches(revIndex, auditLog, broker.WatchConfig{
+		PerIdentity: cfg.Limits.WatchStreams.PerIdentity, Total: cfg.Limits.WatchStreams.Total})
+	if err != nil {
+		return err
+	}
+	defer watches.Stop()
 	// Before the authenticators are built: it adds the node CA to the trust.
 	nodeAuth, err := buildNodeAuthority(cfg, trust, st, auditLog, refusals, revocations, log)
 	if err != nil {
@@ -186,6 +194,7 @@ func Run(ctx context.Context, opts Options) error {
 		Refusals: refusals,
 
 		Revocations: revIndex,
+		Watches:     watches,
 	})
 	if err != nil {
 		return err
@@ -253,7 +262,8 @@ func Run(ctx context.Context, opts Options) error {
 	g.Go(func() error {
 		<-gctx.Done()
 		log.Info("shutting down", slog.Duration("grace", cfg.ShutdownGrace))
-		admin.Stop() // audit followers would hold a graceful stop open
+		admin.Stop()   // audit followers would hold a graceful stop open
+		watches.Stop() // and so would revocation watches
 		shutdown(grpcServer, cfg.ShutdownGrace)
 		shutdown(adminServer, cfg.ShutdownGrace)
 		sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)

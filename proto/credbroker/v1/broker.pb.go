@@ -23,6 +23,260 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// WatchRevocationsRequest names the credentials the caller holds.
+type WatchRevocationsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Issuance ids of the credentials the caller serves, at most 32; each must
+	// have been issued to the caller. The caller's identity and own cluster
+	// are watched whatever it names; restart the watch when the set changes.
+	IssuanceIds   []string `protobuf:"bytes,1,rep,name=issuance_ids,json=issuanceIds,proto3" json:"issuance_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchRevocationsRequest) Reset() {
+	*x = WatchRevocationsRequest{}
+	mi := &file_credbroker_v1_broker_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchRevocationsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchRevocationsRequest) ProtoMessage() {}
+
+func (x *WatchRevocationsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_broker_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchRevocationsRequest.ProtoReflect.Descriptor instead.
+func (*WatchRevocationsRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_broker_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *WatchRevocationsRequest) GetIssuanceIds() []string {
+	if x != nil {
+		return x.IssuanceIds
+	}
+	return nil
+}
+
+// WatchRevocationsResponse is one event of a revocation watch.
+type WatchRevocationsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Event:
+	//
+	//	*WatchRevocationsResponse_Revoked
+	//	*WatchRevocationsResponse_Lifted
+	//	*WatchRevocationsResponse_Heartbeat
+	Event         isWatchRevocationsResponse_Event `protobuf_oneof:"event"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchRevocationsResponse) Reset() {
+	*x = WatchRevocationsResponse{}
+	mi := &file_credbroker_v1_broker_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchRevocationsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchRevocationsResponse) ProtoMessage() {}
+
+func (x *WatchRevocationsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_broker_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchRevocationsResponse.ProtoReflect.Descriptor instead.
+func (*WatchRevocationsResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_broker_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *WatchRevocationsResponse) GetEvent() isWatchRevocationsResponse_Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *WatchRevocationsResponse) GetRevoked() *RevocationEvent {
+	if x != nil {
+		if x, ok := x.Event.(*WatchRevocationsResponse_Revoked); ok {
+			return x.Revoked
+		}
+	}
+	return nil
+}
+
+func (x *WatchRevocationsResponse) GetLifted() *RevocationEvent {
+	if x != nil {
+		if x, ok := x.Event.(*WatchRevocationsResponse_Lifted); ok {
+			return x.Lifted
+		}
+	}
+	return nil
+}
+
+func (x *WatchRevocationsResponse) GetHeartbeat() *WatchHeartbeat {
+	if x != nil {
+		if x, ok := x.Event.(*WatchRevocationsResponse_Heartbeat); ok {
+			return x.Heartbeat
+		}
+	}
+	return nil
+}
+
+type isWatchRevocationsResponse_Event interface {
+	isWatchRevocationsResponse_Event()
+}
+
+type WatchRevocationsResponse_Revoked struct {
+	// A revocation that covers the caller: stop using what it covers.
+	Revoked *RevocationEvent `protobuf:"bytes,1,opt,name=revoked,proto3,oneof"`
+}
+
+type WatchRevocationsResponse_Lifted struct {
+	// A revocation that covered the caller was lifted or ended: ask for a
+	// new credential (the revoked one stays revoked).
+	Lifted *RevocationEvent `protobuf:"bytes,2,opt,name=lifted,proto3,oneof"`
+}
+
+type WatchRevocationsResponse_Heartbeat struct {
+	// The stream is alive; the first marks the end of the revocations in
+	// force when the watch started.
+	Heartbeat *WatchHeartbeat `protobuf:"bytes,3,opt,name=heartbeat,proto3,oneof"`
+}
+
+func (*WatchRevocationsResponse_Revoked) isWatchRevocationsResponse_Event() {}
+
+func (*WatchRevocationsResponse_Lifted) isWatchRevocationsResponse_Event() {}
+
+func (*WatchRevocationsResponse_Heartbeat) isWatchRevocationsResponse_Event() {}
+
+// RevocationEvent is a revocation as its watcher sees it.
+type RevocationEvent struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Revocation *Revocation            `protobuf:"bytes,1,opt,name=revocation,proto3" json:"revocation,omitempty"`
+	// Of the issuance ids the watch named, those this revocation covers. An
+	// identity revocation covers everything the caller holds, whether listed
+	// or not; a cluster revocation everything scoped to that cluster.
+	IssuanceIds   []string `protobuf:"bytes,2,rep,name=issuance_ids,json=issuanceIds,proto3" json:"issuance_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevocationEvent) Reset() {
+	*x = RevocationEvent{}
+	mi := &file_credbroker_v1_broker_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevocationEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevocationEvent) ProtoMessage() {}
+
+func (x *RevocationEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_broker_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevocationEvent.ProtoReflect.Descriptor instead.
+func (*RevocationEvent) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_broker_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RevocationEvent) GetRevocation() *Revocation {
+	if x != nil {
+		return x.Revocation
+	}
+	return nil
+}
+
+func (x *RevocationEvent) GetIssuanceIds() []string {
+	if x != nil {
+		return x.IssuanceIds
+	}
+	return nil
+}
+
+// WatchHeartbeat says the watch is alive.
+type WatchHeartbeat struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The next heartbeat follows within this interval.
+	Interval      *durationpb.Duration `protobuf:"bytes,1,opt,name=interval,proto3" json:"interval,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchHeartbeat) Reset() {
+	*x = WatchHeartbeat{}
+	mi := &file_credbroker_v1_broker_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchHeartbeat) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchHeartbeat) ProtoMessage() {}
+
+func (x *WatchHeartbeat) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_broker_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchHeartbeat.ProtoReflect.Descriptor instead.
+func (*WatchHeartbeat) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_broker_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *WatchHeartbeat) GetInterval() *durationpb.Duration {
+	if x != nil {
+		return x.Interval
+	}
+	return nil
+}
+
 // IssueCredentialRequest names what the caller wants.
 type IssueCredentialRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -42,7 +296,7 @@ type IssueCredentialRequest struct {
 
 func (x *IssueCredentialRequest) Reset() {
 	*x = IssueCredentialRequest{}
-	mi := &file_credbroker_v1_broker_proto_msgTypes[0]
+	mi := &file_credbroker_v1_broker_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -54,7 +308,7 @@ func (x *IssueCredentialRequest) String() string {
 func (*IssueCredentialRequest) ProtoMessage() {}
 
 func (x *IssueCredentialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_broker_proto_msgTypes[0]
+	mi := &file_credbroker_v1_broker_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -67,7 +321,7 @@ func (x *IssueCredentialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueCredentialRequest.ProtoReflect.Descriptor instead.
 func (*IssueCredentialRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_broker_proto_rawDescGZIP(), []int{0}
+	return file_credbroker_v1_broker_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *IssueCredentialRequest) GetProfile() string {
@@ -108,7 +362,7 @@ type IssueCredentialResponse struct {
 
 func (x *IssueCredentialResponse) Reset() {
 	*x = IssueCredentialResponse{}
-	mi := &file_credbroker_v1_broker_proto_msgTypes[1]
+	mi := &file_credbroker_v1_broker_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -120,7 +374,7 @@ func (x *IssueCredentialResponse) String() string {
 func (*IssueCredentialResponse) ProtoMessage() {}
 
 func (x *IssueCredentialResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_broker_proto_msgTypes[1]
+	mi := &file_credbroker_v1_broker_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -133,7 +387,7 @@ func (x *IssueCredentialResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueCredentialResponse.ProtoReflect.Descriptor instead.
 func (*IssueCredentialResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_broker_proto_rawDescGZIP(), []int{1}
+	return file_credbroker_v1_broker_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *IssueCredentialResponse) GetCredential() *Credential {
@@ -168,7 +422,7 @@ type Credential struct {
 
 func (x *Credential) Reset() {
 	*x = Credential{}
-	mi := &file_credbroker_v1_broker_proto_msgTypes[2]
+	mi := &file_credbroker_v1_broker_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -180,7 +434,7 @@ func (x *Credential) String() string {
 func (*Credential) ProtoMessage() {}
 
 func (x *Credential) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_broker_proto_msgTypes[2]
+	mi := &file_credbroker_v1_broker_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -193,7 +447,7 @@ func (x *Credential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Credential.ProtoReflect.Descriptor instead.
 func (*Credential) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_broker_proto_rawDescGZIP(), []int{2}
+	return file_credbroker_v1_broker_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Credential) GetIssuanceId() string {
@@ -299,7 +553,7 @@ type Secret struct {
 
 func (x *Secret) Reset() {
 	*x = Secret{}
-	mi := &file_credbroker_v1_broker_proto_msgTypes[3]
+	mi := &file_credbroker_v1_broker_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -311,7 +565,7 @@ func (x *Secret) String() string {
 func (*Secret) ProtoMessage() {}
 
 func (x *Secret) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_broker_proto_msgTypes[3]
+	mi := &file_credbroker_v1_broker_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -324,7 +578,7 @@ func (x *Secret) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Secret.ProtoReflect.Descriptor instead.
 func (*Secret) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_broker_proto_rawDescGZIP(), []int{3}
+	return file_credbroker_v1_broker_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Secret) GetJson() string {
@@ -346,7 +600,7 @@ type AWSCredentials struct {
 
 func (x *AWSCredentials) Reset() {
 	*x = AWSCredentials{}
-	mi := &file_credbroker_v1_broker_proto_msgTypes[4]
+	mi := &file_credbroker_v1_broker_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -358,7 +612,7 @@ func (x *AWSCredentials) String() string {
 func (*AWSCredentials) ProtoMessage() {}
 
 func (x *AWSCredentials) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_broker_proto_msgTypes[4]
+	mi := &file_credbroker_v1_broker_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -371,7 +625,7 @@ func (x *AWSCredentials) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AWSCredentials.ProtoReflect.Descriptor instead.
 func (*AWSCredentials) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_broker_proto_rawDescGZIP(), []int{4}
+	return file_credbroker_v1_broker_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *AWSCredentials) GetAccessKeyId() string {
@@ -407,7 +661,7 @@ type Token struct {
 
 func (x *Token) Reset() {
 	*x = Token{}
-	mi := &file_credbroker_v1_broker_proto_msgTypes[5]
+	mi := &file_credbroker_v1_broker_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -419,7 +673,7 @@ func (x *Token) String() string {
 func (*Token) ProtoMessage() {}
 
 func (x *Token) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_broker_proto_msgTypes[5]
+	mi := &file_credbroker_v1_broker_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -432,7 +686,7 @@ func (x *Token) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Token.ProtoReflect.Descriptor instead.
 func (*Token) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_broker_proto_rawDescGZIP(), []int{5}
+	return file_credbroker_v1_broker_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Token) GetToken() string {
@@ -453,7 +707,21 @@ var File_credbroker_v1_broker_proto protoreflect.FileDescriptor
 
 const file_credbroker_v1_broker_proto_rawDesc = "" +
 	"\n" +
-	"\x1acredbroker/v1/broker.proto\x12\rcredbroker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x95\x01\n" +
+	"\x1acredbroker/v1/broker.proto\x12\rcredbroker.v1\x1a\x19credbroker/v1/admin.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"<\n" +
+	"\x17WatchRevocationsRequest\x12!\n" +
+	"\fissuance_ids\x18\x01 \x03(\tR\vissuanceIds\"\xd8\x01\n" +
+	"\x18WatchRevocationsResponse\x12:\n" +
+	"\arevoked\x18\x01 \x01(\v2\x1e.credbroker.v1.RevocationEventH\x00R\arevoked\x128\n" +
+	"\x06lifted\x18\x02 \x01(\v2\x1e.credbroker.v1.RevocationEventH\x00R\x06lifted\x12=\n" +
+	"\theartbeat\x18\x03 \x01(\v2\x1d.credbroker.v1.WatchHeartbeatH\x00R\theartbeatB\a\n" +
+	"\x05event\"o\n" +
+	"\x0fRevocationEvent\x129\n" +
+	"\n" +
+	"revocation\x18\x01 \x01(\v2\x19.credbroker.v1.RevocationR\n" +
+	"revocation\x12!\n" +
+	"\fissuance_ids\x18\x02 \x03(\tR\vissuanceIds\"G\n" +
+	"\x0eWatchHeartbeat\x125\n" +
+	"\binterval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\binterval\"\x95\x01\n" +
 	"\x16IssueCredentialRequest\x12\x18\n" +
 	"\aprofile\x18\x01 \x01(\tR\aprofile\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12+\n" +
@@ -486,9 +754,10 @@ const file_credbroker_v1_broker_proto_rawDesc = "" +
 	"\x05Token\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1d\n" +
 	"\n" +
-	"token_type\x18\x02 \x01(\tR\ttokenType2q\n" +
+	"token_type\x18\x02 \x01(\tR\ttokenType2\xd8\x01\n" +
 	"\rBrokerService\x12`\n" +
-	"\x0fIssueCredential\x12%.credbroker.v1.IssueCredentialRequest\x1a&.credbroker.v1.IssueCredentialResponseBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
+	"\x0fIssueCredential\x12%.credbroker.v1.IssueCredentialRequest\x1a&.credbroker.v1.IssueCredentialResponse\x12e\n" +
+	"\x10WatchRevocations\x12&.credbroker.v1.WatchRevocationsRequest\x1a'.credbroker.v1.WatchRevocationsResponse0\x01BCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
 
 var (
 	file_credbroker_v1_broker_proto_rawDescOnce sync.Once
@@ -502,31 +771,43 @@ func file_credbroker_v1_broker_proto_rawDescGZIP() []byte {
 	return file_credbroker_v1_broker_proto_rawDescData
 }
 
-var file_credbroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_credbroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_credbroker_v1_broker_proto_goTypes = []any{
-	(*IssueCredentialRequest)(nil),  // 0: credbroker.v1.IssueCredentialRequest
-	(*IssueCredentialResponse)(nil), // 1: credbroker.v1.IssueCredentialResponse
-	(*Credential)(nil),              // 2: credbroker.v1.Credential
-	(*Secret)(nil),                  // 3: credbroker.v1.Secret
-	(*AWSCredentials)(nil),          // 4: credbroker.v1.AWSCredentials
-	(*Token)(nil),                   // 5: credbroker.v1.Token
-	(*durationpb.Duration)(nil),     // 6: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),   // 7: google.protobuf.Timestamp
+	(*WatchRevocationsRequest)(nil),  // 0: credbroker.v1.WatchRevocationsRequest
+	(*WatchRevocationsResponse)(nil), // 1: credbroker.v1.WatchRevocationsResponse
+	(*RevocationEvent)(nil),          // 2: credbroker.v1.RevocationEvent
+	(*WatchHeartbeat)(nil),           // 3: credbroker.v1.WatchHeartbeat
+	(*IssueCredentialRequest)(nil),   // 4: credbroker.v1.IssueCredentialRequest
+	(*IssueCredentialResponse)(nil),  // 5: credbroker.v1.IssueCredentialResponse
+	(*Credential)(nil),               // 6: credbroker.v1.Credential
+	(*Secret)(nil),                   // 7: credbroker.v1.Secret
+	(*AWSCredentials)(nil),           // 8: credbroker.v1.AWSCredentials
+	(*Token)(nil),                    // 9: credbroker.v1.Token
+	(*Revocation)(nil),               // 10: credbroker.v1.Revocation
+	(*durationpb.Duration)(nil),      // 11: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),    // 12: google.protobuf.Timestamp
 }
 var file_credbroker_v1_broker_proto_depIdxs = []int32{
-	6, // 0: credbroker.v1.IssueCredentialRequest.ttl:type_name -> google.protobuf.Duration
-	2, // 1: credbroker.v1.IssueCredentialResponse.credential:type_name -> credbroker.v1.Credential
-	7, // 2: credbroker.v1.Credential.expires_at:type_name -> google.protobuf.Timestamp
-	4, // 3: credbroker.v1.Credential.aws:type_name -> credbroker.v1.AWSCredentials
-	5, // 4: credbroker.v1.Credential.token:type_name -> credbroker.v1.Token
-	3, // 5: credbroker.v1.Credential.secret:type_name -> credbroker.v1.Secret
-	0, // 6: credbroker.v1.BrokerService.IssueCredential:input_type -> credbroker.v1.IssueCredentialRequest
-	1, // 7: credbroker.v1.BrokerService.IssueCredential:output_type -> credbroker.v1.IssueCredentialResponse
-	7, // [7:8] is the sub-list for method output_type
-	6, // [6:7] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	2,  // 0: credbroker.v1.WatchRevocationsResponse.revoked:type_name -> credbroker.v1.RevocationEvent
+	2,  // 1: credbroker.v1.WatchRevocationsResponse.lifted:type_name -> credbroker.v1.RevocationEvent
+	3,  // 2: credbroker.v1.WatchRevocationsResponse.heartbeat:type_name -> credbroker.v1.WatchHeartbeat
+	10, // 3: credbroker.v1.RevocationEvent.revocation:type_name -> credbroker.v1.Revocation
+	11, // 4: credbroker.v1.WatchHeartbeat.interval:type_name -> google.protobuf.Duration
+	11, // 5: credbroker.v1.IssueCredentialRequest.ttl:type_name -> google.protobuf.Duration
+	6,  // 6: credbroker.v1.IssueCredentialResponse.credential:type_name -> credbroker.v1.Credential
+	12, // 7: credbroker.v1.Credential.expires_at:type_name -> google.protobuf.Timestamp
+	8,  // 8: credbroker.v1.Credential.aws:type_name -> credbroker.v1.AWSCredentials
+	9,  // 9: credbroker.v1.Credential.token:type_name -> credbroker.v1.Token
+	7,  // 10: credbroker.v1.Credential.secret:type_name -> credbroker.v1.Secret
+	4,  // 11: credbroker.v1.BrokerService.IssueCredential:input_type -> credbroker.v1.IssueCredentialRequest
+	0,  // 12: credbroker.v1.BrokerService.WatchRevocations:input_type -> credbroker.v1.WatchRevocationsRequest
+	5,  // 13: credbroker.v1.BrokerService.IssueCredential:output_type -> credbroker.v1.IssueCredentialResponse
+	1,  // 14: credbroker.v1.BrokerService.WatchRevocations:output_type -> credbroker.v1.WatchRevocationsResponse
+	13, // [13:15] is the sub-list for method output_type
+	11, // [11:13] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_credbroker_v1_broker_proto_init() }
@@ -534,7 +815,13 @@ func file_credbroker_v1_broker_proto_init() {
 	if File_credbroker_v1_broker_proto != nil {
 		return
 	}
-	file_credbroker_v1_broker_proto_msgTypes[2].OneofWrappers = []any{
+	file_credbroker_v1_admin_proto_init()
+	file_credbroker_v1_broker_proto_msgTypes[1].OneofWrappers = []any{
+		(*WatchRevocationsResponse_Revoked)(nil),
+		(*WatchRevocationsResponse_Lifted)(nil),
+		(*WatchRevocationsResponse_Heartbeat)(nil),
+	}
+	file_credbroker_v1_broker_proto_msgTypes[6].OneofWrappers = []any{
 		(*Credential_Aws)(nil),
 		(*Credential_Token)(nil),
 		(*Credential_Secret)(nil),
@@ -545,7 +832,7 @@ func file_credbroker_v1_broker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_credbroker_v1_broker_proto_rawDesc), len(file_credbroker_v1_broker_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

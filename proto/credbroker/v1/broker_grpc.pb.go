@@ -19,7 +19,8 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	BrokerService_IssueCredential_FullMethodName = "/credbroker.v1.BrokerService/IssueCredential"
+	BrokerService_IssueCredential_FullMethodName  = "/credbroker.v1.BrokerService/IssueCredential"
+	BrokerService_WatchRevocations_FullMethodName = "/credbroker.v1.BrokerService/WatchRevocations"
 )
 
 // BrokerServiceClient is the client API for BrokerService service.
@@ -54,6 +55,30 @@ type BrokerServiceClient interface {
 	// MISCONFIGURED, INTERNAL (INTERNAL); REVOKED, APPROVAL_REQUIRED
 	// (FAILED_PRECONDITION).
 	IssueCredential(ctx context.Context, in *IssueCredentialRequest, opts ...grpc.CallOption) (*IssueCredentialResponse, error)
+	// WatchRevocations tells the caller, within moments, of revocations that
+	// take back what it holds, so that a sidecar stops serving a revoked
+	// credential instead of serving it until it expires. It streams only
+	// revocations covering the caller itself: its identity, its own cluster
+	// (nodes), the issuances it names in the request (each must have been
+	// issued to the caller), those issuances' clusters, and another issuance
+	// of the same upstream credential (reuse). Other identities' revocations
+	// are never sent.
+	//
+	// The stream first sends every such revocation in force, then a
+	// heartbeat (the end of that snapshot), then each revocation made or
+	// lifted while it runs, and a heartbeat every heartbeat interval; a client
+	// that hears nothing for several intervals treats the broker as gone and
+	// reconnects. The stream ends with UNAVAILABLE when the broker shuts down
+	// or the caller falls too far behind; reconnect with backoff. A caller
+	// whose identity is already revoked is refused at once with REVOKED.
+	//
+	// Errors (ErrorReason): UNAUTHENTICATED; REVOKED (FAILED_PRECONDITION);
+	// RATE_LIMITED (RESOURCE_EXHAUSTED, with RetryInfo: too many watch starts,
+	// or metadata limit "watch_streams": too many concurrent watches of this
+	// identity or in total); INVALID_REQUEST (too many or malformed issuance
+	// ids); NOT_FOUND (an issuance that was not issued to the caller);
+	// AUDIT_UNAVAILABLE, UNAVAILABLE (UNAVAILABLE); MISCONFIGURED.
+	WatchRevocations(ctx context.Context, in *WatchRevocationsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchRevocationsResponse], error)
 }
 
 type brokerServiceClient struct {
@@ -73,6 +98,25 @@ func (c *brokerServiceClient) IssueCredential(ctx context.Context, in *IssueCred
 	}
 	return out, nil
 }
+
+func (c *brokerServiceClient) WatchRevocations(ctx context.Context, in *WatchRevocationsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchRevocationsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &BrokerService_ServiceDesc.Streams[0], BrokerService_WatchRevocations_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchRevocationsRequest, WatchRevocationsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type BrokerService_WatchRevocationsClient = grpc.ServerStreamingClient[WatchRevocationsResponse]
 
 // BrokerServiceServer is the server API for BrokerService service.
 // All implementations must embed UnimplementedBrokerServiceServer
@@ -106,6 +150,30 @@ type BrokerServiceServer interface {
 	// MISCONFIGURED, INTERNAL (INTERNAL); REVOKED, APPROVAL_REQUIRED
 	// (FAILED_PRECONDITION).
 	IssueCredential(context.Context, *IssueCredentialRequest) (*IssueCredentialResponse, error)
+	// WatchRevocations tells the caller, within moments, of revocations that
+	// take back what it holds, so that a sidecar stops serving a revoked
+	// credential instead of serving it until it expires. It streams only
+	// revocations covering the caller itself: its identity, its own cluster
+	// (nodes), the issuances it names in the request (each must have been
+	// issued to the caller), those issuances' clusters, and another issuance
+	// of the same upstream credential (reuse). Other identities' revocations
+	// are never sent.
+	//
+	// The stream first sends every such revocation in force, then a
+	// heartbeat (the end of that snapshot), then each revocation made or
+	// lifted while it runs, and a heartbeat every heartbeat interval; a client
+	// that hears nothing for several intervals treats the broker as gone and
+	// reconnects. The stream ends with UNAVAILABLE when the broker shuts down
+	// or the caller falls too far behind; reconnect with backoff. A caller
+	// whose identity is already revoked is refused at once with REVOKED.
+	//
+	// Errors (ErrorReason): UNAUTHENTICATED; REVOKED (FAILED_PRECONDITION);
+	// RATE_LIMITED (RESOURCE_EXHAUSTED, with RetryInfo: too many watch starts,
+	// or metadata limit "watch_streams": too many concurrent watches of this
+	// identity or in total); INVALID_REQUEST (too many or malformed issuance
+	// ids); NOT_FOUND (an issuance that was not issued to the caller);
+	// AUDIT_UNAVAILABLE, UNAVAILABLE (UNAVAILABLE); MISCONFIGURED.
+	WatchRevocations(*WatchRevocationsRequest, grpc.ServerStreamingServer[WatchRevocationsResponse]) error
 	mustEmbedUnimplementedBrokerServiceServer()
 }
 
@@ -118,6 +186,9 @@ type UnimplementedBrokerServiceServer struct{}
 
 func (UnimplementedBrokerServiceServer) IssueCredential(context.Context, *IssueCredentialRequest) (*IssueCredentialResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method IssueCredential not implemented")
+}
+func (UnimplementedBrokerServiceServer) WatchRevocations(*WatchRevocationsRequest, grpc.ServerStreamingServer[WatchRevocationsResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchRevocations not implemented")
 }
 func (UnimplementedBrokerServiceServer) mustEmbedUnimplementedBrokerServiceServer() {}
 func (UnimplementedBrokerServiceServer) testEmbeddedByValue()                       {}
@@ -158,6 +229,17 @@ func _BrokerService_IssueCredential_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _BrokerService_WatchRevocations_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchRevocationsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(BrokerServiceServer).WatchRevocations(m, &grpc.GenericServerStream[WatchRevocationsRequest, WatchRevocationsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type BrokerService_WatchRevocationsServer = grpc.ServerStreamingServer[WatchRevocationsResponse]
+
 // BrokerService_ServiceDesc is the grpc.ServiceDesc for BrokerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -170,6 +252,12 @@ var BrokerService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _BrokerService_IssueCredential_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "WatchRevocations",
+			Handler:       _BrokerService_WatchRevocations_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "credbroker/v1/broker.proto",
 }

@@ -39,7 +39,8 @@ const (
 //	retry_after  for reasons that come with google.rpc.RetryInfo, the same
 //	             delay as a Go duration ("1.5s")
 //	limit        for RATE_LIMITED and QUOTA_EXHAUSTED: "rate",
-//	             "identity quota" or "cluster quota"
+//	             "identity quota", "cluster quota", or "watch_streams"
+//	             (too many revocation watches open)
 //	field        for INVALID_REQUEST: the request field at fault
 //	revocation_id, revoked_by  for REVOKED: the revocation that covers the
 //	             request (quote it when asking for it to be lifted) and the
