@@ -3,13 +3,11 @@ package broker
 import (
 	"context"
 	"fmt"
-	"slices"
 	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/credbroker/credbroker/attest"
-	"github.com/credbroker/credbroker/attest/jointoken"
 	"github.com/credbroker/credbroker/broker/audit"
 	"github.com/credbroker/credbroker/broker/page"
 	"github.com/credbroker/credbroker/broker/state"
@@ -19,9 +17,9 @@ import (
 // AdminState is the state the admin API changes directly: the node registry
 // and join tokens of a deleted cluster, and quota windows.
 type AdminState interface {
+	ListClusters(ctx context.Context, f state.ClusterFilter) ([]state.ClusterSummary, error)
 	ListNodes(ctx context.Context, f state.NodeFilter) ([]state.Node, error)
 	EvictNode(ctx context.Context, now time.Time, id string) (state.Node, error)
-	ListJoinTokens(ctx context.Context) ([]jointoken.Token, error)
 	VoidJoinTokens(ctx context.Context, cluster string) (int, error)
 	Usage(ctx context.Context, now time.Time, key state.QuotaKey) (state.Usage, error)
 	ResetQuota(ctx context.Context, key state.QuotaKey) error
@@ -142,7 +140,8 @@ func (a *Admin) LiftRevocation(ctx context.Context, req *credbrokerv1.LiftRevoca
 }
 
 // ListClusters implements AdminService.ListClusters: the clusters named by
-// nodes, join tokens and cluster revocations, by name.
+// nodes, join tokens and cluster revocations, by name, one page of the
+// state's cluster index per call.
 func (a *Admin) ListClusters(ctx context.Context, req *credbrokerv1.ListClustersRequest) (*credbrokerv1.ListClustersResponse, error) {
 	if a.rev == nil {
 		return nil, toStatus(errRevocationsDisabled)
@@ -151,68 +150,23 @@ func (a *Admin) ListClusters(ctx context.Context, req *credbrokerv1.ListClusters
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	byName := map[string]*credbrokerv1.Cluster{}
-	get := func(name string) *credbrokerv1.Cluster {
-		c, ok := byName[name]
-		if !ok {
-			c = &credbrokerv1.Cluster{Cluster: name}
-			if r, ok := a.rev.Covering("", "", name); ok && r.Kind == state.RevokeCluster {
-				c.Revocation = RevocationProto(r)
-			}
-			byName[name] = c
-		}
-		return c
-	}
-	nodes, err := a.st.ListNodes(ctx, state.NodeFilter{})
+	// One page from the store's cluster index: the cost is the page's.
+	sums, err := a.st.ListClusters(ctx, state.ClusterFilter{After: after, Limit: size + 1})
 	if err != nil {
-		return nil, toStatus(wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "node registry unavailable"))
+		return nil, toStatus(wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "cluster index unavailable"))
 	}
-	for _, n := range nodes {
-		c := get(n.Cluster)
-		c.Nodes++
-		if n.Evicted() {
-			c.EvictedNodes++
-		}
-	}
-	tokens, err := a.st.ListJoinTokens(ctx)
-	if err != nil {
-		return nil, toStatus(wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "join token store unavailable"))
-	}
-	for _, t := range tokens {
-		c := get(t.Cluster)
-		if t.UsedAt.IsZero() {
-			c.UnusedJoinTokens++
-		}
-	}
-	for after := ""; ; {
-		rs, err := a.rev.List(ctx, after, maxPageSize)
-		if err != nil {
-			return nil, toStatus(err)
-		}
-		for _, r := range rs {
-			if r.Kind == state.RevokeCluster {
-				get(r.Target)
-			}
-		}
-		if len(rs) < maxPageSize {
-			break
-		}
-		after = rs[len(rs)-1].ID
-	}
-	names := make([]string, 0, len(byName))
-	for name := range byName {
-		if name > after {
-			names = append(names, name)
-		}
-	}
-	slices.Sort(names)
 	out := &credbrokerv1.ListClustersResponse{}
-	if len(names) > size {
-		names = names[:size]
-		out.NextPageToken = nextPage(listClusters, names[size-1])
+	if len(sums) > size {
+		sums = sums[:size]
+		out.NextPageToken = nextPage(listClusters, sums[size-1].Cluster)
 	}
-	for _, name := range names {
-		out.Clusters = append(out.Clusters, byName[name])
+	for _, sum := range sums {
+		c := &credbrokerv1.Cluster{Cluster: sum.Cluster, Nodes: clamp32(sum.Nodes), EvictedNodes: clamp32(sum.EvictedNodes),
+			UnusedJoinTokens: clamp32(sum.UnusedJoinTokens)}
+		if r, ok := a.rev.Covering("", "", sum.Cluster); ok && r.Kind == state.RevokeCluster {
+			c.Revocation = RevocationProto(r)
+		}
+		out.Clusters = append(out.Clusters, c)
 	}
 	return out, nil
 }

@@ -146,6 +146,8 @@ type harnessConfig struct {
 	// watch configures revocation watches (default: 2 per identity, 100
 	// in total, the default heartbeat).
 	watch broker.WatchConfig
+	// adminState, when set, wraps the state the admin API changes.
+	adminState func(broker.AdminState) broker.AdminState
 }
 
 // harness is a real broker: real TLS on loopback, real bbolt on a temp file,
@@ -280,11 +282,15 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 			t.Fatal(err)
 		}
 	}
+	var adminState broker.AdminState = h.state
+	if hc.adminState != nil {
+		adminState = hc.adminState(adminState)
+	}
 	var admin *broker.Admin
 	if nodeAuth != nil {
-		admin = broker.NewAdmin(h.audit, nodeAuth, broker.WithRevocations(h.revoke, h.state), broker.WithDecisions(svc))
+		admin = broker.NewAdmin(h.audit, nodeAuth, broker.WithRevocations(h.revoke, adminState), broker.WithDecisions(svc))
 	} else {
-		admin = broker.NewAdmin(h.audit, nil, broker.WithRevocations(h.revoke, h.state), broker.WithDecisions(svc))
+		admin = broker.NewAdmin(h.audit, nil, broker.WithRevocations(h.revoke, adminState), broker.WithDecisions(svc))
 	}
 	h.admin = admin
 	bundles := x509bundle.NewSet(h.ca.X509Bundle())

@@ -12,6 +12,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/broker/audit"
 	"github.com/credbroker/credbroker/broker/state"
 	"github.com/credbroker/credbroker/issuers"
@@ -253,5 +254,60 @@ func TestUpstreamRevocationIsCappedAndReportedPerIssuer(t *testing.T) {
 	if last := h.lastRecord(); !strings.Contains(last.Reason, "98 of 103 covered credentials revoked, 2 failed, 3 over the cap of 100") ||
 		strings.Contains(last.Reason, "secret upstream text") {
 		t.Fatalf("upstream outcome on record: %q", last.Reason)
+	}
+}
+
+// pageSpy records the cluster pages the admin API asks the state for.
+type pageSpy struct {
+	broker.AdminState
+	mu    sync.Mutex
+	pages []state.ClusterFilter
+}
+
+func (p *pageSpy) ListClusters(ctx context.Context, f state.ClusterFilter) ([]state.ClusterSummary, error) {
+	p.mu.Lock()
+	p.pages = append(p.pages, f)
+	p.mu.Unlock()
+	return p.AdminState.ListClusters(ctx, f)
+}
+
+// TestListClustersIsOnePageOfTheIndexPerCall: each call reads one page (one
+// more than asked, to know whether another follows) of the state's
+// cluster index, and pages follow by name with the revocation in effect.
+func TestListClustersIsOnePageOfTheIndexPerCall(t *testing.T) {
+	spy := &pageSpy{}
+	h := newHarness(t, func(c *harnessConfig) {
+		c.adminState = func(st broker.AdminState) broker.AdminState { spy.AdminState = st; return spy }
+	})
+	admin := credbrokerv1.NewAdminServiceClient(h.dialAdminSocket())
+	names := []string{"team-a/a1", "team-a/a2", "team-b/b1", "team-c/c1", "team-c/c2"}
+	for _, c := range names {
+		if _, err := admin.Revoke(ctxT(t), &credbrokerv1.RevokeRequest{Target: &credbrokerv1.RevokeRequest_Cluster{Cluster: c}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got []string
+	token := ""
+	for {
+		resp, err := admin.ListClusters(ctxT(t), &credbrokerv1.ListClustersRequest{PageSize: 2, PageToken: token})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range resp.GetClusters() {
+			if c.GetRevocation().GetTarget() != c.GetCluster() {
+				t.Errorf("cluster %s without its revocation: %v", c.GetCluster(), c.GetRevocation())
+			}
+			got = append(got, c.GetCluster())
+		}
+		if token = resp.GetNextPageToken(); token == "" {
+			break
+		}
+	}
+	if !slices.Equal(got, names) {
+		t.Fatalf("listed %v, want %v", got, names)
+	}
+	want := []state.ClusterFilter{{Limit: 3}, {After: "team-a/a2", Limit: 3}, {After: "team-c/c1", Limit: 3}}
+	if !slices.Equal(spy.pages, want) {
+		t.Fatalf("pages read from the state %+v, want %+v", spy.pages, want)
 	}
 }

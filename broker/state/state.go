@@ -16,6 +16,7 @@ type Store interface {
 	Nodes
 	Revocations
 	Approvals
+	Clusters
 }
 
 // Sentinel errors, possibly wrapped; match them with errors.Is.

@@ -16,6 +16,12 @@
 //	jointoken.tokens   SHA-256(secret) (32 raw bytes) -> JSON of the token
 //	nodes.byid         SPIFFE ID -> JSON of the node
 //	revocations        revocation id -> JSON of the revocation
+//	clusters.refs      cluster "\x00" kind "\x00" item key -> flag: an index of the
+//	                   items naming each workload cluster (kind n node, t join
+//	                   token, r cluster revocation; flag "e" evicted node, "u"
+//	                   used token), kept in the item's own transaction, so that a
+//	                   page of ListClusters reads only its clusters' entries;
+//	                   built on the first open of a file from before it
 //	approvals          approval id -> JSON of the approval
 //	approvals.byrequest  requester SPIFFE ID "\x00" request digest -> the id of
 //	                   that request's latest approval (counts a requester's

@@ -29,15 +29,17 @@ type tokenRecord struct {
 	UsedBy    string    `json:"used_by,omitempty"`
 }
 
-func putToken(b *bbolt.Bucket, key []byte, t jointoken.Token) error {
+// putToken stores t under key in tx, replacing old (nil: none).
+func putToken(tx *bbolt.Tx, b *bbolt.Bucket, key, old []byte, t jointoken.Token) error {
 	v, err := json.Marshal(tokenRecord(t))
 	if err != nil {
 		return fmt.Errorf("boltstate: encode join token %s: %w", t.ID, err)
 	}
+	old = bytes.Clone(old) // b.Put invalidates it
 	if err := b.Put(key, v); err != nil {
 		return fmt.Errorf("boltstate: store join token %s: %w", t.ID, err)
 	}
-	return nil
+	return reindex(tx, bucketTokens, key, old, v)
 }
 
 func decodeToken(v []byte) (jointoken.Token, error) {
@@ -58,7 +60,7 @@ func (s *Store) CreateJoinToken(_ context.Context, key jointoken.Key, t jointoke
 		if b.Get(key[:]) != nil {
 			return fmt.Errorf("%w: join token %s", state.ErrExists, t.ID)
 		}
-		return putToken(b, key[:], t)
+		return putToken(tx, b, key[:], nil, t)
 	})
 }
 
@@ -81,7 +83,7 @@ func (s *Store) ConsumeJoinToken(_ context.Context, key jointoken.Key, node stri
 			return err
 		}
 		t.UsedAt, t.UsedBy = normTime(now), jointoken.NodeFor(t, node)
-		return putToken(b, key[:], t)
+		return putToken(tx, b, key[:], v, t)
 	})
 	switch {
 	case err == nil:
@@ -130,23 +132,26 @@ func (s *Store) PurgeJoinTokens(_ context.Context, now time.Time) (int, error) {
 		if err != nil {
 			return err
 		}
-		var stale [][]byte
+		var stale, values [][]byte
 		err = b.ForEach(func(k, v []byte) error {
 			t, err := decodeToken(v)
 			if err != nil {
 				return err
 			}
 			if !now.Before(t.ExpiresAt) {
-				stale = append(stale, bytes.Clone(k))
+				stale, values = append(stale, bytes.Clone(k)), append(values, bytes.Clone(v))
 			}
 			return nil
 		})
 		if err != nil {
 			return err
 		}
-		for _, k := range stale {
+		for i, k := range stale {
 			if err := b.Delete(k); err != nil {
 				return fmt.Errorf("boltstate: purge join tokens: %w", err)
+			}
+			if err := reindex(tx, bucketTokens, k, values[i], nil); err != nil {
+				return err
 			}
 		}
 		n = len(stale)

@@ -1,6 +1,7 @@
 package boltstate
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -147,7 +148,7 @@ func (s *Store) updateNode(id string, change func(old state.Node, found bool) (s
 			return err
 		}
 		var old state.Node
-		v := b.Get([]byte(id))
+		v := bytes.Clone(b.Get([]byte(id))) // b.Put would invalidate it
 		if v != nil {
 			if old, err = decodeNode(v); err != nil {
 				return err
@@ -164,7 +165,7 @@ func (s *Store) updateNode(id string, change func(old state.Node, found bool) (s
 		if err := b.Put([]byte(id), enc); err != nil {
 			return fmt.Errorf("boltstate: store node %s: %w", id, err)
 		}
-		return nil
+		return reindex(tx, bucketNodes, []byte(id), v, enc)
 	})
 }
 

@@ -103,7 +103,7 @@ func (s *Store) Revoke(_ context.Context, r state.Revocation) (state.Revocation,
 		if err := b.Put([]byte(r.ID), v); err != nil {
 			return fmt.Errorf("boltstate: store revocation %s: %w", r.ID, err)
 		}
-		return nil
+		return reindex(tx, bucketRevocations, []byte(r.ID), nil, v)
 	})
 	if err != nil {
 		return state.Revocation{}, err
@@ -127,6 +127,9 @@ func (s *Store) LiftRevocation(_ context.Context, id string) (state.Revocation, 
 			return fmt.Errorf("%w: revocation %s", state.ErrNotFound, id)
 		}
 		if r, err = decodeRevocation(v); err != nil {
+			return err
+		}
+		if err := reindex(tx, bucketRevocations, []byte(id), v, nil); err != nil {
 			return err
 		}
 		if err := b.Delete([]byte(id)); err != nil {
@@ -172,6 +175,11 @@ func (s *Store) PurgeRevocations(_ context.Context, now time.Time) (int, error) 
 			return err
 		}
 		for _, c := range gone {
+			if c.Revocation.Kind == state.RevokeCluster {
+				if err := deleteClusterRef(tx, c.Revocation.Target, refRevocation, []byte(c.Revocation.ID)); err != nil {
+					return err
+				}
+			}
 			if err := b.Delete([]byte(c.Revocation.ID)); err != nil {
 				return fmt.Errorf("boltstate: purge revocations: %w", err)
 			}

@@ -28,6 +28,9 @@ var (
 type Store struct {
 	db    *bbolt.DB
 	watch watchers
+	// onVisit, when set (tests), is called for each cluster index key
+	// ListClusters reads.
+	onVisit func()
 }
 
 var _ state.Store = (*Store)(nil)
@@ -49,7 +52,14 @@ func New(db *bbolt.DB) (*Store, error) {
 				return fmt.Errorf("create bucket %s: %w", name, err)
 			}
 		}
-		return nil
+		if tx.Bucket(bucketClusterRefs) != nil {
+			return nil
+		}
+		// A database from before the cluster index: build it once.
+		if _, err := tx.CreateBucket(bucketClusterRefs); err != nil {
+			return fmt.Errorf("create bucket %s: %w", bucketClusterRefs, err)
+		}
+		return buildClusterRefs(tx)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("boltstate: %w", err)
@@ -120,20 +130,23 @@ func (s *Store) deleteWhere(name []byte, what string, stale func(v []byte) (bool
 		if err != nil {
 			return err
 		}
-		var keys [][]byte
+		var keys, values [][]byte
 		err = b.ForEach(func(k, v []byte) error {
 			ok, err := stale(v)
 			if ok {
-				keys = append(keys, bytes.Clone(k))
+				keys, values = append(keys, bytes.Clone(k)), append(values, bytes.Clone(v))
 			}
 			return err
 		})
 		if err != nil {
 			return err
 		}
-		for _, k := range keys {
+		for i, k := range keys {
 			if err := b.Delete(k); err != nil {
 				return fmt.Errorf("boltstate: delete %s: %w", what, err)
+			}
+			if err := reindex(tx, name, k, values[i], nil); err != nil {
+				return err
 			}
 		}
 		n = len(keys)

@@ -61,6 +61,7 @@ func Run(t *testing.T, h Harness) {
 	t.Run("nodes-list", func(t *testing.T) { testNodesList(t, h) })
 	t.Run("jointoken-void", func(t *testing.T) { testVoidJoinTokens(t, h) })
 	t.Run("nodes-purge", func(t *testing.T) { testNodesPurge(t, h) })
+	t.Run("clusters", func(t *testing.T) { testClusters(t, h) })
 	t.Run("revocations", func(t *testing.T) { testRevocations(t, h) })
 	t.Run("revocations-expiry", func(t *testing.T) { testRevocationsExpiry(t, h) })
 	t.Run("revocations-index", func(t *testing.T) { testRevocationIndex(t, h) })
