@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -100,7 +101,18 @@ func (a *Admin) Revoke(ctx context.Context, req *credbrokerv1.RevokeRequest) (*c
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &credbrokerv1.RevokeResponse{Revocation: RevocationProto(r), Upstream: UpstreamProto(up)}, nil
+	out := &credbrokerv1.RevokeResponse{Revocation: RevocationProto(r), Upstream: UpstreamProto(up)}
+	if a.rev.aws != nil {
+		// The revocation is in force whatever happens here; a document that
+		// cannot be compiled is in the broker's log, and
+		// GetAWSRevocationPolicy says why.
+		if p, err := a.rev.awsPolicy(ctx, r.ID); err == nil && p.GetDocument() != "" {
+			out.AwsPolicy = p
+		} else if err != nil {
+			a.rev.log.Error("revocation: cannot compile its AWS deny policy", slog.String("revocation", r.ID), slog.Any("err", err))
+		}
+	}
+	return out, nil
 }
 
 // ListRevocations implements AdminService.ListRevocations.

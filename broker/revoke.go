@@ -53,6 +53,9 @@ type Revocations struct {
 	// also revokes where they are honoured.
 	upstream map[string]issuers.UpstreamRevoker
 	log      *slog.Logger
+	// aws compiles the AWS deny document of a revocation (nil: no AWS
+	// STS issuer).
+	aws AWSPolicies
 }
 
 // RevocationOption configures Revocations.
@@ -122,7 +125,10 @@ func (v *Revocations) RevokeUpstream(ctx context.Context, admin string, kind sta
 		if !issued.ExpiresAt.After(now) {
 			return state.Revocation{}, nil, errorf(credbrokerv1.ErrorReason_INVALID_REQUEST, "issuance %s expired at %s; there is nothing left to revoke", target, issued.ExpiresAt.UTC().Format(time.RFC3339))
 		}
-		r.CoveredUntil, r.UpstreamRef, r.Issuer = issued.ExpiresAt, issued.UpstreamRef, issued.Issuer
+		r.CoveredUntil, r.UpstreamRef, r.Issuer, r.Profile = issued.ExpiresAt, issued.UpstreamRef, issued.Issuer, issued.Profile
+		if issued.Reused {
+			r.Origin = v.origin(issued)
+		}
 		rec.IssuanceID, rec.Profile, rec.Cluster, rec.Issuer, rec.UpstreamRef = target, issued.Profile, issued.Cluster, issued.Issuer, issued.UpstreamRef
 	case state.RevokeIdentity:
 		if _, err := spiffeid.FromString(target); err != nil {
@@ -364,6 +370,28 @@ func (v *Revocations) issued(id string) (audit.Record, error) {
 		}
 	}
 	return audit.Record{}, errorf(credbrokerv1.ErrorReason_NOT_FOUND, "no issued credential %q", clip(id))
+}
+
+// origin returns the id of the issuance a reused credential was minted
+// for: the newest issued record of the same caller, not reused, with the
+// same upstream reference, among the maxUpstreamScan issued up to it. Empty
+// when there is none (the revocation then still refuses the credential at
+// the broker; an upstream deny by issuance tag cannot name its session).
+func (v *Revocations) origin(reused audit.Record) string {
+	if reused.UpstreamRef == "" {
+		return ""
+	}
+	recs, err := v.audit.List(audit.Query{Caller: reused.Caller, Decision: audit.DecisionIssued, Until: reused.Time.Add(time.Nanosecond), Limit: maxUpstreamScan})
+	if err != nil {
+		v.log.Warn("revocation: cannot find the issuance a reused credential was minted for", slog.String("issuance", reused.IssuanceID), slog.Any("err", err))
+		return ""
+	}
+	for _, rec := range recs {
+		if !rec.Reused && rec.UpstreamRef == reused.UpstreamRef && rec.IssuanceID != reused.IssuanceID {
+			return rec.IssuanceID
+		}
+	}
+	return ""
 }
 
 // Forgets returns what a reusing issuer must drop for revocation r: the

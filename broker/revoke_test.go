@@ -109,6 +109,43 @@ func TestRevokedIssuanceIsNotReused(t *testing.T) {
 	}
 }
 
+// TestRevokedReusedIssuanceNamesItsOrigin: revoking an issuance that was
+// handed a credential minted for an earlier one records that earlier
+// issuance (the upstream session carries its id) and the profile.
+func TestRevokedReusedIssuanceNamesItsOrigin(t *testing.T) {
+	h := newHarness(t)
+	var first string
+	h.upstream.answer = func(call int, r issuers.Request) (issuers.Credential, error) {
+		cred := issuers.Credential{Kind: issuers.KindToken, Token: "t", ExpiresAt: h.clock.Now().Add(time.Hour), UpstreamRef: "first"}
+		if call == 1 {
+			first = r.IssuanceID
+		} else {
+			cred.OriginIssuanceID, cred.Reused = first, true
+		}
+		return cred, nil
+	}
+	conn := h.dial(h.mint(controllerID, time.Hour))
+	c1, err := issue(ctxT(t), conn, &credbrokerv1.IssueCredentialRequest{Profile: "upstream"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2, err := issue(ctxT(t), conn, &credbrokerv1.IssueCredentialRequest{Profile: "upstream"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := h.revoke.Revoke(context.Background(), adminPrincipal, state.RevokeIssuance, c2.GetIssuanceId(), "leaked", time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Origin != c1.GetIssuanceId() || r.Profile != "upstream" {
+		t.Fatalf("revocation %+v; want origin %s, profile upstream", r, c1.GetIssuanceId())
+	}
+	r, err = h.revoke.Revoke(context.Background(), adminPrincipal, state.RevokeIssuance, c1.GetIssuanceId(), "leaked", time.Time{})
+	if err != nil || r.Origin != "" {
+		t.Fatalf("revoking the credential's own issuance: %+v, %v; want no origin", r, err)
+	}
+}
+
 // TestRevocationUntilAndAdminErrors: a revocation with an end stops
 // refusing at that time on the broker's clock; malformed revocations and
 // unknown ids are refused with reasons an operator can act on.

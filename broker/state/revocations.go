@@ -63,6 +63,16 @@ type Revocation struct {
 	// local JWT issuer publishes only its own revoked token ids); empty
 	// for revocations stored before it was recorded.
 	Issuer string
+	// Profile, for an issuance, names its profile (so that an upstream deny
+	// goes only to that profile's role); empty for revocations stored
+	// before it was recorded.
+	Profile string
+	// Origin, for an issuance that was handed a credential minted for an
+	// earlier issuance (reuse), is that earlier issuance's id: the upstream
+	// session carries its id (an AWS session tag), not the revoked one's.
+	// Empty when the credential was minted for the revoked issuance itself
+	// or the earlier issuance was not found.
+	Origin string
 }
 
 // Active reports whether r covers anything at now.

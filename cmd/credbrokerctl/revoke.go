@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
@@ -25,13 +27,20 @@ on record in the audit log with the admin who made it and the reason.
 
 Vault leases and tokens the revocation covers are revoked in Vault too (at
 most 100 per call); the output says, per issuer, how many were revoked,
-failed or left over the cap, so you know whether to act again. Other
-issuers' credentials stay valid upstream until they expire (see the README's
-revocation procedure).`,
+failed or left over the cap, so you know whether to act again. An AWS STS
+session cannot be revoked by itself; -o aws-policy prints the IAM deny
+document that takes back at AWS the sessions a revocation covers (for revoke
+list: every revocation in effect), to attach to the role as an inline policy
+— or the broker keeps it on the role itself for profiles with
+aws.revocation.apply (revoke list -o aws-policy shows how that stands).
+Local JWTs stay valid at relying parties that ignore the revoked-token list
+until they expire (see the README's revocation procedure).`,
 		Example: `  credbrokerctl revoke identity spiffe://example.org/ns/capi-system/sa/capa-controller-manager --reason "pod compromised"
   credbrokerctl revoke cluster capi-team-a/prod --reason "incident 42" --until 4h
   credbrokerctl revoke issuance 0190f0a0-0000-7000-8000-000000000001
   credbrokerctl revoke list -o json
+  credbrokerctl revoke identity spiffe://example.org/ns/capi-system/sa/capa-controller-manager -o aws-policy > deny.json
+  credbrokerctl revoke list -o aws-policy
   credbrokerctl revoke lift 0190f0a0-0000-7000-8000-00000000abcd`,
 	}
 	groupCommand(cmd)
@@ -86,7 +95,11 @@ func newRevokeTargetCmd(a *app, use, short, example string, build func(string) (
 			if err != nil {
 				return err
 			}
-			if a.jsonOutput() {
+			switch {
+			case a.output == outputAWSPolicy:
+				fmt.Fprintf(a.stderr, "revoked %s %s (revocation %s)\n", kindName(resp.GetRevocation().GetKind()), clean(resp.GetRevocation().GetTarget()), resp.GetRevocation().GetRevocationId())
+				return a.printAWSPolicy(resp.GetAwsPolicy())
+			case a.jsonOutput():
 				return a.writeProto(resp)
 			}
 			if err := a.printRevocations("revoked", resp.GetRevocation()); err != nil {
@@ -95,6 +108,7 @@ func newRevokeTargetCmd(a *app, use, short, example string, build func(string) (
 			a.printUpstream(resp.GetUpstream())
 			return nil
 		},
+		Annotations: map[string]string{annotationAWSPolicy: "yes"},
 	}
 	f := cmd.Flags()
 	f.StringVar(&reason, "reason", "", "why, in words a refused caller will see")
@@ -116,11 +130,22 @@ func parseUntil(s string, now time.Time) (time.Time, error) {
 
 func newRevokeListCmd(a *app) *cobra.Command {
 	return &cobra.Command{
-		Use:     "list",
-		Short:   "List revocations in effect (and ended ones not purged yet)",
-		Example: "  credbrokerctl revoke list -o json",
-		Args:    noArgs,
+		Use:   "list",
+		Short: "List revocations in effect (and ended ones not purged yet)",
+		Example: `  credbrokerctl revoke list -o json
+  credbrokerctl revoke list -o aws-policy`,
+		Args:        noArgs,
+		Annotations: map[string]string{annotationAWSPolicy: "yes"},
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if a.output == outputAWSPolicy {
+				resp, err := call(cmd.Context(), a, func(ctx context.Context, c credbrokerv1.AdminServiceClient) (*credbrokerv1.GetAWSRevocationPolicyResponse, error) {
+					return c.GetAWSRevocationPolicy(ctx, &credbrokerv1.GetAWSRevocationPolicyRequest{})
+				})
+				if err != nil {
+					return err
+				}
+				return a.printAWSPolicy(resp.GetPolicy())
+			}
 			all, err := listAll(cmd.Context(), a, 0, func(ctx context.Context, c credbrokerv1.AdminServiceClient, size int32, token string) ([]*credbrokerv1.Revocation, string, error) {
 				resp, err := c.ListRevocations(ctx, &credbrokerv1.ListRevocationsRequest{PageSize: size, PageToken: token})
 				return resp.GetRevocations(), resp.GetNextPageToken(), err
@@ -203,6 +228,44 @@ func (a *app) printUpstream(up []*credbrokerv1.UpstreamRevocation) {
 		}
 	}
 }
+
+// printAWSPolicy prints an AWS deny document, indented, alone on stdout (so
+// that it can go straight to a file or to aws iam put-role-policy), and on
+// stderr what it leaves out and how the broker's own application of it
+// stands.
+func (a *app) printAWSPolicy(p *credbrokerv1.AWSRevocationPolicy) error {
+	if p.GetDocument() == "" {
+		fmt.Fprintf(a.stderr, "no AWS deny policy: no revocation in effect covers an AWS STS session still alive\n")
+	} else {
+		var doc bytes.Buffer
+		if err := json.Indent(&doc, []byte(p.GetDocument()), "", "  "); err != nil {
+			return fmt.Errorf("the broker's AWS deny policy is not JSON: %w", err)
+		}
+		doc.WriteByte('\n')
+		if _, err := doc.WriteTo(a.stdout); err != nil {
+			return err
+		}
+		fmt.Fprintf(a.stderr, "AWS deny policy: %d revocations, %d characters (IAM allows %d for all of a role's inline policies)\n", p.GetEntries(), p.GetChars(), maxRolePolicyChars)
+	}
+	if n := len(p.GetOmitted()); n > 0 {
+		fmt.Fprintf(a.stderr, "WARNING: %d revocations do not fit and are NOT enforced at AWS: %s\n", n, clean(strings.Join(p.GetOmitted(), ", ")))
+	}
+	for _, r := range p.GetRoles() {
+		state := "in sync"
+		if !r.GetInSync() {
+			state = "NOT in sync"
+		}
+		if r.GetError() != "" {
+			state += ", last error " + clean(r.GetError())
+		}
+		fmt.Fprintf(a.stderr, "role %s policy %s: %s; %d revocations, %d omitted, %d characters, applied %s\n", clean(r.GetRoleArn()), clean(r.GetPolicyName()),
+			state, r.GetEntries(), r.GetOmitted(), r.GetChars(), formatTime(r.GetAppliedAt()))
+	}
+	return nil
+}
+
+// maxRolePolicyChars is IAM's limit on a role's inline policies together.
+const maxRolePolicyChars = 10240
 
 // kindName renders REVOCATION_KIND_CLUSTER as "cluster".
 func kindName(k credbrokerv1.RevocationKind) string {

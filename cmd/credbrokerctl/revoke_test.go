@@ -54,13 +54,20 @@ func (s *lineSink) Write(p []byte) (int, error) {
 
 func startDevBroker(t *testing.T) *devBroker {
 	t.Helper()
+	return startDevBrokerWith(t, "")
+}
+
+// startDevBrokerWith is startDevBroker with the issuers, profiles and
+// policy of configFile (empty: the dev configuration).
+func startDevBrokerWith(t *testing.T, configFile string) *devBroker {
+	t.Helper()
 	b := &devBroker{dir: t.TempDir(), done: make(chan error, 1)}
 	b.socket = filepath.Join(b.dir, "admin.sock")
 	ctx, cancel := context.WithCancel(context.Background())
 	b.cancel = cancel
 	logs := &lineSink{serving: make(chan string, 1)}
 	go func() {
-		b.done <- daemon.Run(ctx, daemon.Options{Dev: true, DataDir: b.dir, Listen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0", Stdout: io.Discard, Stderr: logs})
+		b.done <- daemon.Run(ctx, daemon.Options{Dev: true, ConfigFile: configFile, DataDir: b.dir, Listen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0", Stdout: io.Discard, Stderr: logs})
 	}()
 	select {
 	case b.addr = <-logs.serving:
@@ -238,6 +245,10 @@ func TestRevokeIdentityAtTheRealBroker(t *testing.T) {
 			return err
 		},
 		"ListClusters": func() error { _, err := admin.ListClusters(ctx, &credbrokerv1.ListClustersRequest{}); return err },
+		"GetAWSRevocationPolicy": func() error {
+			_, err := admin.GetAWSRevocationPolicy(ctx, &credbrokerv1.GetAWSRevocationPolicyRequest{})
+			return err
+		},
 		"DeleteCluster": func() error {
 			_, err := admin.DeleteCluster(ctx, &credbrokerv1.DeleteClusterRequest{Cluster: "capi-a/c1"})
 			return err

@@ -18,7 +18,13 @@ const defaultSocket = "./data/admin.sock"
 const (
 	outputTable = "table"
 	outputJSON  = "json"
+	// outputAWSPolicy prints the AWS deny document of revocations; only the
+	// commands annotated with it accept it.
+	outputAWSPolicy = "aws-policy"
 )
+
+// annotationAWSPolicy marks a command that accepts -o aws-policy.
+const annotationAWSPolicy = "credbrokerctl/aws-policy"
 
 // app holds the global flags and the process environment the commands use.
 type app struct {
@@ -55,9 +61,12 @@ instead, authenticated by an admin X.509-SVID (one of admin.spiffe_ids).`,
   credbrokerctl --broker 127.0.0.1:8443 --svid-dir ./data/dev/admin audit verify`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
-		PersistentPreRunE: func(*cobra.Command, []string) error {
-			if a.output != outputTable && a.output != outputJSON {
-				return usagef("unknown output format %q: use table or json", a.output)
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			switch {
+			case a.output == outputAWSPolicy && cmd.Annotations[annotationAWSPolicy] == "":
+				return usagef("-o %s is only for revoke issuance|identity|cluster and revoke list", outputAWSPolicy)
+			case a.output != outputTable && a.output != outputJSON && a.output != outputAWSPolicy:
+				return usagef("unknown output format %q: use table or json (or aws-policy for revoke)", a.output)
 			}
 			if a.timeout <= 0 {
 				return usagef("--timeout must be positive")
@@ -78,7 +87,7 @@ instead, authenticated by an admin X.509-SVID (one of admin.spiffe_ids).`,
 	}
 	f := root.PersistentFlags()
 	f.StringVar(&a.socket, "socket", socket, "path of the broker's admin unix socket (env "+socketEnv+")")
-	f.StringVarP(&a.output, "output", "o", outputTable, "output format: table or json")
+	f.StringVarP(&a.output, "output", "o", outputTable, "output format: table or json (revoke also: aws-policy)")
 	f.DurationVar(&a.timeout, "timeout", 10*time.Second, "how long to wait for the broker to answer (for verify and export: for each message, not the whole stream)")
 	f.StringVar(&a.broker, "broker", "", "use the admin API over mTLS at this gRPC address instead of the socket")
 	f.StringVar(&a.svidDir, "svid-dir", "", "with --broker: directory with the admin's svid.pem, svid_key.pem, bundle.pem")

@@ -164,8 +164,11 @@ func Run(ctx context.Context, opts Options) error {
 	if issuerSet.jwt != nil {
 		issuerSet.jwt.SetRevokedSource(revokedJTIs(revIndex, issuerSet.jwtName, jwtMaxTTL(cfg, issuerSet.jwtName), time.Now))
 	}
-	revocations, err := broker.NewRevocations(st, revIndex, auditLog, nil, newIssuanceID,
-		broker.WithUpstreamRevokers(issuerSet.upstreamRevokers(), log))
+	revOpts := []broker.RevocationOption{broker.WithUpstreamRevokers(issuerSet.upstreamRevokers(), log)}
+	if aws := newAWSRevocations(cfg, revIndex, time.Now, log); aws != nil {
+		revOpts = append(revOpts, broker.WithAWSPolicies(aws))
+	}
+	revocations, err := broker.NewRevocations(st, revIndex, auditLog, nil, newIssuanceID, revOpts...)
 	if err != nil {
 		return err
 	}

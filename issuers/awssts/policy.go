@@ -88,6 +88,29 @@ type PolicyTemplate struct {
 // Errors start with "awssts: session policy: " and name the offending
 // element by its path, e.g. Statement[1].Resource (list indexes count from 0).
 func CompilePolicy(doc any) (*PolicyTemplate, error) {
+	t, err := parsePolicy(doc)
+	if err != nil {
+		return nil, err
+	}
+	worst := PolicyVars{
+		ClusterNamespace: strings.Repeat("x", maxNamespaceLen),
+		ClusterName:      strings.Repeat("x", maxClusterLen),
+		Profile:          strings.Repeat("x", maxProfileLen),
+	}
+	out, err := t.render(worst)
+	if err != nil {
+		return nil, err
+	}
+	if n := utf8.RuneCountInString(out); n > MaxPolicyLen {
+		return nil, policyErr("", "too long: with the longest cluster namespace (%d), cluster name (%d) and profile (%d) it renders to %d characters, more than the %d STS accepts",
+			maxNamespaceLen, maxClusterLen, maxProfileLen, n, MaxPolicyLen)
+	}
+	return t, nil
+}
+
+// parsePolicy compiles and checks doc, without the session policy's size
+// rule (CompilePolicy adds it; CheckPolicyDocument checks role policies).
+func parsePolicy(doc any) (*PolicyTemplate, error) {
 	if doc == nil {
 		return nil, policyErr("", "not an object (got nothing)")
 	}
@@ -103,19 +126,6 @@ func CompilePolicy(doc any) (*PolicyTemplate, error) {
 		t.usesCluster = t.usesCluster || s.mentionsCluster()
 		t.usesProfile = t.usesProfile || s.uses(varProfile)
 	})
-	worst := PolicyVars{
-		ClusterNamespace: strings.Repeat("x", maxNamespaceLen),
-		ClusterName:      strings.Repeat("x", maxClusterLen),
-		Profile:          strings.Repeat("x", maxProfileLen),
-	}
-	out, err := t.render(worst)
-	if err != nil {
-		return nil, err
-	}
-	if n := utf8.RuneCountInString(out); n > MaxPolicyLen {
-		return nil, policyErr("", "too long: with the longest cluster namespace (%d), cluster name (%d) and profile (%d) it renders to %d characters, more than the %d STS accepts",
-			maxNamespaceLen, maxClusterLen, maxProfileLen, n, MaxPolicyLen)
-	}
 	return t, nil
 }
 

@@ -25,6 +25,8 @@ type revocationRecord struct {
 	CoveredUntil time.Time            `json:"covered_until,omitzero"`
 	UpstreamRef  string               `json:"upstream_ref,omitempty"`
 	Issuer       string               `json:"issuer,omitempty"`
+	Profile      string               `json:"profile,omitempty"`
+	Origin       string               `json:"origin,omitempty"`
 }
 
 func decodeRevocation(v []byte) (state.Revocation, error) {

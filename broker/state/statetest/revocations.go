@@ -52,6 +52,8 @@ func testRevocations(t *testing.T, h Harness) {
 	iss.CoveredUntil = epoch.Add(time.Hour)
 	iss.UpstreamRef = "ASIAEXAMPLE"
 	iss.Issuer = "sts"
+	iss.Profile = "capa"
+	iss.Origin = "0190f0a0-0000-7000-8000-000000000000"
 	id := revocation("r2", state.RevokeIdentity, aliceID, time.Second)
 	id.Until = epoch.Add(time.Hour)
 	cl := revocation("r3", state.RevokeCluster, revTarget, 2*time.Second)

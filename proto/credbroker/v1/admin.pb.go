@@ -1977,7 +1977,10 @@ type RevokeResponse struct {
 	// entry per issuer that can revoke upstream (Vault) and had unexpired
 	// credentials the revocation covers; empty when there were none. A
 	// revocation is in effect at the broker whatever this says.
-	Upstream      []*UpstreamRevocation `protobuf:"bytes,2,rep,name=upstream,proto3" json:"upstream,omitempty"`
+	Upstream []*UpstreamRevocation `protobuf:"bytes,2,rep,name=upstream,proto3" json:"upstream,omitempty"`
+	// The IAM deny document for this revocation's AWS STS sessions; absent
+	// when no AWS STS issuer is configured or the revocation covers none.
+	AwsPolicy     *AWSRevocationPolicy `protobuf:"bytes,3,opt,name=aws_policy,json=awsPolicy,proto3" json:"aws_policy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2022,6 +2025,13 @@ func (x *RevokeResponse) GetRevocation() *Revocation {
 func (x *RevokeResponse) GetUpstream() []*UpstreamRevocation {
 	if x != nil {
 		return x.Upstream
+	}
+	return nil
+}
+
+func (x *RevokeResponse) GetAwsPolicy() *AWSRevocationPolicy {
+	if x != nil {
+		return x.AwsPolicy
 	}
 	return nil
 }
@@ -2129,6 +2139,293 @@ func (x *UpstreamRevocation) GetScanLimited() bool {
 	return false
 }
 
+// AWSRevocationPolicy is an IAM deny document compiled from revocations:
+// statements that deny every action to the STS sessions they cover, by
+// session tag or source identity, bounded by aws:TokenIssueTime.
+type AWSRevocationPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The policy document (compact JSON); empty when nothing is to be denied.
+	Document string `protobuf:"bytes,1,opt,name=document,proto3" json:"document,omitempty"`
+	// How many revocations the document enforces.
+	Entries int32 `protobuf:"varint,2,opt,name=entries,proto3" json:"entries,omitempty"`
+	// Revocation ids in effect that did not fit within IAM's size limit and
+	// are NOT enforced at AWS, oldest first (those kept are the oldest).
+	Omitted []string `protobuf:"bytes,3,rep,name=omitted,proto3" json:"omitted,omitempty"`
+	// The document's size as IAM counts it (characters, whitespace not
+	// counted); IAM allows 10,240 for all of a role's inline policies.
+	Chars int32 `protobuf:"varint,4,opt,name=chars,proto3" json:"chars,omitempty"`
+	// For each role the broker applies its revocations to itself.
+	Roles         []*AWSRoleRevocationPolicy `protobuf:"bytes,5,rep,name=roles,proto3" json:"roles,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AWSRevocationPolicy) Reset() {
+	*x = AWSRevocationPolicy{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AWSRevocationPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AWSRevocationPolicy) ProtoMessage() {}
+
+func (x *AWSRevocationPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AWSRevocationPolicy.ProtoReflect.Descriptor instead.
+func (*AWSRevocationPolicy) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *AWSRevocationPolicy) GetDocument() string {
+	if x != nil {
+		return x.Document
+	}
+	return ""
+}
+
+func (x *AWSRevocationPolicy) GetEntries() int32 {
+	if x != nil {
+		return x.Entries
+	}
+	return 0
+}
+
+func (x *AWSRevocationPolicy) GetOmitted() []string {
+	if x != nil {
+		return x.Omitted
+	}
+	return nil
+}
+
+func (x *AWSRevocationPolicy) GetChars() int32 {
+	if x != nil {
+		return x.Chars
+	}
+	return 0
+}
+
+func (x *AWSRevocationPolicy) GetRoles() []*AWSRoleRevocationPolicy {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
+}
+
+// AWSRoleRevocationPolicy is how the broker's own application of the deny
+// document to one role stands.
+type AWSRoleRevocationPolicy struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	RoleArn string                 `protobuf:"bytes,1,opt,name=role_arn,json=roleArn,proto3" json:"role_arn,omitempty"`
+	// The role's inline policy the broker writes.
+	PolicyName string `protobuf:"bytes,2,opt,name=policy_name,json=policyName,proto3" json:"policy_name,omitempty"`
+	// Whether the role's policy matches what is wanted now.
+	InSync bool `protobuf:"varint,3,opt,name=in_sync,json=inSync,proto3" json:"in_sync,omitempty"`
+	// How many revocations the applied document enforces, how many were
+	// left out for size, and its size.
+	Entries int32 `protobuf:"varint,4,opt,name=entries,proto3" json:"entries,omitempty"`
+	Omitted int32 `protobuf:"varint,5,opt,name=omitted,proto3" json:"omitted,omitempty"`
+	Chars   int32 `protobuf:"varint,6,opt,name=chars,proto3" json:"chars,omitempty"`
+	// When the policy was last written or found up to date.
+	AppliedAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=applied_at,json=appliedAt,proto3" json:"applied_at,omitempty"`
+	// The last failure, as an IAM error code (never IAM's text); empty after
+	// a success.
+	Error         string `protobuf:"bytes,8,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AWSRoleRevocationPolicy) Reset() {
+	*x = AWSRoleRevocationPolicy{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AWSRoleRevocationPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AWSRoleRevocationPolicy) ProtoMessage() {}
+
+func (x *AWSRoleRevocationPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AWSRoleRevocationPolicy.ProtoReflect.Descriptor instead.
+func (*AWSRoleRevocationPolicy) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *AWSRoleRevocationPolicy) GetRoleArn() string {
+	if x != nil {
+		return x.RoleArn
+	}
+	return ""
+}
+
+func (x *AWSRoleRevocationPolicy) GetPolicyName() string {
+	if x != nil {
+		return x.PolicyName
+	}
+	return ""
+}
+
+func (x *AWSRoleRevocationPolicy) GetInSync() bool {
+	if x != nil {
+		return x.InSync
+	}
+	return false
+}
+
+func (x *AWSRoleRevocationPolicy) GetEntries() int32 {
+	if x != nil {
+		return x.Entries
+	}
+	return 0
+}
+
+func (x *AWSRoleRevocationPolicy) GetOmitted() int32 {
+	if x != nil {
+		return x.Omitted
+	}
+	return 0
+}
+
+func (x *AWSRoleRevocationPolicy) GetChars() int32 {
+	if x != nil {
+		return x.Chars
+	}
+	return 0
+}
+
+func (x *AWSRoleRevocationPolicy) GetAppliedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.AppliedAt
+	}
+	return nil
+}
+
+func (x *AWSRoleRevocationPolicy) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+// GetAWSRevocationPolicyRequest names the revocation whose document is
+// wanted.
+type GetAWSRevocationPolicyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A revocation id; empty: every revocation in effect.
+	RevocationId  string `protobuf:"bytes,1,opt,name=revocation_id,json=revocationId,proto3" json:"revocation_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetAWSRevocationPolicyRequest) Reset() {
+	*x = GetAWSRevocationPolicyRequest{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetAWSRevocationPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetAWSRevocationPolicyRequest) ProtoMessage() {}
+
+func (x *GetAWSRevocationPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetAWSRevocationPolicyRequest.ProtoReflect.Descriptor instead.
+func (*GetAWSRevocationPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *GetAWSRevocationPolicyRequest) GetRevocationId() string {
+	if x != nil {
+		return x.RevocationId
+	}
+	return ""
+}
+
+// GetAWSRevocationPolicyResponse carries the document.
+type GetAWSRevocationPolicyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Policy        *AWSRevocationPolicy   `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetAWSRevocationPolicyResponse) Reset() {
+	*x = GetAWSRevocationPolicyResponse{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetAWSRevocationPolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetAWSRevocationPolicyResponse) ProtoMessage() {}
+
+func (x *GetAWSRevocationPolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetAWSRevocationPolicyResponse.ProtoReflect.Descriptor instead.
+func (*GetAWSRevocationPolicyResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *GetAWSRevocationPolicyResponse) GetPolicy() *AWSRevocationPolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
 // ListRevocationsRequest pages through revocations.
 type ListRevocationsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2142,7 +2439,7 @@ type ListRevocationsRequest struct {
 
 func (x *ListRevocationsRequest) Reset() {
 	*x = ListRevocationsRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[24]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2154,7 +2451,7 @@ func (x *ListRevocationsRequest) String() string {
 func (*ListRevocationsRequest) ProtoMessage() {}
 
 func (x *ListRevocationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[24]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2167,7 +2464,7 @@ func (x *ListRevocationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRevocationsRequest.ProtoReflect.Descriptor instead.
 func (*ListRevocationsRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListRevocationsRequest) GetPageSize() int32 {
@@ -2196,7 +2493,7 @@ type ListRevocationsResponse struct {
 
 func (x *ListRevocationsResponse) Reset() {
 	*x = ListRevocationsResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[25]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2208,7 +2505,7 @@ func (x *ListRevocationsResponse) String() string {
 func (*ListRevocationsResponse) ProtoMessage() {}
 
 func (x *ListRevocationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[25]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2221,7 +2518,7 @@ func (x *ListRevocationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRevocationsResponse.ProtoReflect.Descriptor instead.
 func (*ListRevocationsResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListRevocationsResponse) GetRevocations() []*Revocation {
@@ -2248,7 +2545,7 @@ type LiftRevocationRequest struct {
 
 func (x *LiftRevocationRequest) Reset() {
 	*x = LiftRevocationRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[26]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2260,7 +2557,7 @@ func (x *LiftRevocationRequest) String() string {
 func (*LiftRevocationRequest) ProtoMessage() {}
 
 func (x *LiftRevocationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[26]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2273,7 +2570,7 @@ func (x *LiftRevocationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LiftRevocationRequest.ProtoReflect.Descriptor instead.
 func (*LiftRevocationRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *LiftRevocationRequest) GetRevocationId() string {
@@ -2293,7 +2590,7 @@ type LiftRevocationResponse struct {
 
 func (x *LiftRevocationResponse) Reset() {
 	*x = LiftRevocationResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[27]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2305,7 +2602,7 @@ func (x *LiftRevocationResponse) String() string {
 func (*LiftRevocationResponse) ProtoMessage() {}
 
 func (x *LiftRevocationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[27]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2318,7 +2615,7 @@ func (x *LiftRevocationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LiftRevocationResponse.ProtoReflect.Descriptor instead.
 func (*LiftRevocationResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *LiftRevocationResponse) GetRevocation() *Revocation {
@@ -2346,7 +2643,7 @@ type Cluster struct {
 
 func (x *Cluster) Reset() {
 	*x = Cluster{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[28]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2358,7 +2655,7 @@ func (x *Cluster) String() string {
 func (*Cluster) ProtoMessage() {}
 
 func (x *Cluster) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[28]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2371,7 +2668,7 @@ func (x *Cluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cluster.ProtoReflect.Descriptor instead.
 func (*Cluster) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Cluster) GetCluster() string {
@@ -2422,7 +2719,7 @@ type ListClustersRequest struct {
 
 func (x *ListClustersRequest) Reset() {
 	*x = ListClustersRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[29]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2434,7 +2731,7 @@ func (x *ListClustersRequest) String() string {
 func (*ListClustersRequest) ProtoMessage() {}
 
 func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[29]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2447,7 +2744,7 @@ func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersRequest.ProtoReflect.Descriptor instead.
 func (*ListClustersRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListClustersRequest) GetPageSize() int32 {
@@ -2476,7 +2773,7 @@ type ListClustersResponse struct {
 
 func (x *ListClustersResponse) Reset() {
 	*x = ListClustersResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[30]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2488,7 +2785,7 @@ func (x *ListClustersResponse) String() string {
 func (*ListClustersResponse) ProtoMessage() {}
 
 func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[30]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2501,7 +2798,7 @@ func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersResponse.ProtoReflect.Descriptor instead.
 func (*ListClustersResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ListClustersResponse) GetClusters() []*Cluster {
@@ -2531,7 +2828,7 @@ type DeleteClusterRequest struct {
 
 func (x *DeleteClusterRequest) Reset() {
 	*x = DeleteClusterRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[31]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2543,7 +2840,7 @@ func (x *DeleteClusterRequest) String() string {
 func (*DeleteClusterRequest) ProtoMessage() {}
 
 func (x *DeleteClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[31]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2556,7 +2853,7 @@ func (x *DeleteClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteClusterRequest.ProtoReflect.Descriptor instead.
 func (*DeleteClusterRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *DeleteClusterRequest) GetCluster() string {
@@ -2591,7 +2888,7 @@ type DeleteClusterResponse struct {
 
 func (x *DeleteClusterResponse) Reset() {
 	*x = DeleteClusterResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[32]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2603,7 +2900,7 @@ func (x *DeleteClusterResponse) String() string {
 func (*DeleteClusterResponse) ProtoMessage() {}
 
 func (x *DeleteClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[32]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2616,7 +2913,7 @@ func (x *DeleteClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteClusterResponse.ProtoReflect.Descriptor instead.
 func (*DeleteClusterResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{32}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *DeleteClusterResponse) GetRevocation() *Revocation {
@@ -2666,7 +2963,7 @@ type QuotaUsage struct {
 
 func (x *QuotaUsage) Reset() {
 	*x = QuotaUsage{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[33]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2678,7 +2975,7 @@ func (x *QuotaUsage) String() string {
 func (*QuotaUsage) ProtoMessage() {}
 
 func (x *QuotaUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[33]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2691,7 +2988,7 @@ func (x *QuotaUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuotaUsage.ProtoReflect.Descriptor instead.
 func (*QuotaUsage) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{33}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *QuotaUsage) GetKey() isQuotaUsage_Key {
@@ -2770,7 +3067,7 @@ type GetQuotaRequest struct {
 
 func (x *GetQuotaRequest) Reset() {
 	*x = GetQuotaRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[34]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2782,7 +3079,7 @@ func (x *GetQuotaRequest) String() string {
 func (*GetQuotaRequest) ProtoMessage() {}
 
 func (x *GetQuotaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[34]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2795,7 +3092,7 @@ func (x *GetQuotaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQuotaRequest.ProtoReflect.Descriptor instead.
 func (*GetQuotaRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{34}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *GetQuotaRequest) GetKey() isGetQuotaRequest_Key {
@@ -2854,7 +3151,7 @@ type GetQuotaResponse struct {
 
 func (x *GetQuotaResponse) Reset() {
 	*x = GetQuotaResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[35]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2866,7 +3163,7 @@ func (x *GetQuotaResponse) String() string {
 func (*GetQuotaResponse) ProtoMessage() {}
 
 func (x *GetQuotaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[35]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2879,7 +3176,7 @@ func (x *GetQuotaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQuotaResponse.ProtoReflect.Descriptor instead.
 func (*GetQuotaResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{35}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *GetQuotaResponse) GetUsage() *QuotaUsage {
@@ -2915,7 +3212,7 @@ type QuotaLimit struct {
 
 func (x *QuotaLimit) Reset() {
 	*x = QuotaLimit{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[36]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2927,7 +3224,7 @@ func (x *QuotaLimit) String() string {
 func (*QuotaLimit) ProtoMessage() {}
 
 func (x *QuotaLimit) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[36]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2940,7 +3237,7 @@ func (x *QuotaLimit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuotaLimit.ProtoReflect.Descriptor instead.
 func (*QuotaLimit) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{36}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *QuotaLimit) GetMax() int32 {
@@ -2985,7 +3282,7 @@ type ResetQuotaRequest struct {
 
 func (x *ResetQuotaRequest) Reset() {
 	*x = ResetQuotaRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[37]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2997,7 +3294,7 @@ func (x *ResetQuotaRequest) String() string {
 func (*ResetQuotaRequest) ProtoMessage() {}
 
 func (x *ResetQuotaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[37]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3010,7 +3307,7 @@ func (x *ResetQuotaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetQuotaRequest.ProtoReflect.Descriptor instead.
 func (*ResetQuotaRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{37}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ResetQuotaRequest) GetKey() isResetQuotaRequest_Key {
@@ -3065,7 +3362,7 @@ type ResetQuotaResponse struct {
 
 func (x *ResetQuotaResponse) Reset() {
 	*x = ResetQuotaResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[38]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3077,7 +3374,7 @@ func (x *ResetQuotaResponse) String() string {
 func (*ResetQuotaResponse) ProtoMessage() {}
 
 func (x *ResetQuotaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[38]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3090,7 +3387,7 @@ func (x *ResetQuotaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetQuotaResponse.ProtoReflect.Descriptor instead.
 func (*ResetQuotaResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{38}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ResetQuotaResponse) GetForgotten() *QuotaUsage {
@@ -3244,12 +3541,14 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\acluster\x18\x03 \x01(\tH\x00R\acluster\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x120\n" +
 	"\x05until\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x05untilB\b\n" +
-	"\x06target\"\x8a\x01\n" +
+	"\x06target\"\xcd\x01\n" +
 	"\x0eRevokeResponse\x129\n" +
 	"\n" +
 	"revocation\x18\x01 \x01(\v2\x19.credbroker.v1.RevocationR\n" +
 	"revocation\x12=\n" +
-	"\bupstream\x18\x02 \x03(\v2!.credbroker.v1.UpstreamRevocationR\bupstream\"\xd7\x01\n" +
+	"\bupstream\x18\x02 \x03(\v2!.credbroker.v1.UpstreamRevocationR\bupstream\x12A\n" +
+	"\n" +
+	"aws_policy\x18\x03 \x01(\v2\".credbroker.v1.AWSRevocationPolicyR\tawsPolicy\"\xd7\x01\n" +
 	"\x12UpstreamRevocation\x12\x16\n" +
 	"\x06issuer\x18\x01 \x01(\tR\x06issuer\x12\x18\n" +
 	"\acovered\x18\x02 \x01(\x05R\acovered\x12\x18\n" +
@@ -3258,7 +3557,28 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\bover_cap\x18\x05 \x01(\x05R\aoverCap\x12\x1f\n" +
 	"\vfirst_error\x18\x06 \x01(\tR\n" +
 	"firstError\x12!\n" +
-	"\fscan_limited\x18\a \x01(\bR\vscanLimited\"T\n" +
+	"\fscan_limited\x18\a \x01(\bR\vscanLimited\"\xb9\x01\n" +
+	"\x13AWSRevocationPolicy\x12\x1a\n" +
+	"\bdocument\x18\x01 \x01(\tR\bdocument\x12\x18\n" +
+	"\aentries\x18\x02 \x01(\x05R\aentries\x12\x18\n" +
+	"\aomitted\x18\x03 \x03(\tR\aomitted\x12\x14\n" +
+	"\x05chars\x18\x04 \x01(\x05R\x05chars\x12<\n" +
+	"\x05roles\x18\x05 \x03(\v2&.credbroker.v1.AWSRoleRevocationPolicyR\x05roles\"\x89\x02\n" +
+	"\x17AWSRoleRevocationPolicy\x12\x19\n" +
+	"\brole_arn\x18\x01 \x01(\tR\aroleArn\x12\x1f\n" +
+	"\vpolicy_name\x18\x02 \x01(\tR\n" +
+	"policyName\x12\x17\n" +
+	"\ain_sync\x18\x03 \x01(\bR\x06inSync\x12\x18\n" +
+	"\aentries\x18\x04 \x01(\x05R\aentries\x12\x18\n" +
+	"\aomitted\x18\x05 \x01(\x05R\aomitted\x12\x14\n" +
+	"\x05chars\x18\x06 \x01(\x05R\x05chars\x129\n" +
+	"\n" +
+	"applied_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tappliedAt\x12\x14\n" +
+	"\x05error\x18\b \x01(\tR\x05error\"D\n" +
+	"\x1dGetAWSRevocationPolicyRequest\x12#\n" +
+	"\rrevocation_id\x18\x01 \x01(\tR\frevocationId\"\\\n" +
+	"\x1eGetAWSRevocationPolicyResponse\x12:\n" +
+	"\x06policy\x18\x01 \x01(\v2\".credbroker.v1.AWSRevocationPolicyR\x06policy\"T\n" +
 	"\x16ListRevocationsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
@@ -3347,7 +3667,8 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x1bREVOCATION_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18REVOCATION_KIND_ISSUANCE\x10\x01\x12\x1c\n" +
 	"\x18REVOCATION_KIND_IDENTITY\x10\x02\x12\x1b\n" +
-	"\x17REVOCATION_KIND_CLUSTER\x10\x032\xcf\t\n" +
+	"\x17REVOCATION_KIND_CLUSTER\x10\x032\xc6\n" +
+	"\n" +
 	"\fAdminService\x12Z\n" +
 	"\rListIssuances\x12#.credbroker.v1.ListIssuancesRequest\x1a$.credbroker.v1.ListIssuancesResponse\x12T\n" +
 	"\vGetIssuance\x12!.credbroker.v1.GetIssuanceRequest\x1a\".credbroker.v1.GetIssuanceResponse\x12V\n" +
@@ -3358,7 +3679,8 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\tEvictNode\x12\x1f.credbroker.v1.EvictNodeRequest\x1a .credbroker.v1.EvictNodeResponse\x12E\n" +
 	"\x06Revoke\x12\x1c.credbroker.v1.RevokeRequest\x1a\x1d.credbroker.v1.RevokeResponse\x12`\n" +
 	"\x0fListRevocations\x12%.credbroker.v1.ListRevocationsRequest\x1a&.credbroker.v1.ListRevocationsResponse\x12]\n" +
-	"\x0eLiftRevocation\x12$.credbroker.v1.LiftRevocationRequest\x1a%.credbroker.v1.LiftRevocationResponse\x12W\n" +
+	"\x0eLiftRevocation\x12$.credbroker.v1.LiftRevocationRequest\x1a%.credbroker.v1.LiftRevocationResponse\x12u\n" +
+	"\x16GetAWSRevocationPolicy\x12,.credbroker.v1.GetAWSRevocationPolicyRequest\x1a-.credbroker.v1.GetAWSRevocationPolicyResponse\x12W\n" +
 	"\fListClusters\x12\".credbroker.v1.ListClustersRequest\x1a#.credbroker.v1.ListClustersResponse\x12Z\n" +
 	"\rDeleteCluster\x12#.credbroker.v1.DeleteClusterRequest\x1a$.credbroker.v1.DeleteClusterResponse\x12K\n" +
 	"\bGetQuota\x12\x1e.credbroker.v1.GetQuotaRequest\x1a\x1f.credbroker.v1.GetQuotaResponse\x12Q\n" +
@@ -3378,63 +3700,67 @@ func file_credbroker_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_credbroker_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_credbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_credbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_credbroker_v1_admin_proto_goTypes = []any{
-	(Decision)(0),                   // 0: credbroker.v1.Decision
-	(AttestationMethod)(0),          // 1: credbroker.v1.AttestationMethod
-	(RevocationKind)(0),             // 2: credbroker.v1.RevocationKind
-	(*AuditRecord)(nil),             // 3: credbroker.v1.AuditRecord
-	(*Issuance)(nil),                // 4: credbroker.v1.Issuance
-	(*ListIssuancesRequest)(nil),    // 5: credbroker.v1.ListIssuancesRequest
-	(*ListIssuancesResponse)(nil),   // 6: credbroker.v1.ListIssuancesResponse
-	(*GetIssuanceRequest)(nil),      // 7: credbroker.v1.GetIssuanceRequest
-	(*GetIssuanceResponse)(nil),     // 8: credbroker.v1.GetIssuanceResponse
-	(*VerifyAuditRequest)(nil),      // 9: credbroker.v1.VerifyAuditRequest
-	(*VerifyAuditResponse)(nil),     // 10: credbroker.v1.VerifyAuditResponse
-	(*VerifyAuditResult)(nil),       // 11: credbroker.v1.VerifyAuditResult
-	(*ChainBreak)(nil),              // 12: credbroker.v1.ChainBreak
-	(*AuditProgress)(nil),           // 13: credbroker.v1.AuditProgress
-	(*ExportAuditRequest)(nil),      // 14: credbroker.v1.ExportAuditRequest
-	(*ExportAuditResponse)(nil),     // 15: credbroker.v1.ExportAuditResponse
-	(*CreateJoinTokenRequest)(nil),  // 16: credbroker.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil), // 17: credbroker.v1.CreateJoinTokenResponse
-	(*Node)(nil),                    // 18: credbroker.v1.Node
-	(*ListNodesRequest)(nil),        // 19: credbroker.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),       // 20: credbroker.v1.ListNodesResponse
-	(*EvictNodeRequest)(nil),        // 21: credbroker.v1.EvictNodeRequest
-	(*EvictNodeResponse)(nil),       // 22: credbroker.v1.EvictNodeResponse
-	(*Revocation)(nil),              // 23: credbroker.v1.Revocation
-	(*RevokeRequest)(nil),           // 24: credbroker.v1.RevokeRequest
-	(*RevokeResponse)(nil),          // 25: credbroker.v1.RevokeResponse
-	(*UpstreamRevocation)(nil),      // 26: credbroker.v1.UpstreamRevocation
-	(*ListRevocationsRequest)(nil),  // 27: credbroker.v1.ListRevocationsRequest
-	(*ListRevocationsResponse)(nil), // 28: credbroker.v1.ListRevocationsResponse
-	(*LiftRevocationRequest)(nil),   // 29: credbroker.v1.LiftRevocationRequest
-	(*LiftRevocationResponse)(nil),  // 30: credbroker.v1.LiftRevocationResponse
-	(*Cluster)(nil),                 // 31: credbroker.v1.Cluster
-	(*ListClustersRequest)(nil),     // 32: credbroker.v1.ListClustersRequest
-	(*ListClustersResponse)(nil),    // 33: credbroker.v1.ListClustersResponse
-	(*DeleteClusterRequest)(nil),    // 34: credbroker.v1.DeleteClusterRequest
-	(*DeleteClusterResponse)(nil),   // 35: credbroker.v1.DeleteClusterResponse
-	(*QuotaUsage)(nil),              // 36: credbroker.v1.QuotaUsage
-	(*GetQuotaRequest)(nil),         // 37: credbroker.v1.GetQuotaRequest
-	(*GetQuotaResponse)(nil),        // 38: credbroker.v1.GetQuotaResponse
-	(*QuotaLimit)(nil),              // 39: credbroker.v1.QuotaLimit
-	(*ResetQuotaRequest)(nil),       // 40: credbroker.v1.ResetQuotaRequest
-	(*ResetQuotaResponse)(nil),      // 41: credbroker.v1.ResetQuotaResponse
-	(*timestamppb.Timestamp)(nil),   // 42: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 43: google.protobuf.Duration
+	(Decision)(0),                          // 0: credbroker.v1.Decision
+	(AttestationMethod)(0),                 // 1: credbroker.v1.AttestationMethod
+	(RevocationKind)(0),                    // 2: credbroker.v1.RevocationKind
+	(*AuditRecord)(nil),                    // 3: credbroker.v1.AuditRecord
+	(*Issuance)(nil),                       // 4: credbroker.v1.Issuance
+	(*ListIssuancesRequest)(nil),           // 5: credbroker.v1.ListIssuancesRequest
+	(*ListIssuancesResponse)(nil),          // 6: credbroker.v1.ListIssuancesResponse
+	(*GetIssuanceRequest)(nil),             // 7: credbroker.v1.GetIssuanceRequest
+	(*GetIssuanceResponse)(nil),            // 8: credbroker.v1.GetIssuanceResponse
+	(*VerifyAuditRequest)(nil),             // 9: credbroker.v1.VerifyAuditRequest
+	(*VerifyAuditResponse)(nil),            // 10: credbroker.v1.VerifyAuditResponse
+	(*VerifyAuditResult)(nil),              // 11: credbroker.v1.VerifyAuditResult
+	(*ChainBreak)(nil),                     // 12: credbroker.v1.ChainBreak
+	(*AuditProgress)(nil),                  // 13: credbroker.v1.AuditProgress
+	(*ExportAuditRequest)(nil),             // 14: credbroker.v1.ExportAuditRequest
+	(*ExportAuditResponse)(nil),            // 15: credbroker.v1.ExportAuditResponse
+	(*CreateJoinTokenRequest)(nil),         // 16: credbroker.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),        // 17: credbroker.v1.CreateJoinTokenResponse
+	(*Node)(nil),                           // 18: credbroker.v1.Node
+	(*ListNodesRequest)(nil),               // 19: credbroker.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),              // 20: credbroker.v1.ListNodesResponse
+	(*EvictNodeRequest)(nil),               // 21: credbroker.v1.EvictNodeRequest
+	(*EvictNodeResponse)(nil),              // 22: credbroker.v1.EvictNodeResponse
+	(*Revocation)(nil),                     // 23: credbroker.v1.Revocation
+	(*RevokeRequest)(nil),                  // 24: credbroker.v1.RevokeRequest
+	(*RevokeResponse)(nil),                 // 25: credbroker.v1.RevokeResponse
+	(*UpstreamRevocation)(nil),             // 26: credbroker.v1.UpstreamRevocation
+	(*AWSRevocationPolicy)(nil),            // 27: credbroker.v1.AWSRevocationPolicy
+	(*AWSRoleRevocationPolicy)(nil),        // 28: credbroker.v1.AWSRoleRevocationPolicy
+	(*GetAWSRevocationPolicyRequest)(nil),  // 29: credbroker.v1.GetAWSRevocationPolicyRequest
+	(*GetAWSRevocationPolicyResponse)(nil), // 30: credbroker.v1.GetAWSRevocationPolicyResponse
+	(*ListRevocationsRequest)(nil),         // 31: credbroker.v1.ListRevocationsRequest
+	(*ListRevocationsResponse)(nil),        // 32: credbroker.v1.ListRevocationsResponse
+	(*LiftRevocationRequest)(nil),          // 33: credbroker.v1.LiftRevocationRequest
+	(*LiftRevocationResponse)(nil),         // 34: credbroker.v1.LiftRevocationResponse
+	(*Cluster)(nil),                        // 35: credbroker.v1.Cluster
+	(*ListClustersRequest)(nil),            // 36: credbroker.v1.ListClustersRequest
+	(*ListClustersResponse)(nil),           // 37: credbroker.v1.ListClustersResponse
+	(*DeleteClusterRequest)(nil),           // 38: credbroker.v1.DeleteClusterRequest
+	(*DeleteClusterResponse)(nil),          // 39: credbroker.v1.DeleteClusterResponse
+	(*QuotaUsage)(nil),                     // 40: credbroker.v1.QuotaUsage
+	(*GetQuotaRequest)(nil),                // 41: credbroker.v1.GetQuotaRequest
+	(*GetQuotaResponse)(nil),               // 42: credbroker.v1.GetQuotaResponse
+	(*QuotaLimit)(nil),                     // 43: credbroker.v1.QuotaLimit
+	(*ResetQuotaRequest)(nil),              // 44: credbroker.v1.ResetQuotaRequest
+	(*ResetQuotaResponse)(nil),             // 45: credbroker.v1.ResetQuotaResponse
+	(*timestamppb.Timestamp)(nil),          // 46: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),            // 47: google.protobuf.Duration
 }
 var file_credbroker_v1_admin_proto_depIdxs = []int32{
-	42, // 0: credbroker.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	46, // 0: credbroker.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
 	1,  // 1: credbroker.v1.AuditRecord.attestation:type_name -> credbroker.v1.AttestationMethod
 	0,  // 2: credbroker.v1.AuditRecord.decision:type_name -> credbroker.v1.Decision
-	43, // 3: credbroker.v1.AuditRecord.ttl:type_name -> google.protobuf.Duration
-	42, // 4: credbroker.v1.AuditRecord.expires_at:type_name -> google.protobuf.Timestamp
-	42, // 5: credbroker.v1.Issuance.issued_at:type_name -> google.protobuf.Timestamp
-	42, // 6: credbroker.v1.Issuance.expires_at:type_name -> google.protobuf.Timestamp
+	47, // 3: credbroker.v1.AuditRecord.ttl:type_name -> google.protobuf.Duration
+	46, // 4: credbroker.v1.AuditRecord.expires_at:type_name -> google.protobuf.Timestamp
+	46, // 5: credbroker.v1.Issuance.issued_at:type_name -> google.protobuf.Timestamp
+	46, // 6: credbroker.v1.Issuance.expires_at:type_name -> google.protobuf.Timestamp
 	1,  // 7: credbroker.v1.Issuance.attestation:type_name -> credbroker.v1.AttestationMethod
-	42, // 8: credbroker.v1.ListIssuancesRequest.since:type_name -> google.protobuf.Timestamp
+	46, // 8: credbroker.v1.ListIssuancesRequest.since:type_name -> google.protobuf.Timestamp
 	4,  // 9: credbroker.v1.ListIssuancesResponse.issuances:type_name -> credbroker.v1.Issuance
 	4,  // 10: credbroker.v1.GetIssuanceResponse.issuance:type_name -> credbroker.v1.Issuance
 	3,  // 11: credbroker.v1.GetIssuanceResponse.records:type_name -> credbroker.v1.AuditRecord
@@ -3442,69 +3768,75 @@ var file_credbroker_v1_admin_proto_depIdxs = []int32{
 	11, // 13: credbroker.v1.VerifyAuditResponse.result:type_name -> credbroker.v1.VerifyAuditResult
 	12, // 14: credbroker.v1.VerifyAuditResult.first_break:type_name -> credbroker.v1.ChainBreak
 	3,  // 15: credbroker.v1.ExportAuditResponse.record:type_name -> credbroker.v1.AuditRecord
-	43, // 16: credbroker.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
-	42, // 17: credbroker.v1.CreateJoinTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	47, // 16: credbroker.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
+	46, // 17: credbroker.v1.CreateJoinTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
 	1,  // 18: credbroker.v1.Node.attestation:type_name -> credbroker.v1.AttestationMethod
-	42, // 19: credbroker.v1.Node.attested_at:type_name -> google.protobuf.Timestamp
-	42, // 20: credbroker.v1.Node.renewed_at:type_name -> google.protobuf.Timestamp
-	42, // 21: credbroker.v1.Node.expires_at:type_name -> google.protobuf.Timestamp
-	42, // 22: credbroker.v1.Node.evicted_at:type_name -> google.protobuf.Timestamp
+	46, // 19: credbroker.v1.Node.attested_at:type_name -> google.protobuf.Timestamp
+	46, // 20: credbroker.v1.Node.renewed_at:type_name -> google.protobuf.Timestamp
+	46, // 21: credbroker.v1.Node.expires_at:type_name -> google.protobuf.Timestamp
+	46, // 22: credbroker.v1.Node.evicted_at:type_name -> google.protobuf.Timestamp
 	18, // 23: credbroker.v1.ListNodesResponse.nodes:type_name -> credbroker.v1.Node
 	18, // 24: credbroker.v1.EvictNodeResponse.node:type_name -> credbroker.v1.Node
 	4,  // 25: credbroker.v1.EvictNodeResponse.issuances:type_name -> credbroker.v1.Issuance
 	2,  // 26: credbroker.v1.Revocation.kind:type_name -> credbroker.v1.RevocationKind
-	42, // 27: credbroker.v1.Revocation.created_at:type_name -> google.protobuf.Timestamp
-	42, // 28: credbroker.v1.Revocation.until:type_name -> google.protobuf.Timestamp
-	42, // 29: credbroker.v1.Revocation.covered_until:type_name -> google.protobuf.Timestamp
-	42, // 30: credbroker.v1.RevokeRequest.until:type_name -> google.protobuf.Timestamp
+	46, // 27: credbroker.v1.Revocation.created_at:type_name -> google.protobuf.Timestamp
+	46, // 28: credbroker.v1.Revocation.until:type_name -> google.protobuf.Timestamp
+	46, // 29: credbroker.v1.Revocation.covered_until:type_name -> google.protobuf.Timestamp
+	46, // 30: credbroker.v1.RevokeRequest.until:type_name -> google.protobuf.Timestamp
 	23, // 31: credbroker.v1.RevokeResponse.revocation:type_name -> credbroker.v1.Revocation
 	26, // 32: credbroker.v1.RevokeResponse.upstream:type_name -> credbroker.v1.UpstreamRevocation
-	23, // 33: credbroker.v1.ListRevocationsResponse.revocations:type_name -> credbroker.v1.Revocation
-	23, // 34: credbroker.v1.LiftRevocationResponse.revocation:type_name -> credbroker.v1.Revocation
-	23, // 35: credbroker.v1.Cluster.revocation:type_name -> credbroker.v1.Revocation
-	31, // 36: credbroker.v1.ListClustersResponse.clusters:type_name -> credbroker.v1.Cluster
-	23, // 37: credbroker.v1.DeleteClusterResponse.revocation:type_name -> credbroker.v1.Revocation
-	18, // 38: credbroker.v1.DeleteClusterResponse.evicted_nodes:type_name -> credbroker.v1.Node
-	26, // 39: credbroker.v1.DeleteClusterResponse.upstream:type_name -> credbroker.v1.UpstreamRevocation
-	42, // 40: credbroker.v1.QuotaUsage.window_start:type_name -> google.protobuf.Timestamp
-	42, // 41: credbroker.v1.QuotaUsage.reset_at:type_name -> google.protobuf.Timestamp
-	36, // 42: credbroker.v1.GetQuotaResponse.usage:type_name -> credbroker.v1.QuotaUsage
-	39, // 43: credbroker.v1.GetQuotaResponse.limits:type_name -> credbroker.v1.QuotaLimit
-	43, // 44: credbroker.v1.QuotaLimit.window:type_name -> google.protobuf.Duration
-	36, // 45: credbroker.v1.ResetQuotaResponse.forgotten:type_name -> credbroker.v1.QuotaUsage
-	5,  // 46: credbroker.v1.AdminService.ListIssuances:input_type -> credbroker.v1.ListIssuancesRequest
-	7,  // 47: credbroker.v1.AdminService.GetIssuance:input_type -> credbroker.v1.GetIssuanceRequest
-	9,  // 48: credbroker.v1.AdminService.VerifyAudit:input_type -> credbroker.v1.VerifyAuditRequest
-	14, // 49: credbroker.v1.AdminService.ExportAudit:input_type -> credbroker.v1.ExportAuditRequest
-	16, // 50: credbroker.v1.AdminService.CreateJoinToken:input_type -> credbroker.v1.CreateJoinTokenRequest
-	19, // 51: credbroker.v1.AdminService.ListNodes:input_type -> credbroker.v1.ListNodesRequest
-	21, // 52: credbroker.v1.AdminService.EvictNode:input_type -> credbroker.v1.EvictNodeRequest
-	24, // 53: credbroker.v1.AdminService.Revoke:input_type -> credbroker.v1.RevokeRequest
-	27, // 54: credbroker.v1.AdminService.ListRevocations:input_type -> credbroker.v1.ListRevocationsRequest
-	29, // 55: credbroker.v1.AdminService.LiftRevocation:input_type -> credbroker.v1.LiftRevocationRequest
-	32, // 56: credbroker.v1.AdminService.ListClusters:input_type -> credbroker.v1.ListClustersRequest
-	34, // 57: credbroker.v1.AdminService.DeleteCluster:input_type -> credbroker.v1.DeleteClusterRequest
-	37, // 58: credbroker.v1.AdminService.GetQuota:input_type -> credbroker.v1.GetQuotaRequest
-	40, // 59: credbroker.v1.AdminService.ResetQuota:input_type -> credbroker.v1.ResetQuotaRequest
-	6,  // 60: credbroker.v1.AdminService.ListIssuances:output_type -> credbroker.v1.ListIssuancesResponse
-	8,  // 61: credbroker.v1.AdminService.GetIssuance:output_type -> credbroker.v1.GetIssuanceResponse
-	10, // 62: credbroker.v1.AdminService.VerifyAudit:output_type -> credbroker.v1.VerifyAuditResponse
-	15, // 63: credbroker.v1.AdminService.ExportAudit:output_type -> credbroker.v1.ExportAuditResponse
-	17, // 64: credbroker.v1.AdminService.CreateJoinToken:output_type -> credbroker.v1.CreateJoinTokenResponse
-	20, // 65: credbroker.v1.AdminService.ListNodes:output_type -> credbroker.v1.ListNodesResponse
-	22, // 66: credbroker.v1.AdminService.EvictNode:output_type -> credbroker.v1.EvictNodeResponse
-	25, // 67: credbroker.v1.AdminService.Revoke:output_type -> credbroker.v1.RevokeResponse
-	28, // 68: credbroker.v1.AdminService.ListRevocations:output_type -> credbroker.v1.ListRevocationsResponse
-	30, // 69: credbroker.v1.AdminService.LiftRevocation:output_type -> credbroker.v1.LiftRevocationResponse
-	33, // 70: credbroker.v1.AdminService.ListClusters:output_type -> credbroker.v1.ListClustersResponse
-	35, // 71: credbroker.v1.AdminService.DeleteCluster:output_type -> credbroker.v1.DeleteClusterResponse
-	38, // 72: credbroker.v1.AdminService.GetQuota:output_type -> credbroker.v1.GetQuotaResponse
-	41, // 73: credbroker.v1.AdminService.ResetQuota:output_type -> credbroker.v1.ResetQuotaResponse
-	60, // [60:74] is the sub-list for method output_type
-	46, // [46:60] is the sub-list for method input_type
-	46, // [46:46] is the sub-list for extension type_name
-	46, // [46:46] is the sub-list for extension extendee
-	0,  // [0:46] is the sub-list for field type_name
+	27, // 33: credbroker.v1.RevokeResponse.aws_policy:type_name -> credbroker.v1.AWSRevocationPolicy
+	28, // 34: credbroker.v1.AWSRevocationPolicy.roles:type_name -> credbroker.v1.AWSRoleRevocationPolicy
+	46, // 35: credbroker.v1.AWSRoleRevocationPolicy.applied_at:type_name -> google.protobuf.Timestamp
+	27, // 36: credbroker.v1.GetAWSRevocationPolicyResponse.policy:type_name -> credbroker.v1.AWSRevocationPolicy
+	23, // 37: credbroker.v1.ListRevocationsResponse.revocations:type_name -> credbroker.v1.Revocation
+	23, // 38: credbroker.v1.LiftRevocationResponse.revocation:type_name -> credbroker.v1.Revocation
+	23, // 39: credbroker.v1.Cluster.revocation:type_name -> credbroker.v1.Revocation
+	35, // 40: credbroker.v1.ListClustersResponse.clusters:type_name -> credbroker.v1.Cluster
+	23, // 41: credbroker.v1.DeleteClusterResponse.revocation:type_name -> credbroker.v1.Revocation
+	18, // 42: credbroker.v1.DeleteClusterResponse.evicted_nodes:type_name -> credbroker.v1.Node
+	26, // 43: credbroker.v1.DeleteClusterResponse.upstream:type_name -> credbroker.v1.UpstreamRevocation
+	46, // 44: credbroker.v1.QuotaUsage.window_start:type_name -> google.protobuf.Timestamp
+	46, // 45: credbroker.v1.QuotaUsage.reset_at:type_name -> google.protobuf.Timestamp
+	40, // 46: credbroker.v1.GetQuotaResponse.usage:type_name -> credbroker.v1.QuotaUsage
+	43, // 47: credbroker.v1.GetQuotaResponse.limits:type_name -> credbroker.v1.QuotaLimit
+	47, // 48: credbroker.v1.QuotaLimit.window:type_name -> google.protobuf.Duration
+	40, // 49: credbroker.v1.ResetQuotaResponse.forgotten:type_name -> credbroker.v1.QuotaUsage
+	5,  // 50: credbroker.v1.AdminService.ListIssuances:input_type -> credbroker.v1.ListIssuancesRequest
+	7,  // 51: credbroker.v1.AdminService.GetIssuance:input_type -> credbroker.v1.GetIssuanceRequest
+	9,  // 52: credbroker.v1.AdminService.VerifyAudit:input_type -> credbroker.v1.VerifyAuditRequest
+	14, // 53: credbroker.v1.AdminService.ExportAudit:input_type -> credbroker.v1.ExportAuditRequest
+	16, // 54: credbroker.v1.AdminService.CreateJoinToken:input_type -> credbroker.v1.CreateJoinTokenRequest
+	19, // 55: credbroker.v1.AdminService.ListNodes:input_type -> credbroker.v1.ListNodesRequest
+	21, // 56: credbroker.v1.AdminService.EvictNode:input_type -> credbroker.v1.EvictNodeRequest
+	24, // 57: credbroker.v1.AdminService.Revoke:input_type -> credbroker.v1.RevokeRequest
+	31, // 58: credbroker.v1.AdminService.ListRevocations:input_type -> credbroker.v1.ListRevocationsRequest
+	33, // 59: credbroker.v1.AdminService.LiftRevocation:input_type -> credbroker.v1.LiftRevocationRequest
+	29, // 60: credbroker.v1.AdminService.GetAWSRevocationPolicy:input_type -> credbroker.v1.GetAWSRevocationPolicyRequest
+	36, // 61: credbroker.v1.AdminService.ListClusters:input_type -> credbroker.v1.ListClustersRequest
+	38, // 62: credbroker.v1.AdminService.DeleteCluster:input_type -> credbroker.v1.DeleteClusterRequest
+	41, // 63: credbroker.v1.AdminService.GetQuota:input_type -> credbroker.v1.GetQuotaRequest
+	44, // 64: credbroker.v1.AdminService.ResetQuota:input_type -> credbroker.v1.ResetQuotaRequest
+	6,  // 65: credbroker.v1.AdminService.ListIssuances:output_type -> credbroker.v1.ListIssuancesResponse
+	8,  // 66: credbroker.v1.AdminService.GetIssuance:output_type -> credbroker.v1.GetIssuanceResponse
+	10, // 67: credbroker.v1.AdminService.VerifyAudit:output_type -> credbroker.v1.VerifyAuditResponse
+	15, // 68: credbroker.v1.AdminService.ExportAudit:output_type -> credbroker.v1.ExportAuditResponse
+	17, // 69: credbroker.v1.AdminService.CreateJoinToken:output_type -> credbroker.v1.CreateJoinTokenResponse
+	20, // 70: credbroker.v1.AdminService.ListNodes:output_type -> credbroker.v1.ListNodesResponse
+	22, // 71: credbroker.v1.AdminService.EvictNode:output_type -> credbroker.v1.EvictNodeResponse
+	25, // 72: credbroker.v1.AdminService.Revoke:output_type -> credbroker.v1.RevokeResponse
+	32, // 73: credbroker.v1.AdminService.ListRevocations:output_type -> credbroker.v1.ListRevocationsResponse
+	34, // 74: credbroker.v1.AdminService.LiftRevocation:output_type -> credbroker.v1.LiftRevocationResponse
+	30, // 75: credbroker.v1.AdminService.GetAWSRevocationPolicy:output_type -> credbroker.v1.GetAWSRevocationPolicyResponse
+	37, // 76: credbroker.v1.AdminService.ListClusters:output_type -> credbroker.v1.ListClustersResponse
+	39, // 77: credbroker.v1.AdminService.DeleteCluster:output_type -> credbroker.v1.DeleteClusterResponse
+	42, // 78: credbroker.v1.AdminService.GetQuota:output_type -> credbroker.v1.GetQuotaResponse
+	45, // 79: credbroker.v1.AdminService.ResetQuota:output_type -> credbroker.v1.ResetQuotaResponse
+	65, // [65:80] is the sub-list for method output_type
+	50, // [50:65] is the sub-list for method input_type
+	50, // [50:50] is the sub-list for extension type_name
+	50, // [50:50] is the sub-list for extension extendee
+	0,  // [0:50] is the sub-list for field type_name
 }
 
 func init() { file_credbroker_v1_admin_proto_init() }
@@ -3525,15 +3857,15 @@ func file_credbroker_v1_admin_proto_init() {
 		(*RevokeRequest_SpiffeId)(nil),
 		(*RevokeRequest_Cluster)(nil),
 	}
-	file_credbroker_v1_admin_proto_msgTypes[33].OneofWrappers = []any{
+	file_credbroker_v1_admin_proto_msgTypes[37].OneofWrappers = []any{
 		(*QuotaUsage_SpiffeId)(nil),
 		(*QuotaUsage_Cluster)(nil),
 	}
-	file_credbroker_v1_admin_proto_msgTypes[34].OneofWrappers = []any{
+	file_credbroker_v1_admin_proto_msgTypes[38].OneofWrappers = []any{
 		(*GetQuotaRequest_SpiffeId)(nil),
 		(*GetQuotaRequest_Cluster)(nil),
 	}
-	file_credbroker_v1_admin_proto_msgTypes[37].OneofWrappers = []any{
+	file_credbroker_v1_admin_proto_msgTypes[41].OneofWrappers = []any{
 		(*ResetQuotaRequest_SpiffeId)(nil),
 		(*ResetQuotaRequest_Cluster)(nil),
 	}
@@ -3543,7 +3875,7 @@ func file_credbroker_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_credbroker_v1_admin_proto_rawDesc), len(file_credbroker_v1_admin_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   39,
+			NumMessages:   43,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

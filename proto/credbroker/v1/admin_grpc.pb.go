@@ -19,20 +19,21 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AdminService_ListIssuances_FullMethodName   = "/credbroker.v1.AdminService/ListIssuances"
-	AdminService_GetIssuance_FullMethodName     = "/credbroker.v1.AdminService/GetIssuance"
-	AdminService_VerifyAudit_FullMethodName     = "/credbroker.v1.AdminService/VerifyAudit"
-	AdminService_ExportAudit_FullMethodName     = "/credbroker.v1.AdminService/ExportAudit"
-	AdminService_CreateJoinToken_FullMethodName = "/credbroker.v1.AdminService/CreateJoinToken"
-	AdminService_ListNodes_FullMethodName       = "/credbroker.v1.AdminService/ListNodes"
-	AdminService_EvictNode_FullMethodName       = "/credbroker.v1.AdminService/EvictNode"
-	AdminService_Revoke_FullMethodName          = "/credbroker.v1.AdminService/Revoke"
-	AdminService_ListRevocations_FullMethodName = "/credbroker.v1.AdminService/ListRevocations"
-	AdminService_LiftRevocation_FullMethodName  = "/credbroker.v1.AdminService/LiftRevocation"
-	AdminService_ListClusters_FullMethodName    = "/credbroker.v1.AdminService/ListClusters"
-	AdminService_DeleteCluster_FullMethodName   = "/credbroker.v1.AdminService/DeleteCluster"
-	AdminService_GetQuota_FullMethodName        = "/credbroker.v1.AdminService/GetQuota"
-	AdminService_ResetQuota_FullMethodName      = "/credbroker.v1.AdminService/ResetQuota"
+	AdminService_ListIssuances_FullMethodName          = "/credbroker.v1.AdminService/ListIssuances"
+	AdminService_GetIssuance_FullMethodName            = "/credbroker.v1.AdminService/GetIssuance"
+	AdminService_VerifyAudit_FullMethodName            = "/credbroker.v1.AdminService/VerifyAudit"
+	AdminService_ExportAudit_FullMethodName            = "/credbroker.v1.AdminService/ExportAudit"
+	AdminService_CreateJoinToken_FullMethodName        = "/credbroker.v1.AdminService/CreateJoinToken"
+	AdminService_ListNodes_FullMethodName              = "/credbroker.v1.AdminService/ListNodes"
+	AdminService_EvictNode_FullMethodName              = "/credbroker.v1.AdminService/EvictNode"
+	AdminService_Revoke_FullMethodName                 = "/credbroker.v1.AdminService/Revoke"
+	AdminService_ListRevocations_FullMethodName        = "/credbroker.v1.AdminService/ListRevocations"
+	AdminService_LiftRevocation_FullMethodName         = "/credbroker.v1.AdminService/LiftRevocation"
+	AdminService_GetAWSRevocationPolicy_FullMethodName = "/credbroker.v1.AdminService/GetAWSRevocationPolicy"
+	AdminService_ListClusters_FullMethodName           = "/credbroker.v1.AdminService/ListClusters"
+	AdminService_DeleteCluster_FullMethodName          = "/credbroker.v1.AdminService/DeleteCluster"
+	AdminService_GetQuota_FullMethodName               = "/credbroker.v1.AdminService/GetQuota"
+	AdminService_ResetQuota_FullMethodName             = "/credbroker.v1.AdminService/ResetQuota"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -92,6 +93,12 @@ type AdminServiceClient interface {
 	// LiftRevocation ends a revocation; on record as a lifted decision.
 	// NOT_FOUND for an id that is not (or no longer) held.
 	LiftRevocation(ctx context.Context, in *LiftRevocationRequest, opts ...grpc.CallOption) (*LiftRevocationResponse, error)
+	// GetAWSRevocationPolicy returns the IAM deny document that takes back at
+	// AWS the STS sessions one revocation, or every revocation in effect,
+	// covers, and, for each role the broker applies it to itself
+	// (aws.revocation.apply), how the last attempt went. FAILED_PRECONDITION
+	// (reason MISCONFIGURED) when no AWS STS issuer is configured.
+	GetAWSRevocationPolicy(ctx context.Context, in *GetAWSRevocationPolicyRequest, opts ...grpc.CallOption) (*GetAWSRevocationPolicyResponse, error)
 	// ListClusters lists the workload clusters the broker knows of (from its
 	// nodes, join tokens and cluster revocations). Page size: default 100,
 	// maximum 1000.
@@ -235,6 +242,16 @@ func (c *adminServiceClient) LiftRevocation(ctx context.Context, in *LiftRevocat
 	return out, nil
 }
 
+func (c *adminServiceClient) GetAWSRevocationPolicy(ctx context.Context, in *GetAWSRevocationPolicyRequest, opts ...grpc.CallOption) (*GetAWSRevocationPolicyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetAWSRevocationPolicyResponse)
+	err := c.cc.Invoke(ctx, AdminService_GetAWSRevocationPolicy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminServiceClient) ListClusters(ctx context.Context, in *ListClustersRequest, opts ...grpc.CallOption) (*ListClustersResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListClustersResponse)
@@ -332,6 +349,12 @@ type AdminServiceServer interface {
 	// LiftRevocation ends a revocation; on record as a lifted decision.
 	// NOT_FOUND for an id that is not (or no longer) held.
 	LiftRevocation(context.Context, *LiftRevocationRequest) (*LiftRevocationResponse, error)
+	// GetAWSRevocationPolicy returns the IAM deny document that takes back at
+	// AWS the STS sessions one revocation, or every revocation in effect,
+	// covers, and, for each role the broker applies it to itself
+	// (aws.revocation.apply), how the last attempt went. FAILED_PRECONDITION
+	// (reason MISCONFIGURED) when no AWS STS issuer is configured.
+	GetAWSRevocationPolicy(context.Context, *GetAWSRevocationPolicyRequest) (*GetAWSRevocationPolicyResponse, error)
 	// ListClusters lists the workload clusters the broker knows of (from its
 	// nodes, join tokens and cluster revocations). Page size: default 100,
 	// maximum 1000.
@@ -386,6 +409,9 @@ func (UnimplementedAdminServiceServer) ListRevocations(context.Context, *ListRev
 }
 func (UnimplementedAdminServiceServer) LiftRevocation(context.Context, *LiftRevocationRequest) (*LiftRevocationResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method LiftRevocation not implemented")
+}
+func (UnimplementedAdminServiceServer) GetAWSRevocationPolicy(context.Context, *GetAWSRevocationPolicyRequest) (*GetAWSRevocationPolicyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetAWSRevocationPolicy not implemented")
 }
 func (UnimplementedAdminServiceServer) ListClusters(context.Context, *ListClustersRequest) (*ListClustersResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListClusters not implemented")
@@ -586,6 +612,24 @@ func _AdminService_LiftRevocation_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_GetAWSRevocationPolicy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetAWSRevocationPolicyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).GetAWSRevocationPolicy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_GetAWSRevocationPolicy_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).GetAWSRevocationPolicy(ctx, req.(*GetAWSRevocationPolicyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _AdminService_ListClusters_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListClustersRequest)
 	if err := dec(in); err != nil {
@@ -696,6 +740,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "LiftRevocation",
 			Handler:    _AdminService_LiftRevocation_Handler,
+		},
+		{
+			MethodName: "GetAWSRevocationPolicy",
+			Handler:    _AdminService_GetAWSRevocationPolicy_Handler,
 		},
 		{
 			MethodName: "ListClusters",
