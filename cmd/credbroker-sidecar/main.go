@@ -72,6 +72,16 @@ broker answers again (retries back off from 1s to 30s). The AWS SDKs treat a
 container credential as stale 5 minutes before it expires, so use TTLs well
 above 5 minutes.
 
+Revocation: the sidecar keeps a revocation watch open at the broker for the
+credentials it serves. When an admin revokes one of them, or the sidecar's
+identity, or the cluster a credential is for, the sidecar drops it at once
+and answers 403 {"code":"CredentialRevoked","message":...} naming the
+revocation; a revoked issuance is replaced by a fresh credential, a revoked
+identity or cluster is asked for again only with backoff, and at once when
+the revocation is lifted. If the watch breaks it reconnects with backoff;
+while the broker is unreachable the held credentials are served until they
+expire (see above). --watch-revocations=false turns the watch off.
+
 Startup: every credential is fetched once. If the broker refuses (permission
 denied, unauthenticated, invalid argument, not found, or a profile that does
 not issue AWS credentials) the sidecar exits 1. If it is merely unavailable
@@ -88,6 +98,7 @@ type options struct {
 	profile, cluster, credFile                                      string
 	credentials                                                     []string
 	refreshAt                                                       float64
+	watch                                                           bool
 	startTimeout                                                    time.Duration
 	socketSet                                                       bool // --workload-api-socket given explicitly
 }
@@ -118,6 +129,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	fs.StringVar(&o.profile, "profile", "", `shorthand: serve one credential named "default" for this profile`)
 	fs.StringVar(&o.cluster, "cluster", "", "with --profile: workload cluster NAMESPACE/NAME")
 	fs.StringVar(&o.credFile, "credentials-file", "", "also keep an AWS shared-credentials file here, one [NAME] section per credential (mode 0600)")
+	fs.BoolVar(&o.watch, "watch-revocations", true, "keep a revocation watch open at the broker and stop serving a revoked credential at once")
 	fs.Float64Var(&o.refreshAt, "refresh-at", sidecar.DefaultRefreshAt, "refresh at this fraction of a credential's lifetime (0 < f < 1)")
 	fs.DurationVar(&o.startTimeout, "identity-timeout", 30*time.Second, "how long to wait for the first SVID from the Workload API")
 	if err := fs.Parse(args); err != nil {
@@ -155,7 +167,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	err = sidecar.Run(ctx, sidecar.Options{
 		Broker: o.broker, BrokerID: o.brokerID, SVIDs: src, Bundles: src,
 		Credentials: specs, Listen: o.listen, Token: token,
-		CredentialsFile: o.credFile, RefreshAt: o.refreshAt, Logger: log,
+		CredentialsFile: o.credFile, RefreshAt: o.refreshAt, Logger: log, NoWatch: !o.watch,
 	})
 	if err != nil {
 		fmt.Fprintf(stderr, "credbroker-sidecar: %v\n", err)

@@ -39,6 +39,21 @@ func (f *CredentialsFile) Update(name string, c Credential) error {
 	return nil
 }
 
+// Remove takes the credential named name out of the file (a revoked one)
+// and rewrites it; a name not in the file changes nothing.
+func (f *CredentialsFile) Remove(name string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.creds[name]; !ok {
+		return nil
+	}
+	delete(f.creds, name)
+	if err := keyfile.Write(f.path, f.render(), 0o600); err != nil {
+		return fmt.Errorf("sidecar: credentials file: %w", err)
+	}
+	return nil
+}
+
 // Observer returns an Observer that writes each new credential (failed
 // attempts change nothing) and hands a failed write's error to onErr.
 func (f *CredentialsFile) Observer(onErr func(error)) Observer {

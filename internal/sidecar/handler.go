@@ -23,7 +23,8 @@ const CredentialsPath = "/v1/credentials/"
 //
 // The credentials endpoint wants the header "Authorization: TOKEN" (the raw
 // token, as the AWS SDKs send it): missing → 401, wrong → 403, then unknown
-// NAME → 404, no valid credential → 503, each with a JSON body
+// NAME → 404, a revoked credential → 403 (code CredentialRevoked), no
+// valid credential → 503, each with a JSON body
 // {"code","message"} that the SDKs show; 200 is
 // {"AccessKeyId","SecretAccessKey","Token","Expiration"} with
 // Cache-Control: no-store. Nothing is logged per request.
@@ -92,7 +93,12 @@ func (h *Handler) serveCredential(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c, err := ref.Get(r.Context())
-	if err != nil {
+	switch {
+	case errors.Is(err, ErrRevoked):
+		// 4xx: the SDKs do not retry it, and show code and message.
+		writeJSON(w, http.StatusForbidden, errorResponse{"CredentialRevoked", err.Error()})
+		return
+	case err != nil:
 		writeJSON(w, http.StatusServiceUnavailable, errorResponse{"CredentialUnavailable", err.Error()})
 		return
 	}
@@ -107,7 +113,11 @@ func (h *Handler) serveHealth(w http.ResponseWriter, _ *http.Request) {
 	var bad []string
 	for _, name := range h.names {
 		if _, ok := h.creds[name].Current(); !ok {
-			bad = append(bad, fmt.Sprintf("%s: %s", name, describe(h.creds[name].LastError())))
+			why := describe(h.creds[name].LastError())
+			if n, revoked := h.creds[name].Revoked(); revoked {
+				why = fmt.Sprintf("%v: %s", ErrRevoked, n)
+			}
+			bad = append(bad, fmt.Sprintf("%s: %s", name, why))
 		}
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")

@@ -54,6 +54,42 @@ func (d *Redialer) IssueCredential(ctx context.Context, in *credbrokerv1.IssueCr
 	return resp, err
 }
 
+// WatchRevocations opens a revocation watch on a connection made with the
+// current SVID. The connection is held until ctx ends (cancel it when done
+// with the stream); a stream that fails UNAVAILABLE has the next call dial
+// afresh.
+func (d *Redialer) WatchRevocations(ctx context.Context, in *credbrokerv1.WatchRevocationsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[credbrokerv1.WatchRevocationsResponse], error) {
+	conn, err := d.acquire()
+	if err != nil {
+		return nil, err
+	}
+	stream, err := credbrokerv1.NewBrokerServiceClient(conn).WatchRevocations(ctx, in, opts...)
+	if err != nil {
+		d.release(conn)
+		if status.Code(err) == codes.Unavailable {
+			d.drop(conn)
+		}
+		return nil, err
+	}
+	context.AfterFunc(ctx, func() { d.release(conn) })
+	return &watchStream{ServerStreamingClient: stream, d: d, conn: conn}, nil
+}
+
+// watchStream drops its connection when it fails UNAVAILABLE.
+type watchStream struct {
+	grpc.ServerStreamingClient[credbrokerv1.WatchRevocationsResponse]
+	d    *Redialer
+	conn *grpc.ClientConn
+}
+
+func (s *watchStream) Recv() (*credbrokerv1.WatchRevocationsResponse, error) {
+	m, err := s.ServerStreamingClient.Recv()
+	if status.Code(err) == codes.Unavailable {
+		s.d.drop(s.conn)
+	}
+	return m, err
+}
+
 // drop retires conn if it is still the current connection.
 func (d *Redialer) drop(conn *grpc.ClientConn) {
 	d.mu.Lock()

@@ -46,6 +46,39 @@ const (
 // served.
 var ErrNoCredential = errors.New("sidecar: no valid credential")
 
+// ErrRevoked is wrapped by Get's error when the credential was dropped
+// because a broker admin revoked it (or the identity or cluster it was
+// issued for), and the broker has not issued another since.
+var ErrRevoked = errors.New("credential revoked by credbroker")
+
+// Notice says which revocation took a credential back, in words for the
+// program that asked for it.
+type Notice struct {
+	// RevocationID names the revocation (quote it when asking for a lift).
+	RevocationID string
+	// Admin is who revoked.
+	Admin string
+	// Message says what is revoked, why, and whom to ask.
+	Message string
+}
+
+func (n Notice) String() string {
+	return fmt.Sprintf("revocation %s by %s: %s", n.RevocationID, n.Admin, n.Message)
+}
+
+// revocationNotice returns the notice of a broker refusal with reason
+// REVOKED, and false for any other error.
+func revocationNotice(err error) (Notice, bool) {
+	if brokerclient.Reason(err) != credbrokerv1.ErrorReason_REVOKED {
+		return Notice{}, false
+	}
+	msg := err.Error()
+	if st, ok := status.FromError(err); ok {
+		msg = st.Message()
+	}
+	return Notice{RevocationID: brokerclient.Metadata(err, "revocation_id"), Admin: brokerclient.Metadata(err, "revoked_by"), Message: msg}, true
+}
+
 // Upstream is the broker call a Refresher makes; the generated
 // credbrokerv1.BrokerServiceClient and Redialer satisfy it.
 type Upstream interface {
@@ -79,6 +112,8 @@ type Refresher struct {
 	skew        time.Duration
 	callTimeout time.Duration
 	observe     Observer
+	dropped     func(Spec, Notice)
+	wake        chan struct{} // a resumed Refresher's loop tries at once
 
 	flight singleflight.Group
 
@@ -88,6 +123,7 @@ type Refresher struct {
 	next     time.Time // when the next upstream attempt is due; zero: now
 	failures int       // consecutive failed attempts
 	lastErr  error
+	revoked  *Notice // why the credential was dropped; nil when it was not
 }
 
 // Option configures a Refresher.
@@ -116,12 +152,18 @@ func WithCallTimeout(d time.Duration) Option { return func(r *Refresher) { r.cal
 // goroutine, after the new state is visible to Get.
 func WithObserver(o Observer) Option { return func(r *Refresher) { r.observe = o } }
 
+// WithDropped sets a function told when a revocation makes the Refresher
+// drop its credential (to log it and take it out of the credentials file).
+// It runs on the goroutine that learnt of the revocation.
+func WithDropped(f func(Spec, Notice)) Option { return func(r *Refresher) { r.dropped = f } }
+
 // NewRefresher returns a Refresher for spec that asks up. It holds no
 // credential until the first Get, Refresh or Run.
 func NewRefresher(spec Spec, up Upstream, opts ...Option) (*Refresher, error) {
 	r := &Refresher{
 		spec: spec, up: up, clock: RealClock(), rand: rand.Float64,
 		refreshAt: DefaultRefreshAt, skew: DefaultExpirySkew, callTimeout: DefaultCallTimeout,
+		wake: make(chan struct{}, 1),
 	}
 	for _, o := range opts {
 		o(r)
@@ -149,20 +191,79 @@ func (r *Refresher) Spec() Spec { return r.spec }
 func (r *Refresher) Get(ctx context.Context) (Credential, error) {
 	now := r.clock.Now()
 	r.mu.Lock()
-	cur, have, next, lastErr := r.cur, r.have, r.next, r.lastErr
+	cur, have, next, lastErr, revoked := r.cur, r.have, r.next, r.lastErr, r.revoked
 	r.mu.Unlock()
 	if have && r.valid(cur, now) {
 		return cur, nil
 	}
 	if now.Before(next) {
+		if revoked != nil {
+			return Credential{}, fmt.Errorf("%w: %s", ErrRevoked, revoked)
+		}
 		return Credential{}, fmt.Errorf("%w for %q: %s (next attempt in %s)", ErrNoCredential, r.spec.Name, describe(lastErr), next.Sub(now).Round(time.Second))
 	}
 	// The call outlives this caller if it goes away: others may have joined.
 	c, err := r.refresh(ctx, context.WithoutCancel(ctx))
 	if err != nil {
+		if n, ok := revocationNotice(err); ok {
+			return Credential{}, fmt.Errorf("%w: %s", ErrRevoked, n)
+		}
 		return Credential{}, fmt.Errorf("%w for %q: %s", ErrNoCredential, r.spec.Name, describe(err))
 	}
 	return c, nil
+}
+
+// Drop forgets the credential because of revocation n, at once: it is
+// never served again. The next attempt to get a new one is made after the
+// backoff when the revocation covers the identity or cluster (the broker
+// would refuse it until the revocation is lifted; Resume ends the wait),
+// and at once when only this issuance was revoked (the broker issues a
+// fresh credential).
+func (r *Refresher) Drop(n Notice, retryNow bool) {
+	now := r.clock.Now()
+	r.mu.Lock()
+	had := r.have
+	r.cur, r.have, r.revoked = Credential{}, false, &n
+	if retryNow {
+		r.next = now
+	} else {
+		r.failures++
+		r.next = now.Add(r.backoff(nil))
+	}
+	r.mu.Unlock()
+	if had && r.dropped != nil {
+		r.dropped(r.spec, n)
+	}
+	if retryNow {
+		r.poke()
+	}
+}
+
+// Resume ends the wait after a revocation that was lifted: the next attempt
+// is made at once.
+func (r *Refresher) Resume() {
+	r.mu.Lock()
+	r.next = r.clock.Now()
+	r.mu.Unlock()
+	r.poke()
+}
+
+// Revoked returns the notice of the revocation that dropped the credential,
+// until a new one is received.
+func (r *Refresher) Revoked() (Notice, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.revoked == nil {
+		return Notice{}, false
+	}
+	return *r.revoked, true
+}
+
+func (r *Refresher) poke() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
 }
 
 // Refresh asks the broker for a new credential now, whatever the schedule
@@ -226,6 +327,7 @@ func (r *Refresher) Run(ctx context.Context) {
 			case <-ctx.Done():
 				return
 			case <-r.clock.After(d):
+			case <-r.wake:
 			}
 			continue
 		}
@@ -256,17 +358,28 @@ func (r *Refresher) fetch(ctx context.Context) (Credential, error) {
 		c, err = r.convert(resp.GetCredential(), now)
 	}
 
+	notice, revoked := revocationNotice(err)
 	r.mu.Lock()
+	had := r.have
 	if err == nil {
-		r.cur, r.have, r.failures, r.lastErr = c, true, 0, nil
+		r.cur, r.have, r.failures, r.lastErr, r.revoked = c, true, 0, nil, nil
 		r.next = now.Add(r.refreshDelay(now, c.Expiration))
 	} else {
 		r.failures++
 		r.lastErr = err
 		r.next = now.Add(r.backoff(err))
+		if revoked {
+			// The broker says the identity or cluster is revoked: what
+			// was issued before is not served either, even if the watch
+			// has not said so.
+			r.cur, r.have, r.revoked = Credential{}, false, &notice
+		}
 	}
 	r.mu.Unlock()
 
+	if revoked && had && r.dropped != nil {
+		r.dropped(r.spec, notice)
+	}
 	if r.observe != nil {
 		r.observe(r.spec, c, err)
 	}
@@ -308,7 +421,7 @@ func (r *Refresher) refreshDelay(now, exp time.Time) time.Duration {
 // for it.
 func (r *Refresher) backoff(err error) time.Duration {
 	d := backoff.Policy{Min: MinBackoff, Max: MaxBackoff, Rand: r.rand}.Delay(r.failures)
-	if st, ok := status.FromError(err); ok {
+	if st, ok := status.FromError(err); ok && err != nil {
 		for _, det := range st.Details() {
 			if ri, ok := det.(*errdetails.RetryInfo); ok {
 				d = max(d, min(ri.GetRetryDelay().AsDuration(), MaxRetryInfo))

@@ -45,6 +45,9 @@ type Options struct {
 	CredentialsFile string
 	// RefreshAt is the lifetime fraction at which to refresh (0: default).
 	RefreshAt float64
+	// NoWatch turns off the revocation watch (see Watcher); a revoked
+	// credential is then served until the next refresh is refused.
+	NoWatch bool
 
 	// Clock and Rand default to the real ones; Logger to slog.Default().
 	Clock  Clock
@@ -92,6 +95,7 @@ func Run(ctx context.Context, o Options) error {
 	if o.CredentialsFile != "" {
 		file = NewCredentialsFile(o.CredentialsFile)
 	}
+	var watcher *Watcher // set before the first refresh
 	observe := func(spec Spec, c Credential, err error) {
 		metrics.Observe(spec, c, err)
 		if err != nil {
@@ -104,8 +108,19 @@ func Run(ctx context.Context, o Options) error {
 				log.Error("writing credentials file", "error", err)
 			}
 		}
+		if watcher != nil {
+			watcher.Renewed()
+		}
 	}
-	opts := []Option{WithClock(clock), WithObserver(observe)}
+	dropped := func(spec Spec, n Notice) {
+		log.Warn("credential revoked; no longer served", "credential", spec.Name, "revocation_id", n.RevocationID, "revoked_by", n.Admin, "why", n.Message)
+		if file != nil {
+			if err := file.Remove(spec.Name); err != nil {
+				log.Error("writing credentials file", "error", err)
+			}
+		}
+	}
+	opts := []Option{WithClock(clock), WithObserver(observe), WithDropped(dropped)}
 	if o.Rand != nil {
 		opts = append(opts, WithRand(o.Rand))
 	}
@@ -119,6 +134,9 @@ func Run(ctx context.Context, o Options) error {
 			return err
 		}
 		refreshers = append(refreshers, r)
+	}
+	if src, ok := up.(RevocationSource); ok && !o.NoWatch {
+		watcher = NewWatcher(src, refreshers, log)
 	}
 	metrics.Watch(refreshers...)
 	handler, err := NewHandler(o.Token, refreshers, metrics.Handler())
@@ -146,6 +164,9 @@ func Run(ctx context.Context, o Options) error {
 	var loops sync.WaitGroup
 	for _, r := range refreshers {
 		loops.Go(func() { r.Run(loopCtx) })
+	}
+	if watcher != nil {
+		loops.Go(func() { watcher.Run(loopCtx) })
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()
