@@ -14,6 +14,8 @@ import (
 	"os"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/credbroker/credbroker/attest"
@@ -42,7 +44,13 @@ handed out again without asking the broker while it has more than
 SVID directory, profile, cluster, audience and TTL. The default of 10m keeps
 every credential handed out outside the AWS CLI's mandatory refresh window.
 The file holds secrets: one that group or others may access is not read, and
-is replaced. An unusable cache is reported on stderr and replaced; a cache
+is replaced. Before a cached credential is handed out the broker is asked
+whether it was revoked (one WatchRevocations call naming its issuance: its
+issuance, its cluster or this identity revoked); a revoked one is not
+printed, and the broker is asked for a new one (refused with [REVOKED] while
+the identity or cluster is revoked). When the broker cannot be reached the
+cached credential is printed unchecked, with a warning; when it cannot check
+for another reason (rate limited, older broker) a new credential is asked for. An unusable cache is reported on stderr and replaced; a cache
 that cannot be written is reported and the credential still printed. Token
 credentials are never cached.
 
@@ -74,10 +82,14 @@ type command struct {
 	stdout, stderr io.Writer
 	now            func() time.Time
 	issue          func(context.Context, options) (*credbrokerv1.Credential, error)
+	// check asks the broker whether a cached credential was revoked (see
+	// checkRevoked); nil hands out cached credentials unchecked (tests of
+	// the cache alone).
+	check func(ctx context.Context, o options, issuanceID string) (revokedBy string, err error)
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	return command{stdout: stdout, stderr: stderr, now: time.Now, issue: issue}.run(ctx, args)
+	return command{stdout: stdout, stderr: stderr, now: time.Now, issue: issue, check: checkRevoked}.run(ctx, args)
 }
 
 func (c command) run(ctx context.Context, args []string) int {
@@ -178,6 +190,20 @@ func (c command) credential(ctx context.Context, o options) (out []byte, warning
 	if note != "" {
 		warnings = append(warnings, note)
 	}
+	if cached != nil && c.check != nil {
+		switch revokedBy, err := c.check(ctx, o, cached.GetIssuanceId()); {
+		case revokedBy != "":
+			warnings = append(warnings, fmt.Sprintf("the cached credential was revoked (%s); asking the broker for a new one", revokedBy))
+			cached = nil
+		case err != nil && unreachable(err):
+			// Availability, as the sidecar: the broker cannot be asked,
+			// and the credential was issued and has not expired.
+			warnings = append(warnings, fmt.Sprintf("could not check the cached credential for revocation (%s); using it", brokerclient.Describe(err)))
+		case err != nil:
+			// Not known to be revoked, not checked either: ask afresh.
+			cached = nil
+		}
+	}
 	if cached != nil {
 		out, err := render(cached, o.format)
 		return out, warnings, err
@@ -215,6 +241,47 @@ func issue(ctx context.Context, o options) (*credbrokerv1.Credential, error) {
 		return nil, brokerError{err}
 	}
 	return resp.GetCredential(), nil
+}
+
+// checkRevoked asks the broker, through a revocation watch naming the
+// cached issuance, whether a revocation covers it (its issuance, its
+// cluster, or this identity) and returns who revoked it and why, or ""
+// when none does. It reads only what the watch has in force when it starts
+// and closes it: one call, bounded by --timeout.
+func checkRevoked(ctx context.Context, o options, issuanceID string) (string, error) {
+	conn, err := brokerclient.Dial(o.broker, o.svidDir, o.brokerID)
+	if err != nil {
+		return "", status.Error(codes.Unavailable, err.Error())
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	stream, err := credbrokerv1.NewBrokerServiceClient(conn).WatchRevocations(ctx, &credbrokerv1.WatchRevocationsRequest{IssuanceIds: []string{issuanceID}})
+	if err != nil {
+		return "", err
+	}
+	for {
+		msg, err := stream.Recv()
+		switch {
+		case brokerclient.Reason(err) == credbrokerv1.ErrorReason_REVOKED:
+			return fmt.Sprintf("revocation %s by %s", brokerclient.Metadata(err, "revocation_id"), brokerclient.Metadata(err, "revoked_by")), nil
+		case err != nil:
+			return "", err
+		case msg.GetRevoked() != nil:
+			r := msg.GetRevoked().GetRevocation()
+			return fmt.Sprintf("revocation %s by %s: %s", r.GetRevocationId(), r.GetAdmin(), r.GetReason()), nil
+		case msg.GetHeartbeat() != nil:
+			return "", nil // the end of the revocations in force
+		}
+	}
+}
+
+// unreachable reports whether err says the broker could not be asked at
+// all (no answer of its own), rather than that it refused.
+func unreachable(err error) bool {
+	_, answered := brokerclient.ErrorInfo(err)
+	code := status.Code(err)
+	return !answered && (code == codes.Unavailable || code == codes.DeadlineExceeded)
 }
 
 // exitTemporary is the exit status of a refusal that retrying can overcome.

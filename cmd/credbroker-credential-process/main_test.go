@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -415,5 +416,47 @@ func TestExitStatusFollowsTheReason(t *testing.T) {
 		if r.code != tc.code || !strings.Contains(r.stderr, want) || strings.Count(r.stderr, "\n") != 1 {
 			t.Errorf("%v: exit %d, stderr %q; want exit %d naming %s", tc.err, r.code, r.stderr, tc.code, want)
 		}
+	}
+}
+
+// TestCachedCredentialIsCheckedForRevocation: a cached credential is handed
+// out only when the broker says no revocation covers it; a revoked one is
+// replaced by a new one from the broker, an unreachable broker leaves the
+// cached one in use (with a warning), and a check that fails otherwise asks
+// the broker afresh.
+func TestCachedCredentialIsCheckedForRevocation(t *testing.T) {
+	f := newFakeBroker()
+	file := filepath.Join(t.TempDir(), "capa.json")
+	var checked []string
+	var answer func() (string, error)
+	run := func() invocation {
+		t.Helper()
+		var out, errb bytes.Buffer
+		check := func(_ context.Context, _ options, id string) (string, error) {
+			checked = append(checked, id)
+			return answer()
+		}
+		code := command{stdout: &out, stderr: &errb, now: f.clock.Now, issue: f.issue, check: check}.run(context.Background(), cacheArgs(file))
+		return invocation{code, out.String(), errb.String()}
+	}
+	answer = func() (string, error) { return "", nil }
+	if r := run(); r.code != 0 || len(checked) != 0 || f.calls != 1 {
+		t.Fatalf("first (nothing cached, nothing to check): %+v, checked %v", r, checked)
+	}
+	if r := run(); r.code != 0 || !strings.Contains(r.stdout, "ASIA1") || !slices.Equal(checked, []string{"id1"}) || f.calls != 1 {
+		t.Fatalf("cached, not revoked: %+v, checked %v, %d calls", r, checked, f.calls)
+	}
+	answer = func() (string, error) { return "revocation rev-1 by admin: leaked", nil }
+	r := run()
+	if r.code != 0 || !strings.Contains(r.stdout, "ASIA2") || f.calls != 2 || !strings.Contains(r.stderr, "rev-1") {
+		t.Fatalf("cached, revoked: %+v, %d calls; want a new credential and a warning naming the revocation", r, f.calls)
+	}
+	answer = func() (string, error) { return "", status.Error(codes.Unavailable, "connection refused") }
+	if r := run(); r.code != 0 || !strings.Contains(r.stdout, "ASIA2") || f.calls != 2 || !strings.Contains(r.stderr, "could not check") {
+		t.Fatalf("broker unreachable: %+v, %d calls; want the cached credential with a warning", r, f.calls)
+	}
+	answer = func() (string, error) { return "", status.Error(codes.ResourceExhausted, "too many watches") }
+	if r := run(); r.code != 0 || !strings.Contains(r.stdout, "ASIA3") || f.calls != 3 {
+		t.Fatalf("check refused: %+v, %d calls; want a new credential", r, f.calls)
 	}
 }

@@ -194,3 +194,53 @@ func TestSidecarStopsServingRevokedCredentials(t *testing.T) {
 		t.Fatalf("the SDK after the lift: key %s (revoked %s), %v", after, first, err)
 	}
 }
+
+// TestCredentialProcessChecksItsCacheForRevocation: the real
+// credbroker-credential-process with --cache-file against the real broker
+// and MinIO's STS: a cached credential is printed again while nothing
+// revokes it, not once its issuance is revoked (a new one is printed), and
+// not once the identity is revoked (the run fails naming the revocation).
+func TestCredentialProcessChecksItsCacheForRevocation(t *testing.T) {
+	t.Parallel()
+	b := startAWSBroker(t)
+	cacheFile := filepath.Join(t.TempDir(), "cache", "capa.json")
+	cp := func() result {
+		t.Helper()
+		return runTool(t, "credbroker-credential-process", "--broker", b.grpcAddr, "--svid-dir", filepath.Join(b.dataDir, "dev", "controller"),
+			"--profile", "capa", "--cluster", clusterA, "--format", "json", "--cache-file", cacheFile)
+	}
+	key := func(r result) (string, string) {
+		t.Helper()
+		var c struct {
+			IssuanceID  string `json:"issuance_id"`
+			AccessKeyID string `json:"access_key_id"`
+		}
+		if r.code != 0 || json.Unmarshal([]byte(r.stdout), &c) != nil || c.AccessKeyID == "" {
+			t.Fatalf("credential process: exit %d, %q %q", r.code, r.stdout, r.stderr)
+		}
+		return c.IssuanceID, c.AccessKeyID
+	}
+	issuance, first := key(cp())
+	if _, again := key(cp()); again != first {
+		t.Fatalf("second run printed %s, want the cached %s", again, first)
+	}
+	if r := b.ctl(t, "revoke", "issuance", issuance, "--reason", "leaked in a CI log"); r.code != 0 {
+		t.Fatalf("revoke issuance: %s%s", r.stdout, r.stderr)
+	}
+	r := cp()
+	if _, fresh := key(r); fresh == first || !strings.Contains(r.stderr, "revoked") {
+		t.Fatalf("after the issuance was revoked: printed %s (revoked %s), stderr %q", fresh, first, r.stderr)
+	}
+	rr := b.ctl(t, "-o", "json", "revoke", "identity", "spiffe://dev.credbroker.test/ns/capi-system/sa/demo-controller", "--reason", "pod compromised")
+	var rev struct {
+		Revocation struct {
+			RevocationID string `json:"revocation_id"`
+		} `json:"revocation"`
+	}
+	if err := json.Unmarshal([]byte(rr.stdout), &rev); err != nil || rev.Revocation.RevocationID == "" {
+		t.Fatalf("revoke identity: %q %q (%v)", rr.stdout, rr.stderr, err)
+	}
+	if r := cp(); r.code != 1 || r.stdout != "" || !strings.Contains(r.stderr, rev.Revocation.RevocationID) || !strings.Contains(r.stderr, "[REVOKED]") {
+		t.Fatalf("after the identity was revoked: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+}
