@@ -2,7 +2,7 @@
 // chain, and the atomic operations it needs on it. The broker core depends
 // on these interfaces only; implementations live in sub-packages:
 // boltstate keeps state in the broker's local bbolt file (one node, the
-// embedded default), and an etcd implementation will keep it for replicas.
+// embedded default), and etcdstate keeps it in etcd for replicas.
 // Every implementation must pass the conformance suite in statetest.
 //
 // # What is kept
@@ -26,9 +26,10 @@
 //   - Revocations: an admin's revocation of one issuance, a caller identity
 //     or a workload cluster, with reason, admin and an optional end. The
 //     broker checks them on every request through a RevocationIndex held in
-//     memory, which the store keeps current through WatchRevocations (boltstate
-//     notifies before each change returns; an etcd store will drive it from
-//     an etcd watch), and whose hooks drop reused credentials a revocation
+//     memory, which the store keeps current through WatchRevocations
+//     (boltstate notifies before each change returns; etcdstate drives it
+//     from an etcd watch, and returns from a change once its own watch has
+//     delivered it), and whose hooks drop reused credentials a revocation
 //     covers. A deleted workload cluster is a cluster revocation without an
 //     end, so cluster lifecycle needs no state of its own yet.
 //
@@ -75,8 +76,13 @@
 // # Errors
 //
 // Implementations return the sentinel errors of this package (ErrNotFound,
-// ErrEvicted, ErrExists), of attest/jointoken (ErrUnknown, ErrUsed,
-// ErrExpired, ErrWrongNode, ErrNoNode) and *ExhaustedError, possibly
-// wrapped; anything else is a storage failure, after which nothing was
-// changed, and callers fail closed on it.
+// ErrEvicted, ErrExists, ErrUnavailable), of attest/jointoken (ErrUnknown,
+// ErrUsed, ErrExpired, ErrWrongNode, ErrNoNode) and *ExhaustedError,
+// possibly wrapped; anything else is a storage failure, after which nothing
+// was changed, and callers fail closed on it. ErrUnavailable is the one
+// exception: a shared store that did not answer in time may still commit
+// the change afterwards, whole (never half of it). Every such outcome errs
+// on the safe side: a unit spent with no credential issued, a join token
+// used up with no node admitted, a revocation in force that the admin was
+// told failed.
 package state

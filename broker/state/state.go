@@ -29,6 +29,11 @@ var (
 	// ErrExists means an item with that key exists already and was not
 	// replaced (a join token whose hash is taken).
 	ErrExists = errors.New("state: already exists")
+	// ErrUnavailable means the store could not be reached, or could not
+	// decide, within the operation's deadline (a shared store that lost its
+	// quorum, say). The operation may be retried; the broker refuses what
+	// needs the store with UNAVAILABLE and issues nothing meanwhile.
+	ErrUnavailable = errors.New("state: store unavailable")
 )
 
 // JoinTokens keeps one-time join tokens by the SHA-256 of their secret. The

@@ -108,17 +108,18 @@ func testJoinTokenBinding(t *testing.T, h Harness) {
 	}
 }
 
-// testJoinTokenConcurrent: of many concurrent consumes of one token exactly
-// one succeeds; all others see ErrUsed.
+// testJoinTokenConcurrent: of many concurrent consumes of one token (spread
+// over the replicas, if any) exactly one succeeds; all others see ErrUsed.
 func testJoinTokenConcurrent(t *testing.T, h Harness) {
-	s := open(t, h)
+	stores := racers(t, h)
 	key, tok := newToken("race", "", 0, time.Hour)
-	mustCreate(t, s, key, tok)
+	mustCreate(t, stores[0], key, tok)
 	const goroutines = 32
 	var wg sync.WaitGroup
 	start := make(chan struct{})
 	results := make(chan error, goroutines)
 	for g := range goroutines {
+		s := stores[g%len(stores)]
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -142,11 +142,13 @@ func testQuotaAtomic(t *testing.T, h Harness) {
 	wantUsed(t, s, epoch.Add(time.Hour), cluster, 1)
 }
 
-// testQuotaConcurrent: many goroutines race for the last units of a
-// cluster quota, each also charging its own identity; exactly Max win, and
-// the losers spent nothing, not even on their identity.
+// testQuotaConcurrent: many goroutines (spread over the replicas, if any)
+// race for the last units of a cluster quota, each also charging its own
+// identity; exactly Max win, and the losers spent nothing, not even on
+// their identity.
 func testQuotaConcurrent(t *testing.T, h Harness) {
-	s := open(t, h)
+	stores := racers(t, h)
+	s := stores[0]
 	const goroutines, max, pre = 64, 20, 15
 	for range pre {
 		mustSpend(t, s, epoch, charge(cluster, max, time.Hour))
@@ -157,6 +159,7 @@ func testQuotaConcurrent(t *testing.T, h Harness) {
 	errs := make(chan error, goroutines)
 	for g := range goroutines {
 		id := state.QuotaKey{Kind: state.QuotaIdentity, Name: "spiffe://example.test/g/" + string(rune('a'+g%26)) + string(rune('a'+g/26))}
+		s := stores[g%len(stores)]
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -33,6 +33,13 @@ type Harness struct {
 	// keeps in dir what it needs to find it again, also from a child
 	// process.
 	Open func(t testing.TB, dir string) state.Store
+	// Replicas, when set, opens n more stores over the state that Open
+	// keeps in dir, as n more replicas of one fleet would (each with its
+	// own connection, to another server where there are several). The race
+	// tests then spread their goroutines over all of them, so that they
+	// race across replicas as well as within one. Nil for a store that
+	// only one process opens at a time.
+	Replicas func(t testing.TB, dir string, n int) []state.Store
 }
 
 // epoch is the suite's clock origin; the suite passes every time in.
@@ -72,6 +79,27 @@ func Run(t *testing.T, h Harness) {
 	t.Run("approvals-concurrent", func(t *testing.T) { testApprovalsConcurrent(t, h) })
 	t.Run("reopen", func(t *testing.T) { testReopen(t, h) })
 	t.Run("crash", func(t *testing.T) { testCrash(t, h) })
+}
+
+// RunRaces runs only the suite's races (quota spends and join token
+// consumes), as subtests of t: for a second deployment of a store, such as
+// a cluster of servers behind Replicas, where the rest of the suite would
+// prove nothing new.
+func RunRaces(t *testing.T, h Harness) {
+	t.Run("quota-concurrent", func(t *testing.T) { testQuotaConcurrent(t, h) })
+	t.Run("jointoken-concurrent", func(t *testing.T) { testJoinTokenConcurrent(t, h) })
+}
+
+// racers opens a fresh store in a new directory and returns it with the
+// replicas the harness opens beside it (none without Replicas).
+func racers(t *testing.T, h Harness) []state.Store {
+	t.Helper()
+	dir := t.TempDir()
+	stores := []state.Store{h.Open(t, dir)}
+	if h.Replicas != nil {
+		stores = append(stores, h.Replicas(t, dir, 2)...)
+	}
+	return stores
 }
 
 // open opens a fresh store in a new directory.

@@ -1,0 +1,56 @@
+// Package etcdstate keeps the broker's state (package state) in etcd, for
+// broker replicas that must share it: a quota unit spent on one replica is
+// spent for all, a join token is consumed once fleet-wide, and a revocation
+// made on one replica reaches every replica's index through an etcd watch.
+//
+// # Atomicity
+//
+// Every check-and-change is one etcd transaction that compares the mod
+// revisions of the keys it read (compare-and-swap) and writes all of its
+// keys or none. A transaction that lost the race to another writer returns
+// the keys' current values in its Else branch, so the retry needs no extra
+// read; after maxAttempts lost rounds the operation gives up with an error
+// wrapping ErrContended and state.ErrUnavailable (retriable) rather than
+// spinning. Within one Store, spends and refunds of the same quota key queue
+// on a local lock, so the compare-and-swap races only between replicas, not
+// between the goroutines of one replica.
+//
+// # Failing closed
+//
+// Every call runs under a deadline (the caller's, or Options.OpTimeout,
+// whichever is sooner) and requires the contacted member to have a leader,
+// so a member cut off from its quorum refuses at once instead of waiting.
+// Any failure to reach etcd, or to hear its answer, wraps
+// state.ErrUnavailable. A transaction is atomic in etcd, so nothing is ever
+// half applied; but a transaction whose answer was lost may have committed
+// (see package state on what that means for each operation: always the
+// safe side). The client reconnects by itself: the same Store works again
+// once etcd is back.
+//
+// # Key layout
+//
+// Under the configured prefix (which ends in "/"):
+//
+//	quota/<kind>/<name>                  JSON {start, end, count} of the key's window
+//	jointoken/<hex SHA-256 of secret>    JSON of the token
+//	node/<SPIFFE ID>                     JSON of the node
+//	node-cluster/<cluster>\x00<SPIFFE ID> the same JSON, so a cluster's nodes list by range
+//	revocation/<id>                      JSON of the revocation
+//
+// A quota window keeps the end it was opened with; Spend and Usage treat a
+// window whose end is not after now as gone, and PurgeQuotas deletes it. No
+// lease is involved: a lease would expire on etcd's clock, while every
+// decision here is made on the now passed in.
+//
+// # Revocation watch
+//
+// The Store lists the revocations at one revision R when it is created and
+// watches from R+1, so no change falls between the list and the watch. The
+// watch goroutine keeps a copy of the revocations it has delivered, so that
+// a deletion can be reported with what was deleted, and so that, when the
+// watch cannot resume (its revision was compacted away), it lists again and
+// delivers the difference. Revoke, LiftRevocation and PurgeRevocations
+// return only once the watch has delivered their own change, so that on the
+// replica that made it a change is in force before the call returns (as on
+// one node); other replicas see it as soon as their watch delivers it.
+package etcdstate

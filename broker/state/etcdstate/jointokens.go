@@ -1,0 +1,143 @@
+package etcdstate
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/credbroker/credbroker/attest"
+	"github.com/credbroker/credbroker/attest/jointoken"
+	"github.com/credbroker/credbroker/broker/state"
+)
+
+// tokenRecord is the stored form of a jointoken.Token, separate so that the
+// encoding does not change when Token does.
+type tokenRecord struct {
+	ID        string    `json:"id"`
+	Cluster   string    `json:"cluster"`
+	Node      string    `json:"node,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	ExpiresAt time.Time `json:"expires_at"`
+	UsedAt    time.Time `json:"used_at,omitzero"`
+	UsedBy    string    `json:"used_by,omitempty"`
+}
+
+func (s *Store) tokenKey(key jointoken.Key) string {
+	return s.key(dirJoinToken, hex.EncodeToString(key[:]))
+}
+
+func encodeToken(t jointoken.Token) (string, error) {
+	v, err := json.Marshal(tokenRecord(t))
+	if err != nil {
+		return "", fmt.Errorf("etcdstate: encode join token %s: %w", t.ID, err)
+	}
+	return string(v), nil
+}
+
+func decodeToken(v []byte) (jointoken.Token, error) {
+	var r tokenRecord
+	if err := json.Unmarshal(v, &r); err != nil {
+		return jointoken.Token{}, fmt.Errorf("etcdstate: malformed join token record: %w", err)
+	}
+	t := jointoken.Token(r)
+	t.CreatedAt, t.ExpiresAt, t.UsedAt = normTime(t.CreatedAt), normTime(t.ExpiresAt), normTime(t.UsedAt)
+	return t, nil
+}
+
+// CreateJoinToken implements state.JoinTokens.
+func (s *Store) CreateJoinToken(ctx context.Context, key jointoken.Key, t jointoken.Token) error {
+	v, err := encodeToken(t)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := s.opCtx(ctx)
+	defer cancel()
+	k := s.tokenKey(key)
+	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).Then(clientv3.OpPut(k, v)).Commit()
+	if err != nil {
+		return unavailable("create join token", err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("%w: join token %s", state.ErrExists, t.ID)
+	}
+	return nil
+}
+
+// ConsumeJoinToken implements state.JoinTokens: the token is marked used by
+// a compare-and-swap on its revision, so of concurrent consumers on any
+// replicas exactly one succeeds and the others read it used.
+func (s *Store) ConsumeJoinToken(ctx context.Context, key jointoken.Key, node string, now time.Time) (jointoken.Token, error) {
+	k := s.tokenKey(key)
+	var t jointoken.Token
+	_, err := s.cas(ctx, "consume join token", []string{k}, func(kvs []*mvccpb.KeyValue) ([]clientv3.Op, error) {
+		t = jointoken.Token{}
+		if kvs[0] == nil {
+			return nil, jointoken.ErrUnknown
+		}
+		var err error
+		if t, err = decodeToken(kvs[0].Value); err != nil {
+			return nil, err
+		}
+		if err := jointoken.Usable(t, node, now); err != nil {
+			return nil, err
+		}
+		used := t
+		used.UsedAt, used.UsedBy = normTime(now), jointoken.NodeFor(t, node)
+		v, err := encodeToken(used)
+		if err != nil {
+			return nil, err
+		}
+		t = used
+		return []clientv3.Op{clientv3.OpPut(k, v)}, nil
+	})
+	switch {
+	case err == nil:
+		return t, nil
+	case t.ID != "" && errors.Is(err, attest.ErrNodeRejected):
+		return t, err
+	default:
+		return jointoken.Token{}, err
+	}
+}
+
+// ListJoinTokens implements state.JoinTokens.
+func (s *Store) ListJoinTokens(ctx context.Context) ([]jointoken.Token, error) {
+	ts, err := listPage(ctx, s, "list join tokens", dirJoinToken, "", 0, decodeToken, nil)
+	if err != nil {
+		return nil, err
+	}
+	slices.SortFunc(ts, func(a, b jointoken.Token) int {
+		if c := a.CreatedAt.Compare(b.CreatedAt); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+	return ts, nil
+}
+
+// PurgeJoinTokens implements state.JoinTokens.
+func (s *Store) PurgeJoinTokens(ctx context.Context, now time.Time) (int, error) {
+	return s.deleteTokens(ctx, "purge join tokens", func(t jointoken.Token) bool { return !now.Before(t.ExpiresAt) })
+}
+
+// VoidJoinTokens implements state.JoinTokens. A token consumed after the
+// void read it unused is left alone (it is used now).
+func (s *Store) VoidJoinTokens(ctx context.Context, cluster string) (int, error) {
+	return s.deleteTokens(ctx, "void join tokens", func(t jointoken.Token) bool { return t.Cluster == cluster && t.UsedAt.IsZero() })
+}
+
+func (s *Store) deleteTokens(ctx context.Context, what string, stale func(jointoken.Token) bool) (int, error) {
+	gone, _, err := s.deleteWhere(ctx, what, dirJoinToken, func(kv *mvccpb.KeyValue) ([]string, bool, error) {
+		t, err := decodeToken(kv.Value)
+		return nil, err == nil && stale(t), err
+	})
+	return len(gone), err
+}

@@ -1,0 +1,187 @@
+package etcdstate
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/credbroker/credbroker/broker/state"
+)
+
+// nodeRecord is the stored form of a state.Node, separate so that the
+// encoding does not change when Node does.
+type nodeRecord struct {
+	SPIFFEID    string    `json:"spiffe_id"`
+	Cluster     string    `json:"cluster"`
+	Name        string    `json:"name"`
+	Attestation string    `json:"attestation"`
+	Detail      string    `json:"detail,omitempty"`
+	AttestedAt  time.Time `json:"attested_at"`
+	RenewedAt   time.Time `json:"renewed_at"`
+	ExpiresAt   time.Time `json:"expires_at,omitzero"`
+	Serial      string    `json:"serial,omitempty"`
+	EvictedAt   time.Time `json:"evicted_at,omitzero"`
+}
+
+func decodeNode(v []byte) (state.Node, error) {
+	var rec nodeRecord
+	if err := json.Unmarshal(v, &rec); err != nil {
+		return state.Node{}, fmt.Errorf("etcdstate: malformed node record: %w", err)
+	}
+	n := state.Node(rec)
+	n.AttestedAt, n.RenewedAt, n.ExpiresAt, n.EvictedAt = normTime(n.AttestedAt), normTime(n.RenewedAt), normTime(n.ExpiresAt), normTime(n.EvictedAt)
+	return n, nil
+}
+
+// nodeClusterKey is the key of a node's entry in its cluster's range: the
+// cluster, a NUL (which no cluster name holds), then the SPIFFE ID, so that
+// one cluster's nodes sort together, by SPIFFE ID.
+func (s *Store) nodeClusterKey(cluster, id string) string {
+	return s.key(dirNodeCluster, cluster+"\x00"+id)
+}
+
+func evicted(n state.Node) error {
+	return fmt.Errorf("%w: %s (at %s)", state.ErrEvicted, n.SPIFFEID, n.EvictedAt.Format(time.RFC3339))
+}
+
+// RegisterNode implements state.Nodes.
+func (s *Store) RegisterNode(ctx context.Context, now time.Time, n state.Node) (state.Node, error) {
+	if err := state.ValidateNode(n); err != nil {
+		return state.Node{}, err
+	}
+	var stored state.Node
+	err := s.updateNode(ctx, "register node", n.SPIFFEID, func(old state.Node, found bool) (state.Node, error) {
+		if found && old.Evicted() {
+			stored = old
+			return state.Node{}, evicted(old)
+		}
+		now := normTime(now)
+		stored = n
+		stored.AttestedAt = now
+		if found {
+			stored.AttestedAt = old.AttestedAt
+		}
+		stored.RenewedAt = now
+		stored.ExpiresAt = normTime(n.ExpiresAt)
+		stored.EvictedAt = time.Time{}
+		return stored, nil
+	})
+	if err != nil && !errors.Is(err, state.ErrEvicted) {
+		return state.Node{}, err
+	}
+	return stored, err
+}
+
+// RenewNode implements state.Nodes.
+func (s *Store) RenewNode(ctx context.Context, now time.Time, id, serial string, expiresAt time.Time) (state.Node, error) {
+	var stored state.Node
+	err := s.updateNode(ctx, "renew node", id, func(old state.Node, found bool) (state.Node, error) {
+		if !found {
+			return state.Node{}, fmt.Errorf("%w: node %s", state.ErrNotFound, id)
+		}
+		stored = old
+		if old.Evicted() {
+			return state.Node{}, evicted(old)
+		}
+		stored.RenewedAt = normTime(now)
+		stored.ExpiresAt = normTime(expiresAt)
+		stored.Serial = serial
+		return stored, nil
+	})
+	if err != nil && !errors.Is(err, state.ErrEvicted) {
+		return state.Node{}, err
+	}
+	return stored, err
+}
+
+// EvictNode implements state.Nodes.
+func (s *Store) EvictNode(ctx context.Context, now time.Time, id string) (state.Node, error) {
+	var stored state.Node
+	err := s.updateNode(ctx, "evict node", id, func(old state.Node, found bool) (state.Node, error) {
+		if !found {
+			return state.Node{}, fmt.Errorf("%w: node %s", state.ErrNotFound, id)
+		}
+		stored = old
+		if !old.Evicted() {
+			stored.EvictedAt = normTime(now)
+		}
+		return stored, nil
+	})
+	if err != nil {
+		return state.Node{}, err
+	}
+	return stored, nil
+}
+
+// GetNode implements state.Nodes: one linearizable read, so an eviction
+// committed on any replica is seen.
+func (s *Store) GetNode(ctx context.Context, id string) (state.Node, error) {
+	ctx, cancel := s.opCtx(ctx)
+	defer cancel()
+	resp, err := s.cli.Get(ctx, s.key(dirNode, id))
+	if err != nil {
+		return state.Node{}, unavailable("read node", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return state.Node{}, fmt.Errorf("%w: node %s", state.ErrNotFound, id)
+	}
+	return decodeNode(resp.Kvs[0].Value)
+}
+
+// ListNodes implements state.Nodes: a range of the node keys, or of one
+// cluster's entries, from After.
+func (s *Store) ListNodes(ctx context.Context, f state.NodeFilter) ([]state.Node, error) {
+	if f.Cluster == "" {
+		return listPage(ctx, s, "list nodes", dirNode, f.After, f.Limit, decodeNode, nil)
+	}
+	dir := dirNodeCluster + f.Cluster + "\x00"
+	return listPage(ctx, s, "list nodes", dir, f.After, f.Limit, decodeNode, nil)
+}
+
+// updateNode runs change on the stored node id (found false when there is
+// none) and stores what it returns, under the node's key and its cluster's,
+// if the node did not change meanwhile. An error from change stores
+// nothing.
+func (s *Store) updateNode(ctx context.Context, what, id string, change func(old state.Node, found bool) (state.Node, error)) error {
+	key := s.key(dirNode, id)
+	_, err := s.cas(ctx, what, []string{key}, func(kvs []*mvccpb.KeyValue) ([]clientv3.Op, error) {
+		var old state.Node
+		if kvs[0] != nil {
+			var err error
+			if old, err = decodeNode(kvs[0].Value); err != nil {
+				return nil, err
+			}
+		}
+		n, err := change(old, kvs[0] != nil)
+		if err != nil {
+			return nil, err
+		}
+		v, err := json.Marshal(nodeRecord(n))
+		if err != nil {
+			return nil, fmt.Errorf("etcdstate: encode node %s: %w", id, err)
+		}
+		ops := []clientv3.Op{clientv3.OpPut(key, string(v)), clientv3.OpPut(s.nodeClusterKey(n.Cluster, id), string(v))}
+		if kvs[0] != nil && old.Cluster != n.Cluster {
+			ops = append(ops, clientv3.OpDelete(s.nodeClusterKey(old.Cluster, id)))
+		}
+		return ops, nil
+	})
+	return err
+}
+
+// PurgeNodes implements state.Nodes.
+func (s *Store) PurgeNodes(ctx context.Context, now time.Time) (int, error) {
+	gone, _, err := s.deleteWhere(ctx, "purge nodes", dirNode, func(kv *mvccpb.KeyValue) ([]string, bool, error) {
+		n, err := decodeNode(kv.Value)
+		if err != nil || n.Evicted() || n.ExpiresAt.After(now) {
+			return nil, false, err
+		}
+		return []string{s.nodeClusterKey(n.Cluster, n.SPIFFEID)}, true, nil
+	})
+	return len(gone), err
+}

@@ -1,0 +1,327 @@
+package etcdstate
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/credbroker/credbroker/broker/state"
+)
+
+// revocationRecord is the stored form of a state.Revocation, separate so
+// that the encoding does not change when Revocation does.
+type revocationRecord struct {
+	ID           string               `json:"id"`
+	Kind         state.RevocationKind `json:"kind"`
+	Target       string               `json:"target"`
+	Reason       string               `json:"reason,omitempty"`
+	Admin        string               `json:"admin"`
+	CreatedAt    time.Time            `json:"created_at"`
+	Until        time.Time            `json:"until,omitzero"`
+	CoveredUntil time.Time            `json:"covered_until,omitzero"`
+	UpstreamRef  string               `json:"upstream_ref,omitempty"`
+	Issuer       string               `json:"issuer,omitempty"`
+}
+
+func decodeRevocation(v []byte) (state.Revocation, error) {
+	var rec revocationRecord
+	if err := json.Unmarshal(v, &rec); err != nil {
+		return state.Revocation{}, fmt.Errorf("etcdstate: malformed revocation record: %w", err)
+	}
+	r := state.Revocation(rec)
+	r.CreatedAt, r.Until, r.CoveredUntil = normTime(r.CreatedAt), normTime(r.Until), normTime(r.CoveredUntil)
+	return r, nil
+}
+
+// Revoke implements state.Revocations. It returns once this Store's watch
+// has delivered the revocation to its watchers, or, should the watch lag
+// past the operation's deadline, once the revocation is stored: it is in
+// force for every replica either way, and this one applies it when its
+// watch catches up.
+func (s *Store) Revoke(ctx context.Context, r state.Revocation) (state.Revocation, error) {
+	if err := state.ValidateRevocation(r); err != nil {
+		return state.Revocation{}, err
+	}
+	r.CreatedAt, r.Until, r.CoveredUntil = normTime(r.CreatedAt), normTime(r.Until), normTime(r.CoveredUntil)
+	v, err := json.Marshal(revocationRecord(r))
+	if err != nil {
+		return state.Revocation{}, fmt.Errorf("etcdstate: encode revocation %s: %w", r.ID, err)
+	}
+	ctx, cancel := s.opCtx(ctx)
+	defer cancel()
+	k := s.key(dirRevocation, r.ID)
+	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).Then(clientv3.OpPut(k, string(v))).Commit()
+	if err != nil {
+		return state.Revocation{}, unavailable("revoke", err)
+	}
+	if !resp.Succeeded {
+		return state.Revocation{}, fmt.Errorf("%w: revocation %s", state.ErrExists, r.ID)
+	}
+	s.watch.waitFor(ctx, resp.Header.Revision)
+	return r, nil
+}
+
+// LiftRevocation implements state.Revocations: one delete, so of concurrent
+// lifts of one revocation exactly one finds it.
+func (s *Store) LiftRevocation(ctx context.Context, id string) (state.Revocation, error) {
+	ctx, cancel := s.opCtx(ctx)
+	defer cancel()
+	resp, err := s.cli.Delete(ctx, s.key(dirRevocation, id), clientv3.WithPrevKV())
+	if err != nil {
+		return state.Revocation{}, unavailable("lift revocation", err)
+	}
+	if resp.Deleted == 0 || len(resp.PrevKvs) == 0 {
+		return state.Revocation{}, fmt.Errorf("%w: revocation %s", state.ErrNotFound, id)
+	}
+	r, err := decodeRevocation(resp.PrevKvs[0].Value)
+	if err != nil {
+		return state.Revocation{}, err
+	}
+	s.watch.waitFor(ctx, resp.Header.Revision)
+	return r, nil
+}
+
+// ListRevocations implements state.Revocations.
+func (s *Store) ListRevocations(ctx context.Context, f state.RevocationFilter) ([]state.Revocation, error) {
+	return listPage(ctx, s, "list revocations", dirRevocation, f.After, f.Limit, decodeRevocation, nil)
+}
+
+// PurgeRevocations implements state.Revocations.
+func (s *Store) PurgeRevocations(ctx context.Context, now time.Time) (int, error) {
+	gone, rev, err := s.deleteWhere(ctx, "purge revocations", dirRevocation, func(kv *mvccpb.KeyValue) ([]string, bool, error) {
+		r, err := decodeRevocation(kv.Value)
+		return nil, err == nil && !r.Active(now), err
+	})
+	if rev != 0 {
+		wctx, cancel := s.opCtx(ctx)
+		s.watch.waitFor(wctx, rev)
+		cancel()
+	}
+	return len(gone), err
+}
+
+// WatchRevocations implements state.Revocations. Every watcher of a Store
+// is fed by the Store's one etcd watch, in revision order.
+func (s *Store) WatchRevocations(fn func(state.RevocationChange)) (cancel func()) {
+	return s.watch.add(fn)
+}
+
+// revWatch is a Store's one watch of the revocations, delivering each
+// change to the registered watchers.
+type revWatch struct {
+	s      *Store
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu        sync.Mutex
+	fns       map[int]func(state.RevocationChange)
+	next      int
+	delivered int64         // every change up to this revision is delivered
+	advanced  chan struct{} // closed (and replaced) when delivered grows
+
+	// known is what the watch has delivered: the revocations as of
+	// delivered. Only the watch goroutine touches it after startWatch.
+	known map[string]state.Revocation
+}
+
+// Backoff between attempts to resume a broken watch.
+const (
+	watchRetryMin = 50 * time.Millisecond
+	watchRetryMax = 2 * time.Second
+)
+
+// startWatch lists the revocations at one revision and starts watching from
+// the next.
+func startWatch(ctx context.Context, s *Store) (*revWatch, error) {
+	known, rev, err := listRevocations(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	wctx, cancel := context.WithCancel(context.Background())
+	w := &revWatch{s: s, cancel: cancel, done: make(chan struct{}), fns: map[int]func(state.RevocationChange){},
+		delivered: rev, advanced: make(chan struct{}), known: known}
+	go w.run(wctx)
+	return w, nil
+}
+
+// listRevocations reads every revocation at one revision.
+func listRevocations(ctx context.Context, s *Store) (map[string]state.Revocation, int64, error) {
+	known := map[string]state.Revocation{}
+	rev, err := s.scan(ctx, "list revocations", dirRevocation, "", func(kv *mvccpb.KeyValue) (bool, error) {
+		r, err := decodeRevocation(kv.Value)
+		known[r.ID] = r
+		return true, err
+	})
+	if err != nil {
+		return nil, 0, err
+	}
+	return known, rev, nil
+}
+
+func (w *revWatch) stop() {
+	w.cancel()
+	<-w.done
+}
+
+func (w *revWatch) add(fn func(state.RevocationChange)) func() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	id := w.next
+	w.next++
+	w.fns[id] = fn
+	return func() {
+		w.mu.Lock()
+		delete(w.fns, id)
+		w.mu.Unlock()
+	}
+}
+
+// waitFor waits until every change up to rev is delivered, the context
+// ends, or the watch stops.
+func (w *revWatch) waitFor(ctx context.Context, rev int64) {
+	for {
+		w.mu.Lock()
+		delivered, advanced := w.delivered, w.advanced
+		w.mu.Unlock()
+		if delivered >= rev {
+			return
+		}
+		select {
+		case <-advanced:
+		case <-ctx.Done():
+			return
+		case <-w.done:
+			return
+		}
+	}
+}
+
+// deliver calls every watcher with cs, in order, then records that every
+// change up to rev is delivered.
+func (w *revWatch) deliver(cs []state.RevocationChange, rev int64) {
+	w.mu.Lock()
+	ids := slices.Sorted(maps.Keys(w.fns))
+	fns := make([]func(state.RevocationChange), len(ids))
+	for i, id := range ids {
+		fns[i] = w.fns[id]
+	}
+	w.mu.Unlock()
+	for _, c := range cs {
+		for _, fn := range fns {
+			fn(c)
+		}
+	}
+	w.mu.Lock()
+	if rev > w.delivered {
+		w.delivered = rev
+		close(w.advanced)
+		w.advanced = make(chan struct{})
+	}
+	w.mu.Unlock()
+}
+
+// run watches until stopped: from the revision after the last delivered
+// one, resuming after errors, and listing afresh when that revision has
+// been compacted away.
+func (w *revWatch) run(ctx context.Context) {
+	defer close(w.done)
+	dir := w.s.key(dirRevocation, "")
+	retry := watchRetryMin
+	for ctx.Err() == nil {
+		w.mu.Lock()
+		from := w.delivered + 1
+		w.mu.Unlock()
+		compacted := false
+		wch := w.s.cli.Watch(clientv3.WithRequireLeader(ctx), dir, clientv3.WithPrefix(), clientv3.WithRev(from))
+		for resp := range wch {
+			if resp.CompactRevision != 0 {
+				compacted = true
+				break
+			}
+			if resp.Err() != nil {
+				break
+			}
+			retry = watchRetryMin
+			if resp.IsProgressNotify() {
+				w.deliver(nil, resp.Header.Revision)
+				continue
+			}
+			var cs []state.RevocationChange
+			var rev int64
+			for _, ev := range resp.Events {
+				if c, ok := w.apply(ev); ok {
+					cs = append(cs, c)
+				}
+				rev = max(rev, ev.Kv.ModRevision)
+			}
+			w.deliver(cs, rev)
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if compacted {
+			if err := w.relist(ctx); err == nil {
+				retry = watchRetryMin
+				continue
+			}
+		}
+		t := time.NewTimer(retry)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		retry = min(2*retry, watchRetryMax)
+	}
+}
+
+// apply updates known with one event and returns the change to deliver;
+// false for a deletion of a revocation the watch never saw (nothing to
+// report) or a record it cannot read.
+func (w *revWatch) apply(ev *clientv3.Event) (state.RevocationChange, bool) {
+	id := strings.TrimPrefix(string(ev.Kv.Key), w.s.key(dirRevocation, ""))
+	if ev.Type == mvccpb.DELETE {
+		r, ok := w.known[id]
+		delete(w.known, id)
+		return state.RevocationChange{Revocation: r, Removed: true}, ok
+	}
+	r, err := decodeRevocation(ev.Kv.Value)
+	if err != nil {
+		return state.RevocationChange{}, false
+	}
+	w.known[id] = r
+	return state.RevocationChange{Revocation: r}, true
+}
+
+// relist reads the revocations afresh and delivers what changed since the
+// watch last delivered: after a compaction the events in between are gone.
+func (w *revWatch) relist(ctx context.Context) error {
+	now, rev, err := listRevocations(ctx, w.s)
+	if err != nil {
+		return err
+	}
+	var cs []state.RevocationChange
+	for _, id := range slices.Sorted(maps.Keys(w.known)) {
+		if _, ok := now[id]; !ok {
+			cs = append(cs, state.RevocationChange{Revocation: w.known[id], Removed: true})
+		}
+	}
+	for _, id := range slices.Sorted(maps.Keys(now)) {
+		if old, ok := w.known[id]; !ok || !reflect.DeepEqual(old, now[id]) {
+			cs = append(cs, state.RevocationChange{Revocation: now[id]})
+		}
+	}
+	w.known = now
+	w.deliver(cs, rev)
+	return nil
+}

@@ -1,0 +1,418 @@
+package etcdstate
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/credbroker/credbroker/broker/state"
+)
+
+// Defaults of Options.
+const (
+	// DefaultOpTimeout bounds one operation (all of its round trips and
+	// retries) when the caller's context has no earlier deadline.
+	DefaultOpTimeout = 5 * time.Second
+	// DefaultDialTimeout bounds the first connection Open makes.
+	DefaultDialTimeout = 5 * time.Second
+	// maxAttempts bounds the compare-and-swap rounds of one operation.
+	maxAttempts = 32
+	// pageSize is how many keys one range read returns at most.
+	pageSize = 500
+	// txnBatch is how many keys one purge transaction deletes at most (etcd
+	// refuses transactions of more than 128 operations by default; a node
+	// takes two).
+	txnBatch = 50
+)
+
+// ErrContended means an operation lost its compare-and-swap race maxAttempts
+// times in a row to other writers of the same keys; it wraps
+// state.ErrUnavailable too, since a retry can succeed.
+var ErrContended = errors.New("etcdstate: contended")
+
+// Options tune a Store.
+type Options struct {
+	// Prefix is put before every key the Store reads or writes; it must
+	// end in "/". Stores sharing a prefix share their state.
+	Prefix string
+	// OpTimeout bounds each operation when the caller's context has no
+	// earlier deadline; zero means DefaultOpTimeout.
+	OpTimeout time.Duration
+}
+
+// Config is what Open needs to reach etcd.
+type Config struct {
+	// Endpoints are the etcd members' client URLs.
+	Endpoints []string
+	// TLS, when set, is the client's TLS configuration (with a client
+	// certificate for mTLS); nil dials without TLS.
+	TLS *tls.Config
+	// DialTimeout bounds the first connection; zero means
+	// DefaultDialTimeout.
+	DialTimeout time.Duration
+	Options
+}
+
+// Store is the etcd implementation of state.Store. It is safe for
+// concurrent use; Close it to stop its watch.
+type Store struct {
+	cli       *clientv3.Client
+	ownClient bool
+	prefix    string
+	opTimeout time.Duration
+	locks     keyLocks
+	watch     *revWatch
+}
+
+var _ state.Store = (*Store)(nil)
+
+// Open connects to etcd as cfg says and returns a Store over it that owns
+// the client: Close closes it.
+func Open(ctx context.Context, cfg Config) (*Store, error) {
+	if len(cfg.Endpoints) == 0 {
+		return nil, errors.New("etcdstate: no endpoints")
+	}
+	dial := cfg.DialTimeout
+	if dial <= 0 {
+		dial = DefaultDialTimeout
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   cfg.Endpoints,
+		TLS:         cfg.TLS,
+		DialTimeout: dial,
+		Context:     context.WithoutCancel(ctx),
+		// The Store reports every failure as an error of its own; the
+		// client's internal logging would only repeat it.
+		Logger: zap.NewNop(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: etcdstate: connect to %s: %w", state.ErrUnavailable, strings.Join(cfg.Endpoints, ","), err)
+	}
+	s, err := New(ctx, cli, cfg.Options)
+	if err != nil {
+		_ = cli.Close()
+		return nil, err
+	}
+	s.ownClient = true
+	return s, nil
+}
+
+// New returns a Store over cli, which the caller keeps ownership of (close
+// it after Close). It lists the revocations and starts watching them, so
+// etcd must be reachable.
+func New(ctx context.Context, cli *clientv3.Client, opts Options) (*Store, error) {
+	if cli == nil {
+		return nil, errors.New("etcdstate: nil client")
+	}
+	if opts.Prefix == "" || !strings.HasSuffix(opts.Prefix, "/") {
+		return nil, fmt.Errorf("etcdstate: prefix %q must be non-empty and end in \"/\"", opts.Prefix)
+	}
+	s := &Store{cli: cli, prefix: opts.Prefix, opTimeout: opts.OpTimeout}
+	if s.opTimeout <= 0 {
+		s.opTimeout = DefaultOpTimeout
+	}
+	w, err := startWatch(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	s.watch = w
+	return s, nil
+}
+
+// Close stops the revocation watch and, for a Store made by Open, closes
+// the client. Watchers registered with WatchRevocations get nothing more.
+func (s *Store) Close() error {
+	s.watch.stop()
+	if s.ownClient {
+		return s.cli.Close()
+	}
+	return nil
+}
+
+// Directories under the prefix; see the package documentation.
+const (
+	dirQuota       = "quota/"
+	dirJoinToken   = "jointoken/"
+	dirNode        = "node/"
+	dirNodeCluster = "node-cluster/"
+	dirRevocation  = "revocation/"
+)
+
+func (s *Store) key(dir, name string) string { return s.prefix + dir + name }
+
+// opCtx bounds one operation by the Store's timeout and makes the member
+// refuse at once when it has no leader.
+func (s *Store) opCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(ctx, s.opTimeout)
+	return clientv3.WithRequireLeader(ctx), cancel
+}
+
+// unavailable wraps an error of the etcd client, saying what failed.
+func unavailable(what string, err error) error {
+	return fmt.Errorf("%w: etcdstate: %s: %w", state.ErrUnavailable, what, err)
+}
+
+// normTime drops the monotonic reading and location of t, so that a value
+// returned by a change equals the one read back later.
+func normTime(t time.Time) time.Time {
+	if t.IsZero() {
+		return time.Time{}
+	}
+	return t.Round(0).UTC()
+}
+
+// getOps reads keys, in order.
+func getOps(keys []string) []clientv3.Op {
+	ops := make([]clientv3.Op, len(keys))
+	for i, k := range keys {
+		ops[i] = clientv3.OpGet(k)
+	}
+	return ops
+}
+
+// readKVs returns, per key, the value the range responses of a transaction
+// made with getOps(keys) read (nil for an absent key).
+func readKVs(keys []string, rs []*pb.ResponseOp) []*mvccpb.KeyValue {
+	kvs := make([]*mvccpb.KeyValue, len(keys))
+	for i := range keys {
+		if i < len(rs) {
+			if r := rs[i].GetResponseRange(); r != nil && len(r.Kvs) > 0 {
+				kvs[i] = r.Kvs[0]
+			}
+		}
+	}
+	return kvs
+}
+
+// cas is the compare-and-swap loop every check-and-change runs: it reads
+// keys in one transaction, asks decide for the writes to make given their
+// values (nil for an absent key), and commits them only if none of the keys
+// changed since it read them. When another writer got there first, the
+// failed transaction has read the keys' new values, and decide is asked
+// again. decide ends the loop by returning an error, or no writes (cas
+// then returns a nil response). what names the operation in errors.
+func (s *Store) cas(ctx context.Context, what string, keys []string, decide func(kvs []*mvccpb.KeyValue) ([]clientv3.Op, error)) (*clientv3.TxnResponse, error) {
+	ctx, cancel := s.opCtx(ctx)
+	defer cancel()
+	read, err := s.cli.Txn(ctx).Then(getOps(keys)...).Commit()
+	if err != nil {
+		return nil, unavailable(what, err)
+	}
+	kvs := readKVs(keys, read.Responses)
+	for range maxAttempts {
+		ops, err := decide(kvs)
+		if err != nil || len(ops) == 0 {
+			return nil, err
+		}
+		cmps := make([]clientv3.Cmp, len(keys))
+		for i, k := range keys {
+			var rev int64
+			if kvs[i] != nil {
+				rev = kvs[i].ModRevision
+			}
+			cmps[i] = clientv3.Compare(clientv3.ModRevision(k), "=", rev)
+		}
+		resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Else(getOps(keys)...).Commit()
+		if err != nil {
+			return nil, unavailable(what, err)
+		}
+		if resp.Succeeded {
+			return resp, nil
+		}
+		kvs = readKVs(keys, resp.Responses)
+	}
+	return nil, fmt.Errorf("%w: %w: %s lost to concurrent writers %d times; retry", state.ErrUnavailable, ErrContended, what, maxAttempts)
+}
+
+// scan calls fn with every key-value under dir whose key sorts after
+// dir+after ("" for the start), in key order, reading pages of at most
+// pageSize at one revision, until fn returns false, and returns that
+// revision. what names the operation in errors.
+func (s *Store) scan(ctx context.Context, what, dir, after string, fn func(kv *mvccpb.KeyValue) (more bool, err error)) (int64, error) {
+	ctx, cancel := s.opCtx(ctx)
+	defer cancel()
+	from := s.key(dir, after)
+	if after != "" {
+		from += "\x00" // the first key after dir+after
+	}
+	end := clientv3.GetPrefixRangeEnd(s.key(dir, ""))
+	var rev int64
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(pageSize)}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		resp, err := s.cli.Get(ctx, from, opts...)
+		if err != nil {
+			return 0, unavailable(what, err)
+		}
+		rev = resp.Header.Revision
+		for _, kv := range resp.Kvs {
+			more, err := fn(kv)
+			if err != nil || !more {
+				return rev, err
+			}
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return rev, nil
+		}
+		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+}
+
+// listPage decodes the values under dir in key order, after after, keeping
+// those keep accepts (nil keeps all), until it has limit of them (limit <= 0:
+// no bound).
+func listPage[T any](ctx context.Context, s *Store, what, dir, after string, limit int, decode func([]byte) (T, error), keep func(T) bool) ([]T, error) {
+	var out []T
+	_, err := s.scan(ctx, what, dir, after, func(kv *mvccpb.KeyValue) (bool, error) {
+		item, err := decode(kv.Value)
+		if err != nil {
+			return false, err
+		}
+		if keep == nil || keep(item) {
+			out = append(out, item)
+		}
+		return limit <= 0 || len(out) < limit, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// staleKey is a key deleteWhere deletes, if it still has modRev, together
+// with also (index entries that go with it).
+type staleKey struct {
+	key    string
+	modRev int64
+	also   []string
+	value  []byte
+}
+
+// deleteWhere deletes the keys under dir that stale picks (returning the
+// extra keys to delete with each), each only if it has not changed since it
+// was read, in transactions of up to txnBatch keys; a batch in which some
+// key changed is retried key by key. It returns the deleted keys and the
+// highest revision a deletion committed at.
+func (s *Store) deleteWhere(ctx context.Context, what, dir string, stale func(kv *mvccpb.KeyValue) (also []string, ok bool, err error)) ([]staleKey, int64, error) {
+	var found []staleKey
+	_, err := s.scan(ctx, what, dir, "", func(kv *mvccpb.KeyValue) (bool, error) {
+		also, ok, err := stale(kv)
+		if ok {
+			found = append(found, staleKey{key: string(kv.Key), modRev: kv.ModRevision, also: also, value: kv.Value})
+		}
+		return true, err
+	})
+	if err != nil {
+		return nil, 0, err
+	}
+	ctx, cancel := s.opCtx(ctx)
+	defer cancel()
+	var deleted []staleKey
+	var rev int64
+	commit := func(batch []staleKey) (bool, error) {
+		cmps := make([]clientv3.Cmp, 0, len(batch))
+		var ops []clientv3.Op
+		for _, k := range batch {
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k.key), "=", k.modRev))
+			ops = append(ops, clientv3.OpDelete(k.key))
+			for _, a := range k.also {
+				ops = append(ops, clientv3.OpDelete(a))
+			}
+		}
+		resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+		if err != nil {
+			return false, unavailable(what, err)
+		}
+		if resp.Succeeded {
+			deleted = append(deleted, batch...)
+			rev = max(rev, resp.Header.Revision)
+		}
+		return resp.Succeeded, nil
+	}
+	for batch := range slices.Chunk(found, txnBatch) {
+		ok, err := commit(batch)
+		if err != nil {
+			return deleted, rev, err
+		}
+		if ok {
+			continue
+		}
+		// Some key changed since the scan: each on its own, so the others
+		// still go; a changed one stays until the next purge looks at it.
+		for i := range batch {
+			if _, err := commit(batch[i : i+1]); err != nil {
+				return deleted, rev, err
+			}
+		}
+	}
+	return deleted, rev, nil
+}
+
+// keyLocks queues the operations of one Store on the same quota keys, so
+// that its goroutines do not race each other's compare-and-swap. Waiting
+// respects the context.
+type keyLocks struct {
+	mu sync.Mutex
+	m  map[string]*keyLock
+}
+
+type keyLock struct {
+	ch   chan struct{} // holds a token while locked
+	refs int
+}
+
+// lock locks keys (in sorted order, so two lockers cannot deadlock) and
+// returns the function that unlocks them.
+func (l *keyLocks) lock(ctx context.Context, keys []string) (func(), error) {
+	keys = slices.Clone(keys)
+	slices.Sort(keys)
+	keys = slices.Compact(keys)
+	l.mu.Lock()
+	if l.m == nil {
+		l.m = map[string]*keyLock{}
+	}
+	held := make([]*keyLock, len(keys))
+	for i, k := range keys {
+		kl := l.m[k]
+		if kl == nil {
+			kl = &keyLock{ch: make(chan struct{}, 1)}
+			l.m[k] = kl
+		}
+		kl.refs++
+		held[i] = kl
+	}
+	l.mu.Unlock()
+	release := func(locked int) {
+		for _, kl := range held[:locked] {
+			<-kl.ch
+		}
+		l.mu.Lock()
+		for i, kl := range held {
+			if kl.refs--; kl.refs == 0 {
+				delete(l.m, keys[i])
+			}
+		}
+		l.mu.Unlock()
+	}
+	for i, kl := range held {
+		select {
+		case kl.ch <- struct{}{}:
+		case <-ctx.Done():
+			release(i)
+			return nil, unavailable("waiting for a concurrent update", ctx.Err())
+		}
+	}
+	return func() { release(len(held)) }, nil
+}

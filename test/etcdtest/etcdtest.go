@@ -1,0 +1,186 @@
+// Package etcdtest runs a real etcd inside the test process (the embed
+// package of etcd's own server) on loopback: one member, or a cluster of
+// several whose members a test can stop and restart on the same ports and
+// data, to take the quorum away and give it back.
+package etcdtest
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+)
+
+// readyTimeout bounds how long a member may take to join its cluster.
+const readyTimeout = time.Minute
+
+// Cluster is an embedded etcd cluster of one or more members.
+type Cluster struct {
+	dir     string
+	clients []url.URL
+	peers   []url.URL
+	initial string
+
+	mu      sync.Mutex
+	members []*embed.Etcd // nil while stopped
+}
+
+// New starts an n-member cluster in a temporary directory and closes it when
+// the test ends.
+func New(t testing.TB, n int) *Cluster {
+	t.Helper()
+	c, err := Start(t.TempDir(), n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+// Start starts an n-member cluster keeping its data under dir, and waits
+// until it serves. Close it when done.
+func Start(dir string, n int) (*Cluster, error) {
+	if n < 1 {
+		return nil, errors.New("etcdtest: a cluster needs a member")
+	}
+	c := &Cluster{dir: dir, members: make([]*embed.Etcd, n)}
+	var initial []string
+	for i := range n {
+		client, err := freeURL()
+		if err != nil {
+			return nil, err
+		}
+		peer, err := freeURL()
+		if err != nil {
+			return nil, err
+		}
+		c.clients, c.peers = append(c.clients, client), append(c.peers, peer)
+		initial = append(initial, fmt.Sprintf("%s=%s", memberName(i), peer.String()))
+	}
+	c.initial = strings.Join(initial, ",")
+	// Every member must be started before any can be ready: readiness needs
+	// a quorum.
+	for i := range n {
+		if err := c.start(i); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	for i := range n {
+		if err := c.waitReady(i); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+func memberName(i int) string { return fmt.Sprintf("m%d", i) }
+
+// freeURL returns an http URL on a loopback port that was free a moment ago.
+func freeURL() (url.URL, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return url.URL{}, fmt.Errorf("etcdtest: pick a port: %w", err)
+	}
+	addr := l.Addr().String()
+	if err := l.Close(); err != nil {
+		return url.URL{}, err
+	}
+	return url.URL{Scheme: "http", Host: addr}, nil
+}
+
+func (c *Cluster) config(i int) *embed.Config {
+	cfg := embed.NewConfig()
+	cfg.Name = memberName(i)
+	cfg.Dir = filepath.Join(c.dir, cfg.Name)
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{c.clients[i]}, []url.URL{c.clients[i]}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{c.peers[i]}, []url.URL{c.peers[i]}
+	cfg.InitialCluster = c.initial
+	cfg.InitialClusterToken = "credbroker-etcdtest"
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	return cfg
+}
+
+// start starts member i (again, on its ports and data after a Stop).
+func (c *Cluster) start(i int) error {
+	e, err := embed.StartEtcd(c.config(i))
+	if err != nil {
+		return fmt.Errorf("etcdtest: start member %d: %w", i, err)
+	}
+	c.mu.Lock()
+	c.members[i] = e
+	c.mu.Unlock()
+	return nil
+}
+
+func (c *Cluster) waitReady(i int) error {
+	c.mu.Lock()
+	e := c.members[i]
+	c.mu.Unlock()
+	select {
+	case <-e.Server.ReadyNotify():
+		return nil
+	case err := <-e.Err():
+		return fmt.Errorf("etcdtest: member %d: %w", i, err)
+	case <-time.After(readyTimeout):
+		return fmt.Errorf("etcdtest: member %d not ready after %s", i, readyTimeout)
+	}
+}
+
+// Endpoints returns every member's client URL.
+func (c *Cluster) Endpoints() []string {
+	out := make([]string, len(c.clients))
+	for i := range c.clients {
+		out[i] = c.Endpoint(i)
+	}
+	return out
+}
+
+// Endpoint returns member i's client URL.
+func (c *Cluster) Endpoint(i int) string { return c.clients[i].String() }
+
+// Stop stops member i; its data stays for Restart. Like etcd's own
+// shutdown, it lets open client streams (watches) drain for up to the
+// member's request timeout, some seconds: run tests that stop members in
+// parallel.
+func (c *Cluster) Stop(i int) {
+	c.mu.Lock()
+	e := c.members[i]
+	c.members[i] = nil
+	c.mu.Unlock()
+	if e != nil {
+		e.Close()
+	}
+}
+
+// Restart starts the stopped members in is again on their ports and data,
+// and waits until they serve (which needs a quorum of the cluster running).
+func (c *Cluster) Restart(is ...int) error {
+	for _, i := range is {
+		if err := c.start(i); err != nil {
+			return err
+		}
+	}
+	for _, i := range is {
+		if err := c.waitReady(i); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Close stops every member.
+func (c *Cluster) Close() {
+	for i := range c.members {
+		c.Stop(i)
+	}
+}
