@@ -36,6 +36,15 @@
 //	node/<SPIFFE ID>                     JSON of the node
 //	node-cluster/<cluster>\x00<SPIFFE ID> the same JSON, so a cluster's nodes list by range
 //	revocation/<id>                      JSON of the revocation
+//	cluster-ref/<cluster>\x00<kind>\x00<item> "e" (evicted node), "u" (used token) or ""
+//	approval/<id>                        JSON of the approval
+//	approval-req/<requester>\x00<digest> id of the requester's latest approval of that request
+//
+// Each index entry (node-cluster, cluster-ref, approval-req) is written in
+// the transaction that changes its item, so it is never out of step. A
+// cluster-ref entry exists for each node, join token and cluster
+// revocation, so that a page of ListClusters reads the references of the
+// clusters on it and no others.
 //
 // A quota window keeps the end it was opened with; Spend and Usage treat a
 // window whose end is not after now as gone, and PurgeQuotas deletes it. No

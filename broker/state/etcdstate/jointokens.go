@@ -34,6 +34,10 @@ func (s *Store) tokenKey(key jointoken.Key) string {
 	return s.key(dirJoinToken, hex.EncodeToString(key[:]))
 }
 
+// tokenItem is a token's name in its cluster's references: its key's
+// suffix, the hex of the secret's hash.
+func (s *Store) tokenItem(key string) string { return strings.TrimPrefix(key, s.key(dirJoinToken, "")) }
+
 func encodeToken(t jointoken.Token) (string, error) {
 	v, err := json.Marshal(tokenRecord(t))
 	if err != nil {
@@ -61,7 +65,8 @@ func (s *Store) CreateJoinToken(ctx context.Context, key jointoken.Key, t jointo
 	ctx, cancel := s.opCtx(ctx)
 	defer cancel()
 	k := s.tokenKey(key)
-	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).Then(clientv3.OpPut(k, v)).Commit()
+	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).
+		Then(clientv3.OpPut(k, v), s.putRef(t.Cluster, refToken, s.tokenItem(k), "")).Commit()
 	if err != nil {
 		return unavailable("create join token", err)
 	}
@@ -96,7 +101,7 @@ func (s *Store) ConsumeJoinToken(ctx context.Context, key jointoken.Key, node st
 			return nil, err
 		}
 		t = used
-		return []clientv3.Op{clientv3.OpPut(k, v)}, nil
+		return []clientv3.Op{clientv3.OpPut(k, v), s.putRef(t.Cluster, refToken, s.tokenItem(k), flagUsed)}, nil
 	})
 	switch {
 	case err == nil:
@@ -135,9 +140,12 @@ func (s *Store) VoidJoinTokens(ctx context.Context, cluster string) (int, error)
 }
 
 func (s *Store) deleteTokens(ctx context.Context, what string, stale func(jointoken.Token) bool) (int, error) {
-	gone, _, err := s.deleteWhere(ctx, what, dirJoinToken, func(kv *mvccpb.KeyValue) ([]string, bool, error) {
+	gone, _, err := s.deleteWhere(ctx, what, dirJoinToken, func(kv *mvccpb.KeyValue) ([]clientv3.Op, bool, error) {
 		t, err := decodeToken(kv.Value)
-		return nil, err == nil && stale(t), err
+		if err != nil || !stale(t) {
+			return nil, false, err
+		}
+		return []clientv3.Op{s.deleteRef(t.Cluster, refToken, s.tokenItem(string(kv.Key)))}, true, nil
 	})
 	return len(gone), err
 }

@@ -165,23 +165,29 @@ func (s *Store) updateNode(ctx context.Context, what, id string, change func(old
 		if err != nil {
 			return nil, fmt.Errorf("etcdstate: encode node %s: %w", id, err)
 		}
-		ops := []clientv3.Op{clientv3.OpPut(key, string(v)), clientv3.OpPut(s.nodeClusterKey(n.Cluster, id), string(v))}
-		if kvs[0] != nil && old.Cluster != n.Cluster {
-			ops = append(ops, clientv3.OpDelete(s.nodeClusterKey(old.Cluster, id)))
+		flag := ""
+		if n.Evicted() {
+			flag = flagEvicted
 		}
-		return ops, nil
+		// The cluster is part of the SPIFFE ID (ValidateNode), so a node
+		// never moves between clusters.
+		return []clientv3.Op{
+			clientv3.OpPut(key, string(v)),
+			clientv3.OpPut(s.nodeClusterKey(n.Cluster, id), string(v)),
+			s.putRef(n.Cluster, refNode, id, flag),
+		}, nil
 	})
 	return err
 }
 
 // PurgeNodes implements state.Nodes.
 func (s *Store) PurgeNodes(ctx context.Context, now time.Time) (int, error) {
-	gone, _, err := s.deleteWhere(ctx, "purge nodes", dirNode, func(kv *mvccpb.KeyValue) ([]string, bool, error) {
+	gone, _, err := s.deleteWhere(ctx, "purge nodes", dirNode, func(kv *mvccpb.KeyValue) ([]clientv3.Op, bool, error) {
 		n, err := decodeNode(kv.Value)
 		if err != nil || n.Evicted() || n.ExpiresAt.After(now) {
 			return nil, false, err
 		}
-		return []string{s.nodeClusterKey(n.Cluster, n.SPIFFEID)}, true, nil
+		return []clientv3.Op{clientv3.OpDelete(s.nodeClusterKey(n.Cluster, n.SPIFFEID)), s.deleteRef(n.Cluster, refNode, n.SPIFFEID)}, true, nil
 	})
 	return len(gone), err
 }

@@ -66,15 +66,8 @@ func (s *Store) Spend(ctx context.Context, now time.Time, charges []state.Charge
 	for i, c := range charges {
 		keys[i] = s.quotaKey(c.Key)
 	}
-	ctx, cancel := s.opCtx(ctx)
-	defer cancel()
-	unlock, err := s.locks.lock(ctx, keys)
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
 	var spent []state.Spent
-	_, err = s.cas(ctx, "spend quota", keys, func(kvs []*mvccpb.KeyValue) ([]clientv3.Op, error) {
+	_, err := s.cas(ctx, "spend quota", keys, func(kvs []*mvccpb.KeyValue) ([]clientv3.Op, error) {
 		next := make([]windowRecord, len(charges))
 		var full []state.Charge
 		var ends []time.Time
@@ -128,14 +121,7 @@ func (s *Store) Refund(ctx context.Context, spent []state.Spent) error {
 	for i, u := range spent {
 		keys[i] = s.quotaKey(u.Key)
 	}
-	ctx, cancel := s.opCtx(ctx)
-	defer cancel()
-	unlock, err := s.locks.lock(ctx, keys)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	_, err = s.cas(ctx, "refund quota", keys, func(kvs []*mvccpb.KeyValue) ([]clientv3.Op, error) {
+	_, err := s.cas(ctx, "refund quota", keys, func(kvs []*mvccpb.KeyValue) ([]clientv3.Op, error) {
 		var ops []clientv3.Op
 		for i, u := range spent {
 			if kvs[i] == nil {
@@ -196,7 +182,7 @@ func (s *Store) ResetQuota(ctx context.Context, key state.QuotaKey) error {
 // PurgeQuotas implements state.Quotas. A window that a spend renewed after
 // the purge read it is left alone.
 func (s *Store) PurgeQuotas(ctx context.Context, now time.Time) (int, error) {
-	gone, _, err := s.deleteWhere(ctx, "purge quotas", dirQuota, func(kv *mvccpb.KeyValue) ([]string, bool, error) {
+	gone, _, err := s.deleteWhere(ctx, "purge quotas", dirQuota, func(kv *mvccpb.KeyValue) ([]clientv3.Op, bool, error) {
 		w, err := decodeWindow(kv)
 		return nil, err == nil && !now.Before(w.End), err
 	})

@@ -30,6 +30,8 @@ type revocationRecord struct {
 	CoveredUntil time.Time            `json:"covered_until,omitzero"`
 	UpstreamRef  string               `json:"upstream_ref,omitempty"`
 	Issuer       string               `json:"issuer,omitempty"`
+	Profile      string               `json:"profile,omitempty"`
+	Origin       string               `json:"origin,omitempty"`
 }
 
 func decodeRevocation(v []byte) (state.Revocation, error) {
@@ -59,7 +61,11 @@ func (s *Store) Revoke(ctx context.Context, r state.Revocation) (state.Revocatio
 	ctx, cancel := s.opCtx(ctx)
 	defer cancel()
 	k := s.key(dirRevocation, r.ID)
-	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).Then(clientv3.OpPut(k, string(v))).Commit()
+	ops := []clientv3.Op{clientv3.OpPut(k, string(v))}
+	if r.Kind == state.RevokeCluster {
+		ops = append(ops, s.putRef(r.Target, refRevocation, r.ID, ""))
+	}
+	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).Then(ops...).Commit()
 	if err != nil {
 		return state.Revocation{}, unavailable("revoke", err)
 	}
@@ -70,24 +76,36 @@ func (s *Store) Revoke(ctx context.Context, r state.Revocation) (state.Revocatio
 	return r, nil
 }
 
-// LiftRevocation implements state.Revocations: one delete, so of concurrent
-// lifts of one revocation exactly one finds it.
+// LiftRevocation implements state.Revocations: a compare-and-swap delete, so
+// of concurrent lifts of one revocation exactly one finds it.
 func (s *Store) LiftRevocation(ctx context.Context, id string) (state.Revocation, error) {
 	ctx, cancel := s.opCtx(ctx)
 	defer cancel()
-	resp, err := s.cli.Delete(ctx, s.key(dirRevocation, id), clientv3.WithPrevKV())
-	if err != nil {
-		return state.Revocation{}, unavailable("lift revocation", err)
-	}
-	if resp.Deleted == 0 || len(resp.PrevKvs) == 0 {
-		return state.Revocation{}, fmt.Errorf("%w: revocation %s", state.ErrNotFound, id)
-	}
-	r, err := decodeRevocation(resp.PrevKvs[0].Value)
+	k := s.key(dirRevocation, id)
+	var r state.Revocation
+	resp, err := s.cas(ctx, "lift revocation", []string{k}, func(kvs []*mvccpb.KeyValue) ([]clientv3.Op, error) {
+		if kvs[0] == nil {
+			return nil, fmt.Errorf("%w: revocation %s", state.ErrNotFound, id)
+		}
+		var err error
+		if r, err = decodeRevocation(kvs[0].Value); err != nil {
+			return nil, err
+		}
+		return append([]clientv3.Op{clientv3.OpDelete(k)}, s.revocationRefOps(r)...), nil
+	})
 	if err != nil {
 		return state.Revocation{}, err
 	}
 	s.watch.waitFor(ctx, resp.Header.Revision)
 	return r, nil
+}
+
+// revocationRefOps drops r's cluster reference, if it has one.
+func (s *Store) revocationRefOps(r state.Revocation) []clientv3.Op {
+	if r.Kind != state.RevokeCluster {
+		return nil
+	}
+	return []clientv3.Op{s.deleteRef(r.Target, refRevocation, r.ID)}
 }
 
 // ListRevocations implements state.Revocations.
@@ -97,9 +115,12 @@ func (s *Store) ListRevocations(ctx context.Context, f state.RevocationFilter) (
 
 // PurgeRevocations implements state.Revocations.
 func (s *Store) PurgeRevocations(ctx context.Context, now time.Time) (int, error) {
-	gone, rev, err := s.deleteWhere(ctx, "purge revocations", dirRevocation, func(kv *mvccpb.KeyValue) ([]string, bool, error) {
+	gone, rev, err := s.deleteWhere(ctx, "purge revocations", dirRevocation, func(kv *mvccpb.KeyValue) ([]clientv3.Op, bool, error) {
 		r, err := decodeRevocation(kv.Value)
-		return nil, err == nil && !r.Active(now), err
+		if err != nil || r.Active(now) {
+			return nil, false, err
+		}
+		return s.revocationRefOps(r), true, nil
 	})
 	if rev != 0 {
 		wctx, cancel := s.opCtx(ctx)

@@ -31,8 +31,8 @@ const (
 	pageSize = 500
 	// txnBatch is how many keys one purge transaction deletes at most (etcd
 	// refuses transactions of more than 128 operations by default; a node
-	// takes two).
-	txnBatch = 50
+	// takes three).
+	txnBatch = 40
 )
 
 // ErrContended means an operation lost its compare-and-swap race maxAttempts
@@ -146,6 +146,9 @@ const (
 	dirNode        = "node/"
 	dirNodeCluster = "node-cluster/"
 	dirRevocation  = "revocation/"
+	dirClusterRef  = "cluster-ref/"
+	dirApproval    = "approval/"
+	dirApprovalReq = "approval-req/"
 )
 
 func (s *Store) key(dir, name string) string { return s.prefix + dir + name }
@@ -200,10 +203,17 @@ func readKVs(keys []string, rs []*pb.ResponseOp) []*mvccpb.KeyValue {
 // changed since it read them. When another writer got there first, the
 // failed transaction has read the keys' new values, and decide is asked
 // again. decide ends the loop by returning an error, or no writes (cas
-// then returns a nil response). what names the operation in errors.
+// then returns a nil response). what names the operation in errors. The
+// Store's own calls on any of the keys wait their turn (keyLocks), so the
+// race is only ever with other replicas.
 func (s *Store) cas(ctx context.Context, what string, keys []string, decide func(kvs []*mvccpb.KeyValue) ([]clientv3.Op, error)) (*clientv3.TxnResponse, error) {
 	ctx, cancel := s.opCtx(ctx)
 	defer cancel()
+	unlock, err := s.locks.lock(ctx, keys)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	read, err := s.cli.Txn(ctx).Then(getOps(keys)...).Commit()
 	if err != nil {
 		return nil, unavailable(what, err)
@@ -234,17 +244,23 @@ func (s *Store) cas(ctx context.Context, what string, keys []string, decide func
 	return nil, fmt.Errorf("%w: %w: %s lost to concurrent writers %d times; retry", state.ErrUnavailable, ErrContended, what, maxAttempts)
 }
 
-// scan calls fn with every key-value under dir whose key sorts after
-// dir+after ("" for the start), in key order, reading pages of at most
-// pageSize at one revision, until fn returns false, and returns that
-// revision. what names the operation in errors.
-func (s *Store) scan(ctx context.Context, what, dir, after string, fn func(kv *mvccpb.KeyValue) (more bool, err error)) (int64, error) {
+// after returns the first key suffix that sorts after name ("" for none:
+// from the start).
+func after(name string) string {
+	if name == "" {
+		return ""
+	}
+	return name + "\x00"
+}
+
+// scan calls fn with every key-value under dir from dir+from on, in key
+// order, reading pages of at most pageSize at one revision, until fn
+// returns false, and returns that revision. what names the operation in
+// errors.
+func (s *Store) scan(ctx context.Context, what, dir, from string, fn func(kv *mvccpb.KeyValue) (more bool, err error)) (int64, error) {
 	ctx, cancel := s.opCtx(ctx)
 	defer cancel()
-	from := s.key(dir, after)
-	if after != "" {
-		from += "\x00" // the first key after dir+after
-	}
+	start := s.key(dir, from)
 	end := clientv3.GetPrefixRangeEnd(s.key(dir, ""))
 	var rev int64
 	for {
@@ -252,7 +268,7 @@ func (s *Store) scan(ctx context.Context, what, dir, after string, fn func(kv *m
 		if rev != 0 {
 			opts = append(opts, clientv3.WithRev(rev))
 		}
-		resp, err := s.cli.Get(ctx, from, opts...)
+		resp, err := s.cli.Get(ctx, start, opts...)
 		if err != nil {
 			return 0, unavailable(what, err)
 		}
@@ -266,16 +282,16 @@ func (s *Store) scan(ctx context.Context, what, dir, after string, fn func(kv *m
 		if !resp.More || len(resp.Kvs) == 0 {
 			return rev, nil
 		}
-		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
 }
 
-// listPage decodes the values under dir in key order, after after, keeping
-// those keep accepts (nil keeps all), until it has limit of them (limit <= 0:
-// no bound).
-func listPage[T any](ctx context.Context, s *Store, what, dir, after string, limit int, decode func([]byte) (T, error), keep func(T) bool) ([]T, error) {
+// listPage decodes the values under dir in key order, after the key
+// dir+last ("" for the start), keeping those keep accepts (nil keeps all),
+// until it has limit of them (limit <= 0: no bound).
+func listPage[T any](ctx context.Context, s *Store, what, dir, last string, limit int, decode func([]byte) (T, error), keep func(T) bool) ([]T, error) {
 	var out []T
-	_, err := s.scan(ctx, what, dir, after, func(kv *mvccpb.KeyValue) (bool, error) {
+	_, err := s.scan(ctx, what, dir, after(last), func(kv *mvccpb.KeyValue) (bool, error) {
 		item, err := decode(kv.Value)
 		if err != nil {
 			return false, err
@@ -292,20 +308,20 @@ func listPage[T any](ctx context.Context, s *Store, what, dir, after string, lim
 }
 
 // staleKey is a key deleteWhere deletes, if it still has modRev, together
-// with also (index entries that go with it).
+// with also (the index entries that go with it).
 type staleKey struct {
 	key    string
 	modRev int64
-	also   []string
+	also   []clientv3.Op
 	value  []byte
 }
 
 // deleteWhere deletes the keys under dir that stale picks (returning the
-// extra keys to delete with each), each only if it has not changed since it
-// was read, in transactions of up to txnBatch keys; a batch in which some
-// key changed is retried key by key. It returns the deleted keys and the
-// highest revision a deletion committed at.
-func (s *Store) deleteWhere(ctx context.Context, what, dir string, stale func(kv *mvccpb.KeyValue) (also []string, ok bool, err error)) ([]staleKey, int64, error) {
+// operations on index entries to run with each), each only if it has not
+// changed since it was read, in transactions of up to txnBatch keys; a
+// batch in which some key changed is retried key by key. It returns the
+// deleted keys and the highest revision a deletion committed at.
+func (s *Store) deleteWhere(ctx context.Context, what, dir string, stale func(kv *mvccpb.KeyValue) (also []clientv3.Op, ok bool, err error)) ([]staleKey, int64, error) {
 	var found []staleKey
 	_, err := s.scan(ctx, what, dir, "", func(kv *mvccpb.KeyValue) (bool, error) {
 		also, ok, err := stale(kv)
@@ -326,10 +342,7 @@ func (s *Store) deleteWhere(ctx context.Context, what, dir string, stale func(kv
 		var ops []clientv3.Op
 		for _, k := range batch {
 			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k.key), "=", k.modRev))
-			ops = append(ops, clientv3.OpDelete(k.key))
-			for _, a := range k.also {
-				ops = append(ops, clientv3.OpDelete(a))
-			}
+			ops = append(append(ops, clientv3.OpDelete(k.key)), k.also...)
 		}
 		resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
 		if err != nil {

@@ -264,9 +264,14 @@ func testApprovalsBound(t *testing.T, h Harness) {
 // testApprovalsConcurrent: many admins approving at once, each several
 // times, are counted exactly (never more votes than Needed, each admin
 // once); of many concurrent consumptions exactly one wins; concurrent
-// identical requests store one approval.
+// identical requests store one approval. The goroutines are spread over
+// the replicas, if any.
 func testApprovalsConcurrent(t *testing.T, h Harness) {
-	s := open(t, h)
+	stores := racers(t, h)
+	s := stores[0]
+	n := 0
+	// replica returns the store for the next goroutine, round the replicas.
+	replica := func() state.Store { n++; return stores[n%len(stores)] }
 	const admins, needed, tries = 12, 5, 3
 	mustRequest(t, s, pending("a1", "d1", needed, 0), 8, epoch, true)
 	mustRequest(t, s, pending("a2", "d2", admins, 0), 8, epoch, true)
@@ -275,6 +280,7 @@ func testApprovalsConcurrent(t *testing.T, h Harness) {
 	for i := range admins {
 		for range tries {
 			for j, id := range []string{"a1", "a2"} {
+				s := replica()
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
@@ -313,6 +319,7 @@ func testApprovalsConcurrent(t *testing.T, h Harness) {
 
 	var wins atomic.Int32
 	for i := range 16 {
+		s := replica()
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -333,6 +340,7 @@ func testApprovalsConcurrent(t *testing.T, h Harness) {
 	var created atomic.Int32
 	ids := make(chan string, 16)
 	for i := range 16 {
+		s := replica()
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -81,13 +81,14 @@ func Run(t *testing.T, h Harness) {
 	t.Run("crash", func(t *testing.T) { testCrash(t, h) })
 }
 
-// RunRaces runs only the suite's races (quota spends and join token
-// consumes), as subtests of t: for a second deployment of a store, such as
-// a cluster of servers behind Replicas, where the rest of the suite would
-// prove nothing new.
+// RunRaces runs only the suite's races (quota spends, join token consumes,
+// approval votes, consumptions and requests), as subtests of t: for a
+// second deployment of a store, such as a cluster of servers behind
+// Replicas, where the rest of the suite would prove nothing new.
 func RunRaces(t *testing.T, h Harness) {
 	t.Run("quota-concurrent", func(t *testing.T) { testQuotaConcurrent(t, h) })
 	t.Run("jointoken-concurrent", func(t *testing.T) { testJoinTokenConcurrent(t, h) })
+	t.Run("approvals-concurrent", func(t *testing.T) { testApprovalsConcurrent(t, h) })
 }
 
 // racers opens a fresh store in a new directory and returns it with the

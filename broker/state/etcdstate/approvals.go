@@ -1,0 +1,297 @@
+package etcdstate
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/credbroker/credbroker/broker/state"
+)
+
+// approvalRecord is the stored form of a state.Approval, separate so that
+// the encoding does not change when Approval does.
+type approvalRecord struct {
+	ID         string               `json:"id"`
+	Digest     string               `json:"digest"`
+	Requester  string               `json:"requester"`
+	Profile    string               `json:"profile"`
+	Cluster    string               `json:"cluster,omitempty"`
+	Audience   string               `json:"audience,omitempty"`
+	TTL        time.Duration        `json:"ttl_ns"`
+	Needed     int                  `json:"needed"`
+	CreatedAt  time.Time            `json:"created_at"`
+	ExpiresAt  time.Time            `json:"expires_at"`
+	Status     state.ApprovalStatus `json:"status"`
+	Votes      []voteRecord         `json:"votes,omitempty"`
+	GrantedAt  time.Time            `json:"granted_at,omitzero"`
+	DeniedBy   string               `json:"denied_by,omitempty"`
+	DenyReason string               `json:"deny_reason,omitempty"`
+	DeniedAt   time.Time            `json:"denied_at,omitzero"`
+	ConsumedBy string               `json:"consumed_by,omitempty"`
+	ConsumedAt time.Time            `json:"consumed_at,omitzero"`
+}
+
+type voteRecord struct {
+	Admin string    `json:"admin"`
+	At    time.Time `json:"at"`
+}
+
+func encodeApproval(a state.Approval) (string, error) {
+	rec := approvalRecord{
+		ID: a.ID, Digest: a.Digest, Requester: a.Requester, Profile: a.Profile, Cluster: a.Cluster, Audience: a.Audience,
+		TTL: a.TTL, Needed: a.Needed, CreatedAt: normTime(a.CreatedAt), ExpiresAt: normTime(a.ExpiresAt), Status: a.Status,
+		GrantedAt: normTime(a.GrantedAt), DeniedBy: a.DeniedBy, DenyReason: a.DenyReason, DeniedAt: normTime(a.DeniedAt),
+		ConsumedBy: a.ConsumedBy, ConsumedAt: normTime(a.ConsumedAt),
+	}
+	for _, v := range a.Votes {
+		rec.Votes = append(rec.Votes, voteRecord{Admin: v.Admin, At: normTime(v.At)})
+	}
+	v, err := json.Marshal(rec)
+	if err != nil {
+		return "", fmt.Errorf("etcdstate: encode approval %s: %w", a.ID, err)
+	}
+	return string(v), nil
+}
+
+func decodeApproval(v []byte) (state.Approval, error) {
+	var rec approvalRecord
+	if err := json.Unmarshal(v, &rec); err != nil {
+		return state.Approval{}, fmt.Errorf("etcdstate: malformed approval record: %w", err)
+	}
+	a := state.Approval{
+		ID: rec.ID, Digest: rec.Digest, Requester: rec.Requester, Profile: rec.Profile, Cluster: rec.Cluster, Audience: rec.Audience,
+		TTL: rec.TTL, Needed: rec.Needed, CreatedAt: normTime(rec.CreatedAt), ExpiresAt: normTime(rec.ExpiresAt), Status: rec.Status,
+		GrantedAt: normTime(rec.GrantedAt), DeniedBy: rec.DeniedBy, DenyReason: rec.DenyReason, DeniedAt: normTime(rec.DeniedAt),
+		ConsumedBy: rec.ConsumedBy, ConsumedAt: normTime(rec.ConsumedAt),
+	}
+	for _, v := range rec.Votes {
+		a.Votes = append(a.Votes, state.Vote{Admin: v.Admin, At: normTime(v.At)})
+	}
+	return a, nil
+}
+
+// approvalReqDir holds the requester's index entries: one per request
+// digest, naming the requester's latest approval of it.
+func approvalReqDir(requester string) string { return dirApprovalReq + requester + "\x00" }
+
+func (s *Store) approvalReqKey(requester, digest string) string {
+	return s.key(approvalReqDir(requester), digest)
+}
+
+// RequestApproval implements state.Approvals. The requester's open
+// approvals are counted through its index entries, and the new approval is
+// stored only if none of those entries changed since they were read: every
+// change of an approval rewrites its entry, so a vote, denial, consumption
+// or release racing with the count makes the store count again.
+func (s *Store) RequestApproval(ctx context.Context, a state.Approval, maxOpen int, now time.Time) (state.Approval, bool, error) {
+	if err := state.ValidateApproval(a); err != nil {
+		return state.Approval{}, false, err
+	}
+	if maxOpen < 1 {
+		return state.Approval{}, false, fmt.Errorf("etcdstate: bound of open approvals %d is not positive", maxOpen)
+	}
+	a.CreatedAt, a.ExpiresAt = normTime(a.CreatedAt), normTime(a.ExpiresAt)
+	v, err := encodeApproval(a)
+	if err != nil {
+		return state.Approval{}, false, err
+	}
+	ctx, cancel := s.opCtx(ctx)
+	defer cancel()
+	reqPrefix := s.key(approvalReqDir(a.Requester), "")
+	unlock, err := s.locks.lock(ctx, []string{reqPrefix})
+	if err != nil {
+		return state.Approval{}, false, err
+	}
+	defer unlock()
+	idKey, reqKey := s.key(dirApproval, a.ID), s.approvalReqKey(a.Requester, a.Digest)
+	for range maxAttempts {
+		entries, err := s.cli.Get(ctx, reqPrefix, clientv3.WithPrefix())
+		if err != nil {
+			return state.Approval{}, false, unavailable("request approval", err)
+		}
+		rev := entries.Header.Revision
+		ids := make([]string, len(entries.Kvs))
+		for i, kv := range entries.Kvs {
+			ids[i] = s.key(dirApproval, string(kv.Value))
+		}
+		read, err := s.cli.Txn(ctx).Then(getOps(ids)...).Commit()
+		if err != nil {
+			return state.Approval{}, false, unavailable("request approval", err)
+		}
+		open := 0
+		for i, kv := range readKVs(ids, read.Responses) {
+			if kv == nil {
+				continue // purged: its entry goes with the next purge
+			}
+			old, err := decodeApproval(kv.Value)
+			if err != nil {
+				return state.Approval{}, false, err
+			}
+			if string(entries.Kvs[i].Key) == reqKey && old.Status != state.ApprovalConsumed && !old.Expired(now) {
+				return old, false, nil
+			}
+			if old.Open(now) {
+				open++
+			}
+		}
+		if open >= maxOpen {
+			return state.Approval{}, false, &state.ApprovalLimitError{Requester: a.Requester, Max: maxOpen}
+		}
+		resp, err := s.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.CreateRevision(idKey), "=", 0),
+				clientv3.Compare(clientv3.ModRevision(reqPrefix), "<", rev+1).WithPrefix()).
+			Then(clientv3.OpPut(idKey, v), clientv3.OpPut(reqKey, a.ID)).
+			Else(clientv3.OpGet(idKey)).Commit()
+		if err != nil {
+			return state.Approval{}, false, unavailable("request approval", err)
+		}
+		if resp.Succeeded {
+			return a, true, nil
+		}
+		if r := resp.Responses[0].GetResponseRange(); r != nil && len(r.Kvs) > 0 {
+			return state.Approval{}, false, fmt.Errorf("%w: approval %s", state.ErrExists, a.ID)
+		}
+	}
+	return state.Approval{}, false, fmt.Errorf("%w: %w: request approval lost to concurrent writers %d times; retry", state.ErrUnavailable, ErrContended, maxAttempts)
+}
+
+// GetApproval implements state.Approvals.
+func (s *Store) GetApproval(ctx context.Context, id string) (state.Approval, error) {
+	ctx, cancel := s.opCtx(ctx)
+	defer cancel()
+	resp, err := s.cli.Get(ctx, s.key(dirApproval, id))
+	if err != nil {
+		return state.Approval{}, unavailable("read approval", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return state.Approval{}, fmt.Errorf("%w: approval %s", state.ErrNotFound, id)
+	}
+	return decodeApproval(resp.Kvs[0].Value)
+}
+
+// ListApprovals implements state.Approvals.
+func (s *Store) ListApprovals(ctx context.Context, f state.ApprovalFilter) ([]state.Approval, error) {
+	return listPage(ctx, s, "list approvals", dirApproval, f.After, f.Limit, decodeApproval, nil)
+}
+
+// changeApproval applies decide to approval id with a compare-and-swap and
+// stores the result when decide returns no error and changed something. It
+// returns what decide returned. The approval's index entry is rewritten
+// with it (if it still names this approval), so that a RequestApproval
+// counting the requester's open approvals meanwhile counts again.
+func (s *Store) changeApproval(ctx context.Context, what, id string, decide func(state.Approval) (state.Approval, error)) (state.Approval, error) {
+	ctx, cancel := s.opCtx(ctx)
+	defer cancel()
+	// The requester and digest never change: read them to find the entry.
+	first, err := s.GetApproval(ctx, id)
+	if err != nil {
+		return state.Approval{}, err
+	}
+	idKey, reqKey := s.key(dirApproval, id), s.approvalReqKey(first.Requester, first.Digest)
+	var out state.Approval
+	_, err = s.cas(ctx, what, []string{idKey, reqKey}, func(kvs []*mvccpb.KeyValue) ([]clientv3.Op, error) {
+		if kvs[0] == nil {
+			out = state.Approval{}
+			return nil, fmt.Errorf("%w: approval %s", state.ErrNotFound, id)
+		}
+		a, err := decodeApproval(kvs[0].Value)
+		if err != nil {
+			return nil, err
+		}
+		if out, err = decide(a); err != nil {
+			return nil, err
+		}
+		v, err := encodeApproval(out)
+		if err != nil {
+			return nil, err
+		}
+		if bytes.Equal(kvs[0].Value, []byte(v)) {
+			return nil, nil // nothing to change (a repeated vote)
+		}
+		ops := []clientv3.Op{clientv3.OpPut(idKey, v)}
+		if kvs[1] != nil && string(kvs[1].Value) == id {
+			ops = append(ops, clientv3.OpPut(reqKey, id))
+		}
+		return ops, nil
+	})
+	return out, err
+}
+
+// Approve implements state.Approvals.
+func (s *Store) Approve(ctx context.Context, id, admin string, now time.Time) (state.Approval, bool, error) {
+	counted := false
+	a, err := s.changeApproval(ctx, "approve", id, func(a state.Approval) (state.Approval, error) {
+		var err error
+		a, counted, err = state.CheckApprove(a, admin, normTime(now))
+		return a, err
+	})
+	if err != nil && !errors.Is(err, state.ErrApprovalClosed) {
+		return state.Approval{}, false, err
+	}
+	return a, counted, err
+}
+
+// DenyApproval implements state.Approvals.
+func (s *Store) DenyApproval(ctx context.Context, id, admin, reason string, now time.Time) (state.Approval, error) {
+	a, err := s.changeApproval(ctx, "deny approval", id, func(a state.Approval) (state.Approval, error) {
+		return state.CheckDeny(a, admin, reason, normTime(now))
+	})
+	if err != nil && !errors.Is(err, state.ErrApprovalClosed) {
+		return state.Approval{}, err
+	}
+	return a, err
+}
+
+// ConsumeApproval implements state.Approvals: a compare-and-swap, so of
+// concurrent consumptions on any replicas exactly one succeeds.
+func (s *Store) ConsumeApproval(ctx context.Context, u state.ApprovalUse, now time.Time) (state.Approval, error) {
+	a, err := s.changeApproval(ctx, "consume approval", u.ID, func(a state.Approval) (state.Approval, error) {
+		return state.CheckConsume(a, u, normTime(now))
+	})
+	if err != nil {
+		return state.Approval{}, err
+	}
+	return a, nil
+}
+
+// ReleaseApproval implements state.Approvals.
+func (s *Store) ReleaseApproval(ctx context.Context, id, issuanceID string) (state.Approval, error) {
+	a, err := s.changeApproval(ctx, "release approval", id, func(a state.Approval) (state.Approval, error) {
+		return state.CheckRelease(a, issuanceID)
+	})
+	if err != nil {
+		return state.Approval{}, err
+	}
+	return a, nil
+}
+
+// PurgeApprovals implements state.Approvals. An approval's index entry goes
+// with it only if it still names it (a newer approval of the same request
+// keeps its entry).
+func (s *Store) PurgeApprovals(ctx context.Context, now time.Time) ([]state.Approval, error) {
+	gone, _, err := s.deleteWhere(ctx, "purge approvals", dirApproval, func(kv *mvccpb.KeyValue) ([]clientv3.Op, bool, error) {
+		a, err := decodeApproval(kv.Value)
+		if err != nil || !a.Expired(now) {
+			return nil, false, err
+		}
+		reqKey := s.approvalReqKey(a.Requester, a.Digest)
+		return []clientv3.Op{clientv3.OpTxn(
+			[]clientv3.Cmp{clientv3.Compare(clientv3.Value(reqKey), "=", a.ID)},
+			[]clientv3.Op{clientv3.OpDelete(reqKey)}, nil)}, true, nil
+	})
+	out := make([]state.Approval, 0, len(gone))
+	for _, k := range gone {
+		a, derr := decodeApproval(k.value)
+		if derr != nil {
+			return out, derr
+		}
+		out = append(out, a)
+	}
+	return out, err
+}
