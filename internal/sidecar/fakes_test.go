@@ -89,6 +89,41 @@ type fakeBroker struct {
 	gate   chan struct{} // when set, each call waits for it to close
 	calls  atomic.Int32
 	called chan *credbrokerv1.IssueCredentialRequest
+	// watches, when set, receives each WatchRevocations call for the test
+	// to script; nil answers UNIMPLEMENTED (an older broker).
+	watches chan *fakeWatch
+}
+
+// fakeWatch is one WatchRevocations stream the test scripts: what it sends
+// on send is streamed, and the stream ends with what it sends on end.
+type fakeWatch struct {
+	req  *credbrokerv1.WatchRevocationsRequest
+	send chan *credbrokerv1.WatchRevocationsResponse
+	end  chan error
+}
+
+func (b *fakeBroker) WatchRevocations(req *credbrokerv1.WatchRevocationsRequest, stream grpc.ServerStreamingServer[credbrokerv1.WatchRevocationsResponse]) error {
+	if b.watches == nil {
+		return b.UnimplementedBrokerServiceServer.WatchRevocations(req, stream)
+	}
+	w := &fakeWatch{req: req, send: make(chan *credbrokerv1.WatchRevocationsResponse), end: make(chan error, 1)}
+	select {
+	case b.watches <- w:
+	case <-stream.Context().Done():
+		return stream.Context().Err()
+	}
+	for {
+		select {
+		case m := <-w.send:
+			if err := stream.Send(m); err != nil {
+				return err
+			}
+		case err := <-w.end:
+			return err
+		case <-stream.Context().Done():
+			return stream.Context().Err()
+		}
+	}
 }
 
 func (b *fakeBroker) IssueCredential(ctx context.Context, req *credbrokerv1.IssueCredentialRequest) (*credbrokerv1.IssueCredentialResponse, error) {
