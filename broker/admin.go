@@ -36,13 +36,15 @@ type AuditReader interface {
 // (Gate on the mTLS listener, uid check on the admin socket).
 type Admin struct {
 	credbrokerv1.UnimplementedAdminServiceServer
-	audit    AuditReader
-	nodes    NodeAdmin
-	rev      *Revocations
-	st       AdminState
-	decide   *Service
-	stop     chan struct{}
-	stopOnce sync.Once
+	audit  AuditReader
+	nodes  NodeAdmin
+	rev    *Revocations
+	st     AdminState
+	decide *Service
+	// approvals serves two-person approval (WithApprovals).
+	approvals *Approvals
+	stop      chan struct{}
+	stopOnce  sync.Once
 }
 
 // NodeAdmin serves the node and join-token part of the admin API
@@ -272,6 +274,12 @@ var decisions = map[audit.Decision]credbrokerv1.Decision{
 	audit.DecisionRevoked:   credbrokerv1.Decision_DECISION_REVOKED,
 	audit.DecisionLifted:    credbrokerv1.Decision_DECISION_LIFTED,
 	audit.DecisionReset:     credbrokerv1.Decision_DECISION_RESET,
+
+	audit.DecisionApprovalRequested: credbrokerv1.Decision_DECISION_APPROVAL_REQUESTED,
+	audit.DecisionApprovalApproved:  credbrokerv1.Decision_DECISION_APPROVAL_APPROVED,
+	audit.DecisionApprovalGranted:   credbrokerv1.Decision_DECISION_APPROVAL_GRANTED,
+	audit.DecisionApprovalDenied:    credbrokerv1.Decision_DECISION_APPROVAL_DENIED,
+	audit.DecisionApprovalExpired:   credbrokerv1.Decision_DECISION_APPROVAL_EXPIRED,
 }
 
 var attestationMethods = map[string]credbrokerv1.AttestationMethod{

@@ -57,6 +57,7 @@ var reasonCodes = map[credbrokerv1.ErrorReason]codes.Code{
 	credbrokerv1.ErrorReason_NOT_FOUND:                 codes.NotFound,
 	credbrokerv1.ErrorReason_REVOKED:                   codes.FailedPrecondition,
 	credbrokerv1.ErrorReason_APPROVAL_REQUIRED:         codes.FailedPrecondition,
+	credbrokerv1.ErrorReason_APPROVAL_DENIED:           codes.PermissionDenied,
 	credbrokerv1.ErrorReason_INTERNAL:                  codes.Internal,
 	credbrokerv1.ErrorReason_CANCELLED:                 codes.Canceled,
 	credbrokerv1.ErrorReason_DEADLINE_EXCEEDED:         codes.DeadlineExceeded,

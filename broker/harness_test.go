@@ -163,6 +163,8 @@ type harness struct {
 	audit      *audit.Log
 	state      *boltstate.Store
 	revoke     *broker.Revocations
+	approvals  *broker.Approvals
+	svc        *broker.Service
 	issuer     *countingIssuer
 	jwtIssuer  *jwt.Issuer
 	upstream   *scriptedIssuer
@@ -182,7 +184,8 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 		rules: []policy.Rule{
 			{ID: "spiffe://example.test/ns/*/sa/capa-controller-manager", Profiles: []string{"capa-token"}, Clusters: []string{"capi-*/*"}},
 			{ID: "spiffe://example.test/capi/cluster/*/*/node/*", Profiles: []string{"capa-token"}, Clusters: []string{"*"}},
-			{ID: controllerID.String(), Profiles: []string{"plain-token", "boom", "upstream"}},
+			{ID: controllerID.String(), Profiles: []string{"plain-token", "boom", "upstream", "approved-token", "approved-upstream"}},
+			{ID: adminID.String(), Profiles: []string{"approved-token"}},
 		},
 		uids:     []uint32{uint32(os.Getuid())},
 		requests: broker.DefaultRequestLimits(),
@@ -256,8 +259,17 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 	profile := func(name, mode string) broker.Profile {
 		return broker.Profile{Name: name, IssuerName: "local", Issuer: h.issuer, DefaultTTL: 5 * time.Minute, MaxTTL: 15 * time.Minute, Audiences: []string{name, "sts.amazonaws.com"}, ClusterMode: mode}
 	}
+	if h.approvals, err = broker.NewApprovals(broker.ApprovalsDeps{Store: h.state, Audit: h.audit, Clock: h.clock.Now, NewID: newID, Log: log,
+		Approvers: "an admin other than the requester"}); err != nil {
+		t.Fatal(err)
+	}
+	approved := profile("approved-token", config.ClusterOptional)
+	approved.Approval = broker.ApprovalRule{Approvers: 2, Window: 10 * time.Minute}
 	svc, err := broker.NewService(broker.ServiceDeps{
 		Profiles: map[string]broker.Profile{
+			"approved-token": approved,
+			"approved-upstream": {Name: "approved-upstream", IssuerName: "aws", Issuer: h.upstream, DefaultTTL: 15 * time.Minute, MinTTL: 15 * time.Minute,
+				MaxTTL: time.Hour, Audiences: []string{"upstream"}, ClusterMode: config.ClusterNone, Approval: broker.ApprovalRule{Approvers: 1, Window: time.Hour}},
 			"capa-token":  profile("capa-token", config.ClusterRequired),
 			"plain-token": profile("plain-token", config.ClusterNone),
 			"boom":        {Name: "boom", IssuerName: "broken", Issuer: panicIssuer{}, DefaultTTL: time.Minute, MaxTTL: time.Minute, Audiences: []string{"boom"}, ClusterMode: config.ClusterNone},
@@ -265,12 +277,13 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 				MaxTTL: time.Hour, Audiences: []string{"upstream"}, ClusterMode: config.ClusterNone},
 		},
 		Policy: pol, Limiter: limiter, Ledger: ledger, Audit: h.audit, Clock: h.clock.Now, NewID: newID, Log: log, Metrics: metrics, Refusals: h.refusals,
-		Revocations: index,
+		Revocations: index, Approvals: h.approvals,
 		Watches:     h.watches,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
+	h.svc = svc
 	var nodeAuth *nodeauth.NodeAuthority
 	if hc.nodes {
 		nodeAuth, err = nodeauth.New(nodeauth.NodeDeps{
@@ -288,9 +301,9 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 	}
 	var admin *broker.Admin
 	if nodeAuth != nil {
-		admin = broker.NewAdmin(h.audit, nodeAuth, broker.WithRevocations(h.revoke, adminState), broker.WithDecisions(svc))
+		admin = broker.NewAdmin(h.audit, nodeAuth, broker.WithRevocations(h.revoke, adminState), broker.WithDecisions(svc), broker.WithApprovals(h.approvals))
 	} else {
-		admin = broker.NewAdmin(h.audit, nil, broker.WithRevocations(h.revoke, adminState), broker.WithDecisions(svc))
+		admin = broker.NewAdmin(h.audit, nil, broker.WithRevocations(h.revoke, adminState), broker.WithDecisions(svc), broker.WithApprovals(h.approvals))
 	}
 	h.admin = admin
 	bundles := x509bundle.NewSet(h.ca.X509Bundle())
@@ -425,3 +438,5 @@ func issue(ctx context.Context, conn *grpc.ClientConn, req *credbrokerv1.IssueCr
 	resp, err := credbrokerv1.NewBrokerServiceClient(conn).IssueCredential(ctx, req)
 	return resp.GetCredential(), err
 }
+
+func (h *harness) service() *broker.Service { return h.svc }

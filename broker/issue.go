@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"time"
@@ -36,6 +37,9 @@ type Profile struct {
 	// MinTTL is the shortest lifetime the issuer can mint (e.g. 15 minutes
 	// for AWS STS); zero means the broker's own minimum of one second.
 	MinTTL time.Duration
+	// Approval, when required, makes each credential wait for two-person
+	// approval.
+	Approval ApprovalRule
 }
 
 // AuditLog is the durable, append-only decision record the broker needs.
@@ -73,6 +77,10 @@ type Service struct {
 	refusals *Refusals
 	revoked  RevocationChecker
 	watches  *Watches
+	// approvals and approving serve profiles that need approval; nil when
+	// none does.
+	approvals *Approvals
+	approving state.ApprovalLedger[audit.Record]
 }
 
 // ServiceDeps are what a Service is built from.
@@ -99,6 +107,10 @@ type ServiceDeps struct {
 	// Watches serves WatchRevocations. Nil: the method answers
 	// MISCONFIGURED.
 	Watches *Watches
+	// Approvals serves profiles that need two-person approval; required
+	// when one does, and then Ledger must be a state.ApprovalLedger (both
+	// boltstate's and state.SpendFirst's are).
+	Approvals *Approvals
 }
 
 // NewService returns a Service. Every dependency but Clock is
@@ -113,8 +125,19 @@ func NewService(d ServiceDeps) (*Service, error) {
 	if d.Refusals == nil {
 		d.Refusals = mustDefaultRefusals(d.Audit, d.Metrics, d.Clock)
 	}
-	return &Service{profiles: d.Profiles, policy: d.Policy, limiter: d.Limiter, ledger: d.Ledger, audit: d.Audit, now: d.Clock,
-		newID: d.NewID, log: d.Log, metrics: d.Metrics, refusals: d.Refusals, revoked: d.Revocations, watches: d.Watches}, nil
+	s := &Service{profiles: d.Profiles, policy: d.Policy, limiter: d.Limiter, ledger: d.Ledger, audit: d.Audit, now: d.Clock,
+		newID: d.NewID, log: d.Log, metrics: d.Metrics, refusals: d.Refusals, revoked: d.Revocations, watches: d.Watches, approvals: d.Approvals}
+	for name, p := range d.Profiles {
+		if !p.Approval.Required() {
+			continue
+		}
+		al, ok := d.Ledger.(state.ApprovalLedger[audit.Record])
+		if d.Approvals == nil || !ok {
+			return nil, fmt.Errorf("broker: NewService: profile %q needs approval, but no approval store (with a ledger that consumes approvals) is wired", name)
+		}
+		s.approving = al
+	}
+	return s, nil
 }
 
 // Request field bounds. Kubernetes names are at most 253 characters.
@@ -169,7 +192,7 @@ func (s *Service) IssueCredential(ctx context.Context, req *credbrokerv1.IssueCr
 
 // issue does the work of IssueCredential and keeps rec describing the last
 // decision taken, for logs and metrics.
-func (s *Service) issue(ctx context.Context, caller attest.Caller, req *credbrokerv1.IssueCredentialRequest, rec *audit.Record) (*credbrokerv1.Credential, error) {
+func (s *Service) issue(ctx context.Context, caller attest.Caller, req *credbrokerv1.IssueCredentialRequest, rec *audit.Record) (_ *credbrokerv1.Credential, err error) {
 	prof, grant, err := s.validate(caller, req)
 	if err != nil {
 		return nil, s.refuse(ctx, rec, audit.DecisionDenied, err)
@@ -196,6 +219,19 @@ func (s *Service) issue(ctx context.Context, caller attest.Caller, req *credbrok
 		return nil, s.refuse(ctx, rec, audit.DecisionThrottled, exhausted(credbrokerv1.ErrorReason_RATE_LIMITED, ex.Limit, ex.Error(), ex.RetryAfter))
 	}
 
+	// A profile that needs approval is served only under a granted
+	// approval of this exact request; it is consumed below with the
+	// record that spends the quota, and given back if nothing is handed
+	// out.
+	var use *state.ApprovalUse
+	if prof.Approval.Required() {
+		u, err := s.approvals.require(ctx, prof.Approval, rec, grant.audience)
+		if err != nil {
+			return nil, s.refuse(ctx, rec, audit.DecisionDenied, err)
+		}
+		use = &u
+	}
+
 	// An issuer with an upstream side effect gets a durable intent, with the
 	// quota it consumes, before it is called, so that the effect is on
 	// record even if the broker dies right after causing it; a quota with no
@@ -205,10 +241,23 @@ func (s *Service) issue(ctx context.Context, caller attest.Caller, req *credbrok
 	charges := res.Charges()
 	if prof.Issuer.Effect() != issuers.EffectNone {
 		rec.Decision, rec.Reason = audit.DecisionIntent, ""
-		if err := s.spend(ctx, rec, charges, "nothing was issued"); err != nil {
+		if err := s.spend(ctx, rec, charges, use, "nothing was issued"); err != nil {
 			return nil, err
 		}
 		charges = nil
+		if use != nil {
+			// The intent consumed the approval: give it back unless the
+			// credential is handed out.
+			consumed := *use
+			use = nil
+			defer func() {
+				if err != nil {
+					s.approvals.release(ctx, consumed)
+				} else {
+					s.approvals.consumed(ctx, consumed)
+				}
+			}()
+		}
 	}
 
 	cred, err := s.mint(ctx, prof, issuers.Request{
@@ -234,9 +283,13 @@ func (s *Service) issue(ctx context.Context, caller attest.Caller, req *credbrok
 	rec.SourceIdentity = cred.SourceIdentity
 	rec.Reused = cred.Reused
 	// Fail closed: a credential whose issuance is not on record is not
-	// handed out (nor one over quota, for an issuer with no intent record).
-	if err := s.spend(ctx, rec, charges, "credential withheld"); err != nil {
+	// handed out (nor one over quota, for an issuer with no intent record,
+	// nor one whose approval another request used first).
+	if err := s.spend(ctx, rec, charges, use, "credential withheld"); err != nil {
 		return nil, err
+	}
+	if use != nil {
+		s.approvals.consumed(ctx, *use)
 	}
 	if cred.Reused {
 		s.metrics.reused.WithLabelValues(prof.Name).Inc()
@@ -244,12 +297,25 @@ func (s *Service) issue(ctx context.Context, caller attest.Caller, req *credbrok
 	return toProto(rec, cred), nil
 }
 
-// spend appends rec with the quota charges it spends. A quota with no unit
-// left is recorded as a throttled refusal (of whatever rec described); an
-// audit failure is Unavailable, saying what became of the request
-// (withheld).
-func (s *Service) spend(ctx context.Context, rec *audit.Record, charges []state.Charge, withheld string) error {
-	if _, err := s.ledger.SpendAndAppend(ctx, s.now(), charges, *rec); err != nil {
+// spend appends rec with the quota charges it spends and, when use is not
+// nil, consumes the approval in the same step (rec's reason then names it
+// and its approvers). A quota with no unit left is recorded as a throttled
+// refusal (of whatever rec described), an approval that can no longer be
+// used as a denied one; an audit failure is Unavailable, saying what became
+// of the request (withheld).
+func (s *Service) spend(ctx context.Context, rec *audit.Record, charges []state.Charge, use *state.ApprovalUse, withheld string) error {
+	var err error
+	if use != nil {
+		rec.Reason = approvalNote(*use, s.approvals.admins(ctx, use.ID))
+		_, err = s.approving.ConsumeSpendAndAppend(ctx, s.now(), *use, charges, *rec)
+	} else {
+		_, err = s.ledger.SpendAndAppend(ctx, s.now(), charges, *rec)
+	}
+	if err != nil {
+		if aerr := consumeError(err, use); aerr != nil {
+			rec.ExpiresAt, rec.UpstreamRef, rec.SourceIdentity, rec.Reused = time.Time{}, "", "", false
+			return s.refuse(ctx, rec, audit.DecisionDenied, aerr)
+		}
 		var ex *state.ExhaustedError
 		if errors.As(err, &ex) {
 			// Nothing was handed out: the refusal names no credential.

@@ -55,6 +55,10 @@ var methods = map[string]method{
 	credbrokerv1.AdminService_DeleteCluster_FullMethodName:          {apiAdmin, limitAdmin},
 	credbrokerv1.AdminService_GetQuota_FullMethodName:               {apiAdmin, limitAdmin},
 	credbrokerv1.AdminService_ResetQuota_FullMethodName:             {apiAdmin, limitAdmin},
+	credbrokerv1.AdminService_ListApprovals_FullMethodName:          {apiAdmin, limitAdmin},
+	credbrokerv1.AdminService_GetApproval_FullMethodName:            {apiAdmin, limitAdmin},
+	credbrokerv1.AdminService_Approve_FullMethodName:                {apiAdmin, limitAdmin},
+	credbrokerv1.AdminService_DenyApproval_FullMethodName:           {apiAdmin, limitAdmin},
 }
 
 // lookup returns m's access rule, or the INTERNAL error for a method that is

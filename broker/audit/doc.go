@@ -51,7 +51,9 @@
 //
 // lp(s) is a big-endian uint16 length followed by s. A record's link holds
 // its decision as one byte (intent 1, issued 2, denied 3, throttled 4,
-// failed 5, revoked 6, lifted 7, reset 8) and how many seqs back the
+// failed 5, revoked 6, lifted 7, reset 8, approval_requested 9,
+// approval_approved 10, approval_granted 11, approval_denied 12,
+// approval_expired 13) and how many seqs back the
 // previous record of the same caller, and of the same cluster, lies (0:
 // none); heads names the newest record of each caller and cluster. So the
 // records of one caller are a chain followed from its head, newest first,

@@ -6,7 +6,8 @@ import "testing"
 // would be stored as 0 and could not be listed by decision.
 func TestEveryDecisionHasALinkCode(t *testing.T) {
 	seen := map[byte]Decision{}
-	for _, d := range []Decision{DecisionIntent, DecisionIssued, DecisionDenied, DecisionThrottled, DecisionFailed, DecisionRevoked, DecisionLifted, DecisionReset} {
+	for _, d := range []Decision{DecisionIntent, DecisionIssued, DecisionDenied, DecisionThrottled, DecisionFailed, DecisionRevoked, DecisionLifted, DecisionReset,
+		DecisionApprovalRequested, DecisionApprovalApproved, DecisionApprovalGranted, DecisionApprovalDenied, DecisionApprovalExpired} {
 		if !d.Valid() {
 			t.Errorf("%s is not Valid", d)
 		}

@@ -32,12 +32,26 @@ const (
 	DecisionLifted Decision = "lifted"
 	// DecisionReset records a quota window reset by an admin.
 	DecisionReset Decision = "reset"
+	// DecisionApprovalRequested records a two-person approval opened by a
+	// request; IssuanceID holds the approval id.
+	DecisionApprovalRequested Decision = "approval_requested"
+	// DecisionApprovalApproved records one admin's approval (Caller is the
+	// admin principal).
+	DecisionApprovalApproved Decision = "approval_approved"
+	// DecisionApprovalGranted records the approval that completed one.
+	DecisionApprovalGranted Decision = "approval_granted"
+	// DecisionApprovalDenied records an admin's denial.
+	DecisionApprovalDenied Decision = "approval_denied"
+	// DecisionApprovalExpired records an approval whose window ended before
+	// it was used.
+	DecisionApprovalExpired Decision = "approval_expired"
 )
 
 // Valid reports whether d is one of the Decision constants.
 func (d Decision) Valid() bool {
 	switch d {
-	case DecisionIntent, DecisionIssued, DecisionDenied, DecisionThrottled, DecisionFailed, DecisionRevoked, DecisionLifted, DecisionReset:
+	case DecisionIntent, DecisionIssued, DecisionDenied, DecisionThrottled, DecisionFailed, DecisionRevoked, DecisionLifted, DecisionReset,
+		DecisionApprovalRequested, DecisionApprovalApproved, DecisionApprovalGranted, DecisionApprovalDenied, DecisionApprovalExpired:
 		return true
 	}
 	return false

@@ -205,6 +205,61 @@ type Profile struct {
 	// Limits are this profile's own issuance limits over the limits block
 	// (a policy rule's own limits win over them).
 	Limits *LimitsOverride `yaml:"limits"`
+	// Approval, when set, makes every credential of this profile wait for
+	// the approval of distinct admins other than the requester.
+	Approval *Approval `yaml:"approval"`
+}
+
+// Approval is a profile's two-person approval: Approvers distinct admin
+// principals (never the requester) must approve the exact request within
+// Window of its first refusal; the approval is then good for one
+// credential until the window ends.
+type Approval struct {
+	Approvers int           `yaml:"approvers"`
+	Window    time.Duration `yaml:"window"`
+}
+
+// Bounds of an approval's window: long enough for admins to answer, short
+// enough that a granted approval does not sit waiting for weeks.
+const (
+	MinApprovalWindow = 5 * time.Second
+	MaxApprovalWindow = 7 * 24 * time.Hour
+	// MaxApprovers is the most approvers a profile may require.
+	MaxApprovers = 16
+)
+
+// adminPrincipals is how many admin principals could approve: the admin
+// SPIFFE IDs and the admin socket uids (by default the broker's own uid and
+// root).
+func (a Admin) adminPrincipals() int {
+	uids := map[int]bool{}
+	for _, u := range a.UnixUIDs {
+		uids[u] = true
+	}
+	if len(a.UnixUIDs) == 0 {
+		uids[os.Getuid()], uids[0] = true, true
+	}
+	ids := map[string]bool{}
+	for _, id := range a.SPIFFEIDs {
+		ids[id] = true
+	}
+	return len(uids) + len(ids)
+}
+
+func (c *Config) validateApproval(name string, a *Approval) []error {
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("config: profiles.%s.approval: "+format, append([]any{name}, args...)...))
+	}
+	if a.Approvers < 1 || a.Approvers > MaxApprovers {
+		bad("approvers %d: want 1 to %d", a.Approvers, MaxApprovers)
+	} else if n := c.Admin.adminPrincipals(); a.Approvers > n {
+		bad("approvers %d: only %d admin principals are configured (admin.spiffe_ids and admin.unix_uids), so it could never be approved", a.Approvers, n)
+	}
+	if a.Window < MinApprovalWindow || a.Window > MaxApprovalWindow {
+		bad("window %s: want %s to %s", a.Window, MinApprovalWindow, MaxApprovalWindow)
+	}
+	return errs
 }
 
 // PolicyRule is a policy rule (see policy.Rule) with, optionally, its own
@@ -677,6 +732,9 @@ func (c *Config) Validate() error {
 			errs = append(errs, validateAWSProfile(name, p)...)
 		} else if p.AWS != nil {
 			bad("profiles.%s.aws is only for profiles of %q issuers", name, IssuerAWSSTS)
+		}
+		if p.Approval != nil {
+			errs = append(errs, c.validateApproval(name, p.Approval)...)
 		}
 		if c.Issuers[p.Issuer].Type == IssuerVault {
 			errs = append(errs, validateVaultProfile(name, p)...)

@@ -227,3 +227,38 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestApprovalConfig: a profile's approval parses; approvers must be 1 to
+// 16 and no more than the admin principals configured, the window between
+// 5s and 7 days.
+func TestApprovalConfig(t *testing.T) {
+	conf := func(approval string) string {
+		return `
+trust_domain: a.b
+admin: {spiffe_ids: [spiffe://a.b/admin/x], unix_uids: [0]}
+issuers: {i: {type: jwt}}
+profiles:
+  p: {issuer: i, max_ttl: 1h, approval: ` + approval + `}
+`
+	}
+	c, err := Parse(strings.NewReader(conf("{approvers: 2, window: 30m}")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := c.Profiles["p"].Approval; a == nil || a.Approvers != 2 || a.Window != 30*time.Minute {
+		t.Fatalf("approval = %+v", a)
+	}
+	for approval, want := range map[string]string{
+		"{approvers: 0, window: 30m}":  "approvers 0",
+		"{approvers: 17, window: 30m}": "approvers 17",
+		"{approvers: 3, window: 30m}":  "only 2 admin principals",
+		"{approvers: 1, window: 1s}":   "window 1s",
+		"{approvers: 1, window: 200h}": "window 200h",
+		"{approvers: 1, windw: 1h}":    "windw",
+	} {
+		_, err := Parse(strings.NewReader(conf(approval)))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("approval %s: err = %v, want it to mention %q", approval, err, want)
+		}
+	}
+}

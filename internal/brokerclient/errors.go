@@ -77,6 +77,7 @@ var permanentReasons = map[credbrokerv1.ErrorReason]bool{
 	credbrokerv1.ErrorReason_NODE_ATTESTATION_DISABLED: true,
 	credbrokerv1.ErrorReason_NOT_FOUND:                 true,
 	credbrokerv1.ErrorReason_REVOKED:                   true,
+	credbrokerv1.ErrorReason_APPROVAL_DENIED:           true,
 }
 
 // Permanent reports whether a broker error will not go away by retrying the
@@ -84,7 +85,8 @@ var permanentReasons = map[credbrokerv1.ErrorReason]bool{
 // transport failure, an older broker) is judged by its gRPC code, and an
 // error that is no gRPC status at all is permanent (a local mistake).
 // APPROVAL_REQUIRED is not permanent: the same request succeeds once
-// approved.
+// approved; APPROVAL_DENIED is, until an admin's denial ends with its
+// window.
 func Permanent(err error) bool {
 	if err == nil {
 		return false

@@ -206,6 +206,9 @@ func buildProfiles(cfg *config.Config, set *issuerSet) (map[string]broker.Profil
 			Audiences:   p.Audiences,
 			ClusterMode: p.Cluster,
 		}
+		if a := p.Approval; a != nil {
+			prof.Approval = broker.ApprovalRule{Approvers: a.Approvers, Window: a.Window}
+		}
 		if b, ok := iss.(ttlBounded); ok {
 			lo, hi := b.TTLBounds()
 			if p.DefaultTTL < lo || p.MaxTTL > hi {

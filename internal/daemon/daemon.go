@@ -15,6 +15,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -185,6 +187,13 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
+	approvals, err := broker.NewApprovals(broker.ApprovalsDeps{
+		Store: st, Audit: auditLog, NewID: newIssuanceID, Log: log, Approvers: approversText(cfg),
+		Notifier: approvalNotifier,
+	})
+	if err != nil {
+		return err
+	}
 	svc, err := broker.NewService(broker.ServiceDeps{
 		Profiles: profiles,
 		Policy:   pol,
@@ -198,6 +207,7 @@ func Run(ctx context.Context, opts Options) error {
 
 		Revocations: revIndex,
 		Watches:     watches,
+		Approvals:   approvals,
 	})
 	if err != nil {
 		return err
@@ -211,7 +221,7 @@ func Run(ctx context.Context, opts Options) error {
 		nodeService, nodeAdmin = nodeAuth, nodeAuth
 		gateOpts = append(gateOpts, broker.WithEvictionCheck(nodeAuth.Evicted))
 	}
-	admin := broker.NewAdmin(auditLog, nodeAdmin, broker.WithRevocations(revocations, st), broker.WithDecisions(svc))
+	admin := broker.NewAdmin(auditLog, nodeAdmin, broker.WithRevocations(revocations, st), broker.WithDecisions(svc), broker.WithApprovals(approvals))
 	gate := broker.NewGate(trust.authenticators(cfg), cfg.Admin.SPIFFEIDs, auditLog, metrics, log, gateOpts...)
 	grpcServer := broker.NewGRPCServer(trust.serverTLS(), gate, svc, nodeService, admin)
 	adminServer := broker.NewAdminSocketServer(adminUIDs(cfg), admin, log, metrics, rateLimits)
@@ -247,7 +257,8 @@ func Run(ctx context.Context, opts Options) error {
 	g.Go(func() error {
 		t := time.NewTicker(cfg.HousekeepingInterval)
 		defer t.Stop()
-		housekeeper{purges: purges(gctx, st), now: time.Now, log: log}.run(gctx.Done(), t.C)
+		ps := append(purges(gctx, st), purge{"expired approvals", func(now time.Time) (int, error) { return approvals.Expire(gctx, now) }})
+		housekeeper{purges: ps, now: time.Now, log: log}.run(gctx.Done(), t.C)
 		return nil
 	})
 	g.Go(func() error { flushRefusals(gctx.Done(), refusals, refusalFlushInterval, log); return nil })
@@ -383,6 +394,32 @@ func adminUIDs(cfg *config.Config) []uint32 {
 	}
 	return uids
 }
+
+// approversText says who may approve, for the message a caller waiting for
+// approval gets: the admin SPIFFE IDs (the first few) and the admin socket's
+// uids.
+func approversText(cfg *config.Config) string {
+	var parts []string
+	if ids := cfg.Admin.SPIFFEIDs; len(ids) > 0 {
+		shown := ids[:min(len(ids), 3)]
+		more := ""
+		if len(ids) > len(shown) {
+			more = fmt.Sprintf(" and %d more", len(ids)-len(shown))
+		}
+		parts = append(parts, "an admin SPIFFE ID ("+strings.Join(shown, ", ")+more+") over mTLS")
+	}
+	uids := adminUIDs(cfg)
+	us := make([]string, len(uids))
+	for i, u := range uids {
+		us[i] = strconv.FormatUint(uint64(u), 10)
+	}
+	parts = append(parts, "a user with uid "+strings.Join(us, " or ")+" on the admin socket "+cfg.Admin.Socket)
+	return "an admin other than the requester — " + strings.Join(parts, ", or ") + " —"
+}
+
+// approvalNotifier tells approvers of approval steps beyond the log; nil
+// until the alerts channel (broker/alerts) is wired here.
+var approvalNotifier broker.ApprovalNotifier
 
 func serveGRPC(s *grpc.Server, lis net.Listener) error {
 	if err := s.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {

@@ -41,31 +41,52 @@ const (
 	Decision_DECISION_LIFTED Decision = 7
 	// A quota window reset by an admin.
 	Decision_DECISION_RESET Decision = 8
+	// A request for a profile that needs approval opened an approval; the
+	// record's issuance_id is the approval id.
+	Decision_DECISION_APPROVAL_REQUESTED Decision = 9
+	// One admin approved (the record's caller is the admin principal).
+	Decision_DECISION_APPROVAL_APPROVED Decision = 10
+	// The last approval needed came: the approval is granted.
+	Decision_DECISION_APPROVAL_GRANTED Decision = 11
+	// An admin denied the approval.
+	Decision_DECISION_APPROVAL_DENIED Decision = 12
+	// The approval's window ended before it was used.
+	Decision_DECISION_APPROVAL_EXPIRED Decision = 13
 )
 
 // Enum value maps for Decision.
 var (
 	Decision_name = map[int32]string{
-		0: "DECISION_UNSPECIFIED",
-		1: "DECISION_INTENT",
-		2: "DECISION_ISSUED",
-		3: "DECISION_DENIED",
-		4: "DECISION_THROTTLED",
-		5: "DECISION_FAILED",
-		6: "DECISION_REVOKED",
-		7: "DECISION_LIFTED",
-		8: "DECISION_RESET",
+		0:  "DECISION_UNSPECIFIED",
+		1:  "DECISION_INTENT",
+		2:  "DECISION_ISSUED",
+		3:  "DECISION_DENIED",
+		4:  "DECISION_THROTTLED",
+		5:  "DECISION_FAILED",
+		6:  "DECISION_REVOKED",
+		7:  "DECISION_LIFTED",
+		8:  "DECISION_RESET",
+		9:  "DECISION_APPROVAL_REQUESTED",
+		10: "DECISION_APPROVAL_APPROVED",
+		11: "DECISION_APPROVAL_GRANTED",
+		12: "DECISION_APPROVAL_DENIED",
+		13: "DECISION_APPROVAL_EXPIRED",
 	}
 	Decision_value = map[string]int32{
-		"DECISION_UNSPECIFIED": 0,
-		"DECISION_INTENT":      1,
-		"DECISION_ISSUED":      2,
-		"DECISION_DENIED":      3,
-		"DECISION_THROTTLED":   4,
-		"DECISION_FAILED":      5,
-		"DECISION_REVOKED":     6,
-		"DECISION_LIFTED":      7,
-		"DECISION_RESET":       8,
+		"DECISION_UNSPECIFIED":        0,
+		"DECISION_INTENT":             1,
+		"DECISION_ISSUED":             2,
+		"DECISION_DENIED":             3,
+		"DECISION_THROTTLED":          4,
+		"DECISION_FAILED":             5,
+		"DECISION_REVOKED":            6,
+		"DECISION_LIFTED":             7,
+		"DECISION_RESET":              8,
+		"DECISION_APPROVAL_REQUESTED": 9,
+		"DECISION_APPROVAL_APPROVED":  10,
+		"DECISION_APPROVAL_GRANTED":   11,
+		"DECISION_APPROVAL_DENIED":    12,
+		"DECISION_APPROVAL_EXPIRED":   13,
 	}
 )
 
@@ -223,6 +244,71 @@ func (x RevocationKind) Number() protoreflect.EnumNumber {
 // Deprecated: Use RevocationKind.Descriptor instead.
 func (RevocationKind) EnumDescriptor() ([]byte, []int) {
 	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
+// ApprovalStatus is where a two-person approval stands.
+type ApprovalStatus int32
+
+const (
+	ApprovalStatus_APPROVAL_STATUS_UNSPECIFIED ApprovalStatus = 0
+	// Waiting for admins to approve.
+	ApprovalStatus_APPROVAL_STATUS_PENDING ApprovalStatus = 1
+	// Approved by enough admins; waiting for the requester's next identical
+	// request.
+	ApprovalStatus_APPROVAL_STATUS_GRANTED ApprovalStatus = 2
+	// Denied by an admin.
+	ApprovalStatus_APPROVAL_STATUS_DENIED ApprovalStatus = 3
+	// Used by one issuance (consumed_by).
+	ApprovalStatus_APPROVAL_STATUS_CONSUMED ApprovalStatus = 4
+	// Its window ended while pending or granted.
+	ApprovalStatus_APPROVAL_STATUS_EXPIRED ApprovalStatus = 5
+)
+
+// Enum value maps for ApprovalStatus.
+var (
+	ApprovalStatus_name = map[int32]string{
+		0: "APPROVAL_STATUS_UNSPECIFIED",
+		1: "APPROVAL_STATUS_PENDING",
+		2: "APPROVAL_STATUS_GRANTED",
+		3: "APPROVAL_STATUS_DENIED",
+		4: "APPROVAL_STATUS_CONSUMED",
+		5: "APPROVAL_STATUS_EXPIRED",
+	}
+	ApprovalStatus_value = map[string]int32{
+		"APPROVAL_STATUS_UNSPECIFIED": 0,
+		"APPROVAL_STATUS_PENDING":     1,
+		"APPROVAL_STATUS_GRANTED":     2,
+		"APPROVAL_STATUS_DENIED":      3,
+		"APPROVAL_STATUS_CONSUMED":    4,
+		"APPROVAL_STATUS_EXPIRED":     5,
+	}
+)
+
+func (x ApprovalStatus) Enum() *ApprovalStatus {
+	p := new(ApprovalStatus)
+	*p = x
+	return p
+}
+
+func (x ApprovalStatus) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ApprovalStatus) Descriptor() protoreflect.EnumDescriptor {
+	return file_credbroker_v1_admin_proto_enumTypes[3].Descriptor()
+}
+
+func (ApprovalStatus) Type() protoreflect.EnumType {
+	return &file_credbroker_v1_admin_proto_enumTypes[3]
+}
+
+func (x ApprovalStatus) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ApprovalStatus.Descriptor instead.
+func (ApprovalStatus) EnumDescriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{3}
 }
 
 // AuditRecord is one decision in the tamper-evident audit chain. It never
@@ -3397,6 +3483,643 @@ func (x *ResetQuotaResponse) GetForgotten() *QuotaUsage {
 	return nil
 }
 
+// Approval is a request for a credential of a profile marked `approval`,
+// bound to that exact request (caller, profile, cluster, audience, TTL).
+type Approval struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	ApprovalId string                 `protobuf:"bytes,1,opt,name=approval_id,json=approvalId,proto3" json:"approval_id,omitempty"`
+	Status     ApprovalStatus         `protobuf:"varint,2,opt,name=status,proto3,enum=credbroker.v1.ApprovalStatus" json:"status,omitempty"`
+	// The caller's SPIFFE ID; it can never approve.
+	Requester string               `protobuf:"bytes,3,opt,name=requester,proto3" json:"requester,omitempty"`
+	Profile   string               `protobuf:"bytes,4,opt,name=profile,proto3" json:"profile,omitempty"`
+	Cluster   string               `protobuf:"bytes,5,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	Audience  string               `protobuf:"bytes,6,opt,name=audience,proto3" json:"audience,omitempty"`
+	Ttl       *durationpb.Duration `protobuf:"bytes,7,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	// How many distinct admins must approve.
+	ApproversNeeded int32 `protobuf:"varint,8,opt,name=approvers_needed,json=approversNeeded,proto3" json:"approvers_needed,omitempty"`
+	// The admins who approved, in order.
+	Approvals []*ApprovalVote        `protobuf:"bytes,9,rep,name=approvals,proto3" json:"approvals,omitempty"`
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// The end of the window to approve and use it.
+	ExpiresAt  *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	GrantedAt  *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=granted_at,json=grantedAt,proto3" json:"granted_at,omitempty"`
+	DeniedBy   string                 `protobuf:"bytes,13,opt,name=denied_by,json=deniedBy,proto3" json:"denied_by,omitempty"`
+	DenyReason string                 `protobuf:"bytes,14,opt,name=deny_reason,json=denyReason,proto3" json:"deny_reason,omitempty"`
+	DeniedAt   *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=denied_at,json=deniedAt,proto3" json:"denied_at,omitempty"`
+	// The issuance that used it.
+	ConsumedBy string                 `protobuf:"bytes,16,opt,name=consumed_by,json=consumedBy,proto3" json:"consumed_by,omitempty"`
+	ConsumedAt *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=consumed_at,json=consumedAt,proto3" json:"consumed_at,omitempty"`
+	// Hex SHA-256 of the request it is bound to.
+	RequestDigest string `protobuf:"bytes,18,opt,name=request_digest,json=requestDigest,proto3" json:"request_digest,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Approval) Reset() {
+	*x = Approval{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Approval) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Approval) ProtoMessage() {}
+
+func (x *Approval) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Approval.ProtoReflect.Descriptor instead.
+func (*Approval) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *Approval) GetApprovalId() string {
+	if x != nil {
+		return x.ApprovalId
+	}
+	return ""
+}
+
+func (x *Approval) GetStatus() ApprovalStatus {
+	if x != nil {
+		return x.Status
+	}
+	return ApprovalStatus_APPROVAL_STATUS_UNSPECIFIED
+}
+
+func (x *Approval) GetRequester() string {
+	if x != nil {
+		return x.Requester
+	}
+	return ""
+}
+
+func (x *Approval) GetProfile() string {
+	if x != nil {
+		return x.Profile
+	}
+	return ""
+}
+
+func (x *Approval) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *Approval) GetAudience() string {
+	if x != nil {
+		return x.Audience
+	}
+	return ""
+}
+
+func (x *Approval) GetTtl() *durationpb.Duration {
+	if x != nil {
+		return x.Ttl
+	}
+	return nil
+}
+
+func (x *Approval) GetApproversNeeded() int32 {
+	if x != nil {
+		return x.ApproversNeeded
+	}
+	return 0
+}
+
+func (x *Approval) GetApprovals() []*ApprovalVote {
+	if x != nil {
+		return x.Approvals
+	}
+	return nil
+}
+
+func (x *Approval) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *Approval) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+func (x *Approval) GetGrantedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.GrantedAt
+	}
+	return nil
+}
+
+func (x *Approval) GetDeniedBy() string {
+	if x != nil {
+		return x.DeniedBy
+	}
+	return ""
+}
+
+func (x *Approval) GetDenyReason() string {
+	if x != nil {
+		return x.DenyReason
+	}
+	return ""
+}
+
+func (x *Approval) GetDeniedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DeniedAt
+	}
+	return nil
+}
+
+func (x *Approval) GetConsumedBy() string {
+	if x != nil {
+		return x.ConsumedBy
+	}
+	return ""
+}
+
+func (x *Approval) GetConsumedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ConsumedAt
+	}
+	return nil
+}
+
+func (x *Approval) GetRequestDigest() string {
+	if x != nil {
+		return x.RequestDigest
+	}
+	return ""
+}
+
+// ApprovalVote is one admin's approval.
+type ApprovalVote struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The admin principal (admin SPIFFE ID, or "unix:uid=N").
+	Admin         string                 `protobuf:"bytes,1,opt,name=admin,proto3" json:"admin,omitempty"`
+	ApprovedAt    *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=approved_at,json=approvedAt,proto3" json:"approved_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApprovalVote) Reset() {
+	*x = ApprovalVote{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApprovalVote) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApprovalVote) ProtoMessage() {}
+
+func (x *ApprovalVote) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApprovalVote.ProtoReflect.Descriptor instead.
+func (*ApprovalVote) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *ApprovalVote) GetAdmin() string {
+	if x != nil {
+		return x.Admin
+	}
+	return ""
+}
+
+func (x *ApprovalVote) GetApprovedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ApprovedAt
+	}
+	return nil
+}
+
+// ListApprovalsRequest pages through approvals.
+type ListApprovalsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	PageSize      int32                  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string                 `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListApprovalsRequest) Reset() {
+	*x = ListApprovalsRequest{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListApprovalsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListApprovalsRequest) ProtoMessage() {}
+
+func (x *ListApprovalsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListApprovalsRequest.ProtoReflect.Descriptor instead.
+func (*ListApprovalsRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *ListApprovalsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListApprovalsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// ListApprovalsResponse is one page of approvals.
+type ListApprovalsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Approvals     []*Approval            `protobuf:"bytes,1,rep,name=approvals,proto3" json:"approvals,omitempty"`
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListApprovalsResponse) Reset() {
+	*x = ListApprovalsResponse{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListApprovalsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListApprovalsResponse) ProtoMessage() {}
+
+func (x *ListApprovalsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListApprovalsResponse.ProtoReflect.Descriptor instead.
+func (*ListApprovalsResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *ListApprovalsResponse) GetApprovals() []*Approval {
+	if x != nil {
+		return x.Approvals
+	}
+	return nil
+}
+
+func (x *ListApprovalsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// GetApprovalRequest names an approval.
+type GetApprovalRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ApprovalId    string                 `protobuf:"bytes,1,opt,name=approval_id,json=approvalId,proto3" json:"approval_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetApprovalRequest) Reset() {
+	*x = GetApprovalRequest{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetApprovalRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetApprovalRequest) ProtoMessage() {}
+
+func (x *GetApprovalRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetApprovalRequest.ProtoReflect.Descriptor instead.
+func (*GetApprovalRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *GetApprovalRequest) GetApprovalId() string {
+	if x != nil {
+		return x.ApprovalId
+	}
+	return ""
+}
+
+// GetApprovalResponse carries the approval.
+type GetApprovalResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Approval      *Approval              `protobuf:"bytes,1,opt,name=approval,proto3" json:"approval,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetApprovalResponse) Reset() {
+	*x = GetApprovalResponse{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetApprovalResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetApprovalResponse) ProtoMessage() {}
+
+func (x *GetApprovalResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetApprovalResponse.ProtoReflect.Descriptor instead.
+func (*GetApprovalResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *GetApprovalResponse) GetApproval() *Approval {
+	if x != nil {
+		return x.Approval
+	}
+	return nil
+}
+
+// ApproveRequest names the approval to approve.
+type ApproveRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ApprovalId    string                 `protobuf:"bytes,1,opt,name=approval_id,json=approvalId,proto3" json:"approval_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApproveRequest) Reset() {
+	*x = ApproveRequest{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApproveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApproveRequest) ProtoMessage() {}
+
+func (x *ApproveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApproveRequest.ProtoReflect.Descriptor instead.
+func (*ApproveRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *ApproveRequest) GetApprovalId() string {
+	if x != nil {
+		return x.ApprovalId
+	}
+	return ""
+}
+
+// ApproveResponse carries the approval after the vote.
+type ApproveResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Approval *Approval              `protobuf:"bytes,1,opt,name=approval,proto3" json:"approval,omitempty"`
+	// False when this admin had approved already, or the approval was granted
+	// before: nothing changed.
+	Counted       bool `protobuf:"varint,2,opt,name=counted,proto3" json:"counted,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApproveResponse) Reset() {
+	*x = ApproveResponse{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApproveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApproveResponse) ProtoMessage() {}
+
+func (x *ApproveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApproveResponse.ProtoReflect.Descriptor instead.
+func (*ApproveResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *ApproveResponse) GetApproval() *Approval {
+	if x != nil {
+		return x.Approval
+	}
+	return nil
+}
+
+func (x *ApproveResponse) GetCounted() bool {
+	if x != nil {
+		return x.Counted
+	}
+	return false
+}
+
+// DenyApprovalRequest names the approval to deny.
+type DenyApprovalRequest struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	ApprovalId string                 `protobuf:"bytes,1,opt,name=approval_id,json=approvalId,proto3" json:"approval_id,omitempty"`
+	// Why, in words the requester will see. At most 512 bytes.
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DenyApprovalRequest) Reset() {
+	*x = DenyApprovalRequest{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DenyApprovalRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DenyApprovalRequest) ProtoMessage() {}
+
+func (x *DenyApprovalRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DenyApprovalRequest.ProtoReflect.Descriptor instead.
+func (*DenyApprovalRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *DenyApprovalRequest) GetApprovalId() string {
+	if x != nil {
+		return x.ApprovalId
+	}
+	return ""
+}
+
+func (x *DenyApprovalRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// DenyApprovalResponse carries the denied approval.
+type DenyApprovalResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Approval      *Approval              `protobuf:"bytes,1,opt,name=approval,proto3" json:"approval,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DenyApprovalResponse) Reset() {
+	*x = DenyApprovalResponse{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DenyApprovalResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DenyApprovalResponse) ProtoMessage() {}
+
+func (x *DenyApprovalResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DenyApprovalResponse.ProtoReflect.Descriptor instead.
+func (*DenyApprovalResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *DenyApprovalResponse) GetApproval() *Approval {
+	if x != nil {
+		return x.Approval
+	}
+	return nil
+}
+
 var File_credbroker_v1_admin_proto protoreflect.FileDescriptor
 
 const file_credbroker_v1_admin_proto_rawDesc = "" +
@@ -3644,7 +4367,62 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\acluster\x18\x02 \x01(\tH\x00R\aclusterB\x05\n" +
 	"\x03key\"M\n" +
 	"\x12ResetQuotaResponse\x127\n" +
-	"\tforgotten\x18\x01 \x01(\v2\x19.credbroker.v1.QuotaUsageR\tforgotten*\xcf\x01\n" +
+	"\tforgotten\x18\x01 \x01(\v2\x19.credbroker.v1.QuotaUsageR\tforgotten\"\x90\x06\n" +
+	"\bApproval\x12\x1f\n" +
+	"\vapproval_id\x18\x01 \x01(\tR\n" +
+	"approvalId\x125\n" +
+	"\x06status\x18\x02 \x01(\x0e2\x1d.credbroker.v1.ApprovalStatusR\x06status\x12\x1c\n" +
+	"\trequester\x18\x03 \x01(\tR\trequester\x12\x18\n" +
+	"\aprofile\x18\x04 \x01(\tR\aprofile\x12\x18\n" +
+	"\acluster\x18\x05 \x01(\tR\acluster\x12\x1a\n" +
+	"\baudience\x18\x06 \x01(\tR\baudience\x12+\n" +
+	"\x03ttl\x18\a \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12)\n" +
+	"\x10approvers_needed\x18\b \x01(\x05R\x0fapproversNeeded\x129\n" +
+	"\tapprovals\x18\t \x03(\v2\x1b.credbroker.v1.ApprovalVoteR\tapprovals\x129\n" +
+	"\n" +
+	"created_at\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
+	"\n" +
+	"expires_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x129\n" +
+	"\n" +
+	"granted_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\tgrantedAt\x12\x1b\n" +
+	"\tdenied_by\x18\r \x01(\tR\bdeniedBy\x12\x1f\n" +
+	"\vdeny_reason\x18\x0e \x01(\tR\n" +
+	"denyReason\x127\n" +
+	"\tdenied_at\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\bdeniedAt\x12\x1f\n" +
+	"\vconsumed_by\x18\x10 \x01(\tR\n" +
+	"consumedBy\x12;\n" +
+	"\vconsumed_at\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"consumedAt\x12%\n" +
+	"\x0erequest_digest\x18\x12 \x01(\tR\rrequestDigest\"a\n" +
+	"\fApprovalVote\x12\x14\n" +
+	"\x05admin\x18\x01 \x01(\tR\x05admin\x12;\n" +
+	"\vapproved_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"approvedAt\"R\n" +
+	"\x14ListApprovalsRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"v\n" +
+	"\x15ListApprovalsResponse\x125\n" +
+	"\tapprovals\x18\x01 \x03(\v2\x17.credbroker.v1.ApprovalR\tapprovals\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"5\n" +
+	"\x12GetApprovalRequest\x12\x1f\n" +
+	"\vapproval_id\x18\x01 \x01(\tR\n" +
+	"approvalId\"J\n" +
+	"\x13GetApprovalResponse\x123\n" +
+	"\bapproval\x18\x01 \x01(\v2\x17.credbroker.v1.ApprovalR\bapproval\"1\n" +
+	"\x0eApproveRequest\x12\x1f\n" +
+	"\vapproval_id\x18\x01 \x01(\tR\n" +
+	"approvalId\"`\n" +
+	"\x0fApproveResponse\x123\n" +
+	"\bapproval\x18\x01 \x01(\v2\x17.credbroker.v1.ApprovalR\bapproval\x12\x18\n" +
+	"\acounted\x18\x02 \x01(\bR\acounted\"N\n" +
+	"\x13DenyApprovalRequest\x12\x1f\n" +
+	"\vapproval_id\x18\x01 \x01(\tR\n" +
+	"approvalId\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"K\n" +
+	"\x14DenyApprovalResponse\x123\n" +
+	"\bapproval\x18\x01 \x01(\v2\x17.credbroker.v1.ApprovalR\bapproval*\xec\x02\n" +
 	"\bDecision\x12\x18\n" +
 	"\x14DECISION_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fDECISION_INTENT\x10\x01\x12\x13\n" +
@@ -3654,7 +4432,13 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x0fDECISION_FAILED\x10\x05\x12\x14\n" +
 	"\x10DECISION_REVOKED\x10\x06\x12\x13\n" +
 	"\x0fDECISION_LIFTED\x10\a\x12\x12\n" +
-	"\x0eDECISION_RESET\x10\b*\xfc\x01\n" +
+	"\x0eDECISION_RESET\x10\b\x12\x1f\n" +
+	"\x1bDECISION_APPROVAL_REQUESTED\x10\t\x12\x1e\n" +
+	"\x1aDECISION_APPROVAL_APPROVED\x10\n" +
+	"\x12\x1d\n" +
+	"\x19DECISION_APPROVAL_GRANTED\x10\v\x12\x1c\n" +
+	"\x18DECISION_APPROVAL_DENIED\x10\f\x12\x1d\n" +
+	"\x19DECISION_APPROVAL_EXPIRED\x10\r*\xfc\x01\n" +
 	"\x11AttestationMethod\x12\"\n" +
 	"\x1eATTESTATION_METHOD_UNSPECIFIED\x10\x00\x12 \n" +
 	"\x1cATTESTATION_METHOD_X509_SVID\x10\x01\x12\x1f\n" +
@@ -3667,8 +4451,14 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x1bREVOCATION_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18REVOCATION_KIND_ISSUANCE\x10\x01\x12\x1c\n" +
 	"\x18REVOCATION_KIND_IDENTITY\x10\x02\x12\x1b\n" +
-	"\x17REVOCATION_KIND_CLUSTER\x10\x032\xc6\n" +
-	"\n" +
+	"\x17REVOCATION_KIND_CLUSTER\x10\x03*\xc2\x01\n" +
+	"\x0eApprovalStatus\x12\x1f\n" +
+	"\x1bAPPROVAL_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n" +
+	"\x17APPROVAL_STATUS_PENDING\x10\x01\x12\x1b\n" +
+	"\x17APPROVAL_STATUS_GRANTED\x10\x02\x12\x1a\n" +
+	"\x16APPROVAL_STATUS_DENIED\x10\x03\x12\x1c\n" +
+	"\x18APPROVAL_STATUS_CONSUMED\x10\x04\x12\x1b\n" +
+	"\x17APPROVAL_STATUS_EXPIRED\x10\x052\x9b\r\n" +
 	"\fAdminService\x12Z\n" +
 	"\rListIssuances\x12#.credbroker.v1.ListIssuancesRequest\x1a$.credbroker.v1.ListIssuancesResponse\x12T\n" +
 	"\vGetIssuance\x12!.credbroker.v1.GetIssuanceRequest\x1a\".credbroker.v1.GetIssuanceResponse\x12V\n" +
@@ -3685,7 +4475,11 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\rDeleteCluster\x12#.credbroker.v1.DeleteClusterRequest\x1a$.credbroker.v1.DeleteClusterResponse\x12K\n" +
 	"\bGetQuota\x12\x1e.credbroker.v1.GetQuotaRequest\x1a\x1f.credbroker.v1.GetQuotaResponse\x12Q\n" +
 	"\n" +
-	"ResetQuota\x12 .credbroker.v1.ResetQuotaRequest\x1a!.credbroker.v1.ResetQuotaResponseBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
+	"ResetQuota\x12 .credbroker.v1.ResetQuotaRequest\x1a!.credbroker.v1.ResetQuotaResponse\x12Z\n" +
+	"\rListApprovals\x12#.credbroker.v1.ListApprovalsRequest\x1a$.credbroker.v1.ListApprovalsResponse\x12T\n" +
+	"\vGetApproval\x12!.credbroker.v1.GetApprovalRequest\x1a\".credbroker.v1.GetApprovalResponse\x12H\n" +
+	"\aApprove\x12\x1d.credbroker.v1.ApproveRequest\x1a\x1e.credbroker.v1.ApproveResponse\x12W\n" +
+	"\fDenyApproval\x12\".credbroker.v1.DenyApprovalRequest\x1a#.credbroker.v1.DenyApprovalResponseBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
 
 var (
 	file_credbroker_v1_admin_proto_rawDescOnce sync.Once
@@ -3699,144 +4493,176 @@ func file_credbroker_v1_admin_proto_rawDescGZIP() []byte {
 	return file_credbroker_v1_admin_proto_rawDescData
 }
 
-var file_credbroker_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_credbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
+var file_credbroker_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_credbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
 var file_credbroker_v1_admin_proto_goTypes = []any{
 	(Decision)(0),                          // 0: credbroker.v1.Decision
 	(AttestationMethod)(0),                 // 1: credbroker.v1.AttestationMethod
 	(RevocationKind)(0),                    // 2: credbroker.v1.RevocationKind
-	(*AuditRecord)(nil),                    // 3: credbroker.v1.AuditRecord
-	(*Issuance)(nil),                       // 4: credbroker.v1.Issuance
-	(*ListIssuancesRequest)(nil),           // 5: credbroker.v1.ListIssuancesRequest
-	(*ListIssuancesResponse)(nil),          // 6: credbroker.v1.ListIssuancesResponse
-	(*GetIssuanceRequest)(nil),             // 7: credbroker.v1.GetIssuanceRequest
-	(*GetIssuanceResponse)(nil),            // 8: credbroker.v1.GetIssuanceResponse
-	(*VerifyAuditRequest)(nil),             // 9: credbroker.v1.VerifyAuditRequest
-	(*VerifyAuditResponse)(nil),            // 10: credbroker.v1.VerifyAuditResponse
-	(*VerifyAuditResult)(nil),              // 11: credbroker.v1.VerifyAuditResult
-	(*ChainBreak)(nil),                     // 12: credbroker.v1.ChainBreak
-	(*AuditProgress)(nil),                  // 13: credbroker.v1.AuditProgress
-	(*ExportAuditRequest)(nil),             // 14: credbroker.v1.ExportAuditRequest
-	(*ExportAuditResponse)(nil),            // 15: credbroker.v1.ExportAuditResponse
-	(*CreateJoinTokenRequest)(nil),         // 16: credbroker.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil),        // 17: credbroker.v1.CreateJoinTokenResponse
-	(*Node)(nil),                           // 18: credbroker.v1.Node
-	(*ListNodesRequest)(nil),               // 19: credbroker.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),              // 20: credbroker.v1.ListNodesResponse
-	(*EvictNodeRequest)(nil),               // 21: credbroker.v1.EvictNodeRequest
-	(*EvictNodeResponse)(nil),              // 22: credbroker.v1.EvictNodeResponse
-	(*Revocation)(nil),                     // 23: credbroker.v1.Revocation
-	(*RevokeRequest)(nil),                  // 24: credbroker.v1.RevokeRequest
-	(*RevokeResponse)(nil),                 // 25: credbroker.v1.RevokeResponse
-	(*UpstreamRevocation)(nil),             // 26: credbroker.v1.UpstreamRevocation
-	(*AWSRevocationPolicy)(nil),            // 27: credbroker.v1.AWSRevocationPolicy
-	(*AWSRoleRevocationPolicy)(nil),        // 28: credbroker.v1.AWSRoleRevocationPolicy
-	(*GetAWSRevocationPolicyRequest)(nil),  // 29: credbroker.v1.GetAWSRevocationPolicyRequest
-	(*GetAWSRevocationPolicyResponse)(nil), // 30: credbroker.v1.GetAWSRevocationPolicyResponse
-	(*ListRevocationsRequest)(nil),         // 31: credbroker.v1.ListRevocationsRequest
-	(*ListRevocationsResponse)(nil),        // 32: credbroker.v1.ListRevocationsResponse
-	(*LiftRevocationRequest)(nil),          // 33: credbroker.v1.LiftRevocationRequest
-	(*LiftRevocationResponse)(nil),         // 34: credbroker.v1.LiftRevocationResponse
-	(*Cluster)(nil),                        // 35: credbroker.v1.Cluster
-	(*ListClustersRequest)(nil),            // 36: credbroker.v1.ListClustersRequest
-	(*ListClustersResponse)(nil),           // 37: credbroker.v1.ListClustersResponse
-	(*DeleteClusterRequest)(nil),           // 38: credbroker.v1.DeleteClusterRequest
-	(*DeleteClusterResponse)(nil),          // 39: credbroker.v1.DeleteClusterResponse
-	(*QuotaUsage)(nil),                     // 40: credbroker.v1.QuotaUsage
-	(*GetQuotaRequest)(nil),                // 41: credbroker.v1.GetQuotaRequest
-	(*GetQuotaResponse)(nil),               // 42: credbroker.v1.GetQuotaResponse
-	(*QuotaLimit)(nil),                     // 43: credbroker.v1.QuotaLimit
-	(*ResetQuotaRequest)(nil),              // 44: credbroker.v1.ResetQuotaRequest
-	(*ResetQuotaResponse)(nil),             // 45: credbroker.v1.ResetQuotaResponse
-	(*timestamppb.Timestamp)(nil),          // 46: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),            // 47: google.protobuf.Duration
+	(ApprovalStatus)(0),                    // 3: credbroker.v1.ApprovalStatus
+	(*AuditRecord)(nil),                    // 4: credbroker.v1.AuditRecord
+	(*Issuance)(nil),                       // 5: credbroker.v1.Issuance
+	(*ListIssuancesRequest)(nil),           // 6: credbroker.v1.ListIssuancesRequest
+	(*ListIssuancesResponse)(nil),          // 7: credbroker.v1.ListIssuancesResponse
+	(*GetIssuanceRequest)(nil),             // 8: credbroker.v1.GetIssuanceRequest
+	(*GetIssuanceResponse)(nil),            // 9: credbroker.v1.GetIssuanceResponse
+	(*VerifyAuditRequest)(nil),             // 10: credbroker.v1.VerifyAuditRequest
+	(*VerifyAuditResponse)(nil),            // 11: credbroker.v1.VerifyAuditResponse
+	(*VerifyAuditResult)(nil),              // 12: credbroker.v1.VerifyAuditResult
+	(*ChainBreak)(nil),                     // 13: credbroker.v1.ChainBreak
+	(*AuditProgress)(nil),                  // 14: credbroker.v1.AuditProgress
+	(*ExportAuditRequest)(nil),             // 15: credbroker.v1.ExportAuditRequest
+	(*ExportAuditResponse)(nil),            // 16: credbroker.v1.ExportAuditResponse
+	(*CreateJoinTokenRequest)(nil),         // 17: credbroker.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),        // 18: credbroker.v1.CreateJoinTokenResponse
+	(*Node)(nil),                           // 19: credbroker.v1.Node
+	(*ListNodesRequest)(nil),               // 20: credbroker.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),              // 21: credbroker.v1.ListNodesResponse
+	(*EvictNodeRequest)(nil),               // 22: credbroker.v1.EvictNodeRequest
+	(*EvictNodeResponse)(nil),              // 23: credbroker.v1.EvictNodeResponse
+	(*Revocation)(nil),                     // 24: credbroker.v1.Revocation
+	(*RevokeRequest)(nil),                  // 25: credbroker.v1.RevokeRequest
+	(*RevokeResponse)(nil),                 // 26: credbroker.v1.RevokeResponse
+	(*UpstreamRevocation)(nil),             // 27: credbroker.v1.UpstreamRevocation
+	(*AWSRevocationPolicy)(nil),            // 28: credbroker.v1.AWSRevocationPolicy
+	(*AWSRoleRevocationPolicy)(nil),        // 29: credbroker.v1.AWSRoleRevocationPolicy
+	(*GetAWSRevocationPolicyRequest)(nil),  // 30: credbroker.v1.GetAWSRevocationPolicyRequest
+	(*GetAWSRevocationPolicyResponse)(nil), // 31: credbroker.v1.GetAWSRevocationPolicyResponse
+	(*ListRevocationsRequest)(nil),         // 32: credbroker.v1.ListRevocationsRequest
+	(*ListRevocationsResponse)(nil),        // 33: credbroker.v1.ListRevocationsResponse
+	(*LiftRevocationRequest)(nil),          // 34: credbroker.v1.LiftRevocationRequest
+	(*LiftRevocationResponse)(nil),         // 35: credbroker.v1.LiftRevocationResponse
+	(*Cluster)(nil),                        // 36: credbroker.v1.Cluster
+	(*ListClustersRequest)(nil),            // 37: credbroker.v1.ListClustersRequest
+	(*ListClustersResponse)(nil),           // 38: credbroker.v1.ListClustersResponse
+	(*DeleteClusterRequest)(nil),           // 39: credbroker.v1.DeleteClusterRequest
+	(*DeleteClusterResponse)(nil),          // 40: credbroker.v1.DeleteClusterResponse
+	(*QuotaUsage)(nil),                     // 41: credbroker.v1.QuotaUsage
+	(*GetQuotaRequest)(nil),                // 42: credbroker.v1.GetQuotaRequest
+	(*GetQuotaResponse)(nil),               // 43: credbroker.v1.GetQuotaResponse
+	(*QuotaLimit)(nil),                     // 44: credbroker.v1.QuotaLimit
+	(*ResetQuotaRequest)(nil),              // 45: credbroker.v1.ResetQuotaRequest
+	(*ResetQuotaResponse)(nil),             // 46: credbroker.v1.ResetQuotaResponse
+	(*Approval)(nil),                       // 47: credbroker.v1.Approval
+	(*ApprovalVote)(nil),                   // 48: credbroker.v1.ApprovalVote
+	(*ListApprovalsRequest)(nil),           // 49: credbroker.v1.ListApprovalsRequest
+	(*ListApprovalsResponse)(nil),          // 50: credbroker.v1.ListApprovalsResponse
+	(*GetApprovalRequest)(nil),             // 51: credbroker.v1.GetApprovalRequest
+	(*GetApprovalResponse)(nil),            // 52: credbroker.v1.GetApprovalResponse
+	(*ApproveRequest)(nil),                 // 53: credbroker.v1.ApproveRequest
+	(*ApproveResponse)(nil),                // 54: credbroker.v1.ApproveResponse
+	(*DenyApprovalRequest)(nil),            // 55: credbroker.v1.DenyApprovalRequest
+	(*DenyApprovalResponse)(nil),           // 56: credbroker.v1.DenyApprovalResponse
+	(*timestamppb.Timestamp)(nil),          // 57: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),            // 58: google.protobuf.Duration
 }
 var file_credbroker_v1_admin_proto_depIdxs = []int32{
-	46, // 0: credbroker.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	57, // 0: credbroker.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
 	1,  // 1: credbroker.v1.AuditRecord.attestation:type_name -> credbroker.v1.AttestationMethod
 	0,  // 2: credbroker.v1.AuditRecord.decision:type_name -> credbroker.v1.Decision
-	47, // 3: credbroker.v1.AuditRecord.ttl:type_name -> google.protobuf.Duration
-	46, // 4: credbroker.v1.AuditRecord.expires_at:type_name -> google.protobuf.Timestamp
-	46, // 5: credbroker.v1.Issuance.issued_at:type_name -> google.protobuf.Timestamp
-	46, // 6: credbroker.v1.Issuance.expires_at:type_name -> google.protobuf.Timestamp
+	58, // 3: credbroker.v1.AuditRecord.ttl:type_name -> google.protobuf.Duration
+	57, // 4: credbroker.v1.AuditRecord.expires_at:type_name -> google.protobuf.Timestamp
+	57, // 5: credbroker.v1.Issuance.issued_at:type_name -> google.protobuf.Timestamp
+	57, // 6: credbroker.v1.Issuance.expires_at:type_name -> google.protobuf.Timestamp
 	1,  // 7: credbroker.v1.Issuance.attestation:type_name -> credbroker.v1.AttestationMethod
-	46, // 8: credbroker.v1.ListIssuancesRequest.since:type_name -> google.protobuf.Timestamp
-	4,  // 9: credbroker.v1.ListIssuancesResponse.issuances:type_name -> credbroker.v1.Issuance
-	4,  // 10: credbroker.v1.GetIssuanceResponse.issuance:type_name -> credbroker.v1.Issuance
-	3,  // 11: credbroker.v1.GetIssuanceResponse.records:type_name -> credbroker.v1.AuditRecord
-	13, // 12: credbroker.v1.VerifyAuditResponse.progress:type_name -> credbroker.v1.AuditProgress
-	11, // 13: credbroker.v1.VerifyAuditResponse.result:type_name -> credbroker.v1.VerifyAuditResult
-	12, // 14: credbroker.v1.VerifyAuditResult.first_break:type_name -> credbroker.v1.ChainBreak
-	3,  // 15: credbroker.v1.ExportAuditResponse.record:type_name -> credbroker.v1.AuditRecord
-	47, // 16: credbroker.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
-	46, // 17: credbroker.v1.CreateJoinTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	57, // 8: credbroker.v1.ListIssuancesRequest.since:type_name -> google.protobuf.Timestamp
+	5,  // 9: credbroker.v1.ListIssuancesResponse.issuances:type_name -> credbroker.v1.Issuance
+	5,  // 10: credbroker.v1.GetIssuanceResponse.issuance:type_name -> credbroker.v1.Issuance
+	4,  // 11: credbroker.v1.GetIssuanceResponse.records:type_name -> credbroker.v1.AuditRecord
+	14, // 12: credbroker.v1.VerifyAuditResponse.progress:type_name -> credbroker.v1.AuditProgress
+	12, // 13: credbroker.v1.VerifyAuditResponse.result:type_name -> credbroker.v1.VerifyAuditResult
+	13, // 14: credbroker.v1.VerifyAuditResult.first_break:type_name -> credbroker.v1.ChainBreak
+	4,  // 15: credbroker.v1.ExportAuditResponse.record:type_name -> credbroker.v1.AuditRecord
+	58, // 16: credbroker.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
+	57, // 17: credbroker.v1.CreateJoinTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
 	1,  // 18: credbroker.v1.Node.attestation:type_name -> credbroker.v1.AttestationMethod
-	46, // 19: credbroker.v1.Node.attested_at:type_name -> google.protobuf.Timestamp
-	46, // 20: credbroker.v1.Node.renewed_at:type_name -> google.protobuf.Timestamp
-	46, // 21: credbroker.v1.Node.expires_at:type_name -> google.protobuf.Timestamp
-	46, // 22: credbroker.v1.Node.evicted_at:type_name -> google.protobuf.Timestamp
-	18, // 23: credbroker.v1.ListNodesResponse.nodes:type_name -> credbroker.v1.Node
-	18, // 24: credbroker.v1.EvictNodeResponse.node:type_name -> credbroker.v1.Node
-	4,  // 25: credbroker.v1.EvictNodeResponse.issuances:type_name -> credbroker.v1.Issuance
+	57, // 19: credbroker.v1.Node.attested_at:type_name -> google.protobuf.Timestamp
+	57, // 20: credbroker.v1.Node.renewed_at:type_name -> google.protobuf.Timestamp
+	57, // 21: credbroker.v1.Node.expires_at:type_name -> google.protobuf.Timestamp
+	57, // 22: credbroker.v1.Node.evicted_at:type_name -> google.protobuf.Timestamp
+	19, // 23: credbroker.v1.ListNodesResponse.nodes:type_name -> credbroker.v1.Node
+	19, // 24: credbroker.v1.EvictNodeResponse.node:type_name -> credbroker.v1.Node
+	5,  // 25: credbroker.v1.EvictNodeResponse.issuances:type_name -> credbroker.v1.Issuance
 	2,  // 26: credbroker.v1.Revocation.kind:type_name -> credbroker.v1.RevocationKind
-	46, // 27: credbroker.v1.Revocation.created_at:type_name -> google.protobuf.Timestamp
-	46, // 28: credbroker.v1.Revocation.until:type_name -> google.protobuf.Timestamp
-	46, // 29: credbroker.v1.Revocation.covered_until:type_name -> google.protobuf.Timestamp
-	46, // 30: credbroker.v1.RevokeRequest.until:type_name -> google.protobuf.Timestamp
-	23, // 31: credbroker.v1.RevokeResponse.revocation:type_name -> credbroker.v1.Revocation
-	26, // 32: credbroker.v1.RevokeResponse.upstream:type_name -> credbroker.v1.UpstreamRevocation
-	27, // 33: credbroker.v1.RevokeResponse.aws_policy:type_name -> credbroker.v1.AWSRevocationPolicy
-	28, // 34: credbroker.v1.AWSRevocationPolicy.roles:type_name -> credbroker.v1.AWSRoleRevocationPolicy
-	46, // 35: credbroker.v1.AWSRoleRevocationPolicy.applied_at:type_name -> google.protobuf.Timestamp
-	27, // 36: credbroker.v1.GetAWSRevocationPolicyResponse.policy:type_name -> credbroker.v1.AWSRevocationPolicy
-	23, // 37: credbroker.v1.ListRevocationsResponse.revocations:type_name -> credbroker.v1.Revocation
-	23, // 38: credbroker.v1.LiftRevocationResponse.revocation:type_name -> credbroker.v1.Revocation
-	23, // 39: credbroker.v1.Cluster.revocation:type_name -> credbroker.v1.Revocation
-	35, // 40: credbroker.v1.ListClustersResponse.clusters:type_name -> credbroker.v1.Cluster
-	23, // 41: credbroker.v1.DeleteClusterResponse.revocation:type_name -> credbroker.v1.Revocation
-	18, // 42: credbroker.v1.DeleteClusterResponse.evicted_nodes:type_name -> credbroker.v1.Node
-	26, // 43: credbroker.v1.DeleteClusterResponse.upstream:type_name -> credbroker.v1.UpstreamRevocation
-	46, // 44: credbroker.v1.QuotaUsage.window_start:type_name -> google.protobuf.Timestamp
-	46, // 45: credbroker.v1.QuotaUsage.reset_at:type_name -> google.protobuf.Timestamp
-	40, // 46: credbroker.v1.GetQuotaResponse.usage:type_name -> credbroker.v1.QuotaUsage
-	43, // 47: credbroker.v1.GetQuotaResponse.limits:type_name -> credbroker.v1.QuotaLimit
-	47, // 48: credbroker.v1.QuotaLimit.window:type_name -> google.protobuf.Duration
-	40, // 49: credbroker.v1.ResetQuotaResponse.forgotten:type_name -> credbroker.v1.QuotaUsage
-	5,  // 50: credbroker.v1.AdminService.ListIssuances:input_type -> credbroker.v1.ListIssuancesRequest
-	7,  // 51: credbroker.v1.AdminService.GetIssuance:input_type -> credbroker.v1.GetIssuanceRequest
-	9,  // 52: credbroker.v1.AdminService.VerifyAudit:input_type -> credbroker.v1.VerifyAuditRequest
-	14, // 53: credbroker.v1.AdminService.ExportAudit:input_type -> credbroker.v1.ExportAuditRequest
-	16, // 54: credbroker.v1.AdminService.CreateJoinToken:input_type -> credbroker.v1.CreateJoinTokenRequest
-	19, // 55: credbroker.v1.AdminService.ListNodes:input_type -> credbroker.v1.ListNodesRequest
-	21, // 56: credbroker.v1.AdminService.EvictNode:input_type -> credbroker.v1.EvictNodeRequest
-	24, // 57: credbroker.v1.AdminService.Revoke:input_type -> credbroker.v1.RevokeRequest
-	31, // 58: credbroker.v1.AdminService.ListRevocations:input_type -> credbroker.v1.ListRevocationsRequest
-	33, // 59: credbroker.v1.AdminService.LiftRevocation:input_type -> credbroker.v1.LiftRevocationRequest
-	29, // 60: credbroker.v1.AdminService.GetAWSRevocationPolicy:input_type -> credbroker.v1.GetAWSRevocationPolicyRequest
-	36, // 61: credbroker.v1.AdminService.ListClusters:input_type -> credbroker.v1.ListClustersRequest
-	38, // 62: credbroker.v1.AdminService.DeleteCluster:input_type -> credbroker.v1.DeleteClusterRequest
-	41, // 63: credbroker.v1.AdminService.GetQuota:input_type -> credbroker.v1.GetQuotaRequest
-	44, // 64: credbroker.v1.AdminService.ResetQuota:input_type -> credbroker.v1.ResetQuotaRequest
-	6,  // 65: credbroker.v1.AdminService.ListIssuances:output_type -> credbroker.v1.ListIssuancesResponse
-	8,  // 66: credbroker.v1.AdminService.GetIssuance:output_type -> credbroker.v1.GetIssuanceResponse
-	10, // 67: credbroker.v1.AdminService.VerifyAudit:output_type -> credbroker.v1.VerifyAuditResponse
-	15, // 68: credbroker.v1.AdminService.ExportAudit:output_type -> credbroker.v1.ExportAuditResponse
-	17, // 69: credbroker.v1.AdminService.CreateJoinToken:output_type -> credbroker.v1.CreateJoinTokenResponse
-	20, // 70: credbroker.v1.AdminService.ListNodes:output_type -> credbroker.v1.ListNodesResponse
-	22, // 71: credbroker.v1.AdminService.EvictNode:output_type -> credbroker.v1.EvictNodeResponse
-	25, // 72: credbroker.v1.AdminService.Revoke:output_type -> credbroker.v1.RevokeResponse
-	32, // 73: credbroker.v1.AdminService.ListRevocations:output_type -> credbroker.v1.ListRevocationsResponse
-	34, // 74: credbroker.v1.AdminService.LiftRevocation:output_type -> credbroker.v1.LiftRevocationResponse
-	30, // 75: credbroker.v1.AdminService.GetAWSRevocationPolicy:output_type -> credbroker.v1.GetAWSRevocationPolicyResponse
-	37, // 76: credbroker.v1.AdminService.ListClusters:output_type -> credbroker.v1.ListClustersResponse
-	39, // 77: credbroker.v1.AdminService.DeleteCluster:output_type -> credbroker.v1.DeleteClusterResponse
-	42, // 78: credbroker.v1.AdminService.GetQuota:output_type -> credbroker.v1.GetQuotaResponse
-	45, // 79: credbroker.v1.AdminService.ResetQuota:output_type -> credbroker.v1.ResetQuotaResponse
-	65, // [65:80] is the sub-list for method output_type
-	50, // [50:65] is the sub-list for method input_type
-	50, // [50:50] is the sub-list for extension type_name
-	50, // [50:50] is the sub-list for extension extendee
-	0,  // [0:50] is the sub-list for field type_name
+	57, // 27: credbroker.v1.Revocation.created_at:type_name -> google.protobuf.Timestamp
+	57, // 28: credbroker.v1.Revocation.until:type_name -> google.protobuf.Timestamp
+	57, // 29: credbroker.v1.Revocation.covered_until:type_name -> google.protobuf.Timestamp
+	57, // 30: credbroker.v1.RevokeRequest.until:type_name -> google.protobuf.Timestamp
+	24, // 31: credbroker.v1.RevokeResponse.revocation:type_name -> credbroker.v1.Revocation
+	27, // 32: credbroker.v1.RevokeResponse.upstream:type_name -> credbroker.v1.UpstreamRevocation
+	28, // 33: credbroker.v1.RevokeResponse.aws_policy:type_name -> credbroker.v1.AWSRevocationPolicy
+	29, // 34: credbroker.v1.AWSRevocationPolicy.roles:type_name -> credbroker.v1.AWSRoleRevocationPolicy
+	57, // 35: credbroker.v1.AWSRoleRevocationPolicy.applied_at:type_name -> google.protobuf.Timestamp
+	28, // 36: credbroker.v1.GetAWSRevocationPolicyResponse.policy:type_name -> credbroker.v1.AWSRevocationPolicy
+	24, // 37: credbroker.v1.ListRevocationsResponse.revocations:type_name -> credbroker.v1.Revocation
+	24, // 38: credbroker.v1.LiftRevocationResponse.revocation:type_name -> credbroker.v1.Revocation
+	24, // 39: credbroker.v1.Cluster.revocation:type_name -> credbroker.v1.Revocation
+	36, // 40: credbroker.v1.ListClustersResponse.clusters:type_name -> credbroker.v1.Cluster
+	24, // 41: credbroker.v1.DeleteClusterResponse.revocation:type_name -> credbroker.v1.Revocation
+	19, // 42: credbroker.v1.DeleteClusterResponse.evicted_nodes:type_name -> credbroker.v1.Node
+	27, // 43: credbroker.v1.DeleteClusterResponse.upstream:type_name -> credbroker.v1.UpstreamRevocation
+	57, // 44: credbroker.v1.QuotaUsage.window_start:type_name -> google.protobuf.Timestamp
+	57, // 45: credbroker.v1.QuotaUsage.reset_at:type_name -> google.protobuf.Timestamp
+	41, // 46: credbroker.v1.GetQuotaResponse.usage:type_name -> credbroker.v1.QuotaUsage
+	44, // 47: credbroker.v1.GetQuotaResponse.limits:type_name -> credbroker.v1.QuotaLimit
+	58, // 48: credbroker.v1.QuotaLimit.window:type_name -> google.protobuf.Duration
+	41, // 49: credbroker.v1.ResetQuotaResponse.forgotten:type_name -> credbroker.v1.QuotaUsage
+	3,  // 50: credbroker.v1.Approval.status:type_name -> credbroker.v1.ApprovalStatus
+	58, // 51: credbroker.v1.Approval.ttl:type_name -> google.protobuf.Duration
+	48, // 52: credbroker.v1.Approval.approvals:type_name -> credbroker.v1.ApprovalVote
+	57, // 53: credbroker.v1.Approval.created_at:type_name -> google.protobuf.Timestamp
+	57, // 54: credbroker.v1.Approval.expires_at:type_name -> google.protobuf.Timestamp
+	57, // 55: credbroker.v1.Approval.granted_at:type_name -> google.protobuf.Timestamp
+	57, // 56: credbroker.v1.Approval.denied_at:type_name -> google.protobuf.Timestamp
+	57, // 57: credbroker.v1.Approval.consumed_at:type_name -> google.protobuf.Timestamp
+	57, // 58: credbroker.v1.ApprovalVote.approved_at:type_name -> google.protobuf.Timestamp
+	47, // 59: credbroker.v1.ListApprovalsResponse.approvals:type_name -> credbroker.v1.Approval
+	47, // 60: credbroker.v1.GetApprovalResponse.approval:type_name -> credbroker.v1.Approval
+	47, // 61: credbroker.v1.ApproveResponse.approval:type_name -> credbroker.v1.Approval
+	47, // 62: credbroker.v1.DenyApprovalResponse.approval:type_name -> credbroker.v1.Approval
+	6,  // 63: credbroker.v1.AdminService.ListIssuances:input_type -> credbroker.v1.ListIssuancesRequest
+	8,  // 64: credbroker.v1.AdminService.GetIssuance:input_type -> credbroker.v1.GetIssuanceRequest
+	10, // 65: credbroker.v1.AdminService.VerifyAudit:input_type -> credbroker.v1.VerifyAuditRequest
+	15, // 66: credbroker.v1.AdminService.ExportAudit:input_type -> credbroker.v1.ExportAuditRequest
+	17, // 67: credbroker.v1.AdminService.CreateJoinToken:input_type -> credbroker.v1.CreateJoinTokenRequest
+	20, // 68: credbroker.v1.AdminService.ListNodes:input_type -> credbroker.v1.ListNodesRequest
+	22, // 69: credbroker.v1.AdminService.EvictNode:input_type -> credbroker.v1.EvictNodeRequest
+	25, // 70: credbroker.v1.AdminService.Revoke:input_type -> credbroker.v1.RevokeRequest
+	32, // 71: credbroker.v1.AdminService.ListRevocations:input_type -> credbroker.v1.ListRevocationsRequest
+	34, // 72: credbroker.v1.AdminService.LiftRevocation:input_type -> credbroker.v1.LiftRevocationRequest
+	30, // 73: credbroker.v1.AdminService.GetAWSRevocationPolicy:input_type -> credbroker.v1.GetAWSRevocationPolicyRequest
+	37, // 74: credbroker.v1.AdminService.ListClusters:input_type -> credbroker.v1.ListClustersRequest
+	39, // 75: credbroker.v1.AdminService.DeleteCluster:input_type -> credbroker.v1.DeleteClusterRequest
+	42, // 76: credbroker.v1.AdminService.GetQuota:input_type -> credbroker.v1.GetQuotaRequest
+	45, // 77: credbroker.v1.AdminService.ResetQuota:input_type -> credbroker.v1.ResetQuotaRequest
+	49, // 78: credbroker.v1.AdminService.ListApprovals:input_type -> credbroker.v1.ListApprovalsRequest
+	51, // 79: credbroker.v1.AdminService.GetApproval:input_type -> credbroker.v1.GetApprovalRequest
+	53, // 80: credbroker.v1.AdminService.Approve:input_type -> credbroker.v1.ApproveRequest
+	55, // 81: credbroker.v1.AdminService.DenyApproval:input_type -> credbroker.v1.DenyApprovalRequest
+	7,  // 82: credbroker.v1.AdminService.ListIssuances:output_type -> credbroker.v1.ListIssuancesResponse
+	9,  // 83: credbroker.v1.AdminService.GetIssuance:output_type -> credbroker.v1.GetIssuanceResponse
+	11, // 84: credbroker.v1.AdminService.VerifyAudit:output_type -> credbroker.v1.VerifyAuditResponse
+	16, // 85: credbroker.v1.AdminService.ExportAudit:output_type -> credbroker.v1.ExportAuditResponse
+	18, // 86: credbroker.v1.AdminService.CreateJoinToken:output_type -> credbroker.v1.CreateJoinTokenResponse
+	21, // 87: credbroker.v1.AdminService.ListNodes:output_type -> credbroker.v1.ListNodesResponse
+	23, // 88: credbroker.v1.AdminService.EvictNode:output_type -> credbroker.v1.EvictNodeResponse
+	26, // 89: credbroker.v1.AdminService.Revoke:output_type -> credbroker.v1.RevokeResponse
+	33, // 90: credbroker.v1.AdminService.ListRevocations:output_type -> credbroker.v1.ListRevocationsResponse
+	35, // 91: credbroker.v1.AdminService.LiftRevocation:output_type -> credbroker.v1.LiftRevocationResponse
+	31, // 92: credbroker.v1.AdminService.GetAWSRevocationPolicy:output_type -> credbroker.v1.GetAWSRevocationPolicyResponse
+	38, // 93: credbroker.v1.AdminService.ListClusters:output_type -> credbroker.v1.ListClustersResponse
+	40, // 94: credbroker.v1.AdminService.DeleteCluster:output_type -> credbroker.v1.DeleteClusterResponse
+	43, // 95: credbroker.v1.AdminService.GetQuota:output_type -> credbroker.v1.GetQuotaResponse
+	46, // 96: credbroker.v1.AdminService.ResetQuota:output_type -> credbroker.v1.ResetQuotaResponse
+	50, // 97: credbroker.v1.AdminService.ListApprovals:output_type -> credbroker.v1.ListApprovalsResponse
+	52, // 98: credbroker.v1.AdminService.GetApproval:output_type -> credbroker.v1.GetApprovalResponse
+	54, // 99: credbroker.v1.AdminService.Approve:output_type -> credbroker.v1.ApproveResponse
+	56, // 100: credbroker.v1.AdminService.DenyApproval:output_type -> credbroker.v1.DenyApprovalResponse
+	82, // [82:101] is the sub-list for method output_type
+	63, // [63:82] is the sub-list for method input_type
+	63, // [63:63] is the sub-list for extension type_name
+	63, // [63:63] is the sub-list for extension extendee
+	0,  // [0:63] is the sub-list for field type_name
 }
 
 func init() { file_credbroker_v1_admin_proto_init() }
@@ -3874,8 +4700,8 @@ func file_credbroker_v1_admin_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_credbroker_v1_admin_proto_rawDesc), len(file_credbroker_v1_admin_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   43,
+			NumEnums:      4,
+			NumMessages:   53,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

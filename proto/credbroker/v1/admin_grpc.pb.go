@@ -34,6 +34,10 @@ const (
 	AdminService_DeleteCluster_FullMethodName          = "/credbroker.v1.AdminService/DeleteCluster"
 	AdminService_GetQuota_FullMethodName               = "/credbroker.v1.AdminService/GetQuota"
 	AdminService_ResetQuota_FullMethodName             = "/credbroker.v1.AdminService/ResetQuota"
+	AdminService_ListApprovals_FullMethodName          = "/credbroker.v1.AdminService/ListApprovals"
+	AdminService_GetApproval_FullMethodName            = "/credbroker.v1.AdminService/GetApproval"
+	AdminService_Approve_FullMethodName                = "/credbroker.v1.AdminService/Approve"
+	AdminService_DenyApproval_FullMethodName           = "/credbroker.v1.AdminService/DenyApproval"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -114,6 +118,22 @@ type AdminServiceClient interface {
 	// cluster, so its next issuance opens a fresh one; on record as a reset
 	// decision.
 	ResetQuota(ctx context.Context, in *ResetQuotaRequest, opts ...grpc.CallOption) (*ResetQuotaResponse, error)
+	// ListApprovals lists two-person approvals by id (time-ordered), decided
+	// and expired ones included until housekeeping purges them. Page size:
+	// default 100, maximum 1000.
+	ListApprovals(ctx context.Context, in *ListApprovalsRequest, opts ...grpc.CallOption) (*ListApprovalsResponse, error)
+	// GetApproval returns one approval. NOT_FOUND for an unknown id.
+	GetApproval(ctx context.Context, in *GetApprovalRequest, opts ...grpc.CallOption) (*GetApprovalResponse, error)
+	// Approve adds the calling admin principal's approval. The requester can
+	// never approve its own request (POLICY_DENIED); an admin's second
+	// approval is not counted again. The approvers_needed-th distinct approval
+	// grants it: the requester's next identical request gets the credential,
+	// once. On record as approval_approved (and approval_granted).
+	// INVALID_REQUEST for an approval that is expired, denied or used.
+	Approve(ctx context.Context, in *ApproveRequest, opts ...grpc.CallOption) (*ApproveResponse, error)
+	// DenyApproval ends a pending or granted approval; the requester is told
+	// (APPROVAL_DENIED) until its window ends. On record as approval_denied.
+	DenyApproval(ctx context.Context, in *DenyApprovalRequest, opts ...grpc.CallOption) (*DenyApprovalResponse, error)
 }
 
 type adminServiceClient struct {
@@ -292,6 +312,46 @@ func (c *adminServiceClient) ResetQuota(ctx context.Context, in *ResetQuotaReque
 	return out, nil
 }
 
+func (c *adminServiceClient) ListApprovals(ctx context.Context, in *ListApprovalsRequest, opts ...grpc.CallOption) (*ListApprovalsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListApprovalsResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListApprovals_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) GetApproval(ctx context.Context, in *GetApprovalRequest, opts ...grpc.CallOption) (*GetApprovalResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetApprovalResponse)
+	err := c.cc.Invoke(ctx, AdminService_GetApproval_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) Approve(ctx context.Context, in *ApproveRequest, opts ...grpc.CallOption) (*ApproveResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ApproveResponse)
+	err := c.cc.Invoke(ctx, AdminService_Approve_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) DenyApproval(ctx context.Context, in *DenyApprovalRequest, opts ...grpc.CallOption) (*DenyApprovalResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DenyApprovalResponse)
+	err := c.cc.Invoke(ctx, AdminService_DenyApproval_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -370,6 +430,22 @@ type AdminServiceServer interface {
 	// cluster, so its next issuance opens a fresh one; on record as a reset
 	// decision.
 	ResetQuota(context.Context, *ResetQuotaRequest) (*ResetQuotaResponse, error)
+	// ListApprovals lists two-person approvals by id (time-ordered), decided
+	// and expired ones included until housekeeping purges them. Page size:
+	// default 100, maximum 1000.
+	ListApprovals(context.Context, *ListApprovalsRequest) (*ListApprovalsResponse, error)
+	// GetApproval returns one approval. NOT_FOUND for an unknown id.
+	GetApproval(context.Context, *GetApprovalRequest) (*GetApprovalResponse, error)
+	// Approve adds the calling admin principal's approval. The requester can
+	// never approve its own request (POLICY_DENIED); an admin's second
+	// approval is not counted again. The approvers_needed-th distinct approval
+	// grants it: the requester's next identical request gets the credential,
+	// once. On record as approval_approved (and approval_granted).
+	// INVALID_REQUEST for an approval that is expired, denied or used.
+	Approve(context.Context, *ApproveRequest) (*ApproveResponse, error)
+	// DenyApproval ends a pending or granted approval; the requester is told
+	// (APPROVAL_DENIED) until its window ends. On record as approval_denied.
+	DenyApproval(context.Context, *DenyApprovalRequest) (*DenyApprovalResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -424,6 +500,18 @@ func (UnimplementedAdminServiceServer) GetQuota(context.Context, *GetQuotaReques
 }
 func (UnimplementedAdminServiceServer) ResetQuota(context.Context, *ResetQuotaRequest) (*ResetQuotaResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ResetQuota not implemented")
+}
+func (UnimplementedAdminServiceServer) ListApprovals(context.Context, *ListApprovalsRequest) (*ListApprovalsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListApprovals not implemented")
+}
+func (UnimplementedAdminServiceServer) GetApproval(context.Context, *GetApprovalRequest) (*GetApprovalResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetApproval not implemented")
+}
+func (UnimplementedAdminServiceServer) Approve(context.Context, *ApproveRequest) (*ApproveResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Approve not implemented")
+}
+func (UnimplementedAdminServiceServer) DenyApproval(context.Context, *DenyApprovalRequest) (*DenyApprovalResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DenyApproval not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -702,6 +790,78 @@ func _AdminService_ResetQuota_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_ListApprovals_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListApprovalsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListApprovals(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListApprovals_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListApprovals(ctx, req.(*ListApprovalsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_GetApproval_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetApprovalRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).GetApproval(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_GetApproval_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).GetApproval(ctx, req.(*GetApprovalRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_Approve_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ApproveRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).Approve(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_Approve_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).Approve(ctx, req.(*ApproveRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_DenyApproval_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DenyApprovalRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).DenyApproval(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_DenyApproval_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).DenyApproval(ctx, req.(*DenyApprovalRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -760,6 +920,22 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ResetQuota",
 			Handler:    _AdminService_ResetQuota_Handler,
+		},
+		{
+			MethodName: "ListApprovals",
+			Handler:    _AdminService_ListApprovals_Handler,
+		},
+		{
+			MethodName: "GetApproval",
+			Handler:    _AdminService_GetApproval_Handler,
+		},
+		{
+			MethodName: "Approve",
+			Handler:    _AdminService_Approve_Handler,
+		},
+		{
+			MethodName: "DenyApproval",
+			Handler:    _AdminService_DenyApproval_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -45,6 +45,13 @@ const (
 //	revocation_id, revoked_by  for REVOKED: the revocation that covers the
 //	             request (quote it when asking for it to be lifted) and the
 //	             admin who made it
+//	approval_id  for APPROVAL_REQUIRED and APPROVAL_DENIED: the approval the
+//	             request is bound to (`credbrokerctl approvals show ID`)
+//	approvers_needed, approvals  for APPROVAL_REQUIRED: how many distinct
+//	             admins must approve, and how many have
+//	expires_at   for APPROVAL_REQUIRED and APPROVAL_DENIED: the end of the
+//	             approval's window (RFC 3339)
+//	denied_by    for APPROVAL_DENIED: the admin who denied
 //
 // Reasons are only ever added. A client that meets a reason it does not know
 // falls back on the gRPC code.
@@ -59,8 +66,9 @@ const (
 	// fresh SVID or evidence; retrying the same one does not help.
 	ErrorReason_UNAUTHENTICATED ErrorReason = 1
 	// PERMISSION_DENIED: no policy rule allows this caller this profile (for
-	// this cluster), or the caller is bound to another cluster. Ask an
-	// operator to change the policy; retrying does not help.
+	// this cluster), or the caller is bound to another cluster, or an admin
+	// tried to approve its own request. Ask an operator to change the policy;
+	// retrying does not help.
 	ErrorReason_POLICY_DENIED ErrorReason = 2
 	// PERMISSION_DENIED: the admin API refused a caller that is not an admin
 	// (SPIFFE ID not in admin.spiffe_ids, or a socket peer uid not allowed),
@@ -114,9 +122,12 @@ const (
 	// or ends. Metadata `revocation_id` and `revoked_by` say which and who to
 	// ask; the message gives the reason.
 	ErrorReason_REVOKED ErrorReason = 19
-	// FAILED_PRECONDITION: the profile needs approval by other admins first;
-	// metadata `approval_id` names the pending approval. Reserved for
-	// two-person approval.
+	// FAILED_PRECONDITION: the profile needs the approval of distinct admins
+	// other than the caller first. Metadata `approval_id` names the pending
+	// approval (an identical request finds the same one), `approvers_needed`
+	// and `approvals` how far it is, `expires_at` when it ends; the message
+	// says who can approve and how (`credbrokerctl approvals approve ID`).
+	// Repeat the identical request once it is approved: it is served once.
 	ErrorReason_APPROVAL_REQUIRED ErrorReason = 20
 	// INTERNAL: a fault in the broker; the message says nothing more, the
 	// broker's log does (find it by issuance_id).
@@ -126,6 +137,11 @@ const (
 	// DEADLINE_EXCEEDED: the client's deadline passed before the broker
 	// answered.
 	ErrorReason_DEADLINE_EXCEEDED ErrorReason = 23
+	// PERMISSION_DENIED: an admin denied the approval this request needs
+	// (metadata `approval_id`, `denied_by`, `expires_at`; the message gives
+	// the reason). The identical request is refused so until the approval's
+	// window ends; then it may ask again.
+	ErrorReason_APPROVAL_DENIED ErrorReason = 24
 )
 
 // Enum value maps for ErrorReason.
@@ -155,6 +171,7 @@ var (
 		21: "INTERNAL",
 		22: "CANCELLED",
 		23: "DEADLINE_EXCEEDED",
+		24: "APPROVAL_DENIED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":  0,
@@ -181,6 +198,7 @@ var (
 		"INTERNAL":                  21,
 		"CANCELLED":                 22,
 		"DEADLINE_EXCEEDED":         23,
+		"APPROVAL_DENIED":           24,
 	}
 )
 
@@ -215,7 +233,7 @@ var File_credbroker_v1_errors_proto protoreflect.FileDescriptor
 
 const file_credbroker_v1_errors_proto_rawDesc = "" +
 	"\n" +
-	"\x1acredbroker/v1/errors.proto\x12\rcredbroker.v1*\xf6\x03\n" +
+	"\x1acredbroker/v1/errors.proto\x12\rcredbroker.v1*\x8b\x04\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fUNAUTHENTICATED\x10\x01\x12\x11\n" +
@@ -243,7 +261,8 @@ const file_credbroker_v1_errors_proto_rawDesc = "" +
 	"\x11APPROVAL_REQUIRED\x10\x14\x12\f\n" +
 	"\bINTERNAL\x10\x15\x12\r\n" +
 	"\tCANCELLED\x10\x16\x12\x15\n" +
-	"\x11DEADLINE_EXCEEDED\x10\x17BCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
+	"\x11DEADLINE_EXCEEDED\x10\x17\x12\x13\n" +
+	"\x0fAPPROVAL_DENIED\x10\x18BCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
 
 var (
 	file_credbroker_v1_errors_proto_rawDescOnce sync.Once
