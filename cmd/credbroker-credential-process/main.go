@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/credbroker/credbroker/attest"
+	"github.com/credbroker/credbroker/internal/backoff"
 	"github.com/credbroker/credbroker/internal/brokerclient"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
@@ -64,6 +65,12 @@ bad usage; 3 when the refusal is temporary and the same request can succeed
 later (rate limited, quota spent, broker or upstream unavailable, approval
 pending). Failures are one line on stderr ending with the broker's reason in
 brackets, e.g. [QUOTA_EXHAUSTED].
+
+A profile that needs two-person approval is refused with APPROVAL_REQUIRED:
+the line names the approval id, who can approve and the command
+(credbrokerctl approvals approve ID); exit status 3. With --wait-approval D
+the same request is repeated with backoff until an admin approves it (then
+the credential is printed), denies it (exit 1), or D has passed (exit 3).
 Warnings (cache problems) are lines on stderr too, and do not change the status.
 
 Flags:
@@ -73,7 +80,7 @@ const prefix = "credbroker-credential-process: "
 
 type options struct {
 	broker, brokerID, svidDir, profile, cluster, audience, format, cacheFile string
-	ttl, timeout, cacheMinRemaining                                          time.Duration
+	ttl, timeout, cacheMinRemaining, waitApproval                            time.Duration
 }
 
 // command is one invocation. The clock and the way to the broker are fields
@@ -86,6 +93,8 @@ type command struct {
 	// checkRevoked); nil hands out cached credentials unchecked (tests of
 	// the cache alone).
 	check func(ctx context.Context, o options, issuanceID string) (revokedBy string, err error)
+	// sleep waits d or until ctx is done; nil means a timer.
+	sleep func(ctx context.Context, d time.Duration) error
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -142,6 +151,7 @@ func parseArgs(args []string) (options, *flag.FlagSet, error) {
 	fs.DurationVar(&o.timeout, "timeout", 15*time.Second, "give up after this long")
 	fs.StringVar(&o.cacheFile, "cache-file", "", "keep the last AWS credential in this owner-only file and reuse it (default: no cache)")
 	fs.DurationVar(&o.cacheMinRemaining, "cache-min-remaining", defaultCacheMinRemaining, "reuse a cached credential only while it has more than this left")
+	fs.DurationVar(&o.waitApproval, "wait-approval", 0, "when the profile needs two-person approval, keep asking (with backoff) up to this long for it to be granted (default: fail at once, exit 3)")
 	if err := fs.Parse(args); err != nil {
 		return o, fs, err
 	}
@@ -164,6 +174,8 @@ func (o options) check(rest []string) error {
 		return errors.New("--ttl must not be negative")
 	case o.cacheMinRemaining < 0:
 		return errors.New("--cache-min-remaining must not be negative")
+	case o.waitApproval < 0:
+		return errors.New("--wait-approval must not be negative")
 	}
 	if o.cluster != "" {
 		if _, err := attest.ParseClusterRef(o.cluster); err != nil {
@@ -178,7 +190,7 @@ func (o options) check(rest []string) error {
 // wrong with the cache on the way.
 func (c command) credential(ctx context.Context, o options) (out []byte, warnings []string, err error) {
 	if o.cacheFile == "" {
-		cred, err := c.issue(ctx, o)
+		cred, err := c.fetch(ctx, o)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -208,7 +220,7 @@ func (c command) credential(ctx context.Context, o options) (out []byte, warning
 		out, err := render(cached, o.format)
 		return out, warnings, err
 	}
-	cred, err := c.issue(ctx, o)
+	cred, err := c.fetch(ctx, o)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -221,6 +233,54 @@ func (c command) credential(ctx context.Context, o options) (out []byte, warning
 		warnings = append(warnings, fmt.Sprintf("credential not cached: %v", err))
 	}
 	return out, warnings, nil
+}
+
+// approvalBackoff spaces the requests of --wait-approval: an identical
+// request is cheap for the broker (it finds the same approval), but a
+// waiting client need not ask more often than every half minute.
+var approvalBackoff = backoff.Policy{Min: 2 * time.Second, Max: 30 * time.Second}
+
+// fetch asks the broker for the credential. With --wait-approval, a request
+// that waits for two-person approval is repeated with backoff until it is
+// served, refused otherwise, or the wait is over (then the last refusal is
+// returned); stderr says once per approval what it waits for and who can
+// give it (the broker's message).
+func (c command) fetch(ctx context.Context, o options) (*credbrokerv1.Credential, error) {
+	deadline := c.now().Add(o.waitApproval)
+	told := ""
+	for n := 1; ; n++ {
+		cred, err := c.issue(ctx, o)
+		if err == nil || o.waitApproval <= 0 || brokerclient.Reason(err) != credbrokerv1.ErrorReason_APPROVAL_REQUIRED {
+			return cred, err
+		}
+		wait := approvalBackoff.Delay(n)
+		if left := deadline.Sub(c.now()); left <= 0 {
+			return nil, err
+		} else if wait > left {
+			wait = left
+		}
+		if id := brokerclient.Metadata(err, "approval_id"); id != told {
+			told = id
+			fmt.Fprintf(c.stderr, prefix+"waiting until %s for approval %s: %v\n", deadline.UTC().Format(time.RFC3339), id, err)
+		}
+		if err := c.pause(ctx, wait); err != nil {
+			return nil, err
+		}
+	}
+}
+
+func (c command) pause(ctx context.Context, d time.Duration) error {
+	if c.sleep != nil {
+		return c.sleep(ctx, d)
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }
 
 // issue asks the broker for one credential.

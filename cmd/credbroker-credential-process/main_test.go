@@ -460,3 +460,73 @@ func TestCachedCredentialIsCheckedForRevocation(t *testing.T) {
 		t.Fatalf("check refused: %+v, %d calls; want a new credential", r, f.calls)
 	}
 }
+
+// approvalRefusal is the broker's APPROVAL_REQUIRED refusal of approval id.
+func approvalRefusal(t *testing.T, id string) error {
+	t.Helper()
+	st, err := status.New(codes.FailedPrecondition, "profile \"capa\" needs the approval of 2 distinct admins other than the requester; approval "+id+
+		" has 0 of 2. Ask an admin to run: credbrokerctl approvals approve "+id).WithDetails(&errdetails.ErrorInfo{
+		Reason: "APPROVAL_REQUIRED", Domain: "credbroker.dev", Metadata: map[string]string{"approval_id": id}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return brokerError{st.Err()}
+}
+
+// TestWaitForApproval: without --wait-approval a request waiting for
+// approval fails at once with exit 3 and says who can approve how; with it,
+// the request is repeated (backoff on the injected clock) until it is
+// served, and the wait is announced once; a wait that runs out exits 3.
+func TestWaitForApproval(t *testing.T) {
+	f := newFakeBroker()
+	refusal := approvalRefusal(t, "ap-1")
+	pending := 3
+	issueFn := func(ctx context.Context, o options) (*credbrokerv1.Credential, error) {
+		if pending > 0 {
+			pending--
+			f.calls++
+			return nil, refusal
+		}
+		return f.issue(ctx, o)
+	}
+	var slept []time.Duration
+	sleep := func(_ context.Context, d time.Duration) error {
+		slept = append(slept, d)
+		f.clock.Advance(d)
+		return nil
+	}
+	runWith := func(args ...string) invocation {
+		var out, errb bytes.Buffer
+		code := command{stdout: &out, stderr: &errb, now: f.clock.Now, issue: issueFn, sleep: sleep}.run(context.Background(), args)
+		return invocation{code, out.String(), errb.String()}
+	}
+	base := []string{"--broker", "broker:8443", "--svid-dir", "/run/svid", "--profile", "capa", "--format", "aws"}
+
+	got := runWith(base...)
+	if got.code != exitTemporary || !strings.Contains(got.stderr, "credbrokerctl approvals approve ap-1") || !strings.Contains(got.stderr, "[APPROVAL_REQUIRED]") {
+		t.Fatalf("without waiting: %+v; want exit 3 and how to approve", got)
+	}
+	pending = 3
+	got = runWith(append(base, "--wait-approval", "10m")...)
+	if got.code != 0 || !strings.Contains(got.stdout, `"AccessKeyId"`) {
+		t.Fatalf("waiting: %+v; want the credential once approved", got)
+	}
+	if n := strings.Count(got.stderr, "waiting until"); n != 1 || !strings.Contains(got.stderr, "approval ap-1") {
+		t.Fatalf("stderr %q: want one line saying what it waits for", got.stderr)
+	}
+	if len(slept) != 3 || slept[0] < time.Second || slept[2] <= slept[0]/2 {
+		t.Fatalf("waits %v; want three backoff waits", slept)
+	}
+	pending, slept = 1000, nil
+	got = runWith(append(base, "--wait-approval", "1m")...)
+	if got.code != exitTemporary || !strings.Contains(got.stderr, "[APPROVAL_REQUIRED]") {
+		t.Fatalf("wait ran out: %+v; want exit 3 with the refusal", got)
+	}
+	var total time.Duration
+	for _, d := range slept {
+		total += d
+	}
+	if total != time.Minute {
+		t.Fatalf("waited %s in all, want exactly the 1m asked for", total)
+	}
+}
