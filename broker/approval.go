@@ -14,6 +14,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/credbroker/credbroker/broker/alerts"
 	"github.com/credbroker/credbroker/broker/audit"
 	"github.com/credbroker/credbroker/broker/state"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
@@ -54,7 +55,7 @@ func (s *Service) ApprovalNeeded(profile string) (ApprovalRule, bool) {
 // varying its requests; an identical request costs nothing.
 const MaxOpenApprovals = 8
 
-// ApprovalEvent is one step of an approval, for notifying approvers.
+// ApprovalEvent is one step of an approval, for the log and the alerts.
 type ApprovalEvent struct {
 	// Step is "requested", "approved", "granted", "denied", "consumed" or
 	// "expired".
@@ -65,11 +66,12 @@ type ApprovalEvent struct {
 	Admin string
 }
 
-// ApprovalNotifier is told of every approval step after it is on record
-// (the alerts channel: log, counter, webhooks). It must not block: it runs
-// in the request.
-type ApprovalNotifier interface {
-	ApprovalEvent(ctx context.Context, e ApprovalEvent)
+// approvalAlerts are the alert rules of the steps approvers and operators
+// are told of through the alert channels (broker/alerts).
+var approvalAlerts = map[string]string{
+	"requested": alerts.ApprovalRequested,
+	"granted":   alerts.ApprovalGranted,
+	"denied":    alerts.ApprovalDenied,
 }
 
 // Approvals runs two-person approval: it opens an approval for a request
@@ -82,7 +84,7 @@ type Approvals struct {
 	audit  AuditLog
 	now    func() time.Time
 	newID  func() (string, error)
-	notify ApprovalNotifier
+	alerts alerts.Emitter
 	log    *slog.Logger
 	// approvers says in words who may approve, for messages.
 	approvers string
@@ -95,9 +97,11 @@ type ApprovalsDeps struct {
 	// Clock nil means time.Now.
 	Clock func() time.Time
 	NewID func() (string, error)
-	// Notifier nil: approvers are told through the log only.
-	Notifier ApprovalNotifier
-	Log      *slog.Logger
+	// Alerts tells approvers of requested, granted and denied approvals
+	// (alert rules approval_requested, approval_granted, approval_denied:
+	// log event, counter, webhooks). Nil: the log only.
+	Alerts alerts.Emitter
+	Log    *slog.Logger
 	// Approvers describes who may approve ("admin SPIFFE IDs (...) or uids
 	// ... on the admin socket"), shown to requesters.
 	Approvers string
@@ -117,7 +121,10 @@ func NewApprovals(d ApprovalsDeps) (*Approvals, error) {
 	if d.Approvers == "" {
 		d.Approvers = "an admin"
 	}
-	return &Approvals{store: d.Store, audit: d.Audit, now: d.Clock, newID: d.NewID, notify: d.Notifier, log: d.Log, approvers: d.Approvers}, nil
+	if d.Alerts == nil {
+		d.Alerts = alerts.Nop{}
+	}
+	return &Approvals{store: d.Store, audit: d.Audit, now: d.Clock, newID: d.NewID, alerts: d.Alerts, log: d.Log, approvers: d.Approvers}, nil
 }
 
 // RequestDigest is the hex SHA-256 of everything that shapes a credential:
@@ -266,9 +273,36 @@ func (v *Approvals) event(ctx context.Context, e ApprovalEvent) {
 	v.log.LogAttrs(ctx, slog.LevelInfo, "approval "+e.Step, slog.String("approval_id", e.Approval.ID), slog.String("requester", e.Approval.Requester),
 		slog.String("profile", e.Approval.Profile), slog.String("cluster", e.Approval.Cluster), slog.String("admin", e.Admin),
 		slog.Int("approvals", len(e.Approval.Votes)), slog.Int("approvers_needed", e.Approval.Needed))
-	if v.notify != nil {
-		v.notify.ApprovalEvent(ctx, e)
+	rule, ok := approvalAlerts[e.Step]
+	if !ok {
+		return
 	}
+	a := e.Approval
+	fields := map[string]string{
+		"approval_id": a.ID, "requester": a.Requester, "profile": a.Profile, "cluster": a.Cluster,
+		"approvers_needed": strconv.Itoa(a.Needed), "approvals": strconv.Itoa(len(a.Votes)),
+		"expires_at": a.ExpiresAt.UTC().Format(time.RFC3339),
+	}
+	var summary string
+	switch e.Step {
+	case "requested":
+		summary = fmt.Sprintf("%s asks for profile %q%s; %d admins other than the requester must approve: credbrokerctl approvals approve %s",
+			a.Requester, a.Profile, clusterText(a.Cluster), a.Needed, a.ID)
+	case "granted":
+		summary = fmt.Sprintf("approval %s of %s for profile %q granted by %s", a.ID, a.Requester, a.Profile, strings.Join(a.Admins(), ", "))
+		fields["approved_by"] = strings.Join(a.Admins(), ", ")
+	case "denied":
+		summary = fmt.Sprintf("approval %s of %s for profile %q denied by %s: %s", a.ID, a.Requester, a.Profile, e.Admin, reasonOrNone(a.DenyReason))
+		fields["denied_by"], fields["reason"] = e.Admin, a.DenyReason
+	}
+	v.alerts.Emit(ctx, alerts.Event{Rule: rule, Subject: "approval " + a.ID, Summary: summary, Fields: fields})
+}
+
+func clusterText(cluster string) string {
+	if cluster == "" {
+		return ""
+	}
+	return " for cluster " + cluster
 }
 
 // approvalRecord is the audit record of one approval step; caller is who

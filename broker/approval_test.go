@@ -53,7 +53,7 @@ func countDecisions(h *harness, d audit.Decision) int {
 // request is not covered; the identical request then gets the credential,
 // once, and every step is on record naming the principals.
 func TestApprovalTwoPerson(t *testing.T) {
-	h := newHarness(t)
+	h := newHarness(t, withApprovalRules)
 	conn := h.dial(h.mint(controllerID, time.Hour))
 	req := &credbrokerv1.IssueCredentialRequest{Profile: "approved-token", Cluster: "team-a/alpha"}
 	_, err := issue(ctxT(t), conn, req)
@@ -123,6 +123,14 @@ func TestApprovalTwoPerson(t *testing.T) {
 	if strings.Join(steps, "; ") != strings.Join(want, "; ") {
 		t.Fatalf("approval records:\n got %v\nwant %v", steps, want)
 	}
+	// Approvers were told of the request and the grant (and of the other
+	// requests), through the alert channels.
+	alerted := strings.Join(h.alerts.rules(), "; ")
+	for _, want := range []string{"approval_requested approval " + id, "approval_granted approval " + id} {
+		if !strings.Contains(alerted, want) {
+			t.Fatalf("alerts %q lack %q", alerted, want)
+		}
+	}
 	list, err := sock.ListApprovals(ctxT(t), &credbrokerv1.ListApprovalsRequest{PageSize: 1})
 	if err != nil || len(list.GetApprovals()) != 1 || list.GetApprovals()[0].GetApprovalId() != id || list.GetNextPageToken() == "" {
 		t.Fatalf("first page of one: %v, %v", list, err)
@@ -137,7 +145,7 @@ func TestApprovalTwoPerson(t *testing.T) {
 // credential is refused when it approves its own request, and its approval
 // is not counted.
 func TestApprovalRequesterCannotApprove(t *testing.T) {
-	h := newHarness(t)
+	h := newHarness(t, withApprovalRules)
 	svid := h.mint(adminID, time.Hour)
 	_, err := issue(ctxT(t), h.dial(svid), &credbrokerv1.IssueCredentialRequest{Profile: "approved-token"})
 	id := waitingFor(t, err, 0)
@@ -160,7 +168,7 @@ func TestApprovalRequesterCannotApprove(t *testing.T) {
 // approved, the identical request opens a new one, and housekeeping records
 // the expiry.
 func TestApprovalDenyAndExpire(t *testing.T) {
-	h := newHarness(t)
+	h := newHarness(t, withApprovalRules)
 	conn := h.dial(h.mint(controllerID, time.Hour))
 	sock := credbrokerv1.NewAdminServiceClient(h.dialAdminSocket())
 	req := &credbrokerv1.IssueCredentialRequest{Profile: "approved-token"}
@@ -176,6 +184,9 @@ func TestApprovalDenyAndExpire(t *testing.T) {
 	}
 	_, err = credbrokerv1.NewAdminServiceClient(h.dial(h.mint(adminID, time.Hour))).Approve(ctxT(t), &credbrokerv1.ApproveRequest{ApprovalId: id})
 	wantReason(t, err, credbrokerv1.ErrorReason_INVALID_REQUEST)
+	if alerted := strings.Join(h.alerts.rules(), "; "); !strings.Contains(alerted, "approval_denied approval "+id) {
+		t.Fatalf("alerts %q lack the denial", alerted)
+	}
 
 	// Another request, approved once, expires.
 	req2 := &credbrokerv1.IssueCredentialRequest{Profile: "approved-token", Cluster: "team-a/alpha"}
@@ -231,7 +242,7 @@ func grant(t *testing.T, h *harness, id string) {
 // TestApprovalUsedOnceUnderConcurrency: many identical requests racing with
 // one granted approval get exactly one credential.
 func TestApprovalUsedOnceUnderConcurrency(t *testing.T) {
-	h := newHarness(t)
+	h := newHarness(t, withApprovalRules)
 	conn := h.dial(h.mint(controllerID, time.Hour))
 	req := &credbrokerv1.IssueCredentialRequest{Profile: "approved-token"}
 	_, err := issue(ctxT(t), conn, req)
@@ -264,7 +275,7 @@ func TestApprovalUsedOnceUnderConcurrency(t *testing.T) {
 // whose issuer then fails is given back, so the retry gets the credential;
 // once issued it is used.
 func TestApprovalReleasedOnUpstreamFailure(t *testing.T) {
-	h := newHarness(t)
+	h := newHarness(t, withApprovalRules)
 	h.upstream.answer = func(call int, r issuers.Request) (issuers.Credential, error) {
 		if call == 1 {
 			return issuers.Credential{}, &issuers.Error{Kind: issuers.ErrUnavailable, Code: "ServiceUnavailable", Err: errors.New("sts down")}
@@ -297,7 +308,7 @@ func TestApprovalReleasedOnUpstreamFailure(t *testing.T) {
 // broker.MaxOpenApprovals approvals open; another request is refused with
 // QUOTA_EXHAUSTED and stores nothing; identical requests cost nothing.
 func TestApprovalBoundPerIdentity(t *testing.T) {
-	h := newHarness(t)
+	h := newHarness(t, withApprovalRules)
 	conn := h.dial(h.mint(controllerID, time.Hour))
 	ask := func(i int) error {
 		_, err := issue(ctxT(t), conn, &credbrokerv1.IssueCredentialRequest{Profile: "approved-token", Ttl: durationpb.New(time.Duration(i+1) * time.Minute)})
@@ -322,7 +333,7 @@ func TestApprovalBoundPerIdentity(t *testing.T) {
 
 // TestApprovalNeeded: the function policy explain asks.
 func TestApprovalNeeded(t *testing.T) {
-	h := newHarness(t)
+	h := newHarness(t, withApprovalRules)
 	if r, ok := h.service().ApprovalNeeded("approved-token"); !ok || r.Approvers != 2 {
 		t.Fatalf("approved-token: %+v, %v", r, ok)
 	}

@@ -31,6 +31,7 @@ import (
 	"github.com/credbroker/credbroker/attest/jwtsvid"
 	attestx509 "github.com/credbroker/credbroker/attest/x509svid"
 	"github.com/credbroker/credbroker/broker"
+	"github.com/credbroker/credbroker/broker/alerts"
 	"github.com/credbroker/credbroker/broker/audit"
 	"github.com/credbroker/credbroker/broker/config"
 	"github.com/credbroker/credbroker/broker/limits"
@@ -164,6 +165,7 @@ type harness struct {
 	state      *boltstate.Store
 	revoke     *broker.Revocations
 	approvals  *broker.Approvals
+	alerts     *recordedAlerts
 	svc        *broker.Service
 	issuer     *countingIssuer
 	jwtIssuer  *jwt.Issuer
@@ -184,8 +186,7 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 		rules: []policy.Rule{
 			{ID: "spiffe://example.test/ns/*/sa/capa-controller-manager", Profiles: []string{"capa-token"}, Clusters: []string{"capi-*/*"}},
 			{ID: "spiffe://example.test/capi/cluster/*/*/node/*", Profiles: []string{"capa-token"}, Clusters: []string{"*"}},
-			{ID: controllerID.String(), Profiles: []string{"plain-token", "boom", "upstream", "approved-token", "approved-upstream"}},
-			{ID: adminID.String(), Profiles: []string{"approved-token"}},
+			{ID: controllerID.String(), Profiles: []string{"plain-token", "boom", "upstream"}},
 		},
 		uids:     []uint32{uint32(os.Getuid())},
 		requests: broker.DefaultRequestLimits(),
@@ -259,8 +260,9 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 	profile := func(name, mode string) broker.Profile {
 		return broker.Profile{Name: name, IssuerName: "local", Issuer: h.issuer, DefaultTTL: 5 * time.Minute, MaxTTL: 15 * time.Minute, Audiences: []string{name, "sts.amazonaws.com"}, ClusterMode: mode}
 	}
+	h.alerts = &recordedAlerts{}
 	if h.approvals, err = broker.NewApprovals(broker.ApprovalsDeps{Store: h.state, Audit: h.audit, Clock: h.clock.Now, NewID: newID, Log: log,
-		Approvers: "an admin other than the requester"}); err != nil {
+		Approvers: "an admin other than the requester", Alerts: h.alerts}); err != nil {
 		t.Fatal(err)
 	}
 	approved := profile("approved-token", config.ClusterOptional)
@@ -278,7 +280,7 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 		},
 		Policy: pol, Limiter: limiter, Ledger: ledger, Audit: h.audit, Clock: h.clock.Now, NewID: newID, Log: log, Metrics: metrics, Refusals: h.refusals,
 		Revocations: index, Approvals: h.approvals,
-		Watches:     h.watches,
+		Watches: h.watches,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -440,3 +442,34 @@ func issue(ctx context.Context, conn *grpc.ClientConn, req *credbrokerv1.IssueCr
 }
 
 func (h *harness) service() *broker.Service { return h.svc }
+
+// withApprovalRules lets the controller ask for the profiles that need
+// approval, and the admin identity for approved-token (so that it can try
+// to approve its own request).
+func withApprovalRules(c *harnessConfig) {
+	c.rules = append(c.rules,
+		policy.Rule{ID: controllerID.String(), Profiles: []string{"approved-token", "approved-upstream"}},
+		policy.Rule{ID: adminID.String(), Profiles: []string{"approved-token"}})
+}
+
+// recordedAlerts keeps the alerts raised, in order.
+type recordedAlerts struct {
+	mu     sync.Mutex
+	events []alerts.Event
+}
+
+func (r *recordedAlerts) Emit(_ context.Context, e alerts.Event) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.events = append(r.events, e)
+}
+
+func (r *recordedAlerts) rules() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for _, e := range r.events {
+		out = append(out, e.Rule+" "+e.Subject)
+	}
+	return out
+}

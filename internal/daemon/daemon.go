@@ -189,7 +189,8 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	approvals, err := broker.NewApprovals(broker.ApprovalsDeps{
 		Store: st, Audit: auditLog, NewID: newIssuanceID, Log: log, Approvers: approversText(cfg),
-		Notifier: approvalNotifier,
+		// Alerts: the daemon's alerts.Alerter, once it builds one (until
+		// then approvers are told through the log).
 	})
 	if err != nil {
 		return err
@@ -416,10 +417,6 @@ func approversText(cfg *config.Config) string {
 	parts = append(parts, "a user with uid "+strings.Join(us, " or ")+" on the admin socket "+cfg.Admin.Socket)
 	return "an admin other than the requester — " + strings.Join(parts, ", or ") + " —"
 }
-
-// approvalNotifier tells approvers of approval steps beyond the log; nil
-// until the alerts channel (broker/alerts) is wired here.
-var approvalNotifier broker.ApprovalNotifier
 
 func serveGRPC(s *grpc.Server, lis net.Listener) error {
 	if err := s.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {

@@ -113,7 +113,9 @@ func TestBreakingChangesFailLint(t *testing.T) {
 // compatible.
 func TestAdditionsPassLint(t *testing.T) {
 	add := func(s string) string {
-		s = strings.Replace(s, "  DEADLINE_EXCEEDED = 23;", "  DEADLINE_EXCEEDED = 23;\n\n  // Added later.\n  SOMETHING_NEW = 24;", 1)
+		// A number far past the ones in use, so that reasons added since do
+		// not collide with it.
+		s = strings.Replace(s, "  DEADLINE_EXCEEDED = 23;", "  DEADLINE_EXCEEDED = 23;\n\n  // Added later.\n  SOMETHING_NEW = 1000;", 1)
 		return s
 	}
 	if out, ok := breaking(t, protoCopy(t, "proto/credbroker/v1/errors.proto", add)); !ok {
