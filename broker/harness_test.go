@@ -252,7 +252,7 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hc.watch.Clock = h.clock.Now
+	hc.watch.Clock, hc.watch.Registerer = h.clock.Now, h.reg
 	if h.watches, err = broker.NewWatches(index, h.audit, hc.watch); err != nil {
 		t.Fatal(err)
 	}

@@ -31,7 +31,7 @@ func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	return nil
 }
 
-// metricSum is the sum of every series of the named metric.
+// metricSum is the sum of every series of the named counter or gauge.
 func (h *harness) metricSum(name string) float64 {
 	h.t.Helper()
 	families, err := h.reg.Gather()
@@ -42,7 +42,7 @@ func (h *harness) metricSum(name string) float64 {
 	for _, f := range families {
 		if f.GetName() == name {
 			for _, m := range f.GetMetric() {
-				sum += m.GetCounter().GetValue()
+				sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
 			}
 		}
 	}

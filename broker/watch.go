@@ -2,9 +2,11 @@ package broker
 
 import (
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -55,6 +57,10 @@ type WatchConfig struct {
 	Heartbeat time.Duration
 	// Clock decides which revocations are in force (nil: time.Now).
 	Clock func() time.Time
+	// Registerer, when set, gets the watches' metrics: the streams open
+	// (credbroker_revocation_watches) and those refused by the caps
+	// (credbroker_revocation_watches_refused_total).
+	Registerer prometheus.Registerer
 }
 
 // Watches serves BrokerService.WatchRevocations: it fans the revocation
@@ -70,6 +76,7 @@ type Watches struct {
 	perID     int
 	total     int
 	cancel    func()
+	refusedN  prometheus.Counter
 
 	mu     sync.Mutex
 	subs   map[*watcher]struct{}
@@ -105,6 +112,22 @@ func NewWatches(feed RevocationFeed, issued IssuanceReader, c WatchConfig) (*Wat
 	}
 	w := &Watches{feed: feed, issued: issued, now: c.Clock, heartbeat: c.Heartbeat, perID: c.PerIdentity, total: c.Total,
 		subs: map[*watcher]struct{}{}, open: map[string]int{}, stop: make(chan struct{})}
+	w.refusedN = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "credbroker_revocation_watches_refused_total",
+		Help: "WatchRevocations streams refused because the caller's identity, or the broker, had as many open as limits.watch_streams allows.",
+	})
+	if c.Registerer != nil {
+		if err := c.Registerer.Register(w.refusedN); err != nil {
+			return nil, fmt.Errorf("broker: NewWatches: %w", err)
+		}
+		open := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "credbroker_revocation_watches",
+			Help: "WatchRevocations streams open (sidecars watching for revocations of what they serve).",
+		}, func() float64 { return float64(w.Open()) })
+		if err := c.Registerer.Register(open); err != nil {
+			return nil, fmt.Errorf("broker: NewWatches: %w", err)
+		}
+	}
 	w.cancel = feed.Subscribe(w.publish)
 	return w, nil
 }
@@ -113,12 +136,15 @@ func NewWatches(feed RevocationFeed, issued IssuanceReader, c WatchConfig) (*Wat
 // refuses new ones and stops listening to the index.
 func (w *Watches) Stop() {
 	w.mu.Lock()
-	defer w.mu.Unlock()
 	if w.closed {
+		w.mu.Unlock()
 		return
 	}
 	w.closed = true
 	close(w.stop)
+	w.mu.Unlock()
+	// Outside w.mu: the index calls publish (which takes w.mu) while it
+	// holds what cancel waits for.
 	w.cancel()
 }
 
@@ -247,10 +273,12 @@ func (w *Watches) acquire(identity string) error {
 	case w.closed:
 		return errorf(credbrokerv1.ErrorReason_UNAVAILABLE, "broker is shutting down")
 	case w.open[identity] >= w.perID:
+		w.refusedN.Inc()
 		ae := errorf(credbrokerv1.ErrorReason_RATE_LIMITED, "%s already has %d revocation watches open, the most one identity may; close one", identity, w.open[identity])
 		ae.retryAfter = w.heartbeat
 		return ae.with(MetaLimit, MetaLimitWatchStreams)
 	case w.nopen >= w.total:
+		w.refusedN.Inc()
 		ae := errorf(credbrokerv1.ErrorReason_RATE_LIMITED, "the broker has %d revocation watches open, the most it serves; retry later", w.nopen)
 		ae.retryAfter = w.heartbeat
 		return ae.with(MetaLimit, MetaLimitWatchStreams)

@@ -212,8 +212,9 @@ func TestWatchRevocationsStreamCaps(t *testing.T) {
 	if _, info := wantReason(t, err, credbrokerv1.ErrorReason_RATE_LIMITED); info.GetMetadata()["limit"] != broker.MetaLimitWatchStreams {
 		t.Errorf("total refusal %v", info)
 	}
-	if n := h.watches.Open(); n != 3 {
-		t.Errorf("%d watches open, want 3", n)
+	if n := h.watches.Open(); n != 3 || h.metricSum("credbroker_revocation_watches") != 3 || h.metricSum("credbroker_revocation_watches_refused_total") != 2 {
+		t.Errorf("%d watches open, want 3; metrics: %v open, %v refused (want 2)", n,
+			h.metricSum("credbroker_revocation_watches"), h.metricSum("credbroker_revocation_watches_refused_total"))
 	}
 
 	h.watches.Stop()

@@ -85,8 +85,9 @@ expire (see above). --watch-revocations=false turns the watch off.
 Startup: every credential is fetched once. If the broker refuses (permission
 denied, unauthenticated, invalid argument, not found, or a profile that does
 not issue AWS credentials) the sidecar exits 1. If it is merely unavailable
-the sidecar serves anyway (503, /healthz 503) and keeps retrying. When the
-endpoint is up it logs "msg=serving addr=HOST:PORT".
+the sidecar serves anyway (503, /healthz 503) and keeps retrying; if its
+identity or cluster is revoked it serves the refusal (403) until the lift.
+When the endpoint is up it logs "msg=serving addr=HOST:PORT".
 
 Exit status: 0 after SIGTERM/SIGINT, 1 on failure, 2 on bad usage.
 

@@ -177,7 +177,7 @@ func Run(ctx context.Context, opts Options) error {
 	// Sidecars watch the revocations covering what they serve, so that they
 	// stop serving a revoked credential at once.
 	watches, err := broker.NewWatches(revIndex, auditLog, broker.WatchConfig{
-		PerIdentity: cfg.Limits.WatchStreams.PerIdentity, Total: cfg.Limits.WatchStreams.Total})
+		PerIdentity: cfg.Limits.WatchStreams.PerIdentity, Total: cfg.Limits.WatchStreams.Total, Registerer: reg})
 	if err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@ package sidecar
 import (
 	"bytes"
 	"context"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -190,6 +191,29 @@ func TestRunStartup(t *testing.T) {
 		}
 	case err := <-done:
 		t.Fatalf("Run gave up on an unavailable broker: %v", err)
+	}
+	cancel()
+	<-done
+
+	// Revoked: serve the refusal (403 naming the revocation) and keep asking.
+	b.fail(revokedStatus("r1"))
+	ctx, cancel = context.WithCancel(t.Context())
+	go func() { done <- Run(ctx, opts) }()
+	select {
+	case a := <-addrs:
+		req, _ := http.NewRequest(http.MethodGet, "http://"+a.String()+CredentialsPath+"default", nil)
+		req.Header.Set("Authorization", testToken)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "CredentialRevoked") || !strings.Contains(string(body), "r1") {
+			t.Errorf("revoked at start: HTTP %d %s", resp.StatusCode, body)
+		}
+	case err := <-done:
+		t.Fatalf("Run gave up on a revoked identity: %v", err)
 	}
 	cancel()
 	<-done

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/credbroker/credbroker/internal/brokerclient"
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
 // ShutdownTimeout bounds how long Run waits for requests in progress after
@@ -64,7 +65,9 @@ type Options struct {
 // Startup: a broker answer that will not change by retrying —
 // PermissionDenied, Unauthenticated, InvalidArgument, NotFound,
 // Unimplemented, or a profile that does not issue AWS credentials — makes
-// Run return an error before serving. Anything else (Unavailable, deadline,
+// Run return an error before serving. REVOKED does not: Run serves the
+// refusal (403) and asks again with backoff, and at once when the lift is
+// seen. Anything else (Unavailable, deadline,
 // ResourceExhausted, FailedPrecondition such as a pending approval) is
 // logged, and Run serves anyway and keeps retrying in the background;
 // /healthz answers 503 until every credential is held.
@@ -217,6 +220,11 @@ func fetchAll(ctx context.Context, rs []*Refresher, log *slog.Logger) error {
 				return nil
 			case ctx.Err() != nil:
 				return ctx.Err()
+			case brokerclient.Reason(err) == credbrokerv1.ErrorReason_REVOKED:
+				// An operator's decision, which a lift undoes: serve the
+				// refusal (403 naming the revocation) rather than exit.
+				log.Warn("revoked; serving the refusal until the revocation is lifted", "credential", r.Spec().Name, "error", describe(err))
+				return nil
 			case Permanent(err):
 				return fmt.Errorf("sidecar: credential %q (profile %q): %s", r.Spec().Name, r.Spec().Profile, describe(err))
 			default:
