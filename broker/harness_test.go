@@ -40,6 +40,7 @@ import (
 	"github.com/credbroker/credbroker/broker/state"
 	"github.com/credbroker/credbroker/broker/state/boltstate"
 	"github.com/credbroker/credbroker/internal/ca"
+	"github.com/credbroker/credbroker/internal/webhook"
 	"github.com/credbroker/credbroker/issuers"
 	"github.com/credbroker/credbroker/issuers/jwt"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
@@ -149,6 +150,10 @@ type harnessConfig struct {
 	watch broker.WatchConfig
 	// adminState, when set, wraps the state the admin API changes.
 	adminState func(broker.AdminState) broker.AdminState
+	// alerts, when set, wires an Alerter as the daemon does (defaults
+	// applied here), with webhook for its sender's test knobs.
+	alerts  *config.Alerts
+	webhook webhook.Options
 }
 
 // harness is a real broker: real TLS on loopback, real bbolt on a temp file,
@@ -177,6 +182,8 @@ type harness struct {
 	reg      *prometheus.Registry
 	refusals *broker.Refusals
 	watches  *broker.Watches
+	// alerter is set when harnessConfig.alerts is.
+	alerter *alerts.Alerter
 }
 
 func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
@@ -222,7 +229,28 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 		t.Fatal(err)
 	}
 	t.Cleanup(index.Close)
+	log := slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	h.reg = prometheus.NewRegistry()
 	var revOpts []broker.RevocationOption
+	var refusalOpts []broker.RefusalOption
+	var decisionAlerts broker.DecisionAlerts
+	var emitter alerts.Emitter
+	if hc.alerts != nil {
+		hc.alerts.ApplyDefaults()
+		if h.alerter, err = alerts.New(*hc.alerts, alerts.Options{Log: log, Registerer: h.reg, Now: h.clock.Now, Usage: h.state.Usage, Webhook: hc.webhook}); err != nil {
+			t.Fatal(err)
+		}
+		// Closed after the servers stop (cleanups run last-registered first),
+		// without waiting for receivers: a test's receiver may hang.
+		t.Cleanup(func() {
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel()
+			_ = h.alerter.Close(ctx)
+		})
+		revOpts = append(revOpts, broker.WithRevocationAlerts(h.alerter))
+		refusalOpts = append(refusalOpts, broker.WithRefusalAlerts(h.alerter))
+		decisionAlerts, emitter = h.alerter, h.alerter
+	}
 	if hc.upstreamRevokers != nil {
 		revOpts = append(revOpts, broker.WithUpstreamRevokers(hc.upstreamRevokers, nil))
 	}
@@ -241,14 +269,12 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	log := slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	h.reg = prometheus.NewRegistry()
 	metrics := broker.NewMetrics(h.reg)
 	rateLimits, err := broker.NewRateLimits(hc.requests, h.clock.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.refusals, err = broker.NewRefusals(h.audit, metrics, hc.refusals, h.clock.Now)
+	h.refusals, err = broker.NewRefusals(h.audit, metrics, hc.refusals, h.clock.Now, refusalOpts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -281,6 +307,7 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 		Policy: pol, Limiter: limiter, Ledger: ledger, Audit: h.audit, Clock: h.clock.Now, NewID: newID, Log: log, Metrics: metrics, Refusals: h.refusals,
 		Revocations: index, Approvals: h.approvals,
 		Watches: h.watches,
+		Alerts:  decisionAlerts,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -292,6 +319,7 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 			TrustDomain: td, State: h.state, CA: h.ca, Audit: h.audit,
 			Bundle:  func() ([]*x509.Certificate, error) { return []*x509.Certificate{h.ca.Certificate()}, nil },
 			SVIDTTL: time.Hour, NewID: newID, Log: log, Clock: h.clock.Now, Refusals: h.refusals, Revocations: h.revoke,
+			Alerts: emitter,
 		})
 		if err != nil {
 			t.Fatal(err)

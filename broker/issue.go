@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/credbroker/credbroker/attest"
+	"github.com/credbroker/credbroker/broker/alerts"
 	"github.com/credbroker/credbroker/broker/audit"
 	"github.com/credbroker/credbroker/broker/config"
 	"github.com/credbroker/credbroker/broker/limits"
@@ -81,6 +82,7 @@ type Service struct {
 	// none does.
 	approvals *Approvals
 	approving state.ApprovalLedger[audit.Record]
+	alerts    DecisionAlerts
 }
 
 // ServiceDeps are what a Service is built from.
@@ -111,6 +113,16 @@ type ServiceDeps struct {
 	// when one does, and then Ledger must be a state.ApprovalLedger (both
 	// boltstate's and state.SpendFirst's are).
 	Approvals *Approvals
+	// Alerts is told of every credential handed out (mass_issuance,
+	// quota_near_limit); share it with the Refusals. Nil: no alerts.
+	Alerts DecisionAlerts
+}
+
+// DecisionAlerts receives the decisions the counting alert rules count
+// (broker/alerts.Alerter). Both calls return at once.
+type DecisionAlerts interface {
+	Issued(ctx context.Context, is alerts.Issuance)
+	Refused(ctx context.Context, r alerts.Refusal)
 }
 
 // NewService returns a Service. Every dependency but Clock is
@@ -126,7 +138,8 @@ func NewService(d ServiceDeps) (*Service, error) {
 		d.Refusals = mustDefaultRefusals(d.Audit, d.Metrics, d.Clock)
 	}
 	s := &Service{profiles: d.Profiles, policy: d.Policy, limiter: d.Limiter, ledger: d.Ledger, audit: d.Audit, now: d.Clock,
-		newID: d.NewID, log: d.Log, metrics: d.Metrics, refusals: d.Refusals, revoked: d.Revocations, watches: d.Watches, approvals: d.Approvals}
+		newID: d.NewID, log: d.Log, metrics: d.Metrics, refusals: d.Refusals, revoked: d.Revocations, watches: d.Watches, approvals: d.Approvals,
+		alerts: d.Alerts}
 	for name, p := range d.Profiles {
 		if !p.Approval.Required() {
 			continue
@@ -293,6 +306,9 @@ func (s *Service) issue(ctx context.Context, caller attest.Caller, req *credbrok
 	}
 	if cred.Reused {
 		s.metrics.reused.WithLabelValues(prof.Name).Inc()
+	}
+	if s.alerts != nil {
+		s.alerts.Issued(ctx, alerts.Issuance{Identity: rec.Caller, Cluster: rec.Cluster, Profile: prof.Name, Charges: res.Charges()})
 	}
 	return toProto(rec, cred), nil
 }

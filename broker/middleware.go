@@ -262,7 +262,7 @@ func (g *Gate) throttled(ctx context.Context, fullMethod string, class refusalCl
 	if fullMethod == credbrokerv1.BrokerService_IssueCredential_FullMethodName {
 		g.metrics.observe(audit.DecisionThrottled, "unknown", 0)
 	}
-	if _, aerr := g.refusals.record(class, key, rec); aerr != nil {
+	if _, aerr := g.refusals.record(ctx, class, key, rec); aerr != nil {
 		g.log.LogAttrs(ctx, slog.LevelError, "cannot record a rate-limited request", slog.String("error", aerr.Error()))
 	}
 	g.log.LogAttrs(ctx, slog.LevelDebug, "request rate-limited", slog.String("key", key), slog.String("error", lerr.msg))
@@ -330,7 +330,7 @@ func (g *Gate) unauthenticated(ctx context.Context, fullMethod string, kind api,
 	if kind == apiWorkload || kind == apiNode {
 		g.metrics.observe(decision, "unknown", 0)
 		rec := audit.Record{Decision: decision, Reason: clipWith(msg, " (from "+sourceOf(ctx)+")")}
-		recorded, aerr := g.refusals.record(byAddress, key, rec)
+		recorded, aerr := g.refusals.record(ctx, byAddress, key, rec)
 		if aerr != nil {
 			g.log.LogAttrs(ctx, slog.LevelError, "cannot record unauthenticated request", slog.String("error", aerr.Error()))
 		}

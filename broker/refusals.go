@@ -14,6 +14,7 @@ import (
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc/peer"
 
+	"github.com/credbroker/credbroker/broker/alerts"
 	"github.com/credbroker/credbroker/broker/audit"
 	"github.com/credbroker/credbroker/broker/config"
 	"github.com/credbroker/credbroker/broker/limits"
@@ -99,6 +100,16 @@ type Refusals struct {
 	metrics *Metrics
 	now     func() time.Time
 	classes [2]*refusalTable
+	alerts  DecisionAlerts
+}
+
+// RefusalOption configures Refusals.
+type RefusalOption func(*Refusals)
+
+// WithRefusalAlerts tells a every refusal, recorded or only counted, for the
+// burst alert rules: a burst is exactly what the recording bounds thin out.
+func WithRefusalAlerts(a DecisionAlerts) RefusalOption {
+	return func(r *Refusals) { r.alerts = a }
 }
 
 // refusalTable is the recording state of one class.
@@ -122,7 +133,7 @@ type refusalKey struct {
 
 // NewRefusals returns a Refusals writing to log under l; now is the clock
 // that paces it (nil: time.Now).
-func NewRefusals(log AuditLog, m *Metrics, l RefusalLimits, now func() time.Time) (*Refusals, error) {
+func NewRefusals(log AuditLog, m *Metrics, l RefusalLimits, now func() time.Time, opts ...RefusalOption) (*Refusals, error) {
 	if log == nil || m == nil {
 		return nil, errors.New("broker: NewRefusals: missing dependency")
 	}
@@ -130,6 +141,9 @@ func NewRefusals(log AuditLog, m *Metrics, l RefusalLimits, now func() time.Time
 		now = time.Now
 	}
 	r := &Refusals{audit: log, metrics: m, now: now}
+	for _, o := range opts {
+		o(r)
+	}
 	for i, rl := range []RecordingLimits{l.ByIdentity, l.ByAddress} {
 		if _, err := limits.NewBuckets(rl.PerKey, &rl.Total, 0); err != nil {
 			return nil, fmt.Errorf("broker: refusal recording by %s: %w", refusalClass(i), err)
@@ -167,10 +181,10 @@ func (r *Refusals) Refuse(ctx context.Context, rec *audit.Record, d audit.Decisi
 		_, aerr = r.audit.Append(*rec)
 		recorded = aerr == nil
 	case rec.Caller != "":
-		recorded, aerr = r.record(byIdentity, rec.Caller, *rec)
+		recorded, aerr = r.record(ctx, byIdentity, rec.Caller, *rec)
 	default:
 		rec.Reason = clip(rec.Reason + " (from " + sourceOf(ctx) + ")")
-		recorded, aerr = r.record(byAddress, sourceKey(ctx), *rec)
+		recorded, aerr = r.record(ctx, byAddress, sourceKey(ctx), *rec)
 	}
 	if aerr != nil {
 		err = wrapf(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, errors.Join(err, aerr), "audit store unavailable (issuance %s)", rec.IssuanceID)
@@ -212,8 +226,16 @@ func RefusalLogLevel(err error, level slog.Level) slog.Level {
 
 // record writes rec, a refusal under key, unless the key or its class is
 // over its recording rate; then it only counts it. It reports whether rec
-// was written, and the audit log's error if writing failed.
-func (r *Refusals) record(class refusalClass, key string, rec audit.Record) (bool, error) {
+// was written, and the audit log's error if writing failed. Every refusal
+// is counted for the alert rules first.
+func (r *Refusals) record(ctx context.Context, class refusalClass, key string, rec audit.Record) (bool, error) {
+	if r.alerts != nil {
+		a := alerts.Refusal{Identity: key, Throttled: rec.Decision == audit.DecisionThrottled}
+		if class == byAddress {
+			a = alerts.Refusal{Address: key, Throttled: a.Throttled}
+		}
+		r.alerts.Refused(ctx, a)
+	}
 	t := r.classes[class]
 	now := r.now()
 	t.mu.Lock()

@@ -37,7 +37,7 @@ func TestRefusalTableFullOfOwedSummariesOverflows(t *testing.T) {
 	r.classes[byAddress].maxKeys, r.classes[byAddress].sweepAt = tracked, 0
 	for i := 0; i < tracked+extra; i++ {
 		for j := 0; j < each; j++ {
-			if _, err := r.record(byAddress, fmt.Sprint("10.0.0.", i), audit.Record{Reason: "refused"}); err != nil {
+			if _, err := r.record(t.Context(), byAddress, fmt.Sprint("10.0.0.", i), audit.Record{Reason: "refused"}); err != nil {
 				t.Fatal(err)
 			}
 		}

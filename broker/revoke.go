@@ -11,6 +11,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/credbroker/credbroker/broker/alerts"
 	"github.com/credbroker/credbroker/broker/audit"
 	"github.com/credbroker/credbroker/broker/state"
 	"github.com/credbroker/credbroker/issuers"
@@ -55,7 +56,8 @@ type Revocations struct {
 	log      *slog.Logger
 	// aws compiles the AWS deny document of a revocation (nil: no AWS
 	// STS issuer).
-	aws AWSPolicies
+	aws    AWSPolicies
+	alerts alerts.Emitter
 }
 
 // RevocationOption configures Revocations.
@@ -66,6 +68,11 @@ type RevocationOption func(*Revocations)
 // leases and tokens), and log failures to log (nil: discarded).
 func WithUpstreamRevokers(byIssuer map[string]issuers.UpstreamRevoker, log *slog.Logger) RevocationOption {
 	return func(v *Revocations) { v.upstream, v.log = byIssuer, log }
+}
+
+// WithRevocationAlerts raises a revocation alert for every revocation made.
+func WithRevocationAlerts(e alerts.Emitter) RevocationOption {
+	return func(v *Revocations) { v.alerts = e }
 }
 
 // NewRevocations returns the revocation admin; clock nil means time.Now.
@@ -84,6 +91,9 @@ func NewRevocations(store RevocationStore, index RevocationChecker, log Revocati
 	}
 	if v.log == nil {
 		v.log = slog.New(slog.DiscardHandler)
+	}
+	if v.alerts == nil {
+		v.alerts = alerts.Nop{}
 	}
 	return v, nil
 }
@@ -155,6 +165,9 @@ func (v *Revocations) RevokeUpstream(ctx context.Context, admin string, kind sta
 		return state.Revocation{}, nil, wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "revocation store unavailable; nothing was revoked")
 	}
 	rec.Reason = clip(fmt.Sprintf("revoked %s %s by %s: %s (revocation %s%s)", kind, target, admin, reasonOrNone(reason), id, untilText(until)))
+	// The revocation is in force from here on, whatever else fails.
+	v.alerts.Emit(ctx, alerts.Event{Rule: alerts.Revocation, Subject: "revocation " + id, Summary: rec.Reason,
+		Fields: map[string]string{"kind": string(kind), "target": target, "admin": admin, "reason": reason, "until": untilField(until)}})
 	_, auditErr := v.audit.Append(rec)
 	// Upstream revocation follows the broker-side one and never undoes it:
 	// its outcome is on record, and the admin may revoke again.
@@ -416,6 +429,15 @@ func revokedError(r state.Revocation) *apiError {
 // attestAdmin marks a record of an operator action through the admin API;
 // its caller is the admin principal.
 const attestAdmin = "admin"
+
+// untilField is a revocation's end for an alert: RFC 3339, or "" for
+// until lifted.
+func untilField(until time.Time) string {
+	if until.IsZero() {
+		return ""
+	}
+	return until.UTC().Format(time.RFC3339)
+}
 
 func reasonOrNone(reason string) string {
 	if reason == "" {

@@ -3,8 +3,8 @@
 // unauthenticated attempts, a broken audit chain, revocations, approvals
 // and node evictions.
 //
-// Every alert is, at once, a structured log event (msg "alert", keys
-// alert_id, rule, severity, subject, summary and the group fields), a count
+// Every alert is, at once, a structured log event (msg "alert", keys rule,
+// severity, subject, summary, alert_id and the group fields), a count
 // in credbroker_alerts_total{rule}, and a signed JSON POST to each
 // configured webhook that asks for its rule (internal/webhook; the payload
 // is Payload).
@@ -349,8 +349,8 @@ func (a *Alerter) logAlert(ctx context.Context, p Payload) {
 	case Critical:
 		level = slog.LevelError
 	}
-	attrs := []slog.Attr{slog.String("alert_id", p.ID), slog.String("rule", p.Rule), slog.String("severity", string(p.Severity)),
-		slog.String("subject", p.Subject), slog.String("summary", p.Summary)}
+	attrs := []slog.Attr{slog.String("rule", p.Rule), slog.String("severity", string(p.Severity)),
+		slog.String("subject", p.Subject), slog.String("summary", p.Summary), slog.String("alert_id", p.ID)}
 	if len(p.Fields) > 0 {
 		var fs []any
 		for _, k := range slices.Sorted(maps.Keys(p.Fields)) {

@@ -21,6 +21,7 @@ import (
 	"github.com/credbroker/credbroker/attest"
 	"github.com/credbroker/credbroker/attest/jointoken"
 	"github.com/credbroker/credbroker/broker"
+	"github.com/credbroker/credbroker/broker/alerts"
 	"github.com/credbroker/credbroker/broker/audit"
 	"github.com/credbroker/credbroker/broker/page"
 	"github.com/credbroker/credbroker/broker/state"
@@ -99,6 +100,8 @@ type NodeDeps struct {
 	// identity (broker.Revocations), so that the Gate refuses it everywhere
 	// like any other revoked identity.
 	Revocations Revoker
+	// Alerts raises node_evicted for every eviction; nil: none.
+	Alerts alerts.Emitter
 }
 
 // Revoker is the part of broker.Revocations the node authority uses.
@@ -448,6 +451,7 @@ func (n *NodeAuthority) evict(ctx context.Context, id string) (*credbrokerv1.Evi
 				return nil, err
 			}
 		}
+		n.alertEvicted(ctx, node)
 		return n.evicted(node)
 	}
 	rid, err := n.d.NewID()
@@ -457,10 +461,22 @@ func (n *NodeAuthority) evict(ctx context.Context, id string) (*credbrokerv1.Evi
 	rec := audit.Record{IssuanceID: rid, Caller: node.SPIFFEID, Attestation: node.Attestation, Profile: NodeSVIDProfile,
 		Issuer: NodeCAIssuer, Cluster: node.Cluster, Decision: audit.DecisionRevoked, Reason: broker.Clip("node evicted by " + broker.AdminPrincipal(ctx)),
 		UpstreamRef: node.Serial}
+	n.alertEvicted(ctx, node)
 	if _, err := n.d.Audit.Append(rec); err != nil {
 		return nil, broker.Wrapf(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, err, "audit store unavailable; the node is evicted but the eviction is not on record")
 	}
 	return n.evicted(node)
+}
+
+// alertEvicted raises node_evicted for a node that is now evicted.
+func (n *NodeAuthority) alertEvicted(ctx context.Context, node state.Node) {
+	if n.d.Alerts == nil {
+		return
+	}
+	admin := broker.AdminPrincipal(ctx)
+	n.d.Alerts.Emit(ctx, alerts.Event{Rule: alerts.NodeEvicted, Subject: "node " + node.SPIFFEID,
+		Summary: "node " + node.SPIFFEID + " of cluster " + node.Cluster + " evicted by " + admin,
+		Fields:  map[string]string{"node": node.SPIFFEID, "cluster": node.Cluster, "admin": admin, "serial": node.Serial}})
 }
 
 // evicted answers an eviction: the node and its issuances that have not

@@ -29,6 +29,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/credbroker/credbroker/broker"
+	"github.com/credbroker/credbroker/broker/alerts"
 	"github.com/credbroker/credbroker/broker/audit"
 	"github.com/credbroker/credbroker/broker/config"
 	"github.com/credbroker/credbroker/broker/limits"
@@ -134,7 +135,21 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
-	refusals, err := broker.NewRefusals(auditLog, metrics, broker.RefusalLimitsFrom(cfg.Limits.RefusalRecords), nil)
+	// Alerts: log events and counters always, webhooks as configured. Its
+	// webhook queue drains (up to the shutdown grace) after the servers
+	// stop, so the alerts of the last requests still go out.
+	alerter, err := alerts.New(cfg.Alerts, alerts.Options{Log: log, Registerer: reg, Usage: st.Usage})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		actx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
+		defer cancel()
+		if err := alerter.Close(actx); err != nil {
+			log.Warn("alert webhooks not drained before the shutdown grace ended", slog.String("error", err.Error()))
+		}
+	}()
+	refusals, err := broker.NewRefusals(auditLog, metrics, broker.RefusalLimitsFrom(cfg.Limits.RefusalRecords), nil, broker.WithRefusalAlerts(alerter))
 	if err != nil {
 		return err
 	}
@@ -166,7 +181,7 @@ func Run(ctx context.Context, opts Options) error {
 	if issuerSet.jwt != nil {
 		issuerSet.jwt.SetRevokedSource(revokedJTIs(revIndex, issuerSet.jwtName, jwtMaxTTL(cfg, issuerSet.jwtName), time.Now))
 	}
-	revOpts := []broker.RevocationOption{broker.WithUpstreamRevokers(issuerSet.upstreamRevokers(), log)}
+	revOpts := []broker.RevocationOption{broker.WithUpstreamRevokers(issuerSet.upstreamRevokers(), log), broker.WithRevocationAlerts(alerter)}
 	if aws := newAWSRevocations(cfg, revIndex, time.Now, log); aws != nil {
 		revOpts = append(revOpts, broker.WithAWSPolicies(aws))
 	}
@@ -183,14 +198,13 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	defer watches.Stop()
 	// Before the authenticators are built: it adds the node CA to the trust.
-	nodeAuth, err := buildNodeAuthority(cfg, trust, st, auditLog, refusals, revocations, log)
+	nodeAuth, err := buildNodeAuthority(cfg, trust, st, auditLog, refusals, revocations, alerter, log)
 	if err != nil {
 		return err
 	}
 	approvals, err := broker.NewApprovals(broker.ApprovalsDeps{
 		Store: st, Audit: auditLog, NewID: newIssuanceID, Log: log, Approvers: approversText(cfg),
-		// Alerts: the daemon's alerts.Alerter, once it builds one (until
-		// then approvers are told through the log).
+		Alerts: alerter,
 	})
 	if err != nil {
 		return err
@@ -209,6 +223,7 @@ func Run(ctx context.Context, opts Options) error {
 		Revocations: revIndex,
 		Watches:     watches,
 		Approvals:   approvals,
+		Alerts:      alerter,
 	})
 	if err != nil {
 		return err
@@ -263,6 +278,12 @@ func Run(ctx context.Context, opts Options) error {
 		return nil
 	})
 	g.Go(func() error { flushRefusals(gctx.Done(), refusals, refusalFlushInterval, log); return nil })
+	g.Go(func() error {
+		t := time.NewTicker(cfg.Alerts.Rules.AuditVerify.Interval)
+		defer t.Stop()
+		alerter.RunAuditVerify(gctx, auditLog, t.C)
+		return nil
+	})
 	for _, run := range issuerSet.runners {
 		g.Go(func() error { run(gctx); return nil })
 	}

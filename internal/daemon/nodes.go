@@ -15,6 +15,7 @@ import (
 	"github.com/credbroker/credbroker/attest/awsiid"
 	"github.com/credbroker/credbroker/attest/psat"
 	"github.com/credbroker/credbroker/broker"
+	"github.com/credbroker/credbroker/broker/alerts"
 	"github.com/credbroker/credbroker/broker/audit"
 	"github.com/credbroker/credbroker/broker/config"
 	"github.com/credbroker/credbroker/broker/nodeauth"
@@ -29,7 +30,7 @@ const defaultPSATAudience = "credbroker"
 // it: the configured verifiers and the node CA, with join tokens and the
 // node registry kept in st. It also makes the broker trust the node CA for
 // its own trust domain.
-func buildNodeAuthority(cfg *config.Config, t *trust, st nodeauth.State, auditLog *audit.Log, refusals *broker.Refusals, revocations nodeauth.Revoker, log *slog.Logger) (*nodeauth.NodeAuthority, error) {
+func buildNodeAuthority(cfg *config.Config, t *trust, st nodeauth.State, auditLog *audit.Log, refusals *broker.Refusals, revocations nodeauth.Revoker, alerter alerts.Emitter, log *slog.Logger) (*nodeauth.NodeAuthority, error) {
 	na := cfg.NodeAttestation
 	if na == nil {
 		return nil, nil
@@ -62,6 +63,7 @@ func buildNodeAuthority(cfg *config.Config, t *trust, st nodeauth.State, auditLo
 		Refusals: refusals,
 
 		Revocations: revocations,
+		Alerts:      alerter,
 	}
 	if p := na.K8sPSAT; p != nil {
 		clusters := map[string]psat.ClusterConfig{}

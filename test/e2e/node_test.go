@@ -145,6 +145,12 @@ func TestNodeJoinsWithATokenRenewsAndIsEvicted(t *testing.T) {
 	for _, tok := range []string{token, again} {
 		assertNotOnDiskOrInLogs(t, b.dataDir, tok, b.stdout.String()+b.stderr.String())
 	}
+	// The eviction, and the revocation it makes, are alerts.
+	for _, want := range []string{"msg=alert rule=node_evicted", `subject="node ` + wantID + `"`, "msg=alert rule=revocation"} {
+		if !strings.Contains(b.stderr.String(), want) {
+			t.Errorf("broker log lacks %s", want)
+		}
+	}
 }
 
 func TestJoinTokenRefusals(t *testing.T) {
