@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/credbroker/credbroker/broker"
+	"github.com/credbroker/credbroker/broker/limits"
 	"github.com/credbroker/credbroker/broker/policy"
 	"github.com/credbroker/credbroker/broker/state"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
@@ -252,5 +253,24 @@ func TestWatchRevocationsHeartbeats(t *testing.T) {
 	cancel()
 	if _, err := stream.Recv(); err == io.EOF || wantCode(t, err, codes.Canceled) == nil {
 		t.Fatal("the stream did not end with its context")
+	}
+}
+
+// TestWatchRevocationsStartsAreRateLimited: watch starts take a token of
+// the caller's own bucket (limits.requests.watch), before anything is read.
+func TestWatchRevocationsStartsAreRateLimited(t *testing.T) {
+	h := newHarness(t, func(c *harnessConfig) { c.requests.Watch = limits.Spec{Rate: 0.001, Burst: 1} })
+	ctx := ctxT(t)
+	conn := h.dial(h.mint(controllerID, time.Hour))
+	if _, _, err := watch(t, ctx, conn); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err := watch(t, ctx, conn)
+	if _, info := wantReason(t, err, credbrokerv1.ErrorReason_RATE_LIMITED); info.GetMetadata()["limit"] != "rate" {
+		t.Fatalf("second start: %v", info)
+	}
+	// Another identity has its own bucket.
+	if _, _, err := watch(t, ctx, h.dial(h.mint(otherController, time.Hour))); err != nil {
+		t.Fatalf("another identity: %v", err)
 	}
 }

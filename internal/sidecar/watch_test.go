@@ -337,3 +337,21 @@ func TestRefreshRefusedRevokedDropsTheCredential(t *testing.T) {
 		t.Fatalf("Get: %v; dropped %v", err, dropped)
 	}
 }
+
+// TestWatcherDropsACredentialOfARevokedCluster: a cluster revocation drops
+// the credential for that cluster only, and it is not asked for again
+// before the backoff.
+func TestWatcherDropsACredentialOfARevokedCluster(t *testing.T) {
+	rig := newWatchRig(t, true)
+	b := held(t, rig.bb)
+	w := rig.nextWatch(t)
+	send(t, w, heartbeat())
+	send(t, w, revoked(revocation("r3", credbrokerv1.RevocationKind_REVOCATION_KIND_CLUSTER, "ns/a")))
+	rig.awaitDropped(t, "a")
+	if c := held(t, rig.bb); c != b {
+		t.Fatalf("b (cluster ns/b) changed to %s when ns/a was revoked", c)
+	}
+	if _, err := rig.a.Get(t.Context()); !errors.Is(err, ErrRevoked) || !strings.Contains(err.Error(), "cluster ns/a is revoked") {
+		t.Fatalf("a: %v", err)
+	}
+}
