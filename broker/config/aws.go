@@ -13,6 +13,10 @@ import (
 // arn:minio:iam:REGION::role/ID).
 var roleARNRE = regexp.MustCompile(`^arn:[a-z][a-z0-9-]*:iam:[a-z0-9-]*:[0-9]*:role/[\w+=,.@/-]{1,512}$`)
 
+// minRevocationChars is the smallest revocation policy budget accepted: room
+// for one statement of a few entries.
+const minRevocationChars = 512
+
 // validateAWSSTS checks an aws_sts issuer block and fills in its defaults.
 func (c *Config) validateAWSSTS(name string, a *AWSSTSIssuer) []error {
 	var errs []error
@@ -48,6 +52,11 @@ func (c *Config) validateAWSSTS(name string, a *AWSSTSIssuer) []error {
 	default:
 		bad("credentials %q: want %q or %q", a.Credentials, awssts.CredentialsDefault, awssts.CredentialsWebIdentity)
 	}
+	if a.IAMEndpoint != "" {
+		if u, err := url.Parse(a.IAMEndpoint); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			bad("iam_endpoint %q must be an absolute http(s) URL", a.IAMEndpoint)
+		}
+	}
 	if a.Timeout < 0 || a.MaxAttempts < 0 {
 		bad("timeout and max_attempts must not be negative")
 	}
@@ -71,6 +80,14 @@ func validateAWSProfile(name string, p Profile) []error {
 	if p.MaxTTL > awssts.MaxDuration || p.DefaultTTL < awssts.MinDuration {
 		bad("default_ttl %s and max_ttl %s must lie within STS's [%s, %s]", p.DefaultTTL, p.MaxTTL, awssts.MinDuration, awssts.MaxDuration)
 	}
+	if r := p.AWS.Revocation; r != nil {
+		switch {
+		case r.MaxChars == 0 && r.Apply:
+			r.MaxChars = awssts.MaxRolePolicyChars
+		case r.MaxChars != 0 && (r.MaxChars < minRevocationChars || r.MaxChars > awssts.MaxRolePolicyChars):
+			bad("aws.revocation.max_chars %d must lie within [%d, %d] (IAM's limit for a role's inline policies together)", r.MaxChars, minRevocationChars, awssts.MaxRolePolicyChars)
+		}
+	}
 	switch {
 	case p.AWS.SessionPolicy != nil:
 		tmpl, err := awssts.CompilePolicy(p.AWS.SessionPolicy)
@@ -85,4 +102,15 @@ func validateAWSProfile(name string, p Profile) []error {
 		bad("aws.session_policy is required for a cluster-scoped profile (or set cluster: %s to hand out the role's full permissions)", ClusterNone)
 	}
 	return errs
+}
+
+// validateAWSRevocationIssuer checks that a profile whose revocations the
+// broker applies at AWS is on an issuer with AWS credentials of the
+// broker's own: IAM calls are signed with them (web identity mode has none).
+func validateAWSRevocationIssuer(name string, p Profile, a *AWSSTSIssuer) []error {
+	if p.AWS == nil || p.AWS.Revocation == nil || !p.AWS.Revocation.Apply || a == nil || a.Credentials == awssts.CredentialsDefault {
+		return nil
+	}
+	return []error{fmt.Errorf("config: profiles.%s.aws.revocation.apply needs AWS credentials of the broker's own for IAM: issuer %s must use credentials: %s",
+		name, p.Issuer, awssts.CredentialsDefault)}
 }

@@ -59,6 +59,11 @@ func TestAWSConfigMistakesAreRejectedAtLoad(t *testing.T) {
 		"cluster profile without a policy":             {"      session_policy:", "      session_poli:", "field session_poli not found"},
 		"unscoped policy":                              {`Resource: ["arn:aws:s3:::capi-${cluster.namespace}-${cluster.name}/*"]`, `Resource: "*"`, "session_policy"},
 		"aws block on a jwt profile":                   {"profiles:\n", "profiles:\n  tok: {issuer: oidc, max_ttl: 1h, aws: {role_arn: x}}\n", "profiles.tok.aws is only for"},
+		"unknown key in revocation": {"role_arn: arn:aws:iam::123456789012:role/capa-controller",
+			"role_arn: arn:aws:iam::123456789012:role/capa-controller\n      revocation: {apply: true, aply: true}", "field aply not found"},
+		"revocation budget over IAM's limit": {"role_arn: arn:aws:iam::123456789012:role/capa-controller",
+			"role_arn: arn:aws:iam::123456789012:role/capa-controller\n      revocation: {apply: true, max_chars: 20000}", "max_chars 20000 must lie within [512, 10240]"},
+		"bad iam endpoint": {"credentials: default", "credentials: default\n      iam_endpoint: iam.amazonaws.com", "iam_endpoint \"iam.amazonaws.com\" must be an absolute"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			if !strings.Contains(awsBase, tc.old) {
@@ -69,6 +74,27 @@ func TestAWSConfigMistakesAreRejectedAtLoad(t *testing.T) {
 				t.Fatalf("err = %v, want it to contain %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestAWSRevocationApplyDefaultsToIAMsLimit(t *testing.T) {
+	c, err := Parse(strings.NewReader(strings.Replace(awsBase, "role_arn: arn:aws:iam::123456789012:role/capa-controller",
+		"role_arn: arn:aws:iam::123456789012:role/capa-controller\n      revocation: {apply: true}", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := c.Profiles["capa"].AWS.Revocation; !r.Apply || r.MaxChars != 10240 {
+		t.Errorf("revocation = %+v, want apply with max_chars 10240", r)
+	}
+}
+
+func TestAWSRevocationApplyNeedsTheBrokersOwnCredentials(t *testing.T) {
+	cfg := strings.Replace(awsBase, "role_arn: arn:aws:iam::123456789012:role/capa-controller",
+		"role_arn: arn:aws:iam::123456789012:role/capa-controller\n      revocation: {apply: true}", 1)
+	cfg = strings.Replace(cfg, "credentials: default", "credentials: web_identity\n      web_identity: {issuer: oidc}", 1)
+	_, err := Parse(strings.NewReader(cfg))
+	if err == nil || !strings.Contains(err.Error(), "revocation.apply needs AWS credentials of the broker's own") {
+		t.Fatalf("err = %v", err)
 	}
 }
 

@@ -150,6 +150,10 @@ type AWSSTSIssuer struct {
 	Timeout time.Duration `yaml:"timeout"`
 	// MaxAttempts bounds the SDK's attempts per STS call; default 3.
 	MaxAttempts int `yaml:"max_attempts"`
+	// IAMEndpoint overrides the IAM endpoint the broker writes its
+	// revocation policies through (profiles with aws.revocation.apply);
+	// default: the SDK's endpoint for the region's partition.
+	IAMEndpoint string `yaml:"iam_endpoint"`
 }
 
 // AWSWebIdentity names the broker's OIDC issuer whose tokens STS trusts.
@@ -173,6 +177,23 @@ type AWSProfile struct {
 	// document in YAML, with ${cluster.namespace}, ${cluster.name} and
 	// ${profile}); required for cluster-scoped profiles.
 	SessionPolicy any `yaml:"session_policy"`
+	// Revocation says whether the broker itself enforces revocations at
+	// AWS for this profile's role.
+	Revocation *AWSRevocation `yaml:"revocation"`
+}
+
+// AWSRevocation configures the deny policy the broker keeps on a role.
+type AWSRevocation struct {
+	// Apply: the broker keeps the deny document of every revocation in
+	// effect that covers sessions of the role as one inline policy of the
+	// role (credbroker-revocations), with iam:PutRolePolicy and
+	// iam:DeleteRolePolicy. Needs credentials: default on the issuer.
+	Apply bool `yaml:"apply"`
+	// MaxChars bounds the document, in characters as IAM counts them;
+	// default and at most 10240, IAM's limit for all of a role's inline
+	// policies together: lower it by what the role's other inline policies
+	// take.
+	MaxChars int `yaml:"max_chars"`
 }
 
 // JWTIssuer configures the broker's own OIDC issuer.
@@ -730,6 +751,7 @@ func (c *Config) Validate() error {
 		}
 		if c.Issuers[p.Issuer].Type == IssuerAWSSTS {
 			errs = append(errs, validateAWSProfile(name, p)...)
+			errs = append(errs, validateAWSRevocationIssuer(name, p, c.Issuers[p.Issuer].AWSSTS)...)
 		} else if p.AWS != nil {
 			bad("profiles.%s.aws is only for profiles of %q issuers", name, IssuerAWSSTS)
 		}

@@ -1,6 +1,9 @@
 package main
 
 import (
+	"bytes"
+	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,7 +14,8 @@ import (
 	"github.com/credbroker/credbroker/test/iamfront"
 )
 
-// awsDevConfig is the dev broker with an AWS STS profile besides dev-token.
+// awsDevConfig is the dev broker with an AWS STS profile besides dev-token,
+// whose role's deny policy the broker keeps through the IAM endpoint %s.
 // No STS call is made: identity and cluster revocations need none, and the
 // broker's AWS credentials come from the environment.
 const awsDevConfig = `trust_domain: dev.credbroker.test
@@ -21,14 +25,16 @@ issuers:
   local: {type: jwt}
   aws:
     type: aws_sts
-    aws_sts: {region: us-east-1, endpoint: "http://127.0.0.1:1", credentials: default}
+    aws_sts: {region: us-east-1, endpoint: "http://127.0.0.1:1", credentials: default, iam_endpoint: "%s"}
 profiles:
   dev-token: {issuer: local, default_ttl: 5m, max_ttl: 15m, cluster: optional}
   capa:
     issuer: aws
     max_ttl: 1h
     cluster: none
-    aws: {role_arn: "arn:aws:iam::123456789012:role/capa-controller"}
+    aws:
+      role_arn: "arn:aws:iam::123456789012:role/capa-controller"
+      revocation: {apply: true}
 policy:
   - id: spiffe://dev.credbroker.test/ns/capi-system/sa/demo-controller
     profiles: [dev-token, capa]
@@ -75,7 +81,9 @@ func TestRevokePrintsTheAWSDenyPolicy(t *testing.T) {
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "secret")
 	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
 	cfg := filepath.Join(t.TempDir(), "aws.yaml")
-	if err := os.WriteFile(cfg, []byte(awsDevConfig), 0o600); err != nil {
+	front := iamfront.Start()
+	defer front.Close()
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(awsDevConfig, front.URL())), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	b := startDevBrokerWith(t, cfg)
@@ -108,6 +116,30 @@ func TestRevokePrintsTheAWSDenyPolicy(t *testing.T) {
 	wantDenied(t, r.stdout, sessionOf(t, "spiffe://dev.credbroker.test/ns/capi-system/sa/other", "team-a/prod", before), true)
 	wantDenied(t, r.stdout, sessionOf(t, "spiffe://dev.credbroker.test/ns/capi-system/sa/other", "team-b/prod", before), false)
 
+	// The broker keeps the same document on the role itself.
+	for {
+		doc, ok := front.Policy("capa-controller", "credbroker-revocations")
+		if ok && compact(t, doc) == compact(t, r.stdout) {
+			break
+		}
+		select {
+		case <-front.Changed():
+		case <-time.After(30 * time.Second):
+			t.Fatalf("the role's policy never became the listed one; calls %+v", front.Calls())
+		}
+	}
+	// The applier records its status right after IAM answers: ask until
+	// it has.
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		r = ctl(t, b.socket, "revoke", "list", "-o", "aws-policy")
+		if strings.Contains(r.stderr, "role arn:aws:iam::123456789012:role/capa-controller policy credbroker-revocations: in sync; 2 revocations") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status on stderr: %s", r.stderr)
+		}
+	}
+
 	for _, args := range [][]string{{"issuances", "list"}, {"revoke", "lift", "x"}, {"clusters", "list"}} {
 		if r := ctl(t, b.socket, append(args, "-o", "aws-policy")...); r.code != 2 || !strings.Contains(r.stderr, "only for revoke") {
 			t.Errorf("%v -o aws-policy: code %d, %s", args, r.code, r.stderr)
@@ -128,4 +160,13 @@ func TestRevokeAWSPolicyWithoutAWS(t *testing.T) {
 	if r := ctl(t, b.socket, "revoke", "list", "-o", "aws-policy"); r.code == 0 || !strings.Contains(r.stderr, "no AWS STS issuer") {
 		t.Errorf("revoke list -o aws-policy without AWS: code %d, %s", r.code, r.stderr)
 	}
+}
+
+func compact(t *testing.T, doc string) string {
+	t.Helper()
+	var b bytes.Buffer
+	if err := json.Compact(&b, []byte(doc)); err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
 }

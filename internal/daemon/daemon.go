@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -36,6 +37,7 @@ import (
 	"github.com/credbroker/credbroker/broker/policy"
 	"github.com/credbroker/credbroker/broker/state"
 	"github.com/credbroker/credbroker/broker/state/boltstate"
+	"github.com/credbroker/credbroker/issuers/awssts"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -173,7 +175,14 @@ func Run(ctx context.Context, opts Options) error {
 	// Revocations are checked on every request from memory; the index sees
 	// each change before the admin's call returns, and drops the reused
 	// credentials it covers from every issuer that reuses them.
-	revIndex, err := state.NewRevocationIndex(ctx, st, issuerSet.forget)
+	// The AWS deny policies follow every change too (awsRevocations.sync);
+	// they are built once the index they read exists.
+	var awsRevHook atomic.Pointer[awsRevocations]
+	revIndex, err := state.NewRevocationIndex(ctx, st, issuerSet.forget, func(state.RevocationChange) {
+		if a := awsRevHook.Load(); a != nil {
+			a.sync()
+		}
+	})
 	if err != nil {
 		return err
 	}
@@ -182,8 +191,15 @@ func Run(ctx context.Context, opts Options) error {
 		issuerSet.jwt.SetRevokedSource(revokedJTIs(revIndex, issuerSet.jwtName, jwtMaxTTL(cfg, issuerSet.jwtName), time.Now))
 	}
 	revOpts := []broker.RevocationOption{broker.WithUpstreamRevokers(issuerSet.upstreamRevokers(), log), broker.WithRevocationAlerts(alerter)}
-	if aws := newAWSRevocations(cfg, revIndex, time.Now, log); aws != nil {
-		revOpts = append(revOpts, broker.WithAWSPolicies(aws))
+	awsRev := newAWSRevocations(cfg, revIndex, time.Now, log)
+	var awsAppliers []*awssts.RevocationApplier
+	if awsRev != nil {
+		reporter := newAWSApplyReporter(reg, auditLog, self.ID.String(), newIssuanceID, log)
+		if awsAppliers, err = awsRev.startAppliers(ctx, cfg, reporter.report); err != nil {
+			return err
+		}
+		awsRevHook.Store(awsRev)
+		revOpts = append(revOpts, broker.WithAWSPolicies(awsRev))
 	}
 	revocations, err := broker.NewRevocations(st, revIndex, auditLog, nil, newIssuanceID, revOpts...)
 	if err != nil {
@@ -273,8 +289,11 @@ func Run(ctx context.Context, opts Options) error {
 	g.Go(func() error {
 		t := time.NewTicker(cfg.HousekeepingInterval)
 		defer t.Stop()
-		ps := append(purges(gctx, st), purge{"expired approvals", func(now time.Time) (int, error) { return approvals.Expire(gctx, now) }})
-		housekeeper{purges: ps, now: time.Now, log: log}.run(gctx.Done(), t.C)
+		hk := append(purges(gctx, st), purge{"expired approvals", func(now time.Time) (int, error) { return approvals.Expire(gctx, now) }})
+		if awsRev != nil {
+			hk = append(hk, awsRev.purge())
+		}
+		housekeeper{purges: hk, now: time.Now, log: log}.run(gctx.Done(), t.C)
 		return nil
 	})
 	g.Go(func() error { flushRefusals(gctx.Done(), refusals, refusalFlushInterval, log); return nil })
@@ -284,6 +303,12 @@ func Run(ctx context.Context, opts Options) error {
 		alerter.RunAuditVerify(gctx, auditLog, t.C)
 		return nil
 	})
+	for _, ap := range awsAppliers {
+		g.Go(func() error { ap.Run(gctx); return nil })
+	}
+	if awsRev != nil {
+		awsRev.sync() // entries that ended while the broker was down leave the roles now
+	}
 	for _, run := range issuerSet.runners {
 		g.Go(func() error { run(gctx); return nil })
 	}
