@@ -102,6 +102,14 @@ func Run(ctx context.Context, o Options) error {
 	observe := func(spec Spec, c Credential, err error) {
 		metrics.Observe(spec, c, err)
 		if err != nil {
+			if id := approvalWaited(err); id != "" {
+				// Said plainly: the broker's message names who can approve
+				// and how; the refresher keeps asking with backoff.
+				log.Warn("waiting for two-person approval", "credential", spec.Name, "approval_id", id,
+					"approvals", brokerclient.Metadata(err, "approvals"), "approvers_needed", brokerclient.Metadata(err, "approvers_needed"),
+					"expires_at", brokerclient.Metadata(err, "expires_at"), "how", describe(err))
+				return
+			}
 			log.Warn("refresh failed", "credential", spec.Name, "error", describe(err))
 			return
 		}
@@ -234,6 +242,15 @@ func fetchAll(ctx context.Context, rs []*Refresher, log *slog.Logger) error {
 		})
 	}
 	return g.Wait()
+}
+
+// approvalWaited returns the approval a refused request waits for (reason
+// APPROVAL_REQUIRED), or "".
+func approvalWaited(err error) string {
+	if brokerclient.Reason(err) != credbrokerv1.ErrorReason_APPROVAL_REQUIRED {
+		return ""
+	}
+	return brokerclient.Metadata(err, "approval_id")
 }
 
 // Permanent reports whether a broker error will not go away by retrying the
