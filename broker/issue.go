@@ -317,8 +317,8 @@ func (s *Service) issue(ctx context.Context, caller attest.Caller, req *credbrok
 // nil, consumes the approval in the same step (rec's reason then names it
 // and its approvers). A quota with no unit left is recorded as a throttled
 // refusal (of whatever rec described), an approval that can no longer be
-// used as a denied one; an audit failure is Unavailable, saying what became
-// of the request (withheld).
+// used as a denied one; a shared state store or audit failure is
+// Unavailable, saying what became of the request (withheld).
 func (s *Service) spend(ctx context.Context, rec *audit.Record, charges []state.Charge, use *state.ApprovalUse, withheld string) error {
 	var err error
 	if use != nil {
@@ -337,6 +337,11 @@ func (s *Service) spend(ctx context.Context, rec *audit.Record, charges []state.
 			// Nothing was handed out: the refusal names no credential.
 			rec.ExpiresAt, rec.UpstreamRef, rec.SourceIdentity, rec.Reused = time.Time{}, "", "", false
 			return s.refuse(ctx, rec, audit.DecisionThrottled, exhausted(credbrokerv1.ErrorReason_QUOTA_EXHAUSTED, string(ex.Key.Kind)+" quota", ex.Error(), ex.RetryAfter))
+		}
+		if errors.Is(err, state.ErrUnavailable) {
+			// A shared store (etcd) could not decide the spend in time:
+			// nothing is handed out without its quota recorded.
+			return wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "shared state unavailable; %s (issuance %s)", withheld, rec.IssuanceID)
 		}
 		return wrapf(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, err, "audit store unavailable; %s (issuance %s)", withheld, rec.IssuanceID)
 	}

@@ -86,6 +86,9 @@ type Config struct {
 	NodeAttestation *NodeAttestation `yaml:"node_attestation"`
 	// Alerts configures alert rules and the webhooks that receive them.
 	Alerts Alerts `yaml:"alerts"`
+	// State selects where the shared state is kept: the local bbolt file
+	// (default) or etcd.
+	State State `yaml:"state"`
 }
 
 // TLS names the broker's SVID files and the trust bundles of its callers.
@@ -598,6 +601,9 @@ func (c *Config) applyDefaults() {
 	c.Limits.RefusalRecords.ApplyDefaults()
 	c.Alerts.ApplyDefaults()
 	c.Limits.WatchStreams.ApplyDefaults()
+	if c.State.Etcd != nil {
+		c.State.Etcd.applyDefaults()
+	}
 	if c.TLS.ReloadInterval == 0 {
 		c.TLS.ReloadInterval = 30 * time.Second
 	}
@@ -804,6 +810,9 @@ func (c *Config) Validate() error {
 		bad("tls.reload_interval must be at least 1s")
 	}
 	errs = append(errs, c.Alerts.validate()...)
+	if c.State.Etcd != nil {
+		errs = append(errs, c.State.Etcd.validate()...)
+	}
 	return errors.Join(errs...)
 }
 

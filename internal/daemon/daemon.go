@@ -106,6 +106,7 @@ func Run(ctx context.Context, opts Options) error {
 
 	// One bbolt file holds the audit chain and, beside it, the broker's
 	// state; quota spends commit in the audit transaction (state.Ledger).
+	// With state.etcd the state is in etcd instead (see openState).
 	db, err := boltstate.OpenDB(filepath.Join(cfg.DataDir, DBFile))
 	if err != nil {
 		return err
@@ -116,14 +117,11 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	defer auditLog.Close()
-	st, err := boltstate.New(db)
+	st, ledger, closeState, err := openState(ctx, cfg, db, auditLog, log)
 	if err != nil {
 		return err
 	}
-	ledger, err := st.Ledger(auditLog)
-	if err != nil {
-		return err
-	}
+	defer closeState()
 	table := cfg.LimitTable()
 	limiter, err := limits.New(table.Default, limits.WithOverrides(table.Profiles, table.Rules))
 	if err != nil {

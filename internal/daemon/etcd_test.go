@@ -1,0 +1,120 @@
+package daemon
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffegrpc/grpccredentials"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
+	"github.com/credbroker/credbroker/test/etcdtest"
+)
+
+// TestReplicasShareStateInEtcd runs two brokers on state.etcd with one
+// prefix, as two replicas: a cluster quota is spent across both, never
+// beyond its max; with etcd gone a replica refuses UNAVAILABLE rather than
+// issue without its quota recorded, and serves again by itself once etcd
+// is back.
+func TestReplicasShareStateInEtcd(t *testing.T) {
+	t.Parallel()
+	etcd := etcdtest.New(t, 1)
+	dir := t.TempDir()
+	td, authority, base := productionIdentity(t, dir)
+	cfg := base + `
+issuers:
+  oidc: {type: jwt, jwt: {issuer_url: "https://credbroker.prod.test/oidc"}}
+profiles:
+  web-identity: {issuer: oidc, max_ttl: 1h, audiences: [sts.amazonaws.com], cluster: required}
+policy:
+  - id: spiffe://prod.test/ns/*/sa/capa-controller-manager
+    profiles: [web-identity]
+    clusters: ["capi-*/*"]
+limits: {cluster_quota: {max: 3, window: 1h}}
+state:
+  etcd:
+    endpoints: [` + etcd.Endpoint(0) + `]
+    prefix: /replicas/
+    request_timeout: 1s
+`
+	a := startDaemon(t, t.TempDir(), strings.Replace(cfg, "data_dir: "+dir+"/data", "data_dir: "+dir+"/data-a", 1))
+	defer a.stop(t)
+	b := startDaemon(t, t.TempDir(), strings.Replace(cfg, "data_dir: "+dir+"/data", "data_dir: "+dir+"/data-b", 1))
+	defer b.stop(t)
+
+	svid, err := authority.MintX509SVID(spiffeid.RequireFromPath(td, "/ns/capa-system/sa/capa-controller-manager"), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds := grpccredentials.MTLSClientCredentials(svid, x509bundle.NewSet(authority.X509Bundle()), tlsconfig.AuthorizeMemberOf(td))
+	client := func(addr string) credbrokerv1.BrokerServiceClient {
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = conn.Close() })
+		return credbrokerv1.NewBrokerServiceClient(conn)
+	}
+	ca, cb := client(a.grpcAddr), client(b.grpcAddr)
+	ctx := context.Background()
+	issue := func(c credbrokerv1.BrokerServiceClient, cluster string) error {
+		_, err := c.IssueCredential(ctx, &credbrokerv1.IssueCredentialRequest{Profile: "web-identity", Cluster: cluster})
+		return err
+	}
+
+	for i, c := range []credbrokerv1.BrokerServiceClient{ca, cb, ca} {
+		if err := issue(c, "capi-a/c1"); err != nil {
+			t.Fatalf("issuance %d of the cluster's 3: %v", i+1, err)
+		}
+	}
+	for name, c := range map[string]credbrokerv1.BrokerServiceClient{"a": ca, "b": cb} {
+		if err := issue(c, "capi-a/c1"); status.Code(err) != codes.ResourceExhausted {
+			t.Fatalf("4th issuance for the cluster on replica %s: %v, want RESOURCE_EXHAUSTED", name, err)
+		}
+	}
+
+	etcd.Stop(0)
+	err = issue(ca, "capi-a/c2")
+	if status.Code(err) != codes.Unavailable || !strings.Contains(status.Convert(err).Message(), "shared state unavailable") {
+		t.Fatalf("issuance without etcd: %v, want UNAVAILABLE (shared state unavailable)", err)
+	}
+	if err := etcd.Restart(0); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(time.Minute)
+	poll := time.NewTicker(50 * time.Millisecond)
+	defer poll.Stop()
+	for {
+		err := issue(ca, "capi-a/c2")
+		if err == nil {
+			break
+		}
+		if status.Code(err) != codes.Unavailable || time.Now().After(deadline) {
+			t.Fatalf("issuance once etcd is back: %v", err)
+		}
+		<-poll.C
+	}
+	// The refused issuance spent nothing that could be seen: c2 still has
+	// its 3 (or 2, had the lost spend committed late; never fewer).
+	issued := 1
+	for {
+		err := issue(cb, "capi-a/c2")
+		if err != nil {
+			if status.Code(err) != codes.ResourceExhausted {
+				t.Fatalf("issuance for capi-a/c2 on replica b: %v", err)
+			}
+			break
+		}
+		issued++
+	}
+	if issued != 3 && issued != 2 {
+		t.Fatalf("capi-a/c2 issued %d in all after the outage, want 3 (2 had the refused spend committed after its answer was lost)", issued)
+	}
+}

@@ -1,0 +1,102 @@
+package daemon
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+
+	"go.etcd.io/bbolt"
+
+	"github.com/credbroker/credbroker/broker/audit"
+	"github.com/credbroker/credbroker/broker/config"
+	"github.com/credbroker/credbroker/broker/state"
+	"github.com/credbroker/credbroker/broker/state/boltstate"
+	"github.com/credbroker/credbroker/broker/state/etcdstate"
+	"github.com/credbroker/credbroker/internal/keyfile"
+)
+
+// openState opens where the broker keeps its state besides the audit chain,
+// and the ledger that pairs quota spends (and approval consumptions) with
+// their decision records. By default that is db, the audit chain's own
+// file, and a spend commits in the audit transaction. With state.etcd it is
+// etcd, shared by the replicas: a spend commits there first and the record
+// is appended to this replica's chain after (state.SpendFirst). closeState
+// is to run after the last use of the store.
+func openState(ctx context.Context, cfg *config.Config, db *bbolt.DB, auditLog *audit.Log, log *slog.Logger) (st state.Store, ledger state.ApprovalLedger[audit.Record], closeState func(), err error) {
+	e := cfg.State.Etcd
+	if e == nil {
+		bs, err := boltstate.New(db)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		l, err := bs.Ledger(auditLog)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		return bs, l, func() {}, nil
+	}
+	var tlsCfg *tls.Config
+	if e.UsesTLS() {
+		if tlsCfg, err = etcdTLS(e.TLS); err != nil {
+			return nil, nil, nil, err
+		}
+	}
+	es, err := etcdstate.Open(ctx, etcdstate.Config{
+		Endpoints: e.Endpoints, TLS: tlsCfg, DialTimeout: e.DialTimeout,
+		Options: etcdstate.Options{Prefix: e.Prefix, OpTimeout: e.RequestTimeout},
+	})
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("state in etcd (%s): %w", strings.Join(e.Endpoints, ", "), err)
+	}
+	log.Info("state in etcd", slog.Any("endpoints", e.Endpoints), slog.String("prefix", e.Prefix), slog.Bool("tls", tlsCfg != nil))
+	return es, state.SpendFirst[audit.Record](es, auditLog), func() {
+		if err := es.Close(); err != nil {
+			log.Warn("closing the etcd client", slog.Any("err", err))
+		}
+	}, nil
+}
+
+// etcdTLS is the etcd client's TLS: the members verified against the CA
+// file (or the system roots), and, with a client certificate, that
+// certificate and key, read again at each handshake so that a rotated pair
+// is used from the next connection on. The key file must be owner-only.
+func etcdTLS(c config.EtcdTLS) (*tls.Config, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if c.CA != "" {
+		pem, err := os.ReadFile(c.CA)
+		if err != nil {
+			return nil, fmt.Errorf("state.etcd.tls.ca: %w", err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("state.etcd.tls.ca: %s holds no PEM certificate", c.CA)
+		}
+	}
+	if c.Cert != "" {
+		load := func() (*tls.Certificate, error) {
+			certPEM, err := os.ReadFile(c.Cert)
+			if err != nil {
+				return nil, fmt.Errorf("state.etcd.tls.cert: %w", err)
+			}
+			keyPEM, err := keyfile.Read(c.Key)
+			if err != nil {
+				return nil, fmt.Errorf("state.etcd.tls.key: %w", err)
+			}
+			pair, err := tls.X509KeyPair(certPEM, keyPEM)
+			if err != nil {
+				return nil, fmt.Errorf("state.etcd.tls: %s and %s: %w", c.Cert, c.Key, err)
+			}
+			return &pair, nil
+		}
+		// Refuse a broken pair at startup, not at the first handshake.
+		if _, err := load(); err != nil {
+			return nil, err
+		}
+		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return load() }
+	}
+	return cfg, nil
+}
