@@ -46,8 +46,9 @@ var ErrNoRevocation = errors.New("broker: no such revocation")
 // AWSPolicies compiles the AWS deny documents of revocations.
 type AWSPolicies interface {
 	// AWSPolicy returns the document for revocation id, or for every
-	// revocation in effect when id is empty (with the roles' status);
-	// ErrNoRevocation for an id it does not hold.
+	// revocation in effect when id is empty, with the status of the roles
+	// the broker applies revocations to; ErrNoRevocation for an id it does
+	// not hold.
 	AWSPolicy(ctx context.Context, id string) (AWSPolicy, error)
 }
 

@@ -90,7 +90,17 @@ func TestRevokePrintsTheAWSDenyPolicy(t *testing.T) {
 	before := time.Now().Add(-time.Minute)
 	later := time.Now().Add(time.Hour)
 
-	r := ctl(t, b.socket, "revoke", "identity", devController, "--reason", "pod compromised", "-o", "aws-policy")
+	// The table output says where the broker applies it.
+	r := ctl(t, b.socket, "revoke", "cluster", "team-z/gone")
+	wantCode(t, r, 0)
+	if !strings.Contains(r.stdout, "aws: the broker is adding its deny to policy credbroker-revocations of role arn:aws:iam::123456789012:role/capa-controller") {
+		t.Errorf("revoke table output says nothing of AWS:\n%s", r.stdout)
+	}
+	for _, rv := range ctlJSON[[]revocationJSON](t, b.socket, "revoke", "list") {
+		wantCode(t, ctl(t, b.socket, "revoke", "lift", rv.RevocationID), 0)
+	}
+
+	r = ctl(t, b.socket, "revoke", "identity", devController, "--reason", "pod compromised", "-o", "aws-policy")
 	wantCode(t, r, 0)
 	if err := awssts.CheckPolicyDocument(r.stdout); err != nil {
 		t.Fatalf("identity policy: %v\n%s", err, r.stdout)

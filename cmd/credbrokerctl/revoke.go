@@ -106,6 +106,7 @@ func newRevokeTargetCmd(a *app, use, short, example string, build func(string) (
 				return err
 			}
 			a.printUpstream(resp.GetUpstream())
+			a.printAWSNote(resp.GetAwsPolicy())
 			return nil
 		},
 		Annotations: map[string]string{annotationAWSPolicy: "yes"},
@@ -262,6 +263,28 @@ func (a *app) printAWSPolicy(p *credbrokerv1.AWSRevocationPolicy) error {
 			state, r.GetEntries(), r.GetOmitted(), r.GetChars(), formatTime(r.GetAppliedAt()))
 	}
 	return nil
+}
+
+// printAWSNote says, after a revocation, how its AWS STS sessions are
+// taken back: by the broker on the roles it keeps a deny policy on (as
+// things stood before this revocation's write, which follows the call), or
+// by hand with -o aws-policy.
+func (a *app) printAWSNote(p *credbrokerv1.AWSRevocationPolicy) {
+	if p.GetDocument() == "" {
+		return
+	}
+	if len(p.GetRoles()) == 0 {
+		a.printf("aws: STS sessions it covers stay valid until they expire unless its deny policy is on the role: print it with -o aws-policy (revoke list -o aws-policy: every revocation in effect)\n")
+		return
+	}
+	for _, r := range p.GetRoles() {
+		state := "in sync before this revocation"
+		if r.GetError() != "" {
+			state = "FAILING (last IAM error " + clean(r.GetError()) + "); the broker retries"
+		}
+		a.printf("aws: the broker is adding its deny to policy %s of role %s (%s); revoke list -o aws-policy shows when it is in place\n",
+			clean(r.GetPolicyName()), clean(r.GetRoleArn()), state)
+	}
 }
 
 // maxRolePolicyChars is IAM's limit on a role's inline policies together.

@@ -192,7 +192,9 @@ func (a *awsRevocations) AWSPolicy(_ context.Context, id string) (broker.AWSPoli
 	for _, d := range p.Omitted {
 		out.Omitted = append(out.Omitted, d.Ref)
 	}
-	if id == "" {
+	// The roles' state goes with every answer: for one revocation, it says
+	// where the broker is applying it (the write follows the change).
+	if out.Document != "" || id == "" {
 		for _, arn := range a.applyingRoles() {
 			ap, ok := a.appliers[arn]
 			if !ok {

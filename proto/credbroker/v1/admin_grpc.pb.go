@@ -100,8 +100,8 @@ type AdminServiceClient interface {
 	// GetAWSRevocationPolicy returns the IAM deny document that takes back at
 	// AWS the STS sessions one revocation, or every revocation in effect,
 	// covers, and, for each role the broker applies it to itself
-	// (aws.revocation.apply), how the last attempt went. FAILED_PRECONDITION
-	// (reason MISCONFIGURED) when no AWS STS issuer is configured.
+	// (aws.revocation.apply), how the last attempt went. Reason MISCONFIGURED
+	// when no AWS STS issuer is configured; NOT_FOUND for an unknown id.
 	GetAWSRevocationPolicy(ctx context.Context, in *GetAWSRevocationPolicyRequest, opts ...grpc.CallOption) (*GetAWSRevocationPolicyResponse, error)
 	// ListClusters lists the workload clusters the broker knows of (from its
 	// nodes, join tokens and cluster revocations). Page size: default 100,
@@ -412,8 +412,8 @@ type AdminServiceServer interface {
 	// GetAWSRevocationPolicy returns the IAM deny document that takes back at
 	// AWS the STS sessions one revocation, or every revocation in effect,
 	// covers, and, for each role the broker applies it to itself
-	// (aws.revocation.apply), how the last attempt went. FAILED_PRECONDITION
-	// (reason MISCONFIGURED) when no AWS STS issuer is configured.
+	// (aws.revocation.apply), how the last attempt went. Reason MISCONFIGURED
+	// when no AWS STS issuer is configured; NOT_FOUND for an unknown id.
 	GetAWSRevocationPolicy(context.Context, *GetAWSRevocationPolicyRequest) (*GetAWSRevocationPolicyResponse, error)
 	// ListClusters lists the workload clusters the broker knows of (from its
 	// nodes, join tokens and cluster revocations). Page size: default 100,
