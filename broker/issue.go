@@ -55,6 +55,8 @@ type AuditLog interface {
 type Limiter interface {
 	Resolve(rule int, profile string) limits.Config
 	ReserveFor(identity, cluster string, cfg limits.Config) (*limits.Reservation, error)
+	// Check answers as ReserveFor would, taking nothing (policy explain).
+	Check(identity, cluster string, cfg limits.Config) (*limits.Reservation, error)
 }
 
 // Ledger spends an issuance's quota together with its intent record
@@ -206,30 +208,21 @@ func (s *Service) IssueCredential(ctx context.Context, req *credbrokerv1.IssueCr
 // issue does the work of IssueCredential and keeps rec describing the last
 // decision taken, for logs and metrics.
 func (s *Service) issue(ctx context.Context, caller attest.Caller, req *credbrokerv1.IssueCredentialRequest, rec *audit.Record) (_ *credbrokerv1.Credential, err error) {
-	prof, grant, err := s.validate(caller, req)
-	if err != nil {
-		return nil, s.refuse(ctx, rec, audit.DecisionDenied, err)
+	d := s.decide(caller, req)
+	prof, grant := d.prof, d.grant
+	if d.valid {
+		rec.Cluster = grant.cluster
+		rec.Issuer = prof.IssuerName
+		rec.TTL = grant.ttl
 	}
-	rec.Cluster = grant.cluster
-	rec.Issuer = prof.IssuerName
-	rec.TTL = grant.ttl
-	if r, ok := s.covering("", rec.Caller, grant.cluster); ok {
-		return nil, s.refuse(ctx, rec, audit.DecisionDenied, revokedError(r))
-	}
-
-	d := s.policy.Allow(caller.ID, prof.Name, grant.cluster)
-	if !d.Allowed {
-		return nil, s.refuse(ctx, rec, audit.DecisionDenied, errorf(credbrokerv1.ErrorReason_POLICY_DENIED, "%s", d.Reason))
+	if d.err != nil {
+		return nil, s.refuse(ctx, rec, audit.DecisionDenied, d.err)
 	}
 
-	// The granting rule and the profile may set their own limits.
-	res, err := s.limiter.ReserveFor(rec.Caller, grant.cluster, s.limiter.Resolve(d.Rule, prof.Name))
+	res, err := s.limiter.ReserveFor(rec.Caller, grant.cluster, d.limits)
 	if err != nil {
-		var ex *limits.ExceededError
-		if !errors.As(err, &ex) {
-			return nil, s.refuse(ctx, rec, audit.DecisionFailed, wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "limits unavailable; nothing was issued"))
-		}
-		return nil, s.refuse(ctx, rec, audit.DecisionThrottled, exhausted(credbrokerv1.ErrorReason_RATE_LIMITED, ex.Limit, ex.Error(), ex.RetryAfter))
+		decision, refusal := limitError(err)
+		return nil, s.refuse(ctx, rec, decision, refusal)
 	}
 
 	// A profile that needs approval is served only under a granted
@@ -313,6 +306,72 @@ func (s *Service) issue(ctx context.Context, caller attest.Caller, req *credbrok
 	return toProto(rec, cred), nil
 }
 
+// decision is what the broker decides about a request from the request
+// itself, the configuration and the revocations in force, before anything
+// is reserved, spent or issued. IssueCredential acts on it and
+// ExplainPolicy reports it: one function, so that an explanation cannot
+// drift from what issuance does.
+type decision struct {
+	prof  Profile
+	grant grant
+	// valid is set once the request is well-formed for a known profile
+	// (prof and grant are then complete).
+	valid bool
+	// revocation covers the identity or the cluster, when one does.
+	revocation *state.Revocation
+	// policy is the policy's answer (zero when not reached).
+	policy   policy.Decision
+	askedPol bool
+	// limits govern the request: the granting rule's and the profile's
+	// over the defaults.
+	limits limits.Config
+	// err is the refusal, nil when the request passes; failedAt names the
+	// step that refused ("request", "revocation", "policy").
+	err      error
+	failedAt string
+}
+
+// decide validates req from caller, checks the revocations and the policy,
+// and resolves the limits that govern it: validate → revocation → policy →
+// limits, the first refusal ending it.
+func (s *Service) decide(caller attest.Caller, req *credbrokerv1.IssueCredentialRequest) decision {
+	var d decision
+	prof, g, err := s.validate(caller, req)
+	if err != nil {
+		d.prof, d.err, d.failedAt = prof, err, stepRequest
+		return d
+	}
+	d.prof, d.grant, d.valid = prof, g, true
+	if r, ok := s.covering("", caller.ID.String(), g.cluster); ok {
+		d.revocation, d.err, d.failedAt = &r, revokedError(r), stepRevocation
+		return d
+	}
+	d.policy, d.askedPol = s.policy.Allow(caller.ID, prof.Name, g.cluster), true
+	if !d.policy.Allowed {
+		d.err, d.failedAt = errorf(credbrokerv1.ErrorReason_POLICY_DENIED, "%s", d.policy.Reason), stepPolicy
+		return d
+	}
+	// The granting rule and the profile may set their own limits.
+	d.limits = s.limiter.Resolve(d.policy.Rule, prof.Name)
+	return d
+}
+
+// limitError is the refusal of a request the limiter did not admit, and how
+// it is recorded: throttled over a rate limit, failed when the limits
+// cannot be read.
+func limitError(err error) (audit.Decision, error) {
+	var ex *limits.ExceededError
+	if !errors.As(err, &ex) {
+		return audit.DecisionFailed, wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "limits unavailable; nothing was issued")
+	}
+	return audit.DecisionThrottled, exhausted(credbrokerv1.ErrorReason_RATE_LIMITED, ex.Limit, ex.Error(), ex.RetryAfter)
+}
+
+// quotaError is the refusal of a request a quota has no unit left for.
+func quotaError(ex *state.ExhaustedError) *apiError {
+	return exhausted(credbrokerv1.ErrorReason_QUOTA_EXHAUSTED, string(ex.Key.Kind)+" quota", ex.Error(), ex.RetryAfter)
+}
+
 // spend appends rec with the quota charges it spends and, when use is not
 // nil, consumes the approval in the same step (rec's reason then names it
 // and its approvers). A quota with no unit left is recorded as a throttled
@@ -336,7 +395,7 @@ func (s *Service) spend(ctx context.Context, rec *audit.Record, charges []state.
 		if errors.As(err, &ex) {
 			// Nothing was handed out: the refusal names no credential.
 			rec.ExpiresAt, rec.UpstreamRef, rec.SourceIdentity, rec.Reused = time.Time{}, "", "", false
-			return s.refuse(ctx, rec, audit.DecisionThrottled, exhausted(credbrokerv1.ErrorReason_QUOTA_EXHAUSTED, string(ex.Key.Kind)+" quota", ex.Error(), ex.RetryAfter))
+			return s.refuse(ctx, rec, audit.DecisionThrottled, quotaError(ex))
 		}
 		if errors.Is(err, state.ErrUnavailable) {
 			// A shared store (etcd) could not decide the spend in time:

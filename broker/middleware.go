@@ -59,6 +59,7 @@ var methods = map[string]method{
 	credbrokerv1.AdminService_GetApproval_FullMethodName:            {apiAdmin, limitAdmin},
 	credbrokerv1.AdminService_Approve_FullMethodName:                {apiAdmin, limitAdmin},
 	credbrokerv1.AdminService_DenyApproval_FullMethodName:           {apiAdmin, limitAdmin},
+	credbrokerv1.AdminService_ExplainPolicy_FullMethodName:          {apiAdmin, limitAdmin},
 }
 
 // lookup returns m's access rule, or the INTERNAL error for a method that is

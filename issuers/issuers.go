@@ -133,6 +133,26 @@ type UpstreamRevoker interface {
 	Revoke(ctx context.Context, ref string) error
 }
 
+// Preview is what an issuer would send upstream for a request, without
+// sending it; every field is safe to show an admin.
+type Preview struct {
+	// Target is what would be assumed, read or created (an AWS role ARN).
+	Target string
+	// SessionPolicy is the AWS session policy exactly as it would be sent;
+	// empty for none.
+	SessionPolicy string
+	// Details are the other parameters (SourceIdentity, session tags), by
+	// name.
+	Details map[string]string
+}
+
+// Previewer is implemented by an issuer that can say what it would send
+// upstream for a request (policy explain). Preview must compute it with the
+// code Issue uses, and must not call upstream.
+type Previewer interface {
+	Preview(req Request) (Preview, error)
+}
+
 // Effect says whether an issuer's Issue acts outside the broker process. It
 // decides how the broker records an issuance: the audit trail must hold
 // every credential any client received, and every upstream effect the

@@ -262,3 +262,41 @@ profiles:
 		}
 	}
 }
+
+// TestWriteGrantsSaysWhoMayGetWhat: check-config's summary lists each rule
+// in order with each profile it grants, its issuer, clusters, lifetimes and
+// the quotas that then apply (the rule's over the profile's).
+func TestWriteGrantsSaysWhoMayGetWhat(t *testing.T) {
+	c, err := Parse(strings.NewReader(`
+trust_domain: a.b
+admin: {spiffe_ids: [spiffe://a.b/admin/x], unix_uids: [0]}
+issuers: {i: {type: jwt}}
+profiles:
+  p: {issuer: i, max_ttl: 1h, cluster: required, limits: {identity_quota: {max: 5, window: 1h}}}
+  q: {issuer: i, max_ttl: 10m, cluster: none, approval: {approvers: 2, window: 30m}}
+policy:
+  - id: spiffe://a.b/ns/*/sa/capa
+    profiles: ["*"]
+    clusters: ["capi-*/*"]
+    limits: {cluster_quota: {max: 9, window: 30m}}
+  - id: spiffe://a.b/node
+    profiles: [p]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := c.WriteGrants(&out); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(out.String(), "\n")
+	fields := func(l string) string { return strings.Join(strings.Fields(l), " ") }
+	want := []string{
+		"0 spiffe://a.b/ns/*/sa/capa p i (jwt) capi-*/* 15m0s/1h0m0s 5 per 1h0m0s 9 per 30m0s none",
+		"0 spiffe://a.b/ns/*/sa/capa q i (jwt) none (not cluster-scoped) 10m0s/10m0s unlimited - 2 admins within 30m0s",
+		"1 spiffe://a.b/node p i (jwt) any (required) 15m0s/1h0m0s 5 per 1h0m0s unlimited none",
+	}
+	if len(lines) < 5 || fields(lines[2]) != want[0] || fields(lines[3]) != want[1] || fields(lines[4]) != want[2] {
+		t.Fatalf("grants:\n%s\nwant rows:\n%s", out.String(), strings.Join(want, "\n"))
+	}
+}

@@ -4,10 +4,70 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/credbroker/credbroker/broker/limits"
 )
+
+// WriteGrants prints who may get what: each policy rule, in order (the
+// first that grants a request is the one that governs it), with each
+// profile it grants — its issuer, the clusters, the lifetimes, the quotas
+// that then apply and whether approval is needed. `credbroker check-config`
+// shows it before the limits.
+func (c *Config) WriteGrants(w io.Writer) error {
+	t := c.LimitTable()
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "who may get what (rules in order; a request no rule grants is denied):")
+	fmt.Fprintln(tw, "  rule\tcallers\tprofile\tissuer\tclusters\tttl default/max\tidentity quota\tcluster quota\tapproval")
+	profiles := sortedKeys(c.Profiles)
+	for i, r := range c.Policy {
+		granted := 0
+		for _, name := range profiles {
+			if !slices.Contains(r.Profiles, name) && !slices.Contains(r.Profiles, "*") {
+				continue
+			}
+			granted++
+			p := c.Profiles[name]
+			issuer := p.Issuer
+			if is, ok := c.Issuers[p.Issuer]; ok {
+				issuer += " (" + is.Type + ")"
+			}
+			l := t.Resolve(i, name)
+			clusterQuota := quota(l.ClusterQuota)
+			if p.Cluster == ClusterNone {
+				clusterQuota = "-"
+			}
+			fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%s\t%s/%s\t%s\t%s\t%s\n", i, r.ID, name, issuer, clustersOf(r.Clusters, p.Cluster),
+				p.DefaultTTL, p.MaxTTL, quota(l.IdentityQuota), clusterQuota, approvalOf(p))
+		}
+		if granted == 0 {
+			fmt.Fprintf(tw, "  %d\t%s\t(no configured profile)\t\t\t\t\t\t\n", i, r.ID)
+		}
+	}
+	return tw.Flush()
+}
+
+// clustersOf says for which clusters a rule grants a profile.
+func clustersOf(patterns []string, mode string) string {
+	switch {
+	case mode == ClusterNone:
+		return "none (not cluster-scoped)"
+	case len(patterns) == 0 && mode == ClusterRequired:
+		return "any (required)"
+	case len(patterns) == 0:
+		return "any, or none"
+	}
+	return strings.Join(patterns, ",")
+}
+
+// approvalOf says whether a profile needs two-person approval.
+func approvalOf(p Profile) string {
+	if p.Approval == nil {
+		return "none"
+	}
+	return fmt.Sprintf("%d admins within %s", p.Approval.Approvers, p.Approval.Window)
+}
 
 // WriteLimits prints the limits in effect: the issuance limits of every
 // profile and of every policy rule with each profile it grants (rule over

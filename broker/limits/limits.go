@@ -168,8 +168,33 @@ func (l *Limiter) ReserveFor(identity, cluster string, cfg Config) (*Reservation
 		return nil, err
 	}
 	l.maybeSweep(now)
+	return &Reservation{charges: charges(identity, cluster, cfg)}, nil
+}
 
-	r := &Reservation{}
+// Check answers what ReserveFor would answer now, taking nothing: the
+// refusal of the rate limit, or the charges the request would make. It is
+// for explaining a decision (policy explain) with the same limits.
+func (l *Limiter) Check(identity, cluster string, cfg Config) (*Reservation, error) {
+	if identity == "" {
+		return nil, ErrNoIdentity
+	}
+	now := l.now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !cfg.rateUnlimited() {
+		if b, ok := l.buckets[bucketKey(identity, cfg)]; ok {
+			if tokens := b.TokensAt(now); tokens < 1 {
+				return nil, rateExceeded(identity, cfg, time.Duration((1-tokens)/float64(cfg.Rate)*float64(time.Second)))
+			}
+		}
+	}
+	return &Reservation{charges: charges(identity, cluster, cfg)}, nil
+}
+
+// charges are the quota units a request of identity for cluster spends
+// under cfg: one of each limited quota that applies.
+func charges(identity, cluster string, cfg Config) []state.Charge {
+	var out []state.Charge
 	for _, c := range []struct {
 		kind state.QuotaKind
 		name string
@@ -178,12 +203,24 @@ func (l *Limiter) ReserveFor(identity, cluster string, cfg Config) (*Reservation
 		if c.name == "" || c.q.unlimited() {
 			continue
 		}
-		r.charges = append(r.charges, state.Charge{
+		out = append(out, state.Charge{
 			Key:   state.QuotaKey{Kind: c.kind, Name: c.name},
 			Quota: state.Quota{Max: c.q.Max, Window: c.q.Window},
 		})
 	}
-	return r, nil
+	return out
+}
+
+// bucketKey names identity's rate bucket under cfg's scope.
+func bucketKey(identity string, cfg Config) string {
+	if cfg.Scope != "" {
+		return cfg.Scope + "\x00" + identity
+	}
+	return identity
+}
+
+func rateExceeded(identity string, cfg Config, retryAfter time.Duration) *ExceededError {
+	return &ExceededError{Limit: LimitRate, Key: identity, RetryAfter: retryAfter, Max: cfg.Burst, Rate: cfg.Rate}
 }
 
 // takeRate takes one token from identity's bucket for cfg's scope, or
@@ -192,10 +229,7 @@ func (l *Limiter) takeRate(identity string, cfg Config, now time.Time) *Exceeded
 	if cfg.rateUnlimited() {
 		return nil
 	}
-	key := identity
-	if cfg.Scope != "" {
-		key = cfg.Scope + "\x00" + identity
-	}
+	key := bucketKey(identity, cfg)
 	b, ok := l.buckets[key]
 	if !ok {
 		b = rate.NewLimiter(cfg.Rate, cfg.Burst)
@@ -204,13 +238,7 @@ func (l *Limiter) takeRate(identity string, cfg Config, now time.Time) *Exceeded
 	res := b.ReserveN(now, 1)
 	if d := res.DelayFrom(now); d > 0 {
 		res.CancelAt(now)
-		return &ExceededError{
-			Limit:      LimitRate,
-			Key:        identity,
-			RetryAfter: d,
-			Max:        cfg.Burst,
-			Rate:       cfg.Rate,
-		}
+		return rateExceeded(identity, cfg, d)
 	}
 	return nil
 }

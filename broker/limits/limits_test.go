@@ -281,3 +281,37 @@ func TestMemoryStaysBoundedUnderManyCallers(t *testing.T) {
 		t.Fatalf("peak table size %d for %d distinct callers", peak, callers)
 	}
 }
+
+// TestCheckAnswersAsReserveWouldWithoutTakingAnything: Check admits while
+// ReserveFor would, refuses with ReserveFor's retry delay once the bucket
+// is empty, names the same charges, and never takes a token itself.
+func TestCheckAnswersAsReserveWouldWithoutTakingAnything(t *testing.T) {
+	clk := newFakeClock()
+	cfg := Config{Rate: 1, Burst: 2, IdentityQuota: Quota{Max: 5, Window: time.Hour}, ClusterQuota: Quota{Max: 9, Window: time.Hour}}
+	l := newLimiter(t, cfg, clk)
+	for i := range 2 {
+		for range 3 {
+			if _, err := l.Check("alice", "team-a/alpha", cfg); err != nil {
+				t.Fatalf("check before reservation %d: %v", i, err)
+			}
+		}
+		if _, err := l.ReserveFor("alice", "team-a/alpha", cfg); err != nil {
+			t.Fatalf("reservation %d: %v", i, err)
+		}
+	}
+	_, checked := l.Check("alice", "team-a/alpha", cfg)
+	var ce *ExceededError
+	if !errors.As(checked, &ce) || ce.Limit != LimitRate {
+		t.Fatalf("check with an empty bucket: %v", checked)
+	}
+	_, reserved := l.ReserveFor("alice", "team-a/alpha", cfg)
+	var re *ExceededError
+	if !errors.As(reserved, &re) || re.RetryAfter != ce.RetryAfter || re.Error() != ce.Error() {
+		t.Fatalf("check said %v, reserve said %v", checked, reserved)
+	}
+	clk.Advance(time.Second)
+	res, err := l.Check("alice", "team-a/alpha", cfg)
+	if err != nil || len(res.Charges()) != 2 || res.Charges()[1].Key.Name != "team-a/alpha" || res.Charges()[1].Quota.Max != 9 {
+		t.Fatalf("check after a refill: %+v, %v", res, err)
+	}
+}

@@ -39,7 +39,9 @@ func newCheckConfigCommand() *cobra.Command {
 		Long: `Parse and validate a configuration file the way 'serve --config' does: unknown
 keys, bad values, profiles naming missing issuers, policy rules granting
 unknown profiles. Every problem is reported; the exit status is 1 if there
-is any. A valid file's limits are printed as they apply: the issuance limits
+is any. For a valid file it prints who may get what (each policy rule with
+each profile it grants: issuer, clusters, lifetimes, quotas, approval), then
+the limits as they apply: the issuance limits
 of each profile and of each policy rule with each profile it grants, the
 request limits and the bounds on refusal records. Files the configuration names (SVIDs, bundles, keys) are not read.`,
 		Example: `  credbroker check-config /etc/credbroker/config.yaml`,
@@ -50,6 +52,9 @@ request limits and the bounds on refusal records. Files the configuration names 
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s: configuration OK\n", args[0])
+			if err := cfg.WriteGrants(cmd.OutOrStdout()); err != nil {
+				return err
+			}
 			return cfg.WriteLimits(cmd.OutOrStdout())
 		},
 	}

@@ -261,6 +261,10 @@ func TestRevokeIdentityAtTheRealBroker(t *testing.T) {
 			_, err := admin.ResetQuota(ctx, &credbrokerv1.ResetQuotaRequest{Key: &credbrokerv1.ResetQuotaRequest_SpiffeId{SpiffeId: devController}})
 			return err
 		},
+		"ExplainPolicy": func() error {
+			_, err := admin.ExplainPolicy(ctx, &credbrokerv1.ExplainPolicyRequest{SpiffeId: devController, Profile: "dev-token"})
+			return err
+		},
 	}
 	for name, call := range calls {
 		if err := call(); status.Code(err) != codes.PermissionDenied {

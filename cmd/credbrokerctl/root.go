@@ -93,7 +93,7 @@ instead, authenticated by an admin X.509-SVID (one of admin.spiffe_ids).`,
 	f.StringVar(&a.svidDir, "svid-dir", "", "with --broker: directory with the admin's svid.pem, svid_key.pem, bundle.pem")
 	f.StringVar(&a.brokerID, "broker-id", "", "with --broker: exact SPIFFE ID the broker must present (default: any in the SVID's trust domain)")
 
-	root.AddCommand(newIssuancesCmd(a), newAuditCmd(a), newJoinTokenCmd(a), newNodesCmd(a), newRevokeCmd(a), newClustersCmd(a), newQuotaCmd(a), newApprovalsCmd(a))
+	root.AddCommand(newIssuancesCmd(a), newAuditCmd(a), newJoinTokenCmd(a), newNodesCmd(a), newRevokeCmd(a), newClustersCmd(a), newQuotaCmd(a), newApprovalsCmd(a), newPolicyCmd(a))
 	return root
 }
 

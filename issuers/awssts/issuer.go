@@ -379,29 +379,67 @@ func (i *Issuer) store(k cacheKey, c cached, gen uint64) {
 }
 
 // assume makes the STS call for req.
-func (i *Issuer) assume(ctx context.Context, p Profile, seconds int32, req issuers.Request) (issuers.Credential, error) {
+// call is what one AssumeRole call for a request sends, besides the
+// credentials it is signed with.
+type call struct {
+	policy            *string
+	tags              []Tag
+	sourceID, session string
+}
+
+// plan computes what assume sends for req under p; Preview shows it.
+func plan(p Profile, req issuers.Request) (call, error) {
 	var cluster attest.ClusterRef
 	if req.Cluster != "" {
 		var err error
 		if cluster, err = attest.ParseClusterRef(req.Cluster); err != nil {
-			return issuers.Credential{}, fmt.Errorf("awssts: %w", err)
+			return call{}, fmt.Errorf("awssts: %w", err)
 		}
 	}
 	ns, name := cluster.Namespace, cluster.Name
-	var policy *string
+	var c call
 	if p.Policy != nil {
 		doc, err := p.Policy.Render(PolicyVars{ClusterNamespace: ns, ClusterName: name, Profile: req.Profile})
 		if err != nil {
-			return issuers.Credential{}, err
+			return call{}, err
 		}
-		policy = aws.String(doc)
+		c.policy = aws.String(doc)
 	}
-	tags, err := SessionTags(TagValues{SPIFFEID: req.Subject, Profile: req.Profile, ClusterNamespace: ns, ClusterName: name, IssuanceID: req.IssuanceID})
+	var err error
+	if c.tags, err = SessionTags(TagValues{SPIFFEID: req.Subject, Profile: req.Profile, ClusterNamespace: ns, ClusterName: name, IssuanceID: req.IssuanceID}); err != nil {
+		return call{}, err
+	}
+	c.sourceID, c.session = SourceIdentity(req.Subject), RoleSessionName(req.Subject)
+	return c, nil
+}
+
+// Preview implements issuers.Previewer: the role, session policy, source
+// identity, session name and tags assume would send for req.
+func (i *Issuer) Preview(req issuers.Request) (issuers.Preview, error) {
+	p, ok := i.profiles[req.Profile]
+	if !ok {
+		return issuers.Preview{}, fmt.Errorf("awssts: profile %q is not configured for this issuer", req.Profile)
+	}
+	c, err := plan(p, req)
+	if err != nil {
+		return issuers.Preview{}, err
+	}
+	out := issuers.Preview{Target: p.RoleARN, Details: map[string]string{"RoleSessionName": c.session, "SourceIdentity": c.sourceID}}
+	if c.policy != nil {
+		out.SessionPolicy = *c.policy
+	}
+	for _, t := range c.tags {
+		out.Details["tag "+t.Key] = t.Value
+	}
+	return out, nil
+}
+
+func (i *Issuer) assume(ctx context.Context, p Profile, seconds int32, req issuers.Request) (issuers.Credential, error) {
+	c, err := plan(p, req)
 	if err != nil {
 		return issuers.Credential{}, err
 	}
-	sourceID := SourceIdentity(req.Subject)
-	session := RoleSessionName(req.Subject)
+	policy, tags, sourceID, session := c.policy, c.tags, c.sourceID, c.session
 
 	var creds *ststypes.Credentials
 	switch i.mode {

@@ -243,6 +243,24 @@ func TestAssumeRoleRequestCarriesIdentityTagsAndPolicy(t *testing.T) {
 	if v := policy.Statement[1].Condition["StringLike"]["s3:prefix"]; v != "team-a/alpha/*" {
 		t.Errorf("condition = %v: want cluster A's prefix", policy.Statement[1].Condition)
 	}
+
+	// Preview (policy explain) says exactly what was sent, without a call.
+	pv, err := e.issuer.Preview(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pv.Target != f.Get("RoleArn") || pv.SessionPolicy != f.Get("Policy") || pv.Details["SourceIdentity"] != f.Get("SourceIdentity") ||
+		pv.Details["RoleSessionName"] != f.Get("RoleSessionName") {
+		t.Errorf("preview %+v\ndiffers from the AssumeRole sent: %v", pv, f)
+	}
+	for k, v := range wantTags {
+		if pv.Details["tag "+k] != v {
+			t.Errorf("preview tag %s = %q, want %q", k, pv.Details["tag "+k], v)
+		}
+	}
+	if n := len(e.rec.calls("AssumeRole")); n != 1 {
+		t.Errorf("preview called STS: %d AssumeRole calls", n)
+	}
 }
 
 func TestIdenticalRequestsShareOneAssumeRoleUntilHalfLife(t *testing.T) {

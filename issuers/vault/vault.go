@@ -479,6 +479,23 @@ func (i *Issuer) Issue(ctx context.Context, req issuers.Request) (issuers.Creden
 	}
 }
 
+// Preview implements issuers.Previewer: the path Issue would read or the
+// token role it would create through, with the token's policies. Vault
+// keeps the rest (an AWS engine role's policy document) on its side.
+func (i *Issuer) Preview(req issuers.Request) (issuers.Preview, error) {
+	p, ok := i.profiles[req.Profile]
+	if !ok {
+		return issuers.Preview{}, fmt.Errorf("vault: profile %q is not configured for this issuer", req.Profile)
+	}
+	ttl := strconv.Itoa(int(req.TTL/time.Second)) + "s"
+	if p.Kind != KindToken {
+		return issuers.Preview{Target: p.Path, Details: map[string]string{"ttl": ttl}}, nil
+	}
+	return issuers.Preview{Target: "auth/token/create/" + p.TokenRole, Details: map[string]string{
+		"policies": strings.Join(p.Policies, ","), "ttl": ttl, "explicit_max_ttl": ttl, "num_uses": strconv.Itoa(p.NumUses),
+	}}, nil
+}
+
 // TokenType is the Credential.TokenType of Vault tokens.
 const TokenType = "vault"
 

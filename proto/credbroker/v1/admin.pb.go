@@ -311,6 +311,63 @@ func (ApprovalStatus) EnumDescriptor() ([]byte, []int) {
 	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{3}
 }
 
+// ExplainOutcome is what one step of the decision did with the request.
+type ExplainOutcome int32
+
+const (
+	ExplainOutcome_EXPLAIN_OUTCOME_UNSPECIFIED ExplainOutcome = 0
+	// The step lets the request through.
+	ExplainOutcome_EXPLAIN_OUTCOME_PASS ExplainOutcome = 1
+	// The step refuses the request.
+	ExplainOutcome_EXPLAIN_OUTCOME_REFUSE ExplainOutcome = 2
+	// The step could not be judged because an earlier one refused (e.g. no
+	// policy for an unknown profile).
+	ExplainOutcome_EXPLAIN_OUTCOME_NOT_REACHED ExplainOutcome = 3
+)
+
+// Enum value maps for ExplainOutcome.
+var (
+	ExplainOutcome_name = map[int32]string{
+		0: "EXPLAIN_OUTCOME_UNSPECIFIED",
+		1: "EXPLAIN_OUTCOME_PASS",
+		2: "EXPLAIN_OUTCOME_REFUSE",
+		3: "EXPLAIN_OUTCOME_NOT_REACHED",
+	}
+	ExplainOutcome_value = map[string]int32{
+		"EXPLAIN_OUTCOME_UNSPECIFIED": 0,
+		"EXPLAIN_OUTCOME_PASS":        1,
+		"EXPLAIN_OUTCOME_REFUSE":      2,
+		"EXPLAIN_OUTCOME_NOT_REACHED": 3,
+	}
+)
+
+func (x ExplainOutcome) Enum() *ExplainOutcome {
+	p := new(ExplainOutcome)
+	*p = x
+	return p
+}
+
+func (x ExplainOutcome) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ExplainOutcome) Descriptor() protoreflect.EnumDescriptor {
+	return file_credbroker_v1_admin_proto_enumTypes[4].Descriptor()
+}
+
+func (ExplainOutcome) Type() protoreflect.EnumType {
+	return &file_credbroker_v1_admin_proto_enumTypes[4]
+}
+
+func (x ExplainOutcome) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ExplainOutcome.Descriptor instead.
+func (ExplainOutcome) EnumDescriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{4}
+}
+
 // AuditRecord is one decision in the tamper-evident audit chain. It never
 // carries a secret: only references such as a token's jti or an AccessKeyId.
 type AuditRecord struct {
@@ -4120,11 +4177,512 @@ func (x *DenyApprovalResponse) GetApproval() *Approval {
 	return nil
 }
 
+// ExplainPolicyRequest is an IssueCredential request as an identity would
+// send it.
+type ExplainPolicyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The caller's SPIFFE ID. A node ID of this broker binds the request to
+	// its cluster, as attestation does.
+	SpiffeId string `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	// The fields of IssueCredentialRequest.
+	Profile       string               `protobuf:"bytes,2,opt,name=profile,proto3" json:"profile,omitempty"`
+	Cluster       string               `protobuf:"bytes,3,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	Ttl           *durationpb.Duration `protobuf:"bytes,4,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	Audience      string               `protobuf:"bytes,5,opt,name=audience,proto3" json:"audience,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExplainPolicyRequest) Reset() {
+	*x = ExplainPolicyRequest{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExplainPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExplainPolicyRequest) ProtoMessage() {}
+
+func (x *ExplainPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExplainPolicyRequest.ProtoReflect.Descriptor instead.
+func (*ExplainPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *ExplainPolicyRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *ExplainPolicyRequest) GetProfile() string {
+	if x != nil {
+		return x.Profile
+	}
+	return ""
+}
+
+func (x *ExplainPolicyRequest) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *ExplainPolicyRequest) GetTtl() *durationpb.Duration {
+	if x != nil {
+		return x.Ttl
+	}
+	return nil
+}
+
+func (x *ExplainPolicyRequest) GetAudience() string {
+	if x != nil {
+		return x.Audience
+	}
+	return ""
+}
+
+// ExplainStep is one step of the decision.
+type ExplainStep struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "request", "revocation", "policy", "rate limit", "approval", "quota",
+	// in the order issuance takes them.
+	Step    string         `protobuf:"bytes,1,opt,name=step,proto3" json:"step,omitempty"`
+	Outcome ExplainOutcome `protobuf:"varint,2,opt,name=outcome,proto3,enum=credbroker.v1.ExplainOutcome" json:"outcome,omitempty"`
+	// Why, in words.
+	Detail        string `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExplainStep) Reset() {
+	*x = ExplainStep{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExplainStep) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExplainStep) ProtoMessage() {}
+
+func (x *ExplainStep) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExplainStep.ProtoReflect.Descriptor instead.
+func (*ExplainStep) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *ExplainStep) GetStep() string {
+	if x != nil {
+		return x.Step
+	}
+	return ""
+}
+
+func (x *ExplainStep) GetOutcome() ExplainOutcome {
+	if x != nil {
+		return x.Outcome
+	}
+	return ExplainOutcome_EXPLAIN_OUTCOME_UNSPECIFIED
+}
+
+func (x *ExplainStep) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+// ExplainQuota is one quota the request would spend a unit of.
+type ExplainQuota struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Key:
+	//
+	//	*ExplainQuota_SpiffeId
+	//	*ExplainQuota_Cluster
+	Key    isExplainQuota_Key   `protobuf_oneof:"key"`
+	Max    int32                `protobuf:"varint,3,opt,name=max,proto3" json:"max,omitempty"`
+	Window *durationpb.Duration `protobuf:"bytes,4,opt,name=window,proto3" json:"window,omitempty"`
+	// Used in the current window, and left after it.
+	Used      int32 `protobuf:"varint,5,opt,name=used,proto3" json:"used,omitempty"`
+	Remaining int32 `protobuf:"varint,6,opt,name=remaining,proto3" json:"remaining,omitempty"`
+	// End of the current window; absent when there is none.
+	ResetAt       *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=reset_at,json=resetAt,proto3" json:"reset_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExplainQuota) Reset() {
+	*x = ExplainQuota{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExplainQuota) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExplainQuota) ProtoMessage() {}
+
+func (x *ExplainQuota) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExplainQuota.ProtoReflect.Descriptor instead.
+func (*ExplainQuota) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{55}
+}
+
+func (x *ExplainQuota) GetKey() isExplainQuota_Key {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *ExplainQuota) GetSpiffeId() string {
+	if x != nil {
+		if x, ok := x.Key.(*ExplainQuota_SpiffeId); ok {
+			return x.SpiffeId
+		}
+	}
+	return ""
+}
+
+func (x *ExplainQuota) GetCluster() string {
+	if x != nil {
+		if x, ok := x.Key.(*ExplainQuota_Cluster); ok {
+			return x.Cluster
+		}
+	}
+	return ""
+}
+
+func (x *ExplainQuota) GetMax() int32 {
+	if x != nil {
+		return x.Max
+	}
+	return 0
+}
+
+func (x *ExplainQuota) GetWindow() *durationpb.Duration {
+	if x != nil {
+		return x.Window
+	}
+	return nil
+}
+
+func (x *ExplainQuota) GetUsed() int32 {
+	if x != nil {
+		return x.Used
+	}
+	return 0
+}
+
+func (x *ExplainQuota) GetRemaining() int32 {
+	if x != nil {
+		return x.Remaining
+	}
+	return 0
+}
+
+func (x *ExplainQuota) GetResetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ResetAt
+	}
+	return nil
+}
+
+type isExplainQuota_Key interface {
+	isExplainQuota_Key()
+}
+
+type ExplainQuota_SpiffeId struct {
+	SpiffeId string `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3,oneof"`
+}
+
+type ExplainQuota_Cluster struct {
+	Cluster string `protobuf:"bytes,2,opt,name=cluster,proto3,oneof"`
+}
+
+func (*ExplainQuota_SpiffeId) isExplainQuota_Key() {}
+
+func (*ExplainQuota_Cluster) isExplainQuota_Key() {}
+
+// UpstreamPreview is what the issuer would send upstream for the request.
+type UpstreamPreview struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What is assumed, read or created (an AWS role ARN, a Vault path).
+	Target string `protobuf:"bytes,1,opt,name=target,proto3" json:"target,omitempty"`
+	// The AWS session policy, exactly as it would be sent; empty for none.
+	SessionPolicy string `protobuf:"bytes,2,opt,name=session_policy,json=sessionPolicy,proto3" json:"session_policy,omitempty"`
+	// Other request parameters, safe to show (SourceIdentity, session tags).
+	Details       map[string]string `protobuf:"bytes,3,rep,name=details,proto3" json:"details,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpstreamPreview) Reset() {
+	*x = UpstreamPreview{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpstreamPreview) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpstreamPreview) ProtoMessage() {}
+
+func (x *UpstreamPreview) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpstreamPreview.ProtoReflect.Descriptor instead.
+func (*UpstreamPreview) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{56}
+}
+
+func (x *UpstreamPreview) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *UpstreamPreview) GetSessionPolicy() string {
+	if x != nil {
+		return x.SessionPolicy
+	}
+	return ""
+}
+
+func (x *UpstreamPreview) GetDetails() map[string]string {
+	if x != nil {
+		return x.Details
+	}
+	return nil
+}
+
+// ExplainPolicyResponse is the decision and why.
+type ExplainPolicyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whether IssueCredential would be served now (an upstream failure
+	// aside): true exactly when no step refuses.
+	Granted bool `protobuf:"varint,1,opt,name=granted,proto3" json:"granted,omitempty"`
+	// When not granted: the reason and message IssueCredential would refuse
+	// with (the first refusing step's).
+	RefusalReason ErrorReason    `protobuf:"varint,2,opt,name=refusal_reason,json=refusalReason,proto3,enum=credbroker.v1.ErrorReason" json:"refusal_reason,omitempty"`
+	Refusal       string         `protobuf:"bytes,3,opt,name=refusal,proto3" json:"refusal,omitempty"`
+	Steps         []*ExplainStep `protobuf:"bytes,4,rep,name=steps,proto3" json:"steps,omitempty"`
+	// The request as it would be served, defaults applied.
+	Cluster  string               `protobuf:"bytes,5,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	Audience string               `protobuf:"bytes,6,opt,name=audience,proto3" json:"audience,omitempty"`
+	Ttl      *durationpb.Duration `protobuf:"bytes,7,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	Issuer   string               `protobuf:"bytes,8,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	// The granting policy rule's index (-1: none) and id pattern.
+	Rule   int32  `protobuf:"varint,9,opt,name=rule,proto3" json:"rule,omitempty"`
+	RuleId string `protobuf:"bytes,10,opt,name=rule_id,json=ruleId,proto3" json:"rule_id,omitempty"`
+	// The quotas it would spend from.
+	Quotas []*ExplainQuota `protobuf:"bytes,11,rep,name=quotas,proto3" json:"quotas,omitempty"`
+	// The revocation in force that covers the identity or the cluster.
+	Revocation *Revocation `protobuf:"bytes,12,opt,name=revocation,proto3" json:"revocation,omitempty"`
+	// Two-person approval the profile asks for; 0 approvers: none.
+	Approvers      int32                `protobuf:"varint,13,opt,name=approvers,proto3" json:"approvers,omitempty"`
+	ApprovalWindow *durationpb.Duration `protobuf:"bytes,14,opt,name=approval_window,json=approvalWindow,proto3" json:"approval_window,omitempty"`
+	// What the issuer would send upstream, for issuers that say (AWS STS).
+	Upstream      *UpstreamPreview `protobuf:"bytes,15,opt,name=upstream,proto3" json:"upstream,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExplainPolicyResponse) Reset() {
+	*x = ExplainPolicyResponse{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExplainPolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExplainPolicyResponse) ProtoMessage() {}
+
+func (x *ExplainPolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExplainPolicyResponse.ProtoReflect.Descriptor instead.
+func (*ExplainPolicyResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{57}
+}
+
+func (x *ExplainPolicyResponse) GetGranted() bool {
+	if x != nil {
+		return x.Granted
+	}
+	return false
+}
+
+func (x *ExplainPolicyResponse) GetRefusalReason() ErrorReason {
+	if x != nil {
+		return x.RefusalReason
+	}
+	return ErrorReason_ERROR_REASON_UNSPECIFIED
+}
+
+func (x *ExplainPolicyResponse) GetRefusal() string {
+	if x != nil {
+		return x.Refusal
+	}
+	return ""
+}
+
+func (x *ExplainPolicyResponse) GetSteps() []*ExplainStep {
+	if x != nil {
+		return x.Steps
+	}
+	return nil
+}
+
+func (x *ExplainPolicyResponse) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *ExplainPolicyResponse) GetAudience() string {
+	if x != nil {
+		return x.Audience
+	}
+	return ""
+}
+
+func (x *ExplainPolicyResponse) GetTtl() *durationpb.Duration {
+	if x != nil {
+		return x.Ttl
+	}
+	return nil
+}
+
+func (x *ExplainPolicyResponse) GetIssuer() string {
+	if x != nil {
+		return x.Issuer
+	}
+	return ""
+}
+
+func (x *ExplainPolicyResponse) GetRule() int32 {
+	if x != nil {
+		return x.Rule
+	}
+	return 0
+}
+
+func (x *ExplainPolicyResponse) GetRuleId() string {
+	if x != nil {
+		return x.RuleId
+	}
+	return ""
+}
+
+func (x *ExplainPolicyResponse) GetQuotas() []*ExplainQuota {
+	if x != nil {
+		return x.Quotas
+	}
+	return nil
+}
+
+func (x *ExplainPolicyResponse) GetRevocation() *Revocation {
+	if x != nil {
+		return x.Revocation
+	}
+	return nil
+}
+
+func (x *ExplainPolicyResponse) GetApprovers() int32 {
+	if x != nil {
+		return x.Approvers
+	}
+	return 0
+}
+
+func (x *ExplainPolicyResponse) GetApprovalWindow() *durationpb.Duration {
+	if x != nil {
+		return x.ApprovalWindow
+	}
+	return nil
+}
+
+func (x *ExplainPolicyResponse) GetUpstream() *UpstreamPreview {
+	if x != nil {
+		return x.Upstream
+	}
+	return nil
+}
+
 var File_credbroker_v1_admin_proto protoreflect.FileDescriptor
 
 const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x19credbroker/v1/admin.proto\x12\rcredbroker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xff\x04\n" +
+	"\x19credbroker/v1/admin.proto\x12\rcredbroker.v1\x1a\x1acredbroker/v1/errors.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xff\x04\n" +
 	"\vAuditRecord\x12\x1b\n" +
 	"\trecord_id\x18\x01 \x01(\tR\brecordId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12.\n" +
@@ -4422,7 +4980,52 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"approvalId\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"K\n" +
 	"\x14DenyApprovalResponse\x123\n" +
-	"\bapproval\x18\x01 \x01(\v2\x17.credbroker.v1.ApprovalR\bapproval*\xec\x02\n" +
+	"\bapproval\x18\x01 \x01(\v2\x17.credbroker.v1.ApprovalR\bapproval\"\xb0\x01\n" +
+	"\x14ExplainPolicyRequest\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x18\n" +
+	"\aprofile\x18\x02 \x01(\tR\aprofile\x12\x18\n" +
+	"\acluster\x18\x03 \x01(\tR\acluster\x12+\n" +
+	"\x03ttl\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12\x1a\n" +
+	"\baudience\x18\x05 \x01(\tR\baudience\"r\n" +
+	"\vExplainStep\x12\x12\n" +
+	"\x04step\x18\x01 \x01(\tR\x04step\x127\n" +
+	"\aoutcome\x18\x02 \x01(\x0e2\x1d.credbroker.v1.ExplainOutcomeR\aoutcome\x12\x16\n" +
+	"\x06detail\x18\x03 \x01(\tR\x06detail\"\xfe\x01\n" +
+	"\fExplainQuota\x12\x1d\n" +
+	"\tspiffe_id\x18\x01 \x01(\tH\x00R\bspiffeId\x12\x1a\n" +
+	"\acluster\x18\x02 \x01(\tH\x00R\acluster\x12\x10\n" +
+	"\x03max\x18\x03 \x01(\x05R\x03max\x121\n" +
+	"\x06window\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x06window\x12\x12\n" +
+	"\x04used\x18\x05 \x01(\x05R\x04used\x12\x1c\n" +
+	"\tremaining\x18\x06 \x01(\x05R\tremaining\x125\n" +
+	"\breset_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\aresetAtB\x05\n" +
+	"\x03key\"\xd3\x01\n" +
+	"\x0fUpstreamPreview\x12\x16\n" +
+	"\x06target\x18\x01 \x01(\tR\x06target\x12%\n" +
+	"\x0esession_policy\x18\x02 \x01(\tR\rsessionPolicy\x12E\n" +
+	"\adetails\x18\x03 \x03(\v2+.credbroker.v1.UpstreamPreview.DetailsEntryR\adetails\x1a:\n" +
+	"\fDetailsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf6\x04\n" +
+	"\x15ExplainPolicyResponse\x12\x18\n" +
+	"\agranted\x18\x01 \x01(\bR\agranted\x12A\n" +
+	"\x0erefusal_reason\x18\x02 \x01(\x0e2\x1a.credbroker.v1.ErrorReasonR\rrefusalReason\x12\x18\n" +
+	"\arefusal\x18\x03 \x01(\tR\arefusal\x120\n" +
+	"\x05steps\x18\x04 \x03(\v2\x1a.credbroker.v1.ExplainStepR\x05steps\x12\x18\n" +
+	"\acluster\x18\x05 \x01(\tR\acluster\x12\x1a\n" +
+	"\baudience\x18\x06 \x01(\tR\baudience\x12+\n" +
+	"\x03ttl\x18\a \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12\x16\n" +
+	"\x06issuer\x18\b \x01(\tR\x06issuer\x12\x12\n" +
+	"\x04rule\x18\t \x01(\x05R\x04rule\x12\x17\n" +
+	"\arule_id\x18\n" +
+	" \x01(\tR\x06ruleId\x123\n" +
+	"\x06quotas\x18\v \x03(\v2\x1b.credbroker.v1.ExplainQuotaR\x06quotas\x129\n" +
+	"\n" +
+	"revocation\x18\f \x01(\v2\x19.credbroker.v1.RevocationR\n" +
+	"revocation\x12\x1c\n" +
+	"\tapprovers\x18\r \x01(\x05R\tapprovers\x12B\n" +
+	"\x0fapproval_window\x18\x0e \x01(\v2\x19.google.protobuf.DurationR\x0eapprovalWindow\x12:\n" +
+	"\bupstream\x18\x0f \x01(\v2\x1e.credbroker.v1.UpstreamPreviewR\bupstream*\xec\x02\n" +
 	"\bDecision\x12\x18\n" +
 	"\x14DECISION_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fDECISION_INTENT\x10\x01\x12\x13\n" +
@@ -4458,7 +5061,12 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x17APPROVAL_STATUS_GRANTED\x10\x02\x12\x1a\n" +
 	"\x16APPROVAL_STATUS_DENIED\x10\x03\x12\x1c\n" +
 	"\x18APPROVAL_STATUS_CONSUMED\x10\x04\x12\x1b\n" +
-	"\x17APPROVAL_STATUS_EXPIRED\x10\x052\x9b\r\n" +
+	"\x17APPROVAL_STATUS_EXPIRED\x10\x05*\x88\x01\n" +
+	"\x0eExplainOutcome\x12\x1f\n" +
+	"\x1bEXPLAIN_OUTCOME_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14EXPLAIN_OUTCOME_PASS\x10\x01\x12\x1a\n" +
+	"\x16EXPLAIN_OUTCOME_REFUSE\x10\x02\x12\x1f\n" +
+	"\x1bEXPLAIN_OUTCOME_NOT_REACHED\x10\x032\xf7\r\n" +
 	"\fAdminService\x12Z\n" +
 	"\rListIssuances\x12#.credbroker.v1.ListIssuancesRequest\x1a$.credbroker.v1.ListIssuancesResponse\x12T\n" +
 	"\vGetIssuance\x12!.credbroker.v1.GetIssuanceRequest\x1a\".credbroker.v1.GetIssuanceResponse\x12V\n" +
@@ -4479,7 +5087,8 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\rListApprovals\x12#.credbroker.v1.ListApprovalsRequest\x1a$.credbroker.v1.ListApprovalsResponse\x12T\n" +
 	"\vGetApproval\x12!.credbroker.v1.GetApprovalRequest\x1a\".credbroker.v1.GetApprovalResponse\x12H\n" +
 	"\aApprove\x12\x1d.credbroker.v1.ApproveRequest\x1a\x1e.credbroker.v1.ApproveResponse\x12W\n" +
-	"\fDenyApproval\x12\".credbroker.v1.DenyApprovalRequest\x1a#.credbroker.v1.DenyApprovalResponseBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
+	"\fDenyApproval\x12\".credbroker.v1.DenyApprovalRequest\x1a#.credbroker.v1.DenyApprovalResponse\x12Z\n" +
+	"\rExplainPolicy\x12#.credbroker.v1.ExplainPolicyRequest\x1a$.credbroker.v1.ExplainPolicyResponseBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
 
 var (
 	file_credbroker_v1_admin_proto_rawDescOnce sync.Once
@@ -4493,176 +5102,198 @@ func file_credbroker_v1_admin_proto_rawDescGZIP() []byte {
 	return file_credbroker_v1_admin_proto_rawDescData
 }
 
-var file_credbroker_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_credbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
+var file_credbroker_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_credbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 59)
 var file_credbroker_v1_admin_proto_goTypes = []any{
 	(Decision)(0),                          // 0: credbroker.v1.Decision
 	(AttestationMethod)(0),                 // 1: credbroker.v1.AttestationMethod
 	(RevocationKind)(0),                    // 2: credbroker.v1.RevocationKind
 	(ApprovalStatus)(0),                    // 3: credbroker.v1.ApprovalStatus
-	(*AuditRecord)(nil),                    // 4: credbroker.v1.AuditRecord
-	(*Issuance)(nil),                       // 5: credbroker.v1.Issuance
-	(*ListIssuancesRequest)(nil),           // 6: credbroker.v1.ListIssuancesRequest
-	(*ListIssuancesResponse)(nil),          // 7: credbroker.v1.ListIssuancesResponse
-	(*GetIssuanceRequest)(nil),             // 8: credbroker.v1.GetIssuanceRequest
-	(*GetIssuanceResponse)(nil),            // 9: credbroker.v1.GetIssuanceResponse
-	(*VerifyAuditRequest)(nil),             // 10: credbroker.v1.VerifyAuditRequest
-	(*VerifyAuditResponse)(nil),            // 11: credbroker.v1.VerifyAuditResponse
-	(*VerifyAuditResult)(nil),              // 12: credbroker.v1.VerifyAuditResult
-	(*ChainBreak)(nil),                     // 13: credbroker.v1.ChainBreak
-	(*AuditProgress)(nil),                  // 14: credbroker.v1.AuditProgress
-	(*ExportAuditRequest)(nil),             // 15: credbroker.v1.ExportAuditRequest
-	(*ExportAuditResponse)(nil),            // 16: credbroker.v1.ExportAuditResponse
-	(*CreateJoinTokenRequest)(nil),         // 17: credbroker.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil),        // 18: credbroker.v1.CreateJoinTokenResponse
-	(*Node)(nil),                           // 19: credbroker.v1.Node
-	(*ListNodesRequest)(nil),               // 20: credbroker.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),              // 21: credbroker.v1.ListNodesResponse
-	(*EvictNodeRequest)(nil),               // 22: credbroker.v1.EvictNodeRequest
-	(*EvictNodeResponse)(nil),              // 23: credbroker.v1.EvictNodeResponse
-	(*Revocation)(nil),                     // 24: credbroker.v1.Revocation
-	(*RevokeRequest)(nil),                  // 25: credbroker.v1.RevokeRequest
-	(*RevokeResponse)(nil),                 // 26: credbroker.v1.RevokeResponse
-	(*UpstreamRevocation)(nil),             // 27: credbroker.v1.UpstreamRevocation
-	(*AWSRevocationPolicy)(nil),            // 28: credbroker.v1.AWSRevocationPolicy
-	(*AWSRoleRevocationPolicy)(nil),        // 29: credbroker.v1.AWSRoleRevocationPolicy
-	(*GetAWSRevocationPolicyRequest)(nil),  // 30: credbroker.v1.GetAWSRevocationPolicyRequest
-	(*GetAWSRevocationPolicyResponse)(nil), // 31: credbroker.v1.GetAWSRevocationPolicyResponse
-	(*ListRevocationsRequest)(nil),         // 32: credbroker.v1.ListRevocationsRequest
-	(*ListRevocationsResponse)(nil),        // 33: credbroker.v1.ListRevocationsResponse
-	(*LiftRevocationRequest)(nil),          // 34: credbroker.v1.LiftRevocationRequest
-	(*LiftRevocationResponse)(nil),         // 35: credbroker.v1.LiftRevocationResponse
-	(*Cluster)(nil),                        // 36: credbroker.v1.Cluster
-	(*ListClustersRequest)(nil),            // 37: credbroker.v1.ListClustersRequest
-	(*ListClustersResponse)(nil),           // 38: credbroker.v1.ListClustersResponse
-	(*DeleteClusterRequest)(nil),           // 39: credbroker.v1.DeleteClusterRequest
-	(*DeleteClusterResponse)(nil),          // 40: credbroker.v1.DeleteClusterResponse
-	(*QuotaUsage)(nil),                     // 41: credbroker.v1.QuotaUsage
-	(*GetQuotaRequest)(nil),                // 42: credbroker.v1.GetQuotaRequest
-	(*GetQuotaResponse)(nil),               // 43: credbroker.v1.GetQuotaResponse
-	(*QuotaLimit)(nil),                     // 44: credbroker.v1.QuotaLimit
-	(*ResetQuotaRequest)(nil),              // 45: credbroker.v1.ResetQuotaRequest
-	(*ResetQuotaResponse)(nil),             // 46: credbroker.v1.ResetQuotaResponse
-	(*Approval)(nil),                       // 47: credbroker.v1.Approval
-	(*ApprovalVote)(nil),                   // 48: credbroker.v1.ApprovalVote
-	(*ListApprovalsRequest)(nil),           // 49: credbroker.v1.ListApprovalsRequest
-	(*ListApprovalsResponse)(nil),          // 50: credbroker.v1.ListApprovalsResponse
-	(*GetApprovalRequest)(nil),             // 51: credbroker.v1.GetApprovalRequest
-	(*GetApprovalResponse)(nil),            // 52: credbroker.v1.GetApprovalResponse
-	(*ApproveRequest)(nil),                 // 53: credbroker.v1.ApproveRequest
-	(*ApproveResponse)(nil),                // 54: credbroker.v1.ApproveResponse
-	(*DenyApprovalRequest)(nil),            // 55: credbroker.v1.DenyApprovalRequest
-	(*DenyApprovalResponse)(nil),           // 56: credbroker.v1.DenyApprovalResponse
-	(*timestamppb.Timestamp)(nil),          // 57: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),            // 58: google.protobuf.Duration
+	(ExplainOutcome)(0),                    // 4: credbroker.v1.ExplainOutcome
+	(*AuditRecord)(nil),                    // 5: credbroker.v1.AuditRecord
+	(*Issuance)(nil),                       // 6: credbroker.v1.Issuance
+	(*ListIssuancesRequest)(nil),           // 7: credbroker.v1.ListIssuancesRequest
+	(*ListIssuancesResponse)(nil),          // 8: credbroker.v1.ListIssuancesResponse
+	(*GetIssuanceRequest)(nil),             // 9: credbroker.v1.GetIssuanceRequest
+	(*GetIssuanceResponse)(nil),            // 10: credbroker.v1.GetIssuanceResponse
+	(*VerifyAuditRequest)(nil),             // 11: credbroker.v1.VerifyAuditRequest
+	(*VerifyAuditResponse)(nil),            // 12: credbroker.v1.VerifyAuditResponse
+	(*VerifyAuditResult)(nil),              // 13: credbroker.v1.VerifyAuditResult
+	(*ChainBreak)(nil),                     // 14: credbroker.v1.ChainBreak
+	(*AuditProgress)(nil),                  // 15: credbroker.v1.AuditProgress
+	(*ExportAuditRequest)(nil),             // 16: credbroker.v1.ExportAuditRequest
+	(*ExportAuditResponse)(nil),            // 17: credbroker.v1.ExportAuditResponse
+	(*CreateJoinTokenRequest)(nil),         // 18: credbroker.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),        // 19: credbroker.v1.CreateJoinTokenResponse
+	(*Node)(nil),                           // 20: credbroker.v1.Node
+	(*ListNodesRequest)(nil),               // 21: credbroker.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),              // 22: credbroker.v1.ListNodesResponse
+	(*EvictNodeRequest)(nil),               // 23: credbroker.v1.EvictNodeRequest
+	(*EvictNodeResponse)(nil),              // 24: credbroker.v1.EvictNodeResponse
+	(*Revocation)(nil),                     // 25: credbroker.v1.Revocation
+	(*RevokeRequest)(nil),                  // 26: credbroker.v1.RevokeRequest
+	(*RevokeResponse)(nil),                 // 27: credbroker.v1.RevokeResponse
+	(*UpstreamRevocation)(nil),             // 28: credbroker.v1.UpstreamRevocation
+	(*AWSRevocationPolicy)(nil),            // 29: credbroker.v1.AWSRevocationPolicy
+	(*AWSRoleRevocationPolicy)(nil),        // 30: credbroker.v1.AWSRoleRevocationPolicy
+	(*GetAWSRevocationPolicyRequest)(nil),  // 31: credbroker.v1.GetAWSRevocationPolicyRequest
+	(*GetAWSRevocationPolicyResponse)(nil), // 32: credbroker.v1.GetAWSRevocationPolicyResponse
+	(*ListRevocationsRequest)(nil),         // 33: credbroker.v1.ListRevocationsRequest
+	(*ListRevocationsResponse)(nil),        // 34: credbroker.v1.ListRevocationsResponse
+	(*LiftRevocationRequest)(nil),          // 35: credbroker.v1.LiftRevocationRequest
+	(*LiftRevocationResponse)(nil),         // 36: credbroker.v1.LiftRevocationResponse
+	(*Cluster)(nil),                        // 37: credbroker.v1.Cluster
+	(*ListClustersRequest)(nil),            // 38: credbroker.v1.ListClustersRequest
+	(*ListClustersResponse)(nil),           // 39: credbroker.v1.ListClustersResponse
+	(*DeleteClusterRequest)(nil),           // 40: credbroker.v1.DeleteClusterRequest
+	(*DeleteClusterResponse)(nil),          // 41: credbroker.v1.DeleteClusterResponse
+	(*QuotaUsage)(nil),                     // 42: credbroker.v1.QuotaUsage
+	(*GetQuotaRequest)(nil),                // 43: credbroker.v1.GetQuotaRequest
+	(*GetQuotaResponse)(nil),               // 44: credbroker.v1.GetQuotaResponse
+	(*QuotaLimit)(nil),                     // 45: credbroker.v1.QuotaLimit
+	(*ResetQuotaRequest)(nil),              // 46: credbroker.v1.ResetQuotaRequest
+	(*ResetQuotaResponse)(nil),             // 47: credbroker.v1.ResetQuotaResponse
+	(*Approval)(nil),                       // 48: credbroker.v1.Approval
+	(*ApprovalVote)(nil),                   // 49: credbroker.v1.ApprovalVote
+	(*ListApprovalsRequest)(nil),           // 50: credbroker.v1.ListApprovalsRequest
+	(*ListApprovalsResponse)(nil),          // 51: credbroker.v1.ListApprovalsResponse
+	(*GetApprovalRequest)(nil),             // 52: credbroker.v1.GetApprovalRequest
+	(*GetApprovalResponse)(nil),            // 53: credbroker.v1.GetApprovalResponse
+	(*ApproveRequest)(nil),                 // 54: credbroker.v1.ApproveRequest
+	(*ApproveResponse)(nil),                // 55: credbroker.v1.ApproveResponse
+	(*DenyApprovalRequest)(nil),            // 56: credbroker.v1.DenyApprovalRequest
+	(*DenyApprovalResponse)(nil),           // 57: credbroker.v1.DenyApprovalResponse
+	(*ExplainPolicyRequest)(nil),           // 58: credbroker.v1.ExplainPolicyRequest
+	(*ExplainStep)(nil),                    // 59: credbroker.v1.ExplainStep
+	(*ExplainQuota)(nil),                   // 60: credbroker.v1.ExplainQuota
+	(*UpstreamPreview)(nil),                // 61: credbroker.v1.UpstreamPreview
+	(*ExplainPolicyResponse)(nil),          // 62: credbroker.v1.ExplainPolicyResponse
+	nil,                                    // 63: credbroker.v1.UpstreamPreview.DetailsEntry
+	(*timestamppb.Timestamp)(nil),          // 64: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),            // 65: google.protobuf.Duration
+	(ErrorReason)(0),                       // 66: credbroker.v1.ErrorReason
 }
 var file_credbroker_v1_admin_proto_depIdxs = []int32{
-	57, // 0: credbroker.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	64, // 0: credbroker.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
 	1,  // 1: credbroker.v1.AuditRecord.attestation:type_name -> credbroker.v1.AttestationMethod
 	0,  // 2: credbroker.v1.AuditRecord.decision:type_name -> credbroker.v1.Decision
-	58, // 3: credbroker.v1.AuditRecord.ttl:type_name -> google.protobuf.Duration
-	57, // 4: credbroker.v1.AuditRecord.expires_at:type_name -> google.protobuf.Timestamp
-	57, // 5: credbroker.v1.Issuance.issued_at:type_name -> google.protobuf.Timestamp
-	57, // 6: credbroker.v1.Issuance.expires_at:type_name -> google.protobuf.Timestamp
+	65, // 3: credbroker.v1.AuditRecord.ttl:type_name -> google.protobuf.Duration
+	64, // 4: credbroker.v1.AuditRecord.expires_at:type_name -> google.protobuf.Timestamp
+	64, // 5: credbroker.v1.Issuance.issued_at:type_name -> google.protobuf.Timestamp
+	64, // 6: credbroker.v1.Issuance.expires_at:type_name -> google.protobuf.Timestamp
 	1,  // 7: credbroker.v1.Issuance.attestation:type_name -> credbroker.v1.AttestationMethod
-	57, // 8: credbroker.v1.ListIssuancesRequest.since:type_name -> google.protobuf.Timestamp
-	5,  // 9: credbroker.v1.ListIssuancesResponse.issuances:type_name -> credbroker.v1.Issuance
-	5,  // 10: credbroker.v1.GetIssuanceResponse.issuance:type_name -> credbroker.v1.Issuance
-	4,  // 11: credbroker.v1.GetIssuanceResponse.records:type_name -> credbroker.v1.AuditRecord
-	14, // 12: credbroker.v1.VerifyAuditResponse.progress:type_name -> credbroker.v1.AuditProgress
-	12, // 13: credbroker.v1.VerifyAuditResponse.result:type_name -> credbroker.v1.VerifyAuditResult
-	13, // 14: credbroker.v1.VerifyAuditResult.first_break:type_name -> credbroker.v1.ChainBreak
-	4,  // 15: credbroker.v1.ExportAuditResponse.record:type_name -> credbroker.v1.AuditRecord
-	58, // 16: credbroker.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
-	57, // 17: credbroker.v1.CreateJoinTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	64, // 8: credbroker.v1.ListIssuancesRequest.since:type_name -> google.protobuf.Timestamp
+	6,  // 9: credbroker.v1.ListIssuancesResponse.issuances:type_name -> credbroker.v1.Issuance
+	6,  // 10: credbroker.v1.GetIssuanceResponse.issuance:type_name -> credbroker.v1.Issuance
+	5,  // 11: credbroker.v1.GetIssuanceResponse.records:type_name -> credbroker.v1.AuditRecord
+	15, // 12: credbroker.v1.VerifyAuditResponse.progress:type_name -> credbroker.v1.AuditProgress
+	13, // 13: credbroker.v1.VerifyAuditResponse.result:type_name -> credbroker.v1.VerifyAuditResult
+	14, // 14: credbroker.v1.VerifyAuditResult.first_break:type_name -> credbroker.v1.ChainBreak
+	5,  // 15: credbroker.v1.ExportAuditResponse.record:type_name -> credbroker.v1.AuditRecord
+	65, // 16: credbroker.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
+	64, // 17: credbroker.v1.CreateJoinTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
 	1,  // 18: credbroker.v1.Node.attestation:type_name -> credbroker.v1.AttestationMethod
-	57, // 19: credbroker.v1.Node.attested_at:type_name -> google.protobuf.Timestamp
-	57, // 20: credbroker.v1.Node.renewed_at:type_name -> google.protobuf.Timestamp
-	57, // 21: credbroker.v1.Node.expires_at:type_name -> google.protobuf.Timestamp
-	57, // 22: credbroker.v1.Node.evicted_at:type_name -> google.protobuf.Timestamp
-	19, // 23: credbroker.v1.ListNodesResponse.nodes:type_name -> credbroker.v1.Node
-	19, // 24: credbroker.v1.EvictNodeResponse.node:type_name -> credbroker.v1.Node
-	5,  // 25: credbroker.v1.EvictNodeResponse.issuances:type_name -> credbroker.v1.Issuance
+	64, // 19: credbroker.v1.Node.attested_at:type_name -> google.protobuf.Timestamp
+	64, // 20: credbroker.v1.Node.renewed_at:type_name -> google.protobuf.Timestamp
+	64, // 21: credbroker.v1.Node.expires_at:type_name -> google.protobuf.Timestamp
+	64, // 22: credbroker.v1.Node.evicted_at:type_name -> google.protobuf.Timestamp
+	20, // 23: credbroker.v1.ListNodesResponse.nodes:type_name -> credbroker.v1.Node
+	20, // 24: credbroker.v1.EvictNodeResponse.node:type_name -> credbroker.v1.Node
+	6,  // 25: credbroker.v1.EvictNodeResponse.issuances:type_name -> credbroker.v1.Issuance
 	2,  // 26: credbroker.v1.Revocation.kind:type_name -> credbroker.v1.RevocationKind
-	57, // 27: credbroker.v1.Revocation.created_at:type_name -> google.protobuf.Timestamp
-	57, // 28: credbroker.v1.Revocation.until:type_name -> google.protobuf.Timestamp
-	57, // 29: credbroker.v1.Revocation.covered_until:type_name -> google.protobuf.Timestamp
-	57, // 30: credbroker.v1.RevokeRequest.until:type_name -> google.protobuf.Timestamp
-	24, // 31: credbroker.v1.RevokeResponse.revocation:type_name -> credbroker.v1.Revocation
-	27, // 32: credbroker.v1.RevokeResponse.upstream:type_name -> credbroker.v1.UpstreamRevocation
-	28, // 33: credbroker.v1.RevokeResponse.aws_policy:type_name -> credbroker.v1.AWSRevocationPolicy
-	29, // 34: credbroker.v1.AWSRevocationPolicy.roles:type_name -> credbroker.v1.AWSRoleRevocationPolicy
-	57, // 35: credbroker.v1.AWSRoleRevocationPolicy.applied_at:type_name -> google.protobuf.Timestamp
-	28, // 36: credbroker.v1.GetAWSRevocationPolicyResponse.policy:type_name -> credbroker.v1.AWSRevocationPolicy
-	24, // 37: credbroker.v1.ListRevocationsResponse.revocations:type_name -> credbroker.v1.Revocation
-	24, // 38: credbroker.v1.LiftRevocationResponse.revocation:type_name -> credbroker.v1.Revocation
-	24, // 39: credbroker.v1.Cluster.revocation:type_name -> credbroker.v1.Revocation
-	36, // 40: credbroker.v1.ListClustersResponse.clusters:type_name -> credbroker.v1.Cluster
-	24, // 41: credbroker.v1.DeleteClusterResponse.revocation:type_name -> credbroker.v1.Revocation
-	19, // 42: credbroker.v1.DeleteClusterResponse.evicted_nodes:type_name -> credbroker.v1.Node
-	27, // 43: credbroker.v1.DeleteClusterResponse.upstream:type_name -> credbroker.v1.UpstreamRevocation
-	57, // 44: credbroker.v1.QuotaUsage.window_start:type_name -> google.protobuf.Timestamp
-	57, // 45: credbroker.v1.QuotaUsage.reset_at:type_name -> google.protobuf.Timestamp
-	41, // 46: credbroker.v1.GetQuotaResponse.usage:type_name -> credbroker.v1.QuotaUsage
-	44, // 47: credbroker.v1.GetQuotaResponse.limits:type_name -> credbroker.v1.QuotaLimit
-	58, // 48: credbroker.v1.QuotaLimit.window:type_name -> google.protobuf.Duration
-	41, // 49: credbroker.v1.ResetQuotaResponse.forgotten:type_name -> credbroker.v1.QuotaUsage
+	64, // 27: credbroker.v1.Revocation.created_at:type_name -> google.protobuf.Timestamp
+	64, // 28: credbroker.v1.Revocation.until:type_name -> google.protobuf.Timestamp
+	64, // 29: credbroker.v1.Revocation.covered_until:type_name -> google.protobuf.Timestamp
+	64, // 30: credbroker.v1.RevokeRequest.until:type_name -> google.protobuf.Timestamp
+	25, // 31: credbroker.v1.RevokeResponse.revocation:type_name -> credbroker.v1.Revocation
+	28, // 32: credbroker.v1.RevokeResponse.upstream:type_name -> credbroker.v1.UpstreamRevocation
+	29, // 33: credbroker.v1.RevokeResponse.aws_policy:type_name -> credbroker.v1.AWSRevocationPolicy
+	30, // 34: credbroker.v1.AWSRevocationPolicy.roles:type_name -> credbroker.v1.AWSRoleRevocationPolicy
+	64, // 35: credbroker.v1.AWSRoleRevocationPolicy.applied_at:type_name -> google.protobuf.Timestamp
+	29, // 36: credbroker.v1.GetAWSRevocationPolicyResponse.policy:type_name -> credbroker.v1.AWSRevocationPolicy
+	25, // 37: credbroker.v1.ListRevocationsResponse.revocations:type_name -> credbroker.v1.Revocation
+	25, // 38: credbroker.v1.LiftRevocationResponse.revocation:type_name -> credbroker.v1.Revocation
+	25, // 39: credbroker.v1.Cluster.revocation:type_name -> credbroker.v1.Revocation
+	37, // 40: credbroker.v1.ListClustersResponse.clusters:type_name -> credbroker.v1.Cluster
+	25, // 41: credbroker.v1.DeleteClusterResponse.revocation:type_name -> credbroker.v1.Revocation
+	20, // 42: credbroker.v1.DeleteClusterResponse.evicted_nodes:type_name -> credbroker.v1.Node
+	28, // 43: credbroker.v1.DeleteClusterResponse.upstream:type_name -> credbroker.v1.UpstreamRevocation
+	64, // 44: credbroker.v1.QuotaUsage.window_start:type_name -> google.protobuf.Timestamp
+	64, // 45: credbroker.v1.QuotaUsage.reset_at:type_name -> google.protobuf.Timestamp
+	42, // 46: credbroker.v1.GetQuotaResponse.usage:type_name -> credbroker.v1.QuotaUsage
+	45, // 47: credbroker.v1.GetQuotaResponse.limits:type_name -> credbroker.v1.QuotaLimit
+	65, // 48: credbroker.v1.QuotaLimit.window:type_name -> google.protobuf.Duration
+	42, // 49: credbroker.v1.ResetQuotaResponse.forgotten:type_name -> credbroker.v1.QuotaUsage
 	3,  // 50: credbroker.v1.Approval.status:type_name -> credbroker.v1.ApprovalStatus
-	58, // 51: credbroker.v1.Approval.ttl:type_name -> google.protobuf.Duration
-	48, // 52: credbroker.v1.Approval.approvals:type_name -> credbroker.v1.ApprovalVote
-	57, // 53: credbroker.v1.Approval.created_at:type_name -> google.protobuf.Timestamp
-	57, // 54: credbroker.v1.Approval.expires_at:type_name -> google.protobuf.Timestamp
-	57, // 55: credbroker.v1.Approval.granted_at:type_name -> google.protobuf.Timestamp
-	57, // 56: credbroker.v1.Approval.denied_at:type_name -> google.protobuf.Timestamp
-	57, // 57: credbroker.v1.Approval.consumed_at:type_name -> google.protobuf.Timestamp
-	57, // 58: credbroker.v1.ApprovalVote.approved_at:type_name -> google.protobuf.Timestamp
-	47, // 59: credbroker.v1.ListApprovalsResponse.approvals:type_name -> credbroker.v1.Approval
-	47, // 60: credbroker.v1.GetApprovalResponse.approval:type_name -> credbroker.v1.Approval
-	47, // 61: credbroker.v1.ApproveResponse.approval:type_name -> credbroker.v1.Approval
-	47, // 62: credbroker.v1.DenyApprovalResponse.approval:type_name -> credbroker.v1.Approval
-	6,  // 63: credbroker.v1.AdminService.ListIssuances:input_type -> credbroker.v1.ListIssuancesRequest
-	8,  // 64: credbroker.v1.AdminService.GetIssuance:input_type -> credbroker.v1.GetIssuanceRequest
-	10, // 65: credbroker.v1.AdminService.VerifyAudit:input_type -> credbroker.v1.VerifyAuditRequest
-	15, // 66: credbroker.v1.AdminService.ExportAudit:input_type -> credbroker.v1.ExportAuditRequest
-	17, // 67: credbroker.v1.AdminService.CreateJoinToken:input_type -> credbroker.v1.CreateJoinTokenRequest
-	20, // 68: credbroker.v1.AdminService.ListNodes:input_type -> credbroker.v1.ListNodesRequest
-	22, // 69: credbroker.v1.AdminService.EvictNode:input_type -> credbroker.v1.EvictNodeRequest
-	25, // 70: credbroker.v1.AdminService.Revoke:input_type -> credbroker.v1.RevokeRequest
-	32, // 71: credbroker.v1.AdminService.ListRevocations:input_type -> credbroker.v1.ListRevocationsRequest
-	34, // 72: credbroker.v1.AdminService.LiftRevocation:input_type -> credbroker.v1.LiftRevocationRequest
-	30, // 73: credbroker.v1.AdminService.GetAWSRevocationPolicy:input_type -> credbroker.v1.GetAWSRevocationPolicyRequest
-	37, // 74: credbroker.v1.AdminService.ListClusters:input_type -> credbroker.v1.ListClustersRequest
-	39, // 75: credbroker.v1.AdminService.DeleteCluster:input_type -> credbroker.v1.DeleteClusterRequest
-	42, // 76: credbroker.v1.AdminService.GetQuota:input_type -> credbroker.v1.GetQuotaRequest
-	45, // 77: credbroker.v1.AdminService.ResetQuota:input_type -> credbroker.v1.ResetQuotaRequest
-	49, // 78: credbroker.v1.AdminService.ListApprovals:input_type -> credbroker.v1.ListApprovalsRequest
-	51, // 79: credbroker.v1.AdminService.GetApproval:input_type -> credbroker.v1.GetApprovalRequest
-	53, // 80: credbroker.v1.AdminService.Approve:input_type -> credbroker.v1.ApproveRequest
-	55, // 81: credbroker.v1.AdminService.DenyApproval:input_type -> credbroker.v1.DenyApprovalRequest
-	7,  // 82: credbroker.v1.AdminService.ListIssuances:output_type -> credbroker.v1.ListIssuancesResponse
-	9,  // 83: credbroker.v1.AdminService.GetIssuance:output_type -> credbroker.v1.GetIssuanceResponse
-	11, // 84: credbroker.v1.AdminService.VerifyAudit:output_type -> credbroker.v1.VerifyAuditResponse
-	16, // 85: credbroker.v1.AdminService.ExportAudit:output_type -> credbroker.v1.ExportAuditResponse
-	18, // 86: credbroker.v1.AdminService.CreateJoinToken:output_type -> credbroker.v1.CreateJoinTokenResponse
-	21, // 87: credbroker.v1.AdminService.ListNodes:output_type -> credbroker.v1.ListNodesResponse
-	23, // 88: credbroker.v1.AdminService.EvictNode:output_type -> credbroker.v1.EvictNodeResponse
-	26, // 89: credbroker.v1.AdminService.Revoke:output_type -> credbroker.v1.RevokeResponse
-	33, // 90: credbroker.v1.AdminService.ListRevocations:output_type -> credbroker.v1.ListRevocationsResponse
-	35, // 91: credbroker.v1.AdminService.LiftRevocation:output_type -> credbroker.v1.LiftRevocationResponse
-	31, // 92: credbroker.v1.AdminService.GetAWSRevocationPolicy:output_type -> credbroker.v1.GetAWSRevocationPolicyResponse
-	38, // 93: credbroker.v1.AdminService.ListClusters:output_type -> credbroker.v1.ListClustersResponse
-	40, // 94: credbroker.v1.AdminService.DeleteCluster:output_type -> credbroker.v1.DeleteClusterResponse
-	43, // 95: credbroker.v1.AdminService.GetQuota:output_type -> credbroker.v1.GetQuotaResponse
-	46, // 96: credbroker.v1.AdminService.ResetQuota:output_type -> credbroker.v1.ResetQuotaResponse
-	50, // 97: credbroker.v1.AdminService.ListApprovals:output_type -> credbroker.v1.ListApprovalsResponse
-	52, // 98: credbroker.v1.AdminService.GetApproval:output_type -> credbroker.v1.GetApprovalResponse
-	54, // 99: credbroker.v1.AdminService.Approve:output_type -> credbroker.v1.ApproveResponse
-	56, // 100: credbroker.v1.AdminService.DenyApproval:output_type -> credbroker.v1.DenyApprovalResponse
-	82, // [82:101] is the sub-list for method output_type
-	63, // [63:82] is the sub-list for method input_type
-	63, // [63:63] is the sub-list for extension type_name
-	63, // [63:63] is the sub-list for extension extendee
-	0,  // [0:63] is the sub-list for field type_name
+	65, // 51: credbroker.v1.Approval.ttl:type_name -> google.protobuf.Duration
+	49, // 52: credbroker.v1.Approval.approvals:type_name -> credbroker.v1.ApprovalVote
+	64, // 53: credbroker.v1.Approval.created_at:type_name -> google.protobuf.Timestamp
+	64, // 54: credbroker.v1.Approval.expires_at:type_name -> google.protobuf.Timestamp
+	64, // 55: credbroker.v1.Approval.granted_at:type_name -> google.protobuf.Timestamp
+	64, // 56: credbroker.v1.Approval.denied_at:type_name -> google.protobuf.Timestamp
+	64, // 57: credbroker.v1.Approval.consumed_at:type_name -> google.protobuf.Timestamp
+	64, // 58: credbroker.v1.ApprovalVote.approved_at:type_name -> google.protobuf.Timestamp
+	48, // 59: credbroker.v1.ListApprovalsResponse.approvals:type_name -> credbroker.v1.Approval
+	48, // 60: credbroker.v1.GetApprovalResponse.approval:type_name -> credbroker.v1.Approval
+	48, // 61: credbroker.v1.ApproveResponse.approval:type_name -> credbroker.v1.Approval
+	48, // 62: credbroker.v1.DenyApprovalResponse.approval:type_name -> credbroker.v1.Approval
+	65, // 63: credbroker.v1.ExplainPolicyRequest.ttl:type_name -> google.protobuf.Duration
+	4,  // 64: credbroker.v1.ExplainStep.outcome:type_name -> credbroker.v1.ExplainOutcome
+	65, // 65: credbroker.v1.ExplainQuota.window:type_name -> google.protobuf.Duration
+	64, // 66: credbroker.v1.ExplainQuota.reset_at:type_name -> google.protobuf.Timestamp
+	63, // 67: credbroker.v1.UpstreamPreview.details:type_name -> credbroker.v1.UpstreamPreview.DetailsEntry
+	66, // 68: credbroker.v1.ExplainPolicyResponse.refusal_reason:type_name -> credbroker.v1.ErrorReason
+	59, // 69: credbroker.v1.ExplainPolicyResponse.steps:type_name -> credbroker.v1.ExplainStep
+	65, // 70: credbroker.v1.ExplainPolicyResponse.ttl:type_name -> google.protobuf.Duration
+	60, // 71: credbroker.v1.ExplainPolicyResponse.quotas:type_name -> credbroker.v1.ExplainQuota
+	25, // 72: credbroker.v1.ExplainPolicyResponse.revocation:type_name -> credbroker.v1.Revocation
+	65, // 73: credbroker.v1.ExplainPolicyResponse.approval_window:type_name -> google.protobuf.Duration
+	61, // 74: credbroker.v1.ExplainPolicyResponse.upstream:type_name -> credbroker.v1.UpstreamPreview
+	7,  // 75: credbroker.v1.AdminService.ListIssuances:input_type -> credbroker.v1.ListIssuancesRequest
+	9,  // 76: credbroker.v1.AdminService.GetIssuance:input_type -> credbroker.v1.GetIssuanceRequest
+	11, // 77: credbroker.v1.AdminService.VerifyAudit:input_type -> credbroker.v1.VerifyAuditRequest
+	16, // 78: credbroker.v1.AdminService.ExportAudit:input_type -> credbroker.v1.ExportAuditRequest
+	18, // 79: credbroker.v1.AdminService.CreateJoinToken:input_type -> credbroker.v1.CreateJoinTokenRequest
+	21, // 80: credbroker.v1.AdminService.ListNodes:input_type -> credbroker.v1.ListNodesRequest
+	23, // 81: credbroker.v1.AdminService.EvictNode:input_type -> credbroker.v1.EvictNodeRequest
+	26, // 82: credbroker.v1.AdminService.Revoke:input_type -> credbroker.v1.RevokeRequest
+	33, // 83: credbroker.v1.AdminService.ListRevocations:input_type -> credbroker.v1.ListRevocationsRequest
+	35, // 84: credbroker.v1.AdminService.LiftRevocation:input_type -> credbroker.v1.LiftRevocationRequest
+	31, // 85: credbroker.v1.AdminService.GetAWSRevocationPolicy:input_type -> credbroker.v1.GetAWSRevocationPolicyRequest
+	38, // 86: credbroker.v1.AdminService.ListClusters:input_type -> credbroker.v1.ListClustersRequest
+	40, // 87: credbroker.v1.AdminService.DeleteCluster:input_type -> credbroker.v1.DeleteClusterRequest
+	43, // 88: credbroker.v1.AdminService.GetQuota:input_type -> credbroker.v1.GetQuotaRequest
+	46, // 89: credbroker.v1.AdminService.ResetQuota:input_type -> credbroker.v1.ResetQuotaRequest
+	50, // 90: credbroker.v1.AdminService.ListApprovals:input_type -> credbroker.v1.ListApprovalsRequest
+	52, // 91: credbroker.v1.AdminService.GetApproval:input_type -> credbroker.v1.GetApprovalRequest
+	54, // 92: credbroker.v1.AdminService.Approve:input_type -> credbroker.v1.ApproveRequest
+	56, // 93: credbroker.v1.AdminService.DenyApproval:input_type -> credbroker.v1.DenyApprovalRequest
+	58, // 94: credbroker.v1.AdminService.ExplainPolicy:input_type -> credbroker.v1.ExplainPolicyRequest
+	8,  // 95: credbroker.v1.AdminService.ListIssuances:output_type -> credbroker.v1.ListIssuancesResponse
+	10, // 96: credbroker.v1.AdminService.GetIssuance:output_type -> credbroker.v1.GetIssuanceResponse
+	12, // 97: credbroker.v1.AdminService.VerifyAudit:output_type -> credbroker.v1.VerifyAuditResponse
+	17, // 98: credbroker.v1.AdminService.ExportAudit:output_type -> credbroker.v1.ExportAuditResponse
+	19, // 99: credbroker.v1.AdminService.CreateJoinToken:output_type -> credbroker.v1.CreateJoinTokenResponse
+	22, // 100: credbroker.v1.AdminService.ListNodes:output_type -> credbroker.v1.ListNodesResponse
+	24, // 101: credbroker.v1.AdminService.EvictNode:output_type -> credbroker.v1.EvictNodeResponse
+	27, // 102: credbroker.v1.AdminService.Revoke:output_type -> credbroker.v1.RevokeResponse
+	34, // 103: credbroker.v1.AdminService.ListRevocations:output_type -> credbroker.v1.ListRevocationsResponse
+	36, // 104: credbroker.v1.AdminService.LiftRevocation:output_type -> credbroker.v1.LiftRevocationResponse
+	32, // 105: credbroker.v1.AdminService.GetAWSRevocationPolicy:output_type -> credbroker.v1.GetAWSRevocationPolicyResponse
+	39, // 106: credbroker.v1.AdminService.ListClusters:output_type -> credbroker.v1.ListClustersResponse
+	41, // 107: credbroker.v1.AdminService.DeleteCluster:output_type -> credbroker.v1.DeleteClusterResponse
+	44, // 108: credbroker.v1.AdminService.GetQuota:output_type -> credbroker.v1.GetQuotaResponse
+	47, // 109: credbroker.v1.AdminService.ResetQuota:output_type -> credbroker.v1.ResetQuotaResponse
+	51, // 110: credbroker.v1.AdminService.ListApprovals:output_type -> credbroker.v1.ListApprovalsResponse
+	53, // 111: credbroker.v1.AdminService.GetApproval:output_type -> credbroker.v1.GetApprovalResponse
+	55, // 112: credbroker.v1.AdminService.Approve:output_type -> credbroker.v1.ApproveResponse
+	57, // 113: credbroker.v1.AdminService.DenyApproval:output_type -> credbroker.v1.DenyApprovalResponse
+	62, // 114: credbroker.v1.AdminService.ExplainPolicy:output_type -> credbroker.v1.ExplainPolicyResponse
+	95, // [95:115] is the sub-list for method output_type
+	75, // [75:95] is the sub-list for method input_type
+	75, // [75:75] is the sub-list for extension type_name
+	75, // [75:75] is the sub-list for extension extendee
+	0,  // [0:75] is the sub-list for field type_name
 }
 
 func init() { file_credbroker_v1_admin_proto_init() }
@@ -4670,6 +5301,7 @@ func file_credbroker_v1_admin_proto_init() {
 	if File_credbroker_v1_admin_proto != nil {
 		return
 	}
+	file_credbroker_v1_errors_proto_init()
 	file_credbroker_v1_admin_proto_msgTypes[7].OneofWrappers = []any{
 		(*VerifyAuditResponse_Progress)(nil),
 		(*VerifyAuditResponse_Result)(nil),
@@ -4695,13 +5327,17 @@ func file_credbroker_v1_admin_proto_init() {
 		(*ResetQuotaRequest_SpiffeId)(nil),
 		(*ResetQuotaRequest_Cluster)(nil),
 	}
+	file_credbroker_v1_admin_proto_msgTypes[55].OneofWrappers = []any{
+		(*ExplainQuota_SpiffeId)(nil),
+		(*ExplainQuota_Cluster)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_credbroker_v1_admin_proto_rawDesc), len(file_credbroker_v1_admin_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   53,
+			NumEnums:      5,
+			NumMessages:   59,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -38,6 +38,7 @@ const (
 	AdminService_GetApproval_FullMethodName            = "/credbroker.v1.AdminService/GetApproval"
 	AdminService_Approve_FullMethodName                = "/credbroker.v1.AdminService/Approve"
 	AdminService_DenyApproval_FullMethodName           = "/credbroker.v1.AdminService/DenyApproval"
+	AdminService_ExplainPolicy_FullMethodName          = "/credbroker.v1.AdminService/ExplainPolicy"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -134,6 +135,12 @@ type AdminServiceClient interface {
 	// DenyApproval ends a pending or granted approval; the requester is told
 	// (APPROVAL_DENIED) until its window ends. On record as approval_denied.
 	DenyApproval(ctx context.Context, in *DenyApprovalRequest, opts ...grpc.CallOption) (*DenyApprovalResponse, error)
+	// ExplainPolicy says whether an IssueCredential request of an identity
+	// would be served now, and why: the decision the issuance path takes,
+	// step by step, from the same code. It issues nothing, spends no quota or
+	// rate token and writes nothing (not even an audit record: it is an admin
+	// read, like the lists).
+	ExplainPolicy(ctx context.Context, in *ExplainPolicyRequest, opts ...grpc.CallOption) (*ExplainPolicyResponse, error)
 }
 
 type adminServiceClient struct {
@@ -352,6 +359,16 @@ func (c *adminServiceClient) DenyApproval(ctx context.Context, in *DenyApprovalR
 	return out, nil
 }
 
+func (c *adminServiceClient) ExplainPolicy(ctx context.Context, in *ExplainPolicyRequest, opts ...grpc.CallOption) (*ExplainPolicyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ExplainPolicyResponse)
+	err := c.cc.Invoke(ctx, AdminService_ExplainPolicy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -446,6 +463,12 @@ type AdminServiceServer interface {
 	// DenyApproval ends a pending or granted approval; the requester is told
 	// (APPROVAL_DENIED) until its window ends. On record as approval_denied.
 	DenyApproval(context.Context, *DenyApprovalRequest) (*DenyApprovalResponse, error)
+	// ExplainPolicy says whether an IssueCredential request of an identity
+	// would be served now, and why: the decision the issuance path takes,
+	// step by step, from the same code. It issues nothing, spends no quota or
+	// rate token and writes nothing (not even an audit record: it is an admin
+	// read, like the lists).
+	ExplainPolicy(context.Context, *ExplainPolicyRequest) (*ExplainPolicyResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -512,6 +535,9 @@ func (UnimplementedAdminServiceServer) Approve(context.Context, *ApproveRequest)
 }
 func (UnimplementedAdminServiceServer) DenyApproval(context.Context, *DenyApprovalRequest) (*DenyApprovalResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DenyApproval not implemented")
+}
+func (UnimplementedAdminServiceServer) ExplainPolicy(context.Context, *ExplainPolicyRequest) (*ExplainPolicyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ExplainPolicy not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -862,6 +888,24 @@ func _AdminService_DenyApproval_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_ExplainPolicy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ExplainPolicyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ExplainPolicy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ExplainPolicy_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ExplainPolicy(ctx, req.(*ExplainPolicyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -936,6 +980,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DenyApproval",
 			Handler:    _AdminService_DenyApproval_Handler,
+		},
+		{
+			MethodName: "ExplainPolicy",
+			Handler:    _AdminService_ExplainPolicy_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
