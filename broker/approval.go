@@ -81,7 +81,7 @@ var approvalAlerts = map[string]string{
 // (Service), so an approval is used only by a recorded issuance.
 type Approvals struct {
 	store  ApprovalStore
-	audit  AuditLog
+	audit  ApprovalAudit
 	now    func() time.Time
 	newID  func() (string, error)
 	alerts alerts.Emitter
@@ -90,10 +90,17 @@ type Approvals struct {
 	approvers string
 }
 
+// ApprovalAudit is what approvals record their steps in, and read back to
+// make sure an approval's request is on record before anyone acts on it.
+type ApprovalAudit interface {
+	AuditLog
+	ByIssuance(issuanceID string) ([]audit.Record, error)
+}
+
 // ApprovalsDeps are what Approvals are built from.
 type ApprovalsDeps struct {
 	Store ApprovalStore
-	Audit AuditLog
+	Audit ApprovalAudit
 	// Clock nil means time.Now.
 	Clock func() time.Time
 	NewID func() (string, error)
@@ -177,8 +184,8 @@ func (v *Approvals) require(ctx context.Context, rule ApprovalRule, rec *audit.R
 		r := approvalRecord(a, audit.DecisionApprovalRequested, rec.Caller, rec.Attestation,
 			fmt.Sprintf("approval %s requested: needs %d distinct admins other than the requester by %s", a.ID, a.Needed, a.ExpiresAt.UTC().Format(time.RFC3339)))
 		if _, err := v.audit.Append(r); err != nil {
-			// The approval is open but not on record: refuse rather than
-			// let it be approved unrecorded; an identical retry records it.
+			// The approval is open but its request is not on record: the
+			// first admin to act on it records it first (onRecord).
 			return state.ApprovalUse{}, wrapf(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, err, "audit store unavailable; nothing was issued")
 		}
 		v.event(ctx, ApprovalEvent{Step: "requested", Approval: a})
@@ -312,10 +319,41 @@ func approvalRecord(a state.Approval, d audit.Decision, caller, attestation, rea
 		Decision: d, Reason: clip(reason), TTL: a.TTL, ExpiresAt: a.ExpiresAt}
 }
 
+// onRecord makes sure approval id's request is on record before an admin
+// acts on it: the approval_requested record is written when the approval is
+// opened, but if the audit store failed just then, it is written now
+// (saying so), so that the chain never shows an approval or denial of a
+// request it does not show.
+func (v *Approvals) onRecord(ctx context.Context, id string) error {
+	a, err := v.Get(ctx, id)
+	if err != nil {
+		return err
+	}
+	recs, err := v.audit.ByIssuance(a.ID)
+	if err != nil {
+		return wrapf(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, err, "audit store unavailable; nothing changed")
+	}
+	for _, r := range recs {
+		if r.Decision == audit.DecisionApprovalRequested {
+			return nil
+		}
+	}
+	r := approvalRecord(a, audit.DecisionApprovalRequested, a.Requester, "",
+		fmt.Sprintf("approval %s requested at %s (recorded late: the audit store was unavailable then): needs %d distinct admins other than the requester by %s",
+			a.ID, a.CreatedAt.UTC().Format(time.RFC3339), a.Needed, a.ExpiresAt.UTC().Format(time.RFC3339)))
+	if _, err := v.audit.Append(r); err != nil {
+		return wrapf(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, err, "audit store unavailable; nothing changed")
+	}
+	return nil
+}
+
 // Approve records admin's approval of approval id.
 func (v *Approvals) Approve(ctx context.Context, admin, id string) (state.Approval, bool, error) {
 	if id == "" || len(id) > audit.MaxFieldLen {
 		return state.Approval{}, false, invalid("approval_id", "approval_id is required")
+	}
+	if err := v.onRecord(ctx, id); err != nil {
+		return state.Approval{}, false, err
 	}
 	a, counted, err := v.store.Approve(ctx, id, admin, v.now())
 	if err != nil {
@@ -348,6 +386,9 @@ func (v *Approvals) Deny(ctx context.Context, admin, id, reason string) (state.A
 	}
 	if len(reason) > maxRevocationReason {
 		return state.Approval{}, invalid("reason", "reason is longer than %d bytes", maxRevocationReason)
+	}
+	if err := v.onRecord(ctx, id); err != nil {
+		return state.Approval{}, err
 	}
 	a, err := v.store.DenyApproval(ctx, id, admin, reason, v.now())
 	if err != nil {
