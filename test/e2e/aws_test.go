@@ -43,11 +43,24 @@ func startAWSBroker(t *testing.T) *awsBroker {
 // of MinIO's chosen by front (nil: MinIO itself).
 func startAWSBrokerVia(t *testing.T, front func(minioURL string) string) *awsBroker {
 	t.Helper()
+	return startAWSBrokerIAM(t, front, "")
+}
+
+// startAWSBrokerIAM is startAWSBrokerVia with, when iamEndpoint is set,
+// the capa profile's revocations kept on its role by the broker through
+// that IAM endpoint (aws.revocation.apply).
+func startAWSBrokerIAM(t *testing.T, front func(minioURL string) string, iamEndpoint string) *awsBroker {
+	t.Helper()
 	m := miniotest.Start(t)
 	m.CreateBucket(t, bucket)
 	stsEndpoint := m.Endpoint
 	if front != nil {
 		stsEndpoint = front(m.Endpoint)
+	}
+	var iamLine, applyLine string
+	if iamEndpoint != "" {
+		iamLine = "\n      iam_endpoint: " + iamEndpoint
+		applyLine = "\n      revocation: {apply: true}"
 	}
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "aws.yaml")
@@ -60,7 +73,7 @@ issuers:
     aws_sts:
       region: %s
       endpoint: %s
-      credentials: default
+      credentials: default%s
 profiles:
   capa:
     issuer: aws
@@ -68,7 +81,7 @@ profiles:
     max_ttl: 1h
     cluster: required
     aws:
-      role_arn: arn:aws:iam::123456789012:role/capa-controller
+      role_arn: arn:aws:iam::123456789012:role/capa-controller%s
       session_policy:
         Version: "2012-10-17"
         Statement:
@@ -85,7 +98,7 @@ policy:
   - id: spiffe://dev.credbroker.test/ns/capi-system/sa/demo-controller
     profiles: [capa]
     clusters: ["*"]
-`, m.Region, stsEndpoint)
+`, m.Region, stsEndpoint, iamLine, applyLine)
 	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
