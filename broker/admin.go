@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,8 +23,11 @@ import (
 type AuditReader interface {
 	List(q audit.Query) ([]audit.Record, error)
 	ByIssuance(issuanceID string) ([]audit.Record, error)
-	// VerifyProgress walks the chain, calling progress between chunks.
-	VerifyProgress(progress func(done, total uint64) error) (audit.VerifyResult, error)
+	// VerifyWith walks the chain, calling o.Progress between chunks, and
+	// checks that it reaches o.Anchor.
+	VerifyWith(o audit.VerifyOptions) (audit.VerifyResult, error)
+	// MarkExported records an admin's export mark with its record.
+	MarkExported(through uint64, rec audit.Record) (audit.Record, uint64, error)
 	// ExportStored calls fn with each record after afterSeq and its stored
 	// (canonical) bytes, in chain order.
 	ExportStored(afterSeq uint64, fn func(r audit.Record, stored []byte) error) error
@@ -157,23 +161,65 @@ func (a *Admin) GetIssuance(_ context.Context, req *credbrokerv1.GetIssuanceRequ
 
 // VerifyAudit checks the hash chain, streaming its progress (a message per
 // chunk of records, so that a client waiting for the next message is never
-// idle for long, however large the chain) and then the result.
-func (a *Admin) VerifyAudit(_ *credbrokerv1.VerifyAuditRequest, stream grpc.ServerStreamingServer[credbrokerv1.VerifyAuditResponse]) error {
+// idle for long, however large the chain) and then the result; with an
+// anchor, the chain must also reach it.
+func (a *Admin) VerifyAudit(req *credbrokerv1.VerifyAuditRequest, stream grpc.ServerStreamingServer[credbrokerv1.VerifyAuditResponse]) error {
 	ctx := stream.Context()
-	v, err := a.audit.VerifyProgress(func(done, total uint64) error {
+	o := audit.VerifyOptions{Progress: func(done, total uint64) error {
 		return stream.Send(&credbrokerv1.VerifyAuditResponse{Message: &credbrokerv1.VerifyAuditResponse_Progress{Progress: &credbrokerv1.AuditProgress{Done: done, Total: total}}})
-	})
+	}}
+	if an := req.GetAnchor(); an != nil {
+		if an.GetSeq() > 0 && !isHexHash(an.GetHash()) {
+			return toStatus(invalid("anchor.hash", "anchor.hash must be 64 lowercase hex digits"))
+		}
+		o.Anchor = &audit.Anchor{Seq: an.GetSeq(), Hash: an.GetHash(), Time: an.GetTime().AsTime(), BrokerID: an.GetBrokerId()}
+	}
+	v, err := a.audit.VerifyWith(o)
 	switch {
 	case err != nil && ctx.Err() != nil:
 		return toStatus(ctx.Err())
 	case err != nil:
 		return toStatus(wrapf(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, err, "audit store unavailable"))
 	}
-	out := &credbrokerv1.VerifyAuditResult{Ok: v.OK, Records: v.Records, HeadHash: v.HeadHash}
+	out := &credbrokerv1.VerifyAuditResult{Ok: v.OK, Records: v.Records, HeadHash: v.HeadHash, HeadSeq: v.HeadSeq,
+		FirstSeq: v.FirstSeq, PrunedThrough: v.PrunedThrough, CheckpointSeq: v.CheckpointSeq, AnchorChecked: v.AnchorChecked}
 	if !v.OK {
 		out.FirstBreak = &credbrokerv1.ChainBreak{Seq: v.FirstBadSeq, RecordId: v.FirstBadID, Problem: v.Problem}
 	}
 	return stream.Send(&credbrokerv1.VerifyAuditResponse{Message: &credbrokerv1.VerifyAuditResponse_Result{Result: out}})
+}
+
+// isHexHash reports whether s is a chain hash: 64 lowercase hex digits.
+func isHexHash(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for _, c := range s {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// MarkAuditExported records that the chain has been exported through a seq,
+// which lets housekeeping prune that far when audit.require_export is set.
+func (a *Admin) MarkAuditExported(ctx context.Context, req *credbrokerv1.MarkAuditExportedRequest) (*credbrokerv1.MarkAuditExportedResponse, error) {
+	through := req.GetThroughSeq()
+	if through == 0 {
+		return nil, toStatus(invalid("through_seq", "through_seq is required"))
+	}
+	if head, _ := a.audit.Head(); through > head {
+		return nil, toStatus(invalid("through_seq", "through_seq %d is past the chain's head %d", through, head))
+	}
+	admin := AdminPrincipal(ctx)
+	rec := audit.Record{Caller: clip(admin), Attestation: attestAdmin,
+		Reason: clip(fmt.Sprintf("audit exported through seq %d by %s", through, admin))}
+	stored, mark, err := a.audit.MarkExported(through, rec)
+	if err != nil {
+		return nil, toStatus(wrapf(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, err, "audit store unavailable; the export is not marked"))
+	}
+	return &credbrokerv1.MarkAuditExportedResponse{ExportedThrough: mark, Record: RecordProto(stored)}, nil
 }
 
 // errPageFull ends an export whose page is complete.
@@ -280,6 +326,8 @@ var decisions = map[audit.Decision]credbrokerv1.Decision{
 	audit.DecisionApprovalGranted:   credbrokerv1.Decision_DECISION_APPROVAL_GRANTED,
 	audit.DecisionApprovalDenied:    credbrokerv1.Decision_DECISION_APPROVAL_DENIED,
 	audit.DecisionApprovalExpired:   credbrokerv1.Decision_DECISION_APPROVAL_EXPIRED,
+	audit.DecisionCheckpoint:        credbrokerv1.Decision_DECISION_CHECKPOINT,
+	audit.DecisionExported:          credbrokerv1.Decision_DECISION_EXPORTED,
 }
 
 var attestationMethods = map[string]credbrokerv1.AttestationMethod{
@@ -308,6 +356,10 @@ func RecordProto(r audit.Record) *credbrokerv1.AuditRecord {
 	}
 	if r.TTL > 0 {
 		out.Ttl = durationpb.New(r.TTL)
+	}
+	if cp := r.Checkpoint; cp != nil {
+		out.Checkpoint = &credbrokerv1.AuditCheckpoint{FromSeq: cp.FromSeq, ThroughSeq: cp.ThroughSeq, ThroughHash: cp.ThroughHash,
+			Count: cp.Count, FirstTime: ProtoTime(cp.FirstTime), LastTime: ProtoTime(cp.LastTime)}
 	}
 	return out
 }

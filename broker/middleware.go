@@ -44,6 +44,7 @@ var methods = map[string]method{
 	credbrokerv1.AdminService_GetIssuance_FullMethodName:            {apiAdmin, limitAdmin},
 	credbrokerv1.AdminService_VerifyAudit_FullMethodName:            {apiAdmin, limitAdmin},
 	credbrokerv1.AdminService_ExportAudit_FullMethodName:            {apiAdmin, limitAdmin},
+	credbrokerv1.AdminService_MarkAuditExported_FullMethodName:      {apiAdmin, limitAdmin},
 	credbrokerv1.AdminService_CreateJoinToken_FullMethodName:        {apiAdmin, limitAdmin},
 	credbrokerv1.AdminService_ListNodes_FullMethodName:              {apiAdmin, limitAdmin},
 	credbrokerv1.AdminService_EvictNode_FullMethodName:              {apiAdmin, limitAdmin},

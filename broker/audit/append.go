@@ -17,7 +17,11 @@ type call struct {
 	rec     Record
 	members []byte // rec's encoded body, see Record.encodeBody
 	ops     []func(*bbolt.Tx) error
-	done    chan result // buffered, receives exactly once
+	// internal, for records the Log writes itself (checkpoints, export
+	// marks), runs after ops with the seq the record gets, in the same
+	// transaction.
+	internal func(b buckets, seq uint64) error
+	done     chan result // buffered, receives exactly once
 }
 
 type result struct {
@@ -53,6 +57,24 @@ func (l *Log) AppendWith(r Record, ops ...func(tx *bbolt.Tx) error) (Record, err
 	if err != nil {
 		return Record{}, err
 	}
+	return l.enqueue(c)
+}
+
+// appendInternal appends a record of the Log's own (a checkpoint, an export
+// mark) with fn run in its transaction; see call.internal.
+func (l *Log) appendInternal(r Record, fn func(b buckets, seq uint64) error) (Record, error) {
+	if err := r.checkFields(); err != nil {
+		return Record{}, err
+	}
+	members, err := r.encodeBody()
+	if err != nil {
+		return Record{}, err
+	}
+	return l.enqueue(&call{rec: r, members: members, internal: fn, done: make(chan result, 1)})
+}
+
+// enqueue hands c to the committer and waits for its outcome.
+func (l *Log) enqueue(c *call) (Record, error) {
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
@@ -194,6 +216,11 @@ func (l *Log) add(b buckets, c *call, seq uint64, prevHash string, now time.Time
 	for _, op := range c.ops {
 		if err := runOp(op, b.tx); err != nil {
 			return Record{}, fmt.Errorf("audit: append op: %w", err)
+		}
+	}
+	if c.internal != nil {
+		if err := c.internal(b, seq); err != nil {
+			return Record{}, err
 		}
 	}
 	id, err := l.newID()

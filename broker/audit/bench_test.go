@@ -3,6 +3,8 @@ package audit
 import (
 	"fmt"
 	"path/filepath"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -177,6 +179,103 @@ func BenchmarkListByCaller(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
+		})
+	}
+}
+
+// oldLog builds a log of n records stamped an hour before the clock it
+// returns reads, with benchRecord's fields and distinct issuances.
+func oldLog(b *testing.B, n int) (*Log, func() time.Time) {
+	b.Helper()
+	var now atomic.Int64
+	now.Store(epoch.UnixNano())
+	clock := func() time.Time { return time.Unix(0, now.Load()).UTC() }
+	l, _, _ := tempLog(b, WithClock(clock), WithNewID(newUUIDv7))
+	bulkAppend(b, l, n, func(i int) Record {
+		r := benchRecord()
+		r.IssuanceID = fmt.Sprintf("0199a1b2-0000-7000-8000-%012d", i)
+		r.Decision = DecisionIssued
+		return r
+	})
+	now.Store(epoch.Add(time.Hour).UnixNano())
+	return l, clock
+}
+
+// BenchmarkPrune is the throughput of pruning with each batch size: every
+// batch is one transaction (deleting the records and their index entries)
+// with its checkpoint record.
+func BenchmarkPrune(b *testing.B) {
+	const n = 20_000
+	for _, batch := range []int{250, 1000, 4000} {
+		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
+			var pruned uint64
+			for b.Loop() {
+				b.StopTimer()
+				l, _ := oldLog(b, n)
+				b.StartTimer()
+				res, err := l.Prune(PruneOptions{Before: epoch.Add(time.Minute), Batch: batch})
+				if err != nil || res.Pruned != n {
+					b.Fatalf("Prune = %d, %v", res.Pruned, err)
+				}
+				pruned += res.Pruned
+			}
+			b.ReportMetric(float64(pruned)/b.Elapsed().Seconds(), "pruned/s")
+		})
+	}
+}
+
+// BenchmarkPruneConcurrentAppend measures what a prune costs the appends
+// that run beside it: 8 callers append back to back while 50,000 old records
+// are pruned (batch=0: nobody prunes, the baseline), and the appends'
+// latency percentiles are reported.
+func BenchmarkPruneConcurrentAppend(b *testing.B) {
+	const old, appenders, perAppender = 50_000, 8, 300
+	for _, batch := range []int{0, 250, 1000, 4000} {
+		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
+			var lat []time.Duration
+			var mu sync.Mutex
+			for b.Loop() {
+				b.StopTimer()
+				l, _ := oldLog(b, old)
+				b.StartTimer()
+				pruned := make(chan error, 1)
+				go func() {
+					if batch == 0 {
+						pruned <- nil
+						return
+					}
+					_, err := l.Prune(PruneOptions{Before: epoch.Add(time.Minute), Batch: batch})
+					pruned <- err
+				}()
+				var wg sync.WaitGroup
+				for range appenders {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						mine := make([]time.Duration, 0, perAppender)
+						for range perAppender {
+							start := time.Now()
+							if _, err := l.Append(benchRecord()); err != nil {
+								b.Error(err)
+								return
+							}
+							mine = append(mine, time.Since(start))
+						}
+						mu.Lock()
+						lat = append(lat, mine...)
+						mu.Unlock()
+					}()
+				}
+				wg.Wait()
+				if err := <-pruned; err != nil {
+					b.Fatal(err)
+				}
+			}
+			slices.Sort(lat)
+			pct := func(p float64) float64 { return float64(lat[int(p*float64(len(lat)-1))].Microseconds()) }
+			b.ReportMetric(pct(0.5), "p50-µs")
+			b.ReportMetric(pct(0.99), "p99-µs")
+			b.ReportMetric(pct(1), "max-µs")
 		})
 	}
 }

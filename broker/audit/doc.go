@@ -37,13 +37,27 @@
 // suffix of the chain and the head consistently; to detect that, anchor
 // VerifyResult.HeadHash (or exports) somewhere the broker host cannot write.
 //
+// # Retention
+//
+// Prune deletes records from the start of the chain, a bounded batch per
+// transaction, and appends in the same transaction a checkpoint record
+// (Decision checkpoint, Record.Checkpoint) naming the range deleted and the
+// hash of its last record. Verify then starts after the newest checkpoint's
+// ThroughSeq, expecting the first record kept to link to its ThroughHash;
+// the checkpoint is a record of the chain like any other, so editing it
+// breaks the chain, and records missing from the start with no checkpoint
+// accounting for them are a break. MarkExported records (Decision exported)
+// how far an admin has exported the chain, for pruning that requires it.
+//
 // # Storage layout
 //
 // All buckets are top-level and prefixed "audit.", so the log can share a
 // bbolt file with other broker state. Layout 2 (audit.meta "layout"):
 //
 //	audit.records       be64(seq) -> record JSON (its canonical form, hash filled in)
-//	audit.meta          "head" -> be64(seq) || hash; "layout" -> "2"
+//	audit.meta          "head" -> be64(seq) || hash; "layout" -> "2";
+//	                    "checkpoint" -> be64(seq of the newest checkpoint);
+//	                    "exported" -> be64(seq of the export mark)
 //	audit.idx.id        id -> be64(seq)
 //	audit.idx.issuance  lp(issuance_id) || be64(seq) -> ""
 //	audit.idx.links     be64(seq) -> decision || uvarint(caller_back) || uvarint(cluster_back)
@@ -53,7 +67,7 @@
 // its decision as one byte (intent 1, issued 2, denied 3, throttled 4,
 // failed 5, revoked 6, lifted 7, reset 8, approval_requested 9,
 // approval_approved 10, approval_granted 11, approval_denied 12,
-// approval_expired 13) and how many seqs back the
+// approval_expired 13, checkpoint 14, exported 15) and how many seqs back the
 // previous record of the same caller, and of the same cluster, lies (0:
 // none); heads names the newest record of each caller and cluster. So the
 // records of one caller are a chain followed from its head, newest first,

@@ -18,6 +18,11 @@ var (
 
 	metaHead   = []byte("head")
 	metaLayout = []byte("layout")
+	// metaCheckpoint names the newest checkpoint record: be64(seq).
+	metaCheckpoint = []byte("checkpoint")
+	// metaExported is how far an admin said the chain is exported:
+	// be64(seq).
+	metaExported = []byte("exported")
 )
 
 // layoutVersion is the storage layout this package writes (audit.meta
@@ -35,7 +40,7 @@ const (
 var decisionCodes = map[Decision]byte{
 	DecisionIntent: 1, DecisionIssued: 2, DecisionDenied: 3, DecisionThrottled: 4, DecisionFailed: 5, DecisionRevoked: 6,
 	DecisionLifted: 7, DecisionReset: 8, DecisionApprovalRequested: 9, DecisionApprovalApproved: 10, DecisionApprovalGranted: 11,
-	DecisionApprovalDenied: 12, DecisionApprovalExpired: 13,
+	DecisionApprovalDenied: 12, DecisionApprovalExpired: 13, DecisionCheckpoint: 14, DecisionExported: 15,
 }
 
 // seqKey encodes seq as the 8-byte big-endian key of audit.records.

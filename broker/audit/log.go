@@ -36,6 +36,8 @@ type Log struct {
 	headTime time.Time     // Time of the last record: no record is stamped earlier
 	advanced chan struct{} // closed, and replaced, whenever the head moves
 
+	pruneMu sync.Mutex // one Prune at a time
+
 	commits     atomic.Uint64 // committed write transactions (tests)
 	recordReads atomic.Uint64 // records fetched by List (tests)
 }

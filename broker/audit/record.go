@@ -45,13 +45,21 @@ const (
 	// DecisionApprovalExpired records an approval whose window ended before
 	// it was used.
 	DecisionApprovalExpired Decision = "approval_expired"
+	// DecisionCheckpoint records records pruned from the start of the chain
+	// (Record.Checkpoint says which); only the Log writes it.
+	DecisionCheckpoint Decision = "checkpoint"
+	// DecisionExported records an admin's statement that the chain was
+	// exported through a seq, which lets pruning go that far; only the Log
+	// writes it (MarkExported).
+	DecisionExported Decision = "exported"
 )
 
 // Valid reports whether d is one of the Decision constants.
 func (d Decision) Valid() bool {
 	switch d {
 	case DecisionIntent, DecisionIssued, DecisionDenied, DecisionThrottled, DecisionFailed, DecisionRevoked, DecisionLifted, DecisionReset,
-		DecisionApprovalRequested, DecisionApprovalApproved, DecisionApprovalGranted, DecisionApprovalDenied, DecisionApprovalExpired:
+		DecisionApprovalRequested, DecisionApprovalApproved, DecisionApprovalGranted, DecisionApprovalDenied, DecisionApprovalExpired,
+		DecisionCheckpoint, DecisionExported:
 		return true
 	}
 	return false
@@ -101,6 +109,8 @@ type Record struct {
 	// Reused marks a credential minted for an earlier issuance and handed
 	// out again; UpstreamRef names it.
 	Reused bool `json:"reused,omitempty"`
+	// Checkpoint, on a checkpoint record, describes the records pruned.
+	Checkpoint *Checkpoint `json:"checkpoint,omitempty"`
 	// PrevHash is the Hash of the record with Seq-1, or "" for Seq 1.
 	PrevHash string `json:"prev_hash"`
 	// Hash chains this record; see the package documentation.
@@ -121,11 +131,40 @@ func (r Record) ComputeHash() (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
+// Checkpoint is what a checkpoint record states about the records pruned
+// just before it was written: the contiguous range [FromSeq, ThroughSeq]
+// that was deleted, and ThroughHash, the hash of its last record, to which
+// the first record kept (ThroughSeq+1) links. Verify starts the chain from
+// the newest checkpoint's ThroughSeq and ThroughHash instead of from seq 1;
+// the checkpoint itself is an ordinary record of the chain, so editing it
+// breaks the chain.
+type Checkpoint struct {
+	// FromSeq and ThroughSeq bound the records pruned (both included).
+	FromSeq    uint64 `json:"from_seq"`
+	ThroughSeq uint64 `json:"through_seq"`
+	// ThroughHash is the Hash of record ThroughSeq.
+	ThroughHash string `json:"through_hash"`
+	// Count is how many records were pruned: ThroughSeq-FromSeq+1.
+	Count uint64 `json:"count"`
+	// FirstTime and LastTime are the Times of records FromSeq and
+	// ThroughSeq.
+	FirstTime time.Time `json:"first_time"`
+	LastTime  time.Time `json:"last_time"`
+}
+
 // check validates the caller-supplied fields of r.
 func (r Record) check() error {
 	if !r.Decision.Valid() {
 		return fmt.Errorf("audit: unknown decision %q", r.Decision)
 	}
+	if r.Decision == DecisionCheckpoint || r.Decision == DecisionExported || r.Checkpoint != nil {
+		return fmt.Errorf("audit: %s records are written by the log itself", r.Decision)
+	}
+	return r.checkFields()
+}
+
+// checkFields validates r's string fields.
+func (r Record) checkFields() error {
 	fields := []struct{ name, v string }{
 		{"issuance_id", r.IssuanceID}, {"caller", r.Caller}, {"attestation", r.Attestation},
 		{"profile", r.Profile}, {"cluster", r.Cluster}, {"issuer", r.Issuer},
@@ -164,6 +203,7 @@ type body struct {
 	UpstreamRef    string        `json:"upstream_ref,omitempty"`
 	SourceIdentity string        `json:"source_identity,omitempty"`
 	Reused         bool          `json:"reused,omitempty"`
+	Checkpoint     *Checkpoint   `json:"checkpoint,omitempty"`
 }
 
 // encodeBody normalises r's caller-supplied times and returns its body's
@@ -176,6 +216,7 @@ func (r *Record) encodeBody() ([]byte, error) {
 		IssuanceID: r.IssuanceID, Caller: r.Caller, Attestation: r.Attestation, Profile: r.Profile,
 		Cluster: r.Cluster, Issuer: r.Issuer, Decision: r.Decision, Reason: r.Reason, TTL: r.TTL,
 		ExpiresAt: r.ExpiresAt, UpstreamRef: r.UpstreamRef, SourceIdentity: r.SourceIdentity, Reused: r.Reused,
+		Checkpoint: r.Checkpoint,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("audit: encode record: %w", err)

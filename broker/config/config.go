@@ -81,6 +81,8 @@ type Config struct {
 	// HousekeepingInterval is how often state that has ended (quota
 	// windows, join tokens, nodes, revocations) is purged.
 	HousekeepingInterval time.Duration `yaml:"housekeeping_interval"`
+	// Audit configures the audit log's retention and external anchor.
+	Audit Audit `yaml:"audit"`
 	// NodeAttestation, when present, lets nodes of workload clusters attest
 	// and receive node SVIDs.
 	NodeAttestation *NodeAttestation `yaml:"node_attestation"`
@@ -597,6 +599,7 @@ func (c *Config) applyDefaults() {
 	if c.ShutdownGrace == 0 {
 		c.ShutdownGrace = 10 * time.Second
 	}
+	c.Audit.applyDefaults()
 	c.Limits.Requests.ApplyDefaults()
 	c.Limits.RefusalRecords.ApplyDefaults()
 	c.Alerts.ApplyDefaults()
@@ -803,6 +806,7 @@ func (c *Config) Validate() error {
 	if c.ShutdownGrace < 0 {
 		bad("shutdown_grace must not be negative")
 	}
+	errs = append(errs, c.validateAudit()...)
 	if c.NodeAttestation != nil {
 		errs = append(errs, c.NodeAttestation.validate()...)
 	}

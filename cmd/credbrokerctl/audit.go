@@ -2,14 +2,18 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
@@ -25,12 +29,13 @@ breaks the chain from that point on.`,
   credbrokerctl audit export --after-seq 1000 > audit.jsonl`,
 	}
 	groupCommand(cmd)
-	cmd.AddCommand(newAuditVerifyCmd(a), newAuditExportCmd(a), newAuditTailCmd(a))
+	cmd.AddCommand(newAuditVerifyCmd(a), newAuditExportCmd(a), newAuditExportedCmd(a), newAuditTailCmd(a))
 	return cmd
 }
 
 func newAuditVerifyCmd(a *app) *cobra.Command {
-	return &cobra.Command{
+	var anchorFile string
+	cmd := &cobra.Command{
 		Use:   "verify",
 		Short: "Check the audit hash chain; exit 1 if it is broken",
 		Long: `Ask the broker to walk the whole audit hash chain. Prints
@@ -40,19 +45,78 @@ and exits 0, or
 and exits 1. With -o json it prints the verification result as an object
 and exits the same way.
 
+Once records have been pruned (audit.retention), the chain is verified from
+the newest checkpoint record: the first record kept must link to the hash
+of the last record pruned, as the checkpoint states, and the checkpoint is
+itself a record of the chain. Records missing from the start without a
+checkpoint accounting for them are a break.
+
+The chain alone cannot show that its newest records were removed (with the
+stored head moved back). --anchor FILE checks the chain against a head the
+broker published earlier (audit.anchor.file, kept where the broker host
+cannot write): the record at the anchored seq must exist with the anchored
+hash.
+
 The broker streams its progress while it walks the chain; on a terminal a
 progress bar is drawn on stderr. --timeout bounds the wait for each message
 from the broker, not the whole walk, so a chain of millions of records is
 verified with the default.`,
 		Example: `  credbrokerctl audit verify
+  credbrokerctl audit verify --anchor /mnt/anchors/credbroker-anchor.json
   credbrokerctl audit verify -o json > verify.json`,
 		Args: noArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error { return a.verifyAudit(cmd.Context()) },
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			req := &credbrokerv1.VerifyAuditRequest{}
+			if anchorFile != "" {
+				an, err := readAnchor(anchorFile)
+				if err != nil {
+					return err
+				}
+				req.Anchor = an
+			}
+			return a.verifyAudit(cmd.Context(), req)
+		},
 	}
+	cmd.Flags().StringVar(&anchorFile, "anchor", "", "a published chain head (JSON: seq, hash, time, broker_id) the chain must still reach")
+	return cmd
 }
 
-func (a *app) verifyAudit(ctx context.Context) error {
-	resp, err := a.verifyStream(ctx)
+// maxAnchorFile bounds the anchor file read: it is a few hundred bytes.
+const maxAnchorFile = 64 << 10
+
+// readAnchor reads an anchor file as the broker writes it.
+func readAnchor(path string) (*credbrokerv1.AuditAnchor, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("anchor: %w", err)
+	}
+	defer f.Close()
+	raw, err := io.ReadAll(io.LimitReader(f, maxAnchorFile+1))
+	if err != nil {
+		return nil, fmt.Errorf("anchor %s: %w", path, err)
+	}
+	if len(raw) > maxAnchorFile {
+		return nil, fmt.Errorf("anchor %s: larger than %d bytes; not an anchor file", path, maxAnchorFile)
+	}
+	var an struct {
+		Seq      *uint64   `json:"seq"`
+		Hash     string    `json:"hash"`
+		Time     time.Time `json:"time"`
+		BrokerID string    `json:"broker_id"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&an); err != nil {
+		return nil, fmt.Errorf("anchor %s: %w", path, err)
+	}
+	if an.Seq == nil {
+		return nil, fmt.Errorf("anchor %s: no seq", path)
+	}
+	return &credbrokerv1.AuditAnchor{Seq: *an.Seq, Hash: an.Hash, Time: timestamppb.New(an.Time), BrokerId: an.BrokerID}, nil
+}
+
+func (a *app) verifyAudit(ctx context.Context, req *credbrokerv1.VerifyAuditRequest) error {
+	resp, err := a.verifyStream(ctx, req)
 	if err != nil {
 		return err
 	}
@@ -66,6 +130,13 @@ func (a *app) verifyAudit(ctx context.Context) error {
 			head = "(empty chain)"
 		}
 		a.printf("audit chain OK: %d records, head %s\n", resp.GetRecords(), clean(head))
+		if p := resp.GetPrunedThrough(); p > 0 {
+			a.printf("records 1 to %d pruned: verified from the checkpoint at seq %d, records %d to %d\n",
+				p, resp.GetCheckpointSeq(), resp.GetFirstSeq(), resp.GetHeadSeq())
+		}
+		if an := req.GetAnchor(); an != nil && resp.GetAnchorChecked() {
+			a.printf("anchor reached: seq %d has the hash published at %s\n", an.GetSeq(), formatTime(an.GetTime()))
+		}
 	} else {
 		b := resp.GetFirstBreak()
 		a.printf("audit chain BROKEN at record seq %d (id %s): %s\n",
@@ -79,7 +150,7 @@ func (a *app) verifyAudit(ctx context.Context) error {
 
 // verifyStream runs the VerifyAudit stream, drawing its progress, and
 // returns the result. --timeout bounds the wait for each message.
-func (a *app) verifyStream(ctx context.Context) (*credbrokerv1.VerifyAuditResult, error) {
+func (a *app) verifyStream(ctx context.Context, req *credbrokerv1.VerifyAuditRequest) (*credbrokerv1.VerifyAuditResult, error) {
 	client, closeConn, err := a.dial()
 	if err != nil {
 		return nil, err
@@ -89,7 +160,7 @@ func (a *app) verifyStream(ctx context.Context) (*credbrokerv1.VerifyAuditResult
 	defer stop()
 	bar := a.progressBar("verify")
 	defer bar.clear()
-	stream, err := client.VerifyAudit(ctx, &credbrokerv1.VerifyAuditRequest{})
+	stream, err := client.VerifyAudit(ctx, req)
 	if err != nil {
 		return nil, a.streamError(ctx, err)
 	}
@@ -123,6 +194,7 @@ func (a *app) idleBound(ctx context.Context) (_ context.Context, touch, stop fun
 
 func newAuditExportCmd(a *app) *cobra.Command {
 	var afterSeq uint64
+	var mark bool
 	cmd := &cobra.Command{
 		Use:   "export",
 		Short: "Write audit records as JSON lines, in chain order",
@@ -134,15 +206,26 @@ re-verified without the broker:
 
 and each line's prev_hash is the previous line's hash. The output is JSON
 lines whatever -o says. --timeout bounds the wait for each record, not the
-whole export. On a terminal a progress bar is drawn on stderr.`,
+whole export. On a terminal a progress bar is drawn on stderr.
+
+With --mark-exported, once every record has been written (and stdout
+flushed without error) the broker is told the chain is exported through the
+last seq written (see 'audit exported'): with audit.require_export,
+housekeeping prunes only that far.`,
 		Example: `  credbrokerctl audit export > audit.jsonl
-  credbrokerctl audit export --after-seq "$(tail -n1 audit.jsonl | jq -r .seq)" >> audit.jsonl`,
+  credbrokerctl audit export --after-seq "$(tail -n1 audit.jsonl | jq -r .seq)" >> audit.jsonl
+  credbrokerctl audit export --mark-exported > "audit-$(date +%F).jsonl"`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return a.exportAudit(cmd.Context(), afterSeq)
+			last, err := a.exportAudit(cmd.Context(), afterSeq)
+			if err != nil || !mark || last == 0 {
+				return err
+			}
+			return a.markExported(cmd.Context(), last)
 		},
 	}
 	cmd.Flags().Uint64Var(&afterSeq, "after-seq", 0, "start after this sequence number (0 = from the first record)")
+	cmd.Flags().BoolVar(&mark, "mark-exported", false, "after a complete export, mark the chain exported through its last record")
 	return cmd
 }
 
@@ -150,7 +233,9 @@ whole export. On a terminal a progress bar is drawn on stderr.`,
 // export follows pages until one comes back short.
 var exportPageSize int32 = 1000
 
-func (a *app) exportAudit(ctx context.Context, afterSeq uint64) error {
+// exportAudit writes the records after afterSeq and returns the last seq
+// written (0: none).
+func (a *app) exportAudit(ctx context.Context, afterSeq uint64) (uint64, error) {
 	req := &credbrokerv1.ExportAuditRequest{PageSize: exportPageSize}
 	if afterSeq > 0 {
 		req.Start = &credbrokerv1.ExportAuditRequest_AfterSeq{AfterSeq: afterSeq}
@@ -158,6 +243,7 @@ func (a *app) exportAudit(ctx context.Context, afterSeq uint64) error {
 	bar := a.progressBar("export")
 	defer bar.clear()
 	total := 0
+	var last uint64
 	for {
 		var n int
 		var token string
@@ -170,17 +256,18 @@ func (a *app) exportAudit(ctx context.Context, afterSeq uint64) error {
 				bar.update(uint64(total+n), head-afterSeq)
 			}
 			token = resp.GetNextPageToken()
+			last = resp.GetRecord().GetSeq()
 			return resp.GetCanonicalJson(), nil
 		})
 		if err != nil {
-			return err
+			return 0, err
 		}
 		total += n
 		if n < int(req.GetPageSize()) {
-			return nil // a short page: the chain's head
+			return last, nil // a short page: the chain's head
 		}
 		if token == "" {
-			return errors.New("the broker sent a full page without a page token")
+			return 0, errors.New("the broker sent a full page without a page token")
 		}
 		req.PageToken = token
 	}
@@ -256,6 +343,42 @@ func resetting(touch func(), render func(*credbrokerv1.ExportAuditResponse) (str
 		touch()
 		return render(r)
 	}
+}
+
+func newAuditExportedCmd(a *app) *cobra.Command {
+	var through uint64
+	cmd := &cobra.Command{
+		Use:   "exported --through SEQ",
+		Short: "Mark the audit chain exported through a seq",
+		Long: `Tell the broker the audit chain has been exported (and kept elsewhere)
+through record SEQ. With audit.require_export set, housekeeping prunes
+records past the retention only up to the newest mark. The mark is on record
+(an exported decision naming you) and only moves forward; a SEQ past the
+chain's head is refused. 'audit export --mark-exported' marks what it wrote.`,
+		Example: `  credbrokerctl audit exported --through 1048576`,
+		Args:    noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if through == 0 {
+				return usageError{errors.New("--through SEQ is required")}
+			}
+			return a.markExported(cmd.Context(), through)
+		},
+	}
+	cmd.Flags().Uint64Var(&through, "through", 0, "the last seq exported")
+	return cmd
+}
+
+// markExported marks the chain exported through seq and says so (on
+// stderr after an export, whose stdout is the records).
+func (a *app) markExported(ctx context.Context, through uint64) error {
+	resp, err := call(ctx, a, func(ctx context.Context, c credbrokerv1.AdminServiceClient) (*credbrokerv1.MarkAuditExportedResponse, error) {
+		return c.MarkAuditExported(ctx, &credbrokerv1.MarkAuditExportedRequest{ThroughSeq: through})
+	})
+	if err != nil {
+		return fmt.Errorf("marking the export: %w", err)
+	}
+	fmt.Fprintf(a.stderr, "audit marked exported through seq %d (record seq %d)\n", resp.GetExportedThrough(), resp.GetRecord().GetSeq())
+	return nil
 }
 
 func newAuditTailCmd(a *app) *cobra.Command {

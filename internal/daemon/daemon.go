@@ -98,6 +98,9 @@ func Run(ctx context.Context, opts Options) error {
 	defer httpLis.Close()
 	cfg.Listen, cfg.HTTPListen = grpcLis.Addr().String(), httpLis.Addr().String()
 	cfg.ResolvePaths()
+	if err := cfg.CheckAuditAnchorPath(); err != nil {
+		return err
+	}
 	adminLis, err := listenUnix(cfg.Admin.Socket)
 	if err != nil {
 		return err
@@ -291,6 +294,7 @@ func Run(ctx context.Context, opts Options) error {
 		if awsRev != nil {
 			hk = append(hk, awsRev.purge())
 		}
+		hk = append(hk, auditPurges(cfg.Audit, auditLog)...)
 		housekeeper{purges: hk, now: time.Now, log: log}.run(gctx.Done(), t.C)
 		return nil
 	})

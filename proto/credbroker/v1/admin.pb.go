@@ -52,6 +52,11 @@ const (
 	Decision_DECISION_APPROVAL_DENIED Decision = 12
 	// The approval's window ended before it was used.
 	Decision_DECISION_APPROVAL_EXPIRED Decision = 13
+	// Records pruned from the start of the chain (audit retention); the
+	// record's checkpoint says which.
+	Decision_DECISION_CHECKPOINT Decision = 14
+	// An admin marked the chain exported through a seq.
+	Decision_DECISION_EXPORTED Decision = 15
 )
 
 // Enum value maps for Decision.
@@ -71,6 +76,8 @@ var (
 		11: "DECISION_APPROVAL_GRANTED",
 		12: "DECISION_APPROVAL_DENIED",
 		13: "DECISION_APPROVAL_EXPIRED",
+		14: "DECISION_CHECKPOINT",
+		15: "DECISION_EXPORTED",
 	}
 	Decision_value = map[string]int32{
 		"DECISION_UNSPECIFIED":        0,
@@ -87,6 +94,8 @@ var (
 		"DECISION_APPROVAL_GRANTED":   11,
 		"DECISION_APPROVAL_DENIED":    12,
 		"DECISION_APPROVAL_EXPIRED":   13,
+		"DECISION_CHECKPOINT":         14,
+		"DECISION_EXPORTED":           15,
 	}
 )
 
@@ -401,7 +410,9 @@ type AuditRecord struct {
 	SourceIdentity string `protobuf:"bytes,17,opt,name=source_identity,json=sourceIdentity,proto3" json:"source_identity,omitempty"`
 	// The credential was minted for an earlier issuance and handed out again;
 	// upstream_ref names it.
-	Reused        bool `protobuf:"varint,18,opt,name=reused,proto3" json:"reused,omitempty"`
+	Reused bool `protobuf:"varint,18,opt,name=reused,proto3" json:"reused,omitempty"`
+	// On a checkpoint record: the records pruned before it.
+	Checkpoint    *AuditCheckpoint `protobuf:"bytes,19,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -562,6 +573,102 @@ func (x *AuditRecord) GetReused() bool {
 	return false
 }
 
+func (x *AuditRecord) GetCheckpoint() *AuditCheckpoint {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return nil
+}
+
+// AuditCheckpoint is what a checkpoint record states about the records
+// pruned from the start of the chain: the first record kept links to
+// through_hash.
+type AuditCheckpoint struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	FromSeq    uint64                 `protobuf:"varint,1,opt,name=from_seq,json=fromSeq,proto3" json:"from_seq,omitempty"`
+	ThroughSeq uint64                 `protobuf:"varint,2,opt,name=through_seq,json=throughSeq,proto3" json:"through_seq,omitempty"`
+	// Hash of record through_seq.
+	ThroughHash string `protobuf:"bytes,3,opt,name=through_hash,json=throughHash,proto3" json:"through_hash,omitempty"`
+	Count       uint64 `protobuf:"varint,4,opt,name=count,proto3" json:"count,omitempty"`
+	// Times of records from_seq and through_seq.
+	FirstTime     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=first_time,json=firstTime,proto3" json:"first_time,omitempty"`
+	LastTime      *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=last_time,json=lastTime,proto3" json:"last_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditCheckpoint) Reset() {
+	*x = AuditCheckpoint{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditCheckpoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditCheckpoint) ProtoMessage() {}
+
+func (x *AuditCheckpoint) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditCheckpoint.ProtoReflect.Descriptor instead.
+func (*AuditCheckpoint) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *AuditCheckpoint) GetFromSeq() uint64 {
+	if x != nil {
+		return x.FromSeq
+	}
+	return 0
+}
+
+func (x *AuditCheckpoint) GetThroughSeq() uint64 {
+	if x != nil {
+		return x.ThroughSeq
+	}
+	return 0
+}
+
+func (x *AuditCheckpoint) GetThroughHash() string {
+	if x != nil {
+		return x.ThroughHash
+	}
+	return ""
+}
+
+func (x *AuditCheckpoint) GetCount() uint64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *AuditCheckpoint) GetFirstTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FirstTime
+	}
+	return nil
+}
+
+func (x *AuditCheckpoint) GetLastTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastTime
+	}
+	return nil
+}
+
 // Issuance summarises one issued credential.
 type Issuance struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
@@ -582,7 +689,7 @@ type Issuance struct {
 
 func (x *Issuance) Reset() {
 	*x = Issuance{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[1]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -594,7 +701,7 @@ func (x *Issuance) String() string {
 func (*Issuance) ProtoMessage() {}
 
 func (x *Issuance) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[1]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -607,7 +714,7 @@ func (x *Issuance) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Issuance.ProtoReflect.Descriptor instead.
 func (*Issuance) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{1}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Issuance) GetIssuanceId() string {
@@ -706,7 +813,7 @@ type ListIssuancesRequest struct {
 
 func (x *ListIssuancesRequest) Reset() {
 	*x = ListIssuancesRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[2]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -718,7 +825,7 @@ func (x *ListIssuancesRequest) String() string {
 func (*ListIssuancesRequest) ProtoMessage() {}
 
 func (x *ListIssuancesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[2]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -731,7 +838,7 @@ func (x *ListIssuancesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIssuancesRequest.ProtoReflect.Descriptor instead.
 func (*ListIssuancesRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ListIssuancesRequest) GetCaller() string {
@@ -781,7 +888,7 @@ type ListIssuancesResponse struct {
 
 func (x *ListIssuancesResponse) Reset() {
 	*x = ListIssuancesResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[3]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -793,7 +900,7 @@ func (x *ListIssuancesResponse) String() string {
 func (*ListIssuancesResponse) ProtoMessage() {}
 
 func (x *ListIssuancesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[3]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -806,7 +913,7 @@ func (x *ListIssuancesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIssuancesResponse.ProtoReflect.Descriptor instead.
 func (*ListIssuancesResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ListIssuancesResponse) GetIssuances() []*Issuance {
@@ -833,7 +940,7 @@ type GetIssuanceRequest struct {
 
 func (x *GetIssuanceRequest) Reset() {
 	*x = GetIssuanceRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[4]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -845,7 +952,7 @@ func (x *GetIssuanceRequest) String() string {
 func (*GetIssuanceRequest) ProtoMessage() {}
 
 func (x *GetIssuanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[4]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -858,7 +965,7 @@ func (x *GetIssuanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetIssuanceRequest.ProtoReflect.Descriptor instead.
 func (*GetIssuanceRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetIssuanceRequest) GetIssuanceId() string {
@@ -881,7 +988,7 @@ type GetIssuanceResponse struct {
 
 func (x *GetIssuanceResponse) Reset() {
 	*x = GetIssuanceResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[5]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -893,7 +1000,7 @@ func (x *GetIssuanceResponse) String() string {
 func (*GetIssuanceResponse) ProtoMessage() {}
 
 func (x *GetIssuanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[5]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -906,7 +1013,7 @@ func (x *GetIssuanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetIssuanceResponse.ProtoReflect.Descriptor instead.
 func (*GetIssuanceResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetIssuanceResponse) GetIssuance() *Issuance {
@@ -923,16 +1030,21 @@ func (x *GetIssuanceResponse) GetRecords() []*AuditRecord {
 	return nil
 }
 
-// VerifyAuditRequest has no fields yet.
+// VerifyAuditRequest says what to verify the chain against.
 type VerifyAuditRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A chain head published earlier (audit.anchor): the chain must still
+	// reach it, with the anchored hash at the anchored seq. Without it,
+	// records removed from the end of the chain (with its head moved back)
+	// go unnoticed.
+	Anchor        *AuditAnchor `protobuf:"bytes,1,opt,name=anchor,proto3" json:"anchor,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *VerifyAuditRequest) Reset() {
 	*x = VerifyAuditRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[6]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -944,7 +1056,7 @@ func (x *VerifyAuditRequest) String() string {
 func (*VerifyAuditRequest) ProtoMessage() {}
 
 func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[6]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -957,7 +1069,84 @@ func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditRequest.ProtoReflect.Descriptor instead.
 func (*VerifyAuditRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *VerifyAuditRequest) GetAnchor() *AuditAnchor {
+	if x != nil {
+		return x.Anchor
+	}
+	return nil
+}
+
+// AuditAnchor is a chain head as the broker publishes it (the anchor file's
+// JSON has the same field names).
+type AuditAnchor struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Hash          string                 `protobuf:"bytes,2,opt,name=hash,proto3" json:"hash,omitempty"`
+	Time          *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`
+	BrokerId      string                 `protobuf:"bytes,4,opt,name=broker_id,json=brokerId,proto3" json:"broker_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditAnchor) Reset() {
+	*x = AuditAnchor{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditAnchor) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditAnchor) ProtoMessage() {}
+
+func (x *AuditAnchor) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditAnchor.ProtoReflect.Descriptor instead.
+func (*AuditAnchor) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *AuditAnchor) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *AuditAnchor) GetHash() string {
+	if x != nil {
+		return x.Hash
+	}
+	return ""
+}
+
+func (x *AuditAnchor) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *AuditAnchor) GetBrokerId() string {
+	if x != nil {
+		return x.BrokerId
+	}
+	return ""
 }
 
 // VerifyAuditResponse is one message of the VerifyAudit stream: progress
@@ -975,7 +1164,7 @@ type VerifyAuditResponse struct {
 
 func (x *VerifyAuditResponse) Reset() {
 	*x = VerifyAuditResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[7]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -987,7 +1176,7 @@ func (x *VerifyAuditResponse) String() string {
 func (*VerifyAuditResponse) ProtoMessage() {}
 
 func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[7]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1000,7 +1189,7 @@ func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditResponse.ProtoReflect.Descriptor instead.
 func (*VerifyAuditResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *VerifyAuditResponse) GetMessage() isVerifyAuditResponse_Message {
@@ -1054,14 +1243,25 @@ type VerifyAuditResult struct {
 	// Hash of the last record checked.
 	HeadHash string `protobuf:"bytes,3,opt,name=head_hash,json=headHash,proto3" json:"head_hash,omitempty"`
 	// When not ok: the first record that does not verify, and why.
-	FirstBreak    *ChainBreak `protobuf:"bytes,4,opt,name=first_break,json=firstBreak,proto3" json:"first_break,omitempty"`
+	FirstBreak *ChainBreak `protobuf:"bytes,4,opt,name=first_break,json=firstBreak,proto3" json:"first_break,omitempty"`
+	// Seq of the last record (when ok).
+	HeadSeq uint64 `protobuf:"varint,5,opt,name=head_seq,json=headSeq,proto3" json:"head_seq,omitempty"`
+	// Seq of the first record kept: 1, or the one after pruned_through.
+	FirstSeq uint64 `protobuf:"varint,6,opt,name=first_seq,json=firstSeq,proto3" json:"first_seq,omitempty"`
+	// Last seq pruned as the newest checkpoint states (0: nothing pruned);
+	// the chain was verified from its hash.
+	PrunedThrough uint64 `protobuf:"varint,7,opt,name=pruned_through,json=prunedThrough,proto3" json:"pruned_through,omitempty"`
+	// Seq of the newest checkpoint record (0: none).
+	CheckpointSeq uint64 `protobuf:"varint,8,opt,name=checkpoint_seq,json=checkpointSeq,proto3" json:"checkpoint_seq,omitempty"`
+	// An anchor was given and the chain reaches it.
+	AnchorChecked bool `protobuf:"varint,9,opt,name=anchor_checked,json=anchorChecked,proto3" json:"anchor_checked,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *VerifyAuditResult) Reset() {
 	*x = VerifyAuditResult{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[8]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1073,7 +1273,7 @@ func (x *VerifyAuditResult) String() string {
 func (*VerifyAuditResult) ProtoMessage() {}
 
 func (x *VerifyAuditResult) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[8]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1086,7 +1286,7 @@ func (x *VerifyAuditResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditResult.ProtoReflect.Descriptor instead.
 func (*VerifyAuditResult) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *VerifyAuditResult) GetOk() bool {
@@ -1117,6 +1317,41 @@ func (x *VerifyAuditResult) GetFirstBreak() *ChainBreak {
 	return nil
 }
 
+func (x *VerifyAuditResult) GetHeadSeq() uint64 {
+	if x != nil {
+		return x.HeadSeq
+	}
+	return 0
+}
+
+func (x *VerifyAuditResult) GetFirstSeq() uint64 {
+	if x != nil {
+		return x.FirstSeq
+	}
+	return 0
+}
+
+func (x *VerifyAuditResult) GetPrunedThrough() uint64 {
+	if x != nil {
+		return x.PrunedThrough
+	}
+	return 0
+}
+
+func (x *VerifyAuditResult) GetCheckpointSeq() uint64 {
+	if x != nil {
+		return x.CheckpointSeq
+	}
+	return 0
+}
+
+func (x *VerifyAuditResult) GetAnchorChecked() bool {
+	if x != nil {
+		return x.AnchorChecked
+	}
+	return false
+}
+
 // ChainBreak is where the audit hash chain stops verifying.
 type ChainBreak struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1129,7 +1364,7 @@ type ChainBreak struct {
 
 func (x *ChainBreak) Reset() {
 	*x = ChainBreak{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[9]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1141,7 +1376,7 @@ func (x *ChainBreak) String() string {
 func (*ChainBreak) ProtoMessage() {}
 
 func (x *ChainBreak) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[9]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1154,7 +1389,7 @@ func (x *ChainBreak) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChainBreak.ProtoReflect.Descriptor instead.
 func (*ChainBreak) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ChainBreak) GetSeq() uint64 {
@@ -1192,7 +1427,7 @@ type AuditProgress struct {
 
 func (x *AuditProgress) Reset() {
 	*x = AuditProgress{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[10]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1204,7 +1439,7 @@ func (x *AuditProgress) String() string {
 func (*AuditProgress) ProtoMessage() {}
 
 func (x *AuditProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[10]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1217,7 +1452,7 @@ func (x *AuditProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditProgress.ProtoReflect.Descriptor instead.
 func (*AuditProgress) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *AuditProgress) GetDone() uint64 {
@@ -1261,7 +1496,7 @@ type ExportAuditRequest struct {
 
 func (x *ExportAuditRequest) Reset() {
 	*x = ExportAuditRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[11]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1273,7 +1508,7 @@ func (x *ExportAuditRequest) String() string {
 func (*ExportAuditRequest) ProtoMessage() {}
 
 func (x *ExportAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[11]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1286,7 +1521,7 @@ func (x *ExportAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportAuditRequest.ProtoReflect.Descriptor instead.
 func (*ExportAuditRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ExportAuditRequest) GetStart() isExportAuditRequest_Start {
@@ -1373,7 +1608,7 @@ type ExportAuditResponse struct {
 
 func (x *ExportAuditResponse) Reset() {
 	*x = ExportAuditResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[12]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1385,7 +1620,7 @@ func (x *ExportAuditResponse) String() string {
 func (*ExportAuditResponse) ProtoMessage() {}
 
 func (x *ExportAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[12]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1398,7 +1633,7 @@ func (x *ExportAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportAuditResponse.ProtoReflect.Descriptor instead.
 func (*ExportAuditResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ExportAuditResponse) GetRecord() *AuditRecord {
@@ -1429,6 +1664,107 @@ func (x *ExportAuditResponse) GetNextPageToken() string {
 	return ""
 }
 
+// MarkAuditExportedRequest names how far the chain has been exported.
+type MarkAuditExportedRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The last seq exported (required).
+	ThroughSeq    uint64 `protobuf:"varint,1,opt,name=through_seq,json=throughSeq,proto3" json:"through_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MarkAuditExportedRequest) Reset() {
+	*x = MarkAuditExportedRequest{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MarkAuditExportedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MarkAuditExportedRequest) ProtoMessage() {}
+
+func (x *MarkAuditExportedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MarkAuditExportedRequest.ProtoReflect.Descriptor instead.
+func (*MarkAuditExportedRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *MarkAuditExportedRequest) GetThroughSeq() uint64 {
+	if x != nil {
+		return x.ThroughSeq
+	}
+	return 0
+}
+
+// MarkAuditExportedResponse carries the mark now held and its record.
+type MarkAuditExportedResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The mark: the highest through_seq ever marked.
+	ExportedThrough uint64 `protobuf:"varint,1,opt,name=exported_through,json=exportedThrough,proto3" json:"exported_through,omitempty"`
+	// The exported record written.
+	Record        *AuditRecord `protobuf:"bytes,2,opt,name=record,proto3" json:"record,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MarkAuditExportedResponse) Reset() {
+	*x = MarkAuditExportedResponse{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MarkAuditExportedResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MarkAuditExportedResponse) ProtoMessage() {}
+
+func (x *MarkAuditExportedResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MarkAuditExportedResponse.ProtoReflect.Descriptor instead.
+func (*MarkAuditExportedResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *MarkAuditExportedResponse) GetExportedThrough() uint64 {
+	if x != nil {
+		return x.ExportedThrough
+	}
+	return 0
+}
+
+func (x *MarkAuditExportedResponse) GetRecord() *AuditRecord {
+	if x != nil {
+		return x.Record
+	}
+	return nil
+}
+
 // CreateJoinTokenRequest says what the token admits.
 type CreateJoinTokenRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1444,7 +1780,7 @@ type CreateJoinTokenRequest struct {
 
 func (x *CreateJoinTokenRequest) Reset() {
 	*x = CreateJoinTokenRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[13]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1456,7 +1792,7 @@ func (x *CreateJoinTokenRequest) String() string {
 func (*CreateJoinTokenRequest) ProtoMessage() {}
 
 func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[13]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1469,7 +1805,7 @@ func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CreateJoinTokenRequest) GetCluster() string {
@@ -1508,7 +1844,7 @@ type CreateJoinTokenResponse struct {
 
 func (x *CreateJoinTokenResponse) Reset() {
 	*x = CreateJoinTokenResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[14]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1520,7 +1856,7 @@ func (x *CreateJoinTokenResponse) String() string {
 func (*CreateJoinTokenResponse) ProtoMessage() {}
 
 func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[14]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1533,7 +1869,7 @@ func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CreateJoinTokenResponse) GetToken() string {
@@ -1580,7 +1916,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[15]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1592,7 +1928,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[15]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1605,7 +1941,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Node) GetSpiffeId() string {
@@ -1686,7 +2022,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[16]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1698,7 +2034,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[16]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1711,7 +2047,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListNodesRequest) GetCluster() string {
@@ -1747,7 +2083,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[17]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1759,7 +2095,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[17]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1772,7 +2108,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -1799,7 +2135,7 @@ type EvictNodeRequest struct {
 
 func (x *EvictNodeRequest) Reset() {
 	*x = EvictNodeRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[18]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1811,7 +2147,7 @@ func (x *EvictNodeRequest) String() string {
 func (*EvictNodeRequest) ProtoMessage() {}
 
 func (x *EvictNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[18]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1824,7 +2160,7 @@ func (x *EvictNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvictNodeRequest.ProtoReflect.Descriptor instead.
 func (*EvictNodeRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *EvictNodeRequest) GetSpiffeId() string {
@@ -1846,7 +2182,7 @@ type EvictNodeResponse struct {
 
 func (x *EvictNodeResponse) Reset() {
 	*x = EvictNodeResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[19]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1858,7 +2194,7 @@ func (x *EvictNodeResponse) String() string {
 func (*EvictNodeResponse) ProtoMessage() {}
 
 func (x *EvictNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[19]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1871,7 +2207,7 @@ func (x *EvictNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvictNodeResponse.ProtoReflect.Descriptor instead.
 func (*EvictNodeResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *EvictNodeResponse) GetNode() *Node {
@@ -1910,7 +2246,7 @@ type Revocation struct {
 
 func (x *Revocation) Reset() {
 	*x = Revocation{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[20]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1922,7 +2258,7 @@ func (x *Revocation) String() string {
 func (*Revocation) ProtoMessage() {}
 
 func (x *Revocation) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[20]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1935,7 +2271,7 @@ func (x *Revocation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Revocation.ProtoReflect.Descriptor instead.
 func (*Revocation) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Revocation) GetRevocationId() string {
@@ -2013,7 +2349,7 @@ type RevokeRequest struct {
 
 func (x *RevokeRequest) Reset() {
 	*x = RevokeRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[21]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2025,7 +2361,7 @@ func (x *RevokeRequest) String() string {
 func (*RevokeRequest) ProtoMessage() {}
 
 func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[21]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2038,7 +2374,7 @@ func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RevokeRequest) GetTarget() isRevokeRequest_Target {
@@ -2130,7 +2466,7 @@ type RevokeResponse struct {
 
 func (x *RevokeResponse) Reset() {
 	*x = RevokeResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[22]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2142,7 +2478,7 @@ func (x *RevokeResponse) String() string {
 func (*RevokeResponse) ProtoMessage() {}
 
 func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[22]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2155,7 +2491,7 @@ func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeResponse.ProtoReflect.Descriptor instead.
 func (*RevokeResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RevokeResponse) GetRevocation() *Revocation {
@@ -2205,7 +2541,7 @@ type UpstreamRevocation struct {
 
 func (x *UpstreamRevocation) Reset() {
 	*x = UpstreamRevocation{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[23]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2217,7 +2553,7 @@ func (x *UpstreamRevocation) String() string {
 func (*UpstreamRevocation) ProtoMessage() {}
 
 func (x *UpstreamRevocation) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[23]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2230,7 +2566,7 @@ func (x *UpstreamRevocation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamRevocation.ProtoReflect.Descriptor instead.
 func (*UpstreamRevocation) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *UpstreamRevocation) GetIssuer() string {
@@ -2305,7 +2641,7 @@ type AWSRevocationPolicy struct {
 
 func (x *AWSRevocationPolicy) Reset() {
 	*x = AWSRevocationPolicy{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[24]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2317,7 +2653,7 @@ func (x *AWSRevocationPolicy) String() string {
 func (*AWSRevocationPolicy) ProtoMessage() {}
 
 func (x *AWSRevocationPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[24]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2330,7 +2666,7 @@ func (x *AWSRevocationPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AWSRevocationPolicy.ProtoReflect.Descriptor instead.
 func (*AWSRevocationPolicy) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *AWSRevocationPolicy) GetDocument() string {
@@ -2393,7 +2729,7 @@ type AWSRoleRevocationPolicy struct {
 
 func (x *AWSRoleRevocationPolicy) Reset() {
 	*x = AWSRoleRevocationPolicy{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[25]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2405,7 +2741,7 @@ func (x *AWSRoleRevocationPolicy) String() string {
 func (*AWSRoleRevocationPolicy) ProtoMessage() {}
 
 func (x *AWSRoleRevocationPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[25]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2418,7 +2754,7 @@ func (x *AWSRoleRevocationPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AWSRoleRevocationPolicy.ProtoReflect.Descriptor instead.
 func (*AWSRoleRevocationPolicy) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *AWSRoleRevocationPolicy) GetRoleArn() string {
@@ -2489,7 +2825,7 @@ type GetAWSRevocationPolicyRequest struct {
 
 func (x *GetAWSRevocationPolicyRequest) Reset() {
 	*x = GetAWSRevocationPolicyRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[26]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2501,7 +2837,7 @@ func (x *GetAWSRevocationPolicyRequest) String() string {
 func (*GetAWSRevocationPolicyRequest) ProtoMessage() {}
 
 func (x *GetAWSRevocationPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[26]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2514,7 +2850,7 @@ func (x *GetAWSRevocationPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAWSRevocationPolicyRequest.ProtoReflect.Descriptor instead.
 func (*GetAWSRevocationPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *GetAWSRevocationPolicyRequest) GetRevocationId() string {
@@ -2534,7 +2870,7 @@ type GetAWSRevocationPolicyResponse struct {
 
 func (x *GetAWSRevocationPolicyResponse) Reset() {
 	*x = GetAWSRevocationPolicyResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[27]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2546,7 +2882,7 @@ func (x *GetAWSRevocationPolicyResponse) String() string {
 func (*GetAWSRevocationPolicyResponse) ProtoMessage() {}
 
 func (x *GetAWSRevocationPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[27]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2559,7 +2895,7 @@ func (x *GetAWSRevocationPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAWSRevocationPolicyResponse.ProtoReflect.Descriptor instead.
 func (*GetAWSRevocationPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *GetAWSRevocationPolicyResponse) GetPolicy() *AWSRevocationPolicy {
@@ -2582,7 +2918,7 @@ type ListRevocationsRequest struct {
 
 func (x *ListRevocationsRequest) Reset() {
 	*x = ListRevocationsRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[28]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2594,7 +2930,7 @@ func (x *ListRevocationsRequest) String() string {
 func (*ListRevocationsRequest) ProtoMessage() {}
 
 func (x *ListRevocationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[28]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2607,7 +2943,7 @@ func (x *ListRevocationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRevocationsRequest.ProtoReflect.Descriptor instead.
 func (*ListRevocationsRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ListRevocationsRequest) GetPageSize() int32 {
@@ -2636,7 +2972,7 @@ type ListRevocationsResponse struct {
 
 func (x *ListRevocationsResponse) Reset() {
 	*x = ListRevocationsResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[29]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2648,7 +2984,7 @@ func (x *ListRevocationsResponse) String() string {
 func (*ListRevocationsResponse) ProtoMessage() {}
 
 func (x *ListRevocationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[29]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2661,7 +2997,7 @@ func (x *ListRevocationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRevocationsResponse.ProtoReflect.Descriptor instead.
 func (*ListRevocationsResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListRevocationsResponse) GetRevocations() []*Revocation {
@@ -2688,7 +3024,7 @@ type LiftRevocationRequest struct {
 
 func (x *LiftRevocationRequest) Reset() {
 	*x = LiftRevocationRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[30]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2700,7 +3036,7 @@ func (x *LiftRevocationRequest) String() string {
 func (*LiftRevocationRequest) ProtoMessage() {}
 
 func (x *LiftRevocationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[30]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2713,7 +3049,7 @@ func (x *LiftRevocationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LiftRevocationRequest.ProtoReflect.Descriptor instead.
 func (*LiftRevocationRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *LiftRevocationRequest) GetRevocationId() string {
@@ -2733,7 +3069,7 @@ type LiftRevocationResponse struct {
 
 func (x *LiftRevocationResponse) Reset() {
 	*x = LiftRevocationResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[31]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2745,7 +3081,7 @@ func (x *LiftRevocationResponse) String() string {
 func (*LiftRevocationResponse) ProtoMessage() {}
 
 func (x *LiftRevocationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[31]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2758,7 +3094,7 @@ func (x *LiftRevocationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LiftRevocationResponse.ProtoReflect.Descriptor instead.
 func (*LiftRevocationResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *LiftRevocationResponse) GetRevocation() *Revocation {
@@ -2786,7 +3122,7 @@ type Cluster struct {
 
 func (x *Cluster) Reset() {
 	*x = Cluster{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[32]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2798,7 +3134,7 @@ func (x *Cluster) String() string {
 func (*Cluster) ProtoMessage() {}
 
 func (x *Cluster) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[32]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2811,7 +3147,7 @@ func (x *Cluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cluster.ProtoReflect.Descriptor instead.
 func (*Cluster) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{32}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Cluster) GetCluster() string {
@@ -2862,7 +3198,7 @@ type ListClustersRequest struct {
 
 func (x *ListClustersRequest) Reset() {
 	*x = ListClustersRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[33]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2874,7 +3210,7 @@ func (x *ListClustersRequest) String() string {
 func (*ListClustersRequest) ProtoMessage() {}
 
 func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[33]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2887,7 +3223,7 @@ func (x *ListClustersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersRequest.ProtoReflect.Descriptor instead.
 func (*ListClustersRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{33}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ListClustersRequest) GetPageSize() int32 {
@@ -2916,7 +3252,7 @@ type ListClustersResponse struct {
 
 func (x *ListClustersResponse) Reset() {
 	*x = ListClustersResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[34]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2928,7 +3264,7 @@ func (x *ListClustersResponse) String() string {
 func (*ListClustersResponse) ProtoMessage() {}
 
 func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[34]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2941,7 +3277,7 @@ func (x *ListClustersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListClustersResponse.ProtoReflect.Descriptor instead.
 func (*ListClustersResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{34}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ListClustersResponse) GetClusters() []*Cluster {
@@ -2971,7 +3307,7 @@ type DeleteClusterRequest struct {
 
 func (x *DeleteClusterRequest) Reset() {
 	*x = DeleteClusterRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[35]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2983,7 +3319,7 @@ func (x *DeleteClusterRequest) String() string {
 func (*DeleteClusterRequest) ProtoMessage() {}
 
 func (x *DeleteClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[35]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2996,7 +3332,7 @@ func (x *DeleteClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteClusterRequest.ProtoReflect.Descriptor instead.
 func (*DeleteClusterRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{35}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *DeleteClusterRequest) GetCluster() string {
@@ -3031,7 +3367,7 @@ type DeleteClusterResponse struct {
 
 func (x *DeleteClusterResponse) Reset() {
 	*x = DeleteClusterResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[36]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3043,7 +3379,7 @@ func (x *DeleteClusterResponse) String() string {
 func (*DeleteClusterResponse) ProtoMessage() {}
 
 func (x *DeleteClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[36]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3056,7 +3392,7 @@ func (x *DeleteClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteClusterResponse.ProtoReflect.Descriptor instead.
 func (*DeleteClusterResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{36}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *DeleteClusterResponse) GetRevocation() *Revocation {
@@ -3106,7 +3442,7 @@ type QuotaUsage struct {
 
 func (x *QuotaUsage) Reset() {
 	*x = QuotaUsage{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[37]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3118,7 +3454,7 @@ func (x *QuotaUsage) String() string {
 func (*QuotaUsage) ProtoMessage() {}
 
 func (x *QuotaUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[37]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3131,7 +3467,7 @@ func (x *QuotaUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuotaUsage.ProtoReflect.Descriptor instead.
 func (*QuotaUsage) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{37}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *QuotaUsage) GetKey() isQuotaUsage_Key {
@@ -3210,7 +3546,7 @@ type GetQuotaRequest struct {
 
 func (x *GetQuotaRequest) Reset() {
 	*x = GetQuotaRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[38]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3222,7 +3558,7 @@ func (x *GetQuotaRequest) String() string {
 func (*GetQuotaRequest) ProtoMessage() {}
 
 func (x *GetQuotaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[38]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3235,7 +3571,7 @@ func (x *GetQuotaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQuotaRequest.ProtoReflect.Descriptor instead.
 func (*GetQuotaRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{38}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *GetQuotaRequest) GetKey() isGetQuotaRequest_Key {
@@ -3294,7 +3630,7 @@ type GetQuotaResponse struct {
 
 func (x *GetQuotaResponse) Reset() {
 	*x = GetQuotaResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[39]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3306,7 +3642,7 @@ func (x *GetQuotaResponse) String() string {
 func (*GetQuotaResponse) ProtoMessage() {}
 
 func (x *GetQuotaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[39]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3319,7 +3655,7 @@ func (x *GetQuotaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQuotaResponse.ProtoReflect.Descriptor instead.
 func (*GetQuotaResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{39}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *GetQuotaResponse) GetUsage() *QuotaUsage {
@@ -3355,7 +3691,7 @@ type QuotaLimit struct {
 
 func (x *QuotaLimit) Reset() {
 	*x = QuotaLimit{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[40]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3367,7 +3703,7 @@ func (x *QuotaLimit) String() string {
 func (*QuotaLimit) ProtoMessage() {}
 
 func (x *QuotaLimit) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[40]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3380,7 +3716,7 @@ func (x *QuotaLimit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuotaLimit.ProtoReflect.Descriptor instead.
 func (*QuotaLimit) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{40}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *QuotaLimit) GetMax() int32 {
@@ -3425,7 +3761,7 @@ type ResetQuotaRequest struct {
 
 func (x *ResetQuotaRequest) Reset() {
 	*x = ResetQuotaRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[41]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3437,7 +3773,7 @@ func (x *ResetQuotaRequest) String() string {
 func (*ResetQuotaRequest) ProtoMessage() {}
 
 func (x *ResetQuotaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[41]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3450,7 +3786,7 @@ func (x *ResetQuotaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetQuotaRequest.ProtoReflect.Descriptor instead.
 func (*ResetQuotaRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{41}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ResetQuotaRequest) GetKey() isResetQuotaRequest_Key {
@@ -3505,7 +3841,7 @@ type ResetQuotaResponse struct {
 
 func (x *ResetQuotaResponse) Reset() {
 	*x = ResetQuotaResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[42]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3517,7 +3853,7 @@ func (x *ResetQuotaResponse) String() string {
 func (*ResetQuotaResponse) ProtoMessage() {}
 
 func (x *ResetQuotaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[42]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3530,7 +3866,7 @@ func (x *ResetQuotaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetQuotaResponse.ProtoReflect.Descriptor instead.
 func (*ResetQuotaResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{42}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ResetQuotaResponse) GetForgotten() *QuotaUsage {
@@ -3574,7 +3910,7 @@ type Approval struct {
 
 func (x *Approval) Reset() {
 	*x = Approval{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[43]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3586,7 +3922,7 @@ func (x *Approval) String() string {
 func (*Approval) ProtoMessage() {}
 
 func (x *Approval) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[43]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3599,7 +3935,7 @@ func (x *Approval) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Approval.ProtoReflect.Descriptor instead.
 func (*Approval) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{43}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *Approval) GetApprovalId() string {
@@ -3740,7 +4076,7 @@ type ApprovalVote struct {
 
 func (x *ApprovalVote) Reset() {
 	*x = ApprovalVote{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[44]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3752,7 +4088,7 @@ func (x *ApprovalVote) String() string {
 func (*ApprovalVote) ProtoMessage() {}
 
 func (x *ApprovalVote) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[44]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3765,7 +4101,7 @@ func (x *ApprovalVote) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApprovalVote.ProtoReflect.Descriptor instead.
 func (*ApprovalVote) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{44}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ApprovalVote) GetAdmin() string {
@@ -3793,7 +4129,7 @@ type ListApprovalsRequest struct {
 
 func (x *ListApprovalsRequest) Reset() {
 	*x = ListApprovalsRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[45]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3805,7 +4141,7 @@ func (x *ListApprovalsRequest) String() string {
 func (*ListApprovalsRequest) ProtoMessage() {}
 
 func (x *ListApprovalsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[45]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3818,7 +4154,7 @@ func (x *ListApprovalsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListApprovalsRequest.ProtoReflect.Descriptor instead.
 func (*ListApprovalsRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{45}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ListApprovalsRequest) GetPageSize() int32 {
@@ -3846,7 +4182,7 @@ type ListApprovalsResponse struct {
 
 func (x *ListApprovalsResponse) Reset() {
 	*x = ListApprovalsResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[46]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3858,7 +4194,7 @@ func (x *ListApprovalsResponse) String() string {
 func (*ListApprovalsResponse) ProtoMessage() {}
 
 func (x *ListApprovalsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[46]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3871,7 +4207,7 @@ func (x *ListApprovalsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListApprovalsResponse.ProtoReflect.Descriptor instead.
 func (*ListApprovalsResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{46}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ListApprovalsResponse) GetApprovals() []*Approval {
@@ -3898,7 +4234,7 @@ type GetApprovalRequest struct {
 
 func (x *GetApprovalRequest) Reset() {
 	*x = GetApprovalRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[47]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3910,7 +4246,7 @@ func (x *GetApprovalRequest) String() string {
 func (*GetApprovalRequest) ProtoMessage() {}
 
 func (x *GetApprovalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[47]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3923,7 +4259,7 @@ func (x *GetApprovalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetApprovalRequest.ProtoReflect.Descriptor instead.
 func (*GetApprovalRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{47}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *GetApprovalRequest) GetApprovalId() string {
@@ -3943,7 +4279,7 @@ type GetApprovalResponse struct {
 
 func (x *GetApprovalResponse) Reset() {
 	*x = GetApprovalResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[48]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3955,7 +4291,7 @@ func (x *GetApprovalResponse) String() string {
 func (*GetApprovalResponse) ProtoMessage() {}
 
 func (x *GetApprovalResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[48]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3968,7 +4304,7 @@ func (x *GetApprovalResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetApprovalResponse.ProtoReflect.Descriptor instead.
 func (*GetApprovalResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{48}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *GetApprovalResponse) GetApproval() *Approval {
@@ -3988,7 +4324,7 @@ type ApproveRequest struct {
 
 func (x *ApproveRequest) Reset() {
 	*x = ApproveRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[49]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4000,7 +4336,7 @@ func (x *ApproveRequest) String() string {
 func (*ApproveRequest) ProtoMessage() {}
 
 func (x *ApproveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[49]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4013,7 +4349,7 @@ func (x *ApproveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApproveRequest.ProtoReflect.Descriptor instead.
 func (*ApproveRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{49}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ApproveRequest) GetApprovalId() string {
@@ -4036,7 +4372,7 @@ type ApproveResponse struct {
 
 func (x *ApproveResponse) Reset() {
 	*x = ApproveResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[50]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4048,7 +4384,7 @@ func (x *ApproveResponse) String() string {
 func (*ApproveResponse) ProtoMessage() {}
 
 func (x *ApproveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[50]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4061,7 +4397,7 @@ func (x *ApproveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApproveResponse.ProtoReflect.Descriptor instead.
 func (*ApproveResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{50}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ApproveResponse) GetApproval() *Approval {
@@ -4090,7 +4426,7 @@ type DenyApprovalRequest struct {
 
 func (x *DenyApprovalRequest) Reset() {
 	*x = DenyApprovalRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[51]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4102,7 +4438,7 @@ func (x *DenyApprovalRequest) String() string {
 func (*DenyApprovalRequest) ProtoMessage() {}
 
 func (x *DenyApprovalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[51]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4115,7 +4451,7 @@ func (x *DenyApprovalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DenyApprovalRequest.ProtoReflect.Descriptor instead.
 func (*DenyApprovalRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{51}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *DenyApprovalRequest) GetApprovalId() string {
@@ -4142,7 +4478,7 @@ type DenyApprovalResponse struct {
 
 func (x *DenyApprovalResponse) Reset() {
 	*x = DenyApprovalResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[52]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4154,7 +4490,7 @@ func (x *DenyApprovalResponse) String() string {
 func (*DenyApprovalResponse) ProtoMessage() {}
 
 func (x *DenyApprovalResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[52]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4167,7 +4503,7 @@ func (x *DenyApprovalResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DenyApprovalResponse.ProtoReflect.Descriptor instead.
 func (*DenyApprovalResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{52}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *DenyApprovalResponse) GetApproval() *Approval {
@@ -4195,7 +4531,7 @@ type ExplainPolicyRequest struct {
 
 func (x *ExplainPolicyRequest) Reset() {
 	*x = ExplainPolicyRequest{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[53]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4207,7 +4543,7 @@ func (x *ExplainPolicyRequest) String() string {
 func (*ExplainPolicyRequest) ProtoMessage() {}
 
 func (x *ExplainPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[53]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4220,7 +4556,7 @@ func (x *ExplainPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainPolicyRequest.ProtoReflect.Descriptor instead.
 func (*ExplainPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{53}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *ExplainPolicyRequest) GetSpiffeId() string {
@@ -4273,7 +4609,7 @@ type ExplainStep struct {
 
 func (x *ExplainStep) Reset() {
 	*x = ExplainStep{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[54]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4285,7 +4621,7 @@ func (x *ExplainStep) String() string {
 func (*ExplainStep) ProtoMessage() {}
 
 func (x *ExplainStep) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[54]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4298,7 +4634,7 @@ func (x *ExplainStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainStep.ProtoReflect.Descriptor instead.
 func (*ExplainStep) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{54}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *ExplainStep) GetStep() string {
@@ -4343,7 +4679,7 @@ type ExplainQuota struct {
 
 func (x *ExplainQuota) Reset() {
 	*x = ExplainQuota{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[55]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4355,7 +4691,7 @@ func (x *ExplainQuota) String() string {
 func (*ExplainQuota) ProtoMessage() {}
 
 func (x *ExplainQuota) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[55]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4368,7 +4704,7 @@ func (x *ExplainQuota) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainQuota.ProtoReflect.Descriptor instead.
 func (*ExplainQuota) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{55}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *ExplainQuota) GetKey() isExplainQuota_Key {
@@ -4462,7 +4798,7 @@ type UpstreamPreview struct {
 
 func (x *UpstreamPreview) Reset() {
 	*x = UpstreamPreview{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[56]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4474,7 +4810,7 @@ func (x *UpstreamPreview) String() string {
 func (*UpstreamPreview) ProtoMessage() {}
 
 func (x *UpstreamPreview) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[56]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4487,7 +4823,7 @@ func (x *UpstreamPreview) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamPreview.ProtoReflect.Descriptor instead.
 func (*UpstreamPreview) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{56}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *UpstreamPreview) GetTarget() string {
@@ -4545,7 +4881,7 @@ type ExplainPolicyResponse struct {
 
 func (x *ExplainPolicyResponse) Reset() {
 	*x = ExplainPolicyResponse{}
-	mi := &file_credbroker_v1_admin_proto_msgTypes[57]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4557,7 +4893,7 @@ func (x *ExplainPolicyResponse) String() string {
 func (*ExplainPolicyResponse) ProtoMessage() {}
 
 func (x *ExplainPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_credbroker_v1_admin_proto_msgTypes[57]
+	mi := &file_credbroker_v1_admin_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4570,7 +4906,7 @@ func (x *ExplainPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainPolicyResponse.ProtoReflect.Descriptor instead.
 func (*ExplainPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{57}
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *ExplainPolicyResponse) GetGranted() bool {
@@ -4682,7 +5018,7 @@ var File_credbroker_v1_admin_proto protoreflect.FileDescriptor
 
 const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x19credbroker/v1/admin.proto\x12\rcredbroker.v1\x1a\x1acredbroker/v1/errors.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xff\x04\n" +
+	"\x19credbroker/v1/admin.proto\x12\rcredbroker.v1\x1a\x1acredbroker/v1/errors.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbf\x05\n" +
 	"\vAuditRecord\x12\x1b\n" +
 	"\trecord_id\x18\x01 \x01(\tR\brecordId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12.\n" +
@@ -4704,7 +5040,19 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\tprev_hash\x18\x0f \x01(\tR\bprevHash\x12\x12\n" +
 	"\x04hash\x18\x10 \x01(\tR\x04hash\x12'\n" +
 	"\x0fsource_identity\x18\x11 \x01(\tR\x0esourceIdentity\x12\x16\n" +
-	"\x06reused\x18\x12 \x01(\bR\x06reused\"\xab\x03\n" +
+	"\x06reused\x18\x12 \x01(\bR\x06reused\x12>\n" +
+	"\n" +
+	"checkpoint\x18\x13 \x01(\v2\x1e.credbroker.v1.AuditCheckpointR\n" +
+	"checkpoint\"\xfa\x01\n" +
+	"\x0fAuditCheckpoint\x12\x19\n" +
+	"\bfrom_seq\x18\x01 \x01(\x04R\afromSeq\x12\x1f\n" +
+	"\vthrough_seq\x18\x02 \x01(\x04R\n" +
+	"throughSeq\x12!\n" +
+	"\fthrough_hash\x18\x03 \x01(\tR\vthroughHash\x12\x14\n" +
+	"\x05count\x18\x04 \x01(\x04R\x05count\x129\n" +
+	"\n" +
+	"first_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tfirstTime\x127\n" +
+	"\tlast_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\blastTime\"\xab\x03\n" +
 	"\bIssuance\x12\x1f\n" +
 	"\vissuance_id\x18\x01 \x01(\tR\n" +
 	"issuanceId\x127\n" +
@@ -4735,18 +5083,29 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"issuanceId\"\x80\x01\n" +
 	"\x13GetIssuanceResponse\x123\n" +
 	"\bissuance\x18\x01 \x01(\v2\x17.credbroker.v1.IssuanceR\bissuance\x124\n" +
-	"\arecords\x18\x02 \x03(\v2\x1a.credbroker.v1.AuditRecordR\arecords\"\x14\n" +
-	"\x12VerifyAuditRequest\"\x98\x01\n" +
+	"\arecords\x18\x02 \x03(\v2\x1a.credbroker.v1.AuditRecordR\arecords\"H\n" +
+	"\x12VerifyAuditRequest\x122\n" +
+	"\x06anchor\x18\x01 \x01(\v2\x1a.credbroker.v1.AuditAnchorR\x06anchor\"\x80\x01\n" +
+	"\vAuditAnchor\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x12\n" +
+	"\x04hash\x18\x02 \x01(\tR\x04hash\x12.\n" +
+	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1b\n" +
+	"\tbroker_id\x18\x04 \x01(\tR\bbrokerId\"\x98\x01\n" +
 	"\x13VerifyAuditResponse\x12:\n" +
 	"\bprogress\x18\x01 \x01(\v2\x1c.credbroker.v1.AuditProgressH\x00R\bprogress\x12:\n" +
 	"\x06result\x18\x02 \x01(\v2 .credbroker.v1.VerifyAuditResultH\x00R\x06resultB\t\n" +
-	"\amessage\"\x96\x01\n" +
+	"\amessage\"\xc3\x02\n" +
 	"\x11VerifyAuditResult\x12\x0e\n" +
 	"\x02ok\x18\x01 \x01(\bR\x02ok\x12\x18\n" +
 	"\arecords\x18\x02 \x01(\x04R\arecords\x12\x1b\n" +
 	"\thead_hash\x18\x03 \x01(\tR\bheadHash\x12:\n" +
 	"\vfirst_break\x18\x04 \x01(\v2\x19.credbroker.v1.ChainBreakR\n" +
-	"firstBreak\"U\n" +
+	"firstBreak\x12\x19\n" +
+	"\bhead_seq\x18\x05 \x01(\x04R\aheadSeq\x12\x1b\n" +
+	"\tfirst_seq\x18\x06 \x01(\x04R\bfirstSeq\x12%\n" +
+	"\x0epruned_through\x18\a \x01(\x04R\rprunedThrough\x12%\n" +
+	"\x0echeckpoint_seq\x18\b \x01(\x04R\rcheckpointSeq\x12%\n" +
+	"\x0eanchor_checked\x18\t \x01(\bR\ranchorChecked\"U\n" +
 	"\n" +
 	"ChainBreak\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1b\n" +
@@ -4767,7 +5126,13 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x06record\x18\x01 \x01(\v2\x1a.credbroker.v1.AuditRecordR\x06record\x12%\n" +
 	"\x0ecanonical_json\x18\x02 \x01(\tR\rcanonicalJson\x12\x19\n" +
 	"\bhead_seq\x18\x03 \x01(\x04R\aheadSeq\x12&\n" +
-	"\x0fnext_page_token\x18\x04 \x01(\tR\rnextPageToken\"|\n" +
+	"\x0fnext_page_token\x18\x04 \x01(\tR\rnextPageToken\";\n" +
+	"\x18MarkAuditExportedRequest\x12\x1f\n" +
+	"\vthrough_seq\x18\x01 \x01(\x04R\n" +
+	"throughSeq\"z\n" +
+	"\x19MarkAuditExportedResponse\x12)\n" +
+	"\x10exported_through\x18\x01 \x01(\x04R\x0fexportedThrough\x122\n" +
+	"\x06record\x18\x02 \x01(\v2\x1a.credbroker.v1.AuditRecordR\x06record\"|\n" +
 	"\x16CreateJoinTokenRequest\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x1b\n" +
 	"\tnode_name\x18\x02 \x01(\tR\bnodeName\x12+\n" +
@@ -5025,7 +5390,7 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"revocation\x12\x1c\n" +
 	"\tapprovers\x18\r \x01(\x05R\tapprovers\x12B\n" +
 	"\x0fapproval_window\x18\x0e \x01(\v2\x19.google.protobuf.DurationR\x0eapprovalWindow\x12:\n" +
-	"\bupstream\x18\x0f \x01(\v2\x1e.credbroker.v1.UpstreamPreviewR\bupstream*\xec\x02\n" +
+	"\bupstream\x18\x0f \x01(\v2\x1e.credbroker.v1.UpstreamPreviewR\bupstream*\x9c\x03\n" +
 	"\bDecision\x12\x18\n" +
 	"\x14DECISION_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fDECISION_INTENT\x10\x01\x12\x13\n" +
@@ -5041,7 +5406,9 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x12\x1d\n" +
 	"\x19DECISION_APPROVAL_GRANTED\x10\v\x12\x1c\n" +
 	"\x18DECISION_APPROVAL_DENIED\x10\f\x12\x1d\n" +
-	"\x19DECISION_APPROVAL_EXPIRED\x10\r*\xfc\x01\n" +
+	"\x19DECISION_APPROVAL_EXPIRED\x10\r\x12\x17\n" +
+	"\x13DECISION_CHECKPOINT\x10\x0e\x12\x15\n" +
+	"\x11DECISION_EXPORTED\x10\x0f*\xfc\x01\n" +
 	"\x11AttestationMethod\x12\"\n" +
 	"\x1eATTESTATION_METHOD_UNSPECIFIED\x10\x00\x12 \n" +
 	"\x1cATTESTATION_METHOD_X509_SVID\x10\x01\x12\x1f\n" +
@@ -5066,12 +5433,13 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x1bEXPLAIN_OUTCOME_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14EXPLAIN_OUTCOME_PASS\x10\x01\x12\x1a\n" +
 	"\x16EXPLAIN_OUTCOME_REFUSE\x10\x02\x12\x1f\n" +
-	"\x1bEXPLAIN_OUTCOME_NOT_REACHED\x10\x032\xf7\r\n" +
+	"\x1bEXPLAIN_OUTCOME_NOT_REACHED\x10\x032\xdf\x0e\n" +
 	"\fAdminService\x12Z\n" +
 	"\rListIssuances\x12#.credbroker.v1.ListIssuancesRequest\x1a$.credbroker.v1.ListIssuancesResponse\x12T\n" +
 	"\vGetIssuance\x12!.credbroker.v1.GetIssuanceRequest\x1a\".credbroker.v1.GetIssuanceResponse\x12V\n" +
 	"\vVerifyAudit\x12!.credbroker.v1.VerifyAuditRequest\x1a\".credbroker.v1.VerifyAuditResponse0\x01\x12V\n" +
-	"\vExportAudit\x12!.credbroker.v1.ExportAuditRequest\x1a\".credbroker.v1.ExportAuditResponse0\x01\x12`\n" +
+	"\vExportAudit\x12!.credbroker.v1.ExportAuditRequest\x1a\".credbroker.v1.ExportAuditResponse0\x01\x12f\n" +
+	"\x11MarkAuditExported\x12'.credbroker.v1.MarkAuditExportedRequest\x1a(.credbroker.v1.MarkAuditExportedResponse\x12`\n" +
 	"\x0fCreateJoinToken\x12%.credbroker.v1.CreateJoinTokenRequest\x1a&.credbroker.v1.CreateJoinTokenResponse\x12N\n" +
 	"\tListNodes\x12\x1f.credbroker.v1.ListNodesRequest\x1a .credbroker.v1.ListNodesResponse\x12N\n" +
 	"\tEvictNode\x12\x1f.credbroker.v1.EvictNodeRequest\x1a .credbroker.v1.EvictNodeResponse\x12E\n" +
@@ -5103,7 +5471,7 @@ func file_credbroker_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_credbroker_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_credbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 59)
+var file_credbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 63)
 var file_credbroker_v1_admin_proto_goTypes = []any{
 	(Decision)(0),                          // 0: credbroker.v1.Decision
 	(AttestationMethod)(0),                 // 1: credbroker.v1.AttestationMethod
@@ -5111,189 +5479,201 @@ var file_credbroker_v1_admin_proto_goTypes = []any{
 	(ApprovalStatus)(0),                    // 3: credbroker.v1.ApprovalStatus
 	(ExplainOutcome)(0),                    // 4: credbroker.v1.ExplainOutcome
 	(*AuditRecord)(nil),                    // 5: credbroker.v1.AuditRecord
-	(*Issuance)(nil),                       // 6: credbroker.v1.Issuance
-	(*ListIssuancesRequest)(nil),           // 7: credbroker.v1.ListIssuancesRequest
-	(*ListIssuancesResponse)(nil),          // 8: credbroker.v1.ListIssuancesResponse
-	(*GetIssuanceRequest)(nil),             // 9: credbroker.v1.GetIssuanceRequest
-	(*GetIssuanceResponse)(nil),            // 10: credbroker.v1.GetIssuanceResponse
-	(*VerifyAuditRequest)(nil),             // 11: credbroker.v1.VerifyAuditRequest
-	(*VerifyAuditResponse)(nil),            // 12: credbroker.v1.VerifyAuditResponse
-	(*VerifyAuditResult)(nil),              // 13: credbroker.v1.VerifyAuditResult
-	(*ChainBreak)(nil),                     // 14: credbroker.v1.ChainBreak
-	(*AuditProgress)(nil),                  // 15: credbroker.v1.AuditProgress
-	(*ExportAuditRequest)(nil),             // 16: credbroker.v1.ExportAuditRequest
-	(*ExportAuditResponse)(nil),            // 17: credbroker.v1.ExportAuditResponse
-	(*CreateJoinTokenRequest)(nil),         // 18: credbroker.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil),        // 19: credbroker.v1.CreateJoinTokenResponse
-	(*Node)(nil),                           // 20: credbroker.v1.Node
-	(*ListNodesRequest)(nil),               // 21: credbroker.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),              // 22: credbroker.v1.ListNodesResponse
-	(*EvictNodeRequest)(nil),               // 23: credbroker.v1.EvictNodeRequest
-	(*EvictNodeResponse)(nil),              // 24: credbroker.v1.EvictNodeResponse
-	(*Revocation)(nil),                     // 25: credbroker.v1.Revocation
-	(*RevokeRequest)(nil),                  // 26: credbroker.v1.RevokeRequest
-	(*RevokeResponse)(nil),                 // 27: credbroker.v1.RevokeResponse
-	(*UpstreamRevocation)(nil),             // 28: credbroker.v1.UpstreamRevocation
-	(*AWSRevocationPolicy)(nil),            // 29: credbroker.v1.AWSRevocationPolicy
-	(*AWSRoleRevocationPolicy)(nil),        // 30: credbroker.v1.AWSRoleRevocationPolicy
-	(*GetAWSRevocationPolicyRequest)(nil),  // 31: credbroker.v1.GetAWSRevocationPolicyRequest
-	(*GetAWSRevocationPolicyResponse)(nil), // 32: credbroker.v1.GetAWSRevocationPolicyResponse
-	(*ListRevocationsRequest)(nil),         // 33: credbroker.v1.ListRevocationsRequest
-	(*ListRevocationsResponse)(nil),        // 34: credbroker.v1.ListRevocationsResponse
-	(*LiftRevocationRequest)(nil),          // 35: credbroker.v1.LiftRevocationRequest
-	(*LiftRevocationResponse)(nil),         // 36: credbroker.v1.LiftRevocationResponse
-	(*Cluster)(nil),                        // 37: credbroker.v1.Cluster
-	(*ListClustersRequest)(nil),            // 38: credbroker.v1.ListClustersRequest
-	(*ListClustersResponse)(nil),           // 39: credbroker.v1.ListClustersResponse
-	(*DeleteClusterRequest)(nil),           // 40: credbroker.v1.DeleteClusterRequest
-	(*DeleteClusterResponse)(nil),          // 41: credbroker.v1.DeleteClusterResponse
-	(*QuotaUsage)(nil),                     // 42: credbroker.v1.QuotaUsage
-	(*GetQuotaRequest)(nil),                // 43: credbroker.v1.GetQuotaRequest
-	(*GetQuotaResponse)(nil),               // 44: credbroker.v1.GetQuotaResponse
-	(*QuotaLimit)(nil),                     // 45: credbroker.v1.QuotaLimit
-	(*ResetQuotaRequest)(nil),              // 46: credbroker.v1.ResetQuotaRequest
-	(*ResetQuotaResponse)(nil),             // 47: credbroker.v1.ResetQuotaResponse
-	(*Approval)(nil),                       // 48: credbroker.v1.Approval
-	(*ApprovalVote)(nil),                   // 49: credbroker.v1.ApprovalVote
-	(*ListApprovalsRequest)(nil),           // 50: credbroker.v1.ListApprovalsRequest
-	(*ListApprovalsResponse)(nil),          // 51: credbroker.v1.ListApprovalsResponse
-	(*GetApprovalRequest)(nil),             // 52: credbroker.v1.GetApprovalRequest
-	(*GetApprovalResponse)(nil),            // 53: credbroker.v1.GetApprovalResponse
-	(*ApproveRequest)(nil),                 // 54: credbroker.v1.ApproveRequest
-	(*ApproveResponse)(nil),                // 55: credbroker.v1.ApproveResponse
-	(*DenyApprovalRequest)(nil),            // 56: credbroker.v1.DenyApprovalRequest
-	(*DenyApprovalResponse)(nil),           // 57: credbroker.v1.DenyApprovalResponse
-	(*ExplainPolicyRequest)(nil),           // 58: credbroker.v1.ExplainPolicyRequest
-	(*ExplainStep)(nil),                    // 59: credbroker.v1.ExplainStep
-	(*ExplainQuota)(nil),                   // 60: credbroker.v1.ExplainQuota
-	(*UpstreamPreview)(nil),                // 61: credbroker.v1.UpstreamPreview
-	(*ExplainPolicyResponse)(nil),          // 62: credbroker.v1.ExplainPolicyResponse
-	nil,                                    // 63: credbroker.v1.UpstreamPreview.DetailsEntry
-	(*timestamppb.Timestamp)(nil),          // 64: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),            // 65: google.protobuf.Duration
-	(ErrorReason)(0),                       // 66: credbroker.v1.ErrorReason
+	(*AuditCheckpoint)(nil),                // 6: credbroker.v1.AuditCheckpoint
+	(*Issuance)(nil),                       // 7: credbroker.v1.Issuance
+	(*ListIssuancesRequest)(nil),           // 8: credbroker.v1.ListIssuancesRequest
+	(*ListIssuancesResponse)(nil),          // 9: credbroker.v1.ListIssuancesResponse
+	(*GetIssuanceRequest)(nil),             // 10: credbroker.v1.GetIssuanceRequest
+	(*GetIssuanceResponse)(nil),            // 11: credbroker.v1.GetIssuanceResponse
+	(*VerifyAuditRequest)(nil),             // 12: credbroker.v1.VerifyAuditRequest
+	(*AuditAnchor)(nil),                    // 13: credbroker.v1.AuditAnchor
+	(*VerifyAuditResponse)(nil),            // 14: credbroker.v1.VerifyAuditResponse
+	(*VerifyAuditResult)(nil),              // 15: credbroker.v1.VerifyAuditResult
+	(*ChainBreak)(nil),                     // 16: credbroker.v1.ChainBreak
+	(*AuditProgress)(nil),                  // 17: credbroker.v1.AuditProgress
+	(*ExportAuditRequest)(nil),             // 18: credbroker.v1.ExportAuditRequest
+	(*ExportAuditResponse)(nil),            // 19: credbroker.v1.ExportAuditResponse
+	(*MarkAuditExportedRequest)(nil),       // 20: credbroker.v1.MarkAuditExportedRequest
+	(*MarkAuditExportedResponse)(nil),      // 21: credbroker.v1.MarkAuditExportedResponse
+	(*CreateJoinTokenRequest)(nil),         // 22: credbroker.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),        // 23: credbroker.v1.CreateJoinTokenResponse
+	(*Node)(nil),                           // 24: credbroker.v1.Node
+	(*ListNodesRequest)(nil),               // 25: credbroker.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),              // 26: credbroker.v1.ListNodesResponse
+	(*EvictNodeRequest)(nil),               // 27: credbroker.v1.EvictNodeRequest
+	(*EvictNodeResponse)(nil),              // 28: credbroker.v1.EvictNodeResponse
+	(*Revocation)(nil),                     // 29: credbroker.v1.Revocation
+	(*RevokeRequest)(nil),                  // 30: credbroker.v1.RevokeRequest
+	(*RevokeResponse)(nil),                 // 31: credbroker.v1.RevokeResponse
+	(*UpstreamRevocation)(nil),             // 32: credbroker.v1.UpstreamRevocation
+	(*AWSRevocationPolicy)(nil),            // 33: credbroker.v1.AWSRevocationPolicy
+	(*AWSRoleRevocationPolicy)(nil),        // 34: credbroker.v1.AWSRoleRevocationPolicy
+	(*GetAWSRevocationPolicyRequest)(nil),  // 35: credbroker.v1.GetAWSRevocationPolicyRequest
+	(*GetAWSRevocationPolicyResponse)(nil), // 36: credbroker.v1.GetAWSRevocationPolicyResponse
+	(*ListRevocationsRequest)(nil),         // 37: credbroker.v1.ListRevocationsRequest
+	(*ListRevocationsResponse)(nil),        // 38: credbroker.v1.ListRevocationsResponse
+	(*LiftRevocationRequest)(nil),          // 39: credbroker.v1.LiftRevocationRequest
+	(*LiftRevocationResponse)(nil),         // 40: credbroker.v1.LiftRevocationResponse
+	(*Cluster)(nil),                        // 41: credbroker.v1.Cluster
+	(*ListClustersRequest)(nil),            // 42: credbroker.v1.ListClustersRequest
+	(*ListClustersResponse)(nil),           // 43: credbroker.v1.ListClustersResponse
+	(*DeleteClusterRequest)(nil),           // 44: credbroker.v1.DeleteClusterRequest
+	(*DeleteClusterResponse)(nil),          // 45: credbroker.v1.DeleteClusterResponse
+	(*QuotaUsage)(nil),                     // 46: credbroker.v1.QuotaUsage
+	(*GetQuotaRequest)(nil),                // 47: credbroker.v1.GetQuotaRequest
+	(*GetQuotaResponse)(nil),               // 48: credbroker.v1.GetQuotaResponse
+	(*QuotaLimit)(nil),                     // 49: credbroker.v1.QuotaLimit
+	(*ResetQuotaRequest)(nil),              // 50: credbroker.v1.ResetQuotaRequest
+	(*ResetQuotaResponse)(nil),             // 51: credbroker.v1.ResetQuotaResponse
+	(*Approval)(nil),                       // 52: credbroker.v1.Approval
+	(*ApprovalVote)(nil),                   // 53: credbroker.v1.ApprovalVote
+	(*ListApprovalsRequest)(nil),           // 54: credbroker.v1.ListApprovalsRequest
+	(*ListApprovalsResponse)(nil),          // 55: credbroker.v1.ListApprovalsResponse
+	(*GetApprovalRequest)(nil),             // 56: credbroker.v1.GetApprovalRequest
+	(*GetApprovalResponse)(nil),            // 57: credbroker.v1.GetApprovalResponse
+	(*ApproveRequest)(nil),                 // 58: credbroker.v1.ApproveRequest
+	(*ApproveResponse)(nil),                // 59: credbroker.v1.ApproveResponse
+	(*DenyApprovalRequest)(nil),            // 60: credbroker.v1.DenyApprovalRequest
+	(*DenyApprovalResponse)(nil),           // 61: credbroker.v1.DenyApprovalResponse
+	(*ExplainPolicyRequest)(nil),           // 62: credbroker.v1.ExplainPolicyRequest
+	(*ExplainStep)(nil),                    // 63: credbroker.v1.ExplainStep
+	(*ExplainQuota)(nil),                   // 64: credbroker.v1.ExplainQuota
+	(*UpstreamPreview)(nil),                // 65: credbroker.v1.UpstreamPreview
+	(*ExplainPolicyResponse)(nil),          // 66: credbroker.v1.ExplainPolicyResponse
+	nil,                                    // 67: credbroker.v1.UpstreamPreview.DetailsEntry
+	(*timestamppb.Timestamp)(nil),          // 68: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),            // 69: google.protobuf.Duration
+	(ErrorReason)(0),                       // 70: credbroker.v1.ErrorReason
 }
 var file_credbroker_v1_admin_proto_depIdxs = []int32{
-	64, // 0: credbroker.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
-	1,  // 1: credbroker.v1.AuditRecord.attestation:type_name -> credbroker.v1.AttestationMethod
-	0,  // 2: credbroker.v1.AuditRecord.decision:type_name -> credbroker.v1.Decision
-	65, // 3: credbroker.v1.AuditRecord.ttl:type_name -> google.protobuf.Duration
-	64, // 4: credbroker.v1.AuditRecord.expires_at:type_name -> google.protobuf.Timestamp
-	64, // 5: credbroker.v1.Issuance.issued_at:type_name -> google.protobuf.Timestamp
-	64, // 6: credbroker.v1.Issuance.expires_at:type_name -> google.protobuf.Timestamp
-	1,  // 7: credbroker.v1.Issuance.attestation:type_name -> credbroker.v1.AttestationMethod
-	64, // 8: credbroker.v1.ListIssuancesRequest.since:type_name -> google.protobuf.Timestamp
-	6,  // 9: credbroker.v1.ListIssuancesResponse.issuances:type_name -> credbroker.v1.Issuance
-	6,  // 10: credbroker.v1.GetIssuanceResponse.issuance:type_name -> credbroker.v1.Issuance
-	5,  // 11: credbroker.v1.GetIssuanceResponse.records:type_name -> credbroker.v1.AuditRecord
-	15, // 12: credbroker.v1.VerifyAuditResponse.progress:type_name -> credbroker.v1.AuditProgress
-	13, // 13: credbroker.v1.VerifyAuditResponse.result:type_name -> credbroker.v1.VerifyAuditResult
-	14, // 14: credbroker.v1.VerifyAuditResult.first_break:type_name -> credbroker.v1.ChainBreak
-	5,  // 15: credbroker.v1.ExportAuditResponse.record:type_name -> credbroker.v1.AuditRecord
-	65, // 16: credbroker.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
-	64, // 17: credbroker.v1.CreateJoinTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	1,  // 18: credbroker.v1.Node.attestation:type_name -> credbroker.v1.AttestationMethod
-	64, // 19: credbroker.v1.Node.attested_at:type_name -> google.protobuf.Timestamp
-	64, // 20: credbroker.v1.Node.renewed_at:type_name -> google.protobuf.Timestamp
-	64, // 21: credbroker.v1.Node.expires_at:type_name -> google.protobuf.Timestamp
-	64, // 22: credbroker.v1.Node.evicted_at:type_name -> google.protobuf.Timestamp
-	20, // 23: credbroker.v1.ListNodesResponse.nodes:type_name -> credbroker.v1.Node
-	20, // 24: credbroker.v1.EvictNodeResponse.node:type_name -> credbroker.v1.Node
-	6,  // 25: credbroker.v1.EvictNodeResponse.issuances:type_name -> credbroker.v1.Issuance
-	2,  // 26: credbroker.v1.Revocation.kind:type_name -> credbroker.v1.RevocationKind
-	64, // 27: credbroker.v1.Revocation.created_at:type_name -> google.protobuf.Timestamp
-	64, // 28: credbroker.v1.Revocation.until:type_name -> google.protobuf.Timestamp
-	64, // 29: credbroker.v1.Revocation.covered_until:type_name -> google.protobuf.Timestamp
-	64, // 30: credbroker.v1.RevokeRequest.until:type_name -> google.protobuf.Timestamp
-	25, // 31: credbroker.v1.RevokeResponse.revocation:type_name -> credbroker.v1.Revocation
-	28, // 32: credbroker.v1.RevokeResponse.upstream:type_name -> credbroker.v1.UpstreamRevocation
-	29, // 33: credbroker.v1.RevokeResponse.aws_policy:type_name -> credbroker.v1.AWSRevocationPolicy
-	30, // 34: credbroker.v1.AWSRevocationPolicy.roles:type_name -> credbroker.v1.AWSRoleRevocationPolicy
-	64, // 35: credbroker.v1.AWSRoleRevocationPolicy.applied_at:type_name -> google.protobuf.Timestamp
-	29, // 36: credbroker.v1.GetAWSRevocationPolicyResponse.policy:type_name -> credbroker.v1.AWSRevocationPolicy
-	25, // 37: credbroker.v1.ListRevocationsResponse.revocations:type_name -> credbroker.v1.Revocation
-	25, // 38: credbroker.v1.LiftRevocationResponse.revocation:type_name -> credbroker.v1.Revocation
-	25, // 39: credbroker.v1.Cluster.revocation:type_name -> credbroker.v1.Revocation
-	37, // 40: credbroker.v1.ListClustersResponse.clusters:type_name -> credbroker.v1.Cluster
-	25, // 41: credbroker.v1.DeleteClusterResponse.revocation:type_name -> credbroker.v1.Revocation
-	20, // 42: credbroker.v1.DeleteClusterResponse.evicted_nodes:type_name -> credbroker.v1.Node
-	28, // 43: credbroker.v1.DeleteClusterResponse.upstream:type_name -> credbroker.v1.UpstreamRevocation
-	64, // 44: credbroker.v1.QuotaUsage.window_start:type_name -> google.protobuf.Timestamp
-	64, // 45: credbroker.v1.QuotaUsage.reset_at:type_name -> google.protobuf.Timestamp
-	42, // 46: credbroker.v1.GetQuotaResponse.usage:type_name -> credbroker.v1.QuotaUsage
-	45, // 47: credbroker.v1.GetQuotaResponse.limits:type_name -> credbroker.v1.QuotaLimit
-	65, // 48: credbroker.v1.QuotaLimit.window:type_name -> google.protobuf.Duration
-	42, // 49: credbroker.v1.ResetQuotaResponse.forgotten:type_name -> credbroker.v1.QuotaUsage
-	3,  // 50: credbroker.v1.Approval.status:type_name -> credbroker.v1.ApprovalStatus
-	65, // 51: credbroker.v1.Approval.ttl:type_name -> google.protobuf.Duration
-	49, // 52: credbroker.v1.Approval.approvals:type_name -> credbroker.v1.ApprovalVote
-	64, // 53: credbroker.v1.Approval.created_at:type_name -> google.protobuf.Timestamp
-	64, // 54: credbroker.v1.Approval.expires_at:type_name -> google.protobuf.Timestamp
-	64, // 55: credbroker.v1.Approval.granted_at:type_name -> google.protobuf.Timestamp
-	64, // 56: credbroker.v1.Approval.denied_at:type_name -> google.protobuf.Timestamp
-	64, // 57: credbroker.v1.Approval.consumed_at:type_name -> google.protobuf.Timestamp
-	64, // 58: credbroker.v1.ApprovalVote.approved_at:type_name -> google.protobuf.Timestamp
-	48, // 59: credbroker.v1.ListApprovalsResponse.approvals:type_name -> credbroker.v1.Approval
-	48, // 60: credbroker.v1.GetApprovalResponse.approval:type_name -> credbroker.v1.Approval
-	48, // 61: credbroker.v1.ApproveResponse.approval:type_name -> credbroker.v1.Approval
-	48, // 62: credbroker.v1.DenyApprovalResponse.approval:type_name -> credbroker.v1.Approval
-	65, // 63: credbroker.v1.ExplainPolicyRequest.ttl:type_name -> google.protobuf.Duration
-	4,  // 64: credbroker.v1.ExplainStep.outcome:type_name -> credbroker.v1.ExplainOutcome
-	65, // 65: credbroker.v1.ExplainQuota.window:type_name -> google.protobuf.Duration
-	64, // 66: credbroker.v1.ExplainQuota.reset_at:type_name -> google.protobuf.Timestamp
-	63, // 67: credbroker.v1.UpstreamPreview.details:type_name -> credbroker.v1.UpstreamPreview.DetailsEntry
-	66, // 68: credbroker.v1.ExplainPolicyResponse.refusal_reason:type_name -> credbroker.v1.ErrorReason
-	59, // 69: credbroker.v1.ExplainPolicyResponse.steps:type_name -> credbroker.v1.ExplainStep
-	65, // 70: credbroker.v1.ExplainPolicyResponse.ttl:type_name -> google.protobuf.Duration
-	60, // 71: credbroker.v1.ExplainPolicyResponse.quotas:type_name -> credbroker.v1.ExplainQuota
-	25, // 72: credbroker.v1.ExplainPolicyResponse.revocation:type_name -> credbroker.v1.Revocation
-	65, // 73: credbroker.v1.ExplainPolicyResponse.approval_window:type_name -> google.protobuf.Duration
-	61, // 74: credbroker.v1.ExplainPolicyResponse.upstream:type_name -> credbroker.v1.UpstreamPreview
-	7,  // 75: credbroker.v1.AdminService.ListIssuances:input_type -> credbroker.v1.ListIssuancesRequest
-	9,  // 76: credbroker.v1.AdminService.GetIssuance:input_type -> credbroker.v1.GetIssuanceRequest
-	11, // 77: credbroker.v1.AdminService.VerifyAudit:input_type -> credbroker.v1.VerifyAuditRequest
-	16, // 78: credbroker.v1.AdminService.ExportAudit:input_type -> credbroker.v1.ExportAuditRequest
-	18, // 79: credbroker.v1.AdminService.CreateJoinToken:input_type -> credbroker.v1.CreateJoinTokenRequest
-	21, // 80: credbroker.v1.AdminService.ListNodes:input_type -> credbroker.v1.ListNodesRequest
-	23, // 81: credbroker.v1.AdminService.EvictNode:input_type -> credbroker.v1.EvictNodeRequest
-	26, // 82: credbroker.v1.AdminService.Revoke:input_type -> credbroker.v1.RevokeRequest
-	33, // 83: credbroker.v1.AdminService.ListRevocations:input_type -> credbroker.v1.ListRevocationsRequest
-	35, // 84: credbroker.v1.AdminService.LiftRevocation:input_type -> credbroker.v1.LiftRevocationRequest
-	31, // 85: credbroker.v1.AdminService.GetAWSRevocationPolicy:input_type -> credbroker.v1.GetAWSRevocationPolicyRequest
-	38, // 86: credbroker.v1.AdminService.ListClusters:input_type -> credbroker.v1.ListClustersRequest
-	40, // 87: credbroker.v1.AdminService.DeleteCluster:input_type -> credbroker.v1.DeleteClusterRequest
-	43, // 88: credbroker.v1.AdminService.GetQuota:input_type -> credbroker.v1.GetQuotaRequest
-	46, // 89: credbroker.v1.AdminService.ResetQuota:input_type -> credbroker.v1.ResetQuotaRequest
-	50, // 90: credbroker.v1.AdminService.ListApprovals:input_type -> credbroker.v1.ListApprovalsRequest
-	52, // 91: credbroker.v1.AdminService.GetApproval:input_type -> credbroker.v1.GetApprovalRequest
-	54, // 92: credbroker.v1.AdminService.Approve:input_type -> credbroker.v1.ApproveRequest
-	56, // 93: credbroker.v1.AdminService.DenyApproval:input_type -> credbroker.v1.DenyApprovalRequest
-	58, // 94: credbroker.v1.AdminService.ExplainPolicy:input_type -> credbroker.v1.ExplainPolicyRequest
-	8,  // 95: credbroker.v1.AdminService.ListIssuances:output_type -> credbroker.v1.ListIssuancesResponse
-	10, // 96: credbroker.v1.AdminService.GetIssuance:output_type -> credbroker.v1.GetIssuanceResponse
-	12, // 97: credbroker.v1.AdminService.VerifyAudit:output_type -> credbroker.v1.VerifyAuditResponse
-	17, // 98: credbroker.v1.AdminService.ExportAudit:output_type -> credbroker.v1.ExportAuditResponse
-	19, // 99: credbroker.v1.AdminService.CreateJoinToken:output_type -> credbroker.v1.CreateJoinTokenResponse
-	22, // 100: credbroker.v1.AdminService.ListNodes:output_type -> credbroker.v1.ListNodesResponse
-	24, // 101: credbroker.v1.AdminService.EvictNode:output_type -> credbroker.v1.EvictNodeResponse
-	27, // 102: credbroker.v1.AdminService.Revoke:output_type -> credbroker.v1.RevokeResponse
-	34, // 103: credbroker.v1.AdminService.ListRevocations:output_type -> credbroker.v1.ListRevocationsResponse
-	36, // 104: credbroker.v1.AdminService.LiftRevocation:output_type -> credbroker.v1.LiftRevocationResponse
-	32, // 105: credbroker.v1.AdminService.GetAWSRevocationPolicy:output_type -> credbroker.v1.GetAWSRevocationPolicyResponse
-	39, // 106: credbroker.v1.AdminService.ListClusters:output_type -> credbroker.v1.ListClustersResponse
-	41, // 107: credbroker.v1.AdminService.DeleteCluster:output_type -> credbroker.v1.DeleteClusterResponse
-	44, // 108: credbroker.v1.AdminService.GetQuota:output_type -> credbroker.v1.GetQuotaResponse
-	47, // 109: credbroker.v1.AdminService.ResetQuota:output_type -> credbroker.v1.ResetQuotaResponse
-	51, // 110: credbroker.v1.AdminService.ListApprovals:output_type -> credbroker.v1.ListApprovalsResponse
-	53, // 111: credbroker.v1.AdminService.GetApproval:output_type -> credbroker.v1.GetApprovalResponse
-	55, // 112: credbroker.v1.AdminService.Approve:output_type -> credbroker.v1.ApproveResponse
-	57, // 113: credbroker.v1.AdminService.DenyApproval:output_type -> credbroker.v1.DenyApprovalResponse
-	62, // 114: credbroker.v1.AdminService.ExplainPolicy:output_type -> credbroker.v1.ExplainPolicyResponse
-	95, // [95:115] is the sub-list for method output_type
-	75, // [75:95] is the sub-list for method input_type
-	75, // [75:75] is the sub-list for extension type_name
-	75, // [75:75] is the sub-list for extension extendee
-	0,  // [0:75] is the sub-list for field type_name
+	68,  // 0: credbroker.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	1,   // 1: credbroker.v1.AuditRecord.attestation:type_name -> credbroker.v1.AttestationMethod
+	0,   // 2: credbroker.v1.AuditRecord.decision:type_name -> credbroker.v1.Decision
+	69,  // 3: credbroker.v1.AuditRecord.ttl:type_name -> google.protobuf.Duration
+	68,  // 4: credbroker.v1.AuditRecord.expires_at:type_name -> google.protobuf.Timestamp
+	6,   // 5: credbroker.v1.AuditRecord.checkpoint:type_name -> credbroker.v1.AuditCheckpoint
+	68,  // 6: credbroker.v1.AuditCheckpoint.first_time:type_name -> google.protobuf.Timestamp
+	68,  // 7: credbroker.v1.AuditCheckpoint.last_time:type_name -> google.protobuf.Timestamp
+	68,  // 8: credbroker.v1.Issuance.issued_at:type_name -> google.protobuf.Timestamp
+	68,  // 9: credbroker.v1.Issuance.expires_at:type_name -> google.protobuf.Timestamp
+	1,   // 10: credbroker.v1.Issuance.attestation:type_name -> credbroker.v1.AttestationMethod
+	68,  // 11: credbroker.v1.ListIssuancesRequest.since:type_name -> google.protobuf.Timestamp
+	7,   // 12: credbroker.v1.ListIssuancesResponse.issuances:type_name -> credbroker.v1.Issuance
+	7,   // 13: credbroker.v1.GetIssuanceResponse.issuance:type_name -> credbroker.v1.Issuance
+	5,   // 14: credbroker.v1.GetIssuanceResponse.records:type_name -> credbroker.v1.AuditRecord
+	13,  // 15: credbroker.v1.VerifyAuditRequest.anchor:type_name -> credbroker.v1.AuditAnchor
+	68,  // 16: credbroker.v1.AuditAnchor.time:type_name -> google.protobuf.Timestamp
+	17,  // 17: credbroker.v1.VerifyAuditResponse.progress:type_name -> credbroker.v1.AuditProgress
+	15,  // 18: credbroker.v1.VerifyAuditResponse.result:type_name -> credbroker.v1.VerifyAuditResult
+	16,  // 19: credbroker.v1.VerifyAuditResult.first_break:type_name -> credbroker.v1.ChainBreak
+	5,   // 20: credbroker.v1.ExportAuditResponse.record:type_name -> credbroker.v1.AuditRecord
+	5,   // 21: credbroker.v1.MarkAuditExportedResponse.record:type_name -> credbroker.v1.AuditRecord
+	69,  // 22: credbroker.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
+	68,  // 23: credbroker.v1.CreateJoinTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	1,   // 24: credbroker.v1.Node.attestation:type_name -> credbroker.v1.AttestationMethod
+	68,  // 25: credbroker.v1.Node.attested_at:type_name -> google.protobuf.Timestamp
+	68,  // 26: credbroker.v1.Node.renewed_at:type_name -> google.protobuf.Timestamp
+	68,  // 27: credbroker.v1.Node.expires_at:type_name -> google.protobuf.Timestamp
+	68,  // 28: credbroker.v1.Node.evicted_at:type_name -> google.protobuf.Timestamp
+	24,  // 29: credbroker.v1.ListNodesResponse.nodes:type_name -> credbroker.v1.Node
+	24,  // 30: credbroker.v1.EvictNodeResponse.node:type_name -> credbroker.v1.Node
+	7,   // 31: credbroker.v1.EvictNodeResponse.issuances:type_name -> credbroker.v1.Issuance
+	2,   // 32: credbroker.v1.Revocation.kind:type_name -> credbroker.v1.RevocationKind
+	68,  // 33: credbroker.v1.Revocation.created_at:type_name -> google.protobuf.Timestamp
+	68,  // 34: credbroker.v1.Revocation.until:type_name -> google.protobuf.Timestamp
+	68,  // 35: credbroker.v1.Revocation.covered_until:type_name -> google.protobuf.Timestamp
+	68,  // 36: credbroker.v1.RevokeRequest.until:type_name -> google.protobuf.Timestamp
+	29,  // 37: credbroker.v1.RevokeResponse.revocation:type_name -> credbroker.v1.Revocation
+	32,  // 38: credbroker.v1.RevokeResponse.upstream:type_name -> credbroker.v1.UpstreamRevocation
+	33,  // 39: credbroker.v1.RevokeResponse.aws_policy:type_name -> credbroker.v1.AWSRevocationPolicy
+	34,  // 40: credbroker.v1.AWSRevocationPolicy.roles:type_name -> credbroker.v1.AWSRoleRevocationPolicy
+	68,  // 41: credbroker.v1.AWSRoleRevocationPolicy.applied_at:type_name -> google.protobuf.Timestamp
+	33,  // 42: credbroker.v1.GetAWSRevocationPolicyResponse.policy:type_name -> credbroker.v1.AWSRevocationPolicy
+	29,  // 43: credbroker.v1.ListRevocationsResponse.revocations:type_name -> credbroker.v1.Revocation
+	29,  // 44: credbroker.v1.LiftRevocationResponse.revocation:type_name -> credbroker.v1.Revocation
+	29,  // 45: credbroker.v1.Cluster.revocation:type_name -> credbroker.v1.Revocation
+	41,  // 46: credbroker.v1.ListClustersResponse.clusters:type_name -> credbroker.v1.Cluster
+	29,  // 47: credbroker.v1.DeleteClusterResponse.revocation:type_name -> credbroker.v1.Revocation
+	24,  // 48: credbroker.v1.DeleteClusterResponse.evicted_nodes:type_name -> credbroker.v1.Node
+	32,  // 49: credbroker.v1.DeleteClusterResponse.upstream:type_name -> credbroker.v1.UpstreamRevocation
+	68,  // 50: credbroker.v1.QuotaUsage.window_start:type_name -> google.protobuf.Timestamp
+	68,  // 51: credbroker.v1.QuotaUsage.reset_at:type_name -> google.protobuf.Timestamp
+	46,  // 52: credbroker.v1.GetQuotaResponse.usage:type_name -> credbroker.v1.QuotaUsage
+	49,  // 53: credbroker.v1.GetQuotaResponse.limits:type_name -> credbroker.v1.QuotaLimit
+	69,  // 54: credbroker.v1.QuotaLimit.window:type_name -> google.protobuf.Duration
+	46,  // 55: credbroker.v1.ResetQuotaResponse.forgotten:type_name -> credbroker.v1.QuotaUsage
+	3,   // 56: credbroker.v1.Approval.status:type_name -> credbroker.v1.ApprovalStatus
+	69,  // 57: credbroker.v1.Approval.ttl:type_name -> google.protobuf.Duration
+	53,  // 58: credbroker.v1.Approval.approvals:type_name -> credbroker.v1.ApprovalVote
+	68,  // 59: credbroker.v1.Approval.created_at:type_name -> google.protobuf.Timestamp
+	68,  // 60: credbroker.v1.Approval.expires_at:type_name -> google.protobuf.Timestamp
+	68,  // 61: credbroker.v1.Approval.granted_at:type_name -> google.protobuf.Timestamp
+	68,  // 62: credbroker.v1.Approval.denied_at:type_name -> google.protobuf.Timestamp
+	68,  // 63: credbroker.v1.Approval.consumed_at:type_name -> google.protobuf.Timestamp
+	68,  // 64: credbroker.v1.ApprovalVote.approved_at:type_name -> google.protobuf.Timestamp
+	52,  // 65: credbroker.v1.ListApprovalsResponse.approvals:type_name -> credbroker.v1.Approval
+	52,  // 66: credbroker.v1.GetApprovalResponse.approval:type_name -> credbroker.v1.Approval
+	52,  // 67: credbroker.v1.ApproveResponse.approval:type_name -> credbroker.v1.Approval
+	52,  // 68: credbroker.v1.DenyApprovalResponse.approval:type_name -> credbroker.v1.Approval
+	69,  // 69: credbroker.v1.ExplainPolicyRequest.ttl:type_name -> google.protobuf.Duration
+	4,   // 70: credbroker.v1.ExplainStep.outcome:type_name -> credbroker.v1.ExplainOutcome
+	69,  // 71: credbroker.v1.ExplainQuota.window:type_name -> google.protobuf.Duration
+	68,  // 72: credbroker.v1.ExplainQuota.reset_at:type_name -> google.protobuf.Timestamp
+	67,  // 73: credbroker.v1.UpstreamPreview.details:type_name -> credbroker.v1.UpstreamPreview.DetailsEntry
+	70,  // 74: credbroker.v1.ExplainPolicyResponse.refusal_reason:type_name -> credbroker.v1.ErrorReason
+	63,  // 75: credbroker.v1.ExplainPolicyResponse.steps:type_name -> credbroker.v1.ExplainStep
+	69,  // 76: credbroker.v1.ExplainPolicyResponse.ttl:type_name -> google.protobuf.Duration
+	64,  // 77: credbroker.v1.ExplainPolicyResponse.quotas:type_name -> credbroker.v1.ExplainQuota
+	29,  // 78: credbroker.v1.ExplainPolicyResponse.revocation:type_name -> credbroker.v1.Revocation
+	69,  // 79: credbroker.v1.ExplainPolicyResponse.approval_window:type_name -> google.protobuf.Duration
+	65,  // 80: credbroker.v1.ExplainPolicyResponse.upstream:type_name -> credbroker.v1.UpstreamPreview
+	8,   // 81: credbroker.v1.AdminService.ListIssuances:input_type -> credbroker.v1.ListIssuancesRequest
+	10,  // 82: credbroker.v1.AdminService.GetIssuance:input_type -> credbroker.v1.GetIssuanceRequest
+	12,  // 83: credbroker.v1.AdminService.VerifyAudit:input_type -> credbroker.v1.VerifyAuditRequest
+	18,  // 84: credbroker.v1.AdminService.ExportAudit:input_type -> credbroker.v1.ExportAuditRequest
+	20,  // 85: credbroker.v1.AdminService.MarkAuditExported:input_type -> credbroker.v1.MarkAuditExportedRequest
+	22,  // 86: credbroker.v1.AdminService.CreateJoinToken:input_type -> credbroker.v1.CreateJoinTokenRequest
+	25,  // 87: credbroker.v1.AdminService.ListNodes:input_type -> credbroker.v1.ListNodesRequest
+	27,  // 88: credbroker.v1.AdminService.EvictNode:input_type -> credbroker.v1.EvictNodeRequest
+	30,  // 89: credbroker.v1.AdminService.Revoke:input_type -> credbroker.v1.RevokeRequest
+	37,  // 90: credbroker.v1.AdminService.ListRevocations:input_type -> credbroker.v1.ListRevocationsRequest
+	39,  // 91: credbroker.v1.AdminService.LiftRevocation:input_type -> credbroker.v1.LiftRevocationRequest
+	35,  // 92: credbroker.v1.AdminService.GetAWSRevocationPolicy:input_type -> credbroker.v1.GetAWSRevocationPolicyRequest
+	42,  // 93: credbroker.v1.AdminService.ListClusters:input_type -> credbroker.v1.ListClustersRequest
+	44,  // 94: credbroker.v1.AdminService.DeleteCluster:input_type -> credbroker.v1.DeleteClusterRequest
+	47,  // 95: credbroker.v1.AdminService.GetQuota:input_type -> credbroker.v1.GetQuotaRequest
+	50,  // 96: credbroker.v1.AdminService.ResetQuota:input_type -> credbroker.v1.ResetQuotaRequest
+	54,  // 97: credbroker.v1.AdminService.ListApprovals:input_type -> credbroker.v1.ListApprovalsRequest
+	56,  // 98: credbroker.v1.AdminService.GetApproval:input_type -> credbroker.v1.GetApprovalRequest
+	58,  // 99: credbroker.v1.AdminService.Approve:input_type -> credbroker.v1.ApproveRequest
+	60,  // 100: credbroker.v1.AdminService.DenyApproval:input_type -> credbroker.v1.DenyApprovalRequest
+	62,  // 101: credbroker.v1.AdminService.ExplainPolicy:input_type -> credbroker.v1.ExplainPolicyRequest
+	9,   // 102: credbroker.v1.AdminService.ListIssuances:output_type -> credbroker.v1.ListIssuancesResponse
+	11,  // 103: credbroker.v1.AdminService.GetIssuance:output_type -> credbroker.v1.GetIssuanceResponse
+	14,  // 104: credbroker.v1.AdminService.VerifyAudit:output_type -> credbroker.v1.VerifyAuditResponse
+	19,  // 105: credbroker.v1.AdminService.ExportAudit:output_type -> credbroker.v1.ExportAuditResponse
+	21,  // 106: credbroker.v1.AdminService.MarkAuditExported:output_type -> credbroker.v1.MarkAuditExportedResponse
+	23,  // 107: credbroker.v1.AdminService.CreateJoinToken:output_type -> credbroker.v1.CreateJoinTokenResponse
+	26,  // 108: credbroker.v1.AdminService.ListNodes:output_type -> credbroker.v1.ListNodesResponse
+	28,  // 109: credbroker.v1.AdminService.EvictNode:output_type -> credbroker.v1.EvictNodeResponse
+	31,  // 110: credbroker.v1.AdminService.Revoke:output_type -> credbroker.v1.RevokeResponse
+	38,  // 111: credbroker.v1.AdminService.ListRevocations:output_type -> credbroker.v1.ListRevocationsResponse
+	40,  // 112: credbroker.v1.AdminService.LiftRevocation:output_type -> credbroker.v1.LiftRevocationResponse
+	36,  // 113: credbroker.v1.AdminService.GetAWSRevocationPolicy:output_type -> credbroker.v1.GetAWSRevocationPolicyResponse
+	43,  // 114: credbroker.v1.AdminService.ListClusters:output_type -> credbroker.v1.ListClustersResponse
+	45,  // 115: credbroker.v1.AdminService.DeleteCluster:output_type -> credbroker.v1.DeleteClusterResponse
+	48,  // 116: credbroker.v1.AdminService.GetQuota:output_type -> credbroker.v1.GetQuotaResponse
+	51,  // 117: credbroker.v1.AdminService.ResetQuota:output_type -> credbroker.v1.ResetQuotaResponse
+	55,  // 118: credbroker.v1.AdminService.ListApprovals:output_type -> credbroker.v1.ListApprovalsResponse
+	57,  // 119: credbroker.v1.AdminService.GetApproval:output_type -> credbroker.v1.GetApprovalResponse
+	59,  // 120: credbroker.v1.AdminService.Approve:output_type -> credbroker.v1.ApproveResponse
+	61,  // 121: credbroker.v1.AdminService.DenyApproval:output_type -> credbroker.v1.DenyApprovalResponse
+	66,  // 122: credbroker.v1.AdminService.ExplainPolicy:output_type -> credbroker.v1.ExplainPolicyResponse
+	102, // [102:123] is the sub-list for method output_type
+	81,  // [81:102] is the sub-list for method input_type
+	81,  // [81:81] is the sub-list for extension type_name
+	81,  // [81:81] is the sub-list for extension extendee
+	0,   // [0:81] is the sub-list for field type_name
 }
 
 func init() { file_credbroker_v1_admin_proto_init() }
@@ -5302,32 +5682,32 @@ func file_credbroker_v1_admin_proto_init() {
 		return
 	}
 	file_credbroker_v1_errors_proto_init()
-	file_credbroker_v1_admin_proto_msgTypes[7].OneofWrappers = []any{
+	file_credbroker_v1_admin_proto_msgTypes[9].OneofWrappers = []any{
 		(*VerifyAuditResponse_Progress)(nil),
 		(*VerifyAuditResponse_Result)(nil),
 	}
-	file_credbroker_v1_admin_proto_msgTypes[11].OneofWrappers = []any{
+	file_credbroker_v1_admin_proto_msgTypes[13].OneofWrappers = []any{
 		(*ExportAuditRequest_AfterSeq)(nil),
 		(*ExportAuditRequest_LastRecords)(nil),
 	}
-	file_credbroker_v1_admin_proto_msgTypes[21].OneofWrappers = []any{
+	file_credbroker_v1_admin_proto_msgTypes[25].OneofWrappers = []any{
 		(*RevokeRequest_IssuanceId)(nil),
 		(*RevokeRequest_SpiffeId)(nil),
 		(*RevokeRequest_Cluster)(nil),
 	}
-	file_credbroker_v1_admin_proto_msgTypes[37].OneofWrappers = []any{
+	file_credbroker_v1_admin_proto_msgTypes[41].OneofWrappers = []any{
 		(*QuotaUsage_SpiffeId)(nil),
 		(*QuotaUsage_Cluster)(nil),
 	}
-	file_credbroker_v1_admin_proto_msgTypes[38].OneofWrappers = []any{
+	file_credbroker_v1_admin_proto_msgTypes[42].OneofWrappers = []any{
 		(*GetQuotaRequest_SpiffeId)(nil),
 		(*GetQuotaRequest_Cluster)(nil),
 	}
-	file_credbroker_v1_admin_proto_msgTypes[41].OneofWrappers = []any{
+	file_credbroker_v1_admin_proto_msgTypes[45].OneofWrappers = []any{
 		(*ResetQuotaRequest_SpiffeId)(nil),
 		(*ResetQuotaRequest_Cluster)(nil),
 	}
-	file_credbroker_v1_admin_proto_msgTypes[55].OneofWrappers = []any{
+	file_credbroker_v1_admin_proto_msgTypes[59].OneofWrappers = []any{
 		(*ExplainQuota_SpiffeId)(nil),
 		(*ExplainQuota_Cluster)(nil),
 	}
@@ -5337,7 +5717,7 @@ func file_credbroker_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_credbroker_v1_admin_proto_rawDesc), len(file_credbroker_v1_admin_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   59,
+			NumMessages:   63,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

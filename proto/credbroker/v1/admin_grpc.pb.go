@@ -23,6 +23,7 @@ const (
 	AdminService_GetIssuance_FullMethodName            = "/credbroker.v1.AdminService/GetIssuance"
 	AdminService_VerifyAudit_FullMethodName            = "/credbroker.v1.AdminService/VerifyAudit"
 	AdminService_ExportAudit_FullMethodName            = "/credbroker.v1.AdminService/ExportAudit"
+	AdminService_MarkAuditExported_FullMethodName      = "/credbroker.v1.AdminService/MarkAuditExported"
 	AdminService_CreateJoinToken_FullMethodName        = "/credbroker.v1.AdminService/CreateJoinToken"
 	AdminService_ListNodes_FullMethodName              = "/credbroker.v1.AdminService/ListNodes"
 	AdminService_EvictNode_FullMethodName              = "/credbroker.v1.AdminService/EvictNode"
@@ -74,6 +75,11 @@ type AdminServiceClient interface {
 	// Every response carries the token that resumes after its record, so an
 	// export can also be resumed after a broken stream.
 	ExportAudit(ctx context.Context, in *ExportAuditRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ExportAuditResponse], error)
+	// MarkAuditExported records that the chain has been exported through a
+	// seq (an exported decision naming the admin), so that housekeeping may
+	// prune that far when audit.require_export is set. The mark only moves
+	// forward. INVALID_REQUEST for a seq past the chain's head.
+	MarkAuditExported(ctx context.Context, in *MarkAuditExportedRequest, opts ...grpc.CallOption) (*MarkAuditExportedResponse, error)
 	// CreateJoinToken creates a one-time join token for a node of a workload
 	// cluster. The token is returned once; the broker keeps only its hash.
 	// NODE_ATTESTATION_DISABLED when node attestation is off.
@@ -208,6 +214,16 @@ func (c *adminServiceClient) ExportAudit(ctx context.Context, in *ExportAuditReq
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AdminService_ExportAuditClient = grpc.ServerStreamingClient[ExportAuditResponse]
+
+func (c *adminServiceClient) MarkAuditExported(ctx context.Context, in *MarkAuditExportedRequest, opts ...grpc.CallOption) (*MarkAuditExportedResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MarkAuditExportedResponse)
+	err := c.cc.Invoke(ctx, AdminService_MarkAuditExported_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
 
 func (c *adminServiceClient) CreateJoinToken(ctx context.Context, in *CreateJoinTokenRequest, opts ...grpc.CallOption) (*CreateJoinTokenResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
@@ -402,6 +418,11 @@ type AdminServiceServer interface {
 	// Every response carries the token that resumes after its record, so an
 	// export can also be resumed after a broken stream.
 	ExportAudit(*ExportAuditRequest, grpc.ServerStreamingServer[ExportAuditResponse]) error
+	// MarkAuditExported records that the chain has been exported through a
+	// seq (an exported decision naming the admin), so that housekeeping may
+	// prune that far when audit.require_export is set. The mark only moves
+	// forward. INVALID_REQUEST for a seq past the chain's head.
+	MarkAuditExported(context.Context, *MarkAuditExportedRequest) (*MarkAuditExportedResponse, error)
 	// CreateJoinToken creates a one-time join token for a node of a workload
 	// cluster. The token is returned once; the broker keeps only its hash.
 	// NODE_ATTESTATION_DISABLED when node attestation is off.
@@ -490,6 +511,9 @@ func (UnimplementedAdminServiceServer) VerifyAudit(*VerifyAuditRequest, grpc.Ser
 }
 func (UnimplementedAdminServiceServer) ExportAudit(*ExportAuditRequest, grpc.ServerStreamingServer[ExportAuditResponse]) error {
 	return status.Error(codes.Unimplemented, "method ExportAudit not implemented")
+}
+func (UnimplementedAdminServiceServer) MarkAuditExported(context.Context, *MarkAuditExportedRequest) (*MarkAuditExportedResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method MarkAuditExported not implemented")
 }
 func (UnimplementedAdminServiceServer) CreateJoinToken(context.Context, *CreateJoinTokenRequest) (*CreateJoinTokenResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateJoinToken not implemented")
@@ -617,6 +641,24 @@ func _AdminService_ExportAudit_Handler(srv interface{}, stream grpc.ServerStream
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AdminService_ExportAuditServer = grpc.ServerStreamingServer[ExportAuditResponse]
+
+func _AdminService_MarkAuditExported_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MarkAuditExportedRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).MarkAuditExported(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_MarkAuditExported_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).MarkAuditExported(ctx, req.(*MarkAuditExportedRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
 
 func _AdminService_CreateJoinToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(CreateJoinTokenRequest)
@@ -920,6 +962,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetIssuance",
 			Handler:    _AdminService_GetIssuance_Handler,
+		},
+		{
+			MethodName: "MarkAuditExported",
+			Handler:    _AdminService_MarkAuditExported_Handler,
 		},
 		{
 			MethodName: "CreateJoinToken",
