@@ -226,3 +226,41 @@ func TestRoleName(t *testing.T) {
 		}
 	}
 }
+
+// TestApplierCoalescesABurstWithOneCallInFlight: while one write to a role
+// is in flight, a burst of changes waits and becomes a single write of the
+// latest entries — one IAM call at a time per role, however many
+// revocations are made.
+func TestApplierCoalescesABurstWithOneCallInFlight(t *testing.T) {
+	front := iamfront.Start()
+	defer front.Close()
+	a := startApplier(t, front, 0)
+	release := front.Hold()
+	a.Set(capaRoleARN, issuances(1))
+	if got := <-front.Arrived(); got != "GetRolePolicy" {
+		t.Fatalf("first call %s, want GetRolePolicy", got)
+	}
+	for n := 2; n <= 100; n++ {
+		a.Set(capaRoleARN, issuances(n))
+	}
+	release()
+	for {
+		r := a.next(t)
+		if r.Err != nil {
+			t.Fatalf("report %+v", r)
+		}
+		if r.Entries == 100 {
+			break
+		}
+	}
+	var puts int
+	for _, c := range front.Calls() {
+		if c.Action == "PutRolePolicy" {
+			puts++
+		}
+	}
+	// The call in flight (with one entry) and one for the whole burst.
+	if puts > 2 || front.MaxInFlight() != 1 {
+		t.Fatalf("%d PutRolePolicy calls for 100 changes, %d at once; want at most 2, one at a time", puts, front.MaxInFlight())
+	}
+}

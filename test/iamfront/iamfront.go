@@ -48,6 +48,12 @@ type Front struct {
 	calls    []Call
 	fail     []string // error codes to answer to the next calls, in order
 	notify   chan struct{}
+	// hold, when set, is waited on before each request is answered;
+	// arrived receives each held request's action.
+	hold     chan struct{}
+	arrived  chan string
+	inFlight int
+	maxIn    int
 }
 
 // Start starts a front on loopback; it stops when the test ends (Close).
@@ -97,6 +103,35 @@ func (f *Front) FailNext(codes ...string) {
 	f.fail = append(f.fail, codes...)
 }
 
+// Hold makes the front keep every request waiting, after telling Arrived,
+// until the returned release is called (once).
+func (f *Front) Hold() (release func()) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	ch := make(chan struct{})
+	f.hold, f.arrived = ch, make(chan string, 100)
+	return func() {
+		f.mu.Lock()
+		f.hold = nil
+		f.mu.Unlock()
+		close(ch)
+	}
+}
+
+// Arrived receives the action of each request held by Hold.
+func (f *Front) Arrived() <-chan string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.arrived
+}
+
+// MaxInFlight is the most requests the front has been answering at once.
+func (f *Front) MaxInFlight() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.maxIn
+}
+
 // Changed receives (coalesced) after each call is answered.
 func (f *Front) Changed() <-chan struct{} { return f.notify }
 
@@ -121,8 +156,18 @@ func (f *Front) serve(w http.ResponseWriter, r *http.Request) {
 	c := Call{Action: r.PostForm.Get("Action"), RoleName: r.PostForm.Get("RoleName"), PolicyName: r.PostForm.Get("PolicyName"),
 		Document: r.PostForm.Get("PolicyDocument")}
 	f.mu.Lock()
+	f.inFlight++
+	f.maxIn = max(f.maxIn, f.inFlight)
+	hold, arrived := f.hold, f.arrived
+	f.mu.Unlock()
+	if hold != nil {
+		arrived <- c.Action
+		<-hold
+	}
+	f.mu.Lock()
 	defer func() {
 		f.calls = append(f.calls, c)
+		f.inFlight--
 		f.mu.Unlock()
 		select {
 		case f.notify <- struct{}{}:
