@@ -24,6 +24,7 @@ import (
 type ApprovalStore interface {
 	RequestApproval(ctx context.Context, a state.Approval, maxOpen int, now time.Time) (state.Approval, bool, error)
 	GetApproval(ctx context.Context, id string) (state.Approval, error)
+	FindApproval(ctx context.Context, requester, digest string, now time.Time) (state.Approval, bool, error)
 	ListApprovals(ctx context.Context, f state.ApprovalFilter) ([]state.Approval, error)
 	Approve(ctx context.Context, id, admin string, now time.Time) (state.Approval, bool, error)
 	DenyApproval(ctx context.Context, id, admin, reason string, now time.Time) (state.Approval, error)

@@ -171,7 +171,7 @@ func (s *Service) explainApproval(ctx context.Context, e *explanation, id spiffe
 		return nil
 	}
 	digest := RequestDigest(id.String(), d.prof.Name, d.grant.cluster, d.grant.audience, d.grant.ttl)
-	a, found, scanned, err := s.approvals.open(ctx, id.String(), digest, s.now())
+	a, found, err := s.approvals.open(ctx, id.String(), digest, s.now())
 	if err != nil {
 		return err
 	}
@@ -185,47 +185,19 @@ func (s *Service) explainApproval(ctx context.Context, e *explanation, id spiffe
 	default:
 		why := fmt.Sprintf("profile %q needs the approval of %d distinct admins other than the requester within %s; no approval of this exact request is open, so the request would open one and be refused until it is granted",
 			d.prof.Name, rule.Approvers, rule.Window)
-		if !scanned {
-			why += fmt.Sprintf(" (only the first %d approvals stored were read)", maxExplainApprovals)
-		}
 		e.step(stepApproval, errorf(credbrokerv1.ErrorReason_APPROVAL_REQUIRED, "%s", why), "")
 	}
 	return nil
 }
 
-// maxExplainApprovals bounds the approvals an explanation reads to find the
-// request's own.
-const maxExplainApprovals = 1000
-
 // open returns the approval of requester bound to digest that is neither
-// consumed nor expired at now (pending, granted or denied), as
-// RequestApproval would find it, reading at most maxExplainApprovals approvals (scanned false when
-// there were more).
-func (v *Approvals) open(ctx context.Context, requester, digest string, now time.Time) (state.Approval, bool, bool, error) {
-	var a state.Approval
-	found := false
-	read := 0
-	for after := ""; ; {
-		limit := min(maxPageSize, maxExplainApprovals-read)
-		if limit == 0 {
-			return a, found, false, nil
-		}
-		page, err := v.store.ListApprovals(ctx, state.ApprovalFilter{After: after, Limit: limit})
-		if err != nil {
-			return state.Approval{}, false, false, wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "approval store unavailable")
-		}
-		for _, p := range page {
-			if p.Requester == requester && p.Digest == digest && p.Status != state.ApprovalConsumed && !p.Expired(now) {
-				// Ids are time-ordered: the newest open one is the store's.
-				a, found = p, true
-			}
-		}
-		read += len(page)
-		if len(page) < limit {
-			return a, found, true, nil
-		}
-		after = page[len(page)-1].ID
+// consumed nor expired at now, as RequestApproval would find it.
+func (v *Approvals) open(ctx context.Context, requester, digest string, now time.Time) (state.Approval, bool, error) {
+	a, found, err := v.store.FindApproval(ctx, requester, digest, now)
+	if err != nil {
+		return state.Approval{}, false, wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "approval store unavailable")
 	}
+	return a, found, nil
 }
 
 func joinOr(s []string, none string) string {

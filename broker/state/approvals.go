@@ -180,6 +180,10 @@ type Approvals interface {
 	// unless the requester already has maxOpen open approvals: then an
 	// *ApprovalLimitError. ErrExists if a.ID is taken.
 	RequestApproval(ctx context.Context, a Approval, maxOpen int, now time.Time) (stored Approval, created bool, err error)
+	// FindApproval returns the approval RequestApproval would find for
+	// requester and digest at now (not consumed, not expired), and whether
+	// there is one. It changes nothing (policy explain asks it).
+	FindApproval(ctx context.Context, requester, digest string, now time.Time) (Approval, bool, error)
 	// GetApproval returns approval id; ErrNotFound if there is none.
 	GetApproval(ctx context.Context, id string) (Approval, error)
 	// ListApprovals returns the approvals f selects, sorted by id, expired

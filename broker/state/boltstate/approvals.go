@@ -175,6 +175,36 @@ func (s *Store) RequestApproval(_ context.Context, a state.Approval, maxOpen int
 	return out, created, nil
 }
 
+// FindApproval implements state.Approvals: one lookup in
+// approvals.byrequest.
+func (s *Store) FindApproval(_ context.Context, requester, digest string, now time.Time) (state.Approval, bool, error) {
+	var a state.Approval
+	found := false
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		byID, byReq, err := approvalBuckets(tx)
+		if err != nil {
+			return err
+		}
+		id := byReq.Get(requestKey(requester, digest))
+		if id == nil {
+			return nil
+		}
+		a, err = getApproval(byID, string(id))
+		switch {
+		case errors.Is(err, state.ErrNotFound):
+			return nil
+		case err != nil:
+			return err
+		}
+		found = a.Status != state.ApprovalConsumed && !a.Expired(now)
+		return nil
+	})
+	if err != nil || !found {
+		return state.Approval{}, false, err
+	}
+	return a, true, nil
+}
+
 // GetApproval implements state.Approvals.
 func (s *Store) GetApproval(_ context.Context, id string) (state.Approval, error) {
 	var a state.Approval

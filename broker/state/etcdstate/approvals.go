@@ -161,6 +161,30 @@ func (s *Store) RequestApproval(ctx context.Context, a state.Approval, maxOpen i
 	return state.Approval{}, false, fmt.Errorf("%w: %w: request approval lost to concurrent writers %d times; retry", state.ErrUnavailable, ErrContended, maxAttempts)
 }
 
+// FindApproval implements state.Approvals: the requester's index entry for
+// digest, then the approval it names.
+func (s *Store) FindApproval(ctx context.Context, requester, digest string, now time.Time) (state.Approval, bool, error) {
+	ctx, cancel := s.opCtx(ctx)
+	defer cancel()
+	resp, err := s.cli.Get(ctx, s.approvalReqKey(requester, digest))
+	if err != nil {
+		return state.Approval{}, false, unavailable("find approval", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return state.Approval{}, false, nil
+	}
+	a, err := s.GetApproval(ctx, string(resp.Kvs[0].Value))
+	switch {
+	case errors.Is(err, state.ErrNotFound):
+		return state.Approval{}, false, nil
+	case err != nil:
+		return state.Approval{}, false, err
+	case a.Status == state.ApprovalConsumed || a.Expired(now):
+		return state.Approval{}, false, nil
+	}
+	return a, true, nil
+}
+
 // GetApproval implements state.Approvals.
 func (s *Store) GetApproval(ctx context.Context, id string) (state.Approval, error) {
 	ctx, cancel := s.opCtx(ctx)

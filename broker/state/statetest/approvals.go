@@ -53,6 +53,21 @@ func mustApprove(t *testing.T, s state.Approvals, id, admin string, now time.Tim
 	return a
 }
 
+// wantFound checks what FindApproval says of requester's request digest at
+// now: the approval want, or none ("").
+func wantFound(t *testing.T, s state.Approvals, digest string, now time.Time, want string) {
+	t.Helper()
+	a, ok, err := s.FindApproval(ctx, requester, digest, now)
+	switch {
+	case err != nil:
+		t.Fatalf("FindApproval(%s): %v", digest, err)
+	case want == "" && ok:
+		t.Fatalf("FindApproval(%s) = %s, want none", digest, a.ID)
+	case want != "" && (!ok || a.ID != want):
+		t.Fatalf("FindApproval(%s) = %q, %v; want %s", digest, a.ID, ok, want)
+	}
+}
+
 func use(id, digest, issuance string) state.ApprovalUse {
 	return state.ApprovalUse{ID: id, Digest: digest, Requester: requester, IssuanceID: issuance}
 }
@@ -72,6 +87,8 @@ func testApprovals(t *testing.T, h Harness) {
 	if again := mustRequest(t, s, pending("a2", "d1", 2, time.Minute), 8, epoch.Add(time.Minute), false); again.ID != "a1" {
 		t.Fatalf("identical request got %s, want a1", again.ID)
 	}
+	wantFound(t, s, "d1", epoch.Add(time.Minute), "a1")
+	wantFound(t, s, "d9", epoch, "")
 	if got, err := s.GetApproval(ctx, "a2"); !errors.Is(err, state.ErrNotFound) {
 		t.Fatalf("GetApproval(a2) = %+v, %v; want ErrNotFound (nothing new stored)", got, err)
 	}
@@ -148,6 +165,7 @@ func testApprovals(t *testing.T, h Harness) {
 	if _, _, err := s.Approve(ctx, "a1", "spiffe://example.test/admin/carol", now); !errors.Is(err, state.ErrApprovalClosed) {
 		t.Fatalf("approving a consumed approval: %v, want ErrApprovalClosed", err)
 	}
+	wantFound(t, s, "d1", now, "") // consumed
 	// Single use: the identical request now needs a new approval.
 	if n := mustRequest(t, s, pending("a3", "d1", 2, 2*time.Minute), 8, epoch.Add(2*time.Minute), true); n.ID != "a3" {
 		t.Fatalf("request after consumption got %s", n.ID)
@@ -196,6 +214,8 @@ func testApprovalsDenyExpire(t *testing.T, h Harness) {
 	if _, err := s.DenyApproval(ctx, "c1", admin1, "", end); !errors.Is(err, state.ErrApprovalExpired) {
 		t.Fatalf("denying at the window's end: %v, want ErrApprovalExpired", err)
 	}
+	wantFound(t, s, "d3", end.Add(-time.Nanosecond), "c1")
+	wantFound(t, s, "d3", end, "") // expired
 	// An expired approval is replaced on request.
 	if got := mustRequest(t, s, pending("c2", "d3", 2, window), 8, end, true); got.ID != "c2" {
 		t.Fatalf("request after expiry got %s, want c2", got.ID)
