@@ -247,21 +247,30 @@ func (a *awsRevocations) startAppliers(ctx context.Context, cfg *config.Config, 
 // state.RevocationIndex hook and a housekeeping step: a change, or an
 // entry whose sessions have all expired, changes the document; the
 // applier writes only when it does).
-func (a *awsRevocations) sync() {
+func (a *awsRevocations) sync() { a.syncRoles(false) }
+
+// syncRoles is sync; with verify, each role's policy is read again first,
+// so that one changed or deleted by someone else is put back.
+func (a *awsRevocations) syncRoles(verify bool) {
 	if len(a.appliers) == 0 {
 		return
 	}
 	all, now := a.index.All(), a.now()
 	for arn, ap := range a.appliers {
-		ap.Set(arn, a.denies(all, now, arn))
+		if verify {
+			ap.Verify(arn, a.denies(all, now, arn))
+		} else {
+			ap.Set(arn, a.denies(all, now, arn))
+		}
 	}
 }
 
 // purge is the housekeeping step that takes off the roles the entries whose
 // sessions have all expired (a revocation purged from the store reaches
-// sync through the index's hook too).
+// sync through the index's hook too), and puts back a policy someone else
+// changed: one GetRolePolicy per role and interval.
 func (a *awsRevocations) purge() purge {
-	return purge{"ended AWS deny entries", func(time.Time) (int, error) { a.sync(); return 0, nil }}
+	return purge{"ended AWS deny entries", func(time.Time) (int, error) { a.syncRoles(true); return 0, nil }}
 }
 
 // awsApplyReporter puts each applier outcome in the metrics, the log and

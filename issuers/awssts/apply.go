@@ -117,9 +117,9 @@ type RoleStatus struct {
 // Each role has one worker, so at most one IAM call per role is in flight.
 // Set records what is wanted and wakes the worker, which waits Debounce
 // (coalescing bursts), compiles the latest wanted entries, and writes only
-// when the document differs from what the role holds (read once with
-// GetRolePolicy, then remembered): applying the same revocations again
-// costs no IAM call. A failure is retried after a jittered, doubling
+// when the document differs from what the role holds (read with
+// GetRolePolicy at first and on Verify, remembered in between): applying
+// the same revocations again costs no IAM call. A failure is retried after a jittered, doubling
 // backoff, with whatever is wanted by then. A revocation never waits for
 // any of this: it is in force at the broker before Set is called.
 type RevocationApplier struct {
@@ -224,13 +224,23 @@ func RoleName(arn string) (string, error) {
 
 // Set records the entries wanted on role now and wakes its worker. A role
 // that is not configured is ignored.
-func (a *RevocationApplier) Set(roleARN string, denies []Deny) {
+func (a *RevocationApplier) Set(roleARN string, denies []Deny) { a.set(roleARN, denies, false) }
+
+// Verify is Set, and has the worker read the role's policy again before
+// comparing (one GetRolePolicy), so that a policy changed or deleted by
+// someone else is put back. Housekeeping calls it.
+func (a *RevocationApplier) Verify(roleARN string, denies []Deny) { a.set(roleARN, denies, true) }
+
+func (a *RevocationApplier) set(roleARN string, denies []Deny, reread bool) {
 	r, ok := a.roles[roleARN]
 	if !ok {
 		return
 	}
 	r.mu.Lock()
 	r.want, r.wantSet = append([]Deny(nil), denies...), true
+	if reread {
+		r.appliedKnown = false
+	}
 	r.mu.Unlock()
 	select {
 	case r.wake <- struct{}{}:

@@ -264,3 +264,29 @@ func TestApplierCoalescesABurstWithOneCallInFlight(t *testing.T) {
 		t.Fatalf("%d PutRolePolicy calls for 100 changes, %d at once; want at most 2, one at a time", puts, front.MaxInFlight())
 	}
 }
+
+// TestApplierVerifyPutsBackAChangedPolicy: Set trusts what it last wrote
+// (no IAM call for the same entries), Verify reads the role again and puts
+// back a policy someone else changed.
+func TestApplierVerifyPutsBackAChangedPolicy(t *testing.T) {
+	front := iamfront.Start()
+	defer front.Close()
+	a := startApplier(t, front, 0)
+	a.Set(capaRoleARN, issuances(2))
+	if r := a.next(t); r.Err != nil || r.Action != awssts.ApplyPut {
+		t.Fatalf("report %+v", r)
+	}
+	want, _ := front.Policy(capaRoleName, "credbroker-revocations")
+	front.SetPolicy(capaRoleName, "credbroker-revocations", `{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Action":"none:none","Resource":"*"}]}`)
+	a.Set(capaRoleARN, issuances(2))
+	if r := a.next(t); r.Action != awssts.ApplyUnchanged {
+		t.Fatalf("report %+v", r)
+	}
+	a.Verify(capaRoleARN, issuances(2))
+	if r := a.next(t); r.Err != nil || r.Action != awssts.ApplyPut {
+		t.Fatalf("report %+v", r)
+	}
+	if doc, _ := front.Policy(capaRoleName, "credbroker-revocations"); doc != want {
+		t.Fatalf("policy not put back:\n%s", doc)
+	}
+}
