@@ -21,8 +21,9 @@ import (
 // TestReplicasShareStateInEtcd runs two brokers on state.etcd with one
 // prefix, as two replicas: a cluster quota is spent across both, never
 // beyond its max; with etcd gone a replica refuses UNAVAILABLE rather than
-// issue without its quota recorded, and serves again by itself once etcd
-// is back.
+// issue without its quota recorded, or (for a profile that charges no
+// quota) under revocations it may not have seen; and it serves again by
+// itself once etcd is back.
 func TestReplicasShareStateInEtcd(t *testing.T) {
 	t.Parallel()
 	etcd := etcdtest.New(t, 1)
@@ -33,10 +34,13 @@ issuers:
   oidc: {type: jwt, jwt: {issuer_url: "https://credbroker.prod.test/oidc"}}
 profiles:
   web-identity: {issuer: oidc, max_ttl: 1h, audiences: [sts.amazonaws.com], cluster: required}
+  plain: {issuer: oidc, max_ttl: 1h, cluster: none}
 policy:
   - id: spiffe://prod.test/ns/*/sa/capa-controller-manager
     profiles: [web-identity]
     clusters: ["capi-*/*"]
+  - id: spiffe://prod.test/ns/*/sa/capa-controller-manager
+    profiles: [plain]
 limits: {cluster_quota: {max: 3, window: 1h}}
 state:
   etcd:
@@ -68,6 +72,32 @@ state:
 		_, err := c.IssueCredential(ctx, &credbrokerv1.IssueCredentialRequest{Profile: "web-identity", Cluster: cluster})
 		return err
 	}
+	// A plain credential charges no quota: nothing but the revocations'
+	// freshness ties it to etcd.
+	plain := func(c credbrokerv1.BrokerServiceClient) error {
+		_, err := c.IssueCredential(ctx, &credbrokerv1.IssueCredentialRequest{Profile: "plain"})
+		return err
+	}
+	if err := plain(cb); err != nil {
+		t.Fatalf("plain credential: %v", err)
+	}
+	deadline := time.Now().Add(time.Minute)
+	poll := time.NewTicker(50 * time.Millisecond)
+	defer poll.Stop()
+	// until polls try until it returns an error of code want.
+	until := func(what string, want codes.Code, try func() error) {
+		t.Helper()
+		for {
+			err := try()
+			if status.Code(err) == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %v, want %s", what, err, want)
+			}
+			<-poll.C
+		}
+	}
 
 	for i, c := range []credbrokerv1.BrokerServiceClient{ca, cb, ca} {
 		if err := issue(c, "capi-a/c1"); err != nil {
@@ -85,22 +115,13 @@ state:
 	if status.Code(err) != codes.Unavailable || !strings.Contains(status.Convert(err).Message(), "shared state unavailable") {
 		t.Fatalf("issuance without etcd: %v, want UNAVAILABLE (shared state unavailable)", err)
 	}
+	// Within the revocations' staleness bound of its last confirmation.
+	until("plain credential without etcd", codes.Unavailable, func() error { return plain(cb) })
 	if err := etcd.Restart(0); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(time.Minute)
-	poll := time.NewTicker(50 * time.Millisecond)
-	defer poll.Stop()
-	for {
-		err := issue(ca, "capi-a/c2")
-		if err == nil {
-			break
-		}
-		if status.Code(err) != codes.Unavailable || time.Now().After(deadline) {
-			t.Fatalf("issuance once etcd is back: %v", err)
-		}
-		<-poll.C
-	}
+	until("issuance once etcd is back", codes.OK, func() error { return issue(ca, "capi-a/c2") })
+	until("plain credential once etcd is back", codes.OK, func() error { return plain(cb) })
 	// The refused issuance spent nothing that could be seen: c2 still has
 	// its 3 (or 2, had the lost spend committed late; never fewer).
 	issued := 1

@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync"
+	"time"
 
 	"go.etcd.io/bbolt"
 
@@ -45,15 +47,17 @@ func openState(ctx context.Context, cfg *config.Config, db *bbolt.DB, auditLog *
 			return nil, nil, nil, err
 		}
 	}
+	fresh := newFreshness(time.Now, revocationsStaleAfter)
 	es, err := etcdstate.Open(ctx, etcdstate.Config{
 		Endpoints: e.Endpoints, TLS: tlsCfg, DialTimeout: e.DialTimeout,
-		Options: etcdstate.Options{Prefix: e.Prefix, OpTimeout: e.RequestTimeout},
+		Options: etcdstate.Options{Prefix: e.Prefix, OpTimeout: e.RequestTimeout,
+			ProbeInterval: revocationsProbeInterval, OnCurrent: fresh.confirmed},
 	})
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("state in etcd (%s): %w", strings.Join(e.Endpoints, ", "), err)
 	}
 	log.Info("state in etcd", slog.Any("endpoints", e.Endpoints), slog.String("prefix", e.Prefix), slog.Bool("tls", tlsCfg != nil))
-	return es, state.SpendFirst[audit.Record](es, auditLog), func() {
+	return es, freshLedger{state.SpendFirst[audit.Record](es, auditLog), fresh}, func() {
 		if err := es.Close(); err != nil {
 			log.Warn("closing the etcd client", slog.Any("err", err))
 		}
@@ -99,4 +103,69 @@ func etcdTLS(c config.EtcdTLS) (*tls.Config, error) {
 		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return load() }
 	}
 	return cfg, nil
+}
+
+// A replica on etcd learns of revocations made on other replicas through
+// its watch, and checks them from memory. So that a replica cut off from
+// etcd cannot go on issuing under revocations it has not seen, it confirms
+// with etcd every revocationsProbeInterval that its watch has them all, and
+// issues nothing (UNAVAILABLE) once the last confirmation is older than
+// revocationsStaleAfter — also what an issuance that charges no quota, and
+// so needs no etcd round trip of its own, is held to.
+const (
+	revocationsProbeInterval = 250 * time.Millisecond
+	revocationsStaleAfter    = 2 * time.Second
+)
+
+// freshness is when the revocation watch was last confirmed current.
+type freshness struct {
+	now      func() time.Time
+	maxAge   time.Duration
+	mu       sync.Mutex
+	lastSeen time.Time
+}
+
+// newFreshness starts confirmed: the store has just listed everything.
+func newFreshness(now func() time.Time, maxAge time.Duration) *freshness {
+	return &freshness{now: now, maxAge: maxAge, lastSeen: now()}
+}
+
+func (f *freshness) confirmed() {
+	t := f.now()
+	f.mu.Lock()
+	f.lastSeen = t
+	f.mu.Unlock()
+}
+
+// check fails with state.ErrUnavailable once the last confirmation is older
+// than maxAge.
+func (f *freshness) check() error {
+	f.mu.Lock()
+	last := f.lastSeen
+	f.mu.Unlock()
+	if age := f.now().Sub(last); age > f.maxAge {
+		return fmt.Errorf("%w: this replica's revocations were last confirmed current %s ago", state.ErrUnavailable, age.Round(time.Millisecond))
+	}
+	return nil
+}
+
+// freshLedger refuses every spend and record while the revocations are not
+// known to be current; otherwise it is the ledger it wraps.
+type freshLedger struct {
+	state.ApprovalLedger[audit.Record]
+	fresh *freshness
+}
+
+func (l freshLedger) SpendAndAppend(ctx context.Context, now time.Time, charges []state.Charge, rec audit.Record) (audit.Record, error) {
+	if err := l.fresh.check(); err != nil {
+		return audit.Record{}, err
+	}
+	return l.ApprovalLedger.SpendAndAppend(ctx, now, charges, rec)
+}
+
+func (l freshLedger) ConsumeSpendAndAppend(ctx context.Context, now time.Time, u state.ApprovalUse, charges []state.Charge, rec audit.Record) (audit.Record, error) {
+	if err := l.fresh.check(); err != nil {
+		return audit.Record{}, err
+	}
+	return l.ApprovalLedger.ConsumeSpendAndAppend(ctx, now, u, charges, rec)
 }

@@ -39,6 +39,7 @@
 //	cluster-ref/<cluster>\x00<kind>\x00<item> "e" (evicted node), "u" (used token) or ""
 //	approval/<id>                        JSON of the approval
 //	approval-req/<requester>\x00<digest> id of the requester's latest approval of that request
+//	revocation-gen                       rewritten by every Revoke (see below)
 //
 // Each index entry (node-cluster, cluster-ref, approval-req) is written in
 // the transaction that changes its item, so it is never out of step. A
@@ -62,4 +63,13 @@
 // return only once the watch has delivered their own change, so that on the
 // replica that made it a change is in force before the call returns (as on
 // one node); other replicas see it as soon as their watch delivers it.
+//
+// A replica must also be able to tell that it has every revocation made so
+// far, or refuse to issue: its watch may be cut off. Every Revoke rewrites
+// the revocation-gen key in its own transaction, and a Store with a probe
+// interval reads that key (linearizably) at each interval: when its mod
+// revision is not beyond what the watch has delivered, every revocation is
+// in, and the Store calls OnCurrent. (etcd's own progress notifications do
+// not serve here: a watch resumed at the next revision gets none until
+// something is written.)
 package etcdstate

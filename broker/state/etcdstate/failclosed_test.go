@@ -86,11 +86,14 @@ func refusedUnavailable(t *testing.T, what string, err error) {
 // outage checks what a Store does while its etcd cannot decide, given
 // stop and restart to take it away and give it back: every operation is
 // refused with state.ErrUnavailable within the Store's deadline; a spend in
-// flight is applied whole or not at all; once etcd serves again, the same
+// flight is applied whole or not at all; the Store's probes stop
+// confirming its revocations current; once etcd serves again, the same
 // Store (no new client) spends and consumes, a token whose consume failed
-// is still usable, and the revocation watch has resumed.
-func outage(t *testing.T, s *etcdstate.Store, other state.Store, stop func(), restart func() error) {
+// is still usable, the probes confirm again, and the revocation watch has
+// resumed.
+func outage(t *testing.T, s *etcdstate.Store, p probes, other state.Store, stop func(), restart func() error) {
 	ctx := context.Background()
+	p.until(t, true)
 	if _, err := s.Spend(ctx, epoch, charges); err != nil {
 		t.Fatal(err)
 	}
@@ -106,6 +109,9 @@ func outage(t *testing.T, s *etcdstate.Store, other state.Store, stop func(), re
 	defer index.Close()
 
 	stop()
+	// A probe under way when etcd went may have confirmed; none after.
+	p.until(t, false)
+	p.all(t, 2, false)
 	_, err = s.Spend(ctx, epoch, charges)
 	refusedUnavailable(t, "Spend", err)
 	_, err = s.ConsumeJoinToken(ctx, key, "worker-1", epoch)
@@ -122,6 +128,7 @@ func outage(t *testing.T, s *etcdstate.Store, other state.Store, stop func(), re
 		_, err := s.Spend(ctx, epoch, charges)
 		return err
 	})
+	p.until(t, true)
 	// The spend refused during the outage may have been committed after
 	// all (its answer was lost), but only whole: both keys moved together.
 	idUsed, clUsed := usedOf(t, s, identity), usedOf(t, s, cluster)
@@ -158,9 +165,10 @@ func outage(t *testing.T, s *etcdstate.Store, other state.Store, stop func(), re
 func TestFailsClosedWhileEtcdIsDown(t *testing.T) {
 	t.Parallel() // a stopping member waits out its clients' streams
 	c := etcdtest.New(t, 1)
-	s := openWithTimeout(t, c.Endpoints(), "/outage/")
+	p := make(probes, 16)
+	s := p.open(t, c.Endpoints(), "/outage/")
 	other := openWithTimeout(t, c.Endpoints(), "/outage/")
-	outage(t, s, other, func() { c.Stop(0) }, func() error { return c.Restart(0) })
+	outage(t, s, p, other, func() { c.Stop(0) }, func() error { return c.Restart(0) })
 }
 
 // TestFailsClosedWithoutQuorum: two of three members stop; the Store's
@@ -168,9 +176,10 @@ func TestFailsClosedWhileEtcdIsDown(t *testing.T) {
 func TestFailsClosedWithoutQuorum(t *testing.T) {
 	t.Parallel()
 	c := etcdtest.New(t, 3)
-	s := openWithTimeout(t, []string{c.Endpoint(0)}, "/quorum/")
+	p := make(probes, 16)
+	s := p.open(t, []string{c.Endpoint(0)}, "/quorum/")
 	other := openWithTimeout(t, []string{c.Endpoint(2)}, "/quorum/")
-	outage(t, s, other, func() { c.Stop(1); c.Stop(2) }, func() error { return c.Restart(1, 2) })
+	outage(t, s, p, other, func() { c.Stop(1); c.Stop(2) }, func() error { return c.Restart(1, 2) })
 }
 
 // TestOpenRefusesBadPrefixes: the prefix must end in "/", so that one

@@ -61,7 +61,9 @@ func (s *Store) Revoke(ctx context.Context, r state.Revocation) (state.Revocatio
 	ctx, cancel := s.opCtx(ctx)
 	defer cancel()
 	k := s.key(dirRevocation, r.ID)
-	ops := []clientv3.Op{clientv3.OpPut(k, string(v))}
+	// The generation key moves with every new revocation, so that a probe
+	// can tell from one key whether the watch has delivered them all.
+	ops := []clientv3.Op{clientv3.OpPut(k, string(v)), clientv3.OpPut(s.key(keyRevocationGen, ""), r.ID)}
 	if r.Kind == state.RevokeCluster {
 		ops = append(ops, s.putRef(r.Target, refRevocation, r.ID, ""))
 	}
@@ -139,9 +141,11 @@ func (s *Store) WatchRevocations(fn func(state.RevocationChange)) (cancel func()
 // revWatch is a Store's one watch of the revocations, delivering each
 // change to the registered watchers.
 type revWatch struct {
-	s      *Store
-	cancel context.CancelFunc
-	done   chan struct{}
+	s       *Store
+	cancel  context.CancelFunc
+	done    chan struct{}
+	probing sync.WaitGroup
+	probed  func(confirmed bool) // tests only: after each probe
 
 	mu        sync.Mutex
 	fns       map[int]func(state.RevocationChange)
@@ -170,7 +174,12 @@ func startWatch(ctx context.Context, s *Store) (*revWatch, error) {
 	wctx, cancel := context.WithCancel(context.Background())
 	w := &revWatch{s: s, cancel: cancel, done: make(chan struct{}), fns: map[int]func(state.RevocationChange){},
 		delivered: rev, advanced: make(chan struct{}), known: known}
+	w.probed = s.probed
 	go w.run(wctx)
+	if s.probe > 0 {
+		w.probing.Add(1)
+		go w.probeLoop(wctx)
+	}
 	return w, nil
 }
 
@@ -191,6 +200,46 @@ func listRevocations(ctx context.Context, s *Store) (map[string]state.Revocation
 func (w *revWatch) stop() {
 	w.cancel()
 	<-w.done
+	w.probing.Wait()
+}
+
+// probeLoop confirms, every probe interval, that the watch has delivered
+// every revocation made so far: one linearizable read of the generation
+// key, whose mod revision is that of the latest Revoke. A read that fails
+// (etcd unreachable, no quorum) or finds a revocation the watch has not
+// delivered yet confirms nothing. Lifts and purges do not move the key:
+// missing one only refuses more, for a moment.
+func (w *revWatch) probeLoop(ctx context.Context) {
+	defer w.probing.Done()
+	t := time.NewTicker(w.s.probe)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		w.mu.Lock()
+		delivered := w.delivered
+		w.mu.Unlock()
+		pctx, cancel := w.s.opCtx(ctx)
+		resp, err := w.s.cli.Get(pctx, w.s.key(keyRevocationGen, ""))
+		cancel()
+		confirmed := err == nil && (len(resp.Kvs) == 0 || resp.Kvs[0].ModRevision <= delivered)
+		if confirmed {
+			w.current()
+		}
+		if w.probed != nil {
+			w.probed(confirmed)
+		}
+	}
+}
+
+// current reports that every revocation made so far has been delivered.
+func (w *revWatch) current() {
+	if w.s.onCurrent != nil {
+		w.s.onCurrent()
+	}
 }
 
 func (w *revWatch) add(fn func(state.RevocationChange)) func() {
@@ -262,7 +311,10 @@ func (w *revWatch) run(ctx context.Context) {
 		from := w.delivered + 1
 		w.mu.Unlock()
 		compacted := false
-		wch := w.s.cli.Watch(clientv3.WithRequireLeader(ctx), dir, clientv3.WithPrefix(), clientv3.WithRev(from))
+		// Each attempt has its own context, so that giving up on a watch
+		// (to resume it, or to list afresh) ends it in the client too.
+		actx, endAttempt := context.WithCancel(ctx)
+		wch := w.s.cli.Watch(clientv3.WithRequireLeader(actx), dir, clientv3.WithPrefix(), clientv3.WithRev(from))
 		for resp := range wch {
 			if resp.CompactRevision != 0 {
 				compacted = true
@@ -286,6 +338,7 @@ func (w *revWatch) run(ctx context.Context) {
 			}
 			w.deliver(cs, rev)
 		}
+		endAttempt()
 		if ctx.Err() != nil {
 			return
 		}

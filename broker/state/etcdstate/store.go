@@ -48,6 +48,17 @@ type Options struct {
 	// OpTimeout bounds each operation when the caller's context has no
 	// earlier deadline; zero means DefaultOpTimeout.
 	OpTimeout time.Duration
+	// ProbeInterval, when positive, is how often the Store checks with
+	// etcd that its watch has delivered every revocation made so far; each
+	// confirmation calls OnCurrent. A replica uses them to refuse issuing
+	// while it cannot tell that its revocations are current.
+	ProbeInterval time.Duration
+	// OnCurrent, when set, is called (from the Store's goroutines; it must
+	// be quick) each time the Store has confirmed that its watchers have
+	// every revocation made so far.
+	OnCurrent func()
+
+	probed func(confirmed bool) // tests only: called after each probe
 }
 
 // Config is what Open needs to reach etcd.
@@ -70,6 +81,9 @@ type Store struct {
 	ownClient bool
 	prefix    string
 	opTimeout time.Duration
+	probe     time.Duration
+	onCurrent func()
+	probed    func(confirmed bool)
 	locks     keyLocks
 	watch     *revWatch
 }
@@ -117,7 +131,7 @@ func New(ctx context.Context, cli *clientv3.Client, opts Options) (*Store, error
 	if opts.Prefix == "" || !strings.HasSuffix(opts.Prefix, "/") {
 		return nil, fmt.Errorf("etcdstate: prefix %q must be non-empty and end in \"/\"", opts.Prefix)
 	}
-	s := &Store{cli: cli, prefix: opts.Prefix, opTimeout: opts.OpTimeout}
+	s := &Store{cli: cli, prefix: opts.Prefix, opTimeout: opts.OpTimeout, probe: opts.ProbeInterval, onCurrent: opts.OnCurrent, probed: opts.probed}
 	if s.opTimeout <= 0 {
 		s.opTimeout = DefaultOpTimeout
 	}
@@ -149,6 +163,9 @@ const (
 	dirClusterRef  = "cluster-ref/"
 	dirApproval    = "approval/"
 	dirApprovalReq = "approval-req/"
+	// keyRevocationGen is rewritten by every Revoke, in its transaction:
+	// its mod revision is that of the latest revocation made.
+	keyRevocationGen = "revocation-gen"
 )
 
 func (s *Store) key(dir, name string) string { return s.prefix + dir + name }

@@ -1,0 +1,101 @@
+package etcdstate_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/credbroker/credbroker/broker/state"
+	"github.com/credbroker/credbroker/broker/state/etcdstate"
+)
+
+// probes records what a Store's revocation probes found.
+type probes chan bool
+
+// open opens a Store on endpoints that probes every 10ms into p.
+func (p probes) open(t *testing.T, endpoints []string, prefix string) *etcdstate.Store {
+	t.Helper()
+	opts := etcdstate.WithProbed(etcdstate.Options{Prefix: prefix, OpTimeout: outageTimeout, ProbeInterval: 10 * time.Millisecond},
+		func(confirmed bool) {
+			select {
+			case p <- confirmed:
+			default: // the test is not listening
+			}
+		})
+	s, err := etcdstate.Open(context.Background(), etcdstate.Config{Endpoints: endpoints, Options: opts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+// next returns the next probe's finding.
+func (p probes) next(t *testing.T) bool {
+	t.Helper()
+	select {
+	case c := <-p:
+		return c
+	case <-time.After(recoverWithin):
+		t.Fatalf("no probe in %s", recoverWithin)
+		return false
+	}
+}
+
+// until reads probes until one found want.
+func (p probes) until(t *testing.T, want bool) {
+	t.Helper()
+	deadline := time.Now().Add(recoverWithin)
+	for p.next(t) != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("no probe found %v in %s", want, recoverWithin)
+		}
+	}
+}
+
+// all asserts that the next n probes all found want.
+func (p probes) all(t *testing.T, n int, want bool) {
+	t.Helper()
+	for i := range n {
+		if got := p.next(t); got != want {
+			t.Fatalf("probe %d after the change found %v, want %v", i+1, got, want)
+		}
+	}
+}
+
+// TestProbeConfirmsOnlyWhatTheWatchDelivered: while a revocation made on
+// another Store has not been delivered by this Store's watch (its watcher
+// is held), no probe confirms the revocations current; once delivered, the
+// next ones do.
+func TestProbeConfirmsOnlyWhatTheWatchDelivered(t *testing.T) {
+	p := make(probes, 16)
+	s := p.open(t, shared, "/probe/")
+	maker, err := etcdstate.Open(context.Background(), etcdstate.Config{Endpoints: shared, Options: etcdstate.Options{Prefix: "/probe/"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer maker.Close()
+
+	release := make(chan struct{})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	defer unblock()
+	cancel := s.WatchRevocations(func(c state.RevocationChange) {
+		if c.Revocation.ID == "r-held" {
+			<-release
+		}
+	})
+	defer cancel()
+
+	p.until(t, true)
+	if _, err := maker.Revoke(context.Background(), state.Revocation{ID: "r-held", Kind: state.RevokeCluster, Target: "team-a/alpha", Admin: "unix:uid=0", CreatedAt: epoch}); err != nil {
+		t.Fatal(err)
+	}
+	// A probe under way when the revocation committed may still confirm;
+	// every one after the first that does not must not either.
+	p.until(t, false)
+	p.all(t, 3, false)
+	unblock()
+	p.until(t, true)
+}
