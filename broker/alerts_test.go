@@ -218,9 +218,11 @@ func TestHangingWebhookDoesNotStopIssuance(t *testing.T) {
 		c.alerts = alertConfig(t, sink.srv.URL, config.AlertRules{
 			MassIssuance: config.MassIssuanceRule{BurstRule: config.BurstRule{Threshold: 1, Window: time.Minute}, Per: []string{"cluster"}},
 		})
-		// One worker, one queued delivery, and an attempt timeout far beyond
-		// the test: only the queue bound can keep the sender from growing.
-		c.webhook = webhook.Options{Workers: 1, QueueSize: 1, Attempts: 1, Timeout: time.Hour}
+		// One worker, one queued delivery, and an attempt timeout (the
+		// longest the configuration allows) far beyond the test: only the
+		// queue bound can keep the sender from growing.
+		c.alerts.Webhooks[0].Timeout = time.Minute
+		c.webhook = webhook.Options{Workers: 1, QueueSize: 1, Attempts: 1}
 	})
 	conn := h.dial(h.mint(controllerID, time.Hour))
 	const clusters = 20

@@ -139,8 +139,8 @@ type Options struct {
 	// nil disables that rule.
 	Usage func(ctx context.Context, now time.Time, key state.QuotaKey) (state.Usage, error)
 	// Webhook tunes the webhook sender (tests inject its Wait, Backoff,
-	// Transport); Registerer, Log and Timeout are set from above and from
-	// the configuration.
+	// Transport); Registerer and Log are set from above, and each
+	// webhook's attempt timeout comes from the configuration.
 	Webhook webhook.Options
 }
 
@@ -234,7 +234,7 @@ func New(cfg config.Alerts, opts Options) (*Alerter, error) {
 		if err != nil {
 			return nil, fmt.Errorf("alerts: webhook %s: %w", w.Name, err)
 		}
-		t := target{t: &webhook.Target{Name: w.Name, URL: w.URL, Secret: secret}}
+		t := target{t: &webhook.Target{Name: w.Name, URL: w.URL, Secret: secret, Timeout: w.Timeout}}
 		if len(w.Events) > 0 {
 			t.events = map[string]bool{}
 			for _, e := range w.Events {
@@ -253,9 +253,6 @@ func New(cfg config.Alerts, opts Options) (*Alerter, error) {
 	if len(a.targets) > 0 {
 		wo := opts.Webhook
 		wo.Registerer, wo.Log = opts.Registerer, opts.Log
-		for _, w := range cfg.Webhooks {
-			wo.Timeout = max(wo.Timeout, w.Timeout) // one sender; the longest configured timeout
-		}
 		a.sender = webhook.New(wo)
 	}
 	if a.usage != nil && !r.QuotaNearLimit.Disabled {

@@ -71,6 +71,9 @@ type Target struct {
 	URL string
 	// Secret is the HMAC key deliveries are signed with.
 	Secret Secret
+	// Timeout bounds each attempt to this receiver; 0 means
+	// Options.Timeout.
+	Timeout time.Duration
 }
 
 // LogValue shows only the name: the URL may carry a token.
@@ -342,7 +345,11 @@ func (s *Sender) deliver(d delivery) {
 // attempt makes one signed POST. Its errors never contain the URL (which
 // may hold a token) or the secret.
 func (s *Sender) attempt(d delivery) error {
-	ctx, cancel := context.WithTimeout(s.ctx, s.opts.Timeout)
+	timeout := s.opts.Timeout
+	if d.target.Timeout > 0 {
+		timeout = d.target.Timeout
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.target.URL, bytes.NewReader(d.body))
 	if err != nil {

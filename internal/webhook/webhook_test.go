@@ -380,3 +380,26 @@ func TestLoadSecret(t *testing.T) {
 		t.Errorf("formatting shows the key: %s", got)
 	}
 }
+
+// A target's own timeout bounds its attempts, whatever the sender's default.
+func TestTargetTimeout(t *testing.T) {
+	release := make(chan struct{})
+	rc := newReceiver(t, func(_ http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	})
+	defer close(release)
+	reg := prometheus.NewRegistry()
+	s := webhook.New(webhook.Options{Registerer: reg, Attempts: 1, Timeout: time.Hour})
+	tg := target(rc.URL)
+	tg.Timeout = time.Millisecond
+	if err := s.Send(tg, "x"); err != nil {
+		t.Fatal(err)
+	}
+	closeSender(t, s) // returns only once the attempt ended: by the target's timeout
+	if got := dropped(t, reg, webhook.DropRetriesExhausted); got != 1 {
+		t.Errorf("dropped{retries_exhausted} = %v, want 1", got)
+	}
+}
