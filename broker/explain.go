@@ -24,7 +24,12 @@ const (
 	stepRate       = "rate limit"
 	stepApproval   = "approval"
 	stepQuota      = "quota"
+	stepUpstream   = "upstream"
 )
+
+// previewIssuanceID stands for the issuance id in a preview (session tags
+// name it); the real one is assigned when the request is served.
+const previewIssuanceID = "assigned-at-issuance"
 
 // QuotaReader reads a quota key's current window (state.Quotas).
 type QuotaReader interface {
@@ -138,12 +143,16 @@ func (s *Service) Explain(ctx context.Context, id spiffeid.ID, req *credbrokerv1
 	if err := s.explainQuotas(ctx, e, res.Charges(), quotas); err != nil {
 		return nil, err
 	}
-	// What the issuer would send upstream, for issuers that can say.
+	// What the issuer would send upstream, for issuers that can say; what
+	// it cannot build, issuance could not either.
 	if pv, ok := d.prof.Issuer.(issuers.Previewer); ok {
-		p, err := pv.Preview(issuers.Request{IssuanceID: "(assigned at issuance)", Subject: id.String(), Profile: d.prof.Name,
+		p, err := pv.Preview(issuers.Request{IssuanceID: previewIssuanceID, Subject: id.String(), Profile: d.prof.Name,
 			Cluster: d.grant.cluster, Audience: d.grant.audience, TTL: d.grant.ttl})
-		if err == nil {
+		if err != nil {
+			e.step(stepUpstream, issuerError(err, previewIssuanceID), "")
+		} else {
 			e.out.Upstream = &credbrokerv1.UpstreamPreview{Target: p.Target, SessionPolicy: p.SessionPolicy, Details: p.Details}
+			e.step(stepUpstream, nil, "would ask "+p.Target)
 		}
 	}
 	return e.finish(), nil

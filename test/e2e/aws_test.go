@@ -335,3 +335,33 @@ func TestRevocationDropsReusedAWSCredentials(t *testing.T) {
 		t.Errorf("audit verify: %s%s", r.stdout, r.stderr)
 	}
 }
+
+// TestPolicyExplainShowsTheAWSRequest: credbrokerctl policy explain, against
+// the real broker binary with an AWS STS profile, says the controller would
+// get capa for its cluster, and prints what AssumeRole would carry — the
+// role, the SourceIdentity and the session policy rendered for that
+// cluster — without calling STS or spending anything; check-config says who
+// may get what.
+func TestPolicyExplainShowsTheAWSRequest(t *testing.T) {
+	t.Parallel()
+	b := startAWSBroker(t)
+	r := b.ctl(t, "policy", "explain", "--id", "spiffe://dev.credbroker.test/ns/capi-system/sa/demo-controller", "--profile", "capa", "--cluster", clusterA)
+	if r.code != 0 {
+		t.Fatalf("policy explain: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	for _, want := range []string{
+		"GRANTED", "upstream: arn:aws:iam::123456789012:role/capa-controller", "SourceIdentity: ns.capi-system.sa.demo-controller@dev.credbroker.test",
+		"session policy (as sent):", `"Resource":["arn:aws:s3:::capi/team-a/alpha/*"]`, "tag credbroker:cluster-name: alpha",
+	} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("policy explain output lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	if r := b.ctl(t, "-o", "json", "issuances", "list"); strings.Contains(r.stdout, "issuance_id") {
+		t.Errorf("explaining issued something:\n%s", r.stdout)
+	}
+	r = b.ctl(t, "policy", "explain", "--id", "spiffe://dev.credbroker.test/ns/capi-system/sa/demo-controller", "--profile", "capa")
+	if r.code != 1 || !strings.Contains(r.stdout, "REFUSED [INVALID_REQUEST]") {
+		t.Errorf("without the required cluster: exit %d\n%s", r.code, r.stdout)
+	}
+}

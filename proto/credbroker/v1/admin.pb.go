@@ -4598,7 +4598,8 @@ func (x *ExplainPolicyRequest) GetAudience() string {
 type ExplainStep struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// "request", "revocation", "policy", "rate limit", "approval", "quota",
-	// in the order issuance takes them.
+	// in the order issuance takes them, then "upstream" for issuers that can
+	// say what they would send (a request they could not build is refused).
 	Step    string         `protobuf:"bytes,1,opt,name=step,proto3" json:"step,omitempty"`
 	Outcome ExplainOutcome `protobuf:"varint,2,opt,name=outcome,proto3,enum=credbroker.v1.ExplainOutcome" json:"outcome,omitempty"`
 	// Why, in words.
