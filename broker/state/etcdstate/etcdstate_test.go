@@ -112,12 +112,14 @@ func TestConformance(t *testing.T) {
 	statetest.Run(t, harness(shared))
 }
 
-// TestRacesAcrossMembers: the suite's races with each replica's client on
-// a different member of a three-member cluster, so that spends and
-// consumes race through different members' raft proposals: no quota is
-// double spent, no join token consumed twice.
-func TestRacesAcrossMembers(t *testing.T) {
+// TestAcrossMembers runs on a three-member cluster: the suite's races with
+// each replica's client on a different member, so that spends and consumes
+// race through different members' raft proposals (no quota is double
+// spent, no join token or approval consumed twice); and revocations made
+// through one member reaching the watches on the others.
+func TestAcrossMembers(t *testing.T) {
 	t.Parallel()
 	c := etcdtest.New(t, 3)
 	statetest.RunRaces(t, harness(c.Endpoints()))
+	t.Run("revocation-propagation", func(t *testing.T) { testRevocationReachesEveryReplica(t, c.Endpoints()) })
 }
