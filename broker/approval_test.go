@@ -16,6 +16,7 @@ import (
 
 	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/broker/audit"
+	"github.com/credbroker/credbroker/broker/page"
 	"github.com/credbroker/credbroker/broker/state"
 	"github.com/credbroker/credbroker/issuers"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
@@ -343,3 +344,31 @@ func TestApprovalNeeded(t *testing.T) {
 }
 
 func uidOf(*testing.T) int { return os.Getuid() }
+
+// TestApprovalAdminRefusals: unknown ids, missing ids, oversized reasons
+// and page tokens of another listing are refused with their reasons, and
+// change nothing.
+func TestApprovalAdminRefusals(t *testing.T) {
+	h := newHarness(t, withApprovalRules)
+	sock := credbrokerv1.NewAdminServiceClient(h.dialAdminSocket())
+	_, err := sock.Approve(ctxT(t), &credbrokerv1.ApproveRequest{ApprovalId: "0190f0a0-0000-7000-8000-000000000001"})
+	wantReason(t, err, credbrokerv1.ErrorReason_NOT_FOUND)
+	_, err = sock.GetApproval(ctxT(t), &credbrokerv1.GetApprovalRequest{})
+	wantReason(t, err, credbrokerv1.ErrorReason_INVALID_REQUEST)
+	_, err = issue(ctxT(t), h.dial(h.mint(controllerID, time.Hour)), &credbrokerv1.IssueCredentialRequest{Profile: "approved-token"})
+	id := waitingFor(t, err, 0)
+	_, err = sock.DenyApproval(ctxT(t), &credbrokerv1.DenyApprovalRequest{ApprovalId: id, Reason: strings.Repeat("x", 513)})
+	if _, info := wantReason(t, err, credbrokerv1.ErrorReason_INVALID_REQUEST); info.GetMetadata()["field"] != "reason" {
+		t.Fatalf("metadata %v", info.GetMetadata())
+	}
+	if a, err := h.approvals.Get(context.Background(), id); err != nil || a.Status != state.ApprovalPending {
+		t.Fatalf("after the refused denial: %+v, %v; want pending", a, err)
+	}
+	// A token of the revocations listing is not one of approvals.
+	_, err = sock.ListApprovals(ctxT(t), &credbrokerv1.ListApprovalsRequest{PageToken: page.Encode("revocations", page.Filter(), page.Position{Key: id})})
+	wantReason(t, err, credbrokerv1.ErrorReason_INVALID_REQUEST)
+	_, err = sock.ListApprovals(ctxT(t), &credbrokerv1.ListApprovalsRequest{PageToken: "garbage"})
+	wantReason(t, err, credbrokerv1.ErrorReason_INVALID_REQUEST)
+	_, err = sock.ListApprovals(ctxT(t), &credbrokerv1.ListApprovalsRequest{PageSize: -1})
+	wantReason(t, err, credbrokerv1.ErrorReason_INVALID_REQUEST)
+}

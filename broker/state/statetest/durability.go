@@ -41,6 +41,8 @@ func testReopen(t *testing.T, h Harness) {
 		if _, err := s.LiftRevocation(ctx, lifted.ID); err != nil {
 			t.Fatal(err)
 		}
+		mustRequest(t, s, pending("a1", "d1", 2, 0), 8, epoch, true)
+		mustApprove(t, s, "a1", admin1, epoch, true)
 	})
 	s := h.Open(t, dir)
 	wantUsed(t, s, epoch, alice, 2)
@@ -55,6 +57,12 @@ func testReopen(t *testing.T, h Harness) {
 		t.Fatalf("node after reopening: %+v, %v; want it evicted", got, err)
 	}
 	wantRevocations(t, s, rev)
+	// An approval keeps its vote and its place in the requester's index.
+	wantFound(t, s, "d1", epoch, "a1")
+	mustApprove(t, s, "a1", admin1, epoch, false)
+	if a := mustApprove(t, s, "a1", admin2, epoch, true); a.Status != state.ApprovalGranted {
+		t.Fatalf("approval after reopening: %+v; want granted by its second admin", a)
+	}
 }
 
 // The crash test runs a child process (this test binary, re-run with the
