@@ -23,7 +23,8 @@ type Issuance struct {
 // quota check. It does not block.
 func (a *Alerter) Issued(ctx context.Context, is Issuance) {
 	r := a.cfg.Rules.MassIssuance
-	for kind, key := range map[string]string{"identity": is.Identity, "cluster": is.Cluster} {
+	for _, k := range [...]struct{ kind, key string }{{"identity", is.Identity}, {"cluster", is.Cluster}} {
+		kind, key := k.kind, k.key
 		c := a.counters[MassIssuance+"/"+kind]
 		if c == nil || key == "" {
 			continue

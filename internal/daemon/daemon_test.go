@@ -494,3 +494,21 @@ policy: [{id: "spiffe://spire.test/ns/*/sa/capa-controller-manager", profiles: [
 	}
 	d.stop(t)
 }
+
+// A webhook whose secret cannot be read stops the broker at start, naming
+// the variable, rather than losing its alerts later.
+func TestAlertWebhookSecretRequired(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "alerts.yaml")
+	body := "trust_domain: dev.credbroker.test\nlisten: 127.0.0.1:0\nhttp_listen: 127.0.0.1:0\n" +
+		"issuers: {oidc: {type: jwt}}\nprofiles: {p: {issuer: oidc, max_ttl: 1h}}\n" +
+		"alerts: {webhooks: [{name: ops, url: 'https://hooks.example.test/x', secret_env: CREDBROKER_TEST_UNSET_HOOK_KEY}]}\n"
+	if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := Run(context.Background(), Options{Dev: true, ConfigFile: cfg, DataDir: filepath.Join(dir, "data"), Stdout: io.Discard, Stderr: io.Discard})
+	if err == nil || !strings.Contains(err.Error(), "CREDBROKER_TEST_UNSET_HOOK_KEY") {
+		t.Fatalf("Run = %v, want an error naming the secret's variable", err)
+	}
+}

@@ -185,8 +185,8 @@ type Sender struct {
 	log     *slog.Logger
 
 	queue chan delivery
-	// ctx ends in-flight attempts and waits when Close gives up draining.
-	ctx    context.Context
+	// cancel ends the workers' context: in-flight attempts and waits, when
+	// Close gives up draining.
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
@@ -240,12 +240,11 @@ func New(opts Options) *Sender {
 		metrics: newMetrics(opts.Registerer),
 		log:     log,
 		queue:   make(chan delivery, opts.QueueSize),
-		ctx:     ctx,
 		cancel:  cancel,
 	}
 	s.wg.Add(opts.Workers)
 	for range opts.Workers {
-		go s.work()
+		go s.work(ctx)
 	}
 	return s
 }
@@ -301,24 +300,24 @@ func (s *Sender) drop(t *Target, reason string, err error) {
 	s.log.LogAttrs(context.Background(), slog.LevelWarn, "webhook delivery dropped", attrs...)
 }
 
-func (s *Sender) work() {
+func (s *Sender) work(ctx context.Context) {
 	defer s.wg.Done()
 	for d := range s.queue {
-		if s.ctx.Err() != nil {
+		if ctx.Err() != nil {
 			s.drop(d.target, DropClosed, nil)
 			continue
 		}
-		s.deliver(d)
+		s.deliver(ctx, d)
 	}
 }
 
 // errRejected marks a response that retrying will not change.
 var errRejected = errors.New("rejected")
 
-func (s *Sender) deliver(d delivery) {
+func (s *Sender) deliver(ctx context.Context, d delivery) {
 	var err error
 	for attempt := 1; ; attempt++ {
-		err = s.attempt(d)
+		err = s.attempt(ctx, d)
 		if err == nil {
 			s.metrics.delivered.WithLabelValues(d.target.Name).Inc()
 			return
@@ -328,14 +327,14 @@ func (s *Sender) deliver(d delivery) {
 		case errors.Is(err, errRejected):
 			s.drop(d.target, DropRejected, err)
 			return
-		case s.ctx.Err() != nil:
+		case ctx.Err() != nil:
 			s.drop(d.target, DropClosed, nil)
 			return
 		case attempt >= s.opts.Attempts:
 			s.drop(d.target, DropRetriesExhausted, err)
 			return
 		}
-		if s.opts.Wait(s.ctx, s.opts.Backoff.Delay(attempt)) != nil {
+		if s.opts.Wait(ctx, s.opts.Backoff.Delay(attempt)) != nil {
 			s.drop(d.target, DropClosed, nil)
 			return
 		}
@@ -344,12 +343,12 @@ func (s *Sender) deliver(d delivery) {
 
 // attempt makes one signed POST. Its errors never contain the URL (which
 // may hold a token) or the secret.
-func (s *Sender) attempt(d delivery) error {
+func (s *Sender) attempt(base context.Context, d delivery) error {
 	timeout := s.opts.Timeout
 	if d.target.Timeout > 0 {
 		timeout = d.target.Timeout
 	}
-	ctx, cancel := context.WithTimeout(s.ctx, timeout)
+	ctx, cancel := context.WithTimeout(base, timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.target.URL, bytes.NewReader(d.body))
 	if err != nil {
@@ -361,7 +360,7 @@ func (s *Sender) attempt(d delivery) error {
 	req.Header.Set(SignatureHeader, Sign(d.target.Secret.Bytes(), s.opts.Now(), d.body))
 	resp, err := s.client.Do(req)
 	if err != nil {
-		if ctx.Err() != nil && s.ctx.Err() == nil {
+		if ctx.Err() != nil && base.Err() == nil {
 			return errors.New("timed out")
 		}
 		return errors.New("request failed") // the *url.Error would name the URL
