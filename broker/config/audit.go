@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/credbroker/credbroker/internal/webhook"
 )
 
 // Audit configures the audit log's housekeeping and its external anchor.
@@ -27,8 +29,20 @@ type AuditAnchor struct {
 	// File is written atomically with the head (JSON); it must lie outside
 	// the data directory, where whoever can rewrite the database cannot.
 	File string `yaml:"file"`
+	// Webhook receives the head as a signed JSON POST.
+	Webhook *AnchorWebhook `yaml:"webhook"`
 	// Interval is how often the head is published; default 1m.
 	Interval time.Duration `yaml:"interval"`
+}
+
+// AnchorWebhook is an HTTP receiver of published heads.
+type AnchorWebhook struct {
+	// URL is the http(s) endpoint heads are POSTed to.
+	URL string `yaml:"url"`
+	// SecretEnv or SecretFile (one of them) holds the HMAC-SHA256 key, at
+	// least 16 bytes; the key itself never appears in the file.
+	SecretEnv  string `yaml:"secret_env"`
+	SecretFile string `yaml:"secret_file"`
 }
 
 // MinAuditRetention is the shortest audit retention: a day, so that the
@@ -71,8 +85,16 @@ func (c *Config) validateAudit() []error {
 		bad("require_export needs a retention: without one nothing is pruned")
 	}
 	if an := a.Anchor; an != nil {
-		if an.File == "" {
-			bad("anchor needs a file")
+		if an.File == "" && an.Webhook == nil {
+			bad("anchor needs a file or a webhook")
+		}
+		if w := an.Webhook; w != nil {
+			if _, err := webhook.CheckURL(w.URL); err != nil {
+				bad("anchor.webhook.url: %v", err)
+			}
+			if (w.SecretEnv == "") == (w.SecretFile == "") {
+				bad("anchor.webhook: set exactly one of secret_env and secret_file")
+			}
 		}
 		if an.Interval < time.Second || an.Interval > 24*time.Hour {
 			bad("anchor.interval must be between 1s and 24h")

@@ -13,11 +13,12 @@ const auditBase = "trust_domain: example.org\nissuers: {oidc: {type: jwt}}\nprof
 func TestAuditConfig(t *testing.T) {
 	outside := filepath.Join(t.TempDir(), "anchor.json")
 	dataDir := t.TempDir()
-	c, err := Parse(strings.NewReader(auditBase + "data_dir: " + dataDir + "\naudit: {retention: 2160h, require_export: true, anchor: {file: " + outside + "}}\n"))
+	c, err := Parse(strings.NewReader(auditBase + "data_dir: " + dataDir + "\naudit: {retention: 2160h, require_export: true, anchor: {file: " + outside + ", webhook: {url: 'https://siem.example/anchor', secret_env: ANCHOR_KEY}}}\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Audit.Retention != 2160*time.Hour || !c.Audit.RequireExport || c.Audit.Anchor.File != outside || c.Audit.Anchor.Interval != time.Minute {
+	if c.Audit.Retention != 2160*time.Hour || !c.Audit.RequireExport || c.Audit.Anchor.File != outside || c.Audit.Anchor.Interval != time.Minute ||
+		c.Audit.Anchor.Webhook.URL != "https://siem.example/anchor" || c.Audit.Anchor.Webhook.SecretEnv != "ANCHOR_KEY" {
 		t.Fatalf("audit = %+v %+v", c.Audit, c.Audit.Anchor)
 	}
 	if c, err := Parse(strings.NewReader(auditBase)); err != nil || c.Audit.Retention != 0 || c.Audit.Anchor != nil {
@@ -37,7 +38,10 @@ func TestAuditConfigMistakes(t *testing.T) {
 		{"{retention: -1h}", "audit.retention must not be negative"},
 		{"{require_export: true}", "audit.require_export needs a retention"},
 		{"{retention: 48h, keep: 1}", "keep"},
-		{"{anchor: {interval: 1m}}", "audit.anchor needs a file"},
+		{"{anchor: {interval: 1m}}", "audit.anchor needs a file or a webhook"},
+		{"{anchor: {webhook: {url: 'ftp://x', secret_env: K}}}", "audit.anchor.webhook.url"},
+		{"{anchor: {webhook: {url: 'https://siem.example/anchor'}}}", "set exactly one of secret_env and secret_file"},
+		{"{anchor: {webhook: {url: 'https://siem.example/anchor', secret: x}}}", "secret"},
 		{"{anchor: {file: /tmp/x.json, interval: 10ms}}", "audit.anchor.interval must be between 1s and 24h"},
 		{"{anchor: {file: " + filepath.Join(dataDir, "anchor.json") + "}}", "is inside the data directory"},
 		{"{anchor: {file: " + filepath.Join(dataDir, "sub", "deeper", "anchor.json") + "}}", "is inside the data directory"},

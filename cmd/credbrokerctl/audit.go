@@ -2,19 +2,17 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strconv"
 	"time"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/credbroker/credbroker/broker/audit"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -81,38 +79,13 @@ verified with the default.`,
 	return cmd
 }
 
-// maxAnchorFile bounds the anchor file read: it is a few hundred bytes.
-const maxAnchorFile = 64 << 10
-
 // readAnchor reads an anchor file as the broker writes it.
 func readAnchor(path string) (*credbrokerv1.AuditAnchor, error) {
-	f, err := os.Open(path)
+	an, err := audit.ReadAnchorFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("anchor: %w", err)
 	}
-	defer f.Close()
-	raw, err := io.ReadAll(io.LimitReader(f, maxAnchorFile+1))
-	if err != nil {
-		return nil, fmt.Errorf("anchor %s: %w", path, err)
-	}
-	if len(raw) > maxAnchorFile {
-		return nil, fmt.Errorf("anchor %s: larger than %d bytes; not an anchor file", path, maxAnchorFile)
-	}
-	var an struct {
-		Seq      *uint64   `json:"seq"`
-		Hash     string    `json:"hash"`
-		Time     time.Time `json:"time"`
-		BrokerID string    `json:"broker_id"`
-	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&an); err != nil {
-		return nil, fmt.Errorf("anchor %s: %w", path, err)
-	}
-	if an.Seq == nil {
-		return nil, fmt.Errorf("anchor %s: no seq", path)
-	}
-	return &credbrokerv1.AuditAnchor{Seq: *an.Seq, Hash: an.Hash, Time: timestamppb.New(an.Time), BrokerId: an.BrokerID}, nil
+	return &credbrokerv1.AuditAnchor{Seq: an.Seq, Hash: an.Hash, Time: timestamppb.New(an.Time), BrokerId: an.BrokerID}, nil
 }
 
 func (a *app) verifyAudit(ctx context.Context, req *credbrokerv1.VerifyAuditRequest) error {

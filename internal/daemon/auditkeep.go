@@ -1,10 +1,16 @@
 package daemon
 
 import (
+	"context"
+	"fmt"
+	"log/slog"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/credbroker/credbroker/broker/audit"
 	"github.com/credbroker/credbroker/broker/config"
+	"github.com/credbroker/credbroker/internal/webhook"
 )
 
 // auditPurges are the housekeeping of the audit log: with a retention, the
@@ -20,4 +26,88 @@ func auditPurges(c config.Audit, l *audit.Log) []purge {
 		res, err := l.Prune(audit.PruneOptions{Before: now.Add(-c.Retention), Now: now, RequireExport: c.RequireExport})
 		return int(res.Pruned), err
 	}}}
+}
+
+// anchorWebhookName labels the anchor webhook in logs and metrics.
+const anchorWebhookName = "audit-anchor"
+
+// anchoring publishes the audit chain's head (audit.anchor) to a file
+// outside the data dir and/or a webhook.
+type anchoring struct {
+	pub    *audit.AnchorPublisher
+	sender *webhook.Sender // nil without a webhook
+	every  time.Duration
+	log    *slog.Logger
+}
+
+// newAnchoring builds the publisher of audit.anchor, or returns nil when
+// it is not configured. The webhook's secret is read here, from its
+// environment variable or file, and kept in memory only.
+func newAnchoring(c *config.AuditAnchor, l *audit.Log, brokerID string, reg prometheus.Registerer, log *slog.Logger) (*anchoring, error) {
+	if c == nil {
+		return nil, nil
+	}
+	a := &anchoring{every: c.Interval, log: log}
+	var sinks []audit.AnchorSink
+	if c.File != "" {
+		sinks = append(sinks, audit.NewAnchorFile(c.File, l))
+	}
+	if w := c.Webhook; w != nil {
+		secret, err := webhook.LoadSecret(w.SecretEnv, w.SecretFile)
+		if err != nil {
+			return nil, fmt.Errorf("audit.anchor.webhook: %w", err)
+		}
+		// A small queue: a head not delivered is superseded by the next.
+		a.sender = webhook.New(webhook.Options{QueueSize: 8, Workers: 1, Registerer: reg, Log: log})
+		sinks = append(sinks, anchorWebhook{s: a.sender, t: &webhook.Target{Name: anchorWebhookName, URL: w.URL, Secret: secret}})
+	}
+	a.pub = audit.NewAnchorPublisher(l, brokerID, time.Now, sinks...)
+	return a, nil
+}
+
+// run publishes at once and every interval until done closes.
+func (a *anchoring) run(done <-chan struct{}) {
+	t := time.NewTicker(a.every)
+	defer t.Stop()
+	a.pub.Run(done, t.C, a.report)
+}
+
+// final publishes the head the broker stops with, and drains the webhook
+// queue until ctx ends.
+func (a *anchoring) final(ctx context.Context) {
+	an, err := a.pub.Publish()
+	a.report(an, err)
+	if err == nil {
+		a.log.Info("audit anchor published", slog.Uint64("seq", an.Seq), slog.String("hash", an.Hash))
+	}
+	if a.sender != nil {
+		if err := a.sender.Close(ctx); err != nil {
+			a.log.Warn("audit anchor webhook not drained before the shutdown grace ended", slog.String("error", err.Error()))
+		}
+	}
+}
+
+func (a *anchoring) report(_ audit.Anchor, err error) {
+	if err != nil {
+		a.log.Error("publishing the audit anchor", slog.String("error", err.Error()))
+	}
+}
+
+// anchorWebhook sends heads as signed JSON POSTs through the webhook
+// package's bounded queue.
+type anchorWebhook struct {
+	s *webhook.Sender
+	t *webhook.Target
+}
+
+// anchorEvent is the webhook's body: the anchor, marked as one.
+type anchorEvent struct {
+	Type string `json:"type"`
+	audit.Anchor
+}
+
+func (w anchorWebhook) Name() string { return "webhook" }
+
+func (w anchorWebhook) PublishAnchor(a audit.Anchor) error {
+	return w.s.Send(w.t, anchorEvent{Type: "audit_anchor", Anchor: a})
 }

@@ -161,6 +161,11 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return fmt.Errorf("the broker's own SVID: %w", err)
 	}
+	// The audit chain's head, published outside the host (audit.anchor).
+	anchor, err := newAnchoring(cfg.Audit.Anchor, auditLog, self.ID.String(), reg, log)
+	if err != nil {
+		return err
+	}
 	issuerSet, err := buildIssuers(ctx, cfg, self.ID.String(), log)
 	if err != nil {
 		return err
@@ -278,6 +283,9 @@ func Run(ctx context.Context, opts Options) error {
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
+	if anchor != nil {
+		g.Go(func() error { anchor.run(gctx.Done()); return nil })
+	}
 	switch {
 	case trust.workload != nil:
 		g.Go(func() error { trust.watchWorkloadAPI(gctx, log); return nil })
@@ -338,6 +346,12 @@ func Run(ctx context.Context, opts Options) error {
 	// that the audit log accounts for every one.
 	if ferr := refusals.Flush(); ferr != nil {
 		log.Error("recording the summary of refusals left out", slog.String("error", ferr.Error()))
+	}
+	if anchor != nil {
+		// Nothing is appended any more: anchor the head the broker stops at.
+		actx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
+		anchor.final(actx)
+		cancel()
 	}
 	log.Info("stopped")
 	return err
