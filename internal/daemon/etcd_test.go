@@ -2,7 +2,10 @@ package daemon
 
 import (
 	"context"
+	"fmt"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -14,6 +17,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/credbroker/credbroker/broker/audit"
+	"github.com/credbroker/credbroker/broker/state/boltstate"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/test/etcdtest"
 )
@@ -137,5 +142,107 @@ state:
 	}
 	if issued != 3 && issued != 2 {
 		t.Fatalf("capi-a/c2 issued %d in all after the outage, want 3 (2 had the refused spend committed after its answer was lost)", issued)
+	}
+}
+
+// TestReplicasNeverOverspend: 300 concurrent requests spread over three
+// replicas on one etcd, against a cluster quota of 100: exactly 100 issued
+// and 200 RESOURCE_EXHAUSTED, and the replicas' audit chains hold exactly
+// 100 issued records between them, each chain verifying.
+func TestReplicasNeverOverspend(t *testing.T) {
+	t.Parallel()
+	const replicas, requests, quota = 3, 300, 100
+	etcd := etcdtest.New(t, 1)
+	dir := t.TempDir()
+	td, authority, base := productionIdentity(t, dir)
+	cfg := base + `
+issuers:
+  oidc: {type: jwt, jwt: {issuer_url: "https://credbroker.prod.test/oidc"}}
+profiles:
+  web-identity: {issuer: oidc, max_ttl: 1h, audiences: [sts.amazonaws.com], cluster: required}
+policy:
+  - id: spiffe://prod.test/ns/*/sa/capa-controller-manager
+    profiles: [web-identity]
+    clusters: ["capi-*/*"]
+limits: {cluster_quota: {max: ` + fmt.Sprint(quota) + `, window: 1h}, requests: {issue: {rate: 1000, burst: 1000}}}
+state:
+  etcd:
+    endpoints: [` + etcd.Endpoint(0) + `]
+    prefix: /overspend/
+`
+	svid, err := authority.MintX509SVID(spiffeid.RequireFromPath(td, "/ns/capa-system/sa/capa-controller-manager"), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds := grpccredentials.MTLSClientCredentials(svid, x509bundle.NewSet(authority.X509Bundle()), tlsconfig.AuthorizeMemberOf(td))
+	var clients []credbrokerv1.BrokerServiceClient
+	var daemons []*running
+	var dataDirs []string
+	for i := range replicas {
+		data := filepath.Join(dir, fmt.Sprintf("data-%d", i))
+		dataDirs = append(dataDirs, data)
+		d := startDaemon(t, t.TempDir(), strings.Replace(cfg, "data_dir: "+dir+"/data", "data_dir: "+data, 1))
+		daemons = append(daemons, d)
+		conn, err := grpc.NewClient(d.grpcAddr, grpc.WithTransportCredentials(creds))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		clients = append(clients, credbrokerv1.NewBrokerServiceClient(conn))
+	}
+
+	codesSeen := make(chan codes.Code, requests)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range requests {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			_, err := clients[i%replicas].IssueCredential(context.Background(), &credbrokerv1.IssueCredentialRequest{Profile: "web-identity", Cluster: "capi-a/c1"})
+			codesSeen <- status.Code(err)
+		}()
+	}
+	close(start)
+	wg.Wait()
+	close(codesSeen)
+	count := map[codes.Code]int{}
+	for c := range codesSeen {
+		count[c]++
+	}
+	if count[codes.OK] != quota || count[codes.ResourceExhausted] != requests-quota {
+		t.Fatalf("outcomes %v, want %d OK and %d RESOURCE_EXHAUSTED", count, quota, requests-quota)
+	}
+	for _, d := range daemons {
+		d.stop(t)
+	}
+
+	issued := 0
+	for _, data := range dataDirs {
+		db, err := boltstate.OpenDB(filepath.Join(data, DBFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		log, err := audit.Open(db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res, err := log.Verify(); err != nil || !res.OK {
+			t.Errorf("%s: audit chain %+v, %v", data, res, err)
+		}
+		err = log.Export(0, func(r audit.Record) error {
+			if r.Decision == audit.DecisionIssued && r.Cluster == "capi-a/c1" {
+				issued++
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = log.Close()
+		_ = db.Close()
+	}
+	if issued != quota {
+		t.Fatalf("the replicas' audit chains hold %d issued records, want %d", issued, quota)
 	}
 }

@@ -22,9 +22,19 @@ import (
 // readyTimeout bounds how long a member may take to join its cluster.
 const readyTimeout = time.Minute
 
+// TLSFiles are the PEM files of a member's TLS towards its clients.
+type TLSFiles struct {
+	// Cert and Key are the member's server certificate and key.
+	Cert, Key string
+	// ClientCA, when set, makes the member require client certificates
+	// signed by it (etcd's --client-cert-auth).
+	ClientCA string
+}
+
 // Cluster is an embedded etcd cluster of one or more members.
 type Cluster struct {
 	dir     string
+	tls     *TLSFiles
 	clients []url.URL
 	peers   []url.URL
 	initial string
@@ -45,18 +55,36 @@ func New(t testing.TB, n int) *Cluster {
 	return c
 }
 
+// NewTLS starts a one-member cluster that serves its clients over TLS
+// only (https:// endpoints), as files says, and closes it when the test
+// ends.
+func NewTLS(t testing.TB, files TLSFiles) *Cluster {
+	t.Helper()
+	c, err := start(t.TempDir(), 1, &files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
 // Start starts an n-member cluster keeping its data under dir, and waits
 // until it serves. Close it when done.
-func Start(dir string, n int) (*Cluster, error) {
+func Start(dir string, n int) (*Cluster, error) { return start(dir, n, nil) }
+
+func start(dir string, n int, tls *TLSFiles) (*Cluster, error) {
 	if n < 1 {
 		return nil, errors.New("etcdtest: a cluster needs a member")
 	}
-	c := &Cluster{dir: dir, members: make([]*embed.Etcd, n)}
+	c := &Cluster{dir: dir, tls: tls, members: make([]*embed.Etcd, n)}
 	var initial []string
 	for i := range n {
 		client, err := freeURL()
 		if err != nil {
 			return nil, err
+		}
+		if tls != nil {
+			client.Scheme = "https"
 		}
 		peer, err := freeURL()
 		if err != nil {
@@ -107,6 +135,10 @@ func (c *Cluster) config(i int) *embed.Config {
 	cfg.InitialCluster = c.initial
 	cfg.InitialClusterToken = "credbroker-etcdtest"
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	if c.tls != nil {
+		cfg.ClientTLSInfo.CertFile, cfg.ClientTLSInfo.KeyFile = c.tls.Cert, c.tls.Key
+		cfg.ClientTLSInfo.TrustedCAFile, cfg.ClientTLSInfo.ClientCertAuth = c.tls.ClientCA, c.tls.ClientCA != ""
+	}
 	return cfg
 }
 
