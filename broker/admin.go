@@ -327,6 +327,7 @@ var decisions = map[audit.Decision]credbrokerv1.Decision{
 	audit.DecisionApprovalDenied:    credbrokerv1.Decision_DECISION_APPROVAL_DENIED,
 	audit.DecisionApprovalExpired:   credbrokerv1.Decision_DECISION_APPROVAL_EXPIRED,
 	audit.DecisionCheckpoint:        credbrokerv1.Decision_DECISION_CHECKPOINT,
+	audit.DecisionPending:           credbrokerv1.Decision_DECISION_PENDING,
 	audit.DecisionExported:          credbrokerv1.Decision_DECISION_EXPORTED,
 }
 

@@ -200,6 +200,23 @@ func (v *Approvals) require(ctx context.Context, rule ApprovalRule, rec *audit.R
 	return state.ApprovalUse{}, v.requiredError(a)
 }
 
+// approvalDecision is how a request refused for its approval is recorded:
+// pending while it waits (APPROVAL_REQUIRED), throttled over the bound of
+// open approvals, denied otherwise (APPROVAL_DENIED, a store down), all at
+// the bounded rate of refusal records.
+func approvalDecision(err error) audit.Decision {
+	var ae *apiError
+	if errors.As(err, &ae) {
+		switch ae.reason {
+		case credbrokerv1.ErrorReason_APPROVAL_REQUIRED:
+			return audit.DecisionPending
+		case credbrokerv1.ErrorReason_QUOTA_EXHAUSTED:
+			return audit.DecisionThrottled
+		}
+	}
+	return audit.DecisionDenied
+}
+
 // requiredError is the APPROVAL_REQUIRED refusal of a pending approval: who
 // can approve, how, and by when.
 func (v *Approvals) requiredError(a state.Approval) error {

@@ -59,6 +59,9 @@ func TestApprovalTwoPerson(t *testing.T) {
 	req := &credbrokerv1.IssueCredentialRequest{Profile: "approved-token", Cluster: "team-a/alpha"}
 	_, err := issue(ctxT(t), conn, req)
 	id := waitingFor(t, err, 0)
+	if r := h.lastRecord(); r.Decision != audit.DecisionPending || !strings.Contains(r.Reason, id) {
+		t.Fatalf("the blocked request is on record as %+v; want pending, naming the approval", r)
+	}
 	_, err = issue(ctxT(t), conn, req)
 	if again := waitingFor(t, err, 0); again != id {
 		t.Fatalf("identical request got approval %s, want %s", again, id)

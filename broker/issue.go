@@ -233,7 +233,7 @@ func (s *Service) issue(ctx context.Context, caller attest.Caller, req *credbrok
 	if prof.Approval.Required() {
 		u, err := s.approvals.require(ctx, prof.Approval, rec, grant.audience)
 		if err != nil {
-			return nil, s.refuse(ctx, rec, audit.DecisionDenied, err)
+			return nil, s.refuse(ctx, rec, approvalDecision(err), err)
 		}
 		use = &u
 	}
@@ -389,7 +389,7 @@ func (s *Service) spend(ctx context.Context, rec *audit.Record, charges []state.
 	if err != nil {
 		if aerr := consumeError(err, use); aerr != nil {
 			rec.ExpiresAt, rec.UpstreamRef, rec.SourceIdentity, rec.Reused = time.Time{}, "", "", false
-			return s.refuse(ctx, rec, audit.DecisionDenied, aerr)
+			return s.refuse(ctx, rec, audit.DecisionPending, aerr)
 		}
 		var ex *state.ExhaustedError
 		if errors.As(err, &ex) {

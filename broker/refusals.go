@@ -229,7 +229,9 @@ func RefusalLogLevel(err error, level slog.Level) slog.Level {
 // was written, and the audit log's error if writing failed. Every refusal
 // is counted for the alert rules first.
 func (r *Refusals) record(ctx context.Context, class refusalClass, key string, rec audit.Record) (bool, error) {
-	if r.alerts != nil {
+	// A request waiting for approval is no denial: it feeds no burst rule
+	// (the approval_requested alert tells approvers of it once).
+	if r.alerts != nil && rec.Decision != audit.DecisionPending {
 		a := alerts.Refusal{Identity: key, Throttled: rec.Decision == audit.DecisionThrottled}
 		if class == byAddress {
 			a = alerts.Refusal{Address: key, Throttled: a.Throttled}

@@ -52,6 +52,9 @@ const (
 	// exported through a seq, which lets pruning go that far; only the Log
 	// writes it (MarkExported).
 	DecisionExported Decision = "exported"
+	// DecisionPending records a request refused because it waits for
+	// two-person approval (not a denial: it is served once approved).
+	DecisionPending Decision = "pending"
 )
 
 // Valid reports whether d is one of the Decision constants.
@@ -59,7 +62,7 @@ func (d Decision) Valid() bool {
 	switch d {
 	case DecisionIntent, DecisionIssued, DecisionDenied, DecisionThrottled, DecisionFailed, DecisionRevoked, DecisionLifted, DecisionReset,
 		DecisionApprovalRequested, DecisionApprovalApproved, DecisionApprovalGranted, DecisionApprovalDenied, DecisionApprovalExpired,
-		DecisionCheckpoint, DecisionExported:
+		DecisionCheckpoint, DecisionExported, DecisionPending:
 		return true
 	}
 	return false

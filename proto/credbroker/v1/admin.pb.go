@@ -57,6 +57,9 @@ const (
 	Decision_DECISION_CHECKPOINT Decision = 14
 	// An admin marked the chain exported through a seq.
 	Decision_DECISION_EXPORTED Decision = 15
+	// A request refused while it waits for two-person approval
+	// (APPROVAL_REQUIRED): served once approved.
+	Decision_DECISION_PENDING Decision = 16
 )
 
 // Enum value maps for Decision.
@@ -78,6 +81,7 @@ var (
 		13: "DECISION_APPROVAL_EXPIRED",
 		14: "DECISION_CHECKPOINT",
 		15: "DECISION_EXPORTED",
+		16: "DECISION_PENDING",
 	}
 	Decision_value = map[string]int32{
 		"DECISION_UNSPECIFIED":        0,
@@ -96,6 +100,7 @@ var (
 		"DECISION_APPROVAL_EXPIRED":   13,
 		"DECISION_CHECKPOINT":         14,
 		"DECISION_EXPORTED":           15,
+		"DECISION_PENDING":            16,
 	}
 )
 
@@ -5391,7 +5396,7 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"revocation\x12\x1c\n" +
 	"\tapprovers\x18\r \x01(\x05R\tapprovers\x12B\n" +
 	"\x0fapproval_window\x18\x0e \x01(\v2\x19.google.protobuf.DurationR\x0eapprovalWindow\x12:\n" +
-	"\bupstream\x18\x0f \x01(\v2\x1e.credbroker.v1.UpstreamPreviewR\bupstream*\x9c\x03\n" +
+	"\bupstream\x18\x0f \x01(\v2\x1e.credbroker.v1.UpstreamPreviewR\bupstream*\xb2\x03\n" +
 	"\bDecision\x12\x18\n" +
 	"\x14DECISION_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fDECISION_INTENT\x10\x01\x12\x13\n" +
@@ -5409,7 +5414,8 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x18DECISION_APPROVAL_DENIED\x10\f\x12\x1d\n" +
 	"\x19DECISION_APPROVAL_EXPIRED\x10\r\x12\x17\n" +
 	"\x13DECISION_CHECKPOINT\x10\x0e\x12\x15\n" +
-	"\x11DECISION_EXPORTED\x10\x0f*\xfc\x01\n" +
+	"\x11DECISION_EXPORTED\x10\x0f\x12\x14\n" +
+	"\x10DECISION_PENDING\x10\x10*\xfc\x01\n" +
 	"\x11AttestationMethod\x12\"\n" +
 	"\x1eATTESTATION_METHOD_UNSPECIFIED\x10\x00\x12 \n" +
 	"\x1cATTESTATION_METHOD_X509_SVID\x10\x01\x12\x1f\n" +
