@@ -14,9 +14,11 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/codes"
 
 	"github.com/credbroker/credbroker/broker/alerts"
 	"github.com/credbroker/credbroker/broker/config"
+	"github.com/credbroker/credbroker/broker/limits"
 	"github.com/credbroker/credbroker/internal/webhook"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
@@ -249,5 +251,53 @@ func TestHangingWebhookDoesNotStopIssuance(t *testing.T) {
 	}
 	if issuedRecs != 2*clusters {
 		t.Errorf("%d issued records, want %d", issuedRecs, 2*clusters)
+	}
+}
+
+// quota_near_limit reads the real quota store after each issuance;
+// throttle_burst counts quota refusals; unauthenticated_burst counts callers
+// without an identity by address.
+func TestQuotaThrottleAndUnauthenticatedAlerts(t *testing.T) {
+	sink := newAlertSink(t, false)
+	h := newHarness(t, func(c *harnessConfig) {
+		c.limits.ClusterQuota = limits.Quota{Max: 5, Window: time.Hour}
+		c.alerts = alertConfig(t, sink.srv.URL, config.AlertRules{
+			QuotaNearLimit:       config.QuotaRule{Percent: 80},
+			ThrottleBurst:        config.BurstRule{Threshold: 2, Window: time.Minute},
+			UnauthenticatedBurst: config.BurstRule{Threshold: 3, Window: time.Minute},
+		})
+	})
+	conn := h.dial(h.mint(controllerID, time.Hour))
+	req := &credbrokerv1.IssueCredentialRequest{Profile: "capa-token", Cluster: "capi-prod/alpha"}
+	for range 4 { // 4 of 5: 80%
+		if _, err := issue(ctxT(t), conn, req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := sink.waitRule(t, alerts.QuotaNearLimit)
+	if p.Subject != "cluster capi-prod/alpha" || p.Fields["used"] != "4" || p.Fields["max"] != "5" {
+		t.Errorf("quota_near_limit alert %+v", p)
+	}
+	if _, err := issue(ctxT(t), conn, req); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 { // over the quota: throttled
+		_, err := issue(ctxT(t), conn, req)
+		wantReason(t, err, credbrokerv1.ErrorReason_QUOTA_EXHAUSTED)
+	}
+	if p := sink.waitRule(t, alerts.ThrottleBurst); p.Subject != "identity "+controllerID.String() {
+		t.Errorf("throttle_burst alert %+v", p)
+	}
+
+	anon := h.dialNoCertFrom("127.0.0.9")
+	for range 4 {
+		_, err := issue(ctxT(t), anon, &credbrokerv1.IssueCredentialRequest{Profile: "plain-token"})
+		wantCode(t, err, codes.Unauthenticated)
+	}
+	if p := sink.waitRule(t, alerts.UnauthenticatedBurst); p.Subject != "address 127.0.0.9" {
+		t.Errorf("unauthenticated_burst alert %+v", p)
+	}
+	if n := gathered(t, h.reg, alerts.MetricAlerts, map[string]string{"rule": alerts.QuotaNearLimit}); n != 1 {
+		t.Errorf("quota_near_limit fired %v times, want 1 (once per window)", n)
 	}
 }
