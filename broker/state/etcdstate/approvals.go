@@ -299,7 +299,9 @@ func (s *Store) ReleaseApproval(ctx context.Context, id, issuanceID string) (sta
 // with it only if it still names it (a newer approval of the same request
 // keeps its entry).
 func (s *Store) PurgeApprovals(ctx context.Context, now time.Time) ([]state.Approval, error) {
-	gone, _, err := s.deleteWhere(ctx, "purge approvals", dirApproval, func(kv *mvccpb.KeyValue) ([]clientv3.Op, bool, error) {
+	var out []state.Approval
+	var decodeErr error
+	_, _, err := s.deleteWhere(ctx, "purge approvals", dirApproval, func(kv *mvccpb.KeyValue) ([]clientv3.Op, bool, error) {
 		a, err := decodeApproval(kv.Value)
 		if err != nil || !a.Expired(now) {
 			return nil, false, err
@@ -308,14 +310,10 @@ func (s *Store) PurgeApprovals(ctx context.Context, now time.Time) ([]state.Appr
 		return []clientv3.Op{clientv3.OpTxn(
 			[]clientv3.Cmp{clientv3.Compare(clientv3.Value(reqKey), "=", a.ID)},
 			[]clientv3.Op{clientv3.OpDelete(reqKey)}, nil)}, true, nil
-	})
-	out := make([]state.Approval, 0, len(gone))
-	for _, k := range gone {
-		a, derr := decodeApproval(k.value)
-		if derr != nil {
-			return out, derr
-		}
+	}, func(k staleKey) {
+		a, err := decodeApproval(k.value) // read once already by the scan
+		decodeErr = errors.Join(decodeErr, err)
 		out = append(out, a)
-	}
-	return out, err
+	})
+	return out, errors.Join(err, decodeErr)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -190,5 +191,29 @@ func TestOpenRefusesBadPrefixes(t *testing.T) {
 			_ = s.Close()
 			t.Errorf("prefix %q accepted", p)
 		}
+	}
+}
+
+// TestPurgeInBatches: a purge of more windows than one transaction takes
+// deletes them all, batch after batch, and only them.
+func TestPurgeInBatches(t *testing.T) {
+	s := openOn(t, shared, t.TempDir())
+	ctx := context.Background()
+	const ended, live = 95, 3
+	for i := range ended + live {
+		window := time.Hour
+		if i >= ended {
+			window = 2 * time.Hour
+		}
+		k := state.QuotaKey{Kind: state.QuotaIdentity, Name: fmt.Sprintf("spiffe://example.test/w/%03d", i)}
+		if _, err := s.Spend(ctx, epoch, []state.Charge{{Key: k, Quota: state.Quota{Max: 1, Window: window}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, err := s.PurgeQuotas(ctx, epoch.Add(time.Hour)); err != nil || n != ended {
+		t.Fatalf("PurgeQuotas = %d, %v; want %d", n, err, ended)
+	}
+	if n, err := s.PurgeQuotas(ctx, epoch.Add(2*time.Hour)); err != nil || n != live {
+		t.Fatalf("second PurgeQuotas = %d, %v; want the %d that were live", n, err, live)
 	}
 }

@@ -140,12 +140,12 @@ func (s *Store) VoidJoinTokens(ctx context.Context, cluster string) (int, error)
 }
 
 func (s *Store) deleteTokens(ctx context.Context, what string, stale func(jointoken.Token) bool) (int, error) {
-	gone, _, err := s.deleteWhere(ctx, what, dirJoinToken, func(kv *mvccpb.KeyValue) ([]clientv3.Op, bool, error) {
+	n, _, err := s.deleteWhere(ctx, what, dirJoinToken, func(kv *mvccpb.KeyValue) ([]clientv3.Op, bool, error) {
 		t, err := decodeToken(kv.Value)
 		if err != nil || !stale(t) {
 			return nil, false, err
 		}
 		return []clientv3.Op{s.deleteRef(t.Cluster, refToken, s.tokenItem(string(kv.Key)))}, true, nil
-	})
-	return len(gone), err
+	}, nil)
+	return n, err
 }

@@ -182,12 +182,12 @@ func (s *Store) updateNode(ctx context.Context, what, id string, change func(old
 
 // PurgeNodes implements state.Nodes.
 func (s *Store) PurgeNodes(ctx context.Context, now time.Time) (int, error) {
-	gone, _, err := s.deleteWhere(ctx, "purge nodes", dirNode, func(kv *mvccpb.KeyValue) ([]clientv3.Op, bool, error) {
+	count, _, err := s.deleteWhere(ctx, "purge nodes", dirNode, func(kv *mvccpb.KeyValue) ([]clientv3.Op, bool, error) {
 		n, err := decodeNode(kv.Value)
 		if err != nil || n.Evicted() || n.ExpiresAt.After(now) {
 			return nil, false, err
 		}
 		return []clientv3.Op{clientv3.OpDelete(s.nodeClusterKey(n.Cluster, n.SPIFFEID)), s.deleteRef(n.Cluster, refNode, n.SPIFFEID)}, true, nil
-	})
-	return len(gone), err
+	}, nil)
+	return count, err
 }

@@ -182,9 +182,9 @@ func (s *Store) ResetQuota(ctx context.Context, key state.QuotaKey) error {
 // PurgeQuotas implements state.Quotas. A window that a spend renewed after
 // the purge read it is left alone.
 func (s *Store) PurgeQuotas(ctx context.Context, now time.Time) (int, error) {
-	gone, _, err := s.deleteWhere(ctx, "purge quotas", dirQuota, func(kv *mvccpb.KeyValue) ([]clientv3.Op, bool, error) {
+	n, _, err := s.deleteWhere(ctx, "purge quotas", dirQuota, func(kv *mvccpb.KeyValue) ([]clientv3.Op, bool, error) {
 		w, err := decodeWindow(kv)
 		return nil, err == nil && !now.Before(w.End), err
-	})
-	return len(gone), err
+	}, nil)
+	return n, err
 }

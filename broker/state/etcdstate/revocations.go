@@ -117,19 +117,19 @@ func (s *Store) ListRevocations(ctx context.Context, f state.RevocationFilter) (
 
 // PurgeRevocations implements state.Revocations.
 func (s *Store) PurgeRevocations(ctx context.Context, now time.Time) (int, error) {
-	gone, rev, err := s.deleteWhere(ctx, "purge revocations", dirRevocation, func(kv *mvccpb.KeyValue) ([]clientv3.Op, bool, error) {
+	n, rev, err := s.deleteWhere(ctx, "purge revocations", dirRevocation, func(kv *mvccpb.KeyValue) ([]clientv3.Op, bool, error) {
 		r, err := decodeRevocation(kv.Value)
 		if err != nil || r.Active(now) {
 			return nil, false, err
 		}
 		return s.revocationRefOps(r), true, nil
-	})
+	}, nil)
 	if rev != 0 {
 		wctx, cancel := s.opCtx(ctx)
 		s.watch.waitFor(wctx, rev)
 		cancel()
 	}
-	return len(gone), err
+	return n, err
 }
 
 // WatchRevocations implements state.Revocations. Every watcher of a Store

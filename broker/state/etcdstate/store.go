@@ -335,25 +335,16 @@ type staleKey struct {
 
 // deleteWhere deletes the keys under dir that stale picks (returning the
 // operations on index entries to run with each), each only if it has not
-// changed since it was read, in transactions of up to txnBatch keys; a
-// batch in which some key changed is retried key by key. It returns the
-// deleted keys and the highest revision a deletion committed at.
-func (s *Store) deleteWhere(ctx context.Context, what, dir string, stale func(kv *mvccpb.KeyValue) (also []clientv3.Op, ok bool, err error)) ([]staleKey, int64, error) {
-	var found []staleKey
-	_, err := s.scan(ctx, what, dir, "", func(kv *mvccpb.KeyValue) (bool, error) {
-		also, ok, err := stale(kv)
-		if ok {
-			found = append(found, staleKey{key: string(kv.Key), modRev: kv.ModRevision, also: also, value: kv.Value})
-		}
-		return true, err
-	})
-	if err != nil {
-		return nil, 0, err
-	}
+// changed since it was read, in transactions of up to txnBatch keys made
+// as the scan finds them, so that a purge holds one batch in memory
+// however much it deletes; a batch in which some key changed is retried key
+// by key (a changed one stays for the next purge to look at). It calls
+// deleted with each key it deleted and returns how many, and the highest
+// revision a deletion committed at.
+func (s *Store) deleteWhere(ctx context.Context, what, dir string, stale func(kv *mvccpb.KeyValue) (also []clientv3.Op, ok bool, err error), deleted func(staleKey)) (int, int64, error) {
 	ctx, cancel := s.opCtx(ctx)
 	defer cancel()
-	var deleted []staleKey
-	var rev int64
+	n, rev := 0, int64(0)
 	commit := func(batch []staleKey) (bool, error) {
 		cmps := make([]clientv3.Cmp, 0, len(batch))
 		var ops []clientv3.Op
@@ -366,28 +357,48 @@ func (s *Store) deleteWhere(ctx context.Context, what, dir string, stale func(kv
 			return false, unavailable(what, err)
 		}
 		if resp.Succeeded {
-			deleted = append(deleted, batch...)
+			n += len(batch)
 			rev = max(rev, resp.Header.Revision)
+			if deleted != nil {
+				for _, k := range batch {
+					deleted(k)
+				}
+			}
 		}
 		return resp.Succeeded, nil
 	}
-	for batch := range slices.Chunk(found, txnBatch) {
+	flush := func(batch []staleKey) error {
 		ok, err := commit(batch)
-		if err != nil {
-			return deleted, rev, err
+		if err != nil || ok {
+			return err
 		}
-		if ok {
-			continue
-		}
-		// Some key changed since the scan: each on its own, so the others
-		// still go; a changed one stays until the next purge looks at it.
 		for i := range batch {
 			if _, err := commit(batch[i : i+1]); err != nil {
-				return deleted, rev, err
+				return err
 			}
 		}
+		return nil
 	}
-	return deleted, rev, nil
+	var batch []staleKey
+	_, err := s.scan(ctx, what, dir, "", func(kv *mvccpb.KeyValue) (bool, error) {
+		also, ok, err := stale(kv)
+		if err != nil {
+			return false, err
+		}
+		if ok {
+			batch = append(batch, staleKey{key: string(kv.Key), modRev: kv.ModRevision, also: also, value: kv.Value})
+		}
+		if len(batch) < txnBatch {
+			return true, nil
+		}
+		err = flush(batch)
+		batch = batch[:0]
+		return err == nil, err
+	})
+	if err == nil && len(batch) > 0 {
+		err = flush(batch)
+	}
+	return n, rev, err
 }
 
 // keyLocks queues the operations of one Store on the same quota keys, so
