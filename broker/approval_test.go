@@ -15,7 +15,9 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/credbroker/credbroker/broker"
+	"github.com/credbroker/credbroker/broker/alerts"
 	"github.com/credbroker/credbroker/broker/audit"
+	"github.com/credbroker/credbroker/broker/config"
 	"github.com/credbroker/credbroker/broker/page"
 	"github.com/credbroker/credbroker/broker/state"
 	"github.com/credbroker/credbroker/issuers"
@@ -374,4 +376,38 @@ func TestApprovalAdminRefusals(t *testing.T) {
 	wantReason(t, err, credbrokerv1.ErrorReason_INVALID_REQUEST)
 	_, err = sock.ListApprovals(ctxT(t), &credbrokerv1.ListApprovalsRequest{PageSize: -1})
 	wantReason(t, err, credbrokerv1.ErrorReason_INVALID_REQUEST)
+}
+
+// TestApprovalAlertsReachSignedWebhook: approvers hear of a request, its
+// grant and a denial through a signed webhook (the receiver verifies each
+// signature), naming the approval, the requester and how to approve.
+func TestApprovalAlertsReachSignedWebhook(t *testing.T) {
+	sink := newAlertSink(t, false)
+	h := newHarness(t, withApprovalRules, func(c *harnessConfig) {
+		c.alerts = alertConfig(t, sink.srv.URL, config.AlertRules{})
+	})
+	conn := h.dial(h.mint(controllerID, time.Hour))
+	_, err := issue(ctxT(t), conn, &credbrokerv1.IssueCredentialRequest{Profile: "approved-token"})
+	id := waitingFor(t, err, 0)
+	p := sink.waitRule(t, alerts.ApprovalRequested)
+	if p.Subject != "approval "+id || p.Fields["requester"] != controllerID.String() || !strings.Contains(p.Summary, "credbrokerctl approvals approve "+id) {
+		t.Fatalf("approval_requested alert %+v", p)
+	}
+	grant(t, h, id)
+	if p := sink.waitRule(t, alerts.ApprovalGranted); p.Subject != "approval "+id || !strings.Contains(p.Fields["approved_by"], adminID.String()) {
+		t.Fatalf("approval_granted alert %+v", p)
+	}
+	_, err = issue(ctxT(t), conn, &credbrokerv1.IssueCredentialRequest{Profile: "approved-token", Ttl: durationpb.New(time.Minute)})
+	other := waitingFor(t, err, 0)
+	if _, err := credbrokerv1.NewAdminServiceClient(h.dialAdminSocket()).DenyApproval(ctxT(t), &credbrokerv1.DenyApprovalRequest{ApprovalId: other, Reason: "why a minute?"}); err != nil {
+		t.Fatal(err)
+	}
+	if p := sink.waitRule(t, alerts.ApprovalDenied); p.Subject != "approval "+other || p.Fields["reason"] != "why a minute?" {
+		t.Fatalf("approval_denied alert %+v", p)
+	}
+	sink.mu.Lock()
+	defer sink.mu.Unlock()
+	if sink.unverified != 0 {
+		t.Fatalf("%d deliveries did not verify", sink.unverified)
+	}
 }

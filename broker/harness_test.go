@@ -286,7 +286,7 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 	profile := func(name, mode string) broker.Profile {
 		return broker.Profile{Name: name, IssuerName: "local", Issuer: h.issuer, DefaultTTL: 5 * time.Minute, MaxTTL: 15 * time.Minute, Audiences: []string{name, "sts.amazonaws.com"}, ClusterMode: mode}
 	}
-	h.alerts = &recordedAlerts{}
+	h.alerts = &recordedAlerts{next: emitter}
 	if h.approvals, err = broker.NewApprovals(broker.ApprovalsDeps{Store: h.state, Audit: h.audit, Clock: h.clock.Now, NewID: newID, Log: log,
 		Approvers: "an admin other than the requester", Alerts: h.alerts}); err != nil {
 		t.Fatal(err)
@@ -480,16 +480,21 @@ func withApprovalRules(c *harnessConfig) {
 		policy.Rule{ID: adminID.String(), Profiles: []string{"approved-token"}})
 }
 
-// recordedAlerts keeps the alerts raised, in order.
+// recordedAlerts keeps the alerts raised, in order, and passes them on to
+// next (the harness's Alerter, when it has one).
 type recordedAlerts struct {
 	mu     sync.Mutex
 	events []alerts.Event
+	next   alerts.Emitter
 }
 
-func (r *recordedAlerts) Emit(_ context.Context, e alerts.Event) {
+func (r *recordedAlerts) Emit(ctx context.Context, e alerts.Event) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	r.events = append(r.events, e)
+	r.mu.Unlock()
+	if r.next != nil {
+		r.next.Emit(ctx, e)
+	}
 }
 
 func (r *recordedAlerts) rules() []string {
