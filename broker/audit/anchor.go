@@ -31,28 +31,37 @@ type AnchorPublisher struct {
 	log      *Log
 	brokerID string
 	now      func() time.Time
+	host     string
 	sinks    []AnchorSink
 	last     map[string]uint64 // seq last published per sink (0: none)
+	observe  func(sink string, a Anchor, err error)
 }
 
 // NewAnchorPublisher returns a publisher of l's head to sinks, stamped with
-// now and naming brokerID.
-func NewAnchorPublisher(l *Log, brokerID string, now func() time.Time, sinks ...AnchorSink) *AnchorPublisher {
-	return &AnchorPublisher{log: l, brokerID: brokerID, now: now, sinks: sinks, last: map[string]uint64{}}
+// now and naming brokerID and host.
+func NewAnchorPublisher(l *Log, brokerID, host string, now func() time.Time, sinks ...AnchorSink) *AnchorPublisher {
+	return &AnchorPublisher{log: l, brokerID: brokerID, host: host, now: now, sinks: sinks, last: map[string]uint64{},
+		observe: func(string, Anchor, error) {}}
 }
+
+// Observe sets a function told of every publication to a sink and its
+// outcome (metrics). Call it before publishing.
+func (p *AnchorPublisher) Observe(fn func(sink string, a Anchor, err error)) { p.observe = fn }
 
 // Publish publishes the current head to every sink that has not had it yet
 // (each sink at most once per head), and returns the first error, naming
 // its sink; the other sinks are published to regardless.
 func (p *AnchorPublisher) Publish() (Anchor, error) {
 	seq, hash := p.log.Head()
-	a := Anchor{Seq: seq, Hash: hash, Time: p.now().UTC().Round(0), BrokerID: p.brokerID}
+	a := Anchor{Seq: seq, Hash: hash, Time: p.now().UTC().Round(0), BrokerID: p.brokerID, Host: p.host}
 	var first error
 	for _, s := range p.sinks {
 		if last, ok := p.last[s.Name()]; ok && last == seq {
 			continue
 		}
-		if err := s.PublishAnchor(a); err != nil {
+		err := s.PublishAnchor(a)
+		p.observe(s.Name(), a, err)
+		if err != nil {
 			if first == nil {
 				first = fmt.Errorf("audit anchor %s: %w", s.Name(), err)
 			}

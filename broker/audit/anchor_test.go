@@ -19,7 +19,7 @@ func TestAnchorFilePublishing(t *testing.T) {
 	l, db, path := tempLog(t, WithClock(clock.Now))
 	dir := t.TempDir()
 	file := filepath.Join(dir, "anchor.json")
-	pub := NewAnchorPublisher(l, "spiffe://td/broker", clock.Now, NewAnchorFile(file, l))
+	pub := NewAnchorPublisher(l, "spiffe://td/broker", "host-a", clock.Now, NewAnchorFile(file, l))
 
 	if a, err := pub.Publish(); err != nil || a.Seq != 0 {
 		t.Fatalf("Publish of an empty chain = %+v, %v", a, err)
@@ -30,7 +30,7 @@ func TestAnchorFilePublishing(t *testing.T) {
 	clock.Advance(time.Minute)
 	a, err := pub.Publish()
 	seq, hash := l.Head()
-	if err != nil || a.Seq != seq || a.Hash != hash || !a.Time.Equal(epoch.Add(time.Minute)) || a.BrokerID != "spiffe://td/broker" {
+	if err != nil || a.Seq != seq || a.Hash != hash || !a.Time.Equal(epoch.Add(time.Minute)) || a.BrokerID != "spiffe://td/broker" || a.Host != "host-a" {
 		t.Fatalf("Publish = %+v, %v; head %d %s", a, err, seq, hash)
 	}
 	got, err := ReadAnchorFile(file)
@@ -59,7 +59,7 @@ func TestAnchorFilePublishing(t *testing.T) {
 	// broker that opens the file next does not anchor the shortened chain.
 	editAndVerify(t, path, nil, truncateTail(2))
 	l2, _ := openLog(t, path)
-	pub2 := NewAnchorPublisher(l2, "spiffe://td/broker", clock.Now, NewAnchorFile(file, l2))
+	pub2 := NewAnchorPublisher(l2, "spiffe://td/broker", "host-a", clock.Now, NewAnchorFile(file, l2))
 	if _, err := pub2.Publish(); err == nil || !strings.Contains(err.Error(), "the chain no longer reaches the anchor") ||
 		!strings.Contains(err.Error(), "the chain ends at seq 3, before seq 5") {
 		t.Fatalf("Publish over a truncated chain: %v", err)

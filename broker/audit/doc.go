@@ -33,9 +33,12 @@
 // Verify walks the chain and reports the first record that is missing,
 // undecodable, edited (hash mismatch), or does not link to its predecessor,
 // and checks that the chain ends where the stored head says it does (tail
-// truncation). Someone able to rewrite the file can still rewrite a whole
-// suffix of the chain and the head consistently; to detect that, anchor
-// VerifyResult.HeadHash (or exports) somewhere the broker host cannot write.
+// truncation). Someone able to rewrite the file can still remove the newest
+// records and move the head back, or rewrite a whole suffix of the chain and
+// the head consistently; to detect that, an AnchorPublisher publishes the
+// head somewhere the broker host cannot rewrite (AnchorFile, or a sink of
+// the caller's), and VerifyWith checks that the chain still reaches an
+// Anchor: the record at its seq exists with its hash.
 //
 // # Retention
 //

@@ -55,8 +55,10 @@ type Anchor struct {
 	Hash string `json:"hash"`
 	// Time is when the anchor was published.
 	Time time.Time `json:"time"`
-	// BrokerID names the broker whose chain it is.
+	// BrokerID names the broker whose chain it is (its SPIFFE ID), and Host
+	// the host it ran on: replicas sharing a SPIFFE ID keep a chain each.
 	BrokerID string `json:"broker_id"`
+	Host     string `json:"host,omitempty"`
 }
 
 // VerifyOptions configure VerifyWith.

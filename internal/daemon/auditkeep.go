@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -61,7 +62,30 @@ func newAnchoring(c *config.AuditAnchor, l *audit.Log, brokerID string, reg prom
 		a.sender = webhook.New(webhook.Options{QueueSize: 8, Workers: 1, Registerer: reg, Log: log})
 		sinks = append(sinks, anchorWebhook{s: a.sender, t: &webhook.Target{Name: anchorWebhookName, URL: w.URL, Secret: secret}})
 	}
-	a.pub = audit.NewAnchorPublisher(l, brokerID, time.Now, sinks...)
+	host, _ := os.Hostname()
+	a.pub = audit.NewAnchorPublisher(l, brokerID, host, time.Now, sinks...)
+	published := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "credbroker_audit_anchor_seq",
+		Help: "Seq of the audit chain head last published to each anchor sink.",
+	}, []string{"sink"})
+	failures := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "credbroker_audit_anchor_failures_total",
+		Help: "Audit anchor publications that failed, per sink (including a file the chain no longer reaches).",
+	}, []string{"sink"})
+	if reg != nil {
+		for _, c := range []prometheus.Collector{published, failures} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("audit anchor metrics: %w", err)
+			}
+		}
+	}
+	a.pub.Observe(func(sink string, an audit.Anchor, err error) {
+		if err != nil {
+			failures.WithLabelValues(sink).Inc()
+			return
+		}
+		published.WithLabelValues(sink).Set(float64(an.Seq))
+	})
 	return a, nil
 }
 
