@@ -1,9 +1,11 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -123,7 +125,8 @@ func (b *awsBroker) approval(t *testing.T, id string) map[string]any {
 // approve its own request; a second admin (the other principal) grants it
 // and the sidecar, retrying on its own, serves the credential, which works
 // at MinIO; the approval is used once; a denial is told to the requester; a
-// short window expires; every step is on record.
+// short window expires; credential-process --wait-approval waits for a
+// grant and prints the credential; every step is on record.
 func TestTwoPersonApprovalEndToEnd(t *testing.T) {
 	t.Parallel()
 	b := startApprovalBroker(t)
@@ -213,6 +216,31 @@ func TestTwoPersonApprovalEndToEnd(t *testing.T) {
 	}
 	if again := waiting(t, b.ask(t, "controller", "short")); again == short {
 		t.Fatal("the expired approval was offered again")
+	}
+
+	// credential-process --wait-approval keeps asking, says once what it
+	// waits for, and prints the credential once the approval is granted.
+	wait := exec.Command(filepath.Join(binDir, "credbroker-credential-process"), "--broker", b.grpcAddr,
+		"--svid-dir", filepath.Join(b.dataDir, "dev", "controller"), "--profile", "break-glass", "--format", "json", "--wait-approval", "2m")
+	var waitOut bytes.Buffer
+	waitErr := &lockedBuffer{}
+	wait.Stdout, wait.Stderr = &waitOut, waitErr
+	if err := wait.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitErr.waitFor(t, "waiting until", 30*time.Second)
+	m = regexp.MustCompile(`for approval ([0-9a-f-]+)`).FindStringSubmatch(waitErr.String())
+	if m == nil {
+		t.Fatalf("credential-process --wait-approval: %q", waitErr.String())
+	}
+	if r := b.ctl(t, "approvals", "approve", m[1]); r.code != 0 {
+		t.Fatalf("approve %s: %q", m[1], r.stderr)
+	}
+	if r := b.adminCtl(t, "approvals", "approve", m[1]); r.code != 0 {
+		t.Fatalf("approve %s: %q", m[1], r.stderr)
+	}
+	if err := wait.Wait(); err != nil || !strings.Contains(waitOut.String(), `"token"`) || strings.Count(waitErr.String(), "waiting until") != 1 {
+		t.Fatalf("credential-process --wait-approval: %v, stdout %q, stderr %q", err, waitOut.String(), waitErr.String())
 	}
 
 	// Every step is on record, naming the principals; the chain verifies.
