@@ -1,0 +1,132 @@
+package daemon
+
+import (
+	"io"
+	"log/slog"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/credbroker/credbroker/broker/audit"
+	"github.com/credbroker/credbroker/broker/config"
+	"github.com/credbroker/credbroker/broker/state/boltstate"
+	"github.com/credbroker/credbroker/test/fakeclock"
+)
+
+// TestHousekeepingPrunesAudit: the housekeeping loop, driven by ticks and
+// a fake clock, prunes audit records once they are older than the
+// retention, and with require_export only up to the export mark.
+func TestHousekeepingPrunesAudit(t *testing.T) {
+	db, err := boltstate.OpenDB(filepath.Join(t.TempDir(), DBFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	clock := fakeclock.New(t0)
+	l, err := audit.Open(db, audit.WithClock(clock.Now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for range 10 {
+		if _, err := l.Append(audit.Record{Caller: "spiffe://td/a", Decision: audit.DecisionDenied}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	tick := make(chan time.Time)
+	swept := make(chan struct{})
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	h := housekeeper{purges: auditPurges(config.Audit{Retention: 24 * time.Hour, RequireExport: true}, l), now: clock.Now,
+		log: slog.New(slog.NewTextHandler(io.Discard, nil)), swept: func() { swept <- struct{}{} }}
+	go func() { h.run(done, tick); close(stopped) }()
+	defer func() { close(done); <-stopped }()
+	sweep := func() (first uint64) {
+		tick <- clock.Now()
+		<-swept
+		v, err := l.Verify()
+		if err != nil || !v.OK {
+			t.Fatalf("Verify after a sweep = %+v, %v", v, err)
+		}
+		return v.FirstSeq
+	}
+
+	clock.Set(t0.Add(24 * time.Hour))
+	if _, _, err := l.MarkExported(10, audit.Record{Caller: "unix:uid=0"}); err != nil {
+		t.Fatal(err)
+	}
+	if first := sweep(); first != 1 {
+		t.Fatalf("records pruned before the retention passed: the chain starts at %d", first)
+	}
+	clock.Set(t0.Add(24*time.Hour + time.Nanosecond))
+	if first := sweep(); first != 11 {
+		t.Fatalf("after the retention the chain starts at %d, want 11 (the export mark 10 reached)", first)
+	}
+	if auditPurges(config.Audit{}, l) != nil {
+		t.Fatal("no retention, and yet a purge")
+	}
+}
+
+// TestAnchoringMetrics: each publication to a sink sets its seq gauge; a
+// failure counts.
+func TestAnchoringMetrics(t *testing.T) {
+	db, err := boltstate.OpenDB(filepath.Join(t.TempDir(), DBFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	l, err := audit.Open(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if _, err := l.Append(audit.Record{Decision: audit.DecisionDenied}); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	file := filepath.Join(t.TempDir(), "anchor.json")
+	a, err := newAnchoring(&config.AuditAnchor{File: file, Interval: time.Minute}, l, "spiffe://td/broker", reg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.pub.Publish(); err != nil {
+		t.Fatal(err)
+	}
+	if got := metricValue(t, reg, "credbroker_audit_anchor_seq"); got != 1 {
+		t.Fatalf("anchor seq gauge = %v, want 1", got)
+	}
+	// The file now names a record the chain does not have.
+	if err := audit.WriteAnchorFile(file, audit.Anchor{Seq: 9, Hash: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Append(audit.Record{Decision: audit.DecisionDenied}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.pub.Publish(); err == nil {
+		t.Fatal("published over an anchor the chain does not reach")
+	}
+	if got := metricValue(t, reg, "credbroker_audit_anchor_failures_total"); got != 1 {
+		t.Fatalf("anchor failures = %v, want 1", got)
+	}
+}
+
+// metricValue returns the value of the one series of the metric name.
+func metricValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			m := mf.GetMetric()[0]
+			return m.GetGauge().GetValue() + m.GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("no single series of %s", name)
+	return 0
+}
