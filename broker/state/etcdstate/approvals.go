@@ -219,7 +219,7 @@ func (s *Store) changeApproval(ctx context.Context, what, id string, decide func
 	}
 	idKey, reqKey := s.key(dirApproval, id), s.approvalReqKey(first.Requester, first.Digest)
 	var out state.Approval
-	_, err = s.cas(ctx, what, []string{idKey, reqKey}, func(kvs []*mvccpb.KeyValue) ([]clientv3.Op, error) {
+	_, err = s.cas(ctx, what, []string{idKey, reqKey}, nil, func(kvs []*mvccpb.KeyValue) ([]clientv3.Op, error) {
 		if kvs[0] == nil {
 			out = state.Approval{}
 			return nil, fmt.Errorf("%w: approval %s", state.ErrNotFound, id)

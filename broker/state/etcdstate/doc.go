@@ -11,9 +11,13 @@
 // the keys' current values in its Else branch, so the retry needs no extra
 // read; after maxAttempts lost rounds the operation gives up with an error
 // wrapping ErrContended and state.ErrUnavailable (retriable) rather than
-// spinning. Within one Store, spends and refunds of the same quota key queue
-// on a local lock, so the compare-and-swap races only between replicas, not
-// between the goroutines of one replica.
+// spinning. Within one Store, operations on the same key queue on a local
+// lock, so the compare-and-swap races only between replicas, not between
+// the goroutines of one replica. A Store remembers the quota windows it last
+// read or wrote and starts a spend's compare-and-swap from them: one round
+// trip when no other replica spent the key meanwhile (a stale window only
+// fails the swap, whose Else branch reads the current one), and a refusal
+// is only ever decided on a window read afresh.
 //
 // # Failing closed
 //

@@ -217,3 +217,35 @@ func TestPurgeInBatches(t *testing.T) {
 		t.Fatalf("second PurgeQuotas = %d, %v; want the %d that were live", n, err, live)
 	}
 }
+
+// TestSpendFromRememberedValues: a Store starts a spend from the window it
+// last saw; when another replica has changed it meanwhile, the outcome is
+// the one the current window gives, whether that is a refusal the
+// remembered one would not have given, or a spend it would have refused.
+func TestSpendFromRememberedValues(t *testing.T) {
+	dir := t.TempDir()
+	a, b := openOn(t, shared, dir), openOn(t, shared, dir)
+	ctx := context.Background()
+	c := []state.Charge{{Key: cluster, Quota: state.Quota{Max: 3, Window: time.Hour}}}
+	if _, err := a.Spend(ctx, epoch, c); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if _, err := b.Spend(ctx, epoch, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var ex *state.ExhaustedError
+	if _, err := a.Spend(ctx, epoch, c); !errors.As(err, &ex) {
+		t.Fatalf("a spend after another replica took the rest: %v, want *ExhaustedError", err)
+	}
+	if err := b.ResetQuota(ctx, cluster); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Spend(ctx, epoch, c); err != nil {
+		t.Fatalf("a spend after another replica reset the window a saw full: %v", err)
+	}
+	if got := usedOf(t, b, cluster); got != 1 {
+		t.Fatalf("used %d after the reset and one spend, want 1", got)
+	}
+}

@@ -82,7 +82,7 @@ func (s *Store) CreateJoinToken(ctx context.Context, key jointoken.Key, t jointo
 func (s *Store) ConsumeJoinToken(ctx context.Context, key jointoken.Key, node string, now time.Time) (jointoken.Token, error) {
 	k := s.tokenKey(key)
 	var t jointoken.Token
-	_, err := s.cas(ctx, "consume join token", []string{k}, func(kvs []*mvccpb.KeyValue) ([]clientv3.Op, error) {
+	_, err := s.cas(ctx, "consume join token", []string{k}, nil, func(kvs []*mvccpb.KeyValue) ([]clientv3.Op, error) {
 		t = jointoken.Token{}
 		if kvs[0] == nil {
 			return nil, jointoken.ErrUnknown

@@ -149,7 +149,7 @@ func (s *Store) ListNodes(ctx context.Context, f state.NodeFilter) ([]state.Node
 // nothing.
 func (s *Store) updateNode(ctx context.Context, what, id string, change func(old state.Node, found bool) (state.Node, error)) error {
 	key := s.key(dirNode, id)
-	_, err := s.cas(ctx, what, []string{key}, func(kvs []*mvccpb.KeyValue) ([]clientv3.Op, error) {
+	_, err := s.cas(ctx, what, []string{key}, nil, func(kvs []*mvccpb.KeyValue) ([]clientv3.Op, error) {
 		var old state.Node
 		if kvs[0] != nil {
 			var err error

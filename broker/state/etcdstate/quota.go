@@ -67,7 +67,7 @@ func (s *Store) Spend(ctx context.Context, now time.Time, charges []state.Charge
 		keys[i] = s.quotaKey(c.Key)
 	}
 	var spent []state.Spent
-	_, err := s.cas(ctx, "spend quota", keys, func(kvs []*mvccpb.KeyValue) ([]clientv3.Op, error) {
+	_, err := s.cas(ctx, "spend quota", keys, &s.quotas, func(kvs []*mvccpb.KeyValue) ([]clientv3.Op, error) {
 		next := make([]windowRecord, len(charges))
 		var full []state.Charge
 		var ends []time.Time
@@ -121,7 +121,7 @@ func (s *Store) Refund(ctx context.Context, spent []state.Spent) error {
 	for i, u := range spent {
 		keys[i] = s.quotaKey(u.Key)
 	}
-	_, err := s.cas(ctx, "refund quota", keys, func(kvs []*mvccpb.KeyValue) ([]clientv3.Op, error) {
+	_, err := s.cas(ctx, "refund quota", keys, &s.quotas, func(kvs []*mvccpb.KeyValue) ([]clientv3.Op, error) {
 		var ops []clientv3.Op
 		for i, u := range spent {
 			if kvs[i] == nil {
@@ -173,7 +173,9 @@ func (s *Store) Usage(ctx context.Context, now time.Time, key state.QuotaKey) (s
 func (s *Store) ResetQuota(ctx context.Context, key state.QuotaKey) error {
 	ctx, cancel := s.opCtx(ctx)
 	defer cancel()
-	if _, err := s.cli.Delete(ctx, s.quotaKey(key)); err != nil {
+	k := s.quotaKey(key)
+	s.quotas.forget(k)
+	if _, err := s.cli.Delete(ctx, k); err != nil {
 		return unavailable("reset quota", err)
 	}
 	return nil
@@ -185,6 +187,6 @@ func (s *Store) PurgeQuotas(ctx context.Context, now time.Time) (int, error) {
 	n, _, err := s.deleteWhere(ctx, "purge quotas", dirQuota, func(kv *mvccpb.KeyValue) ([]clientv3.Op, bool, error) {
 		w, err := decodeWindow(kv)
 		return nil, err == nil && !now.Before(w.End), err
-	}, nil)
+	}, func(k staleKey) { s.quotas.forget(k.key) })
 	return n, err
 }

@@ -85,7 +85,7 @@ func (s *Store) LiftRevocation(ctx context.Context, id string) (state.Revocation
 	defer cancel()
 	k := s.key(dirRevocation, id)
 	var r state.Revocation
-	resp, err := s.cas(ctx, "lift revocation", []string{k}, func(kvs []*mvccpb.KeyValue) ([]clientv3.Op, error) {
+	resp, err := s.cas(ctx, "lift revocation", []string{k}, nil, func(kvs []*mvccpb.KeyValue) ([]clientv3.Op, error) {
 		if kvs[0] == nil {
 			return nil, fmt.Errorf("%w: revocation %s", state.ErrNotFound, id)
 		}

@@ -85,6 +85,7 @@ type Store struct {
 	onCurrent func()
 	probed    func(confirmed bool)
 	locks     keyLocks
+	quotas    kvCache // the quota windows this Store last read or wrote
 	watch     *revWatch
 }
 
@@ -223,7 +224,13 @@ func readKVs(keys []string, rs []*pb.ResponseOp) []*mvccpb.KeyValue {
 // then returns a nil response). what names the operation in errors. The
 // Store's own calls on any of the keys wait their turn (keyLocks), so the
 // race is only ever with other replicas.
-func (s *Store) cas(ctx context.Context, what string, keys []string, decide func(kvs []*mvccpb.KeyValue) ([]clientv3.Op, error)) (*clientv3.TxnResponse, error) {
+//
+// With a cache, cas starts from the values the Store last read or wrote
+// for the keys, when it has them all, and saves the read: a spend on a key
+// this replica spent last is one round trip. A decision not to write made
+// on remembered values may rest on stale ones, so it is made again on
+// values read afresh before it stands.
+func (s *Store) cas(ctx context.Context, what string, keys []string, cache *kvCache, decide func(kvs []*mvccpb.KeyValue) ([]clientv3.Op, error)) (*clientv3.TxnResponse, error) {
 	ctx, cancel := s.opCtx(ctx)
 	defer cancel()
 	unlock, err := s.locks.lock(ctx, keys)
@@ -231,13 +238,30 @@ func (s *Store) cas(ctx context.Context, what string, keys []string, decide func
 		return nil, err
 	}
 	defer unlock()
-	read, err := s.cli.Txn(ctx).Then(getOps(keys)...).Commit()
-	if err != nil {
-		return nil, unavailable(what, err)
+	kvs, remembered := cache.get(keys)
+	read := func() error {
+		resp, err := s.cli.Txn(ctx).Then(getOps(keys)...).Commit()
+		if err != nil {
+			cache.forget(keys...)
+			return unavailable(what, err)
+		}
+		kvs, remembered = readKVs(keys, resp.Responses), false
+		cache.put(keys, kvs)
+		return nil
 	}
-	kvs := readKVs(keys, read.Responses)
+	if !remembered {
+		if err := read(); err != nil {
+			return nil, err
+		}
+	}
 	for range maxAttempts {
 		ops, err := decide(kvs)
+		if (err != nil || len(ops) == 0) && remembered {
+			if err := read(); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		if err != nil || len(ops) == 0 {
 			return nil, err
 		}
@@ -251,14 +275,97 @@ func (s *Store) cas(ctx context.Context, what string, keys []string, decide func
 		}
 		resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Else(getOps(keys)...).Commit()
 		if err != nil {
+			// Committed or not, nobody can tell: remember nothing.
+			cache.forget(keys...)
 			return nil, unavailable(what, err)
 		}
 		if resp.Succeeded {
+			cache.wrote(keys, kvs, ops, resp.Header.Revision)
 			return resp, nil
 		}
-		kvs = readKVs(keys, resp.Responses)
+		kvs, remembered = readKVs(keys, resp.Responses), false
+		cache.put(keys, kvs)
 	}
 	return nil, fmt.Errorf("%w: %w: %s lost to concurrent writers %d times; retry", state.ErrUnavailable, ErrContended, what, maxAttempts)
+}
+
+// kvCacheMax bounds the keys a kvCache remembers; past it, it starts over.
+const kvCacheMax = 10_000
+
+// kvCache remembers, per key, the value and mod revision the Store last
+// read or wrote (nil: absent), for cas to start from. A stale entry costs
+// only the round trip it meant to save: the swap fails, and its Else branch
+// reads the current values. Entries are never changed in place. A nil
+// *kvCache remembers nothing.
+type kvCache struct {
+	mu sync.Mutex
+	m  map[string]*mvccpb.KeyValue
+}
+
+// get returns the remembered values of keys, if it has all of them.
+func (c *kvCache) get(keys []string) ([]*mvccpb.KeyValue, bool) {
+	if c == nil {
+		return nil, false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	kvs := make([]*mvccpb.KeyValue, len(keys))
+	for i, k := range keys {
+		kv, ok := c.m[k]
+		if !ok {
+			return nil, false
+		}
+		kvs[i] = kv
+	}
+	return kvs, true
+}
+
+// put remembers kvs as the values of keys.
+func (c *kvCache) put(keys []string, kvs []*mvccpb.KeyValue) {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m)+len(keys) > kvCacheMax {
+		c.m = make(map[string]*mvccpb.KeyValue, len(keys))
+	}
+	for i, k := range keys {
+		c.m[k] = kvs[i]
+	}
+}
+
+// wrote remembers keys as ops left them at revision rev, starting from
+// kvs, their values before.
+func (c *kvCache) wrote(keys []string, kvs []*mvccpb.KeyValue, ops []clientv3.Op, rev int64) {
+	if c == nil {
+		return
+	}
+	after := slices.Clone(kvs)
+	for _, op := range ops {
+		i := slices.Index(keys, string(op.KeyBytes()))
+		switch {
+		case i < 0:
+			continue
+		case op.IsPut():
+			after[i] = &mvccpb.KeyValue{Key: op.KeyBytes(), Value: op.ValueBytes(), ModRevision: rev}
+		case op.IsDelete():
+			after[i] = nil
+		}
+	}
+	c.put(keys, after)
+}
+
+// forget drops what is remembered of keys.
+func (c *kvCache) forget(keys ...string) {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, k := range keys {
+		delete(c.m, k)
+	}
 }
 
 // after returns the first key suffix that sorts after name ("" for none:
