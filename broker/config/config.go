@@ -422,9 +422,11 @@ type WatchStreams struct {
 	Total int `yaml:"total"`
 }
 
-// Default stream caps; README's configuration reference lists them.
+// Default stream caps; README's configuration reference lists them. A
+// sidecar holds one watch; the replicas of a controller share one SPIFFE ID
+// (its service account), and a rolling update briefly doubles them.
 const (
-	DefaultWatchStreamsPerIdentity = 2
+	DefaultWatchStreamsPerIdentity = 8
 	DefaultWatchStreamsTotal       = 2000
 )
 

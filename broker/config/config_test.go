@@ -115,8 +115,11 @@ limits: {rate: 1, burst: 2, identity_quota: {max: 3, window: 1h}}
 	if got := tab.Resolve(1, "p"); got.Rate != 1 || got.Burst != 2 || got.IdentityQuota.Max != 5 || got.Scope != "" {
 		t.Errorf("rule 1 × p = %+v", got)
 	}
-	if r := c.Limits.Requests; r.Issue != DefaultIssueRequests || r.Attest != DefaultAttestRequests {
+	if r := c.Limits.Requests; r.Issue != DefaultIssueRequests || r.Attest != DefaultAttestRequests || r.Watch != DefaultWatchRequests {
 		t.Errorf("request limits = %+v, want the defaults", r)
+	}
+	if w := c.Limits.WatchStreams; w.PerIdentity != DefaultWatchStreamsPerIdentity || w.Total != DefaultWatchStreamsTotal {
+		t.Errorf("watch streams = %+v, want the defaults", w)
 	}
 	var out bytes.Buffer
 	if err := c.WriteLimits(&out); err != nil {
@@ -133,6 +136,9 @@ limits: {rate: 1, burst: 2, identity_quota: {max: 3, window: 1h}}
 		{"limits: {rate: 50, burst: 100}", "limits: {rate: 50, burst: 0}", "rule 0"},
 		{"limits: {identity_quota: {max: 5, window: 1h}}", "limits: {identity_quota: {max: 5}}", "window"},
 		{"limits: {rate: 1, burst: 2,", "limits: {requests: {renew: {rate: -1}}, rate: 1, burst: 2,", "limits.requests.renew"},
+		{"limits: {rate: 1, burst: 2,", "limits: {requests: {watch: {burst: -1}}, rate: 1, burst: 2,", "limits.requests.watch"},
+		{"limits: {rate: 1, burst: 2,", "limits: {watch_streams: {per_identity: -1}, rate: 1, burst: 2,", "limits.watch_streams"},
+		{"limits: {rate: 1, burst: 2,", "limits: {watch_streams: {per_identity: 10, total: 5}, rate: 1, burst: 2,", "limits.watch_streams"},
 	} {
 		y := strings.Replace(base, bad.from, bad.to, 1)
 		if _, err := Parse(strings.NewReader(y)); err == nil || !strings.Contains(err.Error(), bad.want) {

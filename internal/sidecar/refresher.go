@@ -62,6 +62,7 @@ type Notice struct {
 	Message string
 }
 
+// String is the notice in one line: revocation, admin and message.
 func (n Notice) String() string {
 	return fmt.Sprintf("revocation %s by %s: %s", n.RevocationID, n.Admin, n.Message)
 }
