@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"io"
 	"net/url"
 	"strings"
 	"time"
@@ -98,4 +99,25 @@ func (e *EtcdState) validate() []error {
 		bad("request_timeout must be between 0 (default 5s) and 1m")
 	}
 	return errs
+}
+
+// WriteState prints where the state is kept and what that means for limits:
+// `credbroker check-config` shows it first.
+func (c *Config) WriteState(w io.Writer) error {
+	e := c.State.Etcd
+	if e == nil {
+		_, err := fmt.Fprintf(w, "state: the local bbolt file in %s, beside the audit chain (one broker)\n", c.DataDir)
+		return err
+	}
+	auth := "no TLS"
+	switch {
+	case e.TLS.Cert != "":
+		auth = "mTLS"
+	case e.UsesTLS():
+		auth = "TLS, no client certificate"
+	}
+	_, err := fmt.Fprintf(w, "state: etcd %s, prefix %s (%s; request timeout %s), shared by every replica on it:\n"+
+		"  quotas, join tokens, nodes, revocations and approvals are fleet-wide; rate limits and the audit chain are per replica\n",
+		strings.Join(e.Endpoints, ", "), e.Prefix, auth, e.RequestTimeout)
+	return err
 }

@@ -41,6 +41,13 @@ func TestStateConfig(t *testing.T) {
 	if e := c.State.Etcd; e.Prefix != "/fleet-a/credbroker/" || !e.UsesTLS() || e.TLS.Cert != "/etc/etcd/client.pem" || e.RequestTimeout != 3*time.Second || e.DialTimeout != 2*time.Second {
 		t.Errorf("mTLS: %+v", e)
 	}
+	var out bytes.Buffer
+	if err := c.WriteState(&out); err != nil {
+		t.Fatal(err)
+	}
+	if want := "state: etcd https://etcd-0.etcd:2379, prefix /fleet-a/credbroker/ (mTLS; request timeout 3s)"; !strings.HasPrefix(out.String(), want) {
+		t.Errorf("WriteState = %q, want it to start %q", out.String(), want)
+	}
 
 	for _, tc := range []struct{ yaml, want string }{
 		{"  etcd: {}\n", "state.etcd.endpoints: name at least one"},

@@ -39,7 +39,8 @@ func newCheckConfigCommand() *cobra.Command {
 		Long: `Parse and validate a configuration file the way 'serve --config' does: unknown
 keys, bad values, profiles naming missing issuers, policy rules granting
 unknown profiles. Every problem is reported; the exit status is 1 if there
-is any. For a valid file it prints who may get what (each policy rule with
+is any. For a valid file it prints where the state is kept (the local file,
+or etcd shared by replicas), who may get what (each policy rule with
 each profile it grants: issuer, clusters, lifetimes, quotas, approval), then
 the limits as they apply: the issuance limits
 of each profile and of each policy rule with each profile it grants, the
@@ -52,6 +53,9 @@ request limits and the bounds on refusal records. Files the configuration names 
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s: configuration OK\n", args[0])
+			if err := cfg.WriteState(cmd.OutOrStdout()); err != nil {
+				return err
+			}
 			if err := cfg.WriteGrants(cmd.OutOrStdout()); err != nil {
 				return err
 			}
