@@ -80,7 +80,10 @@ revocation; a revoked issuance is replaced by a fresh credential, a revoked
 identity or cluster is asked for again only with backoff, and at once when
 the revocation is lifted. If the watch breaks it reconnects with backoff;
 while the broker is unreachable the held credentials are served until they
-expire (see above). --watch-revocations=false turns the watch off.
+expire (see above). --watch-revocations=false turns the watch off. An SDK
+keeps a credential it retrieved until 5 minutes before the expiry it was
+told: --served-lifetime 6m tells it at most 6 minutes from now, so it comes
+back about every minute and a revoked credential leaves the program too.
 
 Startup: every credential is fetched once. If the broker refuses (permission
 denied, unauthenticated, invalid argument, not found, or a profile that does
@@ -99,6 +102,7 @@ type options struct {
 	profile, cluster, credFile                                      string
 	credentials                                                     []string
 	refreshAt                                                       float64
+	servedLifetime                                                  time.Duration
 	watch                                                           bool
 	startTimeout                                                    time.Duration
 	socketSet                                                       bool // --workload-api-socket given explicitly
@@ -130,6 +134,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	fs.StringVar(&o.profile, "profile", "", `shorthand: serve one credential named "default" for this profile`)
 	fs.StringVar(&o.cluster, "cluster", "", "with --profile: workload cluster NAMESPACE/NAME")
 	fs.StringVar(&o.credFile, "credentials-file", "", "also keep an AWS shared-credentials file here, one [NAME] section per credential (mode 0600)")
+	fs.DurationVar(&o.servedLifetime, "served-lifetime", 0, "tell the SDK a credential expires at most this long from now (e.g. 6m: the SDKs then come back about every minute, so a revoked credential leaves the program within a minute); 0: its real expiry")
 	fs.BoolVar(&o.watch, "watch-revocations", true, "keep a revocation watch open at the broker and stop serving a revoked credential at once")
 	fs.Float64Var(&o.refreshAt, "refresh-at", sidecar.DefaultRefreshAt, "refresh at this fraction of a credential's lifetime (0 < f < 1)")
 	fs.DurationVar(&o.startTimeout, "identity-timeout", 30*time.Second, "how long to wait for the first SVID from the Workload API")
@@ -168,7 +173,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	err = sidecar.Run(ctx, sidecar.Options{
 		Broker: o.broker, BrokerID: o.brokerID, SVIDs: src, Bundles: src,
 		Credentials: specs, Listen: o.listen, Token: token,
-		CredentialsFile: o.credFile, RefreshAt: o.refreshAt, Logger: log, NoWatch: !o.watch,
+		CredentialsFile: o.credFile, RefreshAt: o.refreshAt, Logger: log, NoWatch: !o.watch, ServedLifetime: o.servedLifetime,
 	})
 	if err != nil {
 		fmt.Fprintf(stderr, "credbroker-sidecar: %v\n", err)
@@ -189,6 +194,8 @@ func (o options) check(rest []string) ([]sidecar.Spec, os.FileMode, error) {
 		return nil, 0, errors.New("an identity is required: --svid-dir or --workload-api-socket (or SPIFFE_ENDPOINT_SOCKET)")
 	case o.tokenFile == "":
 		return nil, 0, errors.New("--token-file is required")
+	case o.servedLifetime < 0:
+		return nil, 0, errors.New("--served-lifetime must not be negative")
 	case !(o.refreshAt > 0 && o.refreshAt < 1):
 		return nil, 0, fmt.Errorf("--refresh-at %v: want a fraction between 0 and 1", o.refreshAt)
 	case o.cluster != "" && o.profile == "":

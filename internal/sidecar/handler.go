@@ -29,19 +29,40 @@ const CredentialsPath = "/v1/credentials/"
 // {"AccessKeyId","SecretAccessKey","Token","Expiration"} with
 // Cache-Control: no-store. Nothing is logged per request.
 type Handler struct {
-	token []byte
-	creds map[string]*Refresher
-	names []string
-	mux   *http.ServeMux
+	token  []byte
+	creds  map[string]*Refresher
+	names  []string
+	mux    *http.ServeMux
+	served time.Duration // 0: the credential's own expiry
+	now    func() time.Time
+}
+
+// HandlerOption configures a Handler.
+type HandlerOption func(*Handler)
+
+// WithServedLifetime makes the endpoint tell the SDK that a credential
+// expires at most d from now (its real expiry if sooner), with now as the
+// clock. The SDKs keep a container credential until 5 minutes before the
+// expiry they were told, so d = 6m has them come back about every minute:
+// a revoked credential then leaves the running program within a minute
+// instead of at its real expiry. The credential itself is unchanged.
+func WithServedLifetime(d time.Duration, now func() time.Time) HandlerOption {
+	return func(h *Handler) { h.served, h.now = d, now }
 }
 
 // NewHandler returns a Handler for the given refreshers (names must be
 // unique), checking requests against token. metrics may be nil.
-func NewHandler(token string, refreshers []*Refresher, metrics http.Handler) (*Handler, error) {
+func NewHandler(token string, refreshers []*Refresher, metrics http.Handler, opts ...HandlerOption) (*Handler, error) {
 	if token == "" {
 		return nil, errors.New("sidecar: authorization token is required")
 	}
-	h := &Handler{token: []byte(token), creds: map[string]*Refresher{}, mux: http.NewServeMux()}
+	h := &Handler{token: []byte(token), creds: map[string]*Refresher{}, mux: http.NewServeMux(), now: time.Now}
+	for _, o := range opts {
+		o(h)
+	}
+	if h.served < 0 {
+		return nil, errors.New("sidecar: served lifetime must not be negative")
+	}
 	for _, r := range refreshers {
 		name := r.Spec().Name
 		if _, dup := h.creds[name]; dup {
@@ -102,9 +123,16 @@ func (h *Handler) serveCredential(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusServiceUnavailable, errorResponse{"CredentialUnavailable", err.Error()})
 		return
 	}
+	exp := c.Expiration
+	if h.served > 0 {
+		// Whole seconds, rounded down: never later than the cap.
+		if capped := h.now().Add(h.served).Truncate(time.Second); capped.Before(exp) {
+			exp = capped
+		}
+	}
 	writeJSON(w, http.StatusOK, credentialResponse{
 		AccessKeyID: c.AccessKeyID, SecretAccessKey: c.SecretAccessKey, Token: c.SessionToken,
-		Expiration: c.Expiration.UTC().Format(time.RFC3339),
+		Expiration: exp.UTC().Format(time.RFC3339),
 	})
 }
 

@@ -213,3 +213,49 @@ func TestAWSSDKSurfacesErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestServedLifetimeBringsTheSDKBack: with a served lifetime the endpoint
+// tells the SDK an earlier expiry than the credential's (never a later
+// one), so that the SDK's cache asks again long before the credential
+// expires; the credential is the same.
+func TestServedLifetimeBringsTheSDKBack(t *testing.T) {
+	b, client := startBroker(t)
+	clk := newFakeClock(time.Now().UTC().Truncate(time.Second))
+	r := newTestRefresher(t, clk, client)
+	h, err := NewHandler(testToken, []*Refresher{r}, nil, WithServedLifetime(6*time.Minute, clk.Now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	b.give("AKIASERVED", clk.Now().Add(time.Hour))
+	clearAWSEnv(t)
+	t.Setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", srv.URL+CredentialsPath+"capa")
+	t.Setenv("AWS_CONTAINER_AUTHORIZATION_TOKEN", testToken)
+	cfg, err := config.LoadDefaultConfig(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds, err := cfg.Credentials.Retrieve(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The SDK's cache, 5 minutes ahead of the expiry it is told, asks again
+	// a minute later instead of 55 minutes later.
+	if want := clk.Now().Add(time.Minute); creds.AccessKeyID != "AKIASERVED" || !creds.Expires.Equal(want) {
+		t.Fatalf("SDK got %s expiring (for its cache) %v, want %v", creds.AccessKeyID, creds.Expires, want)
+	}
+	// A credential expiring sooner than the cap is told its own expiry.
+	b.give("AKIASHORT", clk.Now().Add(3*time.Minute+30*time.Second))
+	if _, err := r.Refresh(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	p := endpointcreds.New(srv.URL+CredentialsPath+"capa", func(o *endpointcreds.Options) { o.AuthorizationToken = testToken })
+	creds, err = p.Retrieve(t.Context())
+	if err != nil || !creds.Expires.Equal(clk.Now().Add(3*time.Minute+30*time.Second)) {
+		t.Fatalf("short credential expires %v (%v), want its own expiry", creds.Expires, err)
+	}
+	if _, err := NewHandler(testToken, []*Refresher{r}, nil, WithServedLifetime(-time.Second, clk.Now)); err == nil {
+		t.Error("a negative served lifetime was accepted")
+	}
+}

@@ -49,6 +49,9 @@ type Options struct {
 	// NoWatch turns off the revocation watch (see Watcher); a revoked
 	// credential is then served until the next refresh is refused.
 	NoWatch bool
+	// ServedLifetime, when positive, caps the expiry the endpoint tells the
+	// SDK (see WithServedLifetime).
+	ServedLifetime time.Duration
 
 	// Clock and Rand default to the real ones; Logger to slog.Default().
 	Clock  Clock
@@ -150,7 +153,7 @@ func Run(ctx context.Context, o Options) error {
 		watcher = NewWatcher(src, refreshers, log)
 	}
 	metrics.Watch(refreshers...)
-	handler, err := NewHandler(o.Token, refreshers, metrics.Handler())
+	handler, err := NewHandler(o.Token, refreshers, metrics.Handler(), WithServedLifetime(o.ServedLifetime, clock.Now))
 	if err != nil {
 		return err
 	}
