@@ -120,11 +120,12 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	defer auditLog.Close()
-	st, ledger, closeState, err := openState(ctx, cfg, db, auditLog, log)
+	backend, err := openState(ctx, cfg, db, auditLog, log)
 	if err != nil {
 		return err
 	}
-	defer closeState()
+	defer backend.close()
+	st, ledger := backend.store, backend.ledger
 	table := cfg.LimitTable()
 	limiter, err := limits.New(table.Default, limits.WithOverrides(table.Profiles, table.Rules))
 	if err != nil {
@@ -133,6 +134,7 @@ func Run(ctx context.Context, opts Options) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(backend.collectors...)
 	metrics := broker.NewMetrics(reg)
 	rateLimits, err := broker.NewRateLimits(broker.RequestLimitsFrom(cfg.Limits.Requests), nil)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -86,6 +87,9 @@ state:
 	if err := plain(cb); err != nil {
 		t.Fatalf("plain credential: %v", err)
 	}
+	if age := confirmedAge(t, b.httpAddr); age > revocationsStaleAfter.Seconds() {
+		t.Errorf("confirmed age %gs right after issuing, want within %s", age, revocationsStaleAfter)
+	}
 	deadline := time.Now().Add(time.Minute)
 	poll := time.NewTicker(50 * time.Millisecond)
 	defer poll.Stop()
@@ -120,8 +124,12 @@ state:
 	if status.Code(err) != codes.Unavailable || !strings.Contains(status.Convert(err).Message(), "shared state unavailable") {
 		t.Fatalf("issuance without etcd: %v, want UNAVAILABLE (shared state unavailable)", err)
 	}
-	// Within the revocations' staleness bound of its last confirmation.
+	// Within the revocations' staleness bound of its last confirmation,
+	// which the metric shows passed.
 	until("plain credential without etcd", codes.Unavailable, func() error { return plain(cb) })
+	if age := confirmedAge(t, b.httpAddr); age <= revocationsStaleAfter.Seconds() {
+		t.Errorf("confirmed age %gs while refusing for staleness, want over %s", age, revocationsStaleAfter)
+	}
 	if err := etcd.Restart(0); err != nil {
 		t.Fatal(err)
 	}
@@ -245,4 +253,22 @@ state:
 	if issued != quota {
 		t.Fatalf("the replicas' audit chains hold %d issued records, want %d", issued, quota)
 	}
+}
+
+// confirmedAge reads credbroker_state_revocations_confirmed_age_seconds from
+// the broker's /metrics.
+func confirmedAge(t *testing.T, httpAddr string) float64 {
+	t.Helper()
+	const name = "credbroker_state_revocations_confirmed_age_seconds "
+	for _, line := range strings.Split(httpGet(t, "http://"+httpAddr+"/metrics"), "\n") {
+		if v, ok := strings.CutPrefix(line, name); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("no %s in /metrics", name)
+	return 0
 }

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.etcd.io/bbolt"
 
 	"github.com/credbroker/credbroker/broker/audit"
@@ -21,30 +22,43 @@ import (
 	"github.com/credbroker/credbroker/internal/keyfile"
 )
 
-// openState opens where the broker keeps its state besides the audit chain,
-// and the ledger that pairs quota spends (and approval consumptions) with
-// their decision records. By default that is db, the audit chain's own
-// file, and a spend commits in the audit transaction. With state.etcd it is
-// etcd, shared by the replicas: a spend commits there first and the record
-// is appended to this replica's chain after (state.SpendFirst). closeState
-// is to run after the last use of the store.
-func openState(ctx context.Context, cfg *config.Config, db *bbolt.DB, auditLog *audit.Log, log *slog.Logger) (st state.Store, ledger state.ApprovalLedger[audit.Record], closeState func(), err error) {
+// stateBackend is where the broker keeps its state besides the audit
+// chain, as openState opened it.
+type stateBackend struct {
+	store state.Store
+	// ledger pairs quota spends (and approval consumptions) with their
+	// decision records.
+	ledger state.ApprovalLedger[audit.Record]
+	// collectors are its metrics, registered with the broker's.
+	collectors []prometheus.Collector
+	// close is to run after the last use of store.
+	close func()
+}
+
+// openState opens the broker's state. By default it is db, the audit
+// chain's own file, and a spend commits in the audit transaction. With
+// state.etcd it is etcd, shared by the replicas: a spend commits there
+// first and the record is appended to this replica's chain after
+// (state.SpendFirst), and nothing is recorded (so nothing issued) while the
+// replica cannot confirm its revocations current.
+func openState(ctx context.Context, cfg *config.Config, db *bbolt.DB, auditLog *audit.Log, log *slog.Logger) (stateBackend, error) {
 	e := cfg.State.Etcd
 	if e == nil {
 		bs, err := boltstate.New(db)
 		if err != nil {
-			return nil, nil, nil, err
+			return stateBackend{}, err
 		}
 		l, err := bs.Ledger(auditLog)
 		if err != nil {
-			return nil, nil, nil, err
+			return stateBackend{}, err
 		}
-		return bs, l, func() {}, nil
+		return stateBackend{store: bs, ledger: l, close: func() {}}, nil
 	}
 	var tlsCfg *tls.Config
 	if e.UsesTLS() {
+		var err error
 		if tlsCfg, err = etcdTLS(e.TLS); err != nil {
-			return nil, nil, nil, err
+			return stateBackend{}, err
 		}
 	}
 	fresh := newFreshness(time.Now, revocationsStaleAfter)
@@ -54,13 +68,21 @@ func openState(ctx context.Context, cfg *config.Config, db *bbolt.DB, auditLog *
 			ProbeInterval: revocationsProbeInterval, OnCurrent: fresh.confirmed},
 	})
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("state in etcd (%s): %w", strings.Join(e.Endpoints, ", "), err)
+		return stateBackend{}, fmt.Errorf("state in etcd (%s): %w", strings.Join(e.Endpoints, ", "), err)
 	}
 	log.Info("state in etcd", slog.Any("endpoints", e.Endpoints), slog.String("prefix", e.Prefix), slog.Bool("tls", tlsCfg != nil))
-	return es, freshLedger{state.SpendFirst[audit.Record](es, auditLog), fresh}, func() {
-		if err := es.Close(); err != nil {
-			log.Warn("closing the etcd client", slog.Any("err", err))
-		}
+	return stateBackend{
+		store:  es,
+		ledger: freshLedger{state.SpendFirst[audit.Record](es, auditLog), fresh},
+		collectors: []prometheus.Collector{prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "credbroker_state_revocations_confirmed_age_seconds",
+			Help: "Seconds since this replica last confirmed with etcd that its revocation watch has every revocation; it issues nothing past " + revocationsStaleAfter.String() + ".",
+		}, func() float64 { return fresh.age().Seconds() })},
+		close: func() {
+			if err := es.Close(); err != nil {
+				log.Warn("closing the etcd client", slog.Any("err", err))
+			}
+		},
 	}, nil
 }
 
@@ -137,13 +159,18 @@ func (f *freshness) confirmed() {
 	f.mu.Unlock()
 }
 
-// check fails with state.ErrUnavailable once the last confirmation is older
-// than maxAge.
-func (f *freshness) check() error {
+// age is how long ago the last confirmation was.
+func (f *freshness) age() time.Duration {
 	f.mu.Lock()
 	last := f.lastSeen
 	f.mu.Unlock()
-	if age := f.now().Sub(last); age > f.maxAge {
+	return f.now().Sub(last)
+}
+
+// check fails with state.ErrUnavailable once the last confirmation is older
+// than maxAge.
+func (f *freshness) check() error {
+	if age := f.age(); age > f.maxAge {
 		return fmt.Errorf("%w: this replica's revocations were last confirmed current %s ago", state.ErrUnavailable, age.Round(time.Millisecond))
 	}
 	return nil

@@ -103,8 +103,8 @@ func TestEtcdStateOverMTLS(t *testing.T) {
 		cfg := &config.Config{State: config.State{Etcd: &config.EtcdState{
 			Endpoints: []string{c.Endpoint(0)}, Prefix: "/mtls/", TLS: tls, DialTimeout: 2 * time.Second, RequestTimeout: 2 * time.Second,
 		}}}
-		st, _, closeState, err := openState(context.Background(), cfg, nil, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
-		return st, closeState, err
+		b, err := openState(context.Background(), cfg, nil, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		return b.store, b.close, err
 	}
 	st, closeState, err := open(config.EtcdTLS{CA: caFile, Cert: clientCert, Key: clientKey})
 	if err != nil {
