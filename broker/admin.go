@@ -279,6 +279,10 @@ func (a *Admin) ExportAudit(req *credbrokerv1.ExportAuditRequest, stream grpc.Se
 			return nil
 		case err != nil && ctx.Err() != nil:
 			return toStatus(ctx.Err())
+		case errors.Is(err, audit.ErrPrunedDuringExport):
+			// Retention pruned what this stream was about to send: say so
+			// rather than leave a gap in the export.
+			return toStatus(wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "%s; the export stops before the gap", clip(err.Error())))
 		case err != nil:
 			return toStatus(wrapf(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, err, "audit export failed"))
 		case !req.GetFollow(), size > 0 && sent == size:

@@ -14,6 +14,11 @@ import (
 // ErrNotFound is returned by Get when no record has the given ID.
 var ErrNotFound = errors.New("audit: record not found")
 
+// ErrPrunedDuringExport is returned by Export when records it was about to
+// export were pruned meanwhile (an export slower than the retention, or
+// started just before a prune): the export would have a gap there.
+var ErrPrunedDuringExport = errors.New("audit: records pruned while being exported")
+
 // ErrClosed is returned by Append after Close.
 var ErrClosed = errors.New("audit: log is closed")
 
@@ -36,7 +41,10 @@ type Log struct {
 	headTime time.Time     // Time of the last record: no record is stamped earlier
 	advanced chan struct{} // closed, and replaced, whenever the head moves
 
-	pruneMu sync.Mutex // one Prune at a time
+	// pruneMu: Prune holds it, one at a time; Verify holds it for reading
+	// across its chunked walk, which records deleted between two chunks
+	// would break.
+	pruneMu sync.RWMutex
 
 	commits     atomic.Uint64 // committed write transactions (tests)
 	recordReads atomic.Uint64 // records fetched by List (tests)

@@ -419,3 +419,39 @@ func mustGetSeq(t *testing.T, l *Log, seq uint64) Record {
 	}
 	return r
 }
+
+// TestVerifyAndExportDuringPrune: a verification running while batches are
+// pruned never reports a break (Prune waits for it), and an export that
+// would skip records pruned under it stops with ErrPrunedDuringExport.
+func TestVerifyAndExportDuringPrune(t *testing.T) {
+	l, _, _, _ := agedLog(t, 3*exportChunk, 10)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if _, err := l.Prune(PruneOptions{Before: cutoff, Batch: 100}); err != nil {
+			t.Error(err)
+		}
+	}()
+	for range 5 {
+		if res, err := l.Verify(); err != nil || !res.OK {
+			t.Fatalf("Verify during a prune = %+v, %v", res, err)
+		}
+	}
+	wg.Wait()
+
+	l2, _, _, _ := agedLog(t, 3*exportChunk, 10)
+	n := 0
+	err := l2.Export(0, func(r Record) error {
+		if n++; n == 1 {
+			// The first chunk is read; prune what the next would hold.
+			if _, err := l2.Prune(PruneOptions{Before: cutoff}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if !errors.Is(err, ErrPrunedDuringExport) || n != exportChunk {
+		t.Fatalf("Export across a prune: %d records, %v; want the first chunk, then ErrPrunedDuringExport", n, err)
+	}
+}

@@ -249,10 +249,12 @@ func recordTime(v []byte) (time.Time, error) {
 	return r.Time, nil
 }
 
-// Export calls fn for every record with Seq > afterSeq, in chain order. It
-// reads in chunks and calls fn outside any transaction, so fn may block (on
-// a network stream, say). An error from fn stops the export and is returned
-// wrapped.
+// Export calls fn for every record with Seq > afterSeq, in chain order,
+// from the first record kept (after pruning) on. It reads in chunks and
+// calls fn outside any transaction, so fn may block (on a network stream,
+// say). An error from fn stops the export and is returned wrapped. Records
+// pruned while the export runs, after its first record, stop it with
+// ErrPrunedDuringExport instead of leaving a gap.
 func (l *Log) Export(afterSeq uint64, fn func(Record) error) error {
 	return l.ExportStored(afterSeq, func(r Record, _ []byte) error { return fn(r) })
 }
@@ -261,6 +263,7 @@ func (l *Log) Export(afterSeq uint64, fn func(Record) error) error {
 // canonical JSON with the hash filled in, what an export writes, so that a
 // record is not encoded again to be exported. fn must not keep stored.
 func (l *Log) ExportStored(afterSeq uint64, fn func(r Record, stored []byte) error) error {
+	started := false
 	for {
 		var chunk []Record
 		var stored [][]byte
@@ -283,6 +286,10 @@ func (l *Log) ExportStored(afterSeq uint64, fn func(r Record, stored []byte) err
 			return err
 		}
 		for i, r := range chunk {
+			if started && r.Seq != afterSeq+1 {
+				return fmt.Errorf("audit: export: records %d to %d: %w", afterSeq+1, r.Seq-1, ErrPrunedDuringExport)
+			}
+			started = true
 			if err := fn(r, stored[i]); err != nil {
 				return fmt.Errorf("audit: export seq %d: %w", r.Seq, err)
 			}

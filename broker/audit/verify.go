@@ -84,7 +84,7 @@ type VerifyOptions struct {
 // accounting for them are a break. It reports the first problem found; the
 // error is only for failures to read the DB. The walk uses one short read
 // transaction per chunk of records, so it does not block writers or pin
-// pages for long.
+// pages for long; Prune waits for it.
 func (l *Log) Verify() (VerifyResult, error) { return l.VerifyWith(VerifyOptions{}) }
 
 // VerifyProgress is Verify reporting its progress; see VerifyOptions.
@@ -94,6 +94,10 @@ func (l *Log) VerifyProgress(progress func(done, total uint64) error) (VerifyRes
 
 // VerifyWith is Verify with options: progress reports and an anchor.
 func (l *Log) VerifyWith(o VerifyOptions) (VerifyResult, error) {
+	// No prune in the middle of the walk: the walk reads a chunk per
+	// transaction, and records pruned between two would look deleted.
+	l.pruneMu.RLock()
+	defer l.pruneMu.RUnlock()
 	head, _ := l.Head()
 	v := verifier{next: 1, anchor: o.Anchor}
 	for !v.done {
