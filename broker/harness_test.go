@@ -154,6 +154,8 @@ type harnessConfig struct {
 	// applied here), with webhook for its sender's test knobs.
 	alerts  *config.Alerts
 	webhook webhook.Options
+	// serverOptions add optional services (health, reflection).
+	serverOptions []broker.ServerOption
 }
 
 // harness is a real broker: real TLS on loopback, real bbolt on a temp file,
@@ -184,6 +186,9 @@ type harness struct {
 	watches  *broker.Watches
 	// alerter is set when harnessConfig.alerts is.
 	alerter *alerts.Alerter
+	// rateLimits and metrics are the Gate's, to share with other servers.
+	rateLimits *broker.RateLimits
+	metrics    *broker.Metrics
 }
 
 func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
@@ -346,7 +351,8 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 	serverSVID := h.mint(serverID, time.Hour)
 	tlsConf := tlsconfig.TLSServerConfig(serverSVID)
 	tlsConf.ClientAuth = tls.RequestClientCert
-	h.grpcServer = broker.NewGRPCServer(tlsConf, gate, svc, nodeService(nodeAuth), admin)
+	h.rateLimits, h.metrics = rateLimits, metrics
+	h.grpcServer = broker.NewGRPCServer(tlsConf, gate, svc, nodeService(nodeAuth), admin, hc.serverOptions...)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -9,6 +9,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	reflectionalphapb "google.golang.org/grpc/reflection/grpc_reflection_v1alpha"
 	"google.golang.org/grpc/status"
 
 	"github.com/credbroker/credbroker/broker/audit"
@@ -20,7 +23,8 @@ import (
 // the default limits configure.
 func TestEveryServedMethodDeclaresAnAccessRuleAndALimit(t *testing.T) {
 	rl := mustDefaultRateLimits(nil)
-	for _, sd := range []grpc.ServiceDesc{credbrokerv1.BrokerService_ServiceDesc, credbrokerv1.NodeService_ServiceDesc, credbrokerv1.AdminService_ServiceDesc} {
+	for _, sd := range []grpc.ServiceDesc{credbrokerv1.BrokerService_ServiceDesc, credbrokerv1.NodeService_ServiceDesc, credbrokerv1.AdminService_ServiceDesc,
+		healthpb.Health_ServiceDesc, reflectionpb.ServerReflection_ServiceDesc, reflectionalphapb.ServerReflection_ServiceDesc} {
 		var names []string
 		for _, m := range sd.Methods {
 			names = append(names, m.MethodName)

@@ -7,6 +7,9 @@ import (
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	reflectionalphapb "google.golang.org/grpc/reflection/grpc_reflection_v1alpha"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
@@ -21,11 +24,19 @@ func TestEveryMethodHasAnAccessRule(t *testing.T) {
 		"credbroker.v1.BrokerService": apiWorkload,
 		"credbroker.v1.NodeService":   0, // per method, below
 		"credbroker.v1.AdminService":  apiAdmin,
+		// The standard services the broker also serves: health to anyone
+		// (probes have no identity), reflection to authenticated callers.
+		"grpc.health.v1.Health":                    apiPublic,
+		"grpc.reflection.v1.ServerReflection":      apiWorkload,
+		"grpc.reflection.v1alpha.ServerReflection": apiWorkload,
 	}
 	files := []protoreflect.FileDescriptor{
 		credbrokerv1.File_credbroker_v1_broker_proto,
 		credbrokerv1.File_credbroker_v1_node_proto,
 		credbrokerv1.File_credbroker_v1_admin_proto,
+		healthpb.File_grpc_health_v1_health_proto,
+		reflectionpb.File_grpc_reflection_v1_reflection_proto,
+		reflectionalphapb.File_grpc_reflection_v1alpha_reflection_proto,
 	}
 	seen := 0
 	for _, f := range files {

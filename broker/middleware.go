@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/credbroker/credbroker/attest"
 	"github.com/credbroker/credbroker/broker/audit"
@@ -23,6 +24,7 @@ const (
 	apiAdmin                   // admin identities only
 	apiAttest                  // no identity yet: the request carries attestation evidence
 	apiNode                    // an authenticated node identity; the handler checks it is one, and records why not
+	apiPublic                  // no identity needed: the health service, limited per source address
 )
 
 // method is a method's access rule: who may call it, and the rate limit that
@@ -61,6 +63,15 @@ var methods = map[string]method{
 	credbrokerv1.AdminService_Approve_FullMethodName:                {apiAdmin, limitAdmin},
 	credbrokerv1.AdminService_DenyApproval_FullMethodName:           {apiAdmin, limitAdmin},
 	credbrokerv1.AdminService_ExplainPolicy_FullMethodName:          {apiAdmin, limitAdmin},
+	// Kubernetes probes and load balancers check health without a
+	// certificate; what they learn is one status.
+	healthpb.Health_Check_FullMethodName: {apiPublic, limitHealth},
+	healthpb.Health_List_FullMethodName:  {apiPublic, limitHealth},
+	healthpb.Health_Watch_FullMethodName: {apiPublic, limitHealth},
+	// Reflection (config grpc_reflection) discloses the schema only, but to
+	// callers the broker knows: any authenticated identity.
+	reflectionMethods[0]: {apiWorkload, limitReflection},
+	reflectionMethods[1]: {apiWorkload, limitReflection},
 }
 
 // lookup returns m's access rule, or the INTERNAL error for a method that is
@@ -193,6 +204,13 @@ func (g *Gate) admit(ctx context.Context, fullMethod string, req any) (context.C
 	m, err := lookup(g.limits, fullMethod)
 	if err != nil {
 		return nil, err
+	}
+	if m.api == apiPublic {
+		// Not audited: a health probe is not a decision.
+		if lerr := g.limits.take(g.metrics, fullMethod, m.limit, sourceKey(ctx)); lerr != nil {
+			return nil, toStatus(lerr)
+		}
+		return ctx, nil
 	}
 	if m.api == apiAttest {
 		// The handler verifies the evidence in the request and records the
@@ -354,6 +372,8 @@ func (k api) String() string {
 		return "attest"
 	case apiNode:
 		return "node"
+	case apiPublic:
+		return "public"
 	}
 	return "workload"
 }

@@ -35,6 +35,12 @@ const (
 	// limitWatch: starts of revocation watches per caller identity (how
 	// many may stay open is the Watches' own cap).
 	limitWatch
+	// limitHealth: health checks and health Watch starts per source
+	// address and in total; they need no identity.
+	limitHealth
+	// limitReflection: starts of server reflection streams per caller
+	// identity.
+	limitReflection
 )
 
 func (l limiter) String() string {
@@ -51,6 +57,10 @@ func (l limiter) String() string {
 		return "unauthenticated"
 	case limitWatch:
 		return "watch"
+	case limitHealth:
+		return "health"
+	case limitReflection:
+		return "reflection"
 	case limitUndeclared:
 		return "undeclared"
 	}
@@ -74,6 +84,11 @@ type RequestLimits struct {
 	Unauthenticated, UnauthenticatedTotal limits.Spec
 	// Watch bounds WatchRevocations starts per caller identity.
 	Watch limits.Spec
+	// Health and HealthTotal bound health checks per source address and in
+	// total.
+	Health, HealthTotal limits.Spec
+	// Reflection bounds server reflection stream starts per caller identity.
+	Reflection limits.Spec
 }
 
 // DefaultRequestLimits are the limits used when none are configured (the
@@ -91,7 +106,9 @@ func RequestLimitsFrom(r config.Requests) RequestLimits {
 		Issue: specOf(r.Issue), Renew: specOf(r.Renew), Admin: specOf(r.Admin),
 		Attest: r.Attest.PerKey(), AttestTotal: r.Attest.Total(),
 		Unauthenticated: r.Unauthenticated.PerKey(), UnauthenticatedTotal: r.Unauthenticated.Total(),
-		Watch: specOf(r.Watch),
+		Watch:  specOf(r.Watch),
+		Health: r.Health.PerKey(), HealthTotal: r.Health.Total(),
+		Reflection: specOf(r.Reflection),
 	}
 }
 
@@ -123,6 +140,8 @@ func NewRateLimits(l RequestLimits, now func() time.Time) (*RateLimits, error) {
 		{limitAttest, l.Attest, &l.AttestTotal},
 		{limitUnauthenticated, l.Unauthenticated, &l.UnauthenticatedTotal},
 		{limitWatch, l.Watch, nil},
+		{limitHealth, l.Health, &l.HealthTotal},
+		{limitReflection, l.Reflection, nil},
 	} {
 		buckets, err := limits.NewBuckets(b.spec, b.total, 0)
 		if err != nil {
@@ -161,7 +180,7 @@ func (r *RateLimits) take(m *Metrics, fullMethod string, lim limiter, key string
 	if why.Total {
 		bucket, whose = "total", "from all callers"
 	}
-	if lim == limitUnauthenticated || lim == limitAttest {
+	if lim == limitUnauthenticated || lim == limitAttest || lim == limitHealth {
 		whose = "from this address"
 		if why.Total {
 			whose = "from all addresses"

@@ -58,14 +58,20 @@ func commonOptions(log *slog.Logger, m *Metrics) []grpc.ServerOption {
 // is the Gate's job, so that a bad identity is UNAUTHENTICATED rather than a
 // failed handshake, and JWT-SVID callers need no certificate at all. nodes
 // serves NodeService (broker/nodeauth); nil answers its calls with
-// FAILED_PRECONDITION.
-func NewGRPCServer(tlsConfig *tls.Config, gate *Gate, svc *Service, nodes credbrokerv1.NodeServiceServer, adm *Admin) *grpc.Server {
+// FAILED_PRECONDITION. Options add the health service and reflection.
+func NewGRPCServer(tlsConfig *tls.Config, gate *Gate, svc *Service, nodes credbrokerv1.NodeServiceServer, adm *Admin, options ...ServerOption) *grpc.Server {
+	var o serverOptions
+	for _, opt := range options {
+		opt(&o)
+	}
 	opts := append(commonOptions(gate.log, gate.metrics),
 		grpc.Creds(newTLSCreds(tlsConfig)),
 		grpc.ChainUnaryInterceptor(gate.Unary),
-		grpc.ChainStreamInterceptor(gate.Stream),
+		// Reflection streams are capped once the Gate has admitted them.
+		grpc.ChainStreamInterceptor(gate.Stream, newStreamCap(MaxReflectionStreams, reflectionMethods...).stream),
 	)
 	s := grpc.NewServer(opts...)
+	o.register(s)
 	credbrokerv1.RegisterBrokerServiceServer(s, svc)
 	if nodes == nil {
 		nodes = disabledNodes{}

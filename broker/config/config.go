@@ -55,6 +55,16 @@ type Config struct {
 	Listen string `yaml:"listen"`
 	// HTTPListen serves /healthz, /metrics and the OIDC discovery documents.
 	HTTPListen string `yaml:"http_listen"`
+	// HealthListen, when set, serves the gRPC health service
+	// (grpc.health.v1) and nothing else in plain text, for Kubernetes gRPC
+	// probes and load balancers, which present no client certificate and
+	// speak no TLS. Off by default; the health service is also served on
+	// Listen.
+	HealthListen string `yaml:"health_listen"`
+	// GRPCReflection registers gRPC server reflection on Listen, so that
+	// grpcurl works without the .proto files. It discloses the API's schema
+	// (nothing else) to authenticated callers. Off by default.
+	GRPCReflection bool `yaml:"grpc_reflection"`
 	// DataDir holds the bbolt database, signing keys and the admin socket.
 	DataDir string `yaml:"data_dir"`
 	// LogLevel is debug, info, warn or error.
@@ -411,6 +421,12 @@ type Requests struct {
 	// Watch bounds the starts of WatchRevocations streams per caller
 	// identity (a sidecar restarts its watch when a credential is renewed).
 	Watch Bucket `yaml:"watch"`
+	// Health bounds gRPC health checks (and Watch starts) per source
+	// address and in total: they need no identity.
+	Health SharedBucket `yaml:"health"`
+	// Reflection bounds the starts of server reflection streams per caller
+	// identity.
+	Reflection Bucket `yaml:"reflection"`
 }
 
 // WatchStreams bound the WatchRevocations streams open at once: each holds
@@ -462,6 +478,8 @@ var (
 	DefaultRenewRequests           = Bucket{Rate: 0.1, Burst: 5}
 	DefaultAdminRequests           = Bucket{Rate: 20, Burst: 100}
 	DefaultWatchRequests           = Bucket{Rate: 1, Burst: 20}
+	DefaultHealthRequests          = SharedBucket{Rate: 5, Burst: 20, TotalRate: 200, TotalBurst: 1000}
+	DefaultReflectionRequests      = Bucket{Rate: 1, Burst: 20}
 	DefaultAttestRequests          = SharedBucket{Rate: 5, Burst: 20, TotalRate: 50, TotalBurst: 200}
 	DefaultUnauthenticatedRequests = SharedBucket{Rate: 10, Burst: 100, TotalRate: 100, TotalBurst: 500}
 	DefaultIdentityRefusalRecords  = SharedBucket{Rate: 1, Burst: 20, TotalRate: 20, TotalBurst: 100}
@@ -514,6 +532,8 @@ func (r *Requests) ApplyDefaults() {
 	r.Attest.applyDefaults(DefaultAttestRequests)
 	r.Unauthenticated.applyDefaults(DefaultUnauthenticatedRequests)
 	r.Watch.applyDefaults(DefaultWatchRequests)
+	r.Health.applyDefaults(DefaultHealthRequests)
+	r.Reflection.applyDefaults(DefaultReflectionRequests)
 }
 
 // ApplyDefaults fills in the default of every zero field.
@@ -531,6 +551,8 @@ func (l Limits) validateBuckets() []error {
 		r.Attest.validate("limits.requests.attest"),
 		r.Unauthenticated.validate("limits.requests.unauthenticated"),
 		r.Watch.validate("limits.requests.watch"),
+		r.Health.validate("limits.requests.health"),
+		r.Reflection.validate("limits.requests.reflection"),
 		l.WatchStreams.validate(),
 		rr.Identity.validate("limits.refusal_records.identity"),
 		rr.Address.validate("limits.refusal_records.address"),
@@ -670,7 +692,10 @@ func (c *Config) Validate() error {
 	if _, err := spiffeid.TrustDomainFromString(c.TrustDomain); err != nil {
 		bad("trust_domain %q: %v", c.TrustDomain, err)
 	}
-	for key, addr := range map[string]string{"listen": c.Listen, "http_listen": c.HTTPListen} {
+	for key, addr := range map[string]string{"listen": c.Listen, "http_listen": c.HTTPListen, "health_listen": c.HealthListen} {
+		if addr == "" && key == "health_listen" {
+			continue // off
+		}
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			bad("%s %q: %v", key, addr, err)
 		}

@@ -101,6 +101,16 @@ func Run(ctx context.Context, opts Options) error {
 	if err := cfg.CheckAuditAnchorPath(); err != nil {
 		return err
 	}
+	// The plain-text health listener (health_listen), for Kubernetes gRPC
+	// probes: the health service only.
+	var healthLis net.Listener
+	if cfg.HealthListen != "" {
+		if healthLis, err = net.Listen("tcp", cfg.HealthListen); err != nil {
+			return fmt.Errorf("health listen %s: %w", cfg.HealthListen, err)
+		}
+		defer healthLis.Close()
+		cfg.HealthListen = healthLis.Addr().String()
+	}
 	adminLis, err := listenUnix(cfg.Admin.Socket)
 	if err != nil {
 		return err
@@ -263,7 +273,20 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	admin := broker.NewAdmin(auditLog, nodeAdmin, broker.WithRevocations(revocations, st), broker.WithDecisions(svc), broker.WithApprovals(approvals))
 	gate := broker.NewGate(trust.authenticators(cfg), cfg.Admin.SPIFFEIDs, auditLog, metrics, log, gateOpts...)
-	grpcServer := broker.NewGRPCServer(trust.serverTLS(), gate, svc, nodeService, admin)
+	// Health: NOT_SERVING until the first check passes, and from the start
+	// of shutdown on.
+	health := broker.NewHealth(0)
+	ready := &readiness{svid: trust.svidSource, probeAudit: probeAuditDB(db), now: time.Now, status: health, log: log}
+	ready.check()
+	serverOpts := []broker.ServerOption{broker.WithHealth(health)}
+	if cfg.GRPCReflection {
+		serverOpts = append(serverOpts, broker.WithReflection())
+	}
+	grpcServer := broker.NewGRPCServer(trust.serverTLS(), gate, svc, nodeService, admin, serverOpts...)
+	var healthServer *grpc.Server
+	if healthLis != nil {
+		healthServer = broker.NewHealthServer(health, log, metrics, rateLimits)
+	}
 	adminServer := broker.NewAdminSocketServer(adminUIDs(cfg), admin, log, metrics, rateLimits)
 
 	mux := http.NewServeMux()
@@ -278,8 +301,9 @@ func Run(ctx context.Context, opts Options) error {
 
 	log.Info("serving",
 		slog.String("grpc", cfg.Listen), slog.String("http", cfg.HTTPListen),
+		slog.String("health", cfg.HealthListen), slog.Bool("grpc_reflection", cfg.GRPCReflection),
 		slog.String("admin_socket", cfg.Admin.Socket), slog.String("trust_domain", cfg.TrustDomain),
-		slog.Bool("dev", opts.Dev))
+		slog.String("spiffe_id", self.ID.String()), slog.Bool("dev", opts.Dev))
 	if opts.Dev {
 		printDevBanner(opts, cfg, trust)
 	}
@@ -310,6 +334,12 @@ func Run(ctx context.Context, opts Options) error {
 	})
 	g.Go(func() error { flushRefusals(gctx.Done(), refusals, refusalFlushInterval, log); return nil })
 	g.Go(func() error {
+		t := time.NewTicker(readinessInterval)
+		defer t.Stop()
+		ready.run(gctx.Done(), t.C)
+		return nil
+	})
+	g.Go(func() error {
 		t := time.NewTicker(cfg.Alerts.Rules.AuditVerify.Interval)
 		defer t.Stop()
 		alerter.RunAuditVerify(gctx, auditLog, t.C)
@@ -326,6 +356,9 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	g.Go(func() error { return serveGRPC(grpcServer, grpcLis) })
 	g.Go(func() error { return serveGRPC(adminServer, adminLis) })
+	if healthServer != nil {
+		g.Go(func() error { return serveGRPC(healthServer, healthLis) })
+	}
 	g.Go(func() error {
 		if err := httpServer.Serve(httpLis); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("http: %w", err)
@@ -335,10 +368,14 @@ func Run(ctx context.Context, opts Options) error {
 	g.Go(func() error {
 		<-gctx.Done()
 		log.Info("shutting down", slog.Duration("grace", cfg.ShutdownGrace))
+		health.Stop()  // NOT_SERVING from now on; health watches end
 		admin.Stop()   // audit followers would hold a graceful stop open
 		watches.Stop() // and so would revocation watches
 		shutdown(grpcServer, cfg.ShutdownGrace)
 		shutdown(adminServer, cfg.ShutdownGrace)
+		if healthServer != nil {
+			shutdown(healthServer, cfg.ShutdownGrace)
+		}
 		sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
 		defer cancel()
 		return httpServer.Shutdown(sctx)
