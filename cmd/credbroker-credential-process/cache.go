@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -132,6 +133,14 @@ func (c credCache) store(cred *credbrokerv1.Credential) error {
 		return err
 	}
 	return keyfile.Write(c.path, append(b, '\n'), 0o600)
+}
+
+// remove deletes the cache file (a missing one is not an error).
+func (c credCache) remove() error {
+	if err := os.Remove(c.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
 }
 
 // describeJSONError keeps JSON syntax errors to their position: the text of

@@ -48,7 +48,7 @@ The file holds secrets: one that group or others may access is not read, and
 is replaced. Before a cached credential is handed out the broker is asked
 whether it was revoked (one WatchRevocations call naming its issuance: its
 issuance, its cluster or this identity revoked); a revoked one is not
-printed, and the broker is asked for a new one (refused with [REVOKED] while
+printed but deleted from the file, and the broker is asked for a new one (refused with [REVOKED] while
 the identity or cluster is revoked). When the broker cannot be reached the
 cached credential is printed unchecked, with a warning; when it cannot check
 for another reason (rate limited, older broker) a new credential is asked for. An unusable cache is reported on stderr and replaced; a cache
@@ -207,6 +207,10 @@ func (c command) credential(ctx context.Context, o options) (out []byte, warning
 		case revokedBy != "":
 			warnings = append(warnings, fmt.Sprintf("the cached credential was revoked (%s); asking the broker for a new one", revokedBy))
 			cached = nil
+			// Not left on disk, even if the broker now refuses a new one.
+			if err := cache.remove(); err != nil {
+				warnings = append(warnings, fmt.Sprintf("removing the revoked credential from the cache: %v", err))
+			}
 		case err != nil && unreachable(err):
 			// Availability, as the sidecar: the broker cannot be asked,
 			// and the credential was issued and has not expired.

@@ -451,12 +451,26 @@ func TestCachedCredentialIsCheckedForRevocation(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.stdout, "ASIA2") || f.calls != 2 || !strings.Contains(r.stderr, "rev-1") {
 		t.Fatalf("cached, revoked: %+v, %d calls; want a new credential and a warning naming the revocation", r, f.calls)
 	}
+	// Revoked while the broker refuses a new one: the revoked credential is
+	// not left in the cache file.
+	answer = func() (string, error) { return "revocation rev-2 by admin: pod compromised", nil }
+	f.err = status.Error(codes.FailedPrecondition, "identity revoked")
+	if r := run(); r.code != 1 || r.stdout != "" {
+		t.Fatalf("cached, revoked, refused: %+v", r)
+	}
+	if _, err := os.Stat(file); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the revoked credential is still in the cache file: %v", err)
+	}
+	f.err = nil
+	if r := run(); r.code != 0 || !strings.Contains(r.stdout, "ASIA4") { // ASIA3 was the refused call
+		t.Fatalf("after the lift: %+v", r)
+	}
 	answer = func() (string, error) { return "", status.Error(codes.Unavailable, "connection refused") }
-	if r := run(); r.code != 0 || !strings.Contains(r.stdout, "ASIA2") || f.calls != 2 || !strings.Contains(r.stderr, "could not check") {
+	if r := run(); r.code != 0 || !strings.Contains(r.stdout, "ASIA4") || !strings.Contains(r.stderr, "could not check") {
 		t.Fatalf("broker unreachable: %+v, %d calls; want the cached credential with a warning", r, f.calls)
 	}
 	answer = func() (string, error) { return "", status.Error(codes.ResourceExhausted, "too many watches") }
-	if r := run(); r.code != 0 || !strings.Contains(r.stdout, "ASIA3") || f.calls != 3 {
+	if r := run(); r.code != 0 || !strings.Contains(r.stdout, "ASIA5") {
 		t.Fatalf("check refused: %+v, %d calls; want a new credential", r, f.calls)
 	}
 }
