@@ -150,7 +150,18 @@ func (f *AnchorFile) PublishAnchor(a Anchor) error {
 // maxAnchorFile bounds the anchor file read; it is a few hundred bytes.
 const maxAnchorFile = 64 << 10
 
-// ReadAnchorFile reads an anchor file as AnchorFile writes it.
+// AnchorEventType marks a webhook's body as an anchor.
+const AnchorEventType = "audit_anchor"
+
+// AnchorEvent is the body a webhook sink POSTs: the anchor, marked as one.
+// Saved as it arrives, it is an anchor file ReadAnchorFile reads.
+type AnchorEvent struct {
+	Type string `json:"type"`
+	Anchor
+}
+
+// ReadAnchorFile reads an anchor file as AnchorFile writes it (or a
+// webhook's AnchorEvent body).
 func ReadAnchorFile(path string) (Anchor, error) {
 	fh, err := os.Open(path)
 	if err != nil {
@@ -167,6 +178,8 @@ func ReadAnchorFile(path string) (Anchor, error) {
 	var a struct {
 		Anchor
 		Seq *uint64 `json:"seq"`
+		// A webhook's body (AnchorEvent) is an anchor file too.
+		Type string `json:"type"`
 	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
@@ -175,6 +188,9 @@ func ReadAnchorFile(path string) (Anchor, error) {
 	}
 	if a.Seq == nil {
 		return Anchor{}, fmt.Errorf("audit: anchor %s: no seq", path)
+	}
+	if a.Type != "" && a.Type != AnchorEventType {
+		return Anchor{}, fmt.Errorf("audit: anchor %s: type %q is not %q", path, a.Type, AnchorEventType)
 	}
 	a.Anchor.Seq = *a.Seq
 	return a.Anchor, nil

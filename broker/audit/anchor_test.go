@@ -80,6 +80,7 @@ func TestReadAnchorFileIsStrict(t *testing.T) {
 		"unknown field": `{"seq":1,"hash":"ab","extra":1}`,
 		"not json":      `seq=1`,
 		"too large":     `{"seq":1,"broker_id":"` + strings.Repeat("x", maxAnchorFile) + `"}`,
+		"other type":    `{"type":"alert","seq":1,"hash":"ab"}`,
 	} {
 		p := filepath.Join(dir, strings.ReplaceAll(name, " ", "-"))
 		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {

@@ -124,14 +124,8 @@ type anchorWebhook struct {
 	t *webhook.Target
 }
 
-// anchorEvent is the webhook's body: the anchor, marked as one.
-type anchorEvent struct {
-	Type string `json:"type"`
-	audit.Anchor
-}
-
 func (w anchorWebhook) Name() string { return "webhook" }
 
 func (w anchorWebhook) PublishAnchor(a audit.Anchor) error {
-	return w.s.Send(w.t, anchorEvent{Type: "audit_anchor", Anchor: a})
+	return w.s.Send(w.t, audit.AnchorEvent{Type: audit.AnchorEventType, Anchor: a})
 }
