@@ -276,7 +276,7 @@ func Run(ctx context.Context, opts Options) error {
 	// Health: NOT_SERVING until the first check passes, and from the start
 	// of shutdown on.
 	health := broker.NewHealth(0)
-	ready := &readiness{svid: trust.svidSource, probeAudit: probeAuditDB(db), now: time.Now, status: health, log: log}
+	ready := &readiness{svid: trust.svidSource, probeAudit: probeAuditDB(db), probeState: backend.ready, now: time.Now, status: health, log: log}
 	ready.check()
 	serverOpts := []broker.ServerOption{broker.WithHealth(health)}
 	if cfg.GRPCReflection {

@@ -16,10 +16,12 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
 	"github.com/credbroker/credbroker/broker/audit"
 	"github.com/credbroker/credbroker/broker/state/boltstate"
+	"github.com/credbroker/credbroker/internal/ca"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/test/etcdtest"
 )
@@ -130,11 +132,22 @@ state:
 	if age := confirmedAge(t, b.httpAddr); age <= revocationsStaleAfter.Seconds() {
 		t.Errorf("confirmed age %gs while refusing for staleness, want over %s", age, revocationsStaleAfter)
 	}
+	// The health service tells load balancers (at its next check).
+	health := healthpb.NewHealthClient(healthConn(t, b.grpcAddr, td, authority))
+	serving := func() error {
+		resp, err := health.Check(ctx, &healthpb.HealthCheckRequest{})
+		if err == nil && resp.Status != healthpb.HealthCheckResponse_SERVING {
+			return status.Error(codes.Unavailable, resp.Status.String())
+		}
+		return err
+	}
+	until("health without etcd", codes.Unavailable, serving)
 	if err := etcd.Restart(0); err != nil {
 		t.Fatal(err)
 	}
 	until("issuance once etcd is back", codes.OK, func() error { return issue(ca, "capi-a/c2") })
 	until("plain credential once etcd is back", codes.OK, func() error { return plain(cb) })
+	until("health once etcd is back", codes.OK, serving)
 	// The refused issuance spent nothing that could be seen: c2 still has
 	// its 3 (or 2, had the lost spend committed late; never fewer).
 	issued := 1
@@ -271,4 +284,16 @@ func confirmedAge(t *testing.T, httpAddr string) float64 {
 	}
 	t.Fatalf("no %s in /metrics", name)
 	return 0
+}
+
+// healthConn dials addr as a caller without an SVID, as a load balancer's
+// probe does.
+func healthConn(t *testing.T, addr string, td spiffeid.TrustDomain, authority *ca.CA) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(grpccredentials.TLSClientCredentials(x509bundle.NewSet(authority.X509Bundle()), tlsconfig.AuthorizeMemberOf(td))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn
 }

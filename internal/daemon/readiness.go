@@ -19,13 +19,16 @@ const readinessInterval = 5 * time.Second
 type servingStatus interface{ SetServing(bool) }
 
 // readiness decides whether the broker is SERVING: its state store is open
-// (it is, once Run has built it), the audit log can be written, and its own
-// SVID is present and unexpired. Anything else is NOT_SERVING: a broker
+// (it is, once Run has built it) and, when shared (etcd), current; the audit
+// log can be written, and its own SVID is present and unexpired. Anything else is NOT_SERVING: a broker
 // that cannot audit issues nothing, so a load balancer should send its
 // callers elsewhere.
 type readiness struct {
 	svid       x509svid.Source
 	probeAudit func() error
+	// probeState, when set, fails while the shared state cannot be relied
+	// on (state.etcd: revocations not confirmed current).
+	probeState func() error
 	now        func() time.Time
 	status     servingStatus
 	log        *slog.Logger
@@ -67,6 +70,11 @@ func (r *readiness) problem() error {
 	}
 	if err := r.probeAudit(); err != nil {
 		return fmt.Errorf("the audit log cannot be written: %w", err)
+	}
+	if r.probeState != nil {
+		if err := r.probeState(); err != nil {
+			return fmt.Errorf("the shared state is unavailable: %w", err)
+		}
 	}
 	return nil
 }

@@ -31,6 +31,9 @@ type stateBackend struct {
 	ledger state.ApprovalLedger[audit.Record]
 	// collectors are its metrics, registered with the broker's.
 	collectors []prometheus.Collector
+	// ready, when set, fails while the state cannot be relied on (the
+	// health status is then NOT_SERVING).
+	ready func() error
 	// close is to run after the last use of store.
 	close func()
 }
@@ -78,6 +81,7 @@ func openState(ctx context.Context, cfg *config.Config, db *bbolt.DB, auditLog *
 			Name: "credbroker_state_revocations_confirmed_age_seconds",
 			Help: "Seconds since this replica last confirmed with etcd that its revocation watch has every revocation; it issues nothing past " + revocationsStaleAfter.String() + ".",
 		}, func() float64 { return fresh.age().Seconds() })},
+		ready: fresh.check,
 		close: func() {
 			if err := es.Close(); err != nil {
 				log.Warn("closing the etcd client", slog.Any("err", err))

@@ -15,13 +15,19 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/credbroker/credbroker/broker/audit"
 	"github.com/credbroker/credbroker/broker/config"
 	"github.com/credbroker/credbroker/broker/state"
+	"github.com/credbroker/credbroker/internal/ca"
 	"github.com/credbroker/credbroker/test/etcdtest"
+	"github.com/credbroker/credbroker/test/fakeclock"
 )
 
 // pki is a CA and the certificates it signed, as PEM files in a directory.
@@ -129,4 +135,65 @@ func TestEtcdStateOverMTLS(t *testing.T) {
 	if _, _, err := open(config.EtcdTLS{CA: caFile, Cert: clientCert, Key: clientKey}); err == nil || !strings.Contains(err.Error(), "group or others") {
 		t.Errorf("a client key others may read: %v, want it refused", err)
 	}
+}
+
+// TestStaleRevocationsAreNotServing: on the injected clock, a replica whose
+// revocations were last confirmed current more than revocationsStaleAfter
+// ago refuses to record (so to issue) and is NOT_SERVING; a confirmation
+// brings both back.
+func TestStaleRevocationsAreNotServing(t *testing.T) {
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	clk := fakeclock.New(t0)
+	fresh := newFreshness(clk.Now, revocationsStaleAfter)
+	td := spiffeid.RequireTrustDomainFromString("ready.test")
+	authority, err := ca.New(td, ca.WithClock(clk.Now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	svid, err := authority.MintX509SVID(spiffeid.RequireFromPath(td, "/credbroker"), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &trust{}
+	tr.svid.Store(svid)
+	st := &statusLog{}
+	r := &readiness{svid: tr, probeAudit: func() error { return nil }, probeState: fresh.check, now: clk.Now, status: st, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	recorded := 0
+	ledger := freshLedger{recordingLedger{&recorded}, fresh}
+	record := func() error {
+		_, err := ledger.SpendAndAppend(context.Background(), clk.Now(), nil, audit.Record{})
+		return err
+	}
+
+	r.check()
+	clk.Advance(revocationsStaleAfter)
+	r.check()
+	if err := record(); err != nil {
+		t.Fatalf("at the bound: %v", err)
+	}
+	clk.Advance(time.Nanosecond)
+	r.check()
+	if err := record(); !errors.Is(err, state.ErrUnavailable) {
+		t.Fatalf("past the bound: %v, want state.ErrUnavailable", err)
+	}
+	fresh.confirmed()
+	r.check()
+	if err := record(); err != nil {
+		t.Fatalf("after a confirmation: %v", err)
+	}
+	if want := []bool{true, true, false, true}; !slices.Equal(st.got, want) || recorded != 2 {
+		t.Fatalf("statuses %v and %d records, want %v and 2", st.got, recorded, want)
+	}
+}
+
+// recordingLedger counts what reaches it.
+type recordingLedger struct{ n *int }
+
+func (l recordingLedger) SpendAndAppend(_ context.Context, _ time.Time, _ []state.Charge, rec audit.Record) (audit.Record, error) {
+	*l.n++
+	return rec, nil
+}
+
+func (l recordingLedger) ConsumeSpendAndAppend(ctx context.Context, now time.Time, _ state.ApprovalUse, charges []state.Charge, rec audit.Record) (audit.Record, error) {
+	return l.SpendAndAppend(ctx, now, charges, rec)
 }
