@@ -33,6 +33,10 @@ const (
 	firstHeartbeat = 30 * time.Second
 	// Heartbeat intervals the broker announces are taken within these bounds.
 	minHeartbeat, maxHeartbeat = time.Second, 5 * time.Minute
+	// maxWatched is the most issuances one watch may name (the broker's
+	// MaxWatchedIssuances). Credentials beyond it are still covered by
+	// revocations of the identity, and by others at their next refresh.
+	maxWatched = 32
 )
 
 // Watcher keeps a revocation watch open at the broker for the credentials
@@ -116,6 +120,10 @@ func (w *Watcher) watchOnce(ctx context.Context) (connected bool, err error) {
 	req := &credbrokerv1.WatchRevocationsRequest{}
 	for _, r := range w.rs {
 		if c, ok := r.Latest(); ok && c.IssuanceID != "" {
+			if len(req.IssuanceIds) == maxWatched {
+				w.log.Warn("more credentials than one revocation watch names; the rest hear of a revocation of their issuance or cluster at their next refresh", "watched", maxWatched)
+				break
+			}
 			held[c.IssuanceID] = r
 			req.IssuanceIds = append(req.IssuanceIds, c.IssuanceID)
 		}
