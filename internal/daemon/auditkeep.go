@@ -111,6 +111,16 @@ func (a *anchoring) final(ctx context.Context) {
 	}
 }
 
+// stop stops the webhook's workers if final did not (Run failed before it
+// served); nothing is left to deliver then.
+func (a *anchoring) stop() {
+	if a.sender != nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		_ = a.sender.Close(ctx)
+	}
+}
+
 func (a *anchoring) report(_ audit.Anchor, err error) {
 	if err != nil {
 		a.log.Error("publishing the audit anchor", slog.String("error", err.Error()))

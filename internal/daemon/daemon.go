@@ -178,6 +178,9 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
+	if anchor != nil {
+		defer anchor.stop() // when Run fails before it serves
+	}
 	issuerSet, err := buildIssuers(ctx, cfg, self.ID.String(), log)
 	if err != nil {
 		return err
