@@ -1,7 +1,9 @@
 // Package etcdtest runs a real etcd inside the test process (the embed
 // package of etcd's own server) on loopback: one member, or a cluster of
 // several whose members a test can stop and restart on the same ports and
-// data, to take the quorum away and give it back.
+// data, to take the quorum away and give it back. Clients reach each member
+// through a small TCP proxy that a stop cuts at once, so that the member
+// does not wait seconds for their watch streams to drain.
 package etcdtest
 
 import (
@@ -38,6 +40,8 @@ type Cluster struct {
 	clients []url.URL
 	peers   []url.URL
 	initial string
+
+	proxies []*proxy // in front of each member's client URL
 
 	mu      sync.Mutex
 	members []*embed.Etcd // nil while stopped
@@ -91,6 +95,12 @@ func start(dir string, n int, tls *TLSFiles) (*Cluster, error) {
 			return nil, err
 		}
 		c.clients, c.peers = append(c.clients, client), append(c.peers, peer)
+		px, err := newProxy(client.Host)
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+		c.proxies = append(c.proxies, px)
 		initial = append(initial, fmt.Sprintf("%s=%s", memberName(i), peer.String()))
 	}
 	c.initial = strings.Join(initial, ",")
@@ -177,18 +187,23 @@ func (c *Cluster) Endpoints() []string {
 	return out
 }
 
-// Endpoint returns member i's client URL.
-func (c *Cluster) Endpoint(i int) string { return c.clients[i].String() }
+// Endpoint returns member i's client URL, as its clients reach it: through
+// a proxy on loopback that Stop cuts.
+func (c *Cluster) Endpoint(i int) string {
+	u := c.clients[i]
+	u.Host = c.proxies[i].addr()
+	return u.String()
+}
 
-// Stop stops member i; its data stays for Restart. Like etcd's own
-// shutdown, it lets open client streams (watches) drain for up to the
-// member's request timeout, some seconds: run tests that stop members in
-// parallel.
+// Stop stops member i; its data stays for Restart. Its clients'
+// connections are cut first and refused until Restart, as a member that
+// went away would leave them.
 func (c *Cluster) Stop(i int) {
 	c.mu.Lock()
 	e := c.members[i]
 	c.members[i] = nil
 	c.mu.Unlock()
+	c.proxies[i].setDown(true)
 	if e != nil {
 		e.Close()
 	}
@@ -206,13 +221,19 @@ func (c *Cluster) Restart(is ...int) error {
 		if err := c.waitReady(i); err != nil {
 			return err
 		}
+		c.proxies[i].setDown(false)
 	}
 	return nil
 }
 
-// Close stops every member.
+// Close stops every member and the proxies.
 func (c *Cluster) Close() {
 	for i := range c.members {
-		c.Stop(i)
+		if i < len(c.proxies) {
+			c.Stop(i)
+		}
+	}
+	for _, p := range c.proxies {
+		p.close()
 	}
 }
