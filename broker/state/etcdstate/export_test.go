@@ -6,3 +6,13 @@ func WithProbed(o Options, fn func(confirmed bool)) Options {
 	o.probed = fn
 	return o
 }
+
+// WithBeforeSwap returns o with fn called before each compare-and-swap
+// transaction, as if another writer could act just then.
+func WithBeforeSwap(o Options, fn func()) Options {
+	o.beforeSwap = fn
+	return o
+}
+
+// MaxAttempts is how many compare-and-swap rounds an operation makes.
+const MaxAttempts = maxAttempts

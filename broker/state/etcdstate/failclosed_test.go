@@ -249,3 +249,32 @@ func TestSpendFromRememberedValues(t *testing.T) {
 		t.Fatalf("used %d after the reset and one spend, want 1", got)
 	}
 }
+
+// TestContentionIsBounded: a spend that loses its compare-and-swap every
+// time (another writer changes the window just before each attempt) gives
+// up after a bounded number of attempts with a retriable error
+// (ErrContended, state.ErrUnavailable), having spent nothing itself.
+func TestContentionIsBounded(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	other := openOn(t, shared, dir)
+	attempts := 0
+	opts := etcdstate.WithBeforeSwap(etcdstate.Options{Prefix: prefixFor(dir)}, func() {
+		attempts++
+		if _, err := other.Spend(ctx, epoch, charges); err != nil {
+			t.Error(err)
+		}
+	})
+	s, err := etcdstate.Open(ctx, etcdstate.Config{Endpoints: shared, Options: opts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	_, err = s.Spend(ctx, epoch, charges)
+	if !errors.Is(err, etcdstate.ErrContended) || !errors.Is(err, state.ErrUnavailable) {
+		t.Fatalf("spend that always loses: %v, want ErrContended and state.ErrUnavailable", err)
+	}
+	if attempts != etcdstate.MaxAttempts || usedOf(t, other, cluster) != attempts || usedOf(t, other, identity) != attempts {
+		t.Fatalf("%d attempts; used %d and %d: want %d attempts and every unit the other writer's", attempts, usedOf(t, other, cluster), usedOf(t, other, identity), etcdstate.MaxAttempts)
+	}
+}

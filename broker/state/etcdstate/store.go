@@ -58,7 +58,8 @@ type Options struct {
 	// every revocation made so far.
 	OnCurrent func()
 
-	probed func(confirmed bool) // tests only: called after each probe
+	probed     func(confirmed bool) // tests only: called after each probe
+	beforeSwap func()               // tests only: called before each compare-and-swap
 }
 
 // Config is what Open needs to reach etcd.
@@ -77,16 +78,17 @@ type Config struct {
 // Store is the etcd implementation of state.Store. It is safe for
 // concurrent use; Close it to stop its watch.
 type Store struct {
-	cli       *clientv3.Client
-	ownClient bool
-	prefix    string
-	opTimeout time.Duration
-	probe     time.Duration
-	onCurrent func()
-	probed    func(confirmed bool)
-	locks     keyLocks
-	quotas    kvCache // the quota windows this Store last read or wrote
-	watch     *revWatch
+	cli        *clientv3.Client
+	ownClient  bool
+	prefix     string
+	opTimeout  time.Duration
+	probe      time.Duration
+	onCurrent  func()
+	probed     func(confirmed bool)
+	beforeSwap func()
+	locks      keyLocks
+	quotas     kvCache // the quota windows this Store last read or wrote
+	watch      *revWatch
 }
 
 var _ state.Store = (*Store)(nil)
@@ -132,7 +134,7 @@ func New(ctx context.Context, cli *clientv3.Client, opts Options) (*Store, error
 	if opts.Prefix == "" || !strings.HasSuffix(opts.Prefix, "/") {
 		return nil, fmt.Errorf("etcdstate: prefix %q must be non-empty and end in \"/\"", opts.Prefix)
 	}
-	s := &Store{cli: cli, prefix: opts.Prefix, opTimeout: opts.OpTimeout, probe: opts.ProbeInterval, onCurrent: opts.OnCurrent, probed: opts.probed}
+	s := &Store{cli: cli, prefix: opts.Prefix, opTimeout: opts.OpTimeout, probe: opts.ProbeInterval, onCurrent: opts.OnCurrent, probed: opts.probed, beforeSwap: opts.beforeSwap}
 	if s.opTimeout <= 0 {
 		s.opTimeout = DefaultOpTimeout
 	}
@@ -272,6 +274,9 @@ func (s *Store) cas(ctx context.Context, what string, keys []string, cache *kvCa
 				rev = kvs[i].ModRevision
 			}
 			cmps[i] = clientv3.Compare(clientv3.ModRevision(k), "=", rev)
+		}
+		if s.beforeSwap != nil {
+			s.beforeSwap()
 		}
 		resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Else(getOps(keys)...).Commit()
 		if err != nil {
