@@ -195,6 +195,18 @@ func (c *Cluster) Endpoint(i int) string {
 	return u.String()
 }
 
+// DirectEndpoint returns member i's own client URL, which Disconnect does
+// not cut.
+func (c *Cluster) DirectEndpoint(i int) string { return c.clients[i].String() }
+
+// Disconnect cuts the connections of member i's clients (those that reach
+// it through Endpoint) and refuses new ones until Reconnect, while the
+// member runs on: a network partition between them.
+func (c *Cluster) Disconnect(i int) { c.proxies[i].setDown(true) }
+
+// Reconnect lets member i's clients reach it again after Disconnect.
+func (c *Cluster) Reconnect(i int) { c.proxies[i].setDown(false) }
+
 // Stop stops member i; its data stays for Restart. Its clients'
 // connections are cut first and refused until Restart, as a member that
 // went away would leave them.

@@ -2,12 +2,18 @@ package etcdstate_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
 	"github.com/credbroker/credbroker/broker/state"
 	"github.com/credbroker/credbroker/broker/state/etcdstate"
+	"github.com/credbroker/credbroker/test/etcdtest"
 )
 
 // probes records what a Store's revocation probes found.
@@ -97,5 +103,70 @@ func TestProbeConfirmsOnlyWhatTheWatchDelivered(t *testing.T) {
 	p.until(t, false)
 	p.all(t, 3, false)
 	unblock()
+	p.until(t, true)
+}
+
+// TestWatchRelistsAfterCompaction: a Store cut off from etcd while
+// revocations are made and lifted, and the history compacted past what its
+// watch delivered, cannot resume its watch there; it lists afresh and its
+// index ends up with exactly what etcd holds (the lifted one gone, the new
+// one in), and the probes confirm it current again.
+func TestWatchRelistsAfterCompaction(t *testing.T) {
+	ctx := context.Background()
+	c := etcdtest.New(t, 1)
+	p := make(probes, 16)
+	s := p.open(t, c.Endpoints(), "/relist/")
+	other := openWithTimeout(t, []string{c.DirectEndpoint(0)}, "/relist/")
+	x, err := state.NewRevocationIndex(ctx, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer x.Close()
+	rev := func(id, cluster string) state.Revocation {
+		return state.Revocation{ID: id, Kind: state.RevokeCluster, Target: cluster, Admin: "unix:uid=0", CreatedAt: epoch}
+	}
+	if _, err := other.Revoke(ctx, rev("r1", "team-a/alpha")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "r1 in the index", func() error {
+		if _, ok := x.Covering(epoch, "", "", "team-a/alpha"); !ok {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+
+	c.Disconnect(0)
+	p.until(t, false)
+	if _, err := other.LiftRevocation(ctx, "r1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.Revoke(ctx, rev("r2", "team-b/beta")); err != nil {
+		t.Fatal(err)
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{c.DirectEndpoint(0)}, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	head, err := cli.Get(ctx, "/relist/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Compact(ctx, head.Header.Revision, clientv3.WithCompactPhysical()); err != nil {
+		t.Fatal(err)
+	}
+	c.Reconnect(0)
+
+	eventually(t, "the index after the relist", func() error {
+		_, lifted := x.Covering(epoch, "", "", "team-a/alpha")
+		_, made := x.Covering(epoch, "", "", "team-b/beta")
+		if lifted || !made {
+			return fmt.Errorf("r1 covered %v (want false), r2 covered %v (want true)", lifted, made)
+		}
+		return nil
+	})
+	if x.Len() != 1 {
+		t.Fatalf("index holds %d revocations, want 1", x.Len())
+	}
 	p.until(t, true)
 }
