@@ -120,6 +120,13 @@ type TLS struct {
 	// broker's SVID and all bundles from the SPIFFE Workload API instead of
 	// files (exclusive with the file keys).
 	WorkloadAPISocket string `yaml:"workload_api_socket"`
+	// SPIFFEID is the identity the broker serves as. With the Workload API
+	// it chooses the broker's SVID among those the agent gives it (default:
+	// the agent's first); with files, the SVID file must hold it.
+	SPIFFEID string `yaml:"spiffe_id"`
+	// WorkloadAPITimeout bounds the wait for the broker's first SVID from
+	// the Workload API at start (the agent may start after the broker).
+	WorkloadAPITimeout time.Duration `yaml:"workload_api_timeout"`
 }
 
 // Admin controls who may use the admin API.
@@ -634,6 +641,9 @@ func (c *Config) applyDefaults() {
 	if c.TLS.ReloadInterval == 0 {
 		c.TLS.ReloadInterval = 30 * time.Second
 	}
+	if c.TLS.WorkloadAPITimeout == 0 {
+		c.TLS.WorkloadAPITimeout = 30 * time.Second
+	}
 	if na := c.NodeAttestation; na != nil && na.SVIDTTL == 0 {
 		na.SVIDTTL = time.Hour
 	}
@@ -714,6 +724,16 @@ func (c *Config) Validate() error {
 		}
 		if !strings.HasPrefix(c.TLS.WorkloadAPISocket, "unix://") && !strings.HasPrefix(c.TLS.WorkloadAPISocket, "tcp://") {
 			bad("tls.workload_api_socket %q: want unix:///path/to/agent.sock (or tcp://host:port)", c.TLS.WorkloadAPISocket)
+		}
+	}
+	if c.TLS.WorkloadAPITimeout < 0 {
+		bad("tls.workload_api_timeout must be positive")
+	}
+	if c.TLS.SPIFFEID != "" {
+		if id, err := spiffeid.FromString(c.TLS.SPIFFEID); err != nil {
+			bad("tls.spiffe_id %q: %v", c.TLS.SPIFFEID, err)
+		} else if id.TrustDomain().Name() != c.TrustDomain {
+			bad("tls.spiffe_id %s is not in trust_domain %q", id, c.TrustDomain)
 		}
 	}
 	for td := range c.TLS.Bundles {

@@ -33,10 +33,14 @@ type cacheKey struct {
 	Broker   string `json:"broker"`
 	BrokerID string `json:"broker_id,omitempty"`
 	SVIDDir  string `json:"svid_dir"`
-	Profile  string `json:"profile"`
-	Cluster  string `json:"cluster,omitempty"`
-	Audience string `json:"audience,omitempty"`
-	TTL      string `json:"ttl,omitempty"`
+	// WorkloadAPI and SPIFFEID name a Workload API identity instead of
+	// SVIDDir (absent in files written before they existed: SVIDDir then).
+	WorkloadAPI string `json:"workload_api,omitempty"`
+	SPIFFEID    string `json:"spiffe_id,omitempty"`
+	Profile     string `json:"profile"`
+	Cluster     string `json:"cluster,omitempty"`
+	Audience    string `json:"audience,omitempty"`
+	TTL         string `json:"ttl,omitempty"`
 }
 
 func keyOf(o options) cacheKey {
@@ -44,7 +48,11 @@ func keyOf(o options) cacheKey {
 	if err != nil {
 		dir = o.svidDir
 	}
-	k := cacheKey{Broker: o.broker, BrokerID: o.brokerID, SVIDDir: dir, Profile: o.profile, Cluster: o.cluster, Audience: o.audience}
+	if o.svidDir == "" {
+		dir = ""
+	}
+	k := cacheKey{Broker: o.broker, BrokerID: o.brokerID, SVIDDir: dir, WorkloadAPI: o.socket, SPIFFEID: o.spiffeID,
+		Profile: o.profile, Cluster: o.cluster, Audience: o.audience}
 	if o.ttl > 0 {
 		k.TTL = o.ttl.String()
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/credbroker/credbroker/attest"
 	"github.com/credbroker/credbroker/internal/backoff"
 	"github.com/credbroker/credbroker/internal/brokerclient"
+	"github.com/credbroker/credbroker/internal/svidsource"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -28,10 +29,14 @@ func main() {
 	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
 }
 
-const usage = `Usage: credbroker-credential-process --broker ADDR --svid-dir DIR --profile P [flags]
+const usage = `Usage: credbroker-credential-process --broker ADDR --profile P [--workload-api-socket ADDR | --svid-dir DIR] [flags]
 
-Requests one credential from the broker, authenticating with the X.509-SVID in
-DIR (svid.pem, svid_key.pem, bundle.pem), and prints it on stdout.
+Requests one credential from the broker and prints it on stdout. It
+authenticates with its X.509-SVID from the SPIFFE Workload API (a SPIRE
+agent: --workload-api-socket, default $SPIFFE_ENDPOINT_SOCKET; --spiffe-id
+chooses among several SVIDs) or from an SVID directory (--svid-dir, or
+$CREDBROKER_SVID_DIR: svid.pem, svid_key.pem, bundle.pem). A directory wins
+over $SPIFFE_ENDPOINT_SOCKET; the two flags together are an error.
 
   --format aws   {"Version":1,"AccessKeyId","SecretAccessKey","SessionToken","Expiration"}
                  as the AWS credential_process contract wants (AWS profiles only)
@@ -42,7 +47,8 @@ With --cache-file PATH, the last AWS credential is kept in PATH (JSON, mode
 0600, replaced atomically; its directory is created 0700 if missing) and
 handed out again without asking the broker while it has more than
 --cache-min-remaining left and was issued for the same broker, broker ID,
-SVID directory, profile, cluster, audience and TTL. The default of 10m keeps
+identity source (SVID directory, or Workload API socket and SPIFFE ID),
+profile, cluster, audience and TTL. The default of 10m keeps
 every credential handed out outside the AWS CLI's mandatory refresh window.
 The file holds secrets: one that group or others may access is not read, and
 is replaced. Before a cached credential is handed out the broker is asked
@@ -57,7 +63,7 @@ credentials are never cached.
 
 In ~/.aws/config:
   [profile capa]
-  credential_process = credbroker-credential-process --broker broker:8443 --svid-dir /var/run/svid --profile capa --cluster team-a/prod --format aws --cache-file /var/cache/credbroker/capa.json
+  credential_process = credbroker-credential-process --broker broker:8443 --workload-api-socket unix:///run/spire/agent.sock --profile capa --cluster team-a/prod --format aws --cache-file /var/cache/credbroker/capa.json
 
 Exit status: 0 on success; 1 when the broker refused for good (policy, identity,
 unknown profile, TTL out of range, revoked ...) or on any other failure; 2 on
@@ -81,6 +87,11 @@ const prefix = "credbroker-credential-process: "
 type options struct {
 	broker, brokerID, svidDir, profile, cluster, audience, format, cacheFile string
 	ttl, timeout, cacheMinRemaining, waitApproval                            time.Duration
+	// socket and spiffeID name the Workload API identity (resolved with
+	// svidDir by svidsource.Options.Resolve: one of them is set).
+	socket, spiffeID string
+	// identity is opened on first use, once per invocation.
+	identity *brokerclient.Identity
 }
 
 // command is one invocation. The clock and the way to the broker are fields
@@ -113,6 +124,7 @@ func (c command) run(ctx context.Context, args []string) int {
 		fmt.Fprintf(c.stderr, prefix+"%v (see --help)\n", err)
 		return 2
 	}
+	defer o.identity.Close()
 	// Warnings are shown only with a credential: a failure is one line.
 	out, warnings, err := c.credential(ctx, o)
 	if err != nil {
@@ -143,6 +155,8 @@ func parseArgs(args []string) (options, *flag.FlagSet, error) {
 	fs.StringVar(&o.broker, "broker", os.Getenv("CREDBROKER_ADDR"), "broker gRPC address HOST:PORT (env CREDBROKER_ADDR)")
 	fs.StringVar(&o.brokerID, "broker-id", "", "exact SPIFFE ID the broker must present (default: any ID in the SVID's trust domain)")
 	fs.StringVar(&o.svidDir, "svid-dir", os.Getenv("CREDBROKER_SVID_DIR"), "directory with svid.pem, svid_key.pem, bundle.pem (env CREDBROKER_SVID_DIR)")
+	fs.StringVar(&o.socket, "workload-api-socket", os.Getenv(svidsource.EndpointEnv), "SPIFFE Workload API address, e.g. unix:///run/spire/agent.sock (env "+svidsource.EndpointEnv+")")
+	fs.StringVar(&o.spiffeID, "spiffe-id", "", "with the Workload API: the SPIFFE ID of the SVID to use when the agent gives several (default: its first)")
 	fs.StringVar(&o.profile, "profile", "", "credential profile to request")
 	fs.StringVar(&o.cluster, "cluster", "", "workload cluster NAMESPACE/NAME for cluster-scoped profiles")
 	fs.StringVar(&o.audience, "audience", "", "token audience (default: the profile's)")
@@ -155,7 +169,21 @@ func parseArgs(args []string) (options, *flag.FlagSet, error) {
 	if err := fs.Parse(args); err != nil {
 		return o, fs, err
 	}
-	return o, fs, o.check(fs.Args())
+	if err := o.check(fs.Args()); err != nil {
+		return o, fs, err
+	}
+	id := svidsource.Options{Dir: o.svidDir, Socket: o.socket, SPIFFEID: o.spiffeID, Timeout: o.timeout}
+	fs.Visit(func(f *flag.Flag) {
+		id.DirExplicit = id.DirExplicit || f.Name == "svid-dir"
+		id.SocketExplicit = id.SocketExplicit || f.Name == "workload-api-socket"
+	})
+	id, err := id.Resolve()
+	if err != nil {
+		return o, fs, err
+	}
+	o.svidDir, o.socket = id.Dir, id.Socket
+	o.identity = &brokerclient.Identity{Options: id}
+	return o, fs, nil
 }
 
 func (o options) check(rest []string) error {
@@ -164,8 +192,6 @@ func (o options) check(rest []string) error {
 		return fmt.Errorf("unexpected arguments %q", rest)
 	case o.broker == "":
 		return errors.New("--broker is required")
-	case o.svidDir == "":
-		return errors.New("--svid-dir is required")
 	case o.profile == "":
 		return errors.New("--profile is required")
 	case o.format != "aws" && o.format != "json":
@@ -289,7 +315,7 @@ func (c command) pause(ctx context.Context, d time.Duration) error {
 
 // issue asks the broker for one credential.
 func issue(ctx context.Context, o options) (*credbrokerv1.Credential, error) {
-	conn, err := brokerclient.Dial(o.broker, o.svidDir, o.brokerID)
+	conn, err := o.identity.Dial(ctx, o.broker, o.brokerID)
 	if err != nil {
 		return nil, err
 	}
@@ -313,7 +339,7 @@ func issue(ctx context.Context, o options) (*credbrokerv1.Credential, error) {
 // when none does. It reads only what the watch has in force when it starts
 // and closes it: one call, bounded by --timeout.
 func checkRevoked(ctx context.Context, o options, issuanceID string) (string, error) {
-	conn, err := brokerclient.Dial(o.broker, o.svidDir, o.brokerID)
+	conn, err := o.identity.Dial(ctx, o.broker, o.brokerID)
 	if err != nil {
 		return "", status.Error(codes.Unavailable, err.Error())
 	}

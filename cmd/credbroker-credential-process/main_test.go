@@ -31,7 +31,9 @@ func TestUsageErrors(t *testing.T) {
 		want string
 	}{
 		{[]string{"--svid-dir", "d", "--profile", "p"}, "--broker is required"},
-		{[]string{"--broker", "b", "--profile", "p"}, "--svid-dir is required"},
+		{[]string{"--broker", "b", "--profile", "p"}, "an identity is required"},
+		{[]string{"--broker", "b", "--profile", "p", "--svid-dir", "d", "--workload-api-socket", "unix:///s"}, "not both"},
+		{[]string{"--broker", "b", "--profile", "p", "--svid-dir", "d", "--spiffe-id", "spiffe://td/x"}, "--spiffe-id"},
 		{[]string{"--broker", "b", "--svid-dir", "d"}, "--profile is required"},
 		{[]string{"--broker", "b", "--svid-dir", "d", "--profile", "p", "--format", "yaml"}, `--format "yaml"`},
 		{[]string{"--broker", "b", "--svid-dir", "d", "--profile", "p", "extra"}, "unexpected arguments"},
@@ -43,6 +45,7 @@ func TestUsageErrors(t *testing.T) {
 		var out, errb bytes.Buffer
 		t.Setenv("CREDBROKER_ADDR", "")
 		t.Setenv("CREDBROKER_SVID_DIR", "")
+		t.Setenv("SPIFFE_ENDPOINT_SOCKET", "")
 		if code := run(context.Background(), tc.args, &out, &errb); code != 2 || !strings.Contains(errb.String(), tc.want) || out.Len() != 0 ||
 			!strings.HasPrefix(errb.String(), "credbroker-credential-process: ") || strings.Count(errb.String(), "\n") != 1 {
 			t.Errorf("run(%q) = %d, stderr %q; want 2 and one line with %q", tc.args, code, errb.String(), tc.want)

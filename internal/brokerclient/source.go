@@ -1,8 +1,10 @@
 package brokerclient
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffegrpc/grpccredentials"
@@ -10,6 +12,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
+
+	"github.com/credbroker/credbroker/internal/svidsource"
 )
 
 // DialSource returns a connection to the broker at addr that authenticates
@@ -45,4 +49,43 @@ func DialSource(addr string, svids x509svid.Source, bundles x509bundle.Source, b
 	}
 	creds := grpccredentials.MTLSClientCredentials(svids, bundles, authorizer)
 	return grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(creds))
+}
+
+// Identity is a command's own identity, opened on first use and shared by
+// the calls of one invocation, so that a command asking the broker twice
+// fetches its SVID from the Workload API once. The zero value is not
+// usable: set Options (resolved by svidsource.Options.Resolve).
+type Identity struct {
+	Options svidsource.Options
+
+	mu     sync.Mutex
+	src    svidsource.Source
+	err    error
+	opened bool
+}
+
+// Dial opens the identity if it is not open yet and dials the broker at
+// addr with it (see DialSource).
+func (i *Identity) Dial(ctx context.Context, addr, brokerID string) (*grpc.ClientConn, error) {
+	i.mu.Lock()
+	if !i.opened {
+		i.src, i.err = svidsource.Open(ctx, i.Options)
+		i.opened = true
+	}
+	src, err := i.src, i.err
+	i.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	return DialSource(addr, src, src, brokerID)
+}
+
+// Close releases the identity's source, if it was opened.
+func (i *Identity) Close() {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if i.src != nil {
+		i.src.Close()
+	}
+	i.src, i.err, i.opened = nil, errors.New("brokerclient: identity is closed"), true
 }

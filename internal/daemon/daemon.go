@@ -317,10 +317,15 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	switch {
 	case trust.workload != nil:
-		g.Go(func() error { trust.watchWorkloadAPI(gctx, log); return nil })
+		g.Go(func() error {
+			t := time.NewTicker(expiryCheckInterval)
+			defer t.Stop()
+			trust.watchWorkloadAPI(gctx, t.C, time.Now, log)
+			return nil
+		})
 	case !opts.Dev:
 		g.Go(func() error {
-			trust.watch(gctx, cfg, cfg.TLS.ReloadInterval, opts.Reload, log)
+			trust.watch(gctx, cfg, cfg.TLS.ReloadInterval, opts.Reload, time.Now, log)
 			return nil
 		})
 	}

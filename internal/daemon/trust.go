@@ -22,6 +22,7 @@ import (
 	attestx509 "github.com/credbroker/credbroker/attest/x509svid"
 	"github.com/credbroker/credbroker/broker/config"
 	"github.com/credbroker/credbroker/internal/devenv"
+	"github.com/credbroker/credbroker/internal/svidsource"
 )
 
 // trust is the broker's own SVID and the bundles it verifies callers with.
@@ -86,6 +87,9 @@ func (t *trust) loadFiles(cfg *config.Config, td spiffeid.TrustDomain) error {
 	if svid.ID.TrustDomain() != td {
 		return fmt.Errorf("tls: broker SVID %s is not in trust domain %q", svid.ID, td)
 	}
+	if want := cfg.TLS.SPIFFEID; want != "" && svid.ID.String() != want {
+		return fmt.Errorf("tls: %s holds an SVID for %s, not tls.spiffe_id %s", cfg.TLS.SVIDFile, svid.ID, want)
+	}
 	var x509s []*x509bundle.Bundle
 	for name, path := range cfg.TLS.Bundles {
 		b, err := x509bundle.Load(spiffeid.RequireTrustDomainFromString(name), path)
@@ -115,20 +119,23 @@ func (t *trust) loadFiles(cfg *config.Config, td spiffeid.TrustDomain) error {
 	return nil
 }
 
-// workloadAPITimeout bounds the wait for the agent's first answer at start.
-const workloadAPITimeout = 30 * time.Second
-
 // connectWorkloadAPI takes the broker's SVID and the X.509 bundles from an
 // X509Source and the JWT bundles from a BundleSource on the agent's socket.
 // Both follow rotations pushed by the agent.
 func (t *trust) connectWorkloadAPI(ctx context.Context, cfg *config.Config, td spiffeid.TrustDomain) error {
-	ctx, cancel := context.WithTimeout(ctx, workloadAPITimeout)
+	ctx, cancel := context.WithTimeout(ctx, cfg.TLS.WorkloadAPITimeout)
 	defer cancel()
-	addr := workloadapi.WithClientOptions(workloadapi.WithAddr(cfg.TLS.WorkloadAPISocket))
-	x509Source, err := workloadapi.NewX509Source(ctx, addr)
-	if err != nil {
-		return fmt.Errorf("tls.workload_api_socket %s: %w", cfg.TLS.WorkloadAPISocket, err)
+	var opts []svidsource.WorkloadOption
+	if cfg.TLS.SPIFFEID != "" {
+		opts = append(opts, svidsource.WithSPIFFEID(spiffeid.RequireFromString(cfg.TLS.SPIFFEID))) // validated
 	}
+	// svidsource says why no identity came (missing socket, no
+	// registration entry, another ID), not only that the wait ended.
+	x509Source, err := svidsource.FromWorkloadAPI(ctx, cfg.TLS.WorkloadAPISocket, opts...)
+	if err != nil {
+		return fmt.Errorf("tls.workload_api_socket: %w", err)
+	}
+	addr := workloadapi.WithClientOptions(workloadapi.WithAddr(cfg.TLS.WorkloadAPISocket))
 	t.closers = append(t.closers, x509Source)
 	bundles, err := workloadapi.NewBundleSource(ctx, addr)
 	if err != nil {
@@ -159,34 +166,52 @@ func (t *trust) close() {
 }
 
 // watchWorkloadAPI logs every identity update the agent pushes, and warns
-// when the SVID in use is about to expire without one.
-func (t *trust) watchWorkloadAPI(ctx context.Context, log *slog.Logger) {
-	warn := time.NewTicker(time.Minute)
-	defer warn.Stop()
+// when the SVID in use is near its expiry without one (expiryWarning),
+// checking at every tick with the time of now.
+func (t *trust) watchWorkloadAPI(ctx context.Context, tick <-chan time.Time, now func() time.Time, log *slog.Logger) {
+	var warn expiryWarning
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.workload.Updated():
-			if svid, err := t.workload.GetX509SVID(); err == nil {
-				log.Info("identity updated from the Workload API", slog.String("spiffe_id", svid.ID.String()), slog.Time("svid_expires", svid.Certificates[0].NotAfter))
+			svid, err := t.workload.GetX509SVID()
+			if err != nil {
+				// tls.spiffe_id is no longer among the agent's SVIDs: the
+				// broker keeps no identity, and health says NOT_SERVING.
+				log.Error("the Workload API no longer gives the broker its identity", slog.String("error", err.Error()))
+				continue
 			}
-		case <-warn.C:
-			if svid, err := t.workload.GetX509SVID(); err == nil && time.Until(svid.Certificates[0].NotAfter) < 5*time.Minute {
-				log.Warn("the broker's SVID expires soon and the Workload API has not rotated it", slog.Time("svid_expires", svid.Certificates[0].NotAfter))
-			}
+			log.Info("identity updated from the Workload API", slog.String("spiffe_id", svid.ID.String()), slog.Time("svid_expires", svid.Certificates[0].NotAfter))
+		case <-tick:
+			t.warnUnrotated(&warn, now(), log, "the broker's SVID expires soon and the Workload API has not rotated it")
 		}
+	}
+}
+
+// warnUnrotated warns, as w decides, that the SVID in use is near expiry.
+func (t *trust) warnUnrotated(w *expiryWarning, now time.Time, log *slog.Logger, msg string, attrs ...any) {
+	svid, err := t.svidSource.GetX509SVID()
+	if err != nil || svid == nil {
+		return // readiness reports a missing SVID
+	}
+	leaf := svid.Certificates[0]
+	if w.due(now, leaf) {
+		log.Warn(msg, append([]any{slog.String("spiffe_id", svid.ID.String()), slog.Time("svid_expires", leaf.NotAfter),
+			slog.Duration("expires_in", leaf.NotAfter.Sub(now).Round(time.Second)), slog.Duration("lifetime", leaf.NotAfter.Sub(leaf.NotBefore))}, attrs...)...)
 	}
 }
 
 // watch reloads the SVID and bundle files every interval and on SIGHUP, so
 // that rotations by the SPIFFE issuer (e.g. a SPIRE agent writing files) take
 // effect without a restart. A failed reload keeps the previous state and is
-// logged; so is a broker SVID close to expiry.
-func (t *trust) watch(ctx context.Context, cfg *config.Config, interval time.Duration, hup <-chan os.Signal, log *slog.Logger) {
+// logged; so is a broker SVID near expiry without a replacement
+// (expiryWarning).
+func (t *trust) watch(ctx context.Context, cfg *config.Config, interval time.Duration, hup <-chan os.Signal, now func() time.Time, log *slog.Logger) {
 	td := spiffeid.RequireTrustDomainFromString(cfg.TrustDomain)
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
+	var warn expiryWarning
 	for {
 		level := slog.LevelDebug
 		select {
@@ -201,9 +226,7 @@ func (t *trust) watch(ctx context.Context, cfg *config.Config, interval time.Dur
 		} else {
 			log.Log(ctx, level, "reloaded SVID and trust bundles", slog.Time("svid_expires", t.svid.Load().Certificates[0].NotAfter))
 		}
-		if left := time.Until(t.svid.Load().Certificates[0].NotAfter); left < 2*interval {
-			log.Warn("the broker's SVID expires soon and has not been rotated", slog.Duration("expires_in", left), slog.String("file", cfg.TLS.SVIDFile))
-		}
+		t.warnUnrotated(&warn, now(), log, "the broker's SVID expires soon and has not been rotated", slog.String("file", cfg.TLS.SVIDFile))
 	}
 }
 
