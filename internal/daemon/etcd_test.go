@@ -16,6 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
@@ -296,4 +297,98 @@ func healthConn(t *testing.T, addr string, td spiffeid.TrustDomain, authority *c
 	}
 	t.Cleanup(func() { _ = conn.Close() })
 	return conn
+}
+
+// TestPartitionedReplicaNeverIssuesUnderAnUnseenRevocation: replica a loses
+// etcd while replica b keeps it; an identity revoked on b meanwhile is
+// served by a at most until a's last confirmation goes stale, then refused
+// UNAVAILABLE, and once the partition heals refused as revoked — never
+// issued again in between.
+func TestPartitionedReplicaNeverIssuesUnderAnUnseenRevocation(t *testing.T) {
+	t.Parallel()
+	etcd := etcdtest.New(t, 1)
+	dir := t.TempDir()
+	td, authority, base := productionIdentity(t, dir)
+	cfg := func(data, endpoint string) string {
+		return strings.Replace(base, "data_dir: "+filepath.Join(dir, "data"), "data_dir: "+filepath.Join(dir, data), 1) + `
+issuers:
+  oidc: {type: jwt, jwt: {issuer_url: "https://credbroker.prod.test/oidc"}}
+profiles:
+  plain: {issuer: oidc, max_ttl: 1h, cluster: none}
+policy:
+  - id: spiffe://prod.test/ns/*/sa/capa-controller-manager
+    profiles: [plain]
+state:
+  etcd:
+    endpoints: [` + endpoint + `]
+    prefix: /partition/
+    request_timeout: 1s
+`
+	}
+	// a reaches etcd through the link the test cuts; b directly.
+	a := startDaemon(t, t.TempDir(), cfg("data-a", etcd.Endpoint(0)))
+	defer a.stop(t)
+	b := startDaemon(t, t.TempDir(), cfg("data-b", etcd.DirectEndpoint(0)))
+	defer b.stop(t)
+	adminConn, err := grpc.NewClient("unix://"+filepath.Join(dir, "data-b", "admin.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer adminConn.Close()
+
+	svid, err := authority.MintX509SVID(spiffeid.RequireFromPath(td, "/ns/capa-system/sa/capa-controller-manager"), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient(a.grpcAddr, grpc.WithTransportCredentials(grpccredentials.MTLSClientCredentials(svid, x509bundle.NewSet(authority.X509Bundle()), tlsconfig.AuthorizeMemberOf(td))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx := context.Background()
+	issueOnA := func() error {
+		_, err := credbrokerv1.NewBrokerServiceClient(conn).IssueCredential(ctx, &credbrokerv1.IssueCredentialRequest{Profile: "plain"})
+		return err
+	}
+	if err := issueOnA(); err != nil {
+		t.Fatal(err)
+	}
+
+	etcd.Disconnect(0)
+	if _, err := credbrokerv1.NewAdminServiceClient(adminConn).Revoke(ctx, &credbrokerv1.RevokeRequest{
+		Target: &credbrokerv1.RevokeRequest_SpiffeId{SpiffeId: svid.ID.String()}, Reason: "compromised"}); err != nil {
+		t.Fatal(err)
+	}
+	// Until its last confirmation is revocationsStaleAfter old, a does not
+	// know it is cut off and may still serve (the bound the README states);
+	// from then on it refuses, and never issues again until it has seen
+	// the revocation.
+	deadline := time.Now().Add(time.Minute)
+	poll := time.NewTicker(20 * time.Millisecond)
+	defer poll.Stop()
+	for status.Code(issueOnA()) != codes.Unavailable {
+		if time.Now().After(deadline) {
+			t.Fatal("the partitioned replica kept issuing")
+		}
+		<-poll.C
+	}
+	for range 5 {
+		if err := issueOnA(); status.Code(err) != codes.Unavailable {
+			t.Fatalf("the partitioned replica, after refusing: %v, want UNAVAILABLE", err)
+		}
+	}
+	etcd.Reconnect(0)
+	for {
+		err := issueOnA()
+		if status.Code(err) == codes.FailedPrecondition {
+			break
+		}
+		if err == nil {
+			t.Fatal("the healed replica issued to an identity revoked during the partition")
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the partition healed: %v, want FAILED_PRECONDITION (REVOKED)", err)
+		}
+		<-poll.C
+	}
 }

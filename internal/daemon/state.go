@@ -156,10 +156,12 @@ func newFreshness(now func() time.Time, maxAge time.Duration) *freshness {
 	return &freshness{now: now, maxAge: maxAge, lastSeen: now()}
 }
 
-func (f *freshness) confirmed() {
-	t := f.now()
+// confirmed records that every revocation made before asOf is in.
+func (f *freshness) confirmed(asOf time.Time) {
 	f.mu.Lock()
-	f.lastSeen = t
+	if asOf.After(f.lastSeen) {
+		f.lastSeen = asOf
+	}
 	f.mu.Unlock()
 }
 

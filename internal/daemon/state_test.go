@@ -176,7 +176,7 @@ func TestStaleRevocationsAreNotServing(t *testing.T) {
 	if err := record(); !errors.Is(err, state.ErrUnavailable) {
 		t.Fatalf("past the bound: %v, want state.ErrUnavailable", err)
 	}
-	fresh.confirmed()
+	fresh.confirmed(clk.Now())
 	r.check()
 	if err := record(); err != nil {
 		t.Fatalf("after a confirmation: %v", err)

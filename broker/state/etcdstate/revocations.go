@@ -214,10 +214,11 @@ func (w *revWatch) probeLoop(ctx context.Context) {
 	t := time.NewTicker(w.s.probe)
 	defer t.Stop()
 	for {
+		var due time.Time
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case due = <-t.C:
 		}
 		w.mu.Lock()
 		delivered := w.delivered
@@ -226,19 +227,12 @@ func (w *revWatch) probeLoop(ctx context.Context) {
 		resp, err := w.s.cli.Get(pctx, w.s.key(keyRevocationGen, ""))
 		cancel()
 		confirmed := err == nil && (len(resp.Kvs) == 0 || resp.Kvs[0].ModRevision <= delivered)
-		if confirmed {
-			w.current()
+		if confirmed && w.s.onCurrent != nil {
+			w.s.onCurrent(due)
 		}
 		if w.probed != nil {
 			w.probed(confirmed)
 		}
-	}
-}
-
-// current reports that every revocation made so far has been delivered.
-func (w *revWatch) current() {
-	if w.s.onCurrent != nil {
-		w.s.onCurrent()
 	}
 }
 

@@ -55,8 +55,10 @@ type Options struct {
 	ProbeInterval time.Duration
 	// OnCurrent, when set, is called (from the Store's goroutines; it must
 	// be quick) each time the Store has confirmed that its watchers have
-	// every revocation made so far.
-	OnCurrent func()
+	// every revocation made before asOf: the time the probe that confirmed
+	// it was due, before it asked etcd. (The Store takes that time from its
+	// probe ticker; no decision about the state depends on it.)
+	OnCurrent func(asOf time.Time)
 
 	probed     func(confirmed bool) // tests only: called after each probe
 	beforeSwap func()               // tests only: called before each compare-and-swap
@@ -83,7 +85,7 @@ type Store struct {
 	prefix     string
 	opTimeout  time.Duration
 	probe      time.Duration
-	onCurrent  func()
+	onCurrent  func(asOf time.Time)
 	probed     func(confirmed bool)
 	beforeSwap func()
 	locks      keyLocks
