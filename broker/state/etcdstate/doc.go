@@ -51,6 +51,10 @@
 // revocation, so that a page of ListClusters reads the references of the
 // clusters on it and no others.
 //
+// Purges scan their directory at one revision and delete what ended as
+// they go, in transactions of up to 40 keys that each delete a key only if
+// it did not change since the scan read it.
+//
 // A quota window keeps the end it was opened with; Spend and Usage treat a
 // window whose end is not after now as gone, and PurgeQuotas deletes it. No
 // lease is involved: a lease would expire on etcd's clock, while every
@@ -64,9 +68,11 @@
 // a deletion can be reported with what was deleted, and so that, when the
 // watch cannot resume (its revision was compacted away), it lists again and
 // delivers the difference. Revoke, LiftRevocation and PurgeRevocations
-// return only once the watch has delivered their own change, so that on the
-// replica that made it a change is in force before the call returns (as on
-// one node); other replicas see it as soon as their watch delivers it.
+// return once the watch has delivered their own change (or, should the
+// watch lag past the operation's deadline, once the change is stored), so
+// that on the replica that made it a change is in force before the call
+// returns (as on one node); other replicas see it as soon as their watch
+// delivers it.
 //
 // A replica must also be able to tell that it has every revocation made so
 // far, or refuse to issue: its watch may be cut off. Every Revoke rewrites
