@@ -92,11 +92,14 @@ fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 
+# deploy/ is a module of its own (the image and kustomize tools): vetted and checked beside the main one.
 vet:
 	$(GO) vet $(PKGS)
+	$(GO) -C deploy vet ./...
 
 staticcheck:
 	$(STATICCHECK) $(PKGS)
+	cd deploy && $(GO) tool -modfile=../tools/go.mod staticcheck ./...
 
 ## darwin: the binaries build for macOS too, so `make run` works on an operator's laptop
 darwin:
@@ -179,6 +182,21 @@ unit test-slow: export CREDBROKER_MINIO := $(MINIO_BIN)
 
 clean:
 	rm -rf $(BIN)
+
+## image: the container image without a container daemon (deploy/cmd/ocimage, go-containerregistry):
+## static linux binaries for IMAGE_ARCH, user 65532, entrypoint credbroker; written as an OCI archive
+## to $(IMAGE_TAR) (`skopeo copy oci-archive:$(IMAGE_TAR) docker://REGISTRY/credbroker:TAG`). The same
+## image as deploy/Dockerfile. deploy/ is its own Go module, so these build tools stay out of the broker's.
+IMAGE_ARCH ?= $(shell $(GO) env GOARCH)
+IMAGE_TAG  ?= credbroker:dev
+IMAGE_TAR  := $(BIN)/credbroker-image-$(IMAGE_ARCH).tar
+.PHONY: image
+image:
+	@mkdir -p $(BIN)/image-$(IMAGE_ARCH)
+	CGO_ENABLED=0 GOOS=linux GOARCH=$(IMAGE_ARCH) $(GO) build -trimpath -ldflags="-s -w" -o $(BIN)/image-$(IMAGE_ARCH)/ \
+	  ./cmd/credbroker ./cmd/credbroker-sidecar ./cmd/credbroker-credential-process ./cmd/credbrokerctl
+	$(GO) -C deploy run ./cmd/ocimage --bin-dir ../$(BIN)/image-$(IMAGE_ARCH) --arch $(IMAGE_ARCH) --tag $(IMAGE_TAG) --out ../$(IMAGE_TAR)
+	@echo "image: $(IMAGE_TAR) ($(IMAGE_TAG), linux/$(IMAGE_ARCH))"
 
 ## awscli: install Debian's AWS CLI (the tests' real `aws` client) when /usr/bin/aws is missing; with
 ## sudo unless root, and `apt-get update` only when the package lists lack it. `unit`, `test` and `test-slow` pass its

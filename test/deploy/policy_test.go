@@ -1,0 +1,354 @@
+package deploy_test
+
+import (
+	"fmt"
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/credbroker/credbroker/broker/config"
+)
+
+// podSpec returns the pod template's spec of a workload object, or nil.
+func podSpec(o object) map[string]any {
+	switch o.kind() {
+	case "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job":
+		m, _ := get(o, "spec", "template", "spec").(map[string]any)
+		return m
+	case "Pod":
+		m, _ := o["spec"].(map[string]any)
+		return m
+	}
+	return nil
+}
+
+// TestRenderedObjectsFollowThePolicy checks what an admission policy
+// (restricted Pod Security and the project's own rules) would: no container
+// runs as root, privileged or with privilege escalation; root file systems
+// are read-only; every capability is dropped; seccomp is RuntimeDefault; no
+// hostPath, host namespaces or host ports; every container requests CPU and
+// memory and has a memory limit; the broker's admin API is on no Service.
+func TestRenderedObjectsFollowThePolicy(t *testing.T) {
+	all := rendered(t)
+	for _, name := range names(all) {
+		t.Run(name, func(t *testing.T) {
+			workloads := 0
+			for _, o := range all[name] {
+				spec := podSpec(o)
+				if spec == nil {
+					continue
+				}
+				workloads++
+				for _, problem := range podProblems(spec) {
+					t.Errorf("%s: %s", o, problem)
+				}
+			}
+			if workloads == 0 {
+				t.Fatal("no workload rendered")
+			}
+		})
+	}
+}
+
+func podProblems(spec map[string]any) []string {
+	var out []string
+	bad := func(format string, args ...any) { out = append(out, fmt.Sprintf(format, args...)) }
+	for _, k := range []string{"hostNetwork", "hostPID", "hostIPC"} {
+		if spec[k] == true {
+			bad("%s: true", k)
+		}
+	}
+	for _, v := range list(spec["volumes"]) {
+		if get(v, "hostPath") != nil {
+			bad("volume %v is a hostPath", get(v, "name"))
+		}
+	}
+	podSC := get(spec, "securityContext")
+	if get(podSC, "runAsUser") == 0 {
+		bad("pod runAsUser 0")
+	}
+	for _, c := range append(list(spec["initContainers"]), list(spec["containers"])...) {
+		name := get(c, "name")
+		sc := get(c, "securityContext")
+		// A container setting wins over the pod's.
+		eff := func(key string) any {
+			if v := get(sc, key); v != nil {
+				return v
+			}
+			return get(podSC, key)
+		}
+		if eff("runAsNonRoot") != true {
+			bad("container %v: runAsNonRoot is not true", name)
+		}
+		if eff("runAsUser") == 0 {
+			bad("container %v: runAsUser 0", name)
+		}
+		if get(sc, "privileged") == true {
+			bad("container %v: privileged", name)
+		}
+		if get(sc, "allowPrivilegeEscalation") != false {
+			bad("container %v: allowPrivilegeEscalation is not false", name)
+		}
+		if get(sc, "readOnlyRootFilesystem") != true {
+			bad("container %v: readOnlyRootFilesystem is not true", name)
+		}
+		if drop := list(get(sc, "capabilities", "drop")); !slices.Contains(drop, any("ALL")) {
+			bad("container %v: capabilities.drop does not hold ALL", name)
+		}
+		if len(list(get(sc, "capabilities", "add"))) > 0 {
+			bad("container %v: adds capabilities", name)
+		}
+		if eff("seccompProfile") == nil || get(eff("seccompProfile"), "type") != "RuntimeDefault" {
+			bad("container %v: seccompProfile is not RuntimeDefault", name)
+		}
+		for _, r := range []string{"cpu", "memory"} {
+			if get(c, "resources", "requests", r) == nil {
+				bad("container %v: no %s request", name, r)
+			}
+		}
+		if get(c, "resources", "limits", "memory") == nil {
+			bad("container %v: no memory limit", name)
+		}
+		for _, p := range list(get(c, "ports")) {
+			if get(p, "hostPort") != nil {
+				bad("container %v: hostPort", name)
+			}
+		}
+	}
+	return out
+}
+
+// TestAdminAPIIsOnNoService: the Services of the broker expose only the
+// gRPC port (callers) and the HTTP port (metrics, discovery), each by the
+// container port's name, and the broker's admin socket stays a unix socket
+// in its data directory (no listener address in the configuration).
+func TestAdminAPIIsOnNoService(t *testing.T) {
+	all := rendered(t)
+	for _, name := range []string{"single", "ha"} {
+		objs := all[name]
+		allowed := map[string]map[string]bool{
+			"credbroker":      {"grpc": true},
+			"credbroker-pods": {"http-metrics": true},
+		}
+		services := find(objs, "Service")
+		if len(services) != len(allowed) {
+			t.Errorf("%s: %d Services, want %d", name, len(services), len(allowed))
+		}
+		for _, s := range services {
+			want, ok := allowed[s.name()]
+			if !ok {
+				t.Errorf("%s: unexpected %s", name, s)
+				continue
+			}
+			for _, p := range list(get(s, "spec", "ports")) {
+				if tp, _ := get(p, "targetPort").(string); !want[tp] {
+					t.Errorf("%s: %s exposes target port %v; want only %v", name, s, get(p, "targetPort"), names(want))
+				}
+			}
+		}
+		for _, c := range brokerConfigs(t, objs) {
+			var cfg struct {
+				Admin struct{ Socket string } `yaml:"admin"`
+			}
+			if err := yaml.Unmarshal([]byte(c), &cfg); err != nil {
+				t.Fatal(err)
+			}
+			if cfg.Admin.Socket != "" && !strings.HasPrefix(cfg.Admin.Socket, "/var/lib/credbroker/") {
+				t.Errorf("%s: admin.socket %q is outside the pod's data directory", name, cfg.Admin.Socket)
+			}
+		}
+	}
+}
+
+// brokerConfigs returns the credbroker.yaml of every credbroker-config
+// ConfigMap in objs, failing unless there is exactly one.
+func brokerConfigs(t *testing.T, objs []object) []string {
+	t.Helper()
+	var out []string
+	for _, cm := range find(objs, "ConfigMap") {
+		if strings.HasPrefix(cm.name(), "credbroker-config") {
+			s, _ := get(cm, "data", "credbroker.yaml").(string)
+			out = append(out, s)
+		}
+	}
+	if len(out) != 1 {
+		t.Fatalf("%d credbroker-config ConfigMaps with credbroker.yaml, want 1", len(out))
+	}
+	return out
+}
+
+// TestConfigMapsPassCheckConfig runs the broker's own `credbroker
+// check-config` on the configuration each overlay ships, and checks that
+// the StatefulSet mounts that ConfigMap where its args read it.
+func TestConfigMapsPassCheckConfig(t *testing.T) {
+	t.Parallel()
+	all := rendered(t)
+	for _, name := range []string{"single", "ha"} {
+		cfg := brokerConfigs(t, all[name])[0]
+		f := filepath.Join(t.TempDir(), "credbroker.yaml")
+		if err := os.WriteFile(f, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command(filepath.Join(binDir, "credbroker"), "check-config", f).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "configuration OK") {
+			t.Errorf("%s: credbroker check-config: %v\n%s", name, err, out)
+		}
+		for _, want := range []string{"capa-controller", "node-token"} {
+			if !strings.Contains(string(out), want) {
+				t.Errorf("%s: check-config does not list profile %s:\n%s", name, want, out)
+			}
+		}
+		sts := find(all[name], "StatefulSet")
+		if len(sts) != 1 {
+			t.Fatalf("%s: %d StatefulSets", name, len(sts))
+		}
+		spec := podSpec(sts[0])
+		var cmName string
+		for _, v := range list(spec["volumes"]) {
+			if get(v, "name") == "config" {
+				cmName, _ = get(v, "configMap", "name").(string)
+			}
+		}
+		if !strings.HasPrefix(cmName, "credbroker-config-") {
+			t.Errorf("%s: the config volume mounts %q, not the generated credbroker-config", name, cmName)
+		}
+		args := fmt.Sprint(get(list(spec["containers"])[0], "args"))
+		if !strings.Contains(args, "/etc/credbroker/credbroker.yaml") {
+			t.Errorf("%s: broker args %s do not read /etc/credbroker/credbroker.yaml", name, args)
+		}
+	}
+	if !strings.Contains(brokerConfigs(t, all["ha"])[0], "etcd:") || strings.Contains(brokerConfigs(t, all["single"])[0], "etcd:") {
+		t.Error("the ha overlay's configuration must use state.etcd and the single one must not")
+	}
+	if r := get(find(all["ha"], "StatefulSet")[0], "spec", "replicas"); r != 3 {
+		t.Errorf("ha: replicas %v, want 3", r)
+	}
+}
+
+// registeredMetrics returns every metric name the shipped code registers: the
+// string literals of the form credbroker_* in the module's non-test Go files.
+func registeredMetrics(t *testing.T) map[string]bool {
+	t.Helper()
+	re := regexp.MustCompile(`^credbroker_[a-z0-9_]+$`)
+	out := map[string]bool{}
+	fset := token.NewFileSet()
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (d.Name() == "test" || d.Name() == "deploy" || d.Name() == "tools" || strings.HasPrefix(d.Name(), ".")) && path != root {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
+		f, err := parser.ParseFile(fset, path, nil, parser.SkipObjectResolution)
+		if err != nil {
+			return err
+		}
+		ast.Inspect(f, func(n ast.Node) bool {
+			if lit, ok := n.(*ast.BasicLit); ok && lit.Kind == token.STRING {
+				if s, err := strconv.Unquote(lit.Value); err == nil && re.MatchString(s) {
+					out[s] = true
+				}
+			}
+			return true
+		})
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !out["credbroker_decisions_total"] {
+		t.Fatalf("found no credbroker_decisions_total among %d names: the scan is broken", len(out))
+	}
+	return out
+}
+
+var (
+	metricRE = regexp.MustCompile(`\bcredbroker_[a-z0-9_]+`)
+	// rule="x" or rule=~"x|y" on credbroker_alerts_total
+	alertRuleRE = regexp.MustCompile(`credbroker_alerts_total\{rule=~?"([^"]+)"`)
+)
+
+// TestAlertsAndDashboardNameRegisteredMetrics: every metric the
+// PrometheusRule and the Grafana dashboard query is one the code registers
+// (a histogram's _bucket, _sum and _count count as the histogram), and every
+// alert rule they select on credbroker_alerts_total is a rule of the broker.
+func TestAlertsAndDashboardNameRegisteredMetrics(t *testing.T) {
+	t.Parallel()
+	registered := registeredMetrics(t)
+	rules := []string{config.AlertMassIssuance, config.AlertQuotaNearLimit, config.AlertDenialBurst, config.AlertThrottleBurst,
+		config.AlertUnauthenticatedBurst, config.AlertAuditVerify, config.AlertRevocation, config.AlertApprovalRequested,
+		config.AlertApprovalGranted, config.AlertApprovalDenied, config.AlertNodeEvicted}
+
+	var exprs []string
+	objs := rendered(t)["single"]
+	pr := find(objs, "PrometheusRule")
+	if len(pr) != 1 {
+		t.Fatalf("%d PrometheusRules, want 1", len(pr))
+	}
+	alerts := map[string]bool{}
+	for _, g := range list(get(pr[0], "spec", "groups")) {
+		for _, r := range list(get(g, "rules")) {
+			exprs = append(exprs, fmt.Sprint(get(r, "expr")))
+			alerts[fmt.Sprint(get(r, "alert"))] = true
+		}
+	}
+	for _, want := range []string{"CredbrokerMassIssuance", "CredbrokerQuotaNearLimit", "CredbrokerDenialBurst", "CredbrokerThrottleBurst",
+		"CredbrokerAuditVerifyFailed", "CredbrokerUpstreamErrors", "CredbrokerSidecarCredentialNearExpiry"} {
+		if !alerts[want] {
+			t.Errorf("PrometheusRule has no alert %s", want)
+		}
+	}
+	var dashboard string
+	for _, cm := range find(objs, "ConfigMap") {
+		if s, ok := get(cm, "data", "credbroker.json").(string); ok {
+			dashboard = s
+		}
+	}
+	if dashboard == "" {
+		t.Fatal("no Grafana dashboard ConfigMap (data credbroker.json)")
+	}
+	for _, m := range regexp.MustCompile(`"expr":\s*"((?:[^"\\]|\\.)*)"`).FindAllStringSubmatch(dashboard, -1) {
+		s, err := strconv.Unquote(`"` + m[1] + `"`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		exprs = append(exprs, s)
+	}
+	if len(exprs) < 15 {
+		t.Fatalf("only %d expressions found in the rules and the dashboard", len(exprs))
+	}
+	for _, e := range exprs {
+		for _, name := range metricRE.FindAllString(e, -1) {
+			base := name
+			for _, suffix := range []string{"_bucket", "_sum", "_count"} {
+				if b, ok := strings.CutSuffix(name, suffix); ok && registered[b] {
+					base = b
+				}
+			}
+			if !registered[base] {
+				t.Errorf("%s (in %q) is not a metric the code registers", name, e)
+			}
+		}
+		for _, m := range alertRuleRE.FindAllStringSubmatch(e, -1) {
+			for _, r := range strings.Split(m[1], "|") {
+				if !slices.Contains(rules, r) {
+					t.Errorf("credbroker_alerts_total rule %q (in %q) is not an alert rule of the broker", r, e)
+				}
+			}
+		}
+	}
+}
