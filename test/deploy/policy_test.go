@@ -223,7 +223,18 @@ func TestConfigMapsPassCheckConfig(t *testing.T) {
 		if !strings.HasPrefix(cmName, "credbroker-config-") {
 			t.Errorf("%s: the config volume mounts %q, not the generated credbroker-config", name, cmName)
 		}
-		args := fmt.Sprint(get(list(spec["containers"])[0], "args"))
+		// The kubelet's gRPC probes speak no TLS: they must ask the plain-text
+		// health listener, which the configuration must open.
+		broker := list(spec["containers"])[0]
+		for _, probe := range []string{"startupProbe", "readinessProbe", "livenessProbe"} {
+			if port := get(broker, probe, "grpc", "port"); port != 8445 {
+				t.Errorf("%s: %s is not a gRPC probe of port 8445 (%v)", name, probe, get(broker, probe))
+			}
+		}
+		if !strings.Contains(cfg, "\nhealth_listen: 0.0.0.0:8445\n") {
+			t.Errorf("%s: the configuration does not serve grpc.health.v1 on health_listen 0.0.0.0:8445", name)
+		}
+		args := fmt.Sprint(get(broker, "args"))
 		if !strings.Contains(args, "/etc/credbroker/credbroker.yaml") {
 			t.Errorf("%s: broker args %s do not read /etc/credbroker/credbroker.yaml", name, args)
 		}
