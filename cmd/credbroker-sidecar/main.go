@@ -14,7 +14,6 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -56,7 +55,9 @@ with the token file on a volume both containers mount (an emptyDir; use
 Identity: the sidecar authenticates to the broker with its own X.509-SVID,
 either from a SPIFFE Workload API (--workload-api-socket, default
 $SPIFFE_ENDPOINT_SOCKET) or from an SVID directory (--svid-dir; svid.pem,
-svid_key.pem, bundle.pem, re-read when they change). Give exactly one.
+svid_key.pem, bundle.pem, re-read when they change). Give exactly one; an
+--svid-dir wins over $SPIFFE_ENDPOINT_SOCKET. When the agent gives this pod
+several SVIDs, --spiffe-id chooses one (default: the agent's first).
 
 Credentials: --credential NAME=PROFILE[@NAMESPACE/CLUSTER][,ttl=DURATION],
 repeatable, e.g.
@@ -106,6 +107,9 @@ type options struct {
 	watch                                                           bool
 	startTimeout                                                    time.Duration
 	socketSet                                                       bool // --workload-api-socket given explicitly
+	spiffeID                                                        string
+	// source is where the identity comes from, settled by check.
+	source svidsource.Options
 }
 
 // newFlagSet returns a flag set for a (sub)command that prints usage on
@@ -124,6 +128,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	fs := newFlagSet("credbroker-sidecar", usage, stderr, &o.broker, &o.brokerID)
 	fs.StringVar(&o.svidDir, "svid-dir", "", "SVID directory (svid.pem, svid_key.pem, bundle.pem); excludes --workload-api-socket")
 	fs.StringVar(&o.socket, "workload-api-socket", os.Getenv("SPIFFE_ENDPOINT_SOCKET"), "SPIFFE Workload API address, e.g. unix:///run/spire/agent.sock (env SPIFFE_ENDPOINT_SOCKET)")
+	fs.StringVar(&o.spiffeID, "spiffe-id", "", "with the Workload API: the SPIFFE ID of the SVID to use when the agent gives several (default: its first)")
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:9911", "loopback IP:PORT to serve on (127.0.0.0/8 or [::1]; port 0 picks one)")
 	fs.StringVar(&o.tokenFile, "token-file", "", "authorization token file; created with a fresh random token if missing (required)")
 	fs.StringVar(&o.tokenMode, "token-file-mode", "0600", "mode of a token file the sidecar creates, e.g. 0640 for a shared fsGroup")
@@ -145,9 +150,6 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		return 2
 	}
 	fs.Visit(func(f *flag.Flag) { o.socketSet = o.socketSet || f.Name == "workload-api-socket" })
-	if o.svidDir != "" && !o.socketSet {
-		o.socket = "" // an --svid-dir wins over SPIFFE_ENDPOINT_SOCKET from the environment
-	}
 	specs, mode, err := o.check(fs.Args())
 	if err != nil {
 		fmt.Fprintf(stderr, "credbroker-sidecar: %v (see --help)\n", err)
@@ -182,16 +184,22 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	return 0
 }
 
-func (o options) check(rest []string) ([]sidecar.Spec, os.FileMode, error) {
+// check validates the options and settles the identity source (o.source).
+func (o *options) check(rest []string) ([]sidecar.Spec, os.FileMode, error) {
 	switch {
 	case len(rest) > 0:
 		return nil, 0, fmt.Errorf("unexpected arguments %q", rest)
 	case o.broker == "":
 		return nil, 0, errors.New("--broker is required")
-	case o.svidDir != "" && o.socketSet:
-		return nil, 0, errors.New("give either --svid-dir or --workload-api-socket, not both")
-	case o.svidDir == "" && o.socket == "":
-		return nil, 0, errors.New("an identity is required: --svid-dir or --workload-api-socket (or SPIFFE_ENDPOINT_SOCKET)")
+	}
+	// An --svid-dir wins over SPIFFE_ENDPOINT_SOCKET from the environment.
+	src, err := svidsource.Options{Dir: o.svidDir, DirExplicit: o.svidDir != "", Socket: o.socket, SocketExplicit: o.socketSet,
+		SPIFFEID: o.spiffeID, Timeout: o.startTimeout}.Resolve()
+	if err != nil {
+		return nil, 0, err
+	}
+	o.source = src
+	switch {
 	case o.tokenFile == "":
 		return nil, 0, errors.New("--token-file is required")
 	case o.servedLifetime < 0:
@@ -234,17 +242,10 @@ func (o options) check(rest []string) ([]sidecar.Spec, os.FileMode, error) {
 	return specs, os.FileMode(mode), nil
 }
 
+// identity opens the source check settled on; svidsource says why a
+// Workload API gave no identity (missing socket, no registration entry, ...).
 func (o options) identity(ctx context.Context, log *slog.Logger) (svidsource.Source, error) {
-	if o.svidDir != "" {
-		return svidsource.FromDir(o.svidDir, svidsource.WithErrorHandler(func(err error) {
-			log.Warn("SVID directory", "error", err)
-		}))
-	}
-	ctx, cancel := context.WithTimeout(ctx, o.startTimeout)
-	defer cancel()
-	src, err := svidsource.FromWorkloadAPI(ctx, o.socket)
-	if err != nil {
-		return nil, fmt.Errorf("workload API %s: %w", strings.TrimSpace(o.socket), err)
-	}
-	return src, nil
+	src := o.source
+	src.OnDirError = func(err error) { log.Warn("SVID directory", "error", err) }
+	return svidsource.Open(ctx, src)
 }

@@ -23,7 +23,8 @@ import (
 // security: it is 0600 and the broker checks the peer's uid (SO_PEERCRED).
 func (a *app) dial() (credbrokerv1.AdminServiceClient, func(), error) {
 	if a.broker != "" {
-		conn, err := brokerclient.Dial(a.broker, a.svidDir, a.brokerID)
+		// The Workload API wait is bounded by --timeout (Options.Timeout).
+		conn, err := a.identity.Dial(context.Background(), a.broker, a.brokerID)
 		if err != nil {
 			return nil, nil, err
 		}

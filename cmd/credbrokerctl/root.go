@@ -7,6 +7,9 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/credbroker/credbroker/internal/brokerclient"
+	"github.com/credbroker/credbroker/internal/svidsource"
 )
 
 // socketEnv overrides the default --socket.
@@ -33,8 +36,11 @@ type app struct {
 	timeout time.Duration
 
 	// broker, svidDir and brokerID select the admin API over mTLS instead
-	// of the socket.
+	// of the socket; the admin's identity comes from svidDir or the
+	// Workload API (workloadAPI, spiffeID), opened once per invocation.
 	broker, svidDir, brokerID string
+	workloadAPI, spiffeID     string
+	identity                  *brokerclient.Identity
 
 	now    func() time.Time
 	getenv func(string) string
@@ -54,11 +60,16 @@ admin API. It never opens the broker's database.
 
 By default it uses the local admin unix socket, which the broker accepts
 only from its own uid (or root), so run credbrokerctl as that user. With
---broker and --svid-dir it uses the admin API on the broker's gRPC listener
-instead, authenticated by an admin X.509-SVID (one of admin.spiffe_ids).`,
+--broker it uses the admin API on the broker's gRPC listener instead,
+authenticated by an admin X.509-SVID (one of admin.spiffe_ids) from the
+SPIFFE Workload API (--workload-api-socket, default $SPIFFE_ENDPOINT_SOCKET;
+--spiffe-id chooses among several SVIDs) or from an SVID directory
+(--svid-dir, which wins over $SPIFFE_ENDPOINT_SOCKET).`,
 		Example: `  credbrokerctl --socket /var/lib/credbroker/admin.sock issuances list --since 1h
   CREDBROKER_ADMIN_SOCKET=./data/admin.sock credbrokerctl audit verify -o json
-  credbrokerctl --broker 127.0.0.1:8443 --svid-dir ./data/dev/admin audit verify`,
+  credbrokerctl --broker 127.0.0.1:8443 --svid-dir ./data/dev/admin audit verify
+  credbrokerctl --broker credbroker:8443 --workload-api-socket unix:///run/spire/agent.sock \
+    --spiffe-id spiffe://example.org/credbroker/admin approvals list`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
@@ -71,10 +82,7 @@ instead, authenticated by an admin X.509-SVID (one of admin.spiffe_ids).`,
 			if a.timeout <= 0 {
 				return usagef("--timeout must be positive")
 			}
-			if (a.broker == "") != (a.svidDir == "") {
-				return usagef("--broker and --svid-dir go together")
-			}
-			return nil
+			return a.resolveIdentity(cmd)
 		},
 	}
 	root.CompletionOptions.DisableDefaultCmd = true
@@ -91,10 +99,38 @@ instead, authenticated by an admin X.509-SVID (one of admin.spiffe_ids).`,
 	f.DurationVar(&a.timeout, "timeout", 10*time.Second, "how long to wait for the broker to answer (for verify and export: for each message, not the whole stream)")
 	f.StringVar(&a.broker, "broker", "", "use the admin API over mTLS at this gRPC address instead of the socket")
 	f.StringVar(&a.svidDir, "svid-dir", "", "with --broker: directory with the admin's svid.pem, svid_key.pem, bundle.pem")
+	f.StringVar(&a.workloadAPI, "workload-api-socket", "", "with --broker: SPIFFE Workload API address for the admin's SVID, e.g. unix:///run/spire/agent.sock (default: env "+svidsource.EndpointEnv+")")
+	f.StringVar(&a.spiffeID, "spiffe-id", "", "with the Workload API: the SPIFFE ID of the admin SVID when the agent gives several (default: its first)")
 	f.StringVar(&a.brokerID, "broker-id", "", "with --broker: exact SPIFFE ID the broker must present (default: any in the SVID's trust domain)")
 
 	root.AddCommand(newIssuancesCmd(a), newAuditCmd(a), newJoinTokenCmd(a), newNodesCmd(a), newRevokeCmd(a), newClustersCmd(a), newQuotaCmd(a), newApprovalsCmd(a), newPolicyCmd(a))
 	return root
+}
+
+// resolveIdentity settles where the admin's identity comes from when
+// --broker is given, and refuses identity flags without it (the admin
+// socket needs none; $SPIFFE_ENDPOINT_SOCKET alone does not matter then).
+func (a *app) resolveIdentity(cmd *cobra.Command) error {
+	flags := cmd.Flags()
+	if a.broker == "" {
+		for _, name := range []string{"svid-dir", "workload-api-socket", "spiffe-id"} {
+			if flags.Changed(name) {
+				return usagef("--%s goes with --broker (the admin socket needs no SVID)", name)
+			}
+		}
+		return nil
+	}
+	o := svidsource.Options{Dir: a.svidDir, DirExplicit: flags.Changed("svid-dir"), Socket: a.workloadAPI,
+		SocketExplicit: flags.Changed("workload-api-socket"), SPIFFEID: a.spiffeID, Timeout: a.timeout}
+	if o.Socket == "" {
+		o.Socket = a.getenv(svidsource.EndpointEnv)
+	}
+	o, err := o.Resolve()
+	if err != nil {
+		return usageError{fmt.Errorf("with --broker: %w", err)}
+	}
+	a.identity = &brokerclient.Identity{Options: o}
+	return nil
 }
 
 // groupCommand makes cmd, which only holds subcommands, reject unknown

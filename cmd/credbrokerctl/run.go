@@ -46,6 +46,9 @@ func runApp(ctx context.Context, a *app, args []string, stdout, stderr io.Writer
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	cmd, err := root.ExecuteContextC(ctx)
+	if a.identity != nil {
+		a.identity.Close()
+	}
 	if err == nil {
 		return exitOK
 	}
