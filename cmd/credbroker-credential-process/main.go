@@ -169,9 +169,7 @@ func parseArgs(args []string) (options, *flag.FlagSet, error) {
 	if err := fs.Parse(args); err != nil {
 		return o, fs, err
 	}
-	if err := o.check(fs.Args()); err != nil {
-		return o, fs, err
-	}
+	// The identity first: without one nothing else matters.
 	id := svidsource.Options{Dir: o.svidDir, Socket: o.socket, SPIFFEID: o.spiffeID, Timeout: o.timeout}
 	fs.Visit(func(f *flag.Flag) {
 		id.DirExplicit = id.DirExplicit || f.Name == "svid-dir"
@@ -179,6 +177,9 @@ func parseArgs(args []string) (options, *flag.FlagSet, error) {
 	})
 	id, err := id.Resolve()
 	if err != nil {
+		return o, fs, err
+	}
+	if err := o.check(fs.Args()); err != nil {
 		return o, fs, err
 	}
 	o.svidDir, o.socket = id.Dir, id.Socket

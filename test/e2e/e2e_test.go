@@ -298,7 +298,7 @@ func TestDevModeEndToEnd(t *testing.T) {
 	if r := b.ctl(t, "issuances", "show", m[1]); r.code != 0 || !strings.Contains(r.stdout, "No credential was issued") || !strings.Contains(r.stdout, "denied") {
 		t.Fatalf("issuances show %s: exit %d\n%s%s", m[1], r.code, r.stdout, r.stderr)
 	}
-	if r := runTool(t, "credbroker-credential-process", "--broker", b.grpcAddr); r.code != 2 || !strings.Contains(r.stderr, "--svid-dir is required") {
+	if r := runTool(t, "credbroker-credential-process", "--broker", b.grpcAddr); r.code != 2 || !strings.Contains(r.stderr, "an identity is required") {
 		t.Fatalf("usage error: exit %d, stderr %q", r.code, r.stderr)
 	}
 
