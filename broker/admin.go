@@ -357,7 +357,7 @@ func RecordProto(r audit.Record) *credbrokerv1.AuditRecord {
 		Caller: r.Caller, Attestation: AttestationProto(r.Attestation), Profile: r.Profile, Cluster: r.Cluster,
 		Issuer: r.Issuer, Decision: decisions[r.Decision], Reason: r.Reason,
 		ExpiresAt: ProtoTime(r.ExpiresAt), UpstreamRef: r.UpstreamRef, PrevHash: r.PrevHash, Hash: r.Hash,
-		SourceIdentity: r.SourceIdentity, Reused: r.Reused,
+		SourceIdentity: r.SourceIdentity, Reused: r.Reused, Replica: r.Replica,
 	}
 	if r.TTL > 0 {
 		out.Ttl = durationpb.New(r.TTL)

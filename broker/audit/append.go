@@ -39,7 +39,7 @@ type callError struct {
 func (e *callError) Error() string { return e.err.Error() }
 func (e *callError) Unwrap() error { return e.err }
 
-// Append assigns r's ID, Seq, Time, PrevHash and Hash, commits it durably
+// Append assigns r's ID, Seq, Time, Replica, PrevHash and Hash, commits it durably
 // and returns the stored record. It returns an error, and the record is not
 // stored, if r is invalid, if the commit (including its fsync) fails, or if
 // the Log is closed (ErrClosed).
@@ -53,6 +53,7 @@ func (l *Log) Append(r Record) (Record, error) { return l.AppendWith(r) }
 // not affected. An op may run more than once (when a shared transaction is
 // retried), so it must have no effect outside tx.
 func (l *Log) AppendWith(r Record, ops ...func(tx *bbolt.Tx) error) (Record, error) {
+	r.Replica = l.replica
 	c, err := newCall(r, ops)
 	if err != nil {
 		return Record{}, err
@@ -63,6 +64,7 @@ func (l *Log) AppendWith(r Record, ops ...func(tx *bbolt.Tx) error) (Record, err
 // appendInternal appends a record of the Log's own (a checkpoint, an export
 // mark) with fn run in its transaction; see call.internal.
 func (l *Log) appendInternal(r Record, fn func(b buckets, seq uint64) error) (Record, error) {
+	r.Replica = l.replica
 	if err := r.checkFields(); err != nil {
 		return Record{}, err
 	}

@@ -40,6 +40,17 @@
 // the caller's), and VerifyWith checks that the chain still reaches an
 // Anchor: the record at its seq exists with its hash.
 //
+// # Replicas
+//
+// A Log opened WithReplica (or WithDefaultReplica) stamps the replica id on
+// every record (Record.Replica, stored in audit.meta "replica" on first
+// open and kept: a chain has one name). Each replica of a fleet keeps its
+// own chain; MergeExports merges their exports into one stream ordered by
+// time, replica id and seq, copying lines byte for byte, and VerifyExport
+// checks such a stream offline, each replica's records as a chain of their
+// own. Records written before the replica was named carry none and verify
+// as the start of the chain that links to them.
+//
 // # Retention
 //
 // Prune deletes records from the start of the chain, a bounded batch per
@@ -60,7 +71,8 @@
 //	audit.records       be64(seq) -> record JSON (its canonical form, hash filled in)
 //	audit.meta          "head" -> be64(seq) || hash; "layout" -> "2";
 //	                    "checkpoint" -> be64(seq of the newest checkpoint);
-//	                    "exported" -> be64(seq of the export mark)
+//	                    "exported" -> be64(seq of the export mark);
+//	                    "replica" -> the replica id (WithReplica)
 //	audit.idx.id        id -> be64(seq)
 //	audit.idx.issuance  lp(issuance_id) || be64(seq) -> ""
 //	audit.idx.links     be64(seq) -> decision || uvarint(caller_back) || uvarint(cluster_back)

@@ -23,6 +23,8 @@ var (
 	// metaExported is how far an admin said the chain is exported:
 	// be64(seq).
 	metaExported = []byte("exported")
+	// metaReplica is the replica id the chain's records carry.
+	metaReplica = []byte("replica")
 )
 
 // layoutVersion is the storage layout this package writes (audit.meta

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 	"go.etcd.io/bbolt"
@@ -19,6 +20,10 @@ var ErrNotFound = errors.New("audit: record not found")
 // started just before a prune): the export would have a gap there.
 var ErrPrunedDuringExport = errors.New("audit: records pruned while being exported")
 
+// ErrReplicaMismatch is returned by Open when WithReplica names another
+// replica than the one the database's chain belongs to.
+var ErrReplicaMismatch = errors.New("audit: the database's chain belongs to another replica")
+
 // ErrClosed is returned by Append after Close.
 var ErrClosed = errors.New("audit: log is closed")
 
@@ -28,6 +33,11 @@ type Log struct {
 	db    *bbolt.DB
 	now   func() time.Time
 	newID func() (string, error)
+
+	// replica names the chain (audit.meta "replica"); strict: Open fails
+	// when the database names another.
+	replica string
+	strict  bool
 
 	mu      sync.Mutex
 	queue   []*call // appends waiting for the committer
@@ -62,6 +72,24 @@ func WithClock(now func() time.Time) Option {
 // Generated IDs must be unique; Append fails a record whose ID is taken.
 func WithNewID(newID func() (string, error)) Option {
 	return func(l *Log) { l.newID = newID }
+}
+
+// WithReplica names the replica whose chain this is; every record carries
+// it (Record.Replica), so that the chains of several replicas, exported and
+// merged, verify each on its own (VerifyExport). The first Open of a
+// database stores the id; an Open naming another fails with
+// ErrReplicaMismatch: a chain keeps one name, or a merged export would
+// show it as two chains, the second one starting mid-way.
+func WithReplica(id string) Option {
+	return func(l *Log) { l.replica, l.strict = id, true }
+}
+
+// WithDefaultReplica is WithReplica for an id the operator did not choose
+// (the host name): it names a database that has no replica id yet, and
+// yields to the one a database already has, so that a chain keeps its name
+// when its volume moves to another host.
+func WithDefaultReplica(id string) Option {
+	return func(l *Log) { l.replica, l.strict = id, false }
 }
 
 func newUUIDv7() (string, error) {
@@ -104,6 +132,9 @@ func Open(db *bbolt.DB, opts ...Option) (*Log, error) {
 			return errors.New("corrupt head in meta bucket")
 		}
 		l.headSeq, l.headHash = seq, hash
+		if err := l.loadReplica(tx.Bucket(bucketMeta)); err != nil {
+			return err
+		}
 		// The floor for the next record's time. A last record whose time
 		// cannot be read leaves none: Verify names that record.
 		if _, v := tx.Bucket(bucketRecords).Cursor().Last(); v != nil {
@@ -122,6 +153,29 @@ func Open(db *bbolt.DB, opts ...Option) (*Log, error) {
 	go l.run()
 	return l, nil
 }
+
+// loadReplica settles the chain's replica id with the one stored in meta:
+// stores it on first use, adopts the stored one, or refuses another.
+func (l *Log) loadReplica(meta *bbolt.Bucket) error {
+	if len(l.replica) > MaxFieldLen || !utf8.ValidString(l.replica) {
+		return fmt.Errorf("replica id %q: at most %d bytes of UTF-8", l.replica, MaxFieldLen)
+	}
+	stored := meta.Get(metaReplica)
+	switch {
+	case stored == nil && l.replica == "":
+	case stored == nil:
+		return meta.Put(metaReplica, []byte(l.replica))
+	case l.strict && string(stored) != l.replica:
+		return fmt.Errorf("%w: it is %q, the configuration says %q", ErrReplicaMismatch, stored, l.replica)
+	default:
+		l.replica = string(stored)
+	}
+	return nil
+}
+
+// Replica returns the replica id the chain's records carry ("" when none
+// was given to a database without one).
+func (l *Log) Replica() string { return l.replica }
 
 // Close makes further Appends fail with ErrClosed, waits for queued appends
 // to be committed and stops the committer goroutine. It does not close the

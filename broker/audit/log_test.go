@@ -286,6 +286,7 @@ func TestBodySplicingMatchesRecordEncoding(t *testing.T) {
 		{Decision: DecisionFailed, ExpiresAt: base.Add(time.Hour)},
 		{Decision: DecisionIssued, UpstreamRef: "ASIAEXAMPLE", SourceIdentity: "ns.capi.sa.x@td", Reused: true},
 		{Decision: DecisionRevoked, Reason: "node evicted by unix:uid=0"},
+		{Replica: "credbroker-0", Decision: DecisionIssued, Caller: "c"},
 	} {
 		members, err := r.encodeBody()
 		if err != nil {

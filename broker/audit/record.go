@@ -72,7 +72,7 @@ func (d Decision) Valid() bool {
 // keys stay well inside bbolt's key size limit.
 const MaxFieldLen = 1024
 
-// Record is one audit entry. ID, Seq, Time, PrevHash and Hash are assigned by
+// Record is one audit entry. ID, Seq, Time, Replica, PrevHash and Hash are assigned by
 // Append; whatever the caller puts in them is replaced. No field may hold a
 // secret: UpstreamRef is a reference an operator can match upstream, never
 // the credential.
@@ -83,6 +83,10 @@ type Record struct {
 	Seq uint64 `json:"seq"`
 	// Time is when the record was committed, from the log's clock, in UTC.
 	Time time.Time `json:"time"`
+	// Replica names the broker replica whose chain the record is in (see
+	// WithReplica); the Log stamps it. Records written before replicas were
+	// named have none, and form a chain of their own (VerifyExport).
+	Replica string `json:"replica,omitempty"`
 	// IssuanceID links the intent and result records of one issuance.
 	IssuanceID string `json:"issuance_id"`
 	// Caller is the caller's SPIFFE ID, or "" when it was not established.
@@ -172,6 +176,7 @@ func (r Record) checkFields() error {
 		{"issuance_id", r.IssuanceID}, {"caller", r.Caller}, {"attestation", r.Attestation},
 		{"profile", r.Profile}, {"cluster", r.Cluster}, {"issuer", r.Issuer},
 		{"reason", r.Reason}, {"upstream_ref", r.UpstreamRef}, {"source_identity", r.SourceIdentity},
+		{"replica", r.Replica},
 	}
 	for _, f := range fields {
 		if len(f.v) > MaxFieldLen {
@@ -193,6 +198,7 @@ func (r Record) checkFields() error {
 // chain fields around it. TestBodySplicingMatchesRecordEncoding keeps the two
 // encodings identical.
 type body struct {
+	Replica        string        `json:"replica,omitempty"`
 	IssuanceID     string        `json:"issuance_id"`
 	Caller         string        `json:"caller"`
 	Attestation    string        `json:"attestation"`
@@ -216,6 +222,7 @@ func (r *Record) encodeBody() ([]byte, error) {
 		r.ExpiresAt = r.ExpiresAt.UTC().Round(0)
 	}
 	b, err := json.Marshal(body{
+		Replica:    r.Replica,
 		IssuanceID: r.IssuanceID, Caller: r.Caller, Attestation: r.Attestation, Profile: r.Profile,
 		Cluster: r.Cluster, Issuer: r.Issuer, Decision: r.Decision, Reason: r.Reason, TTL: r.TTL,
 		ExpiresAt: r.ExpiresAt, UpstreamRef: r.UpstreamRef, SourceIdentity: r.SourceIdentity, Reused: r.Reused,

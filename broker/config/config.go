@@ -101,7 +101,16 @@ type Config struct {
 	// State selects where the shared state is kept: the local bbolt file
 	// (default) or etcd.
 	State State `yaml:"state"`
+	// ReplicaID names this broker among replicas: every audit record
+	// carries it, and anchors name it as their host. Empty: the host name,
+	// for a database that has no id yet (a database keeps the id it was
+	// first opened with; one set here must match it).
+	ReplicaID string `yaml:"replica_id"`
 }
+
+// ReplicaIDPattern is what a replica id may look like: a host name (or a
+// StatefulSet pod name), 1 to 253 characters.
+var ReplicaIDPattern = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$`)
 
 // TLS names the broker's SVID files and the trust bundles of its callers.
 type TLS struct {
@@ -709,6 +718,9 @@ func (c *Config) Validate() error {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			bad("%s %q: %v", key, addr, err)
 		}
+	}
+	if c.ReplicaID != "" && !ReplicaIDPattern.MatchString(c.ReplicaID) {
+		bad("replica_id %q: use 1 to 253 letters, digits, '.', '_' and '-', starting and ending with a letter or digit", c.ReplicaID)
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

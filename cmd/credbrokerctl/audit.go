@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"time"
 
@@ -27,12 +28,12 @@ breaks the chain from that point on.`,
   credbrokerctl audit export --after-seq 1000 > audit.jsonl`,
 	}
 	groupCommand(cmd)
-	cmd.AddCommand(newAuditVerifyCmd(a), newAuditExportCmd(a), newAuditExportedCmd(a), newAuditTailCmd(a))
+	cmd.AddCommand(newAuditVerifyCmd(a), newAuditExportCmd(a), newAuditExportedCmd(a), newAuditTailCmd(a), newAuditMergeCmd(a))
 	return cmd
 }
 
 func newAuditVerifyCmd(a *app) *cobra.Command {
-	var anchorFile string
+	var anchorFile, file string
 	cmd := &cobra.Command{
 		Use:   "verify",
 		Short: "Check the audit hash chain; exit 1 if it is broken",
@@ -58,12 +59,30 @@ hash.
 The broker streams its progress while it walks the chain; on a terminal a
 progress bar is drawn on stderr. --timeout bounds the wait for each message
 from the broker, not the whole walk, so a chain of millions of records is
-verified with the default.`,
+verified with the default.
+
+With --file FILE (- for stdin) it verifies an export offline, without the
+broker: one replica's 'audit export', or several replicas' exports merged
+by 'audit merge'. The records of each replica id must form a chain (seqs
+contiguous, each linking to the previous one's hash, every hash right);
+each replica is reported on its own line:
+  replica ID OK: N records, seq F to L, head HASH
+  replica ID BROKEN at record seq S (id ID): PROBLEM
+and it exits 1 if any chain is broken. Records written before the broker
+named its replica (replica_id) verify as the chain "" or as the start of
+the chain that continues them.`,
 		Example: `  credbrokerctl audit verify
   credbrokerctl audit verify --anchor /mnt/anchors/credbroker-anchor.json
-  credbrokerctl audit verify -o json > verify.json`,
+  credbrokerctl audit verify -o json > verify.json
+  credbrokerctl audit verify --file fleet-audit.jsonl`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if file != "" {
+				if anchorFile != "" {
+					return usagef("--anchor checks the broker's own chain; it does not go with --file")
+				}
+				return a.verifyExportFile(file)
+			}
 			req := &credbrokerv1.VerifyAuditRequest{}
 			if anchorFile != "" {
 				an, err := readAnchor(anchorFile)
@@ -76,7 +95,108 @@ verified with the default.`,
 		},
 	}
 	cmd.Flags().StringVar(&anchorFile, "anchor", "", "a published chain head (JSON: seq, hash, time, broker_id) the chain must still reach")
+	cmd.Flags().StringVar(&file, "file", "", "verify this export (JSON lines; - for stdin) offline, each replica's chain on its own")
 	return cmd
+}
+
+// verifyExportFile verifies an export file without the broker.
+func (a *app) verifyExportFile(path string) error {
+	in, closeIn, err := a.openInput(path)
+	if err != nil {
+		return err
+	}
+	defer closeIn()
+	res, err := audit.VerifyExport(in)
+	if err != nil {
+		return fmt.Errorf("reading %s: %w", path, err)
+	}
+	if a.jsonOutput() {
+		if err := writeJSON(a.stdout, res); err != nil {
+			return err
+		}
+	} else {
+		for _, c := range res.Chains {
+			name := strconv.Quote(c.Replica)
+			if !c.OK {
+				a.printf("replica %s BROKEN at record seq %d (id %s): %s\n", name, c.FirstBadSeq, clean(orDash(c.FirstBadID)), clean(c.Problem))
+				continue
+			}
+			a.printf("replica %s OK: %d records, seq %d to %d, head %s\n", name, c.Records, c.FirstSeq, c.LastSeq, c.HeadHash)
+			if c.UnnamedThrough > 0 {
+				a.printf("  records %d to %d carry no replica id (written before the replica was named) and link into it\n", c.FirstSeq, c.UnnamedThrough)
+			}
+		}
+		switch {
+		case res.Problem != "":
+			a.printf("export BROKEN at line %d: %s\n", res.BadLine, clean(res.Problem))
+		case len(res.Chains) == 0:
+			a.printf("export is empty: no records\n")
+		}
+	}
+	if !res.OK {
+		return silentExit(exitFailure)
+	}
+	return nil
+}
+
+// openInput opens path for reading, or stdin for "-".
+func (a *app) openInput(path string) (io.Reader, func(), error) {
+	if path == "-" {
+		if a.stdin == nil {
+			return nil, nil, errors.New("no standard input")
+		}
+		return a.stdin, func() {}, nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	return f, func() { _ = f.Close() }, nil
+}
+
+func newAuditMergeCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "merge FILE...",
+		Short: "Merge replicas' audit exports into one time-ordered stream",
+		Long: `Merge the audit exports of several broker replicas (each replica's
+'audit export', or earlier merges) into one stream on stdout, ordered by
+record time, ties broken by replica id, then seq: the same files always merge
+to the same bytes. Lines are copied byte for byte, so each replica's chain
+still verifies in the merge ('audit verify --file'). The files are read once,
+one line of each in memory at a time. A record found in two files
+(overlapping exports of one replica) is written once; two different records
+with the same replica and seq are an error (exit 1). The counts go to stderr.`,
+		Example: `  credbrokerctl --socket /srv/a/admin.sock audit export > a.jsonl
+  credbrokerctl --broker b.example:8443 --svid-dir ./admin audit export > b.jsonl
+  credbrokerctl audit merge a.jsonl b.jsonl c.jsonl > fleet.jsonl
+  credbrokerctl audit verify --file fleet.jsonl`,
+		Args: func(c *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return usagef("%s needs at least one export file", c.CommandPath())
+			}
+			return nil
+		},
+		RunE: func(_ *cobra.Command, files []string) error {
+			var inputs []audit.ExportInput
+			for _, f := range files {
+				if f == "-" {
+					return usagef("merge reads files, not stdin")
+				}
+				fh, err := os.Open(f)
+				if err != nil {
+					return err
+				}
+				defer fh.Close()
+				inputs = append(inputs, audit.ExportInput{Name: f, R: fh})
+			}
+			stats, err := audit.MergeExports(a.stdout, inputs...)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stderr, "merged %d records of %d replicas (%d duplicates left out)\n", stats.Records, len(stats.Replicas), stats.Duplicates)
+			return nil
+		},
+	}
 }
 
 // readAnchor reads an anchor file as the broker writes it.
@@ -400,6 +520,9 @@ func tailLine(resp *credbrokerv1.ExportAuditResponse) (string, error) {
 	}
 	if r.GetReused() {
 		line += " reused=true"
+	}
+	if rep := r.GetReplica(); rep != "" {
+		line += " replica=" + clean(rep)
 	}
 	if reason := r.GetReason(); reason != "" {
 		line += " reason=" + strconv.Quote(reason)

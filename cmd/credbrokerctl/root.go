@@ -44,6 +44,7 @@ type app struct {
 
 	now    func() time.Time
 	getenv func(string) string
+	stdin  io.Reader // nil: none (audit verify --file - fails)
 	stdout io.Writer
 	stderr io.Writer
 	// isTerminal reports whether a writer is a terminal (progress bars are

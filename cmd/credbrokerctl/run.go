@@ -36,7 +36,7 @@ func (e silentExit) Error() string { return fmt.Sprintf("exit status %d", int(e)
 // run executes the CLI with args (without the program name) and returns the
 // process exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	return runApp(ctx, &app{now: time.Now, getenv: os.Getenv, isTerminal: isTerminal}, args, stdout, stderr)
+	return runApp(ctx, &app{now: time.Now, getenv: os.Getenv, stdin: os.Stdin, isTerminal: isTerminal}, args, stdout, stderr)
 }
 
 func runApp(ctx context.Context, a *app, args []string, stdout, stderr io.Writer) int {

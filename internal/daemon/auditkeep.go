@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -29,6 +28,24 @@ func auditPurges(c config.Audit, l *audit.Log) []purge {
 	}}}
 }
 
+// replicaOption names the audit chain's replica: the configured
+// replica_id, which the database must already carry if it carries one, or
+// else the host name, which names only a database that has no id yet (so a
+// chain keeps its name when its volume moves to another host).
+func replicaOption(configured string, hostname func() (string, error)) (audit.Option, error) {
+	if configured != "" {
+		return audit.WithReplica(configured), nil
+	}
+	host, err := hostname()
+	if err == nil && !config.ReplicaIDPattern.MatchString(host) {
+		err = fmt.Errorf("%q is not a valid replica id", host)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("replica_id is not set and the host name cannot stand in for it: %w", err)
+	}
+	return audit.WithDefaultReplica(host), nil
+}
+
 // anchorWebhookName labels the anchor webhook in logs and metrics.
 const anchorWebhookName = "audit-anchor"
 
@@ -42,9 +59,11 @@ type anchoring struct {
 }
 
 // newAnchoring builds the publisher of audit.anchor, or returns nil when
-// it is not configured. The webhook's secret is read here, from its
+// it is not configured. Anchors name the replica (replica_id, by default
+// the host name) as their host: replicas sharing a SPIFFE ID keep a chain
+// each, and the anchor says whose. The webhook's secret is read here, from its
 // environment variable or file, and kept in memory only.
-func newAnchoring(c *config.AuditAnchor, l *audit.Log, brokerID string, reg prometheus.Registerer, log *slog.Logger) (*anchoring, error) {
+func newAnchoring(c *config.AuditAnchor, l *audit.Log, brokerID, replica string, reg prometheus.Registerer, log *slog.Logger) (*anchoring, error) {
 	if c == nil {
 		return nil, nil
 	}
@@ -62,8 +81,7 @@ func newAnchoring(c *config.AuditAnchor, l *audit.Log, brokerID string, reg prom
 		a.sender = webhook.New(webhook.Options{QueueSize: 8, Workers: 1, Registerer: reg, Log: log})
 		sinks = append(sinks, anchorWebhook{s: a.sender, t: &webhook.Target{Name: anchorWebhookName, URL: w.URL, Secret: secret}})
 	}
-	host, _ := os.Hostname()
-	a.pub = audit.NewAnchorPublisher(l, brokerID, host, time.Now, sinks...)
+	a.pub = audit.NewAnchorPublisher(l, brokerID, replica, time.Now, sinks...)
 	published := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "credbroker_audit_anchor_seq",
 		Help: "Seq of the audit chain head last published to each anchor sink.",

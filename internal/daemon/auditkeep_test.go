@@ -1,13 +1,16 @@
 package daemon
 
 import (
+	"errors"
 	"io"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.etcd.io/bbolt"
 
 	"github.com/credbroker/credbroker/broker/audit"
 	"github.com/credbroker/credbroker/broker/config"
@@ -89,7 +92,7 @@ func TestAnchoringMetrics(t *testing.T) {
 	}
 	reg := prometheus.NewRegistry()
 	file := filepath.Join(t.TempDir(), "anchor.json")
-	a, err := newAnchoring(&config.AuditAnchor{File: file, Interval: time.Minute}, l, "spiffe://td/broker", reg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	a, err := newAnchoring(&config.AuditAnchor{File: file, Interval: time.Minute}, l, "spiffe://td/broker", "replica-1", reg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,4 +132,46 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	}
 	t.Fatalf("no single series of %s", name)
 	return 0
+}
+
+func TestReplicaOption(t *testing.T) {
+	t.Parallel()
+	host := func(name string, err error) func() (string, error) {
+		return func() (string, error) { return name, err }
+	}
+	db, err := bbolt.Open(filepath.Join(t.TempDir(), "a.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	open := func(opt audit.Option) (string, error) {
+		l, err := audit.Open(db, opt)
+		if err != nil {
+			return "", err
+		}
+		defer l.Close()
+		return l.Replica(), nil
+	}
+	opt, err := replicaOption("", host("node-a.example", nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := open(opt); err != nil || got != "node-a.example" {
+		t.Fatalf("host name as replica: %q, %v", got, err)
+	}
+	// Another host name later: the database keeps its id.
+	opt, _ = replicaOption("", host("node-b", nil))
+	if got, err := open(opt); err != nil || got != "node-a.example" {
+		t.Fatalf("after a host name change: %q, %v", got, err)
+	}
+	// A configured id that differs: refused.
+	opt, _ = replicaOption("credbroker-1", host("node-a", nil))
+	if _, err := open(opt); !errors.Is(err, audit.ErrReplicaMismatch) {
+		t.Fatalf("another configured id: %v", err)
+	}
+	for _, bad := range []func() (string, error){host("", nil), host("bad host", nil), host("", errors.New("no uts"))} {
+		if _, err := replicaOption("", bad); err == nil || !strings.Contains(err.Error(), "replica_id is not set") {
+			t.Fatalf("unusable host name: %v", err)
+		}
+	}
 }

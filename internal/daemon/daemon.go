@@ -125,7 +125,11 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	defer db.Close()
-	auditLog, err := audit.Open(db)
+	replica, err := replicaOption(cfg.ReplicaID, os.Hostname)
+	if err != nil {
+		return err
+	}
+	auditLog, err := audit.Open(db, replica)
 	if err != nil {
 		return err
 	}
@@ -174,7 +178,7 @@ func Run(ctx context.Context, opts Options) error {
 		return fmt.Errorf("the broker's own SVID: %w", err)
 	}
 	// The audit chain's head, published outside the host (audit.anchor).
-	anchor, err := newAnchoring(cfg.Audit.Anchor, auditLog, self.ID.String(), reg, log)
+	anchor, err := newAnchoring(cfg.Audit.Anchor, auditLog, self.ID.String(), auditLog.Replica(), reg, log)
 	if err != nil {
 		return err
 	}

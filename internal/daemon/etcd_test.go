@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"path/filepath"
@@ -168,7 +169,8 @@ state:
 // TestReplicasNeverOverspend: 300 concurrent requests spread over three
 // replicas on one etcd, against a cluster quota of 100: exactly 100 issued
 // and 200 RESOURCE_EXHAUSTED, and the replicas' audit chains hold exactly
-// 100 issued records between them, each chain verifying.
+// 100 issued records between them, each chain verifying, alone and in the
+// replicas' exports merged into one stream.
 func TestReplicasNeverOverspend(t *testing.T) {
 	t.Parallel()
 	const replicas, requests, quota = 3, 300, 100
@@ -201,7 +203,7 @@ state:
 	for i := range replicas {
 		data := filepath.Join(dir, fmt.Sprintf("data-%d", i))
 		dataDirs = append(dataDirs, data)
-		d := startDaemon(t, t.TempDir(), strings.Replace(cfg, "data_dir: "+dir+"/data", "data_dir: "+data, 1))
+		d := startDaemon(t, t.TempDir(), strings.Replace(cfg, "data_dir: "+dir+"/data", "data_dir: "+data, 1)+fmt.Sprintf("replica_id: replica-%d\n", i))
 		daemons = append(daemons, d)
 		conn, err := grpc.NewClient(d.grpcAddr, grpc.WithTransportCredentials(creds))
 		if err != nil {
@@ -238,7 +240,8 @@ state:
 	}
 
 	issued := 0
-	for _, data := range dataDirs {
+	var exports []audit.ExportInput
+	for i, data := range dataDirs {
 		db, err := boltstate.OpenDB(filepath.Join(data, DBFile))
 		if err != nil {
 			t.Fatal(err)
@@ -250,12 +253,18 @@ state:
 		if res, err := log.Verify(); err != nil || !res.OK {
 			t.Errorf("%s: audit chain %+v, %v", data, res, err)
 		}
-		err = log.Export(0, func(r audit.Record) error {
+		var export bytes.Buffer
+		err = log.ExportStored(0, func(r audit.Record, stored []byte) error {
 			if r.Decision == audit.DecisionIssued && r.Cluster == "capi-a/c1" {
 				issued++
 			}
+			if want := fmt.Sprintf("replica-%d", i); r.Replica != want {
+				return fmt.Errorf("record %d names replica %q, want %q", r.Seq, r.Replica, want)
+			}
+			export.Write(append(stored, '\n'))
 			return nil
 		})
+		exports = append(exports, audit.ExportInput{Name: data, R: &export})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -264,6 +273,14 @@ state:
 	}
 	if issued != quota {
 		t.Fatalf("the replicas' audit chains hold %d issued records, want %d", issued, quota)
+	}
+	var merged bytes.Buffer
+	if _, err := audit.MergeExports(&merged, exports...); err != nil {
+		t.Fatal(err)
+	}
+	res, err := audit.VerifyExport(&merged)
+	if err != nil || !res.OK || len(res.Chains) != replicas {
+		t.Fatalf("the merged export: %+v, %v", res, err)
 	}
 }
 

@@ -417,7 +417,10 @@ type AuditRecord struct {
 	// upstream_ref names it.
 	Reused bool `protobuf:"varint,18,opt,name=reused,proto3" json:"reused,omitempty"`
 	// On a checkpoint record: the records pruned before it.
-	Checkpoint    *AuditCheckpoint `protobuf:"bytes,19,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	Checkpoint *AuditCheckpoint `protobuf:"bytes,19,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	// The broker replica whose chain the record is in (replica_id); empty on
+	// records written before replicas were named.
+	Replica       string `protobuf:"bytes,20,opt,name=replica,proto3" json:"replica,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -583,6 +586,13 @@ func (x *AuditRecord) GetCheckpoint() *AuditCheckpoint {
 		return x.Checkpoint
 	}
 	return nil
+}
+
+func (x *AuditRecord) GetReplica() string {
+	if x != nil {
+		return x.Replica
+	}
+	return ""
 }
 
 // AuditCheckpoint is what a checkpoint record states about the records
@@ -5024,7 +5034,7 @@ var File_credbroker_v1_admin_proto protoreflect.FileDescriptor
 
 const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x19credbroker/v1/admin.proto\x12\rcredbroker.v1\x1a\x1acredbroker/v1/errors.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbf\x05\n" +
+	"\x19credbroker/v1/admin.proto\x12\rcredbroker.v1\x1a\x1acredbroker/v1/errors.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd9\x05\n" +
 	"\vAuditRecord\x12\x1b\n" +
 	"\trecord_id\x18\x01 \x01(\tR\brecordId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12.\n" +
@@ -5049,7 +5059,8 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x06reused\x18\x12 \x01(\bR\x06reused\x12>\n" +
 	"\n" +
 	"checkpoint\x18\x13 \x01(\v2\x1e.credbroker.v1.AuditCheckpointR\n" +
-	"checkpoint\"\xfa\x01\n" +
+	"checkpoint\x12\x18\n" +
+	"\areplica\x18\x14 \x01(\tR\areplica\"\xfa\x01\n" +
 	"\x0fAuditCheckpoint\x12\x19\n" +
 	"\bfrom_seq\x18\x01 \x01(\x04R\afromSeq\x12\x1f\n" +
 	"\vthrough_seq\x18\x02 \x01(\x04R\n" +
