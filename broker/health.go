@@ -25,6 +25,14 @@ const DefaultMaxHealthWatches = 100
 // (grpcurl opens one per invocation and closes it).
 const MaxReflectionStreams = 32
 
+// LivenessService is the health service name that reports SERVING for as
+// long as the broker runs, until shutdown, whatever its readiness: point
+// liveness probes at it (grpc.service: liveness), so that a broker that
+// cannot serve for a reason a restart does not cure (its agent down, etcd
+// unreachable) is taken out of rotation by its readiness probe, not
+// restarted in a loop.
+const LivenessService = "liveness"
+
 // servedServices are the service names the health service reports on,
 // besides "" (the server as a whole): all share the broker's one status.
 var servedServices = []string{
@@ -36,7 +44,7 @@ var servedServices = []string{
 // Health is the broker's grpc.health.v1 service: grpc-go's health server,
 // whose status the daemon sets from what it knows (SetServing), with Watch
 // streams capped and ended by Stop so that they never hold a shutdown open.
-// It starts NOT_SERVING.
+// It starts NOT_SERVING, except LivenessService.
 type Health struct {
 	srv     *health.Server
 	watches chan struct{} // one slot per open Watch stream
@@ -53,11 +61,13 @@ func NewHealth(maxWatches int) *Health {
 	}
 	h := &Health{srv: health.NewServer(), watches: make(chan struct{}, maxWatches), stopped: make(chan struct{})}
 	h.SetServing(false)
+	h.srv.SetServingStatus(LivenessService, healthpb.HealthCheckResponse_SERVING)
 	return h
 }
 
 // SetServing reports the broker SERVING or NOT_SERVING, for the server as a
-// whole and for each of its services. After Stop it changes nothing.
+// whole and for each of its services (not LivenessService). After Stop it
+// changes nothing.
 func (h *Health) SetServing(serving bool) {
 	st := healthpb.HealthCheckResponse_NOT_SERVING
 	if serving {

@@ -59,6 +59,9 @@ func TestHealthServedWithoutIdentity(t *testing.T) {
 		if got := checkStatus(t, conn, ""); got != healthpb.HealthCheckResponse_NOT_SERVING {
 			t.Errorf("%s: before the broker is ready: %v, want NOT_SERVING", name, got)
 		}
+		if got := checkStatus(t, conn, broker.LivenessService); got != healthpb.HealthCheckResponse_SERVING {
+			t.Errorf("%s: liveness before the broker is ready: %v, want SERVING", name, got)
+		}
 	}
 	hl.SetServing(true)
 	for name, conn := range map[string]*grpc.ClientConn{"mTLS port without certificate": mtls, "health listener": plain} {
@@ -81,11 +84,16 @@ func TestHealthServedWithoutIdentity(t *testing.T) {
 	if got := checkStatus(t, plain, ""); got != healthpb.HealthCheckResponse_NOT_SERVING {
 		t.Errorf("after SetServing(false): %v", got)
 	}
+	if got := checkStatus(t, plain, broker.LivenessService); got != healthpb.HealthCheckResponse_SERVING {
+		t.Errorf("liveness while not ready: %v, want SERVING (a restart would not help)", got)
+	}
 	hl.SetServing(true)
 	hl.Stop()
 	hl.SetServing(true) // a late check result must not revive a stopping broker
-	if got := checkStatus(t, plain, ""); got != healthpb.HealthCheckResponse_NOT_SERVING {
-		t.Errorf("after Stop: %v, want NOT_SERVING", got)
+	for _, svc := range []string{"", broker.LivenessService} {
+		if got := checkStatus(t, plain, svc); got != healthpb.HealthCheckResponse_NOT_SERVING {
+			t.Errorf("service %q after Stop: %v, want NOT_SERVING", svc, got)
+		}
 	}
 }
 
