@@ -175,7 +175,9 @@ func (r *remoteKeys) get(ctx context.Context, u string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrKeysUnavailable, err)
 	}
-	req.Header.Set("Accept", "application/json")
+	// kube-apiserver serves its JWKS as application/jwk-set+json and answers
+	// 406 to a request that accepts only application/json.
+	req.Header.Set("Accept", "application/json, application/jwk-set+json")
 	resp, err := r.client.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrKeysUnavailable, err)

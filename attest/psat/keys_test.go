@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -55,6 +56,13 @@ func newIssuerServer(t *testing.T, jwks []byte) *issuerServer {
 			w.WriteHeader(s.status)
 			return
 		}
+		// As kube-apiserver: the JWKS is application/jwk-set+json, and a
+		// request that does not accept that type is answered 406.
+		if !strings.Contains(r.Header.Get("Accept"), "application/jwk-set+json") {
+			w.WriteHeader(http.StatusNotAcceptable)
+			return
+		}
+		w.Header().Set("Content-Type", "application/jwk-set+json")
 		_, _ = w.Write(s.jwks)
 	})
 	s.srv = httptest.NewTLSServer(mux)

@@ -120,20 +120,12 @@ func rendered(t *testing.T) map[string][]object {
 				renderErr = fmt.Errorf("render %s: %v\n%s", dir, err, stderr.String())
 				return
 			}
-			dec := yaml.NewDecoder(&out)
-			for {
-				var o map[string]any
-				if err := dec.Decode(&o); err != nil {
-					if errors.Is(err, io.EOF) {
-						break
-					}
-					renderErr = fmt.Errorf("render %s: decode: %v", dir, err)
-					return
-				}
-				if o != nil {
-					renderings[name] = append(renderings[name], object(o))
-				}
+			objs, err := decodeStream(out.Bytes())
+			if err != nil {
+				renderErr = fmt.Errorf("render %s: %v", dir, err)
+				return
 			}
+			renderings[name] = objs
 		}
 	})
 	if renderErr != nil {
@@ -161,4 +153,31 @@ func find(objs []object, kind string) []object {
 		}
 	}
 	return out
+}
+
+// decodeStream decodes a YAML stream into objects.
+func decodeStream(b []byte) ([]object, error) {
+	var out []object
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	for {
+		var o map[string]any
+		if err := dec.Decode(&o); err != nil {
+			if errors.Is(err, io.EOF) {
+				return out, nil
+			}
+			return nil, fmt.Errorf("decode: %w", err)
+		}
+		if o != nil {
+			out = append(out, object(o))
+		}
+	}
+}
+
+func decodeAll(t *testing.T, b []byte) []object {
+	t.Helper()
+	objs, err := decodeStream(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return objs
 }
