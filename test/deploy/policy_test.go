@@ -226,9 +226,9 @@ func TestConfigMapsPassCheckConfig(t *testing.T) {
 		// The kubelet's gRPC probes speak no TLS: they must ask the plain-text
 		// health listener, which the configuration must open.
 		broker := list(spec["containers"])[0]
-		for _, probe := range []string{"startupProbe", "readinessProbe", "livenessProbe"} {
-			if port := get(broker, probe, "grpc", "port"); port != 8445 {
-				t.Errorf("%s: %s is not a gRPC probe of port 8445 (%v)", name, probe, get(broker, probe))
+		for probe, service := range map[string]any{"startupProbe": "liveness", "readinessProbe": nil, "livenessProbe": "liveness"} {
+			if port := get(broker, probe, "grpc", "port"); port != 8445 || get(broker, probe, "grpc", "service") != service {
+				t.Errorf("%s: %s is not a gRPC probe of port 8445, service %v (%v)", name, probe, service, get(broker, probe))
 			}
 		}
 		if !strings.Contains(cfg, "\nhealth_listen: 0.0.0.0:8445\n") {
