@@ -17,6 +17,7 @@ type Store interface {
 	Revocations
 	Approvals
 	Clusters
+	Budgets
 }
 
 // Sentinel errors, possibly wrapped; match them with errors.Is.

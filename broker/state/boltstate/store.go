@@ -28,6 +28,8 @@ var (
 type Store struct {
 	db    *bbolt.DB
 	watch watchers
+	// budgets are the upstream call budgets, kept in memory.
+	budgets state.MemoryBudgets
 	// onVisit, when set (tests), is called for each cluster index key
 	// ListClusters reads.
 	onVisit func()

@@ -44,6 +44,7 @@
 //	approval/<id>                        JSON of the approval
 //	approval-req/<requester>\x00<digest> id of the requester's latest approval of that request
 //	revocation-gen                       rewritten by every Revoke (see below)
+//	budget/<name>                        unix nanoseconds: the upstream budget's theoretical arrival time
 //
 // Each index entry (node-cluster, cluster-ref, approval-req) is written in
 // the transaction that changes its item, so it is never out of step. A

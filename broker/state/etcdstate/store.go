@@ -90,6 +90,7 @@ type Store struct {
 	beforeSwap func()
 	locks      keyLocks
 	quotas     kvCache // the quota windows this Store last read or wrote
+	budgets    kvCache // the upstream budgets this Store last read or wrote
 	watch      *revWatch
 }
 
@@ -168,6 +169,7 @@ const (
 	dirClusterRef  = "cluster-ref/"
 	dirApproval    = "approval/"
 	dirApprovalReq = "approval-req/"
+	dirBudget      = "budget/"
 	// keyRevocationGen is rewritten by every Revoke, in its transaction:
 	// its mod revision is that of the latest revocation made.
 	keyRevocationGen = "revocation-gen"

@@ -11,7 +11,8 @@
 // two-person approvals: found again by an identical request, bounded per
 // requester, distinct admins counted exactly (never the requester) under
 // concurrency, consumed at most once, denied and expired by the time passed
-// in.
+// in; and upstream budgets: token buckets that grant exactly what their rate
+// and burst allow, however many goroutines (and replicas) take at once.
 package statetest
 
 import (
@@ -77,6 +78,8 @@ func Run(t *testing.T, h Harness) {
 	t.Run("approvals-deny-expire", func(t *testing.T) { testApprovalsDenyExpire(t, h) })
 	t.Run("approvals-bound", func(t *testing.T) { testApprovalsBound(t, h) })
 	t.Run("approvals-concurrent", func(t *testing.T) { testApprovalsConcurrent(t, h) })
+	t.Run("budget", func(t *testing.T) { testBudget(t, h) })
+	t.Run("budget-concurrent", func(t *testing.T) { testBudgetConcurrent(t, h) })
 	t.Run("reopen", func(t *testing.T) { testReopen(t, h) })
 	t.Run("crash", func(t *testing.T) { testCrash(t, h) })
 }
@@ -89,6 +92,7 @@ func RunRaces(t *testing.T, h Harness) {
 	t.Run("quota-concurrent", func(t *testing.T) { testQuotaConcurrent(t, h) })
 	t.Run("jointoken-concurrent", func(t *testing.T) { testJoinTokenConcurrent(t, h) })
 	t.Run("approvals-concurrent", func(t *testing.T) { testApprovalsConcurrent(t, h) })
+	t.Run("budget-concurrent", func(t *testing.T) { testBudgetConcurrent(t, h) })
 }
 
 // racers opens a fresh store in a new directory and returns it with the
