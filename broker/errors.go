@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -100,6 +101,13 @@ func (e *apiError) with(key, value string) *apiError {
 	}
 	e.metadata[key] = value
 	return e
+}
+
+// clone returns a copy of e whose metadata can be changed independently.
+func (e *apiError) clone() *apiError {
+	c := *e
+	c.metadata = maps.Clone(e.metadata)
+	return &c
 }
 
 func errorf(reason credbrokerv1.ErrorReason, format string, a ...any) *apiError {

@@ -275,9 +275,20 @@ func (s *Service) issue(ctx context.Context, caller attest.Caller, req *credbrok
 		TTL:        grant.ttl,
 	})
 	var revoked *revokedCredential
+	var own *apiError
 	switch {
 	case errors.As(err, &revoked):
 		return nil, s.refuse(ctx, rec, audit.DecisionDenied, revokedError(revoked.r))
+	case errors.As(err, &own):
+		// The broker's own refusal from within the issuer: its upstream
+		// budget (UpstreamBudget) let no call go out. The error may be
+		// shared by every request that joined one issuer call, so each
+		// refuses with its own copy.
+		decision := audit.DecisionFailed
+		if own.reason == credbrokerv1.ErrorReason_RATE_LIMITED {
+			decision = audit.DecisionThrottled
+		}
+		return nil, s.refuse(ctx, rec, decision, own.clone())
 	case err != nil:
 		s.metrics.upstreamFailure(prof.IssuerName, err)
 		return nil, s.refuse(ctx, rec, audit.DecisionFailed, issuerError(err, rec.IssuanceID))

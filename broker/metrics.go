@@ -33,6 +33,9 @@ type Metrics struct {
 	upstreamFailures *prometheus.CounterVec
 	// malformed counts request bodies that did not decode, by method.
 	malformed *prometheus.CounterVec
+	// budgetTokens and budgetRefusals count what upstream budgets let
+	// through and refused (UpstreamBudget).
+	budgetTokens, budgetRefusals *prometheus.CounterVec
 }
 
 // NewMetrics registers the broker's metrics with reg.
@@ -78,7 +81,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Name: "credbroker_malformed_requests_total",
 		Help: "Requests refused with INVALID_ARGUMENT because their body did not decode (broken protobuf wire format, invalid UTF-8 in a string field), by method.",
 	}, []string{"method"})
-	reg.MustRegister(m.grpc, m.decisions, m.latency, m.authFails, m.unauthUnrecorded, m.refusalsUnrecorded, m.rateLimited, m.reused, m.upstreamFailures, m.malformed)
+	m.budgetTokens, m.budgetRefusals = budgetMetrics()
+	reg.MustRegister(m.grpc, m.decisions, m.latency, m.authFails, m.unauthUnrecorded, m.refusalsUnrecorded, m.rateLimited, m.reused, m.upstreamFailures, m.malformed,
+		m.budgetTokens, m.budgetRefusals)
 	return m
 }
 

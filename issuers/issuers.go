@@ -177,6 +177,16 @@ const (
 	EffectNone
 )
 
+// Budget is what an issuer draws from before each upstream call it makes
+// for a request: not for a credential it hands out again (a reused one
+// makes no call). Take returns nil when the call may go ahead, or the
+// refusal, which the issuer returns as it is (wrapped): the broker owns the
+// budget and maps its refusal itself (RATE_LIMITED with RetryInfo). A nil
+// Budget in an issuer's configuration means no budget.
+type Budget interface {
+	Take(ctx context.Context) error
+}
+
 // Issuer mints credentials.
 type Issuer interface {
 	Issue(ctx context.Context, req Request) (Credential, error)

@@ -162,6 +162,9 @@ type Issuer struct {
 	AWSSTS *AWSSTSIssuer `yaml:"aws_sts"`
 	// Vault configures a HashiCorp Vault issuer (type vault).
 	Vault *VaultIssuer `yaml:"vault"`
+	// Budget bounds the issuer's upstream calls, fleet-wide (types aws_sts
+	// and vault); nil: no budget.
+	Budget *IssuerBudget `yaml:"budget"`
 }
 
 // AWSSTSIssuer configures minting through AWS STS.
@@ -793,6 +796,7 @@ func (c *Config) Validate() error {
 			errs = append(errs, c.validateVault(name, is.Vault)...)
 		}
 	}
+	errs = append(errs, c.validateBudgets()...)
 	if len(c.Profiles) == 0 {
 		bad("no profiles: nothing could be issued")
 	}

@@ -43,6 +43,11 @@
 //     decision is a compare-and-swap on one approval, so etcd implements it
 //     with one Txn per call.
 //
+//   - Budgets: token buckets of upstream calls (an AWS account's STS calls)
+//     that every replica draws from, kept as one theoretical arrival time
+//     (GCRA) that each take advances in one atomic step (ConformBudget), so
+//     racing replicas never get more than the bucket holds.
+//
 // Still to come behind this seam, as its own small interface embedded in
 // Store when it lands, passing the same suite: SigningKeys (each
 // replica's published JWT public keys with their overlap windows, for the

@@ -61,6 +61,32 @@ func (s *issuerSet) upstreamRevokers() map[string]issuers.UpstreamRevoker {
 	return out
 }
 
+// buildBudgets returns the upstream budget of every issuer that has one, by
+// issuer name: one broker.UpstreamBudget per budget name, drawn from store
+// (shared by the replicas on etcd), so that issuers naming the same budget
+// (one AWS account) share it.
+func buildBudgets(cfg *config.Config, store state.Budgets, m *broker.Metrics) (map[string]issuers.Budget, error) {
+	byKey := map[string]*broker.UpstreamBudget{}
+	out := map[string]issuers.Budget{}
+	for name, ic := range cfg.Issuers {
+		b := ic.Budget
+		if b == nil {
+			continue
+		}
+		key := b.Key(name)
+		ub, ok := byKey[key]
+		if !ok {
+			var err error
+			if ub, err = broker.NewUpstreamBudget(key, b.Spec(), b.LeaseSize(), store, nil, m); err != nil {
+				return nil, fmt.Errorf("issuers.%s.budget: %w", name, err)
+			}
+			byKey[key] = ub
+		}
+		out[name] = ub
+	}
+	return out, nil
+}
+
 // ttlBounded is implemented by issuers whose upstream limits lifetimes.
 type ttlBounded interface {
 	TTLBounds() (lo, hi time.Duration)
@@ -69,7 +95,8 @@ type ttlBounded interface {
 // buildIssuers is the issuer catalog: one plain constructor per type. Local
 // JWT issuers come first, since an aws_sts issuer in web identity mode signs
 // with one of them.
-func buildIssuers(ctx context.Context, cfg *config.Config, self string, log *slog.Logger) (*issuerSet, error) {
+// budgets are the upstream budgets by issuer name (buildBudgets).
+func buildIssuers(ctx context.Context, cfg *config.Config, self string, budgets map[string]issuers.Budget, log *slog.Logger) (*issuerSet, error) {
 	set := &issuerSet{byName: map[string]issuers.Issuer{}}
 	jwts := map[string]*jwt.Issuer{}
 	names := make([]string, 0, len(cfg.Issuers))
@@ -97,13 +124,13 @@ func buildIssuers(ctx context.Context, cfg *config.Config, self string, log *slo
 			set.handlers = append(set.handlers, iss.Handler())
 			set.jwtName, set.jwt = name, iss
 		case config.IssuerAWSSTS:
-			iss, err := newAWSSTS(ctx, cfg, name, jwts)
+			iss, err := newAWSSTS(ctx, cfg, name, jwts, budgets[name])
 			if err != nil {
 				return nil, fmt.Errorf("issuers.%s: %w", name, err)
 			}
 			set.byName[name] = iss
 		case config.IssuerVault:
-			iss, err := newVault(cfg, name, jwts, self, log.With(slog.String("issuer", name)))
+			iss, err := newVault(cfg, name, jwts, self, budgets[name], log.With(slog.String("issuer", name)))
 			if err != nil {
 				return nil, fmt.Errorf("issuers.%s: %w", name, err)
 			}
@@ -119,7 +146,7 @@ func buildIssuers(ctx context.Context, cfg *config.Config, self string, log *slo
 	return set, nil
 }
 
-func newAWSSTS(ctx context.Context, cfg *config.Config, name string, jwts map[string]*jwt.Issuer) (*awssts.Issuer, error) {
+func newAWSSTS(ctx context.Context, cfg *config.Config, name string, jwts map[string]*jwt.Issuer, budget issuers.Budget) (*awssts.Issuer, error) {
 	ac := cfg.Issuers[name].AWSSTS
 	c := awssts.Config{
 		Region:      ac.Region,
@@ -128,6 +155,7 @@ func newAWSSTS(ctx context.Context, cfg *config.Config, name string, jwts map[st
 		Profiles:    map[string]awssts.Profile{},
 		Timeout:     ac.Timeout,
 		MaxAttempts: ac.MaxAttempts,
+		Budget:      budget,
 	}
 	if wi := ac.WebIdentity; wi != nil {
 		signer, ok := jwts[wi.Issuer]
@@ -153,11 +181,11 @@ func newAWSSTS(ctx context.Context, cfg *config.Config, name string, jwts map[st
 	return awssts.New(ctx, c)
 }
 
-func newVault(cfg *config.Config, name string, jwts map[string]*jwt.Issuer, self string, log *slog.Logger) (*vault.Issuer, error) {
+func newVault(cfg *config.Config, name string, jwts map[string]*jwt.Issuer, self string, budget issuers.Budget, log *slog.Logger) (*vault.Issuer, error) {
 	vc := cfg.Issuers[name].Vault
 	c := vault.Config{
 		Address: vc.Address, Namespace: vc.Namespace, CAFile: vc.CAFile, ServerName: vc.ServerName,
-		Timeout: vc.Timeout, MaxRetries: vc.MaxRetries, Profiles: map[string]vault.Profile{}, Log: log,
+		Timeout: vc.Timeout, MaxRetries: vc.MaxRetries, Profiles: map[string]vault.Profile{}, Log: log, Budget: budget,
 	}
 	a := vc.Auth
 	mount := a.Mount

@@ -185,7 +185,11 @@ func Run(ctx context.Context, opts Options) error {
 	if anchor != nil {
 		defer anchor.stop() // when Run fails before it serves
 	}
-	issuerSet, err := buildIssuers(ctx, cfg, self.ID.String(), log)
+	budgets, err := buildBudgets(cfg, st, metrics)
+	if err != nil {
+		return err
+	}
+	issuerSet, err := buildIssuers(ctx, cfg, self.ID.String(), budgets, log)
 	if err != nil {
 		return err
 	}

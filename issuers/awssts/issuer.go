@@ -141,6 +141,10 @@ type Config struct {
 	// APIOptions are added to every STS call's middleware stack (tests count
 	// or inspect calls with them).
 	APIOptions []func(*middleware.Stack) error
+	// Budget, when set, is drawn from before every STS call (once per
+	// call, whatever the number of requests joining it); a credential
+	// handed out again takes nothing from it.
+	Budget issuers.Budget
 }
 
 // Issuer mints AWS credentials through STS. It is safe for concurrent use.
@@ -151,6 +155,7 @@ type Issuer struct {
 	profiles    map[string]Profile
 	timeout     time.Duration
 	clock       func() time.Time
+	budget      issuers.Budget
 
 	flights singleflight.Group
 	mu      sync.Mutex
@@ -261,6 +266,7 @@ func New(ctx context.Context, cfg Config) (*Issuer, error) {
 		profiles:    cfg.Profiles,
 		timeout:     cfg.Timeout,
 		clock:       cfg.Clock,
+		budget:      cfg.Budget,
 		cache:       map[cacheKey]cached{},
 	}, nil
 }
@@ -301,6 +307,12 @@ func (i *Issuer) Issue(ctx context.Context, req issuers.Request) (issuers.Creden
 		// caller giving up must not cancel it; the timeout bounds it.
 		callCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), i.timeout)
 		defer cancel()
+		// Only a call that goes upstream spends from the budget.
+		if i.budget != nil {
+			if err := i.budget.Take(callCtx); err != nil {
+				return nil, fmt.Errorf("awssts: %w", err)
+			}
+		}
 		i.mu.Lock()
 		gen := i.forgets
 		i.mu.Unlock()

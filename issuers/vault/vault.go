@@ -206,6 +206,10 @@ type Config struct {
 	// Clock defaults to time.Now; Log to a discarding logger.
 	Clock func() time.Time
 	Log   *slog.Logger
+	// Budget, when set, is drawn from before every Vault call made for a
+	// request (logins and renewals of the broker's own token take
+	// nothing).
+	Budget issuers.Budget
 }
 
 // Issuer mints credentials through Vault. It is safe for concurrent use;
@@ -216,6 +220,7 @@ type Issuer struct {
 	profiles map[string]Profile
 	clock    func() time.Time
 	log      *slog.Logger
+	budget   issuers.Budget
 
 	mu       sync.Mutex
 	loggedIn bool
@@ -276,7 +281,7 @@ func New(cfg Config) (*Issuer, error) {
 	// Nothing from the environment (VAULT_TOKEN, VAULT_NAMESPACE) applies.
 	client.ClearToken()
 	client.SetNamespace(cfg.Namespace)
-	return &Issuer{client: client, auth: cfg.Auth, profiles: cfg.Profiles, clock: cfg.Clock, log: cfg.Log,
+	return &Issuer{client: client, auth: cfg.Auth, profiles: cfg.Profiles, clock: cfg.Clock, log: cfg.Log, budget: cfg.Budget,
 		ready: make(chan struct{}), loginCh: make(chan struct{}), relogin: make(chan struct{}, 1)}, nil
 }
 
@@ -443,6 +448,11 @@ func (i *Issuer) Issue(ctx context.Context, req issuers.Request) (issuers.Creden
 	}
 	if err := i.checkLogin(); err != nil {
 		return issuers.Credential{}, err
+	}
+	if i.budget != nil {
+		if err := i.budget.Take(ctx); err != nil {
+			return issuers.Credential{}, fmt.Errorf("vault: %w", err)
+		}
 	}
 	ttl := strconv.Itoa(int(req.TTL/time.Second)) + "s"
 	start := i.clock()

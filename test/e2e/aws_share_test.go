@@ -26,20 +26,7 @@ import (
 func TestConcurrentIdenticalRequestsShareOneAssumeRole(t *testing.T) {
 	t.Parallel()
 	var assumeRoles atomic.Int64
-	b := startAWSBrokerVia(t, func(minioURL string) string {
-		u, _ := url.Parse(minioURL)
-		proxy := httputil.NewSingleHostReverseProxy(u)
-		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			body, _ := io.ReadAll(r.Body)
-			r.Body = io.NopCloser(bytes.NewReader(body))
-			if form, _ := url.ParseQuery(string(body)); form.Get("Action") == "AssumeRole" {
-				assumeRoles.Add(1)
-			}
-			proxy.ServeHTTP(w, r) // Host header kept: MinIO's SigV4 check passes
-		}))
-		t.Cleanup(srv.Close)
-		return srv.URL
-	})
+	b := startAWSBrokerVia(t, countingFront(t, &assumeRoles))
 	conn, err := brokerclient.Dial(b.grpcAddr, filepath.Join(b.dataDir, "dev", "controller"), "")
 	if err != nil {
 		t.Fatal(err)
@@ -99,6 +86,25 @@ func TestConcurrentIdenticalRequestsShareOneAssumeRole(t *testing.T) {
 	}
 	if m := metrics(t, b.broker); !strings.Contains(m, `credbroker_credentials_reused_total{profile="capa"} 199`) {
 		t.Errorf("metrics do not count the 199 reused hand-outs:\n%s", grepLines(m, "credbroker_"))
+	}
+}
+
+// countingFront returns a front for startAWSBrokerVia: a pass-through to
+// MinIO that counts the AssumeRole calls reaching it in n.
+func countingFront(t *testing.T, n *atomic.Int64) func(minioURL string) string {
+	return func(minioURL string) string {
+		u, _ := url.Parse(minioURL)
+		proxy := httputil.NewSingleHostReverseProxy(u)
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			body, _ := io.ReadAll(r.Body)
+			r.Body = io.NopCloser(bytes.NewReader(body))
+			if form, _ := url.ParseQuery(string(body)); form.Get("Action") == "AssumeRole" {
+				n.Add(1)
+			}
+			proxy.ServeHTTP(w, r) // Host header kept: MinIO's SigV4 check passes
+		}))
+		t.Cleanup(srv.Close)
+		return srv.URL
 	}
 }
 

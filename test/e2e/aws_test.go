@@ -51,6 +51,14 @@ func startAWSBrokerVia(t *testing.T, front func(minioURL string) string) *awsBro
 // that IAM endpoint (aws.revocation.apply).
 func startAWSBrokerIAM(t *testing.T, front func(minioURL string) string, iamEndpoint string) *awsBroker {
 	t.Helper()
+	return startAWSBrokerConf(t, front, iamEndpoint, "", "")
+}
+
+// startAWSBrokerConf is startAWSBrokerIAM with issuerExtra added to the
+// aws issuer's configuration (indented under it) and extra at the end of
+// the file.
+func startAWSBrokerConf(t *testing.T, front func(minioURL string) string, iamEndpoint, issuerExtra, extra string) *awsBroker {
+	t.Helper()
 	m := miniotest.Start(t)
 	m.CreateBucket(t, bucket)
 	stsEndpoint := m.Endpoint
@@ -73,7 +81,7 @@ issuers:
     aws_sts:
       region: %s
       endpoint: %s
-      credentials: default%s
+      credentials: default%s%s
 profiles:
   capa:
     issuer: aws
@@ -98,7 +106,7 @@ policy:
   - id: spiffe://dev.credbroker.test/ns/capi-system/sa/demo-controller
     profiles: [capa]
     clusters: ["*"]
-`, m.Region, stsEndpoint, iamLine, applyLine)
+%s`, m.Region, stsEndpoint, iamLine, issuerExtra, applyLine, extra)
 	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -39,8 +39,10 @@ const (
 //	retry_after  for reasons that come with google.rpc.RetryInfo, the same
 //	             delay as a Go duration ("1.5s")
 //	limit        for RATE_LIMITED and QUOTA_EXHAUSTED: "rate",
-//	             "identity quota", "cluster quota", or "watch_streams"
-//	             (too many revocation watches open)
+//	             "identity quota", "cluster quota", "watch_streams"
+//	             (too many revocation watches open), or "upstream budget"
+//	budget       for RATE_LIMITED with limit "upstream budget": the name of
+//	             the upstream budget (issuers.NAME.budget) that is spent
 //	field        for INVALID_REQUEST: the request field at fault
 //	revocation_id, revoked_by  for REVOKED: the revocation that covers the
 //	             request (quote it when asking for it to be lifted) and the
@@ -75,7 +77,9 @@ const (
 	// or the admin socket was asked for something other than the admin API.
 	ErrorReason_ADMIN_ONLY ErrorReason = 3
 	// RESOURCE_EXHAUSTED with RetryInfo: the caller's request rate is over its
-	// token bucket. Retry after the delay.
+	// token bucket, or the upstream budget the issuer draws from (shared by
+	// every caller and replica, metadata budget) has no call left for now.
+	// Retry after the delay.
 	ErrorReason_RATE_LIMITED ErrorReason = 4
 	// RESOURCE_EXHAUSTED with RetryInfo: the identity's or cluster's quota for
 	// the current window is spent. Retry after the delay (the window's end).
