@@ -363,3 +363,104 @@ func TestAlertsAndDashboardNameRegisteredMetrics(t *testing.T) {
 		}
 	}
 }
+
+// TestCAPAComponent: CAPA's manager, with deploy/kustomize/components/capa
+// added, gets its AWS credentials from the credbroker sidecar only — the
+// container-credentials variables point at the sidecar on loopback with the
+// token it writes, CAPA's static credentials (file variable, Secret volume)
+// are gone, and the sidecar takes its identity from the Workload API through
+// the SPIFFE CSI driver.
+func TestCAPAComponent(t *testing.T) {
+	objs := rendered(t)["capa"]
+	var deploy object
+	for _, d := range find(objs, "Deployment") {
+		if d.name() == "capa-controller-manager" {
+			deploy = d
+		}
+	}
+	if deploy == nil {
+		t.Fatal("no capa-controller-manager Deployment rendered")
+	}
+	spec := podSpec(deploy)
+	containers := map[string]any{}
+	for _, c := range list(spec["containers"]) {
+		containers[fmt.Sprint(get(c, "name"))] = c
+	}
+	manager, sidecar := containers["manager"], containers["credbroker-sidecar"]
+	if manager == nil || sidecar == nil {
+		t.Fatalf("containers %v, want manager and credbroker-sidecar", names(containers))
+	}
+	env := map[string]any{}
+	for _, e := range list(get(manager, "env")) {
+		env[fmt.Sprint(get(e, "name"))] = get(e, "value")
+	}
+	if env["AWS_CONTAINER_CREDENTIALS_FULL_URI"] != "http://127.0.0.1:9911/v1/credentials/default" ||
+		env["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"] != "/var/run/credbroker/token" {
+		t.Errorf("manager env %v: the container-credentials variables do not point at the sidecar", env)
+	}
+	if _, ok := env["AWS_SHARED_CREDENTIALS_FILE"]; ok {
+		t.Error("the manager still reads CAPA's static credentials file")
+	}
+	args := fmt.Sprint(get(sidecar, "args"))
+	for _, want := range []string{"--listen=127.0.0.1:9911", "--token-file=/var/run/credbroker/token", "--workload-api-socket=unix:///run/spire/sockets/", "--credential=default=capa-controller"} {
+		if !strings.Contains(args, want) {
+			t.Errorf("sidecar args %s lack %s", args, want)
+		}
+	}
+	volumes := map[string]any{}
+	for _, v := range list(spec["volumes"]) {
+		volumes[fmt.Sprint(get(v, "name"))] = v
+		if get(v, "secret") != nil {
+			t.Errorf("volume %v mounts a Secret (CAPA's static credentials?)", get(v, "name"))
+		}
+	}
+	if get(volumes["spiffe-workload-api"], "csi", "driver") != "csi.spiffe.io" {
+		t.Errorf("the Workload API socket does not come through the SPIFFE CSI driver: %v", volumes["spiffe-workload-api"])
+	}
+	ids := find(objs, "ClusterSPIFFEID")
+	if len(ids) != 1 || get(ids[0], "spec", "podSelector", "matchLabels", "control-plane") != "capa-controller-manager" {
+		t.Errorf("no ClusterSPIFFEID selecting CAPA's manager: %v", ids)
+	}
+}
+
+// TestNetworkPolicy: the broker's pods admit the gRPC port only from CAPA's
+// manager and the workload clusters' node ranges, the HTTP port only from
+// Prometheus, and nothing else (no rule without sources, none for other
+// ports).
+func TestNetworkPolicy(t *testing.T) {
+	for _, name := range []string{"single", "ha"} {
+		nps := find(rendered(t)[name], "NetworkPolicy")
+		if len(nps) != 1 {
+			t.Fatalf("%s: %d NetworkPolicies, want 1", name, len(nps))
+		}
+		np := nps[0]
+		if get(np, "spec", "podSelector", "matchLabels", "app.kubernetes.io/name") != "credbroker" {
+			t.Errorf("%s: the NetworkPolicy does not select the broker's pods", name)
+		}
+		for _, rule := range list(get(np, "spec", "ingress")) {
+			ports := list(get(rule, "ports"))
+			from := list(get(rule, "from"))
+			if len(ports) != 1 || len(from) == 0 {
+				t.Errorf("%s: ingress rule %v must name one port and its sources", name, rule)
+				continue
+			}
+			switch port := get(ports[0], "port"); port {
+			case "grpc":
+				for _, f := range from {
+					ns := get(f, "namespaceSelector", "matchLabels", "kubernetes.io/metadata.name")
+					if !(ns == "capa-system" && get(f, "podSelector") != nil) && get(f, "ipBlock", "cidr") == nil {
+						t.Errorf("%s: the gRPC port admits %v", name, f)
+					}
+				}
+			case "http-metrics":
+				for _, f := range from {
+					if get(f, "podSelector", "matchLabels", "app.kubernetes.io/name") != "prometheus" {
+						t.Errorf("%s: the HTTP port admits %v", name, f)
+					}
+				}
+			default:
+				t.Errorf("%s: ingress to port %v", name, port)
+			}
+		}
+	}
+}
