@@ -464,3 +464,25 @@ func TestNetworkPolicy(t *testing.T) {
 		}
 	}
 }
+
+// TestNoRBAC: the broker gets no Kubernetes API access at all — no Role,
+// ClusterRole or binding, and no service account token in its pods (PSATs
+// are verified offline, its identity comes from the Workload API).
+func TestNoRBAC(t *testing.T) {
+	for _, name := range []string{"single", "ha"} {
+		objs := rendered(t)[name]
+		for _, kind := range []string{"Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding", "Secret"} {
+			if found := find(objs, kind); len(found) > 0 {
+				t.Errorf("%s: renders %v", name, found)
+			}
+		}
+		sas := find(objs, "ServiceAccount")
+		if len(sas) != 1 || sas[0]["automountServiceAccountToken"] != false {
+			t.Errorf("%s: service accounts %v, want one without automounted tokens", name, sas)
+		}
+		spec := podSpec(find(objs, "StatefulSet")[0])
+		if spec["automountServiceAccountToken"] != false || spec["serviceAccountName"] != sas[0].name() {
+			t.Errorf("%s: the broker's pods run as %v with automountServiceAccountToken %v", name, spec["serviceAccountName"], spec["automountServiceAccountToken"])
+		}
+	}
+}
