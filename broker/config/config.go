@@ -236,8 +236,17 @@ type JWTIssuer struct {
 	// http://HTTP_LISTEN.
 	IssuerURL string `yaml:"issuer_url"`
 	// KeyFile is the ES256 signing key; default DATA_DIR/jwt_signing_key.pem,
-	// created on first start.
+	// created on first start. Each replica has its own (in its data
+	// directory); every replica's public key is published through the
+	// state (etcd) and served in every replica's JWKS.
 	KeyFile string `yaml:"key_file"`
+	// RotationPeriod, when set (at least 1h), replaces the signing key this
+	// often without a restart; 0 keeps the key.
+	RotationPeriod time.Duration `yaml:"rotation_period"`
+	// PublishAhead is how long a new key is in the JWKS before it signs;
+	// default 10m, at least 6m (the JWKS is cacheable for 5m), less than
+	// half the rotation period.
+	PublishAhead time.Duration `yaml:"publish_ahead"`
 }
 
 // Profile is one kind of credential callers may ask for.
@@ -782,6 +791,14 @@ func (c *Config) Validate() error {
 		}
 		if is.JWT != nil && is.Type != IssuerJWT {
 			bad("issuers.%s.jwt is only for type %q", name, IssuerJWT)
+		}
+		if j := is.JWT; j != nil && is.Type == IssuerJWT {
+			if j.RotationPeriod != 0 && j.RotationPeriod < time.Hour {
+				bad("issuers.%s.jwt.rotation_period %s: 0 (never) or at least 1h", name, j.RotationPeriod)
+			}
+			if ahead := j.PublishAhead; ahead != 0 && (ahead < 6*time.Minute || (j.RotationPeriod > 0 && 2*ahead > j.RotationPeriod)) {
+				bad("issuers.%s.jwt.publish_ahead %s: at least 6m (the JWKS may be cached 5m) and at most half the rotation_period", name, ahead)
+			}
 		}
 		if is.AWSSTS != nil && is.Type != IssuerAWSSTS {
 			bad("issuers.%s.aws_sts is only for type %q", name, IssuerAWSSTS)

@@ -59,8 +59,10 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 	y := `
 trust_domain: "Bad Domain"
 log_level: loud
+replica_id: "bad id"
 issuers:
   local: {type: vaultish}
+  own: {type: jwt, jwt: {rotation_period: 30m, publish_ahead: 1m}}
 profiles:
   p:
     issuer: nope
@@ -79,7 +81,8 @@ housekeeping_interval: 10ms
 	if err == nil {
 		t.Fatal("invalid config accepted")
 	}
-	for _, want := range []string{"trust_domain", "log_level", `type "vaultish"`, `issuer "nope"`, "default_ttl", "cluster \"sometimes\"", `unknown profile "unknown"`, "burst", "jwt_svid_max_lifetime", "housekeeping_interval"} {
+	for _, want := range []string{"trust_domain", "log_level", `type "vaultish"`, `issuer "nope"`, "default_ttl", "cluster \"sometimes\"", `unknown profile "unknown"`, "burst", "jwt_svid_max_lifetime", "housekeeping_interval",
+		"replica_id", "issuers.own.jwt.rotation_period", "issuers.own.jwt.publish_ahead"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not mention %q:\n%v", want, err)
 		}

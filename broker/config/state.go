@@ -117,7 +117,7 @@ func (c *Config) WriteState(w io.Writer) error {
 		auth = "TLS, no client certificate"
 	}
 	_, err := fmt.Fprintf(w, "state: etcd %s, prefix %s (%s; request timeout %s), shared by every replica on it:\n"+
-		"  quotas, join tokens, nodes, revocations, approvals and upstream budgets are fleet-wide; rate limits and the audit chain are per replica\n",
+		"  quotas, join tokens, nodes, revocations, approvals, upstream budgets and the published public signing keys are fleet-wide; rate limits, the audit chain and each signing key are per replica\n",
 		strings.Join(e.Endpoints, ", "), e.Prefix, auth, e.RequestTimeout)
 	return err
 }

@@ -18,6 +18,7 @@ type Store interface {
 	Approvals
 	Clusters
 	Budgets
+	SigningKeys
 }
 
 // Sentinel errors, possibly wrapped; match them with errors.Is.

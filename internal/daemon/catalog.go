@@ -96,7 +96,12 @@ type ttlBounded interface {
 // JWT issuers come first, since an aws_sts issuer in web identity mode signs
 // with one of them.
 // budgets are the upstream budgets by issuer name (buildBudgets).
-func buildIssuers(ctx context.Context, cfg *config.Config, self string, budgets map[string]issuers.Budget, log *slog.Logger) (*issuerSet, error) {
+//
+// A local JWT issuer signs with this replica's own key and publishes its
+// public half through keys, under the replica's id, so every replica's JWKS
+// serves every replica's keys; it publishes before the broker serves (a
+// token signed with an unpublished key would not verify elsewhere).
+func buildIssuers(ctx context.Context, cfg *config.Config, self string, budgets map[string]issuers.Budget, keys state.SigningKeys, replica string, log *slog.Logger) (*issuerSet, error) {
 	set := &issuerSet{byName: map[string]issuers.Issuer{}}
 	jwts := map[string]*jwt.Issuer{}
 	names := make([]string, 0, len(cfg.Issuers))
@@ -115,10 +120,19 @@ func buildIssuers(ctx context.Context, cfg *config.Config, self string, budgets 
 		ic := cfg.Issuers[name]
 		switch ic.Type {
 		case config.IssuerJWT:
-			iss, err := jwt.New(jwt.Config{IssuerURL: ic.JWT.IssuerURL, KeyFile: ic.JWT.KeyFile})
+			iss, err := jwt.New(jwt.Config{
+				IssuerURL: ic.JWT.IssuerURL, KeyFile: ic.JWT.KeyFile,
+				Keys: signingKeyStore{keys: keys, issuer: name}, Replica: replica,
+				RotationPeriod: ic.JWT.RotationPeriod, PublishAhead: ic.JWT.PublishAhead, MaxTTL: maxTokenTTL(cfg),
+			})
 			if err != nil {
 				return nil, fmt.Errorf("issuers.%s: %w", name, err)
 			}
+			if err := iss.Maintain(ctx); err != nil {
+				return nil, fmt.Errorf("issuers.%s: %w", name, err)
+			}
+			issLog := log.With(slog.String("issuer", name))
+			set.runners = append(set.runners, func(ctx context.Context) { maintainKeys(ctx, iss, issLog) })
 			jwts[name] = iss
 			set.byName[name] = iss
 			set.handlers = append(set.handlers, iss.Handler())

@@ -189,7 +189,7 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
-	issuerSet, err := buildIssuers(ctx, cfg, self.ID.String(), budgets, log)
+	issuerSet, err := buildIssuers(ctx, cfg, self.ID.String(), budgets, st, auditLog.Replica(), log)
 	if err != nil {
 		return err
 	}

@@ -56,17 +56,19 @@ func (i *Issuer) Handler() http.Handler {
 		prefix = u.EscapedPath()
 	}
 	mux := http.NewServeMux()
-	mux.Handle("GET "+prefix+DiscoveryPath, staticJSON(i.discovery))
-	mux.Handle("GET "+prefix+JWKSPath, staticJSON(i.jwks))
+	mux.Handle("GET "+prefix+DiscoveryPath, jsonDoc(func() []byte { return i.discovery }))
+	// The JWKS changes as replicas publish and rotate keys (Maintain).
+	mux.Handle("GET "+prefix+JWKSPath, jsonDoc(i.JWKS))
 	mux.Handle("GET "+prefix+RevokedPath, i.revokedHandler())
 	return mux
 }
 
-func staticJSON(body []byte) http.Handler {
+// jsonDoc serves the document body returns at each request.
+func jsonDoc(body func() []byte) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		h := w.Header()
 		h.Set("Content-Type", "application/json")
 		h.Set("Cache-Control", cacheControl)
-		_, _ = w.Write(body)
+		_, _ = w.Write(body())
 	})
 }

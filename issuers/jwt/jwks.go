@@ -4,7 +4,6 @@ import (
 	"crypto/ecdsa"
 	"crypto/sha256"
 	"encoding/base64"
-	"encoding/json"
 	"fmt"
 )
 
@@ -42,13 +41,7 @@ type jwkJSON struct {
 	Alg string `json:"alg"`
 }
 
-func marshalJWKS(k ecJWK, kid string) ([]byte, error) {
-	set := struct {
-		Keys []jwkJSON `json:"keys"`
-	}{Keys: []jwkJSON{{Kty: "EC", Crv: "P-256", X: k.x, Y: k.y, Kid: kid, Use: "sig", Alg: "ES256"}}}
-	b, err := json.Marshal(set)
-	if err != nil {
-		return nil, fmt.Errorf("jwt: encoding JWKS: %w", err)
-	}
-	return b, nil
+// json returns the JWK of k, named kid, as a JWKS lists it.
+func (k ecJWK) json(kid string) jwkJSON {
+	return jwkJSON{Kty: "EC", Crv: "P-256", X: k.x, Y: k.y, Kid: kid, Use: "sig", Alg: "ES256"}
 }

@@ -1,17 +1,20 @@
 // Package jwt is the broker's own OIDC issuer. It signs short-lived ES256
 // JWTs with a key kept in a local file, and publishes the discovery document
 // and JWKS that relying parties (AWS AssumeRoleWithWebIdentity, MinIO, Vault's
-// JWT auth) fetch to verify them.
+// JWT auth) fetch to verify them. Replicas each sign with their own key and
+// publish its public half through a KeyStore, so that every replica's JWKS
+// holds every replica's keys; keys rotate with an overlap (Maintain).
 package jwt
 
 import (
 	"context"
-	"crypto/ecdsa"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	jwtlib "github.com/golang-jwt/jwt/v5"
@@ -38,17 +41,49 @@ type Config struct {
 	// Rand is the randomness used to generate a missing key; nil means
 	// crypto/rand. Signing always uses crypto/rand.
 	Rand io.Reader
+
+	// Keys, when set, is where this replica publishes its public keys and
+	// reads every replica's, so that its JWKS verifies any replica's
+	// tokens (see Maintain). Replica then names this replica there.
+	Keys    KeyStore
+	Replica string
+	// RotationPeriod, when positive, replaces the signing key this often
+	// (see Maintain); the key file is replaced, the old private key
+	// deleted.
+	RotationPeriod time.Duration
+	// PublishAhead is how long a new key is published before it signs;
+	// default DefaultPublishAhead. It must be shorter than RotationPeriod.
+	PublishAhead time.Duration
+	// MaxTTL is the longest lifetime of a token this issuer signs: a key
+	// stays published this long after it stopped signing; default
+	// DefaultMaxTTL.
+	MaxTTL time.Duration
 }
 
-// Issuer mints JWTs signed with one ES256 key. It is safe for concurrent use.
+// Issuer mints JWTs signed with this replica's ES256 key, and serves the
+// JWKS of every replica's current keys. It is safe for concurrent use.
 type Issuer struct {
 	issuerURL string
-	key       *ecdsa.PrivateKey
-	kid       string
-	jwks      []byte
+	keyFile   string
 	discovery []byte
 	clock     func() time.Time
+	rand      io.Reader
 	revoked   revokedList
+
+	store        KeyStore
+	replica      string
+	rotation     time.Duration
+	publishAhead time.Duration
+	maxTTL       time.Duration
+
+	maintainMu sync.Mutex // one Maintain at a time
+
+	mu      sync.Mutex
+	cur     *ringKey                   // signs
+	next    *ringKey                   // published ahead, signs next (rotation)
+	retired []*ringKey                 // public halves, published until their tokens expire
+	others  map[string]json.RawMessage // every replica's keys as last listed
+	jwks    []byte
 }
 
 // New loads the signing key from cfg.KeyFile, generating it first if the file
@@ -61,25 +96,41 @@ func New(cfg Config) (*Issuer, error) {
 	if cfg.KeyFile == "" {
 		return nil, errors.New("jwt: no key file configured")
 	}
-	key, err := loadOrCreateKey(cfg.KeyFile, cfg.Rand)
-	if err != nil {
-		return nil, err
-	}
-	jwk, err := publicJWK(&key.PublicKey)
-	if err != nil {
-		return nil, err
-	}
 	clock := cfg.Clock
 	if clock == nil {
 		clock = time.Now
 	}
 	i := &Issuer{
-		issuerURL: issuerURL,
-		key:       key,
-		kid:       jwk.thumbprint(),
-		clock:     clock,
+		issuerURL: issuerURL, keyFile: cfg.KeyFile, clock: clock, rand: cfg.Rand,
+		store: cfg.Keys, replica: cfg.Replica,
+		rotation: cfg.RotationPeriod, publishAhead: cfg.PublishAhead, maxTTL: cfg.MaxTTL,
 	}
-	if i.jwks, err = marshalJWKS(jwk, i.kid); err != nil {
+	if i.publishAhead == 0 {
+		i.publishAhead = DefaultPublishAhead
+	}
+	if i.maxTTL == 0 {
+		i.maxTTL = DefaultMaxTTL
+	}
+	switch {
+	case i.store != nil && i.replica == "":
+		return nil, errors.New("jwt: publishing keys needs the replica's name")
+	case i.rotation < 0 || i.publishAhead < 0 || i.maxTTL < 0:
+		return nil, errors.New("jwt: negative rotation period, publish-ahead or max TTL")
+	case i.rotation > 0 && i.publishAhead >= i.rotation:
+		return nil, fmt.Errorf("jwt: the rotation period %s must be longer than the publish-ahead %s", i.rotation, i.publishAhead)
+	}
+	key, created, err := loadOrCreateKey(cfg.KeyFile, cfg.Rand, clock)
+	if err != nil {
+		return nil, err
+	}
+	if i.cur, err = newRingKey(key, created); err != nil {
+		return nil, err
+	}
+	if err := i.loadNext(); err != nil {
+		return nil, err
+	}
+	// The JWKS of this replica's own keys until Maintain lists the others'.
+	if err := i.refreshJWKS(context.Background(), clock()); err != nil && i.store == nil {
 		return nil, err
 	}
 	if i.discovery, err = marshalDiscovery(issuerURL); err != nil {
@@ -188,19 +239,26 @@ func (i *Issuer) Sign(claims map[string]any) (string, error) {
 }
 
 func (i *Issuer) sign(claims jwtlib.MapClaims) (string, error) {
+	cur := i.current()
 	t := jwtlib.NewWithClaims(jwtlib.SigningMethodES256, claims)
-	t.Header["kid"] = i.kid
-	s, err := t.SignedString(i.key)
+	t.Header["kid"] = cur.kid
+	s, err := t.SignedString(cur.priv)
 	if err != nil {
 		return "", fmt.Errorf("jwt: signing token: %w", err)
 	}
 	return s, nil
 }
 
-// KeyID is the key's RFC 7638 JWK SHA-256 thumbprint, base64url without
-// padding; it is the kid of every token and of the JWKS entry.
-func (i *Issuer) KeyID() string { return i.kid }
+// KeyID is the signing key's RFC 7638 JWK SHA-256 thumbprint, base64url
+// without padding; it is the kid of every token signed now and of the
+// key's JWKS entry.
+func (i *Issuer) KeyID() string { return i.current().kid }
 
-// JWKS returns the JSON Web Key Set holding the public key. The caller must
-// not modify the returned slice.
-func (i *Issuer) JWKS() []byte { return i.jwks }
+// JWKS returns the JSON Web Key Set: this replica's keys and, with Keys,
+// every replica's current ones as Maintain last listed them. The caller
+// must not modify the returned slice.
+func (i *Issuer) JWKS() []byte {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.jwks
+}

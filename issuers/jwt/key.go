@@ -8,34 +8,57 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"os"
+	"time"
 
 	"github.com/credbroker/credbroker/internal/keyfile"
 )
 
-// loadOrCreateKey returns the key in path, first generating it if the file
-// does not exist. Creation is atomic and never replaces an existing file, so
-// a crash or a concurrent broker never leaves a half-written key behind, and
-// a key created concurrently by another process wins.
-func loadOrCreateKey(path string, random io.Reader) (*ecdsa.PrivateKey, error) {
+// loadOrCreateKey returns the key in path and when it was made (the file's
+// mtime), first generating it if the file does not exist. Creation is
+// atomic and never replaces an existing file, so a crash or a concurrent
+// broker never leaves a half-written key behind, and a key created
+// concurrently by another process wins. A key it creates is dated by now
+// (the issuer's clock), which the rotation schedule reads.
+func loadOrCreateKey(path string, random io.Reader, now func() time.Time) (*ecdsa.PrivateKey, time.Time, error) {
 	key, err := keyfile.LoadEC(path)
 	if !errors.Is(err, fs.ErrNotExist) {
-		return key, wrapKeyErr(err)
+		if err != nil {
+			return nil, time.Time{}, wrapKeyErr(err)
+		}
+		return loaded(path, key)
 	}
 	if key, err = generateKey(random); err != nil {
-		return nil, err
+		return nil, time.Time{}, err
 	}
 	pemKey, err := keyfile.EncodeEC(key)
 	if err != nil {
-		return nil, wrapKeyErr(err)
+		return nil, time.Time{}, wrapKeyErr(err)
 	}
 	if err := keyfile.Create(path, pemKey); err != nil {
 		if errors.Is(err, fs.ErrExist) {
 			key, err := keyfile.LoadEC(path)
-			return key, wrapKeyErr(err)
+			if err != nil {
+				return nil, time.Time{}, wrapKeyErr(err)
+			}
+			return loaded(path, key)
 		}
-		return nil, wrapKeyErr(err)
+		return nil, time.Time{}, wrapKeyErr(err)
 	}
-	return key, nil
+	t := now()
+	if err := os.Chtimes(path, t, t); err != nil {
+		return nil, time.Time{}, wrapKeyErr(err)
+	}
+	return key, t, nil
+}
+
+// loaded returns key with its file's mtime.
+func loaded(path string, key *ecdsa.PrivateKey) (*ecdsa.PrivateKey, time.Time, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, time.Time{}, wrapKeyErr(err)
+	}
+	return key, fi.ModTime(), nil
 }
 
 func wrapKeyErr(err error) error {

@@ -26,6 +26,9 @@
 //	approvals.byrequest  requester SPIFFE ID "\x00" request digest -> the id of
 //	                   that request's latest approval (counts a requester's
 //	                   open approvals; found again by an identical request)
+//	signingkeys        issuer "\x00" replica "\x00" kid -> JSON of the public key
+//	                   (created at the first publication; expired ones deleted
+//	                   by the next)
 //
 // Times are Unix nanoseconds. A quota window keeps the end it was opened
 // with, so a change of the configured window applies from the next window;

@@ -45,6 +45,7 @@
 //	approval-req/<requester>\x00<digest> id of the requester's latest approval of that request
 //	revocation-gen                       rewritten by every Revoke (see below)
 //	budget/<name>                        unix nanoseconds: the upstream budget's theoretical arrival time
+//	signingkey/<issuer>\x00<replica>\x00<kid> JSON of a replica's public signing key (no private key is ever here)
 //
 // Each index entry (node-cluster, cluster-ref, approval-req) is written in
 // the transaction that changes its item, so it is never out of step. A

@@ -11,8 +11,9 @@
 // two-person approvals: found again by an identical request, bounded per
 // requester, distinct admins counted exactly (never the requester) under
 // concurrency, consumed at most once, denied and expired by the time passed
-// in; and upstream budgets: token buckets that grant exactly what their rate
-// and burst allow, however many goroutines (and replicas) take at once.
+// in; upstream budgets: token buckets that grant exactly what their rate
+// and burst allow, however many goroutines (and replicas) take at once;
+// and the replicas' published public signing keys.
 package statetest
 
 import (
@@ -80,6 +81,7 @@ func Run(t *testing.T, h Harness) {
 	t.Run("approvals-concurrent", func(t *testing.T) { testApprovalsConcurrent(t, h) })
 	t.Run("budget", func(t *testing.T) { testBudget(t, h) })
 	t.Run("budget-concurrent", func(t *testing.T) { testBudgetConcurrent(t, h) })
+	t.Run("signing-keys", func(t *testing.T) { testSigningKeys(t, h) })
 	t.Run("reopen", func(t *testing.T) { testReopen(t, h) })
 	t.Run("crash", func(t *testing.T) { testCrash(t, h) })
 }
