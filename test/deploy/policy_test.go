@@ -486,3 +486,60 @@ func TestNoRBAC(t *testing.T) {
 		}
 	}
 }
+
+// TestHAKeysInstalled: the broker reads private keys only from files it owns
+// with mode 0600, which a Secret volume (owned by root) cannot give; the ha
+// overlay's init container copies them into the keys emptyDir. Every file
+// the ha configuration names there must be one the init container copies.
+func TestHAKeysInstalled(t *testing.T) {
+	objs := rendered(t)["ha"]
+	var cfg struct {
+		Issuers map[string]struct {
+			JWT *struct {
+				KeyFile string `yaml:"key_file"`
+			} `yaml:"jwt"`
+		} `yaml:"issuers"`
+		NodeAttestation struct {
+			CADir string `yaml:"ca_dir"`
+		} `yaml:"node_attestation"`
+		State struct {
+			Etcd struct {
+				TLS struct{ CA, Cert, Key string } `yaml:"tls"`
+			} `yaml:"etcd"`
+		} `yaml:"state"`
+	}
+	if err := yaml.Unmarshal([]byte(brokerConfigs(t, objs)[0]), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	files := []string{cfg.State.Etcd.TLS.CA, cfg.State.Etcd.TLS.Cert, cfg.State.Etcd.TLS.Key,
+		cfg.NodeAttestation.CADir + "/ca.pem", cfg.NodeAttestation.CADir + "/ca_key.pem", cfg.NodeAttestation.CADir + "/jwt_key.pem"}
+	for _, iss := range cfg.Issuers {
+		if iss.JWT != nil && iss.JWT.KeyFile != "" {
+			files = append(files, iss.JWT.KeyFile)
+		}
+	}
+	spec := podSpec(find(objs, "StatefulSet")[0])
+	inits := list(spec["initContainers"])
+	if len(inits) != 1 {
+		t.Fatalf("%d init containers, want the one that installs the keys", len(inits))
+	}
+	script := fmt.Sprint(get(inits[0], "command"))
+	if !strings.Contains(script, "umask 077") {
+		t.Error("the init container does not create the keys owner-only (umask 077)")
+	}
+	const mount = "/var/run/credbroker-keys/"
+	for _, f := range files {
+		rel, ok := strings.CutPrefix(f, mount)
+		if !ok {
+			t.Errorf("%s is not in the keys volume %s", f, mount)
+			continue
+		}
+		dir, base := filepath.Split(rel)
+		if !strings.Contains(script, "/"+base+" ") && !strings.HasSuffix(strings.TrimSuffix(script, "]"), "/"+base) {
+			t.Errorf("the init container does not copy %s", base)
+		}
+		if dir != "" && !strings.Contains(script, "/keys/"+dir) {
+			t.Errorf("the init container does not copy into /keys/%s", dir)
+		}
+	}
+}
