@@ -57,6 +57,23 @@
 // in-process. BenchmarkRatios, BenchmarkIssue, BenchmarkVaultRatios and
 // BenchmarkAuditAppend measure parts of it alone.
 //
+// # The fleet
+//
+// runFleet (in BenchmarkTable, and alone as BenchmarkFleet) simulates a CAPI
+// fleet: FLEET_CLUSTERS (1000) workload clusters, each with 3 controllers
+// and 10 nodes of their own SPIFFE IDs (JWT-SVIDs), served by 3 broker
+// replicas wired as the daemon wires them on etcd (quota spends in a
+// 3-member embedded etcd, each replica on its own member with its own
+// client; each replica's own durable audit chain). Compressed in time:
+// every identity asks FLEET_ATTEMPTS (3) times as fast as FLEET_CLIENTS
+// (64) callers can, against an hour's quotas (2 per identity, 20 per
+// cluster) on a fixed clock. It reports throughput, p50/p99 latency, the
+// etcd calls per issuance (a client interceptor counts every unary call,
+// the replicas' revocation probes included), and quota exactness: exactly
+// 20 issued per cluster, each cluster's window in etcd reading the same
+// (a mismatch fails the run). TestFleetSmall runs it with 5 clusters in the
+// regular suite.
+//
 // Figures are printed, never asserted: speed is measured, behaviour is
 // tested. A run fails only when the harness breaks (a server does not start,
 // a request that must succeed fails, the audit chain does not verify).
@@ -73,6 +90,7 @@
 //	                  databases are kept in BENCH_DIR/cache, named for the
 //	                  audit package's source, and copied from there
 //	BENCH_CONCURRENCY client count of BenchmarkRatios and BenchmarkIssue
+//	FLEET_CLUSTERS, FLEET_ATTEMPTS, FLEET_CLIENTS  the fleet's size (above)
 //
 // With the defaults a run takes about four minutes on two cores (plus, once,
 // about a minute and a half to write the million records).

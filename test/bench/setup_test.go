@@ -242,6 +242,12 @@ func assembleBroker(authority *ca.CA, issuer issuers.Issuer, tlsConf *tls.Config
 	if err != nil {
 		return nil, err
 	}
+	return serveService(authority, tlsConf, svc, log, reader, metrics, logger)
+}
+
+// serveService is the gRPC server of svc as the daemon builds it: a Gate
+// with the JWT-SVID and X.509-SVID authenticators and the request limits.
+func serveService(authority *ca.CA, tlsConf *tls.Config, svc *broker.Service, log broker.AuditLog, reader broker.AuditReader, metrics *broker.Metrics, logger *slog.Logger) (*grpc.Server, error) {
 	// The load comes from one identity, far above the default per-identity
 	// request limit; the limit is still taken on every call, so its cost
 	// counts.

@@ -181,6 +181,8 @@ type report struct {
 	Variants []variantRow   `json:"variants"`
 	// Growth is the audit log's growth during the refusal flood.
 	Growth growth `json:"audit_growth"`
+	// Fleet is the fleet simulation (runFleet).
+	Fleet *fleetReport `json:"fleet,omitempty"`
 	// Elapsed is the run's wall time.
 	Elapsed time.Duration `json:"elapsed_ns"`
 }
@@ -329,6 +331,10 @@ func BenchmarkTable(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	fp, err := fleetParamsFromEnv()
+	if err != nil {
+		b.Fatal(err)
+	}
 	start := time.Now()
 	rep := &report{Time: start.UTC(), Machine: readMachine(), Commit: gitCommit()}
 	rep.Params = map[string]any{
@@ -336,6 +342,7 @@ func BenchmarkTable(b *testing.B) {
 		"conns_per_target": connsPerVariant, "flood": p.flood.String(), "flood_clients": p.floodClients,
 		"steady_rate": p.steadyRate, "p6_small": p.small, "p6_big": p.big, "p6_queries": p.queries,
 		"scrape_interval": p.scrape.String(),
+		"fleet_clusters":  fp.clusters, "fleet_attempts": fp.attempts, "fleet_clients": fp.clients,
 	}
 	dir := dataDir(b)
 	bin := buildDaemon(b)
@@ -347,6 +354,8 @@ func BenchmarkTable(b *testing.B) {
 	inProcessThroughput(b, p, rep)
 	listing(b, p, w, bin, dir, scr, rep)
 	isolation(b, p, w, bin, dir, scr, rep)
+	fleet := runFleet(b, fp)
+	rep.Fleet = &fleet
 
 	if scrapes, errs := scr.close(); errs > 0 {
 		b.Fatalf("bench: %d of %d metrics scrapes failed", errs, scrapes)
@@ -833,6 +842,9 @@ func printReport(out *os.File, rep *report) {
 	}
 	w.Flush()
 	fmt.Fprintln(out)
+	if rep.Fleet != nil {
+		printFleet(out, *rep.Fleet)
+	}
 	printMarkdown(out, rep)
 }
 
