@@ -101,14 +101,14 @@ func (s *Store) RequestApproval(ctx context.Context, a state.Approval, maxOpen i
 	if err != nil {
 		return state.Approval{}, false, err
 	}
-	ctx, cancel := s.opCtx(ctx)
-	defer cancel()
 	reqPrefix := s.key(approvalReqDir(a.Requester), "")
-	unlock, err := s.locks.lock(ctx, []string{reqPrefix})
+	unlock, err := s.queue(ctx, []string{reqPrefix})
 	if err != nil {
 		return state.Approval{}, false, err
 	}
 	defer unlock()
+	ctx, cancel := s.opCtx(ctx)
+	defer cancel()
 	idKey, reqKey := s.key(dirApproval, a.ID), s.approvalReqKey(a.Requester, a.Digest)
 	for range maxAttempts {
 		entries, err := s.cli.Get(ctx, reqPrefix, clientv3.WithPrefix())

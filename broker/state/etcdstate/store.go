@@ -27,6 +27,17 @@ const (
 	DefaultDialTimeout = 5 * time.Second
 	// maxAttempts bounds the compare-and-swap rounds of one operation.
 	maxAttempts = 32
+	// queueTimeout bounds how long an operation waits behind this Store's
+	// other operations on the same keys before its own round trips start
+	// (and OpTimeout starts counting). A burst on one hot key (a cluster's
+	// quota) is served one transaction after another; on a loaded host a
+	// few hundred of them take longer than one operation's timeout, and
+	// every one of them must still be answered with a decision.
+	queueTimeout = 30 * time.Second
+	// maxQueued bounds the operations waiting on one key in one Store; one
+	// more is refused at once (ErrContended) instead of holding a goroutine
+	// and its request for the queue's whole length.
+	maxQueued = 1024
 	// pageSize is how many keys one range read returns at most.
 	pageSize = 500
 	// txnBatch is how many keys one purge transaction deletes at most (etcd
@@ -184,6 +195,14 @@ func (s *Store) opCtx(ctx context.Context) (context.Context, context.CancelFunc)
 	return clientv3.WithRequireLeader(ctx), cancel
 }
 
+// queue waits, at most queueTimeout (or until ctx ends), for this Store's
+// turn on keys, and returns the function that ends it.
+func (s *Store) queue(ctx context.Context, keys []string) (func(), error) {
+	ctx, cancel := context.WithTimeout(ctx, queueTimeout)
+	defer cancel()
+	return s.locks.lock(ctx, keys)
+}
+
 // unavailable wraps an error of the etcd client, saying what failed.
 func unavailable(what string, err error) error {
 	return fmt.Errorf("%w: etcdstate: %s: %w", state.ErrUnavailable, what, err)
@@ -237,13 +256,13 @@ func readKVs(keys []string, rs []*pb.ResponseOp) []*mvccpb.KeyValue {
 // on remembered values may rest on stale ones, so it is made again on
 // values read afresh before it stands.
 func (s *Store) cas(ctx context.Context, what string, keys []string, cache *kvCache, decide func(kvs []*mvccpb.KeyValue) ([]clientv3.Op, error)) (*clientv3.TxnResponse, error) {
-	ctx, cancel := s.opCtx(ctx)
-	defer cancel()
-	unlock, err := s.locks.lock(ctx, keys)
+	unlock, err := s.queue(ctx, keys)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
+	ctx, cancel := s.opCtx(ctx)
+	defer cancel()
 	kvs, remembered := cache.get(keys)
 	read := func() error {
 		resp, err := s.cli.Txn(ctx).Then(getOps(keys)...).Commit()
@@ -519,7 +538,7 @@ func (s *Store) deleteWhere(ctx context.Context, what, dir string, stale func(kv
 
 // keyLocks queues the operations of one Store on the same quota keys, so
 // that its goroutines do not race each other's compare-and-swap. Waiting
-// respects the context.
+// respects the context; at most maxQueued wait on one key.
 type keyLocks struct {
 	mu sync.Mutex
 	m  map[string]*keyLock
@@ -539,6 +558,12 @@ func (l *keyLocks) lock(ctx context.Context, keys []string) (func(), error) {
 	l.mu.Lock()
 	if l.m == nil {
 		l.m = map[string]*keyLock{}
+	}
+	for _, k := range keys {
+		if kl := l.m[k]; kl != nil && kl.refs >= maxQueued {
+			l.mu.Unlock()
+			return nil, fmt.Errorf("%w: %w: %d updates of one key already queued; retry", state.ErrUnavailable, ErrContended, kl.refs)
+		}
 	}
 	held := make([]*keyLock, len(keys))
 	for i, k := range keys {
