@@ -3,7 +3,9 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -405,5 +407,182 @@ state:
 			t.Fatalf("after the partition healed: %v, want FAILED_PRECONDITION (REVOKED)", err)
 		}
 		<-poll.C
+	}
+}
+
+// TestReplicasSurviveAMemberAndFailClosedWithoutQuorum: three replicas on a
+// three-member etcd, each given every member. With one member stopped every
+// replica goes on issuing (once its client has failed over); with a second
+// stopped, the quorum lost, every replica refuses a quota-charging issuance
+// UNAVAILABLE and issues nothing, and the replicas' audit chains hold
+// exactly as many issued records as there were OK answers; with both back,
+// every replica serves again by itself, and the cluster quota ends spent
+// exactly: never beyond its max, short of it only by refused spends that
+// committed after their answers were lost.
+func TestReplicasSurviveAMemberAndFailClosedWithoutQuorum(t *testing.T) {
+	t.Parallel()
+	const replicas, quota, cluster = 3, 20, "capi-a/c1"
+	etcd := etcdtest.New(t, 3)
+	dir := t.TempDir()
+	td, authority, base := productionIdentity(t, dir)
+	cfg := base + `
+issuers:
+  oidc: {type: jwt, jwt: {issuer_url: "https://credbroker.prod.test/oidc"}}
+profiles:
+  web-identity: {issuer: oidc, max_ttl: 1h, audiences: [sts.amazonaws.com], cluster: required}
+policy:
+  - id: spiffe://prod.test/ns/*/sa/capa-controller-manager
+    profiles: [web-identity]
+    clusters: ["capi-*/*"]
+limits: {cluster_quota: {max: ` + fmt.Sprint(quota) + `, window: 1h}, requests: {issue: {rate: 1000, burst: 1000}}}
+state:
+  etcd:
+    endpoints: [` + strings.Join(etcd.Endpoints(), ", ") + `]
+    prefix: /quorum/
+    request_timeout: 1s
+`
+	svid, err := authority.MintX509SVID(spiffeid.RequireFromPath(td, "/ns/capa-system/sa/capa-controller-manager"), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds := grpccredentials.MTLSClientCredentials(svid, x509bundle.NewSet(authority.X509Bundle()), tlsconfig.AuthorizeMemberOf(td))
+	var clients []credbrokerv1.BrokerServiceClient
+	var admins []credbrokerv1.AdminServiceClient
+	for i := range replicas {
+		data := filepath.Join(dir, fmt.Sprintf("data-%d", i))
+		d := startDaemon(t, t.TempDir(), strings.Replace(cfg, "data_dir: "+dir+"/data", "data_dir: "+data, 1)+fmt.Sprintf("replica_id: replica-%d\n", i))
+		defer d.stop(t)
+		conn, err := grpc.NewClient(d.grpcAddr, grpc.WithTransportCredentials(creds))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		clients = append(clients, credbrokerv1.NewBrokerServiceClient(conn))
+		adminConn, err := grpc.NewClient("unix://"+filepath.Join(data, "admin.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer adminConn.Close()
+		admins = append(admins, credbrokerv1.NewAdminServiceClient(adminConn))
+	}
+
+	// Generous: a loaded machine may take seconds per election and restart.
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	// ok counts the OK answers; failed the answers that were neither OK nor
+	// RESOURCE_EXHAUSTED, each a spend that may have committed after its
+	// answer was lost.
+	var ok, failed int
+	issue := func(i int) error {
+		_, err := clients[i].IssueCredential(ctx, &credbrokerv1.IssueCredentialRequest{Profile: "web-identity", Cluster: cluster})
+		switch status.Code(err) {
+		case codes.OK:
+			ok++
+		case codes.ResourceExhausted:
+		default:
+			failed++
+		}
+		return err
+	}
+	poll := time.NewTicker(50 * time.Millisecond)
+	defer poll.Stop()
+	// until polls replica i with issuances until one answers want; an OK
+	// answer before that fails the test when okIsFatal.
+	until := func(what string, i int, want codes.Code, okIsFatal bool) {
+		t.Helper()
+		for {
+			err := issue(i)
+			switch {
+			case status.Code(err) == want:
+				return
+			case err == nil && okIsFatal:
+				t.Fatalf("%s: replica %d issued", what, i)
+			case ctx.Err() != nil:
+				t.Fatalf("%s: replica %d: %v, want %s", what, i, err, want)
+			}
+			select {
+			case <-poll.C:
+			case <-ctx.Done():
+			}
+		}
+	}
+	// issuedRecords counts the issued records for the cluster in every
+	// replica's audit chain, through the admin API.
+	issuedRecords := func() int {
+		t.Helper()
+		n := 0
+		for i, adm := range admins {
+			stream, err := adm.ExportAudit(ctx, &credbrokerv1.ExportAuditRequest{PageSize: 10000})
+			if err != nil {
+				t.Fatalf("replica %d: export audit: %v", i, err)
+			}
+			for {
+				resp, err := stream.Recv()
+				if errors.Is(err, io.EOF) {
+					break
+				}
+				if err != nil {
+					t.Fatalf("replica %d: export audit: %v", i, err)
+				}
+				if r := resp.GetRecord(); r.GetDecision() == credbrokerv1.Decision_DECISION_ISSUED && r.GetCluster() == cluster {
+					n++
+				}
+			}
+		}
+		return n
+	}
+
+	for i := range replicas {
+		if err := issue(i); err != nil {
+			t.Fatalf("replica %d with every member up: %v", i, err)
+		}
+	}
+
+	etcd.Stop(0)
+	for round := range 2 {
+		for i := range replicas {
+			until(fmt.Sprintf("one member stopped, round %d", round+1), i, codes.OK, false)
+		}
+	}
+
+	etcd.Stop(1)
+	okBefore := ok
+	for i := range replicas {
+		until("the quorum lost", i, codes.Unavailable, true)
+	}
+	if got := issuedRecords(); got != okBefore {
+		t.Fatalf("without a quorum the replicas' audit chains hold %d issued records, want %d (the OK answers)", got, okBefore)
+	}
+
+	if err := etcd.Restart(0, 1); err != nil {
+		t.Fatal(err)
+	}
+	for i := range replicas {
+		until("the quorum back", i, codes.OK, false)
+	}
+	// Spend the rest of the quota, round the replicas, until it is gone.
+	for i := 0; ; i = (i + 1) % replicas {
+		err := issue(i)
+		if status.Code(err) == codes.ResourceExhausted {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("spending the rest of the quota: %v", err)
+		}
+		if ok > quota {
+			t.Fatalf("%d issued against a quota of %d", ok, quota)
+		}
+	}
+	for i := range replicas {
+		if err := issue(i); status.Code(err) != codes.ResourceExhausted {
+			t.Fatalf("replica %d after the quota was spent: %v, want RESOURCE_EXHAUSTED", i, err)
+		}
+	}
+	t.Logf("%d OK, %d refused neither OK nor RESOURCE_EXHAUSTED", ok, failed)
+	if ok > quota || ok < quota-failed {
+		t.Fatalf("%d issued in all against a quota of %d, want %d (or down to %d, had refused spends committed after their answers were lost)", ok, quota, quota, quota-failed)
+	}
+	if got := issuedRecords(); got != ok {
+		t.Fatalf("the replicas' audit chains hold %d issued records, want %d (the OK answers)", got, ok)
 	}
 }

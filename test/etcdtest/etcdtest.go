@@ -3,7 +3,10 @@
 // several whose members a test can stop and restart on the same ports and
 // data, to take the quorum away and give it back. Clients reach each member
 // through a small TCP proxy that a stop cuts at once, so that the member
-// does not wait seconds for their watch streams to drain.
+// does not wait seconds for their watch streams to drain; members reach each
+// other through such proxies too, so that closing the cluster cuts every
+// connection between them at once. Every port is picked before any is
+// given up, so that no two members (or proxies) are handed the same one.
 package etcdtest
 
 import (
@@ -42,9 +45,17 @@ type Cluster struct {
 	initial string
 
 	proxies []*proxy // in front of each member's client URL
+	// peerProxies are in front of each member's peer URL, which the members
+	// reach each other through, so that Close cuts the connections between
+	// them too (a stopped member leaves some open, idle, until its peer's
+	// read timeout).
+	peerProxies []*proxy
 
 	mu      sync.Mutex
 	members []*embed.Etcd // nil while stopped
+	// held keeps a stopped member's ports until it restarts, so that no
+	// other listener or outgoing connection takes them meanwhile.
+	held [][]net.Listener
 }
 
 // New starts an n-member cluster in a temporary directory and closes it when
@@ -80,28 +91,40 @@ func start(dir string, n int, tls *TLSFiles) (*Cluster, error) {
 	if n < 1 {
 		return nil, errors.New("etcdtest: a cluster needs a member")
 	}
-	c := &Cluster{dir: dir, tls: tls, members: make([]*embed.Etcd, n)}
+	c := &Cluster{dir: dir, tls: tls, members: make([]*embed.Etcd, n), held: make([][]net.Listener, n)}
+	// Every port is held until all are picked and the proxies listen, so
+	// that no two of them (nor a proxy) are handed the same port.
+	held, err := freeURLs(2 * n)
+	if err != nil {
+		return nil, err
+	}
 	var initial []string
 	for i := range n {
-		client, err := freeURL()
-		if err != nil {
-			return nil, err
-		}
+		client, peer := held[2*i].url, held[2*i+1].url
 		if tls != nil {
 			client.Scheme = "https"
-		}
-		peer, err := freeURL()
-		if err != nil {
-			return nil, err
 		}
 		c.clients, c.peers = append(c.clients, client), append(c.peers, peer)
 		px, err := newProxy(client.Host)
 		if err != nil {
+			_ = closeHeld(held)
 			c.Close()
 			return nil, err
 		}
 		c.proxies = append(c.proxies, px)
-		initial = append(initial, fmt.Sprintf("%s=%s", memberName(i), peer.String()))
+		ppx, err := newProxy(peer.Host)
+		if err != nil {
+			_ = closeHeld(held)
+			c.Close()
+			return nil, err
+		}
+		c.peerProxies = append(c.peerProxies, ppx)
+		advertised := c.advertisedPeer(i)
+		initial = append(initial, fmt.Sprintf("%s=%s", memberName(i), advertised.String()))
+	}
+	if err := closeHeld(held); err != nil {
+		c.Close()
+		return nil, err
 	}
 	c.initial = strings.Join(initial, ",")
 	// Every member must be started before any can be ready: readiness needs
@@ -123,17 +146,34 @@ func start(dir string, n int, tls *TLSFiles) (*Cluster, error) {
 
 func memberName(i int) string { return fmt.Sprintf("m%d", i) }
 
-// freeURL returns an http URL on a loopback port that was free a moment ago.
-func freeURL() (url.URL, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return url.URL{}, fmt.Errorf("etcdtest: pick a port: %w", err)
+// heldURL is an http URL on a loopback port, with the listener that holds
+// the port until the member takes it.
+type heldURL struct {
+	url url.URL
+	l   net.Listener
+}
+
+// freeURLs picks n distinct loopback ports, each held by its listener.
+func freeURLs(n int) ([]heldURL, error) {
+	var out []heldURL
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			_ = closeHeld(out)
+			return nil, fmt.Errorf("etcdtest: pick a port: %w", err)
+		}
+		out = append(out, heldURL{url: url.URL{Scheme: "http", Host: l.Addr().String()}, l: l})
 	}
-	addr := l.Addr().String()
-	if err := l.Close(); err != nil {
-		return url.URL{}, err
+	return out, nil
+}
+
+// closeHeld frees the held ports for the members.
+func closeHeld(held []heldURL) error {
+	var errs []error
+	for _, h := range held {
+		errs = append(errs, h.l.Close())
 	}
-	return url.URL{Scheme: "http", Host: addr}, nil
+	return errors.Join(errs...)
 }
 
 func (c *Cluster) config(i int) *embed.Config {
@@ -141,7 +181,7 @@ func (c *Cluster) config(i int) *embed.Config {
 	cfg.Name = memberName(i)
 	cfg.Dir = filepath.Join(c.dir, cfg.Name)
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{c.clients[i]}, []url.URL{c.clients[i]}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{c.peers[i]}, []url.URL{c.peers[i]}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{c.peers[i]}, []url.URL{c.advertisedPeer(i)}
 	cfg.InitialCluster = c.initial
 	cfg.InitialClusterToken = "credbroker-etcdtest"
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
@@ -159,6 +199,7 @@ func (c *Cluster) config(i int) *embed.Config {
 
 // start starts member i (again, on its ports and data after a Stop).
 func (c *Cluster) start(i int) error {
+	c.release(i)
 	e, err := embed.StartEtcd(c.config(i))
 	if err != nil {
 		return fmt.Errorf("etcdtest: start member %d: %w", i, err)
@@ -181,6 +222,14 @@ func (c *Cluster) waitReady(i int) error {
 	case <-time.After(readyTimeout):
 		return fmt.Errorf("etcdtest: member %d not ready after %s", i, readyTimeout)
 	}
+}
+
+// advertisedPeer is member i's peer URL as the other members reach it:
+// through its peer proxy.
+func (c *Cluster) advertisedPeer(i int) url.URL {
+	u := c.peers[i]
+	u.Host = c.peerProxies[i].addr()
+	return u
 }
 
 // Endpoints returns every member's client URL.
@@ -215,14 +264,44 @@ func (c *Cluster) Reconnect(i int) { c.proxies[i].setDown(false) }
 // Stop stops member i; its data stays for Restart. Its clients'
 // connections are cut first and refused until Restart, as a member that
 // went away would leave them.
-func (c *Cluster) Stop(i int) {
+func (c *Cluster) Stop(i int) { c.stop(i, true) }
+
+// stop stops member i and, with hold, keeps its ports for its restart.
+func (c *Cluster) stop(i int, hold bool) {
 	c.mu.Lock()
 	e := c.members[i]
 	c.members[i] = nil
 	c.mu.Unlock()
 	c.proxies[i].setDown(true)
-	if e != nil {
-		e.Close()
+	c.peerProxies[i].setDown(true)
+	if e == nil {
+		return
+	}
+	e.Close()
+	if !hold {
+		return
+	}
+	var ls []net.Listener
+	for _, addr := range []string{c.clients[i].Host, c.peers[i].Host} {
+		// A port taken in the moment since the member let it go cannot be
+		// held; its restart then reports it in use.
+		if l, err := net.Listen("tcp", addr); err == nil {
+			ls = append(ls, l)
+		}
+	}
+	c.mu.Lock()
+	c.held[i] = ls
+	c.mu.Unlock()
+}
+
+// release gives up member i's held ports.
+func (c *Cluster) release(i int) {
+	c.mu.Lock()
+	ls := c.held[i]
+	c.held[i] = nil
+	c.mu.Unlock()
+	for _, l := range ls {
+		_ = l.Close()
 	}
 }
 
@@ -230,6 +309,7 @@ func (c *Cluster) Stop(i int) {
 // and waits until they serve (which needs a quorum of the cluster running).
 func (c *Cluster) Restart(is ...int) error {
 	for _, i := range is {
+		c.peerProxies[i].setDown(false)
 		if err := c.start(i); err != nil {
 			return err
 		}
@@ -246,11 +326,12 @@ func (c *Cluster) Restart(is ...int) error {
 // Close stops every member and the proxies.
 func (c *Cluster) Close() {
 	for i := range c.members {
-		if i < len(c.proxies) {
-			c.Stop(i)
+		if i < len(c.peerProxies) {
+			c.stop(i, false)
 		}
+		c.release(i)
 	}
-	for _, p := range c.proxies {
+	for _, p := range append(c.proxies, c.peerProxies...) {
 		p.close()
 	}
 }
