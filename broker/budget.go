@@ -50,6 +50,9 @@ type UpstreamBudget struct {
 	mu        sync.Mutex
 	held      int       // leased tokens not spent yet
 	heldUntil time.Time // when they are dropped
+	// emptyUntil is when the next token frees, as the store last refused:
+	// the bucket's state only moves forward, so none frees earlier.
+	emptyUntil time.Time
 }
 
 // NewUpstreamBudget returns the budget named name, of spec, drawn from
@@ -92,9 +95,12 @@ func (b *UpstreamBudget) Take(ctx context.Context) error {
 	var ex *state.BudgetExhaustedError
 	switch {
 	case errors.As(err, &ex):
-		b.m.budgetRefusals.WithLabelValues(b.name).Inc()
-		msg := fmt.Sprintf("upstream budget %q of %g calls/s (burst %d) is spent; retry in %s", b.name, b.spec.Rate, b.spec.Burst, state.RoundUp(ex.RetryAfter))
-		return exhausted(credbrokerv1.ErrorReason_RATE_LIMITED, limitBudget, msg, ex.RetryAfter).with(MetaBudget, b.name)
+		b.mu.Lock()
+		if until := now.Add(ex.RetryAfter); until.After(b.emptyUntil) {
+			b.emptyUntil = until
+		}
+		b.mu.Unlock()
+		return b.refusal(ex.RetryAfter)
 	case errors.Is(err, state.ErrUnavailable):
 		return wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "shared state unavailable: upstream budget %q not drawn from; nothing was issued", b.name)
 	case err != nil:
@@ -110,6 +116,30 @@ func (b *UpstreamBudget) Take(ctx context.Context) error {
 		b.mu.Unlock()
 	}
 	return nil
+}
+
+// Spent returns the budget's refusal when this replica already knows that
+// it has no token at now (the store refused a take, and the next token
+// frees later), without asking the store; nil otherwise. The broker asks
+// it before a request's intent record, so that while a budget is spent its
+// refusals (and a caller's retries) spend no quota.
+func (b *UpstreamBudget) Spent() error {
+	now := b.now()
+	b.mu.Lock()
+	wait := b.emptyUntil.Sub(now)
+	held := b.held > 0 && now.Before(b.heldUntil)
+	b.mu.Unlock()
+	if held || wait <= 0 {
+		return nil
+	}
+	return b.refusal(wait)
+}
+
+// refusal is the RATE_LIMITED refusal of a call wait before the next token.
+func (b *UpstreamBudget) refusal(wait time.Duration) error {
+	b.m.budgetRefusals.WithLabelValues(b.name).Inc()
+	msg := fmt.Sprintf("upstream budget %q of %g calls/s (burst %d) is spent; retry in %s", b.name, b.spec.Rate, b.spec.Burst, state.RoundUp(wait))
+	return exhausted(credbrokerv1.ErrorReason_RATE_LIMITED, limitBudget, msg, wait).with(MetaBudget, b.name)
 }
 
 // budgetMetrics registers the upstream budget metrics.

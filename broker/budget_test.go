@@ -196,3 +196,42 @@ func TestUpstreamBudgetLeaseStaysWithinBurst(t *testing.T) {
 		t.Fatalf("after the lease ended: %d calls, want 15 from the shared bucket (the 4 leased tokens dropped)", got)
 	}
 }
+
+// TestUpstreamBudgetKnownSpent: Spent refuses, without asking the store,
+// only while this replica knows from a refusal that no token frees yet,
+// and with the time left; a lease still held is spendable.
+func TestUpstreamBudgetKnownSpent(t *testing.T) {
+	spec := state.BudgetSpec{Rate: 10, Burst: 2} // a token every 100ms
+	var store state.MemoryBudgets
+	clock := newFakeClock(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
+	b, err := broker.NewUpstreamBudget("aws-prod", spec, 1, &store, clock.Now, broker.NewMetrics(prometheus.NewRegistry()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := b.Take(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Spent(); err != nil {
+		t.Fatalf("Spent before any refusal: %v", err)
+	}
+	if err := refusedByBudget(b.Take(context.Background()), spec.Interval()); err != nil {
+		t.Fatal(err)
+	}
+	clock.Add(40 * time.Millisecond)
+	err = b.Spent()
+	if err := refusedByBudget(err, spec.Interval()); err != nil {
+		t.Fatal(err)
+	}
+	if d := retryDelay(t, broker.ToStatus(err)); d != 60*time.Millisecond {
+		t.Fatalf("Spent says retry in %s, want 60ms", d)
+	}
+	clock.Add(60 * time.Millisecond)
+	if err := b.Spent(); err != nil {
+		t.Fatalf("Spent once the next token freed: %v", err)
+	}
+	if err := b.Take(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -41,6 +41,10 @@ type Profile struct {
 	// Approval, when required, makes each credential wait for two-person
 	// approval.
 	Approval ApprovalRule
+	// Budget is the upstream budget the issuer draws from (the same one it
+	// was configured with), or nil: a request that would call upstream is
+	// refused before its intent record while the budget is known spent.
+	Budget *UpstreamBudget
 }
 
 // AuditLog is the durable, append-only decision record the broker needs.
@@ -244,6 +248,25 @@ func (s *Service) issue(ctx context.Context, caller attest.Caller, req *credbrok
 	// unit left refuses here, spending nothing. An issuer with no effect
 	// outside the process needs only its result record, which then carries
 	// the spend.
+	ireq := issuers.Request{
+		IssuanceID: rec.IssuanceID,
+		Subject:    rec.Caller,
+		Profile:    prof.Name,
+		Cluster:    grant.cluster,
+		Audience:   grant.audience,
+		TTL:        grant.ttl,
+	}
+	// While the issuer's upstream budget is known spent, a request that
+	// would call upstream is refused here, before its intent, so that it
+	// (and a caller retrying) spends no quota; one the issuer would serve
+	// from a credential it holds goes on, spending no budget. The issuer
+	// takes the budget's token itself, just before its call.
+	if prof.Budget != nil && !reuses(prof.Issuer, ireq) {
+		if err := prof.Budget.Spent(); err != nil {
+			return nil, s.refuse(ctx, rec, audit.DecisionThrottled, err)
+		}
+	}
+
 	charges := res.Charges()
 	if prof.Issuer.Effect() != issuers.EffectNone {
 		rec.Decision, rec.Reason = audit.DecisionIntent, ""
@@ -266,14 +289,7 @@ func (s *Service) issue(ctx context.Context, caller attest.Caller, req *credbrok
 		}
 	}
 
-	cred, err := s.mint(ctx, prof, issuers.Request{
-		IssuanceID: rec.IssuanceID,
-		Subject:    rec.Caller,
-		Profile:    prof.Name,
-		Cluster:    grant.cluster,
-		Audience:   grant.audience,
-		TTL:        grant.ttl,
-	})
+	cred, err := s.mint(ctx, prof, ireq)
 	var revoked *revokedCredential
 	var own *apiError
 	switch {
@@ -442,6 +458,12 @@ func (s *Service) mint(ctx context.Context, prof Profile, req issuers.Request) (
 			return issuers.Credential{}, &revokedCredential{r}
 		}
 	}
+}
+
+// reuses reports whether iss would serve req from a credential it holds.
+func reuses(iss issuers.Issuer, req issuers.Request) bool {
+	r, ok := iss.(issuers.Reuser)
+	return ok && r.Reuses(req)
 }
 
 // revokedCredential is a minted credential a revocation covers.

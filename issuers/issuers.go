@@ -187,6 +187,15 @@ type Budget interface {
 	Take(ctx context.Context) error
 }
 
+// Reuser is implemented by an issuer that hands a credential out again
+// (Credential.Reused): Reuses reports whether Issue would, at this moment,
+// hand out a credential it holds for req with no upstream call. It is a
+// hint (the credential may be renewed before Issue runs) and must not call
+// upstream.
+type Reuser interface {
+	Reuses(req Request) bool
+}
+
 // Issuer mints credentials.
 type Issuer interface {
 	Issue(ctx context.Context, req Request) (Credential, error)

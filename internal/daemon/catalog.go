@@ -65,9 +65,9 @@ func (s *issuerSet) upstreamRevokers() map[string]issuers.UpstreamRevoker {
 // issuer name: one broker.UpstreamBudget per budget name, drawn from store
 // (shared by the replicas on etcd), so that issuers naming the same budget
 // (one AWS account) share it.
-func buildBudgets(cfg *config.Config, store state.Budgets, m *broker.Metrics) (map[string]issuers.Budget, error) {
+func buildBudgets(cfg *config.Config, store state.Budgets, m *broker.Metrics) (map[string]*broker.UpstreamBudget, error) {
 	byKey := map[string]*broker.UpstreamBudget{}
-	out := map[string]issuers.Budget{}
+	out := map[string]*broker.UpstreamBudget{}
 	for name, ic := range cfg.Issuers {
 		b := ic.Budget
 		if b == nil {
@@ -87,6 +87,15 @@ func buildBudgets(cfg *config.Config, store state.Budgets, m *broker.Metrics) (m
 	return out, nil
 }
 
+// budgetOf is issuer name's budget as an issuers.Budget: nil (not a nil
+// pointer in an interface) when it has none.
+func budgetOf(budgets map[string]*broker.UpstreamBudget, name string) issuers.Budget {
+	if b := budgets[name]; b != nil {
+		return b
+	}
+	return nil
+}
+
 // ttlBounded is implemented by issuers whose upstream limits lifetimes.
 type ttlBounded interface {
 	TTLBounds() (lo, hi time.Duration)
@@ -101,7 +110,7 @@ type ttlBounded interface {
 // public half through keys, under the replica's id, so every replica's JWKS
 // serves every replica's keys; it publishes before the broker serves (a
 // token signed with an unpublished key would not verify elsewhere).
-func buildIssuers(ctx context.Context, cfg *config.Config, self string, budgets map[string]issuers.Budget, keys state.SigningKeys, replica string, log *slog.Logger) (*issuerSet, error) {
+func buildIssuers(ctx context.Context, cfg *config.Config, self string, budgets map[string]*broker.UpstreamBudget, keys state.SigningKeys, replica string, log *slog.Logger) (*issuerSet, error) {
 	set := &issuerSet{byName: map[string]issuers.Issuer{}}
 	jwts := map[string]*jwt.Issuer{}
 	names := make([]string, 0, len(cfg.Issuers))
@@ -138,13 +147,13 @@ func buildIssuers(ctx context.Context, cfg *config.Config, self string, budgets 
 			set.handlers = append(set.handlers, iss.Handler())
 			set.jwtName, set.jwt = name, iss
 		case config.IssuerAWSSTS:
-			iss, err := newAWSSTS(ctx, cfg, name, jwts, budgets[name])
+			iss, err := newAWSSTS(ctx, cfg, name, jwts, budgetOf(budgets, name))
 			if err != nil {
 				return nil, fmt.Errorf("issuers.%s: %w", name, err)
 			}
 			set.byName[name] = iss
 		case config.IssuerVault:
-			iss, err := newVault(cfg, name, jwts, self, budgets[name], log.With(slog.String("issuer", name)))
+			iss, err := newVault(cfg, name, jwts, self, budgetOf(budgets, name), log.With(slog.String("issuer", name)))
 			if err != nil {
 				return nil, fmt.Errorf("issuers.%s: %w", name, err)
 			}
@@ -232,7 +241,8 @@ func newVault(cfg *config.Config, name string, jwts map[string]*jwt.Issuer, self
 	return vault.New(c)
 }
 
-func buildProfiles(cfg *config.Config, set *issuerSet) (map[string]broker.Profile, error) {
+// budgets are the upstream budgets by issuer name (buildBudgets).
+func buildProfiles(cfg *config.Config, set *issuerSet, budgets map[string]*broker.UpstreamBudget) (map[string]broker.Profile, error) {
 	out := make(map[string]broker.Profile, len(cfg.Profiles))
 	for name, p := range cfg.Profiles {
 		iss, ok := set.byName[p.Issuer]
@@ -247,6 +257,7 @@ func buildProfiles(cfg *config.Config, set *issuerSet) (map[string]broker.Profil
 			MaxTTL:      p.MaxTTL,
 			Audiences:   p.Audiences,
 			ClusterMode: p.Cluster,
+			Budget:      budgets[p.Issuer],
 		}
 		if a := p.Approval; a != nil {
 			prof.Approval = broker.ApprovalRule{Approvers: a.Approvers, Window: a.Window}

@@ -193,7 +193,7 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
-	profiles, err := buildProfiles(cfg, issuerSet)
+	profiles, err := buildProfiles(cfg, issuerSet, budgets)
 	if err != nil {
 		return err
 	}

@@ -295,7 +295,7 @@ func (i *Issuer) Issue(ctx context.Context, req issuers.Request) (issuers.Creden
 	if p.Policy != nil && p.Policy.UsesCluster() && req.Cluster == "" {
 		return issuers.Credential{}, fmt.Errorf("awssts: profile %q is cluster-scoped but the request names no cluster", req.Profile)
 	}
-	key := cacheKey{req.Subject, req.Profile, req.Cluster, int32(req.TTL / time.Second)}
+	key := keyFor(req)
 	if c, ok := i.lookup(key); ok {
 		return handOut(c, req), nil
 	}
@@ -334,6 +334,18 @@ func (i *Issuer) Issue(ctx context.Context, req issuers.Request) (issuers.Creden
 		}
 		return handOut(r.Val.(cached), req), nil
 	}
+}
+
+// keyFor is what identical requests share a credential by.
+func keyFor(req issuers.Request) cacheKey {
+	return cacheKey{req.Subject, req.Profile, req.Cluster, int32(req.TTL / time.Second)}
+}
+
+// Reuses implements issuers.Reuser: an identical request's credential is
+// held, in the first half of its life.
+func (i *Issuer) Reuses(req issuers.Request) bool {
+	_, ok := i.lookup(keyFor(req))
+	return ok
 }
 
 func handOut(c cached, req issuers.Request) issuers.Credential {

@@ -21,9 +21,10 @@ import (
 // third would free only after 1000s), two requests for different clusters
 // reach MinIO, the third is refused by the broker with RATE_LIMITED,
 // RetryInfo and the budget's name, and never reaches STS (counted at a
-// pass-through front); a repeat of the first request is served from the
-// reused credential, spending no budget, and still counts against the
-// caller's identity quota.
+// pass-through front); once the broker knows the budget spent, a fourth is
+// refused before its intent record, spending no quota; a repeat of the
+// first request is still served from the reused credential, spending no
+// budget, and counts against the caller's identity quota.
 func TestUpstreamBudgetRefusesAtTheBroker(t *testing.T) {
 	t.Parallel()
 	var assumeRoles atomic.Int64
@@ -51,31 +52,12 @@ func TestUpstreamBudgetRefusesAtTheBroker(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = issue("team-c/gamma")
-	st := status.Convert(err)
-	if st.Code() != codes.ResourceExhausted {
-		t.Fatalf("third request: %v, want RESOURCE_EXHAUSTED", err)
-	}
-	var info *errdetails.ErrorInfo
-	var retry *errdetails.RetryInfo
-	for _, d := range st.Details() {
-		switch d := d.(type) {
-		case *errdetails.ErrorInfo:
-			info = d
-		case *errdetails.RetryInfo:
-			retry = d
-		}
-	}
-	if info == nil || info.Reason != "RATE_LIMITED" || info.Metadata["budget"] != "aws-123456789012" || info.Metadata["limit"] != "upstream budget" {
-		t.Fatalf("third request's ErrorInfo: %v", info)
-	}
-	// The budget took its second token a moment ago: the next frees just
-	// under 1000s from now.
-	if d := retry.GetRetryDelay().AsDuration(); d <= 900*time.Second || d > 1000*time.Second {
-		t.Fatalf("RetryInfo delay %s, want just under 1000s", d)
-	}
+	budgetRefusal(t, err)
 	if got := assumeRoles.Load(); got != 2 {
 		t.Fatalf("%d AssumeRole calls reached STS, want 2 (the refused request must make none)", got)
 	}
+	_, err = issue("team-d/delta")
+	budgetRefusal(t, err)
 
 	again, err := issue(clusterA)
 	if err != nil {
@@ -88,9 +70,9 @@ func TestUpstreamBudgetRefusesAtTheBroker(t *testing.T) {
 		t.Fatalf("%d AssumeRole calls after the reused hand-out, want still 2", got)
 	}
 
-	// Every request that passed the limits spent its identity quota unit,
-	// the reused hand-out included (and the refused one: its intent was
-	// recorded before the budget refused).
+	// The issued and reused hand-outs spent their identity quota units, and
+	// so did the third request (its intent was recorded before the store
+	// refused its token); the fourth, refused before its intent, did not.
 	r := b.ctl(t, "-o", "json", "quota", "show", "--identity", "spiffe://dev.credbroker.test/ns/capi-system/sa/demo-controller")
 	var q struct {
 		Usage struct {
@@ -105,9 +87,9 @@ func TestUpstreamBudgetRefusesAtTheBroker(t *testing.T) {
 	}
 	m := metrics(t, b.broker)
 	for _, want := range []string{
-		`credbroker_upstream_budget_refusals_total{budget="aws-123456789012"} 1`,
+		`credbroker_upstream_budget_refusals_total{budget="aws-123456789012"} 2`,
 		`credbroker_upstream_budget_tokens_total{budget="aws-123456789012",from="store"} 2`,
-		`credbroker_decisions_total{decision="throttled",profile="capa"} 1`,
+		`credbroker_decisions_total{decision="throttled",profile="capa"} 2`,
 	} {
 		if !strings.Contains(m, want) {
 			t.Errorf("metrics lack %s:\n%s", want, grepLines(m, "credbroker_"))
@@ -115,5 +97,32 @@ func TestUpstreamBudgetRefusesAtTheBroker(t *testing.T) {
 	}
 	if r := b.ctl(t, "audit", "verify"); r.code != 0 {
 		t.Errorf("audit verify: %s%s", r.stdout, r.stderr)
+	}
+}
+
+// budgetRefusal checks that err is the budget's refusal: RATE_LIMITED
+// naming it, with a RetryInfo just under the 1000s the budget takes to free
+// its next token (taken a moment ago).
+func budgetRefusal(t *testing.T, err error) {
+	t.Helper()
+	st := status.Convert(err)
+	if st.Code() != codes.ResourceExhausted {
+		t.Fatalf("%v, want RESOURCE_EXHAUSTED", err)
+	}
+	var info *errdetails.ErrorInfo
+	var retry *errdetails.RetryInfo
+	for _, d := range st.Details() {
+		switch d := d.(type) {
+		case *errdetails.ErrorInfo:
+			info = d
+		case *errdetails.RetryInfo:
+			retry = d
+		}
+	}
+	if info == nil || info.Reason != "RATE_LIMITED" || info.Metadata["budget"] != "aws-123456789012" || info.Metadata["limit"] != "upstream budget" {
+		t.Fatalf("ErrorInfo: %v", info)
+	}
+	if d := retry.GetRetryDelay().AsDuration(); d <= 900*time.Second || d > 1000*time.Second {
+		t.Fatalf("RetryInfo delay %s, want just under 1000s", d)
 	}
 }
