@@ -48,11 +48,7 @@ func newApprovalsListCmd(a *app) *cobra.Command {
 				return err
 			}
 			if a.jsonOutput() {
-				list, err := protoJSONList(all)
-				if err != nil {
-					return err
-				}
-				return writeJSON(a.stdout, list)
+				return writeProtoList(a, all)
 			}
 			return a.printApprovals(all...)
 		},

@@ -123,11 +123,7 @@ func (a *app) listIssuances(cmd *cobra.Command, req *credbrokerv1.ListIssuancesR
 		return err
 	}
 	if a.jsonOutput() {
-		list, err := protoJSONList(issuances)
-		if err != nil {
-			return err
-		}
-		return writeJSON(a.stdout, list)
+		return writeProtoList(a, issuances)
 	}
 	t := newTable(a.stdout, "ID", "ISSUED", "EXPIRES", "CALLER", "PROFILE", "CLUSTER", "ISSUER", "REF")
 	for _, is := range issuances {

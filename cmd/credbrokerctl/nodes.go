@@ -115,11 +115,7 @@ func newNodesListCmd(a *app) *cobra.Command {
 				return err
 			}
 			if a.jsonOutput() {
-				list, err := protoJSONList(nodes)
-				if err != nil {
-					return err
-				}
-				return writeJSON(a.stdout, list)
+				return writeProtoList(a, nodes)
 			}
 			t := newTable(a.stdout, "SPIFFE ID", "ATTESTATION", "ATTESTED", "RENEWED", "SVID EXPIRES", "STATE")
 			for _, n := range nodes {

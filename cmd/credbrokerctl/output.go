@@ -48,6 +48,16 @@ func protoJSONList[M proto.Message](msgs []M) (json.RawMessage, error) {
 	return json.Marshal(items)
 }
 
+// writeProtoList writes msgs as an indented JSON array on stdout (the -o
+// json form of every listing).
+func writeProtoList[M proto.Message](a *app, msgs []M) error {
+	list, err := protoJSONList(msgs)
+	if err != nil {
+		return err
+	}
+	return writeJSON(a.stdout, list)
+}
+
 // writeProto writes m as indented JSON on stdout (the -o json form of one
 // response).
 func (a *app) writeProto(m proto.Message) error {

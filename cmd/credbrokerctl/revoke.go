@@ -155,11 +155,7 @@ func newRevokeListCmd(a *app) *cobra.Command {
 				return err
 			}
 			if a.jsonOutput() {
-				list, err := protoJSONList(all)
-				if err != nil {
-					return err
-				}
-				return writeJSON(a.stdout, list)
+				return writeProtoList(a, all)
 			}
 			return a.printRevocations("", all...)
 		},
@@ -323,11 +319,7 @@ func newClustersListCmd(a *app) *cobra.Command {
 				return err
 			}
 			if a.jsonOutput() {
-				list, err := protoJSONList(all)
-				if err != nil {
-					return err
-				}
-				return writeJSON(a.stdout, list)
+				return writeProtoList(a, all)
 			}
 			t := newTable(a.stdout, "CLUSTER", "NODES", "EVICTED", "UNUSED JOIN TOKENS", "STATE")
 			for _, c := range all {
