@@ -102,3 +102,68 @@ func ValidateNode(n Node) error {
 	}
 	return nil
 }
+
+// The node transitions below are the rules every store applies inside its
+// own atomic update of one node: old is the stored node (found false: none),
+// and the node returned is what the store writes. On ErrEvicted and
+// ErrNotFound nothing is written; the node returned with ErrEvicted is the
+// stored one, which callers report.
+
+// Registered is old after n attested at now: the first attestation time is
+// kept, renewal and expiry start again, and an evicted node stays evicted.
+func Registered(old Node, found bool, n Node, now time.Time) (Node, error) {
+	if found && old.Evicted() {
+		return old, evictedError(old)
+	}
+	now = NormTime(now)
+	next := n
+	next.AttestedAt = now
+	if found {
+		next.AttestedAt = old.AttestedAt
+	}
+	next.RenewedAt = now
+	next.ExpiresAt = NormTime(n.ExpiresAt)
+	next.EvictedAt = time.Time{}
+	return next, nil
+}
+
+// Renewed is old after node id renewed its SVID (serial, expiresAt) at now.
+func Renewed(old Node, found bool, id, serial string, expiresAt, now time.Time) (Node, error) {
+	if !found {
+		return Node{}, fmt.Errorf("%w: node %s", ErrNotFound, id)
+	}
+	if old.Evicted() {
+		return old, evictedError(old)
+	}
+	next := old
+	next.RenewedAt = NormTime(now)
+	next.ExpiresAt = NormTime(expiresAt)
+	next.Serial = serial
+	return next, nil
+}
+
+// EvictedAt is old after node id was evicted at now; evicting again keeps
+// the first eviction's time.
+func EvictedAt(old Node, found bool, id string, now time.Time) (Node, error) {
+	if !found {
+		return Node{}, fmt.Errorf("%w: node %s", ErrNotFound, id)
+	}
+	next := old
+	if !old.Evicted() {
+		next.EvictedAt = NormTime(now)
+	}
+	return next, nil
+}
+
+func evictedError(n Node) error {
+	return fmt.Errorf("%w: %s (at %s)", ErrEvicted, n.SPIFFEID, n.EvictedAt.Format(time.RFC3339))
+}
+
+// NormTime drops t's monotonic reading and location, so that a value
+// returned by a change equals the one a store reads back later.
+func NormTime(t time.Time) time.Time {
+	if t.IsZero() {
+		return time.Time{}
+	}
+	return t.Round(0).UTC()
+}

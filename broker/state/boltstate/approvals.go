@@ -44,12 +44,12 @@ type voteRecord struct {
 func encodeApproval(a state.Approval) ([]byte, error) {
 	rec := approvalRecord{
 		ID: a.ID, Digest: a.Digest, Requester: a.Requester, Profile: a.Profile, Cluster: a.Cluster, Audience: a.Audience,
-		TTL: a.TTL, Needed: a.Needed, CreatedAt: normTime(a.CreatedAt), ExpiresAt: normTime(a.ExpiresAt), Status: a.Status,
-		GrantedAt: normTime(a.GrantedAt), DeniedBy: a.DeniedBy, DenyReason: a.DenyReason, DeniedAt: normTime(a.DeniedAt),
-		ConsumedBy: a.ConsumedBy, ConsumedAt: normTime(a.ConsumedAt),
+		TTL: a.TTL, Needed: a.Needed, CreatedAt: state.NormTime(a.CreatedAt), ExpiresAt: state.NormTime(a.ExpiresAt), Status: a.Status,
+		GrantedAt: state.NormTime(a.GrantedAt), DeniedBy: a.DeniedBy, DenyReason: a.DenyReason, DeniedAt: state.NormTime(a.DeniedAt),
+		ConsumedBy: a.ConsumedBy, ConsumedAt: state.NormTime(a.ConsumedAt),
 	}
 	for _, v := range a.Votes {
-		rec.Votes = append(rec.Votes, voteRecord{Admin: v.Admin, At: normTime(v.At)})
+		rec.Votes = append(rec.Votes, voteRecord{Admin: v.Admin, At: state.NormTime(v.At)})
 	}
 	v, err := json.Marshal(rec)
 	if err != nil {
@@ -120,7 +120,7 @@ func (s *Store) RequestApproval(_ context.Context, a state.Approval, maxOpen int
 	if maxOpen < 1 {
 		return state.Approval{}, false, fmt.Errorf("boltstate: bound of open approvals %d is not positive", maxOpen)
 	}
-	a.CreatedAt, a.ExpiresAt = normTime(a.CreatedAt), normTime(a.ExpiresAt)
+	a.CreatedAt, a.ExpiresAt = state.NormTime(a.CreatedAt), state.NormTime(a.ExpiresAt)
 	var out state.Approval
 	created := false
 	err := s.db.Update(func(tx *bbolt.Tx) error {
@@ -257,7 +257,7 @@ func (s *Store) Approve(_ context.Context, id, admin string, now time.Time) (sta
 	counted := false
 	a, err := s.changeApproval(id, func(a state.Approval) (state.Approval, error) {
 		var err error
-		a, counted, err = state.CheckApprove(a, admin, normTime(now))
+		a, counted, err = state.CheckApprove(a, admin, state.NormTime(now))
 		return a, err
 	})
 	if err != nil && !errors.Is(err, state.ErrApprovalClosed) {
@@ -269,7 +269,7 @@ func (s *Store) Approve(_ context.Context, id, admin string, now time.Time) (sta
 // DenyApproval implements state.Approvals.
 func (s *Store) DenyApproval(_ context.Context, id, admin, reason string, now time.Time) (state.Approval, error) {
 	a, err := s.changeApproval(id, func(a state.Approval) (state.Approval, error) {
-		return state.CheckDeny(a, admin, reason, normTime(now))
+		return state.CheckDeny(a, admin, reason, state.NormTime(now))
 	})
 	if err != nil && !errors.Is(err, state.ErrApprovalClosed) {
 		return state.Approval{}, err
@@ -280,7 +280,7 @@ func (s *Store) DenyApproval(_ context.Context, id, admin, reason string, now ti
 // ConsumeApproval implements state.Approvals.
 func (s *Store) ConsumeApproval(_ context.Context, u state.ApprovalUse, now time.Time) (state.Approval, error) {
 	a, err := s.changeApproval(u.ID, func(a state.Approval) (state.Approval, error) {
-		return state.CheckConsume(a, u, normTime(now))
+		return state.CheckConsume(a, u, state.NormTime(now))
 	})
 	if err != nil {
 		return state.Approval{}, err
@@ -296,7 +296,7 @@ func consumeTx(tx *bbolt.Tx, u state.ApprovalUse, now time.Time) error {
 	}
 	var out state.Approval
 	return changeApprovalTx(b, u.ID, func(a state.Approval) (state.Approval, error) {
-		return state.CheckConsume(a, u, normTime(now))
+		return state.CheckConsume(a, u, state.NormTime(now))
 	}, &out)
 }
 

@@ -82,7 +82,7 @@ func (s *Store) ConsumeJoinToken(_ context.Context, key jointoken.Key, node stri
 		if err := jointoken.Usable(t, node, now); err != nil {
 			return err
 		}
-		t.UsedAt, t.UsedBy = normTime(now), jointoken.NodeFor(t, node)
+		t.UsedAt, t.UsedBy = state.NormTime(now), jointoken.NodeFor(t, node)
 		return putToken(tx, b, key[:], v, t)
 	})
 	switch {

@@ -36,10 +36,6 @@ func decodeNode(v []byte) (state.Node, error) {
 	return state.Node(rec), nil
 }
 
-func evicted(n state.Node) error {
-	return fmt.Errorf("%w: %s (at %s)", state.ErrEvicted, n.SPIFFEID, n.EvictedAt.Format(time.RFC3339))
-}
-
 // RegisterNode implements state.Nodes.
 func (s *Store) RegisterNode(_ context.Context, now time.Time, n state.Node) (state.Node, error) {
 	if err := state.ValidateNode(n); err != nil {
@@ -47,20 +43,9 @@ func (s *Store) RegisterNode(_ context.Context, now time.Time, n state.Node) (st
 	}
 	var stored state.Node
 	err := s.updateNode(n.SPIFFEID, func(old state.Node, found bool) (state.Node, error) {
-		if found && old.Evicted() {
-			stored = old
-			return state.Node{}, evicted(old)
-		}
-		now := normTime(now)
-		stored = n
-		stored.AttestedAt = now
-		if found {
-			stored.AttestedAt = old.AttestedAt
-		}
-		stored.RenewedAt = now
-		stored.ExpiresAt = normTime(n.ExpiresAt)
-		stored.EvictedAt = time.Time{}
-		return stored, nil
+		var err error
+		stored, err = state.Registered(old, found, n, now)
+		return stored, err
 	})
 	if err != nil && !errors.Is(err, state.ErrEvicted) {
 		return state.Node{}, err
@@ -72,17 +57,9 @@ func (s *Store) RegisterNode(_ context.Context, now time.Time, n state.Node) (st
 func (s *Store) RenewNode(_ context.Context, now time.Time, id, serial string, expiresAt time.Time) (state.Node, error) {
 	var stored state.Node
 	err := s.updateNode(id, func(old state.Node, found bool) (state.Node, error) {
-		if !found {
-			return state.Node{}, fmt.Errorf("%w: node %s", state.ErrNotFound, id)
-		}
-		stored = old
-		if old.Evicted() {
-			return state.Node{}, evicted(old)
-		}
-		stored.RenewedAt = normTime(now)
-		stored.ExpiresAt = normTime(expiresAt)
-		stored.Serial = serial
-		return stored, nil
+		var err error
+		stored, err = state.Renewed(old, found, id, serial, expiresAt, now)
+		return stored, err
 	})
 	if err != nil && !errors.Is(err, state.ErrEvicted) {
 		return state.Node{}, err
@@ -94,14 +71,9 @@ func (s *Store) RenewNode(_ context.Context, now time.Time, id, serial string, e
 func (s *Store) EvictNode(_ context.Context, now time.Time, id string) (state.Node, error) {
 	var stored state.Node
 	err := s.updateNode(id, func(old state.Node, found bool) (state.Node, error) {
-		if !found {
-			return state.Node{}, fmt.Errorf("%w: node %s", state.ErrNotFound, id)
-		}
-		stored = old
-		if !old.Evicted() {
-			stored.EvictedAt = normTime(now)
-		}
-		return stored, nil
+		var err error
+		stored, err = state.EvictedAt(old, found, id, now)
+		return stored, err
 	})
 	if err != nil {
 		return state.Node{}, err

@@ -89,7 +89,7 @@ func spend(tx *bbolt.Tx, now time.Time, charges []state.Charge) ([]state.Spent, 
 	if err != nil {
 		return nil, err
 	}
-	now = normTime(now)
+	now = state.NormTime(now)
 	next := make([]window, len(charges))
 	var full []state.Charge
 	var ends []time.Time

@@ -87,7 +87,7 @@ func (s *Store) Revoke(_ context.Context, r state.Revocation) (state.Revocation,
 	if err := state.ValidateRevocation(r); err != nil {
 		return state.Revocation{}, err
 	}
-	r.CreatedAt, r.Until, r.CoveredUntil = normTime(r.CreatedAt), normTime(r.Until), normTime(r.CoveredUntil)
+	r.CreatedAt, r.Until, r.CoveredUntil = state.NormTime(r.CreatedAt), state.NormTime(r.Until), state.NormTime(r.CoveredUntil)
 	s.watch.changeMu.Lock()
 	defer s.watch.changeMu.Unlock()
 	err := s.db.Update(func(tx *bbolt.Tx) error {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"time"
 
 	"go.etcd.io/bbolt"
 
@@ -111,15 +110,6 @@ func listPage[T any](db *bbolt.DB, name []byte, after string, limit int, decode 
 		return nil, err
 	}
 	return out, nil
-}
-
-// normTime drops the monotonic reading and location of t, so that a value
-// returned by a change equals the one read back later.
-func normTime(t time.Time) time.Time {
-	if t.IsZero() {
-		return time.Time{}
-	}
-	return t.Round(0).UTC()
 }
 
 // deleteWhere deletes, in one write transaction, the entries of bucket name

@@ -45,12 +45,12 @@ type voteRecord struct {
 func encodeApproval(a state.Approval) (string, error) {
 	rec := approvalRecord{
 		ID: a.ID, Digest: a.Digest, Requester: a.Requester, Profile: a.Profile, Cluster: a.Cluster, Audience: a.Audience,
-		TTL: a.TTL, Needed: a.Needed, CreatedAt: normTime(a.CreatedAt), ExpiresAt: normTime(a.ExpiresAt), Status: a.Status,
-		GrantedAt: normTime(a.GrantedAt), DeniedBy: a.DeniedBy, DenyReason: a.DenyReason, DeniedAt: normTime(a.DeniedAt),
-		ConsumedBy: a.ConsumedBy, ConsumedAt: normTime(a.ConsumedAt),
+		TTL: a.TTL, Needed: a.Needed, CreatedAt: state.NormTime(a.CreatedAt), ExpiresAt: state.NormTime(a.ExpiresAt), Status: a.Status,
+		GrantedAt: state.NormTime(a.GrantedAt), DeniedBy: a.DeniedBy, DenyReason: a.DenyReason, DeniedAt: state.NormTime(a.DeniedAt),
+		ConsumedBy: a.ConsumedBy, ConsumedAt: state.NormTime(a.ConsumedAt),
 	}
 	for _, v := range a.Votes {
-		rec.Votes = append(rec.Votes, voteRecord{Admin: v.Admin, At: normTime(v.At)})
+		rec.Votes = append(rec.Votes, voteRecord{Admin: v.Admin, At: state.NormTime(v.At)})
 	}
 	v, err := json.Marshal(rec)
 	if err != nil {
@@ -66,12 +66,12 @@ func decodeApproval(v []byte) (state.Approval, error) {
 	}
 	a := state.Approval{
 		ID: rec.ID, Digest: rec.Digest, Requester: rec.Requester, Profile: rec.Profile, Cluster: rec.Cluster, Audience: rec.Audience,
-		TTL: rec.TTL, Needed: rec.Needed, CreatedAt: normTime(rec.CreatedAt), ExpiresAt: normTime(rec.ExpiresAt), Status: rec.Status,
-		GrantedAt: normTime(rec.GrantedAt), DeniedBy: rec.DeniedBy, DenyReason: rec.DenyReason, DeniedAt: normTime(rec.DeniedAt),
-		ConsumedBy: rec.ConsumedBy, ConsumedAt: normTime(rec.ConsumedAt),
+		TTL: rec.TTL, Needed: rec.Needed, CreatedAt: state.NormTime(rec.CreatedAt), ExpiresAt: state.NormTime(rec.ExpiresAt), Status: rec.Status,
+		GrantedAt: state.NormTime(rec.GrantedAt), DeniedBy: rec.DeniedBy, DenyReason: rec.DenyReason, DeniedAt: state.NormTime(rec.DeniedAt),
+		ConsumedBy: rec.ConsumedBy, ConsumedAt: state.NormTime(rec.ConsumedAt),
 	}
 	for _, v := range rec.Votes {
-		a.Votes = append(a.Votes, state.Vote{Admin: v.Admin, At: normTime(v.At)})
+		a.Votes = append(a.Votes, state.Vote{Admin: v.Admin, At: state.NormTime(v.At)})
 	}
 	return a, nil
 }
@@ -96,7 +96,7 @@ func (s *Store) RequestApproval(ctx context.Context, a state.Approval, maxOpen i
 	if maxOpen < 1 {
 		return state.Approval{}, false, fmt.Errorf("etcdstate: bound of open approvals %d is not positive", maxOpen)
 	}
-	a.CreatedAt, a.ExpiresAt = normTime(a.CreatedAt), normTime(a.ExpiresAt)
+	a.CreatedAt, a.ExpiresAt = state.NormTime(a.CreatedAt), state.NormTime(a.ExpiresAt)
 	v, err := encodeApproval(a)
 	if err != nil {
 		return state.Approval{}, false, err
@@ -252,7 +252,7 @@ func (s *Store) Approve(ctx context.Context, id, admin string, now time.Time) (s
 	counted := false
 	a, err := s.changeApproval(ctx, "approve", id, func(a state.Approval) (state.Approval, error) {
 		var err error
-		a, counted, err = state.CheckApprove(a, admin, normTime(now))
+		a, counted, err = state.CheckApprove(a, admin, state.NormTime(now))
 		return a, err
 	})
 	if err != nil && !errors.Is(err, state.ErrApprovalClosed) {
@@ -264,7 +264,7 @@ func (s *Store) Approve(ctx context.Context, id, admin string, now time.Time) (s
 // DenyApproval implements state.Approvals.
 func (s *Store) DenyApproval(ctx context.Context, id, admin, reason string, now time.Time) (state.Approval, error) {
 	a, err := s.changeApproval(ctx, "deny approval", id, func(a state.Approval) (state.Approval, error) {
-		return state.CheckDeny(a, admin, reason, normTime(now))
+		return state.CheckDeny(a, admin, reason, state.NormTime(now))
 	})
 	if err != nil && !errors.Is(err, state.ErrApprovalClosed) {
 		return state.Approval{}, err
@@ -276,7 +276,7 @@ func (s *Store) DenyApproval(ctx context.Context, id, admin, reason string, now 
 // concurrent consumptions on any replicas exactly one succeeds.
 func (s *Store) ConsumeApproval(ctx context.Context, u state.ApprovalUse, now time.Time) (state.Approval, error) {
 	a, err := s.changeApproval(ctx, "consume approval", u.ID, func(a state.Approval) (state.Approval, error) {
-		return state.CheckConsume(a, u, normTime(now))
+		return state.CheckConsume(a, u, state.NormTime(now))
 	})
 	if err != nil {
 		return state.Approval{}, err

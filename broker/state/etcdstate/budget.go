@@ -24,7 +24,7 @@ func (s *Store) TakeBudget(ctx context.Context, key string, n int, spec state.Bu
 	if err := state.ValidateTake(key, n, spec); err != nil {
 		return 0, err
 	}
-	now = normTime(now)
+	now = state.NormTime(now)
 	k := s.budgetKey(key)
 	var granted int
 	_, err := s.cas(ctx, "take budget", []string{k}, &s.budgets, func(kvs []*mvccpb.KeyValue) ([]clientv3.Op, error) {

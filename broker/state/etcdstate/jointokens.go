@@ -52,7 +52,7 @@ func decodeToken(v []byte) (jointoken.Token, error) {
 		return jointoken.Token{}, fmt.Errorf("etcdstate: malformed join token record: %w", err)
 	}
 	t := jointoken.Token(r)
-	t.CreatedAt, t.ExpiresAt, t.UsedAt = normTime(t.CreatedAt), normTime(t.ExpiresAt), normTime(t.UsedAt)
+	t.CreatedAt, t.ExpiresAt, t.UsedAt = state.NormTime(t.CreatedAt), state.NormTime(t.ExpiresAt), state.NormTime(t.UsedAt)
 	return t, nil
 }
 
@@ -95,7 +95,7 @@ func (s *Store) ConsumeJoinToken(ctx context.Context, key jointoken.Key, node st
 			return nil, err
 		}
 		used := t
-		used.UsedAt, used.UsedBy = normTime(now), jointoken.NodeFor(t, node)
+		used.UsedAt, used.UsedBy = state.NormTime(now), jointoken.NodeFor(t, node)
 		v, err := encodeToken(used)
 		if err != nil {
 			return nil, err

@@ -34,7 +34,7 @@ func decodeNode(v []byte) (state.Node, error) {
 		return state.Node{}, fmt.Errorf("etcdstate: malformed node record: %w", err)
 	}
 	n := state.Node(rec)
-	n.AttestedAt, n.RenewedAt, n.ExpiresAt, n.EvictedAt = normTime(n.AttestedAt), normTime(n.RenewedAt), normTime(n.ExpiresAt), normTime(n.EvictedAt)
+	n.AttestedAt, n.RenewedAt, n.ExpiresAt, n.EvictedAt = state.NormTime(n.AttestedAt), state.NormTime(n.RenewedAt), state.NormTime(n.ExpiresAt), state.NormTime(n.EvictedAt)
 	return n, nil
 }
 
@@ -45,10 +45,6 @@ func (s *Store) nodeClusterKey(cluster, id string) string {
 	return s.key(dirNodeCluster, cluster+"\x00"+id)
 }
 
-func evicted(n state.Node) error {
-	return fmt.Errorf("%w: %s (at %s)", state.ErrEvicted, n.SPIFFEID, n.EvictedAt.Format(time.RFC3339))
-}
-
 // RegisterNode implements state.Nodes.
 func (s *Store) RegisterNode(ctx context.Context, now time.Time, n state.Node) (state.Node, error) {
 	if err := state.ValidateNode(n); err != nil {
@@ -56,20 +52,9 @@ func (s *Store) RegisterNode(ctx context.Context, now time.Time, n state.Node) (
 	}
 	var stored state.Node
 	err := s.updateNode(ctx, "register node", n.SPIFFEID, func(old state.Node, found bool) (state.Node, error) {
-		if found && old.Evicted() {
-			stored = old
-			return state.Node{}, evicted(old)
-		}
-		now := normTime(now)
-		stored = n
-		stored.AttestedAt = now
-		if found {
-			stored.AttestedAt = old.AttestedAt
-		}
-		stored.RenewedAt = now
-		stored.ExpiresAt = normTime(n.ExpiresAt)
-		stored.EvictedAt = time.Time{}
-		return stored, nil
+		var err error
+		stored, err = state.Registered(old, found, n, now)
+		return stored, err
 	})
 	if err != nil && !errors.Is(err, state.ErrEvicted) {
 		return state.Node{}, err
@@ -81,17 +66,9 @@ func (s *Store) RegisterNode(ctx context.Context, now time.Time, n state.Node) (
 func (s *Store) RenewNode(ctx context.Context, now time.Time, id, serial string, expiresAt time.Time) (state.Node, error) {
 	var stored state.Node
 	err := s.updateNode(ctx, "renew node", id, func(old state.Node, found bool) (state.Node, error) {
-		if !found {
-			return state.Node{}, fmt.Errorf("%w: node %s", state.ErrNotFound, id)
-		}
-		stored = old
-		if old.Evicted() {
-			return state.Node{}, evicted(old)
-		}
-		stored.RenewedAt = normTime(now)
-		stored.ExpiresAt = normTime(expiresAt)
-		stored.Serial = serial
-		return stored, nil
+		var err error
+		stored, err = state.Renewed(old, found, id, serial, expiresAt, now)
+		return stored, err
 	})
 	if err != nil && !errors.Is(err, state.ErrEvicted) {
 		return state.Node{}, err
@@ -103,14 +80,9 @@ func (s *Store) RenewNode(ctx context.Context, now time.Time, id, serial string,
 func (s *Store) EvictNode(ctx context.Context, now time.Time, id string) (state.Node, error) {
 	var stored state.Node
 	err := s.updateNode(ctx, "evict node", id, func(old state.Node, found bool) (state.Node, error) {
-		if !found {
-			return state.Node{}, fmt.Errorf("%w: node %s", state.ErrNotFound, id)
-		}
-		stored = old
-		if !old.Evicted() {
-			stored.EvictedAt = normTime(now)
-		}
-		return stored, nil
+		var err error
+		stored, err = state.EvictedAt(old, found, id, now)
+		return stored, err
 	})
 	if err != nil {
 		return state.Node{}, err

@@ -61,7 +61,7 @@ func (s *Store) Spend(ctx context.Context, now time.Time, charges []state.Charge
 	if len(charges) == 0 {
 		return nil, nil
 	}
-	now = normTime(now)
+	now = state.NormTime(now)
 	keys := make([]string, len(charges))
 	for i, c := range charges {
 		keys[i] = s.quotaKey(c.Key)

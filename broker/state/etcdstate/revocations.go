@@ -40,7 +40,7 @@ func decodeRevocation(v []byte) (state.Revocation, error) {
 		return state.Revocation{}, fmt.Errorf("etcdstate: malformed revocation record: %w", err)
 	}
 	r := state.Revocation(rec)
-	r.CreatedAt, r.Until, r.CoveredUntil = normTime(r.CreatedAt), normTime(r.Until), normTime(r.CoveredUntil)
+	r.CreatedAt, r.Until, r.CoveredUntil = state.NormTime(r.CreatedAt), state.NormTime(r.Until), state.NormTime(r.CoveredUntil)
 	return r, nil
 }
 
@@ -53,7 +53,7 @@ func (s *Store) Revoke(ctx context.Context, r state.Revocation) (state.Revocatio
 	if err := state.ValidateRevocation(r); err != nil {
 		return state.Revocation{}, err
 	}
-	r.CreatedAt, r.Until, r.CoveredUntil = normTime(r.CreatedAt), normTime(r.Until), normTime(r.CoveredUntil)
+	r.CreatedAt, r.Until, r.CoveredUntil = state.NormTime(r.CreatedAt), state.NormTime(r.Until), state.NormTime(r.CoveredUntil)
 	v, err := json.Marshal(revocationRecord(r))
 	if err != nil {
 		return state.Revocation{}, fmt.Errorf("etcdstate: encode revocation %s: %w", r.ID, err)

@@ -27,7 +27,7 @@ func (s *Store) PublishKey(ctx context.Context, k state.PublicKey, now time.Time
 	if err := state.CheckPublicKey(k); err != nil {
 		return err
 	}
-	k.NotAfter = normTime(k.NotAfter)
+	k.NotAfter = state.NormTime(k.NotAfter)
 	v, err := json.Marshal(k)
 	if err != nil {
 		return fmt.Errorf("etcdstate: encode signing key: %w", err)

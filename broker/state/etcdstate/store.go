@@ -208,15 +208,6 @@ func unavailable(what string, err error) error {
 	return fmt.Errorf("%w: etcdstate: %s: %w", state.ErrUnavailable, what, err)
 }
 
-// normTime drops the monotonic reading and location of t, so that a value
-// returned by a change equals the one read back later.
-func normTime(t time.Time) time.Time {
-	if t.IsZero() {
-		return time.Time{}
-	}
-	return t.Round(0).UTC()
-}
-
 // getOps reads keys, in order.
 func getOps(keys []string) []clientv3.Op {
 	ops := make([]clientv3.Op, len(keys))
