@@ -3,7 +3,6 @@ package boltstate
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -11,69 +10,8 @@ import (
 	"go.etcd.io/bbolt"
 
 	"github.com/credbroker/credbroker/broker/state"
+	"github.com/credbroker/credbroker/broker/state/internal/record"
 )
-
-// approvalRecord is the stored form of a state.Approval, separate so that
-// the encoding does not change when Approval does.
-type approvalRecord struct {
-	ID         string               `json:"id"`
-	Digest     string               `json:"digest"`
-	Requester  string               `json:"requester"`
-	Profile    string               `json:"profile"`
-	Cluster    string               `json:"cluster,omitempty"`
-	Audience   string               `json:"audience,omitempty"`
-	TTL        time.Duration        `json:"ttl_ns"`
-	Needed     int                  `json:"needed"`
-	CreatedAt  time.Time            `json:"created_at"`
-	ExpiresAt  time.Time            `json:"expires_at"`
-	Status     state.ApprovalStatus `json:"status"`
-	Votes      []voteRecord         `json:"votes,omitempty"`
-	GrantedAt  time.Time            `json:"granted_at,omitzero"`
-	DeniedBy   string               `json:"denied_by,omitempty"`
-	DenyReason string               `json:"deny_reason,omitempty"`
-	DeniedAt   time.Time            `json:"denied_at,omitzero"`
-	ConsumedBy string               `json:"consumed_by,omitempty"`
-	ConsumedAt time.Time            `json:"consumed_at,omitzero"`
-}
-
-type voteRecord struct {
-	Admin string    `json:"admin"`
-	At    time.Time `json:"at"`
-}
-
-func encodeApproval(a state.Approval) ([]byte, error) {
-	rec := approvalRecord{
-		ID: a.ID, Digest: a.Digest, Requester: a.Requester, Profile: a.Profile, Cluster: a.Cluster, Audience: a.Audience,
-		TTL: a.TTL, Needed: a.Needed, CreatedAt: state.NormTime(a.CreatedAt), ExpiresAt: state.NormTime(a.ExpiresAt), Status: a.Status,
-		GrantedAt: state.NormTime(a.GrantedAt), DeniedBy: a.DeniedBy, DenyReason: a.DenyReason, DeniedAt: state.NormTime(a.DeniedAt),
-		ConsumedBy: a.ConsumedBy, ConsumedAt: state.NormTime(a.ConsumedAt),
-	}
-	for _, v := range a.Votes {
-		rec.Votes = append(rec.Votes, voteRecord{Admin: v.Admin, At: state.NormTime(v.At)})
-	}
-	v, err := json.Marshal(rec)
-	if err != nil {
-		return nil, fmt.Errorf("boltstate: encode approval %s: %w", a.ID, err)
-	}
-	return v, nil
-}
-
-func decodeApproval(v []byte) (state.Approval, error) {
-	var rec approvalRecord
-	if err := json.Unmarshal(v, &rec); err != nil {
-		return state.Approval{}, fmt.Errorf("boltstate: malformed approval record: %w", err)
-	}
-	a := state.Approval{
-		ID: rec.ID, Digest: rec.Digest, Requester: rec.Requester, Profile: rec.Profile, Cluster: rec.Cluster, Audience: rec.Audience,
-		TTL: rec.TTL, Needed: rec.Needed, CreatedAt: rec.CreatedAt, ExpiresAt: rec.ExpiresAt, Status: rec.Status,
-		GrantedAt: rec.GrantedAt, DeniedBy: rec.DeniedBy, DenyReason: rec.DenyReason, DeniedAt: rec.DeniedAt,
-		ConsumedBy: rec.ConsumedBy, ConsumedAt: rec.ConsumedAt,
-	}
-	for _, v := range rec.Votes {
-		a.Votes = append(a.Votes, state.Vote(v))
-	}
-	return a, nil
-}
 
 // requestKey is the approvals.byrequest key of a requester's request digest.
 func requestKey(requester, digest string) []byte {
@@ -96,11 +34,11 @@ func getApproval(b *bbolt.Bucket, id string) (state.Approval, error) {
 	if v == nil {
 		return state.Approval{}, fmt.Errorf("%w: approval %s", state.ErrNotFound, id)
 	}
-	return decodeApproval(v)
+	return record.DecodeApproval(v)
 }
 
 func putApproval(b *bbolt.Bucket, a state.Approval) error {
-	v, err := encodeApproval(a)
+	v, err := record.EncodeApproval(a)
 	if err != nil {
 		return err
 	}
@@ -221,7 +159,7 @@ func (s *Store) GetApproval(_ context.Context, id string) (state.Approval, error
 
 // ListApprovals implements state.Approvals.
 func (s *Store) ListApprovals(_ context.Context, f state.ApprovalFilter) ([]state.Approval, error) {
-	return listPage(s.db, bucketApprovals, f.After, f.Limit, decodeApproval, nil)
+	return listPage(s.db, bucketApprovals, f.After, f.Limit, record.DecodeApproval, nil)
 }
 
 // changeApproval applies decide to approval id in one write transaction and
@@ -321,7 +259,7 @@ func (s *Store) PurgeApprovals(_ context.Context, now time.Time) ([]state.Approv
 			return err
 		}
 		err = byID.ForEach(func(_, v []byte) error {
-			a, err := decodeApproval(v)
+			a, err := record.DecodeApproval(v)
 			if err != nil {
 				return err
 			}

@@ -9,6 +9,7 @@ import (
 	"go.etcd.io/bbolt"
 
 	"github.com/credbroker/credbroker/broker/state"
+	"github.com/credbroker/credbroker/broker/state/internal/record"
 )
 
 // bucketClusterRefs indexes the items that name a workload cluster, by
@@ -67,7 +68,7 @@ func deleteClusterRef(tx *bbolt.Tx, cluster string, kind byte, key []byte) error
 // nodeRef, tokenRef and revocationRef are the references the items of each
 // bucket hold; ok is false for an item that names no cluster.
 func nodeRef(k, v []byte) (cluster string, flag string, ok bool, err error) {
-	n, err := decodeNode(v)
+	n, err := record.DecodeNode(v)
 	if err != nil {
 		return "", "", false, err
 	}
@@ -78,7 +79,7 @@ func nodeRef(k, v []byte) (cluster string, flag string, ok bool, err error) {
 }
 
 func tokenRef(k, v []byte) (string, string, bool, error) {
-	t, err := decodeToken(v)
+	t, err := record.DecodeToken(v)
 	if err != nil {
 		return "", "", false, err
 	}
@@ -90,7 +91,7 @@ func tokenRef(k, v []byte) (string, string, bool, error) {
 }
 
 func revocationRef(k, v []byte) (string, string, bool, error) {
-	r, err := decodeRevocation(v)
+	r, err := record.DecodeRevocation(v)
 	if err != nil {
 		return "", "", false, err
 	}

@@ -3,7 +3,6 @@ package boltstate
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -15,39 +14,20 @@ import (
 	"github.com/credbroker/credbroker/attest"
 	"github.com/credbroker/credbroker/attest/jointoken"
 	"github.com/credbroker/credbroker/broker/state"
+	"github.com/credbroker/credbroker/broker/state/internal/record"
 )
-
-// tokenRecord is the stored form of a jointoken.Token, separate so that the
-// encoding does not change when Token does.
-type tokenRecord struct {
-	ID        string    `json:"id"`
-	Cluster   string    `json:"cluster"`
-	Node      string    `json:"node,omitempty"`
-	CreatedAt time.Time `json:"created_at"`
-	ExpiresAt time.Time `json:"expires_at"`
-	UsedAt    time.Time `json:"used_at,omitzero"`
-	UsedBy    string    `json:"used_by,omitempty"`
-}
 
 // putToken stores t under key in tx, replacing old (nil: none).
 func putToken(tx *bbolt.Tx, b *bbolt.Bucket, key, old []byte, t jointoken.Token) error {
-	v, err := json.Marshal(tokenRecord(t))
+	v, err := record.EncodeToken(t)
 	if err != nil {
-		return fmt.Errorf("boltstate: encode join token %s: %w", t.ID, err)
+		return err
 	}
 	old = bytes.Clone(old) // b.Put invalidates it
 	if err := b.Put(key, v); err != nil {
 		return fmt.Errorf("boltstate: store join token %s: %w", t.ID, err)
 	}
 	return reindex(tx, bucketTokens, key, old, v)
-}
-
-func decodeToken(v []byte) (jointoken.Token, error) {
-	var r tokenRecord
-	if err := json.Unmarshal(v, &r); err != nil {
-		return jointoken.Token{}, fmt.Errorf("boltstate: malformed join token record: %w", err)
-	}
-	return jointoken.Token(r), nil
 }
 
 // CreateJoinToken implements state.JoinTokens.
@@ -76,7 +56,7 @@ func (s *Store) ConsumeJoinToken(_ context.Context, key jointoken.Key, node stri
 		if v == nil {
 			return jointoken.ErrUnknown
 		}
-		if t, err = decodeToken(v); err != nil {
+		if t, err = record.DecodeToken(v); err != nil {
 			return err
 		}
 		if err := jointoken.Usable(t, node, now); err != nil {
@@ -104,7 +84,7 @@ func (s *Store) ListJoinTokens(context.Context) ([]jointoken.Token, error) {
 			return err
 		}
 		return b.ForEach(func(_, v []byte) error {
-			t, err := decodeToken(v)
+			t, err := record.DecodeToken(v)
 			if err != nil {
 				return err
 			}
@@ -134,7 +114,7 @@ func (s *Store) PurgeJoinTokens(_ context.Context, now time.Time) (int, error) {
 		}
 		var stale, values [][]byte
 		err = b.ForEach(func(k, v []byte) error {
-			t, err := decodeToken(v)
+			t, err := record.DecodeToken(v)
 			if err != nil {
 				return err
 			}
@@ -166,7 +146,7 @@ func (s *Store) PurgeJoinTokens(_ context.Context, now time.Time) (int, error) {
 // VoidJoinTokens implements state.JoinTokens.
 func (s *Store) VoidJoinTokens(_ context.Context, cluster string) (int, error) {
 	return s.deleteWhere(bucketTokens, "join tokens", func(v []byte) (bool, error) {
-		t, err := decodeToken(v)
+		t, err := record.DecodeToken(v)
 		return err == nil && t.Cluster == cluster && t.UsedAt.IsZero(), err
 	})
 }

@@ -3,7 +3,6 @@ package boltstate
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -11,30 +10,8 @@ import (
 	"go.etcd.io/bbolt"
 
 	"github.com/credbroker/credbroker/broker/state"
+	"github.com/credbroker/credbroker/broker/state/internal/record"
 )
-
-// nodeRecord is the stored form of a state.Node, separate so that the
-// encoding does not change when Node does.
-type nodeRecord struct {
-	SPIFFEID    string    `json:"spiffe_id"`
-	Cluster     string    `json:"cluster"`
-	Name        string    `json:"name"`
-	Attestation string    `json:"attestation"`
-	Detail      string    `json:"detail,omitempty"`
-	AttestedAt  time.Time `json:"attested_at"`
-	RenewedAt   time.Time `json:"renewed_at"`
-	ExpiresAt   time.Time `json:"expires_at,omitzero"`
-	Serial      string    `json:"serial,omitempty"`
-	EvictedAt   time.Time `json:"evicted_at,omitzero"`
-}
-
-func decodeNode(v []byte) (state.Node, error) {
-	var rec nodeRecord
-	if err := json.Unmarshal(v, &rec); err != nil {
-		return state.Node{}, fmt.Errorf("boltstate: malformed node record: %w", err)
-	}
-	return state.Node(rec), nil
-}
 
 // RegisterNode implements state.Nodes.
 func (s *Store) RegisterNode(_ context.Context, now time.Time, n state.Node) (state.Node, error) {
@@ -93,7 +70,7 @@ func (s *Store) GetNode(_ context.Context, id string) (state.Node, error) {
 		if v == nil {
 			return fmt.Errorf("%w: node %s", state.ErrNotFound, id)
 		}
-		n, err = decodeNode(v)
+		n, err = record.DecodeNode(v)
 		return err
 	})
 	if err != nil {
@@ -105,7 +82,7 @@ func (s *Store) GetNode(_ context.Context, id string) (state.Node, error) {
 // ListNodes implements state.Nodes. Keys sort by SPIFFE ID, so a page is
 // one cursor walk from After.
 func (s *Store) ListNodes(_ context.Context, f state.NodeFilter) ([]state.Node, error) {
-	return listPage(s.db, bucketNodes, f.After, f.Limit, decodeNode, func(n state.Node) bool {
+	return listPage(s.db, bucketNodes, f.After, f.Limit, record.DecodeNode, func(n state.Node) bool {
 		return f.Cluster == "" || n.Cluster == f.Cluster
 	})
 }
@@ -122,7 +99,7 @@ func (s *Store) updateNode(id string, change func(old state.Node, found bool) (s
 		var old state.Node
 		v := bytes.Clone(b.Get([]byte(id))) // b.Put would invalidate it
 		if v != nil {
-			if old, err = decodeNode(v); err != nil {
+			if old, err = record.DecodeNode(v); err != nil {
 				return err
 			}
 		}
@@ -130,9 +107,9 @@ func (s *Store) updateNode(id string, change func(old state.Node, found bool) (s
 		if err != nil {
 			return err
 		}
-		enc, err := json.Marshal(nodeRecord(n))
+		enc, err := record.EncodeNode(n)
 		if err != nil {
-			return fmt.Errorf("boltstate: encode node %s: %w", id, err)
+			return err
 		}
 		if err := b.Put([]byte(id), enc); err != nil {
 			return fmt.Errorf("boltstate: store node %s: %w", id, err)
@@ -144,7 +121,7 @@ func (s *Store) updateNode(id string, change func(old state.Node, found bool) (s
 // PurgeNodes implements state.Nodes.
 func (s *Store) PurgeNodes(_ context.Context, now time.Time) (int, error) {
 	return s.deleteWhere(bucketNodes, "nodes", func(v []byte) (bool, error) {
-		n, err := decodeNode(v)
+		n, err := record.DecodeNode(v)
 		return err == nil && !n.Evicted() && !n.ExpiresAt.After(now), err
 	})
 }

@@ -2,7 +2,6 @@ package boltstate
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"sync"
 	"time"
@@ -10,32 +9,8 @@ import (
 	"go.etcd.io/bbolt"
 
 	"github.com/credbroker/credbroker/broker/state"
+	"github.com/credbroker/credbroker/broker/state/internal/record"
 )
-
-// revocationRecord is the stored form of a state.Revocation, separate so
-// that the encoding does not change when Revocation does.
-type revocationRecord struct {
-	ID           string               `json:"id"`
-	Kind         state.RevocationKind `json:"kind"`
-	Target       string               `json:"target"`
-	Reason       string               `json:"reason,omitempty"`
-	Admin        string               `json:"admin"`
-	CreatedAt    time.Time            `json:"created_at"`
-	Until        time.Time            `json:"until,omitzero"`
-	CoveredUntil time.Time            `json:"covered_until,omitzero"`
-	UpstreamRef  string               `json:"upstream_ref,omitempty"`
-	Issuer       string               `json:"issuer,omitempty"`
-	Profile      string               `json:"profile,omitempty"`
-	Origin       string               `json:"origin,omitempty"`
-}
-
-func decodeRevocation(v []byte) (state.Revocation, error) {
-	var rec revocationRecord
-	if err := json.Unmarshal(v, &rec); err != nil {
-		return state.Revocation{}, fmt.Errorf("boltstate: malformed revocation record: %w", err)
-	}
-	return state.Revocation(rec), nil
-}
 
 // watchers holds the WatchRevocations callbacks. Every change to the
 // revocations commits and notifies under changeMu, so that watchers see
@@ -98,9 +73,9 @@ func (s *Store) Revoke(_ context.Context, r state.Revocation) (state.Revocation,
 		if b.Get([]byte(r.ID)) != nil {
 			return fmt.Errorf("%w: revocation %s", state.ErrExists, r.ID)
 		}
-		v, err := json.Marshal(revocationRecord(r))
+		v, err := record.EncodeRevocation(r)
 		if err != nil {
-			return fmt.Errorf("boltstate: encode revocation %s: %w", r.ID, err)
+			return err
 		}
 		if err := b.Put([]byte(r.ID), v); err != nil {
 			return fmt.Errorf("boltstate: store revocation %s: %w", r.ID, err)
@@ -128,7 +103,7 @@ func (s *Store) LiftRevocation(_ context.Context, id string) (state.Revocation, 
 		if v == nil {
 			return fmt.Errorf("%w: revocation %s", state.ErrNotFound, id)
 		}
-		if r, err = decodeRevocation(v); err != nil {
+		if r, err = record.DecodeRevocation(v); err != nil {
 			return err
 		}
 		if err := reindex(tx, bucketRevocations, []byte(id), v, nil); err != nil {
@@ -149,7 +124,7 @@ func (s *Store) LiftRevocation(_ context.Context, id string) (state.Revocation, 
 // ListRevocations implements state.Revocations. Keys sort by id, so a page
 // is one cursor walk from After.
 func (s *Store) ListRevocations(_ context.Context, f state.RevocationFilter) ([]state.Revocation, error) {
-	return listPage(s.db, bucketRevocations, f.After, f.Limit, decodeRevocation, nil)
+	return listPage(s.db, bucketRevocations, f.After, f.Limit, record.DecodeRevocation, nil)
 }
 
 // PurgeRevocations implements state.Revocations.
@@ -164,7 +139,7 @@ func (s *Store) PurgeRevocations(_ context.Context, now time.Time) (int, error) 
 			return err
 		}
 		err = b.ForEach(func(_, v []byte) error {
-			r, err := decodeRevocation(v)
+			r, err := record.DecodeRevocation(v)
 			if err != nil {
 				return err
 			}

@@ -3,7 +3,6 @@ package etcdstate
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -12,69 +11,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/credbroker/credbroker/broker/state"
+	"github.com/credbroker/credbroker/broker/state/internal/record"
 )
-
-// approvalRecord is the stored form of a state.Approval, separate so that
-// the encoding does not change when Approval does.
-type approvalRecord struct {
-	ID         string               `json:"id"`
-	Digest     string               `json:"digest"`
-	Requester  string               `json:"requester"`
-	Profile    string               `json:"profile"`
-	Cluster    string               `json:"cluster,omitempty"`
-	Audience   string               `json:"audience,omitempty"`
-	TTL        time.Duration        `json:"ttl_ns"`
-	Needed     int                  `json:"needed"`
-	CreatedAt  time.Time            `json:"created_at"`
-	ExpiresAt  time.Time            `json:"expires_at"`
-	Status     state.ApprovalStatus `json:"status"`
-	Votes      []voteRecord         `json:"votes,omitempty"`
-	GrantedAt  time.Time            `json:"granted_at,omitzero"`
-	DeniedBy   string               `json:"denied_by,omitempty"`
-	DenyReason string               `json:"deny_reason,omitempty"`
-	DeniedAt   time.Time            `json:"denied_at,omitzero"`
-	ConsumedBy string               `json:"consumed_by,omitempty"`
-	ConsumedAt time.Time            `json:"consumed_at,omitzero"`
-}
-
-type voteRecord struct {
-	Admin string    `json:"admin"`
-	At    time.Time `json:"at"`
-}
-
-func encodeApproval(a state.Approval) (string, error) {
-	rec := approvalRecord{
-		ID: a.ID, Digest: a.Digest, Requester: a.Requester, Profile: a.Profile, Cluster: a.Cluster, Audience: a.Audience,
-		TTL: a.TTL, Needed: a.Needed, CreatedAt: state.NormTime(a.CreatedAt), ExpiresAt: state.NormTime(a.ExpiresAt), Status: a.Status,
-		GrantedAt: state.NormTime(a.GrantedAt), DeniedBy: a.DeniedBy, DenyReason: a.DenyReason, DeniedAt: state.NormTime(a.DeniedAt),
-		ConsumedBy: a.ConsumedBy, ConsumedAt: state.NormTime(a.ConsumedAt),
-	}
-	for _, v := range a.Votes {
-		rec.Votes = append(rec.Votes, voteRecord{Admin: v.Admin, At: state.NormTime(v.At)})
-	}
-	v, err := json.Marshal(rec)
-	if err != nil {
-		return "", fmt.Errorf("etcdstate: encode approval %s: %w", a.ID, err)
-	}
-	return string(v), nil
-}
-
-func decodeApproval(v []byte) (state.Approval, error) {
-	var rec approvalRecord
-	if err := json.Unmarshal(v, &rec); err != nil {
-		return state.Approval{}, fmt.Errorf("etcdstate: malformed approval record: %w", err)
-	}
-	a := state.Approval{
-		ID: rec.ID, Digest: rec.Digest, Requester: rec.Requester, Profile: rec.Profile, Cluster: rec.Cluster, Audience: rec.Audience,
-		TTL: rec.TTL, Needed: rec.Needed, CreatedAt: state.NormTime(rec.CreatedAt), ExpiresAt: state.NormTime(rec.ExpiresAt), Status: rec.Status,
-		GrantedAt: state.NormTime(rec.GrantedAt), DeniedBy: rec.DeniedBy, DenyReason: rec.DenyReason, DeniedAt: state.NormTime(rec.DeniedAt),
-		ConsumedBy: rec.ConsumedBy, ConsumedAt: state.NormTime(rec.ConsumedAt),
-	}
-	for _, v := range rec.Votes {
-		a.Votes = append(a.Votes, state.Vote{Admin: v.Admin, At: state.NormTime(v.At)})
-	}
-	return a, nil
-}
 
 // approvalReqDir holds the requester's index entries: one per request
 // digest, naming the requester's latest approval of it.
@@ -97,7 +35,7 @@ func (s *Store) RequestApproval(ctx context.Context, a state.Approval, maxOpen i
 		return state.Approval{}, false, fmt.Errorf("etcdstate: bound of open approvals %d is not positive", maxOpen)
 	}
 	a.CreatedAt, a.ExpiresAt = state.NormTime(a.CreatedAt), state.NormTime(a.ExpiresAt)
-	v, err := encodeApproval(a)
+	v, err := record.EncodeApproval(a)
 	if err != nil {
 		return state.Approval{}, false, err
 	}
@@ -129,7 +67,7 @@ func (s *Store) RequestApproval(ctx context.Context, a state.Approval, maxOpen i
 			if kv == nil {
 				continue // purged: its entry goes with the next purge
 			}
-			old, err := decodeApproval(kv.Value)
+			old, err := record.DecodeApproval(kv.Value)
 			if err != nil {
 				return state.Approval{}, false, err
 			}
@@ -146,7 +84,7 @@ func (s *Store) RequestApproval(ctx context.Context, a state.Approval, maxOpen i
 		resp, err := s.cli.Txn(ctx).
 			If(clientv3.Compare(clientv3.CreateRevision(idKey), "=", 0),
 				clientv3.Compare(clientv3.ModRevision(reqPrefix), "<", rev+1).WithPrefix()).
-			Then(clientv3.OpPut(idKey, v), clientv3.OpPut(reqKey, a.ID)).
+			Then(clientv3.OpPut(idKey, string(v)), clientv3.OpPut(reqKey, a.ID)).
 			Else(clientv3.OpGet(idKey)).Commit()
 		if err != nil {
 			return state.Approval{}, false, unavailable("request approval", err)
@@ -196,12 +134,12 @@ func (s *Store) GetApproval(ctx context.Context, id string) (state.Approval, err
 	if len(resp.Kvs) == 0 {
 		return state.Approval{}, fmt.Errorf("%w: approval %s", state.ErrNotFound, id)
 	}
-	return decodeApproval(resp.Kvs[0].Value)
+	return record.DecodeApproval(resp.Kvs[0].Value)
 }
 
 // ListApprovals implements state.Approvals.
 func (s *Store) ListApprovals(ctx context.Context, f state.ApprovalFilter) ([]state.Approval, error) {
-	return listPage(ctx, s, "list approvals", dirApproval, f.After, f.Limit, decodeApproval, nil)
+	return listPage(ctx, s, "list approvals", dirApproval, f.After, f.Limit, record.DecodeApproval, nil)
 }
 
 // changeApproval applies decide to approval id with a compare-and-swap and
@@ -224,21 +162,21 @@ func (s *Store) changeApproval(ctx context.Context, what, id string, decide func
 			out = state.Approval{}
 			return nil, fmt.Errorf("%w: approval %s", state.ErrNotFound, id)
 		}
-		a, err := decodeApproval(kvs[0].Value)
+		a, err := record.DecodeApproval(kvs[0].Value)
 		if err != nil {
 			return nil, err
 		}
 		if out, err = decide(a); err != nil {
 			return nil, err
 		}
-		v, err := encodeApproval(out)
+		v, err := record.EncodeApproval(out)
 		if err != nil {
 			return nil, err
 		}
-		if bytes.Equal(kvs[0].Value, []byte(v)) {
+		if bytes.Equal(kvs[0].Value, v) {
 			return nil, nil // nothing to change (a repeated vote)
 		}
-		ops := []clientv3.Op{clientv3.OpPut(idKey, v)}
+		ops := []clientv3.Op{clientv3.OpPut(idKey, string(v))}
 		if kvs[1] != nil && string(kvs[1].Value) == id {
 			ops = append(ops, clientv3.OpPut(reqKey, id))
 		}
@@ -302,7 +240,7 @@ func (s *Store) PurgeApprovals(ctx context.Context, now time.Time) ([]state.Appr
 	var out []state.Approval
 	var decodeErr error
 	_, _, err := s.deleteWhere(ctx, "purge approvals", dirApproval, func(kv *mvccpb.KeyValue) ([]clientv3.Op, bool, error) {
-		a, err := decodeApproval(kv.Value)
+		a, err := record.DecodeApproval(kv.Value)
 		if err != nil || !a.Expired(now) {
 			return nil, false, err
 		}
@@ -311,7 +249,7 @@ func (s *Store) PurgeApprovals(ctx context.Context, now time.Time) ([]state.Appr
 			[]clientv3.Cmp{clientv3.Compare(clientv3.Value(reqKey), "=", a.ID)},
 			[]clientv3.Op{clientv3.OpDelete(reqKey)}, nil)}, true, nil
 	}, func(k staleKey) {
-		a, err := decodeApproval(k.value) // read once already by the scan
+		a, err := record.DecodeApproval(k.value) // read once already by the scan
 		decodeErr = errors.Join(decodeErr, err)
 		out = append(out, a)
 	})

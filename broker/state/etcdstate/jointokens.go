@@ -3,7 +3,6 @@ package etcdstate
 import (
 	"context"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -16,19 +15,8 @@ import (
 	"github.com/credbroker/credbroker/attest"
 	"github.com/credbroker/credbroker/attest/jointoken"
 	"github.com/credbroker/credbroker/broker/state"
+	"github.com/credbroker/credbroker/broker/state/internal/record"
 )
-
-// tokenRecord is the stored form of a jointoken.Token, separate so that the
-// encoding does not change when Token does.
-type tokenRecord struct {
-	ID        string    `json:"id"`
-	Cluster   string    `json:"cluster"`
-	Node      string    `json:"node,omitempty"`
-	CreatedAt time.Time `json:"created_at"`
-	ExpiresAt time.Time `json:"expires_at"`
-	UsedAt    time.Time `json:"used_at,omitzero"`
-	UsedBy    string    `json:"used_by,omitempty"`
-}
 
 func (s *Store) tokenKey(key jointoken.Key) string {
 	return s.key(dirJoinToken, hex.EncodeToString(key[:]))
@@ -38,27 +26,9 @@ func (s *Store) tokenKey(key jointoken.Key) string {
 // suffix, the hex of the secret's hash.
 func (s *Store) tokenItem(key string) string { return strings.TrimPrefix(key, s.key(dirJoinToken, "")) }
 
-func encodeToken(t jointoken.Token) (string, error) {
-	v, err := json.Marshal(tokenRecord(t))
-	if err != nil {
-		return "", fmt.Errorf("etcdstate: encode join token %s: %w", t.ID, err)
-	}
-	return string(v), nil
-}
-
-func decodeToken(v []byte) (jointoken.Token, error) {
-	var r tokenRecord
-	if err := json.Unmarshal(v, &r); err != nil {
-		return jointoken.Token{}, fmt.Errorf("etcdstate: malformed join token record: %w", err)
-	}
-	t := jointoken.Token(r)
-	t.CreatedAt, t.ExpiresAt, t.UsedAt = state.NormTime(t.CreatedAt), state.NormTime(t.ExpiresAt), state.NormTime(t.UsedAt)
-	return t, nil
-}
-
 // CreateJoinToken implements state.JoinTokens.
 func (s *Store) CreateJoinToken(ctx context.Context, key jointoken.Key, t jointoken.Token) error {
-	v, err := encodeToken(t)
+	v, err := record.EncodeToken(t)
 	if err != nil {
 		return err
 	}
@@ -66,7 +36,7 @@ func (s *Store) CreateJoinToken(ctx context.Context, key jointoken.Key, t jointo
 	defer cancel()
 	k := s.tokenKey(key)
 	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).
-		Then(clientv3.OpPut(k, v), s.putRef(t.Cluster, refToken, s.tokenItem(k), "")).Commit()
+		Then(clientv3.OpPut(k, string(v)), s.putRef(t.Cluster, refToken, s.tokenItem(k), "")).Commit()
 	if err != nil {
 		return unavailable("create join token", err)
 	}
@@ -88,7 +58,7 @@ func (s *Store) ConsumeJoinToken(ctx context.Context, key jointoken.Key, node st
 			return nil, jointoken.ErrUnknown
 		}
 		var err error
-		if t, err = decodeToken(kvs[0].Value); err != nil {
+		if t, err = record.DecodeToken(kvs[0].Value); err != nil {
 			return nil, err
 		}
 		if err := jointoken.Usable(t, node, now); err != nil {
@@ -96,12 +66,12 @@ func (s *Store) ConsumeJoinToken(ctx context.Context, key jointoken.Key, node st
 		}
 		used := t
 		used.UsedAt, used.UsedBy = state.NormTime(now), jointoken.NodeFor(t, node)
-		v, err := encodeToken(used)
+		v, err := record.EncodeToken(used)
 		if err != nil {
 			return nil, err
 		}
 		t = used
-		return []clientv3.Op{clientv3.OpPut(k, v), s.putRef(t.Cluster, refToken, s.tokenItem(k), flagUsed)}, nil
+		return []clientv3.Op{clientv3.OpPut(k, string(v)), s.putRef(t.Cluster, refToken, s.tokenItem(k), flagUsed)}, nil
 	})
 	switch {
 	case err == nil:
@@ -115,7 +85,7 @@ func (s *Store) ConsumeJoinToken(ctx context.Context, key jointoken.Key, node st
 
 // ListJoinTokens implements state.JoinTokens.
 func (s *Store) ListJoinTokens(ctx context.Context) ([]jointoken.Token, error) {
-	ts, err := listPage(ctx, s, "list join tokens", dirJoinToken, "", 0, decodeToken, nil)
+	ts, err := listPage(ctx, s, "list join tokens", dirJoinToken, "", 0, record.DecodeToken, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -141,7 +111,7 @@ func (s *Store) VoidJoinTokens(ctx context.Context, cluster string) (int, error)
 
 func (s *Store) deleteTokens(ctx context.Context, what string, stale func(jointoken.Token) bool) (int, error) {
 	n, _, err := s.deleteWhere(ctx, what, dirJoinToken, func(kv *mvccpb.KeyValue) ([]clientv3.Op, bool, error) {
-		t, err := decodeToken(kv.Value)
+		t, err := record.DecodeToken(kv.Value)
 		if err != nil || !stale(t) {
 			return nil, false, err
 		}

@@ -2,7 +2,6 @@ package etcdstate
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -11,32 +10,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/credbroker/credbroker/broker/state"
+	"github.com/credbroker/credbroker/broker/state/internal/record"
 )
-
-// nodeRecord is the stored form of a state.Node, separate so that the
-// encoding does not change when Node does.
-type nodeRecord struct {
-	SPIFFEID    string    `json:"spiffe_id"`
-	Cluster     string    `json:"cluster"`
-	Name        string    `json:"name"`
-	Attestation string    `json:"attestation"`
-	Detail      string    `json:"detail,omitempty"`
-	AttestedAt  time.Time `json:"attested_at"`
-	RenewedAt   time.Time `json:"renewed_at"`
-	ExpiresAt   time.Time `json:"expires_at,omitzero"`
-	Serial      string    `json:"serial,omitempty"`
-	EvictedAt   time.Time `json:"evicted_at,omitzero"`
-}
-
-func decodeNode(v []byte) (state.Node, error) {
-	var rec nodeRecord
-	if err := json.Unmarshal(v, &rec); err != nil {
-		return state.Node{}, fmt.Errorf("etcdstate: malformed node record: %w", err)
-	}
-	n := state.Node(rec)
-	n.AttestedAt, n.RenewedAt, n.ExpiresAt, n.EvictedAt = state.NormTime(n.AttestedAt), state.NormTime(n.RenewedAt), state.NormTime(n.ExpiresAt), state.NormTime(n.EvictedAt)
-	return n, nil
-}
 
 // nodeClusterKey is the key of a node's entry in its cluster's range: the
 // cluster, a NUL (which no cluster name holds), then the SPIFFE ID, so that
@@ -102,17 +77,17 @@ func (s *Store) GetNode(ctx context.Context, id string) (state.Node, error) {
 	if len(resp.Kvs) == 0 {
 		return state.Node{}, fmt.Errorf("%w: node %s", state.ErrNotFound, id)
 	}
-	return decodeNode(resp.Kvs[0].Value)
+	return record.DecodeNode(resp.Kvs[0].Value)
 }
 
 // ListNodes implements state.Nodes: a range of the node keys, or of one
 // cluster's entries, from After.
 func (s *Store) ListNodes(ctx context.Context, f state.NodeFilter) ([]state.Node, error) {
 	if f.Cluster == "" {
-		return listPage(ctx, s, "list nodes", dirNode, f.After, f.Limit, decodeNode, nil)
+		return listPage(ctx, s, "list nodes", dirNode, f.After, f.Limit, record.DecodeNode, nil)
 	}
 	dir := dirNodeCluster + f.Cluster + "\x00"
-	return listPage(ctx, s, "list nodes", dir, f.After, f.Limit, decodeNode, nil)
+	return listPage(ctx, s, "list nodes", dir, f.After, f.Limit, record.DecodeNode, nil)
 }
 
 // updateNode runs change on the stored node id (found false when there is
@@ -125,7 +100,7 @@ func (s *Store) updateNode(ctx context.Context, what, id string, change func(old
 		var old state.Node
 		if kvs[0] != nil {
 			var err error
-			if old, err = decodeNode(kvs[0].Value); err != nil {
+			if old, err = record.DecodeNode(kvs[0].Value); err != nil {
 				return nil, err
 			}
 		}
@@ -133,9 +108,9 @@ func (s *Store) updateNode(ctx context.Context, what, id string, change func(old
 		if err != nil {
 			return nil, err
 		}
-		v, err := json.Marshal(nodeRecord(n))
+		v, err := record.EncodeNode(n)
 		if err != nil {
-			return nil, fmt.Errorf("etcdstate: encode node %s: %w", id, err)
+			return nil, err
 		}
 		flag := ""
 		if n.Evicted() {
@@ -155,7 +130,7 @@ func (s *Store) updateNode(ctx context.Context, what, id string, change func(old
 // PurgeNodes implements state.Nodes.
 func (s *Store) PurgeNodes(ctx context.Context, now time.Time) (int, error) {
 	count, _, err := s.deleteWhere(ctx, "purge nodes", dirNode, func(kv *mvccpb.KeyValue) ([]clientv3.Op, bool, error) {
-		n, err := decodeNode(kv.Value)
+		n, err := record.DecodeNode(kv.Value)
 		if err != nil || n.Evicted() || n.ExpiresAt.After(now) {
 			return nil, false, err
 		}

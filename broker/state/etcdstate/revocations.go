@@ -2,7 +2,6 @@ package etcdstate
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"maps"
 	"reflect"
@@ -15,34 +14,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/credbroker/credbroker/broker/state"
+	"github.com/credbroker/credbroker/broker/state/internal/record"
 )
-
-// revocationRecord is the stored form of a state.Revocation, separate so
-// that the encoding does not change when Revocation does.
-type revocationRecord struct {
-	ID           string               `json:"id"`
-	Kind         state.RevocationKind `json:"kind"`
-	Target       string               `json:"target"`
-	Reason       string               `json:"reason,omitempty"`
-	Admin        string               `json:"admin"`
-	CreatedAt    time.Time            `json:"created_at"`
-	Until        time.Time            `json:"until,omitzero"`
-	CoveredUntil time.Time            `json:"covered_until,omitzero"`
-	UpstreamRef  string               `json:"upstream_ref,omitempty"`
-	Issuer       string               `json:"issuer,omitempty"`
-	Profile      string               `json:"profile,omitempty"`
-	Origin       string               `json:"origin,omitempty"`
-}
-
-func decodeRevocation(v []byte) (state.Revocation, error) {
-	var rec revocationRecord
-	if err := json.Unmarshal(v, &rec); err != nil {
-		return state.Revocation{}, fmt.Errorf("etcdstate: malformed revocation record: %w", err)
-	}
-	r := state.Revocation(rec)
-	r.CreatedAt, r.Until, r.CoveredUntil = state.NormTime(r.CreatedAt), state.NormTime(r.Until), state.NormTime(r.CoveredUntil)
-	return r, nil
-}
 
 // Revoke implements state.Revocations. It returns once this Store's watch
 // has delivered the revocation to its watchers, or, should the watch lag
@@ -54,9 +27,9 @@ func (s *Store) Revoke(ctx context.Context, r state.Revocation) (state.Revocatio
 		return state.Revocation{}, err
 	}
 	r.CreatedAt, r.Until, r.CoveredUntil = state.NormTime(r.CreatedAt), state.NormTime(r.Until), state.NormTime(r.CoveredUntil)
-	v, err := json.Marshal(revocationRecord(r))
+	v, err := record.EncodeRevocation(r)
 	if err != nil {
-		return state.Revocation{}, fmt.Errorf("etcdstate: encode revocation %s: %w", r.ID, err)
+		return state.Revocation{}, err
 	}
 	ctx, cancel := s.opCtx(ctx)
 	defer cancel()
@@ -90,7 +63,7 @@ func (s *Store) LiftRevocation(ctx context.Context, id string) (state.Revocation
 			return nil, fmt.Errorf("%w: revocation %s", state.ErrNotFound, id)
 		}
 		var err error
-		if r, err = decodeRevocation(kvs[0].Value); err != nil {
+		if r, err = record.DecodeRevocation(kvs[0].Value); err != nil {
 			return nil, err
 		}
 		return append([]clientv3.Op{clientv3.OpDelete(k)}, s.revocationRefOps(r)...), nil
@@ -112,13 +85,13 @@ func (s *Store) revocationRefOps(r state.Revocation) []clientv3.Op {
 
 // ListRevocations implements state.Revocations.
 func (s *Store) ListRevocations(ctx context.Context, f state.RevocationFilter) ([]state.Revocation, error) {
-	return listPage(ctx, s, "list revocations", dirRevocation, f.After, f.Limit, decodeRevocation, nil)
+	return listPage(ctx, s, "list revocations", dirRevocation, f.After, f.Limit, record.DecodeRevocation, nil)
 }
 
 // PurgeRevocations implements state.Revocations.
 func (s *Store) PurgeRevocations(ctx context.Context, now time.Time) (int, error) {
 	n, rev, err := s.deleteWhere(ctx, "purge revocations", dirRevocation, func(kv *mvccpb.KeyValue) ([]clientv3.Op, bool, error) {
-		r, err := decodeRevocation(kv.Value)
+		r, err := record.DecodeRevocation(kv.Value)
 		if err != nil || r.Active(now) {
 			return nil, false, err
 		}
@@ -187,7 +160,7 @@ func startWatch(ctx context.Context, s *Store) (*revWatch, error) {
 func listRevocations(ctx context.Context, s *Store) (map[string]state.Revocation, int64, error) {
 	known := map[string]state.Revocation{}
 	rev, err := s.scan(ctx, "list revocations", dirRevocation, "", func(kv *mvccpb.KeyValue) (bool, error) {
-		r, err := decodeRevocation(kv.Value)
+		r, err := record.DecodeRevocation(kv.Value)
 		known[r.ID] = r
 		return true, err
 	})
@@ -363,7 +336,7 @@ func (w *revWatch) apply(ev *clientv3.Event) (state.RevocationChange, bool) {
 		delete(w.known, id)
 		return state.RevocationChange{Revocation: r, Removed: true}, ok
 	}
-	r, err := decodeRevocation(ev.Kv.Value)
+	r, err := record.DecodeRevocation(ev.Kv.Value)
 	if err != nil {
 		return state.RevocationChange{}, false
 	}
