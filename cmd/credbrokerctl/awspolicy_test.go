@@ -44,19 +44,7 @@ policy:
 // caller (and cluster ns/name, if any) at issued.
 func sessionOf(t *testing.T, caller, cluster string, issued time.Time) iamfront.Session {
 	t.Helper()
-	tv := awssts.TagValues{SPIFFEID: caller, Profile: "capa", IssuanceID: "0190f0a0-0000-7000-8000-0000000000aa"}
-	if cluster != "" {
-		tv.ClusterNamespace, tv.ClusterName, _ = strings.Cut(cluster, "/")
-	}
-	tags, err := awssts.SessionTags(tv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := iamfront.Session{SourceIdentity: awssts.SourceIdentity(caller), Tags: map[string]string{}, IssuedAt: issued}
-	for _, tag := range tags {
-		s.Tags[tag.Key] = tag.Value
-	}
-	return s
+	return iamfront.SessionOf(t, caller, cluster, "0190f0a0-0000-7000-8000-0000000000aa", issued)
 }
 
 func wantDenied(t *testing.T, doc string, s iamfront.Session, want bool) {

@@ -177,19 +177,7 @@ func (h *awsApplyHarness) issued(t *testing.T, id, caller, profile string, ttl t
 
 func sessionFor(t *testing.T, caller, cluster, issuance string, issued time.Time) iamfront.Session {
 	t.Helper()
-	tv := awssts.TagValues{SPIFFEID: caller, Profile: "capa", IssuanceID: issuance}
-	if cluster != "" {
-		tv.ClusterNamespace, tv.ClusterName, _ = strings.Cut(cluster, "/")
-	}
-	tags, err := awssts.SessionTags(tv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := iamfront.Session{SourceIdentity: awssts.SourceIdentity(caller), Tags: map[string]string{}, IssuedAt: issued}
-	for _, tag := range tags {
-		s.Tags[tag.Key] = tag.Value
-	}
-	return s
+	return iamfront.SessionOf(t, caller, cluster, issuance, issued)
 }
 
 func denied(t *testing.T, doc string, s iamfront.Session) bool {

@@ -4,7 +4,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"testing"
 	"time"
+
+	"github.com/credbroker/credbroker/issuers/awssts"
 )
 
 // Session is the request context of a call signed with one STS session:
@@ -126,4 +129,24 @@ func condition(op, key string, raw any, s Session) (bool, error) {
 		return false, nil
 	}
 	return false, fmt.Errorf("operator %s is not one the evaluator knows", op)
+}
+
+// SessionOf is the request context of an STS session the broker minted for
+// caller (and cluster "ns/name", if any) and issuance at issued: the
+// SourceIdentity and session tags issuers/awssts sets on every session.
+func SessionOf(tb testing.TB, caller, cluster, issuance string, issued time.Time) Session {
+	tb.Helper()
+	tv := awssts.TagValues{SPIFFEID: caller, Profile: "capa", IssuanceID: issuance}
+	if cluster != "" {
+		tv.ClusterNamespace, tv.ClusterName, _ = strings.Cut(cluster, "/")
+	}
+	tags, err := awssts.SessionTags(tv)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	s := Session{SourceIdentity: awssts.SourceIdentity(caller), Tags: map[string]string{}, IssuedAt: issued}
+	for _, tag := range tags {
+		s.Tags[tag.Key] = tag.Value
+	}
+	return s
 }
