@@ -15,7 +15,7 @@ import (
 // The helper server is this test binary run again with envMode set: a tiny
 // stand-in for MinIO or Vault whose behaviour each test picks.
 const (
-	envMode   = "TESTPROC_HELPER"        // serve, stubborn, fail or hang
+	envMode   = "TESTPROC_HELPER"        // serve, late, stubborn, fail or hang
 	envAddr   = "TESTPROC_HELPER_ADDR"   // where serve and stubborn listen
 	envSecret = "TESTPROC_HELPER_SECRET" // printed, to prove redaction
 )
@@ -33,6 +33,8 @@ func TestMain(m *testing.M) {
 // helper runs the helper server and returns its exit code.
 //   - serve: listens on envAddr, answers GET /ready with 200 and exits with
 //     code 3 on GET /exit; SIGTERM ends it normally.
+//   - late: serve, but says "setup done" only when GET /ready is asked a
+//     second time, as a server that answers before it has finished starting.
 //   - stubborn: serve, but SIGTERM only makes it say "got SIGTERM".
 //   - fail: prints its secret and exits with code 2 at once.
 //   - hang: prints its secret and never listens.
@@ -59,7 +61,12 @@ func helper(mode string) int {
 		return 1
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /ready", func(http.ResponseWriter, *http.Request) {})
+	readies := 0
+	mux.HandleFunc("GET /ready", func(http.ResponseWriter, *http.Request) {
+		if readies++; mode == "late" && readies == 2 {
+			fmt.Println("helper: setup done")
+		}
+	})
 	mux.HandleFunc("GET /exit", func(http.ResponseWriter, *http.Request) { os.Exit(3) })
 	_ = http.Serve(l, mux)
 	return 1

@@ -25,6 +25,10 @@ type Attempt struct {
 	// gets a context bounded by ProbeTimeout and cancelled if the process
 	// exits, so a probe cannot hang on a listener that took the port.
 	Ready func(ctx context.Context) error
+	// ReadyOutput, when set, is text the server writes once it has finished
+	// starting; it counts as ready only when Ready passes and its output
+	// holds this text.
+	ReadyOutput string
 }
 
 // errPortTaken reports that the server could not bind a port picked for it.
@@ -77,7 +81,19 @@ func (h Harness) launch(t testing.TB, prepare func() (Attempt, error)) (*Process
 
 	ctx, cancel := context.WithTimeout(t.Context(), orDefault(h.ReadyTimeout, DefaultReadyTimeout))
 	defer cancel()
-	if err := h.waitReady(ctx, p, a.Ready); err != nil {
+	ready := a.Ready
+	if a.ReadyOutput != "" {
+		ready = func(ctx context.Context) error {
+			if err := a.Ready(ctx); err != nil {
+				return err
+			}
+			if !strings.Contains(p.Output(), a.ReadyOutput) {
+				return fmt.Errorf("serving, but has not yet written %q", a.ReadyOutput)
+			}
+			return nil
+		}
+	}
+	if err := h.waitReady(ctx, p, ready); err != nil {
 		p.stop()
 		if h.PortTaken != "" && strings.Contains(p.Output(), h.PortTaken) {
 			return p, fmt.Errorf("%w: %v", errPortTaken, err)

@@ -111,6 +111,29 @@ func TestBinaryPrefersEnvThenPATHAndFailsSayingHowToGetIt(t *testing.T) {
 	})
 }
 
+func TestStartWaitsForReadyOutput(t *testing.T) {
+	for _, want := range []string{"", "setup done"} {
+		addr := freePort(t)
+		var out string
+		r := RunFatal(t, func(tb testing.TB) {
+			p := helperHarness().Start(tb, "helper-bin", func() (Attempt, error) {
+				a := helperAttempt("late", addr)
+				a.ReadyOutput = want
+				return a, nil
+			})
+			out = p.Output()
+		})
+		if r.Failed() {
+			t.Fatalf("Start(ReadyOutput %q) failed: %q %q", want, r.FatalMessage(), r.Errors())
+		}
+		// Without ReadyOutput the first answer to the probe is enough, so the
+		// check below would fail if Start ignored it.
+		if got := strings.Contains(out, "setup done"); got != (want != "") {
+			t.Errorf("ReadyOutput %q: output at return %q; holds \"setup done\" = %v", want, out, got)
+		}
+	}
+}
+
 func TestStartReturnsOnceReadyAndStopsTheServerWhenTheTestEnds(t *testing.T) {
 	addr := freePort(t)
 	var p *Process

@@ -14,12 +14,12 @@ import (
 	"github.com/credbroker/credbroker/test/testproc"
 )
 
-// unsealKeyLine finds the unseal key in the dev server's banner, which it
-// prints when it shuts down.
+// unsealKeyLine finds the unseal key in the dev server's banner.
 var unsealKeyLine = regexp.MustCompile(`(?m)^Unseal Key: (\S+)`)
 
 // Start runs a Vault dev server for the rest of the test and returns once
-// /v1/sys/health answers 200 (initialised, unsealed, active). It fails the
+// /v1/sys/health answers 200 (initialised, unsealed, active) and it has
+// printed its dev banner, the end of its setup. It fails the
 // test when the binary is missing or the server does not come up; it never
 // skips. The server is stopped, and its output (root token and unseal key
 // redacted) logged if the test failed, when the test ends.
@@ -85,7 +85,11 @@ func attempt(t testing.TB, bin string, s *Server, o options, pickPort func() (st
 	cmd.Dir = home
 	cmd.Env = environ(s, home)
 	ready := func(ctx context.Context) error { return s.probe(ctx, caFile) }
-	return testproc.Attempt{Cmd: cmd, Ready: ready}, nil
+	// The dev server prints its banner (unseal key, root token) only once its
+	// log has been quiet for 100 ms after setting up, which may be well after
+	// sys/health first answers 200 on a loaded machine. Waiting for it means
+	// the setup is finished and the redaction always has something to redact.
+	return testproc.Attempt{Cmd: cmd, Ready: ready, ReadyOutput: "Root Token: "}, nil
 }
 
 // environ is Vault's environment: the test's own minus every VAULT_ setting

@@ -92,7 +92,7 @@ func TestWithTLSServesHTTPSVerifiedByItsCA(t *testing.T) {
 func TestOutputIsRedacted(t *testing.T) {
 	t.Parallel()
 	s := Start(t)
-	s.Stop(t) // the banner with the unseal key comes at shutdown
+	s.Stop(t)
 	out := s.proc.Output()
 	m := unsealKeyLine.FindStringSubmatch(out)
 	if m == nil || !strings.Contains(out, s.RootToken) {
