@@ -14,11 +14,13 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc/codes"
 
 	"github.com/credbroker/credbroker/broker/alerts"
 	"github.com/credbroker/credbroker/broker/config"
 	"github.com/credbroker/credbroker/broker/limits"
+	"github.com/credbroker/credbroker/broker/nodeauth"
 	"github.com/credbroker/credbroker/internal/webhook"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
@@ -299,5 +301,38 @@ func TestQuotaThrottleAndUnauthenticatedAlerts(t *testing.T) {
 	}
 	if n := gathered(t, h.reg, alerts.MetricAlerts, map[string]string{"rule": alerts.QuotaNearLimit}); n != 1 {
 		t.Errorf("quota_near_limit fired %v times, want 1 (once per window)", n)
+	}
+}
+
+// Node SVIDs count toward mass_issuance like credentials: node attestations
+// with join tokens and a renewal, past the threshold for one cluster, send
+// a signed alert naming the cluster; one fewer sends none.
+func TestNodeSVIDsFeedMassIssuance(t *testing.T) {
+	sink := newAlertSink(t, false)
+	h := newHarness(t, func(c *harnessConfig) {
+		c.nodes = true
+		c.alerts = alertConfig(t, sink.srv.URL, config.AlertRules{
+			MassIssuance: config.MassIssuanceRule{BurstRule: config.BurstRule{Threshold: 3, Window: time.Minute}, Per: []string{"cluster"}},
+		})
+	})
+	const cluster = "capi-prod/fleet"
+	var nodes []*x509svid.SVID
+	for i := range 3 {
+		nodes = append(nodes, h.attestNodeIn(cluster, fmt.Sprintf("w%d", i)))
+	}
+	if n := gathered(t, h.reg, alerts.MetricAlerts, map[string]string{"rule": alerts.MassIssuance}); n != 0 {
+		t.Fatalf("mass_issuance fired %v times at the threshold, want 0", n)
+	}
+	if err := h.renew(nodes[0]); err != nil { // the fourth node SVID for the cluster
+		t.Fatal(err)
+	}
+	p := sink.waitRule(t, alerts.MassIssuance)
+	if p.Subject != "cluster "+cluster || p.Fields["last_profile"] != nodeauth.NodeSVIDProfile || !strings.Contains(p.Summary, "more than 3") {
+		t.Errorf("mass_issuance alert %+v", p)
+	}
+	sink.mu.Lock()
+	defer sink.mu.Unlock()
+	if sink.unverified != 0 {
+		t.Errorf("%d deliveries failed verification", sink.unverified)
 	}
 }

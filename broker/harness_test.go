@@ -240,6 +240,7 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 	var refusalOpts []broker.RefusalOption
 	var decisionAlerts broker.DecisionAlerts
 	var emitter alerts.Emitter
+	var nodeAlerts nodeauth.Alerter
 	if hc.alerts != nil {
 		hc.alerts.ApplyDefaults()
 		if h.alerter, err = alerts.New(*hc.alerts, alerts.Options{Log: log, Registerer: h.reg, Now: h.clock.Now, Usage: h.state.Usage, Webhook: hc.webhook}); err != nil {
@@ -254,7 +255,7 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 		})
 		revOpts = append(revOpts, broker.WithRevocationAlerts(h.alerter))
 		refusalOpts = append(refusalOpts, broker.WithRefusalAlerts(h.alerter))
-		decisionAlerts, emitter = h.alerter, h.alerter
+		decisionAlerts, emitter, nodeAlerts = h.alerter, h.alerter, h.alerter
 	}
 	if hc.upstreamRevokers != nil {
 		revOpts = append(revOpts, broker.WithUpstreamRevokers(hc.upstreamRevokers, nil))
@@ -324,7 +325,7 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 			TrustDomain: td, State: h.state, CA: h.ca, Audit: h.audit,
 			Bundle:  func() ([]*x509.Certificate, error) { return []*x509.Certificate{h.ca.Certificate()}, nil },
 			SVIDTTL: time.Hour, NewID: newID, Log: log, Clock: h.clock.Now, Refusals: h.refusals, Revocations: h.revoke,
-			Alerts: emitter,
+			Alerts: nodeAlerts,
 		})
 		if err != nil {
 			t.Fatal(err)

@@ -343,7 +343,14 @@ func TestRenewNodeSVIDIsThrottledPerNode(t *testing.T) {
 // returns its SVID.
 func (h *harness) attestNode(name string) *x509svid.SVID {
 	h.t.Helper()
-	secret, tokKey, tok, err := jointoken.New(rand.Reader, h.clock.Now(), "capi-prod/"+name, name, time.Hour)
+	return h.attestNodeIn("capi-prod/"+name, name)
+}
+
+// attestNodeIn admits node name of cluster (namespace/name) with a join
+// token bound to it and returns its SVID.
+func (h *harness) attestNodeIn(cluster, name string) *x509svid.SVID {
+	h.t.Helper()
+	secret, tokKey, tok, err := jointoken.New(rand.Reader, h.clock.Now(), cluster, name, time.Hour)
 	if err != nil {
 		h.t.Fatal(err)
 	}

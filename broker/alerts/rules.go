@@ -12,15 +12,16 @@ import (
 	"github.com/credbroker/credbroker/broker/state"
 )
 
-// Issuance is one credential handed out, as the counting rules see it.
+// Issuance is one credential or node SVID handed out, as the counting rules
+// see it.
 type Issuance struct {
 	Identity, Cluster, Profile string
 	// Charges are the quotas it spent; quota_near_limit checks them.
 	Charges []state.Charge
 }
 
-// Issued counts an issued credential for mass_issuance and queues its
-// quota check. It does not block.
+// Issued counts an issued credential or node SVID for mass_issuance and
+// queues its quota check (node SVIDs spend no quota). It does not block.
 func (a *Alerter) Issued(ctx context.Context, is Issuance) {
 	r := a.cfg.Rules.MassIssuance
 	for _, k := range [...]struct{ kind, key string }{{"identity", is.Identity}, {"cluster", is.Cluster}} {

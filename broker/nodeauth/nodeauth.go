@@ -100,8 +100,19 @@ type NodeDeps struct {
 	// identity (broker.Revocations), so that the Gate refuses it everywhere
 	// like any other revoked identity.
 	Revocations Revoker
-	// Alerts raises node_evicted for every eviction; nil: none.
-	Alerts alerts.Emitter
+	// Alerts raises node_evicted for every eviction and counts every node
+	// SVID issued (attestation and renewal) for mass_issuance, per node
+	// identity and per cluster like credentials; nil: none.
+	Alerts Alerter
+}
+
+// Alerter is what the node authority tells the alert rules
+// (broker/alerts.Alerter): evictions, and node SVIDs issued, which count
+// toward mass_issuance as credentials do, so that a bootstrap path minting
+// node SVIDs in bulk for a cluster is noticed.
+type Alerter interface {
+	alerts.Emitter
+	Issued(ctx context.Context, is alerts.Issuance)
 }
 
 // Revoker is the part of broker.Revocations the node authority uses.
@@ -327,7 +338,8 @@ func (n *NodeAuthority) sign(ctx context.Context, csr []byte, id spiffeid.ID, re
 	return out, nil
 }
 
-// issued records the issued SVID; nothing is returned unless it is on record.
+// issued records the issued SVID (nothing is returned unless it is on
+// record) and counts it for mass_issuance.
 func (n *NodeAuthority) issued(ctx context.Context, rec *audit.Record, detail string) error {
 	rec.Decision, rec.Reason = audit.DecisionIssued, ""
 	if _, err := n.d.Audit.Append(*rec); err != nil {
@@ -336,6 +348,9 @@ func (n *NodeAuthority) issued(ctx context.Context, rec *audit.Record, detail st
 	n.d.Log.LogAttrs(ctx, slog.LevelInfo, "node SVID issued", slog.String("issuance_id", rec.IssuanceID),
 		slog.String("node", rec.Caller), slog.String("attestation", rec.Attestation), slog.String("detail", detail),
 		slog.String("serial", rec.UpstreamRef), slog.Time("expires_at", rec.ExpiresAt))
+	if n.d.Alerts != nil {
+		n.d.Alerts.Issued(ctx, alerts.Issuance{Identity: rec.Caller, Cluster: rec.Cluster, Profile: NodeSVIDProfile})
+	}
 	return nil
 }
 

@@ -15,7 +15,6 @@ import (
 	"github.com/credbroker/credbroker/attest/awsiid"
 	"github.com/credbroker/credbroker/attest/psat"
 	"github.com/credbroker/credbroker/broker"
-	"github.com/credbroker/credbroker/broker/alerts"
 	"github.com/credbroker/credbroker/broker/audit"
 	"github.com/credbroker/credbroker/broker/config"
 	"github.com/credbroker/credbroker/broker/nodeauth"
@@ -30,7 +29,7 @@ const defaultPSATAudience = "credbroker"
 // it: the configured verifiers and the node CA, with join tokens and the
 // node registry kept in st. It also makes the broker trust the node CA for
 // its own trust domain.
-func buildNodeAuthority(cfg *config.Config, t *trust, st nodeauth.State, auditLog *audit.Log, refusals *broker.Refusals, revocations nodeauth.Revoker, alerter alerts.Emitter, log *slog.Logger) (*nodeauth.NodeAuthority, error) {
+func buildNodeAuthority(cfg *config.Config, t *trust, st nodeauth.State, auditLog *audit.Log, refusals *broker.Refusals, revocations nodeauth.Revoker, alerter nodeauth.Alerter, log *slog.Logger) (*nodeauth.NodeAuthority, error) {
 	na := cfg.NodeAttestation
 	if na == nil {
 		return nil, nil
