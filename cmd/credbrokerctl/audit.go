@@ -62,8 +62,8 @@ from the broker, not the whole walk, so a chain of millions of records is
 verified with the default.
 
 With --file FILE (- for stdin) it verifies an export offline, without the
-broker: one replica's 'audit export', or several replicas' exports merged
-by 'audit merge'. The records of each replica id must form a chain (seqs
+broker: one replica's 'audit export', or several replicas' chains merged by
+'audit export' (given each replica) or 'audit merge'. The records of each replica id must form a chain (seqs
 contiguous, each linking to the previous one's hash, every hash right);
 each replica is reported on its own line:
   replica ID OK: N records, seq F to L, head HASH
@@ -159,7 +159,8 @@ func newAuditMergeCmd(a *app) *cobra.Command {
 		Use:   "merge FILE...",
 		Short: "Merge replicas' audit exports into one time-ordered stream",
 		Long: `Merge the audit exports of several broker replicas (each replica's
-'audit export', or earlier merges) into one stream on stdout, ordered by
+'audit export', or earlier merges) into one stream on stdout (to export
+running replicas merged in one step, give 'audit export' each of them), ordered by
 record time, ties broken by replica id, then seq: the same files always merge
 to the same bytes. Lines are copied byte for byte, so each replica's chain
 still verifies in the merge ('audit verify --file'). The files are read once,
@@ -249,13 +250,13 @@ func (a *app) verifyStream(ctx context.Context, req *credbrokerv1.VerifyAuditReq
 		return nil, err
 	}
 	defer closeConn()
-	ctx, touch, stop := a.idleBound(ctx)
-	defer stop()
+	ctx, idle := a.idleBound(ctx)
+	defer idle.stop()
 	bar := a.progressBar("verify")
 	defer bar.clear()
 	stream, err := client.VerifyAudit(ctx, req)
 	if err != nil {
-		return nil, a.streamError(ctx, err)
+		return nil, a.streamError(ctx, a.target(), err)
 	}
 	for {
 		resp, err := stream.Recv()
@@ -264,9 +265,9 @@ func (a *app) verifyStream(ctx context.Context, req *credbrokerv1.VerifyAuditReq
 			return nil, errors.New("the broker ended the verification without a result")
 		case err != nil:
 			bar.clear()
-			return nil, a.streamError(ctx, err)
+			return nil, a.streamError(ctx, a.target(), err)
 		}
-		touch()
+		idle.touch()
 		if r := resp.GetResult(); r != nil {
 			return r, nil
 		}
@@ -276,13 +277,42 @@ func (a *app) verifyStream(ctx context.Context, req *credbrokerv1.VerifyAuditReq
 	}
 }
 
-// idleBound returns ctx cancelled (with cause errIdle) once --timeout
-// passes without a call to touch: a long stream may run as long as the
-// broker keeps sending. stop releases the timer.
-func (a *app) idleBound(ctx context.Context) (_ context.Context, touch, stop func()) {
+// idleTimer cancels a stream's context (with cause errIdle) once --timeout
+// passes with the broker owing a message, so a long stream may run as long
+// as the broker keeps sending.
+type idleTimer struct {
+	timer   *time.Timer
+	timeout time.Duration
+	cancel  context.CancelCauseFunc
+}
+
+// idleBound returns ctx bounded by an idle timer, running.
+func (a *app) idleBound(ctx context.Context) (context.Context, *idleTimer) {
 	ctx, cancel := context.WithCancelCause(ctx)
-	idle := time.AfterFunc(a.timeout, func() { cancel(errIdle) })
-	return ctx, func() { idle.Reset(a.timeout) }, func() { idle.Stop(); cancel(nil) }
+	return ctx, &idleTimer{timer: time.AfterFunc(a.timeout, func() { cancel(errIdle) }), timeout: a.timeout, cancel: cancel}
+}
+
+// touch restarts the timer: a message arrived, or the CLI is ready for one.
+func (t *idleTimer) touch() { t.timer.Reset(t.timeout) }
+
+// hold stops the timer while the CLI itself is busy, e.g. writing to a
+// slow reader, or a merge taking other replicas' records first: that time
+// is not the broker's silence.
+func (t *idleTimer) hold() { t.timer.Stop() }
+
+// stop releases the timer and the context.
+func (t *idleTimer) stop() { t.timer.Stop(); t.cancel(nil) }
+
+// heldWriter writes to w with the idle timer held.
+type heldWriter struct {
+	w    io.Writer
+	idle *idleTimer
+}
+
+func (h heldWriter) Write(p []byte) (int, error) {
+	h.idle.hold()
+	defer h.idle.touch()
+	return h.w.Write(p)
 }
 
 func newAuditExportCmd(a *app) *cobra.Command {
@@ -304,17 +334,40 @@ whole export. On a terminal a progress bar is drawn on stderr.
 With --mark-exported, once every record has been written (and stdout
 flushed without error) the broker is told the chain is exported through the
 last seq written (see 'audit exported'): with audit.require_export,
-housekeeping prunes only that far.`,
+housekeeping prunes only that far.
+
+Replicas: give --broker (or --socket) once for each replica, and their
+chains are exported together as one stream, merged as 'audit merge' merges
+files: ordered by record time, ties broken by replica id, then seq, each
+line byte for byte as its replica stored it, so 'audit verify --file'
+checks every replica's chain in it. The replicas are read at once, one
+record of each held at a time. Nothing is written until every replica has
+answered: one that cannot be reached fails the command (exit 1) naming it,
+never a partial export without an error; one failing midway stops the
+export with an error naming it and saying the output is incomplete.
+--mark-exported then marks each replica through its own last record, once
+the whole merge is written. --after-seq is one chain's seq and does not go
+with several replicas. The counts go to stderr.`,
 		Example: `  credbrokerctl audit export > audit.jsonl
   credbrokerctl audit export --after-seq "$(tail -n1 audit.jsonl | jq -r .seq)" >> audit.jsonl
-  credbrokerctl audit export --mark-exported > "audit-$(date +%F).jsonl"`,
-		Args: noArgs,
+  credbrokerctl audit export --mark-exported > "audit-$(date +%F).jsonl"
+  credbrokerctl --svid-dir ./admin --broker credbroker-0.credbroker:8443 \
+    --broker credbroker-1.credbroker:8443 --broker credbroker-2.credbroker:8443 \
+    audit export > fleet.jsonl && credbrokerctl audit verify --file fleet.jsonl`,
+		Annotations: map[string]string{annotationReplicas: "true"},
+		Args:        noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			last, err := a.exportAudit(cmd.Context(), afterSeq)
+			if replicas := a.replicas(); len(replicas) > 1 {
+				if cmd.Flags().Changed("after-seq") {
+					return usagef("--after-seq is one replica's seq: export the replicas one at a time, or all from the start")
+				}
+				return a.exportMerged(cmd.Context(), replicas, mark)
+			}
+			last, err := a.exportAudit(cmd.Context(), a.target(), afterSeq, a.stdout, a.progressBar("export"))
 			if err != nil || !mark || last == 0 {
 				return err
 			}
-			return a.markExported(cmd.Context(), last)
+			return a.markExported(cmd.Context(), a.target(), last)
 		},
 	}
 	cmd.Flags().Uint64Var(&afterSeq, "after-seq", 0, "start after this sequence number (0 = from the first record)")
@@ -326,21 +379,20 @@ housekeeping prunes only that far.`,
 // export follows pages until one comes back short.
 var exportPageSize int32 = 1000
 
-// exportAudit writes the records after afterSeq and returns the last seq
-// written (0: none).
-func (a *app) exportAudit(ctx context.Context, afterSeq uint64) (uint64, error) {
+// exportAudit writes the records of t after afterSeq to w, drawing its
+// progress on bar (nil: none), and returns the last seq written (0: none).
+func (a *app) exportAudit(ctx context.Context, t target, afterSeq uint64, w io.Writer, bar *progressBar) (uint64, error) {
 	req := &credbrokerv1.ExportAuditRequest{PageSize: exportPageSize}
 	if afterSeq > 0 {
 		req.Start = &credbrokerv1.ExportAuditRequest_AfterSeq{AfterSeq: afterSeq}
 	}
-	bar := a.progressBar("export")
 	defer bar.clear()
 	total := 0
 	var last uint64
 	for {
 		var n int
 		var token string
-		err := a.streamAudit(ctx, req, total, func(resp *credbrokerv1.ExportAuditResponse) (string, error) {
+		err := a.streamAudit(ctx, t, w, req, total, func(resp *credbrokerv1.ExportAuditResponse) (string, error) {
 			if resp.GetCanonicalJson() == "" {
 				return "", errors.New("the broker sent a record without its canonical form")
 			}
@@ -366,11 +418,13 @@ func (a *app) exportAudit(ctx context.Context, afterSeq uint64) (uint64, error) 
 	}
 }
 
-// streamAudit runs an ExportAudit stream and writes one line per record as
-// render makes it; already is how many records earlier pages wrote. Without req.Follow, --timeout bounds the wait for each
-// record; a follower waits for new records as long as it runs.
-func (a *app) streamAudit(ctx context.Context, req *credbrokerv1.ExportAuditRequest, already int, render func(*credbrokerv1.ExportAuditResponse) (string, error)) error {
-	client, closeConn, err := a.dial()
+// streamAudit runs an ExportAudit stream of t and writes one line per
+// record to w as render makes it; already is how many records earlier pages
+// wrote. Without req.Follow, --timeout bounds the wait for each record (not
+// the time w takes to accept it); a follower waits for new records as long
+// as it runs.
+func (a *app) streamAudit(ctx context.Context, t target, w io.Writer, req *credbrokerv1.ExportAuditRequest, already int, render func(*credbrokerv1.ExportAuditResponse) (string, error)) error {
+	client, closeConn, err := a.dialTarget(t)
 	if err != nil {
 		return err
 	}
@@ -378,10 +432,11 @@ func (a *app) streamAudit(ctx context.Context, req *credbrokerv1.ExportAuditRequ
 	// An export may legitimately run for long; what must not happen is a
 	// broker that stops sending. The deadline moves with every record.
 	if !req.GetFollow() {
-		var touch, stop func()
-		ctx, touch, stop = a.idleBound(ctx)
-		defer stop()
-		render = resetting(touch, render)
+		var idle *idleTimer
+		ctx, idle = a.idleBound(ctx)
+		defer idle.stop()
+		render = resetting(idle.touch, render)
+		w = heldWriter{w, idle}
 	} else {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithCancel(ctx)
@@ -390,9 +445,9 @@ func (a *app) streamAudit(ctx context.Context, req *credbrokerv1.ExportAuditRequ
 
 	stream, err := client.ExportAudit(ctx, req)
 	if err != nil {
-		return a.streamError(ctx, err)
+		return a.streamError(ctx, t, err)
 	}
-	out := bufio.NewWriter(a.stdout)
+	out := bufio.NewWriter(w)
 	n := already
 	for {
 		resp, err := stream.Recv()
@@ -406,7 +461,7 @@ func (a *app) streamAudit(ctx context.Context, req *credbrokerv1.ExportAuditRequ
 			if req.GetFollow() && ctx.Err() != nil {
 				return nil // interrupted by the user: a follower's normal end
 			}
-			return fmt.Errorf("export stopped after %d records: %w", n, a.streamError(ctx, err))
+			return fmt.Errorf("export stopped after %d records: %w", n, a.streamError(ctx, t, err))
 		}
 		line, err := render(resp)
 		if err != nil {
@@ -454,17 +509,17 @@ chain's head is refused. 'audit export --mark-exported' marks what it wrote.`,
 			if through == 0 {
 				return usageError{errors.New("--through SEQ is required")}
 			}
-			return a.markExported(cmd.Context(), through)
+			return a.markExported(cmd.Context(), a.target(), through)
 		},
 	}
 	cmd.Flags().Uint64Var(&through, "through", 0, "the last seq exported")
 	return cmd
 }
 
-// markExported marks the chain exported through seq and says so (on
+// markExported marks t's chain exported through seq and says so (on
 // stderr after an export, whose stdout is the records).
-func (a *app) markExported(ctx context.Context, through uint64) error {
-	resp, err := call(ctx, a, func(ctx context.Context, c credbrokerv1.AdminServiceClient) (*credbrokerv1.MarkAuditExportedResponse, error) {
+func (a *app) markExported(ctx context.Context, t target, through uint64) error {
+	resp, err := callAt(ctx, a, t, func(ctx context.Context, c credbrokerv1.AdminServiceClient) (*credbrokerv1.MarkAuditExportedResponse, error) {
 		return c.MarkAuditExported(ctx, &credbrokerv1.MarkAuditExportedRequest{ThroughSeq: through})
 	})
 	if err != nil {
@@ -498,7 +553,7 @@ makes 'audit tail -f -o json' a feed for a SIEM.`,
 			if a.jsonOutput() {
 				render = func(r *credbrokerv1.ExportAuditResponse) (string, error) { return r.GetCanonicalJson(), nil }
 			}
-			return a.streamAudit(cmd.Context(), req, 0, render)
+			return a.streamAudit(cmd.Context(), a.target(), a.stdout, req, 0, render)
 		},
 	}
 	cmd.Flags().Uint64VarP(&last, "lines", "n", 10, "how many of the latest records to show first")
@@ -539,9 +594,9 @@ func orDash(s string) string {
 
 var errIdle = errors.New("broker stopped sending")
 
-func (a *app) streamError(ctx context.Context, err error) error {
+func (a *app) streamError(ctx context.Context, t target, err error) error {
 	if errors.Is(context.Cause(ctx), errIdle) {
 		return fmt.Errorf("broker sent nothing for %v (see --timeout)", a.timeout)
 	}
-	return a.rpcError(err)
+	return a.rpcErrorAt(t, err)
 }

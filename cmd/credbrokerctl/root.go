@@ -29,6 +29,10 @@ const (
 // annotationAWSPolicy marks a command that accepts -o aws-policy.
 const annotationAWSPolicy = "credbrokerctl/aws-policy"
 
+// annotationReplicas marks a command that accepts --socket and --broker
+// more than once, one for each replica (audit export).
+const annotationReplicas = "credbrokerctl/replicas"
+
 // app holds the global flags and the process environment the commands use.
 type app struct {
 	socket  string
@@ -41,6 +45,11 @@ type app struct {
 	broker, svidDir, brokerID string
 	workloadAPI, spiffeID     string
 	identity                  *brokerclient.Identity
+	// sockets and brokers are every --socket and --broker given (a command
+	// annotated annotationReplicas takes several); socket and broker are
+	// the one every other command talks to.
+	sockets, brokers []string
+	socketsChanged   bool
 
 	now    func() time.Time
 	getenv func(string) string
@@ -83,6 +92,9 @@ SPIFFE Workload API (--workload-api-socket, default $SPIFFE_ENDPOINT_SOCKET;
 			if a.timeout <= 0 {
 				return usagef("--timeout must be positive")
 			}
+			if err := a.resolveTargets(cmd); err != nil {
+				return err
+			}
 			return a.resolveIdentity(cmd)
 		},
 	}
@@ -95,10 +107,10 @@ SPIFFE Workload API (--workload-api-socket, default $SPIFFE_ENDPOINT_SOCKET;
 		socket = env
 	}
 	f := root.PersistentFlags()
-	f.StringVar(&a.socket, "socket", socket, "path of the broker's admin unix socket (env "+socketEnv+")")
+	f.StringArrayVar(&a.sockets, "socket", []string{socket}, "path of the broker's admin unix socket (env "+socketEnv+"); audit export takes one per replica")
 	f.StringVarP(&a.output, "output", "o", outputTable, "output format: table or json (revoke also: aws-policy)")
 	f.DurationVar(&a.timeout, "timeout", 10*time.Second, "how long to wait for the broker to answer (for verify and export: for each message, not the whole stream)")
-	f.StringVar(&a.broker, "broker", "", "use the admin API over mTLS at this gRPC address instead of the socket")
+	f.StringArrayVar(&a.brokers, "broker", nil, "use the admin API over mTLS at this gRPC address instead of the socket; audit export takes one per replica")
 	f.StringVar(&a.svidDir, "svid-dir", "", "with --broker: directory with the admin's svid.pem, svid_key.pem, bundle.pem")
 	f.StringVar(&a.workloadAPI, "workload-api-socket", "", "with --broker: SPIFFE Workload API address for the admin's SVID, e.g. unix:///run/spire/agent.sock (default: env "+svidsource.EndpointEnv+")")
 	f.StringVar(&a.spiffeID, "spiffe-id", "", "with the Workload API: the SPIFFE ID of the admin SVID when the agent gives several (default: its first)")
@@ -106,6 +118,43 @@ SPIFFE Workload API (--workload-api-socket, default $SPIFFE_ENDPOINT_SOCKET;
 
 	root.AddCommand(newIssuancesCmd(a), newAuditCmd(a), newJoinTokenCmd(a), newNodesCmd(a), newRevokeCmd(a), newClustersCmd(a), newQuotaCmd(a), newApprovalsCmd(a), newPolicyCmd(a))
 	return root
+}
+
+// resolveTargets settles which broker the command talks to, and refuses
+// several --socket or --broker values but for a command that merges
+// replicas.
+func (a *app) resolveTargets(cmd *cobra.Command) error {
+	a.socketsChanged = cmd.Flags().Changed("socket")
+	if cmd.Annotations[annotationReplicas] == "" {
+		for name, values := range map[string][]string{"socket": a.sockets, "broker": a.brokers} {
+			if len(values) > 1 {
+				return usagef("--%s given %d times: only audit export reads several replicas", name, len(values))
+			}
+		}
+	}
+	if len(a.sockets) > 0 {
+		a.socket = a.sockets[len(a.sockets)-1]
+	}
+	if len(a.brokers) > 0 {
+		a.broker = a.brokers[len(a.brokers)-1]
+	}
+	return nil
+}
+
+// replicas is every broker the flags name, for a command that reads each
+// replica: every --broker, and every --socket given (the default socket
+// only when neither is).
+func (a *app) replicas() []target {
+	var ts []target
+	if a.socketsChanged || len(a.brokers) == 0 {
+		for _, s := range a.sockets {
+			ts = append(ts, target{socket: s})
+		}
+	}
+	for _, b := range a.brokers {
+		ts = append(ts, target{broker: b})
+	}
+	return ts
 }
 
 // resolveIdentity settles where the admin's identity comes from when
