@@ -42,6 +42,17 @@ AWS SDK program in the same pod through the container-credentials endpoint:
   GET http://LISTEN/healthz               200 when every credential is valid, else 503
   GET http://LISTEN/metrics               Prometheus metrics
 
+LISTEN is on loopback only. For Prometheus and the kubelet, --metrics-listen
+ADDR (e.g. :9912) starts a second server on an address of its own, reachable
+from outside the pod, that answers only
+
+  GET http://ADDR/metrics                 the same metrics
+  GET http://ADDR/healthz                 200 or 503 as above, naming the missing
+                                          credentials but not why (see LISTEN)
+
+and 404 to anything else: it never serves a credential. It is up before the
+first credential is fetched. It must not share --listen's port.
+
 Give the controller container these environment variables (the AWS SDKs and
 CLI then need no code or config change):
 
@@ -100,6 +111,7 @@ Flags:
 
 type options struct {
 	broker, brokerID, svidDir, socket, listen, tokenFile, tokenMode string
+	metricsListen                                                   string
 	profile, cluster, credFile                                      string
 	credentials                                                     []string
 	refreshAt                                                       float64
@@ -130,6 +142,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	fs.StringVar(&o.socket, "workload-api-socket", os.Getenv("SPIFFE_ENDPOINT_SOCKET"), "SPIFFE Workload API address, e.g. unix:///run/spire/agent.sock (env SPIFFE_ENDPOINT_SOCKET)")
 	fs.StringVar(&o.spiffeID, "spiffe-id", "", "with the Workload API: the SPIFFE ID of the SVID to use when the agent gives several (default: its first)")
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:9911", "loopback IP:PORT to serve on (127.0.0.0/8 or [::1]; port 0 picks one)")
+	fs.StringVar(&o.metricsListen, "metrics-listen", "", "IP:PORT or :PORT to serve only /metrics and /healthz on, for Prometheus and the kubelet (never credentials; a port other than --listen's); empty: off")
 	fs.StringVar(&o.tokenFile, "token-file", "", "authorization token file; created with a fresh random token if missing (required)")
 	fs.StringVar(&o.tokenMode, "token-file-mode", "0600", "mode of a token file the sidecar creates, e.g. 0640 for a shared fsGroup")
 	fs.Func("credential", "credential to serve, NAME=PROFILE[@NS/CLUSTER][,ttl=DURATION] (repeatable)", func(s string) error {
@@ -174,7 +187,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 
 	err = sidecar.Run(ctx, sidecar.Options{
 		Broker: o.broker, BrokerID: o.brokerID, SVIDs: src, Bundles: src,
-		Credentials: specs, Listen: o.listen, Token: token,
+		Credentials: specs, Listen: o.listen, MetricsListen: o.metricsListen, Token: token,
 		CredentialsFile: o.credFile, RefreshAt: o.refreshAt, Logger: log, NoWatch: !o.watch, ServedLifetime: o.servedLifetime,
 	})
 	if err != nil {
@@ -213,6 +226,11 @@ func (o *options) check(rest []string) ([]sidecar.Spec, os.FileMode, error) {
 	}
 	if err := sidecar.CheckListen(o.listen); err != nil {
 		return nil, 0, err
+	}
+	if o.metricsListen != "" {
+		if err := sidecar.CheckMetricsListen(o.metricsListen, o.listen); err != nil {
+			return nil, 0, fmt.Errorf("--metrics-listen: %w", err)
+		}
 	}
 	mode, err := strconv.ParseUint(o.tokenMode, 8, 32)
 	if err != nil || mode > 0o777 {

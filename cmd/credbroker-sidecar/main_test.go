@@ -30,6 +30,9 @@ func TestUsageErrors(t *testing.T) {
 		{append(base, "--credential", "x"), "NAME=PROFILE"},
 		{append(base, "--profile", "p", "--credential", "default=q"), "defined twice"},
 		{append(base, "--profile", "p", "--token-file-mode", "9"), "octal"},
+		{append(base, "--profile", "p", "--metrics-listen", "127.0.0.1:9911"), "--metrics-listen: sidecar: metrics listen address \"127.0.0.1:9911\" overlaps the credentials listen address \"127.0.0.1:9911\": give the metrics listener a port of its own"},
+		{append(base, "--profile", "p", "--listen", "127.0.0.1:9000", "--metrics-listen", ":9000"), "a port of its own"},
+		{append(base, "--profile", "p", "--metrics-listen", "metrics.local:9912"), "IP literal or empty"},
 		{append(base, "--profile", "p", "extra"), "unexpected arguments"},
 	} {
 		var stderr bytes.Buffer
@@ -44,7 +47,7 @@ func TestHelpExplainsTheControllerEnvironment(t *testing.T) {
 	if code := run(context.Background(), []string{"--help"}, &stderr); code != 0 {
 		t.Fatalf("--help exit %d", code)
 	}
-	for _, want := range []string{"AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "--credential", "-token-file-mode"} {
+	for _, want := range []string{"AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "--credential", "-token-file-mode", "-metrics-listen", "never serves a credential"} {
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("--help lacks %q", want)
 		}

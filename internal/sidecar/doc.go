@@ -8,6 +8,8 @@
 // lifetime, makes at most one upstream call at a time, keeps serving the last
 // good credential while the broker is down, retries with bounded jittered
 // backoff, and never hands out a credential that expires within ExpirySkew.
-// Handler serves the credentials, /healthz and /metrics; Run wires it all,
-// and is what cmd/credbroker-sidecar calls.
+// Handler serves the credentials, /healthz and /metrics on loopback, and
+// Handler.MonitorHandler /healthz and /metrics alone on a listener of their
+// own that Prometheus and the kubelet can reach; Run wires it all, and is
+// what cmd/credbroker-sidecar calls.
 package sidecar

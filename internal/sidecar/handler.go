@@ -73,11 +73,31 @@ func NewHandler(token string, refreshers []*Refresher, metrics http.Handler, opt
 	}
 	slices.Sort(h.names)
 	h.mux.HandleFunc("GET "+CredentialsPath+"{name}", h.serveCredential)
-	h.mux.HandleFunc("GET /healthz", h.serveHealth)
+	h.mux.HandleFunc("GET /healthz", h.health(true))
 	if metrics != nil {
 		h.mux.Handle("GET /metrics", metrics)
 	}
 	return h, nil
+}
+
+// MonitorHandler returns the handler of the metrics listener, which is
+// reachable from outside the pod (Prometheus, the kubelet's probes):
+//
+//	GET /metrics  metrics (Prometheus text format)
+//	GET /healthz  200 when every credential is valid, else 503 naming those that are not
+//
+// and 404 for anything else. It never serves a credential and never reads
+// an Authorization header. Its /healthz does not say why a credential is
+// missing: the broker's messages (policy, revocations and who made them)
+// stay on the loopback /healthz.
+func (h *Handler) MonitorHandler(metrics http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", h.health(false))
+	mux.Handle("GET /metrics", metrics)
+	// Without a catch-all, a known path with another method would be 405;
+	// everything else is simply not here.
+	mux.Handle("/", http.NotFoundHandler())
+	return mux
 }
 
 // ServeHTTP implements http.Handler.
@@ -136,25 +156,34 @@ func (h *Handler) serveCredential(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-func (h *Handler) serveHealth(w http.ResponseWriter, _ *http.Request) {
-	w.Header().Set("Cache-Control", "no-store")
-	var bad []string
-	for _, name := range h.names {
-		if _, ok := h.creds[name].Current(); !ok {
+// health serves /healthz; with detail it says why each missing credential
+// is missing, else it names them only.
+func (h *Handler) health(detail bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Cache-Control", "no-store")
+		var bad []string
+		for _, name := range h.names {
+			if _, ok := h.creds[name].Current(); ok {
+				continue
+			}
+			if !detail {
+				bad = append(bad, name)
+				continue
+			}
 			why := describe(h.creds[name].LastError())
 			if n, revoked := h.creds[name].Revoked(); revoked {
 				why = fmt.Sprintf("%v: %s", ErrRevoked, n)
 			}
 			bad = append(bad, fmt.Sprintf("%s: %s", name, why))
 		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if len(bad) > 0 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintf(w, "no valid credential for %s\n", strings.Join(bad, "; "))
+			return
+		}
+		fmt.Fprintln(w, "ok")
 	}
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	if len(bad) > 0 {
-		w.WriteHeader(http.StatusServiceUnavailable)
-		fmt.Fprintf(w, "no valid credential for %s\n", strings.Join(bad, "; "))
-		return
-	}
-	fmt.Fprintln(w, "ok")
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

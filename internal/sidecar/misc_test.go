@@ -223,3 +223,133 @@ func TestRunStartup(t *testing.T) {
 		t.Error("Run listened on a non-loopback address")
 	}
 }
+
+func TestCheckMetricsListen(t *testing.T) {
+	const listen = "127.0.0.1:9911"
+	for addr, ok := range map[string]bool{
+		":9912": true, "0.0.0.0:9912": true, "[::]:9912": true, "10.0.0.1:9912": true, "127.0.0.1:9912": true,
+		"127.0.0.2:9911": true, "[::1]:9911": true, "127.0.0.1:0": true,
+		// the credentials listener's own port
+		"127.0.0.1:9911": false, ":9911": false, "0.0.0.0:9911": false, "[::]:9911": false, "[::ffff:127.0.0.1]:9911": false, "127.0.0.1:09911": false,
+		// not an IP literal and a port number
+		"localhost:9912": false, "[fe80::1%eth0]:9912": false, ":metrics": false, ":65536": false, "9912": false, "": false,
+	} {
+		if err := CheckMetricsListen(addr, listen); (err == nil) != ok {
+			t.Errorf("CheckMetricsListen(%q, %q) = %v, want ok=%v", addr, listen, err, ok)
+		}
+	}
+	if err := CheckMetricsListen("127.0.0.1:0", "127.0.0.1:0"); err != nil {
+		t.Errorf("two picked ports refused: %v", err)
+	}
+	if err := CheckMetricsListen(":9911", listen); err == nil || !strings.Contains(err.Error(), "a port of its own") {
+		t.Errorf("same port: %v, want the reason", err)
+	}
+}
+
+// TestRunMetricsListener: with MetricsListen, a second server answers GET
+// /metrics (the expiry gauge the CredbrokerSidecarCredentialNearExpiry alert
+// reads) and GET /healthz, from before the first fetch on, and nothing else:
+// the credentials endpoint is not there even with the right token, and its
+// /healthz names a missing credential without the broker's reason.
+func TestRunMetricsListener(t *testing.T) {
+	b, client := startBroker(t)
+	clk := newFakeClock(t0)
+	b.give("AKMET", t0.Add(time.Hour))
+	gate := make(chan struct{})
+	b.mu.Lock()
+	b.gate = gate
+	b.mu.Unlock()
+	metricsAddrs, addrs := make(chan net.Addr, 1), make(chan net.Addr, 1)
+	opts := Options{
+		Upstream: client, Credentials: []Spec{{Name: "default", Profile: "capa"}}, NoWatch: true, Clock: clk,
+		Listen: "127.0.0.1:0", MetricsListen: "127.0.0.1:0", Token: testToken, Logger: logTo(new(bytes.Buffer)),
+		Listening: func(a net.Addr) { addrs <- a }, MetricsListening: func(a net.Addr) { metricsAddrs <- a },
+	}
+	start := func() (done chan error, stop func()) {
+		ctx, cancel := context.WithCancel(t.Context())
+		done = make(chan error, 1)
+		go func() { done <- Run(ctx, opts) }()
+		return done, func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run after cancel = %v", err)
+			}
+		}
+	}
+	wait := func(ch chan net.Addr, done chan error) string {
+		t.Helper()
+		select {
+		case a := <-ch:
+			return "http://" + a.String()
+		case err := <-done:
+			t.Fatalf("Run returned %v", err)
+		case <-time.After(watchdog):
+			t.Fatal("not serving")
+		}
+		return ""
+	}
+	const gauge = `credbroker_sidecar_credential_expiry_seconds{credential="default"} `
+
+	done, stop := start()
+	mon := wait(metricsAddrs, done)
+	// The first fetch waits at the broker: metrics and health answer already.
+	b.waitCall(t)
+	if code, _, body := get(t, mon+"/healthz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "default") {
+		t.Errorf("healthz before the first credential = %d %q, want 503 naming it", code, body)
+	}
+	if code, _, body := get(t, mon+"/metrics"); code != http.StatusOK || !strings.Contains(body, gauge+"0\n") {
+		t.Errorf("metrics before the first credential = %d, want %s0 in:\n%s", code, gauge, body)
+	}
+	close(gate)
+	api := wait(addrs, done)
+	if code, _, body := get(t, mon+"/healthz"); code != http.StatusOK || body != "ok\n" {
+		t.Errorf("healthz = %d %q, want 200", code, body)
+	}
+	if code, _, body := get(t, mon+"/metrics"); code != http.StatusOK || !strings.Contains(body, gauge+"3600\n") ||
+		!strings.Contains(body, `credbroker_sidecar_refreshes_total{credential="default",result="success"} 1`) {
+		t.Errorf("metrics = %d, want %s3600 and one success in:\n%s", code, gauge, body)
+	}
+	for _, path := range []string{CredentialsPath + "default", CredentialsPath, "/", "/metricsx", "/healthz/"} {
+		if code, _, body := get(t, mon+path, testToken); code != http.StatusNotFound || strings.Contains(body, "AKMET") {
+			t.Errorf("GET %s with the token on the metrics listener = %d %q, want 404", path, code, body)
+		}
+	}
+	for _, method := range []string{http.MethodPost, http.MethodPut, http.MethodDelete} {
+		req, _ := http.NewRequest(method, mon+"/metrics", nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNotFound {
+			t.Errorf("%s /metrics = %d, want 404", method, resp.StatusCode)
+		}
+	}
+	if code, _, body := get(t, api+CredentialsPath+"default", testToken); code != http.StatusOK || !strings.Contains(body, "AKMET") {
+		t.Errorf("the loopback endpoint = %d %q, want the credential", code, body)
+	}
+	stop()
+
+	// The broker refuses for now: both say 503; only loopback says why.
+	b.fail(status.Error(codes.Unavailable, "broker down for maintenance"))
+	done, stop = start()
+	mon = wait(metricsAddrs, done)
+	api = wait(addrs, done)
+	if code, _, body := get(t, api+"/healthz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "maintenance") {
+		t.Errorf("loopback healthz = %d %q, want 503 with the reason", code, body)
+	}
+	if code, _, body := get(t, mon+"/healthz"); code != http.StatusServiceUnavailable || body != "no valid credential for default\n" {
+		t.Errorf("metrics healthz = %d %q, want 503 naming the credential only", code, body)
+	}
+	if _, _, body := get(t, mon+"/metrics"); !strings.Contains(body, gauge+"0\n") ||
+		!strings.Contains(body, `credbroker_sidecar_refreshes_total{credential="default",result="unavailable"} 1`) {
+		t.Errorf("metrics with the broker down, want %s0 and one unavailable in:\n%s", gauge, body)
+	}
+	stop()
+
+	opts.Listen = "127.0.0.1:9911"
+	opts.MetricsListen = ":9911"
+	if err := Run(t.Context(), opts); err == nil || !strings.Contains(err.Error(), "a port of its own") {
+		t.Errorf("Run with the metrics on the credentials port = %v, want a refusal", err)
+	}
+}

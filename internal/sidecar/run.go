@@ -12,6 +12,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"golang.org/x/net/netutil"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 
@@ -40,6 +41,11 @@ type Options struct {
 	Credentials []Spec
 	// Listen is a loopback HOST:PORT (see CheckListen); port 0 picks one.
 	Listen string
+	// MetricsListen, when set, is a HOST:PORT of its own (see
+	// CheckMetricsListen) where a second server answers GET /metrics and
+	// GET /healthz only (Handler.MonitorHandler), for Prometheus and the
+	// kubelet: it never serves credentials.
+	MetricsListen string
 	// Token is what the Authorization header must hold.
 	Token string
 	// CredentialsFile, when set, is kept as an AWS shared-credentials file.
@@ -60,10 +66,39 @@ type Options struct {
 	// Listening, when set, is called with the bound address once the
 	// endpoint accepts connections (also logged as msg=serving addr=...).
 	Listening func(net.Addr)
+	// MetricsListening, likewise for MetricsListen (logged as msg="serving
+	// metrics"). The metrics listener is up before the first credential
+	// requests are made, so a slow start is seen and scraped.
+	MetricsListening func(net.Addr)
+}
+
+// Bounds of both HTTP servers: a client cannot hold a connection open by
+// sending slowly, nor fill memory with headers (the AWS SDKs send a few
+// hundred bytes).
+const (
+	readHeaderTimeout = 10 * time.Second
+	idleTimeout       = time.Minute
+	maxHeaderBytes    = 16 << 10
+)
+
+// Bounds of the metrics server, which the pod network reaches: a request is
+// read and answered within these, and it holds at most maxMetricsConns
+// connections (more wait in the kernel's accept queue). Prometheus and the
+// kubelet need one or two.
+const (
+	metricsReadTimeout  = 10 * time.Second
+	metricsWriteTimeout = 30 * time.Second
+	maxMetricsConns     = 16
+)
+
+func newServer(h http.Handler) *http.Server {
+	return &http.Server{Handler: h, ReadHeaderTimeout: readHeaderTimeout, IdleTimeout: idleTimeout, MaxHeaderBytes: maxHeaderBytes}
 }
 
 // Run fetches every credential once, serves them on Listen, and keeps them
-// fresh until ctx ends, then shuts down gracefully and returns nil.
+// fresh until ctx ends, then shuts down gracefully and returns nil. With
+// MetricsListen it serves metrics and health there too, from before the
+// first fetch on.
 //
 // Startup: a broker answer that will not change by retrying —
 // PermissionDenied, Unauthenticated, InvalidArgument, NotFound,
@@ -158,20 +193,37 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 
+	srvs := servers{served: make(chan error, 2)}
+	if o.MetricsListen != "" {
+		lis, err := net.Listen("tcp", o.MetricsListen)
+		if err != nil {
+			return fmt.Errorf("sidecar: metrics: %w", err)
+		}
+		srv := newServer(handler.MonitorHandler(metrics.Handler()))
+		srv.ReadTimeout, srv.WriteTimeout = metricsReadTimeout, metricsWriteTimeout
+		srvs.serve(netutil.LimitListener(lis, maxMetricsConns), srv)
+		log.Info("serving metrics", "addr", lis.Addr().String())
+		if o.MetricsListening != nil {
+			o.MetricsListening(lis.Addr())
+		}
+	}
+
 	if err := fetchAll(ctx, refreshers, log); err != nil {
+		srvs.shutdown(ctx)
 		return err
 	}
 
 	lis, err := net.Listen("tcp", o.Listen)
 	if err != nil {
+		srvs.shutdown(ctx)
 		return fmt.Errorf("sidecar: %w", err)
 	}
 	// Belt and braces: what was bound, not only what was asked for.
 	if err := CheckListen(lis.Addr().String()); err != nil {
 		lis.Close()
+		srvs.shutdown(ctx)
 		return err
 	}
-	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 
 	loopCtx, stopLoops := context.WithCancel(ctx)
 	defer stopLoops()
@@ -182,8 +234,7 @@ func Run(ctx context.Context, o Options) error {
 	if watcher != nil {
 		loops.Go(func() { watcher.Run(loopCtx) })
 	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(lis) }()
+	srvs.serve(lis, newServer(handler))
 	log.Info("serving", "addr", lis.Addr().String(), "credentials", len(refreshers))
 	if o.Listening != nil {
 		o.Listening(lis.Addr())
@@ -192,12 +243,10 @@ func Run(ctx context.Context, o Options) error {
 	var serveErr error
 	select {
 	case <-ctx.Done():
-	case serveErr = <-served:
+	case serveErr = <-srvs.served:
 	}
 	stopLoops()
-	shutCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ShutdownTimeout)
-	defer cancel()
-	if err := srv.Shutdown(shutCtx); err != nil && serveErr == nil {
+	if err := srvs.shutdown(ctx); err != nil && serveErr == nil {
 		serveErr = err
 	}
 	loops.Wait()
@@ -206,6 +255,30 @@ func Run(ctx context.Context, o Options) error {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// servers are the HTTP servers Run has started; served receives the end of
+// each one's Serve (its capacity is their number, so none blocks).
+type servers struct {
+	list   []*http.Server
+	served chan error
+}
+
+func (s *servers) serve(lis net.Listener, srv *http.Server) {
+	s.list = append(s.list, srv)
+	go func() { s.served <- srv.Serve(lis) }()
+}
+
+// shutdown stops every server gracefully, waiting at most ShutdownTimeout
+// for requests in progress even when ctx has ended.
+func (s *servers) shutdown(ctx context.Context) error {
+	shutCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ShutdownTimeout)
+	defer cancel()
+	var errs []error
+	for _, srv := range s.list {
+		errs = append(errs, srv.Shutdown(shutCtx))
+	}
+	return errors.Join(errs...)
 }
 
 func (o Options) check() error {
@@ -217,7 +290,13 @@ func (o Options) check() error {
 	case o.Token == "":
 		return errors.New("sidecar: authorization token is required")
 	}
-	return CheckListen(o.Listen)
+	if err := CheckListen(o.Listen); err != nil {
+		return err
+	}
+	if o.MetricsListen != "" {
+		return CheckMetricsListen(o.MetricsListen, o.Listen)
+	}
+	return nil
 }
 
 // fetchAll makes the first request for every credential at once.

@@ -281,8 +281,8 @@ func (s *apiServer) apply(t *testing.T, o object, dryRun bool) (int, []byte) {
 func (s *apiServer) installCRDs(t *testing.T) {
 	t.Helper()
 	files, _ := filepath.Glob("testdata/crds/*.yaml")
-	if len(files) != 3 {
-		t.Fatalf("%d CRD files in testdata/crds, want 3", len(files))
+	if len(files) != 4 {
+		t.Fatalf("%d CRD files in testdata/crds, want 4", len(files))
 	}
 	for _, f := range files {
 		b, err := os.ReadFile(f)

@@ -369,7 +369,9 @@ func TestAlertsAndDashboardNameRegisteredMetrics(t *testing.T) {
 // container-credentials variables point at the sidecar on loopback with the
 // token it writes, CAPA's static credentials (file variable, Secret volume)
 // are gone, and the sidecar takes its identity from the Workload API through
-// the SPIFFE CSI driver.
+// the SPIFFE CSI driver. Its metrics are on a port of their own, which a
+// PodMonitor selecting the manager's pods scrapes, and no probe makes the
+// pod's readiness or the sidecar's life depend on the broker.
 func TestCAPAComponent(t *testing.T) {
 	objs := rendered(t)["capa"]
 	var deploy object
@@ -402,10 +404,41 @@ func TestCAPAComponent(t *testing.T) {
 		t.Error("the manager still reads CAPA's static credentials file")
 	}
 	args := fmt.Sprint(get(sidecar, "args"))
-	for _, want := range []string{"--listen=127.0.0.1:9911", "--token-file=/var/run/credbroker/token", "--workload-api-socket=unix:///run/spire/sockets/", "--credential=default=capa-controller"} {
+	for _, want := range []string{"--listen=127.0.0.1:9911", "--metrics-listen=:9912", "--token-file=/var/run/credbroker/token", "--workload-api-socket=unix:///run/spire/sockets/", "--credential=default=capa-controller"} {
 		if !strings.Contains(args, want) {
 			t.Errorf("sidecar args %s lack %s", args, want)
 		}
+	}
+	ports := list(get(sidecar, "ports"))
+	if len(ports) != 1 || get(ports[0], "name") != "sidecar-metrics" || get(ports[0], "containerPort") != 9912 {
+		t.Errorf("sidecar ports %v, want only sidecar-metrics on 9912 (--metrics-listen)", ports)
+	}
+	for _, probe := range []string{"readinessProbe", "startupProbe", "livenessProbe"} {
+		if get(sidecar, probe) != nil {
+			t.Errorf("the sidecar has a %s: a broker outage or a starved metrics port would take CAPA's pod down", probe)
+		}
+	}
+	monitors := find(objs, "PodMonitor")
+	if len(monitors) != 1 {
+		t.Fatalf("%d PodMonitors, want 1 for the sidecar", len(monitors))
+	}
+	pm := monitors[0]
+	if pm.namespace() != deploy.namespace() {
+		t.Errorf("%s is not in the manager's namespace %s", pm, deploy.namespace())
+	}
+	selector, _ := get(pm, "spec", "selector", "matchLabels").(map[string]any)
+	podLabels, _ := get(deploy, "spec", "template", "metadata", "labels").(map[string]any)
+	if len(selector) == 0 || get(selector, "control-plane") != "capa-controller-manager" {
+		t.Errorf("%s selects %v, want CAPA's manager (control-plane: capa-controller-manager)", pm, selector)
+	}
+	for k, v := range selector {
+		if podLabels[k] != v {
+			t.Errorf("%s selects %s=%v, which the manager's pods (%v) do not carry", pm, k, v, podLabels)
+		}
+	}
+	endpoints := list(get(pm, "spec", "podMetricsEndpoints"))
+	if len(endpoints) != 1 || get(endpoints[0], "port") != "sidecar-metrics" || get(endpoints[0], "path") != "/metrics" {
+		t.Errorf("%s scrapes %v, want port sidecar-metrics path /metrics", pm, endpoints)
 	}
 	volumes := map[string]any{}
 	for _, v := range list(spec["volumes"]) {
