@@ -111,7 +111,14 @@ func countingFront(t *testing.T, n *atomic.Int64) func(minioURL string) string {
 // metrics returns the broker's /metrics page.
 func metrics(t *testing.T, b *broker) string {
 	t.Helper()
-	resp, err := http.Get("http://" + b.http + "/metrics")
+	_, body := getText(t, "http://"+b.http+"/metrics")
+	return body
+}
+
+// getText GETs url and returns the status code and the body.
+func getText(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +127,7 @@ func metrics(t *testing.T, b *broker) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return string(body)
+	return resp.StatusCode, string(body)
 }
 
 func grepLines(s, substr string) string {

@@ -27,12 +27,16 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
-var sidecarServingRE = regexp.MustCompile(`msg=serving addr=(\S+)`)
+var (
+	sidecarServingRE        = regexp.MustCompile(`msg=serving addr=(\S+)`)
+	sidecarServingMetricsRE = regexp.MustCompile(`msg="serving metrics" addr=(\S+)`)
+)
 
 // sidecarProc is a running credbroker-sidecar binary.
 type sidecarProc struct {
 	cmd              *exec.Cmd
 	addr             string
+	metricsAddr      string // with --metrics-listen
 	token, tokenFile string
 	stderr           *lockedBuffer
 }
@@ -66,6 +70,9 @@ func startSidecar(t *testing.T, b *awsBroker, svidDir string, extra ...string) *
 	})
 	sc := bufio.NewScanner(pr)
 	for sc.Scan() {
+		if m := sidecarServingMetricsRE.FindStringSubmatch(sc.Text()); m != nil {
+			s.metricsAddr = m[1]
+		}
 		if m := sidecarServingRE.FindStringSubmatch(sc.Text()); m != nil {
 			s.addr = m[1]
 			go io.Copy(io.Discard, pr)
@@ -113,12 +120,13 @@ func fetch(t *testing.T, url, auth string) (int, containerCred) {
 
 // TestSidecarServesTheSDKAndTheCLI: an unmodified AWS SDK program and the
 // AWS CLI get broker credentials through the container-credentials endpoint,
-// with nothing but the standard environment variables.
+// with nothing but the standard environment variables. The metrics listener
+// serves the metrics and health, and no credential even with the token.
 func TestSidecarServesTheSDKAndTheCLI(t *testing.T) {
 	awsCLIPath(t)
 	b := startAWSBroker(t)
 	credsFile := filepath.Join(t.TempDir(), "credentials")
-	s := startSidecar(t, b, filepath.Join(b.dataDir, "dev", "controller"), "--credentials-file", credsFile)
+	s := startSidecar(t, b, filepath.Join(b.dataDir, "dev", "controller"), "--credentials-file", credsFile, "--metrics-listen", "127.0.0.1:0")
 
 	// The AWS SDK for Go v2, configured only by environment.
 	t.Setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", s.url())
@@ -158,6 +166,21 @@ func TestSidecarServesTheSDKAndTheCLI(t *testing.T) {
 	}
 	if r := cli.run(t, "s3", "cp", local, "s3://capi/"+prefixB+"from-cli"); r.code == 0 || !strings.Contains(r.stderr, "AccessDenied") {
 		t.Fatalf("aws s3 cp to cluster B through the sidecar: exit %d\n%s", r.code, r.stderr)
+	}
+
+	// The metrics listener: metrics and health, never a credential.
+	if s.metricsAddr == "" {
+		t.Fatalf("no msg=\"serving metrics\" line:\n%s", s.stderr.String())
+	}
+	mon := "http://" + s.metricsAddr
+	if code, body := getText(t, mon+"/metrics"); code != http.StatusOK || !strings.Contains(body, `credbroker_sidecar_credential_expiry_seconds{credential="default"}`) {
+		t.Errorf("metrics listener /metrics: HTTP %d\n%s", code, body)
+	}
+	if code, body := getText(t, mon+"/healthz"); code != http.StatusOK {
+		t.Errorf("metrics listener /healthz: HTTP %d %s", code, body)
+	}
+	if code, c := fetch(t, mon+sidecar.CredentialsPath+"default", s.token); code != http.StatusNotFound || c.AccessKeyID != "" {
+		t.Errorf("a credential from the metrics listener with the token: HTTP %d, want 404", code)
 	}
 
 	// Without the token, or with a wrong one, nothing is served.
