@@ -325,6 +325,10 @@ func TestRunMetricsListener(t *testing.T) {
 			t.Errorf("%s /metrics = %d, want 404", method, resp.StatusCode)
 		}
 	}
+	// Headers are bounded (16 KiB, plus the 4 KiB net/http allows over it).
+	if code, _, _ := get(t, mon+"/metrics", strings.Repeat("x", 32<<10)); code != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("32 KiB of headers: HTTP %d, want 431", code)
+	}
 	if code, _, body := get(t, api+CredentialsPath+"default", testToken); code != http.StatusOK || !strings.Contains(body, "AKMET") {
 		t.Errorf("the loopback endpoint = %d %q, want the credential", code, body)
 	}
