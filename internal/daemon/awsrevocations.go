@@ -340,12 +340,14 @@ func (r *awsApplyReporter) report(rep awssts.ApplyReport) {
 	if rep.Action == awssts.ApplyUnchanged && rep.Failures == 1 {
 		return // found up to date at the first try: nothing happened
 	}
-	r.log.Info("aws revocation policy applied", attrs...)
 	text := fmt.Sprintf("aws_revocation_applied: %s %s on role %s: %d revocations, %d characters", rep.Action, rep.PolicyName, rep.RoleARN, rep.Entries, rep.Chars)
 	if len(rep.Omitted) > 0 {
 		text += fmt.Sprintf("; %d NOT enforced at AWS for IAM's size limit: %s", len(rep.Omitted), strings.Join(rep.Omitted, ","))
 	}
+	// On record first: whoever reads "applied" in the log finds it in the
+	// audit trail too.
 	r.record(audit.DecisionRevoked, rep, text)
+	r.log.Info("aws revocation policy applied", attrs...)
 }
 
 // record appends one applier outcome to the audit trail.

@@ -72,6 +72,9 @@ func TestAWSRevocationReachesTheRole(t *testing.T) {
 		}
 	}
 	waitForRolePolicy(t, front, "")
+	// The front holds the change as soon as IAM is called; the broker puts
+	// the outcome on record once the call has answered, then logs it.
+	b.stderr.waitFor(t, `msg="aws revocation policy applied" role=arn:aws:iam::123456789012:role/capa-controller policy=credbroker-revocations action=delete`, 60*time.Second)
 	if calls := front.Calls(); calls[len(calls)-1].Action != "DeleteRolePolicy" {
 		t.Fatalf("last IAM call %+v, want DeleteRolePolicy", calls[len(calls)-1])
 	}
