@@ -362,7 +362,7 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 	go h.grpcServer.Serve(lis)
 	t.Cleanup(h.grpcServer.Stop)
 
-	adminServer := broker.NewAdminSocketServer(hc.uids, admin, log, metrics, rateLimits)
+	adminServer := broker.NewAdminSocketServer(hc.uids, admin, log, metrics, rateLimits, h.refusals)
 	ulis, err := net.Listen("unix", h.adminSock)
 	if err != nil {
 		t.Fatal(err)

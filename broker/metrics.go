@@ -20,6 +20,10 @@ type Metrics struct {
 	decisions *prometheus.CounterVec
 	latency   *prometheus.HistogramVec
 	authFails *prometheus.CounterVec
+	// adminRefusals counts admin API calls refused because the caller,
+	// though authenticated, is not an admin (or used a bearer token), by
+	// listener and reason.
+	adminRefusals *prometheus.CounterVec
 	// unauthUnrecorded counts unauthenticated attempts refused without an
 	// audit record because their source exceeded the recording rate.
 	unauthUnrecorded prometheus.Counter
@@ -61,6 +65,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Unauthenticated requests refused without an audit record because their source address exceeded the recording rate.",
 		}),
 	}
+	m.adminRefusals = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "credbroker_admin_refusals_total",
+		Help: "Admin API calls refused to authenticated callers that are not admins, by listener (mtls, socket) and reason (not_admin: an identity or socket uid not listed; jwt_svid: a JWT-SVID where an X.509-SVID is required).",
+	}, []string{"listener", "reason"})
 	m.refusalsUnrecorded = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "credbroker_refusals_unrecorded_total",
 		Help: "Refusals not written individually to the audit log because their identity or address (class), or the class as a whole, exceeded the recording rate; each is counted in a later record.",
@@ -82,7 +90,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Help: "Requests refused with INVALID_ARGUMENT because their body did not decode (broken protobuf wire format, invalid UTF-8 in a string field), by method.",
 	}, []string{"method"})
 	m.budgetTokens, m.budgetRefusals = budgetMetrics()
-	reg.MustRegister(m.grpc, m.decisions, m.latency, m.authFails, m.unauthUnrecorded, m.refusalsUnrecorded, m.rateLimited, m.reused, m.upstreamFailures, m.malformed,
+	reg.MustRegister(m.grpc, m.decisions, m.latency, m.authFails, m.adminRefusals, m.unauthUnrecorded, m.refusalsUnrecorded, m.rateLimited, m.reused, m.upstreamFailures, m.malformed,
 		m.budgetTokens, m.budgetRefusals)
 	return m
 }

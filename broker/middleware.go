@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path"
 	"strings"
 	"time"
 
@@ -90,8 +91,8 @@ func lookup(rl *RateLimits, fullMethod string) (method, error) {
 // Gate authenticates every call on the mTLS listener, puts the caller in the
 // context once, refuses non-admins on the admin API, applies each method's
 // rate limit before the handler runs, and records refusals (unauthenticated
-// attempts on the workload and node APIs, rate-limited calls) at a bounded
-// rate.
+// attempts on every API, non-admins on the admin API, rate-limited calls) at
+// a bounded rate.
 type Gate struct {
 	authenticators []attest.Authenticator
 	admins         map[string]bool
@@ -228,11 +229,16 @@ func (g *Gate) admit(ctx context.Context, fullMethod string, req any) (context.C
 		g.metrics.authFails.WithLabelValues(m.api.String()).Inc()
 		return nil, g.unauthenticated(ctx, fullMethod, m.api, err)
 	}
-	if m.api == apiAdmin && caller.Method != attest.MethodX509SVID && !g.adminJWT {
-		return nil, toStatus(errorf(credbrokerv1.ErrorReason_UNAUTHENTICATED, "admin API: an X.509-SVID (mTLS client certificate) is required; a bearer %s is not accepted here", caller.Method))
-	}
-	if m.api == apiAdmin && !g.admins[caller.ID.String()] {
-		return nil, toStatus(errorf(credbrokerv1.ErrorReason_ADMIN_ONLY, "admin API: %s is not an admin identity", caller.ID))
+	if m.api == apiAdmin {
+		rec := audit.Record{Caller: caller.ID.String(), Attestation: caller.Method}
+		switch {
+		case caller.Method != attest.MethodX509SVID && !g.adminJWT:
+			return nil, g.adminRefusals().refuse(ctx, fullMethod, adminRefusalBearer, rec, errorf(credbrokerv1.ErrorReason_UNAUTHENTICATED,
+				"admin API: an X.509-SVID (mTLS client certificate) is required; a bearer %s is not accepted here", caller.Method))
+		case !g.admins[caller.ID.String()]:
+			return nil, g.adminRefusals().refuse(ctx, fullMethod, adminRefusalNotAdmin, rec, errorf(credbrokerv1.ErrorReason_ADMIN_ONLY,
+				"admin API: %s is not an admin identity", caller.ID))
+		}
 	}
 	if lerr := g.limits.take(g.metrics, fullMethod, m.limit, caller.ID.String()); lerr != nil {
 		if m.api != apiAdmin {
@@ -334,9 +340,10 @@ func (g *Gate) authenticate(ctx context.Context) (attest.Caller, error) {
 
 // unauthenticated answers a call whose identity did not verify: the
 // unauthenticated rate limit (per source address and in total) decides
-// between UNAUTHENTICATED and RESOURCE_EXHAUSTED, and refusals on the
-// workload and node APIs are recorded at the bounded rate per address.
-// Verifier messages are written to be caller-safe.
+// between UNAUTHENTICATED and RESOURCE_EXHAUSTED, and the refusal is
+// recorded at the bounded rate per address (which feeds
+// unauthenticated_burst), on the admin API too. Verifier messages are
+// written to be caller-safe.
 func (g *Gate) unauthenticated(ctx context.Context, fullMethod string, kind api, err error) error {
 	msg := "unauthenticated: " + err.Error()
 	key := sourceKey(ctx)
@@ -346,21 +353,76 @@ func (g *Gate) unauthenticated(ctx context.Context, fullMethod string, kind api,
 		out, decision = lerr, audit.DecisionThrottled
 		msg += "; " + lerr.msg
 	}
-	level := slog.LevelDebug // the log says no more than the audit
 	if kind == apiWorkload || kind == apiNode {
 		g.metrics.observe(decision, "unknown", 0)
-		rec := audit.Record{Decision: decision, Reason: clipWith(msg, " (from "+sourceOf(ctx)+")")}
-		recorded, aerr := g.refusals.record(ctx, byAddress, key, rec)
-		if aerr != nil {
-			g.log.LogAttrs(ctx, slog.LevelError, "cannot record unauthenticated request", slog.String("error", aerr.Error()))
-		}
-		if recorded {
-			level = slog.LevelInfo
-		}
-	} else if decision == audit.DecisionDenied {
-		level = slog.LevelInfo // admin API attempts are not audited; within the limit, log them
+	}
+	level := slog.LevelDebug // the log says no more than the audit
+	rec := audit.Record{Decision: decision, Reason: clipWith(msg, " (from "+sourceOf(ctx)+")")}
+	if kind == apiAdmin {
+		rec.Reason = clipWith(msg, " ("+path.Base(fullMethod)+" from "+sourceOf(ctx)+")")
+	}
+	recorded, aerr := g.refusals.record(ctx, byAddress, key, rec)
+	if aerr != nil {
+		g.log.LogAttrs(ctx, slog.LevelError, "cannot record unauthenticated request", slog.String("error", aerr.Error()))
+	}
+	if recorded {
+		level = slog.LevelInfo
 	}
 	g.log.LogAttrs(ctx, level, "request refused", slog.String("api", kind.String()), slog.String("source", sourceOf(ctx)), slog.String("error", msg))
+	return toStatus(out)
+}
+
+// Why a call on the admin API was refused, as credbroker_admin_refusals_total
+// labels it.
+const (
+	adminRefusalNotAdmin = "not_admin" // an identity or socket uid that is not an admin
+	adminRefusalBearer   = "jwt_svid"  // a JWT-SVID where an X.509-SVID is required
+)
+
+// adminRefusals answers the calls on the admin API of callers that are
+// authenticated but not admins: a SPIFFE ID not in admin.spiffe_ids, a
+// JWT-SVID where an X.509-SVID is required, a socket peer whose uid is not
+// listed. Any workload can make such calls, so they are bounded like
+// unauthenticated ones. The Gate and the admin socket share it.
+type adminRefusals struct {
+	listener string // "mtls" or "socket"
+	limits   *RateLimits
+	metrics  *Metrics
+	refusals *Refusals
+	log      *slog.Logger
+}
+
+func (g *Gate) adminRefusals() adminRefusals {
+	return adminRefusals{listener: "mtls", limits: g.limits, metrics: g.metrics, refusals: g.refusals, log: g.log}
+}
+
+// refuse counts the refused call in credbroker_admin_refusals_total, takes a
+// token of limits.requests.unauthenticated for its source address (past it
+// the answer is RESOURCE_EXHAUSTED, recorded as throttled), and records rec
+// (the caller) as a denial at the bounded rate of refusal records per
+// identity, which feeds denial_burst; the log line is at info only when the
+// refusal was recorded. It returns the status for the caller.
+func (a adminRefusals) refuse(ctx context.Context, fullMethod, why string, rec audit.Record, err *apiError) error {
+	a.metrics.adminRefusals.WithLabelValues(a.listener, why).Inc()
+	out, msg := err, err.msg
+	rec.Decision = audit.DecisionDenied
+	if lerr := a.limits.take(a.metrics, fullMethod, limitUnauthenticated, sourceKey(ctx)); lerr != nil {
+		out, rec.Decision = lerr, audit.DecisionThrottled
+		msg += "; " + lerr.msg
+	}
+	rec.Reason = clipWith(msg, " ("+path.Base(fullMethod)+")")
+	level := slog.LevelWarn
+	if a.refusals != nil {
+		recorded, aerr := a.refusals.record(ctx, byIdentity, rec.Caller, rec)
+		if aerr != nil {
+			a.log.LogAttrs(ctx, slog.LevelError, "cannot record a refused admin API call", slog.String("error", aerr.Error()))
+		}
+		if !recorded {
+			level = slog.LevelDebug // the log says no more than the audit
+		}
+	}
+	a.log.LogAttrs(ctx, level, "admin API call refused", slog.String("listener", a.listener), slog.String("caller", rec.Caller),
+		slog.String("source", sourceOf(ctx)), slog.String("method", path.Base(fullMethod)), slog.String("error", msg))
 	return toStatus(out)
 }
 

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 
+	"github.com/credbroker/credbroker/broker/audit"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
@@ -63,11 +64,12 @@ func (c peerCredCreds) Clone() credentials.TransportCredentials { return c }
 func (peerCredCreds) OverrideServerName(string) error           { return nil }
 
 // uidGate admits admin calls from allowed local uids, each uid within the
-// admin rate limit.
+// admin rate limit; other uids are refused through refused.
 type uidGate struct {
 	uids    []uint32
 	limits  *RateLimits
 	metrics *Metrics
+	refused adminRefusals
 }
 
 func (g uidGate) check(ctx context.Context, method string) error {
@@ -87,7 +89,8 @@ func (g uidGate) check(ctx context.Context, method string) error {
 		return toStatus(errorf(credbrokerv1.ErrorReason_UNAUTHENTICATED, "admin socket: peer credentials unavailable"))
 	}
 	if !slices.Contains(g.uids, pc.UID) {
-		return toStatus(errorf(credbrokerv1.ErrorReason_ADMIN_ONLY, "admin socket: uid %d is not an admin", pc.UID))
+		return g.refused.refuse(ctx, method, adminRefusalNotAdmin, audit.Record{Caller: AdminPrincipal(ctx)},
+			errorf(credbrokerv1.ErrorReason_ADMIN_ONLY, "admin socket: uid %d is not an admin", pc.UID))
 	}
 	if lerr := g.limits.take(g.metrics, method, m.limit, AdminPrincipal(ctx)); lerr != nil {
 		return toStatus(lerr)

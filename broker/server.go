@@ -84,12 +84,15 @@ func NewGRPCServer(tlsConfig *tls.Config, gate *Gate, svc *Service, nodes credbr
 
 // NewAdminSocketServer returns the admin API server for the unix socket,
 // admitting only peers whose uid is in uids, each within the admin rate
-// limit of rl (share the Gate's; nil: DefaultRequestLimits).
-func NewAdminSocketServer(uids []uint32, adm *Admin, log *slog.Logger, m *Metrics, rl *RateLimits) *grpc.Server {
+// limit of rl (share the Gate's; nil: DefaultRequestLimits). Other peers
+// are refused, counted, and recorded in ref at its bounded rate (share the
+// Gate's, so that its totals bound the broker as a whole; nil: logged only).
+func NewAdminSocketServer(uids []uint32, adm *Admin, log *slog.Logger, m *Metrics, rl *RateLimits, ref *Refusals) *grpc.Server {
 	if rl == nil {
 		rl = mustDefaultRateLimits(nil)
 	}
-	g := uidGate{uids: uids, limits: rl, metrics: m}
+	g := uidGate{uids: uids, limits: rl, metrics: m,
+		refused: adminRefusals{listener: "socket", limits: rl, metrics: m, refusals: ref, log: log}}
 	opts := append(commonOptions(log, m),
 		grpc.Creds(peerCredCreds{}),
 		grpc.ChainUnaryInterceptor(g.unary),

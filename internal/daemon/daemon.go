@@ -298,7 +298,7 @@ func Run(ctx context.Context, opts Options) error {
 	if healthLis != nil {
 		healthServer = broker.NewHealthServer(health, log, metrics, rateLimits)
 	}
-	adminServer := broker.NewAdminSocketServer(adminUIDs(cfg), admin, log, metrics, rateLimits)
+	adminServer := broker.NewAdminSocketServer(adminUIDs(cfg), admin, log, metrics, rateLimits, refusals)
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
