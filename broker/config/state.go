@@ -36,7 +36,35 @@ type EtcdState struct {
 	// retries): past it the operation fails and the request that needed it
 	// is refused UNAVAILABLE; default 5s.
 	RequestTimeout time.Duration `yaml:"request_timeout"`
+	// ProbeInterval is how often the replica confirms with etcd that its
+	// revocation watch has every revocation made; default
+	// DefaultEtcdProbeInterval.
+	ProbeInterval time.Duration `yaml:"probe_interval"`
+	// MaxStaleness is how old that confirmation may be before the replica
+	// refuses everything that needs the shared state (UNAVAILABLE) and
+	// reports NOT_SERVING: the longest a replica cut off from etcd goes on
+	// issuing under revocations it may not have seen. Default
+	// DefaultEtcdMaxStaleness.
+	MaxStaleness time.Duration `yaml:"max_staleness"`
 }
+
+// Defaults and bounds of the etcd currency probe (state.etcd.probe_interval
+// and max_staleness).
+const (
+	DefaultEtcdProbeInterval = 250 * time.Millisecond
+	DefaultEtcdMaxStaleness  = 2 * time.Second
+	// minEtcdProbeInterval keeps one replica's probes (one linearizable
+	// read each) from loading etcd; maxEtcdProbeInterval and
+	// maxEtcdMaxStaleness keep a revocation unseen by a partitioned replica
+	// from being ignored for longer than a minute.
+	minEtcdProbeInterval = 10 * time.Millisecond
+	maxEtcdProbeInterval = 30 * time.Second
+	maxEtcdMaxStaleness  = time.Minute
+	// etcdProbesPerStaleness is how many probe intervals max_staleness
+	// must span at least, so that one late or lost probe does not turn a
+	// connected replica away.
+	etcdProbesPerStaleness = 2
+)
 
 // EtcdTLS names the PEM files of the etcd client's TLS.
 type EtcdTLS struct {
@@ -57,6 +85,12 @@ func (e *EtcdState) applyDefaults() {
 	}
 	if e.RequestTimeout == 0 {
 		e.RequestTimeout = 5 * time.Second
+	}
+	if e.ProbeInterval == 0 {
+		e.ProbeInterval = DefaultEtcdProbeInterval
+	}
+	if e.MaxStaleness == 0 {
+		e.MaxStaleness = DefaultEtcdMaxStaleness
 	}
 }
 
@@ -98,6 +132,16 @@ func (e *EtcdState) validate() []error {
 	if e.RequestTimeout < 0 || e.RequestTimeout > time.Minute {
 		bad("request_timeout must be between 0 (default 5s) and 1m")
 	}
+	probeOK := e.ProbeInterval >= minEtcdProbeInterval && e.ProbeInterval <= maxEtcdProbeInterval
+	if !probeOK {
+		bad("probe_interval %s must be between %s and %s (default %s)", e.ProbeInterval, minEtcdProbeInterval, maxEtcdProbeInterval, DefaultEtcdProbeInterval)
+	}
+	switch {
+	case e.MaxStaleness <= 0 || e.MaxStaleness > maxEtcdMaxStaleness:
+		bad("max_staleness %s must be positive and at most %s (default %s)", e.MaxStaleness, maxEtcdMaxStaleness, DefaultEtcdMaxStaleness)
+	case probeOK && e.MaxStaleness < etcdProbesPerStaleness*e.ProbeInterval:
+		bad("max_staleness %s must be at least %d × probe_interval (%s), so that one late probe does not refuse service", e.MaxStaleness, etcdProbesPerStaleness, e.ProbeInterval)
+	}
 	return errs
 }
 
@@ -116,8 +160,8 @@ func (c *Config) WriteState(w io.Writer) error {
 	case e.UsesTLS():
 		auth = "TLS, no client certificate"
 	}
-	_, err := fmt.Fprintf(w, "state: etcd %s, prefix %s (%s; request timeout %s), shared by every replica on it:\n"+
+	_, err := fmt.Fprintf(w, "state: etcd %s, prefix %s (%s; request timeout %s; revocations confirmed current every %s, nothing served past %s without), shared by every replica on it:\n"+
 		"  quotas, join tokens, nodes, revocations, approvals, upstream budgets and the published public signing keys are fleet-wide; rate limits, the audit chain and each signing key are per replica\n",
-		strings.Join(e.Endpoints, ", "), e.Prefix, auth, e.RequestTimeout)
+		strings.Join(e.Endpoints, ", "), e.Prefix, auth, e.RequestTimeout, e.ProbeInterval, e.MaxStaleness)
 	return err
 }

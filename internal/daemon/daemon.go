@@ -352,7 +352,15 @@ func Run(ctx context.Context, opts Options) error {
 	g.Go(func() error {
 		t := time.NewTicker(readinessInterval)
 		defer t.Stop()
-		ready.run(gctx.Done(), t.C)
+		// The shared state's check follows its probes, so that readiness
+		// turns within a probe interval of the state, both ways.
+		var stateTick <-chan time.Time
+		if backend.ready != nil {
+			st := time.NewTicker(backend.readyEvery)
+			defer st.Stop()
+			stateTick = st.C
+		}
+		ready.run(gctx.Done(), t.C, stateTick)
 		return nil
 	})
 	g.Go(func() error {

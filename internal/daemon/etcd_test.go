@@ -23,7 +23,9 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
+	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/broker/audit"
+	"github.com/credbroker/credbroker/broker/config"
 	"github.com/credbroker/credbroker/broker/state/boltstate"
 	"github.com/credbroker/credbroker/internal/ca"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
@@ -131,8 +133,8 @@ state:
 	// Within the revocations' staleness bound of its last confirmation,
 	// which the metric shows passed.
 	until("plain credential without etcd", codes.Unavailable, func() error { return plain(cb) })
-	if age := confirmedAge(t, b.httpAddr); age <= revocationsStaleAfter.Seconds() {
-		t.Errorf("confirmed age %gs while refusing for staleness, want over %s", age, revocationsStaleAfter)
+	if age := confirmedAge(t, b.httpAddr); age <= config.DefaultEtcdMaxStaleness.Seconds() {
+		t.Errorf("confirmed age %gs while refusing for staleness, want over %s", age, config.DefaultEtcdMaxStaleness)
 	}
 	// The health service tells load balancers (at its next check).
 	health := healthpb.NewHealthClient(healthConn(t, b.grpcAddr, td, authority))
@@ -290,9 +292,15 @@ state:
 // the broker's /metrics.
 func confirmedAge(t *testing.T, httpAddr string) float64 {
 	t.Helper()
-	const name = "credbroker_state_revocations_confirmed_age_seconds "
+	return scrapedValue(t, httpAddr, "credbroker_state_revocations_confirmed_age_seconds")
+}
+
+// scrapedValue reads the value of the unlabelled metric name from the
+// broker's /metrics.
+func scrapedValue(t *testing.T, httpAddr, name string) float64 {
+	t.Helper()
 	for _, line := range strings.Split(httpGet(t, "http://"+httpAddr+"/metrics"), "\n") {
-		if v, ok := strings.CutPrefix(line, name); ok {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
 			f, err := strconv.ParseFloat(v, 64)
 			if err != nil {
 				t.Fatal(err)
@@ -302,6 +310,93 @@ func confirmedAge(t *testing.T, httpAddr string) float64 {
 	}
 	t.Fatalf("no %s in /metrics", name)
 	return 0
+}
+
+// TestReadinessFollowsEtcd: a broker on state.etcd whose etcd becomes
+// unreachable turns NOT_SERVING on its health listener (the server as a
+// whole and each credbroker service) once its revocations are older than
+// state.etcd.max_staleness, while liveness stays SERVING; with etcd back it
+// turns SERVING by itself. credbroker_state_store_up follows, and each
+// change is logged once.
+func TestReadinessFollowsEtcd(t *testing.T) {
+	t.Parallel()
+	etcd := etcdtest.New(t, 1)
+	dir := t.TempDir()
+	_, _, base := productionIdentity(t, dir)
+	d := startDaemon(t, dir, base+`
+health_listen: 127.0.0.1:0
+issuers: {oidc: {type: jwt}}
+profiles: {tok: {issuer: oidc, max_ttl: 1h}}
+policy: [{id: "spiffe://prod.test/ns/*/sa/capa-controller-manager", profiles: [tok]}]
+state:
+  etcd:
+    endpoints: [`+etcd.Endpoint(0)+`]
+    prefix: /readiness/
+    request_timeout: 1s
+    probe_interval: 20ms
+    max_staleness: 1s
+`)
+	defer d.stop(t)
+	health := healthpb.NewHealthClient(d.healthListener(t))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	// The server as a whole, as a readiness probe asks.
+	watch, err := health.Watch(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// await reads the watch until it reports want.
+	await := func(want healthpb.HealthCheckResponse_ServingStatus) {
+		t.Helper()
+		for {
+			resp, err := watch.Recv()
+			if err != nil {
+				t.Fatalf("waiting for %s: %v\n%s", want, err, d.logs.String())
+			}
+			if resp.Status == want {
+				return
+			}
+		}
+	}
+	// expect checks the status of every service.
+	expect := func(ready healthpb.HealthCheckResponse_ServingStatus, up float64) {
+		t.Helper()
+		for _, svc := range []string{"", "credbroker.v1.BrokerService", "credbroker.v1.NodeService", "credbroker.v1.AdminService", broker.LivenessService} {
+			want := ready
+			if svc == broker.LivenessService {
+				want = healthpb.HealthCheckResponse_SERVING
+			}
+			resp, err := health.Check(ctx, &healthpb.HealthCheckRequest{Service: svc})
+			if err != nil || resp.Status != want {
+				t.Errorf("Check(%q) = %v, %v; want %s", svc, resp, err, want)
+			}
+		}
+		if got := scrapedValue(t, d.httpAddr, "credbroker_state_store_up"); got != up {
+			t.Errorf("credbroker_state_store_up = %g, want %g", got, up)
+		}
+	}
+
+	await(healthpb.HealthCheckResponse_SERVING)
+	expect(healthpb.HealthCheckResponse_SERVING, 1)
+
+	etcd.Disconnect(0)
+	await(healthpb.HealthCheckResponse_NOT_SERVING)
+	expect(healthpb.HealthCheckResponse_NOT_SERVING, 0)
+	if age := confirmedAge(t, d.httpAddr); age <= 1 {
+		t.Errorf("NOT_SERVING with its revocations confirmed %gs ago, within max_staleness (1s)", age)
+	}
+
+	etcd.Reconnect(0)
+	await(healthpb.HealthCheckResponse_SERVING)
+	expect(healthpb.HealthCheckResponse_SERVING, 1)
+
+	logs := d.logs.String()
+	if n := strings.Count(logs, "health: NOT_SERVING"); n != 1 || !strings.Contains(logs, "shared state is unavailable") {
+		t.Errorf("NOT_SERVING logged %d times, want once, for the shared state:\n%s", n, logs)
+	}
+	if n := strings.Count(logs, "SERVING again"); n != 1 {
+		t.Errorf("SERVING again logged %d times, want once:\n%s", n, logs)
+	}
 }
 
 // healthConn dials addr as a caller without an SVID, as a load balancer's
@@ -376,7 +471,7 @@ state:
 		Target: &credbrokerv1.RevokeRequest_SpiffeId{SpiffeId: svid.ID.String()}, Reason: "compromised"}); err != nil {
 		t.Fatal(err)
 	}
-	// Until its last confirmation is revocationsStaleAfter old, a does not
+	// Until its last confirmation is state.etcd.max_staleness old, a does not
 	// know it is cut off and may still serve (the bound the README states);
 	// from then on it refuses, and never issues again until it has seen
 	// the revocation.

@@ -97,6 +97,22 @@ func TestReadinessFailsClosed(t *testing.T) {
 
 var healthAddrRE = regexp.MustCompile(`msg=serving .*health=(\S+)`)
 
+// healthListener dials the daemon's health_listen as a kubelet probe does:
+// plain text, no certificate.
+func (r *running) healthListener(t *testing.T) *grpc.ClientConn {
+	t.Helper()
+	m := healthAddrRE.FindStringSubmatch(r.logs.String())
+	if m == nil {
+		t.Fatalf("no health address in the serving line:\n%s", r.logs.String())
+	}
+	conn, err := grpc.NewClient(m[1], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn
+}
+
 // TestHealthAndReflectionServed runs the daemon with health_listen and
 // grpc_reflection: a kubelet-style probe (plain text, no certificate) and a
 // caller without an SVID on the mTLS port both see SERVING; reflection lists
@@ -114,18 +130,10 @@ policy: [{id: "spiffe://prod.test/ns/*/sa/capa-controller-manager", profiles: [t
 `
 	d := startDaemon(t, dir, cfg)
 	defer d.stop(t)
-	m := healthAddrRE.FindStringSubmatch(d.logs.String())
-	if m == nil {
-		t.Fatalf("no health address in the serving line:\n%s", d.logs.String())
-	}
 	ctx := context.Background()
 	bundles := x509bundle.NewSet(authority.X509Bundle())
 
-	probe, err := grpc.NewClient(m[1], grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer probe.Close()
+	probe := d.healthListener(t)
 	anon, err := grpc.NewClient(d.grpcAddr, grpc.WithTransportCredentials(grpccredentials.TLSClientCredentials(bundles, tlsconfig.AuthorizeMemberOf(td))))
 	if err != nil {
 		t.Fatal(err)

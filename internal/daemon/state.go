@@ -32,8 +32,11 @@ type stateBackend struct {
 	// collectors are its metrics, registered with the broker's.
 	collectors []prometheus.Collector
 	// ready, when set, fails while the state cannot be relied on (the
-	// health status is then NOT_SERVING).
-	ready func() error
+	// health status is then NOT_SERVING); readyEvery is how often its
+	// answer can change (a probe interval), for the health status to
+	// follow it.
+	ready      func() error
+	readyEvery time.Duration
 	// close is to run after the last use of store.
 	close func()
 }
@@ -64,24 +67,34 @@ func openState(ctx context.Context, cfg *config.Config, db *bbolt.DB, auditLog *
 			return stateBackend{}, err
 		}
 	}
-	fresh := newFreshness(time.Now, revocationsStaleAfter)
+	// The confirmations and the age they are held to read one clock.
+	now := time.Now
+	fresh := newFreshness(now, e.MaxStaleness)
 	es, err := etcdstate.Open(ctx, etcdstate.Config{
 		Endpoints: e.Endpoints, TLS: tlsCfg, DialTimeout: e.DialTimeout,
 		Options: etcdstate.Options{Prefix: e.Prefix, OpTimeout: e.RequestTimeout,
-			ProbeInterval: revocationsProbeInterval, OnCurrent: fresh.confirmed},
+			ProbeInterval: e.ProbeInterval, OnCurrent: fresh.confirmed, Now: now},
 	})
 	if err != nil {
 		return stateBackend{}, fmt.Errorf("state in etcd (%s): %w", strings.Join(e.Endpoints, ", "), err)
 	}
-	log.Info("state in etcd", slog.Any("endpoints", e.Endpoints), slog.String("prefix", e.Prefix), slog.Bool("tls", tlsCfg != nil))
+	log.Info("state in etcd", slog.Any("endpoints", e.Endpoints), slog.String("prefix", e.Prefix), slog.Bool("tls", tlsCfg != nil),
+		slog.Duration("probe_interval", e.ProbeInterval), slog.Duration("max_staleness", e.MaxStaleness))
 	return stateBackend{
 		store:  es,
 		ledger: freshLedger{state.SpendFirst[audit.Record](es, auditLog), fresh},
-		collectors: []prometheus.Collector{prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "credbroker_state_revocations_confirmed_age_seconds",
-			Help: "Seconds since this replica last confirmed with etcd that its revocation watch has every revocation; it issues nothing past " + revocationsStaleAfter.String() + ".",
-		}, func() float64 { return fresh.age().Seconds() })},
-		ready: fresh.check,
+		collectors: []prometheus.Collector{
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "credbroker_state_revocations_confirmed_age_seconds",
+				Help: "Seconds since this replica last confirmed with etcd that its revocation watch has every revocation; it issues nothing past " + e.MaxStaleness.String() + ".",
+			}, func() float64 { return fresh.age().Seconds() }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "credbroker_state_store_up",
+				Help: "1 while the shared state store (etcd) can serve this replica's decisions, 0 while it cannot (its revocations not confirmed current for " + e.MaxStaleness.String() + "): the replica refuses UNAVAILABLE and is NOT_SERVING.",
+			}, func() float64 { return up(fresh.check() == nil) }),
+		},
+		ready:      fresh.check,
+		readyEvery: e.ProbeInterval,
 		close: func() {
 			if err := es.Close(); err != nil {
 				log.Warn("closing the etcd client", slog.Any("err", err))
@@ -131,17 +144,21 @@ func etcdTLS(c config.EtcdTLS) (*tls.Config, error) {
 	return cfg, nil
 }
 
+// up is a gauge's value for ok.
+func up(ok bool) float64 {
+	if ok {
+		return 1
+	}
+	return 0
+}
+
 // A replica on etcd learns of revocations made on other replicas through
 // its watch, and checks them from memory. So that a replica cut off from
 // etcd cannot go on issuing under revocations it has not seen, it confirms
-// with etcd every revocationsProbeInterval that its watch has them all, and
-// issues nothing (UNAVAILABLE) once the last confirmation is older than
-// revocationsStaleAfter — also what an issuance that charges no quota, and
-// so needs no etcd round trip of its own, is held to.
-const (
-	revocationsProbeInterval = 250 * time.Millisecond
-	revocationsStaleAfter    = 2 * time.Second
-)
+// with etcd every state.etcd.probe_interval that its watch has them all,
+// and issues nothing (UNAVAILABLE) once the last confirmation is older than
+// state.etcd.max_staleness — also what an issuance that charges no quota,
+// and so needs no etcd round trip of its own, is held to.
 
 // freshness is when the revocation watch was last confirmed current.
 type freshness struct {

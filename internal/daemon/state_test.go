@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -138,13 +139,16 @@ func TestEtcdStateOverMTLS(t *testing.T) {
 }
 
 // TestStaleRevocationsAreNotServing: on the injected clock, a replica whose
-// revocations were last confirmed current more than revocationsStaleAfter
+// revocations were last confirmed current more than state.etcd.max_staleness
 // ago refuses to record (so to issue) and is NOT_SERVING; a confirmation
-// brings both back.
+// brings both back. The state's own check (checkState, at every probe
+// interval) turns the status without an audit commit, and the change is
+// logged once each way however many checks see it.
 func TestStaleRevocationsAreNotServing(t *testing.T) {
+	const maxAge = 700 * time.Millisecond
 	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	clk := fakeclock.New(t0)
-	fresh := newFreshness(clk.Now, revocationsStaleAfter)
+	fresh := newFreshness(clk.Now, maxAge)
 	td := spiffeid.RequireTrustDomainFromString("ready.test")
 	authority, err := ca.New(td, ca.WithClock(clk.Now))
 	if err != nil {
@@ -157,7 +161,10 @@ func TestStaleRevocationsAreNotServing(t *testing.T) {
 	tr := &trust{}
 	tr.svid.Store(svid)
 	st := &statusLog{}
-	r := &readiness{svid: tr, probeAudit: func() error { return nil }, probeState: fresh.check, now: clk.Now, status: st, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	var logs bytes.Buffer
+	audits := 0
+	probeAudit := func() error { audits++; return nil }
+	r := &readiness{svid: tr, probeAudit: probeAudit, probeState: fresh.check, now: clk.Now, status: st, log: slog.New(slog.NewTextHandler(&logs, nil))}
 	recorded := 0
 	ledger := freshLedger{recordingLedger{&recorded}, fresh}
 	record := func() error {
@@ -166,23 +173,39 @@ func TestStaleRevocationsAreNotServing(t *testing.T) {
 	}
 
 	r.check()
-	clk.Advance(revocationsStaleAfter)
-	r.check()
+	clk.Advance(maxAge)
+	r.checkState()
 	if err := record(); err != nil {
 		t.Fatalf("at the bound: %v", err)
 	}
 	clk.Advance(time.Nanosecond)
-	r.check()
+	r.checkState()
 	if err := record(); !errors.Is(err, state.ErrUnavailable) {
 		t.Fatalf("past the bound: %v, want state.ErrUnavailable", err)
 	}
-	fresh.confirmed(clk.Now())
+	// Staler at every check: still one NOT_SERVING line.
+	for range 3 {
+		clk.Advance(100 * time.Millisecond)
+		r.checkState()
+	}
 	r.check()
+	fresh.confirmed(clk.Now())
+	r.checkState()
 	if err := record(); err != nil {
 		t.Fatalf("after a confirmation: %v", err)
 	}
-	if want := []bool{true, true, false, true}; !slices.Equal(st.got, want) || recorded != 2 {
+	r.checkState()
+	if want := []bool{true, true, false, false, false, false, false, true, true}; !slices.Equal(st.got, want) || recorded != 2 {
 		t.Fatalf("statuses %v and %d records, want %v and 2", st.got, recorded, want)
+	}
+	if audits != 2 {
+		t.Errorf("%d audit commits, want 2 (one per full check, none per state check)", audits)
+	}
+	if n := strings.Count(logs.String(), "health: NOT_SERVING"); n != 1 || !strings.Contains(logs.String(), "shared state is unavailable") {
+		t.Errorf("NOT_SERVING logged %d times, want once, for the shared state:\n%s", n, logs.String())
+	}
+	if n := strings.Count(logs.String(), "SERVING again"); n != 1 {
+		t.Errorf("SERVING again logged %d times, want once:\n%s", n, logs.String())
 	}
 }
 

@@ -170,3 +170,49 @@ func TestWatchRelistsAfterCompaction(t *testing.T) {
 	}
 	p.until(t, true)
 }
+
+// TestProbeDatesConfirmationsWhenSent: across an outage (the member cut off
+// long enough for probes to wait on it, then back), every confirmation is
+// dated after the previous one was reported: a probe is dated when it asks
+// etcd, never by a tick the ticker held while the previous probe waited
+// out the outage, which would date a confirmation back into the outage and
+// make a replica that just recovered look stale again.
+func TestProbeDatesConfirmationsWhenSent(t *testing.T) {
+	c := etcdtest.New(t, 1)
+	type confirmation struct{ asOf, reported time.Time }
+	var mu sync.Mutex
+	var got []confirmation
+	p := make(probes, 16)
+	opts := etcdstate.WithProbed(etcdstate.Options{Prefix: "/dated/", OpTimeout: outageTimeout, ProbeInterval: 10 * time.Millisecond,
+		OnCurrent: func(asOf time.Time) {
+			mu.Lock()
+			got = append(got, confirmation{asOf, time.Now()})
+			mu.Unlock()
+		}},
+		func(confirmed bool) {
+			select {
+			case p <- confirmed:
+			default:
+			}
+		})
+	s, err := etcdstate.Open(context.Background(), etcdstate.Config{Endpoints: c.Endpoints(), Options: opts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+
+	p.until(t, true)
+	c.Disconnect(0)
+	p.all(t, 3, false)
+	c.Reconnect(0)
+	p.until(t, true)
+	p.all(t, 5, true)
+
+	mu.Lock()
+	defer mu.Unlock()
+	for i := 1; i < len(got); i++ {
+		if got[i].asOf.Before(got[i-1].reported) {
+			t.Fatalf("confirmation %d of %d dated %s, before the previous one was reported (%s)", i+1, len(got), got[i].asOf.Format(time.StampMicro), got[i-1].reported.Format(time.StampMicro))
+		}
+	}
+}

@@ -187,12 +187,14 @@ func (w *revWatch) probeLoop(ctx context.Context) {
 	t := time.NewTicker(w.s.probe)
 	defer t.Stop()
 	for {
-		var due time.Time
 		select {
 		case <-ctx.Done():
 			return
-		case due = <-t.C:
+		case <-t.C:
 		}
+		// Not the tick's time: after a probe that waited out an outage the
+		// ticker holds one it scheduled during it.
+		sent := w.s.now()
 		w.mu.Lock()
 		delivered := w.delivered
 		w.mu.Unlock()
@@ -201,7 +203,7 @@ func (w *revWatch) probeLoop(ctx context.Context) {
 		cancel()
 		confirmed := err == nil && (len(resp.Kvs) == 0 || resp.Kvs[0].ModRevision <= delivered)
 		if confirmed && w.s.onCurrent != nil {
-			w.s.onCurrent(due)
+			w.s.onCurrent(sent)
 		}
 		if w.probed != nil {
 			w.probed(confirmed)

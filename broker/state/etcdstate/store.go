@@ -66,10 +66,14 @@ type Options struct {
 	ProbeInterval time.Duration
 	// OnCurrent, when set, is called (from the Store's goroutines; it must
 	// be quick) each time the Store has confirmed that its watchers have
-	// every revocation made before asOf: the time the probe that confirmed
-	// it was due, before it asked etcd. (The Store takes that time from its
-	// probe ticker; no decision about the state depends on it.)
+	// every revocation made before asOf: the time (from Now) just before
+	// the probe that confirmed it asked etcd. A probe that waited out an
+	// outage is dated when it was sent, and the next one when it is sent
+	// (not when it was due), so the confirmations after an outage are not
+	// dated back into it. No decision about the state depends on the time.
 	OnCurrent func(asOf time.Time)
+	// Now is the clock OnCurrent's times are read from; nil: time.Now.
+	Now func() time.Time
 
 	probed     func(confirmed bool) // tests only: called after each probe
 	beforeSwap func()               // tests only: called before each compare-and-swap
@@ -97,6 +101,7 @@ type Store struct {
 	opTimeout  time.Duration
 	probe      time.Duration
 	onCurrent  func(asOf time.Time)
+	now        func() time.Time
 	probed     func(confirmed bool)
 	beforeSwap func()
 	locks      keyLocks
@@ -148,9 +153,12 @@ func New(ctx context.Context, cli *clientv3.Client, opts Options) (*Store, error
 	if opts.Prefix == "" || !strings.HasSuffix(opts.Prefix, "/") {
 		return nil, fmt.Errorf("etcdstate: prefix %q must be non-empty and end in \"/\"", opts.Prefix)
 	}
-	s := &Store{cli: cli, prefix: opts.Prefix, opTimeout: opts.OpTimeout, probe: opts.ProbeInterval, onCurrent: opts.OnCurrent, probed: opts.probed, beforeSwap: opts.beforeSwap}
+	s := &Store{cli: cli, prefix: opts.Prefix, opTimeout: opts.OpTimeout, probe: opts.ProbeInterval, onCurrent: opts.OnCurrent, now: opts.Now, probed: opts.probed, beforeSwap: opts.beforeSwap}
 	if s.opTimeout <= 0 {
 		s.opTimeout = DefaultOpTimeout
+	}
+	if s.now == nil {
+		s.now = time.Now
 	}
 	w, err := startWatch(ctx, s)
 	if err != nil {
