@@ -313,14 +313,34 @@ func scrapedValue(t *testing.T, httpAddr, name string) float64 {
 }
 
 // TestReadinessFollowsEtcd: a broker on state.etcd whose etcd becomes
-// unreachable turns NOT_SERVING on its health listener (the server as a
-// whole and each credbroker service) once its revocations are older than
-// state.etcd.max_staleness, while liveness stays SERVING; with etcd back it
-// turns SERVING by itself. credbroker_state_store_up follows, and each
-// change is logged once.
+// unreachable, or whose member loses its quorum, turns NOT_SERVING on its
+// health listener (the server as a whole and each credbroker service) once
+// its revocations are older than state.etcd.max_staleness, while liveness
+// stays SERVING; with etcd back it turns SERVING by itself.
+// credbroker_state_store_up follows, and each change is logged once.
 func TestReadinessFollowsEtcd(t *testing.T) {
 	t.Parallel()
-	etcd := etcdtest.New(t, 1)
+	t.Run("unreachable", func(t *testing.T) {
+		t.Parallel()
+		etcd := etcdtest.New(t, 1)
+		readinessAcrossOutage(t, etcd.Endpoint(0), func() { etcd.Disconnect(0) }, func() { etcd.Reconnect(0) })
+	})
+	t.Run("no quorum", func(t *testing.T) {
+		t.Parallel()
+		etcd := etcdtest.New(t, 3)
+		// The broker keeps reaching member 2, which has no leader.
+		readinessAcrossOutage(t, etcd.Endpoint(2), func() { etcd.Stop(0); etcd.Stop(1) }, func() {
+			if err := etcd.Restart(0, 1); err != nil {
+				t.Fatal(err)
+			}
+		})
+	})
+}
+
+// readinessAcrossOutage runs a broker on the etcd member at endpoint and
+// checks its health and credbroker_state_store_up before cut, after it, and
+// after heal.
+func readinessAcrossOutage(t *testing.T, endpoint string, cut, heal func()) {
 	dir := t.TempDir()
 	_, _, base := productionIdentity(t, dir)
 	d := startDaemon(t, dir, base+`
@@ -330,7 +350,7 @@ profiles: {tok: {issuer: oidc, max_ttl: 1h}}
 policy: [{id: "spiffe://prod.test/ns/*/sa/capa-controller-manager", profiles: [tok]}]
 state:
   etcd:
-    endpoints: [`+etcd.Endpoint(0)+`]
+    endpoints: [`+endpoint+`]
     prefix: /readiness/
     request_timeout: 1s
     probe_interval: 20ms
@@ -379,14 +399,14 @@ state:
 	await(healthpb.HealthCheckResponse_SERVING)
 	expect(healthpb.HealthCheckResponse_SERVING, 1)
 
-	etcd.Disconnect(0)
+	cut()
 	await(healthpb.HealthCheckResponse_NOT_SERVING)
 	expect(healthpb.HealthCheckResponse_NOT_SERVING, 0)
 	if age := confirmedAge(t, d.httpAddr); age <= 1 {
 		t.Errorf("NOT_SERVING with its revocations confirmed %gs ago, within max_staleness (1s)", age)
 	}
 
-	etcd.Reconnect(0)
+	heal()
 	await(healthpb.HealthCheckResponse_SERVING)
 	expect(healthpb.HealthCheckResponse_SERVING, 1)
 
