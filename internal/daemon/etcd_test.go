@@ -30,6 +30,7 @@ import (
 	"github.com/credbroker/credbroker/internal/ca"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/test/etcdtest"
+	"github.com/credbroker/credbroker/test/poll"
 )
 
 // TestReplicasShareStateInEtcd runs two brokers on state.etcd with one
@@ -96,22 +97,13 @@ state:
 		t.Fatalf("plain credential: %v", err)
 	}
 	confirmedAge(t, b.httpAddr) // the metric is there
-	deadline := time.Now().Add(time.Minute)
-	poll := time.NewTicker(50 * time.Millisecond)
-	defer poll.Stop()
+	pollCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	p := poll.New(t, pollCtx, 50*time.Millisecond)
 	// until polls try until it returns an error of code want.
 	until := func(what string, want codes.Code, try func() error) {
 		t.Helper()
-		for {
-			err := try()
-			if status.Code(err) == want {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: %v, want %s", what, err, want)
-			}
-			<-poll.C
-		}
+		p.UntilCode(what, want, false, try)
 	}
 
 	for i, c := range []credbrokerv1.BrokerServiceClient{ca, cb, ca} {
@@ -599,27 +591,12 @@ state:
 		}
 		return err
 	}
-	poll := time.NewTicker(50 * time.Millisecond)
-	defer poll.Stop()
+	p := poll.New(t, ctx, 50*time.Millisecond)
 	// until polls replica i with issuances until one answers want; an OK
 	// answer before that fails the test when okIsFatal.
 	until := func(what string, i int, want codes.Code, okIsFatal bool) {
 		t.Helper()
-		for {
-			err := issue(i)
-			switch {
-			case status.Code(err) == want:
-				return
-			case err == nil && okIsFatal:
-				t.Fatalf("%s: replica %d issued", what, i)
-			case ctx.Err() != nil:
-				t.Fatalf("%s: replica %d: %v, want %s", what, i, err, want)
-			}
-			select {
-			case <-poll.C:
-			case <-ctx.Done():
-			}
-		}
+		p.UntilCode(fmt.Sprintf("%s: replica %d", what, i), want, okIsFatal, func() error { return issue(i) })
 	}
 	// issuedRecords counts the issued records for the cluster in every
 	// replica's audit chain, through the admin API.

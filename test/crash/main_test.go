@@ -13,30 +13,15 @@
 package crash
 
 import (
-	"fmt"
-	"os"
-	"os/exec"
 	"testing"
+
+	"github.com/credbroker/credbroker/test/testproc"
 )
 
 // binDir holds the freshly built credbroker and credbrokerctl.
 var binDir string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "credbroker-crash-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	binDir = dir
-	build := exec.Command("go", "build", "-o", binDir+"/",
+	testproc.MainWithBinaries(m, &binDir,
 		"github.com/credbroker/credbroker/cmd/credbroker", "github.com/credbroker/credbroker/cmd/credbrokerctl")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building binaries:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
 }

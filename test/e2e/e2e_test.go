@@ -28,26 +28,13 @@ import (
 	"go.etcd.io/bbolt"
 
 	"github.com/credbroker/credbroker/issuers/jwt"
+	"github.com/credbroker/credbroker/test/testproc"
 )
 
 var binDir string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "credbroker-e2e-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	binDir = dir
-	build := exec.Command("go", "build", "-o", binDir+"/", "github.com/credbroker/credbroker/cmd/...")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building binaries:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	testproc.MainWithBinaries(m, &binDir, "github.com/credbroker/credbroker/cmd/...")
 }
 
 // lockedBuffer collects a process's output while it runs; waitFor blocks
