@@ -48,7 +48,7 @@ func (s *Store) RequestApproval(ctx context.Context, a state.Approval, maxOpen i
 	ctx, cancel := s.opCtx(ctx)
 	defer cancel()
 	idKey, reqKey := s.key(dirApproval, a.ID), s.approvalReqKey(a.Requester, a.Digest)
-	for range maxAttempts {
+	for range s.maxAttempts {
 		entries, err := s.cli.Get(ctx, reqPrefix, clientv3.WithPrefix())
 		if err != nil {
 			return state.Approval{}, false, unavailable("request approval", err)
@@ -96,7 +96,7 @@ func (s *Store) RequestApproval(ctx context.Context, a state.Approval, maxOpen i
 			return state.Approval{}, false, fmt.Errorf("%w: approval %s", state.ErrExists, a.ID)
 		}
 	}
-	return state.Approval{}, false, fmt.Errorf("%w: %w: request approval lost to concurrent writers %d times; retry", state.ErrUnavailable, ErrContended, maxAttempts)
+	return state.Approval{}, false, fmt.Errorf("%w: %w: request approval lost to concurrent writers %d times; retry", state.ErrUnavailable, ErrContended, s.maxAttempts)
 }
 
 // FindApproval implements state.Approvals: the requester's index entry for

@@ -9,9 +9,12 @@
 // revisions of the keys it read (compare-and-swap) and writes all of its
 // keys or none. A transaction that lost the race to another writer returns
 // the keys' current values in its Else branch, so the retry needs no extra
-// read; after maxAttempts lost rounds the operation gives up with an error
-// wrapping ErrContended and state.ErrUnavailable (retriable) rather than
-// spinning. Within one Store, operations on the same key queue on a local
+// read. A lost round is another writer's commit, so an operation that
+// keeps losing is waiting for the others' progress, not spinning: it tries
+// until its deadline (then state.ErrUnavailable), or, as a backstop, until
+// maxAttempts lost rounds (then ErrContended and state.ErrUnavailable, both
+// retriable); a spend that loses while others spend a quota decides on the
+// window they leave, a refusal once it is full. Within one Store, operations on the same key queue on a local
 // lock, so the compare-and-swap races only between replicas, not between
 // the goroutines of one replica. A Store remembers the quota windows it last
 // read or wrote and starts a spend's compare-and-swap from them: one round

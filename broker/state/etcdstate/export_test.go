@@ -14,5 +14,9 @@ func WithBeforeSwap(o Options, fn func()) Options {
 	return o
 }
 
-// MaxAttempts is how many compare-and-swap rounds an operation makes.
-const MaxAttempts = maxAttempts
+// WithMaxAttempts returns o with an operation giving up after n lost
+// compare-and-swap rounds.
+func WithMaxAttempts(o Options, n int) Options {
+	o.maxAttempts = n
+	return o
+}

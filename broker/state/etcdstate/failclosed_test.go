@@ -255,6 +255,7 @@ func TestSpendFromRememberedValues(t *testing.T) {
 // up after a bounded number of attempts with a retriable error
 // (ErrContended, state.ErrUnavailable), having spent nothing itself.
 func TestContentionIsBounded(t *testing.T) {
+	const bound = 32
 	ctx := context.Background()
 	dir := t.TempDir()
 	other := openOn(t, shared, dir)
@@ -265,7 +266,7 @@ func TestContentionIsBounded(t *testing.T) {
 			t.Error(err)
 		}
 	})
-	s, err := etcdstate.Open(ctx, etcdstate.Config{Endpoints: shared, Options: opts})
+	s, err := etcdstate.Open(ctx, etcdstate.Config{Endpoints: shared, Options: etcdstate.WithMaxAttempts(opts, bound)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -274,7 +275,40 @@ func TestContentionIsBounded(t *testing.T) {
 	if !errors.Is(err, etcdstate.ErrContended) || !errors.Is(err, state.ErrUnavailable) {
 		t.Fatalf("spend that always loses: %v, want ErrContended and state.ErrUnavailable", err)
 	}
-	if attempts != etcdstate.MaxAttempts || usedOf(t, other, cluster) != attempts || usedOf(t, other, identity) != attempts {
-		t.Fatalf("%d attempts; used %d and %d: want %d attempts and every unit the other writer's", attempts, usedOf(t, other, cluster), usedOf(t, other, identity), etcdstate.MaxAttempts)
+	if attempts != bound || usedOf(t, other, cluster) != attempts || usedOf(t, other, identity) != attempts {
+		t.Fatalf("%d attempts; used %d and %d: want %d attempts and every unit the other writer's", attempts, usedOf(t, other, cluster), usedOf(t, other, identity), bound)
+	}
+}
+
+// TestContentionEndsInADecision: a replica that loses every
+// compare-and-swap on a hot quota while another spends it (as a replica
+// slower than the others does in a burst) keeps trying, past the 32 lost
+// rounds that once made it give up, and once the other has spent the
+// quota it decides: a refusal (*state.ExhaustedError), not UNAVAILABLE.
+func TestContentionEndsInADecision(t *testing.T) {
+	const spendable = 48
+	ctx := context.Background()
+	dir := t.TempDir()
+	other := openOn(t, shared, dir)
+	hot := []state.Charge{{Key: cluster, Quota: state.Quota{Max: spendable, Window: time.Hour}}}
+	attempts := 0
+	opts := etcdstate.WithBeforeSwap(etcdstate.Options{Prefix: prefixFor(dir)}, func() {
+		attempts++
+		if _, err := other.Spend(ctx, epoch, hot); err != nil {
+			t.Errorf("the other writer's spend %d: %v", attempts, err)
+		}
+	})
+	s, err := etcdstate.Open(ctx, etcdstate.Config{Endpoints: shared, Options: opts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	_, err = s.Spend(ctx, epoch, hot)
+	var ex *state.ExhaustedError
+	if !errors.As(err, &ex) {
+		t.Fatalf("a spend that lost every round until the quota was spent: %v, want *state.ExhaustedError", err)
+	}
+	if attempts != spendable || usedOf(t, other, cluster) != spendable {
+		t.Fatalf("%d attempts, used %d: want %d of each, every unit the other writer's", attempts, usedOf(t, other, cluster), spendable)
 	}
 }

@@ -1,6 +1,7 @@
 package etcdstate
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -25,8 +26,16 @@ const (
 	DefaultOpTimeout = 5 * time.Second
 	// DefaultDialTimeout bounds the first connection Open makes.
 	DefaultDialTimeout = 5 * time.Second
-	// maxAttempts bounds the compare-and-swap rounds of one operation.
-	maxAttempts = 32
+	// maxAttempts bounds the compare-and-swap rounds of one operation, as a
+	// backstop: what bounds an operation is its deadline (OpTimeout). A
+	// round lost is another replica's write committed, so the loop never
+	// spins without the fleet making progress; and in a burst on one hot
+	// key (a cluster's quota) a replica slower than the others (a busy
+	// host, a farther member) loses round after round for as long as they
+	// keep spending, then decides on the window they left: a refusal, once
+	// the quota is spent. Counting 32 losses turned such requests into
+	// UNAVAILABLE instead of a decision.
+	maxAttempts = 1024
 	// queueTimeout bounds how long an operation waits behind this Store's
 	// other operations on the same keys before its own round trips start
 	// (and OpTimeout starts counting). A burst on one hot key (a cluster's
@@ -77,6 +86,9 @@ type Options struct {
 
 	probed     func(confirmed bool) // tests only: called after each probe
 	beforeSwap func()               // tests only: called before each compare-and-swap
+	// maxAttempts, tests only: the compare-and-swap rounds of one
+	// operation; zero means the package's maxAttempts.
+	maxAttempts int
 }
 
 // Config is what Open needs to reach etcd.
@@ -104,10 +116,12 @@ type Store struct {
 	now        func() time.Time
 	probed     func(confirmed bool)
 	beforeSwap func()
-	locks      keyLocks
-	quotas     kvCache // the quota windows this Store last read or wrote
-	budgets    kvCache // the upstream budgets this Store last read or wrote
-	watch      *revWatch
+	// maxAttempts bounds the compare-and-swap rounds of one operation.
+	maxAttempts int
+	locks       keyLocks
+	quotas      kvCache // the quota windows this Store last read or wrote
+	budgets     kvCache // the upstream budgets this Store last read or wrote
+	watch       *revWatch
 }
 
 var _ state.Store = (*Store)(nil)
@@ -165,6 +179,7 @@ func New(ctx context.Context, cli *clientv3.Client, opts Options) (*Store, error
 		return nil, err
 	}
 	s.watch = w
+	s.maxAttempts = cmp.Or(opts.maxAttempts, maxAttempts)
 	return s, nil
 }
 
@@ -278,7 +293,7 @@ func (s *Store) cas(ctx context.Context, what string, keys []string, cache *kvCa
 			return nil, err
 		}
 	}
-	for range maxAttempts {
+	for range s.maxAttempts {
 		ops, err := decide(kvs)
 		if (err != nil || len(ops) == 0) && remembered {
 			if err := read(); err != nil {
@@ -313,7 +328,7 @@ func (s *Store) cas(ctx context.Context, what string, keys []string, cache *kvCa
 		kvs, remembered = readKVs(keys, resp.Responses), false
 		cache.put(keys, kvs)
 	}
-	return nil, fmt.Errorf("%w: %w: %s lost to concurrent writers %d times; retry", state.ErrUnavailable, ErrContended, what, maxAttempts)
+	return nil, fmt.Errorf("%w: %w: %s lost to concurrent writers %d times; retry", state.ErrUnavailable, ErrContended, what, s.maxAttempts)
 }
 
 // kvCacheMax bounds the keys a kvCache remembers; past it, it starts over.
