@@ -10,19 +10,21 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/credbroker/credbroker/broker/alerts"
 	"github.com/credbroker/credbroker/broker/audit"
+	"github.com/credbroker/credbroker/broker/config"
 	"github.com/credbroker/credbroker/broker/state"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
 // ApprovalStore is what two-person approval needs from the state seam.
 type ApprovalStore interface {
-	RequestApproval(ctx context.Context, a state.Approval, maxOpen int, now time.Time) (state.Approval, bool, error)
+	RequestApproval(ctx context.Context, a state.Approval, bound state.ApprovalBound, now time.Time) (state.Approval, bool, error)
 	GetApproval(ctx context.Context, id string) (state.Approval, error)
 	FindApproval(ctx context.Context, requester, digest string, now time.Time) (state.Approval, bool, error)
 	ListApprovals(ctx context.Context, f state.ApprovalFilter) ([]state.Approval, error)
@@ -55,6 +57,12 @@ func (s *Service) ApprovalNeeded(profile string) (ApprovalRule, bool) {
 // or granted, unexpired) at once, so that a caller cannot fill the store by
 // varying its requests; an identical request costs nothing.
 const MaxOpenApprovals = 8
+
+// DefaultOpenApprovalsTotal bounds the approvals the broker holds over all
+// identities (config limits.open_approvals) when none is configured: many
+// identities, each within MaxOpenApprovals, must not grow the store
+// without bound either.
+const DefaultOpenApprovalsTotal = config.DefaultOpenApprovals
 
 // ApprovalEvent is one step of an approval, for the log and the alerts.
 type ApprovalEvent struct {
@@ -89,6 +97,34 @@ type Approvals struct {
 	log    *slog.Logger
 	// approvers says in words who may approve, for messages.
 	approvers string
+	// bound is what RequestApproval may add to; full says, at a bounded
+	// rate, that the total refused requests.
+	bound state.ApprovalBound
+	full  boundLog
+}
+
+// boundLog logs that the broker's total bound of open approvals refused
+// requests at most once a minute, with how many it refused meanwhile: an
+// operator must look (approvals left undecided, or requests from many
+// identities), but a flood of refusals must not become a flood of log.
+type boundLog struct {
+	mu      sync.Mutex
+	last    time.Time
+	refused int
+}
+
+// refusal counts one refusal at now and reports how many to log (those
+// since the last line), or 0 within a minute of the last line.
+func (b *boundLog) refusal(now time.Time) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.refused++
+	if !b.last.IsZero() && now.Sub(b.last) < time.Minute && !now.Before(b.last) {
+		return 0
+	}
+	n := b.refused
+	b.last, b.refused = now, 0
+	return n
 }
 
 // ApprovalAudit is what approvals record their steps in, and read back to
@@ -113,6 +149,10 @@ type ApprovalsDeps struct {
 	// Approvers describes who may approve ("admin SPIFFE IDs (...) or uids
 	// ... on the admin socket"), shown to requesters.
 	Approvers string
+	// MaxOpenTotal bounds the approvals the store holds over all identities
+	// (state.ApprovalBound.Total; config limits.open_approvals); 0:
+	// DefaultOpenApprovalsTotal.
+	MaxOpenTotal int
 }
 
 // NewApprovals returns the approval workflow.
@@ -132,7 +172,15 @@ func NewApprovals(d ApprovalsDeps) (*Approvals, error) {
 	if d.Alerts == nil {
 		d.Alerts = alerts.Nop{}
 	}
-	return &Approvals{store: d.Store, audit: d.Audit, now: d.Clock, newID: d.NewID, alerts: d.Alerts, log: d.Log, approvers: d.Approvers}, nil
+	if d.MaxOpenTotal == 0 {
+		d.MaxOpenTotal = DefaultOpenApprovalsTotal
+	}
+	bound := state.ApprovalBound{PerRequester: MaxOpenApprovals, Total: d.MaxOpenTotal}
+	if err := bound.Validate(); err != nil {
+		return nil, fmt.Errorf("broker: NewApprovals: %w", err)
+	}
+	return &Approvals{store: d.Store, audit: d.Audit, now: d.Clock, newID: d.NewID, alerts: d.Alerts, log: d.Log, approvers: d.Approvers,
+		bound: bound}, nil
 }
 
 // RequestDigest is the hex SHA-256 of everything that shapes a credential:
@@ -172,9 +220,16 @@ func (v *Approvals) require(ctx context.Context, rule ApprovalRule, rec *audit.R
 	a, created, err := v.store.RequestApproval(ctx, state.Approval{
 		ID: id, Digest: digest, Requester: rec.Caller, Profile: rec.Profile, Cluster: rec.Cluster, Audience: audience,
 		TTL: rec.TTL, Needed: rule.Approvers, CreatedAt: now, ExpiresAt: now.Add(rule.Window), Status: state.ApprovalPending,
-	}, MaxOpenApprovals, now)
+	}, v.bound, now)
 	var lim *state.ApprovalLimitError
 	switch {
+	case errors.As(err, &lim) && lim.Total:
+		if n := v.full.refusal(now); n > 0 {
+			v.log.LogAttrs(ctx, slog.LevelWarn, "approval requests refused: the broker holds its bound of open approvals", slog.Int("bound", lim.Max),
+				slog.Int("refused", n), slog.String("hint", "decide or deny waiting approvals (credbrokerctl approvals list), or raise limits.open_approvals"))
+		}
+		return state.ApprovalUse{}, exhausted(credbrokerv1.ErrorReason_QUOTA_EXHAUSTED, "open approvals",
+			fmt.Sprintf("profile %q needs approval, and the broker already holds %d approvals waiting (limits.open_approvals); some must be decided or expire first", rec.Profile, lim.Max), rule.Window)
 	case errors.As(err, &lim):
 		return state.ApprovalUse{}, exhausted(credbrokerv1.ErrorReason_QUOTA_EXHAUSTED, "pending approvals",
 			fmt.Sprintf("profile %q needs approval, and %d approvals of yours are already waiting; one must be decided or expire first", rec.Profile, lim.Max), rule.Window)

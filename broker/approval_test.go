@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -19,6 +20,7 @@ import (
 	"github.com/credbroker/credbroker/broker/audit"
 	"github.com/credbroker/credbroker/broker/config"
 	"github.com/credbroker/credbroker/broker/page"
+	"github.com/credbroker/credbroker/broker/policy"
 	"github.com/credbroker/credbroker/broker/state"
 	"github.com/credbroker/credbroker/issuers"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
@@ -335,6 +337,51 @@ func TestApprovalBoundPerIdentity(t *testing.T) {
 	if n := countDecisions(h, audit.DecisionApprovalRequested); n != broker.MaxOpenApprovals {
 		t.Fatalf("%d approval_requested records, want %d", n, broker.MaxOpenApprovals)
 	}
+}
+
+// TestApprovalBoundInTotal: identities each well within their own bound
+// cannot make the broker hold more than limits.open_approvals approvals: the
+// next identity is refused QUOTA_EXHAUSTED (limit "open approvals", with
+// RetryInfo) and nothing is stored; the log says so once, not per refusal;
+// a denial makes room for one more.
+func TestApprovalBoundInTotal(t *testing.T) {
+	const total = 3
+	h := newHarness(t, func(c *harnessConfig) {
+		c.openApprovals = total
+		c.rules = append(c.rules, policy.Rule{ID: "spiffe://example.test/ns/*/sa/capi-controller", Profiles: []string{"approved-token"}})
+	})
+	ask := func(ns string) error {
+		id := spiffeid.RequireFromPath(td, "/ns/"+ns+"/sa/capi-controller")
+		_, err := issue(ctxT(t), h.dial(h.mint(id, time.Hour)), &credbrokerv1.IssueCredentialRequest{Profile: "approved-token"})
+		return err
+	}
+	var ids []string
+	for i := range total {
+		ids = append(ids, waitingFor(t, ask(fmt.Sprintf("team-%d", i)), 0))
+	}
+	waitingFor(t, ask("team-0"), 0) // identical: still found at the bound
+	for i := range 5 {
+		_, info := wantReason(t, ask(fmt.Sprintf("late-%d", i)), credbrokerv1.ErrorReason_QUOTA_EXHAUSTED)
+		if info.GetMetadata()["limit"] != "open approvals" {
+			t.Fatalf("metadata %v", info.GetMetadata())
+		}
+	}
+	_, err := issue(ctxT(t), h.dial(h.mint(spiffeid.RequireFromPath(td, "/ns/late-0/sa/capi-controller"), time.Hour)),
+		&credbrokerv1.IssueCredentialRequest{Profile: "approved-token"})
+	if d := retryDelay(t, err); d <= 0 {
+		t.Fatalf("retry delay %v", d)
+	}
+	if as, err := h.approvals.List(context.Background(), "", 0); err != nil || len(as) != total {
+		t.Fatalf("%d approvals stored (%v), want %d", len(as), err, total)
+	}
+	if n := strings.Count(h.logs.String(), "the broker holds its bound of open approvals"); n != 1 {
+		t.Fatalf("the full bound was logged %d times for 6 refusals within a minute, want once", n)
+	}
+	if _, err := credbrokerv1.NewAdminServiceClient(h.dialAdminSocket()).DenyApproval(ctxT(t), &credbrokerv1.DenyApprovalRequest{ApprovalId: ids[0]}); err != nil {
+		t.Fatal(err)
+	}
+	waitingFor(t, ask("late-0"), 0)
+	wantReason(t, ask("late-1"), credbrokerv1.ErrorReason_QUOTA_EXHAUSTED)
 }
 
 // TestApprovalNeeded: the function policy explain asks.

@@ -156,6 +156,9 @@ type harnessConfig struct {
 	webhook webhook.Options
 	// serverOptions add optional services (health, reflection).
 	serverOptions []broker.ServerOption
+	// openApprovals bounds the approvals held over all identities (0: the
+	// default).
+	openApprovals int
 }
 
 // harness is a real broker: real TLS on loopback, real bbolt on a temp file,
@@ -294,7 +297,7 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 	}
 	h.alerts = &recordedAlerts{next: emitter}
 	if h.approvals, err = broker.NewApprovals(broker.ApprovalsDeps{Store: h.state, Audit: h.audit, Clock: h.clock.Now, NewID: newID, Log: log,
-		Approvers: "an admin other than the requester", Alerts: h.alerts}); err != nil {
+		Approvers: "an admin other than the requester", Alerts: h.alerts, MaxOpenTotal: hc.openApprovals}); err != nil {
 		t.Fatal(err)
 	}
 	approved := profile("approved-token", config.ClusterOptional)

@@ -415,7 +415,18 @@ type Limits struct {
 	RefusalRecords RefusalRecords `yaml:"refusal_records"`
 	// WatchStreams bound the revocation watches open at once.
 	WatchStreams WatchStreams `yaml:"watch_streams"`
+	// OpenApprovals bounds the two-person approvals the broker holds over
+	// all identities (each identity has at most 8 open on its own).
+	OpenApprovals int `yaml:"open_approvals"`
 }
+
+// DefaultOpenApprovals is limits.open_approvals when it is not set; README's
+// configuration reference lists it. MaxOpenApprovals is the most it may be:
+// a request that would open an approval reads every approval held.
+const (
+	DefaultOpenApprovals = 1024
+	MaxOpenApprovals     = 65536
+)
 
 // Bucket is a token bucket per key: Rate per second, Burst saved up. Zero
 // fields take the default.
@@ -582,9 +593,17 @@ func (l Limits) validateBuckets() []error {
 		r.Health.validate("limits.requests.health"),
 		r.Reflection.validate("limits.requests.reflection"),
 		l.WatchStreams.validate(),
+		l.validateOpenApprovals(),
 		rr.Identity.validate("limits.refusal_records.identity"),
 		rr.Address.validate("limits.refusal_records.address"),
 	}
+}
+
+func (l Limits) validateOpenApprovals() error {
+	if l.OpenApprovals < 1 || l.OpenApprovals > MaxOpenApprovals {
+		return fmt.Errorf("config: limits.open_approvals must be 1 to %d (got %d)", MaxOpenApprovals, l.OpenApprovals)
+	}
+	return nil
 }
 
 // Quota is at most Max issuances per Window (Max 0: unlimited).
@@ -656,6 +675,9 @@ func (c *Config) applyDefaults() {
 	c.Limits.RefusalRecords.ApplyDefaults()
 	c.Alerts.ApplyDefaults()
 	c.Limits.WatchStreams.ApplyDefaults()
+	if c.Limits.OpenApprovals == 0 {
+		c.Limits.OpenApprovals = DefaultOpenApprovals
+	}
 	if c.State.Etcd != nil {
 		c.State.Etcd.applyDefaults()
 	}

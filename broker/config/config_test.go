@@ -124,6 +124,12 @@ limits: {rate: 1, burst: 2, identity_quota: {max: 3, window: 1h}}
 	if w := c.Limits.WatchStreams; w.PerIdentity != DefaultWatchStreamsPerIdentity || w.Total != DefaultWatchStreamsTotal {
 		t.Errorf("watch streams = %+v, want the defaults", w)
 	}
+	if c.Limits.OpenApprovals != DefaultOpenApprovals {
+		t.Errorf("open approvals = %d, want the default %d", c.Limits.OpenApprovals, DefaultOpenApprovals)
+	}
+	if c, err := Parse(strings.NewReader(strings.Replace(base, "limits: {rate: 1, burst: 2,", "limits: {open_approvals: 64, rate: 1, burst: 2,", 1))); err != nil || c.Limits.OpenApprovals != 64 {
+		t.Errorf("open_approvals: 64 read as %v, %v", c, err)
+	}
 	var out bytes.Buffer
 	if err := c.WriteLimits(&out); err != nil {
 		t.Fatal(err)
@@ -142,6 +148,8 @@ limits: {rate: 1, burst: 2, identity_quota: {max: 3, window: 1h}}
 		{"limits: {rate: 1, burst: 2,", "limits: {requests: {watch: {burst: -1}}, rate: 1, burst: 2,", "limits.requests.watch"},
 		{"limits: {rate: 1, burst: 2,", "limits: {watch_streams: {per_identity: -1}, rate: 1, burst: 2,", "limits.watch_streams"},
 		{"limits: {rate: 1, burst: 2,", "limits: {watch_streams: {per_identity: 10, total: 5}, rate: 1, burst: 2,", "limits.watch_streams"},
+		{"limits: {rate: 1, burst: 2,", "limits: {open_approvals: -1, rate: 1, burst: 2,", "limits.open_approvals"},
+		{"limits: {rate: 1, burst: 2,", "limits: {open_approvals: 65537, rate: 1, burst: 2,", "limits.open_approvals"},
 	} {
 		y := strings.Replace(base, bad.from, bad.to, 1)
 		if _, err := Parse(strings.NewReader(y)); err == nil || !strings.Contains(err.Error(), bad.want) {

@@ -82,6 +82,16 @@ func (a Approval) Open(now time.Time) bool {
 	return (a.Status == ApprovalPending || a.Status == ApprovalGranted) && !a.Expired(now)
 }
 
+// Held reports whether a holds a place under the store's total bound
+// (ApprovalBound.Total): pending or granted, expired or not. An approval
+// leaves the store only when it is purged, so an expired one is counted
+// until then: the bound holds however short the windows and however late
+// housekeeping runs. Denied and consumed approvals are an admin's doing and
+// hold no place.
+func (a Approval) Held() bool {
+	return a.Status == ApprovalPending || a.Status == ApprovalGranted
+}
+
 // Admins returns the principals who approved, in order.
 func (a Approval) Admins() []string {
 	out := make([]string, len(a.Votes))
@@ -106,14 +116,53 @@ var (
 	ErrApprovalNotGranted = errors.New("state: approval not granted yet")
 )
 
+// ApprovalBound bounds what RequestApproval may store, so that no caller,
+// and no number of callers, can grow the store without bound.
+type ApprovalBound struct {
+	// PerRequester is the most open approvals (Approval.Open) one requester
+	// may have.
+	PerRequester int
+	// Total is the most approvals the store may hold (Approval.Held) over
+	// all requesters.
+	Total int
+}
+
+// Validate checks that both bounds are positive.
+func (b ApprovalBound) Validate() error {
+	if b.PerRequester < 1 || b.Total < 1 {
+		return fmt.Errorf("state: approval bounds %d per requester and %d in total are not both positive", b.PerRequester, b.Total)
+	}
+	return nil
+}
+
+// Check decides whether a new approval of requester may be stored, given
+// the requester's open approvals and the approvals the store holds:
+// nil, or the *ApprovalLimitError RequestApproval returns. Every store
+// decides with it.
+func (b ApprovalBound) Check(requester string, open, held int) error {
+	switch {
+	case open >= b.PerRequester:
+		return &ApprovalLimitError{Requester: requester, Max: b.PerRequester}
+	case held >= b.Total:
+		return &ApprovalLimitError{Requester: requester, Max: b.Total, Total: true}
+	}
+	return nil
+}
+
 // ApprovalLimitError refuses a new approval for a requester that already has
-// Max open ones, so that one caller cannot grow the store without bound.
+// Max open ones, or (Total) because the store holds Max approvals over all
+// requesters.
 type ApprovalLimitError struct {
 	Requester string
 	Max       int
+	// Total says the store-wide bound refused, not the requester's own.
+	Total bool
 }
 
 func (e *ApprovalLimitError) Error() string {
+	if e.Total {
+		return fmt.Sprintf("state: the store holds %d approvals waiting, its bound; none can be opened until some are decided, used or purged", e.Max)
+	}
 	return fmt.Sprintf("state: %s already has %d approvals waiting; wait for them to be decided or expire", e.Requester, e.Max)
 }
 
@@ -177,9 +226,11 @@ type Approvals interface {
 	// that is not consumed and not expired at now (pending, granted or
 	// denied), with created false, changing nothing. Failing that it stores
 	// a (which must pass ValidateApproval) and returns it with created true,
-	// unless the requester already has maxOpen open approvals: then an
-	// *ApprovalLimitError. ErrExists if a.ID is taken.
-	RequestApproval(ctx context.Context, a Approval, maxOpen int, now time.Time) (stored Approval, created bool, err error)
+	// unless bound.Check refuses: the requester already has
+	// bound.PerRequester open approvals, or the store holds bound.Total
+	// (counted in the same atomic step as the write, however many replicas
+	// race); then an *ApprovalLimitError. ErrExists if a.ID is taken.
+	RequestApproval(ctx context.Context, a Approval, bound ApprovalBound, now time.Time) (stored Approval, created bool, err error)
 	// FindApproval returns the approval RequestApproval would find for
 	// requester and digest at now (not consumed, not expired), and whether
 	// there is one. It changes nothing (policy explain asks it).

@@ -98,7 +98,7 @@ func TestSpendFirstApproval(t *testing.T) {
 	const requester = "spiffe://example.test/ns/capi-system/sa/capa"
 	a := state.Approval{ID: "ap", Digest: "d", Requester: requester, Profile: "admin", Needed: 1,
 		CreatedAt: epoch, ExpiresAt: epoch.Add(time.Hour), Status: state.ApprovalPending}
-	if _, _, err := st.RequestApproval(ctx, a, 8, epoch); err != nil {
+	if _, _, err := st.RequestApproval(ctx, a, state.ApprovalBound{PerRequester: 8, Total: 8}, epoch); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, err := st.Approve(ctx, "ap", "unix:uid=0", epoch); err != nil {

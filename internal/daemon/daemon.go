@@ -249,7 +249,7 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	approvals, err := broker.NewApprovals(broker.ApprovalsDeps{
 		Store: st, Audit: auditLog, NewID: newIssuanceID, Log: log, Approvers: approversText(cfg),
-		Alerts: alerter,
+		Alerts: alerter, MaxOpenTotal: cfg.Limits.OpenApprovals,
 	})
 	if err != nil {
 		return err

@@ -50,13 +50,15 @@ func putApproval(b *bbolt.Bucket, a state.Approval) error {
 
 // RequestApproval implements state.Approvals. The requester's open
 // approvals are counted through approvals.byrequest, which holds one entry
-// per (requester, digest): the requester's latest approval for that request.
-func (s *Store) RequestApproval(_ context.Context, a state.Approval, maxOpen int, now time.Time) (state.Approval, bool, error) {
+// per (requester, digest): the requester's latest approval for that request;
+// the approvals the store holds by a walk of all of them, in the same write
+// transaction.
+func (s *Store) RequestApproval(_ context.Context, a state.Approval, bound state.ApprovalBound, now time.Time) (state.Approval, bool, error) {
 	if err := state.ValidateApproval(a); err != nil {
 		return state.Approval{}, false, err
 	}
-	if maxOpen < 1 {
-		return state.Approval{}, false, fmt.Errorf("boltstate: bound of open approvals %d is not positive", maxOpen)
+	if err := bound.Validate(); err != nil {
+		return state.Approval{}, false, err
 	}
 	a.CreatedAt, a.ExpiresAt = state.NormTime(a.CreatedAt), state.NormTime(a.ExpiresAt)
 	var out state.Approval
@@ -95,8 +97,12 @@ func (s *Store) RequestApproval(_ context.Context, a state.Approval, maxOpen int
 				open++
 			}
 		}
-		if open >= maxOpen {
-			return &state.ApprovalLimitError{Requester: a.Requester, Max: maxOpen}
+		held, err := heldApprovals(byID)
+		if err != nil {
+			return err
+		}
+		if err := bound.Check(a.Requester, open, held); err != nil {
+			return err
 		}
 		if err := putApproval(byID, a); err != nil {
 			return err
@@ -111,6 +117,23 @@ func (s *Store) RequestApproval(_ context.Context, a state.Approval, maxOpen int
 		return state.Approval{}, false, err
 	}
 	return out, created, nil
+}
+
+// heldApprovals counts the approvals in b that hold a place under the
+// store's total bound (state.Approval.Held).
+func heldApprovals(b *bbolt.Bucket) (int, error) {
+	held := 0
+	err := b.ForEach(func(_, v []byte) error {
+		a, err := record.DecodeApproval(v)
+		if err != nil {
+			return err
+		}
+		if a.Held() {
+			held++
+		}
+		return nil
+	})
+	return held, err
 }
 
 // FindApproval implements state.Approvals: one lookup in

@@ -182,7 +182,7 @@ func grantedApproval(t *testing.T, st *boltstate.Store, id string) state.Approva
 	const requester = "spiffe://example.test/ns/capi-system/sa/capa"
 	a := state.Approval{ID: id, Digest: "d1", Requester: requester, Profile: "admin", Needed: 2,
 		CreatedAt: epoch, ExpiresAt: epoch.Add(time.Hour), Status: state.ApprovalPending}
-	if _, _, err := st.RequestApproval(context.Background(), a, 8, epoch); err != nil {
+	if _, _, err := st.RequestApproval(context.Background(), a, state.ApprovalBound{PerRequester: 8, Total: 8}, epoch); err != nil {
 		t.Fatal(err)
 	}
 	for _, admin := range []string{"spiffe://example.test/admin/a", "unix:uid=0"} {

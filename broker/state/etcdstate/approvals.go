@@ -22,25 +22,31 @@ func (s *Store) approvalReqKey(requester, digest string) string {
 	return s.key(approvalReqDir(requester), digest)
 }
 
-// RequestApproval implements state.Approvals. The requester's open
-// approvals are counted through its index entries, and the new approval is
-// stored only if none of those entries changed since they were read: every
-// change of an approval rewrites its entry, so a vote, denial, consumption
-// or release racing with the count makes the store count again.
-func (s *Store) RequestApproval(ctx context.Context, a state.Approval, maxOpen int, now time.Time) (state.Approval, bool, error) {
+// RequestApproval implements state.Approvals. The requester's index
+// entries and every approval are read at one revision; the requester's open
+// approvals are counted through its entries, the approvals the store holds
+// over all of them, and the new approval is stored only if neither the
+// entries nor any approval changed since: every change of an approval
+// rewrites it (and its entry), so a vote, denial, consumption, release or
+// another request racing with the count makes the store count again. A
+// purge racing with it only deletes, which can leave the count high, never
+// low.
+func (s *Store) RequestApproval(ctx context.Context, a state.Approval, bound state.ApprovalBound, now time.Time) (state.Approval, bool, error) {
 	if err := state.ValidateApproval(a); err != nil {
 		return state.Approval{}, false, err
 	}
-	if maxOpen < 1 {
-		return state.Approval{}, false, fmt.Errorf("etcdstate: bound of open approvals %d is not positive", maxOpen)
+	if err := bound.Validate(); err != nil {
+		return state.Approval{}, false, err
 	}
 	a.CreatedAt, a.ExpiresAt = state.NormTime(a.CreatedAt), state.NormTime(a.ExpiresAt)
 	v, err := record.EncodeApproval(a)
 	if err != nil {
 		return state.Approval{}, false, err
 	}
-	reqPrefix := s.key(approvalReqDir(a.Requester), "")
-	unlock, err := s.queue(ctx, []string{reqPrefix})
+	reqPrefix, allPrefix := s.key(approvalReqDir(a.Requester), ""), s.key(dirApproval, "")
+	// This replica's requests wait their turn on the store-wide key: with the
+	// total bound any two of them race.
+	unlock, err := s.queue(ctx, []string{allPrefix, reqPrefix})
 	if err != nil {
 		return state.Approval{}, false, err
 	}
@@ -49,41 +55,44 @@ func (s *Store) RequestApproval(ctx context.Context, a state.Approval, maxOpen i
 	defer cancel()
 	idKey, reqKey := s.key(dirApproval, a.ID), s.approvalReqKey(a.Requester, a.Digest)
 	for range s.maxAttempts {
-		entries, err := s.cli.Get(ctx, reqPrefix, clientv3.WithPrefix())
+		read, err := s.cli.Txn(ctx).Then(clientv3.OpGet(reqPrefix, clientv3.WithPrefix()), clientv3.OpGet(allPrefix, clientv3.WithPrefix())).Commit()
 		if err != nil {
 			return state.Approval{}, false, unavailable("request approval", err)
 		}
-		rev := entries.Header.Revision
-		ids := make([]string, len(entries.Kvs))
-		for i, kv := range entries.Kvs {
-			ids[i] = s.key(dirApproval, string(kv.Value))
-		}
-		read, err := s.cli.Txn(ctx).Then(getOps(ids)...).Commit()
-		if err != nil {
-			return state.Approval{}, false, unavailable("request approval", err)
-		}
-		open := 0
-		for i, kv := range readKVs(ids, read.Responses) {
-			if kv == nil {
-				continue // purged: its entry goes with the next purge
-			}
+		rev := read.Header.Revision
+		entries, all := read.Responses[0].GetResponseRange().GetKvs(), read.Responses[1].GetResponseRange().GetKvs()
+		byKey := make(map[string]state.Approval, len(all))
+		held := 0
+		for _, kv := range all {
 			old, err := record.DecodeApproval(kv.Value)
 			if err != nil {
 				return state.Approval{}, false, err
 			}
-			if string(entries.Kvs[i].Key) == reqKey && old.Status != state.ApprovalConsumed && !old.Expired(now) {
+			byKey[string(kv.Key)] = old
+			if old.Held() {
+				held++
+			}
+		}
+		open := 0
+		for _, e := range entries {
+			old, ok := byKey[s.key(dirApproval, string(e.Value))]
+			if !ok {
+				continue // purged: its entry goes with the next purge
+			}
+			if string(e.Key) == reqKey && old.Status != state.ApprovalConsumed && !old.Expired(now) {
 				return old, false, nil
 			}
 			if old.Open(now) {
 				open++
 			}
 		}
-		if open >= maxOpen {
-			return state.Approval{}, false, &state.ApprovalLimitError{Requester: a.Requester, Max: maxOpen}
+		if err := bound.Check(a.Requester, open, held); err != nil {
+			return state.Approval{}, false, err
 		}
 		resp, err := s.cli.Txn(ctx).
 			If(clientv3.Compare(clientv3.CreateRevision(idKey), "=", 0),
-				clientv3.Compare(clientv3.ModRevision(reqPrefix), "<", rev+1).WithPrefix()).
+				clientv3.Compare(clientv3.ModRevision(reqPrefix), "<", rev+1).WithPrefix(),
+				clientv3.Compare(clientv3.ModRevision(allPrefix), "<", rev+1).WithPrefix()).
 			Then(clientv3.OpPut(idKey, string(v)), clientv3.OpPut(reqKey, a.ID)).
 			Else(clientv3.OpGet(idKey)).Commit()
 		if err != nil {

@@ -29,9 +29,20 @@ func pending(id, digest string, needed int, at time.Duration) state.Approval {
 	}
 }
 
+// perRequester bounds a requester's open approvals at maxOpen and the
+// store's far above what a test stores.
+func perRequester(maxOpen int) state.ApprovalBound {
+	return state.ApprovalBound{PerRequester: maxOpen, Total: 1 << 16}
+}
+
 func mustRequest(t *testing.T, s state.Approvals, a state.Approval, maxOpen int, now time.Time, wantCreated bool) state.Approval {
 	t.Helper()
-	got, created, err := s.RequestApproval(ctx, a, maxOpen, now)
+	return mustRequestIn(t, s, a, perRequester(maxOpen), now, wantCreated)
+}
+
+func mustRequestIn(t *testing.T, s state.Approvals, a state.Approval, bound state.ApprovalBound, now time.Time, wantCreated bool) state.Approval {
+	t.Helper()
+	got, created, err := s.RequestApproval(ctx, a, bound, now)
 	if err != nil {
 		t.Fatalf("RequestApproval(%s): %v", a.ID, err)
 	}
@@ -92,7 +103,7 @@ func testApprovals(t *testing.T, h Harness) {
 	if got, err := s.GetApproval(ctx, "a2"); !errors.Is(err, state.ErrNotFound) {
 		t.Fatalf("GetApproval(a2) = %+v, %v; want ErrNotFound (nothing new stored)", got, err)
 	}
-	if _, _, err := s.RequestApproval(ctx, pending("a1", "d9", 2, 0), 8, epoch); !errors.Is(err, state.ErrExists) {
+	if _, _, err := s.RequestApproval(ctx, pending("a1", "d9", 2, 0), perRequester(8), epoch); !errors.Is(err, state.ErrExists) {
 		t.Fatalf("another request under a taken id: %v, want ErrExists", err)
 	}
 	for name, bad := range map[string]state.Approval{
@@ -109,7 +120,7 @@ func testApprovals(t *testing.T, h Harness) {
 		}(),
 		"already closed": func() state.Approval { a := pending("b7", "d2", 1, 0); a.Status = state.ApprovalGranted; return a }(),
 	} {
-		if _, _, err := s.RequestApproval(ctx, bad, 8, epoch); err == nil {
+		if _, _, err := s.RequestApproval(ctx, bad, perRequester(8), epoch); err == nil {
 			t.Errorf("%s: approval accepted", name)
 		}
 	}
@@ -255,7 +266,7 @@ func testApprovalsBound(t *testing.T, h Harness) {
 	for i := range maxOpen {
 		mustRequest(t, s, pending(fmt.Sprintf("a%d", i), fmt.Sprintf("d%d", i), 1, 0), maxOpen, epoch, true)
 	}
-	_, _, err := s.RequestApproval(ctx, pending("a9", "d9", 1, 0), maxOpen, epoch)
+	_, _, err := s.RequestApproval(ctx, pending("a9", "d9", 1, 0), perRequester(maxOpen), epoch)
 	var lim *state.ApprovalLimitError
 	if !errors.As(err, &lim) || lim.Max != maxOpen || lim.Requester != requester {
 		t.Fatalf("request over the bound: %v, want *ApprovalLimitError of %d", err, maxOpen)
@@ -269,7 +280,7 @@ func testApprovalsBound(t *testing.T, h Harness) {
 		t.Fatal(err)
 	}
 	mustRequest(t, s, pending("a4", "d4", 1, 0), maxOpen, epoch, true)
-	if _, _, err := s.RequestApproval(ctx, pending("a5", "d5", 1, 0), maxOpen, epoch); !errors.As(err, &lim) {
+	if _, _, err := s.RequestApproval(ctx, pending("a5", "d5", 1, 0), perRequester(maxOpen), epoch); !errors.As(err, &lim) {
 		t.Fatalf("bound after a denial made room once: %v", err)
 	}
 	// Expired ones do not count, purged or not.
@@ -278,6 +289,101 @@ func testApprovalsBound(t *testing.T, h Harness) {
 	page, err := s.ListApprovals(ctx, state.ApprovalFilter{After: "a1", Limit: 2})
 	if err != nil || len(page) != 2 || page[0].ID != "a2" || page[1].ID != "a4" {
 		t.Fatalf("page after a1 of 2 = %+v, %v; want a2 a4", page, err)
+	}
+}
+
+// testApprovalsTotal: the store holds at most bound.Total approvals over
+// all requesters (pending or granted, expired ones until purged); a
+// repeated request still finds its approval at the bound; a denial or a
+// consumption frees a place, and so does the purge of expired ones.
+func testApprovalsTotal(t *testing.T, h Harness) {
+	s := open(t, h)
+	bound := state.ApprovalBound{PerRequester: 2, Total: 3}
+	as := func(who, id, digest string) state.Approval {
+		a := pending(id, digest, 1, 0)
+		a.Requester = "spiffe://example.test/ns/capi-system/sa/" + who
+		return a
+	}
+	mustRequestIn(t, s, as("r1", "a1", "d1"), bound, epoch, true)
+	mustRequestIn(t, s, as("r1", "a2", "d2"), bound, epoch, true)
+	mustRequestIn(t, s, as("r2", "b1", "d1"), bound, epoch, true)
+	wantTotal := func(a state.Approval) {
+		t.Helper()
+		_, _, err := s.RequestApproval(ctx, a, bound, epoch)
+		var lim *state.ApprovalLimitError
+		if !errors.As(err, &lim) || !lim.Total || lim.Max != bound.Total {
+			t.Fatalf("request %s over the total bound: %v, want *ApprovalLimitError of the total %d", a.ID, err, bound.Total)
+		}
+		if _, err := s.GetApproval(ctx, a.ID); !errors.Is(err, state.ErrNotFound) {
+			t.Fatalf("refused approval %s was stored: %v", a.ID, err)
+		}
+	}
+	wantTotal(as("r2", "b2", "d2"))
+	wantTotal(as("r3", "c1", "d1"))                                // a requester with none open
+	mustRequestIn(t, s, as("r1", "a9", "d1"), bound, epoch, false) // identical: still found
+
+	if _, err := s.DenyApproval(ctx, "b1", admin1, "", epoch); err != nil {
+		t.Fatal(err)
+	}
+	mustRequestIn(t, s, as("r3", "c1", "d1"), bound, epoch, true)
+	wantTotal(as("r3", "c2", "d2"))
+	mustApprove(t, s, "a1", admin1, epoch, true)
+	if _, err := s.ConsumeApproval(ctx, state.ApprovalUse{ID: "a1", Digest: "d1", Requester: as("r1", "", "").Requester, IssuanceID: "i1"}, epoch); err != nil {
+		t.Fatal(err)
+	}
+	mustRequestIn(t, s, as("r3", "c2", "d2"), bound, epoch, true)
+
+	// Expired approvals hold their place until they are purged.
+	end := epoch.Add(window)
+	late := func(who, id, digest string) state.Approval {
+		a := as(who, id, digest)
+		a.CreatedAt, a.ExpiresAt = end, end.Add(window)
+		return a
+	}
+	if _, _, err := s.RequestApproval(ctx, late("r4", "e1", "d1"), bound, end); err == nil {
+		t.Fatal("an expired but unpurged approval freed its place")
+	}
+	if _, err := s.PurgeApprovals(ctx, end); err != nil {
+		t.Fatal(err)
+	}
+	for i := range bound.Total {
+		mustRequestIn(t, s, late(fmt.Sprintf("r%d", 4+i), fmt.Sprintf("e%d", i), "d1"), bound, end, true)
+	}
+}
+
+// testApprovalsTotalConcurrent: requesters racing for the last places under
+// the total bound, over the replicas if any, store exactly the bound.
+func testApprovalsTotalConcurrent(t *testing.T, h Harness) {
+	stores := racers(t, h)
+	bound := state.ApprovalBound{PerRequester: 8, Total: 5}
+	var created, refused atomic.Int32
+	var wg sync.WaitGroup
+	for i := range 16 {
+		s := stores[i%len(stores)]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a := pending(fmt.Sprintf("t%02d", i), "d1", 1, 0)
+			a.Requester = fmt.Sprintf("spiffe://example.test/ns/c%d/sa/capa", i)
+			_, ok, err := s.RequestApproval(ctx, a, bound, epoch)
+			var lim *state.ApprovalLimitError
+			switch {
+			case ok:
+				created.Add(1)
+			case errors.As(err, &lim) && lim.Total:
+				refused.Add(1)
+			default:
+				t.Errorf("RequestApproval(%s): %v, %v", a.ID, ok, err)
+			}
+		}()
+	}
+	wg.Wait()
+	list, err := stores[0].ListApprovals(ctx, state.ApprovalFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if created.Load() != int32(bound.Total) || refused.Load() != 16-int32(bound.Total) || len(list) != bound.Total {
+		t.Fatalf("%d created, %d refused, %d stored; want %d, %d, %d", created.Load(), refused.Load(), len(list), bound.Total, 16-bound.Total, bound.Total)
 	}
 }
 
@@ -364,7 +470,7 @@ func testApprovalsConcurrent(t *testing.T, h Harness) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			a, ok, err := s.RequestApproval(ctx, pending(fmt.Sprintf("r%02d", i), "d3", 2, 0), 8, epoch)
+			a, ok, err := s.RequestApproval(ctx, pending(fmt.Sprintf("r%02d", i), "d3", 2, 0), perRequester(8), epoch)
 			if err != nil {
 				t.Errorf("RequestApproval: %v", err)
 				return

@@ -79,6 +79,8 @@ func Run(t *testing.T, h Harness) {
 	t.Run("approvals-deny-expire", func(t *testing.T) { testApprovalsDenyExpire(t, h) })
 	t.Run("approvals-bound", func(t *testing.T) { testApprovalsBound(t, h) })
 	t.Run("approvals-concurrent", func(t *testing.T) { testApprovalsConcurrent(t, h) })
+	t.Run("approvals-total", func(t *testing.T) { testApprovalsTotal(t, h) })
+	t.Run("approvals-total-concurrent", func(t *testing.T) { testApprovalsTotalConcurrent(t, h) })
 	t.Run("budget", func(t *testing.T) { testBudget(t, h) })
 	t.Run("budget-concurrent", func(t *testing.T) { testBudgetConcurrent(t, h) })
 	t.Run("signing-keys", func(t *testing.T) { testSigningKeys(t, h) })
@@ -94,6 +96,7 @@ func RunRaces(t *testing.T, h Harness) {
 	t.Run("quota-concurrent", func(t *testing.T) { testQuotaConcurrent(t, h) })
 	t.Run("jointoken-concurrent", func(t *testing.T) { testJoinTokenConcurrent(t, h) })
 	t.Run("approvals-concurrent", func(t *testing.T) { testApprovalsConcurrent(t, h) })
+	t.Run("approvals-total-concurrent", func(t *testing.T) { testApprovalsTotalConcurrent(t, h) })
 	t.Run("budget-concurrent", func(t *testing.T) { testBudgetConcurrent(t, h) })
 }
 
