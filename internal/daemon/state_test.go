@@ -3,19 +3,11 @@ package daemon
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"io"
 	"log/slog"
-	"math/big"
-	"net"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -31,80 +23,17 @@ import (
 	"github.com/credbroker/credbroker/test/fakeclock"
 )
 
-// pki is a CA and the certificates it signed, as PEM files in a directory.
-type pki struct {
-	t    *testing.T
-	dir  string
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-}
-
-func newPKI(t *testing.T, dir, name string) *pki {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &pki{t: t, dir: dir, cert: cert, key: key}
-	p.write(name+"-ca.pem", "CERTIFICATE", der, 0o644)
-	return p
-}
-
-func (p *pki) write(name, typ string, der []byte, mode os.FileMode) string {
-	path := filepath.Join(p.dir, name)
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), mode); err != nil {
-		p.t.Fatal(err)
-	}
-	return path
-}
-
-// issue writes a leaf certificate and its key (owner-only) named name,
-// for a server on loopback or a client.
-func (p *pki) issue(name string, usage x509.ExtKeyUsage) (certFile, keyFile string) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.cert, &key.PublicKey, p.key)
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	return p.write(name+".pem", "CERTIFICATE", der, 0o644), p.write(name+"-key.pem", "PRIVATE KEY", keyDER, 0o600)
-}
-
 // TestEtcdStateOverMTLS: state.etcd.tls reaches a member that requires
 // client certificates; without the client certificate, with a key others
 // may read, or trusting another CA, the broker does not start on it.
 func TestEtcdStateOverMTLS(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	ca := newPKI(t, dir, "etcd")
-	serverCert, serverKey := ca.issue("server", x509.ExtKeyUsageServerAuth)
-	clientCert, clientKey := ca.issue("client", x509.ExtKeyUsageClientAuth)
-	caFile := filepath.Join(dir, "etcd-ca.pem")
-	c := etcdtest.NewTLS(t, etcdtest.TLSFiles{Cert: serverCert, Key: serverKey, ClientCA: caFile})
+	ca := etcdtest.NewPKI(t, dir, "etcd")
+	serverCert, serverKey := ca.Issue("server", x509.ExtKeyUsageServerAuth)
+	clientCert, clientKey := ca.Issue("client", x509.ExtKeyUsageClientAuth)
+	caFile := ca.CAFile
+	c := etcdtest.NewTLS(t, 1, etcdtest.TLSFiles{Cert: serverCert, Key: serverKey, ClientCA: caFile})
 
 	open := func(tls config.EtcdTLS) (state.Store, func(), error) {
 		cfg := &config.Config{State: config.State{Etcd: &config.EtcdState{
@@ -126,8 +55,8 @@ func TestEtcdStateOverMTLS(t *testing.T) {
 	if _, _, err := open(config.EtcdTLS{CA: caFile}); !errors.Is(err, state.ErrUnavailable) {
 		t.Errorf("without a client certificate: %v, want the member to refuse (state.ErrUnavailable)", err)
 	}
-	other := newPKI(t, t.TempDir(), "other")
-	if _, _, err := open(config.EtcdTLS{CA: filepath.Join(other.dir, "other-ca.pem"), Cert: clientCert, Key: clientKey}); !errors.Is(err, state.ErrUnavailable) {
+	other := etcdtest.NewPKI(t, t.TempDir(), "other")
+	if _, _, err := open(config.EtcdTLS{CA: other.CAFile, Cert: clientCert, Key: clientKey}); !errors.Is(err, state.ErrUnavailable) {
 		t.Errorf("trusting another CA: %v, want the member refused (state.ErrUnavailable)", err)
 	}
 	if err := os.Chmod(clientKey, 0o644); err != nil {

@@ -70,12 +70,12 @@ func New(t testing.TB, n int) *Cluster {
 	return c
 }
 
-// NewTLS starts a one-member cluster that serves its clients over TLS
-// only (https:// endpoints), as files says, and closes it when the test
-// ends.
-func NewTLS(t testing.TB, files TLSFiles) *Cluster {
+// NewTLS starts an n-member cluster whose members serve their clients over
+// TLS only (https:// endpoints), as files says (PKI makes them), and closes
+// it when the test ends. The members reach each other without TLS.
+func NewTLS(t testing.TB, n int, files TLSFiles) *Cluster {
 	t.Helper()
-	c, err := start(t.TempDir(), 1, &files)
+	c, err := start(t.TempDir(), n, &files)
 	if err != nil {
 		t.Fatal(err)
 	}

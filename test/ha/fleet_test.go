@@ -3,6 +3,7 @@ package ha
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -52,7 +53,10 @@ var harness = testproc.Harness{
 // fleet is the etcd cluster, the trust domain standing in for SPIRE's, and
 // the broker processes that share them.
 type fleet struct {
-	etcd     *etcdtest.Cluster
+	etcd *etcdtest.Cluster
+	// etcdTLS is state.etcd.tls: the members' CA and the replicas' client
+	// certificate and key.
+	etcdTLS  string
 	ca       *ca.CA
 	env      []string
 	replicas []*replica
@@ -75,14 +79,22 @@ type replica struct {
 // given every member, and stops them all when the test ends.
 func newFleet(t *testing.T, n int) *fleet {
 	t.Helper()
-	f := &fleet{etcd: etcdtest.New(t, 3)}
+	dir := t.TempDir()
+	// The members require client certificates, as a production etcd
+	// does; the replicas share one, as pods given one Secret would.
+	etcdCA := etcdtest.NewPKI(t, dir, "etcd")
+	memberCert, memberKey := etcdCA.Issue("etcd-member", x509.ExtKeyUsageServerAuth)
+	clientCert, clientKey := etcdCA.Issue("credbroker", x509.ExtKeyUsageClientAuth)
+	f := &fleet{
+		etcd:    etcdtest.NewTLS(t, 3, etcdtest.TLSFiles{Cert: memberCert, Key: memberKey, ClientCA: etcdCA.CAFile}),
+		etcdTLS: fmt.Sprintf("{ca: %s, cert: %s, key: %s}", etcdCA.CAFile, clientCert, clientKey),
+	}
 	td := spiffeid.RequireTrustDomainFromString(trustDomain)
 	authority, err := ca.New(td)
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.ca = authority
-	dir := t.TempDir()
 	// The replicas share one server SVID and bundle, as pods of one
 	// StatefulSet given the same SPIFFE ID would.
 	tlsDir := filepath.Join(dir, "tls")
@@ -110,7 +122,7 @@ func newFleet(t *testing.T, n int) *fleet {
 
 // config is replica r's configuration file: the local JWT issuer (no
 // upstream to wait on), a cluster quota and a quota-free profile, and the
-// state in etcd under one prefix for all replicas.
+// state in etcd, over mTLS, under one prefix for all replicas.
 func (f *fleet) config(r *replica, tlsDir string) string {
 	return fmt.Sprintf(`trust_domain: %[1]s
 replica_id: %[2]s
@@ -137,7 +149,8 @@ state:
   etcd:
     endpoints: [%[8]s]
     prefix: /ha/
-`, trustDomain, r.id, r.dataDir, tlsDir, profileQuota, profilePlain, quota, strings.Join(f.etcd.Endpoints(), ", "))
+    tls: %[9]s
+`, trustDomain, r.id, r.dataDir, tlsDir, profileQuota, profilePlain, quota, strings.Join(f.etcd.Endpoints(), ", "), f.etcdTLS)
 }
 
 // start runs replica r's process on its configuration file and returns
