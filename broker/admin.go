@@ -47,8 +47,10 @@ type Admin struct {
 	decide *Service
 	// approvals serves two-person approval (WithApprovals).
 	approvals *Approvals
-	stop      chan struct{}
-	stopOnce  sync.Once
+	// keys serves the signing keys (WithSigningKeys).
+	keys     *signingKeys
+	stop     chan struct{}
+	stopOnce sync.Once
 }
 
 // NodeAdmin serves the node and join-token part of the admin API
@@ -332,6 +334,7 @@ var decisions = map[audit.Decision]credbrokerv1.Decision{
 	audit.DecisionApprovalExpired:   credbrokerv1.Decision_DECISION_APPROVAL_EXPIRED,
 	audit.DecisionCheckpoint:        credbrokerv1.Decision_DECISION_CHECKPOINT,
 	audit.DecisionPending:           credbrokerv1.Decision_DECISION_PENDING,
+	audit.DecisionKeyRotated:        credbrokerv1.Decision_DECISION_KEY_ROTATED,
 	audit.DecisionExported:          credbrokerv1.Decision_DECISION_EXPORTED,
 }
 

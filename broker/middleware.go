@@ -64,6 +64,8 @@ var methods = map[string]method{
 	credbrokerv1.AdminService_Approve_FullMethodName:                {apiAdmin, limitAdmin},
 	credbrokerv1.AdminService_DenyApproval_FullMethodName:           {apiAdmin, limitAdmin},
 	credbrokerv1.AdminService_ExplainPolicy_FullMethodName:          {apiAdmin, limitAdmin},
+	credbrokerv1.AdminService_ListSigningKeys_FullMethodName:        {apiAdmin, limitAdmin},
+	credbrokerv1.AdminService_RotateSigningKey_FullMethodName:       {apiAdmin, limitAdmin},
 	// Kubernetes probes and load balancers check health without a
 	// certificate; what they learn is one status.
 	healthpb.Health_Check_FullMethodName: {apiPublic, limitHealth},

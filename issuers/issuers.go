@@ -203,3 +203,67 @@ type Issuer interface {
 	// not change over the issuer's life.
 	Effect() Effect
 }
+
+// KeyRing is implemented by an issuer that signs with keys of its own (the
+// local JWT issuer), so that an admin can list them and, suspecting one
+// leaked, replace it at once instead of waiting for its rotation.
+type KeyRing interface {
+	// SigningKeys lists the keys this replica signs with or keeps
+	// published, and the other replicas' keys it serves in its JWKS.
+	SigningKeys(ctx context.Context) ([]SigningKey, error)
+	// RotateSigningKey makes a new key sign from now on. record is called
+	// with the new and the previous kid once the new key is published and
+	// before it signs; an error from record leaves the previous key
+	// signing. With retirePrevious the previous key is withdrawn from the
+	// JWKS at once, so tokens it signed stop verifying; without, it stays
+	// published until its last token has expired. An error with a
+	// KeyRotation whose KID is set means the new key signs and the error is
+	// what could not be tidied up after.
+	RotateSigningKey(ctx context.Context, retirePrevious bool, record func(newKID, previousKID string) error) (KeyRotation, error)
+}
+
+// ErrTooManyKeys is returned (wrapped) by RotateSigningKey when keeping
+// the previous key published would pass the ring's bound on retired keys:
+// rotate with retirePrevious, or once one has left the JWKS.
+var ErrTooManyKeys = errors.New("too many retired signing keys published")
+
+// KeyState is where a signing key is in its life.
+type KeyState int
+
+// Key states.
+const (
+	// KeyActive: the replica signs with the key.
+	KeyActive KeyState = iota + 1
+	// KeyPublished: in the JWKS, not signing on this replica (the next key
+	// of a rotation, or another replica's key).
+	KeyPublished
+	// KeyRetired: signs no more; published until its last token has
+	// expired.
+	KeyRetired
+)
+
+// SigningKey describes one signing key; never its private half.
+type SigningKey struct {
+	// KID names the key in tokens' headers and the JWKS.
+	KID string
+	// Replica is the replica holding its private half.
+	Replica string
+	// Alg is the JWS algorithm, e.g. ES256.
+	Alg   string
+	State KeyState
+	// Created is when the key was made (zero: not known here, another
+	// replica's key).
+	Created time.Time
+	// NotAfter is when the key leaves the JWKS (zero: this replica's active
+	// or next key, whose publication it renews).
+	NotAfter time.Time
+}
+
+// KeyRotation is what RotateSigningKey did.
+type KeyRotation struct {
+	// KID is the new key's, PreviousKID the key it replaced.
+	KID, PreviousKID string
+	// PreviousNotAfter is when the previous key leaves the JWKS: at once
+	// with retirePrevious, else after its last token has expired.
+	PreviousNotAfter time.Time
+}

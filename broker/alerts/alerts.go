@@ -13,7 +13,7 @@
 // quota_near_limit) are fed every decision through Issued and Refused and
 // fire when a threshold is crossed — at most once per rule, subject and
 // window, so a burst of ten thousand denials is one alert, not ten
-// thousand. Event rules (revocation, approval_*, node_evicted,
+// thousand. Event rules (revocation, approval_*, node_evicted, key_rotated,
 // audit_verify) fire through Emit on their event. Every rule is also
 // limited across subjects (alerts.max_per_minute), so that no flood of
 // events or subjects can flood a webhook; what is held back is counted in
@@ -56,6 +56,7 @@ const (
 	ApprovalGranted      = config.AlertApprovalGranted
 	ApprovalDenied       = config.AlertApprovalDenied
 	NodeEvicted          = config.AlertNodeEvicted
+	KeyRotated           = config.AlertKeyRotated
 )
 
 // Severity ranks an alert; it also sets its log level (info, warn, error).
@@ -72,7 +73,7 @@ const (
 var severities = map[string]Severity{
 	MassIssuance: Warning, QuotaNearLimit: Warning, DenialBurst: Warning, ThrottleBurst: Warning,
 	UnauthenticatedBurst: Warning, AuditVerify: Critical, Revocation: Info, ApprovalRequested: Info,
-	ApprovalGranted: Info, ApprovalDenied: Info, NodeEvicted: Warning,
+	ApprovalGranted: Info, ApprovalDenied: Info, NodeEvicted: Warning, KeyRotated: Warning,
 }
 
 // Event is one alert.

@@ -82,10 +82,10 @@
 // its decision as one byte (intent 1, issued 2, denied 3, throttled 4,
 // failed 5, revoked 6, lifted 7, reset 8, approval_requested 9,
 // approval_approved 10, approval_granted 11, approval_denied 12,
-// approval_expired 13, checkpoint 14, exported 15, pending 16) and how many
-// seqs back the
-// previous record of the same caller, and of the same cluster, lies (0:
-// none); heads names the newest record of each caller and cluster. So the
+// approval_expired 13, checkpoint 14, exported 15, pending 16, key_rotated
+// 17) and how many seqs back the previous record of the same caller, and of
+// the same cluster, lies (0: none); heads names the newest record of each
+// caller and cluster. So the
 // records of one caller are a chain followed from its head, newest first,
 // without an index entry that repeats the caller for every record, and every
 // write appends to records and links and touches a few pages of heads,

@@ -43,7 +43,7 @@ var decisionCodes = map[Decision]byte{
 	DecisionIntent: 1, DecisionIssued: 2, DecisionDenied: 3, DecisionThrottled: 4, DecisionFailed: 5, DecisionRevoked: 6,
 	DecisionLifted: 7, DecisionReset: 8, DecisionApprovalRequested: 9, DecisionApprovalApproved: 10, DecisionApprovalGranted: 11,
 	DecisionApprovalDenied: 12, DecisionApprovalExpired: 13, DecisionCheckpoint: 14, DecisionExported: 15,
-	DecisionPending: 16,
+	DecisionPending: 16, DecisionKeyRotated: 17,
 }
 
 // seqKey encodes seq as the 8-byte big-endian key of audit.records.

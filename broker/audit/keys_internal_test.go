@@ -8,7 +8,7 @@ func TestEveryDecisionHasALinkCode(t *testing.T) {
 	seen := map[byte]Decision{}
 	for _, d := range []Decision{DecisionIntent, DecisionIssued, DecisionDenied, DecisionThrottled, DecisionFailed, DecisionRevoked, DecisionLifted, DecisionReset,
 		DecisionApprovalRequested, DecisionApprovalApproved, DecisionApprovalGranted, DecisionApprovalDenied, DecisionApprovalExpired,
-		DecisionCheckpoint, DecisionExported, DecisionPending} {
+		DecisionCheckpoint, DecisionExported, DecisionPending, DecisionKeyRotated} {
 		if !d.Valid() {
 			t.Errorf("%s is not Valid", d)
 		}

@@ -55,6 +55,9 @@ const (
 	// DecisionPending records a request refused because it waits for
 	// two-person approval (not a denial: it is served once approved).
 	DecisionPending Decision = "pending"
+	// DecisionKeyRotated records an admin's rotation of a local JWT
+	// issuer's signing key (Issuer names it, UpstreamRef is the new kid).
+	DecisionKeyRotated Decision = "key_rotated"
 )
 
 // Valid reports whether d is one of the Decision constants.
@@ -62,7 +65,7 @@ func (d Decision) Valid() bool {
 	switch d {
 	case DecisionIntent, DecisionIssued, DecisionDenied, DecisionThrottled, DecisionFailed, DecisionRevoked, DecisionLifted, DecisionReset,
 		DecisionApprovalRequested, DecisionApprovalApproved, DecisionApprovalGranted, DecisionApprovalDenied, DecisionApprovalExpired,
-		DecisionCheckpoint, DecisionExported, DecisionPending:
+		DecisionCheckpoint, DecisionExported, DecisionPending, DecisionKeyRotated:
 		return true
 	}
 	return false

@@ -22,6 +22,7 @@ const (
 	AlertApprovalGranted      = "approval_granted"
 	AlertApprovalDenied       = "approval_denied"
 	AlertNodeEvicted          = "node_evicted"
+	AlertKeyRotated           = "key_rotated"
 )
 
 // AlertRuleNames lists every alert rule, in the order of the README's
@@ -29,6 +30,7 @@ const (
 var AlertRuleNames = []string{
 	AlertMassIssuance, AlertQuotaNearLimit, AlertDenialBurst, AlertThrottleBurst, AlertUnauthenticatedBurst,
 	AlertAuditVerify, AlertRevocation, AlertApprovalRequested, AlertApprovalGranted, AlertApprovalDenied, AlertNodeEvicted,
+	AlertKeyRotated,
 }
 
 // Alerts configures alerting: every alert is a log event and a counter;

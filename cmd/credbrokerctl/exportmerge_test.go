@@ -108,13 +108,7 @@ func TestAuditExportMergesReplicas(t *testing.T) {
 	// A replica down: its socket left behind (refused on the first
 	// record's stream), or its address refusing connections. The command
 	// fails naming it and writes nothing: never a partial export.
-	stale := filepath.Join(t.TempDir(), "admin.sock")
-	lis, err := net.ListenUnix("unix", &net.UnixAddr{Name: stale, Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	lis.SetUnlinkOnClose(false)
-	lis.Close()
+	stale := staleSocket(t)
 	tcp, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -584,13 +584,7 @@ func TestUnreachableSocket(t *testing.T) {
 	}
 
 	// A socket file left behind by a dead broker: connection refused.
-	stale := filepath.Join(t.TempDir(), "admin.sock")
-	lis, err := net.ListenUnix("unix", &net.UnixAddr{Name: stale, Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	lis.SetUnlinkOnClose(false)
-	lis.Close()
+	stale := staleSocket(t)
 	r := ctl(t, stale, "audit", "verify")
 	wantCode(t, r, 1)
 	if want := "credbrokerctl: cannot reach broker admin socket " + stale + ": is `credbroker serve` running?\n"; r.stderr != want {
@@ -606,6 +600,20 @@ func TestUnreachableSocket(t *testing.T) {
 	if !strings.Contains(r.stderr, "is not a unix socket") {
 		t.Errorf("regular file: stderr %q", r.stderr)
 	}
+}
+
+// staleSocket returns the path of a unix socket file nothing listens on
+// any more, as a dead broker leaves it: connecting is refused.
+func staleSocket(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "admin.sock")
+	lis, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis.SetUnlinkOnClose(false)
+	lis.Close()
+	return path
 }
 
 func TestSocketFromEnvironment(t *testing.T) {

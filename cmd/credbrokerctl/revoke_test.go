@@ -28,24 +28,31 @@ import (
 // process on a temp data dir: mTLS on loopback, bbolt, the dev CA.
 type devBroker struct {
 	dir, addr, socket string
+	httpAddr          string
 	cancel            context.CancelFunc
 	done              chan error
 }
 
+// lineSink finds the broker's "serving" log line and sends its gRPC and
+// HTTP addresses.
 type lineSink struct {
-	serving chan string
+	serving chan [2]string
 }
 
 func (s *lineSink) Write(p []byte) (int, error) {
 	for _, line := range strings.Split(string(p), "\n") {
 		if strings.Contains(line, "msg=serving") {
+			var addrs [2]string
 			for _, f := range strings.Fields(line) {
 				if v, ok := strings.CutPrefix(f, "grpc="); ok {
-					select {
-					case s.serving <- v:
-					default:
-					}
+					addrs[0] = v
+				} else if v, ok := strings.CutPrefix(f, "http="); ok {
+					addrs[1] = v
 				}
+			}
+			select {
+			case s.serving <- addrs:
+			default:
 			}
 		}
 	}
@@ -65,12 +72,13 @@ func startDevBrokerWith(t *testing.T, configFile string) *devBroker {
 	b.socket = filepath.Join(b.dir, "admin.sock")
 	ctx, cancel := context.WithCancel(context.Background())
 	b.cancel = cancel
-	logs := &lineSink{serving: make(chan string, 1)}
+	logs := &lineSink{serving: make(chan [2]string, 1)}
 	go func() {
 		b.done <- daemon.Run(ctx, daemon.Options{Dev: true, ConfigFile: configFile, DataDir: b.dir, Listen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0", Stdout: io.Discard, Stderr: logs})
 	}()
 	select {
-	case b.addr = <-logs.serving:
+	case addrs := <-logs.serving:
+		b.addr, b.httpAddr = addrs[0], addrs[1]
 	case err := <-b.done:
 		t.Fatalf("broker did not start: %v", err)
 	}

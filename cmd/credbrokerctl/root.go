@@ -116,7 +116,7 @@ SPIFFE Workload API (--workload-api-socket, default $SPIFFE_ENDPOINT_SOCKET;
 	f.StringVar(&a.spiffeID, "spiffe-id", "", "with the Workload API: the SPIFFE ID of the admin SVID when the agent gives several (default: its first)")
 	f.StringVar(&a.brokerID, "broker-id", "", "with --broker: exact SPIFFE ID the broker must present (default: any in the SVID's trust domain)")
 
-	root.AddCommand(newIssuancesCmd(a), newAuditCmd(a), newJoinTokenCmd(a), newNodesCmd(a), newRevokeCmd(a), newClustersCmd(a), newQuotaCmd(a), newApprovalsCmd(a), newPolicyCmd(a))
+	root.AddCommand(newIssuancesCmd(a), newAuditCmd(a), newJoinTokenCmd(a), newNodesCmd(a), newRevokeCmd(a), newClustersCmd(a), newQuotaCmd(a), newApprovalsCmd(a), newPolicyCmd(a), newKeysCmd(a))
 	return root
 }
 

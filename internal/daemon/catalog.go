@@ -52,9 +52,18 @@ func (s *issuerSet) forget(c state.RevocationChange) {
 // upstreamRevokers are the issuers, by name, whose credentials a revocation
 // also revokes upstream (Vault).
 func (s *issuerSet) upstreamRevokers() map[string]issuers.UpstreamRevoker {
-	out := map[string]issuers.UpstreamRevoker{}
+	return implementing[issuers.UpstreamRevoker](s)
+}
+
+// keyRings returns the issuers with signing keys of their own (local JWT),
+// by name.
+func (s *issuerSet) keyRings() map[string]issuers.KeyRing { return implementing[issuers.KeyRing](s) }
+
+// implementing returns the issuers of s that implement T, by name.
+func implementing[T any](s *issuerSet) map[string]T {
+	out := map[string]T{}
 	for name, iss := range s.byName {
-		if u, ok := iss.(issuers.UpstreamRevoker); ok {
+		if u, ok := iss.(T); ok {
 			out[name] = u
 		}
 	}

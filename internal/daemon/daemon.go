@@ -282,7 +282,8 @@ func Run(ctx context.Context, opts Options) error {
 		nodeService, nodeAdmin = nodeAuth, nodeAuth
 		gateOpts = append(gateOpts, broker.WithEvictionCheck(nodeAuth.Evicted))
 	}
-	admin := broker.NewAdmin(auditLog, nodeAdmin, broker.WithRevocations(revocations, st), broker.WithDecisions(svc), broker.WithApprovals(approvals))
+	admin := broker.NewAdmin(auditLog, nodeAdmin, broker.WithRevocations(revocations, st), broker.WithDecisions(svc), broker.WithApprovals(approvals),
+		broker.WithSigningKeys(issuerSet.keyRings(), auditLog, alerter))
 	gate := broker.NewGate(trust.authenticators(cfg), cfg.Admin.SPIFFEIDs, auditLog, metrics, log, gateOpts...)
 	// Health: NOT_SERVING until the first check passes, and from the start
 	// of shutdown on.

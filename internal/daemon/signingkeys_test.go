@@ -32,63 +32,18 @@ import (
 // reaches etcd, a JWKS, or stays on disk after its rotation.
 func TestReplicaSigningKeys(t *testing.T) {
 	t.Parallel()
-	etcd := etcdtest.New(t, 1)
-	clock := fakeclock.New(time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC))
-	dir := t.TempDir()
-	const issuerURL = "https://credbroker.fleet.test/oidc"
+	f := newKeyFleet(t)
+	etcd, clock, dir := f.etcd, f.clock, f.dir
 	const rotation, ahead, maxTTL = 24 * time.Hour, 10 * time.Minute, time.Hour
-	newReplica := func(replica string) *jwt.Issuer {
-		st, err := etcdstate.Open(context.Background(), etcdstate.Config{Endpoints: etcd.Endpoints(), Options: etcdstate.Options{Prefix: "/keys/"}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = st.Close() })
-		iss, err := jwt.New(jwt.Config{IssuerURL: issuerURL, KeyFile: filepath.Join(dir, replica, "jwt.pem"), Clock: clock.Now,
-			Keys: signingKeyStore{keys: st, issuer: "oidc"}, Replica: replica, RotationPeriod: rotation, PublishAhead: ahead, MaxTTL: maxTTL})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return iss
-	}
-	a, b := newReplica("replica-a"), newReplica("replica-b")
+	a, b := f.replica("replica-a", rotation, ahead, maxTTL), f.replica("replica-b", rotation, ahead, maxTTL)
 	maintain := func() {
 		t.Helper()
-		for _, iss := range []*jwt.Issuer{a, b} {
-			if err := iss.Maintain(context.Background()); err != nil {
-				t.Fatal(err)
-			}
-		}
+		f.maintain(a, b)
 	}
-	served := func(iss *jwt.Issuer) []byte {
-		t.Helper()
-		rec := httptest.NewRecorder()
-		iss.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/oidc"+jwt.JWKSPath, nil))
-		body, _ := io.ReadAll(rec.Body)
-		return body
-	}
-	kids := func(iss *jwt.Issuer) map[string]bool {
-		t.Helper()
-		keys, err := jwt.ParseJWKS(served(iss))
-		if err != nil {
-			t.Fatal(err)
-		}
-		out := map[string]bool{}
-		for kid := range keys {
-			out[kid] = true
-		}
-		return out
-	}
+	served, kids, verifies := f.served, f.kids, f.verifies
 	mint := func(iss *jwt.Issuer, id string) string {
 		t.Helper()
-		c, err := iss.Issue(context.Background(), issuers.Request{IssuanceID: id, Subject: "spiffe://fleet.test/c", Audience: "sts.amazonaws.com", TTL: maxTTL})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c.Token
-	}
-	verifies := func(jwks []byte, token string) error {
-		_, err := jwt.Verify(jwks, token, jwtlib.WithTimeFunc(clock.Now), jwtlib.WithIssuer(issuerURL), jwtlib.WithAudience("sts.amazonaws.com"))
-		return err
+		return f.mint(iss, id, maxTTL)
 	}
 	privateKeys := map[string]*ecdsa.PrivateKey{}
 	readKey := func(replica string) *ecdsa.PrivateKey {
@@ -219,4 +174,84 @@ func scalar(t *testing.T, k *ecdsa.PrivateKey) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// keyFleet is replicas' local JWT issuers publishing their keys on one
+// real etcd, on one fake clock.
+type keyFleet struct {
+	t     *testing.T
+	etcd  *etcdtest.Cluster
+	clock *fakeclock.Clock
+	dir   string
+}
+
+const fleetIssuerURL = "https://credbroker.fleet.test/oidc"
+
+func newKeyFleet(t *testing.T) *keyFleet {
+	return &keyFleet{t: t, etcd: etcdtest.New(t, 1), clock: fakeclock.New(time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)), dir: t.TempDir()}
+}
+
+// replica starts the issuer of replica, with its own etcd client.
+func (f *keyFleet) replica(replica string, rotation, ahead, maxTTL time.Duration) *jwt.Issuer {
+	f.t.Helper()
+	st, err := etcdstate.Open(context.Background(), etcdstate.Config{Endpoints: f.etcd.Endpoints(), Options: etcdstate.Options{Prefix: "/keys/"}})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.t.Cleanup(func() { _ = st.Close() })
+	iss, err := jwt.New(jwt.Config{IssuerURL: fleetIssuerURL, KeyFile: filepath.Join(f.dir, replica, "jwt.pem"), Clock: f.clock.Now,
+		Keys: signingKeyStore{keys: st, issuer: "oidc"}, Replica: replica, RotationPeriod: rotation, PublishAhead: ahead, MaxTTL: maxTTL})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return iss
+}
+
+// maintain runs a key round on each issuer, as the daemon does.
+func (f *keyFleet) maintain(isss ...*jwt.Issuer) {
+	f.t.Helper()
+	for _, iss := range isss {
+		if err := iss.Maintain(context.Background()); err != nil {
+			f.t.Fatal(err)
+		}
+	}
+}
+
+// served is the JWKS iss serves over HTTP.
+func (f *keyFleet) served(iss *jwt.Issuer) []byte {
+	f.t.Helper()
+	rec := httptest.NewRecorder()
+	iss.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/oidc"+jwt.JWKSPath, nil))
+	body, _ := io.ReadAll(rec.Body)
+	return body
+}
+
+// kids are the key ids of iss's JWKS.
+func (f *keyFleet) kids(iss *jwt.Issuer) map[string]bool {
+	f.t.Helper()
+	keys, err := jwt.ParseJWKS(f.served(iss))
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	out := map[string]bool{}
+	for kid := range keys {
+		out[kid] = true
+	}
+	return out
+}
+
+// mint has iss sign a token living ttl.
+func (f *keyFleet) mint(iss *jwt.Issuer, id string, ttl time.Duration) string {
+	f.t.Helper()
+	c, err := iss.Issue(context.Background(), issuers.Request{IssuanceID: id, Subject: "spiffe://fleet.test/c", Audience: "sts.amazonaws.com", TTL: ttl})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return c.Token
+}
+
+// verifies checks token as a relying party does, with jwks.
+func (f *keyFleet) verifies(jwks []byte, token string) error {
+	_, err := jwt.Verify(jwks, token, jwtlib.WithTimeFunc(f.clock.Now), jwtlib.WithIssuer(fleetIssuerURL), jwtlib.WithAudience("sts.amazonaws.com"))
+	return err
 }

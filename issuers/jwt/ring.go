@@ -75,6 +75,27 @@ func newRingKey(priv *ecdsa.PrivateKey, created time.Time) (*ringKey, error) {
 // while it is published ahead.
 func nextKeyFile(keyFile string) string { return keyFile + ".next" }
 
+// writeNewKey makes a key and writes it to path, dated now: the file's
+// time is the key's birth on the issuer's clock, so the rotation schedule
+// survives a restart.
+func (i *Issuer) writeNewKey(path string, now time.Time) (*ringKey, error) {
+	key, err := generateKey(i.rand)
+	if err != nil {
+		return nil, err
+	}
+	pemKey, err := keyfile.EncodeEC(key)
+	if err != nil {
+		return nil, wrapKeyErr(err)
+	}
+	if err := keyfile.Write(path, pemKey, 0o600); err != nil {
+		return nil, wrapKeyErr(err)
+	}
+	if err := os.Chtimes(path, now, now); err != nil {
+		return nil, wrapKeyErr(err)
+	}
+	return newRingKey(key, now)
+}
+
 // loadNext loads the key waiting in the next-key file, if any.
 func (i *Issuer) loadNext() error {
 	path := nextKeyFile(i.keyFile)
@@ -138,26 +159,11 @@ func (i *Issuer) rotate(now time.Time) error {
 	}
 	cur := i.current()
 	if i.next == nil && !now.Before(cur.created.Add(i.rotation-i.publishAhead)) {
-		key, err := generateKey(i.rand)
+		next, err := i.writeNewKey(nextKeyFile(i.keyFile), now)
 		if err != nil {
 			return err
 		}
-		pemKey, err := keyfile.EncodeEC(key)
-		if err != nil {
-			return wrapKeyErr(err)
-		}
-		path := nextKeyFile(i.keyFile)
-		if err := keyfile.Write(path, pemKey, 0o600); err != nil {
-			return wrapKeyErr(err)
-		}
-		// The file's time is the key's birth on the issuer's clock, so the
-		// schedule survives a restart.
-		if err := os.Chtimes(path, now, now); err != nil {
-			return wrapKeyErr(err)
-		}
-		if i.next, err = newRingKey(key, now); err != nil {
-			return err
-		}
+		i.next = next
 	}
 	n := i.next
 	if n == nil || n.published.IsZero() || now.Before(n.published.Add(i.publishAhead)) {

@@ -60,6 +60,10 @@ const (
 	// A request refused while it waits for two-person approval
 	// (APPROVAL_REQUIRED): served once approved.
 	Decision_DECISION_PENDING Decision = 16
+	// An admin rotated a local JWT issuer's signing key
+	// (RotateSigningKey); the record's issuer names it, upstream_ref is the
+	// new kid.
+	Decision_DECISION_KEY_ROTATED Decision = 17
 )
 
 // Enum value maps for Decision.
@@ -82,6 +86,7 @@ var (
 		14: "DECISION_CHECKPOINT",
 		15: "DECISION_EXPORTED",
 		16: "DECISION_PENDING",
+		17: "DECISION_KEY_ROTATED",
 	}
 	Decision_value = map[string]int32{
 		"DECISION_UNSPECIFIED":        0,
@@ -101,6 +106,7 @@ var (
 		"DECISION_CHECKPOINT":         14,
 		"DECISION_EXPORTED":           15,
 		"DECISION_PENDING":            16,
+		"DECISION_KEY_ROTATED":        17,
 	}
 )
 
@@ -380,6 +386,63 @@ func (x ExplainOutcome) Number() protoreflect.EnumNumber {
 // Deprecated: Use ExplainOutcome.Descriptor instead.
 func (ExplainOutcome) EnumDescriptor() ([]byte, []int) {
 	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{4}
+}
+
+// SigningKeyState is where a signing key is in its life.
+type SigningKeyState int32
+
+const (
+	SigningKeyState_SIGNING_KEY_STATE_UNSPECIFIED SigningKeyState = 0
+	// The replica signs with it.
+	SigningKeyState_SIGNING_KEY_STATE_ACTIVE SigningKeyState = 1
+	// In the JWKS, not signing on the answering replica: the next key of a
+	// scheduled rotation, or another replica's key.
+	SigningKeyState_SIGNING_KEY_STATE_PUBLISHED SigningKeyState = 2
+	// Signs no more; published until its last token has expired.
+	SigningKeyState_SIGNING_KEY_STATE_RETIRED SigningKeyState = 3
+)
+
+// Enum value maps for SigningKeyState.
+var (
+	SigningKeyState_name = map[int32]string{
+		0: "SIGNING_KEY_STATE_UNSPECIFIED",
+		1: "SIGNING_KEY_STATE_ACTIVE",
+		2: "SIGNING_KEY_STATE_PUBLISHED",
+		3: "SIGNING_KEY_STATE_RETIRED",
+	}
+	SigningKeyState_value = map[string]int32{
+		"SIGNING_KEY_STATE_UNSPECIFIED": 0,
+		"SIGNING_KEY_STATE_ACTIVE":      1,
+		"SIGNING_KEY_STATE_PUBLISHED":   2,
+		"SIGNING_KEY_STATE_RETIRED":     3,
+	}
+)
+
+func (x SigningKeyState) Enum() *SigningKeyState {
+	p := new(SigningKeyState)
+	*p = x
+	return p
+}
+
+func (x SigningKeyState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (SigningKeyState) Descriptor() protoreflect.EnumDescriptor {
+	return file_credbroker_v1_admin_proto_enumTypes[5].Descriptor()
+}
+
+func (SigningKeyState) Type() protoreflect.EnumType {
+	return &file_credbroker_v1_admin_proto_enumTypes[5]
+}
+
+func (x SigningKeyState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use SigningKeyState.Descriptor instead.
+func (SigningKeyState) EnumDescriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{5}
 }
 
 // AuditRecord is one decision in the tamper-evident audit chain. It never
@@ -5030,6 +5093,334 @@ func (x *ExplainPolicyResponse) GetUpstream() *UpstreamPreview {
 	return nil
 }
 
+// ListSigningKeysRequest selects a local JWT issuer.
+type ListSigningKeysRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The issuer's name in the configuration; empty: every local JWT issuer.
+	Issuer        string `protobuf:"bytes,1,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSigningKeysRequest) Reset() {
+	*x = ListSigningKeysRequest{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[62]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSigningKeysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSigningKeysRequest) ProtoMessage() {}
+
+func (x *ListSigningKeysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[62]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSigningKeysRequest.ProtoReflect.Descriptor instead.
+func (*ListSigningKeysRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{62}
+}
+
+func (x *ListSigningKeysRequest) GetIssuer() string {
+	if x != nil {
+		return x.Issuer
+	}
+	return ""
+}
+
+// ListSigningKeysResponse lists the keys, by issuer, replica, state, kid.
+type ListSigningKeysResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Keys          []*SigningKey          `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSigningKeysResponse) Reset() {
+	*x = ListSigningKeysResponse{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[63]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSigningKeysResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSigningKeysResponse) ProtoMessage() {}
+
+func (x *ListSigningKeysResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[63]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSigningKeysResponse.ProtoReflect.Descriptor instead.
+func (*ListSigningKeysResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{63}
+}
+
+func (x *ListSigningKeysResponse) GetKeys() []*SigningKey {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+// SigningKey describes one signing key (never its private half).
+type SigningKey struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The local JWT issuer's name.
+	Issuer string `protobuf:"bytes,1,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	// The key id in tokens' headers and the JWKS.
+	Kid string `protobuf:"bytes,2,opt,name=kid,proto3" json:"kid,omitempty"`
+	// The replica holding the private key.
+	Replica string `protobuf:"bytes,3,opt,name=replica,proto3" json:"replica,omitempty"`
+	// The JWS algorithm, e.g. ES256.
+	Alg   string          `protobuf:"bytes,4,opt,name=alg,proto3" json:"alg,omitempty"`
+	State SigningKeyState `protobuf:"varint,5,opt,name=state,proto3,enum=credbroker.v1.SigningKeyState" json:"state,omitempty"`
+	// When the key was made; unset for another replica's key.
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// When the key leaves the JWKS; unset for the answering replica's active
+	// and next keys, whose publication it renews.
+	NotAfter      *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SigningKey) Reset() {
+	*x = SigningKey{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[64]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SigningKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SigningKey) ProtoMessage() {}
+
+func (x *SigningKey) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[64]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SigningKey.ProtoReflect.Descriptor instead.
+func (*SigningKey) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{64}
+}
+
+func (x *SigningKey) GetIssuer() string {
+	if x != nil {
+		return x.Issuer
+	}
+	return ""
+}
+
+func (x *SigningKey) GetKid() string {
+	if x != nil {
+		return x.Kid
+	}
+	return ""
+}
+
+func (x *SigningKey) GetReplica() string {
+	if x != nil {
+		return x.Replica
+	}
+	return ""
+}
+
+func (x *SigningKey) GetAlg() string {
+	if x != nil {
+		return x.Alg
+	}
+	return ""
+}
+
+func (x *SigningKey) GetState() SigningKeyState {
+	if x != nil {
+		return x.State
+	}
+	return SigningKeyState_SIGNING_KEY_STATE_UNSPECIFIED
+}
+
+func (x *SigningKey) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *SigningKey) GetNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotAfter
+	}
+	return nil
+}
+
+// RotateSigningKeyRequest names the issuer whose key rotates.
+type RotateSigningKeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The local JWT issuer's name; may be empty when only one is configured.
+	Issuer string `protobuf:"bytes,1,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	// Withdraw the previous key from the JWKS at once: tokens it signed,
+	// unexpired ones included, stop verifying.
+	RetirePrevious bool `protobuf:"varint,2,opt,name=retire_previous,json=retirePrevious,proto3" json:"retire_previous,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *RotateSigningKeyRequest) Reset() {
+	*x = RotateSigningKeyRequest{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[65]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateSigningKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateSigningKeyRequest) ProtoMessage() {}
+
+func (x *RotateSigningKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[65]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateSigningKeyRequest.ProtoReflect.Descriptor instead.
+func (*RotateSigningKeyRequest) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{65}
+}
+
+func (x *RotateSigningKeyRequest) GetIssuer() string {
+	if x != nil {
+		return x.Issuer
+	}
+	return ""
+}
+
+func (x *RotateSigningKeyRequest) GetRetirePrevious() bool {
+	if x != nil {
+		return x.RetirePrevious
+	}
+	return false
+}
+
+// RotateSigningKeyResponse says what changed.
+type RotateSigningKeyResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Issuer string                 `protobuf:"bytes,1,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	// The new key's id; it signs from now on.
+	Kid string `protobuf:"bytes,2,opt,name=kid,proto3" json:"kid,omitempty"`
+	// The key it replaced.
+	PreviousKid string `protobuf:"bytes,3,opt,name=previous_kid,json=previousKid,proto3" json:"previous_kid,omitempty"`
+	// When the previous key leaves the JWKS (now with retire_previous).
+	PreviousNotAfter *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=previous_not_after,json=previousNotAfter,proto3" json:"previous_not_after,omitempty"`
+	// The key_rotated audit record.
+	Record        *AuditRecord `protobuf:"bytes,5,opt,name=record,proto3" json:"record,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateSigningKeyResponse) Reset() {
+	*x = RotateSigningKeyResponse{}
+	mi := &file_credbroker_v1_admin_proto_msgTypes[66]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateSigningKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateSigningKeyResponse) ProtoMessage() {}
+
+func (x *RotateSigningKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_credbroker_v1_admin_proto_msgTypes[66]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateSigningKeyResponse.ProtoReflect.Descriptor instead.
+func (*RotateSigningKeyResponse) Descriptor() ([]byte, []int) {
+	return file_credbroker_v1_admin_proto_rawDescGZIP(), []int{66}
+}
+
+func (x *RotateSigningKeyResponse) GetIssuer() string {
+	if x != nil {
+		return x.Issuer
+	}
+	return ""
+}
+
+func (x *RotateSigningKeyResponse) GetKid() string {
+	if x != nil {
+		return x.Kid
+	}
+	return ""
+}
+
+func (x *RotateSigningKeyResponse) GetPreviousKid() string {
+	if x != nil {
+		return x.PreviousKid
+	}
+	return ""
+}
+
+func (x *RotateSigningKeyResponse) GetPreviousNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.PreviousNotAfter
+	}
+	return nil
+}
+
+func (x *RotateSigningKeyResponse) GetRecord() *AuditRecord {
+	if x != nil {
+		return x.Record
+	}
+	return nil
+}
+
 var File_credbroker_v1_admin_proto protoreflect.FileDescriptor
 
 const file_credbroker_v1_admin_proto_rawDesc = "" +
@@ -5407,7 +5798,30 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"revocation\x12\x1c\n" +
 	"\tapprovers\x18\r \x01(\x05R\tapprovers\x12B\n" +
 	"\x0fapproval_window\x18\x0e \x01(\v2\x19.google.protobuf.DurationR\x0eapprovalWindow\x12:\n" +
-	"\bupstream\x18\x0f \x01(\v2\x1e.credbroker.v1.UpstreamPreviewR\bupstream*\xb2\x03\n" +
+	"\bupstream\x18\x0f \x01(\v2\x1e.credbroker.v1.UpstreamPreviewR\bupstream\"0\n" +
+	"\x16ListSigningKeysRequest\x12\x16\n" +
+	"\x06issuer\x18\x01 \x01(\tR\x06issuer\"H\n" +
+	"\x17ListSigningKeysResponse\x12-\n" +
+	"\x04keys\x18\x01 \x03(\v2\x19.credbroker.v1.SigningKeyR\x04keys\"\x8c\x02\n" +
+	"\n" +
+	"SigningKey\x12\x16\n" +
+	"\x06issuer\x18\x01 \x01(\tR\x06issuer\x12\x10\n" +
+	"\x03kid\x18\x02 \x01(\tR\x03kid\x12\x18\n" +
+	"\areplica\x18\x03 \x01(\tR\areplica\x12\x10\n" +
+	"\x03alg\x18\x04 \x01(\tR\x03alg\x124\n" +
+	"\x05state\x18\x05 \x01(\x0e2\x1e.credbroker.v1.SigningKeyStateR\x05state\x129\n" +
+	"\n" +
+	"created_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x127\n" +
+	"\tnot_after\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\"Z\n" +
+	"\x17RotateSigningKeyRequest\x12\x16\n" +
+	"\x06issuer\x18\x01 \x01(\tR\x06issuer\x12'\n" +
+	"\x0fretire_previous\x18\x02 \x01(\bR\x0eretirePrevious\"\xe5\x01\n" +
+	"\x18RotateSigningKeyResponse\x12\x16\n" +
+	"\x06issuer\x18\x01 \x01(\tR\x06issuer\x12\x10\n" +
+	"\x03kid\x18\x02 \x01(\tR\x03kid\x12!\n" +
+	"\fprevious_kid\x18\x03 \x01(\tR\vpreviousKid\x12H\n" +
+	"\x12previous_not_after\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x10previousNotAfter\x122\n" +
+	"\x06record\x18\x05 \x01(\v2\x1a.credbroker.v1.AuditRecordR\x06record*\xcc\x03\n" +
 	"\bDecision\x12\x18\n" +
 	"\x14DECISION_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fDECISION_INTENT\x10\x01\x12\x13\n" +
@@ -5426,7 +5840,8 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x19DECISION_APPROVAL_EXPIRED\x10\r\x12\x17\n" +
 	"\x13DECISION_CHECKPOINT\x10\x0e\x12\x15\n" +
 	"\x11DECISION_EXPORTED\x10\x0f\x12\x14\n" +
-	"\x10DECISION_PENDING\x10\x10*\xfc\x01\n" +
+	"\x10DECISION_PENDING\x10\x10\x12\x18\n" +
+	"\x14DECISION_KEY_ROTATED\x10\x11*\xfc\x01\n" +
 	"\x11AttestationMethod\x12\"\n" +
 	"\x1eATTESTATION_METHOD_UNSPECIFIED\x10\x00\x12 \n" +
 	"\x1cATTESTATION_METHOD_X509_SVID\x10\x01\x12\x1f\n" +
@@ -5451,7 +5866,12 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\x1bEXPLAIN_OUTCOME_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14EXPLAIN_OUTCOME_PASS\x10\x01\x12\x1a\n" +
 	"\x16EXPLAIN_OUTCOME_REFUSE\x10\x02\x12\x1f\n" +
-	"\x1bEXPLAIN_OUTCOME_NOT_REACHED\x10\x032\xdf\x0e\n" +
+	"\x1bEXPLAIN_OUTCOME_NOT_REACHED\x10\x03*\x92\x01\n" +
+	"\x0fSigningKeyState\x12!\n" +
+	"\x1dSIGNING_KEY_STATE_UNSPECIFIED\x10\x00\x12\x1c\n" +
+	"\x18SIGNING_KEY_STATE_ACTIVE\x10\x01\x12\x1f\n" +
+	"\x1bSIGNING_KEY_STATE_PUBLISHED\x10\x02\x12\x1d\n" +
+	"\x19SIGNING_KEY_STATE_RETIRED\x10\x032\xa6\x10\n" +
 	"\fAdminService\x12Z\n" +
 	"\rListIssuances\x12#.credbroker.v1.ListIssuancesRequest\x1a$.credbroker.v1.ListIssuancesResponse\x12T\n" +
 	"\vGetIssuance\x12!.credbroker.v1.GetIssuanceRequest\x1a\".credbroker.v1.GetIssuanceResponse\x12V\n" +
@@ -5474,7 +5894,9 @@ const file_credbroker_v1_admin_proto_rawDesc = "" +
 	"\vGetApproval\x12!.credbroker.v1.GetApprovalRequest\x1a\".credbroker.v1.GetApprovalResponse\x12H\n" +
 	"\aApprove\x12\x1d.credbroker.v1.ApproveRequest\x1a\x1e.credbroker.v1.ApproveResponse\x12W\n" +
 	"\fDenyApproval\x12\".credbroker.v1.DenyApprovalRequest\x1a#.credbroker.v1.DenyApprovalResponse\x12Z\n" +
-	"\rExplainPolicy\x12#.credbroker.v1.ExplainPolicyRequest\x1a$.credbroker.v1.ExplainPolicyResponseBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
+	"\rExplainPolicy\x12#.credbroker.v1.ExplainPolicyRequest\x1a$.credbroker.v1.ExplainPolicyResponse\x12`\n" +
+	"\x0fListSigningKeys\x12%.credbroker.v1.ListSigningKeysRequest\x1a&.credbroker.v1.ListSigningKeysResponse\x12c\n" +
+	"\x10RotateSigningKey\x12&.credbroker.v1.RotateSigningKeyRequest\x1a'.credbroker.v1.RotateSigningKeyResponseBCZAgithub.com/credbroker/credbroker/proto/credbroker/v1;credbrokerv1b\x06proto3"
 
 var (
 	file_credbroker_v1_admin_proto_rawDescOnce sync.Once
@@ -5488,210 +5910,226 @@ func file_credbroker_v1_admin_proto_rawDescGZIP() []byte {
 	return file_credbroker_v1_admin_proto_rawDescData
 }
 
-var file_credbroker_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_credbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 63)
+var file_credbroker_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_credbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 68)
 var file_credbroker_v1_admin_proto_goTypes = []any{
 	(Decision)(0),                          // 0: credbroker.v1.Decision
 	(AttestationMethod)(0),                 // 1: credbroker.v1.AttestationMethod
 	(RevocationKind)(0),                    // 2: credbroker.v1.RevocationKind
 	(ApprovalStatus)(0),                    // 3: credbroker.v1.ApprovalStatus
 	(ExplainOutcome)(0),                    // 4: credbroker.v1.ExplainOutcome
-	(*AuditRecord)(nil),                    // 5: credbroker.v1.AuditRecord
-	(*AuditCheckpoint)(nil),                // 6: credbroker.v1.AuditCheckpoint
-	(*Issuance)(nil),                       // 7: credbroker.v1.Issuance
-	(*ListIssuancesRequest)(nil),           // 8: credbroker.v1.ListIssuancesRequest
-	(*ListIssuancesResponse)(nil),          // 9: credbroker.v1.ListIssuancesResponse
-	(*GetIssuanceRequest)(nil),             // 10: credbroker.v1.GetIssuanceRequest
-	(*GetIssuanceResponse)(nil),            // 11: credbroker.v1.GetIssuanceResponse
-	(*VerifyAuditRequest)(nil),             // 12: credbroker.v1.VerifyAuditRequest
-	(*AuditAnchor)(nil),                    // 13: credbroker.v1.AuditAnchor
-	(*VerifyAuditResponse)(nil),            // 14: credbroker.v1.VerifyAuditResponse
-	(*VerifyAuditResult)(nil),              // 15: credbroker.v1.VerifyAuditResult
-	(*ChainBreak)(nil),                     // 16: credbroker.v1.ChainBreak
-	(*AuditProgress)(nil),                  // 17: credbroker.v1.AuditProgress
-	(*ExportAuditRequest)(nil),             // 18: credbroker.v1.ExportAuditRequest
-	(*ExportAuditResponse)(nil),            // 19: credbroker.v1.ExportAuditResponse
-	(*MarkAuditExportedRequest)(nil),       // 20: credbroker.v1.MarkAuditExportedRequest
-	(*MarkAuditExportedResponse)(nil),      // 21: credbroker.v1.MarkAuditExportedResponse
-	(*CreateJoinTokenRequest)(nil),         // 22: credbroker.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil),        // 23: credbroker.v1.CreateJoinTokenResponse
-	(*Node)(nil),                           // 24: credbroker.v1.Node
-	(*ListNodesRequest)(nil),               // 25: credbroker.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),              // 26: credbroker.v1.ListNodesResponse
-	(*EvictNodeRequest)(nil),               // 27: credbroker.v1.EvictNodeRequest
-	(*EvictNodeResponse)(nil),              // 28: credbroker.v1.EvictNodeResponse
-	(*Revocation)(nil),                     // 29: credbroker.v1.Revocation
-	(*RevokeRequest)(nil),                  // 30: credbroker.v1.RevokeRequest
-	(*RevokeResponse)(nil),                 // 31: credbroker.v1.RevokeResponse
-	(*UpstreamRevocation)(nil),             // 32: credbroker.v1.UpstreamRevocation
-	(*AWSRevocationPolicy)(nil),            // 33: credbroker.v1.AWSRevocationPolicy
-	(*AWSRoleRevocationPolicy)(nil),        // 34: credbroker.v1.AWSRoleRevocationPolicy
-	(*GetAWSRevocationPolicyRequest)(nil),  // 35: credbroker.v1.GetAWSRevocationPolicyRequest
-	(*GetAWSRevocationPolicyResponse)(nil), // 36: credbroker.v1.GetAWSRevocationPolicyResponse
-	(*ListRevocationsRequest)(nil),         // 37: credbroker.v1.ListRevocationsRequest
-	(*ListRevocationsResponse)(nil),        // 38: credbroker.v1.ListRevocationsResponse
-	(*LiftRevocationRequest)(nil),          // 39: credbroker.v1.LiftRevocationRequest
-	(*LiftRevocationResponse)(nil),         // 40: credbroker.v1.LiftRevocationResponse
-	(*Cluster)(nil),                        // 41: credbroker.v1.Cluster
-	(*ListClustersRequest)(nil),            // 42: credbroker.v1.ListClustersRequest
-	(*ListClustersResponse)(nil),           // 43: credbroker.v1.ListClustersResponse
-	(*DeleteClusterRequest)(nil),           // 44: credbroker.v1.DeleteClusterRequest
-	(*DeleteClusterResponse)(nil),          // 45: credbroker.v1.DeleteClusterResponse
-	(*QuotaUsage)(nil),                     // 46: credbroker.v1.QuotaUsage
-	(*GetQuotaRequest)(nil),                // 47: credbroker.v1.GetQuotaRequest
-	(*GetQuotaResponse)(nil),               // 48: credbroker.v1.GetQuotaResponse
-	(*QuotaLimit)(nil),                     // 49: credbroker.v1.QuotaLimit
-	(*ResetQuotaRequest)(nil),              // 50: credbroker.v1.ResetQuotaRequest
-	(*ResetQuotaResponse)(nil),             // 51: credbroker.v1.ResetQuotaResponse
-	(*Approval)(nil),                       // 52: credbroker.v1.Approval
-	(*ApprovalVote)(nil),                   // 53: credbroker.v1.ApprovalVote
-	(*ListApprovalsRequest)(nil),           // 54: credbroker.v1.ListApprovalsRequest
-	(*ListApprovalsResponse)(nil),          // 55: credbroker.v1.ListApprovalsResponse
-	(*GetApprovalRequest)(nil),             // 56: credbroker.v1.GetApprovalRequest
-	(*GetApprovalResponse)(nil),            // 57: credbroker.v1.GetApprovalResponse
-	(*ApproveRequest)(nil),                 // 58: credbroker.v1.ApproveRequest
-	(*ApproveResponse)(nil),                // 59: credbroker.v1.ApproveResponse
-	(*DenyApprovalRequest)(nil),            // 60: credbroker.v1.DenyApprovalRequest
-	(*DenyApprovalResponse)(nil),           // 61: credbroker.v1.DenyApprovalResponse
-	(*ExplainPolicyRequest)(nil),           // 62: credbroker.v1.ExplainPolicyRequest
-	(*ExplainStep)(nil),                    // 63: credbroker.v1.ExplainStep
-	(*ExplainQuota)(nil),                   // 64: credbroker.v1.ExplainQuota
-	(*UpstreamPreview)(nil),                // 65: credbroker.v1.UpstreamPreview
-	(*ExplainPolicyResponse)(nil),          // 66: credbroker.v1.ExplainPolicyResponse
-	nil,                                    // 67: credbroker.v1.UpstreamPreview.DetailsEntry
-	(*timestamppb.Timestamp)(nil),          // 68: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),            // 69: google.protobuf.Duration
-	(ErrorReason)(0),                       // 70: credbroker.v1.ErrorReason
+	(SigningKeyState)(0),                   // 5: credbroker.v1.SigningKeyState
+	(*AuditRecord)(nil),                    // 6: credbroker.v1.AuditRecord
+	(*AuditCheckpoint)(nil),                // 7: credbroker.v1.AuditCheckpoint
+	(*Issuance)(nil),                       // 8: credbroker.v1.Issuance
+	(*ListIssuancesRequest)(nil),           // 9: credbroker.v1.ListIssuancesRequest
+	(*ListIssuancesResponse)(nil),          // 10: credbroker.v1.ListIssuancesResponse
+	(*GetIssuanceRequest)(nil),             // 11: credbroker.v1.GetIssuanceRequest
+	(*GetIssuanceResponse)(nil),            // 12: credbroker.v1.GetIssuanceResponse
+	(*VerifyAuditRequest)(nil),             // 13: credbroker.v1.VerifyAuditRequest
+	(*AuditAnchor)(nil),                    // 14: credbroker.v1.AuditAnchor
+	(*VerifyAuditResponse)(nil),            // 15: credbroker.v1.VerifyAuditResponse
+	(*VerifyAuditResult)(nil),              // 16: credbroker.v1.VerifyAuditResult
+	(*ChainBreak)(nil),                     // 17: credbroker.v1.ChainBreak
+	(*AuditProgress)(nil),                  // 18: credbroker.v1.AuditProgress
+	(*ExportAuditRequest)(nil),             // 19: credbroker.v1.ExportAuditRequest
+	(*ExportAuditResponse)(nil),            // 20: credbroker.v1.ExportAuditResponse
+	(*MarkAuditExportedRequest)(nil),       // 21: credbroker.v1.MarkAuditExportedRequest
+	(*MarkAuditExportedResponse)(nil),      // 22: credbroker.v1.MarkAuditExportedResponse
+	(*CreateJoinTokenRequest)(nil),         // 23: credbroker.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),        // 24: credbroker.v1.CreateJoinTokenResponse
+	(*Node)(nil),                           // 25: credbroker.v1.Node
+	(*ListNodesRequest)(nil),               // 26: credbroker.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),              // 27: credbroker.v1.ListNodesResponse
+	(*EvictNodeRequest)(nil),               // 28: credbroker.v1.EvictNodeRequest
+	(*EvictNodeResponse)(nil),              // 29: credbroker.v1.EvictNodeResponse
+	(*Revocation)(nil),                     // 30: credbroker.v1.Revocation
+	(*RevokeRequest)(nil),                  // 31: credbroker.v1.RevokeRequest
+	(*RevokeResponse)(nil),                 // 32: credbroker.v1.RevokeResponse
+	(*UpstreamRevocation)(nil),             // 33: credbroker.v1.UpstreamRevocation
+	(*AWSRevocationPolicy)(nil),            // 34: credbroker.v1.AWSRevocationPolicy
+	(*AWSRoleRevocationPolicy)(nil),        // 35: credbroker.v1.AWSRoleRevocationPolicy
+	(*GetAWSRevocationPolicyRequest)(nil),  // 36: credbroker.v1.GetAWSRevocationPolicyRequest
+	(*GetAWSRevocationPolicyResponse)(nil), // 37: credbroker.v1.GetAWSRevocationPolicyResponse
+	(*ListRevocationsRequest)(nil),         // 38: credbroker.v1.ListRevocationsRequest
+	(*ListRevocationsResponse)(nil),        // 39: credbroker.v1.ListRevocationsResponse
+	(*LiftRevocationRequest)(nil),          // 40: credbroker.v1.LiftRevocationRequest
+	(*LiftRevocationResponse)(nil),         // 41: credbroker.v1.LiftRevocationResponse
+	(*Cluster)(nil),                        // 42: credbroker.v1.Cluster
+	(*ListClustersRequest)(nil),            // 43: credbroker.v1.ListClustersRequest
+	(*ListClustersResponse)(nil),           // 44: credbroker.v1.ListClustersResponse
+	(*DeleteClusterRequest)(nil),           // 45: credbroker.v1.DeleteClusterRequest
+	(*DeleteClusterResponse)(nil),          // 46: credbroker.v1.DeleteClusterResponse
+	(*QuotaUsage)(nil),                     // 47: credbroker.v1.QuotaUsage
+	(*GetQuotaRequest)(nil),                // 48: credbroker.v1.GetQuotaRequest
+	(*GetQuotaResponse)(nil),               // 49: credbroker.v1.GetQuotaResponse
+	(*QuotaLimit)(nil),                     // 50: credbroker.v1.QuotaLimit
+	(*ResetQuotaRequest)(nil),              // 51: credbroker.v1.ResetQuotaRequest
+	(*ResetQuotaResponse)(nil),             // 52: credbroker.v1.ResetQuotaResponse
+	(*Approval)(nil),                       // 53: credbroker.v1.Approval
+	(*ApprovalVote)(nil),                   // 54: credbroker.v1.ApprovalVote
+	(*ListApprovalsRequest)(nil),           // 55: credbroker.v1.ListApprovalsRequest
+	(*ListApprovalsResponse)(nil),          // 56: credbroker.v1.ListApprovalsResponse
+	(*GetApprovalRequest)(nil),             // 57: credbroker.v1.GetApprovalRequest
+	(*GetApprovalResponse)(nil),            // 58: credbroker.v1.GetApprovalResponse
+	(*ApproveRequest)(nil),                 // 59: credbroker.v1.ApproveRequest
+	(*ApproveResponse)(nil),                // 60: credbroker.v1.ApproveResponse
+	(*DenyApprovalRequest)(nil),            // 61: credbroker.v1.DenyApprovalRequest
+	(*DenyApprovalResponse)(nil),           // 62: credbroker.v1.DenyApprovalResponse
+	(*ExplainPolicyRequest)(nil),           // 63: credbroker.v1.ExplainPolicyRequest
+	(*ExplainStep)(nil),                    // 64: credbroker.v1.ExplainStep
+	(*ExplainQuota)(nil),                   // 65: credbroker.v1.ExplainQuota
+	(*UpstreamPreview)(nil),                // 66: credbroker.v1.UpstreamPreview
+	(*ExplainPolicyResponse)(nil),          // 67: credbroker.v1.ExplainPolicyResponse
+	(*ListSigningKeysRequest)(nil),         // 68: credbroker.v1.ListSigningKeysRequest
+	(*ListSigningKeysResponse)(nil),        // 69: credbroker.v1.ListSigningKeysResponse
+	(*SigningKey)(nil),                     // 70: credbroker.v1.SigningKey
+	(*RotateSigningKeyRequest)(nil),        // 71: credbroker.v1.RotateSigningKeyRequest
+	(*RotateSigningKeyResponse)(nil),       // 72: credbroker.v1.RotateSigningKeyResponse
+	nil,                                    // 73: credbroker.v1.UpstreamPreview.DetailsEntry
+	(*timestamppb.Timestamp)(nil),          // 74: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),            // 75: google.protobuf.Duration
+	(ErrorReason)(0),                       // 76: credbroker.v1.ErrorReason
 }
 var file_credbroker_v1_admin_proto_depIdxs = []int32{
-	68,  // 0: credbroker.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	74,  // 0: credbroker.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
 	1,   // 1: credbroker.v1.AuditRecord.attestation:type_name -> credbroker.v1.AttestationMethod
 	0,   // 2: credbroker.v1.AuditRecord.decision:type_name -> credbroker.v1.Decision
-	69,  // 3: credbroker.v1.AuditRecord.ttl:type_name -> google.protobuf.Duration
-	68,  // 4: credbroker.v1.AuditRecord.expires_at:type_name -> google.protobuf.Timestamp
-	6,   // 5: credbroker.v1.AuditRecord.checkpoint:type_name -> credbroker.v1.AuditCheckpoint
-	68,  // 6: credbroker.v1.AuditCheckpoint.first_time:type_name -> google.protobuf.Timestamp
-	68,  // 7: credbroker.v1.AuditCheckpoint.last_time:type_name -> google.protobuf.Timestamp
-	68,  // 8: credbroker.v1.Issuance.issued_at:type_name -> google.protobuf.Timestamp
-	68,  // 9: credbroker.v1.Issuance.expires_at:type_name -> google.protobuf.Timestamp
+	75,  // 3: credbroker.v1.AuditRecord.ttl:type_name -> google.protobuf.Duration
+	74,  // 4: credbroker.v1.AuditRecord.expires_at:type_name -> google.protobuf.Timestamp
+	7,   // 5: credbroker.v1.AuditRecord.checkpoint:type_name -> credbroker.v1.AuditCheckpoint
+	74,  // 6: credbroker.v1.AuditCheckpoint.first_time:type_name -> google.protobuf.Timestamp
+	74,  // 7: credbroker.v1.AuditCheckpoint.last_time:type_name -> google.protobuf.Timestamp
+	74,  // 8: credbroker.v1.Issuance.issued_at:type_name -> google.protobuf.Timestamp
+	74,  // 9: credbroker.v1.Issuance.expires_at:type_name -> google.protobuf.Timestamp
 	1,   // 10: credbroker.v1.Issuance.attestation:type_name -> credbroker.v1.AttestationMethod
-	68,  // 11: credbroker.v1.ListIssuancesRequest.since:type_name -> google.protobuf.Timestamp
-	7,   // 12: credbroker.v1.ListIssuancesResponse.issuances:type_name -> credbroker.v1.Issuance
-	7,   // 13: credbroker.v1.GetIssuanceResponse.issuance:type_name -> credbroker.v1.Issuance
-	5,   // 14: credbroker.v1.GetIssuanceResponse.records:type_name -> credbroker.v1.AuditRecord
-	13,  // 15: credbroker.v1.VerifyAuditRequest.anchor:type_name -> credbroker.v1.AuditAnchor
-	68,  // 16: credbroker.v1.AuditAnchor.time:type_name -> google.protobuf.Timestamp
-	17,  // 17: credbroker.v1.VerifyAuditResponse.progress:type_name -> credbroker.v1.AuditProgress
-	15,  // 18: credbroker.v1.VerifyAuditResponse.result:type_name -> credbroker.v1.VerifyAuditResult
-	16,  // 19: credbroker.v1.VerifyAuditResult.first_break:type_name -> credbroker.v1.ChainBreak
-	5,   // 20: credbroker.v1.ExportAuditResponse.record:type_name -> credbroker.v1.AuditRecord
-	5,   // 21: credbroker.v1.MarkAuditExportedResponse.record:type_name -> credbroker.v1.AuditRecord
-	69,  // 22: credbroker.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
-	68,  // 23: credbroker.v1.CreateJoinTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	74,  // 11: credbroker.v1.ListIssuancesRequest.since:type_name -> google.protobuf.Timestamp
+	8,   // 12: credbroker.v1.ListIssuancesResponse.issuances:type_name -> credbroker.v1.Issuance
+	8,   // 13: credbroker.v1.GetIssuanceResponse.issuance:type_name -> credbroker.v1.Issuance
+	6,   // 14: credbroker.v1.GetIssuanceResponse.records:type_name -> credbroker.v1.AuditRecord
+	14,  // 15: credbroker.v1.VerifyAuditRequest.anchor:type_name -> credbroker.v1.AuditAnchor
+	74,  // 16: credbroker.v1.AuditAnchor.time:type_name -> google.protobuf.Timestamp
+	18,  // 17: credbroker.v1.VerifyAuditResponse.progress:type_name -> credbroker.v1.AuditProgress
+	16,  // 18: credbroker.v1.VerifyAuditResponse.result:type_name -> credbroker.v1.VerifyAuditResult
+	17,  // 19: credbroker.v1.VerifyAuditResult.first_break:type_name -> credbroker.v1.ChainBreak
+	6,   // 20: credbroker.v1.ExportAuditResponse.record:type_name -> credbroker.v1.AuditRecord
+	6,   // 21: credbroker.v1.MarkAuditExportedResponse.record:type_name -> credbroker.v1.AuditRecord
+	75,  // 22: credbroker.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
+	74,  // 23: credbroker.v1.CreateJoinTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
 	1,   // 24: credbroker.v1.Node.attestation:type_name -> credbroker.v1.AttestationMethod
-	68,  // 25: credbroker.v1.Node.attested_at:type_name -> google.protobuf.Timestamp
-	68,  // 26: credbroker.v1.Node.renewed_at:type_name -> google.protobuf.Timestamp
-	68,  // 27: credbroker.v1.Node.expires_at:type_name -> google.protobuf.Timestamp
-	68,  // 28: credbroker.v1.Node.evicted_at:type_name -> google.protobuf.Timestamp
-	24,  // 29: credbroker.v1.ListNodesResponse.nodes:type_name -> credbroker.v1.Node
-	24,  // 30: credbroker.v1.EvictNodeResponse.node:type_name -> credbroker.v1.Node
-	7,   // 31: credbroker.v1.EvictNodeResponse.issuances:type_name -> credbroker.v1.Issuance
+	74,  // 25: credbroker.v1.Node.attested_at:type_name -> google.protobuf.Timestamp
+	74,  // 26: credbroker.v1.Node.renewed_at:type_name -> google.protobuf.Timestamp
+	74,  // 27: credbroker.v1.Node.expires_at:type_name -> google.protobuf.Timestamp
+	74,  // 28: credbroker.v1.Node.evicted_at:type_name -> google.protobuf.Timestamp
+	25,  // 29: credbroker.v1.ListNodesResponse.nodes:type_name -> credbroker.v1.Node
+	25,  // 30: credbroker.v1.EvictNodeResponse.node:type_name -> credbroker.v1.Node
+	8,   // 31: credbroker.v1.EvictNodeResponse.issuances:type_name -> credbroker.v1.Issuance
 	2,   // 32: credbroker.v1.Revocation.kind:type_name -> credbroker.v1.RevocationKind
-	68,  // 33: credbroker.v1.Revocation.created_at:type_name -> google.protobuf.Timestamp
-	68,  // 34: credbroker.v1.Revocation.until:type_name -> google.protobuf.Timestamp
-	68,  // 35: credbroker.v1.Revocation.covered_until:type_name -> google.protobuf.Timestamp
-	68,  // 36: credbroker.v1.RevokeRequest.until:type_name -> google.protobuf.Timestamp
-	29,  // 37: credbroker.v1.RevokeResponse.revocation:type_name -> credbroker.v1.Revocation
-	32,  // 38: credbroker.v1.RevokeResponse.upstream:type_name -> credbroker.v1.UpstreamRevocation
-	33,  // 39: credbroker.v1.RevokeResponse.aws_policy:type_name -> credbroker.v1.AWSRevocationPolicy
-	34,  // 40: credbroker.v1.AWSRevocationPolicy.roles:type_name -> credbroker.v1.AWSRoleRevocationPolicy
-	68,  // 41: credbroker.v1.AWSRoleRevocationPolicy.applied_at:type_name -> google.protobuf.Timestamp
-	33,  // 42: credbroker.v1.GetAWSRevocationPolicyResponse.policy:type_name -> credbroker.v1.AWSRevocationPolicy
-	29,  // 43: credbroker.v1.ListRevocationsResponse.revocations:type_name -> credbroker.v1.Revocation
-	29,  // 44: credbroker.v1.LiftRevocationResponse.revocation:type_name -> credbroker.v1.Revocation
-	29,  // 45: credbroker.v1.Cluster.revocation:type_name -> credbroker.v1.Revocation
-	41,  // 46: credbroker.v1.ListClustersResponse.clusters:type_name -> credbroker.v1.Cluster
-	29,  // 47: credbroker.v1.DeleteClusterResponse.revocation:type_name -> credbroker.v1.Revocation
-	24,  // 48: credbroker.v1.DeleteClusterResponse.evicted_nodes:type_name -> credbroker.v1.Node
-	32,  // 49: credbroker.v1.DeleteClusterResponse.upstream:type_name -> credbroker.v1.UpstreamRevocation
-	68,  // 50: credbroker.v1.QuotaUsage.window_start:type_name -> google.protobuf.Timestamp
-	68,  // 51: credbroker.v1.QuotaUsage.reset_at:type_name -> google.protobuf.Timestamp
-	46,  // 52: credbroker.v1.GetQuotaResponse.usage:type_name -> credbroker.v1.QuotaUsage
-	49,  // 53: credbroker.v1.GetQuotaResponse.limits:type_name -> credbroker.v1.QuotaLimit
-	69,  // 54: credbroker.v1.QuotaLimit.window:type_name -> google.protobuf.Duration
-	46,  // 55: credbroker.v1.ResetQuotaResponse.forgotten:type_name -> credbroker.v1.QuotaUsage
+	74,  // 33: credbroker.v1.Revocation.created_at:type_name -> google.protobuf.Timestamp
+	74,  // 34: credbroker.v1.Revocation.until:type_name -> google.protobuf.Timestamp
+	74,  // 35: credbroker.v1.Revocation.covered_until:type_name -> google.protobuf.Timestamp
+	74,  // 36: credbroker.v1.RevokeRequest.until:type_name -> google.protobuf.Timestamp
+	30,  // 37: credbroker.v1.RevokeResponse.revocation:type_name -> credbroker.v1.Revocation
+	33,  // 38: credbroker.v1.RevokeResponse.upstream:type_name -> credbroker.v1.UpstreamRevocation
+	34,  // 39: credbroker.v1.RevokeResponse.aws_policy:type_name -> credbroker.v1.AWSRevocationPolicy
+	35,  // 40: credbroker.v1.AWSRevocationPolicy.roles:type_name -> credbroker.v1.AWSRoleRevocationPolicy
+	74,  // 41: credbroker.v1.AWSRoleRevocationPolicy.applied_at:type_name -> google.protobuf.Timestamp
+	34,  // 42: credbroker.v1.GetAWSRevocationPolicyResponse.policy:type_name -> credbroker.v1.AWSRevocationPolicy
+	30,  // 43: credbroker.v1.ListRevocationsResponse.revocations:type_name -> credbroker.v1.Revocation
+	30,  // 44: credbroker.v1.LiftRevocationResponse.revocation:type_name -> credbroker.v1.Revocation
+	30,  // 45: credbroker.v1.Cluster.revocation:type_name -> credbroker.v1.Revocation
+	42,  // 46: credbroker.v1.ListClustersResponse.clusters:type_name -> credbroker.v1.Cluster
+	30,  // 47: credbroker.v1.DeleteClusterResponse.revocation:type_name -> credbroker.v1.Revocation
+	25,  // 48: credbroker.v1.DeleteClusterResponse.evicted_nodes:type_name -> credbroker.v1.Node
+	33,  // 49: credbroker.v1.DeleteClusterResponse.upstream:type_name -> credbroker.v1.UpstreamRevocation
+	74,  // 50: credbroker.v1.QuotaUsage.window_start:type_name -> google.protobuf.Timestamp
+	74,  // 51: credbroker.v1.QuotaUsage.reset_at:type_name -> google.protobuf.Timestamp
+	47,  // 52: credbroker.v1.GetQuotaResponse.usage:type_name -> credbroker.v1.QuotaUsage
+	50,  // 53: credbroker.v1.GetQuotaResponse.limits:type_name -> credbroker.v1.QuotaLimit
+	75,  // 54: credbroker.v1.QuotaLimit.window:type_name -> google.protobuf.Duration
+	47,  // 55: credbroker.v1.ResetQuotaResponse.forgotten:type_name -> credbroker.v1.QuotaUsage
 	3,   // 56: credbroker.v1.Approval.status:type_name -> credbroker.v1.ApprovalStatus
-	69,  // 57: credbroker.v1.Approval.ttl:type_name -> google.protobuf.Duration
-	53,  // 58: credbroker.v1.Approval.approvals:type_name -> credbroker.v1.ApprovalVote
-	68,  // 59: credbroker.v1.Approval.created_at:type_name -> google.protobuf.Timestamp
-	68,  // 60: credbroker.v1.Approval.expires_at:type_name -> google.protobuf.Timestamp
-	68,  // 61: credbroker.v1.Approval.granted_at:type_name -> google.protobuf.Timestamp
-	68,  // 62: credbroker.v1.Approval.denied_at:type_name -> google.protobuf.Timestamp
-	68,  // 63: credbroker.v1.Approval.consumed_at:type_name -> google.protobuf.Timestamp
-	68,  // 64: credbroker.v1.ApprovalVote.approved_at:type_name -> google.protobuf.Timestamp
-	52,  // 65: credbroker.v1.ListApprovalsResponse.approvals:type_name -> credbroker.v1.Approval
-	52,  // 66: credbroker.v1.GetApprovalResponse.approval:type_name -> credbroker.v1.Approval
-	52,  // 67: credbroker.v1.ApproveResponse.approval:type_name -> credbroker.v1.Approval
-	52,  // 68: credbroker.v1.DenyApprovalResponse.approval:type_name -> credbroker.v1.Approval
-	69,  // 69: credbroker.v1.ExplainPolicyRequest.ttl:type_name -> google.protobuf.Duration
+	75,  // 57: credbroker.v1.Approval.ttl:type_name -> google.protobuf.Duration
+	54,  // 58: credbroker.v1.Approval.approvals:type_name -> credbroker.v1.ApprovalVote
+	74,  // 59: credbroker.v1.Approval.created_at:type_name -> google.protobuf.Timestamp
+	74,  // 60: credbroker.v1.Approval.expires_at:type_name -> google.protobuf.Timestamp
+	74,  // 61: credbroker.v1.Approval.granted_at:type_name -> google.protobuf.Timestamp
+	74,  // 62: credbroker.v1.Approval.denied_at:type_name -> google.protobuf.Timestamp
+	74,  // 63: credbroker.v1.Approval.consumed_at:type_name -> google.protobuf.Timestamp
+	74,  // 64: credbroker.v1.ApprovalVote.approved_at:type_name -> google.protobuf.Timestamp
+	53,  // 65: credbroker.v1.ListApprovalsResponse.approvals:type_name -> credbroker.v1.Approval
+	53,  // 66: credbroker.v1.GetApprovalResponse.approval:type_name -> credbroker.v1.Approval
+	53,  // 67: credbroker.v1.ApproveResponse.approval:type_name -> credbroker.v1.Approval
+	53,  // 68: credbroker.v1.DenyApprovalResponse.approval:type_name -> credbroker.v1.Approval
+	75,  // 69: credbroker.v1.ExplainPolicyRequest.ttl:type_name -> google.protobuf.Duration
 	4,   // 70: credbroker.v1.ExplainStep.outcome:type_name -> credbroker.v1.ExplainOutcome
-	69,  // 71: credbroker.v1.ExplainQuota.window:type_name -> google.protobuf.Duration
-	68,  // 72: credbroker.v1.ExplainQuota.reset_at:type_name -> google.protobuf.Timestamp
-	67,  // 73: credbroker.v1.UpstreamPreview.details:type_name -> credbroker.v1.UpstreamPreview.DetailsEntry
-	70,  // 74: credbroker.v1.ExplainPolicyResponse.refusal_reason:type_name -> credbroker.v1.ErrorReason
-	63,  // 75: credbroker.v1.ExplainPolicyResponse.steps:type_name -> credbroker.v1.ExplainStep
-	69,  // 76: credbroker.v1.ExplainPolicyResponse.ttl:type_name -> google.protobuf.Duration
-	64,  // 77: credbroker.v1.ExplainPolicyResponse.quotas:type_name -> credbroker.v1.ExplainQuota
-	29,  // 78: credbroker.v1.ExplainPolicyResponse.revocation:type_name -> credbroker.v1.Revocation
-	69,  // 79: credbroker.v1.ExplainPolicyResponse.approval_window:type_name -> google.protobuf.Duration
-	65,  // 80: credbroker.v1.ExplainPolicyResponse.upstream:type_name -> credbroker.v1.UpstreamPreview
-	8,   // 81: credbroker.v1.AdminService.ListIssuances:input_type -> credbroker.v1.ListIssuancesRequest
-	10,  // 82: credbroker.v1.AdminService.GetIssuance:input_type -> credbroker.v1.GetIssuanceRequest
-	12,  // 83: credbroker.v1.AdminService.VerifyAudit:input_type -> credbroker.v1.VerifyAuditRequest
-	18,  // 84: credbroker.v1.AdminService.ExportAudit:input_type -> credbroker.v1.ExportAuditRequest
-	20,  // 85: credbroker.v1.AdminService.MarkAuditExported:input_type -> credbroker.v1.MarkAuditExportedRequest
-	22,  // 86: credbroker.v1.AdminService.CreateJoinToken:input_type -> credbroker.v1.CreateJoinTokenRequest
-	25,  // 87: credbroker.v1.AdminService.ListNodes:input_type -> credbroker.v1.ListNodesRequest
-	27,  // 88: credbroker.v1.AdminService.EvictNode:input_type -> credbroker.v1.EvictNodeRequest
-	30,  // 89: credbroker.v1.AdminService.Revoke:input_type -> credbroker.v1.RevokeRequest
-	37,  // 90: credbroker.v1.AdminService.ListRevocations:input_type -> credbroker.v1.ListRevocationsRequest
-	39,  // 91: credbroker.v1.AdminService.LiftRevocation:input_type -> credbroker.v1.LiftRevocationRequest
-	35,  // 92: credbroker.v1.AdminService.GetAWSRevocationPolicy:input_type -> credbroker.v1.GetAWSRevocationPolicyRequest
-	42,  // 93: credbroker.v1.AdminService.ListClusters:input_type -> credbroker.v1.ListClustersRequest
-	44,  // 94: credbroker.v1.AdminService.DeleteCluster:input_type -> credbroker.v1.DeleteClusterRequest
-	47,  // 95: credbroker.v1.AdminService.GetQuota:input_type -> credbroker.v1.GetQuotaRequest
-	50,  // 96: credbroker.v1.AdminService.ResetQuota:input_type -> credbroker.v1.ResetQuotaRequest
-	54,  // 97: credbroker.v1.AdminService.ListApprovals:input_type -> credbroker.v1.ListApprovalsRequest
-	56,  // 98: credbroker.v1.AdminService.GetApproval:input_type -> credbroker.v1.GetApprovalRequest
-	58,  // 99: credbroker.v1.AdminService.Approve:input_type -> credbroker.v1.ApproveRequest
-	60,  // 100: credbroker.v1.AdminService.DenyApproval:input_type -> credbroker.v1.DenyApprovalRequest
-	62,  // 101: credbroker.v1.AdminService.ExplainPolicy:input_type -> credbroker.v1.ExplainPolicyRequest
-	9,   // 102: credbroker.v1.AdminService.ListIssuances:output_type -> credbroker.v1.ListIssuancesResponse
-	11,  // 103: credbroker.v1.AdminService.GetIssuance:output_type -> credbroker.v1.GetIssuanceResponse
-	14,  // 104: credbroker.v1.AdminService.VerifyAudit:output_type -> credbroker.v1.VerifyAuditResponse
-	19,  // 105: credbroker.v1.AdminService.ExportAudit:output_type -> credbroker.v1.ExportAuditResponse
-	21,  // 106: credbroker.v1.AdminService.MarkAuditExported:output_type -> credbroker.v1.MarkAuditExportedResponse
-	23,  // 107: credbroker.v1.AdminService.CreateJoinToken:output_type -> credbroker.v1.CreateJoinTokenResponse
-	26,  // 108: credbroker.v1.AdminService.ListNodes:output_type -> credbroker.v1.ListNodesResponse
-	28,  // 109: credbroker.v1.AdminService.EvictNode:output_type -> credbroker.v1.EvictNodeResponse
-	31,  // 110: credbroker.v1.AdminService.Revoke:output_type -> credbroker.v1.RevokeResponse
-	38,  // 111: credbroker.v1.AdminService.ListRevocations:output_type -> credbroker.v1.ListRevocationsResponse
-	40,  // 112: credbroker.v1.AdminService.LiftRevocation:output_type -> credbroker.v1.LiftRevocationResponse
-	36,  // 113: credbroker.v1.AdminService.GetAWSRevocationPolicy:output_type -> credbroker.v1.GetAWSRevocationPolicyResponse
-	43,  // 114: credbroker.v1.AdminService.ListClusters:output_type -> credbroker.v1.ListClustersResponse
-	45,  // 115: credbroker.v1.AdminService.DeleteCluster:output_type -> credbroker.v1.DeleteClusterResponse
-	48,  // 116: credbroker.v1.AdminService.GetQuota:output_type -> credbroker.v1.GetQuotaResponse
-	51,  // 117: credbroker.v1.AdminService.ResetQuota:output_type -> credbroker.v1.ResetQuotaResponse
-	55,  // 118: credbroker.v1.AdminService.ListApprovals:output_type -> credbroker.v1.ListApprovalsResponse
-	57,  // 119: credbroker.v1.AdminService.GetApproval:output_type -> credbroker.v1.GetApprovalResponse
-	59,  // 120: credbroker.v1.AdminService.Approve:output_type -> credbroker.v1.ApproveResponse
-	61,  // 121: credbroker.v1.AdminService.DenyApproval:output_type -> credbroker.v1.DenyApprovalResponse
-	66,  // 122: credbroker.v1.AdminService.ExplainPolicy:output_type -> credbroker.v1.ExplainPolicyResponse
-	102, // [102:123] is the sub-list for method output_type
-	81,  // [81:102] is the sub-list for method input_type
-	81,  // [81:81] is the sub-list for extension type_name
-	81,  // [81:81] is the sub-list for extension extendee
-	0,   // [0:81] is the sub-list for field type_name
+	75,  // 71: credbroker.v1.ExplainQuota.window:type_name -> google.protobuf.Duration
+	74,  // 72: credbroker.v1.ExplainQuota.reset_at:type_name -> google.protobuf.Timestamp
+	73,  // 73: credbroker.v1.UpstreamPreview.details:type_name -> credbroker.v1.UpstreamPreview.DetailsEntry
+	76,  // 74: credbroker.v1.ExplainPolicyResponse.refusal_reason:type_name -> credbroker.v1.ErrorReason
+	64,  // 75: credbroker.v1.ExplainPolicyResponse.steps:type_name -> credbroker.v1.ExplainStep
+	75,  // 76: credbroker.v1.ExplainPolicyResponse.ttl:type_name -> google.protobuf.Duration
+	65,  // 77: credbroker.v1.ExplainPolicyResponse.quotas:type_name -> credbroker.v1.ExplainQuota
+	30,  // 78: credbroker.v1.ExplainPolicyResponse.revocation:type_name -> credbroker.v1.Revocation
+	75,  // 79: credbroker.v1.ExplainPolicyResponse.approval_window:type_name -> google.protobuf.Duration
+	66,  // 80: credbroker.v1.ExplainPolicyResponse.upstream:type_name -> credbroker.v1.UpstreamPreview
+	70,  // 81: credbroker.v1.ListSigningKeysResponse.keys:type_name -> credbroker.v1.SigningKey
+	5,   // 82: credbroker.v1.SigningKey.state:type_name -> credbroker.v1.SigningKeyState
+	74,  // 83: credbroker.v1.SigningKey.created_at:type_name -> google.protobuf.Timestamp
+	74,  // 84: credbroker.v1.SigningKey.not_after:type_name -> google.protobuf.Timestamp
+	74,  // 85: credbroker.v1.RotateSigningKeyResponse.previous_not_after:type_name -> google.protobuf.Timestamp
+	6,   // 86: credbroker.v1.RotateSigningKeyResponse.record:type_name -> credbroker.v1.AuditRecord
+	9,   // 87: credbroker.v1.AdminService.ListIssuances:input_type -> credbroker.v1.ListIssuancesRequest
+	11,  // 88: credbroker.v1.AdminService.GetIssuance:input_type -> credbroker.v1.GetIssuanceRequest
+	13,  // 89: credbroker.v1.AdminService.VerifyAudit:input_type -> credbroker.v1.VerifyAuditRequest
+	19,  // 90: credbroker.v1.AdminService.ExportAudit:input_type -> credbroker.v1.ExportAuditRequest
+	21,  // 91: credbroker.v1.AdminService.MarkAuditExported:input_type -> credbroker.v1.MarkAuditExportedRequest
+	23,  // 92: credbroker.v1.AdminService.CreateJoinToken:input_type -> credbroker.v1.CreateJoinTokenRequest
+	26,  // 93: credbroker.v1.AdminService.ListNodes:input_type -> credbroker.v1.ListNodesRequest
+	28,  // 94: credbroker.v1.AdminService.EvictNode:input_type -> credbroker.v1.EvictNodeRequest
+	31,  // 95: credbroker.v1.AdminService.Revoke:input_type -> credbroker.v1.RevokeRequest
+	38,  // 96: credbroker.v1.AdminService.ListRevocations:input_type -> credbroker.v1.ListRevocationsRequest
+	40,  // 97: credbroker.v1.AdminService.LiftRevocation:input_type -> credbroker.v1.LiftRevocationRequest
+	36,  // 98: credbroker.v1.AdminService.GetAWSRevocationPolicy:input_type -> credbroker.v1.GetAWSRevocationPolicyRequest
+	43,  // 99: credbroker.v1.AdminService.ListClusters:input_type -> credbroker.v1.ListClustersRequest
+	45,  // 100: credbroker.v1.AdminService.DeleteCluster:input_type -> credbroker.v1.DeleteClusterRequest
+	48,  // 101: credbroker.v1.AdminService.GetQuota:input_type -> credbroker.v1.GetQuotaRequest
+	51,  // 102: credbroker.v1.AdminService.ResetQuota:input_type -> credbroker.v1.ResetQuotaRequest
+	55,  // 103: credbroker.v1.AdminService.ListApprovals:input_type -> credbroker.v1.ListApprovalsRequest
+	57,  // 104: credbroker.v1.AdminService.GetApproval:input_type -> credbroker.v1.GetApprovalRequest
+	59,  // 105: credbroker.v1.AdminService.Approve:input_type -> credbroker.v1.ApproveRequest
+	61,  // 106: credbroker.v1.AdminService.DenyApproval:input_type -> credbroker.v1.DenyApprovalRequest
+	63,  // 107: credbroker.v1.AdminService.ExplainPolicy:input_type -> credbroker.v1.ExplainPolicyRequest
+	68,  // 108: credbroker.v1.AdminService.ListSigningKeys:input_type -> credbroker.v1.ListSigningKeysRequest
+	71,  // 109: credbroker.v1.AdminService.RotateSigningKey:input_type -> credbroker.v1.RotateSigningKeyRequest
+	10,  // 110: credbroker.v1.AdminService.ListIssuances:output_type -> credbroker.v1.ListIssuancesResponse
+	12,  // 111: credbroker.v1.AdminService.GetIssuance:output_type -> credbroker.v1.GetIssuanceResponse
+	15,  // 112: credbroker.v1.AdminService.VerifyAudit:output_type -> credbroker.v1.VerifyAuditResponse
+	20,  // 113: credbroker.v1.AdminService.ExportAudit:output_type -> credbroker.v1.ExportAuditResponse
+	22,  // 114: credbroker.v1.AdminService.MarkAuditExported:output_type -> credbroker.v1.MarkAuditExportedResponse
+	24,  // 115: credbroker.v1.AdminService.CreateJoinToken:output_type -> credbroker.v1.CreateJoinTokenResponse
+	27,  // 116: credbroker.v1.AdminService.ListNodes:output_type -> credbroker.v1.ListNodesResponse
+	29,  // 117: credbroker.v1.AdminService.EvictNode:output_type -> credbroker.v1.EvictNodeResponse
+	32,  // 118: credbroker.v1.AdminService.Revoke:output_type -> credbroker.v1.RevokeResponse
+	39,  // 119: credbroker.v1.AdminService.ListRevocations:output_type -> credbroker.v1.ListRevocationsResponse
+	41,  // 120: credbroker.v1.AdminService.LiftRevocation:output_type -> credbroker.v1.LiftRevocationResponse
+	37,  // 121: credbroker.v1.AdminService.GetAWSRevocationPolicy:output_type -> credbroker.v1.GetAWSRevocationPolicyResponse
+	44,  // 122: credbroker.v1.AdminService.ListClusters:output_type -> credbroker.v1.ListClustersResponse
+	46,  // 123: credbroker.v1.AdminService.DeleteCluster:output_type -> credbroker.v1.DeleteClusterResponse
+	49,  // 124: credbroker.v1.AdminService.GetQuota:output_type -> credbroker.v1.GetQuotaResponse
+	52,  // 125: credbroker.v1.AdminService.ResetQuota:output_type -> credbroker.v1.ResetQuotaResponse
+	56,  // 126: credbroker.v1.AdminService.ListApprovals:output_type -> credbroker.v1.ListApprovalsResponse
+	58,  // 127: credbroker.v1.AdminService.GetApproval:output_type -> credbroker.v1.GetApprovalResponse
+	60,  // 128: credbroker.v1.AdminService.Approve:output_type -> credbroker.v1.ApproveResponse
+	62,  // 129: credbroker.v1.AdminService.DenyApproval:output_type -> credbroker.v1.DenyApprovalResponse
+	67,  // 130: credbroker.v1.AdminService.ExplainPolicy:output_type -> credbroker.v1.ExplainPolicyResponse
+	69,  // 131: credbroker.v1.AdminService.ListSigningKeys:output_type -> credbroker.v1.ListSigningKeysResponse
+	72,  // 132: credbroker.v1.AdminService.RotateSigningKey:output_type -> credbroker.v1.RotateSigningKeyResponse
+	110, // [110:133] is the sub-list for method output_type
+	87,  // [87:110] is the sub-list for method input_type
+	87,  // [87:87] is the sub-list for extension type_name
+	87,  // [87:87] is the sub-list for extension extendee
+	0,   // [0:87] is the sub-list for field type_name
 }
 
 func init() { file_credbroker_v1_admin_proto_init() }
@@ -5734,8 +6172,8 @@ func file_credbroker_v1_admin_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_credbroker_v1_admin_proto_rawDesc), len(file_credbroker_v1_admin_proto_rawDesc)),
-			NumEnums:      5,
-			NumMessages:   63,
+			NumEnums:      6,
+			NumMessages:   68,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -40,6 +40,8 @@ const (
 	AdminService_Approve_FullMethodName                = "/credbroker.v1.AdminService/Approve"
 	AdminService_DenyApproval_FullMethodName           = "/credbroker.v1.AdminService/DenyApproval"
 	AdminService_ExplainPolicy_FullMethodName          = "/credbroker.v1.AdminService/ExplainPolicy"
+	AdminService_ListSigningKeys_FullMethodName        = "/credbroker.v1.AdminService/ListSigningKeys"
+	AdminService_RotateSigningKey_FullMethodName       = "/credbroker.v1.AdminService/RotateSigningKey"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -147,6 +149,20 @@ type AdminServiceClient interface {
 	// rate token and writes nothing (not even an audit record: it is an admin
 	// read, like the lists).
 	ExplainPolicy(ctx context.Context, in *ExplainPolicyRequest, opts ...grpc.CallOption) (*ExplainPolicyResponse, error)
+	// ListSigningKeys lists the signing keys of the broker's local JWT
+	// issuers as the answering replica knows them: its own (active, next,
+	// retired) and every other replica's it publishes in its JWKS. Never a
+	// private key. UNAVAILABLE when the shared key store cannot be read.
+	ListSigningKeys(ctx context.Context, in *ListSigningKeysRequest, opts ...grpc.CallOption) (*ListSigningKeysResponse, error)
+	// RotateSigningKey makes the answering replica sign with a new key at
+	// once (no publish-ahead), for an admin who suspects its key leaked; the
+	// previous private key is deleted. With retire_previous the previous key
+	// is withdrawn from the JWKS at once (the other replicas drop it at their
+	// next key round), so tokens it signed stop verifying, those in flight
+	// included; without, it stays published until they expire. On record as
+	// a key_rotated decision naming the admin; nothing changes when the
+	// record cannot be written (AUDIT_UNAVAILABLE).
+	RotateSigningKey(ctx context.Context, in *RotateSigningKeyRequest, opts ...grpc.CallOption) (*RotateSigningKeyResponse, error)
 }
 
 type adminServiceClient struct {
@@ -385,6 +401,26 @@ func (c *adminServiceClient) ExplainPolicy(ctx context.Context, in *ExplainPolic
 	return out, nil
 }
 
+func (c *adminServiceClient) ListSigningKeys(ctx context.Context, in *ListSigningKeysRequest, opts ...grpc.CallOption) (*ListSigningKeysResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListSigningKeysResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListSigningKeys_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RotateSigningKey(ctx context.Context, in *RotateSigningKeyRequest, opts ...grpc.CallOption) (*RotateSigningKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RotateSigningKeyResponse)
+	err := c.cc.Invoke(ctx, AdminService_RotateSigningKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -490,6 +526,20 @@ type AdminServiceServer interface {
 	// rate token and writes nothing (not even an audit record: it is an admin
 	// read, like the lists).
 	ExplainPolicy(context.Context, *ExplainPolicyRequest) (*ExplainPolicyResponse, error)
+	// ListSigningKeys lists the signing keys of the broker's local JWT
+	// issuers as the answering replica knows them: its own (active, next,
+	// retired) and every other replica's it publishes in its JWKS. Never a
+	// private key. UNAVAILABLE when the shared key store cannot be read.
+	ListSigningKeys(context.Context, *ListSigningKeysRequest) (*ListSigningKeysResponse, error)
+	// RotateSigningKey makes the answering replica sign with a new key at
+	// once (no publish-ahead), for an admin who suspects its key leaked; the
+	// previous private key is deleted. With retire_previous the previous key
+	// is withdrawn from the JWKS at once (the other replicas drop it at their
+	// next key round), so tokens it signed stop verifying, those in flight
+	// included; without, it stays published until they expire. On record as
+	// a key_rotated decision naming the admin; nothing changes when the
+	// record cannot be written (AUDIT_UNAVAILABLE).
+	RotateSigningKey(context.Context, *RotateSigningKeyRequest) (*RotateSigningKeyResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -562,6 +612,12 @@ func (UnimplementedAdminServiceServer) DenyApproval(context.Context, *DenyApprov
 }
 func (UnimplementedAdminServiceServer) ExplainPolicy(context.Context, *ExplainPolicyRequest) (*ExplainPolicyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ExplainPolicy not implemented")
+}
+func (UnimplementedAdminServiceServer) ListSigningKeys(context.Context, *ListSigningKeysRequest) (*ListSigningKeysResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListSigningKeys not implemented")
+}
+func (UnimplementedAdminServiceServer) RotateSigningKey(context.Context, *RotateSigningKeyRequest) (*RotateSigningKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RotateSigningKey not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -948,6 +1004,42 @@ func _AdminService_ExplainPolicy_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_ListSigningKeys_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListSigningKeysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListSigningKeys(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListSigningKeys_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListSigningKeys(ctx, req.(*ListSigningKeysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RotateSigningKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotateSigningKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RotateSigningKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RotateSigningKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RotateSigningKey(ctx, req.(*RotateSigningKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1030,6 +1122,14 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ExplainPolicy",
 			Handler:    _AdminService_ExplainPolicy_Handler,
+		},
+		{
+			MethodName: "ListSigningKeys",
+			Handler:    _AdminService_ListSigningKeys_Handler,
+		},
+		{
+			MethodName: "RotateSigningKey",
+			Handler:    _AdminService_RotateSigningKey_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

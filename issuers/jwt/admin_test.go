@@ -1,0 +1,149 @@
+package jwt
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	jwtlib "github.com/golang-jwt/jwt/v5"
+
+	"github.com/credbroker/credbroker/issuers"
+)
+
+// TestRotateSigningKeyOnDemand: an admin's rotation signs with a new key at
+// once, on disk across a restart; a rotation whose record fails changes
+// nothing; a next key waiting to sign is withdrawn with it; the retired
+// keys kept published are bounded.
+func TestRotateSigningKeyOnDemand(t *testing.T) {
+	t.Parallel()
+	now := testNow
+	clock := func() time.Time { return now }
+	path := filepath.Join(t.TempDir(), "jwt.key")
+	cfg := Config{IssuerURL: testIssuerURL, KeyFile: path, Clock: clock, RotationPeriod: 2 * time.Hour, MaxTTL: time.Hour}
+	iss, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	kids := func() []string {
+		t.Helper()
+		keys, err := ParseJWKS(iss.JWKS())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for kid := range keys {
+			out = append(out, kid)
+		}
+		slices.Sort(out)
+		return out
+	}
+	mint := func() string {
+		t.Helper()
+		c, err := iss.Issue(ctx, testRequest())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.Token
+	}
+	verifies := func(token string) error {
+		_, err := Verify(iss.JWKS(), token, jwtlib.WithTimeFunc(clock))
+		return err
+	}
+
+	// The scheduled rotation has made its next key, published ahead.
+	now = now.Add(2*time.Hour - DefaultPublishAhead)
+	if err := iss.Maintain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	old := iss.KeyID()
+	oldToken := mint()
+	if len(kids()) != 2 {
+		t.Fatalf("JWKS %v, want the current and the next key", kids())
+	}
+	before := string(iss.JWKS())
+
+	// A record that cannot be written: nothing changes.
+	refused := errors.New("audit store unavailable")
+	if _, err := iss.RotateSigningKey(ctx, false, func(string, string) error { return refused }); !errors.Is(err, refused) {
+		t.Fatalf("rotation with a failing record: %v", err)
+	}
+	if iss.KeyID() != old || string(iss.JWKS()) != before {
+		t.Fatal("a rotation whose record failed changed the keys")
+	}
+	if _, err := os.Stat(rotatingKeyFile(path)); !os.IsNotExist(err) {
+		t.Fatalf("the unused key's file was left behind: %v", err)
+	}
+
+	var recorded [2]string
+	rot, err := iss.RotateSigningKey(ctx, false, func(kid, prev string) error { recorded = [2]string{kid, prev}; return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rot.KID != iss.KeyID() || rot.PreviousKID != old || recorded != [2]string{rot.KID, old} || !rot.PreviousNotAfter.Equal(now.Add(time.Hour)) {
+		t.Fatalf("rotation %+v, recorded %v; signing with %s", rot, recorded, iss.KeyID())
+	}
+	newToken := mint()
+	// The next key is gone (JWKS and disk); the previous one stays.
+	if got := kids(); !slices.Equal(got, sortedOf(old, rot.KID)) {
+		t.Fatalf("JWKS %v after the rotation, want the previous and the new key", got)
+	}
+	if _, err := os.Stat(nextKeyFile(path)); !os.IsNotExist(err) {
+		t.Fatalf("the withdrawn next key's file is still there: %v", err)
+	}
+	for _, tok := range []string{oldToken, newToken} {
+		if err := verifies(tok); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keys, err := iss.SigningKeys(ctx)
+	if err != nil || len(keys) != 2 || keys[0].KID != rot.KID || keys[0].State != issuers.KeyActive ||
+		keys[1].KID != old || keys[1].State != issuers.KeyRetired || !keys[1].NotAfter.Equal(rot.PreviousNotAfter) {
+		t.Fatalf("SigningKeys: %+v, %v", keys, err)
+	}
+	// The new key is on disk: a restart signs with it.
+	again, err := New(cfg)
+	if err != nil || again.KeyID() != rot.KID {
+		t.Fatalf("restarted: %v, signing with the new key %v", err, again.KeyID() == rot.KID)
+	}
+
+	// Retiring the previous key withdraws it at once.
+	retired, err := iss.RotateSigningKey(ctx, true, func(string, string) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := verifies(newToken); err == nil {
+		t.Fatal("a token of the retired key still verifies")
+	}
+	if err := verifies(oldToken); err != nil {
+		t.Fatalf("a token of the key retired earlier, without withdrawal: %v", err)
+	}
+	if !retired.PreviousNotAfter.Equal(now) || !slices.Equal(kids(), sortedOf(old, retired.KID)) {
+		t.Fatalf("rotation %+v, JWKS %v", retired, kids())
+	}
+
+	// Retired keys kept published are bounded; retiring needs no room.
+	for range MaxRetiredKeys - 1 {
+		if _, err := iss.RotateSigningKey(ctx, false, func(string, string) error { return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := iss.RotateSigningKey(ctx, false, func(string, string) error { return nil }); !errors.Is(err, issuers.ErrTooManyKeys) {
+		t.Fatalf("rotation past %d retired keys: %v", MaxRetiredKeys, err)
+	}
+	if len(kids()) != MaxRetiredKeys+1 {
+		t.Fatalf("%d keys in the JWKS, want %d retired and the active one", len(kids()), MaxRetiredKeys)
+	}
+	if _, err := iss.RotateSigningKey(ctx, true, func(string, string) error { return nil }); err != nil {
+		t.Fatalf("retiring rotation at the bound: %v", err)
+	}
+}
+
+func sortedOf(s ...string) []string {
+	slices.Sort(s)
+	return s
+}
