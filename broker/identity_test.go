@@ -77,6 +77,13 @@ func TestAdminAPIRequiresX509SVID(t *testing.T) {
 				_, err = stream.Recv()
 			}
 			wantCode(t, err, codes.Unauthenticated)
+			// Both refusals are counted and on record under the identity.
+			if got := metricValue(t, h, "credbroker_admin_refusals_total", "mtls", "jwt_svid"); got != 2 {
+				t.Errorf("credbroker_admin_refusals_total{mtls,jwt_svid} = %v, want 2", got)
+			}
+			if recs := refusalsOf(h.records(), adminID.String()); len(recs) != 2 || recs[0].Attestation != "jwt-svid" || !strings.Contains(recs[0].Reason, "X.509-SVID") {
+				t.Errorf("refusal records %+v, want 2 naming the bearer token", recs)
+			}
 		} else if err != nil {
 			t.Fatalf("admin.allow_jwt_svid: %v", err)
 		}
