@@ -7,8 +7,12 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/credbroker/credbroker/broker/config"
+	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 )
 
 // startReplica starts a dev broker whose audit chain is replica id's.
@@ -147,5 +151,36 @@ func TestAuditExportMergesReplicas(t *testing.T) {
 		{"--socket", brokers[0].socket, "--socket", brokers[0].socket, "audit", "export"},
 	} {
 		wantCode(t, cli(t, nil, args...), exitUsage)
+	}
+}
+
+// TestAuditExportMergeWaitIsNotSilence: while the merge waits on a slow
+// replica, a fast one's records wait their turn; --timeout bounds each
+// broker's silence, not that wait, so the export completes.
+func TestAuditExportMergeWaitIsNotSilence(t *testing.T) {
+	t.Parallel()
+	start := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	replica := func(id string, n int, from time.Time) *fakeAdmin {
+		f := &fakeAdmin{}
+		for i := range n {
+			f.records = append(f.records, &credbrokerv1.AuditRecord{RecordId: fmt.Sprintf("%s-%d", id, i+1), Seq: uint64(i + 1),
+				Time: timestamppb.New(from.Add(time.Duration(i) * time.Second)), Replica: id, Hash: strings.Repeat("a", 64)})
+		}
+		return f
+	}
+	// The slow replica holds the earliest records and takes longer than
+	// --timeout in all (1.6 s; never that long between two records). The
+	// other's later records fill its buffer (4 KiB) within 0.3 s and wait
+	// for the slow one's, more than --timeout, while its broker is still
+	// sending (2 s in all): were the wait counted as its silence, its
+	// stream would be cut.
+	slow := replica("slow", 4, start)
+	slow.sendEvery = 400 * time.Millisecond
+	other := replica("other", 200, start.Add(time.Hour))
+	other.sendEvery = 10 * time.Millisecond
+	r := cli(t, nil, "--timeout", "1s", "--socket", serve(t, slow), "--socket", serve(t, other), "audit", "export")
+	wantCode(t, r, 0)
+	if n := strings.Count(r.stdout, "\n"); n != 204 || !strings.Contains(r.stderr, "merged 204 records of 2 replicas") {
+		t.Fatalf("%d lines; stderr %q", n, r.stderr)
 	}
 }

@@ -52,6 +52,8 @@ type fakeAdmin struct {
 	// every progressEvery.
 	progress      []*credbrokerv1.AuditProgress
 	progressEvery time.Duration
+	// sendEvery paces ExportAudit: a broker slow to read its chain.
+	sendEvery time.Duration
 
 	mu         sync.Mutex
 	lastList   *credbrokerv1.ListIssuancesRequest
@@ -152,6 +154,13 @@ func (f *fakeAdmin) ExportAudit(req *credbrokerv1.ExportAuditRequest, stream grp
 			break
 		}
 		sent++
+		if f.sendEvery > 0 {
+			select {
+			case <-time.After(f.sendEvery):
+			case <-stream.Context().Done():
+				return stream.Context().Err()
+			}
+		}
 		head := f.records[len(f.records)-1].GetSeq()
 		if err := stream.Send(&credbrokerv1.ExportAuditResponse{Record: r, CanonicalJson: canonicalOf(r), HeadSeq: head, NextPageToken: strconv.FormatUint(r.Seq, 10)}); err != nil {
 			return err
@@ -513,7 +522,8 @@ func TestAuditVerifyOutlivesTheTimeout(t *testing.T) {
 // canonicalOf stands in for the broker's stored form of a record: the CLI
 // must print it unchanged, whatever it is.
 func canonicalOf(r *credbrokerv1.AuditRecord) string {
-	return fmt.Sprintf(`{"id":%q,"seq":%d,"hash":%q}`, r.GetRecordId(), r.GetSeq(), r.GetHash())
+	return fmt.Sprintf(`{"id":%q,"seq":%d,"time":%q,"replica":%q,"hash":%q}`, r.GetRecordId(), r.GetSeq(),
+		r.GetTime().AsTime().Format(time.RFC3339Nano), r.GetReplica(), r.GetHash())
 }
 
 func TestAuditExport(t *testing.T) {
