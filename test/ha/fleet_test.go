@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/credbroker/credbroker/internal/brokerclient"
 	"github.com/credbroker/credbroker/internal/ca"
@@ -250,6 +251,25 @@ func ctlRun(args ...string) (string, error) {
 		return out.String(), fmt.Errorf("credbrokerctl %s: %v: %s%s", strings.Join(args, " "), err, out.String(), errb.String())
 	}
 	return out.String(), nil
+}
+
+// used asks every replica, with `credbrokerctl quota show`, how many units
+// of cluster's quota are spent; they must agree (the window is in etcd).
+func (f *fleet) used(t *testing.T, cluster string) int {
+	t.Helper()
+	n := 0
+	for i, r := range f.replicas {
+		var resp credbrokerv1.GetQuotaResponse
+		if err := protojson.Unmarshal([]byte(r.ctl(t, "-o", "json", "quota", "show", "--cluster", cluster)), &resp); err != nil {
+			t.Fatalf("replica %d: quota show: %v", i, err)
+		}
+		got := int(resp.GetUsage().GetUsed())
+		if i > 0 && got != n {
+			t.Fatalf("replica %d sees %d units of %s's quota used, replica 0 %d", i, got, cluster, n)
+		}
+		n = got
+	}
+	return n
 }
 
 // record is what the tests read of an exported audit record.

@@ -151,6 +151,9 @@ func quotaExact(t *testing.T, f *fleet, svid *x509svid.SVID) {
 	if is.total() != quota {
 		t.Fatalf("the three audit chains hold %d issued records for %s, want %d", is.total(), cluster, quota)
 	}
+	if used := f.used(t, cluster); used != quota {
+		t.Fatalf("%d units of the quota used, want %d", used, quota)
+	}
 	t.Logf("%d concurrent requests: %d OK (%d, %d and %d by the three processes), %d RESOURCE_EXHAUSTED; %d issued records",
 		requests, got.count(), len(got.ids[0]), len(got.ids[1]), len(got.ids[2]), exhausted.Load(), is.total())
 }
@@ -221,10 +224,16 @@ func etcdMembers(t *testing.T, f *fleet, svid *x509svid.SVID) {
 	ctx, cancel := context.WithTimeout(t.Context(), callBound)
 	defer cancel()
 	got := newAnswers()
+	// failed counts the answers neither OK nor QUOTA_EXHAUSTED: each a
+	// spend that may have committed after its answer was lost.
+	failed := 0
 	issue := func(i int) error {
 		resp, err := clients[i].IssueCredential(ctx, &credbrokerv1.IssueCredentialRequest{Profile: profileQuota, Cluster: cluster})
-		if err == nil {
+		switch {
+		case err == nil:
 			got.ok(i, resp)
+		case status.Code(err) != codes.ResourceExhausted:
+			failed++
 		}
 		return err
 	}
@@ -279,7 +288,12 @@ func etcdMembers(t *testing.T, f *fleet, svid *x509svid.SVID) {
 		until("the quorum back", i, codes.OK, false)
 	}
 	checkAudit("with the quorum back")
-	t.Logf("%d OK answers before the quorum was lost, %d after it came back; none without it", okWithout, got.count()-okWithout)
+	// Every OK answer spent its unit; beyond those, only a refused spend
+	// that committed after its answer was lost.
+	if used := f.used(t, cluster); used < got.count() || used > got.count()+failed {
+		t.Fatalf("%d units of the quota used after %d OK answers and %d refused UNAVAILABLE, want %d to %d", used, got.count(), failed, got.count(), got.count()+failed)
+	}
+	t.Logf("%d OK answers before the quorum was lost, %d after it came back, none without it; %d refused UNAVAILABLE", okWithout, got.count()-okWithout, failed)
 }
 
 // processKilled: two clients per process issue on one cluster until its
@@ -373,6 +387,9 @@ func processKilled(t *testing.T, f *fleet, svid *x509svid.SVID) {
 	// A unit is spent in etcd before its record is appended: a request
 	// cut off between the two leaves a unit spent with no record, one cut
 	// off after its append a record with no answer; neither both.
+	if used := f.used(t, cluster); used != quota {
+		t.Fatalf("%d units of the quota used once every process refuses, want %d", used, quota)
+	}
 	unrecorded := quota - is.total()
 	if is.total() > quota || unrecorded+besides > int(cut.Load()) {
 		t.Fatalf("%d issued records, %d of them never answered, against a quota of %d, with %d requests cut off by the kill; want at most %d records, and those never answered plus the units spent unrecorded at most the requests cut off",
