@@ -107,6 +107,16 @@ func (a *Admin) RotateSigningKey(ctx context.Context, req *credbrokerv1.RotateSi
 		return nil, toStatus(wrapf(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, recordErr, "audit store unavailable; the key was not rotated"))
 	case errors.Is(err, issuers.ErrTooManyKeys):
 		return nil, toStatus(invalid("retire_previous", "%s; rotate with retire_previous, or later", clip(err.Error())))
+	case err != nil && rot.KID == "" && stored.Seq != 0:
+		// On record as rotated, yet the last step failed: the record that
+		// follows says so.
+		rec := audit.Record{Caller: clip(admin), Attestation: attestAdmin, Decision: audit.DecisionFailed, Issuer: clip(name), UpstreamRef: stored.UpstreamRef,
+			Reason: clip(fmt.Sprintf("the rotation of seq %d failed after its record: key %s does not sign, the previous key still does", stored.Seq, stored.UpstreamRef))}
+		if _, aerr := a.keys.audit.Append(rec); aerr != nil {
+			return nil, toStatus(wrapf(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, errors.Join(err, aerr),
+				"the signing key could not be rotated (the previous key still signs), and the audit store cannot say so after record seq %d stated it", stored.Seq))
+		}
+		return nil, toStatus(wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "the signing key could not be rotated; the previous key still signs (on record)"))
 	case err != nil && rot.KID == "":
 		return nil, toStatus(wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "the signing key could not be rotated; the previous key still signs"))
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -130,4 +131,44 @@ func kidOf(t *testing.T, token string) string {
 		t.Fatalf("token header %s: %v", raw, err)
 	}
 	return h.Kid
+}
+
+// TestKeysRotateFailingAfterItsRecord: a rotation whose last step (the new
+// key's file replacing the old one) fails leaves the previous key signing,
+// and the record that stated the rotation is followed by one saying it
+// failed.
+func TestKeysRotateFailingAfterItsRecord(t *testing.T) {
+	t.Parallel()
+	b := startDevBroker(t)
+	controller := b.dial(t, filepath.Join(b.dir, "dev", "controller"))
+	c, err := issueDev(controller, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kid := kidOf(t, c.GetToken().GetToken())
+	// The key file turned into a non-empty directory: nothing can replace it.
+	keyFile := filepath.Join(b.dir, "jwt_signing_key_local.pem")
+	if err := os.Remove(keyFile); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(keyFile, "x"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	r := ctl(t, b.socket, "keys", "rotate")
+	wantCode(t, r, 1)
+	if !strings.Contains(r.stderr, "could not be rotated; the previous key still signs (on record)") {
+		t.Fatalf("keys rotate: %+v", r)
+	}
+	if c, err = issueDev(controller, ""); err != nil || kidOf(t, c.GetToken().GetToken()) != kid {
+		t.Fatalf("after the failed rotation: %v; signing with the previous key: %v", err, kidOf(t, c.GetToken().GetToken()) == kid)
+	}
+	recs := auditRecords(t, b.socket)
+	rotated := findRecord(recs, "key_rotated", "replacing key "+kid)
+	failed := findRecord(recs, "failed", "failed after its record")
+	if rotated == nil || failed == nil || failed["upstream_ref"] != rotated["upstream_ref"] || failed["seq"].(float64) <= rotated["seq"].(float64) {
+		t.Fatalf("records: rotated %v, failed %v", rotated, failed)
+	}
+	if _, err := os.Stat(keyFile + ".rotating"); !os.IsNotExist(err) {
+		t.Fatalf("the unused key's file was left behind: %v", err)
+	}
 }
