@@ -58,6 +58,7 @@ type fleet struct {
 	// etcdTLS is state.etcd.tls: the members' CA and the replicas' client
 	// certificate and key.
 	etcdTLS  string
+	bundle   string // the trust domain's X.509 bundle, as a node's bootstrap data carries it
 	ca       *ca.CA
 	env      []string
 	replicas []*replica
@@ -106,11 +107,12 @@ func newFleet(t *testing.T, n int) *fleet {
 	if err := svidfile.Write(tlsDir, serverSVID, authority.X509Bundle()); err != nil {
 		t.Fatal(err)
 	}
+	f.bundle = filepath.Join(tlsDir, "bundle.pem")
 	f.env = testproc.Environ([]string{"CREDBROKER_", "AWS_", "GODEBUG=", "HOME=", "SPIFFE_ENDPOINT_SOCKET="}, "HOME="+dir)
 	for i := range n {
 		r := &replica{n: i, id: fmt.Sprintf("replica-%d", i), dataDir: filepath.Join(dir, fmt.Sprintf("data-%d", i))}
 		r.cfg = filepath.Join(dir, fmt.Sprintf("replica-%d.yaml", i))
-		if err := os.WriteFile(r.cfg, []byte(f.config(r, tlsDir)), 0o600); err != nil {
+		if err := os.WriteFile(r.cfg, []byte(f.config(r, tlsDir, filepath.Join(dir, "node-ca"))), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		f.replicas = append(f.replicas, r)
@@ -122,9 +124,11 @@ func newFleet(t *testing.T, n int) *fleet {
 }
 
 // config is replica r's configuration file: the local JWT issuer (no
-// upstream to wait on), a cluster quota and a quota-free profile, and the
-// state in etcd, over mTLS, under one prefix for all replicas.
-func (f *fleet) config(r *replica, tlsDir string) string {
+// upstream to wait on), a cluster quota and a quota-free profile, node
+// attestation with the node CA in nodeCA (one for all replicas, as one
+// Secret mounted in each pod), and the state in etcd, over mTLS, under one
+// prefix for all replicas.
+func (f *fleet) config(r *replica, tlsDir, nodeCA string) string {
 	return fmt.Sprintf(`trust_domain: %[1]s
 replica_id: %[2]s
 data_dir: %[3]s
@@ -137,12 +141,16 @@ issuers:
 profiles:
   %[5]s: {issuer: oidc, max_ttl: 1h, cluster: required}
   %[6]s: {issuer: oidc, max_ttl: 1h, cluster: none}
+node_attestation: {svid_ttl: 10m, ca_dir: %[10]s}
 policy:
   - id: spiffe://%[1]s/ns/capi-system/sa/*
     profiles: [%[5]s]
     clusters: ["ha/*"]
   - id: spiffe://%[1]s/ns/capi-system/sa/*
     profiles: [%[6]s]
+  - id: spiffe://%[1]s/capi/cluster/ha/*/node/*
+    profiles: [%[5]s]
+    clusters: ["ha/*"]
 limits:
   cluster_quota: {max: %[7]d, window: 24h}
   requests: {issue: {rate: 10000, burst: 10000}, admin: {rate: 1000, burst: 1000}}
@@ -151,7 +159,7 @@ state:
     endpoints: [%[8]s]
     prefix: /ha/
     tls: %[9]s
-`, trustDomain, r.id, r.dataDir, tlsDir, profileQuota, profilePlain, quota, strings.Join(f.etcd.Endpoints(), ", "), f.etcdTLS)
+`, trustDomain, r.id, r.dataDir, tlsDir, profileQuota, profilePlain, quota, strings.Join(f.etcd.Endpoints(), ", "), f.etcdTLS, nodeCA)
 }
 
 // start runs replica r's process on its configuration file and returns
@@ -244,11 +252,17 @@ func (r *replica) ctl(t *testing.T, args ...string) string {
 // ctlRun runs credbrokerctl with args; a non-zero exit is an error
 // carrying its output.
 func ctlRun(args ...string) (string, error) {
-	cmd := exec.Command(filepath.Join(binDir, "credbrokerctl"), append([]string{"--timeout", "1m"}, args...)...)
+	return run("credbrokerctl", append([]string{"--timeout", "1m"}, args...)...)
+}
+
+// run runs one of the built binaries with args and returns its stdout; a
+// non-zero exit is an error carrying its output.
+func run(name string, args ...string) (string, error) {
+	cmd := exec.Command(filepath.Join(binDir, name), args...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {
-		return out.String(), fmt.Errorf("credbrokerctl %s: %v: %s%s", strings.Join(args, " "), err, out.String(), errb.String())
+		return out.String(), fmt.Errorf("%s %s: %v: %s%s", name, strings.Join(args, " "), err, out.String(), errb.String())
 	}
 	return out.String(), nil
 }

@@ -3,6 +3,9 @@ package ha
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -13,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/credbroker/credbroker/internal/brokerclient"
+	"github.com/credbroker/credbroker/internal/svidfile"
 	credbrokerv1 "github.com/credbroker/credbroker/proto/credbroker/v1"
 	"github.com/credbroker/credbroker/test/poll"
 )
@@ -41,6 +45,7 @@ func TestReplicaProcesses(t *testing.T) {
 	}{
 		{"quota-exact-under-a-burst", func(t *testing.T) { quotaExact(t, f, controller) }},
 		{"revocation-everywhere-within-a-second", func(t *testing.T) { revocationEverywhere(t, f) }},
+		{"join-token-raced-on-two-processes", func(t *testing.T) { joinTokenOnce(t, f) }},
 		{"etcd-member-lost-then-quorum", func(t *testing.T) { etcdMembers(t, f, controller) }},
 		{"process-sigkilled-under-load", func(t *testing.T) { processKilled(t, f, controller) }},
 	}
@@ -210,6 +215,63 @@ func revocationEverywhere(t *testing.T, f *fleet) {
 			}
 			<-tick.C
 		}
+	}
+}
+
+// joinTokenOnce: a join token created with credbrokerctl on the first
+// process and raced by two nodes' agents (`credbroker-sidecar node
+// --once`), one on the second process and one on the third, admits exactly
+// one node; the other is refused, the token already used. The admitted
+// node's SVID gets a credential from the first process, which did not
+// attest it.
+func joinTokenOnce(t *testing.T, f *fleet) {
+	const cluster, node = "ha/nodes", "worker-1"
+	token := strings.TrimSpace(f.replicas[0].ctl(t, "join-token", "create", "--cluster", cluster, "--node", node))
+	tokenFile := filepath.Join(t.TempDir(), "join-token")
+	if err := os.WriteFile(tokenFile, []byte(token), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	type agent struct {
+		replica int
+		dir     string
+		err     error
+	}
+	agents := []*agent{{replica: 1}, {replica: 2}}
+	var wg sync.WaitGroup
+	for _, a := range agents {
+		a.dir = filepath.Join(t.TempDir(), "svid")
+		wg.Go(func() {
+			_, a.err = run("credbroker-sidecar", "node", "--once", "--broker", f.replicas[a.replica].grpcAddr,
+				"--trust-domain", trustDomain, "--bundle", f.bundle, "--svid-dir", a.dir, "--join-token-file", tokenFile)
+		})
+	}
+	wg.Wait()
+	var admitted *agent
+	for _, a := range agents {
+		switch {
+		case a.err == nil && admitted != nil:
+			t.Fatalf("one join token admitted a node through replica %d and through replica %d", admitted.replica, a.replica)
+		case a.err == nil:
+			admitted = a
+		case !strings.Contains(a.err.Error(), "already used"):
+			t.Errorf("the node agent on replica %d: %v, want the token refused as already used", a.replica, a.err)
+		}
+	}
+	if admitted == nil {
+		t.Fatalf("one join token raced on two replicas admitted no node: %v; %v", agents[0].err, agents[1].err)
+	}
+	svid, _, err := svidfile.Load(admitted.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf("spiffe://%s/capi/cluster/%s/node/%s", trustDomain, cluster, node); svid.ID.String() != want {
+		t.Fatalf("the admitted node's SVID is %s, want %s", svid.ID, want)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), callBound)
+	defer cancel()
+	resp, err := f.client(t, f.replicas[0], svid).IssueCredential(ctx, &credbrokerv1.IssueCredentialRequest{Profile: profileQuota})
+	if err != nil || resp.GetCredential().GetCluster() != cluster {
+		t.Fatalf("the node admitted through replica %d, asking replica 0: %v, %v; want a credential for its cluster %s", admitted.replica, resp.GetCredential().GetCluster(), err, cluster)
 	}
 }
 

@@ -19,10 +19,11 @@ import (
 	"github.com/credbroker/credbroker/test/testproc"
 )
 
-// binDir holds the freshly built credbroker and credbrokerctl.
+// binDir holds the freshly built credbroker, credbrokerctl and
+// credbroker-sidecar (a node's agent).
 var binDir string
 
 func TestMain(m *testing.M) {
-	testproc.MainWithBinaries(m, &binDir,
-		"github.com/credbroker/credbroker/cmd/credbroker", "github.com/credbroker/credbroker/cmd/credbrokerctl")
+	testproc.MainWithBinaries(m, &binDir, "github.com/credbroker/credbroker/cmd/credbroker",
+		"github.com/credbroker/credbroker/cmd/credbrokerctl", "github.com/credbroker/credbroker/cmd/credbroker-sidecar")
 }
