@@ -304,9 +304,10 @@ func TestQuotaThrottleAndUnauthenticatedAlerts(t *testing.T) {
 	}
 }
 
-// Node SVIDs count toward mass_issuance like credentials: node attestations
-// with join tokens and a renewal, past the threshold for one cluster, send
-// a signed alert naming the cluster; one fewer sends none.
+// Node SVIDs issued by attestation count toward mass_issuance like
+// credentials: join-token attestations past the threshold for one cluster
+// send a signed alert naming the cluster; at the threshold none, and
+// renewals of admitted nodes do not count.
 func TestNodeSVIDsFeedMassIssuance(t *testing.T) {
 	sink := newAlertSink(t, false)
 	h := newHarness(t, func(c *harnessConfig) {
@@ -323,9 +324,15 @@ func TestNodeSVIDsFeedMassIssuance(t *testing.T) {
 	if n := gathered(t, h.reg, alerts.MetricAlerts, map[string]string{"rule": alerts.MassIssuance}); n != 0 {
 		t.Fatalf("mass_issuance fired %v times at the threshold, want 0", n)
 	}
-	if err := h.renew(nodes[0]); err != nil { // the fourth node SVID for the cluster
-		t.Fatal(err)
+	for _, node := range nodes { // routine renewals: not admissions
+		if err := h.renew(node); err != nil {
+			t.Fatal(err)
+		}
 	}
+	if n := gathered(t, h.reg, alerts.MetricAlerts, map[string]string{"rule": alerts.MassIssuance}); n != 0 {
+		t.Fatalf("mass_issuance fired %v times after renewals, want 0", n)
+	}
+	h.attestNodeIn(cluster, "w3") // the fourth admission for the cluster
 	p := sink.waitRule(t, alerts.MassIssuance)
 	if p.Subject != "cluster "+cluster || p.Fields["last_profile"] != nodeauth.NodeSVIDProfile || !strings.Contains(p.Summary, "more than 3") {
 		t.Errorf("mass_issuance alert %+v", p)

@@ -101,7 +101,7 @@ type NodeDeps struct {
 	// like any other revoked identity.
 	Revocations Revoker
 	// Alerts raises node_evicted for every eviction and counts every node
-	// SVID issued (attestation and renewal) for mass_issuance, per node
+	// SVID issued by attestation (not renewal) for mass_issuance, per node
 	// identity and per cluster like credentials; nil: none.
 	Alerts Alerter
 }
@@ -218,7 +218,7 @@ func (n *NodeAuthority) attest(ctx context.Context, req *credbrokerv1.AttestNode
 		}
 		return nil, n.refuse(ctx, &rec, audit.DecisionFailed, broker.Wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "node registry unavailable"))
 	}
-	if err := n.issued(ctx, &rec, claims.Detail); err != nil {
+	if err := n.issued(ctx, &rec, claims.Detail, true); err != nil {
 		return nil, err
 	}
 	return svid, nil
@@ -306,7 +306,7 @@ func (n *NodeAuthority) renew(ctx context.Context, req *credbrokerv1.RenewNodeSV
 		}
 		return nil, n.refuse(ctx, &rec, audit.DecisionFailed, broker.Wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "node registry unavailable"))
 	}
-	if err := n.issued(ctx, &rec, "renewal"); err != nil {
+	if err := n.issued(ctx, &rec, "renewal", false); err != nil {
 		return nil, err
 	}
 	return svid, nil
@@ -339,8 +339,11 @@ func (n *NodeAuthority) sign(ctx context.Context, csr []byte, id spiffeid.ID, re
 }
 
 // issued records the issued SVID (nothing is returned unless it is on
-// record) and counts it for mass_issuance.
-func (n *NodeAuthority) issued(ctx context.Context, rec *audit.Record, detail string) error {
+// record) and, for an attestation, counts it for mass_issuance. A renewal
+// is not counted: it only extends the SVID of a node already admitted (and
+// is bounded by the nodes there are), while a cluster's routine renewals
+// alone would cross any threshold sized for bulk admissions.
+func (n *NodeAuthority) issued(ctx context.Context, rec *audit.Record, detail string, admission bool) error {
 	rec.Decision, rec.Reason = audit.DecisionIssued, ""
 	if _, err := n.d.Audit.Append(*rec); err != nil {
 		return broker.Wrapf(credbrokerv1.ErrorReason_AUDIT_UNAVAILABLE, err, "audit store unavailable; SVID withheld (issuance %s)", rec.IssuanceID)
@@ -348,7 +351,7 @@ func (n *NodeAuthority) issued(ctx context.Context, rec *audit.Record, detail st
 	n.d.Log.LogAttrs(ctx, slog.LevelInfo, "node SVID issued", slog.String("issuance_id", rec.IssuanceID),
 		slog.String("node", rec.Caller), slog.String("attestation", rec.Attestation), slog.String("detail", detail),
 		slog.String("serial", rec.UpstreamRef), slog.Time("expires_at", rec.ExpiresAt))
-	if n.d.Alerts != nil {
+	if admission && n.d.Alerts != nil {
 		n.d.Alerts.Issued(ctx, alerts.Issuance{Identity: rec.Caller, Cluster: rec.Cluster, Profile: NodeSVIDProfile})
 	}
 	return nil
