@@ -147,3 +147,88 @@ func sortedOf(s ...string) []string {
 	slices.Sort(s)
 	return s
 }
+
+// TestWithdrawnNextKeyStaysWithdrawnAfterACrash: a rotation on demand
+// withdraws the next key waiting to sign and deletes its file after the
+// new key's file has replaced the current one. A process that dies between
+// the two leaves the withdrawn key's file behind; the restarted issuer must
+// not publish it again, nor sign with it at the next scheduled rotation.
+func TestWithdrawnNextKeyStaysWithdrawnAfterACrash(t *testing.T) {
+	t.Parallel()
+	now := testNow
+	clock := func() time.Time { return now }
+	path := filepath.Join(t.TempDir(), "jwt.key")
+	cfg := Config{IssuerURL: testIssuerURL, KeyFile: path, Clock: clock, RotationPeriod: 2 * time.Hour, MaxTTL: time.Hour}
+	iss, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	now = now.Add(2*time.Hour - DefaultPublishAhead)
+	if err := iss.Maintain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := iss.SigningKeys(ctx)
+	if err != nil || len(keys) != 2 || keys[1].State != issuers.KeyPublished {
+		t.Fatalf("SigningKeys %+v, %v; want the active and the next key", keys, err)
+	}
+	withdrawn := keys[1].KID
+	nextPEM, err := os.ReadFile(nextKeyFile(path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi := mustStat(t, nextKeyFile(path))
+
+	now = now.Add(time.Minute)
+	rot, err := iss.RotateSigningKey(ctx, false, func(string, string) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	// What a crash right after the rename leaves on disk.
+	if err := os.WriteFile(nextKeyFile(path), nextPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(nextKeyFile(path), fi.ModTime(), fi.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+
+	again, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.KeyID() != rot.KID {
+		t.Fatalf("restarted signing with %s, want the rotated-in key %s", again.KeyID(), rot.KID)
+	}
+	published := func() map[string]bool {
+		t.Helper()
+		set, err := ParseJWKS(again.JWKS())
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]bool{}
+		for kid := range set {
+			out[kid] = true
+		}
+		return out
+	}
+	if published()[withdrawn] {
+		t.Fatalf("the withdrawn next key %s is in the restarted issuer's JWKS", withdrawn)
+	}
+	if _, err := os.Stat(nextKeyFile(path)); !os.IsNotExist(err) {
+		t.Fatalf("the withdrawn next key's file is still on disk after the restart: %v", err)
+	}
+	// Through the new key's scheduled rotation (2h): the withdrawn key
+	// never comes back, and what signs next is a key made after the restart.
+	for range 14 {
+		now = now.Add(DefaultPublishAhead)
+		if err := again.Maintain(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if again.KeyID() == withdrawn || published()[withdrawn] {
+			t.Fatalf("the withdrawn next key %s is back (signing with %s)", withdrawn, again.KeyID())
+		}
+	}
+	if again.KeyID() == rot.KID {
+		t.Fatal("no scheduled rotation after the restart")
+	}
+}

@@ -96,7 +96,11 @@ func (i *Issuer) writeNewKey(path string, now time.Time) (*ringKey, error) {
 	return newRingKey(key, now)
 }
 
-// loadNext loads the key waiting in the next-key file, if any.
+// loadNext loads the key waiting in the next-key file, if any. A next key
+// is always made after the current one; a next-key file not newer than the
+// current key's is what a rotation on demand (RotateSigningKey) withdrew
+// and was about to delete when the process stopped: it is deleted now,
+// never published or signed with again.
 func (i *Issuer) loadNext() error {
 	path := nextKeyFile(i.keyFile)
 	key, err := keyfile.LoadEC(path)
@@ -109,6 +113,12 @@ func (i *Issuer) loadNext() error {
 	fi, err := os.Stat(path)
 	if err != nil {
 		return wrapKeyErr(err)
+	}
+	if !fi.ModTime().After(i.cur.created) {
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return wrapKeyErr(err)
+		}
+		return nil
 	}
 	i.next, err = newRingKey(key, fi.ModTime())
 	return err
