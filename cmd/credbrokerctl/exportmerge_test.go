@@ -169,18 +169,19 @@ func TestAuditExportMergeWaitIsNotSilence(t *testing.T) {
 		return f
 	}
 	// The slow replica holds the earliest records and takes longer than
-	// --timeout in all (1.6 s; never that long between two records). The
+	// --timeout in all (25 records 100 ms apart: 2.5 s), yet sends one
+	// well within it (a loaded machine has 1.4 s to spare at each). The
 	// other's later records fill its buffer (4 KiB) within 0.3 s and wait
-	// for the slow one's, more than --timeout, while its broker is still
-	// sending (2 s in all): were the wait counted as its silence, its
+	// for the slow one's, about 2 s, longer than --timeout, while its
+	// broker is still sending: were the wait counted as its silence, its
 	// stream would be cut.
-	slow := replica("slow", 4, start)
-	slow.sendEvery = 400 * time.Millisecond
+	slow := replica("slow", 25, start)
+	slow.sendEvery = 100 * time.Millisecond
 	other := replica("other", 200, start.Add(time.Hour))
 	other.sendEvery = 10 * time.Millisecond
-	r := cli(t, nil, "--timeout", "1s", "--socket", serve(t, slow), "--socket", serve(t, other), "audit", "export")
+	r := cli(t, nil, "--timeout", "1500ms", "--socket", serve(t, slow), "--socket", serve(t, other), "audit", "export")
 	wantCode(t, r, 0)
-	if n := strings.Count(r.stdout, "\n"); n != 204 || !strings.Contains(r.stderr, "merged 204 records of 2 replicas") {
+	if n := strings.Count(r.stdout, "\n"); n != 225 || !strings.Contains(r.stderr, "merged 225 records of 2 replicas") {
 		t.Fatalf("%d lines; stderr %q", n, r.stderr)
 	}
 }
