@@ -86,7 +86,9 @@ token it signed has expired, so tokens in flight keep working. With
 --retire-previous it is withdrawn from the JWKS at once (the other replicas
 drop it at their next key round, within 30 seconds): every token it signed
 stops verifying, those in flight included, and their holders must fetch new
-ones. Use it when the key itself is believed stolen.
+ones (a relying party that cached the JWKS accepts them until it fetches the
+JWKS again, at most its max-age, 5 minutes). Use it when the key itself is
+believed stolen.
 
 The rotation is on record (a key_rotated decision naming you) before the new
 key signs; if the record cannot be written nothing changes. --issuer is
