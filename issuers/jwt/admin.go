@@ -10,6 +10,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/credbroker/credbroker/internal/keyfile"
 	"github.com/credbroker/credbroker/issuers"
 )
 
@@ -66,6 +67,55 @@ const MaxRetiredKeys = 16
 // rotatingKeyFile is where a key made by RotateSigningKey waits until it
 // signs.
 func rotatingKeyFile(keyFile string) string { return keyFile + ".rotating" }
+
+// loadAbandoned deletes the file of a rotation on demand that the process
+// stopped in before the file replaced the key file, and keeps the key's
+// public half for Maintain to withdraw: the rotation may have published it
+// (and put it on record), but it never signed, and its private half is no
+// longer anywhere once the file is gone. The previous key signs on, as
+// when a rotation fails.
+func (i *Issuer) loadAbandoned() error {
+	path := rotatingKeyFile(i.keyFile)
+	key, err := keyfile.LoadEC(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err == nil:
+		k, kerr := newRingKey(key, time.Time{})
+		if kerr != nil {
+			return kerr
+		}
+		k.priv = nil
+		i.abandoned = k
+	}
+	// A file that does not load was cut short while it was written, before
+	// its key could be published.
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return wrapKeyErr(err)
+	}
+	return nil
+}
+
+// withdrawAbandoned withdraws the key of a rotation cut short (see
+// loadAbandoned) from the store.
+func (i *Issuer) withdrawAbandoned(ctx context.Context, now time.Time) error {
+	i.mu.Lock()
+	k := i.abandoned
+	i.mu.Unlock()
+	if k == nil {
+		return nil
+	}
+	if i.store != nil {
+		if err := i.store.PublishKey(ctx, PublishedKey{Replica: i.replica, KID: k.kid, JWK: k.jwk, NotAfter: now}, now); err != nil {
+			return fmt.Errorf("jwt: withdrawing key %s of a rotation cut short: %w", k.kid, err)
+		}
+	}
+	i.mu.Lock()
+	i.abandoned = nil
+	delete(i.others, k.kid) // not served from the last listing should the store not answer
+	i.mu.Unlock()
+	return nil
+}
 
 // RotateSigningKey implements issuers.KeyRing, for an admin who suspects
 // the key leaked: a new key is made, published, and signs from now on,

@@ -3,9 +3,11 @@ package jwt
 import (
 	"context"
 	"errors"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -230,5 +232,140 @@ func TestWithdrawnNextKeyStaysWithdrawnAfterACrash(t *testing.T) {
 	}
 	if again.KeyID() == rot.KID {
 		t.Fatal("no scheduled rotation after the restart")
+	}
+}
+
+// mapKeyStore is a KeyStore in memory.
+type mapKeyStore struct {
+	mu   sync.Mutex
+	keys map[string]PublishedKey
+}
+
+func (s *mapKeyStore) PublishKey(_ context.Context, k PublishedKey, now time.Time) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.keys == nil {
+		s.keys = map[string]PublishedKey{}
+	}
+	if !k.NotAfter.After(now) {
+		delete(s.keys, k.Replica+"/"+k.KID)
+		return nil
+	}
+	s.keys[k.Replica+"/"+k.KID] = k
+	return nil
+}
+
+func (s *mapKeyStore) ListKeys(_ context.Context, now time.Time) ([]PublishedKey, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []PublishedKey
+	for _, k := range s.keys {
+		if k.NotAfter.After(now) {
+			out = append(out, k)
+		}
+	}
+	return out, nil
+}
+
+// TestRotationCutShortIsWithdrawnAtStart: a process that stops after a
+// rotation on demand published its new key (and put it on record), before
+// the new key's file replaced the key file, restarts signing with the
+// previous key. The new key, which never signed and whose private half is
+// only in KEY_FILE.rotating, must not stay in the JWKS for its whole
+// publication (MaxTTL and more) with that file left on disk: the file is
+// deleted and the key withdrawn from the store at start.
+func TestRotationCutShortIsWithdrawnAtStart(t *testing.T) {
+	t.Parallel()
+	now := testNow
+	clock := func() time.Time { return now }
+	path := filepath.Join(t.TempDir(), "jwt.key")
+	store := &mapKeyStore{}
+	cfg := Config{IssuerURL: testIssuerURL, KeyFile: path, Clock: clock, Keys: store, Replica: "replica-a", MaxTTL: time.Hour}
+	iss, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := iss.Maintain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	previous := iss.KeyID()
+	previousPEM, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	previousTime := mustStat(t, path).ModTime()
+
+	// What is on disk and in the store when the process stops right after
+	// the record: the new key published, its file not yet renamed.
+	var rotatingPEM []byte
+	var crashed map[string]PublishedKey
+	now = now.Add(time.Minute)
+	rot, err := iss.RotateSigningKey(ctx, true, func(string, string) error {
+		if rotatingPEM, err = os.ReadFile(rotatingKeyFile(path)); err != nil {
+			return err
+		}
+		store.mu.Lock()
+		crashed = maps.Clone(store.keys)
+		store.mu.Unlock()
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for file, pem := range map[string][]byte{path: previousPEM, rotatingKeyFile(path): rotatingPEM} {
+		if err := os.WriteFile(file, pem, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chtimes(path, previousTime, previousTime); err != nil {
+		t.Fatal(err)
+	}
+	store.mu.Lock()
+	store.keys = crashed
+	store.mu.Unlock()
+	if _, ok := crashed["replica-a/"+rot.KID]; !ok {
+		t.Fatalf("the new key %s was not published before its record", rot.KID)
+	}
+
+	again, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.KeyID() != previous {
+		t.Fatalf("restarted signing with %s, want the previous key %s", again.KeyID(), previous)
+	}
+	if _, err := os.Stat(rotatingKeyFile(path)); !os.IsNotExist(err) {
+		t.Fatalf("the cut-short rotation's key file is still on disk: %v", err)
+	}
+	served := func() map[string]bool {
+		t.Helper()
+		set, err := ParseJWKS(again.JWKS())
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]bool{}
+		for kid := range set {
+			out[kid] = true
+		}
+		return out
+	}
+	if served()[rot.KID] {
+		t.Fatalf("the restarted issuer serves the key %s that never signed", rot.KID)
+	}
+	if err := again.Maintain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if served()[rot.KID] {
+		t.Fatalf("the key %s that never signed is served after Maintain", rot.KID)
+	}
+	keys, err := store.ListKeys(ctx, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if k.KID == rot.KID {
+			t.Fatalf("the key %s that never signed is still published in the store", rot.KID)
+		}
 	}
 }

@@ -83,7 +83,11 @@ type Issuer struct {
 	next    *ringKey                   // published ahead, signs next (rotation)
 	retired []*ringKey                 // public halves, published until their tokens expire
 	others  map[string]json.RawMessage // every replica's keys as last listed
-	jwks    []byte
+	// abandoned is the key of a rotation on demand cut short (its
+	// KEY_FILE.rotating found at start): it never signed here, yet may be
+	// published; Maintain withdraws it, and no JWKS serves it meanwhile.
+	abandoned *ringKey
+	jwks      []byte
 }
 
 // New loads the signing key from cfg.KeyFile, generating it first if the file
@@ -127,6 +131,9 @@ func New(cfg Config) (*Issuer, error) {
 		return nil, err
 	}
 	if err := i.loadNext(); err != nil {
+		return nil, err
+	}
+	if err := i.loadAbandoned(); err != nil {
 		return nil, err
 	}
 	// The JWKS of this replica's own keys until Maintain lists the others'.

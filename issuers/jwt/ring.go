@@ -142,6 +142,9 @@ func (i *Issuer) Maintain(ctx context.Context) error {
 		return err
 	}
 	var errs []error
+	if err := i.withdrawAbandoned(ctx, now); err != nil {
+		errs = append(errs, err)
+	}
 	if i.store != nil {
 		if err := i.publish(ctx, now); err != nil {
 			errs = append(errs, err)
@@ -252,6 +255,9 @@ func (i *Issuer) refreshJWKS(ctx context.Context, now time.Time) error {
 	}
 	i.mu.Lock()
 	defer i.mu.Unlock()
+	if i.abandoned != nil {
+		delete(byKID, i.abandoned.kid) // listed until Maintain withdraws it
+	}
 	i.retired = slices.DeleteFunc(i.retired, func(r *ringKey) bool { return !r.notAfter.After(now) })
 	for _, k := range append([]*ringKey{i.cur, i.next}, i.retired...) {
 		if k != nil {
