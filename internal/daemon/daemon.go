@@ -193,6 +193,9 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
+	if err := recordAbandonedRotations(issuerSet, auditLog, self.ID.String(), newIssuanceID, log); err != nil {
+		return err
+	}
 	profiles, err := buildProfiles(cfg, issuerSet, budgets)
 	if err != nil {
 		return err

@@ -1,10 +1,20 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/credbroker/credbroker/broker/audit"
+	"github.com/credbroker/credbroker/broker/state/boltstate"
+	"github.com/credbroker/credbroker/internal/keyfile"
 
 	"github.com/credbroker/credbroker/issuers"
 )
@@ -84,5 +94,74 @@ func TestReplicaRotatesItsKeyOnDemand(t *testing.T) {
 	}
 	if a.KeyID() != before {
 		t.Fatal("a refused rotation changed the signing key")
+	}
+}
+
+// TestRotationCutShortIsOnRecordAtStart: a daemon that finds a rotation on
+// demand cut short (the new key's file not yet moved over the key file,
+// its key_rotated record perhaps written) puts on record at start that the
+// rotation did not happen, naming the issuer and the key; the previous key
+// still signs. A daemon that finds none writes no such record.
+func TestRotationCutShortIsOnRecordAtStart(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	_, _, cfg := productionIdentity(t, dir)
+	keyFile := filepath.Join(dir, "oidc.pem")
+	cfg += `
+issuers:
+  oidc: {type: jwt, jwt: {issuer_url: "https://credbroker.prod.test/oidc", key_file: ` + keyFile + `}}
+profiles:
+  web-identity: {issuer: oidc, max_ttl: 1h, audiences: [sts.amazonaws.com]}
+policy:
+  - id: spiffe://prod.test/ns/*/sa/capa-controller-manager
+    profiles: [web-identity]
+`
+	startDaemon(t, dir, cfg).stop(t)
+	previous, err := os.ReadFile(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pemBytes, err := keyfile.EncodeEC(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile+".rotating", pemBytes, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := startDaemon(t, dir, cfg)
+	if !strings.Contains(d.logs.String(), "signing key rotation cut short by a stop") {
+		t.Errorf("no warning logged:\n%s", d.logs.String())
+	}
+	d.stop(t)
+	if now, err := os.ReadFile(keyFile); err != nil || !bytes.Equal(now, previous) {
+		t.Fatalf("the key file changed (%v): the previous key must sign on", err)
+	}
+	startDaemon(t, dir, cfg).stop(t) // nothing cut short this time
+
+	db, err := boltstate.OpenDB(filepath.Join(dir, "data", DBFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	l, err := audit.Open(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	var found []audit.Record
+	if err := l.Export(0, func(r audit.Record) error {
+		if r.Decision == audit.DecisionFailed && strings.Contains(r.Reason, "cut short") {
+			found = append(found, r)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(found) != 1 || found[0].Issuer != "oidc" || found[0].UpstreamRef == "" || !strings.Contains(found[0].Reason, found[0].UpstreamRef) {
+		t.Fatalf("records of the rotation cut short: %+v, want one naming issuer oidc and the key", found)
 	}
 }

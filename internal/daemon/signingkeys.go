@@ -2,9 +2,12 @@ package daemon
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"time"
 
+	"github.com/credbroker/credbroker/broker"
+	"github.com/credbroker/credbroker/broker/audit"
 	"github.com/credbroker/credbroker/broker/config"
 	"github.com/credbroker/credbroker/broker/state"
 	"github.com/credbroker/credbroker/issuers/jwt"
@@ -68,4 +71,31 @@ func maintainKeys(ctx context.Context, iss *jwt.Issuer, log *slog.Logger) {
 			}
 		}
 	}
+}
+
+// recordAbandonedRotations puts on record every signing-key rotation on
+// demand that a local JWT issuer found cut short at start: the process
+// stopped after the rotation's key_rotated record, perhaps, but before the
+// new key signed. The issuer has withdrawn that key and the previous key
+// signs on; without this record the trail would say the rotation happened.
+// A record that cannot be written fails the start, as the audit does
+// everywhere.
+func recordAbandonedRotations(set *issuerSet, l broker.AuditLog, self string, newID func() (string, error), log *slog.Logger) error {
+	for name, iss := range implementing[interface{ AbandonedRotation() string }](set) {
+		kid := iss.AbandonedRotation()
+		if kid == "" {
+			continue
+		}
+		text := fmt.Sprintf("a rotation on demand of issuer %s to key %s was cut short by a stop before the key signed: the key is withdrawn, the previous key still signs", name, kid)
+		id, err := newID()
+		if err != nil {
+			return err
+		}
+		rec := audit.Record{IssuanceID: id, Caller: self, Attestation: "broker", Decision: audit.DecisionFailed, Issuer: name, UpstreamRef: kid, Reason: text}
+		if _, err := l.Append(rec); err != nil {
+			return fmt.Errorf("issuers.%s: putting on record a key rotation cut short: %w", name, err)
+		}
+		log.Warn("signing key rotation cut short by a stop; the previous key still signs", slog.String("issuer", name), slog.String("kid", kid))
+	}
+	return nil
 }

@@ -86,7 +86,7 @@ func (i *Issuer) loadAbandoned() error {
 			return kerr
 		}
 		k.priv = nil
-		i.abandoned = k
+		i.abandoned, i.abandonedKID = k, k.kid
 	}
 	// A file that does not load was cut short while it was written, before
 	// its key could be published.
@@ -94,6 +94,16 @@ func (i *Issuer) loadAbandoned() error {
 		return wrapKeyErr(err)
 	}
 	return nil
+}
+
+// AbandonedRotation returns the kid of a rotation on demand this issuer
+// found cut short when it started (see loadAbandoned), or "" if there was
+// none: the rotation may be on record as done, so the caller puts on record
+// that it was not.
+func (i *Issuer) AbandonedRotation() string {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.abandonedKID
 }
 
 // withdrawAbandoned withdraws the key of a rotation cut short (see

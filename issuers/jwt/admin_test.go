@@ -338,6 +338,12 @@ func TestRotationCutShortIsWithdrawnAtStart(t *testing.T) {
 	if _, err := os.Stat(rotatingKeyFile(path)); !os.IsNotExist(err) {
 		t.Fatalf("the cut-short rotation's key file is still on disk: %v", err)
 	}
+	if got := again.AbandonedRotation(); got != rot.KID {
+		t.Fatalf("AbandonedRotation = %q, want the cut-short key %s", got, rot.KID)
+	}
+	if got := iss.AbandonedRotation(); got != "" {
+		t.Fatalf("AbandonedRotation of an issuer that found none = %q", got)
+	}
 	served := func() map[string]bool {
 		t.Helper()
 		set, err := ParseJWKS(again.JWKS())

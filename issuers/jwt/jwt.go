@@ -87,7 +87,10 @@ type Issuer struct {
 	// KEY_FILE.rotating found at start): it never signed here, yet may be
 	// published; Maintain withdraws it, and no JWKS serves it meanwhile.
 	abandoned *ringKey
-	jwks      []byte
+	// abandonedKID is abandoned's kid, kept after Maintain withdrew it,
+	// for AbandonedRotation.
+	abandonedKID string
+	jwks         []byte
 }
 
 // New loads the signing key from cfg.KeyFile, generating it first if the file
