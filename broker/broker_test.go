@@ -2,6 +2,7 @@ package broker_test
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,9 +24,11 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/credbroker/credbroker/attest/jointoken"
 	"github.com/credbroker/credbroker/broker"
 	"github.com/credbroker/credbroker/broker/audit"
 	"github.com/credbroker/credbroker/broker/limits"
+	"github.com/credbroker/credbroker/broker/nodeauth"
 	"github.com/credbroker/credbroker/broker/state"
 	"github.com/credbroker/credbroker/broker/state/boltstate"
 	"github.com/credbroker/credbroker/internal/ca"
@@ -456,6 +460,66 @@ func TestAdminAPIRefusesWorkloads(t *testing.T) {
 		_, err = stream.Recv()
 	}
 	wantReason(t, err, credbrokerv1.ErrorReason_ADMIN_ONLY)
+}
+
+// TestNodeSVIDsNeedCurrentState: while the shared state is not current (a
+// replica on etcd whose revocations are not confirmed within
+// max_staleness, checked from memory), node attestation and renewal are
+// refused UNAVAILABLE with nothing issued and the join token not spent,
+// as credentials are; once current again, the same token admits its node
+// and the node renews.
+func TestNodeSVIDsNeedCurrentState(t *testing.T) {
+	var stale atomic.Bool
+	h := newHarness(t, func(c *harnessConfig) {
+		c.nodes = true
+		c.nodesCurrent = func() error {
+			if stale.Load() {
+				return fmt.Errorf("%w: revocations last confirmed current 3s ago", state.ErrUnavailable)
+			}
+			return nil
+		}
+	})
+	node := h.attestNode("w0")
+	issued := func() int {
+		n := 0
+		for _, r := range h.records() {
+			if r.Profile == nodeauth.NodeSVIDProfile && r.Decision == audit.DecisionIssued {
+				n++
+			}
+		}
+		return n
+	}
+	before := issued()
+
+	stale.Store(true)
+	wantReason(t, h.renew(node), credbrokerv1.ErrorReason_UNAVAILABLE)
+	secret, tokKey, tok, err := jointoken.New(rand.Reader, h.clock.Now(), "capi-prod/w1", "w1", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.state.CreateJoinToken(ctxT(t), tokKey, tok); err != nil {
+		t.Fatal(err)
+	}
+	attest := func() error {
+		_, csr := newCSR(t)
+		_, err := credbrokerv1.NewNodeServiceClient(h.dialNoCert()).AttestNode(ctxT(t), &credbrokerv1.AttestNodeRequest{
+			Csr:      csr,
+			Evidence: &credbrokerv1.AttestNodeRequest_JoinToken{JoinToken: &credbrokerv1.JoinTokenEvidence{Token: secret}},
+		})
+		return err
+	}
+	wantReason(t, attest(), credbrokerv1.ErrorReason_UNAVAILABLE)
+	if n := issued(); n != before {
+		t.Fatalf("%d node SVIDs issued while the state was not current, want none", n-before)
+	}
+
+	stale.Store(false)
+	if err := attest(); err != nil {
+		t.Fatalf("the join token refused while the state was not current, once it is: %v, want it admitted (not spent)", err)
+	}
+	if err := h.renew(node); err != nil {
+		t.Fatalf("renewal once the state is current: %v", err)
+	}
 }
 
 // TestNodeServiceWithoutNodeAttestation: a broker without node attestation

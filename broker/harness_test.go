@@ -138,6 +138,9 @@ type harnessConfig struct {
 	refusals broker.RefusalLimits
 	// nodes turns on node attestation (join tokens, node SVIDs from h.ca).
 	nodes bool
+	// nodesCurrent is the node authority's check that the shared state is
+	// current (nodeauth.NodeDeps.Current); nil: none.
+	nodesCurrent func() error
 	// profileLimits and ruleLimits are the profiles' and the rules' own
 	// issuance limits over limits.
 	profileLimits map[string]limits.Override
@@ -328,7 +331,7 @@ func newHarness(t *testing.T, mutate ...func(*harnessConfig)) *harness {
 			TrustDomain: td, State: h.state, CA: h.ca, Audit: h.audit,
 			Bundle:  func() ([]*x509.Certificate, error) { return []*x509.Certificate{h.ca.Certificate()}, nil },
 			SVIDTTL: time.Hour, NewID: newID, Log: log, Clock: h.clock.Now, Refusals: h.refusals, Revocations: h.revoke,
-			Alerts: nodeAlerts,
+			Alerts: nodeAlerts, Current: hc.nodesCurrent,
 		})
 		if err != nil {
 			t.Fatal(err)

@@ -104,6 +104,13 @@ type NodeDeps struct {
 	// SVID issued by attestation (not renewal) for mass_issuance, per node
 	// identity and per cluster like credentials; nil: none.
 	Alerts Alerter
+	// Current, when set, fails while the shared state cannot be relied on
+	// (state.etcd: the revocations not confirmed current within
+	// max_staleness). Revocations are checked from memory, so a replica
+	// whose watch may have missed some issues no node SVID then, as it
+	// issues no credential: attestation (before a join token is spent) and
+	// renewal are refused UNAVAILABLE. nil: always current (bbolt).
+	Current func() error
 }
 
 // Alerter is what the node authority tells the alert rules
@@ -182,6 +189,9 @@ func (n *NodeAuthority) attest(ctx context.Context, req *credbrokerv1.AttestNode
 		return nil, broker.Wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "cannot allocate an issuance id")
 	}
 	rec := audit.Record{IssuanceID: id, Profile: NodeSVIDProfile, Issuer: NodeCAIssuer, TTL: n.d.SVIDTTL}
+	if err := n.current(); err != nil {
+		return nil, n.refuse(ctx, &rec, audit.DecisionFailed, err)
+	}
 	claims, err := n.verify(ctx, req, &rec)
 	if err != nil {
 		return nil, n.refuseEvidence(ctx, &rec, err)
@@ -287,6 +297,9 @@ func (n *NodeAuthority) renew(ctx context.Context, req *credbrokerv1.RenewNodeSV
 	case caller.Method != attest.MethodX509SVID:
 		return nil, n.refuse(ctx, &rec, audit.DecisionDenied, broker.Errorf(credbrokerv1.ErrorReason_NOT_A_NODE, "renewal needs the node's current X.509-SVID over mTLS"))
 	}
+	if err := n.current(); err != nil {
+		return nil, n.refuse(ctx, &rec, audit.DecisionFailed, err)
+	}
 	node, err := n.d.State.GetNode(ctx, caller.ID.String())
 	switch {
 	case errors.Is(err, state.ErrNotFound):
@@ -310,6 +323,17 @@ func (n *NodeAuthority) renew(ctx context.Context, req *credbrokerv1.RenewNodeSV
 		return nil, err
 	}
 	return svid, nil
+}
+
+// current refuses (UNAVAILABLE) while NodeDeps.Current fails.
+func (n *NodeAuthority) current() error {
+	if n.d.Current == nil {
+		return nil
+	}
+	if err := n.d.Current(); err != nil {
+		return broker.Wrapf(credbrokerv1.ErrorReason_UNAVAILABLE, err, "shared state unavailable; no node SVID issued")
+	}
+	return nil
 }
 
 // sign certifies the CSR's key as id and fills in rec's expiry and serial.

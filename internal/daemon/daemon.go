@@ -246,7 +246,7 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	defer watches.Stop()
 	// Before the authenticators are built: it adds the node CA to the trust.
-	nodeAuth, err := buildNodeAuthority(cfg, trust, st, auditLog, refusals, revocations, alerter, log)
+	nodeAuth, err := buildNodeAuthority(cfg, trust, st, auditLog, refusals, revocations, alerter, backend.ready, log)
 	if err != nil {
 		return err
 	}

@@ -27,9 +27,10 @@ const defaultPSATAudience = "credbroker"
 
 // buildNodeAuthority wires node attestation when the configuration asks for
 // it: the configured verifiers and the node CA, with join tokens and the
-// node registry kept in st. It also makes the broker trust the node CA for
-// its own trust domain.
-func buildNodeAuthority(cfg *config.Config, t *trust, st nodeauth.State, auditLog *audit.Log, refusals *broker.Refusals, revocations nodeauth.Revoker, alerter nodeauth.Alerter, log *slog.Logger) (*nodeauth.NodeAuthority, error) {
+// node registry kept in st. current (nil on bbolt) fails while the shared
+// state is not current, and then no node SVID is issued. It also makes the
+// broker trust the node CA for its own trust domain.
+func buildNodeAuthority(cfg *config.Config, t *trust, st nodeauth.State, auditLog *audit.Log, refusals *broker.Refusals, revocations nodeauth.Revoker, alerter nodeauth.Alerter, current func() error, log *slog.Logger) (*nodeauth.NodeAuthority, error) {
 	na := cfg.NodeAttestation
 	if na == nil {
 		return nil, nil
@@ -63,6 +64,7 @@ func buildNodeAuthority(cfg *config.Config, t *trust, st nodeauth.State, auditLo
 
 		Revocations: revocations,
 		Alerts:      alerter,
+		Current:     current,
 	}
 	if p := na.K8sPSAT; p != nil {
 		clusters := map[string]psat.ClusterConfig{}
