@@ -361,8 +361,9 @@ func etcdMembers(t *testing.T, f *fleet, svid *x509svid.SVID) {
 }
 
 // processKilled: two clients per process issue on one cluster until its
-// quota is spent; after 30 credentials the second process is SIGKILLed.
-// The other two keep serving, with no error, until the quota is spent; the
+// quota is spent; after 30 credentials the second process is SIGKILLed
+// (while its clients go on; the others' wait for the kill). The other two
+// keep serving, with no error, until the quota is spent; the
 // killed process, restarted on its data directory, refuses (the quota is
 // spent fleet-wide) and its chain verifies. Every OK answer has its one
 // issued record in the chain of the process that gave it; the only
@@ -381,9 +382,20 @@ func processKilled(t *testing.T, f *fleet, svid *x509svid.SVID) {
 		afterKill       [replicas]atomic.Int64 // answers to requests sent once the victim was gone
 		okSeen          atomic.Int64
 		reached         = make(chan struct{})
+		gone            = make(chan struct{}) // closed once the victim has exited
 	)
 	work := func(i int) {
 		for {
+			if i != victim.n && okSeen.Load() >= killAfter {
+				// The others' next requests wait for the kill, so that they
+				// answer some sent after it: a fleet quick enough could
+				// otherwise spend the quota while the victim is dying.
+				select {
+				case <-gone:
+				case <-ctx.Done():
+					return
+				}
+			}
 			sentAfterKill := killed.Load()
 			resp, err := clients[i].IssueCredential(ctx, &credbrokerv1.IssueCredentialRequest{Profile: profileQuota, Cluster: cluster})
 			switch {
@@ -425,6 +437,7 @@ func processKilled(t *testing.T, f *fleet, svid *x509svid.SVID) {
 	killing.Store(true)
 	victim.proc.Kill()
 	killed.Store(true)
+	close(gone)
 	wg.Wait()
 	if t.Failed() {
 		return
