@@ -346,8 +346,11 @@ state:
     prefix: /readiness/
     request_timeout: 1s
     probe_interval: 20ms
-    max_staleness: 1s
+    max_staleness: 3s
 `)
+	// max_staleness is not shorter: a loaded test machine that starves the
+	// probes for a second while etcd is up would turn readiness once more
+	// than the outage does, and the counts below would fail.
 	defer d.stop(t)
 	health := healthpb.NewHealthClient(d.healthListener(t))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -394,8 +397,8 @@ state:
 	cut()
 	await(healthpb.HealthCheckResponse_NOT_SERVING)
 	expect(healthpb.HealthCheckResponse_NOT_SERVING, 0)
-	if age := confirmedAge(t, d.httpAddr); age <= 1 {
-		t.Errorf("NOT_SERVING with its revocations confirmed %gs ago, within max_staleness (1s)", age)
+	if age := confirmedAge(t, d.httpAddr); age <= 3 {
+		t.Errorf("NOT_SERVING with its revocations confirmed %gs ago, within max_staleness (3s)", age)
 	}
 
 	heal()
