@@ -52,7 +52,7 @@ state:
   etcd:
     endpoints: [` + etcd.Endpoint(0) + `]
     prefix: /nodes/
-    request_timeout: 1s
+    request_timeout: 5s # the default: a loaded test machine can take over 1s to decide
 `
 	replica := func(name string) (*running, credbrokerv1.AdminServiceClient) {
 		data := filepath.Join(dir, "data-"+name)

@@ -61,7 +61,7 @@ state:
   etcd:
     endpoints: [` + etcd.Endpoint(0) + `]
     prefix: /replicas/
-    request_timeout: 1s
+    request_timeout: 5s # the default: a loaded test machine can take over 1s to decide a spend
 `
 	a := startDaemon(t, t.TempDir(), strings.Replace(cfg, "data_dir: "+dir+"/data", "data_dir: "+dir+"/data-a", 1))
 	defer a.stop(t)
@@ -449,7 +449,7 @@ state:
   etcd:
     endpoints: [` + endpoint + `]
     prefix: /partition/
-    request_timeout: 1s
+    request_timeout: 5s # the default: a loaded test machine can take over 1s to decide a spend
 `
 	}
 	// a reaches etcd through the link the test cuts; b directly.
@@ -549,7 +549,7 @@ state:
   etcd:
     endpoints: [` + strings.Join(etcd.Endpoints(), ", ") + `]
     prefix: /quorum/
-    request_timeout: 1s
+    request_timeout: 5s # the default: a loaded test machine can take over 1s to decide a spend
 `
 	svid, err := authority.MintX509SVID(spiffeid.RequireFromPath(td, "/ns/capa-system/sa/capa-controller-manager"), time.Hour)
 	if err != nil {

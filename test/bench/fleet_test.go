@@ -151,6 +151,10 @@ func runFleet(tb testing.TB, p fleetParams) fleetReport {
 	}
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	clock := func() time.Time { return now }
+	// The simulation measures throughput and quota exactness, never a
+	// refusal for time: an operation may take longer than the store's
+	// default deadline on a loaded machine without that being a failure.
+	const fleetOpTimeout = 30 * time.Second
 	var stores []*etcdstate.Store
 	var targets []*target
 	for i := range fleetReplicas {
@@ -162,7 +166,7 @@ func runFleet(tb testing.TB, p fleetParams) fleetReport {
 			tb.Fatal(err)
 		}
 		tb.Cleanup(func() { cli.Close() })
-		st, err := etcdstate.New(context.Background(), cli, etcdstate.Options{Prefix: "/fleet/", ProbeInterval: 250 * time.Millisecond})
+		st, err := etcdstate.New(context.Background(), cli, etcdstate.Options{Prefix: "/fleet/", ProbeInterval: 250 * time.Millisecond, OpTimeout: fleetOpTimeout})
 		if err != nil {
 			tb.Fatal(err)
 		}
