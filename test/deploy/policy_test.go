@@ -370,8 +370,9 @@ func TestAlertsAndDashboardNameRegisteredMetrics(t *testing.T) {
 // token it writes, CAPA's static credentials (file variable, Secret volume)
 // are gone, and the sidecar takes its identity from the Workload API through
 // the SPIFFE CSI driver. Its metrics are on a port of their own, which a
-// PodMonitor selecting the manager's pods scrapes, and no probe makes the
-// pod's readiness or the sidecar's life depend on the broker.
+// PodMonitor selecting the manager's pods scrapes (with alerts for when it
+// cannot), and no probe makes the pod's readiness or the sidecar's life
+// depend on the broker.
 func TestCAPAComponent(t *testing.T) {
 	objs := rendered(t)["capa"]
 	var deploy object
@@ -434,6 +435,22 @@ func TestCAPAComponent(t *testing.T) {
 	for k, v := range selector {
 		if podLabels[k] != v {
 			t.Errorf("%s selects %s=%v, which the manager's pods (%v) do not carry", pm, k, v, podLabels)
+		}
+	}
+	// The sidecar's scrape is watched too: the operator names its job
+	// NAMESPACE/NAME, which the component's own alerts select.
+	job := fmt.Sprintf(`up{job="%s/%s"}`, pm.namespace(), pm.name())
+	sidecarAlerts := map[string]string{}
+	for _, pr := range find(objs, "PrometheusRule") {
+		for _, g := range list(get(pr, "spec", "groups")) {
+			for _, r := range list(get(g, "rules")) {
+				sidecarAlerts[fmt.Sprint(get(r, "alert"))] = fmt.Sprint(get(r, "expr"))
+			}
+		}
+	}
+	for _, alert := range []string{"CredbrokerSidecarMetricsDown", "CredbrokerSidecarAbsent"} {
+		if !strings.Contains(sidecarAlerts[alert], job) {
+			t.Errorf("alert %s is %q, want one on %s", alert, sidecarAlerts[alert], job)
 		}
 	}
 	endpoints := list(get(pm, "spec", "podMetricsEndpoints"))
