@@ -13,7 +13,10 @@
 // quota_near_limit) are fed every decision through Issued and Refused and
 // fire when a threshold is crossed — at most once per rule, subject and
 // window, so a burst of ten thousand denials is one alert, not ten
-// thousand. Event rules (revocation, approval_*, node_evicted, key_rotated,
+// thousand. Each counting rule also counts all its subjects together and
+// fires past its total_threshold with the subject "all identities" (or
+// addresses, clusters): a spray that keeps every subject under its own
+// threshold still adds up. Event rules (revocation, approval_*, node_evicted, key_rotated,
 // audit_verify) fire through Emit on their event. Every rule is also
 // limited across subjects (alerts.max_per_minute), so that no flood of
 // events or subjects can flood a webhook; what is held back is counted in

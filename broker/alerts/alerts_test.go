@@ -74,6 +74,20 @@ func newSink(t *testing.T) *sink {
 	return s
 }
 
+// received closes e's alerter, which drains its webhook queue, and checks
+// that the receiver verified want alerts and refused none.
+func (s *sink) received(t *testing.T, e *env, want int) {
+	t.Helper()
+	if err := e.a.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.got) != want || s.bad != 0 {
+		t.Errorf("receiver got %d verified alerts and %d unverifiable, want %d and 0: %+v", len(s.got), s.bad, want, s.got)
+	}
+}
+
 type env struct {
 	a    *alerts.Alerter
 	reg  *prometheus.Registry
@@ -166,14 +180,7 @@ func TestMassIssuanceFiresOncePerWindowAndReachesWebhook(t *testing.T) {
 	}
 	e.a.Emit(ctx, alerts.Event{Rule: alerts.Revocation, Subject: "revocation r1", Summary: "revoked"})
 	<-s.seen
-	if err := e.a.Close(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if len(s.got) != 2 || s.bad != 0 {
-		t.Errorf("receiver got %d verified alerts and %d unverifiable, want 2 and 0: %+v", len(s.got), s.bad, s.got)
-	}
+	s.received(t, e, 2)
 	if n := e.count(t, alerts.MetricAlerts, map[string]string{"rule": alerts.Revocation}); n != 1 {
 		t.Errorf("revocation alerts = %v, want 1", n)
 	}
@@ -216,8 +223,135 @@ func TestBurstRulesBoundedAndKeyed(t *testing.T) {
 	if n := e.count(t, alerts.MetricEvicted, map[string]string{"rule": alerts.UnauthenticatedBurst}); n < 990 {
 		t.Errorf("%s{rule=unauthenticated_burst} = %v, want at least 990", alerts.MetricEvicted, n)
 	}
-	if n := e.count(t, alerts.MetricAlerts, map[string]string{"rule": alerts.UnauthenticatedBurst}); n != 1 {
-		t.Errorf("sprayed addresses under the threshold fired %v alerts", n-1)
+	// None of them crossed its own threshold; together they crossed the
+	// default total (10 × threshold): one alert for all addresses.
+	if n := e.count(t, alerts.MetricAlerts, map[string]string{"rule": alerts.UnauthenticatedBurst}); n != 2 {
+		t.Errorf("sprayed addresses under the threshold fired %v alerts, want 1 (all addresses)", n-1)
+	}
+	if !strings.Contains(e.logs.String(), `"subject":"all addresses"`) {
+		t.Errorf("no alert for all addresses:\n%s", e.logs)
+	}
+}
+
+func total(n int) *int { return &n }
+
+// A spray that keeps every identity under the per-identity threshold
+// crosses total_threshold: one signed alert for all identities per window,
+// with the count and the identities seen; per-identity alerts still fire as
+// before, and a spray below the total, or with the total off, fires none.
+func TestBurstTotalCatchesSpray(t *testing.T) {
+	s := newSink(t)
+	t.Setenv("HOOK_KEY", hookKey)
+	cfg := config.Alerts{
+		Webhooks: []config.AlertWebhook{{Name: "ops", URL: s.srv.URL, SecretEnv: "HOOK_KEY"}},
+		Rules:    config.AlertRules{DenialBurst: config.BurstRule{Threshold: 5, TotalThreshold: total(100), Window: time.Minute}},
+	}
+	e := newEnv(t, cfg, alerts.Options{})
+	ctx := context.Background()
+	spray := func(rounds int) {
+		for range rounds {
+			for i := range 50 {
+				e.a.Refused(ctx, alerts.Refusal{Identity: fmt.Sprint("spiffe://td/ci/", i)})
+			}
+		}
+	}
+	spray(2) // 100 denials, 2 an identity: at the total, not over it
+	if n := e.count(t, alerts.MetricAlerts, map[string]string{"rule": alerts.DenialBurst}); n != 0 {
+		t.Fatalf("fired %v times at the total; the rule is 'more than'", n)
+	}
+	// Alerts are counted before delivery: the count, not a hung wait on
+	// the receiver, says when one did not fire.
+	fired := func(want float64) {
+		t.Helper()
+		if n := e.count(t, alerts.MetricAlerts, map[string]string{"rule": alerts.DenialBurst}); n != want {
+			t.Fatalf("%s{rule=denial_burst} = %v, want %v:\n%s", alerts.MetricAlerts, n, want, e.logs)
+		}
+	}
+	spray(1) // 150, 3 an identity
+	fired(1)
+	p := <-s.seen
+	if p.Rule != alerts.DenialBurst || p.Subject != "all identities" || p.Severity != alerts.Warning ||
+		p.Fields["count"] != "101" || p.Fields["keys"] != "50" || p.Fields["total_threshold"] != "100" || p.Fields["window"] != "1m0s" {
+		t.Errorf("payload %+v", p)
+	}
+	if n := e.count(t, alerts.MetricSuppressed, map[string]string{"rule": alerts.DenialBurst, "reason": "cooldown"}); n != 49 {
+		t.Errorf("suppressed by cooldown = %v, want 49 (the rest of the spray)", n)
+	}
+	// One identity over its own threshold still fires for itself.
+	for range 3 {
+		e.a.Refused(ctx, alerts.Refusal{Identity: "spiffe://td/ci/7"})
+	}
+	fired(2)
+	if p := <-s.seen; p.Subject != "identity spiffe://td/ci/7" || p.Fields["threshold"] != "5" {
+		t.Errorf("per-identity payload %+v", p)
+	}
+	// The next window fires once more.
+	e.clk.add(2 * time.Minute)
+	spray(3)
+	fired(3)
+	if p := <-s.seen; p.Subject != "all identities" {
+		t.Errorf("second window: payload %+v", p)
+	}
+	s.received(t, e, 3)
+	if !strings.Contains(e.logs.String(), `"subject":"all identities"`) {
+		t.Errorf("log lacks the alert for all identities:\n%s", e.logs)
+	}
+}
+
+// Every counting rule has its total, named for its kind of subject; below
+// it, or with it off, nothing fires.
+func TestBurstTotalPerRule(t *testing.T) {
+	burst := func(total *int) config.BurstRule {
+		return config.BurstRule{Threshold: 5, TotalThreshold: total, Window: time.Minute}
+	}
+	for _, tc := range []struct {
+		rule, subject string
+		rules         func(b config.BurstRule) config.AlertRules
+		feed          func(a *alerts.Alerter, i int)
+	}{
+		{alerts.DenialBurst, "all identities",
+			func(b config.BurstRule) config.AlertRules { return config.AlertRules{DenialBurst: b} },
+			func(a *alerts.Alerter, i int) {
+				a.Refused(context.Background(), alerts.Refusal{Identity: fmt.Sprint("spiffe://td/", i)})
+			}},
+		{alerts.ThrottleBurst, "all identities",
+			func(b config.BurstRule) config.AlertRules { return config.AlertRules{ThrottleBurst: b} },
+			func(a *alerts.Alerter, i int) {
+				a.Refused(context.Background(), alerts.Refusal{Identity: fmt.Sprint("spiffe://td/", i), Throttled: true})
+			}},
+		{alerts.UnauthenticatedBurst, "all addresses",
+			func(b config.BurstRule) config.AlertRules { return config.AlertRules{UnauthenticatedBurst: b} },
+			func(a *alerts.Alerter, i int) {
+				a.Refused(context.Background(), alerts.Refusal{Address: fmt.Sprint("192.0.2.", i)})
+			}},
+		{alerts.MassIssuance, "all clusters",
+			func(b config.BurstRule) config.AlertRules {
+				return config.AlertRules{MassIssuance: config.MassIssuanceRule{BurstRule: b, Per: []string{"cluster"}}}
+			},
+			func(a *alerts.Alerter, i int) {
+				a.Issued(context.Background(), alerts.Issuance{Cluster: fmt.Sprint("ns/c", i)})
+			}},
+	} {
+		for _, c := range []struct {
+			name  string
+			total *int
+			want  float64
+		}{{"over", total(100), 1}, {"under", total(200), 0}, {"off", total(0), 0}} {
+			t.Run(tc.rule+"/"+c.name, func(t *testing.T) {
+				e := newEnv(t, config.Alerts{Rules: tc.rules(burst(c.total))}, alerts.Options{})
+				for range 3 {
+					for i := range 50 {
+						tc.feed(e.a, i)
+					}
+				}
+				if n := e.count(t, alerts.MetricAlerts, map[string]string{"rule": tc.rule}); n != c.want {
+					t.Errorf("fired %v, want %v:\n%s", n, c.want, e.logs)
+				}
+				if c.want > 0 && !strings.Contains(e.logs.String(), `"subject":"`+tc.subject+`"`) {
+					t.Errorf("log lacks subject %q:\n%s", tc.subject, e.logs)
+				}
+			})
+		}
 	}
 }
 

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"strconv"
 	"time"
 
 	"github.com/credbroker/credbroker/broker/audit"
+	"github.com/credbroker/credbroker/broker/config"
 	"github.com/credbroker/credbroker/broker/state"
 )
 
@@ -25,17 +27,8 @@ type Issuance struct {
 func (a *Alerter) Issued(ctx context.Context, is Issuance) {
 	r := a.cfg.Rules.MassIssuance
 	for _, k := range [...]struct{ kind, key string }{{"identity", is.Identity}, {"cluster", is.Cluster}} {
-		kind, key := k.kind, k.key
-		c := a.counters[MassIssuance+"/"+kind]
-		if c == nil || key == "" {
-			continue
-		}
-		if n := c.add(key, a.now()); n > float64(r.Threshold) {
-			a.fire(ctx, Event{Rule: MassIssuance, Subject: kind + " " + key,
-				Summary: fmt.Sprintf("more than %d credentials issued for %s %s within %s", r.Threshold, kind, key, r.Window),
-				Fields:  map[string]string{"threshold": strconv.Itoa(r.Threshold), "window": r.Window.String(), "last_profile": is.Profile}},
-				r.Window)
-		}
+		a.burst(ctx, burst{rule: MassIssuance, counter: MassIssuance + "/" + k.kind, kind: k.kind, key: k.key,
+			what: "credentials issued", cfg: r.BurstRule, fields: map[string]string{"last_profile": is.Profile}})
 	}
 	if a.usage == nil || a.cfg.Rules.QuotaNearLimit.Disabled || len(is.Charges) == 0 {
 		return
@@ -99,30 +92,55 @@ type Refusal struct {
 // Refused counts a refusal for denial_burst, throttle_burst or
 // unauthenticated_burst. It does not block.
 func (a *Alerter) Refused(ctx context.Context, r Refusal) {
-	rule, kind, key := DenialBurst, "identity", r.Identity
+	b := burst{rule: DenialBurst, kind: "identity", key: r.Identity, what: "requests denied", cfg: a.cfg.Rules.DenialBurst}
 	switch {
 	case r.Identity == "":
-		rule, kind, key = UnauthenticatedBurst, "address", r.Address
+		b = burst{rule: UnauthenticatedBurst, kind: "address", key: r.Address,
+			what: "unauthenticated or unattested requests refused", cfg: a.cfg.Rules.UnauthenticatedBurst}
 	case r.Throttled:
-		rule = ThrottleBurst
+		b.rule, b.what, b.cfg = ThrottleBurst, "requests throttled", a.cfg.Rules.ThrottleBurst
 	}
-	c := a.counters[rule]
-	if c == nil || key == "" {
+	b.counter = b.rule
+	a.burst(ctx, b)
+}
+
+// burst is one event of a counting rule.
+type burst struct {
+	rule    string // the rule it fires
+	counter string // the counter it feeds (a.counters)
+	// kind and key are the subject it counts for ("identity", "spiffe://…").
+	kind, key string
+	what      string // the events, plural, for the summary: "requests denied"
+	cfg       config.BurstRule
+	fields    map[string]string // facts added to the per-subject alert
+}
+
+// plurals name every subject of a kind, for the fleet-wide subject.
+var plurals = map[string]string{"identity": "identities", "cluster": "clusters", "address": "addresses"}
+
+// burst counts b and fires its rule for its subject past threshold, and
+// for all subjects of its kind past total_threshold (subject "all
+// identities", ...). Each fires at most once per window.
+func (a *Alerter) burst(ctx context.Context, b burst) {
+	c := a.counters[b.counter]
+	if c == nil || b.key == "" {
 		return
 	}
-	var b = a.cfg.Rules.DenialBurst
-	what := "requests denied"
-	switch rule {
-	case ThrottleBurst:
-		b, what = a.cfg.Rules.ThrottleBurst, "requests throttled"
-	case UnauthenticatedBurst:
-		b, what = a.cfg.Rules.UnauthenticatedBurst, "unauthenticated or unattested requests refused"
+	r := b.cfg
+	n := c.add(b.key, a.now())
+	if n.key > float64(r.Threshold) {
+		fields := map[string]string{"threshold": strconv.Itoa(r.Threshold), "window": r.Window.String()}
+		maps.Copy(fields, b.fields)
+		a.fire(ctx, Event{Rule: b.rule, Subject: b.kind + " " + b.key,
+			Summary: fmt.Sprintf("more than %d %s for %s %s within %s", r.Threshold, b.what, b.kind, b.key, r.Window),
+			Fields:  fields}, r.Window)
 	}
-	if n := c.add(key, a.now()); n > float64(b.Threshold) {
-		a.fire(ctx, Event{Rule: rule, Subject: kind + " " + key,
-			Summary: fmt.Sprintf("more than %d %s for %s %s within %s", b.Threshold, what, kind, key, b.Window),
-			Fields:  map[string]string{"threshold": strconv.Itoa(b.Threshold), "window": b.Window.String()}},
-			b.Window)
+	if total := r.Total(); total > 0 && n.all > float64(total) {
+		all := plurals[b.kind]
+		a.fire(ctx, Event{Rule: b.rule, Subject: "all " + all,
+			Summary: fmt.Sprintf("more than %d %s across all %s within %s (about %d %s)", total, b.what, all, r.Window, int(n.keys), all),
+			Fields: map[string]string{"total_threshold": strconv.Itoa(total), "window": r.Window.String(),
+				"count": strconv.Itoa(int(n.all)), "keys": strconv.Itoa(int(n.keys))}}, r.Window)
 	}
 }
 

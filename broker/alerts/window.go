@@ -6,15 +6,37 @@ import (
 	"time"
 )
 
-// counter counts events per key over a sliding window, estimated from two
-// fixed windows (the previous count weighted by how much of it the sliding
-// window still covers, plus the current count): constant memory per key,
-// and no burst hides in the seam between two fixed windows.
+// window counts events over a sliding window, estimated from two fixed
+// windows (the previous count weighted by how much of it the sliding window
+// still covers, plus the current count): constant memory, and no burst
+// hides in the seam between two fixed windows.
+type window struct {
+	start     time.Time // start of the current fixed window
+	prev, cur int
+}
+
+// add counts n events at now in windows of length d and returns the
+// estimated number of events in the window ending at now, these included.
+func (w *window) add(now time.Time, d time.Duration, n int) float64 {
+	switch el := now.Sub(w.start); {
+	case el >= 2*d || el < 0: // idle for a whole window, or the clock stepped back
+		w.start, w.prev, w.cur = now, 0, 0
+	case el >= d:
+		w.start, w.prev, w.cur = w.start.Add(d), w.cur, 0
+	}
+	w.cur += n
+	covered := 1 - float64(now.Sub(w.start))/float64(d)
+	return float64(w.prev)*covered + float64(w.cur)
+}
+
+// counter counts events per key, and of all keys together, over a sliding
+// window.
 //
 // Keys are whatever callers send (identities, clusters, addresses), so the
 // table is bounded: beyond max keys the least recently seen is forgotten,
 // and onEvict counts it. An attacker spraying keys costs the table nothing
-// but that count.
+// but that count, and cannot hide from the total, which no eviction
+// touches.
 type counter struct {
 	window  time.Duration
 	max     int
@@ -23,21 +45,31 @@ type counter struct {
 	mu   sync.Mutex
 	keys map[string]*list.Element
 	lru  *list.List // front: most recently seen
+	// all counts every event; fresh counts the events that were the first
+	// of their key within the window (an estimate of the distinct keys: a
+	// key forgotten and seen again counts again).
+	all, fresh window
 }
 
 type slot struct {
-	key       string
-	start     time.Time // start of the current fixed window
-	prev, cur int
+	key string
+	w   window
+}
+
+// counts are what one add saw, each an estimate over the window ending at
+// the event, the event included.
+type counts struct {
+	key  float64 // events of this key
+	all  float64 // events of all keys
+	keys float64 // distinct keys
 }
 
 func newCounter(window time.Duration, max int, onEvict func()) *counter {
 	return &counter{window: window, max: max, onEvict: onEvict, keys: map[string]*list.Element{}, lru: list.New()}
 }
 
-// add counts one event for key at now and returns the estimated number of
-// events in the window ending at now, this one included.
-func (c *counter) add(key string, now time.Time) float64 {
+// add counts one event for key at now.
+func (c *counter) add(key string, now time.Time) counts {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var s *slot
@@ -51,18 +83,17 @@ func (c *counter) add(key string, now time.Time) float64 {
 			delete(c.keys, old.Value.(*slot).key)
 			c.onEvict()
 		}
-		s = &slot{key: key, start: now}
+		s = &slot{key: key, w: window{start: now}}
 		c.keys[key] = c.lru.PushFront(s)
 	}
-	switch el := now.Sub(s.start); {
-	case el >= 2*c.window || el < 0: // idle for a whole window, or the clock stepped back
-		s.start, s.prev, s.cur = now, 0, 0
-	case el >= c.window:
-		s.start, s.prev, s.cur = s.start.Add(c.window), s.cur, 0
+	n := counts{key: s.w.add(now, c.window, 1)}
+	first := 0
+	if n.key < 2 { // less than one earlier event of this key in the window
+		first = 1
 	}
-	s.cur++
-	covered := 1 - float64(now.Sub(s.start))/float64(c.window)
-	return float64(s.prev)*covered + float64(s.cur)
+	n.all = c.all.add(now, c.window, 1)
+	n.keys = c.fresh.add(now, c.window, first)
+	return n
 }
 
 // len is how many keys are tracked.

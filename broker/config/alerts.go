@@ -79,9 +79,22 @@ type AlertRules struct {
 // BurstRule fires when more than Threshold events for one subject fall
 // within a sliding Window; it fires at most once per Window per subject.
 type BurstRule struct {
-	Threshold int           `yaml:"threshold"`
-	Window    time.Duration `yaml:"window"`
-	Disabled  bool          `yaml:"disabled"`
+	Threshold int `yaml:"threshold"`
+	// TotalThreshold, when above 0, also fires the rule when more than this
+	// many events of all its subjects together fall within Window: a spray
+	// that keeps every identity or address under Threshold still adds up.
+	// Unset (nil) takes the rule's default (see ApplyDefaults); 0 is off.
+	TotalThreshold *int          `yaml:"total_threshold"`
+	Window         time.Duration `yaml:"window"`
+	Disabled       bool          `yaml:"disabled"`
+}
+
+// Total is the fleet-wide threshold in effect; 0: off.
+func (b BurstRule) Total() int {
+	if b.TotalThreshold == nil {
+		return 0
+	}
+	return *b.TotalThreshold
 }
 
 // MassIssuanceRule is a BurstRule over issued credentials, counted per
@@ -105,28 +118,41 @@ type AuditVerifyRule struct {
 	Disabled bool          `yaml:"disabled"`
 }
 
-func (b *BurstRule) applyDefaults(threshold int, window time.Duration) {
+// applyDefaults fills in threshold and window, and a total threshold of
+// totalFactor times the threshold in effect (0: off), so that an operator
+// who raises the threshold raises the total with it.
+func (b *BurstRule) applyDefaults(threshold int, window time.Duration, totalFactor int) {
 	if b.Threshold == 0 {
 		b.Threshold = threshold
 	}
 	if b.Window == 0 {
 		b.Window = window
 	}
+	if b.TotalThreshold == nil {
+		total := totalFactor * b.Threshold
+		b.TotalThreshold = &total
+	}
 }
+
+// burstTotalFactor sets the default total_threshold of the refusal bursts:
+// ten identities or addresses at their own threshold at once, or a spray of
+// many below it adding up to as much. mass_issuance has no default total:
+// issuance grows with the fleet, refusals do not.
+const burstTotalFactor = 10
 
 // ApplyDefaults fills in the documented defaults.
 func (a *Alerts) ApplyDefaults() {
 	r := &a.Rules
-	r.MassIssuance.applyDefaults(100, 5*time.Minute)
+	r.MassIssuance.applyDefaults(100, 5*time.Minute, 0)
 	if len(r.MassIssuance.Per) == 0 {
 		r.MassIssuance.Per = []string{"identity", "cluster"}
 	}
 	if r.QuotaNearLimit.Percent == 0 {
 		r.QuotaNearLimit.Percent = 80
 	}
-	r.DenialBurst.applyDefaults(50, time.Minute)
-	r.ThrottleBurst.applyDefaults(100, time.Minute)
-	r.UnauthenticatedBurst.applyDefaults(50, time.Minute)
+	r.DenialBurst.applyDefaults(50, time.Minute, burstTotalFactor)
+	r.ThrottleBurst.applyDefaults(100, time.Minute, burstTotalFactor)
+	r.UnauthenticatedBurst.applyDefaults(50, time.Minute, burstTotalFactor)
 	if r.AuditVerify.Interval == 0 {
 		r.AuditVerify.Interval = time.Hour
 	}
@@ -151,6 +177,11 @@ func (a *Alerts) validate() []error {
 		"throttle_burst": r.ThrottleBurst, "unauthenticated_burst": r.UnauthenticatedBurst} {
 		if b.Threshold < 1 || b.Window < time.Second || b.Window > 24*time.Hour {
 			bad("rules.%s: threshold must be positive and window between 1s and 24h", key)
+		}
+		// Below threshold, one subject's burst would always fire the total
+		// first: a total that low is a mistake, not a tighter rule.
+		if t := b.Total(); t < 0 || (t > 0 && t < b.Threshold) {
+			bad("rules.%s.total_threshold must be 0 (off) or at least threshold (%d)", key, b.Threshold)
 		}
 	}
 	for _, p := range r.MassIssuance.Per {

@@ -23,6 +23,25 @@ func TestAlertsConfig(t *testing.T) {
 		r.QuotaNearLimit.Percent != 80 || r.AuditVerify.Interval != time.Hour || c.Alerts.MaxPerMinute != 60 || c.Alerts.MaxKeys != 10000 {
 		t.Errorf("defaults: %+v", c.Alerts)
 	}
+	// Totals: ten times the threshold for the refusal bursts, none for
+	// issuance (it grows with the fleet).
+	if r.DenialBurst.Total() != 500 || r.ThrottleBurst.Total() != 1000 || r.UnauthenticatedBurst.Total() != 500 || r.MassIssuance.Total() != 0 {
+		t.Errorf("default totals: denial %d, throttle %d, unauthenticated %d, mass_issuance %d",
+			r.DenialBurst.Total(), r.ThrottleBurst.Total(), r.UnauthenticatedBurst.Total(), r.MassIssuance.Total())
+	}
+	c, err = withAlerts(t, `  rules:
+    denial_burst: {threshold: 20}
+    throttle_burst: {total_threshold: 0}
+    unauthenticated_burst: {threshold: 5, total_threshold: 5}
+    mass_issuance: {total_threshold: 2000}
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := c.Alerts.Rules; r.DenialBurst.Total() != 200 || r.ThrottleBurst.Total() != 0 || r.UnauthenticatedBurst.Total() != 5 || r.MassIssuance.Total() != 2000 {
+		t.Errorf("totals set: denial %d (want 10 × threshold), throttle %d (off), unauthenticated %d, mass_issuance %d",
+			r.DenialBurst.Total(), r.ThrottleBurst.Total(), r.UnauthenticatedBurst.Total(), r.MassIssuance.Total())
+	}
 
 	c, err = withAlerts(t, `  webhooks:
     - {name: ops, url: "https://hooks.example.com/a", secret_env: HOOK_KEY, events: [mass_issuance, revocation]}
@@ -58,6 +77,11 @@ func TestAlertsConfig(t *testing.T) {
 		{"  rules:\n    quota_near_limit: {percent: 120}\n", "percent"},
 		{"  rules:\n    denial_burst: {threshold: -1}\n", "denial_burst"},
 		{"  rules:\n    audit_verify: {interval: 1s}\n", "interval"},
+		{"  rules:\n    denial_burst: {total_threshold: -1}\n", "denial_burst.total_threshold"},
+		{"  rules:\n    throttle_burst: {total_threshold: 99}\n", "throttle_burst.total_threshold must be 0 (off) or at least threshold (100)"},
+		{"  rules:\n    mass_issuance: {threshold: 10, total_threshold: 9}\n", "mass_issuance.total_threshold"},
+		{"  rules:\n    unauthenticated_burst: {total_threshold: lots}\n", "lots"},
+		{"  rules:\n    unauthenticated_burst: {total_treshold: 900}\n", "total_treshold"},
 		{"  max_keys: 10000000\n", "max_keys"},
 	} {
 		if _, err := withAlerts(t, tc.yaml); err == nil || !strings.Contains(err.Error(), tc.want) {
