@@ -128,7 +128,7 @@ func (b *BurstRule) applyDefaults(threshold int, window time.Duration, totalFact
 	if b.Window == 0 {
 		b.Window = window
 	}
-	if b.TotalThreshold == nil {
+	if b.TotalThreshold == nil && b.Threshold > 0 { // a bad threshold is reported once, as itself
 		total := totalFactor * b.Threshold
 		b.TotalThreshold = &total
 	}
