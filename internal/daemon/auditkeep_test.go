@@ -18,22 +18,30 @@ import (
 	"github.com/credbroker/credbroker/test/fakeclock"
 )
 
+// openAudit opens the bbolt file at path and the audit log in it, both
+// closed when the test ends.
+func openAudit(t *testing.T, path string, opts ...audit.Option) *audit.Log {
+	t.Helper()
+	db, err := boltstate.OpenDB(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	l, err := audit.Open(db, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
 // TestHousekeepingPrunesAudit: the housekeeping loop, driven by ticks and
 // a fake clock, prunes audit records once they are older than the
 // retention, and with require_export only up to the export mark.
 func TestHousekeepingPrunesAudit(t *testing.T) {
-	db, err := boltstate.OpenDB(filepath.Join(t.TempDir(), DBFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
 	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	clock := fakeclock.New(t0)
-	l, err := audit.Open(db, audit.WithClock(clock.Now))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l := openAudit(t, filepath.Join(t.TempDir(), DBFile), audit.WithClock(clock.Now))
 	for range 10 {
 		if _, err := l.Append(audit.Record{Caller: "spiffe://td/a", Decision: audit.DecisionDenied}); err != nil {
 			t.Fatal(err)
@@ -77,16 +85,7 @@ func TestHousekeepingPrunesAudit(t *testing.T) {
 // TestAnchoringMetrics: each publication to a sink sets its seq gauge; a
 // failure counts.
 func TestAnchoringMetrics(t *testing.T) {
-	db, err := boltstate.OpenDB(filepath.Join(t.TempDir(), DBFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	l, err := audit.Open(db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l := openAudit(t, filepath.Join(t.TempDir(), DBFile))
 	if _, err := l.Append(audit.Record{Decision: audit.DecisionDenied}); err != nil {
 		t.Fatal(err)
 	}

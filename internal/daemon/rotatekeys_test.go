@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/credbroker/credbroker/broker/audit"
-	"github.com/credbroker/credbroker/broker/state/boltstate"
 	"github.com/credbroker/credbroker/internal/keyfile"
 
 	"github.com/credbroker/credbroker/issuers"
@@ -142,16 +141,7 @@ policy:
 	}
 	startDaemon(t, dir, cfg).stop(t) // nothing cut short this time
 
-	db, err := boltstate.OpenDB(filepath.Join(dir, "data", DBFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	l, err := audit.Open(db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l := openAudit(t, filepath.Join(dir, "data", DBFile))
 	var found []audit.Record
 	if err := l.Export(0, func(r audit.Record) error {
 		if r.Decision == audit.DecisionFailed && strings.Contains(r.Reason, "cut short") {
