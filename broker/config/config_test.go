@@ -134,9 +134,19 @@ limits: {rate: 1, burst: 2, identity_quota: {max: 3, window: 1h}}
 	if err := c.WriteLimits(&out); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"rule 0 (spiffe://a.b/capa) × p", "50/s", "5 per 1h0m0s", "issue", "100/s burst 500 per identity"} {
+	for _, want := range []string{"rule 0 (spiffe://a.b/capa) × p", "50/s", "5 per 1h0m0s", "issue", "100/s burst 500 per identity",
+		"8 per identity, 2000 in total", "1024 in total"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("check-config output lacks %q:\n%s", want, out.String())
+		}
+	}
+	// Every request limit is shown, so a new one cannot be left out.
+	_, requests, _ := strings.Cut(out.String(), "request limits")
+	requests, _, _ = strings.Cut(requests, "held at once")
+	for f := range reflect.TypeFor[Requests]().Fields() {
+		name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if !strings.Contains(requests, "\n  "+name+" ") {
+			t.Errorf("check-config output lacks the request limit %s:\n%s", name, out.String())
 		}
 	}
 

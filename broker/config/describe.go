@@ -71,7 +71,8 @@ func approvalOf(p Profile) string {
 
 // WriteLimits prints the limits in effect: the issuance limits of every
 // profile and of every policy rule with each profile it grants (rule over
-// profile over the limits block), then the request limits and the recording
+// profile over the limits block), then the request limits (every key of
+// limits.requests), the streams and approvals held at once, and the recording
 // bounds. `credbroker check-config` shows it.
 func (c *Config) WriteLimits(w io.Writer) error {
 	t := c.LimitTable()
@@ -108,6 +109,12 @@ func (c *Config) WriteLimits(w io.Writer) error {
 	fmt.Fprintf(tw, "  admin\t%s per admin principal\n", bucket(q.Admin.Rate, q.Admin.Burst))
 	fmt.Fprintf(tw, "  attest\t%s\n", shared(q.Attest, "address"))
 	fmt.Fprintf(tw, "  unauthenticated\t%s\n", shared(q.Unauthenticated, "address"))
+	fmt.Fprintf(tw, "  watch\t%s per identity\n", bucket(q.Watch.Rate, q.Watch.Burst))
+	fmt.Fprintf(tw, "  health\t%s\n", shared(q.Health, "address"))
+	fmt.Fprintf(tw, "  reflection\t%s per identity\n", bucket(q.Reflection.Rate, q.Reflection.Burst))
+	fmt.Fprintln(tw, "held at once:")
+	fmt.Fprintf(tw, "  watch streams\t%d per identity, %d in total\n", c.Limits.WatchStreams.PerIdentity, c.Limits.WatchStreams.Total)
+	fmt.Fprintf(tw, "  open approvals\t%d in total\n", c.Limits.OpenApprovals)
 	rr := c.Limits.RefusalRecords
 	fmt.Fprintln(tw, "refusal records (the rest counted in the next record):")
 	fmt.Fprintf(tw, "  identity\t%s\n", shared(rr.Identity, "identity"))
