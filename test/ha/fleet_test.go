@@ -159,6 +159,10 @@ state:
     endpoints: [%[8]s]
     prefix: /ha/
     tls: %[9]s
+    # longer than the 2s default: the steps count answers, and on a loaded test machine the
+    # in-process etcd members can starve the revocation probe past 2s (every replica then
+    # refuses UNAVAILABLE, as it must); the staleness bound has tests of its own
+    max_staleness: 10s
 `, trustDomain, r.id, r.dataDir, tlsDir, profileQuota, profilePlain, quota, strings.Join(f.etcd.Endpoints(), ", "), f.etcdTLS, nodeCA)
 }
 
