@@ -40,6 +40,10 @@ type Metrics struct {
 	// budgetTokens and budgetRefusals count what upstream budgets let
 	// through and refused (UpstreamBudget).
 	budgetTokens, budgetRefusals *prometheus.CounterVec
+	// connsRefused and connsOpen count what LimitConnections refused and
+	// let in.
+	connsRefused *prometheus.CounterVec
+	connsOpen    *prometheus.GaugeVec
 }
 
 // NewMetrics registers the broker's metrics with reg.
@@ -90,7 +94,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Help: "Requests refused with INVALID_ARGUMENT because their body did not decode (broken protobuf wire format, invalid UTF-8 in a string field), by method.",
 	}, []string{"method"})
 	m.budgetTokens, m.budgetRefusals = budgetMetrics()
-	reg.MustRegister(m.grpc, m.decisions, m.latency, m.authFails, m.adminRefusals, m.unauthUnrecorded, m.refusalsUnrecorded, m.rateLimited, m.reused, m.upstreamFailures, m.malformed,
+	m.connsRefused, m.connsOpen = connMetrics()
+	reg.MustRegister(m.connsRefused, m.connsOpen, m.grpc, m.decisions, m.latency, m.authFails, m.adminRefusals, m.unauthUnrecorded, m.refusalsUnrecorded, m.rateLimited, m.reused, m.upstreamFailures, m.malformed,
 		m.budgetTokens, m.budgetRefusals)
 	return m
 }

@@ -18,6 +18,10 @@ import (
 // RESOURCE_EXHAUSTED before they are decoded.
 const MaxRequestBytes = 64 << 10
 
+// MaxConnectionIdle is how long a gRPC connection may stay without a
+// stream before the broker closes it.
+const MaxConnectionIdle = 5 * time.Minute
+
 // MaxHeaderBytes bounds a request's header list (HTTP/2
 // SETTINGS_MAX_HEADER_LIST_SIZE: names, values and 32 bytes per field),
 // which grpc-go would otherwise let grow to 16 MiB. The largest legitimate
@@ -50,6 +54,10 @@ func commonOptions(log *slog.Logger, m *Metrics) []grpc.ServerOption {
 		grpc.MaxConcurrentStreams(1024),
 		grpc.ConnectionTimeout(10 * time.Second),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		// A connection with no stream for this long is closed (GOAWAY; a
+		// client reconnects on its next call), so that connections opened
+		// and left do not stay for ever within the connection limits.
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: MaxConnectionIdle}),
 	}
 }
 

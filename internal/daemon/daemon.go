@@ -65,6 +65,10 @@ const DBFile = "credbroker.db"
 // audit log are written for callers that went quiet.
 const refusalFlushInterval = 10 * time.Second
 
+// httpIdleTimeout closes an HTTP keep-alive connection with no request for
+// this long (net/http would keep it for ever).
+const httpIdleTimeout = 2 * time.Minute
+
 // Run starts the broker and blocks until ctx is done, then shuts down
 // gracefully: in-flight RPCs drain (up to the configured grace), listeners
 // close, and the database is closed last.
@@ -312,7 +316,9 @@ func Run(ctx context.Context, opts Options) error {
 		mux.Handle("/", h)
 	}
 	// Headers bounded as on the gRPC listener (net/http would take 1 MiB).
-	httpServer := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, MaxHeaderBytes: broker.MaxHeaderBytes}
+	// Idle keep-alive connections are closed after a while, so a client
+	// that made one request does not hold its connection for ever.
+	httpServer := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: httpIdleTimeout, MaxHeaderBytes: broker.MaxHeaderBytes}
 
 	log.Info("serving",
 		slog.String("grpc", cfg.Listen), slog.String("http", cfg.HTTPListen),
@@ -382,13 +388,28 @@ func Run(ctx context.Context, opts Options) error {
 	for _, run := range issuerSet.runners {
 		g.Go(func() error { run(gctx); return nil })
 	}
-	g.Go(func() error { return serveGRPC(grpcServer, grpcLis) })
+	// Connections are bounded before any request: open at once and accepted
+	// per second, per source address and in all (the admin socket is
+	// bounded by its file mode and peer uid check).
+	grpcConns, err := broker.LimitConnections(grpcLis, "grpc", broker.DefaultGRPCConnLimits, metrics, time.Now)
+	if err != nil {
+		return err
+	}
+	httpConns, err := broker.LimitConnections(httpLis, "http", broker.DefaultHTTPConnLimits, metrics, time.Now)
+	if err != nil {
+		return err
+	}
+	g.Go(func() error { return serveGRPC(grpcServer, grpcConns) })
 	g.Go(func() error { return serveGRPC(adminServer, adminLis) })
 	if healthServer != nil {
-		g.Go(func() error { return serveGRPC(healthServer, healthLis) })
+		healthConns, err := broker.LimitConnections(healthLis, "health", broker.DefaultHTTPConnLimits, metrics, time.Now)
+		if err != nil {
+			return err
+		}
+		g.Go(func() error { return serveGRPC(healthServer, healthConns) })
 	}
 	g.Go(func() error {
-		if err := httpServer.Serve(httpLis); !errors.Is(err, http.ErrServerClosed) {
+		if err := httpServer.Serve(httpConns); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("http: %w", err)
 		}
 		return nil

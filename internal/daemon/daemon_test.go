@@ -219,6 +219,14 @@ limits: {rate: 10, burst: 10, cluster_quota: {max: 100, window: 1h}}
 		!strings.Contains(m, `grpc_server_handled_total{grpc_code="OK",grpc_method="IssueCredential",grpc_service="credbroker.v1.BrokerService",grpc_type="unary"} 2`) {
 		t.Errorf("metrics do not count the issuances:\n%s", grepLines(m, "credbroker_"))
 	}
+	// Both listeners are behind their connection limits: the gRPC client and
+	// this HTTP client hold connections they count.
+	m := httpGet(t, "http://"+httpAddr+"/metrics")
+	for _, lis := range []string{"grpc", "http"} {
+		if !regexp.MustCompile(`(?m)^credbroker_connections_open\{listener="` + lis + `"\} [1-9]`).MatchString(m) {
+			t.Errorf("%s listener not behind its connection limits:\n%s", lis, grepLines(m, "credbroker_connections"))
+		}
+	}
 	if jwks := httpGet(t, "http://"+httpAddr+"/oidc/.well-known/jwks.json"); !strings.Contains(jwks, `"alg":"ES256"`) {
 		t.Errorf("jwks = %s", jwks)
 	}
