@@ -44,6 +44,8 @@ type Metrics struct {
 	// let in.
 	connsRefused *prometheus.CounterVec
 	connsOpen    *prometheus.GaugeVec
+	// streamsRefused counts streams refused by the open-stream caps.
+	streamsRefused *prometheus.CounterVec
 }
 
 // NewMetrics registers the broker's metrics with reg.
@@ -95,7 +97,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}, []string{"method"})
 	m.budgetTokens, m.budgetRefusals = budgetMetrics()
 	m.connsRefused, m.connsOpen = connMetrics()
-	reg.MustRegister(m.connsRefused, m.connsOpen, m.grpc, m.decisions, m.latency, m.authFails, m.adminRefusals, m.unauthUnrecorded, m.refusalsUnrecorded, m.rateLimited, m.reused, m.upstreamFailures, m.malformed,
+	m.streamsRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "credbroker_streams_refused_total",
+		Help: "Calls refused RESOURCE_EXHAUSTED before their handler started because too many were open from their source address or on the server, by reason (per_address, total).",
+	}, []string{"reason"})
+	reg.MustRegister(m.connsRefused, m.connsOpen, m.streamsRefused, m.grpc, m.decisions, m.latency, m.authFails, m.adminRefusals, m.unauthUnrecorded, m.refusalsUnrecorded, m.rateLimited, m.reused, m.upstreamFailures, m.malformed,
 		m.budgetTokens, m.budgetRefusals)
 	return m
 }

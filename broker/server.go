@@ -52,6 +52,7 @@ func commonOptions(log *slog.Logger, m *Metrics) []grpc.ServerOption {
 		grpc.MaxRecvMsgSize(MaxRequestBytes),
 		grpc.MaxHeaderListSize(MaxHeaderBytes),
 		grpc.MaxConcurrentStreams(1024),
+		newInflight(MaxStreamsPerAddress, MaxStreams, m).option(),
 		grpc.ConnectionTimeout(10 * time.Second),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		// A connection with no stream for this long is closed (GOAWAY; a
