@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/credbroker/credbroker/broker/config"
 	"github.com/credbroker/credbroker/broker/limits"
 )
 
@@ -26,13 +27,12 @@ type ConnLimits struct {
 	Accept, AcceptTotal limits.Spec
 }
 
-// DefaultGRPCConnLimits bound the mTLS listener: room for a fleet of nodes
-// and controllers (one connection each), with a NAT or load balancer in
-// front of many of them.
-var DefaultGRPCConnLimits = ConnLimits{
-	PerAddress: 512, Total: 8192,
-	Accept:      limits.Spec{Rate: 20, Burst: 100},
-	AcceptTotal: limits.Spec{Rate: 200, Burst: 1000},
+// GRPCConnLimits are the mTLS listener's bounds as configured
+// (limits.connections; its defaults leave room for a fleet of nodes and
+// controllers, one connection each, with a NAT or load balancer in front of
+// many of them).
+func GRPCConnLimits(c config.Connections) ConnLimits {
+	return ConnLimits{PerAddress: c.PerAddress, Total: c.Total, Accept: c.Accept.PerKey(), AcceptTotal: c.Accept.Total()}
 }
 
 // DefaultHTTPConnLimits bound the HTTP listener (health probes, metrics

@@ -418,6 +418,48 @@ type Limits struct {
 	// OpenApprovals bounds the two-person approvals the broker holds over
 	// all identities (each identity has at most 8 open on its own).
 	OpenApprovals int `yaml:"open_approvals"`
+	// Connections bound the connections to the gRPC (mTLS) listener before
+	// any request is read.
+	Connections Connections `yaml:"connections"`
+}
+
+// Connections bound the gRPC listener's connections, per source IP address
+// and in all: open at once, and accepted per second (Accept: rate and burst
+// per address, total_rate and total_burst in all). Nodes behind one NAT
+// address share its per-address bounds. Zero fields take the default.
+type Connections struct {
+	PerAddress int          `yaml:"per_address"`
+	Total      int          `yaml:"total"`
+	Accept     SharedBucket `yaml:"accept"`
+}
+
+// Default connection bounds; README's configuration reference lists them.
+// MaxConnections is the most Total may be.
+const (
+	DefaultConnectionsPerAddress = 512
+	DefaultConnectionsTotal      = 8192
+	MaxConnections               = 1 << 20
+)
+
+// DefaultConnectionsAccept is limits.connections.accept when not set.
+var DefaultConnectionsAccept = SharedBucket{Rate: 20, Burst: 100, TotalRate: 200, TotalBurst: 1000}
+
+// ApplyDefaults fills in the default of every zero field.
+func (c *Connections) ApplyDefaults() {
+	if c.PerAddress == 0 {
+		c.PerAddress = DefaultConnectionsPerAddress
+	}
+	if c.Total == 0 {
+		c.Total = DefaultConnectionsTotal
+	}
+	c.Accept.applyDefaults(DefaultConnectionsAccept)
+}
+
+func (c Connections) validate() error {
+	if c.PerAddress < 1 || c.Total < c.PerAddress || c.Total > MaxConnections {
+		return fmt.Errorf("config: limits.connections: per_address must be at least 1 and total from per_address to %d (got %d, %d)", MaxConnections, c.PerAddress, c.Total)
+	}
+	return c.Accept.validate("limits.connections.accept")
 }
 
 // DefaultOpenApprovals is limits.open_approvals when it is not set; README's
@@ -594,6 +636,7 @@ func (l Limits) validateBuckets() []error {
 		r.Reflection.validate("limits.requests.reflection"),
 		l.WatchStreams.validate(),
 		l.validateOpenApprovals(),
+		l.Connections.validate(),
 		rr.Identity.validate("limits.refusal_records.identity"),
 		rr.Address.validate("limits.refusal_records.address"),
 	}
@@ -675,6 +718,7 @@ func (c *Config) applyDefaults() {
 	c.Limits.RefusalRecords.ApplyDefaults()
 	c.Alerts.ApplyDefaults()
 	c.Limits.WatchStreams.ApplyDefaults()
+	c.Limits.Connections.ApplyDefaults()
 	if c.Limits.OpenApprovals == 0 {
 		c.Limits.OpenApprovals = DefaultOpenApprovals
 	}

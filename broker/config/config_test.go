@@ -130,12 +130,20 @@ limits: {rate: 1, burst: 2, identity_quota: {max: 3, window: 1h}}
 	if c, err := Parse(strings.NewReader(strings.Replace(base, "limits: {rate: 1, burst: 2,", "limits: {open_approvals: 64, rate: 1, burst: 2,", 1))); err != nil || c.Limits.OpenApprovals != 64 {
 		t.Errorf("open_approvals: 64 read as %v, %v", c, err)
 	}
+	if cn := c.Limits.Connections; cn.PerAddress != DefaultConnectionsPerAddress || cn.Total != DefaultConnectionsTotal || cn.Accept != DefaultConnectionsAccept {
+		t.Errorf("connections = %+v, want the defaults", cn)
+	}
+	nat := strings.Replace(base, "limits: {rate: 1, burst: 2,", "limits: {connections: {per_address: 4096, accept: {rate: 100}}, rate: 1, burst: 2,", 1)
+	if c, err := Parse(strings.NewReader(nat)); err != nil || c.Limits.Connections.PerAddress != 4096 || c.Limits.Connections.Total != DefaultConnectionsTotal ||
+		c.Limits.Connections.Accept.Rate != 100 || c.Limits.Connections.Accept.Burst != DefaultConnectionsAccept.Burst {
+		t.Errorf("connections {per_address: 4096, accept: {rate: 100}} read as %+v, %v", c.Limits.Connections, err)
+	}
 	var out bytes.Buffer
 	if err := c.WriteLimits(&out); err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"rule 0 (spiffe://a.b/capa) × p", "50/s", "5 per 1h0m0s", "issue", "100/s burst 500 per identity",
-		"8 per identity, 2000 in total", "1024 in total"} {
+		"8 per identity, 2000 in total", "1024 in total", "512 per address, 8192 in total"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("check-config output lacks %q:\n%s", want, out.String())
 		}
@@ -160,6 +168,11 @@ limits: {rate: 1, burst: 2, identity_quota: {max: 3, window: 1h}}
 		{"limits: {rate: 1, burst: 2,", "limits: {watch_streams: {per_identity: 10, total: 5}, rate: 1, burst: 2,", "limits.watch_streams"},
 		{"limits: {rate: 1, burst: 2,", "limits: {open_approvals: -1, rate: 1, burst: 2,", "limits.open_approvals"},
 		{"limits: {rate: 1, burst: 2,", "limits: {open_approvals: 65537, rate: 1, burst: 2,", "limits.open_approvals"},
+		{"limits: {rate: 1, burst: 2,", "limits: {connections: {per_address: -1}, rate: 1, burst: 2,", "limits.connections"},
+		{"limits: {rate: 1, burst: 2,", "limits: {connections: {per_address: 100, total: 50}, rate: 1, burst: 2,", "limits.connections"},
+		{"limits: {rate: 1, burst: 2,", "limits: {connections: {total: 2000000}, rate: 1, burst: 2,", "limits.connections"},
+		{"limits: {rate: 1, burst: 2,", "limits: {connections: {accept: {rate: -1}}, rate: 1, burst: 2,", "limits.connections.accept"},
+		{"limits: {rate: 1, burst: 2,", "limits: {connections: {per_adress: 10}, rate: 1, burst: 2,", "per_adress"},
 	} {
 		y := strings.Replace(base, bad.from, bad.to, 1)
 		if _, err := Parse(strings.NewReader(y)); err == nil || !strings.Contains(err.Error(), bad.want) {

@@ -72,7 +72,7 @@ func approvalOf(p Profile) string {
 // WriteLimits prints the limits in effect: the issuance limits of every
 // profile and of every policy rule with each profile it grants (rule over
 // profile over the limits block), then the request limits (every key of
-// limits.requests), the streams and approvals held at once, and the recording
+// limits.requests), the streams, approvals and connections held at once, and the recording
 // bounds. `credbroker check-config` shows it.
 func (c *Config) WriteLimits(w io.Writer) error {
 	t := c.LimitTable()
@@ -115,6 +115,8 @@ func (c *Config) WriteLimits(w io.Writer) error {
 	fmt.Fprintln(tw, "held at once:")
 	fmt.Fprintf(tw, "  watch streams\t%d per identity, %d in total\n", c.Limits.WatchStreams.PerIdentity, c.Limits.WatchStreams.Total)
 	fmt.Fprintf(tw, "  open approvals\t%d in total\n", c.Limits.OpenApprovals)
+	cn := c.Limits.Connections
+	fmt.Fprintf(tw, "  gRPC connections\t%d per address, %d in total; accepted %s\n", cn.PerAddress, cn.Total, shared(cn.Accept, "address"))
 	rr := c.Limits.RefusalRecords
 	fmt.Fprintln(tw, "refusal records (the rest counted in the next record):")
 	fmt.Fprintf(tw, "  identity\t%s\n", shared(rr.Identity, "identity"))

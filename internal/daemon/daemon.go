@@ -391,7 +391,7 @@ func Run(ctx context.Context, opts Options) error {
 	// Connections are bounded before any request: open at once and accepted
 	// per second, per source address and in all (the admin socket is
 	// bounded by its file mode and peer uid check).
-	grpcConns, err := broker.LimitConnections(grpcLis, "grpc", broker.DefaultGRPCConnLimits, metrics, time.Now)
+	grpcConns, err := broker.LimitConnections(grpcLis, "grpc", broker.GRPCConnLimits(cfg.Limits.Connections), metrics, time.Now)
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -518,5 +519,45 @@ func TestAlertWebhookSecretRequired(t *testing.T) {
 	err := Run(context.Background(), Options{Dev: true, ConfigFile: cfg, DataDir: filepath.Join(dir, "data"), Stdout: io.Discard, Stderr: io.Discard})
 	if err == nil || !strings.Contains(err.Error(), "CREDBROKER_TEST_UNSET_HOOK_KEY") {
 		t.Fatalf("Run = %v, want an error naming the secret's variable", err)
+	}
+}
+
+// TestConnectionLimitsFromConfig: limits.connections bounds the gRPC
+// listener: with per_address 2, a third connection from an address holding
+// two (before any handshake) is closed at once and counted.
+func TestConnectionLimitsFromConfig(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	_, _, base := productionIdentity(t, dir)
+	d := startDaemon(t, dir, base+`
+issuers: {oidc: {type: jwt}}
+profiles: {tok: {issuer: oidc, max_ttl: 1h}}
+policy: [{id: "spiffe://prod.test/ns/*/sa/capa-controller-manager", profiles: [tok]}]
+limits: {connections: {per_address: 2, total: 4}}
+`)
+	defer d.stop(t)
+	for range 2 {
+		c, err := net.Dial("tcp", d.grpcAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	}
+	third, err := net.Dial("tcp", d.grpcAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer third.Close()
+	// The broker closes it as soon as it accepts it; the deadline only
+	// bounds a broken test (the handshake timeout is 10s).
+	if err := third.SetReadDeadline(time.Now().Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := third.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the third connection from one address: read %d bytes, %v; want it closed by the broker", n, err)
+	}
+	m := httpGet(t, "http://"+d.httpAddr+"/metrics")
+	if !regexp.MustCompile(`(?m)^credbroker_connections_refused_total\{listener="grpc",reason="[a-z_]+"\} 1$`).MatchString(m) {
+		t.Errorf("the refused connection is not counted once:\n%s", grepLines(m, "credbroker_connections"))
 	}
 }
