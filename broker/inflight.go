@@ -63,7 +63,9 @@ func (f *inflight) tap(ctx context.Context, _ *tap.Info) (context.Context, error
 	f.n++
 	f.open[addr]++
 	f.mu.Unlock()
+	f.m.streamsOpen.Inc()
 	context.AfterFunc(ctx, func() {
+		f.m.streamsOpen.Dec()
 		f.mu.Lock()
 		defer f.mu.Unlock()
 		f.n--

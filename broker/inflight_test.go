@@ -2,6 +2,7 @@ package broker_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -69,11 +70,27 @@ func TestOpenStreamsCappedPerAddress(t *testing.T) {
 	if _, err := stall(dial(), broker.MaxStreamsPerAddress/2); refused(err) {
 		t.Fatalf("refused under the cap: %v", err)
 	}
+	// A call's slot is freed just after it has ended, so the whole call that
+	// stall makes may still hold one when its answer is read: wait until
+	// only the stalled calls are open.
+	settled := func(open int) {
+		t.Helper()
+		wait, stop := context.WithTimeout(ctx, 30*time.Second)
+		defer stop()
+		poll.New(t, wait, 10*time.Millisecond).UntilCode(fmt.Sprintf("%d calls open", open), codes.OK, false, func() error {
+			if got := gatherGauge(t, reg, "credbroker_streams_open"); got != float64(open) {
+				return status.Errorf(codes.Unavailable, "%v open", got)
+			}
+			return nil
+		})
+	}
+	settled(broker.MaxStreamsPerAddress / 2)
 	second := dial()
 	release, err := stall(second, broker.MaxStreamsPerAddress/2-1)
 	if refused(err) {
 		t.Fatalf("refused at the last slot: %v", err)
 	}
+	settled(broker.MaxStreamsPerAddress - 1)
 	if _, err := stall(second, 1); !refused(err) {
 		t.Fatalf("call past %d open streams from one address: %v, want RESOURCE_EXHAUSTED", broker.MaxStreamsPerAddress, err)
 	}
@@ -110,6 +127,21 @@ func gatherCounter(t *testing.T, reg *prometheus.Registry, name, label string) f
 					return m.GetCounter().GetValue()
 				}
 			}
+		}
+	}
+	return 0
+}
+
+// gatherGauge reads the unlabelled gauge name from reg (0 if absent).
+func gatherGauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() == name && len(f.GetMetric()) == 1 {
+			return f.GetMetric()[0].GetGauge().GetValue()
 		}
 	}
 	return 0

@@ -44,8 +44,10 @@ type Metrics struct {
 	// let in.
 	connsRefused *prometheus.CounterVec
 	connsOpen    *prometheus.GaugeVec
-	// streamsRefused counts streams refused by the open-stream caps.
+	// streamsRefused counts streams refused by the open-stream caps, and
+	// streamsOpen the calls holding a slot under them.
 	streamsRefused *prometheus.CounterVec
+	streamsOpen    prometheus.Gauge
 }
 
 // NewMetrics registers the broker's metrics with reg.
@@ -101,7 +103,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Name: "credbroker_streams_refused_total",
 		Help: "Calls refused RESOURCE_EXHAUSTED before their handler started because too many were open from their source address or on the server, by reason (per_address, total).",
 	}, []string{"reason"})
-	reg.MustRegister(m.connsRefused, m.connsOpen, m.streamsRefused, m.grpc, m.decisions, m.latency, m.authFails, m.adminRefusals, m.unauthUnrecorded, m.refusalsUnrecorded, m.rateLimited, m.reused, m.upstreamFailures, m.malformed,
+	m.streamsOpen = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "credbroker_streams_open",
+		Help: "Calls open at once under the open-call caps, on every gRPC server of the broker (mTLS, health, admin socket).",
+	})
+	reg.MustRegister(m.connsRefused, m.connsOpen, m.streamsRefused, m.streamsOpen, m.grpc, m.decisions, m.latency, m.authFails, m.adminRefusals, m.unauthUnrecorded, m.refusalsUnrecorded, m.rateLimited, m.reused, m.upstreamFailures, m.malformed,
 		m.budgetTokens, m.budgetRefusals)
 	return m
 }
