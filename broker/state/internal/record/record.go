@@ -88,11 +88,7 @@ func EncodeToken(t jointoken.Token) ([]byte, error) { return encode("join token"
 
 // DecodeToken reads a join token stored by EncodeToken.
 func DecodeToken(v []byte) (jointoken.Token, error) {
-	var rec token
-	if err := decode("join token", v, &rec); err != nil {
-		return jointoken.Token{}, err
-	}
-	return jointoken.Token(rec), nil
+	return decodeAs("join token", v, func(r token) jointoken.Token { return jointoken.Token(r) })
 }
 
 type node struct {
@@ -113,11 +109,7 @@ func EncodeNode(n state.Node) ([]byte, error) { return encode("node", n.SPIFFEID
 
 // DecodeNode reads a node stored by EncodeNode.
 func DecodeNode(v []byte) (state.Node, error) {
-	var rec node
-	if err := decode("node", v, &rec); err != nil {
-		return state.Node{}, err
-	}
-	return state.Node(rec), nil
+	return decodeAs("node", v, func(r node) state.Node { return state.Node(r) })
 }
 
 type revocation struct {
@@ -142,11 +134,7 @@ func EncodeRevocation(r state.Revocation) ([]byte, error) {
 
 // DecodeRevocation reads a revocation stored by EncodeRevocation.
 func DecodeRevocation(v []byte) (state.Revocation, error) {
-	var rec revocation
-	if err := decode("revocation", v, &rec); err != nil {
-		return state.Revocation{}, err
-	}
-	return state.Revocation(rec), nil
+	return decodeAs("revocation", v, func(r revocation) state.Revocation { return state.Revocation(r) })
 }
 
 func encode(what, id string, rec any) ([]byte, error) {
@@ -155,6 +143,16 @@ func encode(what, id string, rec any) ([]byte, error) {
 		return nil, fmt.Errorf("state: encode %s %s: %w", what, id, err)
 	}
 	return v, nil
+}
+
+// decodeAs decodes a stored record of type R and converts it with conv.
+func decodeAs[R, T any](what string, v []byte, conv func(R) T) (T, error) {
+	var rec R
+	if err := decode(what, v, &rec); err != nil {
+		var zero T
+		return zero, err
+	}
+	return conv(rec), nil
 }
 
 func decode(what string, v []byte, rec any) error {
