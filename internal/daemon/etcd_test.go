@@ -173,44 +173,12 @@ func TestReplicasNeverOverspend(t *testing.T) {
 	t.Parallel()
 	const replicas, requests, quota = 3, 300, 100
 	etcd := etcdtest.New(t, 1)
-	dir := t.TempDir()
-	td, authority, base := productionIdentity(t, dir)
-	cfg := base + `
-issuers:
-  oidc: {type: jwt, jwt: {issuer_url: "https://credbroker.prod.test/oidc"}}
-profiles:
-  web-identity: {issuer: oidc, max_ttl: 1h, audiences: [sts.amazonaws.com], cluster: required}
-policy:
-  - id: spiffe://prod.test/ns/*/sa/capa-controller-manager
-    profiles: [web-identity]
-    clusters: ["capi-*/*"]
-limits: {cluster_quota: {max: ` + fmt.Sprint(quota) + `, window: 1h}, requests: {issue: {rate: 1000, burst: 1000}}}
-state:
-  etcd:
-    endpoints: [` + etcd.Endpoint(0) + `]
-    prefix: /overspend/
-    # longer than the 2s default: these tests count answers, and a loaded test machine can starve the probe
-    max_staleness: 10s
-`
-	svid, err := authority.MintX509SVID(spiffeid.RequireFromPath(td, "/ns/capa-system/sa/capa-controller-manager"), time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	creds := grpccredentials.MTLSClientCredentials(svid, x509bundle.NewSet(authority.X509Bundle()), tlsconfig.AuthorizeMemberOf(td))
+	replicaSet := startQuotaReplicas(t, replicas, quota, []string{etcd.Endpoint(0)}, "/overspend/")
 	var clients []credbrokerv1.BrokerServiceClient
 	var daemons []*running
 	var dataDirs []string
-	for i := range replicas {
-		data := filepath.Join(dir, fmt.Sprintf("data-%d", i))
-		dataDirs = append(dataDirs, data)
-		d := startDaemon(t, t.TempDir(), strings.Replace(cfg, "data_dir: "+dir+"/data", "data_dir: "+data, 1)+fmt.Sprintf("replica_id: replica-%d\n", i))
-		daemons = append(daemons, d)
-		conn, err := grpc.NewClient(d.grpcAddr, grpc.WithTransportCredentials(creds))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		clients = append(clients, credbrokerv1.NewBrokerServiceClient(conn))
+	for _, r := range replicaSet {
+		clients, daemons, dataDirs = append(clients, r.client), append(daemons, r.d), append(dataDirs, r.data)
 	}
 
 	codesSeen := make(chan codes.Code, requests)
@@ -537,44 +505,12 @@ func TestReplicasSurviveAMemberAndFailClosedWithoutQuorum(t *testing.T) {
 	t.Parallel()
 	const replicas, quota, cluster = 3, 20, "capi-a/c1"
 	etcd := etcdtest.New(t, 3)
-	dir := t.TempDir()
-	td, authority, base := productionIdentity(t, dir)
-	cfg := base + `
-issuers:
-  oidc: {type: jwt, jwt: {issuer_url: "https://credbroker.prod.test/oidc"}}
-profiles:
-  web-identity: {issuer: oidc, max_ttl: 1h, audiences: [sts.amazonaws.com], cluster: required}
-policy:
-  - id: spiffe://prod.test/ns/*/sa/capa-controller-manager
-    profiles: [web-identity]
-    clusters: ["capi-*/*"]
-limits: {cluster_quota: {max: ` + fmt.Sprint(quota) + `, window: 1h}, requests: {issue: {rate: 1000, burst: 1000}}}
-state:
-  etcd:
-    endpoints: [` + strings.Join(etcd.Endpoints(), ", ") + `]
-    prefix: /quorum/
-    request_timeout: 5s # the default: a loaded test machine can take over 1s to decide a spend
-    # longer than the 2s default: these tests count answers, and a loaded test machine can starve the probe
-    max_staleness: 10s
-`
-	svid, err := authority.MintX509SVID(spiffeid.RequireFromPath(td, "/ns/capa-system/sa/capa-controller-manager"), time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	creds := grpccredentials.MTLSClientCredentials(svid, x509bundle.NewSet(authority.X509Bundle()), tlsconfig.AuthorizeMemberOf(td))
 	var clients []credbrokerv1.BrokerServiceClient
 	var admins []credbrokerv1.AdminServiceClient
-	for i := range replicas {
-		data := filepath.Join(dir, fmt.Sprintf("data-%d", i))
-		d := startDaemon(t, t.TempDir(), strings.Replace(cfg, "data_dir: "+dir+"/data", "data_dir: "+data, 1)+fmt.Sprintf("replica_id: replica-%d\n", i))
-		defer d.stop(t)
-		conn, err := grpc.NewClient(d.grpcAddr, grpc.WithTransportCredentials(creds))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		clients = append(clients, credbrokerv1.NewBrokerServiceClient(conn))
-		adminConn, err := grpc.NewClient("unix://"+filepath.Join(data, "admin.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	for _, r := range startQuotaReplicas(t, replicas, quota, etcd.Endpoints(), "/quorum/") {
+		defer r.d.stop(t)
+		clients = append(clients, r.client)
+		adminConn, err := grpc.NewClient("unix://"+filepath.Join(r.data, "admin.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -686,4 +622,55 @@ state:
 	if got := issuedRecords(); got != ok {
 		t.Fatalf("the replicas' audit chains hold %d issued records, want %d (the OK answers)", got, ok)
 	}
+}
+
+// quotaReplica is one broker started by startQuotaReplicas.
+type quotaReplica struct {
+	d      *running
+	data   string // its data directory
+	client credbrokerv1.BrokerServiceClient
+}
+
+// startQuotaReplicas starts n brokers (replica-0, ...) on the etcd at
+// endpoints under prefix, sharing a cluster quota of quota issuances of
+// profile web-identity for clusters capi-*/*, each with a controller's
+// client connected. The caller stops them.
+func startQuotaReplicas(t *testing.T, n, quota int, endpoints []string, prefix string) []quotaReplica {
+	t.Helper()
+	dir := t.TempDir()
+	td, authority, base := productionIdentity(t, dir)
+	cfg := base + `
+issuers:
+  oidc: {type: jwt, jwt: {issuer_url: "https://credbroker.prod.test/oidc"}}
+profiles:
+  web-identity: {issuer: oidc, max_ttl: 1h, audiences: [sts.amazonaws.com], cluster: required}
+policy:
+  - id: spiffe://prod.test/ns/*/sa/capa-controller-manager
+    profiles: [web-identity]
+    clusters: ["capi-*/*"]
+limits: {cluster_quota: {max: ` + fmt.Sprint(quota) + `, window: 1h}, requests: {issue: {rate: 1000, burst: 1000}}}
+state:
+  etcd:
+    endpoints: [` + strings.Join(endpoints, ", ") + `]
+    prefix: ` + prefix + `
+    # longer than the 2s default: these tests count answers, and a loaded test machine can starve the probe
+    max_staleness: 10s
+`
+	svid, err := authority.MintX509SVID(spiffeid.RequireFromPath(td, "/ns/capa-system/sa/capa-controller-manager"), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds := grpccredentials.MTLSClientCredentials(svid, x509bundle.NewSet(authority.X509Bundle()), tlsconfig.AuthorizeMemberOf(td))
+	var out []quotaReplica
+	for i := range n {
+		data := filepath.Join(dir, fmt.Sprintf("data-%d", i))
+		d := startDaemon(t, t.TempDir(), strings.Replace(cfg, "data_dir: "+dir+"/data", "data_dir: "+data, 1)+fmt.Sprintf("replica_id: replica-%d\n", i))
+		conn, err := grpc.NewClient(d.grpcAddr, grpc.WithTransportCredentials(creds))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		out = append(out, quotaReplica{d: d, data: data, client: credbrokerv1.NewBrokerServiceClient(conn)})
+	}
+	return out
 }
